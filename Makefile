@@ -1,0 +1,46 @@
+# Two commands for a newcomer: `make run` and `make test`. Each creates .venv and installs what it
+# needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(sort $(wildcard protos/stateward/v1/*.proto))
+
+.PHONY: run test lint proto bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The install is redone when pyproject.toml changes.
+$(VENV)/.installed-run: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+# Regenerates client/stateward/v1 from protos/: the only way generated code is made. A test runs
+# this recipe with PROTO_OUT set to a temporary folder and compares the result with the commit.
+PROTO_OUT ?= client
+proto: $(VENV)/.installed-dev
+	mkdir -p $(PROTO_OUT)/stateward/v1
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --mypy_out=quiet:$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) $(PROTOS)
+	: > $(PROTO_OUT)/stateward/v1/__init__.py
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	cd protos && ../$(VENV)/bin/buf lint
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""Results: a run's return value (or exception) encoded for storage on its state.
+
+JSON when the value survives a round trip through it unchanged, so other languages can read it;
+otherwise a Python pickle. Encoded results have a size limit, checked before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from typing import Any
+
+from stateward.exceptions import CancelledRun, CrashedRun, FailedRun, ResultTooLarge, RunError
+from stateward.states import ResultData, State, StateType
+
+DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
+
+
+def max_result_bytes() -> int:
+    """The size limit of one encoded result (STATEWARD_MAX_RESULT_BYTES, default 2 MiB)."""
+    return int(os.environ.get("STATEWARD_MAX_RESULT_BYTES", DEFAULT_MAX_RESULT_BYTES))
+
+
+def _is_plain_json(value: Any) -> bool:
+    """Whether json.loads(json.dumps(value)) == value with the same types all the way down."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return type(value) is int
+    if isinstance(value, float):
+        return type(value) is float and math.isfinite(value)
+    if type(value) is list:
+        return all(_is_plain_json(item) for item in value)
+    if type(value) is dict:
+        return all(type(k) is str and _is_plain_json(v) for k, v in value.items())
+    return False
+
+
+def encode(value: Any, what: str = "result") -> ResultData:
+    """Encode a value for storage, or raise ResultTooLarge (or the pickling error)."""
+    if _is_plain_json(value):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        size = len(text.encode())
+        data = ResultData(json=text)
+    else:
+        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        size = len(blob)
+        data = ResultData(pickle=blob)
+    limit = max_result_bytes()
+    if size > limit:
+        raise ResultTooLarge(
+            f"the {what} is {size:,} bytes once encoded, over the limit of {limit:,} bytes; "
+            "return something smaller (a path or a key to the data, say) or raise the limit "
+            "with STATEWARD_MAX_RESULT_BYTES"
+        )
+    return data
+
+
+def encode_exception(error: BaseException) -> ResultData | None:
+    """Encode an exception for a failed state; None when it cannot be pickled or is too large."""
+    try:
+        blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)
+    except Exception:
+        return None
+    if len(blob) > max_result_bytes():
+        return None
+    return ResultData(pickle=blob)
+
+
+def decode(data: ResultData) -> Any:
+    """The value an encoded result holds."""
+    if data.json is not None:
+        return json.loads(data.json)
+    if data.pickle is not None:
+        return pickle.loads(data.pickle)
+    return None
+
+
+_RUN_ERRORS: dict[StateType, type[RunError]] = {
+    StateType.FAILED: FailedRun,
+    StateType.CRASHED: CrashedRun,
+    StateType.CANCELLED: CancelledRun,
+}
+
+
+def exception_for(state: State) -> BaseException:
+    """The exception a failed, crashed or cancelled state stands for: the stored one if any."""
+    if state.data is not None and state.data.pickle is not None:
+        try:
+            value = pickle.loads(state.data.pickle)
+        except Exception:
+            value = None
+        if isinstance(value, BaseException):
+            return value
+    error_type = _RUN_ERRORS.get(state.type, FailedRun)
+    return error_type(state.message or f"the run ended in state {state.name}")

@@ -1,0 +1,100 @@
+"""Every error Stateward raises, as one tree:
+
+    StatewardError
+    ├── RunError                 a run did not complete; State.result() raises it
+    │   ├── FailedRun            its code failed and no exception was stored
+    │   ├── CrashedRun           something outside its code ended it
+    │   └── CancelledRun         somebody cancelled it
+    ├── OrchestrationAborted     the server answered ABORT: the run must stop here
+    ├── ResultTooLarge           a result is larger than the limit for storing it
+    ├── ServerUnavailable        no server could be reached or started
+    └── RpcError                 the server refused a call (a gRPC status other than OK)
+        ├── NotFound
+        ├── InvalidArgument
+        ├── AlreadyExists
+        ├── FailedPrecondition
+        ├── ResourceExhausted
+        └── Unauthenticated
+"""
+
+from __future__ import annotations
+
+
+class StatewardError(Exception):
+    """The root of every Stateward error."""
+
+
+class RunError(StatewardError):
+    """A run did not complete."""
+
+
+class FailedRun(RunError):
+    """A run failed, and its exception was not stored (or could not be restored)."""
+
+
+class CrashedRun(RunError):
+    """A run crashed: an interrupt, a signal, a lost connection or a dead process ended it."""
+
+
+class CancelledRun(RunError):
+    """A run was cancelled."""
+
+
+class OrchestrationAborted(StatewardError):
+    """The server answered ABORT to a proposed state; the reason is the message."""
+
+
+class ResultTooLarge(StatewardError):
+    """A result is larger than the limit for storing it."""
+
+
+class ServerUnavailable(StatewardError):
+    """No Stateward server could be reached or started."""
+
+
+class RpcError(StatewardError):
+    """The server refused a call. `code` is the gRPC status code's name, e.g. "NOT_FOUND"."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class NotFound(RpcError):
+    code = "NOT_FOUND"
+
+
+class InvalidArgument(RpcError):
+    code = "INVALID_ARGUMENT"
+
+
+class AlreadyExists(RpcError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(RpcError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(RpcError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(RpcError):
+    code = "UNAUTHENTICATED"
+
+
+RPC_ERRORS: dict[str, type[RpcError]] = {
+    cls.code: cls
+    for cls in (
+        NotFound,
+        InvalidArgument,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+    )
+}

@@ -1,0 +1,167 @@
+"""States: the vocabulary the SDK and the server share.
+
+Pure data and helpers, no I/O. A `State` is immutable and compares by value; the server's rules and
+the user's code see the same class.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "TERMINAL_TYPES",
+    "ResultData",
+    "State",
+    "StateDetails",
+    "StateType",
+]
+
+
+class StateType(enum.IntEnum):
+    """The canonical type of a state; the values are those of `stateward.v1.StateType`."""
+
+    SCHEDULED = 1
+    PENDING = 2
+    RUNNING = 3
+    PAUSED = 4
+    CANCELLING = 5
+    COMPLETED = 6
+    FAILED = 7
+    CANCELLED = 8
+    CRASHED = 9
+
+    @property
+    def default_name(self) -> str:
+        """The name a state of this type has when none is given: the capitalised type."""
+        return self.name.capitalize()
+
+
+TERMINAL_TYPES = frozenset(
+    {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateDetails:
+    """Facts about a state that the orchestration rules read and write."""
+
+    flow_run_id: str = ""
+    task_run_id: str = ""
+    scheduled_time: datetime | None = None
+    cache_key: str = ""
+    cache_expiration: datetime | None = None
+    transition_id: str = ""
+    pause_key: str = ""
+    pause_timeout: datetime | None = None
+    refresh_cache: bool = False
+    unretriable: bool = False
+    child_flow_run_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultData:
+    """A result as stored: JSON text (any language reads it) or a Python pickle."""
+
+    json: str | None = None
+    pickle: bytes | None = None
+
+
+_NO_VALUE: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """One state of a run: its type, name, message, time and the data it carries.
+
+    `timestamp` and `id` are given by the server when it writes the state. An empty name means the
+    capitalised type.
+    """
+
+    type: StateType
+    name: str = ""
+    message: str = ""
+    timestamp: datetime | None = None
+    id: str = ""
+    details: StateDetails = field(default_factory=StateDetails)
+    data: ResultData | None = None
+    # The decoded result, when this process already has it; not part of the state's value.
+    _value: Any = field(default=_NO_VALUE, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, StateType):
+            object.__setattr__(self, "type", StateType(self.type))
+        if not self.name:
+            object.__setattr__(self, "name", self.type.default_name)
+
+    # Predicates, as the reference orchestrator names them.
+    def is_scheduled(self) -> bool:
+        return self.type is StateType.SCHEDULED
+
+    def is_pending(self) -> bool:
+        return self.type is StateType.PENDING
+
+    def is_running(self) -> bool:
+        return self.type is StateType.RUNNING
+
+    def is_paused(self) -> bool:
+        return self.type is StateType.PAUSED
+
+    def is_cancelling(self) -> bool:
+        return self.type is StateType.CANCELLING
+
+    def is_completed(self) -> bool:
+        return self.type is StateType.COMPLETED
+
+    def is_failed(self) -> bool:
+        return self.type is StateType.FAILED
+
+    def is_cancelled(self) -> bool:
+        return self.type is StateType.CANCELLED
+
+    def is_crashed(self) -> bool:
+        return self.type is StateType.CRASHED
+
+    def is_final(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def has_result(self) -> bool:
+        return self.data is not None
+
+    def evolve(self, **changes: Any) -> State:
+        """A copy with some fields replaced (the decoded result is kept unless data changes)."""
+        copy = replace(self, **changes)
+        if "data" not in changes and self._value is not _NO_VALUE:
+            object.__setattr__(copy, "_value", self._value)
+        return copy
+
+    def with_details(self, **changes: Any) -> State:
+        """A copy whose details have some fields replaced."""
+        return self.evolve(details=replace(self.details, **changes))
+
+    def result(self, raise_on_failure: bool = True) -> Any:
+        """The run's result: its return value, or (for a failed, crashed or cancelled run) its
+        exception, raised unless `raise_on_failure` is false."""
+        from stateward._results import decode, exception_for
+
+        if self.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
+            error = exception_for(self)
+            if raise_on_failure:
+                raise error
+            return error
+        if self._value is _NO_VALUE:
+            object.__setattr__(self, "_value", decode(self.data) if self.data else None)
+        return self._value
+
+    def __repr__(self) -> str:
+        text = f"{self.name}({self.type.name}"
+        if self.message:
+            text += f", message={self.message!r}"
+        return text + ")"
+
+
+def now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)

@@ -1,0 +1,264 @@
+"""The service's calls at the protobuf level: validate a request, translate it to the domain, call
+the orchestrator, translate the answer back. No gRPC here: the servicer wraps these methods for
+the network, and the SDK's embedded server calls them in-process. Refusals are `ServiceError`s.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+
+from stateward._convert import set_timestamp, state_from_proto, state_to_proto
+from stateward.states import now
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
+from stateward_service import validation as check
+from stateward_service.errors import Code, ServiceError, invalid
+from stateward_service.model import ConcurrencyLimit, RetryPolicy, RunKind, RunRecord, Transition
+from stateward_service.names import make_run_name
+from stateward_service.orchestrator import (
+    InitialStateRefused,
+    LimitAlreadyExists,
+    LimitNotFound,
+    Orchestrator,
+    RunAlreadyExists,
+    RunNotFound,
+)
+from stateward_service.store import BadPageToken, RunFilter
+
+T = TypeVar("T")
+
+
+def _translating(call: Callable[[], T]) -> T:
+    """Run `call`, turning the orchestrator's refusals into ServiceErrors."""
+    try:
+        return call()
+    except (RunNotFound, LimitNotFound) as error:
+        raise ServiceError(Code.NOT_FOUND, str(error)) from None
+    except (RunAlreadyExists, LimitAlreadyExists) as error:
+        raise ServiceError(Code.ALREADY_EXISTS, str(error)) from None
+    except InitialStateRefused as error:
+        raise ServiceError(Code.FAILED_PRECONDITION, str(error)) from None
+    except BadPageToken as error:
+        raise invalid("page_token", str(error)) from None
+
+
+class OrchestrationApi:
+    """One method per unary RPC of OrchestrationService, named as the RPC."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+
+    # --- flow runs ------------------------------------------------------------------------------
+
+    def CreateFlowRun(self, request: pb.CreateFlowRunRequest) -> pb.CreateFlowRunResponse:
+        msg = request.flow_run
+        flow_name = check.text(msg.flow_name, "flow_run.flow_name", check.MAX_NAME, required=True)
+        run = RunRecord(
+            kind=RunKind.FLOW_RUN,
+            id=check.optional_run_id(msg.id, "flow_run.id") or str(uuid.uuid4()),
+            name=check.text(msg.name, "flow_run.name", check.MAX_NAME) or make_run_name(),
+            created=now(),
+            flow_name=flow_name,
+            parent_task_run_id=check.optional_run_id(
+                msg.parent_task_run_id, "flow_run.parent_task_run_id"
+            ),
+            parameters=_struct_json(msg.parameters),
+            tags=check.tags(msg.tags, "flow_run.tags"),
+            retry_policy=_retry_policy(msg.retry_policy, "flow_run.retry_policy"),
+        )
+        initial = _initial_state(msg, "flow_run.state")
+        created = _translating(lambda: self.orchestrator.create_run(run, initial))
+        return pb.CreateFlowRunResponse(flow_run=flow_run_to_proto(created))
+
+    def GetFlowRun(self, request: pb.GetFlowRunRequest) -> pb.GetFlowRunResponse:
+        run_id = check.run_id(request.id, "id")
+        run = _translating(lambda: self.orchestrator.get_run(run_id, RunKind.FLOW_RUN))
+        return pb.GetFlowRunResponse(flow_run=flow_run_to_proto(run))
+
+    def ListFlowRuns(self, request: pb.ListFlowRunsRequest) -> pb.ListFlowRunsResponse:
+        where = RunFilter(
+            names=tuple(request.flow_names),
+            state_types=check.state_types(request.state_types, "state_types"),
+            tags=tuple(request.tags),
+            ids=check.run_ids(request.ids, "ids"),
+        )
+        size = check.page_size(request.page_size)
+        runs, token = self._list(RunKind.FLOW_RUN, where, size, request.page_token)
+        return pb.ListFlowRunsResponse(
+            flow_runs=[flow_run_to_proto(run) for run in runs], next_page_token=token
+        )
+
+    # --- task runs ------------------------------------------------------------------------------
+
+    def CreateTaskRun(self, request: pb.CreateTaskRunRequest) -> pb.CreateTaskRunResponse:
+        msg = request.task_run
+        task_key = check.text(msg.task_key, "task_run.task_key", check.MAX_NAME, required=True)
+        run = RunRecord(
+            kind=RunKind.TASK_RUN,
+            id=check.optional_run_id(msg.id, "task_run.id") or str(uuid.uuid4()),
+            name=check.text(msg.name, "task_run.name", check.MAX_NAME) or make_run_name(),
+            created=now(),
+            task_key=task_key,
+            flow_run_id=check.optional_run_id(msg.flow_run_id, "task_run.flow_run_id"),
+            parameters=_struct_json(msg.parameters),
+            tags=check.tags(msg.tags, "task_run.tags"),
+            retry_policy=_retry_policy(msg.retry_policy, "task_run.retry_policy"),
+        )
+        initial = _initial_state(msg, "task_run.state")
+        created = _translating(lambda: self.orchestrator.create_run(run, initial))
+        return pb.CreateTaskRunResponse(task_run=task_run_to_proto(created))
+
+    def GetTaskRun(self, request: pb.GetTaskRunRequest) -> pb.GetTaskRunResponse:
+        run_id = check.run_id(request.id, "id")
+        run = _translating(lambda: self.orchestrator.get_run(run_id, RunKind.TASK_RUN))
+        return pb.GetTaskRunResponse(task_run=task_run_to_proto(run))
+
+    def ListTaskRuns(self, request: pb.ListTaskRunsRequest) -> pb.ListTaskRunsResponse:
+        where = RunFilter(
+            names=tuple(request.task_keys),
+            flow_run_ids=check.run_ids(request.flow_run_ids, "flow_run_ids"),
+            state_types=check.state_types(request.state_types, "state_types"),
+            tags=tuple(request.tags),
+        )
+        size = check.page_size(request.page_size)
+        runs, token = self._list(RunKind.TASK_RUN, where, size, request.page_token)
+        return pb.ListTaskRunsResponse(
+            task_runs=[task_run_to_proto(run) for run in runs], next_page_token=token
+        )
+
+    def _list(
+        self, kind: RunKind, where: RunFilter, size: int, token: str
+    ) -> tuple[list[RunRecord], str]:
+        def query() -> tuple[list[RunRecord], str]:
+            with self.orchestrator.lock:
+                return self.orchestrator.store.list_runs(kind, where, size, token)
+
+        return _translating(query)
+
+    # --- states ---------------------------------------------------------------------------------
+
+    def SetState(self, request: pb.SetStateRequest) -> pb.SetStateResponse:
+        run_id = check.run_id(request.run_id, "run_id")
+        if not request.HasField("state"):
+            raise invalid("state", "is required: the state proposed for the run")
+        check.state(request.state, "state")
+        expected = None
+        if request.HasField("expected_state_id"):
+            expected = request.expected_state_id
+            if expected:
+                expected = check.uuid_value(expected, "expected_state_id")
+        proposed = state_from_proto(request.state)
+        outcome = _translating(
+            lambda: self.orchestrator.set_state(
+                run_id, proposed, force=request.force, expected_state_id=expected
+            )
+        )
+        response = pb.SetStateResponse(
+            status=outcome.status.value,  # type: ignore[arg-type]
+            reason=outcome.reason,
+            delay_seconds=outcome.delay_seconds,
+        )
+        if outcome.state is not None:
+            state_to_proto(outcome.state, response.state)
+        return response
+
+    def ListStates(self, request: pb.ListStatesRequest) -> pb.ListStatesResponse:
+        run_id = check.run_id(request.run_id, "run_id")
+        states = _translating(lambda: self.orchestrator.list_states(run_id))
+        response = pb.ListStatesResponse()
+        for state in states:
+            state_to_proto(state, response.states.add())
+        return response
+
+
+# --- translations -------------------------------------------------------------------------------
+
+
+def _struct_json(struct: Struct) -> str:
+    if not struct.fields:
+        return "{}"
+    return json.dumps(json_format.MessageToDict(struct), separators=(",", ":"))
+
+
+def _retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> RetryPolicy:
+    check.retry_policy(msg, field)
+    return RetryPolicy(msg.retries, tuple(msg.retry_delay_seconds), msg.retry_jitter_factor)
+
+
+def _initial_state(msg: Any, field: str) -> Any:
+    if not msg.HasField("state"):
+        return None
+    check.state(msg.state, field)
+    return state_from_proto(msg.state)
+
+
+def _fill_run(run: RunRecord, msg: Any) -> None:
+    """The fields FlowRun and TaskRun share."""
+    msg.id = run.id
+    msg.name = run.name
+    msg.tags.extend(run.tags)
+    policy = run.retry_policy
+    msg.retry_policy.retries = policy.retries
+    msg.retry_policy.retry_delay_seconds.extend(policy.retry_delay_seconds)
+    msg.retry_policy.retry_jitter_factor = policy.retry_jitter_factor
+    if run.state is not None:
+        state_to_proto(run.state, msg.state)
+    msg.run_count = run.run_count
+    set_timestamp(msg.start_time, run.start_time)
+    set_timestamp(msg.end_time, run.end_time)
+    msg.total_run_time.FromMicroseconds(round(run.total_run_time * 1_000_000))
+    set_timestamp(msg.expected_start_time, run.expected_start_time)
+    set_timestamp(msg.next_scheduled_start_time, run.next_scheduled_start_time)
+    set_timestamp(msg.create_time, run.created)
+    set_timestamp(msg.lease_expire_time, run.lease_expires)
+    if run.parameters != "{}":
+        msg.parameters.update(json.loads(run.parameters))
+
+
+def flow_run_to_proto(run: RunRecord) -> runs_pb2.FlowRun:
+    msg = runs_pb2.FlowRun(flow_name=run.flow_name, parent_task_run_id=run.parent_task_run_id)
+    _fill_run(run, msg)
+    return msg
+
+
+def task_run_to_proto(run: RunRecord) -> runs_pb2.TaskRun:
+    msg = runs_pb2.TaskRun(
+        task_key=run.task_key,
+        flow_run_id=run.flow_run_id,
+        child_flow_run_id=run.child_flow_run_id,
+    )
+    _fill_run(run, msg)
+    return msg
+
+
+def limit_to_proto(limit: ConcurrencyLimit) -> runs_pb2.ConcurrencyLimit:
+    msg = runs_pb2.ConcurrencyLimit(
+        tag=limit.tag, limit=limit.limit, active_slots=list(limit.active_slots)
+    )
+    set_timestamp(msg.create_time, limit.created)
+    return msg
+
+
+def transition_to_proto(transition: Transition) -> pb.Transition:
+    msg = pb.Transition(
+        sequence=transition.sequence,
+        run_id=transition.run_id,
+        flow_run_id=transition.flow_run_id,
+        run_kind=transition.run_kind.value,  # type: ignore[arg-type]
+        run_name=transition.run_name,
+        flow_name=transition.flow_name,
+        task_key=transition.task_key,
+    )
+    if transition.from_state is not None:
+        state_to_proto(transition.from_state, msg.from_state)
+    state_to_proto(transition.to_state, msg.to_state)
+    return msg
+
+
+__all__ = ["OrchestrationApi"]

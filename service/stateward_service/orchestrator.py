@@ -1,0 +1,331 @@
+"""The orchestrator: the one path by which a state is proposed, decided and written.
+
+For each proposal it gathers what the rules may read, runs the run's policy, and writes what the
+policy decided (the state, the run's bookkeeping, the rules' side effects, the log entry, the
+mirror on a subflow's task run) in one transaction; then it publishes the committed transitions.
+Everything happens under one lock, so every decision is taken against the run's true current
+state and transitions are published in sequence order. SetState, the create calls and the
+server's loops all come through here.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from stateward.states import State, StateDetails, StateType, now
+from stateward_service.model import ConcurrencyLimit, LimitUsage, RunKind, RunRecord, Transition
+from stateward_service.rules import bookkeeping
+from stateward_service.rules.engine import (
+    CacheResult,
+    Decision,
+    RememberPauseKey,
+    ResetRunCount,
+    Status,
+    TakeConcurrencySlots,
+    TransitionContext,
+    decide,
+)
+from stateward_service.rules.policies import Policies
+from stateward_service.store import Store
+
+_ONE_US = timedelta(microseconds=1)
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: str, kind: RunKind | None = None) -> None:
+        what = kind.label if kind else "flow run or task run"
+        super().__init__(f"no {what} has id {run_id}")
+
+
+class RunAlreadyExists(Exception):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"a run with id {run_id} already exists; omit the id to get a new one")
+
+
+class LimitNotFound(LookupError):
+    def __init__(self, tag: str) -> None:
+        super().__init__(f"no concurrency limit exists for tag {tag!r}")
+
+
+class LimitAlreadyExists(Exception):
+    def __init__(self, tag: str) -> None:
+        super().__init__(
+            f"a concurrency limit for tag {tag!r} already exists; delete it first to change it"
+        )
+
+
+class InitialStateRefused(Exception):
+    """The initial state of a new run was not accepted; the run was not created."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to one proposal."""
+
+    status: Status
+    state: State | None  # the run's state after the call
+    reason: str = ""
+    delay_seconds: float = 0.0
+    transitions: tuple[Transition, ...] = ()
+
+
+@dataclass
+class _Write:
+    """What one transaction wrote, to publish once it committed."""
+
+    transitions: list[Transition] = field(default_factory=list)
+
+
+Publisher = Callable[[Sequence[Transition]], None]
+
+
+class Orchestrator:
+    """Decides and writes states. Thread-safe: one lock serialises every write."""
+
+    def __init__(
+        self,
+        store: Store,
+        policies: Policies | None = None,
+        *,
+        clock: Callable[[], datetime] = now,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.policies = policies or Policies.default()
+        self.clock = clock
+        self.rng = rng
+        self.lock = threading.RLock()
+        self._publishers: list[Publisher] = []
+
+    def subscribe(self, publisher: Publisher) -> None:
+        """Call `publisher` with every batch of committed transitions, in sequence order, while
+        the write lock is held (so it must be quick and must not block)."""
+        self._publishers.append(publisher)
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord, initial: State | None) -> RunRecord:
+        """Store a new run and orchestrate its initial state, atomically."""
+        with self.lock:
+            if self.store.run_exists(run.id):
+                raise RunAlreadyExists(run.id)
+            if run.kind is RunKind.TASK_RUN and run.flow_run_id:
+                if self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN) is None:
+                    raise RunNotFound(run.flow_run_id, RunKind.FLOW_RUN)
+            parent = None
+            if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
+                parent = self.store.get_run(run.parent_task_run_id, RunKind.TASK_RUN)
+                if parent is None:
+                    raise RunNotFound(run.parent_task_run_id, RunKind.TASK_RUN)
+            write = _Write()
+            with self.store.transaction():
+                self.store.insert_run(run)
+                if parent is not None:
+                    self.store.link_subflow(parent.id, run.id)
+                if initial is not None:
+                    decision = self._decide(run, initial, force=False)
+                    if not decision.writes:
+                        raise InitialStateRefused(
+                            f"the initial state {initial.name} was refused "
+                            f"({decision.status.name}): {decision.reason}"
+                        )
+                    self._write(run, decision, write)
+            self._publish(write)
+            return run
+
+    def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
+        with self.lock:
+            run = self.store.get_run(run_id, kind)
+        if run is None:
+            raise RunNotFound(run_id, kind)
+        return run
+
+    def list_states(self, run_id: str) -> list[State]:
+        with self.lock:
+            if not self.store.run_exists(run_id):
+                raise RunNotFound(run_id)
+            return self.store.list_states(run_id)
+
+    # --- tag concurrency limits -----------------------------------------------------------------
+
+    def create_limit(self, tag: str, limit: int) -> ConcurrencyLimit:
+        with self.lock, self.store.transaction():
+            if self.store.get_limits((tag,)):
+                raise LimitAlreadyExists(tag)
+            self.store.insert_limit(tag, limit, self.clock())
+        return self.get_limit(tag)
+
+    def get_limit(self, tag: str) -> ConcurrencyLimit:
+        with self.lock:
+            found = self.store.get_limits((tag,))
+        if not found:
+            raise LimitNotFound(tag)
+        return found[0]
+
+    def list_limits(self) -> list[ConcurrencyLimit]:
+        with self.lock:
+            return self.store.get_limits()
+
+    def delete_limit(self, tag: str) -> None:
+        """Remove a limit; the runs holding its slots keep running, unlimited."""
+        with self.lock, self.store.transaction():
+            if not self.store.delete_limit(tag):
+                raise LimitNotFound(tag)
+
+    # --- proposals ------------------------------------------------------------------------------
+
+    def set_state(
+        self,
+        run_id: str,
+        proposed: State,
+        *,
+        force: bool = False,
+        expected_state_id: str | None = None,
+    ) -> Outcome:
+        """Decide a proposed state for a run and write what the policy decided."""
+        with self.lock:
+            run = self.store.get_run(run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            current_id = run.state.id if run.state else ""
+            if expected_state_id is not None and expected_state_id != current_id:
+                return Outcome(
+                    Status.ABORT,
+                    run.state,
+                    f"the run's current state is {current_id or 'none'}, "
+                    f"not the expected {expected_state_id or 'none'}: another client changed it",
+                )
+            decision = self._decide(run, proposed, force)
+            write = _Write()
+            if decision.writes:
+                with self.store.transaction():
+                    self._write(run, decision, write)
+            self._publish(write)
+            return Outcome(
+                decision.status,
+                run.state,
+                decision.reason,
+                decision.delay_seconds,
+                tuple(write.transitions),
+            )
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _decide(self, run: RunRecord, proposed: State, force: bool) -> Decision:
+        moment = self.clock()
+        if proposed.type is StateType.SCHEDULED and proposed.details.scheduled_time is None:
+            proposed = proposed.with_details(scheduled_time=moment)
+        ctx = TransitionContext(
+            run=run,
+            proposed=proposed,
+            now=moment,
+            jitter=self.rng(),
+            **self._prefetch(run, proposed, force),
+        )
+        return decide(self.policies.for_run(run.kind, force), ctx)
+
+    def _prefetch(self, run: RunRecord, proposed: State, force: bool) -> dict[str, object]:
+        """Read what the task policy's rules need for this proposal, and only that."""
+        if force or run.kind is not RunKind.TASK_RUN or proposed.type is not StateType.RUNNING:
+            return {}
+        found: dict[str, object] = {}
+        if run.flow_run_id:
+            flow_run = self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN)
+            found["flow_run_state"] = flow_run.state if flow_run else None
+        details = proposed.details
+        if details.cache_key and not details.refresh_cache:
+            found["cached"] = self.store.cached_state(details.cache_key, self.clock())
+        if run.tags:
+            found["limits"] = tuple(self._limit_usage(run))
+        return found
+
+    def _limit_usage(self, run: RunRecord) -> Iterable[LimitUsage]:
+        for tag, limit, active, held in self.store.limit_usage(run.id, run.tags):
+            yield LimitUsage(tag, limit, active, held)
+
+    def _write(self, run: RunRecord, decision: Decision, write: _Write) -> None:
+        """Write the decided state for `run` (inside a transaction)."""
+        assert decision.state is not None
+        for effect in decision.effects:
+            if isinstance(effect, ResetRunCount):
+                run.run_count = 0
+        previous = run.state
+        state = self._mint(run, decision.state)
+        bookkeeping.record_transition(run, state)
+        for effect in decision.effects:
+            if isinstance(effect, RememberPauseKey):
+                run.pause_keys = run.pause_keys | {effect.key}
+        self.store.insert_state(run.id, state)
+        self.store.update_run(run)
+        for effect in decision.effects:
+            self._apply(run, state, effect)
+        if run.tags and previous is not None and previous.type is StateType.RUNNING:
+            if state.type is not StateType.RUNNING:
+                self.store.release_slots(run.id)
+        sequence = self.store.append_transition(run, previous, state)
+        write.transitions.append(_transition(sequence, run, previous, state))
+        if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
+            self._mirror_onto_parent_task(run, state, write)
+
+    def _mint(self, run: RunRecord, state: State) -> State:
+        """The state as written: a fresh id, a timestamp after the run's last one, its run."""
+        moment = self.clock()
+        last = run.state.timestamp if run.state else None
+        if last is not None and moment <= last:
+            moment = last + _ONE_US
+        state = state.evolve(id=str(uuid.uuid4()), timestamp=moment)
+        return bookkeeping.complete_state(run, state)
+
+    def _apply(self, run: RunRecord, state: State, effect: object) -> None:
+        """Apply a rule's side effect that lives in its own table."""
+        if isinstance(effect, CacheResult):
+            self.store.cache_state(effect.key, state.id, effect.expiration, self.clock())
+        elif isinstance(effect, TakeConcurrencySlots):
+            self.store.take_slots(run.id, effect.tags)
+
+    def _mirror_onto_parent_task(self, subflow: RunRecord, state: State, write: _Write) -> None:
+        """A subflow's task run in the parent flow shows the subflow's state."""
+        task_run = self.store.get_run(subflow.parent_task_run_id, RunKind.TASK_RUN)
+        if task_run is None:
+            return
+        mirror = State(
+            state.type,
+            name=state.name,
+            message=state.message,
+            details=StateDetails(
+                scheduled_time=state.details.scheduled_time,
+                child_flow_run_id=subflow.id,
+            ),
+            data=state.data,
+        )
+        decision = decide(self.policies.forced_task, _forced_context(task_run, mirror, self))
+        if decision.writes:
+            self._write(task_run, decision, write)
+
+    def _publish(self, write: _Write) -> None:
+        if write.transitions:
+            for publisher in self._publishers:
+                publisher(write.transitions)
+
+
+def _forced_context(run: RunRecord, proposed: State, orchestrator: Orchestrator) -> TransitionContext:
+    return TransitionContext(run=run, proposed=proposed, now=orchestrator.clock())
+
+
+def _transition(sequence: int, run: RunRecord, previous: State | None, state: State) -> Transition:
+    return Transition(
+        sequence=sequence,
+        run_kind=run.kind,
+        run_id=run.id,
+        flow_run_id=run.owning_flow_run_id,
+        run_name=run.name,
+        flow_name=run.flow_name,
+        task_key=run.task_key,
+        from_state=previous,
+        to_state=state,
+    )

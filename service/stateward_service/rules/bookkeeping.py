@@ -1,0 +1,48 @@
+"""Bookkeeping after every written state, forced or not (spec section 5): the run's fields that
+follow from its history. Pure: it updates the run record it is given."""
+
+from __future__ import annotations
+
+from stateward.states import TERMINAL_TYPES, State, StateType
+from stateward_service.model import RunKind, RunRecord
+from stateward_service.rules.starting import is_pause_resume
+
+
+def complete_state(run: RunRecord, state: State) -> State:
+    """The state as it will be written for `run`: its details name the run it belongs to."""
+    if run.kind is RunKind.FLOW_RUN:
+        flow_run_id, task_run_id = run.id, ""
+    else:
+        flow_run_id, task_run_id = run.flow_run_id, run.id
+    details = state.details
+    if details.flow_run_id == flow_run_id and details.task_run_id == task_run_id:
+        return state
+    return state.with_details(flow_run_id=flow_run_id, task_run_id=task_run_id)
+
+
+def record_transition(run: RunRecord, new: State) -> None:
+    """Update `run` for the written state `new` (which has its id and timestamp)."""
+    assert new.timestamp is not None
+    old = run.state
+    at = new.timestamp
+    if old is not None and old.type is StateType.RUNNING:
+        run.total_run_time += max((at - old.timestamp).total_seconds(), 0.0) if old.timestamp else 0
+    if new.type is StateType.RUNNING:
+        entering = old is None or (old.type is not StateType.RUNNING and not is_pause_resume(old))
+        if entering:
+            run.run_count += 1
+        if run.start_time is None:
+            run.start_time = at
+    if new.type in TERMINAL_TYPES:
+        run.end_time = at
+        if run.start_time is None:
+            run.start_time = at
+    else:
+        run.end_time = None
+    if run.expected_start_time is None:
+        run.expected_start_time = new.details.scheduled_time or at
+    if new.type is StateType.SCHEDULED:
+        run.next_scheduled_start_time = new.details.scheduled_time
+    else:
+        run.next_scheduled_start_time = None
+    run.state = new

@@ -1,0 +1,181 @@
+"""The rule engine: an ordered policy of rules decides one proposed state.
+
+Each rule declares the state types it applies to (FROM the run's current type, TO the proposed
+type; `None` stands for "no state") and returns an outcome, or nothing to let the proposal pass:
+
+- `Proceed` lets the proposal go on, possibly changed (renamed, details filled in), with side
+  effects that are applied only if that proposal is finally written;
+- `Reject` (with a replacement state to write instead, or none), `Wait` and `Abort` end the
+  decision: later rules do not apply, and the side effects of earlier rules are dropped, which is
+  how a rule "undoes" its work when the transition it saw did not happen.
+
+Rules are pure: everything they read is in the `TransitionContext`, gathered beforehand.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import ClassVar
+
+from stateward.states import TERMINAL_TYPES, State, StateType
+from stateward_service.model import LimitUsage, RunKind, RunRecord
+
+ALL_TYPES: frozenset[StateType | None] = frozenset(StateType)
+ALL_OR_NONE: frozenset[StateType | None] = ALL_TYPES | {None}
+TERMINAL: frozenset[StateType | None] = frozenset(TERMINAL_TYPES)
+NON_TERMINAL: frozenset[StateType | None] = ALL_TYPES - TERMINAL
+
+
+class Status(enum.IntEnum):
+    """Values of `stateward.v1.SetStateStatus`."""
+
+    ACCEPT = 1
+    REJECT = 2
+    WAIT = 3
+    ABORT = 4
+
+
+# Side effects a rule asks for; the orchestrator applies them in the same transaction as the
+# state, and only if the proposal they were asked for is the one written.
+@dataclass(frozen=True, slots=True)
+class TakeConcurrencySlots:
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RememberPauseKey:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRunCount:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CacheResult:
+    key: str
+    expiration: datetime | None
+
+
+Effect = TakeConcurrencySlots | RememberPauseKey | ResetRunCount | CacheResult
+
+
+@dataclass(frozen=True, slots=True)
+class Proceed:
+    proposed: State | None = None
+    effects: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    replacement: State | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    delay_seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    reason: str
+
+
+Outcome = Proceed | Reject | Wait | Abort
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionContext:
+    """What the rules may read about one proposal."""
+
+    run: RunRecord
+    proposed: State
+    now: datetime
+    # Task runs: the current state of the flow run they belong to (None outside a flow).
+    flow_run_state: State | None = None
+    # Task runs proposing RUNNING with a cache key: the unexpired state cached under it.
+    cached: State | None = None
+    # Task runs proposing RUNNING: the concurrency limits of their tags.
+    limits: tuple[LimitUsage, ...] = ()
+    # A number drawn uniformly from [0, 1) for this proposal (retry jitter).
+    jitter: float = 0.0
+
+    @property
+    def initial(self) -> State | None:
+        return self.run.state
+
+    @property
+    def initial_type(self) -> StateType | None:
+        return None if self.run.state is None else self.run.state.type
+
+
+class Rule:
+    """One orchestration rule. Subclasses set FROM and TO and implement `decide`."""
+
+    FROM: ClassVar[frozenset[StateType | None]] = ALL_OR_NONE
+    TO: ClassVar[frozenset[StateType | None]] = ALL_TYPES
+
+    def applies(self, ctx: TransitionContext) -> bool:
+        return ctx.initial_type in self.FROM and ctx.proposed.type in self.TO
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer. `state` is what to write (the proposal on ACCEPT, the replacement on
+    a REJECT that has one); None means nothing is written."""
+
+    status: Status
+    state: State | None
+    reason: str = ""
+    delay_seconds: float = 0.0
+    effects: tuple[Effect, ...] = ()
+    rule: str = ""
+
+    @property
+    def writes(self) -> bool:
+        return self.state is not None
+
+
+def decide(policy: Sequence[Rule], ctx: TransitionContext) -> Decision:
+    """Run the policy's rules in order over one proposal."""
+    effects: list[Effect] = []
+    for rule in policy:
+        if not rule.applies(ctx):
+            continue
+        outcome = rule.decide(ctx)
+        if outcome is None:
+            continue
+        if isinstance(outcome, Proceed):
+            if outcome.proposed is not None:
+                ctx = replace(ctx, proposed=outcome.proposed)
+            effects.extend(outcome.effects)
+            continue
+        if isinstance(outcome, Reject):
+            return Decision(Status.REJECT, outcome.replacement, outcome.reason, rule=repr(rule))
+        if isinstance(outcome, Wait):
+            return Decision(
+                Status.WAIT, None, outcome.reason, max(outcome.delay_seconds, 0.0), rule=repr(rule)
+            )
+        return Decision(Status.ABORT, None, outcome.reason, rule=repr(rule))
+    return Decision(Status.ACCEPT, ctx.proposed, effects=tuple(effects))
+
+
+def null_reject(reason: str) -> Reject:
+    """Refuse the proposal and write nothing."""
+    return Reject(None, reason)
+
+
+def kind_label(ctx: TransitionContext) -> str:
+    return "flow run" if ctx.run.kind is RunKind.FLOW_RUN else "task run"

@@ -1,0 +1,98 @@
+"""Rules that protect a run's history: retried calls apply once, finished runs stay finished, and
+a stored result is never lost."""
+
+from __future__ import annotations
+
+from stateward.states import StateType
+from stateward_service.rules.engine import (
+    ALL_TYPES,
+    NON_TERMINAL,
+    TERMINAL,
+    Abort,
+    Outcome,
+    Proceed,
+    ResetRunCount,
+    Rule,
+    TransitionContext,
+    kind_label,
+    null_reject,
+)
+
+
+class PreventDuplicateTransitions(Rule):
+    """A proposal carrying the current state's transition id was already applied: a client
+    retried the call. Refuse it quietly so it applies once."""
+
+    FROM = ALL_TYPES
+    TO = ALL_TYPES
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        transition_id = ctx.proposed.details.transition_id
+        if transition_id and ctx.initial and ctx.initial.details.transition_id == transition_id:
+            return null_reject(
+                f"transition {transition_id} was already applied: it is the current state"
+            )
+        return None
+
+
+class KeepFinishedRunsFinished(Rule):
+    """A finished run cannot be cancelled, paused or crashed: nothing is running to act on."""
+
+    FROM = TERMINAL
+    TO = frozenset({StateType.CANCELLING, StateType.PAUSED, StateType.CRASHED})
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        assert ctx.initial is not None
+        return Abort(
+            f"the {kind_label(ctx)} already finished ({ctx.initial.name}); "
+            f"it cannot become {ctx.proposed.type.name}"
+        )
+
+
+class PreventFlowResultLoss(Rule):
+    """A flow run that completed with a result keeps it: it may not go back to a non-final
+    state, nor be completed again without a result."""
+
+    FROM = frozenset({StateType.COMPLETED})
+    TO = ALL_TYPES
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        assert ctx.initial is not None
+        if not ctx.initial.has_result():
+            return None
+        if ctx.proposed.type not in TERMINAL:
+            return null_reject(
+                "the flow run completed with a stored result; "
+                f"moving it to {ctx.proposed.type.name} would lose it"
+            )
+        if ctx.proposed.type is StateType.COMPLETED and not ctx.proposed.has_result():
+            return null_reject(
+                "the flow run completed with a stored result; "
+                "a COMPLETED state without a result would replace it"
+            )
+        return None
+
+
+class PreventTaskResultLoss(Rule):
+    """A task run that completed with a result is final for good: its result may be a cache
+    entry or an input of other tasks."""
+
+    FROM = frozenset({StateType.COMPLETED})
+    TO = ALL_TYPES
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        assert ctx.initial is not None
+        if ctx.initial.has_result():
+            return null_reject("the task run completed with a stored result; it stays completed")
+        return None
+
+
+class ResetRunCountOnTaskRerun(Rule):
+    """A finished task run sent back to a non-final state is a rerun: its attempts count again
+    from zero, so its retries are available again."""
+
+    FROM = TERMINAL
+    TO = NON_TERMINAL
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        return Proceed(effects=(ResetRunCount(),))

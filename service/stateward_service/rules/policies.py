@@ -1,0 +1,86 @@
+"""The ordered policies: which rules decide a proposal, in which order (spec sections 3 and 4).
+
+A forced proposal skips the policy but not the two protections every write keeps: a retried call
+applies once, and a stored result is never lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stateward_service.model import RunKind
+from stateward_service.rules.cancellation import CancelRunsNoProcessOwns, OnlyCancelledAfterCancelling
+from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
+from stateward_service.rules.concurrency import LimitTagConcurrency
+from stateward_service.rules.engine import Rule
+from stateward_service.rules.guards import (
+    KeepFinishedRunsFinished,
+    PreventDuplicateTransitions,
+    PreventFlowResultLoss,
+    PreventTaskResultLoss,
+    ResetRunCountOnTaskRerun,
+)
+from stateward_service.rules.pausing import PauseOnlyRunningRuns, ResumeOnlyBeforePauseTimeout
+from stateward_service.rules.retries import RetryFailedRuns
+from stateward_service.rules.starting import (
+    CopyScheduledTime,
+    OnlyScheduledRunsBecomeLate,
+    PreventSecondStart,
+    RenameReruns,
+    RunTasksOnlyInRunningFlows,
+    WaitForScheduledTime,
+)
+
+
+def flow_policy() -> tuple[Rule, ...]:
+    return (
+        PreventDuplicateTransitions(),
+        KeepFinishedRunsFinished(),
+        PreventFlowResultLoss(),
+        OnlyCancelledAfterCancelling(),
+        CancelRunsNoProcessOwns(),
+        PreventSecondStart(),
+        OnlyScheduledRunsBecomeLate(),
+        PauseOnlyRunningRuns(),
+        ResumeOnlyBeforePauseTimeout(),
+        CopyScheduledTime(),
+        WaitForScheduledTime(),
+        RetryFailedRuns(),
+        RenameReruns(),
+    )
+
+
+def task_policy(slot_wait_seconds: float = 1.0) -> tuple[Rule, ...]:
+    return (
+        PreventDuplicateTransitions(),
+        RetrieveCachedResults(),
+        KeepFinishedRunsFinished(),
+        PreventTaskResultLoss(),
+        ResetRunCountOnTaskRerun(),
+        RunTasksOnlyInRunningFlows(),
+        LimitTagConcurrency(slot_wait_seconds),
+        CopyScheduledTime(),
+        WaitForScheduledTime(),
+        RetryFailedRuns(),
+        RenameReruns(),
+        CacheCompletedResults(),
+    )
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The policy for each kind of run, and for forced proposals."""
+
+    flow: tuple[Rule, ...]
+    task: tuple[Rule, ...]
+    forced_flow: tuple[Rule, ...] = (PreventDuplicateTransitions(), PreventFlowResultLoss())
+    forced_task: tuple[Rule, ...] = (PreventDuplicateTransitions(), PreventTaskResultLoss())
+
+    @classmethod
+    def default(cls, slot_wait_seconds: float = 1.0) -> Policies:
+        return cls(flow=flow_policy(), task=task_policy(slot_wait_seconds))
+
+    def for_run(self, kind: RunKind, force: bool) -> tuple[Rule, ...]:
+        if kind is RunKind.FLOW_RUN:
+            return self.forced_flow if force else self.flow
+        return self.forced_task if force else self.task

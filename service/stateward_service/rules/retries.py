@@ -1,0 +1,35 @@
+"""Retrying failed runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from stateward.states import State, StateDetails, StateType
+from stateward_service.rules.engine import Outcome, Reject, Rule, TransitionContext
+
+
+class RetryFailedRuns(Rule):
+    """A run that fails with retries left is not failed yet: it waits as AwaitingRetry for its
+    retry delay (plus jitter, which never shortens it), keeping the failure's message and result.
+    A failure marked unretriable is final."""
+
+    FROM = frozenset({StateType.RUNNING})
+    TO = frozenset({StateType.FAILED})
+
+    def decide(self, ctx: TransitionContext) -> Outcome | None:
+        policy = ctx.run.retry_policy
+        run_count = ctx.run.run_count
+        if ctx.proposed.details.unretriable or run_count > policy.retries:
+            return None
+        delay = policy.delay_for(run_count) * (1.0 + policy.retry_jitter_factor * ctx.jitter)
+        awaiting = State(
+            StateType.SCHEDULED,
+            name="AwaitingRetry",
+            message=ctx.proposed.message,
+            details=StateDetails(
+                scheduled_time=ctx.now + timedelta(seconds=delay),
+                transition_id=ctx.proposed.details.transition_id,
+            ),
+            data=ctx.proposed.data,
+        )
+        return Reject(awaiting, f"retry {run_count} of {policy.retries} in {delay:.3g}s")

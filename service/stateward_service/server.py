@@ -1,0 +1,158 @@
+"""Server assembly: the store, the orchestrator, the servicer and the standard services (health,
+reflection), the interceptors, and a graceful shutdown on SIGINT/SIGTERM.
+
+`StatewardServer` runs inside any asyncio loop (the CLI's, a test's, the SDK's embedded thread);
+`serve()` is the `stateward server start` entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from stateward.v1 import orchestration_pb2, orchestration_pb2_grpc
+from stateward_service.api import OrchestrationApi
+from stateward_service.interceptors.errors import ErrorsInterceptor
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.rules.policies import Policies
+from stateward_service.servicer import OrchestrationServicer
+from stateward_service.settings import ServerSettings
+from stateward_service.store import Store
+
+log = logging.getLogger("stateward.server")
+
+SERVICE_NAME = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
+
+
+class PortUnavailable(Exception):
+    """The server could not listen on the address it was given."""
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class StatewardServer:
+    """One Stateward server: call `start()`, then `stop()`, inside a running event loop."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.store = Store(settings.db, synchronous=settings.sqlite_synchronous)
+        self.orchestrator = Orchestrator(self.store, Policies.default())
+        self.api = OrchestrationApi(self.orchestrator)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return format_address(self.settings.host, self.port)
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            interceptors=[ErrorsInterceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        orchestration_pb2_grpc.add_OrchestrationServiceServicer_to_server(
+            OrchestrationServicer(self.api), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = _bind(server, self.settings.host, self.settings.port)
+        await server.start()
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls (health says NOT_SERVING), let in-flight calls finish within the
+        grace period, then close the database cleanly. Calling it again with a shorter grace
+        hurries a stop under way."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self._stopping:
+            if self._server is not None:
+                await self._server.stop(grace)
+            return
+        self._stopping = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace)
+        with self.orchestrator.lock:
+            self.store.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    address = format_address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise PortUnavailable(_why_unbindable(host, port, address))
+    return bound
+
+
+def _why_unbindable(host: str, port: int, address: str) -> str:
+    """A message saying why `address` cannot be listened on, found by trying it ourselves."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((host.strip("[]"), port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return (
+                f"cannot listen on {address}: the port is already in use (another Stateward "
+                "server?). Stop it, or choose another port with --port"
+            )
+        return f"cannot listen on {address}: {error.strerror}"
+    finally:
+        probe.close()
+    return f"cannot listen on {address}"
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting."""
+    server = StatewardServer(settings)
+    await server.start()
+    print(
+        f"Stateward server listening on {server.address} (database {settings.db})",
+        file=sys.stderr,
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if stopping:
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            stopping.append(loop.create_task(server.stop(grace=0)))
+            return
+        print("Stateward server shutting down...", file=sys.stderr, flush=True)
+        stopping.append(loop.create_task(server.stop()))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.wait_stopped()
+    await asyncio.gather(*stopping)
+    print("Stateward server stopped.", file=sys.stderr, flush=True)

@@ -1,0 +1,54 @@
+"""The server's settings. Each has a command-line flag (`stateward server start --help`) and an
+environment variable, named in `ENVIRONMENT`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from stateward import settings as client_settings
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = client_settings.DEFAULT_PORT
+    db: Path = field(default_factory=client_settings.default_database)
+    # SQLite's synchronous mode: NORMAL survives a crash of the server process; FULL also
+    # survives a power cut, at a cost on every commit.
+    sqlite_synchronous: str = "NORMAL"
+    # How long in-flight calls may take to finish at shutdown.
+    shutdown_grace_seconds: float = 5.0
+
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> ServerSettings:
+        """Defaults, then environment variables, then the given overrides (flags)."""
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = os.environ.get(ENVIRONMENT.get(item.name, ""))
+            if raw:
+                values[item.name] = _parse(item.type, raw)
+        settings = replace(cls(), **values)
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+ENVIRONMENT = {
+    "host": "STATEWARD_HOST",
+    "port": "STATEWARD_PORT",
+    "db": "STATEWARD_DB",
+    "sqlite_synchronous": "STATEWARD_SQLITE_SYNCHRONOUS",
+    "shutdown_grace_seconds": "STATEWARD_SHUTDOWN_GRACE_SECONDS",
+}
+
+
+def _parse(kind: Any, raw: str) -> Any:
+    name = kind if isinstance(kind, str) else kind.__name__
+    if name == "int":
+        return int(raw)
+    if name == "float":
+        return float(raw)
+    if name == "Path":
+        return Path(raw).expanduser()
+    return raw
