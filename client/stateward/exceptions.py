@@ -1,20 +1,20 @@
 """Every error Stateward raises, as one tree:
 
-    StatewardError
-    ├── RunError                 a run did not complete; State.result() raises it
-    │   ├── FailedRun            its code failed and no exception was stored
-    │   ├── CrashedRun           something outside its code ended it
-    │   └── CancelledRun         somebody cancelled it
-    ├── OrchestrationAborted     the server answered ABORT: the run must stop here
-    ├── ResultTooLarge           a result is larger than the limit for storing it
-    ├── ServerUnavailable        no server could be reached or started
-    └── RpcError                 the server refused a call (a gRPC status other than OK)
-        ├── NotFound
-        ├── InvalidArgument
-        ├── AlreadyExists
-        ├── FailedPrecondition
-        ├── ResourceExhausted
-        └── Unauthenticated
+StatewardError
+├── RunError                 a run did not complete; State.result() raises it
+│   ├── FailedRun            its code failed and no exception was stored
+│   ├── CrashedRun           something outside its code ended it
+│   └── CancelledRun         somebody cancelled it
+├── OrchestrationAborted     the server answered ABORT: the run must stop here
+├── ResultTooLarge           a result is larger than the limit for storing it
+├── ServerUnavailable        no server could be reached or started
+└── RpcError                 the server refused a call (a gRPC status other than OK)
+    ├── NotFound
+    ├── InvalidArgument
+    ├── AlreadyExists
+    ├── FailedPrecondition
+    ├── ResourceExhausted
+    └── Unauthenticated
 """
 
 from __future__ import annotations

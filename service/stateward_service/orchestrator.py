@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from stateward.states import State, StateDetails, StateType, now
@@ -114,9 +114,12 @@ class Orchestrator:
         with self.lock:
             if self.store.run_exists(run.id):
                 raise RunAlreadyExists(run.id)
-            if run.kind is RunKind.TASK_RUN and run.flow_run_id:
-                if self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN) is None:
-                    raise RunNotFound(run.flow_run_id, RunKind.FLOW_RUN)
+            if (
+                run.kind is RunKind.TASK_RUN
+                and run.flow_run_id
+                and not self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN)
+            ):
+                raise RunNotFound(run.flow_run_id, RunKind.FLOW_RUN)
             parent = None
             if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
                 parent = self.store.get_run(run.parent_task_run_id, RunKind.TASK_RUN)
@@ -220,33 +223,29 @@ class Orchestrator:
         moment = self.clock()
         if proposed.type is StateType.SCHEDULED and proposed.details.scheduled_time is None:
             proposed = proposed.with_details(scheduled_time=moment)
-        ctx = TransitionContext(
-            run=run,
-            proposed=proposed,
-            now=moment,
-            jitter=self.rng(),
-            **self._prefetch(run, proposed, force),
-        )
+        ctx = TransitionContext(run=run, proposed=proposed, now=moment, jitter=self.rng())
+        if not force and run.kind is RunKind.TASK_RUN and proposed.type is StateType.RUNNING:
+            ctx = self._with_task_start_facts(ctx)
         return decide(self.policies.for_run(run.kind, force), ctx)
 
-    def _prefetch(self, run: RunRecord, proposed: State, force: bool) -> dict[str, object]:
-        """Read what the task policy's rules need for this proposal, and only that."""
-        if force or run.kind is not RunKind.TASK_RUN or proposed.type is not StateType.RUNNING:
-            return {}
-        found: dict[str, object] = {}
+    def _with_task_start_facts(self, ctx: TransitionContext) -> TransitionContext:
+        """Add what the task policy reads when a task run proposes RUNNING, and only that: its
+        flow run's state, the cached result under its key, its tags' concurrency limits."""
+        run, details = ctx.run, ctx.proposed.details
+        flow_run_state = None
         if run.flow_run_id:
             flow_run = self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN)
-            found["flow_run_state"] = flow_run.state if flow_run else None
-        details = proposed.details
+            flow_run_state = flow_run.state if flow_run else None
+        cached = None
         if details.cache_key and not details.refresh_cache:
-            found["cached"] = self.store.cached_state(details.cache_key, self.clock())
+            cached = self.store.cached_state(details.cache_key, ctx.now)
+        limits: tuple[LimitUsage, ...] = ()
         if run.tags:
-            found["limits"] = tuple(self._limit_usage(run))
-        return found
-
-    def _limit_usage(self, run: RunRecord) -> Iterable[LimitUsage]:
-        for tag, limit, active, held in self.store.limit_usage(run.id, run.tags):
-            yield LimitUsage(tag, limit, active, held)
+            limits = tuple(
+                LimitUsage(tag, limit, active, held)
+                for tag, limit, active, held in self.store.limit_usage(run.id, run.tags)
+            )
+        return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
 
     def _write(self, run: RunRecord, decision: Decision, write: _Write) -> None:
         """Write the decided state for `run` (inside a transaction)."""
@@ -264,9 +263,8 @@ class Orchestrator:
         self.store.update_run(run)
         for effect in decision.effects:
             self._apply(run, state, effect)
-        if run.tags and previous is not None and previous.type is StateType.RUNNING:
-            if state.type is not StateType.RUNNING:
-                self.store.release_slots(run.id)
+        if run.tags and _leaves_running(previous, state):
+            self.store.release_slots(run.id)
         sequence = self.store.append_transition(run, previous, state)
         write.transitions.append(_transition(sequence, run, previous, state))
         if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
@@ -313,7 +311,13 @@ class Orchestrator:
                 publisher(write.transitions)
 
 
-def _forced_context(run: RunRecord, proposed: State, orchestrator: Orchestrator) -> TransitionContext:
+def _leaves_running(previous: State | None, state: State) -> bool:
+    return previous is not None and previous.type is StateType.RUNNING and not state.is_running()
+
+
+def _forced_context(
+    run: RunRecord, proposed: State, orchestrator: Orchestrator
+) -> TransitionContext:
     return TransitionContext(run=run, proposed=proposed, now=orchestrator.clock())
 
 

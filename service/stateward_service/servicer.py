@@ -25,7 +25,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     ) -> pb.CreateFlowRunResponse:
         return self.api.CreateFlowRun(request)
 
-    async def GetFlowRun(self, request: pb.GetFlowRunRequest, context: Context) -> pb.GetFlowRunResponse:
+    async def GetFlowRun(
+        self, request: pb.GetFlowRunRequest, context: Context
+    ) -> pb.GetFlowRunResponse:
         return self.api.GetFlowRun(request)
 
     async def ListFlowRuns(
@@ -38,7 +40,9 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     ) -> pb.CreateTaskRunResponse:
         return self.api.CreateTaskRun(request)
 
-    async def GetTaskRun(self, request: pb.GetTaskRunRequest, context: Context) -> pb.GetTaskRunResponse:
+    async def GetTaskRun(
+        self, request: pb.GetTaskRunRequest, context: Context
+    ) -> pb.GetTaskRunResponse:
         return self.api.GetTaskRun(request)
 
     async def ListTaskRuns(
@@ -49,10 +53,12 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     async def SetState(self, request: pb.SetStateRequest, context: Context) -> pb.SetStateResponse:
         return self.api.SetState(request)
 
-    async def ListStates(self, request: pb.ListStatesRequest, context: Context) -> pb.ListStatesResponse:
+    async def ListStates(
+        self, request: pb.ListStatesRequest, context: Context
+    ) -> pb.ListStatesResponse:
         return self.api.ListStates(request)
 
-    async def WatchTransitions(  # type: ignore[override]
+    async def WatchTransitions(
         self, request: pb.WatchTransitionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchTransitionsResponse]:
         await context.abort(

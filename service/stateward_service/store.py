@@ -87,22 +87,22 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
         "total_run_time": 0.0,
     }
     not_null = {"id", "name", "parameters", "tags", "run_count", "total_run_time", "created"}
-    db["flow_runs"].create(
+    db.table("flow_runs").create(
         {**_RUN_COLUMNS, "flow_name": str, "parent_task_run_id": str},
         pk="id",
         not_null=not_null | {"flow_name"},
         defaults=run_defaults,
     )
-    db["flow_runs"].create_index(["flow_name"])
-    db["flow_runs"].create_index(["parent_task_run_id"])
-    db["task_runs"].create(
+    db.table("flow_runs").create_index(["flow_name"])
+    db.table("flow_runs").create_index(["parent_task_run_id"])
+    db.table("task_runs").create(
         {**_RUN_COLUMNS, "task_key": str, "flow_run_id": str, "child_flow_run_id": str},
         pk="id",
         not_null=not_null | {"task_key"},
         defaults=run_defaults,
     )
-    db["task_runs"].create_index(["flow_run_id"])
-    db["states"].create(
+    db.table("task_runs").create_index(["flow_run_id"])
+    db.table("states").create(
         {
             "id": str,
             "run_id": str,
@@ -117,7 +117,7 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"run_id", "type", "name", "timestamp", "message", "details"},
     )
-    db["states"].create_index(["run_id", "timestamp"])
+    db.table("states").create_index(["run_id", "timestamp"])
     # AUTOINCREMENT: a sequence is never handed out twice, even after the log is pruned.
     db.execute(
         """CREATE TABLE transitions (
@@ -130,7 +130,7 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
             to_type INTEGER NOT NULL
         )"""
     )
-    db["cache"].create(
+    db.table("cache").create(
         {"key": str, "state_id": str, "expiration": int, "created": int},
         pk="key",
         not_null={"state_id", "created"},
@@ -140,15 +140,15 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
 def _migrate_to_2(db: sqlite_utils.Database) -> None:
     """Tag concurrency limits and their slots, pause keys, heartbeat leases, and the indexes the
     server's loops query by."""
-    db["concurrency_limits"].create(
+    db.table("concurrency_limits").create(
         {"tag": str, "lim": int, "created": int}, pk="tag", not_null={"lim", "created"}
     )
-    db["concurrency_slots"].create({"tag": str, "run_id": str}, pk=("tag", "run_id"))
-    db["concurrency_slots"].create_index(["run_id"])
-    db["flow_runs"].add_column("pause_keys", str, not_null_default="[]")
+    db.table("concurrency_slots").create({"tag": str, "run_id": str}, pk=("tag", "run_id"))
+    db.table("concurrency_slots").create_index(["run_id"])
+    db.table("flow_runs").add_column("pause_keys", str, not_null_default="[]")
     for table in ("flow_runs", "task_runs"):
-        db[table].add_column("lease_expires", int)
-        db[table].create_index(["state_type"])
+        db.table(table).add_column("lease_expires", int)
+        db.table(table).create_index(["state_type"])
 
 
 MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_migrate_to_1, _migrate_to_2)
@@ -159,8 +159,8 @@ def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
     """Bring the database's schema up to `target`, one migration per transaction. Returns the
     version it found."""
     if "schema_version" not in db.table_names():
-        db["schema_version"].create({"version": int}, not_null={"version"})
-        db["schema_version"].insert({"version": 0})
+        db.table("schema_version").create({"version": int}, not_null={"version"})
+        db.table("schema_version").insert({"version": 0})
     row = db.execute("SELECT version FROM schema_version").fetchone()
     found = int(row[0])
     if found > SCHEMA_VERSION:
@@ -259,7 +259,7 @@ class Store:
     def update_run(self, run: RunRecord) -> None:
         """Write the run's mutable fields (state, bookkeeping, pause keys, lease)."""
         state = run.state
-        values = (
+        values: tuple[object, ...] = (
             state.id if state else None,
             int(state.type) if state else None,
             state.name if state else None,
@@ -277,7 +277,9 @@ class Store:
         if run.kind is RunKind.FLOW_RUN:
             columns += ", pause_keys = ?"
             values += (json.dumps(sorted(run.pause_keys)),)
-        self.conn.execute(f"UPDATE {_table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id))
+        self.conn.execute(
+            f"UPDATE {_table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id)
+        )
 
     def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
         """Record on a task run that it stands for the subflow `flow_run_id`."""
@@ -290,7 +292,7 @@ class Store:
         kinds = (kind,) if kind is not None else (RunKind.FLOW_RUN, RunKind.TASK_RUN)
         for candidate in kinds:
             cursor = self.conn.execute(
-                f"""SELECT r.*, {_prefixed_state_columns('s')} FROM {_table(candidate)} r
+                f"""SELECT r.*, {_prefixed_state_columns("s")} FROM {_table(candidate)} r
                     LEFT JOIN states s ON s.id = r.state_id WHERE r.id = ?""",
                 (run_id,),
             )
@@ -324,7 +326,7 @@ class Store:
         for tag in where.tags:
             clauses.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE value = ?)")
             params.append(tag)
-        sql = f"""SELECT r.rowid AS _rowid, r.*, {_prefixed_state_columns('s')}
+        sql = f"""SELECT r.rowid AS _rowid, r.*, {_prefixed_state_columns("s")}
                   FROM {_table(kind)} r LEFT JOIN states s ON s.id = r.state_id"""
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -408,7 +410,7 @@ class Store:
             f"""SELECT t.sequence, t.run_kind, t.run_id, t.flow_run_id,
                        coalesce(f.name, tr.name), coalesce(f.flow_name, ''),
                        coalesce(tr.task_key, ''),
-                       {_prefixed_state_columns('a')}, {_prefixed_state_columns('b')}
+                       {_prefixed_state_columns("a")}, {_prefixed_state_columns("b")}
                 FROM transitions t
                 LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
                 LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
@@ -445,7 +447,7 @@ class Store:
 
     def cached_state(self, key: str, now: datetime) -> State | None:
         row = self.conn.execute(
-            f"""SELECT {_prefixed_state_columns('s')}, c.expiration FROM cache c
+            f"""SELECT {_prefixed_state_columns("s")}, c.expiration FROM cache c
                 JOIN states s ON s.id = c.state_id
                 WHERE c.key = ? AND (c.expiration IS NULL OR c.expiration > ?)""",
             (key, to_us(now)),
@@ -455,17 +457,18 @@ class Store:
         state = _state_from_row(row[:-1])
         return state.with_details(cache_expiration=from_us(row[-1]))
 
-    def cache_state(self, key: str, state_id: str, expiration: datetime | None, now: datetime) -> None:
+    def cache_state(
+        self, key: str, state_id: str, expiration: datetime | None, now: datetime
+    ) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO cache (key, state_id, expiration, created) VALUES (?, ?, ?, ?)",
             (key, state_id, to_us(expiration), to_us(now)),
         )
 
-
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def limit_usage(self, run_id: str, tags: Sequence[str]) -> list[tuple[str, int, int, bool]]:
-        """For each limit on one of `tags`: (tag, limit, slots taken, whether `run_id` holds one)."""
+        """For each limit on one of `tags`: (tag, limit, slots taken, whether the run holds one)."""
         marks = ", ".join("?" for _ in tags)
         rows = self.conn.execute(
             f"""SELECT l.tag, l.lim,
@@ -502,7 +505,9 @@ class Store:
 
     def delete_limit(self, tag: str) -> bool:
         self.conn.execute("DELETE FROM concurrency_slots WHERE tag = ?", (tag,))
-        return self.conn.execute("DELETE FROM concurrency_limits WHERE tag = ?", (tag,)).rowcount > 0
+        return (
+            self.conn.execute("DELETE FROM concurrency_limits WHERE tag = ?", (tag,)).rowcount > 0
+        )
 
     def get_limits(self, tags: Sequence[str] = ()) -> list[ConcurrencyLimit]:
         """The limits on `tags` (all limits when empty), by tag, with their holders."""
@@ -528,7 +533,7 @@ class Store:
         self, kind: RunKind, state_type: StateType, name: str | None = None
     ) -> list[tuple[str, State]]:
         """(run id, current state) of the runs whose current state has this type (and name)."""
-        sql = f"""SELECT r.id, {_prefixed_state_columns('s')} FROM {_table(kind)} r
+        sql = f"""SELECT r.id, {_prefixed_state_columns("s")} FROM {_table(kind)} r
                   JOIN states s ON s.id = r.state_id WHERE r.state_type = ?"""
         params: list[Any] = [int(state_type)]
         if name is not None:
@@ -545,7 +550,8 @@ class Store:
                   AND (state_type IS NULL OR state_type NOT IN ({marks}))
                 UNION ALL
                 SELECT 1, f.id FROM flow_runs f JOIN task_runs t ON t.id = f.parent_task_run_id
-                WHERE t.flow_run_id = ? AND (f.state_type IS NULL OR f.state_type NOT IN ({marks}))""",
+                WHERE t.flow_run_id = ?
+                  AND (f.state_type IS NULL OR f.state_type NOT IN ({marks}))""",
             (flow_run_id, *terminal, flow_run_id, *terminal),
         ).fetchall()
         return [(RunKind(kind), run_id) for kind, run_id in rows]
@@ -557,7 +563,8 @@ class Store:
             f"""SELECT DISTINCT f.id FROM flow_runs f WHERE f.state_type = ? AND (
                   EXISTS (SELECT 1 FROM task_runs t WHERE t.flow_run_id = f.id
                           AND (t.state_type IS NULL OR t.state_type NOT IN ({marks})))
-                  OR EXISTS (SELECT 1 FROM task_runs t JOIN flow_runs c ON c.parent_task_run_id = t.id
+                  OR EXISTS (SELECT 1 FROM task_runs t
+                          JOIN flow_runs c ON c.parent_task_run_id = t.id
                           WHERE t.flow_run_id = f.id
                           AND (c.state_type IS NULL OR c.state_type NOT IN ({marks}))))""",
             (int(StateType.CANCELLED), *terminal, *terminal),

@@ -20,7 +20,9 @@ def start(
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(help="Port to listen on; 0 picks a free one. [env: STATEWARD_PORT; default: 8470]"),
+        typer.Option(
+            help="Port to listen on; 0 picks a free one. [env: STATEWARD_PORT; default: 8470]"
+        ),
     ] = None,
     db: Annotated[
         Path | None,
@@ -34,7 +36,9 @@ def start(
     from stateward_service.settings import ServerSettings
     from stateward_service.store import DatabaseInUse
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = ServerSettings.from_environment(host=host, port=port, db=db)
     try:
         asyncio.run(serve(settings))

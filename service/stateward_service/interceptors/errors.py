@@ -17,6 +17,7 @@ from stateward_service.errors import ServiceError
 log = logging.getLogger("stateward.server")
 
 DOMAIN = "stateward.v1"
+Handler = grpc.RpcMethodHandler[Any, Any]
 
 
 def status_for(error: ServiceError) -> grpc.Status:
@@ -43,7 +44,8 @@ def status_for(error: ServiceError) -> grpc.Status:
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.value), message=error.message, details=details
     )
-    return rpc_status.to_status(status)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> None:
@@ -54,15 +56,16 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError
 class ErrorsInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+    ) -> Handler | None:
+        found = await continuation(handler_call_details)
+        if found is None:
+            return None
+        handler: Any = found
         method = handler_call_details.method
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            inner: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
@@ -81,7 +84,7 @@ class ErrorsInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            inner_stream: Any = handler.unary_stream
 
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -102,4 +105,4 @@ class ErrorsInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return found

@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stateward_service.model import RunKind
-from stateward_service.rules.cancellation import CancelRunsNoProcessOwns, OnlyCancelledAfterCancelling
 from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
+from stateward_service.rules.cancellation import (
+    CancelRunsNoProcessOwns,
+    OnlyCancelledAfterCancelling,
+)
 from stateward_service.rules.concurrency import LimitTagConcurrency
 from stateward_service.rules.engine import Rule
 from stateward_service.rules.guards import (

@@ -1,0 +1,187 @@
+"""The server as a process: health, reflection, a clear error when its port or database is taken,
+graceful shutdown, restarts that keep everything, and `kill -9` losing nothing acknowledged."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from stateward.v1 import orchestration_pb2 as pb
+from tests.support import ACCEPT, ST, ServerProcess, history, new_flow_run, propose, state
+
+
+def test_health_is_serving_and_reflection_lists_the_service(server):
+    health = health_pb2_grpc.HealthStub(server.channel())
+    for service in ("", "stateward.v1.OrchestrationService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(server.channel())
+    replies = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"stateward.v1.OrchestrationService", "grpc.health.v1.Health"} <= names
+
+
+def test_startup_line_names_address_and_database(server):
+    assert f"listening on 127.0.0.1:{server.port} (database {server.db})" in server.output()
+
+
+def test_a_taken_port_is_a_clear_error(server, tmp_path):
+    second = ServerProcess(tmp_path / "other.db", port=server.port)
+    try:
+        second.start(timeout=20)
+    except RuntimeError as error:
+        message = str(error)
+    else:  # pragma: no cover - the bug this test is for
+        second.stop()
+        raise AssertionError("a second server listened on a taken port")
+    assert "already in use" in message and str(server.port) in message
+    # The first server is untouched.
+    assert new_flow_run(server.stub()).state.name == "Pending"
+
+
+def test_a_database_in_use_is_a_clear_error(server):
+    second = ServerProcess(server.db)
+    try:
+        second.start(timeout=20)
+    except RuntimeError as error:
+        assert "in use by another Stateward server" in str(error)
+    else:  # pragma: no cover
+        second.stop()
+        raise AssertionError("two servers opened one database")
+
+
+def test_sigterm_stops_gracefully_and_closes_the_database(tmp_path):
+    server = ServerProcess(tmp_path / "graceful.db").start()
+    run = new_flow_run(server.stub(), initial=ST.STATE_TYPE_RUNNING)
+    assert server.stop(signal.SIGTERM) == 0
+    assert "shutting down" in server.output() and "stopped" in server.output()
+    wal = tmp_path / "graceful.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed on close
+    with sqlite3.connect(tmp_path / "graceful.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        row = db.execute("SELECT state_name FROM flow_runs WHERE id = ?", (run.id,)).fetchone()
+    assert row == ("Running",)
+
+
+def test_in_flight_calls_finish_during_shutdown(tmp_path):
+    """Writers keep proposing while SIGTERM arrives: every call either completes (and its state is
+    stored) or is refused without being applied; none is half done. (gRPC refuses calls that arrive
+    once shutdown began with UNAVAILABLE or CANCELLED.)"""
+    server = ServerProcess(tmp_path / "inflight.db").start()
+    stub = server.stub()
+    runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id for _ in range(4)]
+    acknowledged: list[tuple[str, str]] = []
+    refused: list[tuple[str, str, grpc.StatusCode]] = []
+
+    def write(run_id: str) -> None:
+        channel = grpc.insecure_channel(server.target)
+        writer = pb_stub(channel)
+        while True:
+            transition = str(uuid.uuid4())
+            try:
+                propose(writer, run_id, state(ST.STATE_TYPE_RUNNING, transition_id=transition))
+            except grpc.RpcError as error:
+                refused.append((run_id, transition, error.code()))
+                return
+            acknowledged.append((run_id, transition))
+
+    threads = [threading.Thread(target=write, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    assert server.stop(signal.SIGTERM) == 0
+    for thread in threads:
+        thread.join(10)
+    assert acknowledged and len(refused) == len(runs)
+    assert {code for _, _, code in refused} <= {
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+    }  # fmt: skip
+    restarted = server.restart()
+    try:
+        stored = {
+            run_id: {
+                s.details.transition_id
+                for s in restarted.stub().ListStates(pb.ListStatesRequest(run_id=run_id)).states
+            }
+            for run_id in runs
+        }
+        assert all(transition in stored[run_id] for run_id, transition in acknowledged)
+        assert not any(transition in stored[run_id] for run_id, transition, _ in refused)
+    finally:
+        restarted.stop()
+
+
+def pb_stub(channel: grpc.Channel):
+    from stateward.v1 import orchestration_pb2_grpc
+
+    return orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+
+
+def test_restart_on_the_same_database_keeps_everything(tmp_path):
+    server = ServerProcess(tmp_path / "restart.db").start()
+    stub = server.stub()
+    run = new_flow_run(stub, flow_name="kept", tags=["a"], parameters={"n": 2})
+    propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+    propose(stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_json="[1, 2]"))
+    before = stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run
+    states_before = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states
+    server.restart()
+    try:
+        stub = server.stub()
+        assert stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run == before
+        assert stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states == states_before
+        assert history(stub, run.id) == ["Pending", "Running", "Completed"]
+    finally:
+        server.stop()
+
+
+def test_kill_9_while_8_clients_write_loses_nothing_acknowledged(tmp_path):
+    server = ServerProcess(tmp_path / "crash.db").start()
+    stub = server.stub()
+    runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id for _ in range(8)]
+    acknowledged: dict[str, list[str]] = {run_id: [] for run_id in runs}
+    stop = threading.Event()
+
+    def write(run_id: str) -> None:
+        channel = grpc.insecure_channel(server.target)
+        writer = pb_stub(channel)
+        while not stop.is_set():
+            try:
+                answer = propose(writer, run_id, ST.STATE_TYPE_RUNNING)
+            except grpc.RpcError:
+                return
+            assert answer.status == ACCEPT
+            acknowledged[run_id].append(answer.state.id)
+        channel.close()
+
+    threads = [threading.Thread(target=write, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    server.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    total = sum(len(ids) for ids in acknowledged.values())
+    assert total > 100, "the writers should have written a good number of states"
+    server.restart()
+    try:
+        stub = server.stub()
+        for run_id, state_ids in acknowledged.items():
+            stored = [s.id for s in stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states]
+            missing = set(state_ids) - set(stored)
+            assert not missing, f"{len(missing)} acknowledged states of {run_id} were lost"
+            # Acknowledged states are in the history in the order they were acknowledged.
+            positions = [stored.index(state_id) for state_id in state_ids]
+            assert positions == sorted(positions)
+    finally:
+        server.stop()

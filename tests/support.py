@@ -1,0 +1,198 @@
+"""Test support: real Stateward servers in subprocesses, on ephemeral loopback ports, each with
+its own SQLite file, and small helpers to talk to them over real gRPC."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import orchestration_pb2_grpc, runs_pb2, states_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+ST = states_pb2  # the StateType enum values live on the states module
+ACCEPT = pb.SET_STATE_STATUS_ACCEPT
+REJECT = pb.SET_STATE_STATUS_REJECT
+WAIT = pb.SET_STATE_STATUS_WAIT
+ABORT = pb.SET_STATE_STATUS_ABORT
+
+
+class ServerProcess:
+    """`stateward server start` in a subprocess, its output in a log file."""
+
+    def __init__(
+        self,
+        db: Path,
+        *,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.db = db
+        self.args = list(args)
+        self.env = env or {}
+        self.requested_port = port
+        self.log_path = db.with_suffix(".log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        env = {**os.environ, "STATEWARD_HOME": str(self.db.parent), **self.env}
+        command = [
+            sys.executable, "-m", "stateward", "server", "start",
+            "--port", str(self.requested_port), "--db", str(self.db), *self.args,
+        ]  # fmt: skip
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        offset = self.log_path.stat().st_size
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            found = _LISTENING.search(text)
+            if found:
+                self.port = int(found.group(2))
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{text}")
+            time.sleep(0.02)
+        raise TimeoutError(f"server did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+        return self._channel
+
+    def stub(self) -> orchestration_pb2_grpc.OrchestrationServiceStub:
+        return orchestration_pb2_grpc.OrchestrationServiceStub(self.channel())
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send `sig` and wait for the process to end; returns its exit code."""
+        self._close_channel()
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> ServerProcess:
+        """Stop (if running) and start again on the same database and port."""
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+        self.requested_port = self.port
+        return self.start()
+
+
+@contextmanager
+def running_server(tmp_path: Path, **kwargs: object) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path / f"{uuid.uuid4().hex[:8]}.db", **kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+
+
+# --- request helpers ----------------------------------------------------------------------------
+
+
+def state(type_: int, name: str = "", **details: object) -> states_pb2.State:
+    msg = states_pb2.State(type=type_, name=name)  # type: ignore[arg-type]
+    for key, value in details.items():
+        if key == "result_json":
+            msg.result.json = str(value)
+        elif key == "result_pickle":
+            msg.result.pickle = value  # type: ignore[assignment]
+        elif key == "message":
+            msg.message = str(value)
+        else:
+            target = getattr(msg.details, key)
+            if hasattr(target, "FromDatetime"):
+                target.FromDatetime(value)
+            else:
+                setattr(msg.details, key, value)
+    return msg
+
+
+def new_flow_run(
+    stub: orchestration_pb2_grpc.OrchestrationServiceStub,
+    initial: int | None = ST.STATE_TYPE_PENDING,
+    **fields: object,
+) -> runs_pb2.FlowRun:
+    fields.setdefault("flow_name", "test-flow")
+    run = runs_pb2.FlowRun(**fields)  # type: ignore[arg-type]
+    if initial is not None:
+        run.state.CopyFrom(state(initial))
+    return stub.CreateFlowRun(pb.CreateFlowRunRequest(flow_run=run)).flow_run
+
+
+def new_task_run(
+    stub: orchestration_pb2_grpc.OrchestrationServiceStub,
+    flow_run_id: str = "",
+    initial: int | None = ST.STATE_TYPE_PENDING,
+    **fields: object,
+) -> runs_pb2.TaskRun:
+    fields.setdefault("task_key", "test-task")
+    run = runs_pb2.TaskRun(flow_run_id=flow_run_id, **fields)  # type: ignore[arg-type]
+    if initial is not None:
+        run.state.CopyFrom(state(initial))
+    return stub.CreateTaskRun(pb.CreateTaskRunRequest(task_run=run)).task_run
+
+
+def propose(
+    stub: orchestration_pb2_grpc.OrchestrationServiceStub,
+    run_id: str,
+    type_or_state: int | states_pb2.State,
+    *,
+    force: bool = False,
+    expected_state_id: str | None = None,
+) -> pb.SetStateResponse:
+    proposed = (
+        type_or_state if isinstance(type_or_state, states_pb2.State) else state(type_or_state)
+    )
+    request = pb.SetStateRequest(run_id=run_id, state=proposed, force=force)
+    if expected_state_id is not None:
+        request.expected_state_id = expected_state_id
+    return stub.SetState(request)
+
+
+def history(stub: orchestration_pb2_grpc.OrchestrationServiceStub, run_id: str) -> list[str]:
+    """The names of a run's states, oldest first."""
+    return [s.name for s in stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states]
+
+
+def status_name(status: int) -> str:
+    return pb.SetStateStatus.Name(status).removeprefix("SET_STATE_STATUS_")  # type: ignore[arg-type]

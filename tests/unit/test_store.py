@@ -1,0 +1,107 @@
+"""The SQLite store on real files: migrations, atomic writes, the single-writer lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlite_utils
+
+from stateward.states import State, StateType
+from stateward_service.model import RunKind, RunRecord
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.store import SCHEMA_VERSION, DatabaseInUse, Store, migrate
+
+
+def flow_run(**fields) -> RunRecord:
+    return RunRecord(
+        kind=RunKind.FLOW_RUN,
+        id=str(uuid.uuid4()),
+        name="a-run",
+        created=datetime.now(UTC),
+        flow_name="f",
+        **fields,
+    )
+
+
+def test_a_new_database_gets_the_current_schema(tmp_path):
+    store = Store(tmp_path / "new.db")
+    assert store.found_schema_version == 0
+    version = store.conn.execute("SELECT version FROM schema_version").fetchone()[0]
+    assert version == SCHEMA_VERSION
+    assert {"flow_runs", "task_runs", "states", "transitions", "cache"} <= set(
+        store.db.table_names()
+    )
+    mode = store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+
+
+def test_an_older_database_is_upgraded_and_keeps_its_data(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrate(db, target=1)
+    db["flow_runs"].insert(
+        {"id": "r1", "name": "old", "flow_name": "f", "created": 0, "state_type": 3}
+    )
+    db.conn.close()
+
+    store = Store(path)
+    assert store.found_schema_version == 1
+    assert store.conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    run = store.get_run("r1")
+    assert run is not None and run.name == "old"
+    assert run.pause_keys == frozenset() and run.lease_expires is None  # added by migration 2
+    assert "concurrency_limits" in store.db.table_names()
+    store.close()
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(RuntimeError, match="newer than this Stateward"):
+        Store(path)
+
+
+def test_one_store_per_database(tmp_path):
+    store = Store(tmp_path / "one.db")
+    with pytest.raises(DatabaseInUse, match="in use by another Stateward server"):
+        Store(tmp_path / "one.db")
+    store.close()
+    Store(tmp_path / "one.db").close()  # free again once closed
+
+
+def test_a_state_its_run_and_its_log_entry_commit_together(tmp_path):
+    store = Store(tmp_path / "atomic.db")
+    orchestrator = Orchestrator(store)
+    run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    # Make SQLite itself fail the log entry, after the state and the run row were written.
+    store.conn.execute(
+        """CREATE TRIGGER fail_log BEFORE INSERT ON transitions
+           BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"""
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        orchestrator.set_state(run.id, State(StateType.RUNNING))
+    stored = store.get_run(run.id)
+    assert stored is not None and stored.state is not None
+    assert stored.state.type is StateType.PENDING
+    assert [s.name for s in store.list_states(run.id)] == ["Pending"]
+    assert store.conn.execute("SELECT count(*) FROM transitions").fetchone()[0] == 1
+    store.conn.execute("DROP TRIGGER fail_log")
+    assert orchestrator.set_state(run.id, State(StateType.RUNNING)).state.name == "Running"
+    store.close()
+
+
+def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path):
+    store = Store(tmp_path / "seq.db")
+    orchestrator = Orchestrator(store)
+    run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    first = orchestrator.set_state(run.id, State(StateType.RUNNING)).transitions[0].sequence
+    store.conn.execute("DELETE FROM transitions")
+    later = orchestrator.set_state(run.id, State(StateType.COMPLETED)).transitions[0].sequence
+    assert later == first + 1
+    store.close()
