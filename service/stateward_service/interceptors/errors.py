@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
@@ -17,7 +17,7 @@ from stateward_service.errors import ServiceError
 log = logging.getLogger("stateward.server")
 
 DOMAIN = "stateward.v1"
-Handler = grpc.RpcMethodHandler[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def status_for(error: ServiceError) -> grpc.Status:
