@@ -22,9 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stateward.v1 import orchestration_pb2 as pb  # noqa: E402
-from stateward.v1 import orchestration_pb2_grpc, states_pb2  # noqa: E402
-from tests.support import ServerProcess, new_flow_run  # noqa: E402
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import orchestration_pb2_grpc, states_pb2
+from tests.support import ServerProcess, new_flow_run
 
 RUNNING = states_pb2.State(type=states_pb2.STATE_TYPE_RUNNING)
 
@@ -90,12 +90,9 @@ def main() -> None:
                 base += timed(health.Check, check, args.calls // 5)
                 measured += timed(stub.SetState, set_state, args.calls // 5)
             b50, s50 = statistics.median(base), statistics.median(measured)
-            print(
-                f"health check (baseline)  p50 {b50 * 1e6:7.0f} us   p99 {percentile(base, 0.99) * 1e6:7.0f} us"
-            )
-            print(
-                f"SetState                 p50 {s50 * 1e6:7.0f} us   p99 {percentile(measured, 0.99) * 1e6:7.0f} us"
-            )
+            for label, samples in (("health check (baseline)", base), ("SetState", measured)):
+                p50, p99 = statistics.median(samples) * 1e6, percentile(samples, 0.99) * 1e6
+                print(f"{label:<24} p50 {p50:7.0f} us   p99 {p99:7.0f} us")
             print(f"SetState / baseline      p50 {s50 / b50:7.2f}x")
             one = throughput(server.target, [run.id], args.seconds)
             runs = [
@@ -105,7 +102,7 @@ def main() -> None:
             many = throughput(server.target, runs, args.seconds)
             print(f"throughput, 1 writer     {one:7.0f} SetState/s")
             print(
-                f"throughput, {args.writers} writers    {many:7.0f} SetState/s  ({many / one:.2f}x one writer)"
+                f"throughput, {args.writers} writers    {many:7.0f} SetState/s ({many / one:.2f}x)"
             )
         finally:
             server.stop()
