@@ -176,6 +176,40 @@ class OrchestrationApi:
             state_to_proto(state, response.states.add())
         return response
 
+    # --- tag concurrency limits -----------------------------------------------------------------
+
+    def CreateConcurrencyLimit(
+        self, request: pb.CreateConcurrencyLimitRequest
+    ) -> pb.CreateConcurrencyLimitResponse:
+        msg = request.concurrency_limit
+        tag = check.text(msg.tag, "concurrency_limit.tag", check.MAX_KEY, required=True)
+        if msg.limit < 0:
+            raise invalid("concurrency_limit.limit", f"is {msg.limit}; it must not be negative")
+        limit = _translating(lambda: self.orchestrator.create_limit(tag, msg.limit))
+        return pb.CreateConcurrencyLimitResponse(concurrency_limit=limit_to_proto(limit))
+
+    def GetConcurrencyLimit(
+        self, request: pb.GetConcurrencyLimitRequest
+    ) -> pb.GetConcurrencyLimitResponse:
+        tag = check.text(request.tag, "tag", check.MAX_KEY, required=True)
+        limit = _translating(lambda: self.orchestrator.get_limit(tag))
+        return pb.GetConcurrencyLimitResponse(concurrency_limit=limit_to_proto(limit))
+
+    def ListConcurrencyLimits(
+        self, request: pb.ListConcurrencyLimitsRequest
+    ) -> pb.ListConcurrencyLimitsResponse:
+        limits = self.orchestrator.list_limits()
+        return pb.ListConcurrencyLimitsResponse(
+            concurrency_limits=[limit_to_proto(limit) for limit in limits]
+        )
+
+    def DeleteConcurrencyLimit(
+        self, request: pb.DeleteConcurrencyLimitRequest
+    ) -> pb.DeleteConcurrencyLimitResponse:
+        tag = check.text(request.tag, "tag", check.MAX_KEY, required=True)
+        _translating(lambda: self.orchestrator.delete_limit(tag))
+        return pb.DeleteConcurrencyLimitResponse()
+
 
 # --- translations -------------------------------------------------------------------------------
 

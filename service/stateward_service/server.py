@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from stateward.v1 import orchestration_pb2, orchestration_pb2_grpc
 from stateward_service.api import OrchestrationApi
 from stateward_service.interceptors.errors import ErrorsInterceptor
+from stateward_service.loops import ServerLoops
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
 from stateward_service.servicer import OrchestrationServicer
@@ -47,8 +48,9 @@ class StatewardServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.store = Store(settings.db, synchronous=settings.sqlite_synchronous)
-        self.orchestrator = Orchestrator(self.store, Policies.default())
+        self.orchestrator = Orchestrator(self.store, Policies.default(settings.slot_wait_seconds))
         self.api = OrchestrationApi(self.orchestrator)
+        self.loops = ServerLoops(self.orchestrator, settings.loops())
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -73,8 +75,13 @@ class StatewardServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = _bind(server, self.settings.host, self.settings.port)
+        with self.orchestrator.lock, self.store.transaction():
+            freed = self.store.release_stale_slots()
+        if freed:
+            log.warning("released %d concurrency slot(s) of runs no longer running", freed)
         await server.start()
         self._server = server
+        self.loops.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -90,6 +97,7 @@ class StatewardServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
+        await self.loops.stop()
         with self.orchestrator.lock:
             self.store.close()
         self._stopped.set()

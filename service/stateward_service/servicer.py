@@ -58,6 +58,26 @@ class OrchestrationServicer(orchestration_pb2_grpc.OrchestrationServiceServicer)
     ) -> pb.ListStatesResponse:
         return self.api.ListStates(request)
 
+    async def CreateConcurrencyLimit(
+        self, request: pb.CreateConcurrencyLimitRequest, context: Context
+    ) -> pb.CreateConcurrencyLimitResponse:
+        return self.api.CreateConcurrencyLimit(request)
+
+    async def GetConcurrencyLimit(
+        self, request: pb.GetConcurrencyLimitRequest, context: Context
+    ) -> pb.GetConcurrencyLimitResponse:
+        return self.api.GetConcurrencyLimit(request)
+
+    async def ListConcurrencyLimits(
+        self, request: pb.ListConcurrencyLimitsRequest, context: Context
+    ) -> pb.ListConcurrencyLimitsResponse:
+        return self.api.ListConcurrencyLimits(request)
+
+    async def DeleteConcurrencyLimit(
+        self, request: pb.DeleteConcurrencyLimitRequest, context: Context
+    ) -> pb.DeleteConcurrencyLimitResponse:
+        return self.api.DeleteConcurrencyLimit(request)
+
     async def WatchTransitions(
         self, request: pb.WatchTransitionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchTransitionsResponse]:

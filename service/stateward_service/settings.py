@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stateward import settings as client_settings
+from stateward_service.loops import LoopSettings
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,18 @@ class ServerSettings:
     sqlite_synchronous: str = "NORMAL"
     # How long in-flight calls may take to finish at shutdown.
     shutdown_grace_seconds: float = 5.0
+    # The loops: how often each sweeps, and its threshold.
+    late_runs_interval_seconds: float = 5.0
+    late_after_seconds: float = 15.0
+    pause_expiry_interval_seconds: float = 5.0
+    cancelling_interval_seconds: float = 10.0
+    cancelling_timeout_seconds: float = 300.0
+    cascade_interval_seconds: float = 5.0
+    # How long a task run finding its tag's concurrency limit full is told to wait.
+    slot_wait_seconds: float = 1.0
+
+    def loops(self) -> LoopSettings:
+        return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
 
     @classmethod
     def from_environment(cls, **overrides: Any) -> ServerSettings:
@@ -40,6 +53,13 @@ ENVIRONMENT = {
     "db": "STATEWARD_DB",
     "sqlite_synchronous": "STATEWARD_SQLITE_SYNCHRONOUS",
     "shutdown_grace_seconds": "STATEWARD_SHUTDOWN_GRACE_SECONDS",
+    "late_runs_interval_seconds": "STATEWARD_LATE_RUNS_INTERVAL_SECONDS",
+    "late_after_seconds": "STATEWARD_LATE_AFTER_SECONDS",
+    "pause_expiry_interval_seconds": "STATEWARD_PAUSE_EXPIRY_INTERVAL_SECONDS",
+    "cancelling_interval_seconds": "STATEWARD_CANCELLING_INTERVAL_SECONDS",
+    "cancelling_timeout_seconds": "STATEWARD_CANCELLING_TIMEOUT_SECONDS",
+    "cascade_interval_seconds": "STATEWARD_CASCADE_INTERVAL_SECONDS",
+    "slot_wait_seconds": "STATEWARD_SLOT_WAIT_SECONDS",
 }
 
 

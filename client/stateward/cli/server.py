@@ -12,22 +12,85 @@ import typer
 app = typer.Typer(help="Run a Stateward server.", no_args_is_help=True)
 
 
+def _seconds(help_text: str) -> object:
+    return typer.Option(help=help_text, min=0.0, show_default=False)
+
+
 @app.command()
 def start(
     host: Annotated[
         str | None,
-        typer.Option(help="Address to listen on. [env: STATEWARD_HOST; default: 127.0.0.1]"),
+        typer.Option(help="Address to listen on. (env STATEWARD_HOST, default 127.0.0.1)"),
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(
-            help="Port to listen on; 0 picks a free one. [env: STATEWARD_PORT; default: 8470]"
-        ),
+        typer.Option(help="Port; 0 picks a free one. (env STATEWARD_PORT, default 8470)"),
     ] = None,
     db: Annotated[
         Path | None,
+        typer.Option(help="SQLite file. (env STATEWARD_DB, default $STATEWARD_HOME/stateward.db)"),
+    ] = None,
+    sqlite_synchronous: Annotated[
+        str | None,
         typer.Option(
-            help="SQLite database file. [env: STATEWARD_DB; default: $STATEWARD_HOME/stateward.db]"
+            help="SQLite synchronous mode: NORMAL survives a server crash, FULL also a power cut. "
+            "(env STATEWARD_SQLITE_SYNCHRONOUS, default NORMAL)"
+        ),
+    ] = None,
+    shutdown_grace: Annotated[
+        float | None,
+        _seconds(
+            "Seconds in-flight calls get at shutdown. "
+            "(env STATEWARD_SHUTDOWN_GRACE_SECONDS, default 5)"
+        ),
+    ] = None,
+    late_after: Annotated[
+        float | None,
+        _seconds(
+            "A run still Scheduled this many seconds after its time becomes Late. "
+            "(env STATEWARD_LATE_AFTER_SECONDS, default 15)"
+        ),
+    ] = None,
+    late_runs_interval: Annotated[
+        float | None,
+        _seconds(
+            "Seconds between sweeps for late runs. "
+            "(env STATEWARD_LATE_RUNS_INTERVAL_SECONDS, default 5)"
+        ),
+    ] = None,
+    pause_expiry_interval: Annotated[
+        float | None,
+        _seconds(
+            "Seconds between sweeps for expired pauses. "
+            "(env STATEWARD_PAUSE_EXPIRY_INTERVAL_SECONDS, default 5)"
+        ),
+    ] = None,
+    cancelling_timeout: Annotated[
+        float | None,
+        _seconds(
+            "A run Cancelling for this many seconds becomes Cancelled. "
+            "(env STATEWARD_CANCELLING_TIMEOUT_SECONDS, default 300)"
+        ),
+    ] = None,
+    cancelling_interval: Annotated[
+        float | None,
+        _seconds(
+            "Seconds between sweeps for stuck cancels. "
+            "(env STATEWARD_CANCELLING_INTERVAL_SECONDS, default 10)"
+        ),
+    ] = None,
+    cascade_interval: Annotated[
+        float | None,
+        _seconds(
+            "Seconds between sweeps cancelling the children of cancelled flow runs. "
+            "(env STATEWARD_CASCADE_INTERVAL_SECONDS, default 5)"
+        ),
+    ] = None,
+    slot_wait: Annotated[
+        float | None,
+        _seconds(
+            "Seconds a task run is told to wait when its tag's concurrency limit is full. "
+            "(env STATEWARD_SLOT_WAIT_SECONDS, default 1)"
         ),
     ] = None,
 ) -> None:
@@ -39,7 +102,20 @@ def start(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = ServerSettings.from_environment(host=host, port=port, db=db)
+    settings = ServerSettings.from_environment(
+        host=host,
+        port=port,
+        db=db,
+        sqlite_synchronous=sqlite_synchronous,
+        shutdown_grace_seconds=shutdown_grace,
+        late_after_seconds=late_after,
+        late_runs_interval_seconds=late_runs_interval,
+        pause_expiry_interval_seconds=pause_expiry_interval,
+        cancelling_timeout_seconds=cancelling_timeout,
+        cancelling_interval_seconds=cancelling_interval,
+        cascade_interval_seconds=cascade_interval,
+        slot_wait_seconds=slot_wait,
+    )
     try:
         asyncio.run(serve(settings))
     except (PortUnavailable, DatabaseInUse) as error:

@@ -664,3 +664,177 @@ class WatchTransitionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTransitionsResponse: _TypeAlias = WatchTransitionsResponse  # noqa: Y015
+
+@_typing.final
+class CreateConcurrencyLimitRequest(_message.Message):
+    """Request of CreateConcurrencyLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def concurrency_limit(self) -> _runs_pb2.ConcurrencyLimit:
+        """The limit to create: `tag` and `limit` (not negative) are required."""
+
+    def __init__(
+        self,
+        *,
+        concurrency_limit: _runs_pb2.ConcurrencyLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConcurrencyLimitRequest: _TypeAlias = CreateConcurrencyLimitRequest  # noqa: Y015
+
+@_typing.final
+class CreateConcurrencyLimitResponse(_message.Message):
+    """Response of CreateConcurrencyLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def concurrency_limit(self) -> _runs_pb2.ConcurrencyLimit:
+        """The stored limit."""
+
+    def __init__(
+        self,
+        *,
+        concurrency_limit: _runs_pb2.ConcurrencyLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConcurrencyLimitResponse: _TypeAlias = CreateConcurrencyLimitResponse  # noqa: Y015
+
+@_typing.final
+class GetConcurrencyLimitRequest(_message.Message):
+    """Request of GetConcurrencyLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    """The tag whose limit to return."""
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConcurrencyLimitRequest: _TypeAlias = GetConcurrencyLimitRequest  # noqa: Y015
+
+@_typing.final
+class GetConcurrencyLimitResponse(_message.Message):
+    """Response of GetConcurrencyLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def concurrency_limit(self) -> _runs_pb2.ConcurrencyLimit:
+        """The limit, with the task runs holding its slots now."""
+
+    def __init__(
+        self,
+        *,
+        concurrency_limit: _runs_pb2.ConcurrencyLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConcurrencyLimitResponse: _TypeAlias = GetConcurrencyLimitResponse  # noqa: Y015
+
+@_typing.final
+class ListConcurrencyLimitsRequest(_message.Message):
+    """Request of ListConcurrencyLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConcurrencyLimitsRequest: _TypeAlias = ListConcurrencyLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListConcurrencyLimitsResponse(_message.Message):
+    """Response of ListConcurrencyLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCURRENCY_LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def concurrency_limits(self) -> _containers.RepeatedCompositeFieldContainer[_runs_pb2.ConcurrencyLimit]:
+        """Every limit, by tag."""
+
+    def __init__(
+        self,
+        *,
+        concurrency_limits: _abc.Iterable[_runs_pb2.ConcurrencyLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_limits", b"concurrency_limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConcurrencyLimitsResponse: _TypeAlias = ListConcurrencyLimitsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteConcurrencyLimitRequest(_message.Message):
+    """Request of DeleteConcurrencyLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    """The tag whose limit to delete."""
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConcurrencyLimitRequest: _TypeAlias = DeleteConcurrencyLimitRequest  # noqa: Y015
+
+@_typing.final
+class DeleteConcurrencyLimitResponse(_message.Message):
+    """Response of DeleteConcurrencyLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConcurrencyLimitResponse: _TypeAlias = DeleteConcurrencyLimitResponse  # noqa: Y015

@@ -80,6 +80,26 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.WatchTransitionsRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.WatchTransitionsResponse.FromString,
                 _registered_method=True)
+        self.CreateConcurrencyLimit = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/CreateConcurrencyLimit',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.CreateConcurrencyLimitRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.CreateConcurrencyLimitResponse.FromString,
+                _registered_method=True)
+        self.GetConcurrencyLimit = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/GetConcurrencyLimit',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.GetConcurrencyLimitRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.GetConcurrencyLimitResponse.FromString,
+                _registered_method=True)
+        self.ListConcurrencyLimits = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/ListConcurrencyLimits',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.ListConcurrencyLimitsRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.ListConcurrencyLimitsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConcurrencyLimit = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/DeleteConcurrencyLimit',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -150,6 +170,34 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateConcurrencyLimit(self, request, context):
+        """Creates a concurrency limit for a tag. ALREADY_EXISTS if the tag has one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConcurrencyLimit(self, request, context):
+        """Returns the concurrency limit of a tag, with the task runs holding its slots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConcurrencyLimits(self, request, context):
+        """Lists every concurrency limit, by tag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConcurrencyLimit(self, request, context):
+        """Deletes the concurrency limit of a tag; the runs holding its slots keep running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +245,26 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.WatchTransitions,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.WatchTransitionsRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.WatchTransitionsResponse.SerializeToString,
+            ),
+            'CreateConcurrencyLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConcurrencyLimit,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.CreateConcurrencyLimitRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.CreateConcurrencyLimitResponse.SerializeToString,
+            ),
+            'GetConcurrencyLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConcurrencyLimit,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.GetConcurrencyLimitRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.GetConcurrencyLimitResponse.SerializeToString,
+            ),
+            'ListConcurrencyLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConcurrencyLimits,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.ListConcurrencyLimitsRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.ListConcurrencyLimitsResponse.SerializeToString,
+            ),
+            'DeleteConcurrencyLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConcurrencyLimit,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +511,114 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/WatchTransitions',
             stateward_dot_v1_dot_orchestration__pb2.WatchTransitionsRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.WatchTransitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConcurrencyLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/CreateConcurrencyLimit',
+            stateward_dot_v1_dot_orchestration__pb2.CreateConcurrencyLimitRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.CreateConcurrencyLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConcurrencyLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/GetConcurrencyLimit',
+            stateward_dot_v1_dot_orchestration__pb2.GetConcurrencyLimitRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.GetConcurrencyLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConcurrencyLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/ListConcurrencyLimits',
+            stateward_dot_v1_dot_orchestration__pb2.ListConcurrencyLimitsRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.ListConcurrencyLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConcurrencyLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/DeleteConcurrencyLimit',
+            stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,14 @@ class OrchestrationServiceStub:
     """Returns a run's state history, oldest first."""
     WatchTransitions: _grpc.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]
     """Streams accepted transitions as they are written, optionally replaying from a cursor first."""
+    CreateConcurrencyLimit: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CreateConcurrencyLimitRequest, _orchestration_pb2.CreateConcurrencyLimitResponse]
+    """Creates a concurrency limit for a tag. ALREADY_EXISTS if the tag has one."""
+    GetConcurrencyLimit: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetConcurrencyLimitRequest, _orchestration_pb2.GetConcurrencyLimitResponse]
+    """Returns the concurrency limit of a tag, with the task runs holding its slots."""
+    ListConcurrencyLimits: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListConcurrencyLimitsRequest, _orchestration_pb2.ListConcurrencyLimitsResponse]
+    """Lists every concurrency limit, by tag."""
+    DeleteConcurrencyLimit: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteConcurrencyLimitRequest, _orchestration_pb2.DeleteConcurrencyLimitResponse]
+    """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -86,6 +94,14 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Returns a run's state history, oldest first."""
     WatchTransitions: _aio.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]  # type: ignore[assignment]
     """Streams accepted transitions as they are written, optionally replaying from a cursor first."""
+    CreateConcurrencyLimit: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CreateConcurrencyLimitRequest, _orchestration_pb2.CreateConcurrencyLimitResponse]  # type: ignore[assignment]
+    """Creates a concurrency limit for a tag. ALREADY_EXISTS if the tag has one."""
+    GetConcurrencyLimit: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetConcurrencyLimitRequest, _orchestration_pb2.GetConcurrencyLimitResponse]  # type: ignore[assignment]
+    """Returns the concurrency limit of a tag, with the task runs holding its slots."""
+    ListConcurrencyLimits: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListConcurrencyLimitsRequest, _orchestration_pb2.ListConcurrencyLimitsResponse]  # type: ignore[assignment]
+    """Lists every concurrency limit, by tag."""
+    DeleteConcurrencyLimit: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteConcurrencyLimitRequest, _orchestration_pb2.DeleteConcurrencyLimitResponse]  # type: ignore[assignment]
+    """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Keeps flow runs and task runs, decides their state changes and streams the accepted ones."""
@@ -163,5 +179,37 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orchestration_pb2.WatchTransitionsResponse], _abc.AsyncIterator[_orchestration_pb2.WatchTransitionsResponse]]:
         """Streams accepted transitions as they are written, optionally replaying from a cursor first."""
+
+    @_abc_1.abstractmethod
+    def CreateConcurrencyLimit(
+        self,
+        request: _orchestration_pb2.CreateConcurrencyLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.CreateConcurrencyLimitResponse, _abc.Awaitable[_orchestration_pb2.CreateConcurrencyLimitResponse]]:
+        """Creates a concurrency limit for a tag. ALREADY_EXISTS if the tag has one."""
+
+    @_abc_1.abstractmethod
+    def GetConcurrencyLimit(
+        self,
+        request: _orchestration_pb2.GetConcurrencyLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.GetConcurrencyLimitResponse, _abc.Awaitable[_orchestration_pb2.GetConcurrencyLimitResponse]]:
+        """Returns the concurrency limit of a tag, with the task runs holding its slots."""
+
+    @_abc_1.abstractmethod
+    def ListConcurrencyLimits(
+        self,
+        request: _orchestration_pb2.ListConcurrencyLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListConcurrencyLimitsResponse, _abc.Awaitable[_orchestration_pb2.ListConcurrencyLimitsResponse]]:
+        """Lists every concurrency limit, by tag."""
+
+    @_abc_1.abstractmethod
+    def DeleteConcurrencyLimit(
+        self,
+        request: _orchestration_pb2.DeleteConcurrencyLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.DeleteConcurrencyLimitResponse, _abc.Awaitable[_orchestration_pb2.DeleteConcurrencyLimitResponse]]:
+        """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

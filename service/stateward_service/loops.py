@@ -1,0 +1,204 @@
+"""The server's loops: periodic sweeps that move runs nobody else will move.
+
+- late runs: flow runs still Scheduled well past their time become Late;
+- expired pauses: runs paused past their pause timeout are forced to Failed;
+- the Cancelling watchdog: runs Cancelling for too long become Cancelled;
+- the cancellation cascade: a cancelled flow run's unfinished task runs and subflows are
+  cancelled (at once when a flow run enters CANCELLED, and on every sweep as a safety net).
+
+Each proposal goes through the orchestrator like any SetState, with `expected_state_id` set to
+the state the sweep saw: a run that moved in the meantime is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from stateward.states import State, StateDetails, StateType
+from stateward_service.model import RunKind, Transition
+from stateward_service.orchestrator import Orchestrator, RunNotFound
+from stateward_service.rules.engine import Status
+
+log = logging.getLogger("stateward.loops")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    late_runs_interval_seconds: float = 5.0
+    late_after_seconds: float = 15.0
+    pause_expiry_interval_seconds: float = 5.0
+    cancelling_interval_seconds: float = 10.0
+    cancelling_timeout_seconds: float = 300.0
+    cascade_interval_seconds: float = 5.0
+
+
+class ServerLoops:
+    """Runs the sweeps as asyncio tasks of the server's event loop."""
+
+    def __init__(self, orchestrator: Orchestrator, settings: LoopSettings) -> None:
+        self.orchestrator = orchestrator
+        self.settings = settings
+        self.runs: dict[str, int] = {}  # sweeps done, by loop name
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cascade_now = asyncio.Event()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+
+        def on_transitions(transitions: Sequence[Transition]) -> None:
+            if any(_is_flow_run_cancelled(t) for t in transitions):
+                loop.call_soon_threadsafe(self._cascade_now.set)
+
+        self.orchestrator.subscribe(on_transitions)
+        for name, period, sweep in (
+            ("late_runs", settings.late_runs_interval_seconds, self.mark_late_runs),
+            ("expired_pauses", settings.pause_expiry_interval_seconds, self.fail_expired_pauses),
+            ("cancelling", settings.cancelling_interval_seconds, self.finish_stuck_cancels),
+            ("cascade", settings.cascade_interval_seconds, self.cascade_cancellations),
+        ):
+            wake = self._cascade_now if name == "cascade" else None
+            self._tasks.append(loop.create_task(self._every(name, period, sweep, wake)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _every(
+        self,
+        name: str,
+        period: float,
+        sweep: Callable[[], int],
+        wake: asyncio.Event | None,
+    ) -> None:
+        while True:
+            try:
+                moved = sweep()
+            except Exception:
+                log.exception("the %s loop failed; it will try again", name)
+            else:
+                if moved:
+                    log.info("%s: moved %d run(s)", name.replace("_", " "), moved)
+            self.runs[name] = self.runs.get(name, 0) + 1
+            await _sleep_or_wake(period, wake)
+
+    # --- the sweeps (synchronous: each takes the orchestrator's lock per run) -------------------
+
+    def mark_late_runs(self) -> int:
+        """Flow runs named Scheduled whose time passed more than `late_after_seconds` ago."""
+        orchestrator = self.orchestrator
+        cutoff = orchestrator.clock() - timedelta(seconds=self.settings.late_after_seconds)
+        moved = 0
+        with orchestrator.lock:
+            found = orchestrator.store.runs_in_state(
+                RunKind.FLOW_RUN, StateType.SCHEDULED, "Scheduled"
+            )
+        for run_id, current in found:
+            scheduled = current.details.scheduled_time
+            if scheduled is None or scheduled >= cutoff:
+                continue
+            late = State(
+                StateType.SCHEDULED,
+                name="Late",
+                message=f"not started {self.settings.late_after_seconds:g}s after its time",
+                details=StateDetails(scheduled_time=scheduled),
+            )
+            moved += self._propose(run_id, current, late)
+        return moved
+
+    def fail_expired_pauses(self) -> int:
+        """Runs still PAUSED after their pause timeout are forced to Failed."""
+        orchestrator = self.orchestrator
+        moment = orchestrator.clock()
+        moved = 0
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            with orchestrator.lock:
+                found = orchestrator.store.runs_in_state(kind, StateType.PAUSED)
+            for run_id, current in found:
+                timeout = current.details.pause_timeout
+                if timeout is None or timeout >= moment:
+                    continue
+                failed = State(
+                    StateType.FAILED,
+                    message=f"the run was paused and never resumed before {timeout.isoformat()}",
+                )
+                moved += self._propose(run_id, current, failed, force=True)
+        return moved
+
+    def finish_stuck_cancels(self) -> int:
+        """Runs CANCELLING for longer than `cancelling_timeout_seconds` become Cancelled."""
+        orchestrator = self.orchestrator
+        timeout = self.settings.cancelling_timeout_seconds
+        cutoff = orchestrator.clock() - timedelta(seconds=timeout)
+        moved = 0
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            with orchestrator.lock:
+                found = orchestrator.store.runs_in_state(kind, StateType.CANCELLING)
+            for run_id, current in found:
+                if current.timestamp is None or current.timestamp >= cutoff:
+                    continue
+                cancelled = State(
+                    StateType.CANCELLED,
+                    message=f"no process finished the cancel within {timeout:g}s",
+                )
+                moved += self._propose(run_id, current, cancelled)
+        return moved
+
+    def cascade_cancellations(self) -> int:
+        """Cancel the unfinished task runs and subflows of cancelled flow runs, down the tree."""
+        orchestrator = self.orchestrator
+        moved = 0
+        while True:
+            with orchestrator.lock:
+                parents = orchestrator.store.flow_runs_cancelled_with_unfinished_children()
+                children = [
+                    (parent, child_id)
+                    for parent in parents
+                    for _, child_id in orchestrator.store.unfinished_children(parent)
+                ]
+            moved_now = 0
+            for parent, child_id in children:
+                try:
+                    current = orchestrator.get_run(child_id).state
+                except RunNotFound:
+                    continue
+                cancelled = State(
+                    StateType.CANCELLED, message=f"its flow run {parent} was cancelled"
+                )
+                moved_now += self._propose(child_id, current, cancelled)
+            moved += moved_now
+            if not moved_now:  # nothing left, or nothing that would move
+                return moved
+
+    def _propose(
+        self, run_id: str, seen: State | None, proposed: State, force: bool = False
+    ) -> int:
+        outcome = self.orchestrator.set_state(
+            run_id, proposed, force=force, expected_state_id=seen.id if seen else ""
+        )
+        return 1 if outcome.transitions and outcome.status is not Status.ABORT else 0
+
+
+def _is_flow_run_cancelled(transition: Transition) -> bool:
+    return (
+        transition.run_kind is RunKind.FLOW_RUN and transition.to_state.type is StateType.CANCELLED
+    )
+
+
+async def _sleep_or_wake(period: float, wake: asyncio.Event | None) -> None:
+    if wake is None:
+        await asyncio.sleep(period)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=period)
+    wake.clear()
+
+
+__all__ = ["LoopSettings", "ServerLoops"]
