@@ -50,6 +50,7 @@ from stateward_service.rules.starting import (
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 T = StateType
 RESULT = ResultData(json="1")
+RUN_FIELDS = ("run_count", "retry_policy", "pause_keys", "flow_run_id", "tags")
 
 
 def s(type_: StateType, name: str = "", **kw: object) -> State:
@@ -64,9 +65,7 @@ def ctx(
     kind: RunKind = RunKind.FLOW_RUN,
     **kw: object,
 ) -> TransitionContext:
-    run_fields = {
-        k: kw.pop(k) for k in list(kw) if k in ("run_count", "retry_policy", "pause_keys", "flow_run_id", "tags")
-    }  # fmt: skip
+    run_fields = {k: kw.pop(k) for k in list(kw) if k in RUN_FIELDS}
     run = RunRecord(kind=kind, id="r", name="n", created=NOW, state=initial, **run_fields)  # type: ignore[arg-type]
     return TransitionContext(run=run, proposed=proposed, now=NOW, **kw)  # type: ignore[arg-type]
 
