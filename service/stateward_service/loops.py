@@ -4,7 +4,8 @@
 - expired pauses: runs paused past their pause timeout are forced to Failed;
 - the Cancelling watchdog: runs Cancelling for too long become Cancelled;
 - the cancellation cascade: a cancelled flow run's unfinished task runs and subflows are
-  cancelled (at once when a flow run enters CANCELLED, and on every sweep as a safety net).
+  cancelled (at once when a flow run enters CANCELLED, and on every sweep as a safety net);
+- log pruning: with a retention set, the transitions log keeps only its newest entries.
 
 Each proposal goes through the orchestrator like any SetState, with `expected_state_id` set to
 the state the sweep saw: a run that moved in the meantime is left alone.
@@ -35,6 +36,8 @@ class LoopSettings:
     cancelling_interval_seconds: float = 10.0
     cancelling_timeout_seconds: float = 300.0
     cascade_interval_seconds: float = 5.0
+    log_retention: int = 0
+    log_prune_interval_seconds: float = 60.0
 
 
 class ServerLoops:
@@ -61,6 +64,7 @@ class ServerLoops:
             ("expired_pauses", settings.pause_expiry_interval_seconds, self.fail_expired_pauses),
             ("cancelling", settings.cancelling_interval_seconds, self.finish_stuck_cancels),
             ("cascade", settings.cascade_interval_seconds, self.cascade_cancellations),
+            ("log_pruning", settings.log_prune_interval_seconds, self.prune_log),
         ):
             wake = self._cascade_now if name == "cascade" else None
             self._tasks.append(loop.create_task(self._every(name, period, sweep, wake)))
@@ -176,6 +180,14 @@ class ServerLoops:
             moved += moved_now
             if not moved_now:  # nothing left, or nothing that would move
                 return moved
+
+    def prune_log(self) -> int:
+        """Keep the newest `log_retention` transitions (all when it is 0)."""
+        keep = self.settings.log_retention
+        if keep <= 0:
+            return 0
+        with self.orchestrator.lock, self.orchestrator.store.transaction():
+            return self.orchestrator.store.prune_log(keep)
 
     def _propose(
         self, run_id: str, seen: State | None, proposed: State, force: bool = False

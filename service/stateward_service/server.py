@@ -19,19 +19,41 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from stateward.v1 import orchestration_pb2, orchestration_pb2_grpc
-from stateward_service.api import OrchestrationApi
+from stateward.v1 import orchestration_pb2
+from stateward_service.api import OrchestrationApi, transition_to_proto
+from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.interceptors.errors import ErrorsInterceptor
 from stateward_service.loops import ServerLoops
+from stateward_service.model import Transition
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
-from stateward_service.servicer import OrchestrationServicer
+from stateward_service.servicer import OrchestrationServicer, add_to_server
 from stateward_service.settings import ServerSettings
-from stateward_service.store import Store
+from stateward_service.store import LogReader, Store
 
 log = logging.getLogger("stateward.server")
 
 SERVICE_NAME = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
+
+SERVER_OPTIONS = [
+    # Two servers never share a port silently.
+    ("grpc.so_reuseport", 0),
+    # HTTP/2 keepalive: ping idle connections so idle streams survive proxies and dead peers are
+    # noticed; accept clients' pings as often as every 10 s, even without calls in flight.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def encode_transition(transition: Transition) -> bytes:
+    """The bytes of one WatchTransitions message."""
+    response = orchestration_pb2.WatchTransitionsResponse(
+        transition=transition_to_proto(transition)
+    )
+    return response.SerializeToString()
 
 
 class PortUnavailable(Exception):
@@ -50,6 +72,11 @@ class StatewardServer:
         self.store = Store(settings.db, synchronous=settings.sqlite_synchronous)
         self.orchestrator = Orchestrator(self.store, Policies.default(settings.slot_wait_seconds))
         self.api = OrchestrationApi(self.orchestrator)
+        self.reader = LogReader(settings.db)
+        self.broadcaster = TransitionBroadcaster(
+            self.reader, encode_transition, self.store.last_sequence()
+        )
+        self.orchestrator.subscribe(self.broadcaster.publish)
         self.loops = ServerLoops(self.orchestrator, settings.loops())
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -62,13 +89,9 @@ class StatewardServer:
         return format_address(self.settings.host, self.port)
 
     async def start(self) -> None:
-        server = grpc.aio.server(
-            interceptors=[ErrorsInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
-        )
-        orchestration_pb2_grpc.add_OrchestrationServiceServicer_to_server(
-            OrchestrationServicer(self.api), server
-        )
+        server = grpc.aio.server(interceptors=[ErrorsInterceptor()], options=SERVER_OPTIONS)
+        add_to_server(OrchestrationServicer(self.api, self.broadcaster), server)
+        self.broadcaster.bind(asyncio.get_running_loop())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -95,9 +118,11 @@ class StatewardServer:
             return
         self._stopping = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.broadcaster.close()  # streams end with UNAVAILABLE and their cursor
         if self._server is not None:
             await self._server.stop(grace)
         await self.loops.stop()
+        self.reader.close()
         with self.orchestrator.lock:
             self.store.close()
         self._stopped.set()

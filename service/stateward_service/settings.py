@@ -31,6 +31,10 @@ class ServerSettings:
     cascade_interval_seconds: float = 5.0
     # How long a task run finding its tag's concurrency limit full is told to wait.
     slot_wait_seconds: float = 1.0
+    # The transitions log keeps its newest `log_retention` entries (0: all of them); older ones
+    # are pruned every `log_prune_interval_seconds`.
+    log_retention: int = 0
+    log_prune_interval_seconds: float = 60.0
 
     def loops(self) -> LoopSettings:
         return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
@@ -60,6 +64,8 @@ ENVIRONMENT = {
     "cancelling_timeout_seconds": "STATEWARD_CANCELLING_TIMEOUT_SECONDS",
     "cascade_interval_seconds": "STATEWARD_CASCADE_INTERVAL_SECONDS",
     "slot_wait_seconds": "STATEWARD_SLOT_WAIT_SECONDS",
+    "log_retention": "STATEWARD_LOG_RETENTION",
+    "log_prune_interval_seconds": "STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
 }
 
 

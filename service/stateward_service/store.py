@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -395,48 +396,15 @@ class Store:
         state_types: Sequence[int] = (),
     ) -> list[Transition]:
         """Logged transitions with a sequence above `after`, oldest first, filtered."""
-        clauses = ["t.sequence > ?"]
-        params: list[Any] = [after]
-        for column, values in (
-            ("run_id", run_ids),
-            ("flow_run_id", flow_run_ids),
-            ("to_type", state_types),
-        ):
-            if values:
-                clauses.append(f"t.{column} IN ({', '.join('?' for _ in values)})")
-                params.extend(values)
-        params.append(limit)
-        rows = self.conn.execute(
-            f"""SELECT t.sequence, t.run_kind, t.run_id, t.flow_run_id,
-                       coalesce(f.name, tr.name), coalesce(f.flow_name, ''),
-                       coalesce(tr.task_key, ''),
-                       {_prefixed_state_columns("a")}, {_prefixed_state_columns("b")}
-                FROM transitions t
-                LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
-                LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
-                LEFT JOIN states a ON a.id = t.from_state_id
-                JOIN states b ON b.id = t.to_state_id
-                WHERE {" AND ".join(clauses)} ORDER BY t.sequence LIMIT ?""",
-            params,
-        ).fetchall()
-        width = len(_STATE_COLUMNS.split(","))
-        transitions = []
-        for row in rows:
-            from_row = row[7 : 7 + width]
-            transitions.append(
-                Transition(
-                    sequence=row[0],
-                    run_kind=RunKind(row[1]),
-                    run_id=row[2],
-                    flow_run_id=row[3],
-                    run_name=row[4] or "",
-                    flow_name=row[5],
-                    task_key=row[6],
-                    from_state=_state_from_row(from_row) if from_row[0] is not None else None,
-                    to_state=_state_from_row(row[7 + width :]),
-                )
-            )
-        return transitions
+        return _read_transitions(self.conn, after, limit, run_ids, flow_run_ids, state_types)
+
+    def prune_log(self, keep: int) -> int:
+        """Delete all but the newest `keep` transitions from the log; returns how many went."""
+        cursor = self.conn.execute(
+            "DELETE FROM transitions WHERE sequence <= (SELECT max(sequence) FROM transitions) - ?",
+            (keep,),
+        )
+        return cursor.rowcount
 
     def last_sequence(self) -> int:
         row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'")
@@ -589,7 +557,110 @@ class Store:
         )
 
 
+class LogReader:
+    """Reads the transitions log beside the writer: each thread gets a read-only connection of its
+    own, and each read sees one consistent snapshot (WAL readers never wait for the writer)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def read(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        """Matching transitions above `after` (at most `limit`), with the snapshot's oldest and
+        newest sequences (0 and 0 when the log is empty). When fewer than `limit` come back,
+        everything up to the newest was read."""
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            oldest, newest = conn.execute(
+                "SELECT coalesce(min(sequence), 0), coalesce(max(sequence), 0) FROM transitions"
+            ).fetchone()
+            rows = _read_transitions(conn, after, limit, run_ids, flow_run_ids, state_types)
+        finally:
+            conn.execute("COMMIT")
+        return rows, oldest, newest
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _read_transitions(
+    conn: sqlite3.Connection,
+    after: int,
+    limit: int,
+    run_ids: Sequence[str],
+    flow_run_ids: Sequence[str],
+    state_types: Sequence[int],
+) -> list[Transition]:
+    clauses = ["t.sequence > ?"]
+    params: list[Any] = [after]
+    for column, values in (
+        ("run_id", run_ids),
+        ("flow_run_id", flow_run_ids),
+        ("to_type", state_types),
+    ):
+        if values:
+            clauses.append(f"t.{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+    params.append(limit)
+    rows = conn.execute(
+        f"""SELECT t.sequence, t.run_kind, t.run_id, t.flow_run_id,
+                   coalesce(f.name, tr.name), coalesce(f.flow_name, ''),
+                   coalesce(tr.task_key, ''),
+                   {_prefixed_state_columns("a")}, {_prefixed_state_columns("b")}
+            FROM transitions t
+            LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
+            LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
+            LEFT JOIN states a ON a.id = t.from_state_id
+            JOIN states b ON b.id = t.to_state_id
+            WHERE {" AND ".join(clauses)} ORDER BY t.sequence LIMIT ?""",
+        params,
+    ).fetchall()
+    width = len(_STATE_COLUMNS.split(","))
+    transitions = []
+    for row in rows:
+        from_row = row[7 : 7 + width]
+        transitions.append(
+            Transition(
+                sequence=row[0],
+                run_kind=RunKind(row[1]),
+                run_id=row[2],
+                flow_run_id=row[3],
+                run_name=row[4] or "",
+                flow_name=row[5],
+                task_key=row[6],
+                from_state=_state_from_row(from_row) if from_row[0] is not None else None,
+                to_state=_state_from_row(row[7 + width :]),
+            )
+        )
+    return transitions
 
 
 def _lock_database(path: Path) -> Any:
@@ -749,6 +820,7 @@ __all__ = [
     "BadPageToken",
     "ConcurrencyLimit",
     "DatabaseInUse",
+    "LogReader",
     "RunFilter",
     "Store",
     "from_us",

@@ -93,6 +93,22 @@ def start(
             "(env STATEWARD_SLOT_WAIT_SECONDS, default 1)"
         ),
     ] = None,
+    log_retention: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep the newest N transitions in the log; 0 keeps all. "
+            "(env STATEWARD_LOG_RETENTION, default 0)",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    log_prune_interval: Annotated[
+        float | None,
+        _seconds(
+            "Seconds between prunings of the log. "
+            "(env STATEWARD_LOG_PRUNE_INTERVAL_SECONDS, default 60)"
+        ),
+    ] = None,
 ) -> None:
     """Run the server until interrupted (SIGINT or SIGTERM stop it gracefully)."""
     from stateward_service.server import PortUnavailable, serve
@@ -115,6 +131,8 @@ def start(
         cancelling_interval_seconds=cancelling_interval,
         cascade_interval_seconds=cascade_interval,
         slot_wait_seconds=slot_wait,
+        log_retention=log_retention,
+        log_prune_interval_seconds=log_prune_interval,
     )
     try:
         asyncio.run(serve(settings))

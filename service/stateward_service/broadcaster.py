@@ -1,0 +1,267 @@
+"""Fan-out of committed transitions to the subscribers of WatchTransitions.
+
+The orchestrator publishes every committed transition once, in sequence order, into a ring of
+recent transitions (bounded by count and by bytes). A subscriber is a cursor: it walks the ring
+from its last sequence, so one publication reaches every subscriber without a database read while
+it keeps up. A subscriber that falls behind the ring (it reads slowly, or starts from an old
+cursor) catches up from the transitions log on a connection of its own, then rejoins the ring;
+the hand-over is by sequence, so nothing is skipped or sent twice. Writers never wait for a
+subscriber: publishing is an append and a wake-up. Each transition is encoded once, when the
+first subscriber needs it, and every subscriber sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from stateward_service.model import Transition
+from stateward_service.store import LogReader
+
+Encoder = Callable[[Transition], bytes]
+
+
+class StreamClosed(Exception):
+    """The server is shutting down; the subscriber should reconnect from `last_sequence`."""
+
+    def __init__(self, last_sequence: int) -> None:
+        super().__init__(f"the server is shutting down; resume after sequence {last_sequence}")
+        self.last_sequence = last_sequence
+
+
+class CursorExpired(Exception):
+    """The log no longer holds the transitions after a cursor (retention pruned them)."""
+
+    def __init__(self, cursor: int, oldest: int) -> None:
+        super().__init__(
+            f"the transitions log no longer holds the transitions after sequence {cursor}: the "
+            f"oldest kept is {oldest}. Resume with after_sequence >= {oldest - 1}, or without it "
+            "to start live"
+        )
+        self.cursor = cursor
+        self.oldest = oldest
+
+
+class CursorAhead(Exception):
+    """A cursor beyond the newest transition: it belongs to another database."""
+
+    def __init__(self, cursor: int, newest: int) -> None:
+        super().__init__(
+            f"after_sequence {cursor} is beyond the newest transition ({newest}); the cursor "
+            "belongs to another database. Start without after_sequence"
+        )
+        self.cursor = cursor
+        self.newest = newest
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionFilter:
+    """What a subscriber wants; empty fields match everything."""
+
+    run_ids: frozenset[str] = frozenset()
+    flow_run_ids: frozenset[str] = frozenset()
+    state_types: frozenset[int] = frozenset()
+
+    def matches(self, transition: Transition) -> bool:
+        return (
+            (not self.run_ids or transition.run_id in self.run_ids)
+            and (not self.flow_run_ids or transition.flow_run_id in self.flow_run_ids)
+            and (not self.state_types or int(transition.to_state.type) in self.state_types)
+        )
+
+
+class _Entry:
+    """A published transition and, once a subscriber needed it, its encoding."""
+
+    __slots__ = ("_payload", "transition")
+
+    def __init__(self, transition: Transition) -> None:
+        self.transition = transition
+        self._payload: bytes | None = None
+
+    def payload(self, encode: Encoder) -> bytes:
+        if self._payload is None:
+            self._payload = encode(self.transition)
+        return self._payload
+
+
+@dataclass(frozen=True, slots=True)
+class _LogBatch:
+    items: list[tuple[int, bytes]]  # matching (sequence, payload), in order
+    reached: int  # the log was read up to this sequence
+
+
+def _size(transition: Transition) -> int:
+    """A rough size, to bound the ring's memory by the results its states carry."""
+    size = 512
+    for state in (transition.from_state, transition.to_state):
+        if state is not None and state.data is not None:
+            size += len(state.data.json or "") + len(state.data.pickle or b"")
+    return size
+
+
+class TransitionBroadcaster:
+    """Publishes transitions to every matching subscriber, in sequence order."""
+
+    def __init__(
+        self,
+        reader: LogReader,
+        encode: Encoder,
+        last_sequence: int,
+        *,
+        capacity: int = 10_000,
+        capacity_bytes: int = 64 * 1024 * 1024,
+        catch_up_batch: int = 500,
+    ) -> None:
+        self.reader = reader
+        self.encode = encode
+        self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self.catch_up_batch = catch_up_batch
+        self._ring: deque[_Entry] = deque()
+        self._ring_bytes = 0
+        self._last = last_sequence  # the newest sequence published (or logged before start)
+        self._lock = threading.Lock()  # the ring is appended from the writer's thread
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._published = asyncio.Event()
+        self._closed = False
+        self.subscribers = 0
+        self.catching_up = 0  # subscribers reading from the log, not the ring
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tie to the event loop the subscribers run on."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    @property
+    def last_sequence(self) -> int:
+        return self._last
+
+    # --- the writer's side ----------------------------------------------------------------------
+
+    def publish(self, transitions: Sequence[Transition]) -> None:
+        """Called by the orchestrator, in sequence order, once the transitions committed."""
+        with self._lock:
+            for transition in transitions:
+                self._ring.append(_Entry(transition))
+                self._ring_bytes += _size(transition)
+                self._last = transition.sequence
+            while self._ring and (
+                len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
+            ):
+                self._ring_bytes -= _size(self._ring.popleft().transition)
+        self._wake()
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._notify()
+        else:
+            loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        published, self._published = self._published, asyncio.Event()
+        published.set()
+
+    async def close(self) -> None:
+        """End every subscription with StreamClosed (the server is shutting down)."""
+        self._closed = True
+        self._notify()
+        await asyncio.sleep(0)
+
+    # --- the subscribers' side ------------------------------------------------------------------
+
+    def _after(self, cursor: int) -> list[_Entry] | None:
+        """The ring's entries after `cursor`, or None when the ring no longer reaches back to
+        it (the subscriber must read the log)."""
+        with self._lock:
+            ring = self._ring
+            if not ring or ring[-1].transition.sequence <= cursor:
+                return [] if cursor >= self._last else None
+            if ring[0].transition.sequence > cursor + 1:
+                return None
+            newer: list[_Entry] = []
+            for entry in reversed(ring):
+                if entry.transition.sequence <= cursor:
+                    break
+                newer.append(entry)
+        newer.reverse()
+        return newer
+
+    async def subscribe(
+        self, where: TransitionFilter, after: int | None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield (sequence, encoded WatchTransitionsResponse) of every matching transition after
+        `after` (or from now, when None), in order, until the subscriber stops or the server
+        closes (StreamClosed). Raises CursorExpired if it falls behind what the log keeps."""
+        cursor = self._last if after is None else after
+        self.subscribers += 1
+        try:
+            while True:
+                if self._closed:
+                    raise StreamClosed(cursor)
+                published = self._published
+                entries = self._after(cursor)
+                if entries is None:
+                    batch = await self._read_log(where, cursor)
+                    for item in batch.items:
+                        yield item
+                    cursor = batch.reached
+                elif not entries:
+                    await published.wait()
+                else:
+                    for entry in entries:
+                        transition = entry.transition
+                        cursor = transition.sequence
+                        if where.matches(transition):
+                            yield cursor, entry.payload(self.encode)
+        finally:
+            self.subscribers -= 1
+
+    async def _read_log(self, where: TransitionFilter, cursor: int) -> _LogBatch:
+        """The next matching transitions from the log, read and encoded off the event loop."""
+        self.catching_up += 1
+        try:
+            return await asyncio.to_thread(self._read_log_now, where, cursor)
+        finally:
+            self.catching_up -= 1
+
+    def _read_log_now(self, where: TransitionFilter, cursor: int) -> _LogBatch:
+        rows, oldest, newest = self.reader.read(
+            cursor,
+            self.catch_up_batch,
+            sorted(where.run_ids),
+            sorted(where.flow_run_ids),
+            sorted(where.state_types),
+        )
+        if oldest and cursor < oldest - 1:
+            raise CursorExpired(cursor, oldest)
+        items = [(row.sequence, self.encode(row)) for row in rows]
+        if len(rows) == self.catch_up_batch:
+            return _LogBatch(items, rows[-1].sequence)
+        # Everything up to the snapshot's newest was read; non-matching rows are passed too.
+        return _LogBatch(items, max(newest, cursor))
+
+    def check_cursor(self, after: int) -> None:
+        """Refuse a cursor the log cannot resume from, before the stream starts."""
+        _, oldest, newest = self.reader.read(after, 0)
+        last = max(newest, self._last)
+        if after > last:
+            raise CursorAhead(after, last)
+        if oldest and after < oldest - 1:
+            raise CursorExpired(after, oldest)
+
+
+__all__ = [
+    "CursorAhead",
+    "CursorExpired",
+    "StreamClosed",
+    "TransitionBroadcaster",
+    "TransitionFilter",
+]
