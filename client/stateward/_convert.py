@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stateward.runs import (
+    ConcurrencyLimit,
+    Decision,
+    FlowRun,
+    RetryPolicy,
+    RunKind,
+    SetStateStatus,
+    TaskRun,
+    Transition,
+)
 from stateward.states import ResultData, State, StateDetails, StateType
-from stateward.v1 import states_pb2
+from stateward.v1 import orchestration_pb2, runs_pb2, states_pb2
 
 
 def to_datetime(ts: Timestamp) -> datetime:
@@ -92,3 +104,82 @@ def state_to_proto(state: State, out: states_pb2.State | None = None) -> states_
         elif state.data.pickle is not None:
             msg.result.pickle = state.data.pickle
     return msg
+
+
+# --- runs, transitions and decisions --------------------------------------------------------------
+
+
+def retry_policy_from_proto(msg: runs_pb2.RetryPolicy) -> RetryPolicy:
+    return RetryPolicy(msg.retries, tuple(msg.retry_delay_seconds), msg.retry_jitter_factor)
+
+
+def retry_policy_to_proto(policy: RetryPolicy, out: runs_pb2.RetryPolicy) -> None:
+    out.retries = policy.retries
+    out.retry_delay_seconds[:] = policy.retry_delay_seconds
+    out.retry_jitter_factor = policy.retry_jitter_factor
+
+
+def _run_fields(msg: runs_pb2.FlowRun | runs_pb2.TaskRun) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "name": msg.name,
+        "parameters": json_format.MessageToDict(msg.parameters),
+        "tags": tuple(msg.tags),
+        "retry_policy": retry_policy_from_proto(msg.retry_policy),
+        "state": state_from_proto(msg.state) if msg.HasField("state") else None,
+        "run_count": msg.run_count,
+        "start_time": optional_datetime(msg, "start_time"),
+        "end_time": optional_datetime(msg, "end_time"),
+        "total_run_time": msg.total_run_time.ToTimedelta(),
+        "expected_start_time": optional_datetime(msg, "expected_start_time"),
+        "next_scheduled_start_time": optional_datetime(msg, "next_scheduled_start_time"),
+        "created": optional_datetime(msg, "create_time"),
+        "lease_expires": optional_datetime(msg, "lease_expire_time"),
+    }
+
+
+def flow_run_from_proto(msg: runs_pb2.FlowRun) -> FlowRun:
+    return FlowRun(
+        flow_name=msg.flow_name, parent_task_run_id=msg.parent_task_run_id, **_run_fields(msg)
+    )
+
+
+def task_run_from_proto(msg: runs_pb2.TaskRun) -> TaskRun:
+    return TaskRun(
+        task_key=msg.task_key,
+        flow_run_id=msg.flow_run_id,
+        child_flow_run_id=msg.child_flow_run_id,
+        **_run_fields(msg),
+    )
+
+
+def decision_from_proto(msg: orchestration_pb2.SetStateResponse) -> Decision:
+    return Decision(
+        status=SetStateStatus(msg.status),
+        state=state_from_proto(msg.state) if msg.HasField("state") else None,
+        reason=msg.reason,
+        delay_seconds=msg.delay_seconds,
+    )
+
+
+def transition_from_proto(msg: orchestration_pb2.Transition) -> Transition:
+    return Transition(
+        sequence=msg.sequence,
+        run_id=msg.run_id,
+        run_kind=RunKind(msg.run_kind),
+        flow_run_id=msg.flow_run_id,
+        run_name=msg.run_name,
+        flow_name=msg.flow_name,
+        task_key=msg.task_key,
+        from_state=state_from_proto(msg.from_state) if msg.HasField("from_state") else None,
+        to_state=state_from_proto(msg.to_state),
+    )
+
+
+def limit_from_proto(msg: runs_pb2.ConcurrencyLimit) -> ConcurrencyLimit:
+    return ConcurrencyLimit(
+        tag=msg.tag,
+        limit=msg.limit,
+        active_slots=tuple(msg.active_slots),
+        created=optional_datetime(msg, "create_time"),
+    )

@@ -74,7 +74,10 @@ class StatewardServer:
         self.api = OrchestrationApi(self.orchestrator)
         self.reader = LogReader(settings.db)
         self.broadcaster = TransitionBroadcaster(
-            self.reader, encode_transition, self.store.last_sequence()
+            self.reader,
+            encode_transition,
+            self.store.last_sequence(),
+            capacity=settings.stream_buffer,
         )
         self.orchestrator.subscribe(self.broadcaster.publish)
         self.loops = ServerLoops(self.orchestrator, settings.loops())

@@ -35,6 +35,9 @@ class ServerSettings:
     # are pruned every `log_prune_interval_seconds`.
     log_retention: int = 0
     log_prune_interval_seconds: float = 60.0
+    # How many recent transitions the server keeps in memory for subscribers; one that falls
+    # further behind reads the log instead.
+    stream_buffer: int = 10_000
 
     def loops(self) -> LoopSettings:
         return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
@@ -66,6 +69,7 @@ ENVIRONMENT = {
     "slot_wait_seconds": "STATEWARD_SLOT_WAIT_SECONDS",
     "log_retention": "STATEWARD_LOG_RETENTION",
     "log_prune_interval_seconds": "STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
+    "stream_buffer": "STATEWARD_STREAM_BUFFER",
 }
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from stateward.cli import server
+from stateward.cli import limits, runs, server, watch
 
 app = typer.Typer(
     name="stateward",
-    help="Stateward: run-state orchestration over gRPC.",
+    help="Stateward: run-state orchestration over gRPC. Commands that talk to a server find it "
+    "through STATEWARD_API_URL (host:port, default 127.0.0.1:8470).",
     no_args_is_help=True,
     add_completion=False,
 )
 app.add_typer(server.app, name="server")
+app.add_typer(runs.flow_runs, name="flow-run")
+app.add_typer(runs.task_runs, name="task-run")
+app.add_typer(limits.app, name="concurrency-limit")
+app.command()(watch.watch)

@@ -102,6 +102,15 @@ def start(
             show_default=False,
         ),
     ] = None,
+    stream_buffer: Annotated[
+        int | None,
+        typer.Option(
+            help="Recent transitions kept in memory for subscribers. "
+            "(env STATEWARD_STREAM_BUFFER, default 10000)",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     log_prune_interval: Annotated[
         float | None,
         _seconds(
@@ -133,6 +142,7 @@ def start(
         slot_wait_seconds=slot_wait,
         log_retention=log_retention,
         log_prune_interval_seconds=log_prune_interval,
+        stream_buffer=stream_buffer,
     )
     try:
         asyncio.run(serve(settings))

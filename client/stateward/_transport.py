@@ -1,0 +1,192 @@
+"""Transports: the one place that knows gRPC channels, stubs, metadata and status codes.
+
+A transport makes one call by method name with a request message and returns the response
+message, or raises a `stateward.exceptions` error; the clients above know only messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from stateward import settings
+from stateward.exceptions import RPC_ERRORS, RpcError, ServerUnavailable, StatewardError
+from stateward.v1 import orchestration_pb2_grpc
+
+START_SEQUENCE_KEY = "stateward-start-sequence"
+
+CHANNEL_OPTIONS = [
+    # Keep idle streams alive through proxies, and notice a dead server.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the server is and how to reach it: its address, the API key, TLS files."""
+
+    address: str
+    api_key: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_environment(cls, address: str | None = None, api_key: str | None = None) -> Connection:
+        """STATEWARD_API_URL, STATEWARD_API_KEY, STATEWARD_TLS_CA / _CERT / _KEY, unless given."""
+
+        def path(name: str) -> Path | None:
+            value = os.environ.get(name)
+            return Path(value).expanduser() if value else None
+
+        return cls(
+            address=address or settings.api_url() or f"127.0.0.1:{settings.DEFAULT_PORT}",
+            api_key=api_key or os.environ.get("STATEWARD_API_KEY") or None,
+            tls_ca=path("STATEWARD_TLS_CA"),
+            tls_cert=path("STATEWARD_TLS_CERT"),
+            tls_key=path("STATEWARD_TLS_KEY"),
+        )
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials when a CA (or a client certificate) is configured, else None."""
+        if self.tls_ca is None and self.tls_cert is None:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+            private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+        )
+
+
+def translate(error: grpc.RpcError) -> StatewardError:
+    """The Stateward error for a failed call."""
+    code = error.code()
+    details = error.details() or code.name
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return ServerUnavailable(details)
+    error_type = RPC_ERRORS.get(code.name, RpcError)
+    return error_type(details, code.name)
+
+
+def can_reconnect(error: grpc.RpcError) -> bool:
+    """Whether a broken stream may be resumed from its cursor: the server went away or is
+    restarting, or it ended a subscriber that fell behind."""
+    code = error.code()
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class Transport(Protocol):
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any: ...
+
+    def open_stream(self, method: str, request: Any) -> TransitionStream: ...
+
+    def close(self) -> None: ...
+
+
+class TransitionStream(Protocol):
+    def start_sequence(self) -> int | None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def cancel(self) -> None: ...
+
+
+class _GrpcStream:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def start_sequence(self) -> int | None:
+        for key, value in self._call.initial_metadata() or ():
+            if key == START_SEQUENCE_KEY:
+                return int(value)
+        return None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._call)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcTransport:
+    """Calls over a gRPC channel (plain or TLS), with the API key as metadata."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        credentials = connection.credentials()
+        if credentials is None:
+            self.channel = grpc.insecure_channel(connection.address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(connection.address, credentials, CHANNEL_OPTIONS)
+        self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
+        self._metadata = connection.metadata
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise translate(error) from None
+
+    def open_stream(self, method: str, request: Any) -> TransitionStream:
+        return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class AsyncGrpcTransport:
+    """The asyncio twin of GrpcTransport."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        credentials = connection.credentials()
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(connection.address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(connection.address, credentials, CHANNEL_OPTIONS)
+        self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
+        self._metadata = connection.metadata
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await getattr(self.stub, method)(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise translate(error) from None
+
+    def open_stream(self, method: str, request: Any) -> AsyncTransitionStream:
+        return AsyncTransitionStream(getattr(self.stub, method)(request, metadata=self._metadata))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class AsyncTransitionStream:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def start_sequence(self) -> int | None:
+        for key, value in await self._call.initial_metadata() or ():
+            if key == START_SEQUENCE_KEY:
+                return int(value)
+        return None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._call.__aiter__()  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        self._call.cancel()

@@ -1,0 +1,64 @@
+"""What the commands share: the client they talk through, and how they show times and states."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import typer
+from rich.console import Console
+
+from stateward.client import Client
+from stateward.exceptions import StatewardError
+from stateward.states import State, StateType
+
+# Piped output is not cut to 80 columns: ids must survive a copy.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, highlight=False)
+
+STATE_COLOURS = {
+    StateType.SCHEDULED: "yellow",
+    StateType.PENDING: "grey70",
+    StateType.RUNNING: "blue",
+    StateType.PAUSED: "bright_black",
+    StateType.CANCELLING: "magenta",
+    StateType.COMPLETED: "green",
+    StateType.FAILED: "red",
+    StateType.CANCELLED: "magenta",
+    StateType.CRASHED: "bright_red",
+}
+
+
+@contextmanager
+def client() -> Iterator[Client]:
+    """A client of the server named by STATEWARD_API_URL (default 127.0.0.1:8470); errors
+    become a message and exit code 1."""
+    try:
+        with Client() as connected:
+            yield connected
+    except StatewardError as error:
+        errors.print(f"[red]Error:[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+def show_state(state: State | None) -> str:
+    if state is None:
+        return "[dim]-[/dim]"
+    return f"[{STATE_COLOURS[state.type]}]{state.name}[/]"
+
+
+def show_time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else "-"
+
+
+def parse_state_types(names: list[str]) -> list[StateType]:
+    types = []
+    for name in names:
+        try:
+            types.append(StateType[name.upper()])
+        except KeyError:
+            known = ", ".join(t.name for t in StateType)
+            raise typer.BadParameter(f"{name!r} is not a state type ({known})") from None
+    return types

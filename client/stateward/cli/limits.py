@@ -1,0 +1,51 @@
+"""`stateward concurrency-limit ...`: tag concurrency limits."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from stateward.cli._common import client, console
+
+app = typer.Typer(help="Tag concurrency limits for task runs.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    tag: Annotated[str, typer.Argument(help="The tag.")],
+    limit: Annotated[int, typer.Argument(help="How many task runs with it may run at once.")],
+) -> None:
+    """Create a limit for a tag."""
+    with client() as connected:
+        created = connected.create_concurrency_limit(tag, limit)
+    console.print(f"tag {created.tag!r}: at most {created.limit} running")
+
+
+@app.command("ls")
+def list_limits() -> None:
+    """List every limit with how many of its slots are taken."""
+    table = Table("Tag", "Limit", "Running")
+    with client() as connected:
+        for limit in connected.list_concurrency_limits():
+            table.add_row(limit.tag, str(limit.limit), str(len(limit.active_slots)))
+    console.print(table)
+
+
+@app.command("inspect")
+def inspect(tag: Annotated[str, typer.Argument(help="The tag.")]) -> None:
+    """Show a limit and the task runs holding its slots."""
+    with client() as connected:
+        limit = connected.get_concurrency_limit(tag)
+    console.print(f"tag {limit.tag!r}: {len(limit.active_slots)} of {limit.limit} running")
+    for run_id in limit.active_slots:
+        console.print(f"  {run_id}")
+
+
+@app.command("delete")
+def delete(tag: Annotated[str, typer.Argument(help="The tag.")]) -> None:
+    """Delete a limit; the runs holding its slots keep running."""
+    with client() as connected:
+        connected.delete_concurrency_limit(tag)
+    console.print(f"deleted the limit of tag {tag!r}")
