@@ -39,9 +39,13 @@ class Connection:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Wait (within each call's deadline) for an unreachable server instead of failing at once.
+    wait_for_ready: bool = False
 
     @classmethod
-    def from_environment(cls, address: str | None = None, api_key: str | None = None) -> Connection:
+    def from_environment(
+        cls, address: str | None = None, api_key: str | None = None, wait_for_ready: bool = False
+    ) -> Connection:
         """STATEWARD_API_URL, STATEWARD_API_KEY, STATEWARD_TLS_CA / _CERT / _KEY, unless given."""
 
         def path(name: str) -> Path | None:
@@ -54,6 +58,7 @@ class Connection:
             tls_ca=path("STATEWARD_TLS_CA"),
             tls_cert=path("STATEWARD_TLS_CERT"),
             tls_key=path("STATEWARD_TLS_KEY"),
+            wait_for_ready=wait_for_ready,
         )
 
     @property
@@ -136,7 +141,12 @@ class GrpcTransport:
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+            return getattr(self.stub, method)(
+                request,
+                timeout=timeout,
+                metadata=self._metadata,
+                wait_for_ready=self.connection.wait_for_ready,
+            )
         except grpc.RpcError as error:
             raise translate(error) from None
 
@@ -163,7 +173,10 @@ class AsyncGrpcTransport:
     async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
             return await getattr(self.stub, method)(
-                request, timeout=timeout, metadata=self._metadata
+                request,
+                timeout=timeout,
+                metadata=self._metadata,
+                wait_for_ready=self.connection.wait_for_ready,
             )
         except grpc.RpcError as error:
             raise translate(error) from None

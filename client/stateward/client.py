@@ -64,6 +64,8 @@ class Client:
     """A blocking client of a Stateward server.
 
     With no address, it reads STATEWARD_API_URL (and STATEWARD_API_KEY, STATEWARD_TLS_*).
+    With `wait_for_ready`, a call waits for an unreachable server (a restart, say) until its
+    deadline instead of failing at once.
     """
 
     def __init__(
@@ -72,10 +74,11 @@ class Client:
         *,
         api_key: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        wait_for_ready: bool = False,
         transport: Transport | None = None,
     ) -> None:
         self.transport: Transport = transport or GrpcTransport(
-            Connection.from_environment(address, api_key)
+            Connection.from_environment(address, api_key, wait_for_ready)
         )
         self.timeout = timeout
 
@@ -272,10 +275,11 @@ class AsyncClient:
         *,
         api_key: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        wait_for_ready: bool = False,
         transport: AsyncGrpcTransport | None = None,
     ) -> None:
         self.transport = transport or AsyncGrpcTransport(
-            Connection.from_environment(address, api_key)
+            Connection.from_environment(address, api_key, wait_for_ready)
         )
         self.timeout = timeout
 

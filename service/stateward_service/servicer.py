@@ -5,6 +5,7 @@ into a status. `add_to_server` registers it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -109,9 +110,12 @@ class OrchestrationServicer:
             # first message resumes from here without a gap.
             start = broadcaster.last_sequence if after is None else after
             await context.send_initial_metadata(((START_SEQUENCE_KEY, str(start)),))
-            async for sequence, payload in broadcaster.subscribe(where, start):
-                delivered = sequence
-                yield payload
+            # aclosing: the subscription ends the moment this stream does (a client cancel
+            # included), not whenever the generator is collected.
+            async with aclosing(broadcaster.subscribe(where, start)) as subscription:
+                async for sequence, payload in subscription:
+                    delivered = sequence
+                    yield payload
         except CursorAhead as error:
             raise ServiceError(
                 Code.FAILED_PRECONDITION,

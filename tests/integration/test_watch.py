@@ -1,0 +1,416 @@
+"""WatchTransitions over real gRPC: filters, order, replay-then-live with no gap and no duplicate
+under concurrent writers, 100 subscribers, a stalled subscriber, restarts, shutdown, retention,
+and the `stateward watch` command."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from stateward.client import AsyncClient, Client
+from stateward.runs import RunKind, Transition
+from stateward.states import State, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
+from tests.support import ROOT, ServerProcess, running_server
+
+
+@pytest.fixture(scope="module")
+def watch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("watch")) as server:
+        yield server
+
+
+@pytest.fixture
+def client(watch_server: ServerProcess) -> Iterator[Client]:
+    with Client(watch_server.target) as connected:
+        yield connected
+
+
+def logged(db: Path, after: int) -> list[tuple[int, str, str]]:
+    """(sequence, run id, to-state id) straight from the server's transitions table."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT sequence, run_id, to_state_id FROM transitions WHERE sequence > ? "
+            "ORDER BY sequence",
+            (after,),
+        ).fetchall()
+
+
+def last_sequence(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT coalesce(max(sequence), 0) FROM transitions").fetchone()[0]
+
+
+def collect(server: ServerProcess, seconds: float = 0.5, **request: object) -> list[pb.Transition]:
+    """Everything a raw stream delivers within `seconds`."""
+    call = server.stub().WatchTransitions(pb.WatchTransitionsRequest(**request), timeout=seconds)
+    found = []
+    try:
+        for message in call:
+            found.append(message.transition)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+    return found
+
+
+def flow_with_tasks(client: Client, tasks: int = 2):
+    flow_run = client.create_flow_run("watched", state=State(StateType.PENDING))
+    client.set_state(flow_run.id, State(StateType.RUNNING))
+    task_runs = [
+        client.create_task_run(f"t{i}", flow_run_id=flow_run.id, state=State(StateType.PENDING))
+        for i in range(tasks)
+    ]
+    return flow_run, task_runs
+
+
+def finish(client: Client, run_ids: list[str]) -> None:
+    for run_id in run_ids:
+        client.set_state(run_id, State(StateType.RUNNING))
+        client.set_state(run_id, State(StateType.COMPLETED))
+
+
+def test_filters_select_runs_flow_runs_and_state_types(watch_server, client):
+    start = last_sequence(watch_server.db)
+    flow_a, (a1, a2) = flow_with_tasks(client)
+    flow_b, (b1,) = flow_with_tasks(client, 1)
+    finish(client, [a1.id, a2.id, b1.id])
+    client.set_state(flow_a.id, State(StateType.COMPLETED))
+
+    everything = collect(watch_server, after_sequence=start)
+    assert [t.sequence for t in everything] == [s for s, _, _ in logged(watch_server.db, start)]
+    by_run = collect(watch_server, after_sequence=start, run_ids=[a1.id])
+    assert {t.run_id for t in by_run} == {a1.id} and len(by_run) == 3
+    by_flow = collect(watch_server, after_sequence=start, flow_run_ids=[flow_a.id])
+    assert {t.run_id for t in by_flow} == {flow_a.id, a1.id, a2.id}
+    assert len(by_flow) == 3 + 3 + 3  # flow: Pending, Running, Completed; tasks: 3 each
+    assert all(t.flow_run_id == flow_a.id for t in by_flow)
+    completed = collect(watch_server, after_sequence=start, state_types=[StateType.COMPLETED])
+    assert {t.run_id for t in completed} == {a1.id, a2.id, b1.id, flow_a.id}
+    both = collect(
+        watch_server,
+        after_sequence=start,
+        flow_run_ids=[flow_b.id],
+        state_types=[StateType.RUNNING],
+    )
+    assert [(t.run_id, t.to_state.name) for t in both] == [
+        (flow_b.id, "Running"),
+        (b1.id, "Running"),
+    ]
+
+
+def test_transitions_carry_run_names_kinds_and_chained_states(watch_server, client):
+    start = last_sequence(watch_server.db)
+    flow_run, (task_run,) = flow_with_tasks(client, 1)
+    finish(client, [task_run.id])
+    seen = collect(watch_server, after_sequence=start)
+    sequences = [t.sequence for t in seen]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    task_transitions = [t for t in seen if t.run_id == task_run.id]
+    assert [t.to_state.name for t in task_transitions] == ["Pending", "Running", "Completed"]
+    assert not task_transitions[0].HasField("from_state")
+    for before, after in itertools.pairwise(task_transitions):
+        assert after.from_state.id == before.to_state.id
+    first = task_transitions[0]
+    assert first.run_kind == runs_pb2.RUN_KIND_TASK_RUN
+    assert (first.run_name, first.task_key, first.flow_run_id) == (
+        task_run.name, "t0", flow_run.id,
+    )  # fmt: skip
+    flow_first = next(t for t in seen if t.run_id == flow_run.id)
+    assert (flow_first.flow_name, flow_first.run_name) == ("watched", flow_run.name)
+
+
+def test_replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_writers(watch_server):
+    db = watch_server.db
+    start = last_sequence(db)
+    stop = threading.Event()
+    writers_done = threading.Event()
+
+    def write(run_id: str) -> None:
+        with Client(watch_server.target) as writer:
+            while not stop.is_set():
+                writer.set_state(run_id, State(StateType.RUNNING))
+
+    with Client(watch_server.target) as setup:
+        runs = [setup.create_flow_run("busy", state=State(StateType.RUNNING)).id for _ in range(4)]
+        marker = setup.create_flow_run("marker", state=State(StateType.PENDING))
+    threads = [threading.Thread(target=write, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # the log grows before the subscribers arrive
+
+    received: dict[str, list[Transition]] = {"replay": [], "live": []}
+
+    def subscribe(label: str, after: int | None) -> None:
+        with Client(watch_server.target) as reader:
+            for transition in reader.watch(after_sequence=after):
+                received[label].append(transition)
+                if transition.run_id == marker.id and transition.to_state.is_running():
+                    return
+
+    subscribers = [
+        threading.Thread(target=subscribe, args=("replay", start)),
+        threading.Thread(target=subscribe, args=("live", None)),
+    ]
+    for thread in subscribers:
+        thread.start()
+    time.sleep(0.7)  # both hand over from the log or their start to live while writes go on
+    stop.set()
+    for thread in threads:
+        thread.join()
+    writers_done.set()
+    with Client(watch_server.target) as closer:
+        closer.set_state(marker.id, State(StateType.RUNNING))
+    for thread in subscribers:
+        thread.join(30)
+
+    replayed = [(t.sequence, t.run_id, t.to_state.id) for t in received["replay"]]
+    assert len(replayed) > 200
+    assert replayed == logged(db, start)[: len(replayed)]
+    assert replayed[-1][1] == marker.id
+    live = [(t.sequence, t.run_id, t.to_state.id) for t in received["live"]]
+    assert live, "the live subscriber saw nothing"
+    first = live[0][0]
+    assert live == logged(db, first - 1)[: len(live)]  # contiguous from where it started
+    assert live[-1][1] == marker.id
+
+
+def test_a_hundred_subscribers_each_receive_everything_in_order(watch_server):
+    start = last_sequence(watch_server.db)
+    marker_name = "hundred-marker"
+
+    async def main() -> list[list[int]]:
+        async with AsyncClient(watch_server.target) as reader:
+
+            async def follow() -> list[int]:
+                seen = []
+                async for transition in reader.watch(after_sequence=start):
+                    seen.append(transition.sequence)
+                    if transition.flow_name == marker_name:
+                        return seen
+                return seen
+
+            followers = [asyncio.create_task(follow()) for _ in range(100)]
+            async with AsyncClient(watch_server.target) as writer:
+                run = await writer.create_flow_run("hundred", state=State(StateType.RUNNING))
+                for _ in range(200):
+                    await writer.set_state(run.id, State(StateType.RUNNING))
+                await writer.create_flow_run(marker_name, state=State(StateType.PENDING))
+            return await asyncio.wait_for(asyncio.gather(*followers), 60)
+
+    results = asyncio.run(main())
+    expected = [s for s, _, _ in logged(watch_server.db, start)]
+    assert len(expected) == 202
+    assert all(seen == expected for seen in results)
+
+
+def test_a_stalled_subscriber_does_not_slow_writers_and_resumes_without_loss(tmp_path):
+    server = ServerProcess(tmp_path / "stall.db", args=["--stream-buffer", "100"]).start()
+    try:
+        client = Client(server.target)
+        run = client.create_flow_run("stall", state=State(StateType.RUNNING))
+
+        def write_1000() -> float:
+            began = time.perf_counter()
+            for _ in range(1000):
+                client.set_state(run.id, State(StateType.RUNNING))
+            return time.perf_counter() - began
+
+        write_1000()  # warm up
+        alone = write_1000()
+        start = last_sequence(server.db)
+        stalled = server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=start))
+        with_stalled = write_1000()
+        alone = min(alone, write_1000())
+        with_stalled = min(with_stalled, write_1000())
+        assert with_stalled <= alone * 1.2, (alone, with_stalled)
+        # Far more than the 100 the server keeps in memory: it catches up from the log.
+        received = []
+        for message in stalled:
+            received.append(message.transition.sequence)
+            if len(received) == 3000:
+                break
+        stalled.cancel()
+        assert received == [s for s, _, _ in logged(server.db, start)][:3000]
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_watch_reconnects_after_a_server_restart_with_its_cursor(tmp_path):
+    server = ServerProcess(tmp_path / "restart.db").start()
+    client = Client(server.target, wait_for_ready=True)
+    run = client.create_flow_run("restarting", state=State(StateType.RUNNING))
+    start = last_sequence(server.db)
+    seen: list[Transition] = []
+
+    def follow() -> None:
+        with Client(server.target) as reader:
+            for transition in reader.watch(after_sequence=start, max_backoff=0.2):
+                seen.append(transition)
+                if transition.to_state.name == "Done":
+                    return
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    for _ in range(30):
+        client.set_state(run.id, State(StateType.RUNNING))
+    server.stop()
+    time.sleep(0.3)
+    server.restart()
+    try:
+        for _ in range(30):
+            client.set_state(run.id, State(StateType.RUNNING))
+        client.set_state(run.id, State(StateType.COMPLETED, name="Done"))
+        follower.join(30)
+        assert not follower.is_alive()
+        sequences = [t.sequence for t in seen]
+        assert sequences == [s for s, _, _ in logged(server.db, start)]
+        assert len(sequences) == 61
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_shutdown_ends_streams_with_unavailable_and_the_cursor(tmp_path):
+    server = ServerProcess(tmp_path / "shutdown.db").start()
+    client = Client(server.target)
+    run = client.create_flow_run("closing", state=State(StateType.RUNNING))
+    stream = server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=0))
+    first = next(stream)
+    assert first.transition.run_id == run.id
+    server.process.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in stream:
+            pass
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "reconnect with after_sequence=1" in caught.value.details()
+    assert metadata_of(caught.value)["last_sequence"] == "1"
+    assert server.process.wait(20) == 0
+    client.close()
+
+
+def metadata_of(error: grpc.RpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return dict(info.metadata)
+    raise AssertionError("no ErrorInfo")
+
+
+def test_a_cursor_the_log_no_longer_holds_is_failed_precondition(tmp_path):
+    args = ["--log-retention", "5", "--log-prune-interval", "0.1"]
+    server = ServerProcess(tmp_path / "retention.db", args=args).start()
+    try:
+        client = Client(server.target)
+        run = client.create_flow_run("pruned", state=State(StateType.RUNNING))
+        for _ in range(20):
+            client.set_state(run.id, State(StateType.RUNNING))
+        deadline = time.monotonic() + 5
+        while len(logged(server.db, 0)) > 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kept = [s for s, _, _ in logged(server.db, 0)]
+        assert kept == list(range(17, 22))
+        with pytest.raises(grpc.RpcError) as caught:
+            list(server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=3)))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "oldest kept is 17" in caught.value.details()
+        assert metadata_of(caught.value) == {"oldest_sequence": "17"}
+        with pytest.raises(Exception, match="oldest kept is 17"):
+            next(iter(client.watch(after_sequence=0)))
+        resumed = collect(server, after_sequence=16)
+        assert [t.sequence for t in resumed] == kept
+        with pytest.raises(grpc.RpcError) as ahead:
+            list(server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=500)))
+        assert ahead.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "beyond the newest" in ahead.value.details()
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_malformed_watch_requests_are_invalid_argument(watch_server):
+    for request, field in (
+        (pb.WatchTransitionsRequest(run_ids=["nope"]), "run_ids[0]"),
+        (pb.WatchTransitionsRequest(flow_run_ids=[""]), "flow_run_ids[0]"),
+        (pb.WatchTransitionsRequest(state_types=[0]), "state_types"),
+        (pb.WatchTransitionsRequest(state_types=[42]), "state_types"),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            list(watch_server.stub().WatchTransitions(request, timeout=5))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith(field)
+
+
+def test_the_watch_command_prints_a_live_run(watch_server, client):
+    flow_run = client.create_flow_run("cli-watched")
+    env = {**os.environ, "STATEWARD_API_URL": watch_server.target, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "stateward", "watch", "--flow-run", flow_run.id]
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        time.sleep(1.5)  # the command connects
+        client.set_state(flow_run.id, State(StateType.PENDING))
+        client.set_state(flow_run.id, State(StateType.RUNNING))
+        task_run = client.create_task_run("step", flow_run_id=flow_run.id)
+        finish(client, [task_run.id])
+        client.set_state(flow_run.id, State(StateType.COMPLETED))
+        assert watcher.stdout is not None
+        lines = [watcher.stdout.readline().strip() for _ in range(5)]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    assert "flow run" in lines[0] and flow_run.name in lines[0] and "- → Pending" in lines[0]
+    assert "Pending → Running" in lines[1] and "(cli-watched)" in lines[1]
+    assert "task run" in lines[2] and "(step)" in lines[2] and "- → Running" in lines[2]
+    assert "task run" in lines[3] and "Running → Completed" in lines[3]
+    assert "flow run" in lines[4] and "Running → Completed" in lines[4] and flow_run.id in lines[4]
+
+
+def test_the_watch_command_replays_from_the_start(watch_server, client):
+    flow_run = client.create_flow_run("replayed", state=State(StateType.PENDING))
+    env = {**os.environ, "STATEWARD_API_URL": watch_server.target}
+    command = [
+        sys.executable, "-m", "stateward", "watch", "--from-start", "--run", flow_run.id,
+        "--state", "pending",
+    ]  # fmt: skip
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert watcher.stdout is not None
+        line = watcher.stdout.readline()
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    assert "replayed" in line and "Pending" in line
+
+
+def test_kinds_are_told_apart(watch_server, client):
+    start = last_sequence(watch_server.db)
+    flow_run, (task_run,) = flow_with_tasks(client, 1)
+    kinds = {t.run_id: t.run_kind for t in client_watch(client, start, 3)}
+    assert kinds == {flow_run.id: RunKind.FLOW_RUN, task_run.id: RunKind.TASK_RUN}
+
+
+def client_watch(client: Client, after: int, count: int) -> list[Transition]:
+    found = []
+    for transition in client.watch(after_sequence=after):
+        found.append(transition)
+        if len(found) == count:
+            return found
+    return found

@@ -1,0 +1,169 @@
+"""The broadcaster on a real store, without gRPC: cursors over the ring, catch-up from the log,
+bounded memory, and subscriptions freed when their consumer stops."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import aclosing
+from datetime import UTC, datetime
+
+import pytest
+
+from stateward.states import ResultData, State, StateType
+from stateward_service.broadcaster import StreamClosed, TransitionBroadcaster, TransitionFilter
+from stateward_service.model import RunKind, RunRecord
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.store import LogReader, Store
+
+
+def encode(transition) -> bytes:
+    return str(transition.sequence).encode()
+
+
+@pytest.fixture
+def world(tmp_path):
+    store = Store(tmp_path / "b.db")
+    reader = LogReader(tmp_path / "b.db")
+    orchestrator = Orchestrator(store)
+    yield store, reader, orchestrator
+    reader.close()
+    store.close()
+
+
+def new_run(orchestrator: Orchestrator) -> str:
+    run = RunRecord(
+        kind=RunKind.FLOW_RUN,
+        id=str(uuid.uuid4()),
+        name="r",
+        created=datetime.now(UTC),
+        flow_name="f",
+    )
+    return orchestrator.create_run(run, State(StateType.RUNNING)).id
+
+
+async def take(subscription, count: int) -> list[int]:
+    found = []
+    async with aclosing(subscription):
+        async for sequence, payload in subscription:
+            assert payload == str(sequence).encode()
+            found.append(sequence)
+            if len(found) == count:
+                break
+    return found
+
+
+def test_a_live_subscriber_gets_every_later_transition_in_order(world):
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence())
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(broadcaster.publish)
+        run_id = new_run(orchestrator)  # before the subscription: not delivered
+        subscription = broadcaster.subscribe(TransitionFilter(), None)
+        reading = asyncio.create_task(take(subscription, 5))
+        await asyncio.sleep(0)
+        for _ in range(5):
+            orchestrator.set_state(run_id, State(StateType.RUNNING))
+            await asyncio.sleep(0)
+        assert await asyncio.wait_for(reading, 5) == [2, 3, 4, 5, 6]
+        assert broadcaster.subscribers == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_consumer_frees_its_subscription(world):
+    store, reader, _ = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence())
+        broadcaster.bind(asyncio.get_running_loop())
+
+        async def consume() -> None:
+            async for _ in broadcaster.subscribe(TransitionFilter(), None):
+                pass
+
+        tasks = [asyncio.create_task(consume()) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        assert broadcaster.subscribers == 10
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert broadcaster.subscribers == 0
+
+    asyncio.run(main())
+
+
+def test_the_ring_is_bounded_and_a_subscriber_behind_it_reads_the_log(world):
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(
+            reader, encode, store.last_sequence(), capacity=10, catch_up_batch=7
+        )
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(broadcaster.publish)
+        run_id = new_run(orchestrator)
+        for _ in range(99):
+            orchestrator.set_state(run_id, State(StateType.RUNNING))
+        assert len(broadcaster._ring) == 10
+        got = await take(broadcaster.subscribe(TransitionFilter(), 0), 100)
+        assert got == list(range(1, 101))  # 90 from the log in batches of 7, 10 from the ring
+        assert broadcaster.subscribers == 0
+
+    asyncio.run(main())
+
+
+def test_the_ring_is_bounded_by_bytes_too(world):
+    _store, reader, orchestrator = world
+    broadcaster = TransitionBroadcaster(reader, encode, 0, capacity=1000, capacity_bytes=10_000)
+    orchestrator.subscribe(broadcaster.publish)
+    run_id = new_run(orchestrator)
+    big = ResultData(json='"' + "x" * 3000 + '"')
+    for _ in range(20):
+        orchestrator.set_state(run_id, State(StateType.RUNNING, data=big))
+    assert broadcaster._ring_bytes <= 10_000
+    assert 1 <= len(broadcaster._ring) <= 3
+
+
+def test_filters_apply_to_the_log_and_the_ring_alike(world):
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, 0, capacity=3)
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(broadcaster.publish)
+        wanted, other = new_run(orchestrator), new_run(orchestrator)
+        for _ in range(10):
+            orchestrator.set_state(other, State(StateType.RUNNING))
+            orchestrator.set_state(wanted, State(StateType.COMPLETED))
+        only = TransitionFilter(run_ids=frozenset({wanted}))
+        sequences = await take(broadcaster.subscribe(only, 0), 11)
+        expected = [t.sequence for t in store.read_transitions(0, 100, run_ids=[wanted])]
+        assert sequences == expected
+
+    asyncio.run(main())
+
+
+def test_close_ends_subscribers_with_their_cursor(world):
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence())
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(broadcaster.publish)
+        new_run(orchestrator)
+
+        async def consume() -> None:
+            async for _ in broadcaster.subscribe(TransitionFilter(), 0):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        await broadcaster.close()
+        with pytest.raises(StreamClosed) as closed:
+            await task
+        assert closed.value.last_sequence == 1
+
+    asyncio.run(main())
