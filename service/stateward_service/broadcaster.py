@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from stateward_service.model import Transition
@@ -196,7 +196,7 @@ class TransitionBroadcaster:
 
     async def subscribe(
         self, where: TransitionFilter, after: int | None
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield (sequence, encoded WatchTransitionsResponse) of every matching transition after
         `after` (or from now, when None), in order, until the subscriber stops or the server
         closes (StreamClosed). Raises CursorExpired if it falls behind what the log keeps."""
