@@ -414,3 +414,53 @@ def client_watch(client: Client, after: int, count: int) -> list[Transition]:
         if len(found) == count:
             return found
     return found
+
+
+def test_the_watch_command_reconnects_when_the_server_restarts(tmp_path):
+    server = ServerProcess(tmp_path / "cli-restart.db").start()
+    env = {**os.environ, "STATEWARD_API_URL": server.target}
+    command = [sys.executable, "-m", "stateward", "watch"]
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        with Client(server.target, wait_for_ready=True) as client:
+            time.sleep(1.5)
+            run = client.create_flow_run("before-restart", state=State(StateType.PENDING))
+            assert watcher.stdout is not None
+            assert "before-restart" in watcher.stdout.readline()
+            server.stop()
+            server.restart()
+            client.set_state(run.id, State(StateType.RUNNING))
+            assert "Pending → Running" in watcher.stdout.readline()
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+        server.stop()
+
+
+def test_the_async_client_resumes_after_a_restart(tmp_path):
+    server = ServerProcess(tmp_path / "async-restart.db").start()
+
+    async def main() -> list[int]:
+        async with AsyncClient(server.target, wait_for_ready=True) as client:
+            run = await client.create_flow_run("async", state=State(StateType.RUNNING))
+            seen: list[int] = []
+
+            async def follow() -> None:
+                async for transition in client.watch(after_sequence=0, max_backoff=0.2):
+                    seen.append(transition.sequence)
+                    if transition.to_state.is_completed():
+                        return
+
+            follower = asyncio.create_task(follow())
+            await client.set_state(run.id, State(StateType.RUNNING))
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.restart)
+            await client.set_state(run.id, State(StateType.COMPLETED))
+            await asyncio.wait_for(follower, 30)
+            return seen
+
+    try:
+        assert asyncio.run(main()) == [1, 2, 3]
+    finally:
+        server.stop()
