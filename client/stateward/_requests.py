@@ -63,12 +63,24 @@ def create_task_run(
 
 
 def set_state(
-    run_id: str, state: State, force: bool, expected_state_id: str | None
+    run_id: str,
+    state: State,
+    force: bool = False,
+    expected_state_id: str | None = None,
+    lease_seconds: float = 0.0,
 ) -> pb.SetStateRequest:
     request = pb.SetStateRequest(run_id=run_id, force=force)
     state_to_proto(state, request.state)
     if expected_state_id is not None:
         request.expected_state_id = expected_state_id
+    if lease_seconds:
+        request.lease_duration.FromNanoseconds(round(lease_seconds * 1e9))
+    return request
+
+
+def renew_leases(run_ids: Iterable[str], lease_seconds: float) -> pb.RenewLeasesRequest:
+    request = pb.RenewLeasesRequest(run_ids=list(run_ids))
+    request.lease_duration.FromNanoseconds(round(lease_seconds * 1e9))
     return request
 
 

@@ -207,10 +207,18 @@ class Client:
         *,
         force: bool = False,
         expected_state_id: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> Decision:
-        """Propose a state for a run; the answer says whether it was accepted."""
-        request = requests.set_state(run_id, state, force, expected_state_id)
+        """Propose a state for a run; the answer says whether it was accepted. With
+        `lease_seconds`, a RUNNING or CANCELLING state written starts a heartbeat lease that
+        `renew_leases` must keep extending, or the server crashes the run."""
+        request = requests.set_state(run_id, state, force, expected_state_id, lease_seconds)
         return decision_from_proto(self._call("SetState", request))
+
+    def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
+        """Extend the heartbeat leases of runs; returns those that still hold one."""
+        response = self._call("RenewLeases", requests.renew_leases(run_ids, lease_seconds))
+        return list(response.renewed_run_ids)
 
     def list_states(self, run_id: str) -> list[State]:
         """A run's state history, oldest first."""
@@ -358,9 +366,14 @@ class AsyncClient:
         *,
         force: bool = False,
         expected_state_id: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> Decision:
-        request = requests.set_state(run_id, state, force, expected_state_id)
+        request = requests.set_state(run_id, state, force, expected_state_id, lease_seconds)
         return decision_from_proto(await self._call("SetState", request))
+
+    async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
+        response = await self._call("RenewLeases", requests.renew_leases(run_ids, lease_seconds))
+        return list(response.renewed_run_ids)
 
     async def list_states(self, run_id: str) -> list[State]:
         response = await self._call("ListStates", pb.ListStatesRequest(run_id=run_id))

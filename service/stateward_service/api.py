@@ -153,10 +153,15 @@ class OrchestrationApi:
             expected = request.expected_state_id
             if expected:
                 expected = check.uuid_value(expected, "expected_state_id")
+        lease = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
         proposed = state_from_proto(request.state)
         outcome = _translating(
             lambda: self.orchestrator.set_state(
-                run_id, proposed, force=request.force, expected_state_id=expected
+                run_id,
+                proposed,
+                force=request.force,
+                expected_state_id=expected,
+                lease_seconds=lease,
             )
         )
         response = pb.SetStateResponse(
@@ -174,6 +179,16 @@ class OrchestrationApi:
         response = pb.ListStatesResponse()
         for state in states:
             state_to_proto(state, response.states.add())
+        return response
+
+    def RenewLeases(self, request: pb.RenewLeasesRequest) -> pb.RenewLeasesResponse:
+        run_ids = check.run_ids(request.run_ids, "run_ids")
+        seconds = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
+        if seconds <= 0:
+            raise invalid("lease_duration", "is required: how long each lease lasts, above zero")
+        renewed, until = self.orchestrator.renew_leases(run_ids, seconds)
+        response = pb.RenewLeasesResponse(renewed_run_ids=renewed)
+        set_timestamp(response.lease_expire_time, until)
         return response
 
     # --- tag concurrency limits -----------------------------------------------------------------

@@ -5,7 +5,8 @@
 - the Cancelling watchdog: runs Cancelling for too long become Cancelled;
 - the cancellation cascade: a cancelled flow run's unfinished task runs and subflows are
   cancelled (at once when a flow run enters CANCELLED, and on every sweep as a safety net);
-- log pruning: with a retention set, the transitions log keeps only its newest entries.
+- log pruning: with a retention set, the transitions log keeps only its newest entries;
+- lapsed leases: a run whose process stopped renewing its heartbeat lease is forced to Crashed.
 
 Each proposal goes through the orchestrator like any SetState, with `expected_state_id` set to
 the state the sweep saw: a run that moved in the meantime is left alone.
@@ -38,6 +39,7 @@ class LoopSettings:
     cascade_interval_seconds: float = 5.0
     log_retention: int = 0
     log_prune_interval_seconds: float = 60.0
+    lease_check_interval_seconds: float = 2.0
 
 
 class ServerLoops:
@@ -65,6 +67,7 @@ class ServerLoops:
             ("cancelling", settings.cancelling_interval_seconds, self.finish_stuck_cancels),
             ("cascade", settings.cascade_interval_seconds, self.cascade_cancellations),
             ("log_pruning", settings.log_prune_interval_seconds, self.prune_log),
+            ("lapsed_leases", settings.lease_check_interval_seconds, self.crash_lapsed_leases),
         ):
             wake = self._cascade_now if name == "cascade" else None
             self._tasks.append(loop.create_task(self._every(name, period, sweep, wake)))
@@ -180,6 +183,25 @@ class ServerLoops:
             moved += moved_now
             if not moved_now:  # nothing left, or nothing that would move
                 return moved
+
+    def crash_lapsed_leases(self) -> int:
+        """Runs whose process stopped renewing its heartbeat lease are forced to Crashed."""
+        orchestrator = self.orchestrator
+        with orchestrator.lock:
+            lapsed = orchestrator.store.runs_with_lapsed_lease(orchestrator.clock())
+        moved = 0
+        for _, run_id in lapsed:
+            try:
+                current = orchestrator.get_run(run_id).state
+            except RunNotFound:
+                continue
+            crashed = State(
+                StateType.CRASHED,
+                message="the process running it stopped renewing its heartbeat lease "
+                "(it was killed, or lost its connection)",
+            )
+            moved += self._propose(run_id, current, crashed, force=True)
+        return moved
 
     def prune_log(self) -> int:
         """Keep the newest `log_retention` transitions (all when it is 0)."""

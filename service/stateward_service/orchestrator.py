@@ -154,6 +154,13 @@ class Orchestrator:
                 raise RunNotFound(run_id)
             return self.store.list_states(run_id)
 
+    def renew_leases(self, run_ids: Sequence[str], seconds: float) -> tuple[list[str], datetime]:
+        """Extend the leases of those runs that hold one (RUNNING or CANCELLING)."""
+        until = self.clock() + timedelta(seconds=seconds)
+        with self.lock, self.store.transaction():
+            renewed = set(self.store.renew_leases(run_ids, until))
+        return [run_id for run_id in run_ids if run_id in renewed], until
+
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def create_limit(self, tag: str, limit: int) -> ConcurrencyLimit:
@@ -189,8 +196,10 @@ class Orchestrator:
         *,
         force: bool = False,
         expected_state_id: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> Outcome:
-        """Decide a proposed state for a run and write what the policy decided."""
+        """Decide a proposed state for a run and write what the policy decided. With a lease, a
+        RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds."""
         with self.lock:
             run = self.store.get_run(run_id)
             if run is None:
@@ -207,7 +216,7 @@ class Orchestrator:
             write = _Write()
             if decision.writes:
                 with self.store.transaction():
-                    self._write(run, decision, write)
+                    self._write(run, decision, write, lease_seconds)
             self._publish(write)
             return Outcome(
                 decision.status,
@@ -247,7 +256,9 @@ class Orchestrator:
             )
         return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
 
-    def _write(self, run: RunRecord, decision: Decision, write: _Write) -> None:
+    def _write(
+        self, run: RunRecord, decision: Decision, write: _Write, lease_seconds: float = 0.0
+    ) -> None:
         """Write the decided state for `run` (inside a transaction)."""
         assert decision.state is not None
         for effect in decision.effects:
@@ -255,7 +266,7 @@ class Orchestrator:
                 run.run_count = 0
         previous = run.state
         state = self._mint(run, decision.state)
-        bookkeeping.record_transition(run, state)
+        bookkeeping.record_transition(run, state, lease_seconds)
         for effect in decision.effects:
             if isinstance(effect, RememberPauseKey):
                 run.pause_keys = run.pause_keys | {effect.key}

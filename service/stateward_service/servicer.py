@@ -90,6 +90,11 @@ class OrchestrationServicer:
     ) -> pb.DeleteConcurrencyLimitResponse:
         return self.api.DeleteConcurrencyLimit(request)
 
+    async def RenewLeases(
+        self, request: pb.RenewLeasesRequest, context: Context
+    ) -> pb.RenewLeasesResponse:
+        return self.api.RenewLeases(request)
+
     async def WatchTransitions(
         self, request: pb.WatchTransitionsRequest, context: Context
     ) -> AsyncIterator[bytes]:

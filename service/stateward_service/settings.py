@@ -38,6 +38,8 @@ class ServerSettings:
     # How many recent transitions the server keeps in memory for subscribers; one that falls
     # further behind reads the log instead.
     stream_buffer: int = 10_000
+    # How often runs whose heartbeat lease lapsed are looked for (and crashed).
+    lease_check_interval_seconds: float = 2.0
 
     def loops(self) -> LoopSettings:
         return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
@@ -70,6 +72,7 @@ ENVIRONMENT = {
     "log_retention": "STATEWARD_LOG_RETENTION",
     "log_prune_interval_seconds": "STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
     "stream_buffer": "STATEWARD_STREAM_BUFFER",
+    "lease_check_interval_seconds": "STATEWARD_LEASE_CHECK_INTERVAL_SECONDS",
 }
 
 

@@ -551,10 +551,18 @@ class Store:
             found.extend((kind, row[0]) for row in rows)
         return found
 
-    def renew_lease(self, kind: RunKind, run_id: str, until: datetime) -> None:
-        self.conn.execute(
-            f"UPDATE {_table(kind)} SET lease_expires = ? WHERE id = ?", (to_us(until), run_id)
-        )
+    def renew_leases(self, run_ids: Sequence[str], until: datetime) -> list[str]:
+        """Move the lease end of those runs that are RUNNING or CANCELLING; returns their ids."""
+        renewed: list[str] = []
+        marks = ", ".join("?" for _ in run_ids)
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            rows = self.conn.execute(
+                f"""UPDATE {_table(kind)} SET lease_expires = ?
+                    WHERE id IN ({marks}) AND state_type IN (?, ?) RETURNING id""",
+                (to_us(until), *run_ids, int(StateType.RUNNING), int(StateType.CANCELLING)),
+            ).fetchall()
+            renewed.extend(row[0] for row in rows)
+        return renewed
 
 
 class LogReader:

@@ -8,6 +8,7 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stateward.states import StateType
@@ -23,6 +24,7 @@ MAX_RETRIES = 10_000
 MAX_DELAYS = 100
 MAX_PAGE_SIZE = 1_000
 DEFAULT_PAGE_SIZE = 100
+MAX_LEASE_SECONDS = 86_400.0
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -61,6 +63,16 @@ def timestamp(ts: Timestamp, field: str) -> None:
         raise invalid(
             field, "is out of range: timestamps must lie between 0001-01-01 and 9999-12-31 UTC"
         )
+
+
+def duration(value: Duration, field: str, limit: float) -> float:
+    """A duration in seconds: not negative, at most `limit`; unset is 0."""
+    seconds = value.seconds + value.nanos / 1e9
+    if seconds < 0 or value.nanos < 0:
+        raise invalid(field, "must not be negative")
+    if seconds > limit:
+        raise invalid(field, f"is {seconds:g}s; at most {limit:g}s is allowed")
+    return seconds
 
 
 def state_type(value: int, field: str) -> StateType:

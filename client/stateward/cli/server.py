@@ -111,6 +111,13 @@ def start(
             show_default=False,
         ),
     ] = None,
+    lease_check_interval: Annotated[
+        float | None,
+        _seconds(
+            "Seconds between looks for runs whose heartbeat lease lapsed. "
+            "(env STATEWARD_LEASE_CHECK_INTERVAL_SECONDS, default 2)"
+        ),
+    ] = None,
     log_prune_interval: Annotated[
         float | None,
         _seconds(
@@ -143,6 +150,7 @@ def start(
         log_retention=log_retention,
         log_prune_interval_seconds=log_prune_interval,
         stream_buffer=stream_buffer,
+        lease_check_interval_seconds=lease_check_interval,
     )
     try:
         asyncio.run(serve(settings))

@@ -12,7 +12,9 @@ error: it is a normal SetStateResponse with status REJECT, WAIT or ABORT.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from stateward.v1 import runs_pb2 as _runs_pb2
@@ -420,6 +422,7 @@ class SetStateRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     EXPECTED_STATE_ID_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The flow run or task run whose state is proposed."""
     force: _builtins.bool
@@ -434,6 +437,14 @@ class SetStateRequest(_message.Message):
     def state(self) -> _states_pb2.State:
         """The proposed state. `type` is required; `id` and `timestamp` are minted by the server."""
 
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """A heartbeat lease for the process executing the run: when the state written is RUNNING or
+        CANCELLING, the run's lease ends this long after the write. The process renews it with
+        RenewLeases; a run still RUNNING or CANCELLING when its lease ends is moved to CRASHED.
+        Unset or zero: no lease (the run is never crashed for a missed heartbeat).
+        """
+
     def __init__(
         self,
         *,
@@ -441,10 +452,11 @@ class SetStateRequest(_message.Message):
         state: _states_pb2.State | None = ...,
         force: _builtins.bool = ...,
         expected_state_id: _builtins.str | None = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_state_id", b"_expected_state_id", "expected_state_id", b"expected_state_id", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_state_id", b"_expected_state_id", "expected_state_id", b"expected_state_id", "lease_duration", b"lease_duration", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_state_id", b"_expected_state_id", "expected_state_id", b"expected_state_id", "force", b"force", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_state_id", b"_expected_state_id", "expected_state_id", b"expected_state_id", "force", b"force", "lease_duration", b"lease_duration", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_state_id: _TypeAlias = _typing.Literal["expected_state_id"]  # noqa: Y015
     _WhichOneofArgType__expected_state_id: _TypeAlias = _typing.Literal["_expected_state_id", b"_expected_state_id"]  # noqa: Y015
@@ -838,3 +850,65 @@ class DeleteConcurrencyLimitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteConcurrencyLimitResponse: _TypeAlias = DeleteConcurrencyLimitResponse  # noqa: Y015
+
+@_typing.final
+class RenewLeasesRequest(_message.Message):
+    """Request of RenewLeases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs whose leases to extend. Runs that no longer hold a lease (they left RUNNING and
+        CANCELLING) are skipped, so a process may renew everything it started.
+        """
+
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """How long from now each lease lasts. Required, positive."""
+
+    def __init__(
+        self,
+        *,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "run_ids", b"run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeasesRequest: _TypeAlias = RenewLeasesRequest  # noqa: Y015
+
+@_typing.final
+class RenewLeasesResponse(_message.Message):
+    """Response of RenewLeases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RENEWED_RUN_IDS_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def renewed_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs whose lease was extended (those still RUNNING or CANCELLING), in request order."""
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When their leases now end."""
+
+    def __init__(
+        self,
+        *,
+        renewed_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "renewed_run_ids", b"renewed_run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeasesResponse: _TypeAlias = RenewLeasesResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitResponse.FromString,
                 _registered_method=True)
+        self.RenewLeases = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/RenewLeases',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -198,6 +203,13 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLeases(self, request, context):
+        """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +277,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.DeleteConcurrencyLimit,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitResponse.SerializeToString,
+            ),
+            'RenewLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLeases,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +636,33 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/DeleteConcurrencyLimit',
             stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.DeleteConcurrencyLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/RenewLeases',
+            stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,8 @@ class OrchestrationServiceStub:
     """Lists every concurrency limit, by tag."""
     DeleteConcurrencyLimit: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteConcurrencyLimitRequest, _orchestration_pb2.DeleteConcurrencyLimitResponse]
     """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
+    RenewLeases: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.RenewLeasesRequest, _orchestration_pb2.RenewLeasesResponse]
+    """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -102,6 +104,8 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Lists every concurrency limit, by tag."""
     DeleteConcurrencyLimit: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteConcurrencyLimitRequest, _orchestration_pb2.DeleteConcurrencyLimitResponse]  # type: ignore[assignment]
     """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
+    RenewLeases: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.RenewLeasesRequest, _orchestration_pb2.RenewLeasesResponse]  # type: ignore[assignment]
+    """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Keeps flow runs and task runs, decides their state changes and streams the accepted ones."""
@@ -211,5 +215,13 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.DeleteConcurrencyLimitResponse, _abc.Awaitable[_orchestration_pb2.DeleteConcurrencyLimitResponse]]:
         """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
+
+    @_abc_1.abstractmethod
+    def RenewLeases(
+        self,
+        request: _orchestration_pb2.RenewLeasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.RenewLeasesResponse, _abc.Awaitable[_orchestration_pb2.RenewLeasesResponse]]:
+        """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,8 @@ follow from its history. Pure: it updates the run record it is given."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from stateward.states import TERMINAL_TYPES, State, StateType
 from stateward_service.model import RunKind, RunRecord
 from stateward_service.rules.starting import is_pause_resume
@@ -20,8 +22,13 @@ def complete_state(run: RunRecord, state: State) -> State:
     return state.with_details(flow_run_id=flow_run_id, task_run_id=task_run_id)
 
 
-def record_transition(run: RunRecord, new: State) -> None:
-    """Update `run` for the written state `new` (which has its id and timestamp)."""
+LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING})
+
+
+def record_transition(run: RunRecord, new: State, lease_seconds: float = 0.0) -> None:
+    """Update `run` for the written state `new` (which has its id and timestamp). A heartbeat
+    lease lives only while the run is RUNNING or CANCELLING: a new one of `lease_seconds` starts
+    with the state, or the current one carries on."""
     assert new.timestamp is not None
     old = run.state
     at = new.timestamp
@@ -45,4 +52,8 @@ def record_transition(run: RunRecord, new: State) -> None:
         run.next_scheduled_start_time = new.details.scheduled_time
     else:
         run.next_scheduled_start_time = None
+    if new.type not in LEASED_TYPES:
+        run.lease_expires = None
+    elif lease_seconds > 0:
+        run.lease_expires = new.timestamp + timedelta(seconds=lease_seconds)
     run.state = new

@@ -1,0 +1,96 @@
+"""Heartbeat leases: a run whose process stops renewing is crashed by the server, and watchers
+see it; renewing keeps it alive; runs without a lease are never crashed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from stateward.client import Client
+from stateward.exceptions import InvalidArgument
+from stateward.states import State, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from tests.support import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def lease_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    db = tmp_path_factory.mktemp("leases") / "leases.db"
+    server = ServerProcess(db, args=["--lease-check-interval", "0.1"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(lease_server) -> Iterator[Client]:
+    with Client(lease_server.target) as connected:
+        yield connected
+
+
+def wait_for(client: Client, run_id: str, type_: StateType, timeout: float = 5.0) -> State:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = client.list_states(run_id)
+        if states and states[-1].type is type_:
+            return states[-1]
+        assert time.monotonic() < deadline, [s.name for s in states]
+        time.sleep(0.05)
+
+
+def test_a_run_whose_lease_lapses_is_crashed_and_watchers_see_it(client):
+    flow_run = client.create_flow_run("leased", state=State(StateType.PENDING))
+    task_run = client.create_task_run("t", flow_run_id=flow_run.id)
+    start = client.set_state(flow_run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    assert client.get_flow_run(flow_run.id).lease_expires is not None
+    client.set_state(task_run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    watched = client.watch(run_ids=[flow_run.id], state_types=[StateType.CRASHED], after_sequence=0)
+    crashed = wait_for(client, flow_run.id, StateType.CRASHED)
+    assert "heartbeat lease" in crashed.message
+    wait_for(client, task_run.id, StateType.CRASHED)
+    seen = next(watched)
+    assert seen.to_state.type is StateType.CRASHED and seen.from_state.id == start.state.id
+    assert client.get_flow_run(flow_run.id).lease_expires is None
+
+
+def test_renewing_keeps_a_run_alive_and_leaving_running_ends_the_lease(client):
+    run = client.create_flow_run("renewed", state=State(StateType.RUNNING))
+    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=0.4)
+    other = client.create_flow_run("other", state=State(StateType.PENDING))
+    for _ in range(10):
+        time.sleep(0.1)
+        assert client.renew_leases([run.id, other.id], 0.4) == [run.id]
+    assert client.list_states(run.id)[-1].type is StateType.RUNNING
+    client.set_state(run.id, State(StateType.COMPLETED))
+    assert client.get_flow_run(run.id).lease_expires is None
+    assert client.renew_leases([run.id], 0.4) == []
+
+
+def test_cancelling_keeps_the_lease_of_the_running_process(client):
+    run = client.create_flow_run("cancel-leased", state=State(StateType.PENDING))
+    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    client.set_state(run.id, State(StateType.CANCELLING))  # from another client, no lease
+    assert client.get_flow_run(run.id).lease_expires is not None
+    wait_for(client, run.id, StateType.CRASHED)  # its process is gone: nobody finishes the cancel
+
+
+def test_runs_without_a_lease_are_never_crashed(client):
+    run = client.create_flow_run("unleased", state=State(StateType.PENDING))
+    client.set_state(run.id, State(StateType.RUNNING))
+    time.sleep(0.5)
+    assert client.list_states(run.id)[-1].type is StateType.RUNNING
+
+
+def test_bad_leases_are_invalid_argument(lease_server, client):
+    run = client.create_flow_run("bad-lease", state=State(StateType.PENDING))
+    with pytest.raises(InvalidArgument, match="lease_duration"):
+        client.renew_leases([run.id], 0)
+    request = pb.SetStateRequest(run_id=run.id)
+    request.state.type = StateType.RUNNING  # type: ignore[assignment]
+    request.lease_duration.seconds = -5
+    with pytest.raises(grpc.RpcError) as caught:
+        lease_server.stub().SetState(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("lease_duration")
