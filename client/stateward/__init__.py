@@ -1,5 +1,77 @@
-"""Stateward: run-state orchestration over gRPC."""
+"""Stateward: run-state orchestration over gRPC.
 
-from stateward.states import State, StateType
+`from stateward import flow, task` turns plain functions into orchestrated flow runs and task
+runs; `Client` and `AsyncClient` talk to a server directly. This module is the whole public API.
+"""
 
-__all__ = ["State", "StateType"]
+from stateward._context import get_run_context
+from stateward._logging import get_run_logger
+from stateward.client import AsyncClient, Client
+from stateward.exceptions import (
+    CancelledRun,
+    CrashedRun,
+    FailedRun,
+    OrchestrationAborted,
+    ResultTooLarge,
+    StatewardError,
+)
+from stateward.flows import Flow, flow
+from stateward.futures import StatewardFuture, StatewardFutureList, wait
+from stateward.runs import FlowRun, TaskRun, Transition
+from stateward.states import (
+    AwaitingRetry,
+    Cancelled,
+    Cancelling,
+    Completed,
+    Crashed,
+    Failed,
+    Late,
+    Paused,
+    Pending,
+    Retrying,
+    Running,
+    Scheduled,
+    State,
+    StateType,
+)
+from stateward.tasks import Task, exponential_backoff, task, task_input_hash, unmapped
+
+__all__ = [
+    "AsyncClient",
+    "AwaitingRetry",
+    "Cancelled",
+    "CancelledRun",
+    "Cancelling",
+    "Client",
+    "Completed",
+    "Crashed",
+    "CrashedRun",
+    "Failed",
+    "FailedRun",
+    "Flow",
+    "FlowRun",
+    "Late",
+    "OrchestrationAborted",
+    "Paused",
+    "Pending",
+    "ResultTooLarge",
+    "Retrying",
+    "Running",
+    "Scheduled",
+    "State",
+    "StateType",
+    "StatewardError",
+    "StatewardFuture",
+    "StatewardFutureList",
+    "Task",
+    "TaskRun",
+    "Transition",
+    "exponential_backoff",
+    "flow",
+    "get_run_context",
+    "get_run_logger",
+    "task",
+    "task_input_hash",
+    "unmapped",
+    "wait",
+]

@@ -76,12 +76,16 @@ class Connection:
         )
 
 
-def translate(error: grpc.RpcError) -> StatewardError:
+def translate(error: grpc.RpcError, address: str = "") -> StatewardError:
     """The Stateward error for a failed call."""
     code = error.code()
     details = error.details() or code.name
     if code is grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailable(details)
+        where = f" at {address}" if address else ""
+        return ServerUnavailable(
+            f"cannot reach the Stateward server{where} ({details}). Start one with "
+            "`stateward server start`, or point STATEWARD_API_URL at one"
+        )
     error_type = RPC_ERRORS.get(code.name, RpcError)
     return error_type(details, code.name)
 
@@ -148,7 +152,7 @@ class GrpcTransport:
                 wait_for_ready=self.connection.wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise translate(error) from None
+            raise translate(error, self.connection.address) from None
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
         return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
@@ -179,7 +183,7 @@ class AsyncGrpcTransport:
                 wait_for_ready=self.connection.wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise translate(error) from None
+            raise translate(error, self.connection.address) from None
 
     def open_stream(self, method: str, request: Any) -> AsyncTransitionStream:
         return AsyncTransitionStream(getattr(self.stub, method)(request, metadata=self._metadata))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -234,16 +234,21 @@ class Client:
         after_sequence: int | None = None,
         reconnect: bool = True,
         max_backoff: float = 5.0,
+        started: Callable[[int | None], None] | None = None,
     ) -> Iterator[Transition]:
         """Transitions as they happen (after `after_sequence` first, when given), reconnecting
-        with the last sequence when the server goes away, until the caller stops iterating."""
+        with the last sequence when the server goes away, until the caller stops iterating.
+        `started` is called with the start sequence each time the stream is established."""
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
             request = requests.watch(run_ids, flow_run_ids, state_types, resume.cursor)
             stream = self.transport.open_stream("WatchTransitions", request)
             try:
-                resume.started(stream.start_sequence())
+                start = stream.start_sequence()
+                resume.started(start)
+                if started is not None:
+                    started(start)
                 for message in stream:
                     transition = transition_from_proto(message.transition)
                     resume.delivered(transition)

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
     "TERMINAL_TYPES",
+    "AwaitingRetry",
+    "Cancelled",
+    "Cancelling",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "Late",
+    "Paused",
+    "Pending",
     "ResultData",
+    "Retrying",
+    "Running",
+    "Scheduled",
     "State",
     "StateDetails",
     "StateType",
@@ -155,6 +167,22 @@ class State:
             object.__setattr__(self, "_value", decode(self.data) if self.data else None)
         return self._value
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles the state's value: its data (encoded from the in-process value if needed),
+        not the in-process cache."""
+        data = self.data
+        if data is None and self._value is not _NO_VALUE:
+            from stateward._results import encode
+
+            try:
+                data = encode(self._value)
+            except Exception:
+                data = None
+        return (
+            State,
+            (self.type, self.name, self.message, self.timestamp, self.id, self.details, data),
+        )
+
     def __repr__(self) -> str:
         text = f"{self.name}({self.type.name}"
         if self.message:
@@ -162,6 +190,93 @@ class State:
         return text + ")"
 
 
+def carry_value(source: State, target: State) -> State:
+    """Give `target` the decoded result `source` holds in this process, if any."""
+    if source._value is not _NO_VALUE:
+        object.__setattr__(target, "_value", source._value)
+    return target
+
+
+def has_value(state: State) -> bool:
+    """Whether this process holds the state's decoded result."""
+    return state._value is not _NO_VALUE
+
+
 def now() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
+
+
+# --- constructors, as the reference orchestrator names them --------------------------------------
+
+
+def _with_value(state: State, data: Any) -> State:
+    """A state carrying `data`: encoded data as is, any other value kept to encode on use."""
+    if data is None or isinstance(data, ResultData):
+        return state.evolve(data=data) if data is not None else state
+    object.__setattr__(state, "_value", data)
+    return state
+
+
+def Scheduled(
+    scheduled_time: datetime | None = None, *, name: str = "Scheduled", message: str = ""
+) -> State:
+    return State(
+        StateType.SCHEDULED, name, message, details=StateDetails(scheduled_time=scheduled_time)
+    )
+
+
+def Late(scheduled_time: datetime | None = None, *, message: str = "") -> State:
+    return Scheduled(scheduled_time, name="Late", message=message)
+
+
+def AwaitingRetry(scheduled_time: datetime | None = None, *, message: str = "") -> State:
+    return Scheduled(scheduled_time, name="AwaitingRetry", message=message)
+
+
+def Pending(*, name: str = "Pending", message: str = "") -> State:
+    return State(StateType.PENDING, name, message)
+
+
+def Running(*, name: str = "Running", message: str = "") -> State:
+    return State(StateType.RUNNING, name, message)
+
+
+def Retrying(*, message: str = "") -> State:
+    return State(StateType.RUNNING, "Retrying", message)
+
+
+def Paused(
+    *,
+    timeout_seconds: float | None = None,
+    pause_key: str = "",
+    name: str = "Paused",
+    message: str = "",
+) -> State:
+    timeout = now() + timedelta(seconds=timeout_seconds) if timeout_seconds is not None else None
+    return State(
+        StateType.PAUSED,
+        name,
+        message,
+        details=StateDetails(pause_timeout=timeout, pause_key=pause_key),
+    )
+
+
+def Cancelling(*, message: str = "") -> State:
+    return State(StateType.CANCELLING, message=message)
+
+
+def Completed(data: Any = None, *, name: str = "Completed", message: str = "") -> State:
+    return _with_value(State(StateType.COMPLETED, name, message), data)
+
+
+def Failed(data: Any = None, *, name: str = "Failed", message: str = "") -> State:
+    return _with_value(State(StateType.FAILED, name, message), data)
+
+
+def Cancelled(*, message: str = "") -> State:
+    return State(StateType.CANCELLED, message=message)
+
+
+def Crashed(*, message: str = "") -> State:
+    return State(StateType.CRASHED, message=message)

@@ -33,11 +33,13 @@ STATE_COLOURS = {
 
 @contextmanager
 def client() -> Iterator[Client]:
-    """A client of the server named by STATEWARD_API_URL (default 127.0.0.1:8470); errors
-    become a message and exit code 1."""
+    """A client of the server named by STATEWARD_API_URL; without it, of the server a process
+    runs on $STATEWARD_HOME, or of the home's database opened here. Errors become a message and
+    exit code 1."""
+    from stateward._embedded import get_client
+
     try:
-        with Client() as connected:
-            yield connected
+        yield get_client()
     except StatewardError as error:
         errors.print(f"[red]Error:[/red] {error}")
         raise typer.Exit(1) from None

@@ -1,0 +1,172 @@
+"""Finding a server for the SDK: the one place the SDK touches `stateward_service`.
+
+With STATEWARD_API_URL set, the SDK talks to that server. Without it, the first run in a process
+starts an embedded server on `$STATEWARD_HOME/stateward.db`, in a thread of its own, listening on
+a loopback port that it writes to `$STATEWARD_HOME/server.json`. The process's own calls reach
+it in-process (no sockets: the same API the gRPC servicer calls); streams, and other processes,
+use the port. A second process on the same home finds the database taken and shares that server;
+if it cannot reach it, it says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stateward import settings
+from stateward._transport import Connection, GrpcTransport, TransitionStream
+from stateward.client import Client
+from stateward.exceptions import RPC_ERRORS, RpcError, ServerUnavailable
+
+log = logging.getLogger("stateward")
+
+_lock = threading.Lock()
+_client: Client | None = None
+_embedded: EmbeddedServer | None = None
+
+
+def get_client() -> Client:
+    """The process's client: to STATEWARD_API_URL, or to the embedded server (started once)."""
+    global _client
+    with _lock:
+        if _client is None:
+            _client = _connect()
+        return _client
+
+
+def _connect() -> Client:
+    address = settings.api_url()
+    if address:
+        return Client(address, wait_for_ready=True)
+    global _embedded
+    home = settings.home()
+    from stateward_service.store import DatabaseInUse
+
+    try:
+        _embedded = EmbeddedServer(home)
+    except DatabaseInUse:
+        return _share(home)
+    return Client(transport=_embedded.transport, timeout=None)
+
+
+def _share(home: Path) -> Client:
+    """Another process runs the embedded server on this home: use it, if it answers."""
+    info_path = home / "server.json"
+    try:
+        info = json.loads(info_path.read_text())
+        address, pid = info["address"], info["pid"]
+    except (OSError, ValueError, KeyError):
+        raise ServerUnavailable(
+            f"the database in {home} is in use by another process, which did not say where its "
+            "server listens; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
+        ) from None
+    if not _answers(address):
+        raise ServerUnavailable(
+            f"the database in {home} is in use by process {pid}, but its server at {address} "
+            "does not answer; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
+        )
+    log.info("sharing the Stateward server of process %s at %s", pid, address)
+    return Client(address, wait_for_ready=True)
+
+
+def _answers(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.RpcError:
+            return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class InProcessTransport:
+    """Unary calls go straight to the embedded server's API, in the caller's thread; refusals
+    become the same exceptions a gRPC status would. Streams use the server's port."""
+
+    def __init__(self, api: Any, streams: GrpcTransport) -> None:
+        self.api = api
+        self.streams = streams
+        from stateward_service.errors import ServiceError
+
+        self._service_error = ServiceError
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.api, method)(request)
+        except self._service_error as error:
+            raise RPC_ERRORS.get(error.code.value, RpcError)(
+                error.message, error.code.value
+            ) from None
+
+    def open_stream(self, method: str, request: Any) -> TransitionStream:
+        return self.streams.open_stream(method, request)
+
+    def close(self) -> None:
+        """The process's client lives as long as the process."""
+
+
+class EmbeddedServer:
+    """A Stateward server in a daemon thread of this process, stopped cleanly at exit."""
+
+    def __init__(self, home: Path) -> None:
+        from stateward_service.server import StatewardServer
+        from stateward_service.settings import ServerSettings
+
+        home.mkdir(parents=True, exist_ok=True)
+        server_settings = ServerSettings.from_environment(
+            host="127.0.0.1", port=0, db=home / "stateward.db"
+        )
+        self.server = StatewardServer(server_settings)  # takes the database's lock, or raises
+        self.info_path = home / "server.json"
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stateward-server", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+        address = self.server.address
+        self.info_path.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+        self.transport = InProcessTransport(self.server.api, GrpcTransport(Connection(address)))
+        atexit.register(self.stop)
+        log.debug("embedded Stateward server at %s (database %s)", address, server_settings.db)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self.server.start()
+        except BaseException as error:
+            self._failure = error
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.stop(grace=1.0)
+
+    def stop(self) -> None:
+        """Stop serving, let calls in flight finish, close the database."""
+        if self._loop is None or self._stop is None or not self._thread.is_alive():
+            return
+        try:
+            if json.loads(self.info_path.read_text()).get("pid") == os.getpid():
+                self.info_path.unlink()
+        except (OSError, ValueError):
+            pass
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

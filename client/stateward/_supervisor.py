@@ -1,0 +1,113 @@
+"""The process's run supervisor: it keeps the heartbeat leases of the runs this process executes
+alive, and tells a flow run when another client cancelled it.
+
+One renewal thread extends every held lease in one call, a third of the lease length apart; one
+transitions stream (CANCELLING and CANCELLED states only) serves every flow run in the process.
+The stream is established before the first run is created, so no cancel can slip between.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from stateward.client import Client
+from stateward.exceptions import StatewardError
+from stateward.states import State, StateType
+
+log = logging.getLogger("stateward")
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+def lease_seconds() -> float:
+    """The heartbeat lease length (STATEWARD_LEASE_SECONDS, default 30): a process that stops
+    renewing for this long has its runs crashed by the server."""
+    return float(os.environ.get("STATEWARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS)
+
+
+class RunSupervisor:
+    def __init__(self, client: Client, lease: float) -> None:
+        self.client = client
+        self.lease = lease
+        self._lock = threading.Lock()
+        self._leases: set[str] = set()
+        self._cancel_callbacks: dict[str, Callable[[State], None]] = {}
+        self._watching = threading.Event()
+        self._started = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._renew, name="stateward-leases", daemon=True).start()
+        threading.Thread(target=self._watch, name="stateward-cancels", daemon=True).start()
+        if not self._watching.wait(10):
+            log.warning("could not watch for cancellations; cancels will not stop runs")
+
+    # --- leases ---------------------------------------------------------------------------------
+
+    def hold_lease(self, run_id: str) -> None:
+        with self._lock:
+            self._leases.add(run_id)
+
+    def release_lease(self, run_id: str) -> None:
+        with self._lock:
+            self._leases.discard(run_id)
+
+    def _renew(self) -> None:
+        period = self.lease / 3
+        while True:
+            threading.Event().wait(period)
+            with self._lock:
+                run_ids = list(self._leases)
+            if not run_ids:
+                continue
+            try:
+                self.client.renew_leases(run_ids, self.lease)
+            except StatewardError as error:
+                log.warning(
+                    "could not renew the heartbeat leases of %d run(s): %s", len(run_ids), error
+                )
+
+    # --- cancellation ---------------------------------------------------------------------------
+
+    def on_cancel(self, flow_run_id: str, callback: Callable[[State], None]) -> None:
+        """Call `callback(state)` when the flow run becomes CANCELLING or CANCELLED."""
+        with self._lock:
+            self._cancel_callbacks[flow_run_id] = callback
+
+    def forget(self, flow_run_id: str) -> None:
+        with self._lock:
+            self._cancel_callbacks.pop(flow_run_id, None)
+
+    def _watch(self) -> None:
+        cancel_types = (StateType.CANCELLING, StateType.CANCELLED)
+        while True:
+            try:
+                for transition in self.client.watch(
+                    state_types=cancel_types, started=lambda _: self._watching.set()
+                ):
+                    with self._lock:
+                        callback = self._cancel_callbacks.get(transition.run_id)
+                    if callback is not None:
+                        callback(transition.to_state)
+            except StatewardError as error:
+                log.warning("lost the cancellation stream (%s); reconnecting", error)
+                threading.Event().wait(1.0)
+
+
+_supervisor: RunSupervisor | None = None
+_supervisor_lock = threading.Lock()
+
+
+def get_supervisor(client: Client) -> RunSupervisor:
+    global _supervisor
+    with _supervisor_lock:
+        if _supervisor is None:
+            _supervisor = RunSupervisor(client, lease_seconds())
+    _supervisor.start()
+    return _supervisor

@@ -1,0 +1,227 @@
+"""`@task`: a function whose calls are orchestrated task runs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import pickle
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from stateward._hooks import Hook
+
+if TYPE_CHECKING:
+    from stateward._context import TaskRunContext
+    from stateward.futures import StatewardFuture, StatewardFutureList
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RetryDelay = float | int | Sequence[float] | Callable[[int], Sequence[float]] | None
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """Retry delays that double: `backoff_factor * 2 ** n` seconds before retry n + 1."""
+
+    def delays(retries: int) -> list[float]:
+        return [backoff_factor * 2**n for n in range(retries)]
+
+    return delays
+
+
+def task_input_hash(context: TaskRunContext, arguments: dict[str, Any]) -> str | None:
+    """A cache key from the task and its arguments: the same inputs hit the same cache entry."""
+    try:
+        payload = json.dumps(arguments, sort_keys=True, default=repr).encode()
+    except (TypeError, ValueError):
+        try:
+            payload = pickle.dumps(arguments)
+        except Exception:
+            return None
+    digest = hashlib.sha256(context.task.task_key.encode() + b"\0" + payload).hexdigest()
+    return f"{context.task.task_key}-{digest}"
+
+
+class unmapped:
+    """Wrap an argument of `Task.map` that every mapped run gets whole."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _delays(value: RetryDelay, retries: int) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if callable(value):
+        return tuple(float(d) for d in value(retries))
+    if isinstance(value, int | float):
+        return (float(value),)
+    return tuple(float(d) for d in value)
+
+
+def _hook_list(hooks: Iterable[Hook] | None) -> list[Hook]:
+    if hooks is None:
+        return []
+    found = list(hooks)
+    for hook in found:
+        if not callable(hook):
+            raise TypeError(f"a hook must be callable, not {hook!r}")
+    return found
+
+
+class Task(Generic[P, R]):
+    """A task: calling it runs a task run (in the current flow run, if any)."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+        version: str | None = None,
+        cache_key_fn: Callable[[TaskRunContext, dict[str, Any]], str | None] | None = None,
+        cache_expiration: timedelta | None = None,
+        refresh_cache: bool | None = None,
+        task_run_name: str | Callable[[], str] | None = None,
+        retries: int | None = None,
+        retry_delay_seconds: RetryDelay = None,
+        retry_jitter_factor: float | None = None,
+        retry_condition_fn: Callable[[Task[..., Any], Any, Any], bool] | None = None,
+        timeout_seconds: float | None = None,
+        log_prints: bool | None = None,
+        persist_result: bool | None = None,
+        on_completion: Iterable[Hook] | None = None,
+        on_failure: Iterable[Hook] | None = None,
+        on_cancellation: Iterable[Hook] | None = None,
+        on_crashed: Iterable[Hook] | None = None,
+        on_running: Iterable[Hook] | None = None,
+        **ignored: Any,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError("@task decorates a function")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = description or inspect.getdoc(fn)
+        self.tags = tuple(dict.fromkeys(tags or ()))
+        self.version = version
+        self.cache_key_fn = cache_key_fn
+        self.cache_expiration = cache_expiration
+        self.refresh_cache = bool(refresh_cache)
+        self.task_run_name = task_run_name
+        self.retries = retries or 0
+        self.retry_delay_seconds = retry_delay_seconds
+        self.retry_jitter_factor = retry_jitter_factor or 0.0
+        self.retry_condition_fn = retry_condition_fn
+        self.timeout_seconds = timeout_seconds
+        self.log_prints = bool(log_prints)
+        self.persist_result = persist_result
+        self.on_completion_hooks = _hook_list(on_completion)
+        self.on_failure_hooks = _hook_list(on_failure)
+        self.on_cancellation_hooks = _hook_list(on_cancellation)
+        self.on_crashed_hooks = _hook_list(on_crashed)
+        self.on_running_hooks = _hook_list(on_running)
+        self.isasync = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__wrapped__ = fn
+
+    @property
+    def task_key(self) -> str:
+        return self.name
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return _delays(self.retry_delay_seconds, self.retries)
+
+    def hooks(self, kind: str) -> list[Hook]:
+        hooks: list[Hook] = getattr(self, f"{kind}_hooks")
+        return hooks
+
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy with some options replaced; a given hook list replaces the old one."""
+        clone = copy.copy(self)
+        options = dict(changes)
+        for kind in ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running"):
+            if kind in options:
+                setattr(clone, f"{kind}_hooks", _hook_list(options.pop(kind)))
+            else:
+                setattr(clone, f"{kind}_hooks", list(self.hooks(kind)))
+        for key, value in options.items():
+            if key == "tags":
+                value = tuple(dict.fromkeys(value or ()))
+            elif key == "refresh_cache":
+                value = bool(value)
+            elif key == "retries":
+                value = value or 0
+            if not hasattr(clone, key):
+                raise TypeError(f"with_options() got an unknown option {key!r}")
+            setattr(clone, key, value)
+        return clone
+
+    # Hook registration as decorators: @my_task.on_failure
+    def on_completion(self, hook: Hook) -> Hook:
+        self.on_completion_hooks.append(hook)
+        return hook
+
+    def on_failure(self, hook: Hook) -> Hook:
+        self.on_failure_hooks.append(hook)
+        return hook
+
+    def on_cancellation(self, hook: Hook) -> Hook:
+        self.on_cancellation_hooks.append(hook)
+        return hook
+
+    def on_crashed(self, hook: Hook) -> Hook:
+        self.on_crashed_hooks.append(hook)
+        return hook
+
+    def on_running(self, hook: Hook) -> Hook:
+        self.on_running_hooks.append(hook)
+        return hook
+
+    def __call__(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
+        from stateward._engine import call_task
+
+        return call_task(self, args, kwargs, return_state=return_state, wait_for=wait_for)
+
+    def submit(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> StatewardFuture[R]:
+        """Run the task in the background; returns a future of its result."""
+        from stateward._engine import submit_task
+
+        return submit_task(self, args, kwargs, wait_for=wait_for)
+
+    def map(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> StatewardFutureList[R]:
+        """Submit one run per element of the iterable arguments (others, and `unmapped` ones,
+        go whole to every run)."""
+        from stateward._engine import map_task
+
+        return map_task(self, args, kwargs, wait_for=wait_for)
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r})"
+
+
+@overload
+def task(__fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(__fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
+    """Make a function a task, bare (`@task`) or with options (`@task(retries=2)`)."""
+    if __fn is not None:
+        return Task(__fn, **options)
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return Task(fn, **options)
+
+    return decorate
