@@ -46,7 +46,7 @@ def get_client() -> Client:
 def _connect() -> Client:
     address = settings.api_url()
     if address:
-        return Client(address, wait_for_ready=True)
+        return Client(address, wait_for_ready=True, timeout=settings.request_timeout())
     global _embedded
     home = settings.home()
     from stateward_service.store import DatabaseInUse
@@ -75,7 +75,7 @@ def _share(home: Path) -> Client:
             "does not answer; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
         )
     log.info("sharing the Stateward server of process %s at %s", pid, address)
-    return Client(address, wait_for_ready=True)
+    return Client(address, wait_for_ready=True, timeout=settings.request_timeout())
 
 
 def _answers(address: str) -> bool:

@@ -41,6 +41,7 @@ from stateward._results import encode, encode_exception, exception_for
 from stateward._supervisor import RunSupervisor, get_supervisor
 from stateward.client import Client
 from stateward.exceptions import (
+    DeadlineExceeded,
     OrchestrationAborted,
     ResultTooLarge,
     ServerUnavailable,
@@ -128,6 +129,8 @@ def _resolve(value: Any) -> Any:
         return state.result()
     if isinstance(value, State):
         return value
+    if isinstance(value, unmapped):
+        return _resolve(value.value)
     if isinstance(value, list):
         return [_resolve(item) for item in value]
     if isinstance(value, tuple):
@@ -238,10 +241,14 @@ class _Orchestration:
                 decision = self.client.set_state(
                     self.run_id, proposed, force=force, lease_seconds=self.lease
                 )
-            except ServerUnavailable:
+            except (ServerUnavailable, DeadlineExceeded) as error:
                 failures += 1
                 if failures > _UNAVAILABLE_RETRIES:
-                    raise
+                    raise ServerUnavailable(
+                        f"lost the Stateward server while proposing {proposed.name} for "
+                        f"{self.label} ({error}); the server will crash the run when its "
+                        "heartbeat lease lapses"
+                    ) from None
                 time.sleep(0.2 * 2**failures)
                 continue  # the same transition id: if the first call was applied, it is a no-op
             if decision.status is SetStateStatus.WAIT:
@@ -411,7 +418,11 @@ class _RunEngine:
                 name="TimedOut",
                 message=f"{self.orchestration.label} exceeded its timeout of {self.timeout:g}s",
             )
-        if isinstance(error, RunCancelled | asyncio.CancelledError) and self.cancel_state:
+        # RunCancelled only comes from a cancel (of this run, or of the flow run around it);
+        # an asyncio cancellation is one only if a cancel was asked for.
+        if isinstance(error, RunCancelled) or (
+            isinstance(error, asyncio.CancelledError) and self.cancel_state is not None
+        ):
             return State(StateType.CANCELLED, message="cancelled while it ran")
         if isinstance(error, Exception):
             self.error = error
@@ -532,8 +543,8 @@ class FlowRunEngine(_RunEngine):
         self.subject = flow
         self.flow = flow
         self.parameters = bind(flow.signature, args, kwargs)
-        self.client = get_client()
         configure_default_logging()
+        self.client = get_client()
         self.supervisor = get_supervisor(self.client)
         self.parent = flow_run_context.get()
         self.context: FlowRunContext | None = None
@@ -713,8 +724,8 @@ class TaskRunEngine(_RunEngine):
         self.task = task
         self.parameters = bind(task.signature, args, kwargs)
         self.wait_for = list(wait_for or ())
-        self.client = get_client()
         configure_default_logging()
+        self.client = get_client()
         self.supervisor = get_supervisor(self.client)
         self.flow_context = flow_run_context.get()
         self.cache_key = ""
@@ -765,7 +776,7 @@ class TaskRunEngine(_RunEngine):
             self.parameters = _resolve(self.parameters)
         except UpstreamFailed as error:
             self.error = error
-            decision = self.orchestration.propose(failed(error, name="NotReady"))
+            decision = self.orchestration.propose(failed(error))
             assert decision.state is not None
             return decision.state
         if self.task.cache_key_fn is not None:
@@ -933,7 +944,9 @@ def submit_task(
     engine = TaskRunEngine(task, args, kwargs, wait_for)
     run = contextvars.copy_context().run
     future: StatewardFuture[Any] = StatewardFuture(
-        engine.task_run.id, _executor_for(context).submit(run, engine.run_in_worker)
+        engine.task_run.id,
+        _executor_for(context).submit(run, engine.run_in_worker),
+        lambda: engine.orchestration.state,
     )
     if context is not None:
         context.futures.append(future)

@@ -83,6 +83,10 @@ class ResourceExhausted(RpcError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(RpcError):
+    code = "DEADLINE_EXCEEDED"
+
+
 class Unauthenticated(RpcError):
     code = "UNAUTHENTICATED"
 
@@ -95,6 +99,7 @@ RPC_ERRORS: dict[str, type[RpcError]] = {
         AlreadyExists,
         FailedPrecondition,
         ResourceExhausted,
+        DeadlineExceeded,
         Unauthenticated,
     )
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from stateward.states import State, StateType
@@ -14,9 +14,15 @@ R = TypeVar("R")
 class StatewardFuture(Generic[R]):
     """A task run executing in the background; resolves to its final State."""
 
-    def __init__(self, task_run_id: str, future: concurrent.futures.Future[State]) -> None:
+    def __init__(
+        self,
+        task_run_id: str,
+        future: concurrent.futures.Future[State],
+        current_state: Callable[[], State | None] | None = None,
+    ) -> None:
         self.task_run_id = task_run_id
         self._future = future
+        self._current_state = current_state
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the task run is final (or `timeout` seconds pass)."""
@@ -27,10 +33,11 @@ class StatewardFuture(Generic[R]):
 
     @property
     def state(self) -> State:
-        """The final state once done; Pending while the run is in flight."""
+        """The final state once done; while the run is in flight, its current state."""
         if self._future.done():
             return self._future.result()
-        return State(StateType.PENDING)
+        current = self._current_state() if self._current_state is not None else None
+        return current or State(StateType.PENDING)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The task's return value, waiting for it; raises the task's exception if it failed."""

@@ -2,6 +2,8 @@
 
 - STATEWARD_HOME: Stateward's folder, `~/.stateward` by default; the default database lives there.
 - STATEWARD_API_URL: `host:port` of the server to talk to; unset means an embedded server.
+- STATEWARD_REQUEST_TIMEOUT: seconds a call to a remote server may take, waiting out a restart
+  (default 30); after it, the server counts as lost.
 """
 
 from __future__ import annotations
@@ -22,3 +24,7 @@ def default_database() -> Path:
 
 def api_url() -> str | None:
     return os.environ.get("STATEWARD_API_URL") or None
+
+
+def request_timeout() -> float:
+    return float(os.environ.get("STATEWARD_REQUEST_TIMEOUT") or 30.0)

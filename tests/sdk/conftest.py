@@ -1,0 +1,69 @@
+"""The SDK tests: in this process they all talk to one real server (the SDK's client is
+process-wide); tests of processes (embedded default, signals, kills) run subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stateward.client import Client
+from tests.support import ROOT, ServerProcess, running_server
+
+SDK_SERVER_ARGS = ["--lease-check-interval", "0.2", "--slot-wait", "0.05"]
+
+
+@pytest.fixture(scope="session")
+def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("sdk"), args=SDK_SERVER_ARGS) as server:
+        previous = os.environ.get("STATEWARD_API_URL")
+        os.environ["STATEWARD_API_URL"] = server.target
+        yield server
+        if previous is None:
+            os.environ.pop("STATEWARD_API_URL", None)
+        else:
+            os.environ["STATEWARD_API_URL"] = previous
+
+
+@pytest.fixture
+def client(sdk_server: ServerProcess) -> Iterator[Client]:
+    with Client(sdk_server.target) as connected:
+        yield connected
+
+
+def python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a Python program (dedented) in a subprocess; its stdout and stderr come back."""
+    full_env = {**os.environ, **(env or {})}
+    for key, value in list(full_env.items()):
+        if value == "":
+            del full_env[key]  # "" unsets
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+    )
+
+
+def spawn(code: str, *, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full_env = {**os.environ, **(env or {})}
+    for key, value in list(full_env.items()):
+        if value == "":
+            del full_env[key]
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+    )

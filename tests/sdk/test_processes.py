@@ -1,0 +1,331 @@
+"""The SDK across processes: the embedded default (and a second process on the same home), cache
+hits in another process, cancellation from another process, signals, a killed process and a lost
+server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stateward.client import Client
+from stateward.states import StateType
+from tests.sdk.conftest import python, spawn
+from tests.support import ROOT, ServerProcess
+
+EMBEDDED = {"STATEWARD_API_URL": ""}  # unset: the SDK starts its own server
+
+
+def states_in(db: Path, flow_name: str) -> list[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                """SELECT s.name FROM states s JOIN flow_runs f ON f.id = s.run_id
+                   WHERE f.flow_name = ? ORDER BY s.timestamp""",
+                (flow_name,),
+            )
+        ]
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_the_embedded_default_needs_no_server(tmp_path):
+    env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path)}
+    result = python(
+        """
+        from stateward import flow, task
+
+        @task
+        def shout(word):
+            return word.upper()
+
+        @flow(name="embedded-hello")
+        def hello(word="hi"):
+            return shout(word)
+
+        print(hello())
+        """,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "HI\n"
+    assert "Flow run" in result.stderr and "- Completed" in result.stderr  # logging by default
+    db = tmp_path / "stateward.db"
+    assert states_in(db, "embedded-hello") == ["Pending", "Running", "Completed"]
+    assert not (tmp_path / "server.json").exists()  # stopped cleanly at exit
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    listed = subprocess.run(
+        [sys.executable, "-m", "stateward", "flow-run", "ls"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in {**os.environ, **env}.items() if v},
+        cwd=ROOT,
+    )
+    assert listed.returncode == 0 and "embedded-hello" in listed.stdout
+
+
+def test_a_second_process_on_the_same_home_shares_the_first_ones_server(tmp_path):
+    env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path)}
+    first = spawn(
+        """
+        import time
+        from stateward import flow
+
+        @flow(name="long-first")
+        def first():
+            print("started", flush=True)
+            time.sleep(3)
+            return 1
+
+        print(first(), flush=True)
+        """,
+        env=env,
+    )
+    assert first.stdout is not None
+    assert first.stdout.readline() == "started\n"
+    second = python(
+        """
+        from stateward import flow
+
+        @flow(name="quick-second")
+        def second():
+            return 2
+
+        print(second())
+        """,
+        env=env,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "sharing the Stateward server of process" in second.stderr
+    _out, err = first.communicate(timeout=30)
+    assert first.returncode == 0, err
+    db = tmp_path / "stateward.db"
+    assert states_in(db, "quick-second") == ["Pending", "Running", "Completed"]
+    assert states_in(db, "long-first") == ["Pending", "Running", "Completed"]
+
+
+def test_a_home_in_use_by_an_unreachable_process_is_a_clear_error(tmp_path):
+    (tmp_path / "server.json").write_text(json.dumps({"address": "127.0.0.1:9", "pid": 1}))
+    holder = spawn(
+        f"""
+        import fcntl, time
+        lock = open({str(tmp_path / "stateward.db.lock")!r}, "a+")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(30)
+        """
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        result = python(
+            """
+            from stateward import flow
+
+            @flow
+            def f():
+                return 1
+
+            f()
+            """,
+            env={**EMBEDDED, "STATEWARD_HOME": str(tmp_path)},
+        )
+    finally:
+        holder.kill()
+    assert result.returncode != 0
+    assert "is in use by process 1" in result.stderr and "does not answer" in result.stderr
+    assert "STATEWARD_API_URL" in result.stderr
+
+
+CACHED_PROGRAM = """
+from datetime import timedelta
+from stateward import flow, task, task_input_hash
+
+@task(cache_key_fn=task_input_hash, cache_expiration=timedelta(hours=1))
+def compute(x):
+    print("computed", flush=True)
+    return {"answer": x * 6, "in": "%s"}
+
+@flow(name="cross-process-cache")
+def run():
+    return compute(7)
+
+print(run())
+"""
+
+
+def test_a_cache_hit_in_another_process_returns_the_stored_value(sdk_server, client):
+    marker = os.urandom(4).hex()
+    first = python(CACHED_PROGRAM % marker)
+    second = python(CACHED_PROGRAM % marker)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    expected = f"{{'answer': 42, 'in': '{marker}'}}\n"
+    assert first.stdout == "computed\n" + expected
+    assert second.stdout == expected  # not computed again
+    latest = next(client.list_task_runs(task_keys=["compute"], limit=1))
+    assert latest.state.name == "Cached"
+
+
+def test_cancelling_from_another_process_stops_the_run(sdk_server, client):
+    marker = os.urandom(4).hex()
+    runner = spawn(
+        f"""
+        import time
+        from stateward import flow, task, CancelledRun
+
+        def on_cancel(flow, flow_run, state):
+            print("on_cancellation", state.name, flush=True)
+
+        @task
+        def slow_step():
+            time.sleep(60)
+
+        @flow(name="cancel-me-{marker}", on_cancellation=[on_cancel])
+        def long_running():
+            print("running", flush=True)
+            slow_step()
+            print("not cancelled!", flush=True)
+
+        try:
+            long_running()
+        except CancelledRun as error:
+            print("raised", type(error).__name__, flush=True)
+        """
+    )
+    assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+    run = next(client.list_flow_runs(flow_names=[f"cancel-me-{marker}"], limit=1))
+    wait_until(
+        lambda: any(
+            t.state and t.state.is_running() for t in client.list_task_runs(flow_run_ids=[run.id])
+        ),
+        what="the task to start",
+    )
+    started = time.monotonic()
+    cancel = subprocess.run(
+        [sys.executable, "-m", "stateward", "flow-run", "cancel", run.id],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    assert "Cancelling" in cancel.stdout
+    out, err = runner.communicate(timeout=30)
+    assert time.monotonic() - started < 10  # not the 60 s of the sleep
+    assert out.splitlines() == ["on_cancellation Cancelled", "raised CancelledRun"], err
+    assert [s.name for s in client.list_states(run.id)] == [
+        "Pending", "Running", "Cancelling", "Cancelled",
+    ]  # fmt: skip
+    (task_run,) = client.list_task_runs(flow_run_ids=[run.id])
+    assert task_run.state.type is StateType.CANCELLED
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_crashes_the_run_and_runs_on_crashed(sdk_server, client, signum):
+    name = f"signalled-{signum}-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        import time
+        from stateward import flow
+
+        def on_crashed(flow, flow_run, state):
+            print("on_crashed", state.name, flush=True)
+
+        @flow(name="{name}", on_crashed=[on_crashed])
+        def waiting():
+            print("running", flush=True)
+            time.sleep(60)
+
+        waiting()
+        """
+    )
+    assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+    runner.send_signal(signum)
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode != 0
+    assert out == "on_crashed Crashed\n", err
+    run = next(client.list_flow_runs(flow_names=[name], limit=1))
+    assert [s.name for s in client.list_states(run.id)] == ["Pending", "Running", "Crashed"]
+    assert run.state.message in ("TerminationSignal: SIGTERM", "KeyboardInterrupt")
+
+
+def test_a_killed_process_leaves_a_crashed_run_that_watchers_see(sdk_server, client):
+    name = f"killed-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        import time
+        from stateward import flow, task
+
+        @task
+        def forever():
+            time.sleep(600)
+
+        @flow(name="{name}")
+        def doomed():
+            print("running", flush=True)
+            forever()
+
+        doomed()
+        """,
+        env={"STATEWARD_LEASE_SECONDS": "1"},
+    )
+    assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+    run = next(client.list_flow_runs(flow_names=[name], limit=1))
+    start = client.list_states(run.id)[-1]
+    watcher = client.watch(run_ids=[run.id], state_types=[StateType.CRASHED], after_sequence=0)
+    runner.kill()
+    runner.wait()
+    crashed = next(watcher)
+    assert crashed.from_state.id == start.id
+    assert "heartbeat lease" in crashed.to_state.message
+    wait_until(
+        lambda: all(t.state.is_crashed() for t in client.list_task_runs(flow_run_ids=[run.id])),
+        what="the task run to crash",
+    )
+
+
+def test_a_lost_server_makes_the_run_crashed(tmp_path):
+    server = ServerProcess(tmp_path / "lost.db", args=["--lease-check-interval", "0.2"]).start()
+    runner = spawn(
+        """
+        import time
+        from stateward import flow
+
+        @flow(name="lost-server")
+        def stranded():
+            print("running", flush=True)
+            time.sleep(2)
+            return 1
+
+        stranded()
+        """,
+        env={
+            "STATEWARD_API_URL": server.target,
+            "STATEWARD_LEASE_SECONDS": "1",
+            "STATEWARD_REQUEST_TIMEOUT": "0.5",
+        },
+    )
+    assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+    server.kill()
+    _out, err = runner.communicate(timeout=60)
+    assert runner.returncode != 0
+    assert "lost the Stateward server while proposing Completed" in err
+    server.restart()  # the run's lease lapsed meanwhile: the server crashes it
+    try:
+        with Client(server.target) as client:
+            run = next(client.list_flow_runs(flow_names=["lost-server"], limit=1))
+            wait_until(lambda: client.get_flow_run(run.id).state.is_crashed(), what="Crashed")
+    finally:
+        server.stop()
