@@ -59,9 +59,10 @@ class OrchestrationApi:
     def CreateFlowRun(self, request: pb.CreateFlowRunRequest) -> pb.CreateFlowRunResponse:
         msg = request.flow_run
         flow_name = check.text(msg.flow_name, "flow_run.flow_name", check.MAX_NAME, required=True)
+        given_id = check.optional_run_id(msg.id, "flow_run.id")
         run = RunRecord(
             kind=RunKind.FLOW_RUN,
-            id=check.optional_run_id(msg.id, "flow_run.id") or str(uuid.uuid4()),
+            id=given_id or str(uuid.uuid4()),
             name=check.text(msg.name, "flow_run.name", check.MAX_NAME) or make_run_name(),
             created=now(),
             flow_name=flow_name,
@@ -73,7 +74,9 @@ class OrchestrationApi:
             retry_policy=_retry_policy(msg.retry_policy, "flow_run.retry_policy"),
         )
         initial = _initial_state(msg, "flow_run.state")
-        created = _translating(lambda: self.orchestrator.create_run(run, initial))
+        created = _translating(
+            lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
+        )
         return pb.CreateFlowRunResponse(flow_run=flow_run_to_proto(created))
 
     def GetFlowRun(self, request: pb.GetFlowRunRequest) -> pb.GetFlowRunResponse:
@@ -99,9 +102,10 @@ class OrchestrationApi:
     def CreateTaskRun(self, request: pb.CreateTaskRunRequest) -> pb.CreateTaskRunResponse:
         msg = request.task_run
         task_key = check.text(msg.task_key, "task_run.task_key", check.MAX_NAME, required=True)
+        given_id = check.optional_run_id(msg.id, "task_run.id")
         run = RunRecord(
             kind=RunKind.TASK_RUN,
-            id=check.optional_run_id(msg.id, "task_run.id") or str(uuid.uuid4()),
+            id=given_id or str(uuid.uuid4()),
             name=check.text(msg.name, "task_run.name", check.MAX_NAME) or make_run_name(),
             created=now(),
             task_key=task_key,
@@ -111,7 +115,9 @@ class OrchestrationApi:
             retry_policy=_retry_policy(msg.retry_policy, "task_run.retry_policy"),
         )
         initial = _initial_state(msg, "task_run.state")
-        created = _translating(lambda: self.orchestrator.create_run(run, initial))
+        created = _translating(
+            lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
+        )
         return pb.CreateTaskRunResponse(task_run=task_run_to_proto(created))
 
     def GetTaskRun(self, request: pb.GetTaskRunRequest) -> pb.GetTaskRunResponse:

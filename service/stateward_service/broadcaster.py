@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -129,6 +129,9 @@ class TransitionBroadcaster:
         self._loop_thread = 0
         self._published = asyncio.Event()
         self._closed = False
+        # The filters of the current subscribers: a publication wakes the event loop only if
+        # one of them may want it (a sleeping subscriber's cursor just lags, losing nothing).
+        self._filters: Counter[TransitionFilter] = Counter()
         self.subscribers = 0
         self.catching_up = 0  # subscribers reading from the log, not the ring
 
@@ -154,7 +157,11 @@ class TransitionBroadcaster:
                 len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
             ):
                 self._ring_bytes -= _size(self._ring.popleft().transition)
-        self._wake()
+            wanted = any(
+                where.matches(transition) for where in self._filters for transition in transitions
+            )
+        if wanted:
+            self._wake()
 
     def _wake(self) -> None:
         loop = self._loop
@@ -202,6 +209,8 @@ class TransitionBroadcaster:
         closes (StreamClosed). Raises CursorExpired if it falls behind what the log keeps."""
         cursor = self._last if after is None else after
         self.subscribers += 1
+        with self._lock:
+            self._filters[where] += 1
         try:
             while True:
                 if self._closed:
@@ -223,6 +232,10 @@ class TransitionBroadcaster:
                             yield cursor, entry.payload(self.encode)
         finally:
             self.subscribers -= 1
+            with self._lock:
+                self._filters[where] -= 1
+                if not self._filters[where]:
+                    del self._filters[where]
 
     async def _read_log(self, where: TransitionFilter, cursor: int) -> _LogBatch:
         """The next matching transitions from the log, read and encoded off the event loop."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -84,6 +86,40 @@ class _Write:
 Publisher = Callable[[Sequence[Transition]], None]
 
 
+class _RunCache:
+    """The runs read or written lately, so a proposal does not read its run back from the
+    database. It stays true because the orchestrator is the one writer: every write goes through
+    it, and a transaction that fails forgets everything (its records were changed in memory)."""
+
+    def __init__(self, store: Store, size: int = 10_000) -> None:
+        self.store = store
+        self.size = size
+        self._runs: OrderedDict[str, RunRecord] = OrderedDict()
+
+    def get(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self.store.get_run(run_id)
+            if run is None:
+                return None
+            self.remember(run)
+        else:
+            self._runs.move_to_end(run_id)
+        return run if kind is None or run.kind is kind else None
+
+    def remember(self, run: RunRecord) -> None:
+        self._runs[run.id] = run
+        self._runs.move_to_end(run.id)
+        if len(self._runs) > self.size:
+            self._runs.popitem(last=False)
+
+    def cached(self, run_id: str) -> RunRecord | None:
+        return self._runs.get(run_id)
+
+    def clear(self) -> None:
+        self._runs.clear()
+
+
 class Orchestrator:
     """Decides and writes states. Thread-safe: one lock serialises every write."""
 
@@ -101,6 +137,7 @@ class Orchestrator:
         self.rng = rng
         self.lock = threading.RLock()
         self._publishers: list[Publisher] = []
+        self.runs = _RunCache(store)
 
     def subscribe(self, publisher: Publisher) -> None:
         """Call `publisher` with every batch of committed transitions, in sequence order, while
@@ -109,56 +146,65 @@ class Orchestrator:
 
     # --- runs -----------------------------------------------------------------------------------
 
-    def create_run(self, run: RunRecord, initial: State | None) -> RunRecord:
-        """Store a new run and orchestrate its initial state, atomically."""
+    def create_run(
+        self, run: RunRecord, initial: State | None, *, new_id: bool = False
+    ) -> RunRecord:
+        """Store a new run and orchestrate its initial state, atomically. `new_id` says the id
+        was just minted, so it cannot exist yet."""
         with self.lock:
-            if self.store.run_exists(run.id):
+            if not new_id and self.runs.get(run.id) is not None:
                 raise RunAlreadyExists(run.id)
-            if (
-                run.kind is RunKind.TASK_RUN
-                and run.flow_run_id
-                and not self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN)
-            ):
-                raise RunNotFound(run.flow_run_id, RunKind.FLOW_RUN)
+            if run.kind is RunKind.TASK_RUN and run.flow_run_id:
+                if self.runs.get(run.flow_run_id, RunKind.FLOW_RUN) is None:
+                    raise RunNotFound(run.flow_run_id, RunKind.FLOW_RUN)
             parent = None
             if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
-                parent = self.store.get_run(run.parent_task_run_id, RunKind.TASK_RUN)
+                parent = self.runs.get(run.parent_task_run_id, RunKind.TASK_RUN)
                 if parent is None:
                     raise RunNotFound(run.parent_task_run_id, RunKind.TASK_RUN)
+            decision = None
+            if initial is not None:
+                decision = self._decide(run, initial, force=False)
+                if not decision.writes:
+                    raise InitialStateRefused(
+                        f"the initial state {initial.name} was refused "
+                        f"({decision.status.name}): {decision.reason}"
+                    )
             write = _Write()
-            with self.store.transaction():
-                self.store.insert_run(run)
+            with self._writing():
                 if parent is not None:
                     self.store.link_subflow(parent.id, run.id)
-                if initial is not None:
-                    decision = self._decide(run, initial, force=False)
-                    if not decision.writes:
-                        raise InitialStateRefused(
-                            f"the initial state {initial.name} was refused "
-                            f"({decision.status.name}): {decision.reason}"
-                        )
-                    self._write(run, decision, write)
+                    parent.child_flow_run_id = run.id
+                if decision is None:
+                    self.store.insert_run(run)
+                else:
+                    self._write(run, decision, write, new=True)
+            self.runs.remember(run)
             self._publish(write)
             return run
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
         with self.lock:
-            run = self.store.get_run(run_id, kind)
+            run = self.runs.get(run_id, kind)
         if run is None:
             raise RunNotFound(run_id, kind)
         return run
 
     def list_states(self, run_id: str) -> list[State]:
         with self.lock:
-            if not self.store.run_exists(run_id):
+            if self.runs.get(run_id) is None:
                 raise RunNotFound(run_id)
             return self.store.list_states(run_id)
 
     def renew_leases(self, run_ids: Sequence[str], seconds: float) -> tuple[list[str], datetime]:
         """Extend the leases of those runs that hold one (RUNNING or CANCELLING)."""
         until = self.clock() + timedelta(seconds=seconds)
-        with self.lock, self.store.transaction():
+        with self.lock, self._writing():
             renewed = set(self.store.renew_leases(run_ids, until))
+            for run_id in renewed:
+                cached = self.runs.cached(run_id)
+                if cached is not None:
+                    cached.lease_expires = until
         return [run_id for run_id in run_ids if run_id in renewed], until
 
     # --- tag concurrency limits -----------------------------------------------------------------
@@ -201,7 +247,7 @@ class Orchestrator:
         """Decide a proposed state for a run and write what the policy decided. With a lease, a
         RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds."""
         with self.lock:
-            run = self.store.get_run(run_id)
+            run = self.runs.get(run_id)
             if run is None:
                 raise RunNotFound(run_id)
             current_id = run.state.id if run.state else ""
@@ -215,7 +261,7 @@ class Orchestrator:
             decision = self._decide(run, proposed, force)
             write = _Write()
             if decision.writes:
-                with self.store.transaction():
+                with self._writing():
                     self._write(run, decision, write, lease_seconds)
             self._publish(write)
             return Outcome(
@@ -243,7 +289,7 @@ class Orchestrator:
         run, details = ctx.run, ctx.proposed.details
         flow_run_state = None
         if run.flow_run_id:
-            flow_run = self.store.get_run(run.flow_run_id, RunKind.FLOW_RUN)
+            flow_run = self.runs.get(run.flow_run_id, RunKind.FLOW_RUN)
             flow_run_state = flow_run.state if flow_run else None
         cached = None
         if details.cache_key and not details.refresh_cache:
@@ -256,10 +302,27 @@ class Orchestrator:
             )
         return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A transaction; if it fails, the run records it changed in memory are forgotten."""
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self.runs.clear()
+            raise
+
     def _write(
-        self, run: RunRecord, decision: Decision, write: _Write, lease_seconds: float = 0.0
+        self,
+        run: RunRecord,
+        decision: Decision,
+        write: _Write,
+        lease_seconds: float = 0.0,
+        *,
+        new: bool = False,
     ) -> None:
-        """Write the decided state for `run` (inside a transaction)."""
+        """Write the decided state for `run` (inside a transaction); a `new` run's row is
+        inserted whole."""
         assert decision.state is not None
         for effect in decision.effects:
             if isinstance(effect, ResetRunCount):
@@ -271,7 +334,10 @@ class Orchestrator:
             if isinstance(effect, RememberPauseKey):
                 run.pause_keys = run.pause_keys | {effect.key}
         self.store.insert_state(run.id, state)
-        self.store.update_run(run)
+        if new:
+            self.store.insert_run(run)
+        else:
+            self.store.update_run(run)
         for effect in decision.effects:
             self._apply(run, state, effect)
         if run.tags and _leaves_running(previous, state):
@@ -299,7 +365,7 @@ class Orchestrator:
 
     def _mirror_onto_parent_task(self, subflow: RunRecord, state: State, write: _Write) -> None:
         """A subflow's task run in the parent flow shows the subflow's state."""
-        task_run = self.store.get_run(subflow.parent_task_run_id, RunKind.TASK_RUN)
+        task_run = self.runs.get(subflow.parent_task_run_id, RunKind.TASK_RUN)
         if task_run is None:
             return
         mirror = State(

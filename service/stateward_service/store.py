@@ -701,6 +701,8 @@ def _prefixed_state_columns(alias: str) -> str:
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
+    """Every column of a run's row."""
+    state = run.state
     row: dict[str, Any] = {
         "id": run.id,
         "name": run.name,
@@ -709,13 +711,22 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
         "retries": run.retry_policy.retries,
         "retry_delays": json.dumps(list(run.retry_policy.retry_delay_seconds)),
         "retry_jitter": run.retry_policy.retry_jitter_factor,
+        "state_id": state.id if state else None,
+        "state_type": int(state.type) if state else None,
+        "state_name": state.name if state else None,
         "run_count": run.run_count,
+        "start_time": to_us(run.start_time),
+        "end_time": to_us(run.end_time),
         "total_run_time": run.total_run_time,
+        "expected_start_time": to_us(run.expected_start_time),
+        "next_scheduled_start_time": to_us(run.next_scheduled_start_time),
+        "lease_expires": to_us(run.lease_expires),
         "created": to_us(run.created),
     }
     if run.kind is RunKind.FLOW_RUN:
         row["flow_name"] = run.flow_name
         row["parent_task_run_id"] = run.parent_task_run_id or None
+        row["pause_keys"] = json.dumps(sorted(run.pause_keys))
     else:
         row["task_key"] = run.task_key
         row["flow_run_id"] = run.flow_run_id or None
