@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stateward._engine import FlowRunEngine
+    from stateward._flow_engine import FlowRunEngine
     from stateward.flows import Flow
     from stateward.futures import StatewardFuture
     from stateward.runs import FlowRun, TaskRun

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import grpc
+
 from stateward._convert import retry_policy_to_proto, state_to_proto
+from stateward.exceptions import RPC_ERRORS, RpcError
 from stateward.runs import RetryPolicy
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
@@ -136,3 +139,24 @@ def create_limit(tag: str, limit: int) -> pb.CreateConcurrencyLimitRequest:
     return pb.CreateConcurrencyLimitRequest(
         concurrency_limit=runs_pb2.ConcurrencyLimit(tag=tag, limit=limit)
     )
+
+
+def batch(operations: Iterable[tuple[str, Any]]) -> pb.ExecuteBatchRequest:
+    request = pb.ExecuteBatchRequest()
+    for kind, message in operations:
+        getattr(request.operations.add(), kind).CopyFrom(message)
+    return request
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def batch_result(result: pb.BatchResult) -> Any:
+    """One operation's response message, or the error it was refused with."""
+    kind = result.WhichOneof("result")
+    if kind is None:
+        return RpcError("the server sent an empty batch result")
+    if kind == "error":
+        name = _CODE_NAMES.get(result.error.code, "UNKNOWN")
+        return RPC_ERRORS.get(name, RpcError)(result.error.message, name)
+    return getattr(result, kind)

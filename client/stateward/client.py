@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -260,6 +260,14 @@ class Client:
             finally:
                 stream.cancel()
             time.sleep(resume.next_delay())
+
+    def execute_batch(self, operations: Sequence[tuple[str, Any]]) -> list[Any]:
+        """Run operations in one call and one transaction, in order. Each is (kind, request
+        message) with kind one of "create_flow_run", "create_task_run", "set_state",
+        "renew_leases"; each result is the response message, or the StatewardError the
+        operation was refused with (the others are unaffected)."""
+        response = self._call("ExecuteBatch", requests.batch(operations))
+        return [requests.batch_result(result) for result in response.results]
 
     # --- tag concurrency limits -----------------------------------------------------------------
 

@@ -112,7 +112,7 @@ class Flow(Generic[P, R]):
         return hook
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
-        from stateward._engine import call_flow
+        from stateward._flow_engine import call_flow
 
         return call_flow(self, args, kwargs, return_state=return_state)
 

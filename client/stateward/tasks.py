@@ -187,20 +187,20 @@ class Task(Generic[P, R]):
     def __call__(
         self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
     ) -> Any:
-        from stateward._engine import call_task
+        from stateward._task_engine import call_task
 
         return call_task(self, args, kwargs, return_state=return_state, wait_for=wait_for)
 
     def submit(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> StatewardFuture[R]:
         """Run the task in the background; returns a future of its result."""
-        from stateward._engine import submit_task
+        from stateward._task_engine import submit_task
 
         return submit_task(self, args, kwargs, wait_for=wait_for)
 
     def map(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> StatewardFutureList[R]:
         """Submit one run per element of the iterable arguments (others, and `unmapped` ones,
         go whole to every run)."""
-        from stateward._engine import map_task
+        from stateward._task_engine import map_task
 
         return map_task(self, args, kwargs, wait_for=wait_for)
 

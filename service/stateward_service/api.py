@@ -10,10 +10,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
-from stateward._convert import set_timestamp, state_from_proto, state_to_proto
+from stateward._convert import set_timestamp, state_from_proto, state_to_proto, struct_dict
 from stateward.states import now
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
@@ -197,6 +196,31 @@ class OrchestrationApi:
         set_timestamp(response.lease_expire_time, until)
         return response
 
+    # --- batches --------------------------------------------------------------------------------
+
+    def ExecuteBatch(self, request: pb.ExecuteBatchRequest) -> pb.ExecuteBatchResponse:
+        if len(request.operations) > check.MAX_BATCH:
+            raise invalid(
+                "operations", f"has {len(request.operations)}; at most {check.MAX_BATCH} per batch"
+            )
+        response = pb.ExecuteBatchResponse()
+        with self.orchestrator.batch():
+            for index, operation in enumerate(request.operations):
+                result = response.results.add()
+                kind = operation.WhichOneof("operation")
+                if kind is None:
+                    result.error.code = Code.INVALID_ARGUMENT.number
+                    result.error.message = f"operations[{index}]: is empty"
+                    continue
+                try:
+                    answer = getattr(self, _BATCHABLE[kind])(getattr(operation, kind))
+                except ServiceError as error:
+                    result.error.code = error.code.number
+                    result.error.message = error.message
+                else:
+                    getattr(result, kind).CopyFrom(answer)
+        return response
+
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def CreateConcurrencyLimit(
@@ -232,13 +256,21 @@ class OrchestrationApi:
         return pb.DeleteConcurrencyLimitResponse()
 
 
+_BATCHABLE = {
+    "create_flow_run": "CreateFlowRun",
+    "create_task_run": "CreateTaskRun",
+    "set_state": "SetState",
+    "renew_leases": "RenewLeases",
+}
+
+
 # --- translations -------------------------------------------------------------------------------
 
 
 def _struct_json(struct: Struct) -> str:
     if not struct.fields:
         return "{}"
-    return json.dumps(json_format.MessageToDict(struct), separators=(",", ":"))
+    return json.dumps(struct_dict(struct), separators=(",", ":"))
 
 
 def _retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> RetryPolicy:

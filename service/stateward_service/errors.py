@@ -16,6 +16,22 @@ class Code(enum.Enum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     UNAVAILABLE = "UNAVAILABLE"
 
+    @property
+    def number(self) -> int:
+        """The code's number in gRPC (google.rpc.Code)."""
+        return _NUMBERS[self.value]
+
+
+_NUMBERS = {
+    "INVALID_ARGUMENT": 3,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "UNAVAILABLE": 14,
+    "UNAUTHENTICATED": 16,
+}
+
 
 class ServiceError(Exception):
     """A refused call. `field` names the offending request field (INVALID_ARGUMENT); `metadata`

@@ -138,6 +138,8 @@ class Orchestrator:
         self.lock = threading.RLock()
         self._publishers: list[Publisher] = []
         self.runs = _RunCache(store)
+        # Inside `batch()`: the transitions written so far, published once the batch commits.
+        self._batch: list[Transition] | None = None
 
     def subscribe(self, publisher: Publisher) -> None:
         """Call `publisher` with every batch of committed transitions, in sequence order, while
@@ -152,11 +154,11 @@ class Orchestrator:
         """Store a new run and orchestrate its initial state, atomically. `new_id` says the id
         was just minted, so it cannot exist yet."""
         with self.lock:
-            if not new_id and self.runs.get(run.id) is not None:
+            if not new_id and (self.runs.cached(run.id) or self.store.run_exists(run.id)):
                 raise RunAlreadyExists(run.id)
-            if run.kind is RunKind.TASK_RUN and run.flow_run_id:
-                if self.runs.get(run.flow_run_id, RunKind.FLOW_RUN) is None:
-                    raise RunNotFound(run.flow_run_id, RunKind.FLOW_RUN)
+            flow_run_id = run.flow_run_id if run.kind is RunKind.TASK_RUN else ""
+            if flow_run_id and self.runs.get(flow_run_id, RunKind.FLOW_RUN) is None:
+                raise RunNotFound(flow_run_id, RunKind.FLOW_RUN)
             parent = None
             if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
                 parent = self.runs.get(run.parent_task_run_id, RunKind.TASK_RUN)
@@ -303,8 +305,34 @@ class Orchestrator:
         return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The operations inside share one transaction; their transitions are published once the
+        whole batch committed. An operation that is refused (not found, already exists, an
+        initial state refused...) is refused before it writes anything, so the others go on;
+        a failure while writing fails the whole batch, which then changes nothing."""
+        with self.lock:
+            if self._batch is not None:
+                raise RuntimeError("batches do not nest")
+            self._batch = []
+            try:
+                try:
+                    with self.store.transaction():
+                        yield
+                except BaseException:
+                    self.runs.clear()
+                    raise
+                written = self._batch
+            finally:
+                self._batch = None
+            self._publish(_Write(written))
+
+    @contextmanager
     def _writing(self) -> Iterator[None]:
-        """A transaction; if it fails, the run records it changed in memory are forgotten."""
+        """A transaction (the batch's, inside one); if it fails, the run records it changed in
+        memory are forgotten."""
+        if self._batch is not None:
+            yield
+            return
         try:
             with self.store.transaction():
                 yield
@@ -353,8 +381,15 @@ class Orchestrator:
         last = run.state.timestamp if run.state else None
         if last is not None and moment <= last:
             moment = last + _ONE_US
-        state = state.evolve(id=str(uuid.uuid4()), timestamp=moment)
-        return bookkeeping.complete_state(run, state)
+        return State(
+            state.type,
+            state.name,
+            state.message,
+            moment,
+            str(uuid.uuid4()),
+            bookkeeping.own_details(run, state.details),
+            state.data,
+        )
 
     def _apply(self, run: RunRecord, state: State, effect: object) -> None:
         """Apply a rule's side effect that lives in its own table."""
@@ -383,6 +418,9 @@ class Orchestrator:
             self._write(task_run, decision, write)
 
     def _publish(self, write: _Write) -> None:
+        if self._batch is not None:
+            self._batch.extend(write.transitions)
+            return
         if write.transitions:
             for publisher in self._publishers:
                 publisher(write.transitions)

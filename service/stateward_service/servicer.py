@@ -95,6 +95,11 @@ class OrchestrationServicer:
     ) -> pb.RenewLeasesResponse:
         return self.api.RenewLeases(request)
 
+    async def ExecuteBatch(
+        self, request: pb.ExecuteBatchRequest, context: Context
+    ) -> pb.ExecuteBatchResponse:
+        return self.api.ExecuteBatch(request)
+
     async def WatchTransitions(
         self, request: pb.WatchTransitionsRequest, context: Context
     ) -> AsyncIterator[bytes]:

@@ -696,8 +696,15 @@ def _table(kind: RunKind) -> str:
     return "flow_runs" if kind is RunKind.FLOW_RUN else "task_runs"
 
 
-def _prefixed_state_columns(alias: str) -> str:
+def _prefix_state_columns(alias: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in _STATE_COLUMNS.split(","))
+
+
+_PREFIXED = {alias: _prefix_state_columns(alias) for alias in ("s", "a", "b")}
+
+
+def _prefixed_state_columns(alias: str) -> str:
+    return _PREFIXED[alias]
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
@@ -770,6 +777,7 @@ def _run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunRec
 
 _DETAIL_TIMES = ("scheduled_time", "cache_expiration", "pause_timeout")
 _DEFAULT_DETAILS = StateDetails()
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _details_json(details: StateDetails) -> str:
@@ -777,10 +785,9 @@ def _details_json(details: StateDetails) -> str:
     out: dict[str, Any] = {}
     for name in StateDetails.__slots__:
         value = getattr(details, name)
-        if value == getattr(_DEFAULT_DETAILS, name):
-            continue
-        out[name] = to_us(value) if name in _DETAIL_TIMES else value
-    return json.dumps(out, separators=(",", ":")) if out else "{}"
+        if value:  # every default is falsy ("", None, False)
+            out[name] = to_us(value) if name in _DETAIL_TIMES else value
+    return _encode_json(out) if out else "{}"
 
 
 def _details_from_json(text: str) -> StateDetails:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -25,6 +26,7 @@ MAX_DELAYS = 100
 MAX_PAGE_SIZE = 1_000
 DEFAULT_PAGE_SIZE = 100
 MAX_LEASE_SECONDS = 86_400.0
+MAX_BATCH = 100
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -38,7 +40,12 @@ def run_id(value: str, field: str) -> str:
     return uuid_value(value, field)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def uuid_value(value: str, field: str) -> str:
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):

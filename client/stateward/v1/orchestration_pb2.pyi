@@ -912,3 +912,171 @@ class RenewLeasesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewLeasesResponse: _TypeAlias = RenewLeasesResponse  # noqa: Y015
+
+@_typing.final
+class ExecuteBatchRequest(_message.Message):
+    """Request of ExecuteBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOperation]:
+        """The operations, done in this order. At most 100."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___BatchOperation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteBatchRequest: _TypeAlias = ExecuteBatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchOperation(_message.Message):
+    """One operation of a batch: the request of the RPC of the same name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATE_FLOW_RUN_FIELD_NUMBER: _builtins.int
+    CREATE_TASK_RUN_FIELD_NUMBER: _builtins.int
+    SET_STATE_FIELD_NUMBER: _builtins.int
+    RENEW_LEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def create_flow_run(self) -> Global___CreateFlowRunRequest:
+        """As CreateFlowRun."""
+
+    @_builtins.property
+    def create_task_run(self) -> Global___CreateTaskRunRequest:
+        """As CreateTaskRun."""
+
+    @_builtins.property
+    def set_state(self) -> Global___SetStateRequest:
+        """As SetState."""
+
+    @_builtins.property
+    def renew_leases(self) -> Global___RenewLeasesRequest:
+        """As RenewLeases."""
+
+    def __init__(
+        self,
+        *,
+        create_flow_run: Global___CreateFlowRunRequest | None = ...,
+        create_task_run: Global___CreateTaskRunRequest | None = ...,
+        set_state: Global___SetStateRequest | None = ...,
+        renew_leases: Global___RenewLeasesRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_flow_run", b"create_flow_run", "create_task_run", b"create_task_run", "operation", b"operation", "renew_leases", b"renew_leases", "set_state", b"set_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_flow_run", b"create_flow_run", "create_task_run", b"create_task_run", "operation", b"operation", "renew_leases", b"renew_leases", "set_state", b"set_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["create_flow_run", "create_task_run", "set_state", "renew_leases"]  # noqa: Y015
+    _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
+
+Global___BatchOperation: _TypeAlias = BatchOperation  # noqa: Y015
+
+@_typing.final
+class ExecuteBatchResponse(_message.Message):
+    """Response of ExecuteBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchResult]:
+        """One result per operation, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteBatchResponse: _TypeAlias = ExecuteBatchResponse  # noqa: Y015
+
+@_typing.final
+class BatchResult(_message.Message):
+    """The result of one operation of a batch: its response, or the error it would have failed with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATE_FLOW_RUN_FIELD_NUMBER: _builtins.int
+    CREATE_TASK_RUN_FIELD_NUMBER: _builtins.int
+    SET_STATE_FIELD_NUMBER: _builtins.int
+    RENEW_LEASES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def create_flow_run(self) -> Global___CreateFlowRunResponse:
+        """As CreateFlowRun answers."""
+
+    @_builtins.property
+    def create_task_run(self) -> Global___CreateTaskRunResponse:
+        """As CreateTaskRun answers."""
+
+    @_builtins.property
+    def set_state(self) -> Global___SetStateResponse:
+        """As SetState answers."""
+
+    @_builtins.property
+    def renew_leases(self) -> Global___RenewLeasesResponse:
+        """As RenewLeases answers."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchError:
+        """The operation was refused and changed nothing; the others are unaffected."""
+
+    def __init__(
+        self,
+        *,
+        create_flow_run: Global___CreateFlowRunResponse | None = ...,
+        create_task_run: Global___CreateTaskRunResponse | None = ...,
+        set_state: Global___SetStateResponse | None = ...,
+        renew_leases: Global___RenewLeasesResponse | None = ...,
+        error: Global___BatchError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_flow_run", b"create_flow_run", "create_task_run", b"create_task_run", "error", b"error", "renew_leases", b"renew_leases", "result", b"result", "set_state", b"set_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_flow_run", b"create_flow_run", "create_task_run", b"create_task_run", "error", b"error", "renew_leases", b"renew_leases", "result", b"result", "set_state", b"set_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["create_flow_run", "create_task_run", "set_state", "renew_leases", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchResult: _TypeAlias = BatchResult  # noqa: Y015
+
+@_typing.final
+class BatchError(_message.Message):
+    """Why one operation of a batch was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code the operation alone would have failed with (e.g. 5, NOT_FOUND)."""
+    message: _builtins.str
+    """What to fix, as the RPC alone would say it."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchError: _TypeAlias = BatchError  # noqa: Y015

@@ -105,6 +105,11 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.FromString,
                 _registered_method=True)
+        self.ExecuteBatch = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/ExecuteBatch',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -210,6 +215,16 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteBatch(self, request, context):
+        """Does several creates and proposals in one call and one transaction, in order: each
+        operation succeeds or fails on its own, and the answers come once all of them committed.
+        A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
+        in one batch: one round trip and one commit instead of two.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +297,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.RenewLeases,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.SerializeToString,
+            ),
+            'ExecuteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteBatch,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +683,33 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/RenewLeases',
             stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/ExecuteBatch',
+            stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

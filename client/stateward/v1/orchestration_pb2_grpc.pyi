@@ -70,6 +70,12 @@ class OrchestrationServiceStub:
     """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
     RenewLeases: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.RenewLeasesRequest, _orchestration_pb2.RenewLeasesResponse]
     """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
+    ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ExecuteBatchRequest, _orchestration_pb2.ExecuteBatchResponse]
+    """Does several creates and proposals in one call and one transaction, in order: each
+    operation succeeds or fails on its own, and the answers come once all of them committed.
+    A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
+    in one batch: one round trip and one commit instead of two.
+    """
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -106,6 +112,12 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
     RenewLeases: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.RenewLeasesRequest, _orchestration_pb2.RenewLeasesResponse]  # type: ignore[assignment]
     """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
+    ExecuteBatch: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ExecuteBatchRequest, _orchestration_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
+    """Does several creates and proposals in one call and one transaction, in order: each
+    operation succeeds or fails on its own, and the answers come once all of them committed.
+    A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
+    in one batch: one round trip and one commit instead of two.
+    """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Keeps flow runs and task runs, decides their state changes and streams the accepted ones."""
@@ -223,5 +235,17 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.RenewLeasesResponse, _abc.Awaitable[_orchestration_pb2.RenewLeasesResponse]]:
         """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
+
+    @_abc_1.abstractmethod
+    def ExecuteBatch(
+        self,
+        request: _orchestration_pb2.ExecuteBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ExecuteBatchResponse, _abc.Awaitable[_orchestration_pb2.ExecuteBatchResponse]]:
+        """Does several creates and proposals in one call and one transaction, in order: each
+        operation succeeds or fails on its own, and the answers come once all of them committed.
+        A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
+        in one batch: one round trip and one commit instead of two.
+        """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

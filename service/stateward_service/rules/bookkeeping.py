@@ -5,21 +5,32 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from stateward.states import TERMINAL_TYPES, State, StateType
+from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType
 from stateward_service.model import RunKind, RunRecord
 from stateward_service.rules.starting import is_pause_resume
 
 
-def complete_state(run: RunRecord, state: State) -> State:
-    """The state as it will be written for `run`: its details name the run it belongs to."""
+def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
+    """A state's details as written for `run`: they name the run the state belongs to."""
     if run.kind is RunKind.FLOW_RUN:
         flow_run_id, task_run_id = run.id, ""
     else:
         flow_run_id, task_run_id = run.flow_run_id, run.id
-    details = state.details
     if details.flow_run_id == flow_run_id and details.task_run_id == task_run_id:
-        return state
-    return state.with_details(flow_run_id=flow_run_id, task_run_id=task_run_id)
+        return details
+    return StateDetails(
+        flow_run_id,
+        task_run_id,
+        details.scheduled_time,
+        details.cache_key,
+        details.cache_expiration,
+        details.transition_id,
+        details.pause_key,
+        details.pause_timeout,
+        details.refresh_cache,
+        details.unretriable,
+        details.child_flow_run_id,
+    )
 
 
 LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING})

@@ -3,8 +3,8 @@
 Each rule declares the state types it applies to (FROM the run's current type, TO the proposed
 type; `None` stands for "no state") and returns an outcome, or nothing to let the proposal pass:
 
-- `Proceed` lets the proposal go on, possibly changed (renamed, details filled in), with side
-  effects that are applied only if that proposal is finally written;
+- `Proceed` lets the proposal go on, possibly changed (renamed, details filled in, but of the
+  same type), with side effects that are applied only if that proposal is finally written;
 - `Reject` (with a replacement state to write instead, or none), `Wait` and `Abort` end the
   decision: later rules do not apply, and the side effects of earlier rules are dropped, which is
   how a rule "undoes" its work when the transition it saw did not happen.
@@ -148,17 +148,40 @@ class Decision:
         return self.state is not None
 
 
+class Policy(tuple[Rule, ...]):
+    """An ordered tuple of rules that remembers which of them apply to each pair of types."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._applicable: dict[tuple[StateType | None, StateType], tuple[Rule, ...]] = {}
+
+    def __new__(cls, rules: Sequence[Rule]) -> Policy:
+        return super().__new__(cls, rules)
+
+    def applicable(self, from_type: StateType | None, to_type: StateType) -> tuple[Rule, ...]:
+        found = self._applicable.get((from_type, to_type))
+        if found is None:
+            found = tuple(r for r in self if from_type in r.FROM and to_type in r.TO)
+            self._applicable[(from_type, to_type)] = found
+        return found
+
+
 def decide(policy: Sequence[Rule], ctx: TransitionContext) -> Decision:
-    """Run the policy's rules in order over one proposal."""
+    """Run the policy's rules in order over one proposal (those whose FROM and TO types cover
+    the transition)."""
     effects: list[Effect] = []
-    for rule in policy:
-        if not rule.applies(ctx):
-            continue
+    if isinstance(policy, Policy):
+        rules: Sequence[Rule] = policy.applicable(ctx.initial_type, ctx.proposed.type)
+    else:
+        rules = [rule for rule in policy if rule.applies(ctx)]
+    for rule in rules:
         outcome = rule.decide(ctx)
         if outcome is None:
             continue
         if isinstance(outcome, Proceed):
             if outcome.proposed is not None:
+                # A proceeding proposal keeps its type (a rule that wants another type rejects
+                # with a replacement), so the rules that apply stay the same.
+                assert outcome.proposed.type is ctx.proposed.type, rule
                 ctx = replace(ctx, proposed=outcome.proposed)
             effects.extend(outcome.effects)
             continue

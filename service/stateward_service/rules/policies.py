@@ -6,7 +6,7 @@ applies once, and a stored result is never lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stateward_service.model import RunKind
 from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
@@ -15,7 +15,7 @@ from stateward_service.rules.cancellation import (
     OnlyCancelledAfterCancelling,
 )
 from stateward_service.rules.concurrency import LimitTagConcurrency
-from stateward_service.rules.engine import Rule
+from stateward_service.rules.engine import Policy
 from stateward_service.rules.guards import (
     KeepFinishedRunsFinished,
     PreventDuplicateTransitions,
@@ -35,38 +35,42 @@ from stateward_service.rules.starting import (
 )
 
 
-def flow_policy() -> tuple[Rule, ...]:
-    return (
-        PreventDuplicateTransitions(),
-        KeepFinishedRunsFinished(),
-        PreventFlowResultLoss(),
-        OnlyCancelledAfterCancelling(),
-        CancelRunsNoProcessOwns(),
-        PreventSecondStart(),
-        OnlyScheduledRunsBecomeLate(),
-        PauseOnlyRunningRuns(),
-        ResumeOnlyBeforePauseTimeout(),
-        CopyScheduledTime(),
-        WaitForScheduledTime(),
-        RetryFailedRuns(),
-        RenameReruns(),
+def flow_policy() -> Policy:
+    return Policy(
+        [
+            PreventDuplicateTransitions(),
+            KeepFinishedRunsFinished(),
+            PreventFlowResultLoss(),
+            OnlyCancelledAfterCancelling(),
+            CancelRunsNoProcessOwns(),
+            PreventSecondStart(),
+            OnlyScheduledRunsBecomeLate(),
+            PauseOnlyRunningRuns(),
+            ResumeOnlyBeforePauseTimeout(),
+            CopyScheduledTime(),
+            WaitForScheduledTime(),
+            RetryFailedRuns(),
+            RenameReruns(),
+        ]
     )
 
 
-def task_policy(slot_wait_seconds: float = 1.0) -> tuple[Rule, ...]:
-    return (
-        PreventDuplicateTransitions(),
-        RetrieveCachedResults(),
-        KeepFinishedRunsFinished(),
-        PreventTaskResultLoss(),
-        ResetRunCountOnTaskRerun(),
-        RunTasksOnlyInRunningFlows(),
-        LimitTagConcurrency(slot_wait_seconds),
-        CopyScheduledTime(),
-        WaitForScheduledTime(),
-        RetryFailedRuns(),
-        RenameReruns(),
-        CacheCompletedResults(),
+def task_policy(slot_wait_seconds: float = 1.0) -> Policy:
+    return Policy(
+        [
+            PreventDuplicateTransitions(),
+            RetrieveCachedResults(),
+            KeepFinishedRunsFinished(),
+            PreventTaskResultLoss(),
+            ResetRunCountOnTaskRerun(),
+            RunTasksOnlyInRunningFlows(),
+            LimitTagConcurrency(slot_wait_seconds),
+            CopyScheduledTime(),
+            WaitForScheduledTime(),
+            RetryFailedRuns(),
+            RenameReruns(),
+            CacheCompletedResults(),
+        ]
     )
 
 
@@ -74,16 +78,20 @@ def task_policy(slot_wait_seconds: float = 1.0) -> tuple[Rule, ...]:
 class Policies:
     """The policy for each kind of run, and for forced proposals."""
 
-    flow: tuple[Rule, ...]
-    task: tuple[Rule, ...]
-    forced_flow: tuple[Rule, ...] = (PreventDuplicateTransitions(), PreventFlowResultLoss())
-    forced_task: tuple[Rule, ...] = (PreventDuplicateTransitions(), PreventTaskResultLoss())
+    flow: Policy
+    task: Policy
+    forced_flow: Policy = field(
+        default_factory=lambda: Policy([PreventDuplicateTransitions(), PreventFlowResultLoss()])
+    )
+    forced_task: Policy = field(
+        default_factory=lambda: Policy([PreventDuplicateTransitions(), PreventTaskResultLoss()])
+    )
 
     @classmethod
     def default(cls, slot_wait_seconds: float = 1.0) -> Policies:
         return cls(flow=flow_policy(), task=task_policy(slot_wait_seconds))
 
-    def for_run(self, kind: RunKind, force: bool) -> tuple[Rule, ...]:
+    def for_run(self, kind: RunKind, force: bool) -> Policy:
         if kind is RunKind.FLOW_RUN:
             return self.forced_flow if force else self.flow
         return self.forced_task if force else self.task

@@ -1,0 +1,224 @@
+"""Flow runs: a flow call becomes a flow run (a subflow is also tracked by a task run in its
+parent flow run), created and started in one batch; the flow waits for the task runs it
+submitted; SIGTERM and interrupts crash it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import threading
+import uuid
+from typing import Any
+
+from stateward import _requests as requests
+from stateward._context import FlowRunContext, flow_run_context
+from stateward._convert import flow_run_from_proto
+from stateward._embedded import get_client
+from stateward._engine import (
+    FINAL_HOOKS,
+    RunEngine,
+    crash_on_sigterm,
+    nothing,
+    printing_to_log,
+)
+from stateward._interrupt import RunCancelled, install_wake_handler
+from stateward._logging import configure_default_logging
+from stateward._orchestration import RunOrchestration
+from stateward._outcomes import bind, call_with, jsonable, judged, run_name
+from stateward._supervisor import get_supervisor
+from stateward.exceptions import OrchestrationAborted, ServerUnavailable
+from stateward.flows import Flow
+from stateward.runs import Decision, FlowRun, RetryPolicy
+from stateward.states import State, StateType
+
+flow_run_log = logging.getLogger("stateward.flow_runs")
+
+
+class FlowRunEngine(RunEngine):
+    kind = "flow run"
+    log = flow_run_log
+
+    def __init__(self, flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.subject = self.flow = flow
+        self.parameters = bind(flow.signature, args, kwargs)
+        configure_default_logging()
+        self.client = get_client()
+        self.supervisor = get_supervisor(self.client)
+        self.parent = flow_run_context.get()
+        self.id = str(uuid.uuid4())
+        self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
+        self.flow_run: FlowRun | None = None
+        self.context: FlowRunContext | None = None
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # The task runs executing now (anything with `interrupt`): a cancel interrupts them too.
+        self.running_tasks: set[Any] = set()
+        self.task_run_lock = threading.Lock()
+
+    def create_and_start(self) -> Decision:
+        """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
+        in its parent flow run is created in the same batch."""
+        flow = self.flow
+        creates: list[tuple[str, Any]] = []
+        parent_task_run_id = ""
+        if self.parent is not None:
+            parent_task_run_id = str(uuid.uuid4())
+            creates.append(
+                (
+                    "create_task_run",
+                    requests.create_task_run(
+                        flow.name,
+                        id=parent_task_run_id,
+                        flow_run_id=self.parent.flow_run.id,
+                        parameters=jsonable(self.parameters),
+                    ),
+                )
+            )
+        create = requests.create_flow_run(
+            flow.name,
+            id=self.id,
+            name=run_name(flow.flow_run_name, self.parameters),
+            parameters=jsonable(self.parameters),
+            tags=flow.tags,
+            retry_policy=RetryPolicy(flow.retries, flow.retry_delays),
+            parent_task_run_id=parent_task_run_id,
+            state=State(StateType.PENDING),
+        )
+        creates.append(("create_flow_run", create))
+        return self.orchestration.create_and_start(creates, State(StateType.RUNNING), self._adopt)
+
+    def _adopt(self, created: list[Any]) -> None:
+        message = created[-1]
+        if isinstance(message, Exception):  # created by an attempt whose answer was lost
+            self.flow_run = self.client.get_flow_run(self.id)
+        else:
+            self.flow_run = flow_run_from_proto(message.flow_run)
+        self.orchestration.label = f"Flow run {self.flow_run.name!r} ({self.flow.name})"
+        self.orchestration.observe_state(self.flow_run.state)
+
+    def record(self) -> FlowRun:
+        assert self.flow_run is not None
+        return FlowRun(
+            id=self.flow_run.id,
+            name=self.flow_run.name,
+            flow_name=self.flow_run.flow_name,
+            parameters=self.parameters,
+            tags=self.flow_run.tags,
+            retry_policy=self.flow_run.retry_policy,
+            state=self.orchestration.state,
+            parent_task_run_id=self.flow_run.parent_task_run_id,
+            created=self.flow_run.created,
+        )
+
+    def request_cancel(self, state: State) -> None:
+        super().request_cancel(state)
+        with self.task_run_lock:
+            running = list(self.running_tasks)
+        for interruptible in running:
+            interruptible.interrupt(RunCancelled)
+
+    # --- executing the flow's function -----------------------------------------------------------
+
+    def _enter(self) -> contextvars.Token[FlowRunContext | None]:
+        assert self.flow_run is not None
+        self.context = FlowRunContext(self.flow, self.flow_run, self, self.parameters)
+        return flow_run_context.set(self.context)
+
+    def call_sync(self) -> Any:
+        token = self._enter()
+        try:
+            with printing_to_log(self.flow.log_prints):
+                return call_with(self.flow.fn, self.flow.signature, self.parameters)
+        finally:
+            self._wait_for_tasks()
+            flow_run_context.reset(token)
+
+    async def call_async(self) -> Any:
+        token = self._enter()
+        try:
+            with printing_to_log(self.flow.log_prints):
+                return await call_with(self.flow.fn, self.flow.signature, self.parameters)
+        finally:
+            await asyncio.to_thread(self._wait_for_tasks)
+            flow_run_context.reset(token)
+
+    def after_call(self, value: Any) -> State:
+        return judged(value, f"result of flow {self.flow.name!r}", self.log)
+
+    def _wait_for_tasks(self) -> None:
+        """Submitted task runs finish before their flow run does."""
+        context = self.context
+        if context is not None and context.futures:
+            concurrent.futures.wait([f._future for f in context.futures])
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+
+    def task_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self.task_run_lock:
+            if self.executor is None:
+                self.executor = concurrent.futures.ThreadPoolExecutor(
+                    thread_name_prefix=f"stateward-{self.flow.name}"
+                )
+            return self.executor
+
+    # --- the whole run ----------------------------------------------------------------------------
+
+    def _crash_unless_reported(self, error: BaseException) -> None:
+        if self.flow_run is not None and not isinstance(
+            error, OrchestrationAborted | ServerUnavailable
+        ):
+            self.crash(error)
+
+    def _done(self) -> None:
+        self.supervisor.forget(self.id)
+        self.supervisor.release_lease(self.id)
+
+    def run(self) -> State:
+        install_wake_handler()
+        # Registered before the run exists: no cancel can slip between.
+        self.supervisor.on_cancel(self.id, self.request_cancel)
+        restore = crash_on_sigterm() if self.parent is None else nothing
+        try:
+            try:
+                final = self.orchestrate_sync(self.create_and_start())
+            except BaseException as error:
+                self._crash_unless_reported(error)
+                raise
+        finally:
+            restore()
+            self._done()
+        self.run_hooks(FINAL_HOOKS.get(final.type), final)
+        return final
+
+    async def run_async(self) -> State:
+        self.supervisor.on_cancel(self.id, self.request_cancel)
+        try:
+            try:
+                first = await asyncio.to_thread(self.create_and_start)
+                final = await self.orchestrate_async(first)
+            except BaseException as error:
+                await asyncio.to_thread(self._crash_unless_reported, error)
+                raise
+        finally:
+            self._done()
+        await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
+        return final
+
+
+def call_flow(
+    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, return_state: bool
+) -> Any:
+    if flow.isasync:
+        return _call_flow_async(flow, args, kwargs, return_state)
+    engine = FlowRunEngine(flow, args, kwargs)
+    return engine.result_of(engine.run(), return_state)
+
+
+async def _call_flow_async(
+    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+) -> Any:
+    engine = await asyncio.to_thread(FlowRunEngine, flow, args, kwargs)
+    return engine.result_of(await engine.run_async(), return_state)

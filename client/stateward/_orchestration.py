@@ -1,0 +1,132 @@
+"""One run's conversation with the server: propose states, obey WAIT, ride out a server that
+is briefly unreachable (a retried proposal carries the same transition id, so it applies once),
+keep the run's heartbeat lease while it runs, and log one line per state change."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from stateward import _requests as requests
+from stateward._convert import decision_from_proto
+from stateward._supervisor import RunSupervisor
+from stateward.client import Client
+from stateward.exceptions import AlreadyExists, DeadlineExceeded, ServerUnavailable
+from stateward.runs import Decision, SetStateStatus
+from stateward.states import State, StateType
+
+_UNAVAILABLE_RETRIES = 3
+T = TypeVar("T")
+
+
+class RunOrchestration:
+    def __init__(
+        self, client: Client, supervisor: RunSupervisor, run_id: str, log: logging.Logger
+    ) -> None:
+        self.client = client
+        self.supervisor = supervisor
+        self.run_id = run_id
+        self.log = log
+        self.label = f"run {run_id}"
+        self.state: State | None = None
+        self.lease = supervisor.lease
+
+    def _retrying(self, what: str, call: Callable[[int], T]) -> T:
+        """`call(attempt)`, again (up to a few times) while the server cannot be reached."""
+        attempt = 0
+        while True:
+            try:
+                return call(attempt)
+            except (ServerUnavailable, DeadlineExceeded) as error:
+                attempt += 1
+                if attempt > _UNAVAILABLE_RETRIES:
+                    raise ServerUnavailable(
+                        f"lost the Stateward server while {what} for {self.label} ({error}); "
+                        "the server will crash the run when its heartbeat lease lapses"
+                    ) from None
+                time.sleep(0.2 * 2**attempt)
+
+    def propose(self, proposed: State, *, force: bool = False) -> Decision:
+        """Propose a state (waiting as long as the server says WAIT); the answer."""
+        proposed = proposed.with_details(transition_id=str(uuid.uuid4()))
+        while True:
+            decision = self._retrying(
+                f"proposing {proposed.name}",
+                lambda _: self.client.set_state(
+                    self.run_id, proposed, force=force, lease_seconds=self.lease
+                ),
+            )
+            if decision.status is not SetStateStatus.WAIT:
+                return self.observe(decision, proposed)
+            self.wait(decision)
+
+    def create_and_start(
+        self,
+        creates: list[tuple[str, Any]],
+        running: State,
+        adopt: Callable[[list[Any]], None],
+    ) -> Decision:
+        """Create the run (and any run it needs first) and propose RUNNING in one batch: one
+        round trip and one commit. `adopt` gets the creates' responses (or, for a create an
+        earlier attempt already made, its AlreadyExists) before the answer to RUNNING is taken
+        in; that answer is returned (it may be WAIT: the caller waits and proposes again)."""
+        running = running.with_details(transition_id=str(uuid.uuid4()))
+        operations = [
+            *creates,
+            ("set_state", requests.set_state(self.run_id, running, lease_seconds=self.lease)),
+        ]
+
+        def send(attempt: int) -> list[Any]:
+            results = self.client.execute_batch(operations)
+            for result in results[: len(creates)]:
+                if isinstance(result, AlreadyExists) and attempt:
+                    continue  # the first attempt created it
+                if isinstance(result, Exception):
+                    raise result
+            if isinstance(results[-1], Exception):
+                raise results[-1]
+            return results
+
+        results = self._retrying("creating and starting it", send)
+        adopt(results[:-1])
+        return self.observe(decision_from_proto(results[-1]), running)
+
+    def wait(self, decision: Decision) -> None:
+        self.log.info("%s - waiting %.3gs: %s", self.label, decision.delay_seconds, decision.reason)
+        time.sleep(decision.delay_seconds)
+
+    def observe(self, decision: Decision, proposed: State | None = None) -> Decision:
+        """Take in an answer: log a new state, hold or release the heartbeat lease."""
+        if (
+            proposed is not None
+            and decision.status is SetStateStatus.REJECT
+            and decision.state is not None
+            and decision.state.details.transition_id == proposed.details.transition_id
+            and decision.state.type is proposed.type
+        ):  # a retried call whose first attempt was applied
+            decision = Decision(SetStateStatus.ACCEPT, decision.state)
+        self.observe_state(decision.state)
+        return decision
+
+    def observe_state(self, new: State | None) -> None:
+        if new is None:
+            return
+        if self.state is None or new.id != self.state.id:
+            message = f": {new.message}" if new.message else ""
+            self.log.info("%s - %s%s", self.label, new.name, message)
+        self.state = new
+        if new.type in (StateType.RUNNING, StateType.CANCELLING):
+            self.supervisor.hold_lease(self.run_id)
+        else:
+            self.supervisor.release_lease(self.run_id)
+
+    def crash(self, error: BaseException) -> None:
+        """Force Crashed, if the server can still be told."""
+        message = f"{type(error).__name__}: {error}".rstrip(": ")
+        try:
+            self.propose(State(StateType.CRASHED, message=message), force=True)
+        except Exception as failure:
+            self.log.warning("%s - could not report the crash: %s", self.label, failure)

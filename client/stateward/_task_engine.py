@@ -1,0 +1,351 @@
+"""Task runs: a task call becomes a task run of the current flow run (or a standalone one),
+created and started in one batch once its inputs are ready; `submit` creates it at once and
+runs it in a worker thread; `map` submits one per element."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from stateward import _requests as requests
+from stateward._context import TaskRunContext, flow_run_context, task_run_context
+from stateward._convert import task_run_from_proto
+from stateward._embedded import get_client
+from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
+from stateward._interrupt import RunCancelled
+from stateward._logging import configure_default_logging
+from stateward._orchestration import RunOrchestration
+from stateward._outcomes import (
+    UpstreamFailed,
+    bind,
+    call_with,
+    completed,
+    failed,
+    jsonable,
+    resolve,
+    run_name,
+)
+from stateward._results import encode_exception
+from stateward._supervisor import get_supervisor
+from stateward.exceptions import OrchestrationAborted, ServerUnavailable
+from stateward.futures import StatewardFuture, StatewardFutureList
+from stateward.runs import Decision, RetryPolicy, TaskRun
+from stateward.states import State, StateDetails, StateType, now
+from stateward.tasks import Task, unmapped
+
+task_run_log = logging.getLogger("stateward.task_runs")
+
+
+class TaskRunEngine(RunEngine):
+    kind = "task run"
+    log = task_run_log
+
+    def __init__(
+        self,
+        task: Task[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait_for: Iterable[Any] | None,
+    ) -> None:
+        super().__init__()
+        self.subject = self.task = task
+        self.parameters = bind(task.signature, args, kwargs)
+        self.wait_for = list(wait_for or ())
+        configure_default_logging()
+        self.client = get_client()
+        self.supervisor = get_supervisor(self.client)
+        self.flow_context = flow_run_context.get()
+        self.id = str(uuid.uuid4())
+        self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
+        self.task_run: TaskRun | None = None
+        self.cache_key = ""
+
+    # --- the run record ---------------------------------------------------------------------------
+
+    def _create_request(self) -> Any:
+        task = self.task
+        return requests.create_task_run(
+            task.task_key,
+            id=self.id,
+            name=run_name(task.task_run_name, self.parameters),
+            flow_run_id=self.flow_context.flow_run.id if self.flow_context else "",
+            parameters=jsonable(self.parameters),
+            tags=task.tags,
+            retry_policy=RetryPolicy(task.retries, task.retry_delays, task.retry_jitter_factor),
+            state=State(StateType.PENDING),
+        )
+
+    def create(self) -> None:
+        """Create the run now, Pending (a submitted task: its future knows the run at once)."""
+        message = self.client._call("CreateTaskRun", self._create_request())
+        self._adopt([message])
+
+    def _adopt(self, created: list[Any]) -> None:
+        message = created[-1]
+        if isinstance(message, Exception):  # created by an attempt whose answer was lost
+            self.task_run = self.client.get_task_run(self.id)
+        else:
+            self.task_run = task_run_from_proto(message.task_run)
+        self.orchestration.label = f"Task run {self.task_run.name!r} ({self.task.name})"
+        self.orchestration.observe_state(self.task_run.state)
+
+    def record(self) -> TaskRun:
+        run = self.task_run
+        return TaskRun(
+            id=self.id,
+            name=run.name if run else "",
+            task_key=self.task.task_key,
+            flow_run_id=self.flow_context.flow_run.id if self.flow_context else "",
+            parameters=self.parameters,
+            tags=self.task.tags,
+            retry_policy=RetryPolicy(
+                self.task.retries, self.task.retry_delays, self.task.retry_jitter_factor
+            ),
+            state=self.orchestration.state,
+            created=run.created if run else None,
+        )
+
+    # --- inputs, caching and retries --------------------------------------------------------------
+
+    def begin(self) -> Decision | State | None:
+        """Wait for the inputs, work out the cache key, then create the run and propose Running
+        in one batch. Returns the answer to Running; None when the run exists already (it
+        proposes Running itself); a final state if an input's task run failed."""
+        try:
+            for future in self.wait_for:
+                resolve(future)
+            self.parameters = resolve(self.parameters)
+        except UpstreamFailed as error:
+            self.error = error
+            if self.task_run is None:
+                self.create()
+            decision = self.orchestration.propose(failed(error))
+            assert decision.state is not None
+            return decision.state
+        if self.task.cache_key_fn is not None:
+            context = TaskRunContext(self.task, self.record(), self.parameters)
+            self.cache_key = self.task.cache_key_fn(context, self.parameters) or ""
+        if self.task_run is not None:
+            return None
+        return self.orchestration.create_and_start(
+            [("create_task_run", self._create_request())], self.running_proposal(), self._adopt
+        )
+
+    def running_proposal(self) -> State:
+        return State(
+            StateType.RUNNING,
+            details=StateDetails(cache_key=self.cache_key, refresh_cache=self.task.refresh_cache),
+        )
+
+    def failure(self, error: Exception) -> State:
+        state = failed(error)
+        condition = self.task.retry_condition_fn
+        if condition is not None and self.task.retries:
+            try:
+                retry = bool(condition(self.task, self.record(), state))
+            except Exception:
+                self.log.exception("%s - retry_condition_fn failed", self.orchestration.label)
+                retry = False
+            if not retry:
+                state = state.with_details(unretriable=True)
+        return state
+
+    def after_call(self, value: Any) -> State:
+        state = completed(value, f"result of task {self.task.name!r}", self.log)
+        if self.cache_key and state.is_completed():
+            expiration = self.task.cache_expiration
+            state = state.with_details(
+                cache_key=self.cache_key,
+                cache_expiration=now() + expiration if isinstance(expiration, timedelta) else None,
+            )
+        return state
+
+    # --- executing the task's function ------------------------------------------------------------
+
+    def execute_sync(self) -> State:
+        flow_engine = self.flow_context.engine if self.flow_context else None
+        if flow_engine is None:
+            return super().execute_sync()
+        # While it runs, the flow run's cancel can interrupt it (in whichever thread it runs).
+        with flow_engine.task_run_lock:
+            flow_engine.running_tasks.add(self)
+        try:
+            return super().execute_sync()
+        finally:
+            with flow_engine.task_run_lock:
+                flow_engine.running_tasks.discard(self)
+
+    def interrupt(self, error: type[RunCancelled]) -> bool:
+        """What the flow run's cancel calls: interrupt the task's code if it runs."""
+        return self.interruptible.interrupt(error) if self.interruptible else False
+
+    def _enter(self) -> contextvars.Token[TaskRunContext | None]:
+        return task_run_context.set(TaskRunContext(self.task, self.record(), self.parameters))
+
+    def call_sync(self) -> Any:
+        token = self._enter()
+        try:
+            with printing_to_log(self.task.log_prints):
+                return call_with(self.task.fn, self.task.signature, self.parameters)
+        finally:
+            task_run_context.reset(token)
+
+    async def call_async(self) -> Any:
+        token = self._enter()
+        try:
+            with printing_to_log(self.task.log_prints):
+                return await call_with(self.task.fn, self.task.signature, self.parameters)
+        finally:
+            task_run_context.reset(token)
+
+    # --- the whole run ----------------------------------------------------------------------------
+
+    def _crash_unless_reported(self, error: BaseException) -> None:
+        if self.task_run is not None and not isinstance(
+            error, OrchestrationAborted | ServerUnavailable
+        ):
+            self.crash(error)
+
+    def run(self) -> State:
+        try:
+            begun = self.begin()
+            final = begun if isinstance(begun, State) else self.orchestrate_sync(begun)
+        except BaseException as error:
+            self._crash_unless_reported(error)
+            raise
+        finally:
+            self.supervisor.release_lease(self.id)
+        self.run_hooks(FINAL_HOOKS.get(final.type), final)
+        flow_engine = self.flow_context.engine if self.flow_context else None
+        if final.is_cancelled() and flow_engine is not None and flow_engine.cancel_state:
+            raise RunCancelled  # the flow run is being cancelled: let it finish the cancel
+        return final
+
+    async def run_async(self) -> State:
+        try:
+            begun = await asyncio.to_thread(self.begin)
+            if isinstance(begun, State):
+                final = begun
+            else:
+                final = await self.orchestrate_async(begun)
+        except BaseException as error:
+            await asyncio.to_thread(self._crash_unless_reported, error)
+            raise
+        finally:
+            self.supervisor.release_lease(self.id)
+        await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
+        return final
+
+    def run_in_worker(self) -> State:
+        """In a worker thread (`submit`): run, never raising for the run's own outcome."""
+        try:
+            if self.task.isasync:
+                return asyncio.run(self.run_async())
+            return self.run()
+        except RunCancelled:
+            return self.orchestration.state or State(StateType.CANCELLED)
+        except OrchestrationAborted as error:
+            self.error = error
+            return State(
+                StateType.FAILED, message=f"aborted: {error}", data=encode_exception(error)
+            )
+
+
+def call_task(
+    task: Task[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    return_state: bool,
+    wait_for: Iterable[Any] | None,
+) -> Any:
+    if task.isasync:
+        return _call_task_async(task, args, kwargs, return_state, wait_for)
+    engine = TaskRunEngine(task, args, kwargs, wait_for)
+    return engine.result_of(engine.run(), return_state)
+
+
+async def _call_task_async(
+    task: Task[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    wait_for: Iterable[Any] | None,
+) -> Any:
+    engine = await asyncio.to_thread(TaskRunEngine, task, args, kwargs, wait_for)
+    return engine.result_of(await engine.run_async(), return_state)
+
+
+_standalone_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_standalone_lock = threading.Lock()
+
+
+def _executor_for(context: Any) -> concurrent.futures.ThreadPoolExecutor:
+    if context is not None:
+        executor: concurrent.futures.ThreadPoolExecutor = context.engine.task_executor()
+        return executor
+    global _standalone_executor
+    with _standalone_lock:
+        if _standalone_executor is None:
+            _standalone_executor = concurrent.futures.ThreadPoolExecutor(
+                thread_name_prefix="stateward-tasks"
+            )
+        return _standalone_executor
+
+
+def submit_task(
+    task: Task[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    wait_for: Iterable[Any] | None,
+) -> StatewardFuture[Any]:
+    context = flow_run_context.get()
+    engine = TaskRunEngine(task, args, kwargs, wait_for)
+    engine.create()
+    run = contextvars.copy_context().run
+    future: StatewardFuture[Any] = StatewardFuture(
+        engine.id,
+        _executor_for(context).submit(run, engine.run_in_worker),
+        lambda: engine.orchestration.state,
+    )
+    if context is not None:
+        context.futures.append(future)
+    return future
+
+
+def map_task(
+    task: Task[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    wait_for: Iterable[Any] | None,
+) -> StatewardFutureList[Any]:
+    parameters = bind(task.signature, args, kwargs)
+    mapped = {
+        key: list(value)
+        for key, value in parameters.items()
+        if not isinstance(value, unmapped | str | bytes | dict) and isinstance(value, Iterable)
+    }
+    lengths = {len(values) for values in mapped.values()}
+    if len(lengths) > 1:
+        sizes = ", ".join(f"{key}: {len(values)}" for key, values in mapped.items())
+        raise ValueError(f"map() needs iterables of one length, got {sizes}")
+    count = lengths.pop() if lengths else 0
+    static = {
+        key: value.value if isinstance(value, unmapped) else value
+        for key, value in parameters.items()
+        if key not in mapped
+    }
+    futures: StatewardFutureList[Any] = StatewardFutureList()
+    for index in range(count):
+        call = {**static, **{key: values[index] for key, values in mapped.items()}}
+        futures.append(submit_task(task, (), call, wait_for=wait_for))
+    return futures
