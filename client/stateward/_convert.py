@@ -44,20 +44,16 @@ def set_timestamp(ts: Timestamp, value: datetime | None) -> None:
         ts.nanos = delta.microseconds * 1000
 
 
+_TIME_FIELDS = frozenset({"scheduled_time", "cache_expiration", "pause_timeout"})
+_NO_DETAILS = StateDetails()
+
+
 def details_from_proto(msg: states_pb2.StateDetails) -> StateDetails:
-    return StateDetails(
-        flow_run_id=msg.flow_run_id,
-        task_run_id=msg.task_run_id,
-        scheduled_time=optional_datetime(msg, "scheduled_time"),
-        cache_key=msg.cache_key,
-        cache_expiration=optional_datetime(msg, "cache_expiration"),
-        transition_id=msg.transition_id,
-        pause_key=msg.pause_key,
-        pause_timeout=optional_datetime(msg, "pause_timeout"),
-        refresh_cache=msg.refresh_cache,
-        unretriable=msg.unretriable,
-        child_flow_run_id=msg.child_flow_run_id,
-    )
+    fields: dict[str, Any] = {
+        field.name: to_datetime(value) if field.name in _TIME_FIELDS else value
+        for field, value in msg.ListFields()
+    }
+    return StateDetails(**fields) if fields else _NO_DETAILS
 
 
 def details_to_proto(details: StateDetails, out: states_pb2.StateDetails) -> None:

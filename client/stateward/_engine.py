@@ -189,7 +189,7 @@ class RunEngine:
         if kind is None or (kind == "on_cancellation" and self.cancel_hooks_ran):
             return False
         self.cancel_hooks_ran = self.cancel_hooks_ran or kind == "on_cancellation"
-        return True
+        return bool(self.subject.hooks(kind))
 
     def run_hooks(self, kind: str | None, state: State) -> None:
         if self._hooks_due(kind):

@@ -16,7 +16,7 @@ from typing import Any
 
 from stateward import _requests as requests
 from stateward._context import TaskRunContext, flow_run_context, task_run_context
-from stateward._convert import task_run_from_proto
+from stateward._convert import optional_datetime, state_from_proto
 from stateward._embedded import get_client
 from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
 from stateward._interrupt import RunCancelled
@@ -92,7 +92,15 @@ class TaskRunEngine(RunEngine):
         if isinstance(message, Exception):  # created by an attempt whose answer was lost
             self.task_run = self.client.get_task_run(self.id)
         else:
-            self.task_run = task_run_from_proto(message.task_run)
+            run = message.task_run  # only what the engine uses: its name, time and state
+            self.task_run = TaskRun(
+                id=run.id,
+                name=run.name,
+                task_key=run.task_key,
+                flow_run_id=run.flow_run_id,
+                state=state_from_proto(run.state),
+                created=optional_datetime(run, "create_time"),
+            )
         self.orchestration.label = f"Task run {self.task_run.name!r} ({self.task.name})"
         self.orchestration.observe_state(self.task_run.state)
 

@@ -76,7 +76,7 @@ class OrchestrationApi:
         created = _translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
-        return pb.CreateFlowRunResponse(flow_run=flow_run_to_proto(created))
+        return pb.CreateFlowRunResponse(flow_run=flow_run_to_proto(created, msg.parameters))
 
     def GetFlowRun(self, request: pb.GetFlowRunRequest) -> pb.GetFlowRunResponse:
         run_id = check.run_id(request.id, "id")
@@ -117,7 +117,7 @@ class OrchestrationApi:
         created = _translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
-        return pb.CreateTaskRunResponse(task_run=task_run_to_proto(created))
+        return pb.CreateTaskRunResponse(task_run=task_run_to_proto(created, msg.parameters))
 
     def GetTaskRun(self, request: pb.GetTaskRunRequest) -> pb.GetTaskRunResponse:
         run_id = check.run_id(request.id, "id")
@@ -285,8 +285,8 @@ def _initial_state(msg: Any, field: str) -> Any:
     return state_from_proto(msg.state)
 
 
-def _fill_run(run: RunRecord, msg: Any) -> None:
-    """The fields FlowRun and TaskRun share."""
+def _fill_run(run: RunRecord, msg: Any, parameters: Struct | None) -> None:
+    """The fields FlowRun and TaskRun share (`parameters`: the run's, as a Struct already)."""
     msg.id = run.id
     msg.name = run.name
     msg.tags.extend(run.tags)
@@ -304,23 +304,25 @@ def _fill_run(run: RunRecord, msg: Any) -> None:
     set_timestamp(msg.next_scheduled_start_time, run.next_scheduled_start_time)
     set_timestamp(msg.create_time, run.created)
     set_timestamp(msg.lease_expire_time, run.lease_expires)
-    if run.parameters != "{}":
+    if parameters is not None:
+        msg.parameters.CopyFrom(parameters)
+    elif run.parameters != "{}":
         msg.parameters.update(json.loads(run.parameters))
 
 
-def flow_run_to_proto(run: RunRecord) -> runs_pb2.FlowRun:
+def flow_run_to_proto(run: RunRecord, parameters: Struct | None = None) -> runs_pb2.FlowRun:
     msg = runs_pb2.FlowRun(flow_name=run.flow_name, parent_task_run_id=run.parent_task_run_id)
-    _fill_run(run, msg)
+    _fill_run(run, msg, parameters)
     return msg
 
 
-def task_run_to_proto(run: RunRecord) -> runs_pb2.TaskRun:
+def task_run_to_proto(run: RunRecord, parameters: Struct | None = None) -> runs_pb2.TaskRun:
     msg = runs_pb2.TaskRun(
         task_key=run.task_key,
         flow_run_id=run.flow_run_id,
         child_flow_run_id=run.child_flow_run_id,
     )
-    _fill_run(run, msg)
+    _fill_run(run, msg, parameters)
     return msg
 
 
