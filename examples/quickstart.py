@@ -1,95 +1,72 @@
-"""Quickstart: start a Stateward server, drive a flow run and its task runs through their states
-over gRPC, and print each run's state history."""
+"""Quickstart: a flow with tasks, a retry, a failure caught by a hook and a cache hit, then every
+run's state history as the server recorded it.
+
+    make run        (or: .venv/bin/python examples/quickstart.py)
+
+No server to start: without STATEWARD_API_URL the SDK runs one inside this process, on
+$STATEWARD_HOME/stateward.db (~/.stateward by default). Look at the runs afterwards with
+`.venv/bin/stateward flow-run ls` and `.venv/bin/stateward flow-run inspect <id>`.
+"""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+from datetime import timedelta
 
-import grpc
+from stateward import flow, get_client, task, task_input_hash
 
-from stateward.v1 import orchestration_pb2 as pb
-from stateward.v1 import orchestration_pb2_grpc, runs_pb2, states_pb2
-
-ST = states_pb2
+calls = {"fetch": 0, "score": 0}
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = home / "server.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stateward",
-            "server",
-            "start",
-            "--port",
-            "0",
-            "--db",
-            str(home / "q.db"),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    for _ in range(500):
-        found = re.search(r"listening on (\S+)", log.read_text())
-        if found:
-            return process, found.group(1)
-        time.sleep(0.02)
-    raise SystemExit(f"the server did not start:\n{log.read_text()}")
+@task(retries=2, retry_delay_seconds=0.2)
+def fetch_orders() -> list[dict[str, int]]:
+    """Fails on its first attempt, like a flaky network call, then succeeds on the retry."""
+    calls["fetch"] += 1
+    if calls["fetch"] == 1:
+        raise ConnectionError("the orders service timed out")
+    return [{"id": 1, "amount": 30}, {"id": 2, "amount": 12}]
+
+
+def report_failure(task, task_run, state) -> None:
+    print(f"  on_failure hook: task run {task_run.name!r} failed: {state.message}")
+
+
+@task(on_failure=[report_failure])
+def check_limits(orders: list[dict[str, int]]) -> None:
+    too_large = [order["id"] for order in orders if order["amount"] > 25]
+    if too_large:
+        raise ValueError(f"orders {too_large} are over the limit")
+
+
+@task(cache_key_fn=task_input_hash, cache_expiration=timedelta(hours=1))
+def score(orders: list[dict[str, int]]) -> int:
+    calls["score"] += 1
+    return sum(order["amount"] for order in orders)
+
+
+@flow(name="quickstart")
+def quickstart() -> int:
+    orders = fetch_orders()
+    check_limits(orders, return_state=True)  # keep going: the hook reported the failure
+    first = score(orders)
+    second = score(orders)  # same inputs: served from the cache, not computed again
+    return first + second
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        process, address = start_server(Path(folder))
-        try:
-            stub = orchestration_pb2_grpc.OrchestrationServiceStub(grpc.insecure_channel(address))
-            run(stub)
-        finally:
-            process.terminate()
-            process.wait()
-
-
-def propose(stub, run_id: str, type_: int, **fields) -> pb.SetStateResponse:
-    answer = stub.SetState(pb.SetStateRequest(run_id=run_id, state=ST.State(type=type_, **fields)))
-    print(f"  propose {ST.StateType.Name(type_):<24} -> "
-          f"{pb.SetStateStatus.Name(answer.status):<24} now {answer.state.name}")  # fmt: skip
-    return answer
-
-
-def run(stub) -> None:
-    flow_run = stub.CreateFlowRun(
-        pb.CreateFlowRunRequest(
-            flow_run=runs_pb2.FlowRun(
-                flow_name="quickstart", state=ST.State(type=ST.STATE_TYPE_PENDING)
-            )
-        )
-    ).flow_run
-    print(f"flow run {flow_run.name}")
-    propose(stub, flow_run.id, ST.STATE_TYPE_RUNNING)
-    task_run = stub.CreateTaskRun(
-        pb.CreateTaskRunRequest(
-            task_run=runs_pb2.TaskRun(
-                task_key="flaky",
-                flow_run_id=flow_run.id,
-                retry_policy=runs_pb2.RetryPolicy(retries=1),
-                state=ST.State(type=ST.STATE_TYPE_PENDING),
-            )
-        )
-    ).task_run
-    print(f"task run {task_run.name} (one retry allowed)")
-    propose(stub, task_run.id, ST.STATE_TYPE_RUNNING)
-    propose(stub, task_run.id, ST.STATE_TYPE_FAILED, message="first attempt failed")
-    propose(stub, task_run.id, ST.STATE_TYPE_RUNNING)
-    propose(stub, task_run.id, ST.STATE_TYPE_COMPLETED)
-    propose(stub, flow_run.id, ST.STATE_TYPE_COMPLETED)
-    for title, run_id in (("flow run", flow_run.id), ("task run", task_run.id)):
-        states = stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states
-        print(f"{title} history: {' -> '.join(s.name for s in states)}")
+    print("Running the flow:")
+    total = quickstart()
+    print(
+        f"  result: {total} (score computed {calls['score']} time(s), fetch tried {calls['fetch']})"
+    )
+    client = get_client()
+    flow_run = next(client.list_flow_runs(flow_names=["quickstart"], limit=1))
+    print(f"\nState histories (flow run {flow_run.name}, id {flow_run.id}):")
+    runs = [(f"flow run {flow_run.name}", flow_run.id)]
+    for task_run in reversed(list(client.list_task_runs(flow_run_ids=[flow_run.id]))):
+        runs.append((f"task run {task_run.name} ({task_run.task_key})", task_run.id))
+    for label, run_id in runs:
+        history = " -> ".join(state.name for state in client.list_states(run_id))
+        print(f"  {label:<40} {history}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ runs; `Client` and `AsyncClient` talk to a server directly. This module is the w
 """
 
 from stateward._context import get_run_context
+from stateward._embedded import get_client
 from stateward._logging import get_run_logger
 from stateward.client import AsyncClient, Client
 from stateward.exceptions import (
@@ -68,6 +69,7 @@ __all__ = [
     "Transition",
     "exponential_backoff",
     "flow",
+    "get_client",
     "get_run_context",
     "get_run_logger",
     "task",
