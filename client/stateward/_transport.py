@@ -80,12 +80,14 @@ def translate(error: grpc.RpcError, address: str = "") -> StatewardError:
     """The Stateward error for a failed call."""
     code = error.code()
     details = error.details() or code.name
+    where = f" at {address}" if address else ""
     if code is grpc.StatusCode.UNAVAILABLE:
-        where = f" at {address}" if address else ""
         return ServerUnavailable(
             f"cannot reach the Stateward server{where} ({details}). Start one with "
             "`stateward server start`, or point STATEWARD_API_URL at one"
         )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        details = f"the Stateward server{where} did not answer in time (deadline exceeded)"
     error_type = RPC_ERRORS.get(code.name, RpcError)
     return error_type(details, code.name)
 

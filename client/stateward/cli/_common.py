@@ -10,6 +10,7 @@ from datetime import datetime
 import typer
 from rich.console import Console
 
+from stateward import settings
 from stateward.client import Client
 from stateward.exceptions import StatewardError
 from stateward.states import State, StateType
@@ -33,13 +34,18 @@ STATE_COLOURS = {
 
 @contextmanager
 def client() -> Iterator[Client]:
-    """A client of the server named by STATEWARD_API_URL; without it, of the server a process
-    runs on $STATEWARD_HOME, or of the home's database opened here. Errors become a message and
-    exit code 1."""
+    """A client of the server named by STATEWARD_API_URL (failing fast if it does not answer);
+    without it, of the server a process runs on $STATEWARD_HOME, or of the home's database
+    opened here. Errors become a message and exit code 1."""
     from stateward._embedded import get_client
 
     try:
-        yield get_client()
+        address = settings.api_url()
+        if address:
+            with Client(address, timeout=settings.request_timeout()) as remote:
+                yield remote
+        else:
+            yield get_client()
     except StatewardError as error:
         errors.print(f"[red]Error:[/red] {error}")
         raise typer.Exit(1) from None
