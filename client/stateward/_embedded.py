@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,17 @@ class EmbeddedServer:
         from stateward_service.settings import ServerSettings
 
         home.mkdir(parents=True, exist_ok=True)
-        server_settings = ServerSettings.from_environment(
-            host="127.0.0.1", port=0, db=home / "stateward.db"
+        # The loops' settings come from the environment; where it listens does not (no TLS, no
+        # metrics endpoint: it serves this process and others on this machine).
+        server_settings = replace(
+            ServerSettings.from_environment(),
+            host="127.0.0.1",
+            port=0,
+            db=home / "stateward.db",
+            tls_cert=None,
+            tls_key=None,
+            tls_client_ca=None,
+            metrics_port=0,
         )
         self.server = StatewardServer(server_settings)  # takes the database's lock, or raises
         self.info_path = home / "server.json"
@@ -139,7 +149,9 @@ class EmbeddedServer:
             raise self._failure
         address = self.server.address
         self.info_path.write_text(json.dumps({"address": address, "pid": os.getpid()}))
-        self.transport = InProcessTransport(self.server.api, GrpcTransport(Connection(address)))
+        # Plain loopback, with the API key if one is set (the embedded server checks it too).
+        streams = GrpcTransport(Connection(address, api_key=os.environ.get("STATEWARD_API_KEY")))
+        self.transport = InProcessTransport(self.server.api, streams)
         atexit.register(self.stop)
         log.debug("embedded Stateward server at %s (database %s)", address, server_settings.db)
 

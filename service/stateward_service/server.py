@@ -22,8 +22,11 @@ from grpc_reflection.v1alpha import reflection
 from stateward.v1 import orchestration_pb2
 from stateward_service.api import OrchestrationApi, transition_to_proto
 from stateward_service.broadcaster import TransitionBroadcaster
+from stateward_service.interceptors.auth import AuthInterceptor
 from stateward_service.interceptors.errors import ErrorsInterceptor
+from stateward_service.interceptors.metrics import MetricsInterceptor
 from stateward_service.loops import ServerLoops
+from stateward_service.metrics import ServerMetrics
 from stateward_service.model import Transition
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
@@ -35,9 +38,7 @@ log = logging.getLogger("stateward.server")
 
 SERVICE_NAME = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
 
-SERVER_OPTIONS = [
-    # Two servers never share a port silently.
-    ("grpc.so_reuseport", 0),
+KEEPALIVE_OPTIONS = [
     # HTTP/2 keepalive: ping idle connections so idle streams survive proxies and dead peers are
     # noticed; accept clients' pings as often as every 10 s, even without calls in flight.
     ("grpc.keepalive_time_ms", 30_000),
@@ -46,6 +47,17 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        # Two servers never share a port silently.
+        ("grpc.so_reuseport", 0),
+        *KEEPALIVE_OPTIONS,
+        # Larger messages are refused with RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+    ]
 
 
 def encode_transition(transition: Transition) -> bytes:
@@ -81,6 +93,15 @@ class StatewardServer:
         )
         self.orchestrator.subscribe(self.broadcaster.publish)
         self.loops = ServerLoops(self.orchestrator, settings.loops())
+        self.metrics: ServerMetrics | None = None
+        if settings.metrics_port:
+            self.metrics = ServerMetrics(
+                settings.db,
+                subscribers=lambda: self.broadcaster.subscribers,
+                lagging=lambda: self.broadcaster.catching_up,
+                loop_runs=lambda: dict(self.loops.runs),
+            )
+            self.orchestrator.subscribe(self.metrics.count_transitions)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -92,7 +113,13 @@ class StatewardServer:
         return format_address(self.settings.host, self.port)
 
     async def start(self) -> None:
-        server = grpc.aio.server(interceptors=[ErrorsInterceptor()], options=SERVER_OPTIONS)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.metrics is not None:
+            interceptors.append(MetricsInterceptor(self.metrics))
+        if self.settings.api_key:
+            interceptors.append(AuthInterceptor(self.settings.api_key))
+        interceptors.append(ErrorsInterceptor())
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
         add_to_server(OrchestrationServicer(self.api, self.broadcaster), server)
         self.broadcaster.bind(asyncio.get_running_loop())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -100,7 +127,9 @@ class StatewardServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = _bind(server, self.settings.host, self.settings.port)
+        self.port = _bind(server, self.settings)
+        if self.metrics is not None:
+            self.metrics.serve(self.settings.host, self.settings.metrics_port)
         with self.orchestrator.lock, self.store.transaction():
             freed = self.store.release_stale_slots()
         if freed:
@@ -138,10 +167,31 @@ class StatewardServer:
             await self.health.set(name, status)
 
 
-def _bind(server: grpc.aio.Server, host: str, port: int) -> int:
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' files, or None for a plaintext server."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
+    host, port = settings.host, settings.port
     address = format_address(host, port)
+    credentials = _credentials(settings)
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:
@@ -167,6 +217,30 @@ def _why_unbindable(host: str, port: int, address: str) -> str:
     return f"cannot listen on {address}"
 
 
+def describe_security(settings: ServerSettings) -> list[str]:
+    """What the startup says about who may call the server."""
+    lines = []
+    tls = "TLS with client certificates" if settings.tls_client_ca else "TLS"
+    lines.append(f"  transport: {tls if settings.tls_cert else 'plaintext (no TLS)'}")
+    if settings.api_key:
+        lines.append("  authentication: an API key is required (authorization: Bearer <key>)")
+    elif settings.host in ("127.0.0.1", "localhost", "::1"):
+        lines.append(
+            "  authentication: none (no API key) - listening on loopback only; set "
+            "STATEWARD_API_KEY before opening it to other hosts"
+        )
+    else:
+        lines.append(
+            f"  WARNING: no API key, and listening on {settings.host}: anyone who can reach "
+            "this address can read and change every run. Set STATEWARD_API_KEY"
+        )
+    if settings.metrics_port:
+        lines.append(
+            f"  metrics: http://{format_address(settings.host, settings.metrics_port)}/metrics"
+        )
+    return lines
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting."""
     server = StatewardServer(settings)
@@ -176,6 +250,8 @@ async def serve(settings: ServerSettings) -> None:
         file=sys.stderr,
         flush=True,
     )
+    for line in describe_security(settings):
+        print(line, file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -40,6 +40,19 @@ class ServerSettings:
     stream_buffer: int = 10_000
     # How often runs whose heartbeat lease lapsed are looked for (and crashed).
     lease_check_interval_seconds: float = 2.0
+    # With a key, every call but the health check must carry `authorization: Bearer <key>`.
+    api_key: str = ""
+    # TLS: the server's certificate chain and key (PEM); with a client CA, clients must present
+    # a certificate it signed (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # The largest message the server accepts (larger: RESOURCE_EXHAUSTED).
+    max_message_bytes: int = 4 * 1024 * 1024
+    # How many calls (streams included) one client connection may have open at once.
+    max_streams_per_connection: int = 1000
+    # A Prometheus endpoint on this port (0: none), on `host`.
+    metrics_port: int = 0
 
     def loops(self) -> LoopSettings:
         return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
@@ -73,11 +86,21 @@ ENVIRONMENT = {
     "log_prune_interval_seconds": "STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
     "stream_buffer": "STATEWARD_STREAM_BUFFER",
     "lease_check_interval_seconds": "STATEWARD_LEASE_CHECK_INTERVAL_SECONDS",
+    "api_key": "STATEWARD_API_KEY",
+    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate.
+    "tls_cert": "STATEWARD_SERVER_TLS_CERT",
+    "tls_key": "STATEWARD_SERVER_TLS_KEY",
+    "tls_client_ca": "STATEWARD_SERVER_TLS_CLIENT_CA",
+    "max_message_bytes": "STATEWARD_MAX_MESSAGE_BYTES",
+    "max_streams_per_connection": "STATEWARD_MAX_STREAMS_PER_CONNECTION",
+    "metrics_port": "STATEWARD_METRICS_PORT",
 }
 
 
 def _parse(kind: Any, raw: str) -> Any:
-    name = kind if isinstance(kind, str) else kind.__name__
+    name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if "Path" in name:
+        return Path(raw).expanduser()
     if name == "int":
         return int(raw)
     if name == "float":

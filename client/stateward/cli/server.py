@@ -118,6 +118,56 @@ def start(
             "(env STATEWARD_LEASE_CHECK_INTERVAL_SECONDS, default 2)"
         ),
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Require this key (authorization: Bearer <key>) on every call but the health "
+            "check. (env STATEWARD_API_KEY)",
+            show_default=False,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="TLS certificate chain, PEM. (env STATEWARD_SERVER_TLS_CERT)"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="TLS private key, PEM. (env STATEWARD_SERVER_TLS_KEY)"),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="Require client certificates signed by this CA (mutual TLS). "
+            "(env STATEWARD_SERVER_TLS_CLIENT_CA)"
+        ),
+    ] = None,
+    max_message_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest message accepted; larger is RESOURCE_EXHAUSTED. "
+            "(env STATEWARD_MAX_MESSAGE_BYTES, default 4194304)",
+            min=1024,
+            show_default=False,
+        ),
+    ] = None,
+    max_streams_per_connection: Annotated[
+        int | None,
+        typer.Option(
+            help="Calls (streams included) one connection may have open at once. "
+            "(env STATEWARD_MAX_STREAMS_PER_CONNECTION, default 1000)",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (off by default). "
+            "(env STATEWARD_METRICS_PORT)",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     log_prune_interval: Annotated[
         float | None,
         _seconds(
@@ -151,9 +201,16 @@ def start(
         log_prune_interval_seconds=log_prune_interval,
         stream_buffer=stream_buffer,
         lease_check_interval_seconds=lease_check_interval,
+        api_key=api_key,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        max_message_bytes=max_message_bytes,
+        max_streams_per_connection=max_streams_per_connection,
+        metrics_port=metrics_port,
     )
     try:
         asyncio.run(serve(settings))
-    except (PortUnavailable, DatabaseInUse) as error:
+    except (PortUnavailable, DatabaseInUse, ValueError, OSError) as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(code=1) from None

@@ -1,0 +1,78 @@
+"""Counts every call and times it, by method and status code (outermost: it sees refusals of
+the other interceptors too)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from stateward_service.interceptors.errors import Handler
+from stateward_service.metrics import ServerMetrics
+
+
+def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"  # the client went away (or its deadline passed)
+    code = context.code()
+    if code is None:
+        return "OK" if error is None else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return str(code)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        found = await continuation(handler_call_details)
+        if found is None:
+            return None
+        handler: Any = found
+        method = handler_call_details.method
+        observe = self.metrics.observe_call
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                began, error = time.perf_counter(), None
+                try:
+                    return await inner(request, context)
+                except BaseException as raised:
+                    error = raised
+                    raise
+                finally:
+                    observe(method, _code(context, error), time.perf_counter() - began)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **serializers)
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                began, error = time.perf_counter(), None
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as raised:
+                    error = raised
+                    raise
+                finally:
+                    observe(method, _code(context, error), time.perf_counter() - began)
+
+            return grpc.unary_stream_rpc_method_handler(stream, **serializers)
+        return found
