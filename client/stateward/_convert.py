@@ -184,6 +184,7 @@ def decision_from_proto(msg: orchestration_pb2.SetStateResponse) -> Decision:
         state=state_from_proto(msg.state) if msg.HasField("state") else None,
         reason=msg.reason,
         delay_seconds=msg.delay_seconds,
+        written=msg.written,
     )
 
 

@@ -66,9 +66,17 @@ class Connection:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
     def credentials(self) -> grpc.ChannelCredentials | None:
-        """TLS credentials when a CA (or a client certificate) is configured, else None."""
-        if self.tls_ca is None and self.tls_cert is None:
+        """TLS exactly when a CA is configured (STATEWARD_TLS_CA; for the system's CAs, point it
+        at the system bundle); a client certificate (mutual TLS) needs one too."""
+        if self.tls_ca is None:
+            if self.tls_cert is not None or self.tls_key is not None:
+                raise ValueError(
+                    "STATEWARD_TLS_CERT/STATEWARD_TLS_KEY need STATEWARD_TLS_CA: without a CA "
+                    "the connection is not TLS"
+                )
             return None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both STATEWARD_TLS_CERT and STATEWARD_TLS_KEY, or neither")
         return grpc.ssl_channel_credentials(
             root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
             private_key=self.tls_key.read_bytes() if self.tls_key else None,

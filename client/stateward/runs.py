@@ -80,6 +80,7 @@ class Decision:
     state: State | None
     reason: str = ""
     delay_seconds: float = 0.0
+    written: bool = False  # a state was written (ACCEPT, or a REJECT with a replacement)
 
     @property
     def accepted(self) -> bool:

@@ -173,6 +173,7 @@ class OrchestrationApi:
             status=outcome.status.value,  # type: ignore[arg-type]
             reason=outcome.reason,
             delay_seconds=outcome.delay_seconds,
+            written=outcome.written,
         )
         if outcome.state is not None:
             state_to_proto(outcome.state, response.state)

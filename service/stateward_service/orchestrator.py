@@ -74,6 +74,7 @@ class Outcome:
     reason: str = ""
     delay_seconds: float = 0.0
     transitions: tuple[Transition, ...] = ()
+    written: bool = False  # a state of this run was written
 
 
 @dataclass
@@ -272,6 +273,7 @@ class Orchestrator:
                 decision.reason,
                 decision.delay_seconds,
                 tuple(write.transitions),
+                decision.writes,
             )
 
     # --- internals ------------------------------------------------------------------------------

@@ -214,3 +214,21 @@ def test_unstarted_run_entering_terminal_state_gets_a_start_time(stub):
     stored = stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run
     assert stored.start_time.ToDatetime() == answer.state.timestamp.ToDatetime()
     assert stored.run_count == 0
+
+
+def test_written_says_whether_a_state_was_written(stub):
+    from tests.support import WAIT
+
+    run = new_flow_run(stub, retry_policy={"retries": 1})
+    assert propose(stub, run.id, ST.STATE_TYPE_RUNNING).written  # ACCEPT
+    replaced = propose(stub, run.id, ST.STATE_TYPE_FAILED)
+    assert replaced.status == REJECT and replaced.written  # AwaitingRetry in its place
+    null = propose(stub, run.id, ST.STATE_TYPE_PAUSED)  # only a RUNNING run can pause
+    assert null.status == REJECT and not null.written
+    waiting = new_flow_run(stub, initial=None)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    propose(stub, waiting.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=later))
+    wait = propose(stub, waiting.id, ST.STATE_TYPE_RUNNING)
+    assert wait.status == WAIT and not wait.written
+    aborted = propose(stub, waiting.id, ST.STATE_TYPE_RUNNING, expected_state_id=run.id)
+    assert aborted.status == ABORT and not aborted.written

@@ -48,7 +48,10 @@ class _SetStateStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SetSta
     SET_STATE_STATUS_WAIT: _SetStateStatus.ValueType  # 3
     """Nothing was written; propose again after `delay_seconds`."""
     SET_STATE_STATUS_ABORT: _SetStateStatus.ValueType  # 4
-    """Nothing was written; stop orchestrating this run. `reason` says why."""
+    """Nothing was written; stop orchestrating this run. `reason` says why. The run keeps its
+    current state; a client that gives up on it may close it with a terminal state (FAILED or
+    CANCELLED), proposed like any other.
+    """
 
 class SetStateStatus(_SetStateStatus, metaclass=_SetStateStatusEnumTypeWrapper):
     """The decision on a proposed state."""
@@ -65,7 +68,10 @@ nothing was written and `state` is the current one.
 SET_STATE_STATUS_WAIT: SetStateStatus.ValueType  # 3
 """Nothing was written; propose again after `delay_seconds`."""
 SET_STATE_STATUS_ABORT: SetStateStatus.ValueType  # 4
-"""Nothing was written; stop orchestrating this run. `reason` says why."""
+"""Nothing was written; stop orchestrating this run. `reason` says why. The run keeps its
+current state; a client that gives up on it may close it with a terminal state (FAILED or
+CANCELLED), proposed like any other.
+"""
 Global___SetStateStatus: _TypeAlias = SetStateStatus  # noqa: Y015
 
 @_typing.final
@@ -474,12 +480,17 @@ class SetStateResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
     status: Global___SetStateStatus.ValueType
     """The decision."""
     reason: _builtins.str
     """Why the proposal was not accepted as it was; empty on ACCEPT."""
     delay_seconds: _builtins.float
     """WAIT: seconds to wait before proposing again."""
+    written: _builtins.bool
+    """Whether a state was written: true on ACCEPT and on a REJECT that wrote a replacement; false
+    on a REJECT that wrote nothing, on WAIT and on ABORT.
+    """
     @_builtins.property
     def state(self) -> _states_pb2.State:
         """The run's state after the call: the accepted proposal, the replacement the rules wrote, or the
@@ -493,10 +504,11 @@ class SetStateResponse(_message.Message):
         state: _states_pb2.State | None = ...,
         reason: _builtins.str = ...,
         delay_seconds: _builtins.float = ...,
+        written: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_seconds", b"delay_seconds", "reason", b"reason", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_seconds", b"delay_seconds", "reason", b"reason", "state", b"state", "status", b"status", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -610,7 +622,9 @@ Global___Transition: _TypeAlias = Transition  # noqa: Y015
 
 @_typing.final
 class WatchTransitionsRequest(_message.Message):
-    """Request of WatchTransitions. Filters combine with AND; an empty filter matches everything."""
+    """Request of WatchTransitions. Filters combine with AND; an empty filter matches everything.
+    Ids are not checked against existing runs: a client may watch a run it is about to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -175,6 +175,12 @@ class OrchestrationServiceServicer:
 
     def WatchTransitions(self, request, context):
         """Streams accepted transitions as they are written, optionally replaying from a cursor first.
+        The response's initial metadata carries `stateward-start-sequence`: the sequence the stream
+        starts after. A client keeps the sequence of the last transition it received (or, before the
+        first one, the start sequence) and, when the stream breaks (UNAVAILABLE at a server
+        shutdown, RESOURCE_EXHAUSTED for a subscriber that fell too far behind), reconnects with it
+        as `after_sequence`: nothing is lost or repeated. Sequences are uint64: in JavaScript, read
+        them as strings or BigInt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,7 +59,14 @@ class OrchestrationServiceStub:
     ListStates: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListStatesRequest, _orchestration_pb2.ListStatesResponse]
     """Returns a run's state history, oldest first."""
     WatchTransitions: _grpc.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]
-    """Streams accepted transitions as they are written, optionally replaying from a cursor first."""
+    """Streams accepted transitions as they are written, optionally replaying from a cursor first.
+    The response's initial metadata carries `stateward-start-sequence`: the sequence the stream
+    starts after. A client keeps the sequence of the last transition it received (or, before the
+    first one, the start sequence) and, when the stream breaks (UNAVAILABLE at a server
+    shutdown, RESOURCE_EXHAUSTED for a subscriber that fell too far behind), reconnects with it
+    as `after_sequence`: nothing is lost or repeated. Sequences are uint64: in JavaScript, read
+    them as strings or BigInt.
+    """
     CreateConcurrencyLimit: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CreateConcurrencyLimitRequest, _orchestration_pb2.CreateConcurrencyLimitResponse]
     """Creates a concurrency limit for a tag. ALREADY_EXISTS if the tag has one."""
     GetConcurrencyLimit: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetConcurrencyLimitRequest, _orchestration_pb2.GetConcurrencyLimitResponse]
@@ -101,7 +108,14 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     ListStates: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListStatesRequest, _orchestration_pb2.ListStatesResponse]  # type: ignore[assignment]
     """Returns a run's state history, oldest first."""
     WatchTransitions: _aio.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]  # type: ignore[assignment]
-    """Streams accepted transitions as they are written, optionally replaying from a cursor first."""
+    """Streams accepted transitions as they are written, optionally replaying from a cursor first.
+    The response's initial metadata carries `stateward-start-sequence`: the sequence the stream
+    starts after. A client keeps the sequence of the last transition it received (or, before the
+    first one, the start sequence) and, when the stream breaks (UNAVAILABLE at a server
+    shutdown, RESOURCE_EXHAUSTED for a subscriber that fell too far behind), reconnects with it
+    as `after_sequence`: nothing is lost or repeated. Sequences are uint64: in JavaScript, read
+    them as strings or BigInt.
+    """
     CreateConcurrencyLimit: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CreateConcurrencyLimitRequest, _orchestration_pb2.CreateConcurrencyLimitResponse]  # type: ignore[assignment]
     """Creates a concurrency limit for a tag. ALREADY_EXISTS if the tag has one."""
     GetConcurrencyLimit: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetConcurrencyLimitRequest, _orchestration_pb2.GetConcurrencyLimitResponse]  # type: ignore[assignment]
@@ -194,7 +208,14 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_pb2.WatchTransitionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orchestration_pb2.WatchTransitionsResponse], _abc.AsyncIterator[_orchestration_pb2.WatchTransitionsResponse]]:
-        """Streams accepted transitions as they are written, optionally replaying from a cursor first."""
+        """Streams accepted transitions as they are written, optionally replaying from a cursor first.
+        The response's initial metadata carries `stateward-start-sequence`: the sequence the stream
+        starts after. A client keeps the sequence of the last transition it received (or, before the
+        first one, the start sequence) and, when the stream breaks (UNAVAILABLE at a server
+        shutdown, RESOURCE_EXHAUSTED for a subscriber that fell too far behind), reconnects with it
+        as `after_sequence`: nothing is lost or repeated. Sequences are uint64: in JavaScript, read
+        them as strings or BigInt.
+        """
 
     @_abc_1.abstractmethod
     def CreateConcurrencyLimit(

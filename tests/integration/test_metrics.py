@@ -1,0 +1,126 @@
+"""The Prometheus endpoint, scraped: calls by method and status, latency, transitions by state
+type, subscribers (freed when a client cancels), loop sweeps, database size."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stateward.client import Client
+from stateward.exceptions import NotFound
+from stateward.states import State, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from tests.support import ServerProcess
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory):
+    port = free_port()
+    server = ServerProcess(
+        tmp_path_factory.mktemp("metrics") / "metrics.db",
+        args=["--metrics-port", str(port), "--late-runs-interval", "0.1"],
+    ).start()
+    yield server, port
+    server.stop()
+
+
+def test_metrics_are_off_unless_asked_for(server):
+    assert "metrics:" not in server.output()
+
+
+def test_a_scrape_shows_calls_latency_transitions_loops_and_size(metered):
+    server, port = metered
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in server.output()
+    with Client(server.target) as client:
+        run = client.create_flow_run("metered", state=State(StateType.PENDING))
+        client.set_state(run.id, State(StateType.RUNNING))
+        client.set_state(run.id, State(StateType.COMPLETED))
+        with pytest.raises(NotFound):
+            client.get_flow_run("00000000-0000-4000-8000-000000000000")
+    time.sleep(0.3)  # a few loop sweeps
+    samples = scrape(port)
+    assert value(samples, "stateward_rpc_requests_total", method="CreateFlowRun", code="OK") >= 1
+    assert value(samples, "stateward_rpc_requests_total", method="SetState", code="OK") >= 2
+    assert (
+        value(samples, "stateward_rpc_requests_total", method="GetFlowRun", code="NOT_FOUND") >= 1
+    )
+    buckets = [
+        key for key in samples
+        if key[0] == "stateward_rpc_duration_seconds_bucket" and ("method", "SetState") in key[1]
+    ]  # fmt: skip
+    assert buckets
+    count = value(samples, "stateward_rpc_duration_seconds_count", method="SetState", code="OK")
+    assert count >= 2
+    for state_type in ("PENDING", "RUNNING", "COMPLETED"):
+        assert value(samples, "stateward_transitions_total", state_type=state_type) >= 1
+    assert value(samples, "stateward_loop_runs_total", loop="late_runs") >= 2
+    assert value(samples, "stateward_database_bytes") > 0
+    assert ("stateward_stream_subscribers_lagging", ()) in samples
+
+
+def test_subscribers_are_counted_and_freed_when_the_client_cancels(metered):
+    server, port = metered
+    before = value(scrape(port), "stateward_stream_subscribers")
+    streams = [server.stub().WatchTransitions(pb.WatchTransitionsRequest()) for _ in range(3)]
+    for stream in streams:
+        stream.initial_metadata()
+    assert value(scrape(port), "stateward_stream_subscribers") == before + 3
+    for stream in streams:
+        stream.cancel()
+    deadline = time.monotonic() + 5
+    while value(scrape(port), "stateward_stream_subscribers") != before:
+        assert time.monotonic() < deadline, "cancelled streams were not freed"
+        time.sleep(0.05)
+    samples = scrape(port)
+    cancelled = value(
+        samples, "stateward_rpc_requests_total", method="WatchTransitions", code="CANCELLED"
+    )
+    assert cancelled >= 3
+
+
+def test_refused_calls_are_counted_too(tmp_path):
+    port = free_port()
+    server = ServerProcess(
+        tmp_path / "auth-metrics.db",
+        args=["--metrics-port", str(port)],
+        env={"STATEWARD_API_KEY": "k"},
+    ).start()
+    try:
+        with pytest.raises(grpc.RpcError):
+            server.stub().ListFlowRuns(pb.ListFlowRunsRequest())
+        samples = scrape(port)
+        assert (
+            value(
+                samples,
+                "stateward_rpc_requests_total",
+                method="ListFlowRuns",
+                code="UNAUTHENTICATED",
+            )
+            == 1
+        )
+    finally:
+        server.stop()
