@@ -15,8 +15,10 @@ from stateward_service.metrics import ServerMetrics
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
-    if isinstance(error, asyncio.CancelledError):
-        return "CANCELLED"  # the client went away (or its deadline passed)
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        # The client went away (or its deadline passed): the stream was cancelled while it
+        # waited, or closed where it was suspended.
+        return "CANCELLED"
     code = context.code()
     if code is None:
         return "OK" if error is None else "UNKNOWN"
