@@ -185,3 +185,44 @@ def test_kill_9_while_8_clients_write_loses_nothing_acknowledged(tmp_path):
             assert positions == sorted(positions)
     finally:
         server.stop()
+
+
+def test_a_backup_taken_while_the_server_writes_opens_as_a_database(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    server = ServerProcess(tmp_path / "live.db").start()
+    try:
+        stub = server.stub()
+        run = new_flow_run(stub, flow_name="backed-up", initial=ST.STATE_TYPE_RUNNING)
+        stop = threading.Event()
+
+        def keep_writing() -> None:
+            writer = pb_stub(grpc.insecure_channel(server.target))
+            while not stop.is_set():
+                propose(writer, run.id, ST.STATE_TYPE_RUNNING)
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        copy = tmp_path / "copy.db"
+        result = subprocess.run(
+            [sys.executable, "-m", "stateward", "db", "backup", str(copy), "--db", str(server.db)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        stop.set()
+        writer.join()
+        assert result.returncode == 0, result.stderr
+        assert "integrity: ok" in result.stdout
+    finally:
+        server.stop()
+    restored = ServerProcess(copy).start()
+    try:
+        found = restored.stub().ListFlowRuns(pb.ListFlowRunsRequest(flow_names=["backed-up"]))
+        assert [r.id for r in found.flow_runs] == [run.id]
+        assert history(restored.stub(), run.id)[:2] == ["Running", "Running"]
+    finally:
+        restored.stop()

@@ -231,21 +231,22 @@ def test_a_stalled_subscriber_does_not_slow_writers_and_resumes_without_loss(tmp
             return time.perf_counter() - began
 
         write_1000()  # warm up
-        alone = write_1000()
+        alone = [write_1000()]
         start = last_sequence(server.db)
         stalled = server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=start))
-        with_stalled = write_1000()
-        alone = min(alone, write_1000())
-        with_stalled = min(with_stalled, write_1000())
-        assert with_stalled <= alone * 1.2, (alone, with_stalled)
+        with_stalled = [write_1000()]
+        for _ in range(2):  # interleaved, so the machine's noise hits both alike
+            alone.append(write_1000())
+            with_stalled.append(write_1000())
+        assert min(with_stalled) <= min(alone) * 1.2, (alone, with_stalled)
         # Far more than the 100 the server keeps in memory: it catches up from the log.
         received = []
         for message in stalled:
             received.append(message.transition.sequence)
-            if len(received) == 3000:
+            if len(received) == 5000:
                 break
         stalled.cancel()
-        assert received == [s for s, _, _ in logged(server.db, start)][:3000]
+        assert received == [s for s, _, _ in logged(server.db, start)][:5000]
         client.close()
     finally:
         server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stateward.cli import limits, runs, server, watch
+from stateward.cli import db, limits, runs, server, watch
 
 app = typer.Typer(
     name="stateward",
@@ -17,4 +17,5 @@ app.add_typer(server.app, name="server")
 app.add_typer(runs.flow_runs, name="flow-run")
 app.add_typer(runs.task_runs, name="task-run")
 app.add_typer(limits.app, name="concurrency-limit")
+app.add_typer(db.app, name="db")
 app.command()(watch.watch)
