@@ -54,6 +54,10 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError
 
 
 class ErrorsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Each method's handler, wrapped once (not on every call).
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -62,8 +66,15 @@ class ErrorsInterceptor(grpc.aio.ServerInterceptor):
         found = await continuation(handler_call_details)
         if found is None:
             return None
-        handler: Any = found
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not found:
+            cached = (found, self._wrap(found, method))
+            self._wrapped[method] = cached
+        return cached[1]
+
+    def _wrap(self, found: Handler, method: str) -> Handler:
+        handler: Any = found
         if handler.unary_unary is not None:
             inner: Any = handler.unary_unary
 

@@ -30,6 +30,8 @@ def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | No
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
+        # Each method's handler, wrapped once (not on every call).
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -39,8 +41,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         found = await continuation(handler_call_details)
         if found is None:
             return None
-        handler: Any = found
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not found:
+            cached = (found, self._wrap(found, method))
+            self._wrapped[method] = cached
+        return cached[1]
+
+    def _wrap(self, found: Handler, method: str) -> Handler:
+        handler: Any = found
         observe = self.metrics.observe_call
         serializers = {
             "request_deserializer": handler.request_deserializer,
