@@ -4,16 +4,82 @@ that raises is logged with its name and the next one still runs; hooks never cha
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, Self
 
 Hook = Callable[..., Any]
 
 HOOK_KINDS = ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running")
+
+
+def hook_list(hooks: Iterable[Hook] | None) -> list[Hook]:
+    if hooks is None:
+        return []
+    found = list(hooks)
+    for hook in found:
+        if not callable(hook):
+            raise TypeError(f"a hook must be callable, not {hook!r}")
+    return found
+
+
+def unique_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(tags or ()))
+
+
+class HookedFunction:
+    """What flows and tasks share: their five hook lists, registration as decorators
+    (`@my_flow.on_failure`), and `with_options`."""
+
+    # How `with_options` reads a value it is given, by option.
+    option_readers: ClassVar[dict[str, Callable[[Any], Any]]] = {"tags": unique_tags}
+
+    def init_hooks(self, **hooks: Iterable[Hook] | None) -> None:
+        for kind in HOOK_KINDS:
+            setattr(self, f"{kind}_hooks", hook_list(hooks.get(kind)))
+
+    def hooks(self, kind: str) -> list[Hook]:
+        hooks: list[Hook] = getattr(self, f"{kind}_hooks")
+        return hooks
+
+    def with_options(self, **changes: Any) -> Self:
+        """A copy with some options replaced; a given hook list replaces the old one."""
+        clone = copy.copy(self)
+        for kind in HOOK_KINDS:
+            given = changes.pop(kind, None)
+            setattr(
+                clone,
+                f"{kind}_hooks",
+                hook_list(given) if given is not None else list(self.hooks(kind)),
+            )
+        for key, value in changes.items():
+            if not hasattr(clone, key):
+                raise TypeError(f"with_options() got an unknown option {key!r}")
+            setattr(clone, key, self.option_readers.get(key, lambda v: v)(value))
+        return clone
+
+    def _register(self, kind: str, hook: Hook) -> Hook:
+        self.hooks(kind).append(hook)
+        return hook
+
+    def on_completion(self, hook: Hook) -> Hook:
+        return self._register("on_completion", hook)
+
+    def on_failure(self, hook: Hook) -> Hook:
+        return self._register("on_failure", hook)
+
+    def on_cancellation(self, hook: Hook) -> Hook:
+        return self._register("on_cancellation", hook)
+
+    def on_crashed(self, hook: Hook) -> Hook:
+        return self._register("on_crashed", hook)
+
+    def on_running(self, hook: Hook) -> Hook:
+        return self._register("on_running", hook)
 
 
 def hook_name(hook: Hook) -> str:

@@ -65,6 +65,13 @@ class Connection:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
+    def open(self, flavour: Any) -> Any:
+        """A channel to the server from `grpc` or `grpc.aio`, with TLS when configured."""
+        credentials = self.credentials()
+        if credentials is None:
+            return flavour.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return flavour.secure_channel(self.address, credentials, CHANNEL_OPTIONS)
+
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS exactly when a CA is configured (STATEWARD_TLS_CA; for the system's CAs, point it
         at the system bundle); a client certificate (mutual TLS) needs one too."""
@@ -145,11 +152,7 @@ class GrpcTransport:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        credentials = connection.credentials()
-        if credentials is None:
-            self.channel = grpc.insecure_channel(connection.address, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.secure_channel(connection.address, credentials, CHANNEL_OPTIONS)
+        self.channel = connection.open(grpc)
         self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
         self._metadata = connection.metadata
 
@@ -176,11 +179,7 @@ class AsyncGrpcTransport:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        credentials = connection.credentials()
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(connection.address, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.secure_channel(connection.address, credentials, CHANNEL_OPTIONS)
+        self.channel = connection.open(grpc.aio)
         self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
         self._metadata = connection.metadata
 

@@ -94,6 +94,20 @@ class Client:
     def _call(self, method: str, request: Any) -> Any:
         return self.transport.call(method, request, self.timeout)
 
+    def _pages(self, method: str, request: Any, field: str, limit: int | None) -> Iterator[Any]:
+        """The items of a listing, page after page, until `limit` or the last page."""
+        count = 0
+        while True:
+            page = self._call(method, request)
+            for item in getattr(page, field):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield item
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     # --- runs -----------------------------------------------------------------------------------
 
     def create_flow_run(
@@ -135,17 +149,8 @@ class Client:
     ) -> Iterator[FlowRun]:
         """Flow runs, newest first, following pages until `limit` runs or the last page."""
         request = requests.list_flow_runs(flow_names, state_types, tags, ids, page_size)
-        count = 0
-        while True:
-            page = self._call("ListFlowRuns", request)
-            for run in page.flow_runs:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield flow_run_from_proto(run)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        for run in self._pages("ListFlowRuns", request, "flow_runs", limit):
+            yield flow_run_from_proto(run)
 
     def create_task_run(
         self,
@@ -186,17 +191,8 @@ class Client:
     ) -> Iterator[TaskRun]:
         """Task runs, newest first, following pages until `limit` runs or the last page."""
         request = requests.list_task_runs(flow_run_ids, state_types, tags, task_keys, page_size)
-        count = 0
-        while True:
-            page = self._call("ListTaskRuns", request)
-            for run in page.task_runs:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield task_run_from_proto(run)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        for run in self._pages("ListTaskRuns", request, "task_runs", limit):
+            yield task_run_from_proto(run)
 
     # --- states ---------------------------------------------------------------------------------
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
-from stateward._hooks import Hook
-from stateward.tasks import _hook_list
+from stateward._hooks import Hook, HookedFunction, unique_tags
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Flow(Generic[P, R]):
+class Flow(HookedFunction, Generic[P, R]):
     """A flow: calling it runs a flow run (a subflow, inside another flow run)."""
+
+    option_readers: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "tags": unique_tags,
+        "retries": lambda value: value or 0,
+        "retry_delay_seconds": lambda value: value or 0,
+    }
 
     def __init__(
         self,
@@ -49,15 +53,17 @@ class Flow(Generic[P, R]):
         self.retries = retries or 0
         self.retry_delay_seconds = retry_delay_seconds or 0.0
         self.timeout_seconds = timeout_seconds
-        self.tags = tuple(dict.fromkeys(tags or ()))
+        self.tags = unique_tags(tags)
         self.log_prints = bool(log_prints)
         self.validate_parameters = validate_parameters
         self.persist_result = persist_result
-        self.on_completion_hooks = _hook_list(on_completion)
-        self.on_failure_hooks = _hook_list(on_failure)
-        self.on_cancellation_hooks = _hook_list(on_cancellation)
-        self.on_crashed_hooks = _hook_list(on_crashed)
-        self.on_running_hooks = _hook_list(on_running)
+        self.init_hooks(
+            on_completion=on_completion,
+            on_failure=on_failure,
+            on_cancellation=on_cancellation,
+            on_crashed=on_crashed,
+            on_running=on_running,
+        )
         self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
@@ -67,49 +73,6 @@ class Flow(Generic[P, R]):
     @property
     def retry_delays(self) -> tuple[float, ...]:
         return (float(self.retry_delay_seconds),) if self.retry_delay_seconds else ()
-
-    def hooks(self, kind: str) -> list[Hook]:
-        hooks: list[Hook] = getattr(self, f"{kind}_hooks")
-        return hooks
-
-    def with_options(self, **changes: Any) -> Flow[P, R]:
-        """A copy with some options replaced; a given hook list replaces the old one."""
-        clone = copy.copy(self)
-        options = dict(changes)
-        for kind in ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running"):
-            if kind in options:
-                setattr(clone, f"{kind}_hooks", _hook_list(options.pop(kind)))
-            else:
-                setattr(clone, f"{kind}_hooks", list(self.hooks(kind)))
-        for key, value in options.items():
-            if key == "tags":
-                value = tuple(dict.fromkeys(value or ()))
-            elif key in ("retries", "retry_delay_seconds"):
-                value = value or 0
-            if not hasattr(clone, key):
-                raise TypeError(f"with_options() got an unknown option {key!r}")
-            setattr(clone, key, value)
-        return clone
-
-    def on_completion(self, hook: Hook) -> Hook:
-        self.on_completion_hooks.append(hook)
-        return hook
-
-    def on_failure(self, hook: Hook) -> Hook:
-        self.on_failure_hooks.append(hook)
-        return hook
-
-    def on_cancellation(self, hook: Hook) -> Hook:
-        self.on_cancellation_hooks.append(hook)
-        return hook
-
-    def on_crashed(self, hook: Hook) -> Hook:
-        self.on_crashed_hooks.append(hook)
-        return hook
-
-    def on_running(self, hook: Hook) -> Hook:
-        self.on_running_hooks.append(hook)
-        return hook
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         from stateward._flow_engine import call_flow

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 import json
 import pickle
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
-from stateward._hooks import Hook
+from stateward._hooks import Hook, HookedFunction, unique_tags
 
 if TYPE_CHECKING:
     from stateward._context import TaskRunContext
@@ -62,18 +61,14 @@ def _delays(value: RetryDelay, retries: int) -> tuple[float, ...]:
     return tuple(float(d) for d in value)
 
 
-def _hook_list(hooks: Iterable[Hook] | None) -> list[Hook]:
-    if hooks is None:
-        return []
-    found = list(hooks)
-    for hook in found:
-        if not callable(hook):
-            raise TypeError(f"a hook must be callable, not {hook!r}")
-    return found
-
-
-class Task(Generic[P, R]):
+class Task(HookedFunction, Generic[P, R]):
     """A task: calling it runs a task run (in the current flow run, if any)."""
+
+    option_readers: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "tags": unique_tags,
+        "refresh_cache": bool,
+        "retries": lambda value: value or 0,
+    }
 
     def __init__(
         self,
@@ -106,7 +101,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name or fn.__name__
         self.description = description or inspect.getdoc(fn)
-        self.tags = tuple(dict.fromkeys(tags or ()))
+        self.tags = unique_tags(tags)
         self.version = version
         self.cache_key_fn = cache_key_fn
         self.cache_expiration = cache_expiration
@@ -119,11 +114,13 @@ class Task(Generic[P, R]):
         self.timeout_seconds = timeout_seconds
         self.log_prints = bool(log_prints)
         self.persist_result = persist_result
-        self.on_completion_hooks = _hook_list(on_completion)
-        self.on_failure_hooks = _hook_list(on_failure)
-        self.on_cancellation_hooks = _hook_list(on_cancellation)
-        self.on_crashed_hooks = _hook_list(on_crashed)
-        self.on_running_hooks = _hook_list(on_running)
+        self.init_hooks(
+            on_completion=on_completion,
+            on_failure=on_failure,
+            on_cancellation=on_cancellation,
+            on_crashed=on_crashed,
+            on_running=on_running,
+        )
         self.isasync = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
@@ -137,52 +134,6 @@ class Task(Generic[P, R]):
     @property
     def retry_delays(self) -> tuple[float, ...]:
         return _delays(self.retry_delay_seconds, self.retries)
-
-    def hooks(self, kind: str) -> list[Hook]:
-        hooks: list[Hook] = getattr(self, f"{kind}_hooks")
-        return hooks
-
-    def with_options(self, **changes: Any) -> Task[P, R]:
-        """A copy with some options replaced; a given hook list replaces the old one."""
-        clone = copy.copy(self)
-        options = dict(changes)
-        for kind in ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running"):
-            if kind in options:
-                setattr(clone, f"{kind}_hooks", _hook_list(options.pop(kind)))
-            else:
-                setattr(clone, f"{kind}_hooks", list(self.hooks(kind)))
-        for key, value in options.items():
-            if key == "tags":
-                value = tuple(dict.fromkeys(value or ()))
-            elif key == "refresh_cache":
-                value = bool(value)
-            elif key == "retries":
-                value = value or 0
-            if not hasattr(clone, key):
-                raise TypeError(f"with_options() got an unknown option {key!r}")
-            setattr(clone, key, value)
-        return clone
-
-    # Hook registration as decorators: @my_task.on_failure
-    def on_completion(self, hook: Hook) -> Hook:
-        self.on_completion_hooks.append(hook)
-        return hook
-
-    def on_failure(self, hook: Hook) -> Hook:
-        self.on_failure_hooks.append(hook)
-        return hook
-
-    def on_cancellation(self, hook: Hook) -> Hook:
-        self.on_cancellation_hooks.append(hook)
-        return hook
-
-    def on_crashed(self, hook: Hook) -> Hook:
-        self.on_crashed_hooks.append(hook)
-        return hook
-
-    def on_running(self, hook: Hook) -> Hook:
-        self.on_running_hooks.append(hook)
-        return hook
 
     def __call__(
         self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any

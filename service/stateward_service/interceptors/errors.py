@@ -53,9 +53,10 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class ErrorsInterceptor(grpc.aio.ServerInterceptor):
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler, once (not on every call)."""
+
     def __init__(self) -> None:
-        # Each method's handler, wrapped once (not on every call).
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -73,6 +74,11 @@ class ErrorsInterceptor(grpc.aio.ServerInterceptor):
             self._wrapped[method] = cached
         return cached[1]
 
+    def _wrap(self, found: Handler, method: str) -> Handler:
+        raise NotImplementedError
+
+
+class ErrorsInterceptor(WrappingInterceptor):
     def _wrap(self, found: Handler, method: str) -> Handler:
         handler: Any = found
         if handler.unary_unary is not None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from stateward_service.interceptors.errors import Handler
+from stateward_service.interceptors.errors import Handler, WrappingInterceptor
 from stateward_service.metrics import ServerMetrics
 
 
@@ -27,26 +27,10 @@ def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | No
     return str(code)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
         self.metrics = metrics
-        # Each method's handler, wrapped once (not on every call).
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        found = await continuation(handler_call_details)
-        if found is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not found:
-            cached = (found, self._wrap(found, method))
-            self._wrapped[method] = cached
-        return cached[1]
 
     def _wrap(self, found: Handler, method: str) -> Handler:
         handler: Any = found
