@@ -14,15 +14,11 @@ import asyncio
 import builtins
 import contextvars
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from stateward._hooks import run_hooks, run_hooks_async
-from stateward._interrupt import Interruptible, RunCancelled, RunTimedOut
+from stateward._interrupt import Interruptible, RunCancelled, RunInterrupted, RunTimedOut
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import failed
 from stateward._results import exception_for
@@ -42,10 +38,6 @@ FINAL_HOOKS = {
 }
 
 
-class TerminationSignal(BaseException):
-    """SIGTERM arrived while a flow ran: the run is crashed, then the process goes on exiting."""
-
-
 class RunEngine:
     """The steps of one run; the flow and task engines fill in the specifics."""
 
@@ -62,6 +54,9 @@ class RunEngine:
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
         self.timed_out = False
         self.cancel_hooks_ran = False
+        # An interrupt meant for the run around this one (a flow's cancel or timeout reaching
+        # a task): this run ends Cancelled, then the interrupt goes on to that run.
+        self.passed_on: BaseException | None = None
 
     def record(self) -> Any:
         """The run record hooks receive."""
@@ -163,6 +158,18 @@ class RunEngine:
 
     def classify(self, error: BaseException) -> State:
         """The state an exception out of the user's code stands for."""
+        region = self.interruptible
+        if isinstance(error, RunInterrupted) and region is not None and region.from_outside:
+            self.passed_on = error
+            cause = "timed out" if isinstance(error, RunTimedOut) else "was cancelled"
+            return State(StateType.CANCELLED, message=f"stopped: the run around it {cause}")
+        if (
+            isinstance(error, asyncio.CancelledError)
+            and self.cancel_state is None
+            and self.inside_another_run()
+        ):
+            self.passed_on = error  # the enclosing run is being cancelled or timed out
+            return State(StateType.CANCELLED, message="stopped with the run around it")
         if isinstance(error, RunTimedOut) or (isinstance(error, TimeoutError) and self.timed_out):
             return State(
                 StateType.FAILED,
@@ -182,6 +189,15 @@ class RunEngine:
 
     def failure(self, error: Exception) -> State:
         return failed(error)
+
+    def inside_another_run(self) -> bool:
+        """Whether this run executes inside another run's code (a task or a subflow)."""
+        return False
+
+    def pass_on(self) -> None:
+        """After the run ended: hand an interrupt meant for the enclosing run over to it."""
+        if self.passed_on is not None:
+            raise self.passed_on
 
     # --- hooks ------------------------------------------------------------------------------------
 
@@ -225,12 +241,17 @@ class RunEngine:
         interruptible = Interruptible()
         self.interruptible = interruptible
         try:
-            with interruptible.running(self.timeout):
+            with interruptible.running(self.timeout, self.on_timeout):
                 return self.after_call(self.call_sync())
         except BaseException as error:
             return self.classify(error)
         finally:
             self.interruptible = None
+
+    def on_timeout(self) -> None:
+        """The run's `timeout_seconds` passed: stop its code."""
+        if self.interruptible is not None:
+            self.interruptible.interrupt(RunTimedOut)
 
     async def execute_async(self) -> State:
         self.asyncio_loop = asyncio.get_running_loop()
@@ -252,6 +273,7 @@ class RunEngine:
             return self.classify(error)
         finally:
             self.asyncio_task = None
+            self.interruptible = None
 
     # --- the drivers ------------------------------------------------------------------------------
 
@@ -289,28 +311,7 @@ class RunEngine:
         raise exception_for(state)
 
 
-# --- signals and prints ---------------------------------------------------------------------------
-
-
-def nothing() -> None:
-    return None
-
-
-def crash_on_sigterm() -> Callable[[], None]:
-    """While a top-level flow runs on the main thread, SIGTERM crashes it (then exits)."""
-    if threading.current_thread() is not threading.main_thread():
-        return nothing
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise TerminationSignal("SIGTERM")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
-
-    return restore
+# --- prints ---------------------------------------------------------------------------
 
 
 _print_to_log: contextvars.ContextVar[bool] = contextvars.ContextVar("log_prints", default=False)

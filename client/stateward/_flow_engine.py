@@ -16,14 +16,15 @@ from stateward import _requests as requests
 from stateward._context import FlowRunContext, flow_run_context
 from stateward._convert import flow_run_from_proto
 from stateward._embedded import get_client
-from stateward._engine import (
-    FINAL_HOOKS,
-    RunEngine,
-    crash_on_sigterm,
-    nothing,
-    printing_to_log,
+from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
+from stateward._interrupt import (
+    RunCancelled,
+    RunInterrupted,
+    RunTimedOut,
+    crash_on_signals,
+    engine_code,
+    install_wake_handler,
 )
-from stateward._interrupt import RunCancelled, install_wake_handler
 from stateward._logging import configure_default_logging
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import bind, call_with, jsonable, judged, run_name
@@ -114,10 +115,21 @@ class FlowRunEngine(RunEngine):
 
     def request_cancel(self, state: State) -> None:
         super().request_cancel(state)
+        self._stop_tasks(RunCancelled)
+
+    def on_timeout(self) -> None:
+        """Past the flow's timeout, its own code stops, and so do the task runs it runs."""
+        super().on_timeout()
+        self._stop_tasks(RunTimedOut)
+
+    def _stop_tasks(self, error: type[RunInterrupted]) -> None:
         with self.task_run_lock:
             running = list(self.running_tasks)
-        for interruptible in running:
-            interruptible.interrupt(RunCancelled)
+        for task_engine in running:
+            task_engine.interrupt(error)
+
+    def inside_another_run(self) -> bool:
+        return self.parent is not None
 
     # --- executing the flow's function -----------------------------------------------------------
 
@@ -132,8 +144,10 @@ class FlowRunEngine(RunEngine):
             with printing_to_log(self.flow.log_prints):
                 return call_with(self.flow.fn, self.flow.signature, self.parameters)
         finally:
-            self._wait_for_tasks()
-            flow_run_context.reset(token)
+            try:
+                self._wait_for_tasks()
+            finally:
+                flow_run_context.reset(token)
 
     async def call_async(self) -> Any:
         token = self._enter()
@@ -141,20 +155,32 @@ class FlowRunEngine(RunEngine):
             with printing_to_log(self.flow.log_prints):
                 return await call_with(self.flow.fn, self.flow.signature, self.parameters)
         finally:
-            await asyncio.to_thread(self._wait_for_tasks)
-            flow_run_context.reset(token)
+            try:
+                await asyncio.to_thread(self._wait_for_tasks)
+            finally:
+                flow_run_context.reset(token)
 
     def after_call(self, value: Any) -> State:
         return judged(value, f"result of flow {self.flow.name!r}", self.log)
 
     def _wait_for_tasks(self) -> None:
-        """Submitted task runs finish before their flow run does."""
-        context = self.context
-        if context is not None and context.futures:
-            concurrent.futures.wait([f._future for f in context.futures])
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
-            self.executor = None
+        """Submitted task runs finish before their flow run does. If the flow is stopped while
+        it waits, those not started yet are cancelled (the running ones were told to stop)."""
+        futures = self.context.futures if self.context is not None else []
+        try:
+            if futures:
+                concurrent.futures.wait([f._future for f in futures])
+        finally:
+            if self.executor is not None:
+                self.executor.shutdown(wait=True, cancel_futures=True)
+                self.executor = None
+            with engine_code():
+                for future in futures:
+                    if future._future.cancelled():
+                        self.client.set_state(
+                            future.task_run_id,
+                            State(StateType.CANCELLED, message="its flow run stopped first"),
+                        )
 
     def task_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         with self.task_run_lock:
@@ -177,10 +203,11 @@ class FlowRunEngine(RunEngine):
         self.supervisor.release_lease(self.id)
 
     def run(self) -> State:
+        """The whole run (the engine's work, in which the flow's code runs as user code)."""
         install_wake_handler()
         # Registered before the run exists: no cancel can slip between.
         self.supervisor.on_cancel(self.id, self.request_cancel)
-        restore = crash_on_sigterm() if self.parent is None else nothing
+        restore = crash_on_signals() if self.parent is None else (lambda: None)
         try:
             try:
                 final = self.orchestrate_sync(self.create_and_start())
@@ -191,6 +218,7 @@ class FlowRunEngine(RunEngine):
             restore()
             self._done()
         self.run_hooks(FINAL_HOOKS.get(final.type), final)
+        self.pass_on()
         return final
 
     async def run_async(self) -> State:
@@ -205,6 +233,7 @@ class FlowRunEngine(RunEngine):
         finally:
             self._done()
         await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
+        self.pass_on()
         return final
 
 
@@ -213,8 +242,9 @@ def call_flow(
 ) -> Any:
     if flow.isasync:
         return _call_flow_async(flow, args, kwargs, return_state)
-    engine = FlowRunEngine(flow, args, kwargs)
-    return engine.result_of(engine.run(), return_state)
+    with engine_code():
+        engine = FlowRunEngine(flow, args, kwargs)
+        return engine.result_of(engine.run(), return_state)
 
 
 async def _call_flow_async(

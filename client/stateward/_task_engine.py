@@ -19,7 +19,7 @@ from stateward._context import TaskRunContext, flow_run_context, task_run_contex
 from stateward._convert import optional_datetime, state_from_proto
 from stateward._embedded import get_client
 from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
-from stateward._interrupt import RunCancelled
+from stateward._interrupt import RunInterrupted, engine_code
 from stateward._logging import configure_default_logging
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
@@ -190,9 +190,13 @@ class TaskRunEngine(RunEngine):
             with flow_engine.task_run_lock:
                 flow_engine.running_tasks.discard(self)
 
-    def interrupt(self, error: type[RunCancelled]) -> bool:
-        """What the flow run's cancel calls: interrupt the task's code if it runs."""
-        return self.interruptible.interrupt(error) if self.interruptible else False
+    def interrupt(self, error: type[RunInterrupted]) -> bool:
+        """What the flow run's cancel or timeout calls: stop the task's code if it runs."""
+        region = self.interruptible
+        return region.interrupt(error, from_outside=True) if region is not None else False
+
+    def inside_another_run(self) -> bool:
+        return self.flow_context is not None
 
     def _enter(self) -> contextvars.Token[TaskRunContext | None]:
         return task_run_context.set(TaskRunContext(self.task, self.record(), self.parameters))
@@ -231,9 +235,7 @@ class TaskRunEngine(RunEngine):
         finally:
             self.supervisor.release_lease(self.id)
         self.run_hooks(FINAL_HOOKS.get(final.type), final)
-        flow_engine = self.flow_context.engine if self.flow_context else None
-        if final.is_cancelled() and flow_engine is not None and flow_engine.cancel_state:
-            raise RunCancelled  # the flow run is being cancelled: let it finish the cancel
+        self.pass_on()
         return final
 
     async def run_async(self) -> State:
@@ -249,15 +251,17 @@ class TaskRunEngine(RunEngine):
         finally:
             self.supervisor.release_lease(self.id)
         await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
+        self.pass_on()
         return final
 
     def run_in_worker(self) -> State:
         """In a worker thread (`submit`): run, never raising for the run's own outcome."""
         try:
-            if self.task.isasync:
-                return asyncio.run(self.run_async())
-            return self.run()
-        except RunCancelled:
+            with engine_code():
+                if self.task.isasync:
+                    return asyncio.run(self.run_async())
+                return self.run()
+        except (RunInterrupted, asyncio.CancelledError):  # stopped with its flow run
             return self.orchestration.state or State(StateType.CANCELLED)
         except OrchestrationAborted as error:
             self.error = error
@@ -276,8 +280,9 @@ def call_task(
 ) -> Any:
     if task.isasync:
         return _call_task_async(task, args, kwargs, return_state, wait_for)
-    engine = TaskRunEngine(task, args, kwargs, wait_for)
-    return engine.result_of(engine.run(), return_state)
+    with engine_code():
+        engine = TaskRunEngine(task, args, kwargs, wait_for)
+        return engine.result_of(engine.run(), return_state)
 
 
 async def _call_task_async(
@@ -316,8 +321,9 @@ def submit_task(
     wait_for: Iterable[Any] | None,
 ) -> StatewardFuture[Any]:
     context = flow_run_context.get()
-    engine = TaskRunEngine(task, args, kwargs, wait_for)
-    engine.create()
+    with engine_code():
+        engine = TaskRunEngine(task, args, kwargs, wait_for)
+        engine.create()
     run = contextvars.copy_context().run
     future: StatewardFuture[Any] = StatewardFuture(
         engine.id,

@@ -1,0 +1,148 @@
+"""Timeouts and cancels reach user code only: never the engine's own work (in the embedded
+server, writes to the database run on the caller's thread). A run stopped by the run around it
+ends Cancelled and passes the interrupt on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from stateward import flow, task
+from stateward._context import flow_run_context
+from stateward.states import StateType
+from tests.sdk.conftest import python
+
+pytestmark = pytest.mark.usefixtures("sdk_server")
+
+
+def test_timeouts_firing_during_engine_work_never_wedge_the_embedded_server(tmp_path):
+    """Flows that time out while they call tasks over and over, so the timeout often falls in
+    the middle of a write: nothing breaks, and a live watcher still sees every transition."""
+    result = python(
+        """
+        import collections, json, os, sqlite3, threading, time
+        from stateward import flow, task
+        from stateward._embedded import get_client
+        import stateward._embedded as embedded
+        from stateward.client import Client
+
+        @task
+        def tiny(i):
+            return i
+
+        @flow(timeout_seconds=0.2)
+        def busy():
+            i = 0
+            while True:
+                tiny(i)
+                i += 1
+
+        get_client()
+        seen, ready = set(), threading.Event()
+        watcher = Client(embedded._embedded.server.address)
+
+        def watch():
+            for transition in watcher.watch(started=lambda _: ready.set()):
+                seen.add(transition.sequence)
+
+        threading.Thread(target=watch, daemon=True).start()
+        ready.wait(10)
+        outcomes, errors = collections.Counter(), []
+        for _ in range(15):
+            try:
+                outcomes[busy(return_state=True).name] += 1
+            except BaseException as error:
+                errors.append(repr(error))
+        after = tiny(1)  # everything still works
+        time.sleep(1)
+        db = sqlite3.connect(os.path.join(os.environ["STATEWARD_HOME"], "stateward.db"))
+        logged = {row[0] for row in db.execute("SELECT sequence FROM transitions")}
+        task_states = collections.Counter(
+            row[0] for row in db.execute("SELECT state_name FROM task_runs")
+        )
+        print(json.dumps({
+            "outcomes": outcomes, "errors": errors, "after": after,
+            "missing": sorted(logged - seen), "task_states": task_states,
+        }))
+        """,
+        env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)},
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["errors"] == []
+    assert report["outcomes"] == {"TimedOut": 15}
+    assert report["after"] == 1
+    assert report["missing"] == []
+    # None left Pending or Running. (The tiny task's own code is so short that the timeout
+    # nearly always falls in the engine's work, and lands in the flow's loop once it is done.)
+    assert set(report["task_states"]) <= {"Completed", "Cancelled"}, report["task_states"]
+
+
+def test_a_flow_timeout_during_an_inline_task_cancels_the_task(client):
+    @task
+    def slow_step():
+        time.sleep(5)
+
+    @flow(name="times-out-in-task", timeout_seconds=0.3)
+    def outer():
+        slow_step()
+
+    started = time.monotonic()
+    state = outer(return_state=True)
+    assert time.monotonic() - started < 3
+    assert (state.type, state.name) == (StateType.FAILED, "TimedOut")
+    run = next(client.list_flow_runs(flow_names=["times-out-in-task"], limit=1))
+    (task_run,) = client.list_task_runs(flow_run_ids=[run.id])
+    assert task_run.state.type is StateType.CANCELLED
+    assert "timed out" in task_run.state.message
+
+
+def test_a_flow_timing_out_while_it_waits_for_submitted_tasks(client):
+    @task
+    def sleeper(seconds: float) -> float:
+        for _ in range(int(seconds * 20)):
+            time.sleep(0.05)  # short sleeps: an interrupt lands between them
+        return seconds
+
+    @flow(name="times-out-waiting", timeout_seconds=0.5)
+    def fan_out():
+        return [sleeper.submit(3) for _ in range(40)]  # more than the workers: some queue
+
+    state = fan_out(return_state=True)
+    assert state.name == "TimedOut"
+    assert flow_run_context.get() is None  # the flow's context did not leak
+
+    @task(name="standalone-after")
+    def standalone():
+        return "alone"
+
+    assert standalone() == "alone"
+    assert next(client.list_task_runs(task_keys=["standalone-after"], limit=1)).flow_run_id == ""
+    run = next(client.list_flow_runs(flow_names=["times-out-waiting"], limit=1))
+    deadline = time.monotonic() + 10
+    while True:
+        finals = {t.state.type for t in client.list_task_runs(flow_run_ids=[run.id], limit=100)}
+        if finals <= {StateType.CANCELLED, StateType.COMPLETED} or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert finals == {StateType.CANCELLED}, finals
+
+
+def test_async_tasks_stopped_with_their_flow_end_cancelled(client):
+    @task
+    async def waits():
+        await asyncio.sleep(5)
+
+    @flow(name="async-times-out", timeout_seconds=0.3)
+    async def outer():
+        await asyncio.gather(waits(), waits())
+
+    state = asyncio.run(outer(return_state=True))
+    assert state.name == "TimedOut"
+    run = next(client.list_flow_runs(flow_names=["async-times-out"], limit=1))
+    finals = [t.state.type for t in client.list_task_runs(flow_run_ids=[run.id])]
+    assert finals == [StateType.CANCELLED, StateType.CANCELLED]
