@@ -85,9 +85,9 @@ class OrchestrationApi:
 
     def ListFlowRuns(self, request: pb.ListFlowRunsRequest) -> pb.ListFlowRunsResponse:
         where = RunFilter(
-            names=tuple(request.flow_names),
+            names=check.names(request.flow_names, "flow_names"),
             state_types=check.state_types(request.state_types, "state_types"),
-            tags=tuple(request.tags),
+            tags=check.names(request.tags, "tags"),
             ids=check.run_ids(request.ids, "ids"),
         )
         size = check.page_size(request.page_size)
@@ -126,10 +126,10 @@ class OrchestrationApi:
 
     def ListTaskRuns(self, request: pb.ListTaskRunsRequest) -> pb.ListTaskRunsResponse:
         where = RunFilter(
-            names=tuple(request.task_keys),
+            names=check.names(request.task_keys, "task_keys"),
             flow_run_ids=check.run_ids(request.flow_run_ids, "flow_run_ids"),
             state_types=check.state_types(request.state_types, "state_types"),
-            tags=tuple(request.tags),
+            tags=check.names(request.tags, "tags"),
         )
         size = check.page_size(request.page_size)
         runs, token = self._list(RunKind.TASK_RUN, where, size, request.page_token)

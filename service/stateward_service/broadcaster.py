@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -88,6 +88,18 @@ class _Entry:
         return self._payload
 
 
+class _Subscription:
+    """One subscriber, as the publisher sees it: what it wants, how far it got, and whether it
+    is waiting at the head for more."""
+
+    __slots__ = ("cursor", "waiting", "where")
+
+    def __init__(self, where: TransitionFilter, cursor: int) -> None:
+        self.where = where
+        self.cursor = cursor
+        self.waiting = False
+
+
 @dataclass(frozen=True, slots=True)
 class _LogBatch:
     items: list[tuple[int, bytes]]  # matching (sequence, payload), in order
@@ -129,9 +141,9 @@ class TransitionBroadcaster:
         self._loop_thread = 0
         self._published = asyncio.Event()
         self._closed = False
-        # The filters of the current subscribers: a publication wakes the event loop only if
-        # one of them may want it (a sleeping subscriber's cursor just lags, losing nothing).
-        self._filters: Counter[TransitionFilter] = Counter()
+        # The current subscriptions: a publication wakes the event loop only if one of them
+        # wants it; those waiting for something else have their cursor moved past it.
+        self._subscriptions: set[_Subscription] = set()
         self.subscribers = 0
         self.catching_up = 0  # subscribers reading from the log, not the ring
 
@@ -148,7 +160,16 @@ class TransitionBroadcaster:
 
     def publish(self, transitions: Sequence[Transition]) -> None:
         """Called by the orchestrator, in sequence order, once the transitions committed."""
+        if not transitions:
+            return
         with self._lock:
+            before = self._last
+            contiguous = transitions[0].sequence == before + 1
+            if not contiguous:
+                # A committed transition was never published: forget what the ring holds, so
+                # that subscribers read the gap from the log rather than skip it.
+                self._ring.clear()
+                self._ring_bytes = 0
             for transition in transitions:
                 self._ring.append(_Entry(transition))
                 self._ring_bytes += _size(transition)
@@ -157,9 +178,12 @@ class TransitionBroadcaster:
                 len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
             ):
                 self._ring_bytes -= _size(self._ring.popleft().transition)
-            wanted = any(
-                where.matches(transition) for where in self._filters for transition in transitions
-            )
+            wanted = False
+            for subscription in self._subscriptions:
+                if any(subscription.where.matches(t) for t in transitions):
+                    wanted = True
+                elif contiguous and subscription.waiting and subscription.cursor == before:
+                    subscription.cursor = self._last  # nothing it wants: it stays at the head
         if wanted:
             self._wake()
 
@@ -207,35 +231,38 @@ class TransitionBroadcaster:
         """Yield (sequence, encoded WatchTransitionsResponse) of every matching transition after
         `after` (or from now, when None), in order, until the subscriber stops or the server
         closes (StreamClosed). Raises CursorExpired if it falls behind what the log keeps."""
-        cursor = self._last if after is None else after
+        me = _Subscription(where, self._last if after is None else after)
         self.subscribers += 1
         with self._lock:
-            self._filters[where] += 1
+            self._subscriptions.add(me)
         try:
             while True:
                 if self._closed:
-                    raise StreamClosed(cursor)
+                    raise StreamClosed(me.cursor)
                 published = self._published
-                entries = self._after(cursor)
+                entries = self._after(me.cursor)
                 if entries is None:
-                    batch = await self._read_log(where, cursor)
+                    batch = await self._read_log(where, me.cursor)
                     for item in batch.items:
                         yield item
-                    cursor = batch.reached
+                    me.cursor = batch.reached
                 elif not entries:
-                    await published.wait()
+                    with self._lock:
+                        me.waiting = me.cursor == self._last
+                    if me.waiting:
+                        await published.wait()
+                    with self._lock:
+                        me.waiting = False
                 else:
                     for entry in entries:
                         transition = entry.transition
-                        cursor = transition.sequence
+                        me.cursor = transition.sequence
                         if where.matches(transition):
-                            yield cursor, entry.payload(self.encode)
+                            yield me.cursor, entry.payload(self.encode)
         finally:
             self.subscribers -= 1
             with self._lock:
-                self._filters[where] -= 1
-                if not self._filters[where]:
-                    del self._filters[where]
+                self._subscriptions.discard(me)
 
     async def _read_log(self, where: TransitionFilter, cursor: int) -> _LogBatch:
         """The next matching transitions from the log, read and encoded off the event loop."""
@@ -263,6 +290,8 @@ class TransitionBroadcaster:
 
     def check_cursor(self, after: int) -> None:
         """Refuse a cursor the log cannot resume from, before the stream starts."""
+        if after > max(self._last, 0) + 2**32 or after >= 2**63:  # far beyond: not read at all
+            raise CursorAhead(after, self._last)
         _, oldest, newest = self.reader.read(after, 0)
         last = max(newest, self._last)
         if after > last:

@@ -149,15 +149,17 @@ class StatewardServer:
                 await self._server.stop(grace)
             return
         self._stopping = True
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.broadcaster.close()  # streams end with UNAVAILABLE and their cursor
-        if self._server is not None:
-            await self._server.stop(grace)
-        await self.loops.stop()
-        self.reader.close()
-        with self.orchestrator.lock:
-            self.store.close()
-        self._stopped.set()
+        try:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.broadcaster.close()  # streams end with UNAVAILABLE and their cursor
+            if self._server is not None:
+                await self._server.stop(grace)
+            await self.loops.stop()
+            self.reader.close()
+            with self.orchestrator.lock:
+                self.store.close()
+        finally:
+            self._stopped.set()  # whatever failed, the server is done
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -9,6 +9,7 @@ a time, recorded in the `schema_version` table. This module knows nothing of gRP
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -215,7 +216,6 @@ class Store:
         self.conn.execute("PRAGMA wal_autocheckpoint=4000")
         self.db = sqlite_utils.Database(self.conn)
         self.found_schema_version = migrate(self.db)
-        self._in_transaction = False
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close."""
@@ -227,18 +227,16 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All writes inside commit together, or none does."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._in_transaction = True
+        """All writes inside commit together, or none does (a failed COMMIT included)."""
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
             self.conn.execute("COMMIT")
-        finally:
-            self._in_transaction = False
+        except BaseException:
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -830,7 +828,7 @@ def _decode_page_token(token: str, kind: RunKind, fingerprint: str) -> int:
         rowid, token_kind, token_filter = payload["r"], payload["k"], payload["f"]
     except (ValueError, TypeError, KeyError, UnicodeError) as error:
         raise BadPageToken("the page token is not one this server made") from error
-    if token_kind != int(kind) or not isinstance(rowid, int):
+    if token_kind != int(kind) or not isinstance(rowid, int) or not 0 <= rowid < 2**63:
         raise BadPageToken("the page token belongs to another listing")
     if token_filter != fingerprint:
         raise BadPageToken(

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,6 +26,9 @@ MAX_DELAYS = 100
 MAX_PAGE_SIZE = 1_000
 DEFAULT_PAGE_SIZE = 100
 MAX_LEASE_SECONDS = 86_400.0
+MAX_DELAY_SECONDS = 366 * 86_400.0  # a retry at most a year away
+MAX_JITTER_FACTOR = 100.0
+MAX_FILTER_VALUES = 1_000  # in each filter list
 MAX_BATCH = 100
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
@@ -90,8 +93,15 @@ def state_type(value: int, field: str) -> StateType:
     return StateType(value)
 
 
-def state_types(values: Iterable[int], field: str) -> tuple[int, ...]:
+def state_types(values: Sequence[int], field: str) -> tuple[int, ...]:
+    filter_size(values, field)
     return tuple(int(state_type(value, field)) for value in values)
+
+
+def names(values: Sequence[str], field: str) -> tuple[str, ...]:
+    """A filter list of names or tags."""
+    filter_size(values, field)
+    return tuple(values)
 
 
 def state(msg: states_pb2.State, field: str) -> None:
@@ -131,15 +141,16 @@ def retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> None:
     if len(msg.retry_delay_seconds) > MAX_DELAYS:
         raise invalid(f"{field}.retry_delay_seconds", f"has more than {MAX_DELAYS} entries")
     for index, delay in enumerate(msg.retry_delay_seconds):
-        if not math.isfinite(delay) or delay < 0:
+        if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY_SECONDS:
             raise invalid(
                 f"{field}.retry_delay_seconds[{index}]",
-                f"is {delay}; delays must be finite and not negative",
+                f"is {delay}; delays must lie between 0 and {MAX_DELAY_SECONDS:g} seconds",
             )
     jitter = msg.retry_jitter_factor
-    if not math.isfinite(jitter) or jitter < 0:
+    if not math.isfinite(jitter) or not 0 <= jitter <= MAX_JITTER_FACTOR:
         raise invalid(
-            f"{field}.retry_jitter_factor", f"is {jitter}; it must be finite and not negative"
+            f"{field}.retry_jitter_factor",
+            f"is {jitter}; it must lie between 0 and {MAX_JITTER_FACTOR:g}",
         )
 
 
@@ -151,5 +162,13 @@ def page_size(value: int, field: str = "page_size") -> int:
     return min(value, MAX_PAGE_SIZE)
 
 
-def run_ids(values: Iterable[str], field: str) -> tuple[str, ...]:
+def run_ids(values: Sequence[str], field: str) -> tuple[str, ...]:
+    filter_size(values, field)
     return tuple(uuid_value(value, f"{field}[{index}]") for index, value in enumerate(values))
+
+
+def filter_size(values: Sequence[object], field: str) -> None:
+    if len(values) > MAX_FILTER_VALUES:
+        raise invalid(
+            field, f"has {len(values):,} values; at most {MAX_FILTER_VALUES:,} are allowed"
+        )

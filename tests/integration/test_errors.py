@@ -173,6 +173,16 @@ def invalid_create_requests():
             task(retry_policy=runs_pb2.RetryPolicy(retry_jitter_factor=float("inf"))),
             "task_run.retry_policy.retry_jitter_factor",
         ),
+        "delay beyond a year": (
+            "CreateTaskRun",
+            task(retry_policy=runs_pb2.RetryPolicy(retries=1, retry_delay_seconds=[1e300])),
+            "task_run.retry_policy.retry_delay_seconds[0]",
+        ),
+        "huge jitter": (
+            "CreateFlowRun",
+            flow(retry_policy=runs_pb2.RetryPolicy(retry_jitter_factor=1e9)),
+            "flow_run.retry_policy.retry_jitter_factor",
+        ),
         "empty tag": ("CreateFlowRun", flow(tags=["ok", ""]), "flow_run.tags[1]"),
         "too many tags": ("CreateFlowRun", flow(tags=[str(i) for i in range(51)]), "flow_run.tags"),
         "non-UUID flow run": ("CreateTaskRun", task(flow_run_id="x"), "task_run.flow_run_id"),
@@ -204,6 +214,11 @@ def test_malformed_ids_in_reads_and_lists_are_invalid_argument(stub):
         (stub.ListFlowRuns, pb.ListFlowRunsRequest(state_types=[0]), "state_types"),
         (stub.ListTaskRuns, pb.ListTaskRunsRequest(state_types=[77]), "state_types"),
         (stub.ListFlowRuns, pb.ListFlowRunsRequest(page_size=-1), "page_size"),
+        (stub.ListFlowRuns, pb.ListFlowRunsRequest(flow_names=["f"] * 1001), "flow_names"),
+        (stub.ListFlowRuns, pb.ListFlowRunsRequest(tags=["t"] * 1001), "tags"),
+        (stub.ListTaskRuns, pb.ListTaskRunsRequest(task_keys=["k"] * 1001), "task_keys"),
+        (stub.ListTaskRuns, pb.ListTaskRunsRequest(state_types=[1] * 1001), "state_types"),
+        (stub.ListFlowRuns, pb.ListFlowRunsRequest(ids=[MISSING] * 1001), "ids"),
     ):
         error = refused(call, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import grpc
@@ -90,6 +92,14 @@ def test_bad_page_tokens_are_invalid_argument(stub):
     with pytest.raises(grpc.RpcError) as caught:  # a flow-run token for task runs
         stub.ListTaskRuns(pb.ListTaskRunsRequest(page_token=first.next_page_token))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A forged token whose position SQLite cannot hold is refused, not an internal error.
+    padded = first.next_page_token + "=" * (-len(first.next_page_token) % 4)
+    payload = json.loads(base64.urlsafe_b64decode(padded))
+    for rowid in (2**70, -1):
+        forged = base64.urlsafe_b64encode(json.dumps({**payload, "r": rowid}).encode()).decode()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListFlowRuns(pb.ListFlowRunsRequest(flow_names=[flow], page_token=forged))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rowid
 
 
 def test_page_size_defaults_to_100_and_is_clamped_to_1000(fresh_server):

@@ -342,6 +342,11 @@ def test_a_cursor_the_log_no_longer_holds_is_failed_precondition(tmp_path):
             list(server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=500)))
         assert ahead.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "beyond the newest" in ahead.value.details()
+        for far in (2**63, 2**64 - 1):  # past what SQLite's integers hold
+            with pytest.raises(grpc.RpcError) as ahead:
+                list(server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=far)))
+            assert ahead.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "beyond the newest" in ahead.value.details()
         client.close()
     finally:
         server.stop()

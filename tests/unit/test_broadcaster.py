@@ -167,3 +167,56 @@ def test_close_ends_subscribers_with_their_cursor(world):
         assert closed.value.last_sequence == 1
 
     asyncio.run(main())
+
+
+def test_a_subscriber_waiting_for_something_rare_survives_log_pruning(world):
+    """Transitions it does not want move its cursor on without waking it, so the log's
+    retention never leaves it behind."""
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence(), capacity=10)
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(broadcaster.publish)
+        run_id = new_run(orchestrator)
+        rare = TransitionFilter(state_types=frozenset({int(StateType.CANCELLED)}))
+        subscription = broadcaster.subscribe(rare, None)
+        reading = asyncio.create_task(take(subscription, 1))
+        await asyncio.sleep(0.05)
+        for _ in range(100):
+            orchestrator.set_state(run_id, State(StateType.RUNNING))
+        with store.transaction():
+            store.prune_log(5)  # the log forgets everything the subscriber skipped
+        cancelled = orchestrator.set_state(run_id, State(StateType.CANCELLED))
+        assert await asyncio.wait_for(reading, 5) == [cancelled.transitions[0].sequence]
+
+    asyncio.run(main())
+
+
+def test_a_transition_never_published_is_read_from_the_log(world):
+    """A committed transition missing from the publications (a gap in the sequences) is not
+    skipped: the ring is dropped and subscribers read it from the log."""
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence())
+        broadcaster.bind(asyncio.get_running_loop())
+        dropped: list[int] = []
+
+        def lossy(transitions) -> None:
+            if transitions[0].sequence == 3 and not dropped:
+                dropped.append(3)  # as if this publication were lost
+                return
+            broadcaster.publish(transitions)
+
+        orchestrator.subscribe(lossy)
+        run_id = new_run(orchestrator)  # sequence 1, before the subscriber
+        reading = asyncio.create_task(take(broadcaster.subscribe(TransitionFilter(), 1), 4))
+        await asyncio.sleep(0.05)
+        for _ in range(4):
+            orchestrator.set_state(run_id, State(StateType.RUNNING))
+            await asyncio.sleep(0)
+        assert dropped == [3]
+        assert await asyncio.wait_for(reading, 5) == [2, 3, 4, 5]
+
+    asyncio.run(main())

@@ -96,6 +96,27 @@ def test_a_state_its_run_and_its_log_entry_commit_together(tmp_path):
     store.close()
 
 
+def test_a_failed_commit_is_rolled_back_and_the_store_stays_usable(tmp_path):
+    store = Store(tmp_path / "commit.db")
+    orchestrator = Orchestrator(store)
+    run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    # A deferred foreign key is checked only at COMMIT, which then fails.
+    store.conn.execute("PRAGMA foreign_keys=ON")
+    store.conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    store.conn.execute(
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.transaction():
+        store.conn.execute("INSERT INTO child VALUES (42)")
+        store.conn.execute("UPDATE flow_runs SET name = 'lost' WHERE id = ?", (run.id,))
+    assert not store.conn.in_transaction
+    stored = store.get_run(run.id)
+    assert stored is not None and stored.name == "a-run"
+    assert store.conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0
+    assert orchestrator.set_state(run.id, State(StateType.RUNNING)).state.name == "Running"
+    store.close()
+
+
 def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path):
     store = Store(tmp_path / "seq.db")
     orchestrator = Orchestrator(store)
