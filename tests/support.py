@@ -64,13 +64,24 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
+        try:
+            self.port = self._wait_listening(offset, timeout)
+        except BaseException:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+            self._log.close()
+            raise
+        return self
+
+    def _wait_listening(self, offset: int, timeout: float) -> int:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
             found = _LISTENING.search(text)
             if found:
-                self.port = int(found.group(2))
-                return self
+                return int(found.group(2))
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{text}")
             time.sleep(0.02)
@@ -109,7 +120,7 @@ class ServerProcess:
 
     def restart(self) -> ServerProcess:
         """Stop (if running) and start again on the same database and port."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and not self._log.closed:
             self.stop()
         self.requested_port = self.port
         return self.start()
@@ -122,7 +133,7 @@ def running_server(tmp_path: Path, **kwargs: object) -> Iterator[ServerProcess]:
     try:
         yield server
     finally:
-        if server.process is not None and server.process.poll() is None:
+        if server.process is not None and not server._log.closed:
             server.stop()
 
 

@@ -68,9 +68,12 @@ class RunSupervisor:
                 continue
             try:
                 self.client.renew_leases(run_ids, self.lease)
-            except StatewardError as error:
+            except Exception as error:  # the thread must outlive any failure
                 log.warning(
-                    "could not renew the heartbeat leases of %d run(s): %s", len(run_ids), error
+                    "could not renew the heartbeat leases of %d run(s): %s",
+                    len(run_ids),
+                    error,
+                    exc_info=not isinstance(error, StatewardError),
                 )
 
     # --- cancellation ---------------------------------------------------------------------------
@@ -95,8 +98,12 @@ class RunSupervisor:
                         callback = self._cancel_callbacks.get(transition.run_id)
                     if callback is not None:
                         callback(transition.to_state)
-            except StatewardError as error:
-                log.warning("lost the cancellation stream (%s); reconnecting", error)
+            except Exception as error:  # the thread must outlive any failure
+                log.warning(
+                    "lost the cancellation stream (%s); reconnecting",
+                    error,
+                    exc_info=not isinstance(error, StatewardError),
+                )
                 threading.Event().wait(1.0)
 
 

@@ -187,20 +187,24 @@ class ServerLoops:
     def crash_lapsed_leases(self) -> int:
         """Runs whose process stopped renewing its heartbeat lease are forced to Crashed."""
         orchestrator = self.orchestrator
+        moment = orchestrator.clock()
         with orchestrator.lock:
-            lapsed = orchestrator.store.runs_with_lapsed_lease(orchestrator.clock())
+            lapsed = orchestrator.store.runs_with_lapsed_lease(moment)
         moved = 0
+        crashed = State(
+            StateType.CRASHED,
+            message="the process running it stopped renewing its heartbeat lease "
+            "(it was killed, or lost its connection)",
+        )
         for _, run_id in lapsed:
-            try:
-                current = orchestrator.get_run(run_id).state
-            except RunNotFound:
-                continue
-            crashed = State(
-                StateType.CRASHED,
-                message="the process running it stopped renewing its heartbeat lease "
-                "(it was killed, or lost its connection)",
-            )
-            moved += self._propose(run_id, current, crashed, force=True)
+            with orchestrator.lock:  # a renewal since the query keeps the run alive
+                try:
+                    run = orchestrator.get_run(run_id)
+                except RunNotFound:
+                    continue
+                if run.lease_expires is None or run.lease_expires >= moment:
+                    continue
+                moved += self._propose(run_id, run.state, crashed, force=True)
         return moved
 
     def prune_log(self) -> int:

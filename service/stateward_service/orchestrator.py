@@ -184,14 +184,15 @@ class Orchestrator:
                     self._write(run, decision, write, new=True)
             self.runs.remember(run)
             self._publish(write)
-            return run
+            return replace(run)
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
+        """A copy of the run as it is now: the record itself changes with each write."""
         with self.lock:
             run = self.runs.get(run_id, kind)
-        if run is None:
-            raise RunNotFound(run_id, kind)
-        return run
+            if run is None:
+                raise RunNotFound(run_id, kind)
+            return replace(run)
 
     def list_states(self, run_id: str) -> list[State]:
         with self.lock:
