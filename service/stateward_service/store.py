@@ -12,6 +12,7 @@ import base64
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -201,6 +202,41 @@ class RunFilter:
 _STATE_COLUMNS = "id, type, name, timestamp, message, details, result_json, result_pickle"
 
 
+log = logging.getLogger("stateward.store")
+
+_WRITER_CHECKPOINT_PAGES = 10_000  # about 40 MiB of WAL
+_CHECKPOINT_INTERVAL_SECONDS = 0.05
+
+
+class _Checkpointer:
+    """A thread that checkpoints the WAL every few milliseconds on its own connection, so that
+    commits never wait for the copy and its fsyncs. A PASSIVE checkpoint takes no lock a writer
+    or reader needs; once it has copied everything, the next commit starts the WAL over."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous  # a checkpoint syncs as its connection says
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stateward-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            while not self._stopping.wait(_CHECKPOINT_INTERVAL_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as error:  # the commits checkpoint themselves meanwhile
+                    log.warning("could not checkpoint the database: %s", error)
+        finally:
+            conn.close()
+
+
 class Store:
     """The one writer of a Stateward database."""
 
@@ -212,14 +248,17 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA busy_timeout=5000")
-        # Checkpoint in larger batches: fewer stalls on the write path.
-        self.conn.execute("PRAGMA wal_autocheckpoint=4000")
+        # The checkpointer thread copies the WAL into the database, off the write path; a
+        # commit checkpoints itself only if the WAL grew this large all the same.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
         self.db = sqlite_utils.Database(self.conn)
         self.found_schema_version = migrate(self.db)
+        self._checkpointer = _Checkpointer(self.path, synchronous)
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close."""
         try:
+            self._checkpointer.stop()
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self.conn.close()

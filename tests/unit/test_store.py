@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -115,6 +116,26 @@ def test_a_failed_commit_is_rolled_back_and_the_store_stays_usable(tmp_path):
     assert store.conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0
     assert orchestrator.set_state(run.id, State(StateType.RUNNING)).state.name == "Running"
     store.close()
+
+
+def test_the_wal_is_copied_into_the_database_off_the_write_path(tmp_path):
+    path = tmp_path / "checkpoint.db"
+    store = Store(path)
+    orchestrator = Orchestrator(store)
+    empty = path.stat().st_size
+    for _ in range(200):  # a few hundred pages, far below the writer's own checkpoint
+        orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_size > 0
+    deadline = time.monotonic() + 5
+    while path.stat().st_size == empty and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.stat().st_size > empty  # the checkpointer thread copied the new pages
+    store.close()
+    assert not wal.exists() or wal.stat().st_size == 0
+    reopened = sqlite3.connect(path)
+    assert reopened.execute("SELECT count(*) FROM flow_runs").fetchone()[0] == 200
+    reopened.close()
 
 
 def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path):
