@@ -178,12 +178,14 @@ class TransitionBroadcaster:
                 len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
             ):
                 self._ring_bytes -= _size(self._ring.popleft().transition)
-            wanted = False
+            wanted = not contiguous  # everyone reads the gap, in case it holds what they want
             for subscription in self._subscriptions:
                 if any(subscription.where.matches(t) for t in transitions):
                     wanted = True
-                elif contiguous and subscription.waiting and subscription.cursor == before:
-                    subscription.cursor = self._last  # nothing it wants: it stays at the head
+                elif contiguous and subscription.waiting and subscription.cursor >= before:
+                    # Nothing it wants: it stays at the head (its cursor may be past `before`
+                    # when it read from the log what was committed but not yet published).
+                    subscription.cursor = max(subscription.cursor, self._last)
         if wanted:
             self._wake()
 
@@ -248,9 +250,10 @@ class TransitionBroadcaster:
                     me.cursor = batch.reached
                 elif not entries:
                     with self._lock:
-                        me.waiting = me.cursor == self._last
-                    if me.waiting:
-                        await published.wait()
+                        if me.cursor < self._last:
+                            continue  # published meanwhile: read it
+                        me.waiting = True
+                    await published.wait()
                     with self._lock:
                         me.waiting = False
                 else:

@@ -220,3 +220,80 @@ def test_a_transition_never_published_is_read_from_the_log(world):
         assert await asyncio.wait_for(reading, 5) == [2, 3, 4, 5]
 
     asyncio.run(main())
+
+
+def lossy_publisher(broadcaster: TransitionBroadcaster, lost: set[int]):
+    """Publishes to the broadcaster, except the publications starting with a sequence in
+    `lost` (as if they were lost): each one is dropped once."""
+
+    def publish(transitions) -> None:
+        if transitions[0].sequence in lost:
+            lost.discard(transitions[0].sequence)
+            return
+        broadcaster.publish(transitions)
+
+    return publish
+
+
+def test_a_gap_wakes_a_waiting_subscriber_whose_transition_it_holds(world):
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        wanted, other = new_run(orchestrator), new_run(orchestrator)  # sequences 1 and 2
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence())
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(lossy_publisher(broadcaster, lost={3}))
+        only = TransitionFilter(run_ids=frozenset({wanted}))
+        reading = asyncio.create_task(take(broadcaster.subscribe(only, None), 1))
+        await asyncio.sleep(0.05)
+        cancelled = orchestrator.set_state(wanted, State(StateType.CANCELLED))  # lost
+        orchestrator.set_state(other, State(StateType.RUNNING))  # only the other run after it
+        assert await asyncio.wait_for(reading, 5) == [cancelled.transitions[0].sequence]
+
+    asyncio.run(main())
+
+
+def test_after_a_gap_a_rare_subscriber_still_survives_log_pruning(world):
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        run_id = new_run(orchestrator)
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence(), capacity=10)
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(lossy_publisher(broadcaster, lost={2}))
+        rare = TransitionFilter(state_types=frozenset({int(StateType.CANCELLED)}))
+        reading = asyncio.create_task(take(broadcaster.subscribe(rare, None), 1))
+        await asyncio.sleep(0.05)
+        for _ in range(100):  # the first is lost: a gap
+            orchestrator.set_state(run_id, State(StateType.RUNNING))
+            await asyncio.sleep(0)
+        with store.transaction():
+            store.prune_log(5)
+        cancelled = orchestrator.set_state(run_id, State(StateType.CANCELLED))
+        assert await asyncio.wait_for(reading, 5) == [cancelled.transitions[0].sequence]
+
+    asyncio.run(main())
+
+
+def test_a_cursor_past_the_last_publication_waits_without_blocking_the_loop(world):
+    """Catching up from the log can pass what was published (a transition committed but not
+    published yet, or never): the subscriber then waits, it does not spin."""
+    store, reader, orchestrator = world
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence(), capacity=1)
+        broadcaster.bind(asyncio.get_running_loop())
+        orchestrator.subscribe(lossy_publisher(broadcaster, lost={3}))
+        run_id = new_run(orchestrator)  # 1
+        orchestrator.set_state(run_id, State(StateType.RUNNING))  # 2, the ring holds only it
+        orchestrator.set_state(run_id, State(StateType.RUNNING))  # 3, lost
+        reading = asyncio.create_task(take(broadcaster.subscribe(TransitionFilter(), 0), 4))
+        ticks = 0
+        for _ in range(10):  # the loop keeps turning while the subscriber waits at 3
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 10 and not reading.done()
+        orchestrator.set_state(run_id, State(StateType.RUNNING))  # 4
+        assert await asyncio.wait_for(reading, 5) == [1, 2, 3, 4]
+
+    asyncio.run(main())
