@@ -61,9 +61,13 @@ class ServerProcess:
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         offset = self.log_path.stat().st_size
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
+        try:
+            self.process = subprocess.Popen(
+                command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+        except BaseException:
+            self._log.close()
+            raise
         try:
             self.port = self._wait_listening(offset, timeout)
         except BaseException:
@@ -111,6 +115,10 @@ class ServerProcess:
             self.process.send_signal(sig)
         try:
             code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never leave a server behind
+            self.process.wait()
+            raise
         finally:
             self._log.close()
         return code

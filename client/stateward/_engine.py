@@ -18,7 +18,13 @@ import time
 from typing import Any
 
 from stateward._hooks import run_hooks, run_hooks_async
-from stateward._interrupt import Interruptible, RunCancelled, RunInterrupted, RunTimedOut
+from stateward._interrupt import (
+    Interruptible,
+    RunCancelled,
+    RunInterrupted,
+    RunTimedOut,
+    engine_waits,
+)
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import failed
 from stateward._results import exception_for
@@ -54,8 +60,9 @@ class RunEngine:
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
         self.timed_out = False
         self.cancel_hooks_ran = False
-        # An interrupt meant for the run around this one (a flow's cancel or timeout reaching
-        # a task): this run ends Cancelled, then the interrupt goes on to that run.
+        # The run around this one is being stopped (its cancel or timeout): this run stops
+        # too, wherever it is, ends Cancelled, then passes the interrupt on to that run.
+        self.stop_requested: type[RunInterrupted] | None = None
         self.passed_on: BaseException | None = None
 
     def record(self) -> Any:
@@ -72,23 +79,38 @@ class RunEngine:
         """Called (from the supervisor's thread) when the run becomes CANCELLING/CANCELLED."""
         if self.cancel_state is None or state.type is StateType.CANCELLED:
             self.cancel_state = state
-        if self.interruptible is not None:
-            self.interruptible.interrupt(RunCancelled)
-        if self.asyncio_task is not None and self.asyncio_loop is not None:
-            self.asyncio_loop.call_soon_threadsafe(self.asyncio_task.cancel)
+        region = self.interruptible
+        if region is not None:
+            region.interrupt(RunCancelled)
+        task, loop = self.asyncio_task, self.asyncio_loop
+        if task is not None and loop is not None:
+            loop.call_soon_threadsafe(task.cancel)
 
-    def finish_cancel(self) -> State:
+    def interrupt(self, error: type[RunInterrupted]) -> None:
+        """Called (from another thread) when the run around this one is stopped: stop this
+        run's code if it runs, else at its next step."""
+        if self.stop_requested is None:
+            self.stop_requested = error
+        region = self.interruptible
+        if region is not None:
+            region.interrupt(error, from_outside=True)
+
+    def finish_cancel(self, message: str = "cancelled while it ran") -> State:
         """The run is being cancelled: complete it (unless already Cancelled)."""
         current = self.orchestration.state
         if current is not None and current.type in TERMINAL_TYPES:
             return current
-        decision = self.orchestration.propose(
-            State(StateType.CANCELLED, message="cancelled while it ran")
-        )
+        decision = self.orchestration.propose(State(StateType.CANCELLED, message=message))
         if decision.status is SetStateStatus.ABORT:
             raise OrchestrationAborted(decision.reason)
         assert decision.state is not None
         return decision.state
+
+    def stopped_from_outside(self, error: type[RunInterrupted]) -> State:
+        """The run around this one was stopped between two of this run's steps: end Cancelled
+        and pass the interrupt on."""
+        self.passed_on = error()
+        return self.finish_cancel(_stopped_message(error))
 
     # --- the steps --------------------------------------------------------------------------------
 
@@ -99,6 +121,8 @@ class RunEngine:
         """Get the run into RUNNING (`first` is the answer to a Running already proposed); None
         means run the code, else the run's final state."""
         while True:
+            if self.stop_requested is not None:
+                return self.stopped_from_outside(self.stop_requested)
             if self.cancel_state is not None:
                 return self.finish_cancel()
             if first is not None:
@@ -106,7 +130,8 @@ class RunEngine:
             else:
                 decision = self.orchestration.propose(self.running_proposal())
             if decision.status is SetStateStatus.WAIT:
-                self.orchestration.wait(decision)
+                with engine_waits():
+                    self.orchestration.wait(decision)
                 continue
             if decision.status is SetStateStatus.ACCEPT:
                 return None
@@ -119,7 +144,8 @@ class RunEngine:
             if state.type in TERMINAL_TYPES:
                 return state  # a cache hit, or a run that was cancelled before it started
             if state.type is StateType.PAUSED:  # parked NotReady while the flow run is paused
-                time.sleep(_NOT_READY_POLL_SECONDS)
+                with engine_waits():
+                    time.sleep(_NOT_READY_POLL_SECONDS)
                 continue
             raise OrchestrationAborted(
                 f"the {self.kind} could not start: it is {state.name} ({decision.reason})"
@@ -150,31 +176,33 @@ class RunEngine:
 
     def _sleep_until_retry(self, awaiting: State) -> None:
         at = awaiting.details.scheduled_time
-        while at is not None and self.cancel_state is None:
-            left = (at - now()).total_seconds()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
+        with engine_waits():
+            while at is not None and self.cancel_state is None and self.stop_requested is None:
+                left = (at - now()).total_seconds()
+                if left <= 0:
+                    return
+                time.sleep(min(left, 0.1))
 
     def classify(self, error: BaseException) -> State:
         """The state an exception out of the user's code stands for."""
         region = self.interruptible
         if isinstance(error, RunInterrupted) and region is not None and region.from_outside:
             self.passed_on = error
-            cause = "timed out" if isinstance(error, RunTimedOut) else "was cancelled"
-            return State(StateType.CANCELLED, message=f"stopped: the run around it {cause}")
+            return State(StateType.CANCELLED, message=_stopped_message(type(error)))
         if (
             isinstance(error, asyncio.CancelledError)
             and self.cancel_state is None
             and self.inside_another_run()
+            and _task_being_cancelled()
         ):
             self.passed_on = error  # the enclosing run is being cancelled or timed out
             return State(StateType.CANCELLED, message="stopped with the run around it")
         if isinstance(error, RunTimedOut) or (isinstance(error, TimeoutError) and self.timed_out):
+            limit = f" of {self.timeout:g}s" if self.timeout is not None else ""
             return State(
                 StateType.FAILED,
                 name="TimedOut",
-                message=f"{self.orchestration.label} exceeded its timeout of {self.timeout:g}s",
+                message=f"{self.orchestration.label} exceeded its timeout{limit}",
             )
         # RunCancelled only comes from a cancel (of this run, or of the flow run around it);
         # an asyncio cancellation is one only if a cancel was asked for.
@@ -210,7 +238,10 @@ class RunEngine:
     def run_hooks(self, kind: str | None, state: State) -> None:
         if self._hooks_due(kind):
             assert kind is not None
-            run_hooks(self.subject.hooks(kind), kind, self.subject, self.record(), state, self.log)
+            with engine_waits():  # hooks are the user's code: a signal stops them
+                run_hooks(
+                    self.subject.hooks(kind), kind, self.subject, self.record(), state, self.log
+                )
 
     async def run_hooks_async(self, kind: str | None, state: State) -> None:
         if self._hooks_due(kind):
@@ -240,6 +271,9 @@ class RunEngine:
     def execute_sync(self) -> State:
         interruptible = Interruptible()
         self.interruptible = interruptible
+        stop = self.stop_requested  # read after the region is known: no stop slips between
+        if stop is not None:
+            interruptible.interrupt(stop, from_outside=True)
         try:
             with interruptible.running(self.timeout, self.on_timeout):
                 return self.after_call(self.call_sync())
@@ -250,14 +284,19 @@ class RunEngine:
 
     def on_timeout(self) -> None:
         """The run's `timeout_seconds` passed: stop its code."""
-        if self.interruptible is not None:
-            self.interruptible.interrupt(RunTimedOut)
+        region = self.interruptible
+        if region is not None:
+            region.interrupt(RunTimedOut)
 
     async def execute_async(self) -> State:
         self.asyncio_loop = asyncio.get_running_loop()
         self.asyncio_task = asyncio.current_task()
         self.timed_out = False
         try:
+            stop = self.stop_requested
+            if stop is not None:
+                self.passed_on = stop()
+                return State(StateType.CANCELLED, message=_stopped_message(stop))
             if self.cancel_state is not None:
                 raise RunCancelled
             try:
@@ -309,6 +348,21 @@ class RunEngine:
         if self.error is not None and state.is_failed():
             raise self.error
         raise exception_for(state)
+
+
+def _stopped_message(error: type[RunInterrupted]) -> str:
+    cause = "timed out" if issubclass(error, RunTimedOut) else "was cancelled"
+    return f"stopped: the run around it {cause}"
+
+
+def _task_being_cancelled() -> bool:
+    """Whether the asyncio task running now was asked to cancel (rather than its code raising
+    CancelledError itself)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 # --- prints ---------------------------------------------------------------------------

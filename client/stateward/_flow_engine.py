@@ -54,8 +54,9 @@ class FlowRunEngine(RunEngine):
         self.flow_run: FlowRun | None = None
         self.context: FlowRunContext | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
-        # The task runs executing now (anything with `interrupt`): a cancel interrupts them too.
-        self.running_tasks: set[Any] = set()
+        # The task runs and subflows of this run under way (their engines): when this run is
+        # cancelled or times out, they are stopped too.
+        self.nested: set[RunEngine] = set()
         self.task_run_lock = threading.Lock()
 
     def create_and_start(self) -> Decision:
@@ -115,18 +116,32 @@ class FlowRunEngine(RunEngine):
 
     def request_cancel(self, state: State) -> None:
         super().request_cancel(state)
-        self._stop_tasks(RunCancelled)
+        self._stop_nested(RunCancelled)
 
     def on_timeout(self) -> None:
-        """Past the flow's timeout, its own code stops, and so do the task runs it runs."""
+        """Past the flow's timeout, its own code stops, and so do its task runs and subflows."""
         super().on_timeout()
-        self._stop_tasks(RunTimedOut)
+        self._stop_nested(RunTimedOut)
 
-    def _stop_tasks(self, error: type[RunInterrupted]) -> None:
+    def interrupt(self, error: type[RunInterrupted]) -> None:
+        """The run around this subflow was stopped: so are this subflow and what it runs."""
+        super().interrupt(error)
+        self._stop_nested(error)
+
+    def _stop_nested(self, error: type[RunInterrupted]) -> None:
         with self.task_run_lock:
-            running = list(self.running_tasks)
-        for task_engine in running:
-            task_engine.interrupt(error)
+            under_way = list(self.nested)
+        for engine in under_way:
+            engine.interrupt(error)
+
+    def track(self, engine: RunEngine) -> None:
+        """A task run or subflow of this run is under way (until `untrack`)."""
+        with self.task_run_lock:
+            self.nested.add(engine)
+
+    def untrack(self, engine: RunEngine) -> None:
+        with self.task_run_lock:
+            self.nested.discard(engine)
 
     def inside_another_run(self) -> bool:
         return self.parent is not None
@@ -198,7 +213,13 @@ class FlowRunEngine(RunEngine):
         ):
             self.crash(error)
 
+    def _track(self) -> None:
+        if self.parent is not None:
+            self.parent.engine.track(self)
+
     def _done(self) -> None:
+        if self.parent is not None:
+            self.parent.engine.untrack(self)
         self.supervisor.forget(self.id)
         self.supervisor.release_lease(self.id)
 
@@ -208,6 +229,7 @@ class FlowRunEngine(RunEngine):
         # Registered before the run exists: no cancel can slip between.
         self.supervisor.on_cancel(self.id, self.request_cancel)
         restore = crash_on_signals() if self.parent is None else (lambda: None)
+        self._track()
         try:
             try:
                 final = self.orchestrate_sync(self.create_and_start())
@@ -223,6 +245,7 @@ class FlowRunEngine(RunEngine):
 
     async def run_async(self) -> State:
         self.supervisor.on_cancel(self.id, self.request_cancel)
+        self._track()
         try:
             try:
                 first = await asyncio.to_thread(self.create_and_start)

@@ -2,14 +2,19 @@
 
 Interrupts reach user code only. Each thread keeps a stack of what it is doing: regions of user
 code (a flow's, a task's called inside it...) and, in between, the engine's own work (talking to
-the server, bookkeeping, hooks). Only the innermost entry runs: a region under engine work is
-paused, and an interrupt that arrives meanwhile waits until the engine's work is done. So an
-interrupt never lands half-way through a write to the server (in the embedded server, those
-writes run on the caller's thread).
+the server, bookkeeping). Only the innermost entry runs: a region under engine work is paused,
+and an interrupt that arrives meanwhile waits until the engine's work is done. So an interrupt
+never lands half-way through a write to the server (in the embedded server, those writes run on
+the caller's thread).
 
-An interrupt meant for a region whose thread runs a region nested inside it (a task called by
-the flow) is delivered to the nested code, marked as coming from outside: the task ends
-Cancelled and passes the interrupt on to the flow, rather than taking it for its own.
+An interrupt meant for a region whose thread runs regions nested inside it (a task called by the
+flow, a subflow) is delivered to the innermost one, and every nested region is marked as stopped
+from outside: each ends Cancelled and passes the interrupt on to the run around it, rather than
+taking it for its own.
+
+SIGTERM and SIGINT (during a flow run on the main thread) crash the run: they are raised at once
+in user code and while the engine only waits (a retry's delay, a WAIT, inputs, hooks), and held
+back, like interrupts, while the engine talks to the server.
 
 Synchronous code is interrupted with CPython's asynchronous exceptions; on the main thread a
 signal also wakes a blocking call so the exception lands at once. (In other threads a blocking
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +39,9 @@ _WAKE_SIGNAL = signal.SIGUSR2
 _wake_installed = False
 
 _ENGINE = object()  # the engine's own work, on a thread's stack
-_lock = threading.Lock()
+# Reentrant so that a signal handler can tell whether its thread is inside this module's own
+# bookkeeping (then the signal waits for the bookkeeping to end).
+_lock = threading.RLock()
 _stacks: dict[int, list[object]] = {}  # per thread: regions and engine work, innermost last
 _pending_signals: dict[int, BaseException] = {}  # signals that arrived in engine work
 
@@ -82,6 +90,7 @@ class Interruptible:
         self.from_outside = False  # that interrupt was meant for an enclosing run
         self._pending: type[RunInterrupted] | None = None  # received, not raised yet
         self._sent = False  # an asynchronous exception may be on its way to the thread
+        self._leaving = False  # the region's code is over: a signal now waits
 
     def interrupt(self, error: type[RunInterrupted], *, from_outside: bool = False) -> bool:
         """Stop this region's code with `error`, now or as soon as its code runs again; False
@@ -99,7 +108,10 @@ class Interruptible:
                 if innermost.received is not None:  # the nested code is being stopped already
                     self._pending = error
                     return True
-                innermost.received, innermost.from_outside = error, True
+                # Every run nested inside this one is stopped with it, from outside.
+                for entry in stack[stack.index(self) + 1 :]:
+                    if isinstance(entry, Interruptible) and entry.received is None:
+                        entry.received, entry.from_outside = error, True
             innermost._sent = True
             _set_async_exc(self.thread_id, error)
             if self.thread_id == threading.main_thread().ident and _wake_installed:
@@ -116,34 +128,65 @@ class Interruptible:
         if timeout is not None:
             timer = threading.Timer(timeout, on_timeout or (lambda: self.interrupt(RunTimedOut)))
             timer.daemon = True
-        with _lock:
-            _stacks.setdefault(self.thread_id, []).append(self)
-            pending, self._pending = self._pending, None
+        thread_id = self.thread_id
         try:
+            with _lock:
+                _stacks.setdefault(thread_id, []).append(self)
+                pending, self._pending = self._pending, None
+                signal_error = _pending_signals.pop(thread_id, None)
+            if signal_error is not None:
+                raise signal_error  # arrived while the engine worked
             if pending is not None:
                 raise pending  # interrupted before its code started
             if timer is not None:
                 timer.start()
             yield self
         finally:
+            # An interrupt sent just before the code ended may land anywhere until it is
+            # withdrawn, even as `_leave` starts: then leave again (the region is over anyway).
+            # No call comes before the loop, where nothing would catch it.
+            self._leaving = True
+            while True:
+                try:
+                    _leave(thread_id, self)
+                    break
+                except RunInterrupted:
+                    continue
             if timer is not None:
                 timer.cancel()
-            with _lock:
-                if self._sent:  # sent but perhaps not raised yet: it must not land later
-                    _set_async_exc(self.thread_id, None)
-                    self._sent = False
-                _pop(self.thread_id, self)
+
+
+def _leave(thread_id: int, entry: object) -> None:
+    """Take `entry` off its thread's stack (if it is still there), withdrawing an interrupt sent
+    to it that has not landed yet."""
+    with _lock:
+        if isinstance(entry, Interruptible) and entry._sent:
+            _set_async_exc(thread_id, None)
+            entry._sent = False
+        _pop(thread_id, entry)
 
 
 def _pop(thread_id: int, entry: object) -> None:
     """Remove the innermost occurrence of `entry` (entries leave in the order they came)."""
-    stack = _stacks[thread_id]
+    stack = _stacks.get(thread_id, [])
     for index in range(len(stack) - 1, -1, -1):
         if stack[index] is entry:
             del stack[index]
             break
     if not stack:
-        del _stacks[thread_id]
+        _stacks.pop(thread_id, None)
+
+
+def _being_handled(error: type[RunInterrupted]) -> bool:
+    """Whether the code is handling that interrupt now (in an `except` or a `finally`)."""
+    current: BaseException | None = sys.exc_info()[1]
+    for _ in range(100):  # the chain of exceptions being handled, innermost first
+        if current is None:
+            break
+        if isinstance(current, error):
+            return True
+        current = current.__context__
+    return False
 
 
 @contextmanager
@@ -154,16 +197,17 @@ def engine_code() -> Iterator[None]:
     with _lock:
         stack = _stacks.setdefault(thread_id, [])
         region = stack[-1] if stack and isinstance(stack[-1], Interruptible) else None
-        if region is not None and region._sent:  # not raised yet: hold it back
+        if region is not None and region._sent:
             _set_async_exc(thread_id, None)
             region._sent = False
-            region._pending = region.received
+            if not _being_handled(region.received):  # type: ignore[arg-type]
+                region._pending = region.received  # not raised yet: hold it back
         stack.append(_ENGINE)
     try:
         yield
     finally:
+        _leave(thread_id, _ENGINE)  # nothing lands here: the engine's work is on top
         with _lock:
-            _pop(thread_id, _ENGINE)
             pending = None
             if region is not None:
                 pending, region._pending = region._pending, None
@@ -175,29 +219,66 @@ def engine_code() -> Iterator[None]:
             raise pending
 
 
+class _Waiting:
+    """The engine only waiting, or running hooks, on a thread's stack: signals land there,
+    interrupts wait."""
+
+    __slots__ = ("_leaving",)
+
+    def __init__(self) -> None:
+        self._leaving = False
+
+
+@contextmanager
+def engine_waits() -> Iterator[None]:
+    """Around the engine's waits (a retry's delay, a WAIT, inputs) and the hooks it runs: a
+    signal stops them at once; timeouts and cancels still wait."""
+    thread_id = threading.get_ident()
+    waiting = _Waiting()
+    try:
+        with _lock:
+            _stacks.setdefault(thread_id, []).append(waiting)
+            signal_error = _pending_signals.pop(thread_id, None)
+        if signal_error is not None:
+            raise signal_error  # it arrived while the engine worked
+        yield
+    finally:
+        waiting._leaving = True  # a signal now waits for the engine's next wait, or its end
+        _leave(thread_id, waiting)
+
+
 def crash_on_signals() -> Callable[[], None]:
     """On the main thread: SIGTERM and SIGINT stop user code at once (so its run crashes), and
-    wait while the engine works. Returns the function that puts the previous handlers back."""
+    wait while the engine works. A signal the program ignores or handles itself is left alone.
+    Returns the function that puts the previous handlers back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     errors: dict[int, Callable[[], BaseException]] = {
         signal.SIGTERM: lambda: TerminationSignal("SIGTERM"),
         signal.SIGINT: KeyboardInterrupt,
     }
-    previous = {signum: signal.getsignal(signum) for signum in errors}
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    previous = {
+        signum: handler for signum in errors if (handler := signal.getsignal(signum)) in defaults
+    }
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # It runs on the main thread between two of its bytecodes: the thread's stack is as
+        # that thread left it, unless the thread is inside this module's bookkeeping.
         thread_id = threading.get_ident()
         error = errors[signum]()
-        with _lock:
-            stack = _stacks.get(thread_id)
-            engine_busy = bool(stack) and stack[-1] is _ENGINE  # type: ignore[index]
-            if engine_busy:
-                _pending_signals[thread_id] = error
-        if not engine_busy:
-            raise error
+        stack = _stacks.get(thread_id)
+        top = stack[-1] if stack else None
+        if (
+            _lock._is_owned()  # type: ignore[attr-defined]
+            or top is _ENGINE
+            or getattr(top, "_leaving", False)
+        ):
+            _pending_signals[thread_id] = error  # raised once the engine's work is done
+            return
+        raise error
 
-    for signum in errors:
+    for signum in previous:
         signal.signal(signum, on_signal)
 
     def restore() -> None:

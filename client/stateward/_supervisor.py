@@ -96,8 +96,12 @@ class RunSupervisor:
                 ):
                     with self._lock:
                         callback = self._cancel_callbacks.get(transition.run_id)
-                    if callback is not None:
+                    if callback is None:
+                        continue
+                    try:
                         callback(transition.to_state)
+                    except Exception:  # one run's trouble must not cost the others their cancels
+                        log.exception("stopping the cancelled run %s failed", transition.run_id)
             except Exception as error:  # the thread must outlive any failure
                 log.warning(
                     "lost the cancellation stream (%s); reconnecting",

@@ -19,7 +19,7 @@ from stateward._context import TaskRunContext, flow_run_context, task_run_contex
 from stateward._convert import optional_datetime, state_from_proto
 from stateward._embedded import get_client
 from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
-from stateward._interrupt import RunInterrupted, engine_code
+from stateward._interrupt import RunInterrupted, engine_code, engine_waits
 from stateward._logging import configure_default_logging
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
@@ -66,6 +66,8 @@ class TaskRunEngine(RunEngine):
         self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
         self.task_run: TaskRun | None = None
         self.cache_key = ""
+        if self.flow_context is not None:  # its flow run's timeout or cancel stops it too
+            self.flow_context.engine.track(self)
 
     # --- the run record ---------------------------------------------------------------------------
 
@@ -127,9 +129,10 @@ class TaskRunEngine(RunEngine):
         in one batch. Returns the answer to Running; None when the run exists already (it
         proposes Running itself); a final state if an input's task run failed."""
         try:
-            for future in self.wait_for:
-                resolve(future)
-            self.parameters = resolve(self.parameters)
+            with engine_waits():
+                for future in self.wait_for:
+                    resolve(future)
+                self.parameters = resolve(self.parameters)
         except UpstreamFailed as error:
             self.error = error
             if self.task_run is None:
@@ -177,24 +180,6 @@ class TaskRunEngine(RunEngine):
 
     # --- executing the task's function ------------------------------------------------------------
 
-    def execute_sync(self) -> State:
-        flow_engine = self.flow_context.engine if self.flow_context else None
-        if flow_engine is None:
-            return super().execute_sync()
-        # While it runs, the flow run's cancel can interrupt it (in whichever thread it runs).
-        with flow_engine.task_run_lock:
-            flow_engine.running_tasks.add(self)
-        try:
-            return super().execute_sync()
-        finally:
-            with flow_engine.task_run_lock:
-                flow_engine.running_tasks.discard(self)
-
-    def interrupt(self, error: type[RunInterrupted]) -> bool:
-        """What the flow run's cancel or timeout calls: stop the task's code if it runs."""
-        region = self.interruptible
-        return region.interrupt(error, from_outside=True) if region is not None else False
-
     def inside_another_run(self) -> bool:
         return self.flow_context is not None
 
@@ -225,6 +210,11 @@ class TaskRunEngine(RunEngine):
         ):
             self.crash(error)
 
+    def _done(self) -> None:
+        if self.flow_context is not None:
+            self.flow_context.engine.untrack(self)
+        self.supervisor.release_lease(self.id)
+
     def run(self) -> State:
         try:
             begun = self.begin()
@@ -233,7 +223,7 @@ class TaskRunEngine(RunEngine):
             self._crash_unless_reported(error)
             raise
         finally:
-            self.supervisor.release_lease(self.id)
+            self._done()
         self.run_hooks(FINAL_HOOKS.get(final.type), final)
         self.pass_on()
         return final
@@ -249,7 +239,7 @@ class TaskRunEngine(RunEngine):
             await asyncio.to_thread(self._crash_unless_reported, error)
             raise
         finally:
-            self.supervisor.release_lease(self.id)
+            self._done()
         await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
         self.pass_on()
         return final
@@ -321,17 +311,17 @@ def submit_task(
     wait_for: Iterable[Any] | None,
 ) -> StatewardFuture[Any]:
     context = flow_run_context.get()
-    with engine_code():
+    with engine_code():  # an interrupt waits until the flow run knows the future
         engine = TaskRunEngine(task, args, kwargs, wait_for)
         engine.create()
-    run = contextvars.copy_context().run
-    future: StatewardFuture[Any] = StatewardFuture(
-        engine.id,
-        _executor_for(context).submit(run, engine.run_in_worker),
-        lambda: engine.orchestration.state,
-    )
-    if context is not None:
-        context.futures.append(future)
+        run = contextvars.copy_context().run
+        future: StatewardFuture[Any] = StatewardFuture(
+            engine.id,
+            _executor_for(context).submit(run, engine.run_in_worker),
+            lambda: engine.orchestration.state,
+        )
+        if context is not None:
+            context.futures.append(future)
     return future
 
 

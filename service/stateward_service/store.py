@@ -267,12 +267,14 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All writes inside commit together, or none does (a failed COMMIT included)."""
+        began = False
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            began = True
             yield
             self.conn.execute("COMMIT")
         except BaseException:
-            if self.conn.in_transaction:
+            if began and self.conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
             raise

@@ -146,3 +146,139 @@ def test_async_tasks_stopped_with_their_flow_end_cancelled(client):
     run = next(client.list_flow_runs(flow_names=["async-times-out"], limit=1))
     finals = [t.state.type for t in client.list_task_runs(flow_run_ids=[run.id])]
     assert finals == [StateType.CANCELLED, StateType.CANCELLED]
+
+
+def finals_of(client, flow_name: str) -> tuple[object, list[object]]:
+    """The newest flow run of that name and the final states of its task runs, once final."""
+    run = next(client.list_flow_runs(flow_names=[flow_name], limit=1))
+    deadline = time.monotonic() + 10
+    while True:
+        task_runs = list(client.list_task_runs(flow_run_ids=[run.id], limit=100))
+        if all(t.state.is_final() for t in task_runs) or time.monotonic() > deadline:
+            return run, task_runs
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("subflow_options", [{}, {"timeout_seconds": 30, "retries": 1}])
+def test_a_timeout_reaching_a_task_inside_a_subflow_stops_both(client, subflow_options):
+    """Neither the subflow (with or without its own timeout and retries) nor its task takes
+    the parent's timeout for its own: both end Cancelled, the parent TimedOut."""
+    name = f"parent-{len(subflow_options)}"
+
+    @task
+    def step():
+        for _ in range(100):
+            time.sleep(0.05)
+
+    @flow(name=f"{name}-sub", **subflow_options)
+    def inner():
+        step()
+
+    @flow(name=name, timeout_seconds=0.5)
+    def outer():
+        inner()
+
+    started = time.monotonic()
+    state = outer(return_state=True)
+    assert time.monotonic() - started < 4
+    assert state.name == "TimedOut"
+    subflow, (task_run,) = finals_of(client, f"{name}-sub")
+    assert [s.name for s in client.list_states(subflow.id)] == ["Pending", "Running", "Cancelled"]
+    assert subflow.state.message == "stopped: the run around it timed out"
+    assert task_run.state.type is StateType.CANCELLED
+
+
+def test_a_task_called_in_a_finally_after_the_timeout_runs_once(client):
+    """The timeout is raised in the flow's code once: cleanup code may still call tasks."""
+    ran = []
+
+    @task
+    def cleanup(step: str) -> str:
+        ran.append(step)
+        return step
+
+    @flow(name="cleans-up", timeout_seconds=0.3)
+    def outer():
+        try:
+            for _ in range(100):
+                time.sleep(0.05)
+        finally:
+            cleanup("first")
+            cleanup("second")
+
+    assert outer(return_state=True).name == "TimedOut"
+    assert ran == ["first", "second"]
+    _, task_runs = finals_of(client, "cleans-up")
+    assert {t.state.name for t in task_runs} == {"Completed"}
+
+
+@pytest.mark.parametrize("mode", ["inline", "submit"])
+def test_a_flow_timeout_stops_a_task_waiting_to_retry(client, mode):
+    attempts = []
+
+    @task(retries=1, retry_delay_seconds=1.5)
+    def flaky():
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise ValueError("the first attempt fails")
+        time.sleep(4)
+
+    @flow(name=f"stops-retry-{mode}", timeout_seconds=1)
+    def outer():
+        if mode == "inline":
+            flaky()
+        else:
+            flaky.submit().result()
+
+    started = time.monotonic()
+    state = outer(return_state=True)
+    assert time.monotonic() - started < 3
+    assert state.name == "TimedOut"
+    assert len(attempts) == 1  # no second attempt after the flow timed out
+    _, (task_run,) = finals_of(client, f"stops-retry-{mode}")
+    assert task_run.state.type is StateType.CANCELLED
+    assert task_run.state.message == "stopped: the run around it timed out"
+
+
+def test_a_timeout_while_submitting_leaves_no_task_run_behind(client):
+    @task
+    def noop(i: int) -> int:
+        return i
+
+    @flow(name="submits-until-stopped", timeout_seconds=0.3)
+    def submits():
+        i = 0
+        while True:
+            noop.submit(i)
+            i += 1
+
+    for _ in range(3):
+        assert submits(return_state=True).name == "TimedOut"
+    for run in client.list_flow_runs(flow_names=["submits-until-stopped"], limit=3):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            names = {t.state.name for t in client.list_task_runs(flow_run_ids=[run.id])}
+            if names <= {"Completed", "Cancelled"}:
+                break
+            time.sleep(0.1)
+        assert names <= {"Completed", "Cancelled"}, names
+
+
+def test_a_cancelled_error_from_async_task_code_is_not_taken_for_a_cancel(client):
+    """Only a cancel of the asyncio task stops a task run with its flow: its own code raising
+    CancelledError crashes it."""
+
+    @task(name="raises-cancelled-error")
+    async def inner():
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    @flow(name="async-own-cancelled-error")
+    async def outer():
+        return await inner(return_state=True)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(outer())
+    (task_run,) = client.list_task_runs(task_keys=["raises-cancelled-error"], limit=1)
+    assert task_run.state.type is StateType.CRASHED

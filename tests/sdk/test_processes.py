@@ -261,6 +261,61 @@ def test_a_signal_crashes_the_run_and_runs_on_crashed(sdk_server, client, signum
     assert run.state.message in ("TerminationSignal: SIGTERM", "KeyboardInterrupt")
 
 
+def test_a_signal_during_a_retry_delay_crashes_the_run_at_once(sdk_server, client):
+    name = f"signalled-waiting-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        import time
+        from stateward import flow
+
+        attempts = []
+
+        @flow(name="{name}", retries=1, retry_delay_seconds=30)
+        def flaky():
+            attempts.append(1)
+            print("attempt", len(attempts), flush=True)
+            raise ValueError("fails")
+
+        try:
+            flaky()
+        finally:
+            print("attempts", len(attempts), flush=True)
+        """
+    )
+    assert runner.stdout is not None and runner.stdout.readline() == "attempt 1\n"
+    run = next(client.list_flow_runs(flow_names=[name], limit=1))
+    wait_until(lambda: client.get_flow_run(run.id).state.name == "AwaitingRetry", what="retry")
+    started = time.monotonic()
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=30)
+    assert time.monotonic() - started < 10  # not the 30 s of the delay
+    assert out == "attempts 1\n", err
+    assert "KeyboardInterrupt" in err
+    assert client.get_flow_run(run.id).state.name == "Crashed"
+
+
+def test_a_signal_the_program_ignores_stays_ignored(sdk_server):
+    result = python(
+        """
+        import os, signal, threading, time
+        from stateward import flow
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+
+        @flow
+        def steady():
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            time.sleep(1)
+            return "finished"
+
+        print(steady())
+        print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-2:] == ["finished", "True"]
+
+
 def test_a_killed_process_leaves_a_crashed_run_that_watchers_see(sdk_server, client):
     name = f"killed-{os.urandom(3).hex()}"
     runner = spawn(
