@@ -14,7 +14,6 @@ import asyncio
 import builtins
 import contextvars
 import logging
-import time
 from typing import Any
 
 from stateward._hooks import run_hooks, run_hooks_async
@@ -23,7 +22,8 @@ from stateward._interrupt import (
     RunCancelled,
     RunInterrupted,
     RunTimedOut,
-    engine_waits,
+    sleep,
+    waiting,
 )
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import failed
@@ -58,6 +58,7 @@ class RunEngine:
         self.interruptible: Interruptible | None = None
         self.asyncio_task: asyncio.Task[Any] | None = None
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
+        self.owns_loop = False  # an async task run in a worker thread, on its own event loop
         self.timed_out = False
         self.cancel_hooks_ran = False
         # The run around this one is being stopped (its cancel or timeout): this run stops
@@ -94,6 +95,14 @@ class RunEngine:
         region = self.interruptible
         if region is not None:
             region.interrupt(error, from_outside=True)
+        task, loop = self.asyncio_task, self.asyncio_loop
+        if self.owns_loop and task is not None and loop is not None:
+            loop.call_soon_threadsafe(task.cancel)
+
+    def stopping(self) -> bool:
+        """Whether the engine's waits should end early: the run is being cancelled, or stopped
+        with the run around it."""
+        return self.cancel_state is not None or self.stop_requested is not None
 
     def finish_cancel(self, message: str = "cancelled while it ran") -> State:
         """The run is being cancelled: complete it (unless already Cancelled)."""
@@ -128,10 +137,9 @@ class RunEngine:
             if first is not None:
                 decision, first = first, None
             else:
-                decision = self.orchestration.propose(self.running_proposal())
+                decision = self.orchestration.propose(self.running_proposal(), wait=False)
             if decision.status is SetStateStatus.WAIT:
-                with engine_waits():
-                    self.orchestration.wait(decision)
+                self.orchestration.wait(decision, self.stopping)
                 continue
             if decision.status is SetStateStatus.ACCEPT:
                 return None
@@ -144,8 +152,7 @@ class RunEngine:
             if state.type in TERMINAL_TYPES:
                 return state  # a cache hit, or a run that was cancelled before it started
             if state.type is StateType.PAUSED:  # parked NotReady while the flow run is paused
-                with engine_waits():
-                    time.sleep(_NOT_READY_POLL_SECONDS)
+                sleep(_NOT_READY_POLL_SECONDS, self.stopping)
                 continue
             raise OrchestrationAborted(
                 f"the {self.kind} could not start: it is {state.name} ({decision.reason})"
@@ -176,12 +183,8 @@ class RunEngine:
 
     def _sleep_until_retry(self, awaiting: State) -> None:
         at = awaiting.details.scheduled_time
-        with engine_waits():
-            while at is not None and self.cancel_state is None and self.stop_requested is None:
-                left = (at - now()).total_seconds()
-                if left <= 0:
-                    return
-                time.sleep(min(left, 0.1))
+        if at is not None:
+            sleep((at - now()).total_seconds(), self.stopping)
 
     def classify(self, error: BaseException) -> State:
         """The state an exception out of the user's code stands for."""
@@ -193,10 +196,12 @@ class RunEngine:
             isinstance(error, asyncio.CancelledError)
             and self.cancel_state is None
             and self.inside_another_run()
-            and _task_being_cancelled()
+            and (self.stop_requested is not None or _task_being_cancelled())
         ):
             self.passed_on = error  # the enclosing run is being cancelled or timed out
-            return State(StateType.CANCELLED, message="stopped with the run around it")
+            stopped = self.stop_requested
+            message = _stopped_message(stopped) if stopped else "stopped with the run around it"
+            return State(StateType.CANCELLED, message=message)
         if isinstance(error, RunTimedOut) or (isinstance(error, TimeoutError) and self.timed_out):
             limit = f" of {self.timeout:g}s" if self.timeout is not None else ""
             return State(
@@ -238,10 +243,9 @@ class RunEngine:
     def run_hooks(self, kind: str | None, state: State) -> None:
         if self._hooks_due(kind):
             assert kind is not None
-            with engine_waits():  # hooks are the user's code: a signal stops them
-                run_hooks(
-                    self.subject.hooks(kind), kind, self.subject, self.record(), state, self.log
-                )
+            hooks = self.subject.hooks(kind)
+            # Hooks are the user's code: a signal stops them.
+            waiting(run_hooks, hooks, kind, self.subject, self.record(), state, self.log)
 
     async def run_hooks_async(self, kind: str | None, state: State) -> None:
         if self._hooks_due(kind):
@@ -269,24 +273,25 @@ class RunEngine:
         raise NotImplementedError
 
     def execute_sync(self) -> State:
-        interruptible = Interruptible()
-        self.interruptible = interruptible
+        region = Interruptible()
+        self.interruptible = region
         stop = self.stop_requested  # read after the region is known: no stop slips between
         if stop is not None:
-            interruptible.interrupt(stop, from_outside=True)
+            region.interrupt(stop, from_outside=True)
         try:
-            with interruptible.running(self.timeout, self.on_timeout):
-                return self.after_call(self.call_sync())
+            value = region.run(self.call_sync, self.timeout, self.on_timeout)
         except BaseException as error:
             return self.classify(error)
         finally:
             self.interruptible = None
+        return self.after_call(value)
 
-    def on_timeout(self) -> None:
-        """The run's `timeout_seconds` passed: stop its code."""
-        region = self.interruptible
-        if region is not None:
-            region.interrupt(RunTimedOut)
+    def on_timeout(self, region: Interruptible) -> None:
+        """The `timeout_seconds` of the attempt that ran in `region` passed: stop its code."""
+        region.interrupt(RunTimedOut)
+
+    def on_async_timeout(self) -> None:
+        """An async run's `timeout_seconds` passed (asyncio cancels its own code)."""
 
     async def execute_async(self) -> State:
         self.asyncio_loop = asyncio.get_running_loop()
@@ -299,16 +304,24 @@ class RunEngine:
                 return State(StateType.CANCELLED, message=_stopped_message(stop))
             if self.cancel_state is not None:
                 raise RunCancelled
+            timer = None
+            if self.timeout is not None:
+                timer = self.asyncio_loop.call_later(self.timeout, self.on_async_timeout)
             try:
                 async with asyncio.timeout(self.timeout) as deadline:
                     value = await self.call_async()
             except TimeoutError:
                 self.timed_out = deadline.expired()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             return self.after_call(value)
         except BaseException as error:
-            if isinstance(error, asyncio.CancelledError) and self.cancel_state is not None:
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if isinstance(error, asyncio.CancelledError) and (
+                self.cancel_state is not None or (self.owns_loop and self.stop_requested)
+            ):
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # we asked for it
             return self.classify(error)
         finally:
             self.asyncio_task = None

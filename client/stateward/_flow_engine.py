@@ -18,6 +18,7 @@ from stateward._convert import flow_run_from_proto
 from stateward._embedded import get_client
 from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
 from stateward._interrupt import (
+    Interruptible,
     RunCancelled,
     RunInterrupted,
     RunTimedOut,
@@ -114,30 +115,49 @@ class FlowRunEngine(RunEngine):
             created=self.flow_run.created,
         )
 
-    def request_cancel(self, state: State) -> None:
-        super().request_cancel(state)
-        self._stop_nested(RunCancelled)
+    # A stop of this run reaches its code and, at the same moment (under `task_run_lock`), the
+    # task runs and subflows under way; one begun later, before the code was told, is stopped
+    # when it is tracked. Those begun after the code was told (in its `finally`) run.
 
-    def on_timeout(self) -> None:
+    def request_cancel(self, state: State) -> None:
+        with self.task_run_lock:
+            super().request_cancel(state)
+            under_way = list(self.nested)
+        self._stop(under_way, RunCancelled)
+
+    def on_timeout(self, region: Interruptible) -> None:
         """Past the flow's timeout, its own code stops, and so do its task runs and subflows."""
-        super().on_timeout()
-        self._stop_nested(RunTimedOut)
+        with self.task_run_lock:
+            if region is not self.interruptible:
+                return  # the timer of an attempt that is over
+            super().on_timeout(region)
+            under_way = list(self.nested)
+        self._stop(under_way, RunTimedOut)
+
+    def on_async_timeout(self) -> None:
+        with self.task_run_lock:
+            under_way = list(self.nested)
+        self._stop(under_way, RunTimedOut)
 
     def interrupt(self, error: type[RunInterrupted]) -> None:
         """The run around this subflow was stopped: so are this subflow and what it runs."""
-        super().interrupt(error)
-        self._stop_nested(error)
-
-    def _stop_nested(self, error: type[RunInterrupted]) -> None:
         with self.task_run_lock:
+            super().interrupt(error)
             under_way = list(self.nested)
-        for engine in under_way:
+        self._stop(under_way, error)
+
+    @staticmethod
+    def _stop(engines: list[RunEngine], error: type[RunInterrupted]) -> None:
+        for engine in engines:
             engine.interrupt(error)
 
     def track(self, engine: RunEngine) -> None:
         """A task run or subflow of this run is under way (until `untrack`)."""
         with self.task_run_lock:
             self.nested.add(engine)
+            region = self.interruptible
+            if region is not None and region.received is not None and not region.told:
+                engine.interrupt(region.received)  # begun by code that is being stopped
 
     def untrack(self, engine: RunEngine) -> None:
         with self.task_run_lock:

@@ -1,37 +1,47 @@
 """Stopping user code from outside: timeouts, cancels, and the signals that crash a run.
 
 Interrupts reach user code only. Each thread keeps a stack of what it is doing: regions of user
-code (a flow's, a task's called inside it...) and, in between, the engine's own work (talking to
-the server, bookkeeping). Only the innermost entry runs: a region under engine work is paused,
-and an interrupt that arrives meanwhile waits until the engine's work is done. So an interrupt
-never lands half-way through a write to the server (in the embedded server, those writes run on
-the caller's thread).
+code (a flow's, a task's called inside it...), the engine's own work (talking to the server,
+bookkeeping) and the engine's waits (a retry's delay, a WAIT, inputs, hooks). Only the innermost
+entry runs. An interrupt that arrives while the engine works or waits is held, and raised in
+the region's code once the engine is done; so an interrupt never lands half-way through a write
+to the server (in the embedded server, those writes run on the caller's thread).
 
 An interrupt meant for a region whose thread runs regions nested inside it (a task called by the
 flow, a subflow) is delivered to the innermost one, and every nested region is marked as stopped
-from outside: each ends Cancelled and passes the interrupt on to the run around it, rather than
-taking it for its own.
+from outside: each ends Cancelled and passes the interrupt on to the run around it. If the
+nested code ends before the interrupt reaches it, the interrupt goes on to the region around.
+
+Each interrupt reaches the code once: when it lands, the region is marked told, and a region's
+code that caught it is not interrupted again.
 
 SIGTERM and SIGINT (during a flow run on the main thread) crash the run: they are raised at once
-in user code and while the engine only waits (a retry's delay, a WAIT, inputs, hooks), and held
-back, like interrupts, while the engine talks to the server.
+in user code and in the engine's waits, and held while the engine works or while this module
+changes a stack.
 
-Synchronous code is interrupted with CPython's asynchronous exceptions; on the main thread a
-signal also wakes a blocking call so the exception lands at once. (In other threads a blocking
-call, such as a long `time.sleep`, finishes before the exception lands.) The exceptions derive
-from BaseException, so a user's `except Exception` does not swallow them. Asynchronous code is
-cancelled through its asyncio task instead.
+Synchronous code is interrupted with CPython's asynchronous exceptions, which land between two
+bytecodes of the thread; on the main thread a signal also wakes a blocking call so the exception
+lands at once. (In other threads a blocking call, such as a long `time.sleep`, finishes first.)
+The exceptions derive from BaseException, so a user's `except Exception` does not swallow them.
+Asynchronous code is cancelled through its asyncio task instead.
+
+Entering and leaving regions and waits are plain functions with try/finally around the call,
+not generator context managers: an asynchronous exception can land as any Python function
+starts, and a generator's cleanup would then never run.
 """
 
 from __future__ import annotations
 
 import ctypes
 import signal
-import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # A signal whose only job is to wake the main thread from a blocking call; installed only if
 # nobody else handles it.
@@ -39,15 +49,19 @@ _WAKE_SIGNAL = signal.SIGUSR2
 _wake_installed = False
 
 _ENGINE = object()  # the engine's own work, on a thread's stack
-# Reentrant so that a signal handler can tell whether its thread is inside this module's own
-# bookkeeping (then the signal waits for the bookkeeping to end).
+# Reentrant, so that a signal handler can tell whether its thread is inside this module's own
+# bookkeeping (the signal then waits).
 _lock = threading.RLock()
-_stacks: dict[int, list[object]] = {}  # per thread: regions and engine work, innermost last
-_pending_signals: dict[int, BaseException] = {}  # signals that arrived in engine work
+_stacks: dict[int, list[object]] = {}  # per thread: regions, engine work and waits, innermost last
+_pending_signals: dict[int, BaseException] = {}  # signals held while the engine worked
 
 
 class RunInterrupted(BaseException):
     """User code was stopped from outside."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        _landed()  # Python makes the exception object as it reaches the first handler
 
 
 class RunTimedOut(RunInterrupted):
@@ -81,6 +95,16 @@ def _set_async_exc(thread_id: int, error: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), target)
 
 
+def _landed() -> None:
+    """An interrupt exception was made on this thread: the region it was sent to was told."""
+    with _lock:
+        for entry in reversed(_stacks.get(threading.get_ident(), ())):
+            if isinstance(entry, Interruptible) and entry._sent:
+                entry._sent = False
+                entry.told = True
+                return
+
+
 class Interruptible:
     """A region of user code, which timers and cancels may interrupt while it runs."""
 
@@ -88,8 +112,9 @@ class Interruptible:
         self.thread_id = threading.get_ident()
         self.received: type[RunInterrupted] | None = None  # the interrupt that stopped it
         self.from_outside = False  # that interrupt was meant for an enclosing run
-        self._pending: type[RunInterrupted] | None = None  # received, not raised yet
-        self._sent = False  # an asynchronous exception may be on its way to the thread
+        self.told = False  # that interrupt was raised in the region's code
+        self._pending: type[RunInterrupted] | None = None  # received, to raise when it runs
+        self._sent = False  # an asynchronous exception is on its way to the thread
         self._leaving = False  # the region's code is over: a signal now waits
 
     def interrupt(self, error: type[RunInterrupted], *, from_outside: bool = False) -> bool:
@@ -100,9 +125,12 @@ class Interruptible:
                 return False
             self.received, self.from_outside = error, from_outside
             stack = _stacks.get(self.thread_id, [])
-            innermost = stack[-1] if stack else None
-            if self not in stack or not isinstance(innermost, Interruptible):
-                self._pending = error  # not started, or the engine works: raised later
+            if self not in stack:
+                self._pending = error  # not started yet (or over)
+                return True
+            innermost = stack[-1]
+            if not isinstance(innermost, Interruptible):
+                self._pending = error  # the engine works or waits: raised after
                 return True
             if innermost is not self:
                 if innermost.received is not None:  # the nested code is being stopped already
@@ -112,58 +140,78 @@ class Interruptible:
                 for entry in stack[stack.index(self) + 1 :]:
                     if isinstance(entry, Interruptible) and entry.received is None:
                         entry.received, entry.from_outside = error, True
+            if innermost._leaving:
+                return True  # its code is over; leaving, it hands the interrupt outward
             innermost._sent = True
             _set_async_exc(self.thread_id, error)
             if self.thread_id == threading.main_thread().ident and _wake_installed:
                 signal.pthread_kill(self.thread_id, _WAKE_SIGNAL)
             return True
 
-    @contextmanager
-    def running(
-        self, timeout: float | None = None, on_timeout: Callable[[], object] | None = None
-    ) -> Iterator[Interruptible]:
-        """While inside, the user code runs and may be interrupted; after `timeout` seconds,
-        `on_timeout` is called (by default: interrupt it with RunTimedOut)."""
+    def run(
+        self,
+        code: Callable[[], T],
+        timeout: float | None = None,
+        on_timeout: Callable[[Interruptible], object] | None = None,
+    ) -> T:
+        """Run `code` as this region (on the thread that made the region). After `timeout`
+        seconds, `on_timeout(region)` is called (by default: interrupt it with RunTimedOut)."""
         timer = None
         if timeout is not None:
-            timer = threading.Timer(timeout, on_timeout or (lambda: self.interrupt(RunTimedOut)))
+            callback = on_timeout or (lambda region: region.interrupt(RunTimedOut))
+            timer = threading.Timer(timeout, callback, (self,))
             timer.daemon = True
         thread_id = self.thread_id
+        escaping: BaseException | None = None
         try:
             with _lock:
                 _stacks.setdefault(thread_id, []).append(self)
                 pending, self._pending = self._pending, None
-                signal_error = _pending_signals.pop(thread_id, None)
+                self.told = self.told or pending is not None
+            signal_error = _pending_signals.pop(thread_id, None)
             if signal_error is not None:
                 raise signal_error  # arrived while the engine worked
             if pending is not None:
                 raise pending  # interrupted before its code started
             if timer is not None:
                 timer.start()
-            yield self
+            return code()
+        except BaseException as error:
+            escaping = error
+            raise
         finally:
             # An interrupt sent just before the code ended may land anywhere until it is
-            # withdrawn, even as `_leave` starts: then leave again (the region is over anyway).
-            # No call comes before the loop, where nothing would catch it.
+            # withdrawn, even as `_leave` starts: then leave again (the code is over anyway).
+            # Nothing here before the loop calls a function, where it could land uncaught.
             self._leaving = True
             while True:
                 try:
-                    _leave(thread_id, self)
+                    self._leave(escaping)
                     break
                 except RunInterrupted:
                     continue
             if timer is not None:
                 timer.cancel()
 
-
-def _leave(thread_id: int, entry: object) -> None:
-    """Take `entry` off its thread's stack (if it is still there), withdrawing an interrupt sent
-    to it that has not landed yet."""
-    with _lock:
-        if isinstance(entry, Interruptible) and entry._sent:
-            _set_async_exc(thread_id, None)
-            entry._sent = False
-        _pop(thread_id, entry)
+    def _leave(self, escaping: BaseException | None) -> None:
+        """Off the stack (idempotent). An interrupt meant for an enclosing run that did not come
+        out of this region's code goes on to the region around it."""
+        thread_id = self.thread_id
+        with _lock:
+            if self._sent:
+                _set_async_exc(thread_id, None)  # sent but not landed: withdrawn
+                self._sent = False
+            stack = _stacks.get(thread_id, [])
+            if self not in stack:
+                return
+            index = stack.index(self)
+            if self.from_outside and not isinstance(escaping, RunInterrupted):
+                outer = next(
+                    (e for e in reversed(stack[:index]) if isinstance(e, Interruptible)), None
+                )
+                if outer is not None and outer.received is not None and not outer.told:
+                    outer._pending = outer._pending or outer.received
+            _pop(thread_id, self)
 
 
 def _pop(thread_id: int, entry: object) -> None:
@@ -177,42 +225,33 @@ def _pop(thread_id: int, entry: object) -> None:
         _stacks.pop(thread_id, None)
 
 
-def _being_handled(error: type[RunInterrupted]) -> bool:
-    """Whether the code is handling that interrupt now (in an `except` or a `finally`)."""
-    current: BaseException | None = sys.exc_info()[1]
-    for _ in range(100):  # the chain of exceptions being handled, innermost first
-        if current is None:
-            break
-        if isinstance(current, error):
-            return True
-        current = current.__context__
-    return False
-
-
 @contextmanager
 def engine_code() -> Iterator[None]:
     """Around the engine's own work: the region of user code it runs in (if any) is paused, and
-    what interrupts it meanwhile is raised once the work is done."""
+    what interrupts it meanwhile is raised once the work is done. (A generator is safe here:
+    nothing is sent to the thread while the engine's work is on top.)"""
     thread_id = threading.get_ident()
     with _lock:
         stack = _stacks.setdefault(thread_id, [])
         region = stack[-1] if stack and isinstance(stack[-1], Interruptible) else None
-        if region is not None and region._sent:
+        if region is not None and region._sent:  # on its way, not landed: hold it back
             _set_async_exc(thread_id, None)
             region._sent = False
-            if not _being_handled(region.received):  # type: ignore[arg-type]
-                region._pending = region.received  # not raised yet: hold it back
+            region._pending = region.received
         stack.append(_ENGINE)
     try:
         yield
     finally:
-        _leave(thread_id, _ENGINE)  # nothing lands here: the engine's work is on top
         with _lock:
+            _pop(thread_id, _ENGINE)
             pending = None
             if region is not None:
                 pending, region._pending = region._pending, None
+                region.told = region.told or pending is not None
             outermost = thread_id not in _stacks
-            signal_error = _pending_signals.pop(thread_id, None) if region or outermost else None
+        signal_error = None
+        if region is not None or outermost:  # back in user code
+            signal_error = _pending_signals.pop(thread_id, None)
         if signal_error is not None:
             raise signal_error
         if pending is not None:
@@ -220,7 +259,7 @@ def engine_code() -> Iterator[None]:
 
 
 class _Waiting:
-    """The engine only waiting, or running hooks, on a thread's stack: signals land there,
+    """The engine waiting, or running hooks, on a thread's stack: signals land there,
     interrupts wait."""
 
     __slots__ = ("_leaving",)
@@ -229,22 +268,36 @@ class _Waiting:
         self._leaving = False
 
 
-@contextmanager
-def engine_waits() -> Iterator[None]:
-    """Around the engine's waits (a retry's delay, a WAIT, inputs) and the hooks it runs: a
-    signal stops them at once; timeouts and cancels still wait."""
+def waiting(code: Callable[..., T], *args: object) -> T:
+    """Run `code(*args)`, one of the engine's waits or the hooks: a signal stops it at once;
+    timeouts and cancels wait until it is done."""
     thread_id = threading.get_ident()
-    waiting = _Waiting()
+    marker = _Waiting()
     try:
         with _lock:
-            _stacks.setdefault(thread_id, []).append(waiting)
-            signal_error = _pending_signals.pop(thread_id, None)
+            _stacks.setdefault(thread_id, []).append(marker)
+        signal_error = _pending_signals.pop(thread_id, None)
         if signal_error is not None:
-            raise signal_error  # it arrived while the engine worked
-        yield
+            raise signal_error  # arrived while the engine worked
+        return code(*args)
     finally:
-        waiting._leaving = True  # a signal now waits for the engine's next wait, or its end
-        _leave(thread_id, waiting)
+        marker._leaving = True  # a signal now waits for the engine's next wait, or its end
+        with _lock:
+            _pop(thread_id, marker)
+
+
+def sleep(seconds: float, stop: Callable[[], bool]) -> None:
+    """The engine's sleeps: a signal ends them at once, and so does `stop()` turning true."""
+    waiting(_sleep, seconds, stop)
+
+
+def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
+    end = time.monotonic() + seconds
+    while not stop():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
 
 
 def crash_on_signals() -> Callable[[], None]:
@@ -274,7 +327,7 @@ def crash_on_signals() -> Callable[[], None]:
             or top is _ENGINE
             or getattr(top, "_leaving", False)
         ):
-            _pending_signals[thread_id] = error  # raised once the engine's work is done
+            _pending_signals.setdefault(thread_id, error)  # raised once the engine is done
             return
         raise error
 

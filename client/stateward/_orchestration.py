@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from stateward import _requests as requests
 from stateward._convert import decision_from_proto
+from stateward._interrupt import sleep
 from stateward._supervisor import RunSupervisor
 from stateward.client import Client
 from stateward.exceptions import AlreadyExists, DeadlineExceeded, ServerUnavailable
@@ -49,8 +50,9 @@ class RunOrchestration:
                     ) from None
                 time.sleep(0.2 * 2**attempt)
 
-    def propose(self, proposed: State, *, force: bool = False) -> Decision:
-        """Propose a state (waiting as long as the server says WAIT); the answer."""
+    def propose(self, proposed: State, *, force: bool = False, wait: bool = True) -> Decision:
+        """Propose a state; the answer. On WAIT, wait and propose again (or, with
+        `wait=False`, return the WAIT: the caller waits as it sees fit)."""
         proposed = proposed.with_details(transition_id=str(uuid.uuid4()))
         while True:
             decision = self._retrying(
@@ -59,7 +61,7 @@ class RunOrchestration:
                     self.run_id, proposed, force=force, lease_seconds=self.lease
                 ),
             )
-            if decision.status is not SetStateStatus.WAIT:
+            if decision.status is not SetStateStatus.WAIT or not wait:
                 return self.observe(decision, proposed)
             self.wait(decision)
 
@@ -94,9 +96,10 @@ class RunOrchestration:
         adopt(results[:-1])
         return self.observe(decision_from_proto(results[-1]), running)
 
-    def wait(self, decision: Decision) -> None:
+    def wait(self, decision: Decision, stop: Callable[[], bool] = lambda: False) -> None:
+        """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""
         self.log.info("%s - waiting %.3gs: %s", self.label, decision.delay_seconds, decision.reason)
-        time.sleep(decision.delay_seconds)
+        sleep(decision.delay_seconds, stop)
 
     def observe(self, decision: Decision, proposed: State | None = None) -> Decision:
         """Take in an answer: log a new state, hold or release the heartbeat lease."""

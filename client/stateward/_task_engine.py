@@ -19,7 +19,7 @@ from stateward._context import TaskRunContext, flow_run_context, task_run_contex
 from stateward._convert import optional_datetime, state_from_proto
 from stateward._embedded import get_client
 from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
-from stateward._interrupt import RunInterrupted, engine_code, engine_waits
+from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._logging import configure_default_logging
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
@@ -127,19 +127,22 @@ class TaskRunEngine(RunEngine):
     def begin(self) -> Decision | State | None:
         """Wait for the inputs, work out the cache key, then create the run and propose Running
         in one batch. Returns the answer to Running; None when the run exists already (it
-        proposes Running itself); a final state if an input's task run failed."""
+        proposes Running itself); a final state if an input's task run failed, or if the run
+        around it was stopped while it waited."""
         try:
-            with engine_waits():
-                for future in self.wait_for:
-                    resolve(future)
-                self.parameters = resolve(self.parameters)
+            waiting(self._wait_for_inputs)
         except UpstreamFailed as error:
-            self.error = error
+            if self.stop_requested is None:
+                self.error = error
+                if self.task_run is None:
+                    self.create()
+                decision = self.orchestration.propose(failed(error))
+                assert decision.state is not None
+                return decision.state
+        if self.stop_requested is not None:  # stopped with its flow run while it waited
             if self.task_run is None:
                 self.create()
-            decision = self.orchestration.propose(failed(error))
-            assert decision.state is not None
-            return decision.state
+            return self.stopped_from_outside(self.stop_requested)
         if self.task.cache_key_fn is not None:
             context = TaskRunContext(self.task, self.record(), self.parameters)
             self.cache_key = self.task.cache_key_fn(context, self.parameters) or ""
@@ -148,6 +151,11 @@ class TaskRunEngine(RunEngine):
         return self.orchestration.create_and_start(
             [("create_task_run", self._create_request())], self.running_proposal(), self._adopt
         )
+
+    def _wait_for_inputs(self) -> None:
+        for future in self.wait_for:
+            resolve(future)
+        self.parameters = resolve(self.parameters)
 
     def running_proposal(self) -> State:
         return State(
@@ -249,6 +257,7 @@ class TaskRunEngine(RunEngine):
         try:
             with engine_code():
                 if self.task.isasync:
+                    self.owns_loop = True
                     return asyncio.run(self.run_async())
                 return self.run()
         except (RunInterrupted, asyncio.CancelledError):  # stopped with its flow run

@@ -14,10 +14,42 @@ StatewardError
     ├── AlreadyExists
     ├── FailedPrecondition
     ├── ResourceExhausted
+    ├── DeadlineExceeded
     └── Unauthenticated
+
+Raised inside a run's code to stop it, and derived from BaseException so that an
+`except Exception` does not swallow them (code that catches one has handled it):
+
+RunInterrupted
+├── RunTimedOut              the run exceeded its `timeout_seconds`
+└── RunCancelled             the run (or the flow run around it) was cancelled
 """
 
 from __future__ import annotations
+
+from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
+
+__all__ = [
+    "AlreadyExists",
+    "CancelledRun",
+    "CrashedRun",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FailedRun",
+    "InvalidArgument",
+    "NotFound",
+    "OrchestrationAborted",
+    "ResourceExhausted",
+    "ResultTooLarge",
+    "RpcError",
+    "RunCancelled",
+    "RunError",
+    "RunInterrupted",
+    "RunTimedOut",
+    "ServerUnavailable",
+    "StatewardError",
+    "Unauthenticated",
+]
 
 
 class StatewardError(Exception):

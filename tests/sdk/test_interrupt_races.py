@@ -33,9 +33,13 @@ def test_an_interrupt_sent_as_its_region_ends_is_withdrawn():
             interrupts._set_async_exc(region.thread_id, interrupts.RunTimedOut)
 
     sender = threading.Thread(target=send_while_the_region_waits_to_leave)
-    with interrupts.engine_code(), region.running():
+
+    def code() -> None:
         sender.start()
         locked.wait()
+
+    with interrupts.engine_code():
+        region.run(code)
     sender.join()
     with interrupts.engine_code():  # later engine work on this thread gets nothing stale
         pass
@@ -44,11 +48,9 @@ def test_an_interrupt_sent_as_its_region_ends_is_withdrawn():
 def test_an_interrupt_being_handled_is_not_raised_again_by_the_engine():
     region = interrupts.Interruptible()
     cleaned = False
-    with (
-        interrupts.engine_code(),
-        pytest.raises(interrupts.RunTimedOut),
-        region.running(timeout=0.1),
-    ):
+
+    def code() -> None:
+        nonlocal cleaned
         try:
             for _ in range(200):
                 time.sleep(0.01)
@@ -56,6 +58,9 @@ def test_an_interrupt_being_handled_is_not_raised_again_by_the_engine():
             with interrupts.engine_code():  # a task called in the finally
                 pass
             cleaned = True
+
+    with interrupts.engine_code(), pytest.raises(interrupts.RunTimedOut):
+        region.run(code, timeout=0.1)
     assert cleaned
 
 
@@ -69,7 +74,40 @@ def test_a_signal_inside_the_bookkeeping_waits_instead_of_deadlocking():
                 interrupts._pending_signals.get(threading.get_ident()),
                 interrupts.TerminationSignal,
             )
-            with pytest.raises(interrupts.TerminationSignal), interrupts.engine_waits():
-                pass  # the engine's next wait raises it
+            with pytest.raises(interrupts.TerminationSignal):
+                interrupts.waiting(lambda: None)  # the engine's next wait raises it
     finally:
         restore()
+
+
+def test_a_timeout_sent_as_a_nested_region_ends_goes_on_to_the_region_around():
+    """The flow's timer fires while the task the flow called is leaving: the interrupt, meant
+    for the flow, must not be lost with the task's region."""
+    flow_region, task_region = interrupts.Interruptible(), interrupts.Interruptible()
+    locked = threading.Event()
+    ran_on = []
+
+    def timer_fires_while_the_task_region_leaves() -> None:
+        with interrupts._lock:
+            locked.set()
+            time.sleep(0.1)  # the task's code is over; its thread waits for the lock to leave
+            flow_region.interrupt(interrupts.RunTimedOut)
+
+    timer = threading.Thread(target=timer_fires_while_the_task_region_leaves)
+
+    def task_code() -> None:
+        timer.start()
+        locked.wait()
+
+    def flow_code() -> None:
+        with interrupts.engine_code():  # the engine calling the task
+            task_region.run(task_code)
+        timer.join()
+        for _ in range(50):
+            time.sleep(0.01)
+        ran_on.append("the flow's code ran past its timeout")
+
+    with interrupts.engine_code(), pytest.raises(interrupts.RunTimedOut):
+        flow_region.run(flow_code)
+    assert ran_on == []
+    assert task_region.from_outside

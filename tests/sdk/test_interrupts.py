@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
 
 from stateward import flow, task
 from stateward._context import flow_run_context
+from stateward.exceptions import RunTimedOut
 from stateward.states import StateType
 from tests.sdk.conftest import python
 
@@ -282,3 +284,156 @@ def test_a_cancelled_error_from_async_task_code_is_not_taken_for_a_cancel(client
         asyncio.run(outer())
     (task_run,) = client.list_task_runs(task_keys=["raises-cancelled-error"], limit=1)
     assert task_run.state.type is StateType.CRASHED
+
+
+def test_a_timeout_the_code_caught_is_not_raised_again_by_a_later_task_call(client):
+    """Catching the interrupt is the code's choice: a task called afterwards runs, and the
+    flow ends as its code returns."""
+    ran = []
+
+    @task
+    def after() -> str:
+        ran.append("after")
+        return "after"
+
+    @flow(name="catches-its-timeout", timeout_seconds=0.3)
+    def outer():
+        try:
+            for _ in range(100):
+                time.sleep(0.05)
+        except RunTimedOut:
+            ran.append("caught")
+        return after()
+
+    state = outer(return_state=True)
+    assert ran == ["caught", "after"]
+    assert state.type is StateType.COMPLETED
+    assert state.result() == "after"
+
+
+@pytest.mark.parametrize("mode", ["inline", "submit"])
+def test_a_task_still_being_set_up_when_the_timeout_fires_is_stopped(client, mode):
+    """The timeout fires while the task call is still in the engine's hands (here, working out
+    its cache key): the task does not run to its end after the flow was stopped."""
+
+    def slow_key(context, parameters) -> str:
+        time.sleep(0.5)  # the flow's 0.2 s timeout fires meanwhile
+        return "slow-key"
+
+    @task(name=f"set-up-slowly-{mode}", cache_key_fn=slow_key)
+    def long_step() -> str:
+        for _ in range(40):
+            time.sleep(0.05)
+        return "ran to its end"
+
+    @flow(name=f"times-out-in-set-up-{mode}", timeout_seconds=0.2)
+    def outer():
+        return long_step() if mode == "inline" else long_step.submit().result()
+
+    started = time.monotonic()
+    assert outer(return_state=True).name == "TimedOut"
+    assert time.monotonic() - started < 1.5  # not the 2 s of the task
+    _, (task_run,) = finals_of(client, f"times-out-in-set-up-{mode}")
+    assert task_run.state.type is StateType.CANCELLED
+    assert task_run.state.message == "stopped: the run around it timed out"
+
+
+def test_a_task_waiting_for_a_concurrency_slot_stops_with_its_flow(client):
+    client.create_concurrency_limit("one-slot", 1)
+    holding, release = threading.Event(), threading.Event()
+
+    @task(name="holds-the-slot", tags=["one-slot"])
+    def holder():
+        holding.set()
+        release.wait(10)
+
+    @task(name="waits-for-the-slot", tags=["one-slot"])
+    def waiter():
+        return "ran"
+
+    @flow(name="times-out-waiting-for-a-slot", timeout_seconds=1)
+    def outer():
+        return waiter()
+
+    other = threading.Thread(target=holder)
+    other.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        state = outer(return_state=True)
+        assert time.monotonic() - started < 2.5  # the WAIT did not outlast the timeout
+    finally:
+        release.set()
+        other.join()
+    assert state.name == "TimedOut"
+    _, (task_run,) = finals_of(client, "times-out-waiting-for-a-slot")
+    assert task_run.state.type is StateType.CANCELLED
+    assert task_run.state.message == "stopped: the run around it timed out"
+
+
+def test_an_async_flow_timeout_stops_its_submitted_sync_task(client):
+    @task
+    def sleeper():
+        for _ in range(60):
+            time.sleep(0.05)
+
+    @flow(name="async-flow-sync-task", timeout_seconds=0.3)
+    async def outer():
+        sleeper.submit()
+        await asyncio.sleep(10)
+
+    started = time.monotonic()
+    assert asyncio.run(outer(return_state=True)).name == "TimedOut"
+    assert time.monotonic() - started < 2
+    _, (task_run,) = finals_of(client, "async-flow-sync-task")
+    assert task_run.state.type is StateType.CANCELLED
+    assert task_run.state.message == "stopped: the run around it timed out"
+
+
+@pytest.mark.parametrize("mode", ["result", "sleep"])
+def test_a_sync_flow_timeout_stops_its_submitted_async_task(client, mode):
+    @task
+    async def waits():
+        await asyncio.sleep(3)
+
+    @flow(name=f"sync-flow-async-task-{mode}", timeout_seconds=0.3)
+    def outer():
+        future = waits.submit()
+        if mode == "result":
+            future.result()
+        else:
+            time.sleep(10)
+
+    started = time.monotonic()
+    assert outer(return_state=True).name == "TimedOut"
+    assert time.monotonic() - started < 2
+    _, (task_run,) = finals_of(client, f"sync-flow-async-task-{mode}")
+    assert task_run.state.type is StateType.CANCELLED
+    assert task_run.state.message == "stopped: the run around it timed out"
+
+
+def test_a_task_waiting_for_its_inputs_ends_cancelled_with_its_flow(client):
+    """Stopped with its flow, not Failed as if its upstream had failed."""
+
+    @task(name="slow-upstream")
+    def upstream() -> int:
+        for _ in range(60):
+            time.sleep(0.05)
+        return 1
+
+    @task(name="waiting-downstream")
+    def downstream(x: int) -> int:
+        return x + 1
+
+    @flow(name="times-out-before-inputs", timeout_seconds=0.3)
+    def outer():
+        downstream.submit(upstream.submit()).result()
+
+    assert outer(return_state=True).name == "TimedOut"
+    _, task_runs = finals_of(client, "times-out-before-inputs")
+    finals = {t.task_key: t.state for t in task_runs}
+    assert {key: state.type for key, state in finals.items()} == {
+        "slow-upstream": StateType.CANCELLED,
+        "waiting-downstream": StateType.CANCELLED,
+    }
+    assert finals["waiting-downstream"].message == "stopped: the run around it timed out"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from stateward.client import Client
-from stateward.states import StateType
+from stateward.runs import SetStateStatus
+from stateward.states import State, StateType
 from tests.sdk.conftest import python, spawn
 from tests.support import ROOT, ServerProcess
 
@@ -292,6 +293,50 @@ def test_a_signal_during_a_retry_delay_crashes_the_run_at_once(sdk_server, clien
     assert out == "attempts 1\n", err
     assert "KeyboardInterrupt" in err
     assert client.get_flow_run(run.id).state.name == "Crashed"
+
+
+def test_a_signal_while_a_task_waits_for_a_concurrency_slot_crashes_at_once(tmp_path):
+    server = ServerProcess(tmp_path / "slots.db").start()  # WAIT answers of the default 1 s
+    client = Client(server.target)
+    tag = "one-slot"
+    client.create_concurrency_limit(tag, 1)
+    holder = client.create_task_run("holds-the-slot", tags=[tag], state=State(StateType.PENDING))
+    assert client.set_state(holder.id, State(StateType.RUNNING)).status is SetStateStatus.ACCEPT
+    name = f"signalled-in-slot-wait-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        from stateward import flow, task
+
+        @task(name="waits-for-the-slot", tags=["{tag}"])
+        def waiter():
+            return "ran"
+
+        @flow(name="{name}")
+        def outer():
+            print("running", flush=True)
+            return waiter()
+
+        outer()
+        """,
+        env={"STATEWARD_API_URL": server.target},
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+        run = next(client.list_flow_runs(flow_names=[name], limit=1))
+        wait_until(lambda: list(client.list_task_runs(flow_run_ids=[run.id])), what="task run")
+        time.sleep(1.5)  # past the first WAIT: it proposed Running again, and waits again
+        started = time.monotonic()
+        runner.send_signal(signal.SIGINT)
+        _, err = runner.communicate(timeout=30)
+        assert time.monotonic() - started < 5  # it did not wait for the slot
+        assert "KeyboardInterrupt" in err
+        assert client.get_flow_run(run.id).state.name == "Crashed"
+        (task_run,) = client.list_task_runs(flow_run_ids=[run.id])
+        assert task_run.state.name == "Crashed"
+    finally:
+        runner.kill()
+        client.close()
+        server.stop()
 
 
 def test_a_signal_the_program_ignores_stays_ignored(sdk_server):
