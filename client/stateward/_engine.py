@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import contextvars
 import logging
 from typing import Any
@@ -83,9 +84,7 @@ class RunEngine:
         region = self.interruptible
         if region is not None:
             region.interrupt(RunCancelled)
-        task, loop = self.asyncio_task, self.asyncio_loop
-        if task is not None and loop is not None:
-            loop.call_soon_threadsafe(task.cancel)
+        self._cancel_async_code()
 
     def interrupt(self, error: type[RunInterrupted]) -> None:
         """Called (from another thread) when the run around this one is stopped: stop this
@@ -95,9 +94,22 @@ class RunEngine:
         region = self.interruptible
         if region is not None:
             region.interrupt(error, from_outside=True)
+        if self.owns_loop:  # else the run around it cancels the asyncio task it awaits
+            self._cancel_async_code()
+
+    def _cancel_async_code(self) -> None:
+        """Cancel the asyncio task of the run's code, if the code still runs when its loop gets
+        to it: a cancel that came after the code ended would land in the engine's own work."""
         task, loop = self.asyncio_task, self.asyncio_loop
-        if self.owns_loop and task is not None and loop is not None:
-            loop.call_soon_threadsafe(task.cancel)
+        if task is None or loop is None:
+            return
+
+        def cancel() -> None:
+            if self.asyncio_task is task:
+                task.cancel()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the code is over
+            loop.call_soon_threadsafe(cancel)
 
     def stopping(self) -> bool:
         """Whether the engine's waits should end early: the run is being cancelled, or stopped
@@ -275,9 +287,12 @@ class RunEngine:
     def execute_sync(self) -> State:
         region = Interruptible()
         self.interruptible = region
-        stop = self.stop_requested  # read after the region is known: no stop slips between
+        # Read after the region is known: a stop or cancel coming later reaches the region.
+        stop = self.stop_requested
         if stop is not None:
             region.interrupt(stop, from_outside=True)
+        elif self.cancel_state is not None:  # cancelled before the code started
+            region.interrupt(RunCancelled)
         try:
             value = region.run(self.call_sync, self.timeout, self.on_timeout)
         except BaseException as error:

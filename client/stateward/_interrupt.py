@@ -12,8 +12,10 @@ flow, a subflow) is delivered to the innermost one, and every nested region is m
 from outside: each ends Cancelled and passes the interrupt on to the run around it. If the
 nested code ends before the interrupt reaches it, the interrupt goes on to the region around.
 
-Each interrupt reaches the code once: when it lands, the region is marked told, and a region's
-code that caught it is not interrupted again.
+Each interrupt reaches the code once: when it lands, the region is marked told. Code that caught
+it has handled it and runs on; only a new cause (a cancel after a timeout, the stop of the run
+around it) interrupts it again. An interrupt that lands in a finaliser (`__del__`, a weakref
+callback), where Python drops exceptions, is sent again.
 
 SIGTERM and SIGINT (during a flow run on the main thread) crash the run: they are raised at once
 in user code and in the engine's waits, and held while the engine works or while this module
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -95,6 +98,54 @@ def _set_async_exc(thread_id: int, error: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), target)
 
 
+def _send(region: Interruptible, error: type[RunInterrupted]) -> None:
+    """Under `_lock`, with `region` innermost on its thread and in its code: raise `error` there."""
+    region._sent = True
+    _set_async_exc(region.thread_id, error)
+    if region.thread_id == threading.main_thread().ident and _wake_installed:
+        signal.pthread_kill(region.thread_id, _WAKE_SIGNAL)
+
+
+def _resend(region: Interruptible) -> None:
+    """From another thread: send again an interrupt that Python dropped (see `_dropped`)."""
+    with _lock:
+        error = region._pending
+        stack = _stacks.get(region.thread_id, [])
+        if error is None or region.told or not stack or stack[-1] is not region:
+            return  # raised meanwhile, or held for when the engine is done (or the region over)
+        if region._leaving:
+            return
+        region._pending = None
+        _send(region, error)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _watch_dropped() -> None:
+    """Make `_dropped` the hook for exceptions Python drops, in front of whatever hook is set
+    now (a test runner may have put its own in place since the last region ran)."""
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _dropped:
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _dropped
+
+
+def _dropped(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python dropped an exception raised in a finaliser: if it was an interrupt, it did not
+    stop the code, so it is due again (sent from another thread once this hook returns)."""
+    error = unraisable.exc_type
+    if isinstance(error, type) and issubclass(error, RunInterrupted):
+        with _lock:
+            stack = _stacks.get(threading.get_ident(), [])
+            region = stack[-1] if stack else None
+            if isinstance(region, Interruptible) and region.told and region.received is error:
+                region.told = False
+                region._pending = error  # raised after the engine's work if it starts first
+                threading.Thread(target=_resend, args=(region,), daemon=True).start()
+                return
+    _previous_unraisablehook(unraisable)
+
+
 def _landed() -> None:
     """An interrupt exception was made on this thread: the region it was sent to was told."""
     with _lock:
@@ -117,13 +168,18 @@ class Interruptible:
         self._sent = False  # an asynchronous exception is on its way to the thread
         self._leaving = False  # the region's code is over: a signal now waits
 
+    def _open(self) -> bool:
+        """Whether an interrupt may stop this region: it received none, or its code was told of
+        the one it received, handled it and runs on."""
+        return self.received is None or (self.told and not self._leaving)
+
     def interrupt(self, error: type[RunInterrupted], *, from_outside: bool = False) -> bool:
         """Stop this region's code with `error`, now or as soon as its code runs again; False
-        if it was stopped already."""
+        if it is being stopped already."""
         with _lock:
-            if self.received is not None:
+            if not self._open():
                 return False
-            self.received, self.from_outside = error, from_outside
+            self.received, self.from_outside, self.told = error, from_outside, False
             stack = _stacks.get(self.thread_id, [])
             if self not in stack:
                 self._pending = error  # not started yet (or over)
@@ -133,19 +189,16 @@ class Interruptible:
                 self._pending = error  # the engine works or waits: raised after
                 return True
             if innermost is not self:
-                if innermost.received is not None:  # the nested code is being stopped already
+                if not innermost._open():  # the nested code is being stopped already
                     self._pending = error
                     return True
                 # Every run nested inside this one is stopped with it, from outside.
                 for entry in stack[stack.index(self) + 1 :]:
-                    if isinstance(entry, Interruptible) and entry.received is None:
-                        entry.received, entry.from_outside = error, True
+                    if isinstance(entry, Interruptible) and entry._open():
+                        entry.received, entry.from_outside, entry.told = error, True, False
             if innermost._leaving:
                 return True  # its code is over; leaving, it hands the interrupt outward
-            innermost._sent = True
-            _set_async_exc(self.thread_id, error)
-            if self.thread_id == threading.main_thread().ident and _wake_installed:
-                signal.pthread_kill(self.thread_id, _WAKE_SIGNAL)
+            _send(innermost, error)
             return True
 
     def run(
@@ -165,6 +218,7 @@ class Interruptible:
         escaping: BaseException | None = None
         try:
             with _lock:
+                _watch_dropped()
                 _stacks.setdefault(thread_id, []).append(self)
                 pending, self._pending = self._pending, None
                 self.told = self.told or pending is not None
@@ -241,6 +295,13 @@ def engine_code() -> Iterator[None]:
         stack.append(_ENGINE)
     try:
         yield
+    except RunInterrupted:
+        # A nested run passed on the interrupt meant for this region: it reaches the code now.
+        if region is not None:
+            with _lock:
+                if region.received is not None:
+                    region.told, region._pending = True, None
+        raise
     finally:
         with _lock:
             _pop(thread_id, _ENGINE)

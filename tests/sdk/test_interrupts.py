@@ -14,7 +14,7 @@ import pytest
 from stateward import flow, task
 from stateward._context import flow_run_context
 from stateward.exceptions import RunTimedOut
-from stateward.states import StateType
+from stateward.states import State, StateType
 from tests.sdk.conftest import python
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
@@ -437,3 +437,144 @@ def test_a_task_waiting_for_its_inputs_ends_cancelled_with_its_flow(client):
         "waiting-downstream": StateType.CANCELLED,
     }
     assert finals["waiting-downstream"].message == "stopped: the run around it timed out"
+
+
+def test_a_timeout_caught_as_it_comes_out_of_an_inline_task_lets_later_tasks_run(client):
+    ran = []
+
+    @task(name="slow-inline")
+    def slow():
+        for _ in range(100):
+            time.sleep(0.05)
+
+    @task(name="runs-after-the-catch")
+    def after() -> str:
+        ran.append("after")
+        return "after"
+
+    @flow(name="catches-what-the-task-passed-on", timeout_seconds=0.3)
+    def outer():
+        try:
+            slow()
+        except RunTimedOut:
+            ran.append("caught")
+        return after()
+
+    state = outer(return_state=True)
+    assert ran == ["caught", "after"]
+    assert state.type is StateType.COMPLETED
+    _, task_runs = finals_of(client, "catches-what-the-task-passed-on")
+    finals = {t.task_key: t.state.name for t in task_runs}
+    assert finals == {"slow-inline": "Cancelled", "runs-after-the-catch": "Completed"}
+
+
+def test_a_task_that_caught_its_own_timeout_still_stops_with_its_flow(client):
+    fallbacks = []
+
+    @task(name="catches-its-own-timeout", timeout_seconds=0.1)
+    def worker() -> str:
+        try:
+            time.sleep(0.5)
+        except RunTimedOut:
+            fallbacks.append("handled: it goes on with a fallback")
+        for _ in range(60):
+            time.sleep(0.05)
+        return "finished"
+
+    @flow(name="outer-timeout-after-the-task-caught-its-own", timeout_seconds=0.4)
+    def outer():
+        return worker()
+
+    started = time.monotonic()
+    assert outer(return_state=True).name == "TimedOut"
+    assert time.monotonic() - started < 2  # not the 3 s the task would go on for
+    assert len(fallbacks) == 1
+    _, (task_run,) = finals_of(client, "outer-timeout-after-the-task-caught-its-own")
+    assert task_run.state.type is StateType.CANCELLED
+    assert task_run.state.message == "stopped: the run around it timed out"
+
+
+def test_a_flow_that_caught_its_timeout_can_still_be_cancelled(client):
+    steps = []
+
+    @flow(name="caught-then-cancelled", timeout_seconds=0.2)
+    def outer():
+        run_id = flow_run_context.get().flow_run.id
+        try:
+            time.sleep(1)
+        except RunTimedOut:
+            steps.append("caught")
+        client.set_state(run_id, State(StateType.CANCELLING), force=True)
+        for _ in range(60):
+            time.sleep(0.05)
+        steps.append("ran to its end")
+
+    started = time.monotonic()
+    state = outer(return_state=True)
+    assert time.monotonic() - started < 2
+    assert steps == ["caught"]
+    assert state.type is StateType.CANCELLED
+
+
+def test_a_cancel_that_comes_before_the_code_starts_stops_it_at_once(client):
+    """Here the cancel arrives while an on_running hook runs, after Running was accepted."""
+    steps = []
+
+    def cancels(flow, flow_run, state):
+        client.set_state(flow_run.id, State(StateType.CANCELLING), force=True)
+        time.sleep(0.3)  # the cancel reaches the process meanwhile
+
+    @flow(name="cancelled-in-its-on-running-hook", on_running=[cancels])
+    def outer():
+        for _ in range(60):
+            time.sleep(0.05)
+        steps.append("ran to its end")
+
+    started = time.monotonic()
+    state = outer(return_state=True)
+    assert time.monotonic() - started < 2
+    assert steps == []
+    assert state.type is StateType.CANCELLED
+
+
+def test_an_async_task_that_returns_as_its_flow_times_out_is_not_crashed(client):
+    """The cancel meant for its code comes after the code returned: it must not land in the
+    engine's own work (which took it for a crash)."""
+
+    @task(name="blocks-then-returns")
+    async def blocks() -> int:
+        time.sleep(0.6)  # noqa: ASYNC251  # no await left: the cancel cannot reach the code
+        return 1
+
+    @flow(name="times-out-as-async-task-returns", timeout_seconds=0.3)
+    def outer():
+        return blocks.submit().result()
+
+    assert outer(return_state=True).name == "TimedOut"
+    _, (task_run,) = finals_of(client, "times-out-as-async-task-returns")
+    assert task_run.state.name == "Completed"
+    assert [s.name for s in client.list_states(task_run.id)] == ["Pending", "Running", "Completed"]
+
+
+def test_a_timeout_that_lands_in_a_finaliser_is_sent_again(client):
+    """Python drops an exception raised in `__del__`: the timeout, landing there, is sent again
+    and stops the flow. (A code that spends nearly all its time in finalisers may still see
+    every attempt dropped until it leaves them.)"""
+
+    class Handle:
+        def __del__(self) -> None:
+            self.closed = True
+
+    @flow(name="times-out-among-finalisers", timeout_seconds=0.2)
+    def busy() -> int:
+        made = 0
+        end = time.monotonic() + 1
+        while time.monotonic() < end:
+            Handle()  # freed at once: __del__ runs on this thread
+            made += 1
+        return made
+
+    for _ in range(10):
+        started = time.monotonic()
+        assert busy(return_state=True).name == "TimedOut"
+        assert time.monotonic() - started < 0.8
