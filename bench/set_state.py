@@ -55,9 +55,11 @@ def writer(target: str, run_id: str, seconds: float, counts) -> None:
 
 
 def throughput(target: str, run_ids: list[str], seconds: float) -> float:
-    counts: multiprocessing.Queue[int] = multiprocessing.Queue()
+    # Spawned, not forked: a forked child would inherit this process's gRPC channel and fail.
+    spawning = multiprocessing.get_context("spawn")
+    counts: multiprocessing.Queue[int] = spawning.Queue()
     workers = [
-        multiprocessing.Process(target=writer, args=(target, run_id, seconds, counts))
+        spawning.Process(target=writer, args=(target, run_id, seconds, counts))
         for run_id in run_ids
     ]
     for worker in workers:
