@@ -10,6 +10,7 @@ import contextvars
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from stateward import _requests as requests
@@ -119,37 +120,31 @@ class FlowRunEngine(RunEngine):
     # task runs and subflows under way; one begun later, before the code was told, is stopped
     # when it is tracked. Those begun after the code was told (in its `finally`) run.
 
-    def request_cancel(self, state: State) -> None:
+    def _stop_all(
+        self, error: type[RunInterrupted], stop_code: Callable[..., object], *args: Any
+    ) -> None:
+        """`stop_code(*args)` stops this run's code; the task runs and subflows under way then
+        get `error`."""
         with self.task_run_lock:
-            super().request_cancel(state)
+            stop_code(*args)
             under_way = list(self.nested)
-        self._stop(under_way, RunCancelled)
+        for engine in under_way:
+            engine.interrupt(error)
+
+    def request_cancel(self, state: State) -> None:
+        self._stop_all(RunCancelled, super().request_cancel, state)
 
     def on_timeout(self, region: Interruptible) -> None:
         """Past the flow's timeout, its own code stops, and so do its task runs and subflows."""
-        with self.task_run_lock:
-            if region is not self.interruptible:
-                return  # the timer of an attempt that is over
-            super().on_timeout(region)
-            under_way = list(self.nested)
-        self._stop(under_way, RunTimedOut)
+        if region is self.interruptible:  # else the timer of an attempt that is over
+            self._stop_all(RunTimedOut, super().on_timeout, region)
 
     def on_async_timeout(self) -> None:
-        with self.task_run_lock:
-            under_way = list(self.nested)
-        self._stop(under_way, RunTimedOut)
+        self._stop_all(RunTimedOut, super().on_async_timeout)  # asyncio stops the code itself
 
     def interrupt(self, error: type[RunInterrupted]) -> None:
         """The run around this subflow was stopped: so are this subflow and what it runs."""
-        with self.task_run_lock:
-            super().interrupt(error)
-            under_way = list(self.nested)
-        self._stop(under_way, error)
-
-    @staticmethod
-    def _stop(engines: list[RunEngine], error: type[RunInterrupted]) -> None:
-        for engine in engines:
-            engine.interrupt(error)
+        self._stop_all(error, super().interrupt, error)
 
     def track(self, engine: RunEngine) -> None:
         """A task run or subflow of this run is under way (until `untrack`)."""

@@ -111,10 +111,8 @@ def _resend(region: Interruptible) -> None:
     with _lock:
         error = region._pending
         stack = _stacks.get(region.thread_id, [])
-        if error is None or region.told or not stack or stack[-1] is not region:
-            return  # raised meanwhile, or held for when the engine is done (or the region over)
-        if region._leaving:
-            return
+        if error is None or region.told or region._leaving or not stack or stack[-1] is not region:
+            return  # raised meanwhile, held for when the engine is done, or the region is over
         region._pending = None
         _send(region, error)
 
