@@ -38,9 +38,9 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 def counted(port: int, name: str, at_least: float, **labels: str) -> float:
-    """The sample once it reaches `at_least` (or what it is after 5 s). A refused call's status
-    goes out before the server's handler unwinds and counts it, so a client can see the error a
-    moment before the scrape does."""
+    """The sample once it reaches `at_least` (or what it is after 5 s). The server counts a call
+    as its handler unwinds, after the status went out, and a stream's subscription as its first
+    read begins, after the headers went out: a client sees either a moment before a scrape does."""
     deadline = time.monotonic() + 5
     while (found := value(scrape(port), name, **labels)) < at_least:
         if time.monotonic() > deadline:
@@ -73,24 +73,24 @@ def test_a_scrape_shows_calls_latency_transitions_loops_and_size(metered):
         client.set_state(run.id, State(StateType.COMPLETED))
         with pytest.raises(NotFound):
             client.get_flow_run("00000000-0000-4000-8000-000000000000")
-    time.sleep(0.3)  # a few loop sweeps
-    samples = scrape(port)
-    assert value(samples, "stateward_rpc_requests_total", method="CreateFlowRun", code="OK") >= 1
-    assert value(samples, "stateward_rpc_requests_total", method="SetState", code="OK") >= 2
+    # Each count is awaited: the server counts a call after its answer went out.
+    assert counted(port, "stateward_rpc_requests_total", 1, method="CreateFlowRun", code="OK") >= 1
+    assert counted(port, "stateward_rpc_requests_total", 2, method="SetState", code="OK") >= 2
     not_found = counted(
         port, "stateward_rpc_requests_total", 1, method="GetFlowRun", code="NOT_FOUND"
     )
     assert not_found >= 1
+    count = counted(port, "stateward_rpc_duration_seconds_count", 2, method="SetState", code="OK")
+    assert count >= 2
+    for state_type in ("PENDING", "RUNNING", "COMPLETED"):
+        assert counted(port, "stateward_transitions_total", 1, state_type=state_type) >= 1
+    assert counted(port, "stateward_loop_runs_total", 2, loop="late_runs") >= 2  # 0.1 s sweeps
+    samples = scrape(port)
     buckets = [
         key for key in samples
         if key[0] == "stateward_rpc_duration_seconds_bucket" and ("method", "SetState") in key[1]
     ]  # fmt: skip
     assert buckets
-    count = value(samples, "stateward_rpc_duration_seconds_count", method="SetState", code="OK")
-    assert count >= 2
-    for state_type in ("PENDING", "RUNNING", "COMPLETED"):
-        assert value(samples, "stateward_transitions_total", state_type=state_type) >= 1
-    assert value(samples, "stateward_loop_runs_total", loop="late_runs") >= 2
     assert value(samples, "stateward_database_bytes") > 0
     assert ("stateward_stream_subscribers_lagging", ()) in samples
 
@@ -101,16 +101,15 @@ def test_subscribers_are_counted_and_freed_when_the_client_cancels(metered):
     streams = [server.stub().WatchTransitions(pb.WatchTransitionsRequest()) for _ in range(3)]
     for stream in streams:
         stream.initial_metadata()
-    assert value(scrape(port), "stateward_stream_subscribers") == before + 3
+    assert counted(port, "stateward_stream_subscribers", before + 3) == before + 3
     for stream in streams:
         stream.cancel()
     deadline = time.monotonic() + 5
     while value(scrape(port), "stateward_stream_subscribers") != before:
         assert time.monotonic() < deadline, "cancelled streams were not freed"
         time.sleep(0.05)
-    samples = scrape(port)
-    cancelled = value(
-        samples, "stateward_rpc_requests_total", method="WatchTransitions", code="CANCELLED"
+    cancelled = counted(
+        port, "stateward_rpc_requests_total", 3, method="WatchTransitions", code="CANCELLED"
     )
     assert cancelled >= 3
 
