@@ -178,11 +178,15 @@ class TransitionBroadcaster:
                 len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
             ):
                 self._ring_bytes -= _size(self._ring.popleft().transition)
+            # Only a subscription waiting at the head needs waking: any other (sending, stalled
+            # behind a slow client, reading the log) looks at the ring again before it waits.
             wanted = not contiguous  # everyone reads the gap, in case it holds what they want
             for subscription in self._subscriptions:
+                if not subscription.waiting:
+                    continue
                 if any(subscription.where.matches(t) for t in transitions):
                     wanted = True
-                elif contiguous and subscription.waiting and subscription.cursor >= before:
+                elif contiguous and subscription.cursor >= before:
                     # Nothing it wants: it stays at the head (its cursor may be past `before`
                     # when it read from the log what was committed but not yet published).
                     subscription.cursor = max(subscription.cursor, self._last)
