@@ -135,9 +135,13 @@ class _GrpcStream:
         self._call = call
 
     def start_sequence(self) -> int | None:
+        """The sequence the stream starts after, once the server established it (None from a
+        server that does not say). Raises the call's error if it ended before it started."""
         for key, value in self._call.initial_metadata() or ():
             if key == START_SEQUENCE_KEY:
                 return int(value)
+        if self._call.done() and self._call.code() is not grpc.StatusCode.OK:
+            raise self._call  # the call object is its own RpcError
         return None
 
     def __iter__(self) -> Iterator[Any]:

@@ -140,45 +140,57 @@ def test_replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_writers(w
     db = watch_server.db
     start = last_sequence(db)
     stop = threading.Event()
-    writers_done = threading.Event()
 
     def write(run_id: str) -> None:
         with Client(watch_server.target) as writer:
             while not stop.is_set():
                 writer.set_state(run_id, State(StateType.RUNNING))
 
+    def grown_past(sequence: int) -> None:
+        deadline = time.monotonic() + 30
+        while last_sequence(db) <= sequence:
+            assert time.monotonic() < deadline, "the writers stalled"
+            time.sleep(0.01)
+
     with Client(watch_server.target) as setup:
         runs = [setup.create_flow_run("busy", state=State(StateType.RUNNING)).id for _ in range(4)]
         marker = setup.create_flow_run("marker", state=State(StateType.PENDING))
     threads = [threading.Thread(target=write, args=(run_id,)) for run_id in runs]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)  # the log grows before the subscribers arrive
-
     received: dict[str, list[Transition]] = {"replay": [], "live": []}
+    started = {"replay": threading.Event(), "live": threading.Event()}
 
     def subscribe(label: str, after: int | None) -> None:
         with Client(watch_server.target) as reader:
-            for transition in reader.watch(after_sequence=after):
+            for transition in reader.watch(
+                after_sequence=after, started=lambda _: started[label].set()
+            ):
                 received[label].append(transition)
                 if transition.run_id == marker.id and transition.to_state.is_running():
                     return
 
     subscribers = [
-        threading.Thread(target=subscribe, args=("replay", start)),
-        threading.Thread(target=subscribe, args=("live", None)),
+        threading.Thread(target=subscribe, args=("replay", start), daemon=True),
+        threading.Thread(target=subscribe, args=("live", None), daemon=True),
     ]
-    for thread in subscribers:
-        thread.start()
-    time.sleep(0.7)  # both hand over from the log or their start to live while writes go on
-    stop.set()
     for thread in threads:
-        thread.join()
-    writers_done.set()
+        thread.start()
+    try:
+        grown_past(start + 200)  # the log grows before the subscribers arrive
+        for thread in subscribers:
+            thread.start()
+        for event in started.values():
+            assert event.wait(30), "a subscriber never connected"
+        # Both hand over from the log or their start to live while the writes go on.
+        grown_past(last_sequence(db) + 200)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
     with Client(watch_server.target) as closer:
         closer.set_state(marker.id, State(StateType.RUNNING))
     for thread in subscribers:
         thread.join(30)
+        assert not thread.is_alive(), "a subscriber never saw the marker"
 
     replayed = [(t.sequence, t.run_id, t.to_state.id) for t in received["replay"]]
     assert len(replayed) > 200
@@ -395,13 +407,28 @@ def test_malformed_watch_requests_are_invalid_argument(watch_server):
         assert caught.value.details().startswith(field)
 
 
+def watch_command(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+
+
+def connected(watcher: subprocess.Popen[str]) -> str:
+    """The line the command writes on stderr once its stream is established: what is written
+    after it reaches the command live."""
+    assert watcher.stderr is not None
+    line = watcher.stderr.readline()
+    assert "watching transitions after #" in line, line
+    return line
+
+
 def test_the_watch_command_prints_a_live_run(watch_server, client):
     flow_run = client.create_flow_run("cli-watched")
     env = {**os.environ, "STATEWARD_API_URL": watch_server.target, "COLUMNS": "200"}
     command = [sys.executable, "-m", "stateward", "watch", "--flow-run", flow_run.id]
-    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    watcher = watch_command(command, env)
     try:
-        time.sleep(1.5)  # the command connects
+        connected(watcher)
         client.set_state(flow_run.id, State(StateType.PENDING))
         client.set_state(flow_run.id, State(StateType.RUNNING))
         task_run = client.create_task_run("step", flow_run_id=flow_run.id)
@@ -456,17 +483,20 @@ def test_the_watch_command_reconnects_when_the_server_restarts(tmp_path):
     server = ServerProcess(tmp_path / "cli-restart.db").start()
     env = {**os.environ, "STATEWARD_API_URL": server.target}
     command = [sys.executable, "-m", "stateward", "watch"]
-    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    watcher = watch_command(command, env)
     try:
         with Client(server.target, wait_for_ready=True) as client:
-            time.sleep(1.5)
+            connected(watcher)
             run = client.create_flow_run("before-restart", state=State(StateType.PENDING))
             assert watcher.stdout is not None
             assert "before-restart" in watcher.stdout.readline()
+            delivered = last_sequence(server.db)
             server.stop()
             server.restart()
             client.set_state(run.id, State(StateType.RUNNING))
             assert "Pending → Running" in watcher.stdout.readline()
+            # It says where it resumed: after the last transition it printed.
+            assert f"reconnected, watching transitions after #{delivered} " in connected(watcher)
     finally:
         watcher.terminate()
         watcher.wait(10)

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from stateward.cli._common import client, console, parse_state_types, show_state, show_time
+from stateward.cli._common import (
+    client,
+    console,
+    errors,
+    parse_state_types,
+    show_state,
+    show_time,
+)
 from stateward.runs import RunKind, Transition
 
 
@@ -42,6 +49,16 @@ def watch(
 ) -> None:
     """Print transitions as they happen; reconnects by itself when the server restarts."""
     cursor = 0 if from_start else after
+    connections = 0
+
+    def started(start: int | None) -> None:
+        """Say on stderr where each connection starts: live output on stdout follows it."""
+        nonlocal connections
+        connections += 1
+        verb = "watching" if connections == 1 else "reconnected, watching"
+        since = "" if start is None else f" after #{start}"
+        errors.print(f"[dim]{verb} transitions{since} (Ctrl-C to stop)[/dim]")
+
     with client() as connected:
         try:
             for transition in connected.watch(
@@ -49,6 +66,7 @@ def watch(
                 flow_run_ids=flow_run or (),
                 state_types=parse_state_types(state or []),
                 after_sequence=cursor,
+                started=started,
             ):
                 console.print(line(transition), soft_wrap=True)
         except KeyboardInterrupt:
