@@ -30,7 +30,7 @@ def client(lease_server) -> Iterator[Client]:
         yield connected
 
 
-def wait_for(client: Client, run_id: str, type_: StateType, timeout: float = 5.0) -> State:
+def wait_for(client: Client, run_id: str, type_: StateType, timeout: float = 10.0) -> State:
     deadline = time.monotonic() + timeout
     while True:
         states = client.list_states(run_id)
@@ -43,9 +43,10 @@ def wait_for(client: Client, run_id: str, type_: StateType, timeout: float = 5.0
 def test_a_run_whose_lease_lapses_is_crashed_and_watchers_see_it(client):
     flow_run = client.create_flow_run("leased", state=State(StateType.PENDING))
     task_run = client.create_task_run("t", flow_run_id=flow_run.id)
-    start = client.set_state(flow_run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    # Leases of 2 s: long enough for the calls below to land before they lapse.
+    start = client.set_state(flow_run.id, State(StateType.RUNNING), lease_seconds=2)
     assert client.get_flow_run(flow_run.id).lease_expires is not None
-    client.set_state(task_run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    client.set_state(task_run.id, State(StateType.RUNNING), lease_seconds=2)
     watched = client.watch(run_ids=[flow_run.id], state_types=[StateType.CRASHED], after_sequence=0)
     crashed = wait_for(client, flow_run.id, StateType.CRASHED)
     assert "heartbeat lease" in crashed.message
@@ -57,20 +58,21 @@ def test_a_run_whose_lease_lapses_is_crashed_and_watchers_see_it(client):
 
 def test_renewing_keeps_a_run_alive_and_leaving_running_ends_the_lease(client):
     run = client.create_flow_run("renewed", state=State(StateType.RUNNING))
-    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=0.4)
+    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=1)
     other = client.create_flow_run("other", state=State(StateType.PENDING))
-    for _ in range(10):
+    renewing_until = time.monotonic() + 2.5  # well past the first lease
+    while time.monotonic() < renewing_until:
         time.sleep(0.1)
-        assert client.renew_leases([run.id, other.id], 0.4) == [run.id]
+        assert client.renew_leases([run.id, other.id], 1) == [run.id]
     assert client.list_states(run.id)[-1].type is StateType.RUNNING
     client.set_state(run.id, State(StateType.COMPLETED))
     assert client.get_flow_run(run.id).lease_expires is None
-    assert client.renew_leases([run.id], 0.4) == []
+    assert client.renew_leases([run.id], 1) == []
 
 
 def test_cancelling_keeps_the_lease_of_the_running_process(client):
     run = client.create_flow_run("cancel-leased", state=State(StateType.PENDING))
-    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=2)
     client.set_state(run.id, State(StateType.CANCELLING))  # from another client, no lease
     assert client.get_flow_run(run.id).lease_expires is not None
     wait_for(client, run.id, StateType.CRASHED)  # its process is gone: nobody finishes the cancel

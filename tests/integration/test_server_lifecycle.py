@@ -166,13 +166,17 @@ def test_kill_9_while_8_clients_write_loses_nothing_acknowledged(tmp_path):
     threads = [threading.Thread(target=write, args=(run_id,)) for run_id in runs]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while sum(len(ids) for ids in acknowledged.values()) <= 100:  # a good number, whatever the load
+        assert time.monotonic() < deadline, "the writers stalled"
+        time.sleep(0.05)
+    time.sleep(0.2)  # and kill in the middle of writes
     server.kill()
     stop.set()
     for thread in threads:
         thread.join(10)
     total = sum(len(ids) for ids in acknowledged.values())
-    assert total > 100, "the writers should have written a good number of states"
+    assert total > 100
     server.restart()
     try:
         stub = server.stub()
@@ -198,14 +202,17 @@ def test_a_backup_taken_while_the_server_writes_opens_as_a_database(tmp_path):
         stub = server.stub()
         run = new_flow_run(stub, flow_name="backed-up", initial=ST.STATE_TYPE_RUNNING)
         stop = threading.Event()
+        writing = threading.Event()
 
         def keep_writing() -> None:
             writer = pb_stub(grpc.insecure_channel(server.target))
             while not stop.is_set():
                 propose(writer, run.id, ST.STATE_TYPE_RUNNING)
+                writing.set()
 
         writer = threading.Thread(target=keep_writing)
         writer.start()
+        assert writing.wait(30)  # the backup starts while writes go on
         copy = tmp_path / "copy.db"
         result = subprocess.run(
             [sys.executable, "-m", "stateward", "db", "backup", str(copy), "--db", str(server.db)],

@@ -58,15 +58,22 @@ def last_sequence(db: Path) -> int:
         return conn.execute("SELECT coalesce(max(sequence), 0) FROM transitions").fetchone()[0]
 
 
-def collect(server: ServerProcess, seconds: float = 0.5, **request: object) -> list[pb.Transition]:
-    """Everything a raw stream delivers within `seconds`."""
-    call = server.stub().WatchTransitions(pb.WatchTransitionsRequest(**request), timeout=seconds)
+def collect(server: ServerProcess, count: int, **request: object) -> list[pb.Transition]:
+    """The first `count` transitions a raw stream delivers, and any more that arrive in the
+    0.3 s after them (a test expecting `count` then sees the extra ones)."""
+    call = server.stub().WatchTransitions(pb.WatchTransitionsRequest(**request), timeout=30)
     found = []
+    stop = threading.Timer(0.3, call.cancel)
     try:
         for message in call:
             found.append(message.transition)
+            if len(found) == count:
+                stop.start()
     except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+        # Only the cancel after the count ends it: a deadline means fewer came than expected.
+        assert error.code() == grpc.StatusCode.CANCELLED, (found, error)
+    finally:
+        stop.cancel()
     return found
 
 
@@ -93,18 +100,20 @@ def test_filters_select_runs_flow_runs_and_state_types(watch_server, client):
     finish(client, [a1.id, a2.id, b1.id])
     client.set_state(flow_a.id, State(StateType.COMPLETED))
 
-    everything = collect(watch_server, after_sequence=start)
-    assert [t.sequence for t in everything] == [s for s, _, _ in logged(watch_server.db, start)]
-    by_run = collect(watch_server, after_sequence=start, run_ids=[a1.id])
+    written = [s for s, _, _ in logged(watch_server.db, start)]
+    everything = collect(watch_server, len(written), after_sequence=start)
+    assert [t.sequence for t in everything] == written
+    by_run = collect(watch_server, 3, after_sequence=start, run_ids=[a1.id])
     assert {t.run_id for t in by_run} == {a1.id} and len(by_run) == 3
-    by_flow = collect(watch_server, after_sequence=start, flow_run_ids=[flow_a.id])
+    by_flow = collect(watch_server, 9, after_sequence=start, flow_run_ids=[flow_a.id])
     assert {t.run_id for t in by_flow} == {flow_a.id, a1.id, a2.id}
     assert len(by_flow) == 3 + 3 + 3  # flow: Pending, Running, Completed; tasks: 3 each
     assert all(t.flow_run_id == flow_a.id for t in by_flow)
-    completed = collect(watch_server, after_sequence=start, state_types=[StateType.COMPLETED])
+    completed = collect(watch_server, 4, after_sequence=start, state_types=[StateType.COMPLETED])
     assert {t.run_id for t in completed} == {a1.id, a2.id, b1.id, flow_a.id}
     both = collect(
         watch_server,
+        2,
         after_sequence=start,
         flow_run_ids=[flow_b.id],
         state_types=[StateType.RUNNING],
@@ -119,7 +128,7 @@ def test_transitions_carry_run_names_kinds_and_chained_states(watch_server, clie
     start = last_sequence(watch_server.db)
     flow_run, (task_run,) = flow_with_tasks(client, 1)
     finish(client, [task_run.id])
-    seen = collect(watch_server, after_sequence=start)
+    seen = collect(watch_server, len(logged(watch_server.db, start)), after_sequence=start)
     sequences = [t.sequence for t in seen]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
     task_transitions = [t for t in seen if t.run_id == task_run.id]
@@ -378,7 +387,7 @@ def test_a_cursor_the_log_no_longer_holds_is_failed_precondition(tmp_path):
         assert metadata_of(caught.value) == {"oldest_sequence": "17"}
         with pytest.raises(Exception, match="oldest kept is 17"):
             next(iter(client.watch(after_sequence=0)))
-        resumed = collect(server, after_sequence=16)
+        resumed = collect(server, len(kept), after_sequence=16)
         assert [t.sequence for t in resumed] == kept
         with pytest.raises(grpc.RpcError) as ahead:
             list(server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=500)))

@@ -61,6 +61,7 @@ def spawn(code: str, *, env: dict[str, str] | None = None) -> subprocess.Popen[s
             del full_env[key]
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,  # a program can wait for the test's word on it
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -83,13 +83,13 @@ def test_a_second_process_on_the_same_home_shares_the_first_ones_server(tmp_path
     env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path)}
     first = spawn(
         """
-        import time
+        import sys
         from stateward import flow
 
         @flow(name="long-first")
         def first():
             print("started", flush=True)
-            time.sleep(3)
+            sys.stdin.readline()  # until the second process is done
             return 1
 
         print(first(), flush=True)
@@ -112,7 +112,7 @@ def test_a_second_process_on_the_same_home_shares_the_first_ones_server(tmp_path
     )
     assert second.returncode == 0, second.stderr
     assert "sharing the Stateward server of process" in second.stderr
-    _out, err = first.communicate(timeout=30)
+    _out, err = first.communicate("go on\n", timeout=30)
     assert first.returncode == 0, err
     db = tmp_path / "stateward.db"
     assert states_in(db, "quick-second") == ["Pending", "Running", "Completed"]
