@@ -298,6 +298,7 @@ def test_a_stalled_subscriber_does_not_slow_writers_and_resumes_without_loss(tmp
                 break
         stalled.cancel()
         assert received == expected
+        stalled_channel.close()
         client.close()
     finally:
         server.stop()
