@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,6 +143,16 @@ def running_server(tmp_path: Path, **kwargs: object) -> Iterator[ServerProcess]:
     finally:
         if server.process is not None and not server._log.closed:
             server.stop()
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float = 20.0, what: str = "the condition"
+) -> None:
+    """Poll `check` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 # --- request helpers ----------------------------------------------------------------------------

@@ -9,7 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stateward.v1 import orchestration_pb2 as pb
-from tests.support import ST, ServerProcess, history, new_flow_run, new_task_run, propose, state
+from tests.support import (
+    ST,
+    ServerProcess,
+    history,
+    new_flow_run,
+    new_task_run,
+    propose,
+    state,
+    wait_until,
+)
 
 SHORT = [
     "--late-after", "0.3", "--late-runs-interval", "0.1",
@@ -32,12 +41,8 @@ def stub(loop_server):
     return loop_server.stub()
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not become true in time")
-        time.sleep(0.05)
+def eventually(check: Callable[[], bool]) -> None:
+    wait_until(check, timeout=5)
 
 
 def current(stub, run_id: str):

@@ -15,7 +15,7 @@ from stateward.client import Client
 from stateward.exceptions import NotFound
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_until
 
 
 def free_port() -> int:
@@ -104,10 +104,11 @@ def test_subscribers_are_counted_and_freed_when_the_client_cancels(metered):
     assert counted(port, "stateward_stream_subscribers", before + 3) == before + 3
     for stream in streams:
         stream.cancel()
-    deadline = time.monotonic() + 5
-    while value(scrape(port), "stateward_stream_subscribers") != before:
-        assert time.monotonic() < deadline, "cancelled streams were not freed"
-        time.sleep(0.05)
+    wait_until(
+        lambda: value(scrape(port), "stateward_stream_subscribers") == before,
+        5,
+        "the cancelled streams to be freed",
+    )
     cancelled = counted(
         port, "stateward_rpc_requests_total", 3, method="WatchTransitions", code="CANCELLED"
     )

@@ -14,7 +14,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stateward.v1 import orchestration_pb2 as pb
-from tests.support import ACCEPT, ST, ServerProcess, history, new_flow_run, propose, state
+from tests.support import (
+    ACCEPT,
+    ST,
+    ServerProcess,
+    history,
+    new_flow_run,
+    propose,
+    state,
+    wait_until,
+)
 
 
 def test_health_is_serving_and_reflection_lists_the_service(server):
@@ -166,10 +175,9 @@ def test_kill_9_while_8_clients_write_loses_nothing_acknowledged(tmp_path):
     threads = [threading.Thread(target=write, args=(run_id,)) for run_id in runs]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 30
-    while sum(len(ids) for ids in acknowledged.values()) <= 100:  # a good number, whatever the load
-        assert time.monotonic() < deadline, "the writers stalled"
-        time.sleep(0.05)
+    wait_until(  # a good number, whatever the load
+        lambda: sum(len(ids) for ids in acknowledged.values()) > 100, 30, "100 acknowledged writes"
+    )
     time.sleep(0.2)  # and kill in the middle of writes
     server.kill()
     stop.set()

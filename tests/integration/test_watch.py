@@ -28,7 +28,7 @@ from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
 from stateward.v1.orchestration_pb2_grpc import OrchestrationServiceStub
-from tests.support import ROOT, ServerProcess, running_server
+from tests.support import ROOT, ServerProcess, running_server, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +156,7 @@ def test_replay_then_live_has_no_gap_and_no_duplicate_under_concurrent_writers(w
                 writer.set_state(run_id, State(StateType.RUNNING))
 
     def grown_past(sequence: int) -> None:
-        deadline = time.monotonic() + 30
-        while last_sequence(db) <= sequence:
-            assert time.monotonic() < deadline, "the writers stalled"
-            time.sleep(0.01)
+        wait_until(lambda: last_sequence(db) > sequence, 30, f"the log to pass #{sequence}")
 
     with Client(watch_server.target) as setup:
         runs = [setup.create_flow_run("busy", state=State(StateType.RUNNING)).id for _ in range(4)]

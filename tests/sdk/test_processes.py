@@ -19,7 +19,7 @@ from stateward.client import Client
 from stateward.runs import SetStateStatus
 from stateward.states import State, StateType
 from tests.sdk.conftest import python, spawn
-from tests.support import ROOT, ServerProcess
+from tests.support import ROOT, ServerProcess, wait_until
 
 EMBEDDED = {"STATEWARD_API_URL": ""}  # unset: the SDK starts its own server
 
@@ -34,13 +34,6 @@ def states_in(db: Path, flow_name: str) -> list[str]:
                 (flow_name,),
             )
         ]
-
-
-def wait_until(check, timeout: float = 20.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_the_embedded_default_needs_no_server(tmp_path):
