@@ -318,12 +318,8 @@ class Orchestrator:
                 raise RuntimeError("batches do not nest")
             self._batch = []
             try:
-                try:
-                    with self.store.transaction():
-                        yield
-                except BaseException:
-                    self.runs.clear()
-                    raise
+                with self._transaction():
+                    yield
                 written = self._batch
             finally:
                 self._batch = None
@@ -331,11 +327,17 @@ class Orchestrator:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """A transaction (the batch's, inside one); if it fails, the run records it changed in
-        memory are forgotten."""
+        """A transaction, or the batch's when inside one."""
         if self._batch is not None:
             yield
             return
+        with self._transaction():
+            yield
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A store transaction; if it fails, the run records it changed in memory are
+        forgotten."""
         try:
             with self.store.transaction():
                 yield
