@@ -18,7 +18,7 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,11 +28,21 @@ from stateward._transport import Connection, GrpcTransport, TransitionStream
 from stateward.client import Client
 from stateward.exceptions import RPC_ERRORS, RpcError, ServerUnavailable
 
+if TYPE_CHECKING:
+    import typer
+
 log = logging.getLogger("stateward")
 
 _lock = threading.Lock()
 _client: Client | None = None
 _embedded: EmbeddedServer | None = None
+
+
+def server_commands() -> typer.Typer:
+    """The `stateward server` commands (`start`), which live beside the server they run."""
+    from stateward_service.cli import app
+
+    return app
 
 
 def get_client() -> Client:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from stateward.cli import db, limits, runs, server, watch
+from stateward._embedded import server_commands
+from stateward.cli import db, limits, runs, watch
 
 app = typer.Typer(
     name="stateward",
@@ -13,7 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.add_typer(server.app, name="server")
+app.add_typer(server_commands(), name="server")
 app.add_typer(runs.flow_runs, name="flow-run")
 app.add_typer(runs.task_runs, name="task-run")
 app.add_typer(limits.app, name="concurrency-limit")

@@ -1,4 +1,8 @@
-"""`stateward server start`: run a server in the foreground until SIGINT/SIGTERM."""
+"""`stateward server start`: run a server in the foreground until SIGINT/SIGTERM.
+
+The command lives beside the server it runs; the `stateward` command line reaches it through the
+SDK's embedded launcher (`stateward._embedded.server_commands`), the one place the SDK imports
+this package."""
 
 from __future__ import annotations
 
@@ -177,6 +181,7 @@ def start(
     ] = None,
 ) -> None:
     """Run the server until interrupted (SIGINT or SIGTERM stop it gracefully)."""
+    # Imported here: every `stateward` command builds this one's options, few run it.
     from stateward_service.server import PortUnavailable, serve
     from stateward_service.settings import ServerSettings
     from stateward_service.store import DatabaseInUse
