@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,15 +135,16 @@ class EmbeddedServer:
         home.mkdir(parents=True, exist_ok=True)
         # The loops' settings come from the environment; where it listens does not (no TLS, no
         # metrics endpoint: it serves this process and others on this machine).
-        server_settings = replace(
-            ServerSettings.from_environment(),
-            host="127.0.0.1",
-            port=0,
-            db=home / "stateward.db",
-            tls_cert=None,
-            tls_key=None,
-            tls_client_ca=None,
-            metrics_port=0,
+        server_settings = ServerSettings.from_environment().model_copy(
+            update={
+                "host": "127.0.0.1",
+                "port": 0,
+                "db": home / "stateward.db",
+                "tls_cert": None,
+                "tls_key": None,
+                "tls_client_ca": None,
+                "metrics_port": 0,
+            }
         )
         self.server = StatewardServer(server_settings)  # takes the database's lock, or raises
         self.info_path = home / "server.json"

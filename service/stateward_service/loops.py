@@ -18,34 +18,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 
 from stateward.states import State, StateDetails, StateType
 from stateward_service.model import RunKind, Transition
 from stateward_service.orchestrator import Orchestrator, RunNotFound
 from stateward_service.rules.engine import Status
+from stateward_service.settings import ServerSettings
 
 log = logging.getLogger("stateward.loops")
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    late_runs_interval_seconds: float = 5.0
-    late_after_seconds: float = 15.0
-    pause_expiry_interval_seconds: float = 5.0
-    cancelling_interval_seconds: float = 10.0
-    cancelling_timeout_seconds: float = 300.0
-    cascade_interval_seconds: float = 5.0
-    log_retention: int = 0
-    log_prune_interval_seconds: float = 60.0
-    lease_check_interval_seconds: float = 2.0
 
 
 class ServerLoops:
     """Runs the sweeps as asyncio tasks of the server's event loop."""
 
-    def __init__(self, orchestrator: Orchestrator, settings: LoopSettings) -> None:
+    def __init__(self, orchestrator: Orchestrator, settings: ServerSettings) -> None:
         self.orchestrator = orchestrator
         self.settings = settings
         self.runs: dict[str, int] = {}  # sweeps done, by loop name
@@ -239,4 +226,4 @@ async def _sleep_or_wake(period: float, wake: asyncio.Event | None) -> None:
     wake.clear()
 
 
-__all__ = ["LoopSettings", "ServerLoops"]
+__all__ = ["ServerLoops"]

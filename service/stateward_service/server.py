@@ -92,7 +92,7 @@ class StatewardServer:
             capacity=settings.stream_buffer,
         )
         self.orchestrator.subscribe(self.broadcaster.publish)
-        self.loops = ServerLoops(self.orchestrator, settings.loops())
+        self.loops = ServerLoops(self.orchestrator, settings)
         self.metrics: ServerMetrics | None = None
         if settings.metrics_port:
             self.metrics = ServerMetrics(

@@ -1,110 +1,321 @@
-"""The server's settings. Each has a command-line flag (`stateward server start --help`) and an
-environment variable, named in `ENVIRONMENT`."""
+"""The server's settings, each declared once below: its name, type, default, allowed range, help
+and environment variable. The flags of `stateward server start` (and their `--help`), the reading
+of the environment and the validation all come from these declarations, so a new setting is one
+new field here.
+
+A setting's flag is its name with dashes, less a `_seconds` suffix (`late_after_seconds` is
+`--late-after`); a yes/no setting has a `--name/--no-name` pair. Values come from the defaults,
+then the environment, then the flags; a value that is not allowed raises `SettingError`, whose
+message names the setting and what it allows.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from stateward import settings as client_settings
-from stateward_service.loops import LoopSettings
+
+# A path given by a person: `~` means their home.
+UserPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
+
+
+def _setting(
+    default: Any = ...,
+    *,
+    help: str,
+    env: str,
+    shown_default: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """One setting's declaration: its help text, its environment variable, the default `--help`
+    shows (when not the value itself; "" for none), and its range (`ge`, `le`)."""
+    extra: dict[str, Any] = {"env": env}
+    if shown_default is not None:
+        extra["shown_default"] = shown_default
+    if callable(default):
+        return Field(default_factory=default, description=help, json_schema_extra=extra)
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+class ServerSettings(BaseModel):
+    """Everything a server is started with. Build it with `from_environment()`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = _setting("127.0.0.1", help="Address to listen on.", env="STATEWARD_HOST")
+    port: int = _setting(
+        client_settings.DEFAULT_PORT,
+        help="Port; 0 picks a free one.",
+        env="STATEWARD_PORT",
+        ge=0,
+        le=65535,
+    )
+    db: UserPath = _setting(
+        client_settings.default_database,
+        help="SQLite file.",
+        env="STATEWARD_DB",
+        shown_default="$STATEWARD_HOME/stateward.db",
+    )
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = _setting(
+        "NORMAL",
+        help="SQLite synchronous mode: NORMAL survives a server crash, FULL also a power cut.",
+        env="STATEWARD_SQLITE_SYNCHRONOUS",
+    )
+    shutdown_grace_seconds: float = _setting(
+        5.0,
+        help="Seconds in-flight calls get at shutdown.",
+        env="STATEWARD_SHUTDOWN_GRACE_SECONDS",
+        ge=0,
+    )
+    late_after_seconds: float = _setting(
+        15.0,
+        help="A run still Scheduled this many seconds after its time becomes Late.",
+        env="STATEWARD_LATE_AFTER_SECONDS",
+        ge=0,
+    )
+    late_runs_interval_seconds: float = _setting(
+        5.0,
+        help="Seconds between sweeps for late runs.",
+        env="STATEWARD_LATE_RUNS_INTERVAL_SECONDS",
+        ge=0,
+    )
+    pause_expiry_interval_seconds: float = _setting(
+        5.0,
+        help="Seconds between sweeps for expired pauses.",
+        env="STATEWARD_PAUSE_EXPIRY_INTERVAL_SECONDS",
+        ge=0,
+    )
+    cancelling_timeout_seconds: float = _setting(
+        300.0,
+        help="A run Cancelling for this many seconds becomes Cancelled.",
+        env="STATEWARD_CANCELLING_TIMEOUT_SECONDS",
+        ge=0,
+    )
+    cancelling_interval_seconds: float = _setting(
+        10.0,
+        help="Seconds between sweeps for stuck cancels.",
+        env="STATEWARD_CANCELLING_INTERVAL_SECONDS",
+        ge=0,
+    )
+    cascade_interval_seconds: float = _setting(
+        5.0,
+        help="Seconds between sweeps cancelling the children of cancelled flow runs.",
+        env="STATEWARD_CASCADE_INTERVAL_SECONDS",
+        ge=0,
+    )
+    slot_wait_seconds: float = _setting(
+        1.0,
+        help="Seconds a task run is told to wait when its tag's concurrency limit is full.",
+        env="STATEWARD_SLOT_WAIT_SECONDS",
+        ge=0,
+    )
+    log_retention: int = _setting(
+        0,
+        help="Keep the newest N transitions in the log; 0 keeps all.",
+        env="STATEWARD_LOG_RETENTION",
+        ge=0,
+    )
+    log_prune_interval_seconds: float = _setting(
+        60.0,
+        help="Seconds between prunings of the log.",
+        env="STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
+        ge=0,
+    )
+    stream_buffer: int = _setting(
+        10_000,
+        help="Recent transitions kept in memory for subscribers; one that falls further behind "
+        "reads the log instead.",
+        env="STATEWARD_STREAM_BUFFER",
+        ge=1,
+    )
+    lease_check_interval_seconds: float = _setting(
+        2.0,
+        help="Seconds between looks for runs whose heartbeat lease lapsed (they are crashed).",
+        env="STATEWARD_LEASE_CHECK_INTERVAL_SECONDS",
+        ge=0,
+    )
+    api_key: str = _setting(
+        "",
+        help="Require this key (authorization: Bearer <key>) on every call but the health check.",
+        env="STATEWARD_API_KEY",
+        shown_default="",
+    )
+    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate.
+    tls_cert: UserPath | None = _setting(
+        None, help="TLS certificate chain, PEM.", env="STATEWARD_SERVER_TLS_CERT"
+    )
+    tls_key: UserPath | None = _setting(
+        None, help="TLS private key, PEM.", env="STATEWARD_SERVER_TLS_KEY"
+    )
+    tls_client_ca: UserPath | None = _setting(
+        None,
+        help="Require client certificates signed by this CA (mutual TLS).",
+        env="STATEWARD_SERVER_TLS_CLIENT_CA",
+    )
+    max_message_bytes: int = _setting(
+        4 * 1024 * 1024,
+        help="Largest message accepted; larger is RESOURCE_EXHAUSTED.",
+        env="STATEWARD_MAX_MESSAGE_BYTES",
+        ge=1024,
+    )
+    max_streams_per_connection: int = _setting(
+        1000,
+        help="Calls (streams included) one connection may have open at once.",
+        env="STATEWARD_MAX_STREAMS_PER_CONNECTION",
+        ge=1,
+    )
+    metrics_port: int = _setting(
+        0,
+        help="Serve Prometheus metrics on this port, on the same host; 0: off.",
+        env="STATEWARD_METRICS_PORT",
+        ge=0,
+        le=65535,
+    )
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def from_environment(cls, **flags: Any) -> ServerSettings:
+        """Defaults, then environment variables, then `flags` (by setting name; None: not
+        given). Values may be strings, as typed. Raises SettingError for a value not allowed."""
+        values: dict[str, Any] = {}
+        given: dict[str, str] = {}  # where each value came from, for the error message
+        for declared in declarations():
+            raw = os.environ.get(declared.env)
+            if raw:  # an empty variable counts as unset
+                values[declared.name], given[declared.name] = raw, declared.env
+        for name, value in flags.items():
+            if value is not None:
+                values[name], given[name] = value, flag_name(name)
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise SettingError.from_validation(error, values, given) from None
+
+
+class SettingError(ValueError):
+    """A setting's value is not allowed; the message names the setting and what it allows."""
+
+    @classmethod
+    def from_validation(
+        cls, error: ValidationError, values: Mapping[str, Any], given: Mapping[str, str]
+    ) -> SettingError:
+        first = error.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        if name not in ServerSettings.model_fields:
+            return cls(f"{given.get(name, name)} is not a server setting")
+        declared = declaration(name)
+        source = given.get(name, declared.flag)
+        value = values.get(name)
+        shown = f"{source} {value}" if source.startswith("--") else f"{source}={value}"
+        return cls(f"{shown} is not allowed (the {name} setting): it must be {declared.allowed}")
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = client_settings.DEFAULT_PORT
-    db: Path = field(default_factory=client_settings.default_database)
-    # SQLite's synchronous mode: NORMAL survives a crash of the server process; FULL also
-    # survives a power cut, at a cost on every commit.
-    sqlite_synchronous: str = "NORMAL"
-    # How long in-flight calls may take to finish at shutdown.
-    shutdown_grace_seconds: float = 5.0
-    # The loops: how often each sweeps, and its threshold.
-    late_runs_interval_seconds: float = 5.0
-    late_after_seconds: float = 15.0
-    pause_expiry_interval_seconds: float = 5.0
-    cancelling_interval_seconds: float = 10.0
-    cancelling_timeout_seconds: float = 300.0
-    cascade_interval_seconds: float = 5.0
-    # How long a task run finding its tag's concurrency limit full is told to wait.
-    slot_wait_seconds: float = 1.0
-    # The transitions log keeps its newest `log_retention` entries (0: all of them); older ones
-    # are pruned every `log_prune_interval_seconds`.
-    log_retention: int = 0
-    log_prune_interval_seconds: float = 60.0
-    # How many recent transitions the server keeps in memory for subscribers; one that falls
-    # further behind reads the log instead.
-    stream_buffer: int = 10_000
-    # How often runs whose heartbeat lease lapsed are looked for (and crashed).
-    lease_check_interval_seconds: float = 2.0
-    # With a key, every call but the health check must carry `authorization: Bearer <key>`.
-    api_key: str = ""
-    # TLS: the server's certificate chain and key (PEM); with a client CA, clients must present
-    # a certificate it signed (mutual TLS).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    # The largest message the server accepts (larger: RESOURCE_EXHAUSTED).
-    max_message_bytes: int = 4 * 1024 * 1024
-    # How many calls (streams included) one client connection may have open at once.
-    max_streams_per_connection: int = 1000
-    # A Prometheus endpoint on this port (0: none), on `host`.
-    metrics_port: int = 0
+class Declaration:
+    """One setting as declared, in the terms the command line and the docs need."""
 
-    def loops(self) -> LoopSettings:
-        return LoopSettings(**{f.name: getattr(self, f.name) for f in fields(LoopSettings)})
+    name: str
+    env: str
+    help: str
+    kind: Any  # the type: int, float, str, bool, Path, or a Literal of the allowed values
+    optional: bool  # None is allowed (no value)
+    default: str  # as --help shows it; "" for none
+    minimum: float | None
+    maximum: float | None
 
-    @classmethod
-    def from_environment(cls, **overrides: Any) -> ServerSettings:
-        """Defaults, then environment variables, then the given overrides (flags)."""
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            raw = os.environ.get(ENVIRONMENT.get(item.name, ""))
-            if raw:
-                values[item.name] = _parse(item.type, raw)
-        settings = replace(cls(), **values)
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    @property
+    def flag(self) -> str:
+        return flag_name(self.name)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(get_args(self.kind)) if get_origin(self.kind) is Literal else ()
+
+    @property
+    def metavar(self) -> str:
+        if self.choices:
+            return "|".join(self.choices)
+        if self.kind is float:
+            return "SECONDS" if self.name.endswith("_seconds") else "NUMBER"
+        return {int: "INTEGER", Path: "PATH", bool: ""}.get(self.kind, "TEXT")
+
+    @property
+    def allowed(self) -> str:
+        """What the setting allows, as the end of a sentence ("it must be ...")."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        what = {
+            int: "a whole number",
+            float: "a number of seconds" if self.name.endswith("_seconds") else "a number",
+            bool: "true or false",
+            Path: "a path",
+        }.get(self.kind, "text")
+        if self.minimum is not None and self.maximum is not None:
+            what += f" from {self.minimum:g} to {self.maximum:g}"
+        elif self.minimum is not None:
+            what += f", at least {self.minimum:g}"
+        return what
 
 
-ENVIRONMENT = {
-    "host": "STATEWARD_HOST",
-    "port": "STATEWARD_PORT",
-    "db": "STATEWARD_DB",
-    "sqlite_synchronous": "STATEWARD_SQLITE_SYNCHRONOUS",
-    "shutdown_grace_seconds": "STATEWARD_SHUTDOWN_GRACE_SECONDS",
-    "late_runs_interval_seconds": "STATEWARD_LATE_RUNS_INTERVAL_SECONDS",
-    "late_after_seconds": "STATEWARD_LATE_AFTER_SECONDS",
-    "pause_expiry_interval_seconds": "STATEWARD_PAUSE_EXPIRY_INTERVAL_SECONDS",
-    "cancelling_interval_seconds": "STATEWARD_CANCELLING_INTERVAL_SECONDS",
-    "cancelling_timeout_seconds": "STATEWARD_CANCELLING_TIMEOUT_SECONDS",
-    "cascade_interval_seconds": "STATEWARD_CASCADE_INTERVAL_SECONDS",
-    "slot_wait_seconds": "STATEWARD_SLOT_WAIT_SECONDS",
-    "log_retention": "STATEWARD_LOG_RETENTION",
-    "log_prune_interval_seconds": "STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
-    "stream_buffer": "STATEWARD_STREAM_BUFFER",
-    "lease_check_interval_seconds": "STATEWARD_LEASE_CHECK_INTERVAL_SECONDS",
-    "api_key": "STATEWARD_API_KEY",
-    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate.
-    "tls_cert": "STATEWARD_SERVER_TLS_CERT",
-    "tls_key": "STATEWARD_SERVER_TLS_KEY",
-    "tls_client_ca": "STATEWARD_SERVER_TLS_CLIENT_CA",
-    "max_message_bytes": "STATEWARD_MAX_MESSAGE_BYTES",
-    "max_streams_per_connection": "STATEWARD_MAX_STREAMS_PER_CONNECTION",
-    "metrics_port": "STATEWARD_METRICS_PORT",
-}
+def flag_name(name: str) -> str:
+    """The command-line flag of the setting `name`."""
+    return "--" + name.removesuffix("_seconds").replace("_", "-")
 
 
-def _parse(kind: Any, raw: str) -> Any:
-    name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    if "Path" in name:
-        return Path(raw).expanduser()
-    if name == "int":
-        return int(raw)
-    if name == "float":
-        return float(raw)
-    if name == "Path":
-        return Path(raw).expanduser()
-    return raw
+def declarations() -> Iterator[Declaration]:
+    """Every setting, in declaration order."""
+    for name in ServerSettings.model_fields:
+        yield declaration(name)
+
+
+def declaration(name: str) -> Declaration:
+    info: FieldInfo = ServerSettings.model_fields[name]
+    extra = info.json_schema_extra
+    assert isinstance(extra, dict)
+    kind, optional = _kind(info.annotation)
+    minimum = maximum = None
+    for constraint in info.metadata:  # pydantic keeps `ge`/`le` as annotated-types objects
+        if getattr(constraint, "ge", None) is not None:
+            minimum = float(constraint.ge)
+        if getattr(constraint, "le", None) is not None:
+            maximum = float(constraint.le)
+    shown = extra.get("shown_default")
+    if shown is None:
+        default = info.get_default(call_default_factory=False)
+        shown = "" if default is None else f"{default:g}" if kind is float else str(default)
+    return Declaration(
+        name=name,
+        env=str(extra["env"]),
+        help=info.description or "",
+        kind=kind,
+        optional=optional,
+        default=str(shown),
+        minimum=minimum,
+        maximum=maximum,
+    )
+
+
+def _kind(annotation: Any) -> tuple[Any, bool]:
+    """The setting's base type (Annotated and `| None` peeled off), and whether None is allowed."""
+    optional = False
+    args = get_args(annotation)
+    if type(None) in args and get_origin(annotation) is not Literal:
+        optional = True
+        annotation = next(arg for arg in args if arg is not type(None))
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation, optional
+
+
+__all__ = ["Declaration", "ServerSettings", "SettingError", "declarations", "flag_name"]

@@ -1,15 +1,25 @@
-"""Server settings: defaults, then environment variables, then flags."""
+"""Server settings: declared once, read from defaults, then environment variables, then flags;
+validated, with one line naming the setting and what it allows."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from stateward_service.settings import ENVIRONMENT, ServerSettings
+import pytest
+
+from stateward_service.settings import ServerSettings, SettingError, declarations
+from tests.support import ROOT
 
 
-def test_every_setting_has_an_environment_variable():
-    assert set(ENVIRONMENT) == {f.name for f in fields(ServerSettings)}
+def test_every_setting_declares_its_environment_variable_and_help():
+    declared = list(declarations())
+    assert [d.name for d in declared] == list(ServerSettings.model_fields)
+    assert all(d.env.startswith("STATEWARD_") and d.help for d in declared)
+    assert len({d.env for d in declared}) == len(declared)
+    assert len({d.flag for d in declared}) == len(declared)
 
 
 def test_environment_variables_override_defaults_and_flags_override_both(monkeypatch, tmp_path):
@@ -18,9 +28,84 @@ def test_environment_variables_override_defaults_and_flags_override_both(monkeyp
     monkeypatch.setenv("STATEWARD_LATE_AFTER_SECONDS", "2.5")
     monkeypatch.setenv("STATEWARD_PORT", "9999")
     monkeypatch.setenv("STATEWARD_DB", "~/x.db")
-    settings = ServerSettings.from_environment(port=1234, cancelling_timeout_seconds=None)
+    monkeypatch.setenv("STATEWARD_SLOT_WAIT_SECONDS", "")  # empty: unset
+    settings = ServerSettings.from_environment(port="1234", cancelling_timeout_seconds=None)
     assert settings.late_after_seconds == 2.5
     assert settings.port == 1234
     assert settings.db == Path("~/x.db").expanduser()
     assert settings.cancelling_timeout_seconds == 300.0
-    assert settings.loops().late_after_seconds == 2.5
+    assert settings.slot_wait_seconds == 1.0
+
+
+def test_enumerations_accept_their_values_in_any_case_and_nothing_else():
+    assert ServerSettings.from_environment(sqlite_synchronous="full").sqlite_synchronous == "FULL"
+    with pytest.raises(SettingError) as raised:
+        ServerSettings.from_environment(sqlite_synchronous="SLOW")
+    assert str(raised.value) == (
+        "--sqlite-synchronous SLOW is not allowed (the sqlite_synchronous setting): "
+        "it must be one of OFF, NORMAL, FULL, EXTRA"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("port", "65536", "a whole number from 0 to 65535"),
+        ("port", "-1", "a whole number from 0 to 65535"),
+        ("metrics_port", "http", "a whole number from 0 to 65535"),
+        ("late_after_seconds", "-0.5", "a number of seconds, at least 0"),
+        ("stream_buffer", "0", "a whole number, at least 1"),
+        ("max_message_bytes", "1023", "a whole number, at least 1024"),
+    ],
+)
+def test_values_out_of_range_are_refused_with_the_allowed_range(name, value, allowed):
+    with pytest.raises(SettingError, match=f"the {name} setting.*it must be {allowed}$"):
+        ServerSettings.from_environment(**{name: value})
+
+
+def test_a_bad_environment_variable_is_named(monkeypatch):
+    monkeypatch.setenv("STATEWARD_STREAM_BUFFER", "lots")
+    with pytest.raises(SettingError, match=r"^STATEWARD_STREAM_BUFFER=lots is not allowed"):
+        ServerSettings.from_environment()
+    # A flag given for the same setting wins, and is valid.
+    assert ServerSettings.from_environment(stream_buffer="5").stream_buffer == 5
+
+
+def _server_start(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stateward", "server", "start", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250", **(env or {})},
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_the_command_refuses_a_bad_flag_or_variable_in_one_line(tmp_path):
+    db = str(tmp_path / "never.db")
+    bad_flag = _server_start("--db", db, "--sqlite-synchronous", "sometimes")
+    assert bad_flag.returncode != 0
+    assert bad_flag.stderr.strip().splitlines() == [
+        "Error: --sqlite-synchronous sometimes is not allowed (the sqlite_synchronous "
+        "setting): it must be one of OFF, NORMAL, FULL, EXTRA"
+    ]
+    bad_variable = _server_start("--db", db, env={"STATEWARD_PORT": "70000"})
+    assert bad_variable.returncode != 0
+    assert bad_variable.stderr.strip().splitlines() == [
+        "Error: STATEWARD_PORT=70000 is not allowed (the port setting): it must be a whole "
+        "number from 0 to 65535"
+    ]
+    assert not Path(db).exists()  # refused before anything was opened
+
+
+def test_help_shows_every_setting_with_its_flag_variable_and_default():
+    shown = _server_start("--help")
+    assert shown.returncode == 0
+    for declared in declarations():
+        line = next(line for line in shown.stdout.splitlines() if f" {declared.flag} " in line)
+        assert declared.env in line
+        if declared.default:
+            assert f"default {declared.default})" in line
