@@ -83,6 +83,28 @@ def test_cancelling_an_owned_flow_run_is_accepted(stub, initial, name):
     assert answer.status == ACCEPT and answer.state.type == ST.STATE_TYPE_CANCELLING
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        ST.STATE_TYPE_CANCELLED,
+        ST.STATE_TYPE_FAILED,
+        ST.STATE_TYPE_COMPLETED,
+        ST.STATE_TYPE_SCHEDULED,
+        ST.STATE_TYPE_RUNNING,
+    ],
+)
+def test_a_flow_run_completed_with_a_result_stays_completed(stub, target):
+    """3.2: a cancel (or any proposal) racing a completion that stored a result is not written
+    after it; only a forced proposal may still move it to another final state."""
+    run = flow_run_in(stub, ST.STATE_TYPE_RUNNING)
+    done = propose(stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_json='"ok"'))
+    answer = propose(stub, run.id, state(target, result_json='"other"'))
+    assert answer.status == REJECT and answer.state.id == done.state.id
+    assert "stored result" in answer.reason
+    assert history(stub, run.id) == ["Running", "Completed"]
+    assert propose(stub, run.id, ST.STATE_TYPE_CANCELLED, force=True).status == ACCEPT
+
+
 def test_a_second_start_is_aborted_but_a_pending_rename_is_not(stub):
     run = new_flow_run(stub)
     again = propose(stub, run.id, ST.STATE_TYPE_PENDING)

@@ -156,8 +156,10 @@ def test_a_completed_flow_result_is_never_lost(stub):
         assert back.status == REJECT and back.state.id == done.state.id
         bare = propose(stub, run.id, ST.STATE_TYPE_COMPLETED, force=force)
         assert bare.status == REJECT and "result" in bare.reason
-    with_result = propose(stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_json="43"))
-    assert with_result.status == ACCEPT
+    again = propose(stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_json="43"))
+    assert again.status == REJECT and again.state.id == done.state.id  # 3.2: it stays completed
+    forced = propose(stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_json="43"), force=True)
+    assert forced.status == ACCEPT
     assert history(stub, run.id) == ["Running", "Completed", "Completed"]
 
 

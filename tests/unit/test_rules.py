@@ -29,10 +29,10 @@ from stateward_service.rules.engine import (
     decide,
 )
 from stateward_service.rules.guards import (
+    KeepCompletedResults,
     KeepFinishedRunsFinished,
     PreventDuplicateTransitions,
-    PreventFlowResultLoss,
-    PreventTaskResultLoss,
+    PreventForcedResultLoss,
     ResetRunCountOnTaskRerun,
 )
 from stateward_service.rules.pausing import PauseOnlyRunningRuns, ResumeOnlyBeforePauseTimeout
@@ -102,8 +102,8 @@ def test_finished_runs_abort_cancelling_pausing_and_crashing(terminal):
         assert outcome(rule, ctx(s(terminal), s(target))) == "skip"
 
 
-def test_flow_result_loss_guard():
-    rule = PreventFlowResultLoss()
+def test_forced_result_loss_guard():
+    rule = PreventForcedResultLoss()
     done = s(T.COMPLETED, data=RESULT)
     for target in (T.SCHEDULED, T.PENDING, T.RUNNING, T.PAUSED, T.CANCELLING):
         assert is_null_reject(outcome(rule, ctx(done, s(target))))
@@ -113,12 +113,24 @@ def test_flow_result_loss_guard():
     assert outcome(rule, ctx(s(T.COMPLETED), s(T.RUNNING))) is None  # nothing to lose
 
 
-def test_task_result_loss_guard():
-    rule = PreventTaskResultLoss()
+@pytest.mark.parametrize("kind", list(RunKind))
+def test_completed_results_are_kept_from_every_proposal(kind):
+    rule = KeepCompletedResults()
     done = s(T.COMPLETED, data=RESULT)
     for target in T:
-        assert is_null_reject(outcome(rule, ctx(done, s(target), kind=RunKind.TASK_RUN)))
-    assert outcome(rule, ctx(s(T.COMPLETED), s(T.RUNNING), kind=RunKind.TASK_RUN)) is None
+        assert is_null_reject(outcome(rule, ctx(done, s(target), kind=kind)))
+    assert outcome(rule, ctx(s(T.COMPLETED), s(T.RUNNING), kind=kind)) is None
+
+
+@pytest.mark.parametrize("target", [T.CANCELLED, T.FAILED, T.COMPLETED])
+def test_the_flow_policy_keeps_a_completed_result_unless_forced(target):
+    policies = Policies.default()
+    done = s(T.COMPLETED, data=RESULT)
+    proposal = s(target, data=RESULT)
+    refused = decide(policies.for_run(RunKind.FLOW_RUN, False), ctx(done, proposal))
+    assert refused.status is Status.REJECT and refused.state is None
+    forced = decide(policies.for_run(RunKind.FLOW_RUN, True), ctx(done, proposal))
+    assert forced.status is Status.ACCEPT
 
 
 def test_task_rerun_resets_run_count():
@@ -410,5 +422,5 @@ def test_forced_policies_keep_only_the_duplicate_and_result_loss_guards():
     assert duplicate.status is Status.REJECT
     assert [repr(r) for r in policies.for_run(RunKind.TASK_RUN, True)] == [
         "PreventDuplicateTransitions",
-        "PreventTaskResultLoss",
+        "KeepCompletedResults",
     ]

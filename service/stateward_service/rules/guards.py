@@ -49,9 +49,10 @@ class KeepFinishedRunsFinished(Rule):
         )
 
 
-class PreventFlowResultLoss(Rule):
-    """A flow run that completed with a result keeps it: it may not go back to a non-final
-    state, nor be completed again without a result."""
+class PreventForcedResultLoss(Rule):
+    """A forced proposal may move a flow run that completed with a result to another final
+    state, but never back to a non-final one nor to a COMPLETED state without a result: either
+    would drop the stored result from the run's current state."""
 
     FROM = frozenset({StateType.COMPLETED})
     TO = ALL_TYPES
@@ -73,9 +74,10 @@ class PreventFlowResultLoss(Rule):
         return None
 
 
-class PreventTaskResultLoss(Rule):
-    """A task run that completed with a result is final for good: its result may be a cache
-    entry or an input of other tasks."""
+class KeepCompletedResults(Rule):
+    """A run that completed with a result is final for good: its result may be a cache entry, an
+    input of other runs, or what a caller already read, and a cancel or failure racing the
+    completion must not be written after it. Every proposal is null-rejected."""
 
     FROM = frozenset({StateType.COMPLETED})
     TO = ALL_TYPES
@@ -83,7 +85,9 @@ class PreventTaskResultLoss(Rule):
     def decide(self, ctx: TransitionContext) -> Outcome | None:
         assert ctx.initial is not None
         if ctx.initial.has_result():
-            return null_reject("the task run completed with a stored result; it stays completed")
+            return null_reject(
+                f"the {kind_label(ctx)} completed with a stored result; it stays completed"
+            )
         return None
 
 

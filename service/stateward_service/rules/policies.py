@@ -1,7 +1,8 @@
 """The ordered policies: which rules decide a proposal, in which order (spec sections 3 and 4).
 
 A forced proposal skips the policy but not the two protections every write keeps: a retried call
-applies once, and a stored result is never lost.
+applies once, and a stored result is never lost (a forced proposal may still move a completed flow
+run to another final state; a completed task run with a result stays completed even then).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from stateward_service.rules.cancellation import (
 from stateward_service.rules.concurrency import LimitTagConcurrency
 from stateward_service.rules.engine import Policy
 from stateward_service.rules.guards import (
+    KeepCompletedResults,
     KeepFinishedRunsFinished,
     PreventDuplicateTransitions,
-    PreventFlowResultLoss,
-    PreventTaskResultLoss,
+    PreventForcedResultLoss,
     ResetRunCountOnTaskRerun,
 )
 from stateward_service.rules.pausing import PauseOnlyRunningRuns, ResumeOnlyBeforePauseTimeout
@@ -40,7 +41,7 @@ def flow_policy() -> Policy:
         [
             PreventDuplicateTransitions(),
             KeepFinishedRunsFinished(),
-            PreventFlowResultLoss(),
+            KeepCompletedResults(),
             OnlyCancelledAfterCancelling(),
             CancelRunsNoProcessOwns(),
             PreventSecondStart(),
@@ -61,7 +62,7 @@ def task_policy(slot_wait_seconds: float = 1.0) -> Policy:
             PreventDuplicateTransitions(),
             RetrieveCachedResults(),
             KeepFinishedRunsFinished(),
-            PreventTaskResultLoss(),
+            KeepCompletedResults(),
             ResetRunCountOnTaskRerun(),
             RunTasksOnlyInRunningFlows(),
             LimitTagConcurrency(slot_wait_seconds),
@@ -81,10 +82,10 @@ class Policies:
     flow: Policy
     task: Policy
     forced_flow: Policy = field(
-        default_factory=lambda: Policy([PreventDuplicateTransitions(), PreventFlowResultLoss()])
+        default_factory=lambda: Policy([PreventDuplicateTransitions(), PreventForcedResultLoss()])
     )
     forced_task: Policy = field(
-        default_factory=lambda: Policy([PreventDuplicateTransitions(), PreventTaskResultLoss()])
+        default_factory=lambda: Policy([PreventDuplicateTransitions(), KeepCompletedResults()])
     )
 
     @classmethod
