@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from stateward_service.interceptors.errors import Handler, WrappingInterceptor
+from stateward_service.interceptors.errors import Handler, WrappingInterceptor, yields_items
 from stateward_service.metrics import ServerMetrics
 
 
@@ -55,6 +55,19 @@ class MetricsInterceptor(WrappingInterceptor):
             return grpc.unary_unary_rpc_method_handler(unary, **serializers)
         if handler.unary_stream is not None:
             inner_stream: Any = handler.unary_stream
+            if not yields_items(inner_stream):
+
+                async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                    began, error = time.perf_counter(), None
+                    try:
+                        await inner_stream(request, context)
+                    except BaseException as raised:
+                        error = raised
+                        raise
+                    finally:
+                        observe(method, _code(context, error), time.perf_counter() - began)
+
+                return grpc.unary_stream_rpc_method_handler(writer, **serializers)
 
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
