@@ -23,13 +23,13 @@ from stateward._interrupt import (
     RunCancelled,
     RunInterrupted,
     RunTimedOut,
-    crash_on_signals,
     engine_code,
-    install_wake_handler,
+    signal_must_wait,
 )
 from stateward._logging import configure_default_logging
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import bind, call_with, jsonable, judged, run_name
+from stateward._signals import crash_on_signals, install_wake_handler
 from stateward._supervisor import get_supervisor
 from stateward.exceptions import OrchestrationAborted, ServerUnavailable
 from stateward.flows import Flow
@@ -243,7 +243,7 @@ class FlowRunEngine(RunEngine):
         install_wake_handler()
         # Registered before the run exists: no cancel can slip between.
         self.supervisor.on_cancel(self.id, self.request_cancel)
-        restore = crash_on_signals() if self.parent is None else (lambda: None)
+        restore = crash_on_signals(signal_must_wait) if self.parent is None else (lambda: None)
         self._track()
         try:
             try:

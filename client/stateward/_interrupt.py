@@ -1,4 +1,5 @@
-"""Stopping user code from outside: timeouts, cancels, and the signals that crash a run.
+"""Stopping user code from outside: timeouts, cancels, and the signals that crash a run (those
+are caught in `_signals`; this module decides where they may land).
 
 Interrupts reach user code only. Each thread keeps a stack of what it is doing: regions of user
 code (a flow's, a task's called inside it...), the engine's own work (talking to the server,
@@ -17,9 +18,10 @@ it has handled it and runs on; only a new cause (a cancel after a timeout, the s
 around it) interrupts it again. An interrupt that lands in a finaliser (`__del__`, a weakref
 callback), where Python drops exceptions, is sent again.
 
-SIGTERM and SIGINT (during a flow run on the main thread) crash the run: they are raised at once
-in user code and in the engine's waits, and held while the engine works or while this module
-changes a stack.
+SIGTERM and SIGINT (during a flow run on the main thread) crash the run: `_signals` raises them
+at once in user code and in the engine's waits, and holds them while the engine works or while
+this module changes a stack (`signal_must_wait` tells it which); this module raises a held one
+when its thread is back in user code or in a wait.
 
 Synchronous code is interrupted with CPython's asynchronous exceptions, which land between two
 bytecodes of the thread; on the main thread a signal also wakes a blocking call so the exception
@@ -35,28 +37,22 @@ starts, and a generator's cleanup would then never run.
 from __future__ import annotations
 
 import ctypes
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import TypeVar
 
-T = TypeVar("T")
+from stateward._signals import take_pending, wake
 
-# A signal whose only job is to wake the main thread from a blocking call; installed only if
-# nobody else handles it.
-_WAKE_SIGNAL = signal.SIGUSR2
-_wake_installed = False
+T = TypeVar("T")
 
 _ENGINE = object()  # the engine's own work, on a thread's stack
 # Reentrant, so that a signal handler can tell whether its thread is inside this module's own
 # bookkeeping (the signal then waits).
 _lock = threading.RLock()
 _stacks: dict[int, list[object]] = {}  # per thread: regions, engine work and waits, innermost last
-_pending_signals: dict[int, BaseException] = {}  # signals held while the engine worked
 
 
 class RunInterrupted(BaseException):
@@ -75,24 +71,6 @@ class RunCancelled(RunInterrupted):
     """The run was cancelled (by another client, or its flow run was)."""
 
 
-class TerminationSignal(BaseException):
-    """SIGTERM arrived while a flow ran: the run is crashed, then the process goes on exiting."""
-
-
-def _wake(signum: int, frame: FrameType | None) -> None:
-    """Does nothing: the pending asynchronous exception is raised as this handler runs."""
-
-
-def install_wake_handler() -> None:
-    """On the main thread, once: let interrupts wake blocking calls there."""
-    global _wake_installed
-    if _wake_installed or threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(_WAKE_SIGNAL) in (signal.SIG_DFL, None):
-        signal.signal(_WAKE_SIGNAL, _wake)
-        _wake_installed = True
-
-
 def _set_async_exc(thread_id: int, error: type[BaseException] | None) -> None:
     target = ctypes.py_object(error) if error is not None else ctypes.c_void_p(0)
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), target)
@@ -102,8 +80,7 @@ def _send(region: Interruptible, error: type[RunInterrupted]) -> None:
     """Under `_lock`, with `region` innermost on its thread and in its code: raise `error` there."""
     region._sent = True
     _set_async_exc(region.thread_id, error)
-    if region.thread_id == threading.main_thread().ident and _wake_installed:
-        signal.pthread_kill(region.thread_id, _WAKE_SIGNAL)
+    wake(region.thread_id)
 
 
 def _resend(region: Interruptible) -> None:
@@ -220,7 +197,7 @@ class Interruptible:
                 _stacks.setdefault(thread_id, []).append(self)
                 pending, self._pending = self._pending, None
                 self.told = self.told or pending is not None
-            signal_error = _pending_signals.pop(thread_id, None)
+            signal_error = take_pending(thread_id)
             if signal_error is not None:
                 raise signal_error  # arrived while the engine worked
             if pending is not None:
@@ -310,7 +287,7 @@ def engine_code() -> Iterator[None]:
             outermost = thread_id not in _stacks
         signal_error = None
         if region is not None or outermost:  # back in user code
-            signal_error = _pending_signals.pop(thread_id, None)
+            signal_error = take_pending(thread_id)
         if signal_error is not None:
             raise signal_error
         if pending is not None:
@@ -335,7 +312,7 @@ def waiting(code: Callable[..., T], *args: object) -> T:
     try:
         with _lock:
             _stacks.setdefault(thread_id, []).append(marker)
-        signal_error = _pending_signals.pop(thread_id, None)
+        signal_error = take_pending(thread_id)
         if signal_error is not None:
             raise signal_error  # arrived while the engine worked
         return code(*args)
@@ -359,42 +336,15 @@ def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
         time.sleep(min(left, 0.1))
 
 
-def crash_on_signals() -> Callable[[], None]:
-    """On the main thread: SIGTERM and SIGINT stop user code at once (so its run crashes), and
-    wait while the engine works. A signal the program ignores or handles itself is left alone.
-    Returns the function that puts the previous handlers back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    errors: dict[int, Callable[[], BaseException]] = {
-        signal.SIGTERM: lambda: TerminationSignal("SIGTERM"),
-        signal.SIGINT: KeyboardInterrupt,
-    }
-    defaults = (signal.SIG_DFL, signal.default_int_handler)
-    previous = {
-        signum: handler for signum in errors if (handler := signal.getsignal(signum)) in defaults
-    }
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # It runs on the main thread between two of its bytecodes: the thread's stack is as
-        # that thread left it, unless the thread is inside this module's bookkeeping.
-        thread_id = threading.get_ident()
-        error = errors[signum]()
-        stack = _stacks.get(thread_id)
-        top = stack[-1] if stack else None
-        if (
-            _lock._is_owned()  # type: ignore[attr-defined]
-            or top is _ENGINE
-            or getattr(top, "_leaving", False)
-        ):
-            _pending_signals.setdefault(thread_id, error)  # raised once the engine is done
-            return
-        raise error
-
-    for signum in previous:
-        signal.signal(signum, on_signal)
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    return restore
+def signal_must_wait(thread_id: int) -> bool:
+    """Whether a crash signal arriving now on `thread_id` must be held rather than raised: the
+    thread is inside this module's bookkeeping, the engine works there, or the thread is leaving
+    a region or a wait. (Called by the signal handler, on that thread, between two bytecodes:
+    the thread's stack is as the thread left it.)"""
+    stack = _stacks.get(thread_id)
+    top = stack[-1] if stack else None
+    return bool(
+        _lock._is_owned()  # type: ignore[attr-defined]
+        or top is _ENGINE
+        or getattr(top, "_leaving", False)
+    )

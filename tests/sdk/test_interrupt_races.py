@@ -11,13 +11,14 @@ import time
 import pytest
 
 from stateward import _interrupt as interrupts
+from stateward import _signals as signals
 
 
 @pytest.fixture(autouse=True)
 def clean_stacks():
     yield
     assert interrupts._stacks == {}  # nothing left behind on any thread
-    assert interrupts._pending_signals == {}
+    assert signals._pending_signals == {}
 
 
 def test_an_interrupt_sent_as_its_region_ends_is_withdrawn():
@@ -65,16 +66,16 @@ def test_an_interrupt_being_handled_is_not_raised_again_by_the_engine():
 
 
 def test_a_signal_inside_the_bookkeeping_waits_instead_of_deadlocking():
-    restore = interrupts.crash_on_signals()
+    restore = signals.crash_on_signals(interrupts.signal_must_wait)
     try:
         with interrupts.engine_code():
             with interrupts._lock:  # as if the signal came in the middle of a stack change
                 signal.raise_signal(signal.SIGTERM)
             assert isinstance(
-                interrupts._pending_signals.get(threading.get_ident()),
-                interrupts.TerminationSignal,
+                signals._pending_signals.get(threading.get_ident()),
+                signals.TerminationSignal,
             )
-            with pytest.raises(interrupts.TerminationSignal):
+            with pytest.raises(signals.TerminationSignal):
                 interrupts.waiting(lambda: None)  # the engine's next wait raises it
     finally:
         restore()

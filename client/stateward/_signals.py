@@ -1,0 +1,96 @@
+"""The process signals a run deals with: SIGTERM and SIGINT crash the flow run executing on the
+main thread, and a wake signal gets the main thread out of a blocking call so that an interrupt
+sent to it lands at once.
+
+A crash signal is raised at once where the main thread is, unless the thread may not be stopped
+there (the engine works, or `_interrupt` changes a thread's stack): then it is held, per thread,
+and the interrupt machinery raises it once the thread is back in user code or in one of the
+engine's waits (`take_pending`). Which places may not be stopped is the interrupt machinery's
+knowledge: `crash_on_signals` is given it as a function.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+
+class TerminationSignal(BaseException):
+    """SIGTERM arrived while a flow ran: the run is crashed, then the process goes on exiting."""
+
+
+# --- the wake signal ------------------------------------------------------------------------------
+
+# A signal whose only job is to wake the main thread from a blocking call; installed only if
+# nobody else handles it.
+_WAKE_SIGNAL = signal.SIGUSR2
+_wake_installed = False
+
+
+def _wake(signum: int, frame: FrameType | None) -> None:
+    """Does nothing: the pending asynchronous exception is raised as this handler runs."""
+
+
+def install_wake_handler() -> None:
+    """On the main thread, once: let interrupts wake blocking calls there."""
+    global _wake_installed
+    if _wake_installed or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(_WAKE_SIGNAL) in (signal.SIG_DFL, None):
+        signal.signal(_WAKE_SIGNAL, _wake)
+        _wake_installed = True
+
+
+def wake(thread_id: int) -> None:
+    """If `thread_id` is the main thread (and the wake handler is installed), interrupt the
+    blocking call it may be in, so that an asynchronous exception sent to it lands now."""
+    if thread_id == threading.main_thread().ident and _wake_installed:
+        signal.pthread_kill(thread_id, _WAKE_SIGNAL)
+
+
+# --- crash signals --------------------------------------------------------------------------------
+
+_pending_signals: dict[int, BaseException] = {}  # per thread: signals held while the engine worked
+
+
+def take_pending(thread_id: int) -> BaseException | None:
+    """The crash signal held for `thread_id`, if any (it is then no longer held)."""
+    return _pending_signals.pop(thread_id, None)
+
+
+def crash_on_signals(must_wait: Callable[[int], bool]) -> Callable[[], None]:
+    """On the main thread: SIGTERM and SIGINT stop user code at once (so its run crashes), and
+    wait while `must_wait(thread_id)` says the thread may not be stopped where it is. A signal
+    the program ignores or handles itself is left alone. Returns the function that puts the
+    previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    errors: dict[int, Callable[[], BaseException]] = {
+        signal.SIGTERM: lambda: TerminationSignal("SIGTERM"),
+        signal.SIGINT: KeyboardInterrupt,
+    }
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    previous = {
+        signum: handler for signum in errors if (handler := signal.getsignal(signum)) in defaults
+    }
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # It runs on the main thread between two of its bytecodes: the thread's stack is as
+        # that thread left it, unless the thread is inside the interrupt machinery's bookkeeping.
+        thread_id = threading.get_ident()
+        error = errors[signum]()
+        if must_wait(thread_id):
+            _pending_signals.setdefault(thread_id, error)  # raised once the engine is done
+            return
+        raise error
+
+    for signum in previous:
+        signal.signal(signum, on_signal)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
