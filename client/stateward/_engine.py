@@ -27,8 +27,8 @@ from stateward._interrupt import (
     waiting,
 )
 from stateward._orchestration import RunOrchestration
-from stateward._outcomes import failed
 from stateward._results import exception_for
+from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, stopped_message
 from stateward.exceptions import OrchestrationAborted
 from stateward.flows import Flow
 from stateward.runs import Decision, SetStateStatus
@@ -55,17 +55,11 @@ class RunEngine:
 
     def __init__(self) -> None:
         self.error: BaseException | None = None  # the user code's exception, as raised
-        self.cancel_state: State | None = None  # set when the run is being cancelled
+        self.stop = StopFlags()
         self.interruptible: Interruptible | None = None
         self.asyncio_task: asyncio.Task[Any] | None = None
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
         self.owns_loop = False  # an async task run in a worker thread, on its own event loop
-        self.timed_out = False
-        self.cancel_hooks_ran = False
-        # The run around this one is being stopped (its cancel or timeout): this run stops
-        # too, wherever it is, ends Cancelled, then passes the interrupt on to that run.
-        self.stop_requested: type[RunInterrupted] | None = None
-        self.passed_on: BaseException | None = None
 
     def record(self) -> Any:
         """The run record hooks receive."""
@@ -79,8 +73,8 @@ class RunEngine:
 
     def request_cancel(self, state: State) -> None:
         """Called (from the supervisor's thread) when the run becomes CANCELLING/CANCELLED."""
-        if self.cancel_state is None or state.type is StateType.CANCELLED:
-            self.cancel_state = state
+        if self.stop.cancel_state is None or state.type is StateType.CANCELLED:
+            self.stop.cancel_state = state
         region = self.interruptible
         if region is not None:
             region.interrupt(RunCancelled)
@@ -89,8 +83,8 @@ class RunEngine:
     def interrupt(self, error: type[RunInterrupted]) -> None:
         """Called (from another thread) when the run around this one is stopped: stop this
         run's code if it runs, else at its next step."""
-        if self.stop_requested is None:
-            self.stop_requested = error
+        if self.stop.stop_requested is None:
+            self.stop.stop_requested = error
         region = self.interruptible
         if region is not None:
             region.interrupt(error, from_outside=True)
@@ -111,11 +105,6 @@ class RunEngine:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the code is over
             loop.call_soon_threadsafe(cancel)
 
-    def stopping(self) -> bool:
-        """Whether the engine's waits should end early: the run is being cancelled, or stopped
-        with the run around it."""
-        return self.cancel_state is not None or self.stop_requested is not None
-
     def finish_cancel(self, message: str = "cancelled while it ran") -> State:
         """The run is being cancelled: complete it (unless already Cancelled)."""
         current = self.orchestration.state
@@ -130,8 +119,8 @@ class RunEngine:
     def stopped_from_outside(self, error: type[RunInterrupted]) -> State:
         """The run around this one was stopped between two of this run's steps: end Cancelled
         and pass the interrupt on."""
-        self.passed_on = error()
-        return self.finish_cancel(_stopped_message(error))
+        self.stop.passed_on = error()
+        return self.finish_cancel(stopped_message(error))
 
     # --- the steps --------------------------------------------------------------------------------
 
@@ -142,16 +131,16 @@ class RunEngine:
         """Get the run into RUNNING (`first` is the answer to a Running already proposed); None
         means run the code, else the run's final state."""
         while True:
-            if self.stop_requested is not None:
-                return self.stopped_from_outside(self.stop_requested)
-            if self.cancel_state is not None:
+            if self.stop.stop_requested is not None:
+                return self.stopped_from_outside(self.stop.stop_requested)
+            if self.stop.cancel_state is not None:
                 return self.finish_cancel()
             if first is not None:
                 decision, first = first, None
             else:
                 decision = self.orchestration.propose(self.running_proposal(), wait=False)
             if decision.status is SetStateStatus.WAIT:
-                self.orchestration.wait(decision, self.stopping)
+                self.orchestration.wait(decision, self.stop.stopping)
                 continue
             if decision.status is SetStateStatus.ACCEPT:
                 return None
@@ -164,7 +153,7 @@ class RunEngine:
             if state.type in TERMINAL_TYPES:
                 return state  # a cache hit, or a run that was cancelled before it started
             if state.type is StateType.PAUSED:  # parked NotReady while the flow run is paused
-                sleep(_NOT_READY_POLL_SECONDS, self.stopping)
+                sleep(_NOT_READY_POLL_SECONDS, self.stop.stopping)
                 continue
             raise OrchestrationAborted(
                 f"the {self.kind} could not start: it is {state.name} ({decision.reason})"
@@ -172,7 +161,7 @@ class RunEngine:
 
     def finish(self, proposal: State) -> State | None:
         """Propose the outcome; None means retry (after waiting for AwaitingRetry's time)."""
-        if self.cancel_state is not None and not proposal.is_cancelled():
+        if self.stop.cancel_state is not None and not proposal.is_cancelled():
             proposal = State(StateType.CANCELLED, message="cancelled while it ran")
         current = self.orchestration.state
         if proposal.is_cancelled() and current is not None and current.is_cancelled():
@@ -196,44 +185,31 @@ class RunEngine:
     def _sleep_until_retry(self, awaiting: State) -> None:
         at = awaiting.details.scheduled_time
         if at is not None:
-            sleep((at - now()).total_seconds(), self.stopping)
+            sleep((at - now()).total_seconds(), self.stop.stopping)
 
     def classify(self, error: BaseException) -> State:
-        """The state an exception out of the user's code stands for."""
+        """The state an exception out of the user's code stands for (see `_stopping.classify`);
+        raises `error` when it crashes the run."""
         region = self.interruptible
-        if isinstance(error, RunInterrupted) and region is not None and region.from_outside:
-            self.passed_on = error
-            return State(StateType.CANCELLED, message=_stopped_message(type(error)))
-        if (
-            isinstance(error, asyncio.CancelledError)
-            and self.cancel_state is None
-            and self.inside_another_run()
-            and (self.stop_requested is not None or _task_being_cancelled())
-        ):
-            self.passed_on = error  # the enclosing run is being cancelled or timed out
-            stopped = self.stop_requested
-            message = _stopped_message(stopped) if stopped else "stopped with the run around it"
-            return State(StateType.CANCELLED, message=message)
-        if isinstance(error, RunTimedOut) or (isinstance(error, TimeoutError) and self.timed_out):
-            limit = f" of {self.timeout:g}s" if self.timeout is not None else ""
-            return State(
-                StateType.FAILED,
-                name="TimedOut",
-                message=f"{self.orchestration.label} exceeded its timeout{limit}",
-            )
-        # RunCancelled only comes from a cancel (of this run, or of the flow run around it);
-        # an asyncio cancellation is one only if a cancel was asked for.
-        if isinstance(error, RunCancelled) or (
-            isinstance(error, asyncio.CancelledError) and self.cancel_state is not None
-        ):
-            return State(StateType.CANCELLED, message="cancelled while it ran")
-        if isinstance(error, Exception):
-            self.error = error
-            return self.failure(error)
-        raise error  # KeyboardInterrupt, SystemExit, termination: the caller crashes the run
+        ending = classify(
+            error,
+            self.stop,
+            from_outside=region is not None and region.from_outside,
+            nested=self.inside_another_run(),
+            asyncio_cancelling=asyncio_task_cancelling(),
+            timeout=self.timeout,
+            label=self.orchestration.label,
+        )
+        if ending.passed_on is not None:
+            self.stop.passed_on = ending.passed_on
+        if ending.failure is not None:
+            self.error = ending.failure
+            return self.failed_attempt(ending.state)
+        return ending.state
 
-    def failure(self, error: Exception) -> State:
-        return failed(error)
+    def failed_attempt(self, state: State) -> State:
+        """The Failed state of an attempt whose code raised (a task may make it unretriable)."""
+        return state
 
     def inside_another_run(self) -> bool:
         """Whether this run executes inside another run's code (a task or a subflow)."""
@@ -241,15 +217,15 @@ class RunEngine:
 
     def pass_on(self) -> None:
         """After the run ended: hand an interrupt meant for the enclosing run over to it."""
-        if self.passed_on is not None:
-            raise self.passed_on
+        if self.stop.passed_on is not None:
+            raise self.stop.passed_on
 
     # --- hooks ------------------------------------------------------------------------------------
 
     def _hooks_due(self, kind: str | None) -> bool:
-        if kind is None or (kind == "on_cancellation" and self.cancel_hooks_ran):
+        if kind is None or (kind == "on_cancellation" and self.stop.cancel_hooks_ran):
             return False
-        self.cancel_hooks_ran = self.cancel_hooks_ran or kind == "on_cancellation"
+        self.stop.cancel_hooks_ran = self.stop.cancel_hooks_ran or kind == "on_cancellation"
         return bool(self.subject.hooks(kind))
 
     def run_hooks(self, kind: str | None, state: State) -> None:
@@ -288,10 +264,10 @@ class RunEngine:
         region = Interruptible()
         self.interruptible = region
         # Read after the region is known: a stop or cancel coming later reaches the region.
-        stop = self.stop_requested
+        stop = self.stop.stop_requested
         if stop is not None:
             region.interrupt(stop, from_outside=True)
-        elif self.cancel_state is not None:  # cancelled before the code started
+        elif self.stop.cancel_state is not None:  # cancelled before the code started
             region.interrupt(RunCancelled)
         try:
             value = region.run(self.call_sync, self.timeout, self.on_timeout)
@@ -311,13 +287,13 @@ class RunEngine:
     async def execute_async(self) -> State:
         self.asyncio_loop = asyncio.get_running_loop()
         self.asyncio_task = asyncio.current_task()
-        self.timed_out = False
+        self.stop.timed_out = False
         try:
-            stop = self.stop_requested
+            stop = self.stop.stop_requested
             if stop is not None:
-                self.passed_on = stop()
-                return State(StateType.CANCELLED, message=_stopped_message(stop))
-            if self.cancel_state is not None:
+                self.stop.passed_on = stop()
+                return State(StateType.CANCELLED, message=stopped_message(stop))
+            if self.stop.cancel_state is not None:
                 raise RunCancelled
             timer = None
             if self.timeout is not None:
@@ -326,7 +302,7 @@ class RunEngine:
                 async with asyncio.timeout(self.timeout) as deadline:
                     value = await self.call_async()
             except TimeoutError:
-                self.timed_out = deadline.expired()
+                self.stop.timed_out = deadline.expired()
                 raise
             finally:
                 if timer is not None:
@@ -334,7 +310,7 @@ class RunEngine:
             return self.after_call(value)
         except BaseException as error:
             if isinstance(error, asyncio.CancelledError) and (
-                self.cancel_state is not None or (self.owns_loop and self.stop_requested)
+                self.stop.cancel_state is not None or (self.owns_loop and self.stop.stop_requested)
             ):
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]  # we asked for it
             return self.classify(error)
@@ -376,21 +352,6 @@ class RunEngine:
         if self.error is not None and state.is_failed():
             raise self.error
         raise exception_for(state)
-
-
-def _stopped_message(error: type[RunInterrupted]) -> str:
-    cause = "timed out" if issubclass(error, RunTimedOut) else "was cancelled"
-    return f"stopped: the run around it {cause}"
-
-
-def _task_being_cancelled() -> bool:
-    """Whether the asyncio task running now was asked to cancel (rather than its code raising
-    CancelledError itself)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no event loop in this thread
-        return False
-    return task is not None and task.cancelling() > 0
 
 
 # --- prints ---------------------------------------------------------------------------

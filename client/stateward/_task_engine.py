@@ -132,17 +132,17 @@ class TaskRunEngine(RunEngine):
         try:
             waiting(self._wait_for_inputs)
         except UpstreamFailed as error:
-            if self.stop_requested is None:
+            if self.stop.stop_requested is None:
                 self.error = error
                 if self.task_run is None:
                     self.create()
                 decision = self.orchestration.propose(failed(error))
                 assert decision.state is not None
                 return decision.state
-        if self.stop_requested is not None:  # stopped with its flow run while it waited
+        if self.stop.stop_requested is not None:  # stopped with its flow run while it waited
             if self.task_run is None:
                 self.create()
-            return self.stopped_from_outside(self.stop_requested)
+            return self.stopped_from_outside(self.stop.stop_requested)
         if self.task.cache_key_fn is not None:
             context = TaskRunContext(self.task, self.record(), self.parameters)
             self.cache_key = self.task.cache_key_fn(context, self.parameters) or ""
@@ -163,8 +163,7 @@ class TaskRunEngine(RunEngine):
             details=StateDetails(cache_key=self.cache_key, refresh_cache=self.task.refresh_cache),
         )
 
-    def failure(self, error: Exception) -> State:
-        state = failed(error)
+    def failed_attempt(self, state: State) -> State:
         condition = self.task.retry_condition_fn
         if condition is not None and self.task.retries:
             try:
