@@ -11,9 +11,7 @@ execution itself. `_flow_engine` and `_task_engine` fill in what differs.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
-import contextvars
 import logging
 from typing import Any
 
@@ -352,36 +350,3 @@ class RunEngine:
         if self.error is not None and state.is_failed():
             raise self.error
         raise exception_for(state)
-
-
-# --- prints ---------------------------------------------------------------------------
-
-
-_print_to_log: contextvars.ContextVar[bool] = contextvars.ContextVar("log_prints", default=False)
-_original_print = builtins.print
-
-
-def _print(*args: Any, **kwargs: Any) -> None:
-    if _print_to_log.get() and kwargs.get("file") is None:
-        from stateward._logging import get_run_logger
-
-        get_run_logger().info(kwargs.get("sep", " ").join(str(a) for a in args))
-        return
-    _original_print(*args, **kwargs)
-
-
-class printing_to_log:
-    """With `log_prints`, print() inside the run goes to the run's logger."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.token: contextvars.Token[bool] | None = None
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            builtins.print = _print
-            self.token = _print_to_log.set(True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.token is not None:
-            _print_to_log.reset(self.token)

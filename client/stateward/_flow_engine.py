@@ -17,7 +17,7 @@ from stateward import _requests as requests
 from stateward._context import FlowRunContext, flow_run_context
 from stateward._convert import flow_run_from_proto
 from stateward._embedded import get_client
-from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
+from stateward._engine import FINAL_HOOKS, RunEngine
 from stateward._interrupt import (
     Interruptible,
     RunCancelled,
@@ -26,7 +26,7 @@ from stateward._interrupt import (
     engine_code,
     signal_must_wait,
 )
-from stateward._logging import configure_default_logging
+from stateward._logging import configure_default_logging, printing_to_log
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import bind, call_with, jsonable, judged, run_name
 from stateward._signals import crash_on_signals, install_wake_handler

@@ -1,12 +1,17 @@
 """Logging through the standard `logging` module: one line per state change of each run, under
 the `stateward` logger. When the application configured no logging at all, Stateward shows its
-lines on stderr (level from STATEWARD_LOGGING_LEVEL, INFO by default)."""
+lines on stderr (level from STATEWARD_LOGGING_LEVEL, INFO by default). With `log_prints`, what a
+run's code prints goes to the run's logger instead, for as long as the run's code runs."""
 
 from __future__ import annotations
 
+import builtins
+import contextvars
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from stateward._context import flow_run_context, task_run_context
@@ -49,3 +54,50 @@ def get_run_logger() -> logging.LoggerAdapter[logging.Logger]:
     if flow is not None:
         return RunLogger(flow_run_log, {"label": f"Flow run {flow.flow_run.name!r}"})
     raise RuntimeError("get_run_logger() needs a flow run or a task run executing")
+
+
+# --- prints -------------------------------------------------------------------------------------
+
+# Whether print() in the code running now goes to its run's logger.
+_print_to_log: contextvars.ContextVar[bool] = contextvars.ContextVar("log_prints", default=False)
+# `builtins.print` is replaced while at least one run with `log_prints` runs, in any thread, and
+# put back when the last one ends. Other code sees the print it had (see `_print`).
+_print_lock = threading.Lock()
+_printing_runs = 0
+_replaced_print: Callable[..., None] = builtins.print
+
+
+def _print(*args: Any, **kwargs: Any) -> None:
+    if _print_to_log.get() and kwargs.get("file") is None:
+        get_run_logger().info(kwargs.get("sep", " ").join(str(a) for a in args))
+        return
+    _replaced_print(*args, **kwargs)
+
+
+class printing_to_log:
+    """With `log_prints`, print() inside the run goes to the run's logger; once no run with
+    `log_prints` runs any more, `builtins.print` is what it was before."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.token: contextvars.Token[bool] | None = None
+
+    def __enter__(self) -> None:
+        if not self.enabled:
+            return
+        global _printing_runs, _replaced_print
+        with _print_lock:
+            if _printing_runs == 0 and builtins.print is not _print:
+                _replaced_print, builtins.print = builtins.print, _print
+            _printing_runs += 1
+        self.token = _print_to_log.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is None:
+            return
+        global _printing_runs
+        with _print_lock:
+            _printing_runs -= 1
+            if _printing_runs == 0 and builtins.print is _print:
+                builtins.print = _replaced_print
+        _print_to_log.reset(self.token)

@@ -18,9 +18,9 @@ from stateward import _requests as requests
 from stateward._context import TaskRunContext, flow_run_context, task_run_context
 from stateward._convert import optional_datetime, state_from_proto
 from stateward._embedded import get_client
-from stateward._engine import FINAL_HOOKS, RunEngine, printing_to_log
+from stateward._engine import FINAL_HOOKS, RunEngine
 from stateward._interrupt import RunInterrupted, engine_code, waiting
-from stateward._logging import configure_default_logging
+from stateward._logging import configure_default_logging, printing_to_log
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
     UpstreamFailed,

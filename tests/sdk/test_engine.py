@@ -4,8 +4,10 @@ failures, retries, timeouts, caching, waits and aborts, futures, subflows, resul
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import json
+import logging
 import time
 from datetime import timedelta
 
@@ -448,6 +450,63 @@ def test_get_run_context_and_logger_inside_runs():
     assert flow_run_id and task_run_id and flow_run_id != task_run_id
     with pytest.raises(RuntimeError):
         stateward.get_run_context()
+
+
+def _printed_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("stateward.")]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_log_prints_sends_prints_to_the_run_logger_while_the_run_runs(caplog, capsys, asynchronous):
+    original = builtins.print
+
+    @task(log_prints=True)
+    def shout(word: str) -> None:
+        print(word, "from a task")
+
+    @task
+    def whisper() -> None:
+        print("whispered")  # a task that does not say inherits the flow's log_prints
+
+    @flow(log_prints=True)
+    def loud() -> None:
+        print("from the flow")
+        shout("hello")
+        print("still logged after the task ended")
+        whisper()
+
+    @flow(log_prints=True)
+    async def loud_async() -> None:
+        print("from the flow")
+        shout("hello")
+        print("still logged after the task ended")
+        whisper()
+
+    with caplog.at_level(logging.INFO, logger="stateward"):
+        asyncio.run(loud_async()) if asynchronous else loud()
+    logged = _printed_lines(caplog)
+    assert any(line.endswith("- from the flow") for line in logged)
+    assert any(line.endswith("- hello from a task") for line in logged)
+    assert any(line.endswith("- still logged after the task ended") for line in logged)
+    assert any(line.endswith("- whispered") for line in logged)
+    assert capsys.readouterr().out == ""
+    assert builtins.print is original  # not left patched once the run ended
+    print("after the run")
+    assert capsys.readouterr().out == "after the run\n"
+
+
+def test_print_is_restored_when_a_log_prints_run_fails(caplog):
+    original = builtins.print
+
+    @flow(log_prints=True)
+    def noisy_failure() -> None:
+        print("about to fail")
+        raise ValueError("no")
+
+    with caplog.at_level(logging.INFO, logger="stateward"), pytest.raises(ValueError):
+        noisy_failure()
+    assert any(line.endswith("- about to fail") for line in _printed_lines(caplog))
+    assert builtins.print is original
 
 
 def test_transitions_of_an_sdk_run_stream_to_watchers(client):
