@@ -13,21 +13,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+from stateward._context import FlowRunContext, flow_run_context
+from stateward._embedded import get_client
 from stateward._hooks import run_hooks, run_hooks_async
 from stateward._interrupt import (
     Interruptible,
     RunCancelled,
     RunInterrupted,
     RunTimedOut,
+    engine_code,
     sleep,
     waiting,
 )
+from stateward._logging import configure_default_logging, printing_to_log
 from stateward._orchestration import RunOrchestration
+from stateward._outcomes import bind, call_with
 from stateward._results import exception_for
 from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, stopped_message
-from stateward.exceptions import OrchestrationAborted
+from stateward._supervisor import get_supervisor
+from stateward.exceptions import OrchestrationAborted, ServerUnavailable
 from stateward.flows import Flow
 from stateward.runs import Decision, SetStateStatus
 from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, now
@@ -48,10 +56,22 @@ class RunEngine:
 
     kind = "run"
     log: logging.Logger
-    subject: Flow[..., Any] | Task[..., Any]
-    orchestration: RunOrchestration
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        subject: Flow[..., Any] | Task[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.subject = subject
+        self.parameters = bind(subject.signature, args, kwargs)
+        configure_default_logging()
+        self.client = get_client()
+        self.supervisor = get_supervisor(self.client)
+        # The flow run whose code runs this one (a task's flow run, a subflow's parent), if any.
+        self.parent: FlowRunContext | None = flow_run_context.get()
+        self.id = str(uuid.uuid4())
+        self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
         self.error: BaseException | None = None  # the user code's exception, as raised
         self.stop = StopFlags()
         self.interruptible: Interruptible | None = None
@@ -211,7 +231,7 @@ class RunEngine:
 
     def inside_another_run(self) -> bool:
         """Whether this run executes inside another run's code (a task or a subflow)."""
-        return False
+        return self.parent is not None
 
     def pass_on(self) -> None:
         """After the run ended: hand an interrupt meant for the enclosing run over to it."""
@@ -248,11 +268,37 @@ class RunEngine:
 
     # --- executing the code -----------------------------------------------------------------------
 
-    def call_sync(self) -> Any:
+    def enter_code(self) -> Callable[[], None]:
+        """Make the run's context current for its code; returns what makes it not current."""
         raise NotImplementedError
 
+    def code_over(self) -> None:
+        """After the run's code, before its context ends (a flow waits for its task runs)."""
+
+    async def code_over_async(self) -> None:
+        """`code_over` for async code."""
+
+    def call_sync(self) -> Any:
+        leave = self.enter_code()
+        try:
+            with printing_to_log(self.subject.log_prints):
+                return call_with(self.subject.fn, self.subject.signature, self.parameters)
+        finally:
+            try:
+                self.code_over()
+            finally:
+                leave()
+
     async def call_async(self) -> Any:
-        raise NotImplementedError
+        leave = self.enter_code()
+        try:
+            with printing_to_log(self.subject.log_prints):
+                return await call_with(self.subject.fn, self.subject.signature, self.parameters)
+        finally:
+            try:
+                await self.code_over_async()
+            finally:
+                leave()
 
     def after_call(self, value: Any) -> State:
         """The state the code's return value proposes."""
@@ -341,6 +387,73 @@ class RunEngine:
             if final is not None:
                 return final
 
+    # --- the whole run ----------------------------------------------------------------------------
+
+    def begin(self) -> Decision | State | None:
+        """Create the run and propose Running. Returns the answer to Running; None when the run
+        exists already (it proposes Running itself); a final state if it ended before its code
+        could start."""
+        raise NotImplementedError
+
+    def created(self) -> bool:
+        """Whether the run exists on the server (so a crash can be reported)."""
+        raise NotImplementedError
+
+    def catch_signals(self) -> Callable[[], None]:
+        """Before a synchronous run: catch what crashes it; returns what undoes that."""
+        return lambda: None
+
+    def enter(self) -> None:
+        """Before the run begins: make it reachable by what may stop it."""
+
+    def done(self) -> None:
+        """After the run, however it ended: it no longer runs in this process."""
+        if self.parent is not None:
+            self.parent.engine.untrack(self)
+        self.supervisor.release_lease(self.id)
+
+    def _crash_unless_reported(self, error: BaseException) -> None:
+        if self.created() and not isinstance(error, OrchestrationAborted | ServerUnavailable):
+            self.crash(error)
+
+    def run(self) -> State:
+        """The whole run (the engine's work, in which the code runs as user code)."""
+        restore = self.catch_signals()
+        self.enter()
+        try:
+            try:
+                begun = self.begin()
+                final = begun if isinstance(begun, State) else self.orchestrate_sync(begun)
+            except BaseException as error:
+                self._crash_unless_reported(error)
+                raise
+        finally:
+            restore()
+            self.done()
+        self.run_hooks(FINAL_HOOKS.get(final.type), final)
+        self.pass_on()
+        return final
+
+    async def run_async(self) -> State:
+        """The whole run of async code, on the caller's event loop (the engine's calls to the
+        server in worker threads)."""
+        self.enter()
+        try:
+            try:
+                begun = await asyncio.to_thread(self.begin)
+                if isinstance(begun, State):
+                    final = begun
+                else:
+                    final = await self.orchestrate_async(begun)
+            except BaseException as error:
+                await asyncio.to_thread(self._crash_unless_reported, error)
+                raise
+        finally:
+            self.done()
+        await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
+        self.pass_on()
+        return final
+
     def result_of(self, state: State, return_state: bool) -> Any:
         """What the call returns: the state, or its value (raising if the run did not complete)."""
         if return_state:
@@ -350,3 +463,18 @@ class RunEngine:
         if self.error is not None and state.is_failed():
             raise self.error
         raise exception_for(state)
+
+
+def call_run(make: Callable[[], RunEngine], isasync: bool, return_state: bool) -> Any:
+    """A flow or task call: make its engine and run it (for async code, a coroutine doing so);
+    returns what the call returns (see `RunEngine.result_of`)."""
+    if isasync:
+        return _call_run_async(make, return_state)
+    with engine_code():
+        engine = make()
+        return engine.result_of(engine.run(), return_state)
+
+
+async def _call_run_async(make: Callable[[], RunEngine], return_state: bool) -> Any:
+    engine = await asyncio.to_thread(make)
+    return engine.result_of(await engine.run_async(), return_state)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import threading
 import uuid
@@ -16,8 +15,7 @@ from typing import Any
 from stateward import _requests as requests
 from stateward._context import FlowRunContext, flow_run_context
 from stateward._convert import flow_run_from_proto
-from stateward._embedded import get_client
-from stateward._engine import FINAL_HOOKS, RunEngine
+from stateward._engine import RunEngine, call_run
 from stateward._interrupt import (
     Interruptible,
     RunCancelled,
@@ -26,12 +24,8 @@ from stateward._interrupt import (
     engine_code,
     signal_must_wait,
 )
-from stateward._logging import configure_default_logging, printing_to_log
-from stateward._orchestration import RunOrchestration
-from stateward._outcomes import bind, call_with, jsonable, judged, run_name
+from stateward._outcomes import jsonable, judged, run_name
 from stateward._signals import crash_on_signals, install_wake_handler
-from stateward._supervisor import get_supervisor
-from stateward.exceptions import OrchestrationAborted, ServerUnavailable
 from stateward.flows import Flow
 from stateward.runs import Decision, FlowRun, RetryPolicy
 from stateward.states import State, StateType
@@ -44,15 +38,8 @@ class FlowRunEngine(RunEngine):
     log = flow_run_log
 
     def __init__(self, flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        super().__init__()
-        self.subject = self.flow = flow
-        self.parameters = bind(flow.signature, args, kwargs)
-        configure_default_logging()
-        self.client = get_client()
-        self.supervisor = get_supervisor(self.client)
-        self.parent = flow_run_context.get()
-        self.id = str(uuid.uuid4())
-        self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
+        super().__init__(flow, args, kwargs)
+        self.flow = flow
         self.flow_run: FlowRun | None = None
         self.context: FlowRunContext | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -61,7 +48,7 @@ class FlowRunEngine(RunEngine):
         self.nested: set[RunEngine] = set()
         self.task_run_lock = threading.Lock()
 
-    def create_and_start(self) -> Decision:
+    def begin(self) -> Decision:
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
         in its parent flow run is created in the same batch."""
         flow = self.flow
@@ -158,37 +145,19 @@ class FlowRunEngine(RunEngine):
         with self.task_run_lock:
             self.nested.discard(engine)
 
-    def inside_another_run(self) -> bool:
-        return self.parent is not None
-
     # --- executing the flow's function -----------------------------------------------------------
 
-    def _enter(self) -> contextvars.Token[FlowRunContext | None]:
+    def enter_code(self) -> Callable[[], None]:
         assert self.flow_run is not None
         self.context = FlowRunContext(self.flow, self.flow_run, self, self.parameters)
-        return flow_run_context.set(self.context)
+        token = flow_run_context.set(self.context)
+        return lambda: flow_run_context.reset(token)
 
-    def call_sync(self) -> Any:
-        token = self._enter()
-        try:
-            with printing_to_log(self.flow.log_prints):
-                return call_with(self.flow.fn, self.flow.signature, self.parameters)
-        finally:
-            try:
-                self._wait_for_tasks()
-            finally:
-                flow_run_context.reset(token)
+    def code_over(self) -> None:
+        self._wait_for_tasks()
 
-    async def call_async(self) -> Any:
-        token = self._enter()
-        try:
-            with printing_to_log(self.flow.log_prints):
-                return await call_with(self.flow.fn, self.flow.signature, self.parameters)
-        finally:
-            try:
-                await asyncio.to_thread(self._wait_for_tasks)
-            finally:
-                flow_run_context.reset(token)
+    async def code_over_async(self) -> None:
+        await asyncio.to_thread(self._wait_for_tasks)
 
     def after_call(self, value: Any) -> State:
         return judged(value, f"result of flow {self.flow.name!r}", self.log)
@@ -222,71 +191,26 @@ class FlowRunEngine(RunEngine):
 
     # --- the whole run ----------------------------------------------------------------------------
 
-    def _crash_unless_reported(self, error: BaseException) -> None:
-        if self.flow_run is not None and not isinstance(
-            error, OrchestrationAborted | ServerUnavailable
-        ):
-            self.crash(error)
+    def created(self) -> bool:
+        return self.flow_run is not None
 
-    def _track(self) -> None:
+    def catch_signals(self) -> Callable[[], None]:
+        install_wake_handler()
+        return crash_on_signals(signal_must_wait) if self.parent is None else (lambda: None)
+
+    def enter(self) -> None:
+        # Registered before the run exists: no cancel can slip between.
+        self.supervisor.on_cancel(self.id, self.request_cancel)
         if self.parent is not None:
             self.parent.engine.track(self)
 
-    def _done(self) -> None:
-        if self.parent is not None:
-            self.parent.engine.untrack(self)
+    def done(self) -> None:
+        super().done()
         self.supervisor.forget(self.id)
-        self.supervisor.release_lease(self.id)
-
-    def run(self) -> State:
-        """The whole run (the engine's work, in which the flow's code runs as user code)."""
-        install_wake_handler()
-        # Registered before the run exists: no cancel can slip between.
-        self.supervisor.on_cancel(self.id, self.request_cancel)
-        restore = crash_on_signals(signal_must_wait) if self.parent is None else (lambda: None)
-        self._track()
-        try:
-            try:
-                final = self.orchestrate_sync(self.create_and_start())
-            except BaseException as error:
-                self._crash_unless_reported(error)
-                raise
-        finally:
-            restore()
-            self._done()
-        self.run_hooks(FINAL_HOOKS.get(final.type), final)
-        self.pass_on()
-        return final
-
-    async def run_async(self) -> State:
-        self.supervisor.on_cancel(self.id, self.request_cancel)
-        self._track()
-        try:
-            try:
-                first = await asyncio.to_thread(self.create_and_start)
-                final = await self.orchestrate_async(first)
-            except BaseException as error:
-                await asyncio.to_thread(self._crash_unless_reported, error)
-                raise
-        finally:
-            self._done()
-        await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
-        self.pass_on()
-        return final
 
 
 def call_flow(
     flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, return_state: bool
 ) -> Any:
-    if flow.isasync:
-        return _call_flow_async(flow, args, kwargs, return_state)
-    with engine_code():
-        engine = FlowRunEngine(flow, args, kwargs)
-        return engine.result_of(engine.run(), return_state)
-
-
-async def _call_flow_async(
-    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
-) -> Any:
-    engine = await asyncio.to_thread(FlowRunEngine, flow, args, kwargs)
-    return engine.result_of(await engine.run_async(), return_state)
+    """A call of `flow`: its flow run (for an async flow, a coroutine running it)."""
+    return call_run(lambda: FlowRunEngine(flow, args, kwargs), flow.isasync, return_state)

@@ -9,23 +9,18 @@ import concurrent.futures
 import contextvars
 import logging
 import threading
-import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from stateward import _requests as requests
 from stateward._context import TaskRunContext, flow_run_context, task_run_context
 from stateward._convert import optional_datetime, state_from_proto
-from stateward._embedded import get_client
-from stateward._engine import FINAL_HOOKS, RunEngine
+from stateward._engine import RunEngine, call_run
 from stateward._interrupt import RunInterrupted, engine_code, waiting
-from stateward._logging import configure_default_logging, printing_to_log
-from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
     UpstreamFailed,
     bind,
-    call_with,
     completed,
     failed,
     jsonable,
@@ -33,8 +28,7 @@ from stateward._outcomes import (
     run_name,
 )
 from stateward._results import encode_exception
-from stateward._supervisor import get_supervisor
-from stateward.exceptions import OrchestrationAborted, ServerUnavailable
+from stateward.exceptions import OrchestrationAborted
 from stateward.futures import StatewardFuture, StatewardFutureList
 from stateward.runs import Decision, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
@@ -54,20 +48,13 @@ class TaskRunEngine(RunEngine):
         kwargs: dict[str, Any],
         wait_for: Iterable[Any] | None,
     ) -> None:
-        super().__init__()
-        self.subject = self.task = task
-        self.parameters = bind(task.signature, args, kwargs)
+        super().__init__(task, args, kwargs)
+        self.task = task
         self.wait_for = list(wait_for or ())
-        configure_default_logging()
-        self.client = get_client()
-        self.supervisor = get_supervisor(self.client)
-        self.flow_context = flow_run_context.get()
-        self.id = str(uuid.uuid4())
-        self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
         self.task_run: TaskRun | None = None
         self.cache_key = ""
-        if self.flow_context is not None:  # its flow run's timeout or cancel stops it too
-            self.flow_context.engine.track(self)
+        if self.parent is not None:  # its flow run's timeout or cancel stops it too
+            self.parent.engine.track(self)
 
     # --- the run record ---------------------------------------------------------------------------
 
@@ -77,7 +64,7 @@ class TaskRunEngine(RunEngine):
             task.task_key,
             id=self.id,
             name=run_name(task.task_run_name, self.parameters),
-            flow_run_id=self.flow_context.flow_run.id if self.flow_context else "",
+            flow_run_id=self.parent.flow_run.id if self.parent else "",
             parameters=jsonable(self.parameters),
             tags=task.tags,
             retry_policy=RetryPolicy(task.retries, task.retry_delays, task.retry_jitter_factor),
@@ -112,7 +99,7 @@ class TaskRunEngine(RunEngine):
             id=self.id,
             name=run.name if run else "",
             task_key=self.task.task_key,
-            flow_run_id=self.flow_context.flow_run.id if self.flow_context else "",
+            flow_run_id=self.parent.flow_run.id if self.parent else "",
             parameters=self.parameters,
             tags=self.task.tags,
             retry_policy=RetryPolicy(
@@ -187,69 +174,14 @@ class TaskRunEngine(RunEngine):
 
     # --- executing the task's function ------------------------------------------------------------
 
-    def inside_another_run(self) -> bool:
-        return self.flow_context is not None
-
-    def _enter(self) -> contextvars.Token[TaskRunContext | None]:
-        return task_run_context.set(TaskRunContext(self.task, self.record(), self.parameters))
-
-    def call_sync(self) -> Any:
-        token = self._enter()
-        try:
-            with printing_to_log(self.task.log_prints):
-                return call_with(self.task.fn, self.task.signature, self.parameters)
-        finally:
-            task_run_context.reset(token)
-
-    async def call_async(self) -> Any:
-        token = self._enter()
-        try:
-            with printing_to_log(self.task.log_prints):
-                return await call_with(self.task.fn, self.task.signature, self.parameters)
-        finally:
-            task_run_context.reset(token)
+    def enter_code(self) -> Callable[[], None]:
+        token = task_run_context.set(TaskRunContext(self.task, self.record(), self.parameters))
+        return lambda: task_run_context.reset(token)
 
     # --- the whole run ----------------------------------------------------------------------------
 
-    def _crash_unless_reported(self, error: BaseException) -> None:
-        if self.task_run is not None and not isinstance(
-            error, OrchestrationAborted | ServerUnavailable
-        ):
-            self.crash(error)
-
-    def _done(self) -> None:
-        if self.flow_context is not None:
-            self.flow_context.engine.untrack(self)
-        self.supervisor.release_lease(self.id)
-
-    def run(self) -> State:
-        try:
-            begun = self.begin()
-            final = begun if isinstance(begun, State) else self.orchestrate_sync(begun)
-        except BaseException as error:
-            self._crash_unless_reported(error)
-            raise
-        finally:
-            self._done()
-        self.run_hooks(FINAL_HOOKS.get(final.type), final)
-        self.pass_on()
-        return final
-
-    async def run_async(self) -> State:
-        try:
-            begun = await asyncio.to_thread(self.begin)
-            if isinstance(begun, State):
-                final = begun
-            else:
-                final = await self.orchestrate_async(begun)
-        except BaseException as error:
-            await asyncio.to_thread(self._crash_unless_reported, error)
-            raise
-        finally:
-            self._done()
-        await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
-        self.pass_on()
-        return final
+    def created(self) -> bool:
+        return self.task_run is not None
 
     def run_in_worker(self) -> State:
         """In a worker thread (`submit`): run, never raising for the run's own outcome."""
@@ -276,22 +208,8 @@ def call_task(
     return_state: bool,
     wait_for: Iterable[Any] | None,
 ) -> Any:
-    if task.isasync:
-        return _call_task_async(task, args, kwargs, return_state, wait_for)
-    with engine_code():
-        engine = TaskRunEngine(task, args, kwargs, wait_for)
-        return engine.result_of(engine.run(), return_state)
-
-
-async def _call_task_async(
-    task: Task[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    return_state: bool,
-    wait_for: Iterable[Any] | None,
-) -> Any:
-    engine = await asyncio.to_thread(TaskRunEngine, task, args, kwargs, wait_for)
-    return engine.result_of(await engine.run_async(), return_state)
+    """A call of `task`: its task run (for an async task, a coroutine running it)."""
+    return call_run(lambda: TaskRunEngine(task, args, kwargs, wait_for), task.isasync, return_state)
 
 
 _standalone_executor: concurrent.futures.ThreadPoolExecutor | None = None
