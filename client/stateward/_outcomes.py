@@ -45,8 +45,8 @@ def jsonable(parameters: dict[str, Any]) -> dict[str, Any]:
     recorded: dict[str, Any] = {}
     for key, value in parameters.items():
         try:
-            json.dumps(value)
-        except (TypeError, ValueError):
+            json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON
+        except (TypeError, ValueError, RecursionError):
             recorded[key] = repr(value)
         else:
             recorded[key] = value

@@ -68,7 +68,7 @@ class OrchestrationApi:
             parent_task_run_id=check.optional_run_id(
                 msg.parent_task_run_id, "flow_run.parent_task_run_id"
             ),
-            parameters=_struct_json(msg.parameters),
+            parameters=_struct_json(msg.parameters, "flow_run.parameters"),
             tags=check.tags(msg.tags, "flow_run.tags"),
             retry_policy=_retry_policy(msg.retry_policy, "flow_run.retry_policy"),
         )
@@ -91,7 +91,9 @@ class OrchestrationApi:
             ids=check.run_ids(request.ids, "ids"),
         )
         size = check.page_size(request.page_size)
-        runs, token = self._list(RunKind.FLOW_RUN, where, size, request.page_token)
+        runs, token = self._list(
+            RunKind.FLOW_RUN, where, size, check.page_token(request.page_token)
+        )
         return pb.ListFlowRunsResponse(
             flow_runs=[flow_run_to_proto(run) for run in runs], next_page_token=token
         )
@@ -109,7 +111,7 @@ class OrchestrationApi:
             created=now(),
             task_key=task_key,
             flow_run_id=check.optional_run_id(msg.flow_run_id, "task_run.flow_run_id"),
-            parameters=_struct_json(msg.parameters),
+            parameters=_struct_json(msg.parameters, "task_run.parameters"),
             tags=check.tags(msg.tags, "task_run.tags"),
             retry_policy=_retry_policy(msg.retry_policy, "task_run.retry_policy"),
         )
@@ -132,7 +134,9 @@ class OrchestrationApi:
             tags=check.names(request.tags, "tags"),
         )
         size = check.page_size(request.page_size)
-        runs, token = self._list(RunKind.TASK_RUN, where, size, request.page_token)
+        runs, token = self._list(
+            RunKind.TASK_RUN, where, size, check.page_token(request.page_token)
+        )
         return pb.ListTaskRunsResponse(
             task_runs=[task_run_to_proto(run) for run in runs], next_page_token=token
         )
@@ -228,7 +232,7 @@ class OrchestrationApi:
         self, request: pb.CreateConcurrencyLimitRequest
     ) -> pb.CreateConcurrencyLimitResponse:
         msg = request.concurrency_limit
-        tag = check.text(msg.tag, "concurrency_limit.tag", check.MAX_KEY, required=True)
+        tag = check.tag(msg.tag, "concurrency_limit.tag")
         if msg.limit < 0:
             raise invalid("concurrency_limit.limit", f"is {msg.limit}; it must not be negative")
         limit = _translating(lambda: self.orchestrator.create_limit(tag, msg.limit))
@@ -268,9 +272,10 @@ _BATCHABLE = {
 # --- translations -------------------------------------------------------------------------------
 
 
-def _struct_json(struct: Struct) -> str:
+def _struct_json(struct: Struct, field: str) -> str:
     if not struct.fields:
         return "{}"
+    check.parameters(struct, field)
     return json.dumps(struct_dict(struct), separators=(",", ":"))
 
 

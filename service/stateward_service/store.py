@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -193,10 +194,12 @@ class RunFilter:
     ids: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
-        return json.dumps(
+        """A short digest of the filters, carried by page tokens (whatever the filters' size)."""
+        text = json.dumps(
             [self.names, self.flow_run_ids, self.state_types, self.tags, self.ids],
             separators=(",", ":"),
         )
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 _STATE_COLUMNS = "id, type, name, timestamp, message, details, result_json, result_pickle"
@@ -363,9 +366,15 @@ class Store:
         if where.flow_run_ids and kind is RunKind.TASK_RUN:
             clauses.append(f"r.flow_run_id IN ({', '.join('?' for _ in where.flow_run_ids)})")
             params.extend(where.flow_run_ids)
-        for tag in where.tags:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE value = ?)")
-            params.append(tag)
+        if where.tags:
+            # One clause for every tag (a clause per tag nests too deep for SQLite's parser at
+            # a thousand): the run holds as many of the wanted tags as there are.
+            wanted = tuple(dict.fromkeys(where.tags))
+            clauses.append(
+                "(SELECT count(DISTINCT value) FROM json_each(r.tags) "
+                f"WHERE value IN ({', '.join('?' for _ in wanted)})) = ?"
+            )
+            params.extend((*wanted, len(wanted)))
         sql = f"""SELECT r.rowid AS _rowid, r.*, {_prefixed_state_columns("s")}
                   FROM {_table(kind)} r LEFT JOIN states s ON s.id = r.state_id"""
         if clauses:
@@ -867,7 +876,7 @@ def _decode_page_token(token: str, kind: RunKind, fingerprint: str) -> int:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
         rowid, token_kind, token_filter = payload["r"], payload["k"], payload["f"]
-    except (ValueError, TypeError, KeyError, UnicodeError) as error:
+    except (ValueError, TypeError, KeyError, UnicodeError, RecursionError) as error:
         raise BadPageToken("the page token is not one this server made") from error
     if token_kind != int(kind) or not isinstance(rowid, int) or not 0 <= rowid < 2**63:
         raise BadPageToken("the page token belongs to another listing")

@@ -7,9 +7,10 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stateward.states import StateType
@@ -30,6 +31,10 @@ MAX_DELAY_SECONDS = 366 * 86_400.0  # a retry at most a year away
 MAX_JITTER_FACTOR = 100.0
 MAX_FILTER_VALUES = 1_000  # in each filter list
 MAX_BATCH = 100
+# A page token is passed back as the server made it; the server's are under 100 characters.
+MAX_PAGE_TOKEN = 200
+# How deeply a result's JSON may nest (as deep as protobuf lets a Struct nest).
+MAX_JSON_DEPTH = 100
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -119,17 +124,106 @@ def state(msg: states_pb2.State, field: str) -> None:
     if msg.HasField("timestamp"):
         timestamp(msg.timestamp, f"{field}.timestamp")
     if msg.result.WhichOneof("value") == "json":
-        try:
-            json.loads(msg.result.json)
-        except ValueError as error:
-            raise invalid(f"{field}.result.json", f"is not valid JSON ({error})") from None
+        result_json(msg.result.json, f"{field}.result.json")
+
+
+class _NotJsonNumber(ValueError):
+    """NaN or an infinity in JSON text: Python reads them, JSON (RFC 8259) has no such numbers."""
+
+
+def _refuse_constant(name: str) -> object:
+    raise _NotJsonNumber(name)
+
+
+def result_json(value: str, field: str) -> None:
+    """A result's JSON text: valid JSON (no NaN or Infinity, which other languages and the
+    protobuf JSON mapping cannot read), nested at most MAX_JSON_DEPTH levels."""
+    too_deep = f"is nested more than {MAX_JSON_DEPTH} levels deep; store the value as a pickle"
+    try:
+        parsed = json.loads(value, parse_constant=_refuse_constant)
+    except _NotJsonNumber as error:
+        raise invalid(
+            field, f"holds {error}, which JSON cannot hold: encode it as a string or null"
+        ) from None
+    except RecursionError:
+        raise invalid(field, too_deep) from None
+    except ValueError as error:
+        raise invalid(field, f"is not valid JSON ({error})") from None
+    if _nesting(parsed) > MAX_JSON_DEPTH:
+        raise invalid(field, too_deep)
+
+
+def _nesting(value: object) -> int:
+    """How many lists and objects lie inside each other in a parsed JSON value (no recursion:
+    the walk stops at the first level past the limit)."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def parameters(struct: Struct, field: str) -> None:
+    """Run parameters: every number finite. The store keeps them as JSON and the protobuf JSON
+    mapping renders them; neither has NaN or Infinity, so they are refused with the path of the
+    first one found."""
+    pending: list[tuple[str, Value]] = [
+        (f"{field}.{key}", value) for key, value in struct.fields.items()
+    ]
+    while pending:
+        path, value = pending.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "number_value":
+            if not math.isfinite(value.number_value):
+                raise invalid(
+                    path,
+                    f"is {value.number_value}, which JSON cannot hold: send a string or null "
+                    "instead",
+                )
+        elif kind == "struct_value":
+            pending.extend(
+                (f"{path}.{key}", inner) for key, inner in value.struct_value.fields.items()
+            )
+        elif kind == "list_value":
+            pending.extend(
+                (f"{path}[{index}]", inner) for index, inner in enumerate(value.list_value.values)
+            )
+
+
+def page_token(value: str, field: str = "page_token") -> str:
+    if len(value) > MAX_PAGE_TOKEN:
+        raise invalid(
+            field,
+            f"is {len(value):,} characters long, longer than any token this server makes; pass "
+            "back next_page_token unchanged, or start again without a token",
+        )
+    return value
+
+
+def tag(value: str, field: str) -> str:
+    """A tag: required, at most MAX_KEY characters, without U+0000 (tags are matched inside
+    the database's JSON, which ends a string at U+0000)."""
+    text(value, field, MAX_KEY, required=True)
+    if "\x00" in value:
+        raise invalid(field, "contains U+0000 (NUL), which a tag cannot hold")
+    return value
 
 
 def tags(values: Sequence[str], field: str) -> tuple[str, ...]:
     if len(values) > MAX_TAGS:
         raise invalid(field, f"has {len(values)} tags; at most {MAX_TAGS} are allowed")
-    for index, tag in enumerate(values):
-        text(tag, f"{field}[{index}]", MAX_KEY, required=True)
+    for index, value in enumerate(values):
+        tag(value, f"{field}[{index}]")
     return tuple(dict.fromkeys(values))
 
 

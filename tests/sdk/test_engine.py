@@ -63,6 +63,21 @@ def test_a_flow_with_tasks_completes_and_its_history_is_on_the_server(client):
     assert tasks[1].parameters == {"x": 3, "y": 10}
 
 
+def test_parameters_json_cannot_hold_are_recorded_as_text(client):
+    @task
+    def half(x: float) -> float:
+        return x / 2
+
+    @flow(name="sdk-non-finite")
+    def non_finite(x: float, y: float) -> float:
+        return half(x)
+
+    assert non_finite(float("inf"), float("nan")) == float("inf")
+    run = flow_run_of(client, "sdk-non-finite")
+    assert run.parameters == {"x": "inf", "y": "nan"}
+    assert run.state.is_completed()
+
+
 def test_a_failing_task_fails_its_flow_with_the_original_exception(client):
     class Boom(Exception):
         pass
