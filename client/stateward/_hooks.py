@@ -4,13 +4,14 @@ that raises is logged with its name and the next one still runs; hooks never cha
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, Self
+
+from stateward._options import check_options, warn_not_yet_active
 
 Hook = Callable[..., Any]
 
@@ -33,10 +34,18 @@ def unique_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
 
 class HookedFunction:
     """What flows and tasks share: their five hook lists, registration as decorators
-    (`@my_flow.on_failure`), and `with_options`."""
+    (`@my_flow.on_failure`), the options they were made with, and `with_options`."""
 
-    # How `with_options` reads a value it is given, by option.
-    option_readers: ClassVar[dict[str, Callable[[Any], Any]]] = {"tags": unique_tags}
+    decorator = "@flow/@task"
+    fn: Callable[..., Any]
+
+    def keep_options(self, given: dict[str, Any]) -> None:
+        """Keep the options of `__init__` (its `locals()` as it starts), and warn about those
+        Stateward does not act on yet."""
+        self.options = {
+            key: value for key, value in given.items() if key not in ("self", "fn", "__class__")
+        }
+        warn_not_yet_active(self.decorator, self.options)
 
     def init_hooks(self, **hooks: Iterable[Hook] | None) -> None:
         for kind in HOOK_KINDS:
@@ -47,20 +56,13 @@ class HookedFunction:
         return hooks
 
     def with_options(self, **changes: Any) -> Self:
-        """A copy with some options replaced; a given hook list replaces the old one."""
-        clone = copy.copy(self)
-        for kind in HOOK_KINDS:
-            given = changes.pop(kind, None)
-            setattr(
-                clone,
-                f"{kind}_hooks",
-                hook_list(given) if given is not None else list(self.hooks(kind)),
-            )
-        for key, value in changes.items():
-            if not hasattr(clone, key):
-                raise TypeError(f"with_options() got an unknown option {key!r}")
-            setattr(clone, key, self.option_readers.get(key, lambda v: v)(value))
-        return clone
+        """A copy made with the same options as this one but `changes` (the decorator's
+        options; a given hook list replaces the old one, hooks registered since are kept).
+        Raises TypeError for an option the decorator does not take."""
+        check_options("with_options()", type(self).__init__, changes)
+        hooks = {kind: list(self.hooks(kind)) for kind in HOOK_KINDS}
+        make: Callable[..., Self] = type(self)  # Flow or Task: they take the function first
+        return make(self.fn, **{**self.options, **hooks, **changes})
 
     def _register(self, kind: str, hook: Hook) -> Hook:
         self.hooks(kind).append(hook)

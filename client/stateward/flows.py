@@ -4,45 +4,50 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from stateward._hooks import Hook, HookedFunction, unique_tags
+from stateward._options import RetryDelay, check_options, retry_delays
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 class Flow(HookedFunction, Generic[P, R]):
-    """A flow: calling it runs a flow run (a subflow, inside another flow run)."""
+    """A flow: calling it runs a flow run (a subflow, inside another flow run).
 
-    option_readers: ClassVar[dict[str, Callable[[Any], Any]]] = {
-        "tags": unique_tags,
-        "retries": lambda value: value or 0,
-        "retry_delay_seconds": lambda value: value or 0,
-    }
+    The options are the reference's (`tags` is Stateward's own); an unknown one raises
+    TypeError. Those Stateward does not act on yet (see `_options.NOT_YET_ACTIVE`) are kept as
+    attributes and named in a warning when a value asks for what they would do."""
+
+    decorator = "@flow"
 
     def __init__(
         self,
         fn: Callable[P, R],
         *,
         name: str | None = None,
-        description: str | None = None,
         version: str | None = None,
         flow_run_name: str | Callable[[], str] | None = None,
         retries: int | None = None,
-        retry_delay_seconds: float | None = None,
+        retry_delay_seconds: RetryDelay = None,
+        task_runner: Any = None,
+        description: str | None = None,
         timeout_seconds: float | None = None,
-        tags: Iterable[str] | None = None,
-        log_prints: bool | None = None,
-        validate_parameters: bool = True,
+        validate_parameters: bool | None = None,
         persist_result: bool | None = None,
+        result_storage: Any = None,
+        result_serializer: Any = None,
+        cache_result_in_memory: bool | None = None,
+        log_prints: bool | None = None,
+        tags: Iterable[str] | None = None,
         on_completion: Iterable[Hook] | None = None,
         on_failure: Iterable[Hook] | None = None,
         on_cancellation: Iterable[Hook] | None = None,
         on_crashed: Iterable[Hook] | None = None,
         on_running: Iterable[Hook] | None = None,
-        **ignored: Any,
     ) -> None:
+        self.keep_options(locals())  # first: exactly the options given, for with_options
         if not callable(fn):
             raise TypeError("@flow decorates a function")
         self.fn = fn
@@ -51,12 +56,16 @@ class Flow(HookedFunction, Generic[P, R]):
         self.version = version
         self.flow_run_name = flow_run_name
         self.retries = retries or 0
-        self.retry_delay_seconds = retry_delay_seconds or 0.0
+        self.retry_delay_seconds = retry_delay_seconds or 0
+        self.task_runner = task_runner
         self.timeout_seconds = timeout_seconds
         self.tags = unique_tags(tags)
         self.log_prints = bool(log_prints)
-        self.validate_parameters = validate_parameters
+        self.validate_parameters = validate_parameters is not False
         self.persist_result = persist_result
+        self.result_storage = result_storage
+        self.result_serializer = result_serializer
+        self.cache_result_in_memory = cache_result_in_memory is not False
         self.init_hooks(
             on_completion=on_completion,
             on_failure=on_failure,
@@ -72,7 +81,10 @@ class Flow(HookedFunction, Generic[P, R]):
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
-        return (float(self.retry_delay_seconds),) if self.retry_delay_seconds else ()
+        """The delay before each retry (a number for all, a list, or a function of `retries`)."""
+        if not self.retry_delay_seconds:
+            return ()
+        return retry_delays(self.retry_delay_seconds, self.retries)
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         from stateward._flow_engine import call_flow
@@ -92,7 +104,9 @@ def flow(__fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Flow[P
 
 
 def flow(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
-    """Make a function a flow, bare (`@flow`) or with options (`@flow(retries=1)`)."""
+    """Make a function a flow, bare (`@flow`) or with options (`@flow(retries=1)`); returns the
+    `Flow` (or the decorator making it). Raises TypeError for an option `Flow` does not take."""
+    check_options("@flow()", Flow.__init__, options)
     if __fn is not None:
         return Flow(__fn, **options)
 

@@ -6,11 +6,12 @@ import hashlib
 import inspect
 import json
 import pickle
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from stateward._hooks import Hook, HookedFunction, unique_tags
+from stateward._options import RetryDelay, check_options, retry_delays
 
 if TYPE_CHECKING:
     from stateward._context import TaskRunContext
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-RetryDelay = float | int | Sequence[float] | Callable[[int], Sequence[float]] | None
 
 
 def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
@@ -51,24 +50,15 @@ class unmapped:
         self.value = value
 
 
-def _delays(value: RetryDelay, retries: int) -> tuple[float, ...]:
-    if value is None:
-        return ()
-    if callable(value):
-        return tuple(float(d) for d in value(retries))
-    if isinstance(value, int | float):
-        return (float(value),)
-    return tuple(float(d) for d in value)
-
-
 class Task(HookedFunction, Generic[P, R]):
-    """A task: calling it runs a task run (in the current flow run, if any)."""
+    """A task: calling it runs a task run (in the current flow run, if any).
 
-    option_readers: ClassVar[dict[str, Callable[[Any], Any]]] = {
-        "tags": unique_tags,
-        "refresh_cache": bool,
-        "retries": lambda value: value or 0,
-    }
+    The options are the reference's (`on_cancellation`, `on_crashed` and `on_running` are
+    Stateward's own); an unknown one raises TypeError. Those Stateward does not act on yet (see
+    `_options.NOT_YET_ACTIVE`) are kept as attributes and named in a warning when a value asks
+    for what they would do."""
+
+    decorator = "@task"
 
     def __init__(
         self,
@@ -78,24 +68,33 @@ class Task(HookedFunction, Generic[P, R]):
         description: str | None = None,
         tags: Iterable[str] | None = None,
         version: str | None = None,
+        cache_policy: Any = None,
         cache_key_fn: Callable[[TaskRunContext, dict[str, Any]], str | None] | None = None,
         cache_expiration: timedelta | None = None,
-        refresh_cache: bool | None = None,
         task_run_name: str | Callable[[], str] | None = None,
         retries: int | None = None,
         retry_delay_seconds: RetryDelay = None,
         retry_jitter_factor: float | None = None,
-        retry_condition_fn: Callable[[Task[..., Any], Any, Any], bool] | None = None,
+        persist_result: bool | None = None,
+        result_storage: Any = None,
+        result_serializer: Any = None,
+        result_storage_key: str | None = None,
+        cache_result_in_memory: bool | None = None,
         timeout_seconds: float | None = None,
         log_prints: bool | None = None,
-        persist_result: bool | None = None,
+        refresh_cache: bool | None = None,
         on_completion: Iterable[Hook] | None = None,
         on_failure: Iterable[Hook] | None = None,
         on_cancellation: Iterable[Hook] | None = None,
         on_crashed: Iterable[Hook] | None = None,
         on_running: Iterable[Hook] | None = None,
-        **ignored: Any,
+        on_rollback: Iterable[Callable[..., Any]] | None = None,
+        on_commit: Iterable[Callable[..., Any]] | None = None,
+        retry_condition_fn: Callable[[Task[..., Any], Any, Any], bool] | None = None,
+        viz_return_value: Any = None,
+        asset_deps: Iterable[Any] | None = None,
     ) -> None:
+        self.keep_options(locals())  # first: exactly the options given, for with_options
         if not callable(fn):
             raise TypeError("@task decorates a function")
         self.fn = fn
@@ -103,6 +102,7 @@ class Task(HookedFunction, Generic[P, R]):
         self.description = description or inspect.getdoc(fn)
         self.tags = unique_tags(tags)
         self.version = version
+        self.cache_policy = cache_policy
         self.cache_key_fn = cache_key_fn
         self.cache_expiration = cache_expiration
         self.refresh_cache = bool(refresh_cache)
@@ -114,6 +114,14 @@ class Task(HookedFunction, Generic[P, R]):
         self.timeout_seconds = timeout_seconds
         self.log_prints = bool(log_prints)
         self.persist_result = persist_result
+        self.result_storage = result_storage
+        self.result_serializer = result_serializer
+        self.result_storage_key = result_storage_key
+        self.cache_result_in_memory = cache_result_in_memory is not False
+        self.on_rollback = list(on_rollback or ())
+        self.on_commit = list(on_commit or ())
+        self.viz_return_value = viz_return_value
+        self.asset_deps = list(asset_deps or ())
         self.init_hooks(
             on_completion=on_completion,
             on_failure=on_failure,
@@ -133,7 +141,7 @@ class Task(HookedFunction, Generic[P, R]):
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
-        return _delays(self.retry_delay_seconds, self.retries)
+        return retry_delays(self.retry_delay_seconds, self.retries)
 
     def __call__(
         self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
@@ -168,7 +176,9 @@ def task(__fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Task[P
 
 
 def task(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
-    """Make a function a task, bare (`@task`) or with options (`@task(retries=2)`)."""
+    """Make a function a task, bare (`@task`) or with options (`@task(retries=2)`); returns the
+    `Task` (or the decorator making it). Raises TypeError for an option `Task` does not take."""
+    check_options("@task()", Task.__init__, options)
     if __fn is not None:
         return Task(__fn, **options)
 
