@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from stateward.runs import (
     ConcurrencyLimit,
-    Decision,
     FlowRun,
+    OrchestrationResult,
     RetryPolicy,
     RunKind,
     SetStateStatus,
@@ -178,8 +178,8 @@ def task_run_from_proto(msg: runs_pb2.TaskRun) -> TaskRun:
     )
 
 
-def decision_from_proto(msg: orchestration_pb2.SetStateResponse) -> Decision:
-    return Decision(
+def orchestration_result_from_proto(msg: orchestration_pb2.SetStateResponse) -> OrchestrationResult:
+    return OrchestrationResult(
         status=SetStateStatus(msg.status),
         state=state_from_proto(msg.state) if msg.HasField("state") else None,
         reason=msg.reason,

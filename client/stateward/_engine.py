@@ -37,7 +37,7 @@ from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, st
 from stateward._supervisor import get_supervisor
 from stateward.exceptions import OrchestrationAborted, ServerUnavailable
 from stateward.flows import Flow
-from stateward.runs import Decision, SetStateStatus
+from stateward.runs import OrchestrationResult, SetStateStatus
 from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, now
 from stateward.tasks import Task
 
@@ -145,7 +145,7 @@ class RunEngine:
     def running_proposal(self) -> State:
         return State(StateType.RUNNING)
 
-    def start(self, first: Decision | None = None) -> State | None:
+    def start(self, first: OrchestrationResult | None = None) -> State | None:
         """Get the run into RUNNING (`first` is the answer to a Running already proposed); None
         means run the code, else the run's final state."""
         while True:
@@ -364,7 +364,7 @@ class RunEngine:
 
     # --- the drivers ------------------------------------------------------------------------------
 
-    def orchestrate_sync(self, first: Decision | None = None) -> State:
+    def orchestrate_sync(self, first: OrchestrationResult | None = None) -> State:
         while True:
             final = self.start(first)
             first = None
@@ -375,7 +375,7 @@ class RunEngine:
             if final is not None:
                 return final
 
-    async def orchestrate_async(self, first: Decision | None = None) -> State:
+    async def orchestrate_async(self, first: OrchestrationResult | None = None) -> State:
         while True:
             final = await asyncio.to_thread(self.start, first)
             first = None
@@ -389,7 +389,7 @@ class RunEngine:
 
     # --- the whole run ----------------------------------------------------------------------------
 
-    def begin(self) -> Decision | State | None:
+    def begin(self) -> OrchestrationResult | State | None:
         """Create the run and propose Running. Returns the answer to Running; None when the run
         exists already (it proposes Running itself); a final state if it ended before its code
         could start."""

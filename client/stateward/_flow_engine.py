@@ -27,7 +27,7 @@ from stateward._interrupt import (
 from stateward._outcomes import jsonable, judged, run_name
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.flows import Flow
-from stateward.runs import Decision, FlowRun, RetryPolicy
+from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy
 from stateward.states import State, StateType
 
 flow_run_log = logging.getLogger("stateward.flow_runs")
@@ -48,7 +48,7 @@ class FlowRunEngine(RunEngine):
         self.nested: set[RunEngine] = set()
         self.task_run_lock = threading.Lock()
 
-    def begin(self) -> Decision:
+    def begin(self) -> OrchestrationResult:
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
         in its parent flow run is created in the same batch."""
         flow = self.flow

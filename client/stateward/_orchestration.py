@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from stateward import _requests as requests
-from stateward._convert import decision_from_proto
+from stateward._convert import orchestration_result_from_proto
 from stateward._interrupt import sleep
 from stateward._supervisor import RunSupervisor
 from stateward.client import Client
 from stateward.exceptions import AlreadyExists, DeadlineExceeded, ServerUnavailable
-from stateward.runs import Decision, SetStateStatus
+from stateward.runs import OrchestrationResult, SetStateStatus
 from stateward.states import State, StateType
 
 _UNAVAILABLE_RETRIES = 3
@@ -50,7 +50,9 @@ class RunOrchestration:
                     ) from None
                 time.sleep(0.2 * 2**attempt)
 
-    def propose(self, proposed: State, *, force: bool = False, wait: bool = True) -> Decision:
+    def propose(
+        self, proposed: State, *, force: bool = False, wait: bool = True
+    ) -> OrchestrationResult:
         """Propose a state; the answer. On WAIT, wait and propose again (or, with
         `wait=False`, return the WAIT: the caller waits as it sees fit)."""
         proposed = proposed.with_details(transition_id=str(uuid.uuid4()))
@@ -70,7 +72,7 @@ class RunOrchestration:
         creates: list[tuple[str, Any]],
         running: State,
         adopt: Callable[[list[Any]], None],
-    ) -> Decision:
+    ) -> OrchestrationResult:
         """Create the run (and any run it needs first) and propose RUNNING in one batch: one
         round trip and one commit. `adopt` gets the creates' responses (or, for a create an
         earlier attempt already made, its AlreadyExists) before the answer to RUNNING is taken
@@ -94,14 +96,16 @@ class RunOrchestration:
 
         results = self._retrying("creating and starting it", send)
         adopt(results[:-1])
-        return self.observe(decision_from_proto(results[-1]), running)
+        return self.observe(orchestration_result_from_proto(results[-1]), running)
 
-    def wait(self, decision: Decision, stop: Callable[[], bool] = lambda: False) -> None:
+    def wait(self, decision: OrchestrationResult, stop: Callable[[], bool] = lambda: False) -> None:
         """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""
         self.log.info("%s - waiting %.3gs: %s", self.label, decision.delay_seconds, decision.reason)
         sleep(decision.delay_seconds, stop)
 
-    def observe(self, decision: Decision, proposed: State | None = None) -> Decision:
+    def observe(
+        self, decision: OrchestrationResult, proposed: State | None = None
+    ) -> OrchestrationResult:
         """Take in an answer: log a new state, hold or release the heartbeat lease."""
         if (
             proposed is not None
@@ -110,7 +114,7 @@ class RunOrchestration:
             and decision.state.details.transition_id == proposed.details.transition_id
             and decision.state.type is proposed.type
         ):  # a retried call whose first attempt was applied
-            decision = Decision(SetStateStatus.ACCEPT, decision.state)
+            decision = OrchestrationResult(SetStateStatus.ACCEPT, decision.state)
         self.observe_state(decision.state)
         return decision
 

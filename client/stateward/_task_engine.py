@@ -30,7 +30,7 @@ from stateward._outcomes import (
 from stateward._results import encode_exception
 from stateward.exceptions import OrchestrationAborted
 from stateward.futures import StatewardFuture, StatewardFutureList
-from stateward.runs import Decision, RetryPolicy, TaskRun
+from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
 from stateward.tasks import Task, unmapped
 
@@ -111,7 +111,7 @@ class TaskRunEngine(RunEngine):
 
     # --- inputs, caching and retries --------------------------------------------------------------
 
-    def begin(self) -> Decision | State | None:
+    def begin(self) -> OrchestrationResult | State | None:
         """Wait for the inputs, work out the cache key, then create the run and propose Running
         in one batch. Returns the answer to Running; None when the run exists already (it
         proposes Running itself); a final state if an input's task run failed, or if the run

@@ -17,9 +17,9 @@ import grpc
 
 from stateward import _requests as requests
 from stateward._convert import (
-    decision_from_proto,
     flow_run_from_proto,
     limit_from_proto,
+    orchestration_result_from_proto,
     state_from_proto,
     task_run_from_proto,
     transition_from_proto,
@@ -32,7 +32,14 @@ from stateward._transport import (
     can_reconnect,
     translate,
 )
-from stateward.runs import ConcurrencyLimit, Decision, FlowRun, RetryPolicy, TaskRun, Transition
+from stateward.runs import (
+    ConcurrencyLimit,
+    FlowRun,
+    OrchestrationResult,
+    RetryPolicy,
+    TaskRun,
+    Transition,
+)
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 
@@ -204,12 +211,12 @@ class Client:
         force: bool = False,
         expected_state_id: str | None = None,
         lease_seconds: float = 0.0,
-    ) -> Decision:
+    ) -> OrchestrationResult:
         """Propose a state for a run; the answer says whether it was accepted. With
         `lease_seconds`, a RUNNING or CANCELLING state written starts a heartbeat lease that
         `renew_leases` must keep extending, or the server crashes the run."""
         request = requests.set_state(run_id, state, force, expected_state_id, lease_seconds)
-        return decision_from_proto(self._call("SetState", request))
+        return orchestration_result_from_proto(self._call("SetState", request))
 
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
@@ -376,9 +383,9 @@ class AsyncClient:
         force: bool = False,
         expected_state_id: str | None = None,
         lease_seconds: float = 0.0,
-    ) -> Decision:
+    ) -> OrchestrationResult:
         request = requests.set_state(run_id, state, force, expected_state_id, lease_seconds)
-        return decision_from_proto(await self._call("SetState", request))
+        return orchestration_result_from_proto(await self._call("SetState", request))
 
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         response = await self._call("RenewLeases", requests.renew_leases(run_ids, lease_seconds))

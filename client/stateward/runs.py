@@ -1,4 +1,8 @@
-"""Runs, transitions and decisions as the client returns them: plain, immutable records."""
+"""Runs, transitions and the answers to proposals: the vocabulary the SDK and the server share.
+
+Plain, immutable records, no I/O. The client returns them; the server's orchestrator, its rules
+and its store use the same classes (`stateward.wire` converts them to and from protobuf).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,21 @@ from typing import Any
 from stateward.states import State
 
 
-class RunKind(enum.Enum):
+class RunKind(enum.IntEnum):
+    """Whether a run is a flow run or a task run; the values are those of `stateward.v1.RunKind`."""
+
     FLOW_RUN = 1
     TASK_RUN = 2
 
+    @property
+    def label(self) -> str:
+        """How a message names the kind: "flow run" or "task run"."""
+        return "flow run" if self is RunKind.FLOW_RUN else "task run"
+
 
 class SetStateStatus(enum.IntEnum):
-    """The server's answer to a proposed state (values of `stateward.v1.SetStateStatus`)."""
+    """The orchestrator's answer to a proposed state; the values are those of
+    `stateward.v1.SetStateStatus`."""
 
     ACCEPT = 1
     REJECT = 2
@@ -26,13 +38,25 @@ class SetStateStatus(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """How often a failed run is retried, and after how long."""
+
     retries: int = 0
     retry_delay_seconds: tuple[float, ...] = ()
     retry_jitter_factor: float = 0.0
 
+    def delay_for(self, run_count: int) -> float:
+        """The delay before the retry that follows attempt number `run_count` (1-based): the
+        matching entry of `retry_delay_seconds`, its last entry past its end, 0 without any."""
+        delays = self.retry_delay_seconds
+        if not delays:
+            return 0.0
+        return delays[min(max(run_count - 1, 0), len(delays) - 1)]
+
 
 @dataclass(frozen=True, slots=True)
 class FlowRun:
+    """A flow run as the server returns it (its parameters decoded, its current state)."""
+
     id: str
     name: str
     flow_name: str
@@ -53,6 +77,8 @@ class FlowRun:
 
 @dataclass(frozen=True, slots=True)
 class TaskRun:
+    """A task run as the server returns it; `flow_run_id` is empty outside a flow."""
+
     id: str
     name: str
     task_key: str
@@ -73,14 +99,20 @@ class TaskRun:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """The answer to a proposed state: `state` is the run's state after the call."""
+class OrchestrationResult:
+    """The orchestrator's answer to a proposed state (a SetState call).
+
+    `state` is the run's state after the call: the accepted proposal, the state the rules wrote in
+    its place, or the unchanged current one. `delay_seconds` tells a WAIT how long to wait before
+    proposing again. `written` says whether a state was written (ACCEPT, or a REJECT with a
+    replacement).
+    """
 
     status: SetStateStatus
     state: State | None
     reason: str = ""
     delay_seconds: float = 0.0
-    written: bool = False  # a state was written (ACCEPT, or a REJECT with a replacement)
+    written: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -89,7 +121,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One accepted state change, as the transitions stream delivers it."""
+    """One accepted state change, as the transitions log keeps it and the stream delivers it."""
 
     sequence: int
     run_id: str
@@ -104,6 +136,9 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class ConcurrencyLimit:
+    """A tag concurrency limit: at most `limit` task runs with the tag run at once;
+    `active_slots` are the ids of the runs holding a slot."""
+
     tag: str
     limit: int
     active_slots: tuple[str, ...] = ()

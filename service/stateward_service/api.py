@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 from google.protobuf.struct_pb2 import Struct
 
 from stateward._convert import set_timestamp, state_from_proto, state_to_proto, struct_dict
+from stateward.runs import ConcurrencyLimit, RetryPolicy, RunKind, Transition
 from stateward.states import now
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
 from stateward_service import validation as check
 from stateward_service.errors import Code, ServiceError, invalid
-from stateward_service.model import ConcurrencyLimit, RetryPolicy, RunKind, RunRecord, Transition
+from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import (
     InitialStateRefused,
@@ -164,7 +165,7 @@ class OrchestrationApi:
                 expected = check.uuid_value(expected, "expected_state_id")
         lease = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
         proposed = state_from_proto(request.state)
-        outcome = _translating(
+        result = _translating(
             lambda: self.orchestrator.set_state(
                 run_id,
                 proposed,
@@ -174,13 +175,13 @@ class OrchestrationApi:
             )
         )
         response = pb.SetStateResponse(
-            status=outcome.status.value,  # type: ignore[arg-type]
-            reason=outcome.reason,
-            delay_seconds=outcome.delay_seconds,
-            written=outcome.written,
+            status=result.status.value,  # type: ignore[arg-type]
+            reason=result.reason,
+            delay_seconds=result.delay_seconds,
+            written=result.written,
         )
-        if outcome.state is not None:
-            state_to_proto(outcome.state, response.state)
+        if result.state is not None:
+            state_to_proto(result.state, response.state)
         return response
 
     def ListStates(self, request: pb.ListStatesRequest) -> pb.ListStatesResponse:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
-from stateward_service.model import Transition
+from stateward.runs import Transition
 from stateward_service.store import LogReader
 
 Encoder = Callable[[Transition], bytes]

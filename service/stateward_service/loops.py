@@ -20,10 +20,9 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
+from stateward.runs import RunKind, Transition
 from stateward.states import State, StateDetails, StateType
-from stateward_service.model import RunKind, Transition
 from stateward_service.orchestrator import Orchestrator, RunNotFound
-from stateward_service.rules.engine import Status
 from stateward_service.settings import ServerSettings
 
 log = logging.getLogger("stateward.loops")
@@ -205,10 +204,10 @@ class ServerLoops:
     def _propose(
         self, run_id: str, seen: State | None, proposed: State, force: bool = False
     ) -> int:
-        outcome = self.orchestrator.set_state(
+        result = self.orchestrator.set_state(
             run_id, proposed, force=force, expected_state_id=seen.id if seen else ""
         )
-        return 1 if outcome.transitions and outcome.status is not Status.ABORT else 0
+        return 1 if result.written else 0
 
 
 def _is_flow_run_cancelled(transition: Transition) -> bool:

@@ -1,40 +1,18 @@
-"""The server's domain records: runs as the store keeps them and the rules read them.
+"""The server's own records: runs as the store keeps them and the rules read them, and a limit's
+usage as one proposal sees it.
 
 Plain data; the store fills them from rows, the rules and the bookkeeping read and update them.
+The vocabulary they are made of (states, run kinds, retry policies, transitions, limits) is the
+SDK's, from `stateward.states` and `stateward.runs`.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from stateward.runs import RetryPolicy, RunKind
 from stateward.states import State
-
-
-class RunKind(enum.IntEnum):
-    """Values of `stateward.v1.RunKind`."""
-
-    FLOW_RUN = 1
-    TASK_RUN = 2
-
-    @property
-    def label(self) -> str:
-        return "flow run" if self is RunKind.FLOW_RUN else "task run"
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    retries: int = 0
-    retry_delay_seconds: tuple[float, ...] = ()
-    retry_jitter_factor: float = 0.0
-
-    def delay_for(self, run_count: int) -> float:
-        """The delay before the retry that follows attempt number `run_count` (1-based)."""
-        delays = self.retry_delay_seconds
-        if not delays:
-            return 0.0
-        return delays[min(max(run_count - 1, 0), len(delays) - 1)]
 
 
 @dataclass(slots=True)
@@ -82,26 +60,3 @@ class LimitUsage:
     limit: int
     active: int
     held_by_run: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ConcurrencyLimit:
-    tag: str
-    limit: int
-    created: datetime
-    active_slots: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One written state change, as the transitions log and the subscribers see it."""
-
-    sequence: int
-    run_kind: RunKind
-    run_id: str
-    flow_run_id: str
-    run_name: str
-    flow_name: str
-    task_key: str
-    from_state: State | None
-    to_state: State

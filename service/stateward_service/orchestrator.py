@@ -19,15 +19,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from stateward.runs import (
+    ConcurrencyLimit,
+    OrchestrationResult,
+    RunKind,
+    SetStateStatus,
+    Transition,
+)
 from stateward.states import State, StateDetails, StateType, now
-from stateward_service.model import ConcurrencyLimit, LimitUsage, RunKind, RunRecord, Transition
+from stateward_service.model import LimitUsage, RunRecord
 from stateward_service.rules import bookkeeping
 from stateward_service.rules.engine import (
     CacheResult,
-    Decision,
+    PolicyDecision,
     RememberPauseKey,
     ResetRunCount,
-    Status,
     TakeConcurrencySlots,
     TransitionContext,
     decide,
@@ -63,18 +69,6 @@ class LimitAlreadyExists(Exception):
 
 class InitialStateRefused(Exception):
     """The initial state of a new run was not accepted; the run was not created."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer to one proposal."""
-
-    status: Status
-    state: State | None  # the run's state after the call
-    reason: str = ""
-    delay_seconds: float = 0.0
-    transitions: tuple[Transition, ...] = ()
-    written: bool = False  # a state of this run was written
 
 
 @dataclass
@@ -247,17 +241,19 @@ class Orchestrator:
         force: bool = False,
         expected_state_id: str | None = None,
         lease_seconds: float = 0.0,
-    ) -> Outcome:
+    ) -> OrchestrationResult:
         """Decide a proposed state for a run and write what the policy decided. With a lease, a
-        RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds."""
+        RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds. The
+        transitions written are published to the subscribers (see `subscribe`); raises
+        RunNotFound for an unknown run."""
         with self.lock:
             run = self.runs.get(run_id)
             if run is None:
                 raise RunNotFound(run_id)
             current_id = run.state.id if run.state else ""
             if expected_state_id is not None and expected_state_id != current_id:
-                return Outcome(
-                    Status.ABORT,
+                return OrchestrationResult(
+                    SetStateStatus.ABORT,
                     run.state,
                     f"the run's current state is {current_id or 'none'}, "
                     f"not the expected {expected_state_id or 'none'}: another client changed it",
@@ -268,18 +264,17 @@ class Orchestrator:
                 with self._writing():
                     self._write(run, decision, write, lease_seconds)
             self._publish(write)
-            return Outcome(
+            return OrchestrationResult(
                 decision.status,
                 run.state,
                 decision.reason,
                 decision.delay_seconds,
-                tuple(write.transitions),
-                decision.writes,
+                written=decision.writes,
             )
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _decide(self, run: RunRecord, proposed: State, force: bool) -> Decision:
+    def _decide(self, run: RunRecord, proposed: State, force: bool) -> PolicyDecision:
         moment = self.clock()
         if proposed.type is StateType.SCHEDULED and proposed.details.scheduled_time is None:
             proposed = proposed.with_details(scheduled_time=moment)
@@ -348,7 +343,7 @@ class Orchestrator:
     def _write(
         self,
         run: RunRecord,
-        decision: Decision,
+        decision: PolicyDecision,
         write: _Write,
         lease_seconds: float = 0.0,
         *,

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from stateward.runs import Transition
 from stateward.v1 import orchestration_pb2
 from stateward_service.api import OrchestrationApi, transition_to_proto
 from stateward_service.broadcaster import TransitionBroadcaster
@@ -27,7 +28,6 @@ from stateward_service.interceptors.errors import ErrorsInterceptor
 from stateward_service.interceptors.metrics import MetricsInterceptor
 from stateward_service.loops import ServerLoops
 from stateward_service.metrics import ServerMetrics
-from stateward_service.model import Transition
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
 from stateward_service.servicer import OrchestrationServicer, add_to_server

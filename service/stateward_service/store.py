@@ -26,14 +26,9 @@ from typing import Any
 
 import sqlite_utils
 
+from stateward.runs import ConcurrencyLimit, RetryPolicy, RunKind, Transition
 from stateward.states import TERMINAL_TYPES, ResultData, State, StateDetails, StateType
-from stateward_service.model import (
-    ConcurrencyLimit,
-    RetryPolicy,
-    RunKind,
-    RunRecord,
-    Transition,
-)
+from stateward_service.model import RunRecord
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -538,7 +533,10 @@ class Store:
             ).fetchall()
             limits.append(
                 ConcurrencyLimit(
-                    tag, limit, from_us(created) or EPOCH, tuple(row[0] for row in holders)
+                    tag=tag,
+                    limit=limit,
+                    active_slots=tuple(row[0] for row in holders),
+                    created=from_us(created) or EPOCH,
                 )
             )
         return limits
@@ -892,7 +890,6 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "BadPageToken",
-    "ConcurrencyLimit",
     "DatabaseInUse",
     "LogReader",
     "RunFilter",

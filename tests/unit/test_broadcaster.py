@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stateward.runs import RunKind
 from stateward.states import ResultData, State, StateType
 from stateward_service.broadcaster import StreamClosed, TransitionBroadcaster, TransitionFilter
-from stateward_service.model import RunKind, RunRecord
+from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import LogReader, Store
 
@@ -187,8 +188,9 @@ def test_a_subscriber_waiting_for_something_rare_survives_log_pruning(world):
             orchestrator.set_state(run_id, State(StateType.RUNNING))
         with store.transaction():
             store.prune_log(5)  # the log forgets everything the subscriber skipped
-        cancelled = orchestrator.set_state(run_id, State(StateType.CANCELLED))
-        assert await asyncio.wait_for(reading, 5) == [cancelled.transitions[0].sequence]
+        orchestrator.set_state(run_id, State(StateType.CANCELLED))
+        cancelled = store.last_sequence()
+        assert await asyncio.wait_for(reading, 5) == [cancelled]
 
     asyncio.run(main())
 
@@ -246,9 +248,10 @@ def test_a_gap_wakes_a_waiting_subscriber_whose_transition_it_holds(world):
         only = TransitionFilter(run_ids=frozenset({wanted}))
         reading = asyncio.create_task(take(broadcaster.subscribe(only, None), 1))
         await asyncio.sleep(0.05)
-        cancelled = orchestrator.set_state(wanted, State(StateType.CANCELLED))  # lost
+        orchestrator.set_state(wanted, State(StateType.CANCELLED))  # lost
+        cancelled = store.last_sequence()
         orchestrator.set_state(other, State(StateType.RUNNING))  # only the other run after it
-        assert await asyncio.wait_for(reading, 5) == [cancelled.transitions[0].sequence]
+        assert await asyncio.wait_for(reading, 5) == [cancelled]
 
     asyncio.run(main())
 
@@ -269,8 +272,9 @@ def test_after_a_gap_a_rare_subscriber_still_survives_log_pruning(world):
             await asyncio.sleep(0)
         with store.transaction():
             store.prune_log(5)
-        cancelled = orchestrator.set_state(run_id, State(StateType.CANCELLED))
-        assert await asyncio.wait_for(reading, 5) == [cancelled.transitions[0].sequence]
+        orchestrator.set_state(run_id, State(StateType.CANCELLED))
+        cancelled = store.last_sequence()
+        assert await asyncio.wait_for(reading, 5) == [cancelled]
 
     asyncio.run(main())
 

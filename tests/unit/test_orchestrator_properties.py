@@ -12,10 +12,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stateward.runs import RetryPolicy, RunKind, SetStateStatus, Transition
 from stateward.states import TERMINAL_TYPES, ResultData, State, StateDetails, StateType
-from stateward_service.model import RetryPolicy, RunKind, RunRecord
+from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.rules.engine import Status
 from stateward_service.store import Store
 
 NAMES = {StateType.SCHEDULED: ["", "Late", "AwaitingRetry"], StateType.PAUSED: ["", "NotReady"]}
@@ -53,22 +53,26 @@ def test_any_sequence_of_proposals_keeps_the_invariants(kind, retries, steps):
             ),
             None,
         )
+        published: list[Transition] = []
+        orchestrator.subscribe(published.extend)
         sequences: list[int] = []
         completed_with_result = None
         for proposed, force, use_cas in steps:
+            published.clear()
             before = store.list_states(run.id)
             expected = (before[-1].id if before else "") if use_cas else None
-            outcome = orchestrator.set_state(
+            result = orchestrator.set_state(
                 run.id, proposed, force=force, expected_state_id=expected
             )
             after = store.list_states(run.id)
             written = len(after) - len(before)
             # Only ACCEPT and a REJECT with a replacement write, and exactly one state.
-            assert written == len(outcome.transitions) in (0, 1)
-            if outcome.status in (Status.WAIT, Status.ABORT):
+            assert written == len(published) in (0, 1)
+            assert result.written is (written == 1)
+            if result.status in (SetStateStatus.WAIT, SetStateStatus.ABORT):
                 assert written == 0
             assert after[: len(before)] == before  # append-only
-            sequences.extend(t.sequence for t in outcome.transitions)
+            sequences.extend(t.sequence for t in published)
             if completed_with_result is not None:
                 # Only a forced proposal moves a flow run off a result, to another final state.
                 if force and kind is RunKind.FLOW_RUN and after[-1] != completed_with_result:

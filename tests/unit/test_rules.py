@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from stateward.runs import RetryPolicy, RunKind, SetStateStatus
 from stateward.states import ResultData, State, StateDetails, StateType
-from stateward_service.model import LimitUsage, RetryPolicy, RunKind, RunRecord
+from stateward_service.model import LimitUsage, RunRecord
 from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
 from stateward_service.rules.cancellation import (
     CancelRunsNoProcessOwns,
@@ -22,7 +23,6 @@ from stateward_service.rules.engine import (
     RememberPauseKey,
     ResetRunCount,
     Rule,
-    Status,
     TakeConcurrencySlots,
     TransitionContext,
     Wait,
@@ -128,9 +128,9 @@ def test_the_flow_policy_keeps_a_completed_result_unless_forced(target):
     done = s(T.COMPLETED, data=RESULT)
     proposal = s(target, data=RESULT)
     refused = decide(policies.for_run(RunKind.FLOW_RUN, False), ctx(done, proposal))
-    assert refused.status is Status.REJECT and refused.state is None
+    assert refused.status is SetStateStatus.REJECT and refused.state is None
     forced = decide(policies.for_run(RunKind.FLOW_RUN, True), ctx(done, proposal))
-    assert forced.status is Status.ACCEPT
+    assert forced.status is SetStateStatus.ACCEPT
 
 
 def test_task_rerun_resets_run_count():
@@ -397,7 +397,7 @@ def test_later_rules_see_the_changed_proposal_and_effects_are_kept_on_accept():
     record = Record()
     decision = decide((Rename(), record), ctx(s(T.PENDING), s(T.RUNNING)))
     assert record.seen == ["Renamed"]
-    assert decision.status is Status.ACCEPT and decision.state is not None
+    assert decision.status is SetStateStatus.ACCEPT and decision.state is not None
     assert decision.state.name == "Renamed" and decision.effects == (RememberPauseKey("x"),)
 
 
@@ -405,7 +405,7 @@ def test_a_refusal_stops_the_policy_and_drops_earlier_effects():
     record = Record()
     decision = decide((Rename(), Refuse(), record), ctx(s(T.PENDING), s(T.RUNNING)))
     assert record.seen == []
-    assert decision.status is Status.WAIT and decision.delay_seconds == 3
+    assert decision.status is SetStateStatus.WAIT and decision.delay_seconds == 3
     assert decision.effects == () and decision.state is None and decision.rule == "Refuse"
 
 
@@ -413,13 +413,13 @@ def test_forced_policies_keep_only_the_duplicate_and_result_loss_guards():
     policies = Policies.default()
     done = s(T.COMPLETED, data=RESULT, transition_id="t")
     forced_flow = decide(policies.for_run(RunKind.FLOW_RUN, True), ctx(done, s(T.RUNNING)))
-    assert forced_flow.status is Status.REJECT and forced_flow.state is None
+    assert forced_flow.status is SetStateStatus.REJECT and forced_flow.state is None
     crashed = decide(policies.for_run(RunKind.FLOW_RUN, True), ctx(s(T.COMPLETED), s(T.CRASHED)))
-    assert crashed.status is Status.ACCEPT
+    assert crashed.status is SetStateStatus.ACCEPT
     duplicate = decide(
         policies.for_run(RunKind.TASK_RUN, True), ctx(done, s(T.CRASHED, transition_id="t"))
     )
-    assert duplicate.status is Status.REJECT
+    assert duplicate.status is SetStateStatus.REJECT
     assert [repr(r) for r in policies.for_run(RunKind.TASK_RUN, True)] == [
         "PreventDuplicateTransitions",
         "KeepCompletedResults",

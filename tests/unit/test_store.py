@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 import pytest
 import sqlite_utils
 
+from stateward.runs import RunKind, Transition
 from stateward.states import State, StateType
-from stateward_service.model import RunKind, RunRecord
+from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import SCHEMA_VERSION, DatabaseInUse, Store, migrate
 
@@ -141,9 +142,12 @@ def test_the_wal_is_copied_into_the_database_off_the_write_path(tmp_path):
 def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path):
     store = Store(tmp_path / "seq.db")
     orchestrator = Orchestrator(store)
+    published: list[Transition] = []
+    orchestrator.subscribe(published.extend)
     run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
-    first = orchestrator.set_state(run.id, State(StateType.RUNNING)).transitions[0].sequence
+    orchestrator.set_state(run.id, State(StateType.RUNNING))
+    first = published[-1].sequence
     store.conn.execute("DELETE FROM transitions")
-    later = orchestrator.set_state(run.id, State(StateType.COMPLETED)).transitions[0].sequence
-    assert later == first + 1
+    orchestrator.set_state(run.id, State(StateType.COMPLETED))
+    assert published[-1].sequence == first + 1
     store.close()

@@ -14,12 +14,12 @@ from stateward.cli._common import (
     show_state,
     show_time,
 )
-from stateward.runs import RunKind, Transition
+from stateward.runs import Transition
 
 
 def line(transition: Transition) -> str:
     """time, run, from -> to, name: one readable line."""
-    kind = "flow run" if transition.run_kind is RunKind.FLOW_RUN else "task run"
+    kind = transition.run_kind.label
     what = transition.flow_name or transition.task_key
     return (
         f"{show_time(transition.to_state.timestamp)}  {kind} {transition.run_name} ({what})  "

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from stateward.runs import RunKind
 from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType
-from stateward_service.model import RunKind, RunRecord
+from stateward_service.model import RunRecord
 from stateward_service.rules.starting import is_pause_resume
 
 

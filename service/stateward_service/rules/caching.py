@@ -6,11 +6,11 @@ from stateward.states import State, StateDetails, StateType
 from stateward_service.rules.engine import (
     ALL_OR_NONE,
     CacheResult,
-    Outcome,
     Proceed,
     Reject,
     Rule,
     TransitionContext,
+    Verdict,
 )
 
 
@@ -21,7 +21,7 @@ class RetrieveCachedResults(Rule):
     FROM = ALL_OR_NONE
     TO = frozenset({StateType.RUNNING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         details = ctx.proposed.details
         cached = ctx.cached
         if not details.cache_key or details.refresh_cache or cached is None:
@@ -46,7 +46,7 @@ class CacheCompletedResults(Rule):
     FROM = ALL_OR_NONE
     TO = frozenset({StateType.COMPLETED})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         details = ctx.proposed.details
         if not details.cache_key:
             return None

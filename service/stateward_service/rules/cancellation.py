@@ -6,10 +6,10 @@ from __future__ import annotations
 from stateward.states import State, StateType
 from stateward_service.rules.engine import (
     ALL_TYPES,
-    Outcome,
     Reject,
     Rule,
     TransitionContext,
+    Verdict,
     null_reject,
 )
 
@@ -21,7 +21,7 @@ class OnlyCancelledAfterCancelling(Rule):
     FROM = frozenset({StateType.CANCELLING})
     TO = ALL_TYPES - {StateType.CANCELLED}
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         return null_reject("the run is being cancelled; only CANCELLED may follow CANCELLING")
 
 
@@ -32,7 +32,7 @@ class CancelRunsNoProcessOwns(Rule):
     FROM = frozenset({None, StateType.SCHEDULED})
     TO = frozenset({StateType.CANCELLING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         if ctx.initial is not None and ctx.initial.name == "AwaitingRetry":
             return None
         cancelled = State(

@@ -6,11 +6,11 @@ from stateward.states import StateType
 from stateward_service.rules.engine import (
     ALL_OR_NONE,
     Abort,
-    Outcome,
     Proceed,
     Rule,
     TakeConcurrencySlots,
     TransitionContext,
+    Verdict,
     Wait,
 )
 
@@ -27,7 +27,7 @@ class LimitTagConcurrency(Rule):
     def __init__(self, wait_seconds: float = 1.0) -> None:
         self.wait_seconds = wait_seconds
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         wanted: list[str] = []
         for usage in ctx.limits:
             if usage.limit <= 0:

@@ -1,7 +1,7 @@
 """The rule engine: an ordered policy of rules decides one proposed state.
 
 Each rule declares the state types it applies to (FROM the run's current type, TO the proposed
-type; `None` stands for "no state") and returns an outcome, or nothing to let the proposal pass:
+type; `None` stands for "no state") and returns its verdict, or nothing to let the proposal pass:
 
 - `Proceed` lets the proposal go on, possibly changed (renamed, details filled in, but of the
   same type), with side effects that are applied only if that proposal is finally written;
@@ -9,33 +9,27 @@ type; `None` stands for "no state") and returns an outcome, or nothing to let th
   decision: later rules do not apply, and the side effects of earlier rules are dropped, which is
   how a rule "undoes" its work when the transition it saw did not happen.
 
-Rules are pure: everything they read is in the `TransitionContext`, gathered beforehand.
+The policy's answer is a `PolicyDecision`: the status (ACCEPT, REJECT, WAIT or ABORT, the
+`SetStateStatus` of the answer the caller gets), the state to write if any, and the effects to
+apply with it. Rules are pure: everything they read is in the `TransitionContext`, gathered
+beforehand.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import ClassVar
 
+from stateward.runs import SetStateStatus
 from stateward.states import TERMINAL_TYPES, State, StateType
-from stateward_service.model import LimitUsage, RunKind, RunRecord
+from stateward_service.model import LimitUsage, RunRecord
 
 ALL_TYPES: frozenset[StateType | None] = frozenset(StateType)
 ALL_OR_NONE: frozenset[StateType | None] = ALL_TYPES | {None}
 TERMINAL: frozenset[StateType | None] = frozenset(TERMINAL_TYPES)
 NON_TERMINAL: frozenset[StateType | None] = ALL_TYPES - TERMINAL
-
-
-class Status(enum.IntEnum):
-    """Values of `stateward.v1.SetStateStatus`."""
-
-    ACCEPT = 1
-    REJECT = 2
-    WAIT = 3
-    ABORT = 4
 
 
 # Side effects a rule asks for; the orchestrator applies them in the same transaction as the
@@ -87,7 +81,8 @@ class Abort:
     reason: str
 
 
-Outcome = Proceed | Reject | Wait | Abort
+# What one rule says about a proposal.
+Verdict = Proceed | Reject | Wait | Abort
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +119,7 @@ class Rule:
     def applies(self, ctx: TransitionContext) -> bool:
         return ctx.initial_type in self.FROM and ctx.proposed.type in self.TO
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -132,11 +127,12 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """The policy's answer. `state` is what to write (the proposal on ACCEPT, the replacement on
-    a REJECT that has one); None means nothing is written."""
+class PolicyDecision:
+    """What the policy decided about one proposal. `state` is what to write (the proposal on
+    ACCEPT, the replacement on a REJECT that has one); None means nothing is written. `rule`
+    names the rule that ended the decision, if one did."""
 
-    status: Status
+    status: SetStateStatus
     state: State | None
     reason: str = ""
     delay_seconds: float = 0.0
@@ -165,7 +161,7 @@ class Policy(tuple[Rule, ...]):
         return found
 
 
-def decide(policy: Sequence[Rule], ctx: TransitionContext) -> Decision:
+def decide(policy: Sequence[Rule], ctx: TransitionContext) -> PolicyDecision:
     """Run the policy's rules in order over one proposal (those whose FROM and TO types cover
     the transition)."""
     effects: list[Effect] = []
@@ -174,31 +170,33 @@ def decide(policy: Sequence[Rule], ctx: TransitionContext) -> Decision:
     else:
         rules = [rule for rule in policy if rule.applies(ctx)]
     for rule in rules:
-        outcome = rule.decide(ctx)
-        if outcome is None:
+        verdict = rule.decide(ctx)
+        if verdict is None:
             continue
-        if isinstance(outcome, Proceed):
-            if outcome.proposed is not None:
+        if isinstance(verdict, Proceed):
+            if verdict.proposed is not None:
                 # A proceeding proposal keeps its type (a rule that wants another type rejects
                 # with a replacement), so the rules that apply stay the same.
-                assert outcome.proposed.type is ctx.proposed.type, rule
-                ctx = replace(ctx, proposed=outcome.proposed)
-            effects.extend(outcome.effects)
+                assert verdict.proposed.type is ctx.proposed.type, rule
+                ctx = replace(ctx, proposed=verdict.proposed)
+            effects.extend(verdict.effects)
             continue
-        if isinstance(outcome, Reject):
-            return Decision(Status.REJECT, outcome.replacement, outcome.reason, rule=repr(rule))
-        if isinstance(outcome, Wait):
-            return Decision(
-                Status.WAIT, None, outcome.reason, max(outcome.delay_seconds, 0.0), rule=repr(rule)
+        if isinstance(verdict, Reject):
+            return PolicyDecision(
+                SetStateStatus.REJECT, verdict.replacement, verdict.reason, rule=repr(rule)
             )
-        return Decision(Status.ABORT, None, outcome.reason, rule=repr(rule))
-    return Decision(Status.ACCEPT, ctx.proposed, effects=tuple(effects))
+        if isinstance(verdict, Wait):
+            return PolicyDecision(
+                SetStateStatus.WAIT,
+                None,
+                verdict.reason,
+                max(verdict.delay_seconds, 0.0),
+                rule=repr(rule),
+            )
+        return PolicyDecision(SetStateStatus.ABORT, None, verdict.reason, rule=repr(rule))
+    return PolicyDecision(SetStateStatus.ACCEPT, ctx.proposed, effects=tuple(effects))
 
 
 def null_reject(reason: str) -> Reject:
     """Refuse the proposal and write nothing."""
     return Reject(None, reason)
-
-
-def kind_label(ctx: TransitionContext) -> str:
-    return "flow run" if ctx.run.kind is RunKind.FLOW_RUN else "task run"

@@ -9,12 +9,11 @@ from stateward_service.rules.engine import (
     NON_TERMINAL,
     TERMINAL,
     Abort,
-    Outcome,
     Proceed,
     ResetRunCount,
     Rule,
     TransitionContext,
-    kind_label,
+    Verdict,
     null_reject,
 )
 
@@ -26,7 +25,7 @@ class PreventDuplicateTransitions(Rule):
     FROM = ALL_TYPES
     TO = ALL_TYPES
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         transition_id = ctx.proposed.details.transition_id
         if transition_id and ctx.initial and ctx.initial.details.transition_id == transition_id:
             return null_reject(
@@ -41,10 +40,10 @@ class KeepFinishedRunsFinished(Rule):
     FROM = TERMINAL
     TO = frozenset({StateType.CANCELLING, StateType.PAUSED, StateType.CRASHED})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         assert ctx.initial is not None
         return Abort(
-            f"the {kind_label(ctx)} already finished ({ctx.initial.name}); "
+            f"the {ctx.run.kind.label} already finished ({ctx.initial.name}); "
             f"it cannot become {ctx.proposed.type.name}"
         )
 
@@ -57,7 +56,7 @@ class PreventForcedResultLoss(Rule):
     FROM = frozenset({StateType.COMPLETED})
     TO = ALL_TYPES
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         assert ctx.initial is not None
         if not ctx.initial.has_result():
             return None
@@ -82,11 +81,11 @@ class KeepCompletedResults(Rule):
     FROM = frozenset({StateType.COMPLETED})
     TO = ALL_TYPES
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         assert ctx.initial is not None
         if ctx.initial.has_result():
             return null_reject(
-                f"the {kind_label(ctx)} completed with a stored result; it stays completed"
+                f"the {ctx.run.kind.label} completed with a stored result; it stays completed"
             )
         return None
 
@@ -98,5 +97,5 @@ class ResetRunCountOnTaskRerun(Rule):
     FROM = TERMINAL
     TO = NON_TERMINAL
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         return Proceed(effects=(ResetRunCount(),))

@@ -8,12 +8,12 @@ from stateward_service.rules.engine import (
     ALL_TYPES,
     TERMINAL,
     Abort,
-    Outcome,
     Proceed,
     Reject,
     RememberPauseKey,
     Rule,
     TransitionContext,
+    Verdict,
     null_reject,
 )
 
@@ -25,7 +25,7 @@ class PauseOnlyRunningRuns(Rule):
     FROM = ALL_OR_NONE
     TO = frozenset({StateType.PAUSED})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         initial = ctx.initial
         if initial is None:
             return Abort("a run with no state cannot pause; it must be RUNNING")
@@ -47,7 +47,7 @@ class ResumeOnlyBeforePauseTimeout(Rule):
     FROM = frozenset({StateType.PAUSED})
     TO = ALL_TYPES
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         initial = ctx.initial
         assert initial is not None
         if ctx.proposed.type not in _RESUMABLE:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stateward_service.model import RunKind
+from stateward.runs import RunKind
 from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
 from stateward_service.rules.cancellation import (
     CancelRunsNoProcessOwns,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from stateward.states import State, StateDetails, StateType
-from stateward_service.rules.engine import Outcome, Reject, Rule, TransitionContext
+from stateward_service.rules.engine import Reject, Rule, TransitionContext, Verdict
 
 
 class RetryFailedRuns(Rule):
@@ -16,7 +16,7 @@ class RetryFailedRuns(Rule):
     FROM = frozenset({StateType.RUNNING})
     TO = frozenset({StateType.FAILED})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         policy = ctx.run.retry_policy
         run_count = ctx.run.run_count
         if ctx.proposed.details.unretriable or run_count > policy.retries:

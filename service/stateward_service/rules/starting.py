@@ -6,11 +6,11 @@ from stateward.states import State, StateDetails, StateType
 from stateward_service.rules.engine import (
     ALL_OR_NONE,
     Abort,
-    Outcome,
     Proceed,
     Reject,
     Rule,
     TransitionContext,
+    Verdict,
     Wait,
     null_reject,
 )
@@ -25,7 +25,7 @@ class PreventSecondStart(Rule):
     )
     TO = frozenset({StateType.PENDING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         assert ctx.initial is not None
         name = ctx.proposed.name
         if (
@@ -47,7 +47,7 @@ class OnlyScheduledRunsBecomeLate(Rule):
     FROM = ALL_OR_NONE
     TO = frozenset({StateType.SCHEDULED})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         if ctx.proposed.name != "Late":
             return None
         initial = ctx.initial
@@ -63,7 +63,7 @@ class CopyScheduledTime(Rule):
     FROM = frozenset({StateType.SCHEDULED})
     TO = frozenset({StateType.PENDING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         assert ctx.initial is not None
         if ctx.proposed.details.scheduled_time is not None:
             return None
@@ -77,7 +77,7 @@ class WaitForScheduledTime(Rule):
     FROM = frozenset({StateType.SCHEDULED, StateType.PENDING})
     TO = frozenset({StateType.RUNNING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         assert ctx.initial is not None
         scheduled = ctx.initial.details.scheduled_time
         if scheduled is None or scheduled <= ctx.now:
@@ -94,7 +94,7 @@ class RunTasksOnlyInRunningFlows(Rule):
     FROM = ALL_OR_NONE
     TO = frozenset({StateType.RUNNING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         if not ctx.run.flow_run_id:
             return None
         flow_state = ctx.flow_run_state
@@ -122,7 +122,7 @@ class RenameReruns(Rule):
     FROM = frozenset(StateType) - {StateType.RUNNING}
     TO = frozenset({StateType.RUNNING})
 
-    def decide(self, ctx: TransitionContext) -> Outcome | None:
+    def decide(self, ctx: TransitionContext) -> Verdict | None:
         initial = ctx.initial
         assert initial is not None
         if ctx.run.run_count <= 0 or is_pause_resume(initial):
