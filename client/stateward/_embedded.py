@@ -25,7 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stateward import settings
 from stateward._transport import Connection, GrpcTransport, TransitionStream
 from stateward.client import Client
-from stateward.exceptions import RPC_ERRORS, RpcError, ServerUnavailable
+from stateward.exceptions import ServerUnavailable
+from stateward.wire import error_for_status
 
 if TYPE_CHECKING:
     import typer
@@ -114,9 +115,7 @@ class InProcessTransport:
         try:
             return getattr(self.api, method)(request)
         except self._service_error as error:
-            raise RPC_ERRORS.get(error.code.value, RpcError)(
-                error.message, error.code.value
-            ) from None
+            raise error_for_status(error.code, error.message) from None
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
         return self.streams.open_stream(method, request)

@@ -12,9 +12,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from stateward import _requests as requests
+from stateward import wire
 from stateward._context import FlowRunContext, flow_run_context
-from stateward._convert import flow_run_from_proto
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import (
     Interruptible,
@@ -59,7 +58,7 @@ class FlowRunEngine(RunEngine):
             creates.append(
                 (
                     "create_task_run",
-                    requests.create_task_run(
+                    wire.create_task_run_request(
                         flow.name,
                         id=parent_task_run_id,
                         flow_run_id=self.parent.flow_run.id,
@@ -67,7 +66,7 @@ class FlowRunEngine(RunEngine):
                     ),
                 )
             )
-        create = requests.create_flow_run(
+        create = wire.create_flow_run_request(
             flow.name,
             id=self.id,
             name=run_name(flow.flow_run_name, self.parameters),
@@ -85,7 +84,7 @@ class FlowRunEngine(RunEngine):
         if isinstance(message, Exception):  # created by an attempt whose answer was lost
             self.flow_run = self.client.get_flow_run(self.id)
         else:
-            self.flow_run = flow_run_from_proto(message.flow_run)
+            self.flow_run = wire.flow_run_from_proto(message.flow_run)
         self.orchestration.label = f"Flow run {self.flow_run.name!r} ({self.flow.name})"
         self.orchestration.observe_state(self.flow_run.state)
 

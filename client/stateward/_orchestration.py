@@ -10,8 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from stateward import _requests as requests
-from stateward._convert import orchestration_result_from_proto
+from stateward import wire
 from stateward._interrupt import sleep
 from stateward._supervisor import RunSupervisor
 from stateward.client import Client
@@ -80,7 +79,7 @@ class RunOrchestration:
         running = running.with_details(transition_id=str(uuid.uuid4()))
         operations = [
             *creates,
-            ("set_state", requests.set_state(self.run_id, running, lease_seconds=self.lease)),
+            ("set_state", wire.set_state_request(self.run_id, running, lease_seconds=self.lease)),
         ]
 
         def send(attempt: int) -> list[Any]:
@@ -96,7 +95,7 @@ class RunOrchestration:
 
         results = self._retrying("creating and starting it", send)
         adopt(results[:-1])
-        return self.observe(orchestration_result_from_proto(results[-1]), running)
+        return self.observe(wire.orchestration_result_from_proto(results[-1]), running)
 
     def wait(self, decision: OrchestrationResult, stop: Callable[[], bool] = lambda: False) -> None:
         """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""

@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from stateward import _requests as requests
+from stateward import wire
 from stateward._context import TaskRunContext, flow_run_context, task_run_context
-from stateward._convert import optional_datetime, state_from_proto
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._outcomes import (
@@ -60,7 +59,7 @@ class TaskRunEngine(RunEngine):
 
     def _create_request(self) -> Any:
         task = self.task
-        return requests.create_task_run(
+        return wire.create_task_run_request(
             task.task_key,
             id=self.id,
             name=run_name(task.task_run_name, self.parameters),
@@ -87,8 +86,8 @@ class TaskRunEngine(RunEngine):
                 name=run.name,
                 task_key=run.task_key,
                 flow_run_id=run.flow_run_id,
-                state=state_from_proto(run.state),
-                created=optional_datetime(run, "create_time"),
+                state=wire.state_from_proto(run.state),
+                created=wire.optional_datetime(run, "create_time"),
             )
         self.orchestration.label = f"Task run {self.task_run.name!r} ({self.task.name})"
         self.orchestration.observe_state(self.task_run.state)

@@ -15,10 +15,9 @@ from typing import Any, Protocol
 import grpc
 
 from stateward import settings
-from stateward.exceptions import RPC_ERRORS, RpcError, ServerUnavailable, StatewardError
+from stateward.exceptions import ServerUnavailable, StatewardError
 from stateward.v1 import orchestration_pb2_grpc
-
-START_SEQUENCE_KEY = "stateward-start-sequence"
+from stateward.wire import START_SEQUENCE_KEY, error_for_status
 
 CHANNEL_OPTIONS = [
     # Keep idle streams alive through proxies, and notice a dead server.
@@ -103,8 +102,7 @@ def translate(error: grpc.RpcError, address: str = "") -> StatewardError:
         )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         details = f"the Stateward server{where} did not answer in time (deadline exceeded)"
-    error_type = RPC_ERRORS.get(code.name, RpcError)
-    return error_type(details, code.name)
+    return error_for_status(code.value[0], details)
 
 
 def can_reconnect(error: grpc.RpcError) -> bool:

@@ -15,15 +15,7 @@ from typing import Any
 
 import grpc
 
-from stateward import _requests as requests
-from stateward._convert import (
-    flow_run_from_proto,
-    limit_from_proto,
-    orchestration_result_from_proto,
-    state_from_proto,
-    task_run_from_proto,
-    transition_from_proto,
-)
+from stateward import wire
 from stateward._transport import (
     AsyncGrpcTransport,
     Connection,
@@ -129,7 +121,7 @@ class Client:
         parent_task_run_id: str = "",
         state: State | None = None,
     ) -> FlowRun:
-        request = requests.create_flow_run(
+        request = wire.create_flow_run_request(
             flow_name,
             id=id,
             name=name,
@@ -139,10 +131,12 @@ class Client:
             parent_task_run_id=parent_task_run_id,
             state=state,
         )
-        return flow_run_from_proto(self._call("CreateFlowRun", request).flow_run)
+        return wire.flow_run_from_proto(self._call("CreateFlowRun", request).flow_run)
 
     def get_flow_run(self, id: str) -> FlowRun:
-        return flow_run_from_proto(self._call("GetFlowRun", pb.GetFlowRunRequest(id=id)).flow_run)
+        return wire.flow_run_from_proto(
+            self._call("GetFlowRun", pb.GetFlowRunRequest(id=id)).flow_run
+        )
 
     def list_flow_runs(
         self,
@@ -155,9 +149,9 @@ class Client:
         page_size: int = 100,
     ) -> Iterator[FlowRun]:
         """Flow runs, newest first, following pages until `limit` runs or the last page."""
-        request = requests.list_flow_runs(flow_names, state_types, tags, ids, page_size)
+        request = wire.list_flow_runs_request(flow_names, state_types, tags, ids, page_size)
         for run in self._pages("ListFlowRuns", request, "flow_runs", limit):
-            yield flow_run_from_proto(run)
+            yield wire.flow_run_from_proto(run)
 
     def create_task_run(
         self,
@@ -171,7 +165,7 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         state: State | None = None,
     ) -> TaskRun:
-        request = requests.create_task_run(
+        request = wire.create_task_run_request(
             task_key,
             id=id,
             name=name,
@@ -181,10 +175,12 @@ class Client:
             retry_policy=retry_policy,
             state=state,
         )
-        return task_run_from_proto(self._call("CreateTaskRun", request).task_run)
+        return wire.task_run_from_proto(self._call("CreateTaskRun", request).task_run)
 
     def get_task_run(self, id: str) -> TaskRun:
-        return task_run_from_proto(self._call("GetTaskRun", pb.GetTaskRunRequest(id=id)).task_run)
+        return wire.task_run_from_proto(
+            self._call("GetTaskRun", pb.GetTaskRunRequest(id=id)).task_run
+        )
 
     def list_task_runs(
         self,
@@ -197,9 +193,9 @@ class Client:
         page_size: int = 100,
     ) -> Iterator[TaskRun]:
         """Task runs, newest first, following pages until `limit` runs or the last page."""
-        request = requests.list_task_runs(flow_run_ids, state_types, tags, task_keys, page_size)
+        request = wire.list_task_runs_request(flow_run_ids, state_types, tags, task_keys, page_size)
         for run in self._pages("ListTaskRuns", request, "task_runs", limit):
-            yield task_run_from_proto(run)
+            yield wire.task_run_from_proto(run)
 
     # --- states ---------------------------------------------------------------------------------
 
@@ -215,18 +211,18 @@ class Client:
         """Propose a state for a run; the answer says whether it was accepted. With
         `lease_seconds`, a RUNNING or CANCELLING state written starts a heartbeat lease that
         `renew_leases` must keep extending, or the server crashes the run."""
-        request = requests.set_state(run_id, state, force, expected_state_id, lease_seconds)
-        return orchestration_result_from_proto(self._call("SetState", request))
+        request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
+        return wire.orchestration_result_from_proto(self._call("SetState", request))
 
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
-        response = self._call("RenewLeases", requests.renew_leases(run_ids, lease_seconds))
+        response = self._call("RenewLeases", wire.renew_leases_request(run_ids, lease_seconds))
         return list(response.renewed_run_ids)
 
     def list_states(self, run_id: str) -> list[State]:
         """A run's state history, oldest first."""
         response = self._call("ListStates", pb.ListStatesRequest(run_id=run_id))
-        return [state_from_proto(state) for state in response.states]
+        return [wire.state_from_proto(state) for state in response.states]
 
     def watch(
         self,
@@ -245,7 +241,7 @@ class Client:
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
-            request = requests.watch(run_ids, flow_run_ids, state_types, resume.cursor)
+            request = wire.watch_request(run_ids, flow_run_ids, state_types, resume.cursor)
             stream = self.transport.open_stream("WatchTransitions", request)
             try:
                 start = stream.start_sequence()
@@ -253,7 +249,7 @@ class Client:
                 if started is not None:
                     started(start)
                 for message in stream:
-                    transition = transition_from_proto(message.transition)
+                    transition = wire.transition_from_proto(message.transition)
                     resume.delivered(transition)
                     yield transition
                 return  # the server ended the stream normally
@@ -269,22 +265,22 @@ class Client:
         message) with kind one of "create_flow_run", "create_task_run", "set_state",
         "renew_leases"; each result is the response message, or the StatewardError the
         operation was refused with (the others are unaffected)."""
-        response = self._call("ExecuteBatch", requests.batch(operations))
-        return [requests.batch_result(result) for result in response.results]
+        response = self._call("ExecuteBatch", wire.batch_request(operations))
+        return [wire.batch_operation_result(result) for result in response.results]
 
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def create_concurrency_limit(self, tag: str, limit: int) -> ConcurrencyLimit:
-        response = self._call("CreateConcurrencyLimit", requests.create_limit(tag, limit))
-        return limit_from_proto(response.concurrency_limit)
+        response = self._call("CreateConcurrencyLimit", wire.create_limit_request(tag, limit))
+        return wire.limit_from_proto(response.concurrency_limit)
 
     def get_concurrency_limit(self, tag: str) -> ConcurrencyLimit:
         response = self._call("GetConcurrencyLimit", pb.GetConcurrencyLimitRequest(tag=tag))
-        return limit_from_proto(response.concurrency_limit)
+        return wire.limit_from_proto(response.concurrency_limit)
 
     def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
         response = self._call("ListConcurrencyLimits", pb.ListConcurrencyLimitsRequest())
-        return [limit_from_proto(limit) for limit in response.concurrency_limits]
+        return [wire.limit_from_proto(limit) for limit in response.concurrency_limits]
 
     def delete_concurrency_limit(self, tag: str) -> None:
         self._call("DeleteConcurrencyLimit", pb.DeleteConcurrencyLimitRequest(tag=tag))
@@ -331,7 +327,7 @@ class AsyncClient:
         parent_task_run_id: str = "",
         state: State | None = None,
     ) -> FlowRun:
-        request = requests.create_flow_run(
+        request = wire.create_flow_run_request(
             flow_name,
             id=id,
             name=name,
@@ -341,11 +337,11 @@ class AsyncClient:
             parent_task_run_id=parent_task_run_id,
             state=state,
         )
-        return flow_run_from_proto((await self._call("CreateFlowRun", request)).flow_run)
+        return wire.flow_run_from_proto((await self._call("CreateFlowRun", request)).flow_run)
 
     async def get_flow_run(self, id: str) -> FlowRun:
         response = await self._call("GetFlowRun", pb.GetFlowRunRequest(id=id))
-        return flow_run_from_proto(response.flow_run)
+        return wire.flow_run_from_proto(response.flow_run)
 
     async def create_task_run(
         self,
@@ -359,7 +355,7 @@ class AsyncClient:
         retry_policy: RetryPolicy | None = None,
         state: State | None = None,
     ) -> TaskRun:
-        request = requests.create_task_run(
+        request = wire.create_task_run_request(
             task_key,
             id=id,
             name=name,
@@ -369,11 +365,11 @@ class AsyncClient:
             retry_policy=retry_policy,
             state=state,
         )
-        return task_run_from_proto((await self._call("CreateTaskRun", request)).task_run)
+        return wire.task_run_from_proto((await self._call("CreateTaskRun", request)).task_run)
 
     async def get_task_run(self, id: str) -> TaskRun:
         response = await self._call("GetTaskRun", pb.GetTaskRunRequest(id=id))
-        return task_run_from_proto(response.task_run)
+        return wire.task_run_from_proto(response.task_run)
 
     async def set_state(
         self,
@@ -384,16 +380,18 @@ class AsyncClient:
         expected_state_id: str | None = None,
         lease_seconds: float = 0.0,
     ) -> OrchestrationResult:
-        request = requests.set_state(run_id, state, force, expected_state_id, lease_seconds)
-        return orchestration_result_from_proto(await self._call("SetState", request))
+        request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
+        return wire.orchestration_result_from_proto(await self._call("SetState", request))
 
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
-        response = await self._call("RenewLeases", requests.renew_leases(run_ids, lease_seconds))
+        response = await self._call(
+            "RenewLeases", wire.renew_leases_request(run_ids, lease_seconds)
+        )
         return list(response.renewed_run_ids)
 
     async def list_states(self, run_id: str) -> list[State]:
         response = await self._call("ListStates", pb.ListStatesRequest(run_id=run_id))
-        return [state_from_proto(state) for state in response.states]
+        return [wire.state_from_proto(state) for state in response.states]
 
     async def watch(
         self,
@@ -409,12 +407,12 @@ class AsyncClient:
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
-            request = requests.watch(run_ids, flow_run_ids, state_types, resume.cursor)
+            request = wire.watch_request(run_ids, flow_run_ids, state_types, resume.cursor)
             stream = self.transport.open_stream("WatchTransitions", request)
             try:
                 resume.started(await stream.start_sequence())
                 async for message in stream:
-                    transition = transition_from_proto(message.transition)
+                    transition = wire.transition_from_proto(message.transition)
                     resume.delivered(transition)
                     yield transition
                 return

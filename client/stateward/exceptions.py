@@ -85,7 +85,9 @@ class ServerUnavailable(StatewardError):
 
 
 class RpcError(StatewardError):
-    """The server refused a call. `code` is the gRPC status code's name, e.g. "NOT_FOUND"."""
+    """The server refused a call. `code` is the gRPC status code's name, e.g. "NOT_FOUND"; each
+    subclass names the code it stands for (`stateward.wire.error_for_status` picks the class
+    for a code)."""
 
     code = "UNKNOWN"
 
@@ -121,17 +123,3 @@ class DeadlineExceeded(RpcError):
 
 class Unauthenticated(RpcError):
     code = "UNAUTHENTICATED"
-
-
-RPC_ERRORS: dict[str, type[RpcError]] = {
-    cls.code: cls
-    for cls in (
-        NotFound,
-        InvalidArgument,
-        AlreadyExists,
-        FailedPrecondition,
-        ResourceExhausted,
-        DeadlineExceeded,
-        Unauthenticated,
-    )
-}

@@ -1,24 +1,25 @@
 """The service's calls at the protobuf level: validate a request, translate it to the domain, call
-the orchestrator, translate the answer back. No gRPC here: the servicer wraps these methods for
-the network, and the SDK's embedded server calls them in-process. Refusals are `ServiceError`s.
+the orchestrator, translate the answer back (with `stateward.wire`, the conversions the client
+uses too). No gRPC here: the servicer wraps these methods for the network, and the SDK's embedded
+server calls them in-process. Refusals are `ServiceError`s.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 
-from stateward._convert import set_timestamp, state_from_proto, state_to_proto, struct_dict
-from stateward.runs import ConcurrencyLimit, RetryPolicy, RunKind, Transition
+from stateward import wire
+from stateward.runs import RetryPolicy, RunKind
 from stateward.states import now
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
+from stateward.wire import StatusCode
 from stateward_service import validation as check
-from stateward_service.errors import Code, ServiceError, invalid
+from stateward_service.errors import ServiceError, invalid
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import (
@@ -39,11 +40,11 @@ def _translating(call: Callable[[], T]) -> T:
     try:
         return call()
     except (RunNotFound, LimitNotFound) as error:
-        raise ServiceError(Code.NOT_FOUND, str(error)) from None
+        raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
     except (RunAlreadyExists, LimitAlreadyExists) as error:
-        raise ServiceError(Code.ALREADY_EXISTS, str(error)) from None
+        raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
     except InitialStateRefused as error:
-        raise ServiceError(Code.FAILED_PRECONDITION, str(error)) from None
+        raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
     except BadPageToken as error:
         raise invalid("page_token", str(error)) from None
 
@@ -69,7 +70,7 @@ class OrchestrationApi:
             parent_task_run_id=check.optional_run_id(
                 msg.parent_task_run_id, "flow_run.parent_task_run_id"
             ),
-            parameters=_struct_json(msg.parameters, "flow_run.parameters"),
+            parameters=_parameters_json(msg.parameters, "flow_run.parameters"),
             tags=check.tags(msg.tags, "flow_run.tags"),
             retry_policy=_retry_policy(msg.retry_policy, "flow_run.retry_policy"),
         )
@@ -77,12 +78,12 @@ class OrchestrationApi:
         created = _translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
-        return pb.CreateFlowRunResponse(flow_run=flow_run_to_proto(created, msg.parameters))
+        return pb.CreateFlowRunResponse(flow_run=wire.flow_run_to_proto(created, msg.parameters))
 
     def GetFlowRun(self, request: pb.GetFlowRunRequest) -> pb.GetFlowRunResponse:
         run_id = check.run_id(request.id, "id")
         run = _translating(lambda: self.orchestrator.get_run(run_id, RunKind.FLOW_RUN))
-        return pb.GetFlowRunResponse(flow_run=flow_run_to_proto(run))
+        return pb.GetFlowRunResponse(flow_run=wire.flow_run_to_proto(run))
 
     def ListFlowRuns(self, request: pb.ListFlowRunsRequest) -> pb.ListFlowRunsResponse:
         where = RunFilter(
@@ -96,7 +97,7 @@ class OrchestrationApi:
             RunKind.FLOW_RUN, where, size, check.page_token(request.page_token)
         )
         return pb.ListFlowRunsResponse(
-            flow_runs=[flow_run_to_proto(run) for run in runs], next_page_token=token
+            flow_runs=[wire.flow_run_to_proto(run) for run in runs], next_page_token=token
         )
 
     # --- task runs ------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class OrchestrationApi:
             created=now(),
             task_key=task_key,
             flow_run_id=check.optional_run_id(msg.flow_run_id, "task_run.flow_run_id"),
-            parameters=_struct_json(msg.parameters, "task_run.parameters"),
+            parameters=_parameters_json(msg.parameters, "task_run.parameters"),
             tags=check.tags(msg.tags, "task_run.tags"),
             retry_policy=_retry_policy(msg.retry_policy, "task_run.retry_policy"),
         )
@@ -120,12 +121,12 @@ class OrchestrationApi:
         created = _translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
-        return pb.CreateTaskRunResponse(task_run=task_run_to_proto(created, msg.parameters))
+        return pb.CreateTaskRunResponse(task_run=wire.task_run_to_proto(created, msg.parameters))
 
     def GetTaskRun(self, request: pb.GetTaskRunRequest) -> pb.GetTaskRunResponse:
         run_id = check.run_id(request.id, "id")
         run = _translating(lambda: self.orchestrator.get_run(run_id, RunKind.TASK_RUN))
-        return pb.GetTaskRunResponse(task_run=task_run_to_proto(run))
+        return pb.GetTaskRunResponse(task_run=wire.task_run_to_proto(run))
 
     def ListTaskRuns(self, request: pb.ListTaskRunsRequest) -> pb.ListTaskRunsResponse:
         where = RunFilter(
@@ -139,7 +140,7 @@ class OrchestrationApi:
             RunKind.TASK_RUN, where, size, check.page_token(request.page_token)
         )
         return pb.ListTaskRunsResponse(
-            task_runs=[task_run_to_proto(run) for run in runs], next_page_token=token
+            task_runs=[wire.task_run_to_proto(run) for run in runs], next_page_token=token
         )
 
     def _list(
@@ -164,7 +165,7 @@ class OrchestrationApi:
             if expected:
                 expected = check.uuid_value(expected, "expected_state_id")
         lease = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
-        proposed = state_from_proto(request.state)
+        proposed = wire.state_from_proto(request.state)
         result = _translating(
             lambda: self.orchestrator.set_state(
                 run_id,
@@ -174,22 +175,14 @@ class OrchestrationApi:
                 lease_seconds=lease,
             )
         )
-        response = pb.SetStateResponse(
-            status=result.status.value,  # type: ignore[arg-type]
-            reason=result.reason,
-            delay_seconds=result.delay_seconds,
-            written=result.written,
-        )
-        if result.state is not None:
-            state_to_proto(result.state, response.state)
-        return response
+        return wire.orchestration_result_to_proto(result)
 
     def ListStates(self, request: pb.ListStatesRequest) -> pb.ListStatesResponse:
         run_id = check.run_id(request.run_id, "run_id")
         states = _translating(lambda: self.orchestrator.list_states(run_id))
         response = pb.ListStatesResponse()
         for state in states:
-            state_to_proto(state, response.states.add())
+            wire.state_to_proto(state, response.states.add())
         return response
 
     def RenewLeases(self, request: pb.RenewLeasesRequest) -> pb.RenewLeasesResponse:
@@ -199,7 +192,7 @@ class OrchestrationApi:
             raise invalid("lease_duration", "is required: how long each lease lasts, above zero")
         renewed, until = self.orchestrator.renew_leases(run_ids, seconds)
         response = pb.RenewLeasesResponse(renewed_run_ids=renewed)
-        set_timestamp(response.lease_expire_time, until)
+        wire.set_timestamp(response.lease_expire_time, until)
         return response
 
     # --- batches --------------------------------------------------------------------------------
@@ -215,13 +208,13 @@ class OrchestrationApi:
                 result = response.results.add()
                 kind = operation.WhichOneof("operation")
                 if kind is None:
-                    result.error.code = Code.INVALID_ARGUMENT.number
+                    result.error.code = StatusCode.INVALID_ARGUMENT
                     result.error.message = f"operations[{index}]: is empty"
                     continue
                 try:
                     answer = getattr(self, _BATCHABLE[kind])(getattr(operation, kind))
                 except ServiceError as error:
-                    result.error.code = error.code.number
+                    result.error.code = error.code
                     result.error.message = error.message
                 else:
                     getattr(result, kind).CopyFrom(answer)
@@ -237,21 +230,21 @@ class OrchestrationApi:
         if msg.limit < 0:
             raise invalid("concurrency_limit.limit", f"is {msg.limit}; it must not be negative")
         limit = _translating(lambda: self.orchestrator.create_limit(tag, msg.limit))
-        return pb.CreateConcurrencyLimitResponse(concurrency_limit=limit_to_proto(limit))
+        return pb.CreateConcurrencyLimitResponse(concurrency_limit=wire.limit_to_proto(limit))
 
     def GetConcurrencyLimit(
         self, request: pb.GetConcurrencyLimitRequest
     ) -> pb.GetConcurrencyLimitResponse:
         tag = check.text(request.tag, "tag", check.MAX_KEY, required=True)
         limit = _translating(lambda: self.orchestrator.get_limit(tag))
-        return pb.GetConcurrencyLimitResponse(concurrency_limit=limit_to_proto(limit))
+        return pb.GetConcurrencyLimitResponse(concurrency_limit=wire.limit_to_proto(limit))
 
     def ListConcurrencyLimits(
         self, request: pb.ListConcurrencyLimitsRequest
     ) -> pb.ListConcurrencyLimitsResponse:
         limits = self.orchestrator.list_limits()
         return pb.ListConcurrencyLimitsResponse(
-            concurrency_limits=[limit_to_proto(limit) for limit in limits]
+            concurrency_limits=[wire.limit_to_proto(limit) for limit in limits]
         )
 
     def DeleteConcurrencyLimit(
@@ -273,88 +266,22 @@ _BATCHABLE = {
 # --- translations -------------------------------------------------------------------------------
 
 
-def _struct_json(struct: Struct, field: str) -> str:
-    if not struct.fields:
-        return "{}"
-    check.parameters(struct, field)
-    return json.dumps(struct_dict(struct), separators=(",", ":"))
+def _parameters_json(struct: Struct, field: str) -> str:
+    if struct.fields:
+        check.parameters(struct, field)
+    return wire.struct_json(struct)
 
 
 def _retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> RetryPolicy:
     check.retry_policy(msg, field)
-    return RetryPolicy(msg.retries, tuple(msg.retry_delay_seconds), msg.retry_jitter_factor)
+    return wire.retry_policy_from_proto(msg)
 
 
 def _initial_state(msg: Any, field: str) -> Any:
     if not msg.HasField("state"):
         return None
     check.state(msg.state, field)
-    return state_from_proto(msg.state)
-
-
-def _fill_run(run: RunRecord, msg: Any, parameters: Struct | None) -> None:
-    """The fields FlowRun and TaskRun share (`parameters`: the run's, as a Struct already)."""
-    msg.id = run.id
-    msg.name = run.name
-    msg.tags.extend(run.tags)
-    policy = run.retry_policy
-    msg.retry_policy.retries = policy.retries
-    msg.retry_policy.retry_delay_seconds.extend(policy.retry_delay_seconds)
-    msg.retry_policy.retry_jitter_factor = policy.retry_jitter_factor
-    if run.state is not None:
-        state_to_proto(run.state, msg.state)
-    msg.run_count = run.run_count
-    set_timestamp(msg.start_time, run.start_time)
-    set_timestamp(msg.end_time, run.end_time)
-    msg.total_run_time.FromMicroseconds(round(run.total_run_time * 1_000_000))
-    set_timestamp(msg.expected_start_time, run.expected_start_time)
-    set_timestamp(msg.next_scheduled_start_time, run.next_scheduled_start_time)
-    set_timestamp(msg.create_time, run.created)
-    set_timestamp(msg.lease_expire_time, run.lease_expires)
-    if parameters is not None:
-        msg.parameters.CopyFrom(parameters)
-    elif run.parameters != "{}":
-        msg.parameters.update(json.loads(run.parameters))
-
-
-def flow_run_to_proto(run: RunRecord, parameters: Struct | None = None) -> runs_pb2.FlowRun:
-    msg = runs_pb2.FlowRun(flow_name=run.flow_name, parent_task_run_id=run.parent_task_run_id)
-    _fill_run(run, msg, parameters)
-    return msg
-
-
-def task_run_to_proto(run: RunRecord, parameters: Struct | None = None) -> runs_pb2.TaskRun:
-    msg = runs_pb2.TaskRun(
-        task_key=run.task_key,
-        flow_run_id=run.flow_run_id,
-        child_flow_run_id=run.child_flow_run_id,
-    )
-    _fill_run(run, msg, parameters)
-    return msg
-
-
-def limit_to_proto(limit: ConcurrencyLimit) -> runs_pb2.ConcurrencyLimit:
-    msg = runs_pb2.ConcurrencyLimit(
-        tag=limit.tag, limit=limit.limit, active_slots=list(limit.active_slots)
-    )
-    set_timestamp(msg.create_time, limit.created)
-    return msg
-
-
-def transition_to_proto(transition: Transition) -> pb.Transition:
-    msg = pb.Transition(
-        sequence=transition.sequence,
-        run_id=transition.run_id,
-        flow_run_id=transition.flow_run_id,
-        run_kind=transition.run_kind.value,  # type: ignore[arg-type]
-        run_name=transition.run_name,
-        flow_name=transition.flow_name,
-        task_key=transition.task_key,
-    )
-    if transition.from_state is not None:
-        state_to_proto(transition.from_state, msg.from_state)
-    state_to_proto(transition.to_state, msg.to_state)
-    return msg
+    return wire.state_from_proto(msg.state)
 
 
 __all__ = ["OrchestrationApi"]

@@ -19,9 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from stateward import wire
 from stateward.runs import Transition
 from stateward.v1 import orchestration_pb2
-from stateward_service.api import OrchestrationApi, transition_to_proto
+from stateward_service.api import OrchestrationApi
 from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.interceptors.auth import AuthInterceptor
 from stateward_service.interceptors.errors import ErrorsInterceptor
@@ -63,7 +64,7 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 def encode_transition(transition: Transition) -> bytes:
     """The bytes of one WatchTransitions message."""
     response = orchestration_pb2.WatchTransitionsResponse(
-        transition=transition_to_proto(transition)
+        transition=wire.transition_to_proto(transition)
     )
     return response.SerializeToString()
 

@@ -13,6 +13,7 @@ from google.protobuf import message_factory
 
 from stateward.v1 import orchestration_pb2
 from stateward.v1 import orchestration_pb2 as pb
+from stateward.wire import START_SEQUENCE_KEY, StatusCode
 from stateward_service import validation as check
 from stateward_service.api import OrchestrationApi
 from stateward_service.broadcaster import (
@@ -22,7 +23,7 @@ from stateward_service.broadcaster import (
     TransitionBroadcaster,
     TransitionFilter,
 )
-from stateward_service.errors import Code, ServiceError
+from stateward_service.errors import ServiceError
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -128,7 +129,7 @@ class OrchestrationServicer:
                     yield payload
         except CursorAhead as error:
             raise ServiceError(
-                Code.FAILED_PRECONDITION,
+                StatusCode.FAILED_PRECONDITION,
                 str(error),
                 reason="CURSOR_AHEAD",
                 metadata={"newest_sequence": str(error.newest)},
@@ -136,13 +137,13 @@ class OrchestrationServicer:
         except CursorExpired as error:
             if after is not None and delivered == after:
                 raise ServiceError(
-                    Code.FAILED_PRECONDITION,
+                    StatusCode.FAILED_PRECONDITION,
                     str(error),
                     reason="CURSOR_EXPIRED",
                     metadata={"oldest_sequence": str(error.oldest)},
                 ) from None
             raise ServiceError(
-                Code.RESOURCE_EXHAUSTED,
+                StatusCode.RESOURCE_EXHAUSTED,
                 f"this subscriber fell behind what the log keeps (it reached sequence "
                 f"{delivered}, the oldest kept is {error.oldest}); read faster or keep more",
                 reason="SUBSCRIBER_TOO_SLOW",
@@ -150,14 +151,13 @@ class OrchestrationServicer:
             ) from None
         except StreamClosed as error:
             raise ServiceError(
-                Code.UNAVAILABLE,
+                StatusCode.UNAVAILABLE,
                 f"the server is shutting down; reconnect with after_sequence={delivered}",
                 reason="SHUTTING_DOWN",
                 metadata={"last_sequence": str(delivered), "cursor": str(error.last_sequence)},
             ) from None
 
 
-START_SEQUENCE_KEY = "stateward-start-sequence"
 SERVICE = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"]
 
 

@@ -11,10 +11,11 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from stateward_service.errors import Code, ServiceError
+from stateward.wire import StatusCode
+from stateward_service.errors import ServiceError
 
 log = logging.getLogger("stateward.server")
 
@@ -43,9 +44,7 @@ def status_for(error: ServiceError) -> grpc.Status:
             )
         )
         details.append(bad)
-    status = status_pb2.Status(
-        code=getattr(code_pb2, error.code.value), message=error.message, details=details
-    )
+    status = status_pb2.Status(code=error.code.value, message=error.message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
 
@@ -109,7 +108,7 @@ def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
 
 def undecodable(method: str, request: Undecodable) -> ServiceError:
     return ServiceError(
-        Code.INVALID_ARGUMENT,
+        StatusCode.INVALID_ARGUMENT,
         f"the request to {method} could not be decoded ({request.reason}): send the method's "
         "request message, serialized as protobuf, with every string valid UTF-8",
         reason="UNDECODABLE_REQUEST",

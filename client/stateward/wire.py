@@ -1,0 +1,572 @@
+"""The wire: conversions between the protobuf messages of `stateward.v1` and the vocabulary of
+`stateward.states` and `stateward.runs`, used by the client and the server alike.
+
+- states, runs, transitions, limits and the answer to a proposal, both ways (`*_from_proto`,
+  `*_to_proto`); the server converts its own run records straight to messages (`StoredRun`);
+- the request messages the clients send (`*_request`), built once for `Client` and `AsyncClient`;
+- the gRPC status codes (`StatusCode`) and the one table between them and the client's
+  exceptions (`error_for_status`), for the network transport, the in-process transport, batch
+  results and the server's refusals alike;
+- the metadata key by which a transitions stream says where it starts.
+
+Pure data conversion: no I/O and no `grpc` import. Timestamps are set by plain arithmetic and
+Structs read by hand, since the protobuf helpers are slow on the hot path.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stateward.exceptions import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    RpcError,
+    Unauthenticated,
+)
+from stateward.runs import (
+    ConcurrencyLimit,
+    FlowRun,
+    OrchestrationResult,
+    RetryPolicy,
+    RunKind,
+    SetStateStatus,
+    TaskRun,
+    Transition,
+)
+from stateward.states import ResultData, State, StateDetails, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2, states_pb2
+
+# The initial metadata by which WatchTransitions says after which sequence the stream starts, so
+# that a client losing the stream before its first message resumes without a gap.
+START_SEQUENCE_KEY = "stateward-start-sequence"
+
+
+# --- status codes and errors --------------------------------------------------------------------
+
+
+class StatusCode(enum.IntEnum):
+    """The gRPC status codes, numbered as google.rpc.Code and named as gRPC names them."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+# The client's exception for each status code (each class names its code); other codes raise a
+# plain RpcError carrying the code's name.
+ERROR_TYPES: dict[StatusCode, type[RpcError]] = {
+    StatusCode[error_type.code]: error_type
+    for error_type in (
+        NotFound,
+        InvalidArgument,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Unauthenticated,
+    )
+}
+
+
+def error_for_status(code: int, message: str) -> RpcError:
+    """The client's exception for a call refused with status `code` (a number of
+    google.rpc.Code; an unknown number counts as UNKNOWN) and `message`."""
+    try:
+        status = StatusCode(code)
+    except ValueError:
+        status = StatusCode.UNKNOWN
+    return ERROR_TYPES.get(status, RpcError)(message, status.name)
+
+
+# --- times and structs --------------------------------------------------------------------------
+
+
+def to_datetime(ts: Timestamp) -> datetime:
+    """A Timestamp as a timezone-aware datetime in UTC."""
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def optional_datetime(message: object, name: str) -> datetime | None:
+    """The timestamp field `name` of `message` as a datetime, or None when unset."""
+    if message.HasField(name):  # type: ignore[attr-defined]
+        return to_datetime(getattr(message, name))
+    return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_timestamp(ts: Timestamp, value: datetime | None) -> None:
+    """Set a Timestamp from a timezone-aware datetime (plain arithmetic: FromDatetime is slow);
+    None leaves it unset."""
+    if value is not None:
+        delta = value - _EPOCH
+        ts.seconds = delta.days * 86_400 + delta.seconds
+        ts.nanos = delta.microseconds * 1000
+
+
+def python_value(value: struct_pb2.Value) -> Any:
+    """A google.protobuf.Value as plain Python (faster than json_format for small values)."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_dict(value.struct_value)
+    if kind == "list_value":
+        return [python_value(item) for item in value.list_value.values]
+    return None
+
+
+def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A google.protobuf.Struct as a dict. Whole numbers come back as ints (a Struct holds
+    every number as a double)."""
+    return {key: python_value(value) for key, value in struct.fields.items()}
+
+
+def struct_json(struct: struct_pb2.Struct) -> str:
+    """A google.protobuf.Struct as compact JSON text (a run's parameters as the server keeps
+    them)."""
+    if not struct.fields:
+        return "{}"
+    return json.dumps(struct_dict(struct), separators=(",", ":"))
+
+
+# --- states -------------------------------------------------------------------------------------
+
+_TIME_FIELDS = frozenset({"scheduled_time", "cache_expiration", "pause_timeout"})
+_NO_DETAILS = StateDetails()
+
+
+def details_from_proto(msg: states_pb2.StateDetails) -> StateDetails:
+    fields: dict[str, Any] = {
+        field.name: to_datetime(value) if field.name in _TIME_FIELDS else value
+        for field, value in msg.ListFields()
+    }
+    return StateDetails(**fields) if fields else _NO_DETAILS
+
+
+def details_to_proto(details: StateDetails, out: states_pb2.StateDetails) -> None:
+    out.flow_run_id = details.flow_run_id
+    out.task_run_id = details.task_run_id
+    set_timestamp(out.scheduled_time, details.scheduled_time)
+    out.cache_key = details.cache_key
+    set_timestamp(out.cache_expiration, details.cache_expiration)
+    out.transition_id = details.transition_id
+    out.pause_key = details.pause_key
+    set_timestamp(out.pause_timeout, details.pause_timeout)
+    out.refresh_cache = details.refresh_cache
+    out.unretriable = details.unretriable
+    out.child_flow_run_id = details.child_flow_run_id
+
+
+def result_data_from_proto(msg: states_pb2.StateResult) -> ResultData | None:
+    """A stored result (JSON text or a pickle), or None when the message holds neither."""
+    kind = msg.WhichOneof("value")
+    if kind == "json":
+        return ResultData(json=msg.json)
+    if kind == "pickle":
+        return ResultData(pickle=msg.pickle)
+    return None
+
+
+def state_from_proto(msg: states_pb2.State) -> State:
+    """A State from its message; the message's type must be a known, specified value (else
+    ValueError)."""
+    return State(
+        type=StateType(msg.type),
+        name=msg.name,
+        message=msg.message,
+        timestamp=optional_datetime(msg, "timestamp"),
+        id=msg.id,
+        details=details_from_proto(msg.details),
+        data=result_data_from_proto(msg.result) if msg.HasField("result") else None,
+    )
+
+
+def state_to_proto(state: State, out: states_pb2.State | None = None) -> states_pb2.State:
+    """The message of a State, written into `out` when given (e.g. a field of a larger message)."""
+    msg = states_pb2.State() if out is None else out
+    msg.id = state.id
+    msg.type = state.type.value  # type: ignore[assignment]
+    msg.name = state.name
+    set_timestamp(msg.timestamp, state.timestamp)
+    msg.message = state.message
+    details_to_proto(state.details, msg.details)
+    if state.data is not None:
+        if state.data.json is not None:
+            msg.result.json = state.data.json
+        elif state.data.pickle is not None:
+            msg.result.pickle = state.data.pickle
+    return msg
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def retry_policy_from_proto(msg: runs_pb2.RetryPolicy) -> RetryPolicy:
+    return RetryPolicy(msg.retries, tuple(msg.retry_delay_seconds), msg.retry_jitter_factor)
+
+
+def retry_policy_to_proto(policy: RetryPolicy, out: runs_pb2.RetryPolicy) -> None:
+    out.retries = policy.retries
+    out.retry_delay_seconds[:] = policy.retry_delay_seconds
+    out.retry_jitter_factor = policy.retry_jitter_factor
+
+
+def _run_fields(msg: runs_pb2.FlowRun | runs_pb2.TaskRun) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "name": msg.name,
+        "parameters": struct_dict(msg.parameters),
+        "tags": tuple(msg.tags),
+        "retry_policy": retry_policy_from_proto(msg.retry_policy),
+        "state": state_from_proto(msg.state) if msg.HasField("state") else None,
+        "run_count": msg.run_count,
+        "start_time": optional_datetime(msg, "start_time"),
+        "end_time": optional_datetime(msg, "end_time"),
+        "total_run_time": msg.total_run_time.ToTimedelta(),
+        "expected_start_time": optional_datetime(msg, "expected_start_time"),
+        "next_scheduled_start_time": optional_datetime(msg, "next_scheduled_start_time"),
+        "created": optional_datetime(msg, "create_time"),
+        "lease_expires": optional_datetime(msg, "lease_expire_time"),
+    }
+
+
+def flow_run_from_proto(msg: runs_pb2.FlowRun) -> FlowRun:
+    return FlowRun(
+        flow_name=msg.flow_name, parent_task_run_id=msg.parent_task_run_id, **_run_fields(msg)
+    )
+
+
+def task_run_from_proto(msg: runs_pb2.TaskRun) -> TaskRun:
+    return TaskRun(
+        task_key=msg.task_key,
+        flow_run_id=msg.flow_run_id,
+        child_flow_run_id=msg.child_flow_run_id,
+        **_run_fields(msg),
+    )
+
+
+class StoredRun(Protocol):
+    """A run as a server keeps it (the server's run record): what `flow_run_to_proto` and
+    `task_run_to_proto` read, so that the server answers from its record without a copy."""
+
+    id: str
+    name: str
+    flow_name: str
+    task_key: str
+    flow_run_id: str
+    parent_task_run_id: str
+    child_flow_run_id: str
+    parameters: str  # a JSON object
+    tags: tuple[str, ...]
+    retry_policy: RetryPolicy
+    state: State | None
+    run_count: int
+    start_time: datetime | None
+    end_time: datetime | None
+    total_run_time: float  # seconds
+    expected_start_time: datetime | None
+    next_scheduled_start_time: datetime | None
+    created: datetime
+    lease_expires: datetime | None
+
+
+def _fill_run(
+    run: StoredRun, msg: runs_pb2.FlowRun | runs_pb2.TaskRun, parameters: struct_pb2.Struct | None
+) -> None:
+    """The fields FlowRun and TaskRun share (`parameters`: the run's, as a Struct already)."""
+    msg.id = run.id
+    msg.name = run.name
+    msg.tags.extend(run.tags)
+    policy = run.retry_policy
+    msg.retry_policy.retries = policy.retries
+    msg.retry_policy.retry_delay_seconds.extend(policy.retry_delay_seconds)
+    msg.retry_policy.retry_jitter_factor = policy.retry_jitter_factor
+    if run.state is not None:
+        state_to_proto(run.state, msg.state)
+    msg.run_count = run.run_count
+    set_timestamp(msg.start_time, run.start_time)
+    set_timestamp(msg.end_time, run.end_time)
+    msg.total_run_time.FromMicroseconds(round(run.total_run_time * 1_000_000))
+    set_timestamp(msg.expected_start_time, run.expected_start_time)
+    set_timestamp(msg.next_scheduled_start_time, run.next_scheduled_start_time)
+    set_timestamp(msg.create_time, run.created)
+    set_timestamp(msg.lease_expire_time, run.lease_expires)
+    if parameters is not None:
+        msg.parameters.CopyFrom(parameters)
+    elif run.parameters != "{}":
+        msg.parameters.update(json.loads(run.parameters))
+
+
+def flow_run_to_proto(
+    run: StoredRun, parameters: struct_pb2.Struct | None = None
+) -> runs_pb2.FlowRun:
+    """The FlowRun message of a stored flow run; `parameters`, when given, are its parameters
+    already as a Struct (they are not decoded again from the record's JSON)."""
+    msg = runs_pb2.FlowRun(flow_name=run.flow_name, parent_task_run_id=run.parent_task_run_id)
+    _fill_run(run, msg, parameters)
+    return msg
+
+
+def task_run_to_proto(
+    run: StoredRun, parameters: struct_pb2.Struct | None = None
+) -> runs_pb2.TaskRun:
+    """The TaskRun message of a stored task run (`parameters` as for `flow_run_to_proto`)."""
+    msg = runs_pb2.TaskRun(
+        task_key=run.task_key,
+        flow_run_id=run.flow_run_id,
+        child_flow_run_id=run.child_flow_run_id,
+    )
+    _fill_run(run, msg, parameters)
+    return msg
+
+
+# --- answers, transitions, limits ---------------------------------------------------------------
+
+
+def orchestration_result_from_proto(msg: pb.SetStateResponse) -> OrchestrationResult:
+    return OrchestrationResult(
+        status=SetStateStatus(msg.status),
+        state=state_from_proto(msg.state) if msg.HasField("state") else None,
+        reason=msg.reason,
+        delay_seconds=msg.delay_seconds,
+        written=msg.written,
+    )
+
+
+def orchestration_result_to_proto(result: OrchestrationResult) -> pb.SetStateResponse:
+    msg = pb.SetStateResponse(
+        status=result.status.value,  # type: ignore[arg-type]
+        reason=result.reason,
+        delay_seconds=result.delay_seconds,
+        written=result.written,
+    )
+    if result.state is not None:
+        state_to_proto(result.state, msg.state)
+    return msg
+
+
+def transition_from_proto(msg: pb.Transition) -> Transition:
+    return Transition(
+        sequence=msg.sequence,
+        run_id=msg.run_id,
+        run_kind=RunKind(msg.run_kind),
+        flow_run_id=msg.flow_run_id,
+        run_name=msg.run_name,
+        flow_name=msg.flow_name,
+        task_key=msg.task_key,
+        from_state=state_from_proto(msg.from_state) if msg.HasField("from_state") else None,
+        to_state=state_from_proto(msg.to_state),
+    )
+
+
+def transition_to_proto(transition: Transition) -> pb.Transition:
+    msg = pb.Transition(
+        sequence=transition.sequence,
+        run_id=transition.run_id,
+        flow_run_id=transition.flow_run_id,
+        run_kind=transition.run_kind.value,  # type: ignore[arg-type]
+        run_name=transition.run_name,
+        flow_name=transition.flow_name,
+        task_key=transition.task_key,
+    )
+    if transition.from_state is not None:
+        state_to_proto(transition.from_state, msg.from_state)
+    state_to_proto(transition.to_state, msg.to_state)
+    return msg
+
+
+def limit_from_proto(msg: runs_pb2.ConcurrencyLimit) -> ConcurrencyLimit:
+    return ConcurrencyLimit(
+        tag=msg.tag,
+        limit=msg.limit,
+        active_slots=tuple(msg.active_slots),
+        created=optional_datetime(msg, "create_time"),
+    )
+
+
+def limit_to_proto(limit: ConcurrencyLimit) -> runs_pb2.ConcurrencyLimit:
+    msg = runs_pb2.ConcurrencyLimit(
+        tag=limit.tag, limit=limit.limit, active_slots=list(limit.active_slots)
+    )
+    set_timestamp(msg.create_time, limit.created)
+    return msg
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def create_flow_run_request(
+    flow_name: str,
+    *,
+    id: str = "",
+    name: str = "",
+    parameters: Mapping[str, Any] | None = None,
+    tags: Iterable[str] = (),
+    retry_policy: RetryPolicy | None = None,
+    parent_task_run_id: str = "",
+    state: State | None = None,
+) -> pb.CreateFlowRunRequest:
+    run = runs_pb2.FlowRun(
+        id=id,
+        name=name,
+        flow_name=flow_name,
+        tags=list(tags),
+        parent_task_run_id=parent_task_run_id,
+    )
+    if parameters:
+        run.parameters.update(dict(parameters))
+    if retry_policy is not None:
+        retry_policy_to_proto(retry_policy, run.retry_policy)
+    if state is not None:
+        state_to_proto(state, run.state)
+    return pb.CreateFlowRunRequest(flow_run=run)
+
+
+def create_task_run_request(
+    task_key: str,
+    *,
+    id: str = "",
+    name: str = "",
+    flow_run_id: str = "",
+    parameters: Mapping[str, Any] | None = None,
+    tags: Iterable[str] = (),
+    retry_policy: RetryPolicy | None = None,
+    state: State | None = None,
+) -> pb.CreateTaskRunRequest:
+    run = runs_pb2.TaskRun(
+        id=id, name=name, task_key=task_key, flow_run_id=flow_run_id, tags=list(tags)
+    )
+    if parameters:
+        run.parameters.update(dict(parameters))
+    if retry_policy is not None:
+        retry_policy_to_proto(retry_policy, run.retry_policy)
+    if state is not None:
+        state_to_proto(state, run.state)
+    return pb.CreateTaskRunRequest(task_run=run)
+
+
+def set_state_request(
+    run_id: str,
+    state: State,
+    force: bool = False,
+    expected_state_id: str | None = None,
+    lease_seconds: float = 0.0,
+) -> pb.SetStateRequest:
+    request = pb.SetStateRequest(run_id=run_id, force=force)
+    state_to_proto(state, request.state)
+    if expected_state_id is not None:
+        request.expected_state_id = expected_state_id
+    if lease_seconds:
+        request.lease_duration.FromNanoseconds(round(lease_seconds * 1e9))
+    return request
+
+
+def renew_leases_request(run_ids: Iterable[str], lease_seconds: float) -> pb.RenewLeasesRequest:
+    request = pb.RenewLeasesRequest(run_ids=list(run_ids))
+    request.lease_duration.FromNanoseconds(round(lease_seconds * 1e9))
+    return request
+
+
+def list_flow_runs_request(
+    flow_names: Iterable[str],
+    state_types: Iterable[StateType],
+    tags: Iterable[str],
+    ids: Iterable[str],
+    page_size: int,
+) -> pb.ListFlowRunsRequest:
+    return pb.ListFlowRunsRequest(
+        flow_names=list(flow_names),
+        state_types=[int(t) for t in state_types],  # type: ignore[misc]
+        tags=list(tags),
+        ids=list(ids),
+        page_size=page_size,
+    )
+
+
+def list_task_runs_request(
+    flow_run_ids: Iterable[str],
+    state_types: Iterable[StateType],
+    tags: Iterable[str],
+    task_keys: Iterable[str],
+    page_size: int,
+) -> pb.ListTaskRunsRequest:
+    return pb.ListTaskRunsRequest(
+        flow_run_ids=list(flow_run_ids),
+        state_types=[int(t) for t in state_types],  # type: ignore[misc]
+        tags=list(tags),
+        task_keys=list(task_keys),
+        page_size=page_size,
+    )
+
+
+def watch_request(
+    run_ids: Iterable[str],
+    flow_run_ids: Iterable[str],
+    state_types: Iterable[StateType],
+    after_sequence: int | None,
+) -> pb.WatchTransitionsRequest:
+    request = pb.WatchTransitionsRequest(
+        run_ids=list(run_ids),
+        flow_run_ids=list(flow_run_ids),
+        state_types=[int(t) for t in state_types],  # type: ignore[misc]
+    )
+    if after_sequence is not None:
+        request.after_sequence = after_sequence
+    return request
+
+
+def create_limit_request(tag: str, limit: int) -> pb.CreateConcurrencyLimitRequest:
+    return pb.CreateConcurrencyLimitRequest(
+        concurrency_limit=runs_pb2.ConcurrencyLimit(tag=tag, limit=limit)
+    )
+
+
+def batch_request(operations: Iterable[tuple[str, Any]]) -> pb.ExecuteBatchRequest:
+    """A batch of (operation field name, request message) pairs, e.g. ("set_state", request)."""
+    request = pb.ExecuteBatchRequest()
+    for kind, message in operations:
+        getattr(request.operations.add(), kind).CopyFrom(message)
+    return request
+
+
+def batch_operation_result(result: pb.BatchResult) -> Any:
+    """One operation's response message, or the error (an RpcError) it was refused with."""
+    kind = result.WhichOneof("result")
+    if kind is None:
+        return RpcError("the server sent an empty batch result")
+    if kind == "error":
+        return error_for_status(result.error.code, result.error.message)
+    return getattr(result, kind)
