@@ -31,13 +31,12 @@ from stateward_service.loops import ServerLoops
 from stateward_service.metrics import ServerMetrics
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
-from stateward_service.servicer import OrchestrationServicer, add_to_server
+from stateward_service.servicer import SERVICE, OrchestrationServicer, add_to_server
 from stateward_service.settings import ServerSettings
 from stateward_service.store import LogReader, Store
 
 log = logging.getLogger("stateward.server")
 
-SERVICE_NAME = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
 
 KEEPALIVE_OPTIONS = [
     # HTTP/2 keepalive: ping idle connections so idle streams survive proxies and dead peers are
@@ -125,7 +124,7 @@ class StatewardServer:
         self.broadcaster.bind(asyncio.get_running_loop())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = _bind(server, self.settings)
@@ -166,7 +165,7 @@ class StatewardServer:
         await self._stopped.wait()
 
     async def _set_health(self, status: Any) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE.full_name):
             await self.health.set(name, status)
 
 

@@ -158,6 +158,7 @@ class OrchestrationServicer:
             ) from None
 
 
+# The service as the contract describes it: its name, methods and message types.
 SERVICE = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"]
 
 

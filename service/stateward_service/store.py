@@ -430,17 +430,6 @@ class Store:
         assert sequence is not None
         return sequence
 
-    def read_transitions(
-        self,
-        after: int,
-        limit: int,
-        run_ids: Sequence[str] = (),
-        flow_run_ids: Sequence[str] = (),
-        state_types: Sequence[int] = (),
-    ) -> list[Transition]:
-        """Logged transitions with a sequence above `after`, oldest first, filtered."""
-        return _read_transitions(self.conn, after, limit, run_ids, flow_run_ids, state_types)
-
     def prune_log(self, keep: int) -> int:
         """Delete all but the newest `keep` transitions from the log; returns how many went."""
         cursor = self.conn.execute(

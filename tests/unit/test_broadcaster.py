@@ -129,7 +129,7 @@ def test_the_ring_is_bounded_by_bytes_too(world):
 
 
 def test_filters_apply_to_the_log_and_the_ring_alike(world):
-    store, reader, orchestrator = world
+    _store, reader, orchestrator = world
 
     async def main() -> None:
         broadcaster = TransitionBroadcaster(reader, encode, 0, capacity=3)
@@ -141,7 +141,8 @@ def test_filters_apply_to_the_log_and_the_ring_alike(world):
             orchestrator.set_state(wanted, State(StateType.COMPLETED))
         only = TransitionFilter(run_ids=frozenset({wanted}))
         sequences = await take(broadcaster.subscribe(only, 0), 11)
-        expected = [t.sequence for t in store.read_transitions(0, 100, run_ids=[wanted])]
+        logged, _oldest, _newest = reader.read(0, 100, run_ids=[wanted])
+        expected = [t.sequence for t in logged]
         assert sequences == expected
 
     asyncio.run(main())
