@@ -35,7 +35,7 @@ def call_raw(
     timeout: float = 20.0,
 ) -> tuple[grpc.StatusCode, str]:
     """Send `data` as the request of `method` and return the status and message it ends with
-    (a stream is read to its end, or to its first message when it is a watch that stays open)."""
+    (a stream that started and stays open, a watch, counts as OK)."""
     try:
         if method.client_streaming:
             replies = channel.stream_stream(path(method))(
@@ -45,9 +45,12 @@ def call_raw(
                 pass
         elif method.server_streaming:
             replies = channel.unary_stream(path(method))(data, metadata=metadata, timeout=timeout)
-            next(iter(replies), None)  # a healthy watch stays open: its first reply is enough
-            replies.cancel()
-            return grpc.StatusCode.OK, ""
+            replies.initial_metadata()  # a refusal comes with its headers, at once
+            if not replies.done():  # a watch that started stays open: it was accepted
+                replies.cancel()
+                return grpc.StatusCode.OK, ""
+            for _ in replies:
+                pass
         else:
             channel.unary_unary(path(method))(data, metadata=metadata, timeout=timeout)
     except grpc.RpcError as error:

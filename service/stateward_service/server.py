@@ -24,6 +24,7 @@ from stateward.runs import Transition
 from stateward.v1 import orchestration_pb2
 from stateward_service.api import OrchestrationApi
 from stateward_service.broadcaster import TransitionBroadcaster
+from stateward_service.health import HealthService
 from stateward_service.interceptors.auth import AuthInterceptor
 from stateward_service.interceptors.errors import ErrorsInterceptor
 from stateward_service.interceptors.metrics import MetricsInterceptor
@@ -102,7 +103,7 @@ class StatewardServer:
                 loop_runs=lambda: dict(self.loops.runs),
             )
             self.orchestrator.subscribe(self.metrics.count_transitions)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopping = False

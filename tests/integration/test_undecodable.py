@@ -83,3 +83,13 @@ def test_health_watch_says_not_serving_when_the_server_stops(tmp_path):
     finally:
         channel.close()
         process.stop()
+
+
+def test_health_list_names_every_service_and_its_status(server):
+    health = health_pb2_grpc.HealthStub(server.channel())
+    listed = health.List(health_pb2.HealthListRequest(), timeout=20)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        "": serving,
+        "stateward.v1.OrchestrationService": serving,
+    }

@@ -127,6 +127,9 @@ async def answering(
         await abort(context, error)
     except grpc.aio.AbortError:
         raise
+    except NotImplementedError:
+        # A generated servicer base's method that nothing overrides.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
     except Exception:
         log.exception("unexpected error in %s", method)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
