@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -82,7 +85,11 @@ class StatewardServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.store = Store(settings.db, synchronous=settings.sqlite_synchronous)
+        self.store = Store(
+            settings.db,
+            synchronous=settings.sqlite_synchronous,
+            quick_check=settings.quick_check,
+        )
         self.orchestrator = Orchestrator(self.store, Policies.default(settings.slot_wait_seconds))
         self.api = OrchestrationApi(self.orchestrator)
         self.reader = LogReader(settings.db)
@@ -178,12 +185,41 @@ def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
         return None
     if settings.tls_cert is None or settings.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
+    _check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Raise ValueError naming the file (and its flag) that is unreadable, not PEM, or a key
+    that does not match the certificate. gRPC would only fail to listen, naming the port."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not os.access(path, os.R_OK):
+            why = "it does not exist" if not path.exists() else "it cannot be read"
+            raise ValueError(f"{flag} {path}: {why}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=cert)
+    except (ssl.SSLError, ValueError) as error:
+        raise ValueError(f"--tls-cert {cert}: not a PEM certificate ({error})") from None
+    try:
+        context.load_cert_chain(cert, key, password="")
+    except (ssl.SSLError, ValueError) as error:
+        raise ValueError(
+            f"--tls-key {key}: not an unencrypted PEM private key for the certificate {cert} "
+            f"({error})"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, ValueError) as error:
+            raise ValueError(
+                f"--tls-client-ca {client_ca}: not PEM CA certificates ({error})"
+            ) from None
 
 
 def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:

@@ -68,6 +68,11 @@ class ServerSettings(BaseModel):
         help="SQLite synchronous mode: NORMAL survives a server crash, FULL also a power cut.",
         env="STATEWARD_SQLITE_SYNCHRONOUS",
     )
+    quick_check: bool = _setting(
+        True,
+        help="Refuse a damaged database (quick check at start, ~10 s/GB).",
+        env="STATEWARD_QUICK_CHECK",
+    )
     shutdown_grace_seconds: float = _setting(
         5.0,
         help="Seconds in-flight calls get at shutdown.",

@@ -47,6 +47,12 @@ class DatabaseInUse(Exception):
     """Another server holds the database."""
 
 
+class DatabaseRefused(Exception):
+    """The database file cannot be used as it is: it is not a SQLite database, it is damaged,
+    it belongs to another application, or a newer Stateward made it. Nothing was written to it;
+    the message says what is wrong and what to do."""
+
+
 class BadPageToken(ValueError):
     """A page token that this store did not make for these filters."""
 
@@ -163,7 +169,7 @@ def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
     row = db.execute("SELECT version FROM schema_version").fetchone()
     found = int(row[0])
     if found > SCHEMA_VERSION:
-        raise RuntimeError(
+        raise DatabaseRefused(
             f"the database has schema version {found}, newer than this Stateward "
             f"({SCHEMA_VERSION}); upgrade Stateward to open it"
         )
@@ -238,11 +244,25 @@ class _Checkpointer:
 class Store:
     """The one writer of a Stateward database."""
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        quick_check: bool = True,
+    ) -> None:
+        """Open (or create) the database at `path`. Before anything is written to it, the file
+        is checked: a file that is not a SQLite database, is damaged (SQLite's quick check,
+        unless `quick_check` is false), holds another application's tables or a newer schema
+        raises DatabaseRefused; another server holding it raises DatabaseInUse."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_database(self.path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self.conn = _open_checked(self.path, quick_check)
+        except BaseException:
+            self._lock_file.close()
+            raise
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA busy_timeout=5000")
@@ -706,6 +726,59 @@ def _read_transitions(
     return transitions
 
 
+_WHAT_TO_DO = "restore it from a backup (stateward db backup), or give --db another file"
+
+
+def _open_checked(path: Path, quick_check: bool) -> sqlite3.Connection:
+    """A connection to `path`, once the file was found to be a sound Stateward database (or
+    an empty one). Only reads happen before the verdict, so a refused file is left as it was."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise DatabaseRefused(f"cannot open the database {path} ({error})") from None
+    try:
+        _check_database(conn, path, quick_check)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_database(conn: sqlite3.Connection, path: Path, quick_check: bool) -> None:
+    try:
+        tables = {
+            row[0]
+            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not row[0].startswith("sqlite_")
+        }
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")] if quick_check else []
+    except sqlite3.DatabaseError as error:
+        what = "is not a SQLite database" if "not a database" in str(error) else "is damaged"
+        raise DatabaseRefused(f"the database {path} {what} ({error}); {_WHAT_TO_DO}") from None
+    if problems and problems != ["ok"]:
+        found = " ".join(" ".join(problems).split())  # one line
+        found = found if len(found) <= 200 else found[:197] + "..."
+        raise DatabaseRefused(
+            f"the database {path} is damaged (SQLite's quick check: {found}); {_WHAT_TO_DO}"
+        )
+    # Ours: the schema version table, with our runs table (or alone: a first start that ended
+    # before its first migration).
+    ours = "schema_version" in tables and ("flow_runs" in tables or tables == {"schema_version"})
+    if ours:
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        if row is not None and row[0] is not None and int(row[0]) > SCHEMA_VERSION:
+            raise DatabaseRefused(
+                f"the database {path} has schema version {row[0]}, newer than this Stateward "
+                f"({SCHEMA_VERSION}); upgrade Stateward to open it"
+            )
+    if tables and not ours:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DatabaseRefused(
+            f"the database {path} belongs to another application (its tables: {shown}); "
+            "Stateward keeps its runs in a file of its own: give --db a new path"
+        )
+
+
 def _lock_database(path: Path) -> Any:
     """Hold an exclusive lock beside the database for as long as the store is open."""
     lock_path = path.with_name(path.name + ".lock")
@@ -880,6 +953,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BadPageToken",
     "DatabaseInUse",
+    "DatabaseRefused",
     "LogReader",
     "RunFilter",
     "Store",

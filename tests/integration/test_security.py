@@ -24,6 +24,7 @@ from stateward.exceptions import ResourceExhausted, ServerUnavailable, Unauthent
 from stateward.states import ResultData, State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
+from tests.integration.test_damaged_databases import start as start_refused
 from tests.support import ROOT, ServerProcess
 
 KEY = "s3cret-team-key"
@@ -259,6 +260,27 @@ def test_tls_settings_that_do_not_fit_are_a_clear_error(certificates, tmp_path):
     )
     with pytest.raises(RuntimeError, match="needs both --tls-cert and --tls-key"):
         server.start()
+
+
+def test_tls_files_that_are_wrong_are_named(certificates, tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    missing = tmp_path / "missing.pem"
+    cert, key = str(certificates["server_cert"]), str(certificates["server_key"])
+    other_key = str(certificates["client_key"])
+    for args, named in (
+        (["--tls-cert", str(garbage), "--tls-key", key], f"--tls-cert {garbage}"),
+        (["--tls-cert", cert, "--tls-key", str(garbage)], f"--tls-key {garbage}"),
+        (["--tls-cert", cert, "--tls-key", other_key], f"--tls-key {other_key}"),
+        (["--tls-cert", str(missing), "--tls-key", key], f"--tls-cert {missing}"),
+        (
+            ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", str(garbage)],
+            f"--tls-client-ca {garbage}",
+        ),
+    ):
+        code, lines = start_refused(tmp_path / "tls.db", *args)
+        assert code != 0 and len(lines) == 1 and named in lines[0], lines
+        assert "cannot listen" not in lines[0]
 
 
 # --- limits and deadlines ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from stateward.runs import RunKind, Transition
 from stateward.states import State, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import SCHEMA_VERSION, DatabaseInUse, Store, migrate
+from stateward_service.store import SCHEMA_VERSION, DatabaseInUse, DatabaseRefused, Store, migrate
 
 
 def flow_run(**fields) -> RunRecord:
@@ -65,7 +65,7 @@ def test_a_newer_database_is_refused(tmp_path):
     Store(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    with pytest.raises(RuntimeError, match="newer than this Stateward"):
+    with pytest.raises(DatabaseRefused, match="newer than this Stateward"):
         Store(path)
 
 
