@@ -3,7 +3,6 @@ resolved from futures, and the state the outcome of the code proposes."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -13,7 +12,7 @@ from typing import Any
 from stateward._results import encode, encode_exception
 from stateward.exceptions import ResultTooLarge
 from stateward.futures import StatewardFuture
-from stateward.states import State, StateType, carry_value, has_value
+from stateward.states import State, StateDetails, StateType, carry_value, has_value
 from stateward.tasks import unmapped
 
 
@@ -94,6 +93,11 @@ def resolve(value: Any) -> Any:
 def completed(value: Any, what: str, log: logging.Logger) -> State:
     """Completed carrying the value (kept in-process too); an unencodable value stays in
     memory only, a too large one fails the run."""
+    return _carrying(State(StateType.COMPLETED), value, what, log)
+
+
+def _carrying(state: State, value: Any, what: str, log: logging.Logger) -> State:
+    """`state` carrying `value` as its result (see `completed`)."""
     try:
         data = encode(value, what)
     except ResultTooLarge as error:
@@ -101,7 +105,7 @@ def completed(value: Any, what: str, log: logging.Logger) -> State:
     except Exception as error:
         log.warning("%s cannot be stored (%s); it is kept in this process only", what, error)
         data = None
-    state = State(StateType.COMPLETED, data=data)
+    state = state.evolve(data=data)
     object.__setattr__(state, "_value", value)
     return state
 
@@ -111,47 +115,114 @@ def failed(error: BaseException, name: str = "Failed") -> State:
     return State(StateType.FAILED, name=name, message=message, data=encode_exception(error))
 
 
-def judged(value: Any, what: str, log: logging.Logger) -> State:
-    """A flow's final state from its return value: a final (or paused) state, or a future's, is
-    taken as it is; a collection of only states is judged by them; anything else is a result."""
+def states_of(value: Any) -> Any:
+    """`value` with its futures replaced by their final states (waiting for them), in lists,
+    tuples, sets and dict values too; the same object when it holds no future."""
     if isinstance(value, StatewardFuture):
-        value = value._future.result()
-    if isinstance(value, State):
-        if value.is_final() or value.is_paused():
-            return _adopted(value)
-        return _judge([value])  # a run cannot end in Pending, Running...
-    if isinstance(value, list | tuple | set) and value:
-        items = list(value)
-        if all(isinstance(item, State | StatewardFuture) for item in items):
-            states = [
-                item._future.result() if isinstance(item, StatewardFuture) else item
-                for item in items
-            ]
-            return _judge(states)
-    return completed(value, what, log)
+        return value._future.result()
+    items: list[Any]
+    if isinstance(value, list | set) or (isinstance(value, tuple) and type(value) is tuple):
+        items = [states_of(item) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return type(value)(items) if not isinstance(value, list) else items
+    if isinstance(value, dict):
+        resolved = {key: states_of(item) for key, item in value.items()}
+        if all(resolved[key] is item for key, item in value.items()):
+            return value
+        return resolved
+    return value
 
 
-def _adopted(state: State) -> State:
-    """A returned state as the run's own final state (its in-process value encoded if needed)."""
-    adopted = State(state.type, name=state.name, message=state.message, data=state.data)
+def _all_states(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple | set)
+        and bool(value)
+        and all(isinstance(item, State) for item in value)
+    )
+
+
+def judged(value: Any, what: str, log: logging.Logger) -> State:
+    """The final state a run's return value proposes (the reference's rules):
+
+    - a state the code built itself (it names no run) is the run's own final state, with its
+      type, name, message, data and pause timeout;
+    - a run's state or a future, or a non-empty list, tuple or set of only those, is judged:
+      all completed: Completed; any cancelled: Cancelled; any paused: Paused; else Failed; the
+      value (futures as their final states) is the result;
+    - anything else (futures in it as their final states) is the result of a Completed run.
+    """
+    returned = states_of(value)
+    if (
+        isinstance(returned, State)
+        and not isinstance(value, StatewardFuture)
+        and not _of_a_run(returned)
+    ):
+        return _adopted(returned, what, log)
+    if isinstance(returned, State) or _all_states(returned):
+        group = [returned] if isinstance(returned, State) else list(returned)
+        verdict = State(_aggregate_type(group), message=_aggregate_message(group))
+        return _carrying(verdict, returned, what, log)
+    return completed(returned, what, log)
+
+
+def _of_a_run(state: State) -> bool:
+    """Whether the state is a run's (written by the server), not one the code built."""
+    return bool(state.details.flow_run_id or state.details.task_run_id)
+
+
+def _adopted(state: State, what: str, log: logging.Logger) -> State:
+    """A state the code built, as the run's own final state."""
+    adopted = State(
+        state.type,
+        name=state.name,
+        message=state.message,
+        details=StateDetails(
+            pause_timeout=state.details.pause_timeout,
+            pause_key=state.details.pause_key,
+            scheduled_time=state.details.scheduled_time,
+        ),
+        data=state.data,
+    )
     if adopted.data is None and has_value(state):
-        with contextlib.suppress(Exception):  # kept in this process only, as `completed` does
-            adopted = adopted.evolve(data=encode(state.result()))
+        value = state._value
+        if isinstance(value, BaseException):
+            data = encode_exception(value)
+        else:
+            try:
+                data = encode(value, what)
+            except Exception as error:  # kept in this process only, as `completed` does
+                log.warning("%s cannot be stored (%s); kept in this process only", what, error)
+                data = None
+        adopted = adopted.evolve(data=data)
     return carry_value(state, adopted)
 
 
-def _judge(states: list[State]) -> State:
+def _aggregate_type(states: list[State]) -> StateType:
     if all(s.is_completed() for s in states):
-        return State(StateType.COMPLETED, message=f"all {len(states)} states completed")
+        return StateType.COMPLETED
     if any(s.is_cancelled() for s in states):
-        count = sum(s.is_cancelled() for s in states)
-        return State(StateType.CANCELLED, message=f"{count}/{len(states)} states cancelled")
+        return StateType.CANCELLED
     if any(s.is_paused() for s in states):
-        count = sum(s.is_paused() for s in states)
-        return State(StateType.PAUSED, message=f"{count}/{len(states)} states paused")
-    bad = [s for s in states if not s.is_completed()]
-    return State(
-        StateType.FAILED,
-        message=f"{len(bad)}/{len(states)} states did not complete",
-        data=bad[0].data if bad[0].is_failed() else None,
-    )
+        return StateType.PAUSED
+    return StateType.FAILED
+
+
+def _aggregate_message(states: list[State]) -> str:
+    total = len(states)
+
+    def count(predicate: Callable[[State], bool]) -> int:
+        return sum(1 for s in states if predicate(s))
+
+    if all(s.is_completed() for s in states):
+        return "All states completed."
+    if count(State.is_cancelled):
+        return f"{count(State.is_cancelled)}/{total} states cancelled."
+    if count(State.is_paused):
+        return f"{count(State.is_paused)}/{total} states paused."
+    if count(State.is_failed):
+        return f"{count(State.is_failed)}/{total} states failed."
+    not_final = count(lambda s: not s.is_final())
+    if not_final:
+        return f"{not_final}/{total} states are not final."
+    return f"{count(State.is_crashed)}/{total} states crashed."

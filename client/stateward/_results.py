@@ -12,8 +12,15 @@ import os
 import pickle
 from typing import Any
 
-from stateward.exceptions import CancelledRun, CrashedRun, FailedRun, ResultTooLarge, RunError
-from stateward.states import ResultData, State, StateType
+from stateward.exceptions import (
+    CancelledRun,
+    CrashedRun,
+    FailedRun,
+    PausedRun,
+    ResultTooLarge,
+    RunError,
+)
+from stateward.states import ResultData, State, StateType, has_value
 
 DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
 
@@ -83,17 +90,36 @@ _RUN_ERRORS: dict[StateType, type[RunError]] = {
     StateType.FAILED: FailedRun,
     StateType.CRASHED: CrashedRun,
     StateType.CANCELLED: CancelledRun,
+    StateType.PAUSED: PausedRun,
 }
+
+_BAD_TYPES = (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
+
+
+def held_value(state: State) -> Any:
+    """The value a state carries (in this process, or decoded); None when it cannot be read."""
+    if has_value(state):
+        return state._value
+    if state.data is None:
+        return None
+    try:
+        return decode(state.data)
+    except Exception:
+        return None
 
 
 def exception_for(state: State) -> BaseException:
-    """The exception a failed, crashed or cancelled state stands for: the stored one if any."""
-    if state.data is not None and state.data.pickle is not None:
-        try:
-            value = pickle.loads(state.data.pickle)
-        except Exception:
-            value = None
-        if isinstance(value, BaseException):
-            return value
+    """The exception a failed, crashed, cancelled or paused state stands for: the one it carries;
+    for a state judged from other states (a flow that returned them), that of the first failed,
+    crashed or cancelled one among them; else a RunError naming the state."""
+    value = held_value(state)
+    if isinstance(value, BaseException):
+        return value
+    if isinstance(value, State) and value.type in _BAD_TYPES:
+        return exception_for(value)
+    if isinstance(value, list | tuple | set):
+        for item in value:
+            if isinstance(item, State) and item.type in _BAD_TYPES:
+                return exception_for(item)
     error_type = _RUN_ERRORS.get(state.type, FailedRun)
     return error_type(state.message or f"the run ended in state {state.name}")

@@ -4,7 +4,8 @@ StatewardError
 ├── RunError                 a run did not complete; State.result() raises it
 │   ├── FailedRun            its code failed and no exception was stored
 │   ├── CrashedRun           something outside its code ended it
-│   └── CancelledRun         somebody cancelled it
+│   ├── CancelledRun         somebody cancelled it
+│   └── PausedRun            it paused (a flow that returned Paused())
 ├── OrchestrationAborted     the server answered ABORT: the run must stop here
 ├── ResultTooLarge           a result is larger than the limit for storing it
 ├── ServerUnavailable        no server could be reached or started
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "OrchestrationAborted",
+    "PausedRun",
     "ResourceExhausted",
     "ResultTooLarge",
     "RpcError",
@@ -70,6 +72,10 @@ class CrashedRun(RunError):
 
 class CancelledRun(RunError):
     """A run was cancelled."""
+
+
+class PausedRun(RunError):
+    """A run paused instead of completing (its code returned a Paused state)."""
 
 
 class OrchestrationAborted(StatewardError):

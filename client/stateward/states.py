@@ -155,14 +155,16 @@ class State:
 
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's result: its return value, or (for a failed, crashed or cancelled run) its
-        exception, raised unless `raise_on_failure` is false."""
-        from stateward._results import decode, exception_for
+        exception, raised unless `raise_on_failure` is false (then the data the state carries,
+        e.g. the states a flow returned, or else the exception)."""
+        from stateward._results import decode, exception_for, held_value
 
         if self.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
             error = exception_for(self)
             if raise_on_failure:
                 raise error
-            return error
+            held = held_value(self)
+            return error if held is None else held
         if self._value is _NO_VALUE:
             object.__setattr__(self, "_value", decode(self.data) if self.data else None)
         return self._value

@@ -171,7 +171,8 @@ def test_retry_condition_fn_can_refuse_a_retry(client):
         return picky(return_state=True)  # a returned failed state fails the flow
 
     state = run_it(return_state=True)
-    assert state.is_failed() and "not retried" in state.message
+    assert state.is_failed() and state.message == "1/1 states failed."
+    assert "not retried" in state.result(raise_on_failure=False).message
     (task_run,) = task_runs_of(client, flow_run_of(client, "sdk-retry-condition").id)
     assert names(client, task_run.id) == ["Pending", "Running", "Failed"]
     assert calls == [("picky", task_run.id, StateType.FAILED)]
@@ -207,9 +208,10 @@ def test_timeouts_fail_the_run_as_timed_out_and_are_retried(client):
         return slow(return_state=True)
 
     started = time.monotonic()
-    state = waits(return_state=True)  # the flow adopts the returned TimedOut state
+    final = waits(return_state=True)  # the flow is judged by the returned TimedOut state
     assert time.monotonic() - started < 3
-    assert state.is_failed() and state.name == "TimedOut"
+    state = final.result(raise_on_failure=False)
+    assert final.is_failed() and state.is_failed() and state.name == "TimedOut"
     assert "timeout of 0.2s" in state.message
     assert len(attempts) == 2
     (task_run,) = task_runs_of(client, flow_run_of(client, "sdk-timeout").id)
@@ -347,8 +349,9 @@ def test_a_failed_upstream_future_stops_the_downstream_task(client):
     def chain():
         return downstream.submit(breaks.submit())
 
-    state = chain(return_state=True)
-    assert not ran and state.is_failed()  # the returned future's state decides the flow's
+    final = chain(return_state=True)
+    assert not ran and final.is_failed()  # the returned future's state decides the flow's
+    state = final.result(raise_on_failure=False)
     assert "upstream task run" in state.message
     runs = task_runs_of(client, flow_run_of(client, "sdk-upstream").id)
     downstream_run = next(r for r in runs if r.task_key == "downstream")

@@ -1,0 +1,135 @@
+"""What a run's return value makes of it, as the reference decides: states, futures and map
+results handed back as they are and judged; a state the code built taken as the run's own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stateward import (
+    Cancelled,
+    Completed,
+    Failed,
+    FailedRun,
+    Paused,
+    State,
+    StateType,
+    flow,
+    task,
+)
+from stateward.exceptions import PausedRun
+from tests.support import wait_until
+
+pytestmark = pytest.mark.usefixtures("sdk_server")
+
+
+def flow_run_of(client, flow_name: str):
+    return next(client.list_flow_runs(flow_names=[flow_name], limit=1))
+
+
+def task_runs_of(client, flow_run_id: str):
+    return list(reversed(list(client.list_task_runs(flow_run_ids=[flow_run_id]))))
+
+
+def names(client, run_id: str) -> list[str]:
+    return [s.name for s in client.list_states(run_id)]
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+def refuse_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"{x} is odd")
+    return x
+
+
+@task
+async def async_double(x: int) -> int:
+    return 2 * x
+
+
+# --- 1. a flow returning states or futures hands them back, judged ------------------------------
+
+
+def test_a_flow_returning_map_gets_the_states_back(client):
+    @flow(name="ret-map")
+    def fan_out():
+        return double.map([1, 2, 3])
+
+    states = fan_out()
+    assert isinstance(states, list) and len(states) == 3
+    assert all(isinstance(s, State) and s.is_completed() for s in states)
+    assert [s.result() for s in states] == [2, 4, 6]
+    run = flow_run_of(client, "ret-map")
+    assert run.state.is_completed() and run.state.message == "All states completed."
+    final = fan_out(return_state=True)
+    assert final.is_completed()
+    assert [s.result() for s in final.result()] == [2, 4, 6]
+
+
+def test_a_flow_returning_one_future_or_one_state_gets_that_state(client):
+    @flow(name="ret-future")
+    def one_future():
+        return double.submit(4)
+
+    @flow(name="ret-state")
+    def one_state():
+        return double(5, return_state=True)
+
+    state = one_future()
+    assert isinstance(state, State) and state.result() == 8
+    final = one_future(return_state=True)
+    assert final.is_completed() and final.result().result() == 8
+    state = one_state()
+    assert isinstance(state, State) and state.is_completed() and state.result() == 10
+
+
+def test_a_flow_returning_states_with_a_failure_fails_and_raises_its_exception(client):
+    @flow(name="ret-failing")
+    def some_fail():
+        return tuple(refuse_odd.submit(x) for x in (1, 2, 3))
+
+    final = some_fail(return_state=True)
+    assert final.is_failed()
+    assert final.message == "2/3 states failed."
+    states = final.result(raise_on_failure=False)
+    assert isinstance(states, tuple)
+    assert [s.type for s in states] == [StateType.FAILED, StateType.COMPLETED, StateType.FAILED]
+    with pytest.raises(ValueError, match="1 is odd"):
+        some_fail()
+    assert flow_run_of(client, "ret-failing").state.is_failed()
+
+
+def test_a_flow_returning_a_cancelled_state_among_others_is_cancelled():
+    @flow
+    def with_cancel():
+        return [Completed(), Cancelled(message="not wanted")]
+
+    final = with_cancel(return_state=True)
+    assert final.is_cancelled() and final.message == "1/2 states cancelled."
+
+
+def test_a_mixed_collection_is_plain_data_and_completes(client):
+    @flow(name="ret-mixed")
+    def mixed():
+        return "bar", double.submit(1)
+
+    value = mixed()
+    assert value[0] == "bar"
+    assert isinstance(value[1], State) and value[1].result() == 2
+    assert flow_run_of(client, "ret-mixed").state.is_completed()
+
+
+def test_an_async_flow_returning_futures_gets_the_states_back(client):
+    @flow(name="ret-async")
+    async def fan_out_async():
+        return [async_double.submit(x) for x in (1, 2)]
+
+    states = asyncio.run(fan_out_async())
+    assert [s.result() for s in states] == [2, 4]
+    assert flow_run_of(client, "ret-async").state.message == "All states completed."
