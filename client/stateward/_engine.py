@@ -189,12 +189,12 @@ class RunEngine:
             raise OrchestrationAborted(decision.reason)
         state = decision.state
         assert state is not None
-        if decision.status is SetStateStatus.ACCEPT:
+        if decision.status is SetStateStatus.ACCEPT and state.type is not StateType.CANCELLING:
             return carry_value(proposal, state)  # the caller gets its own object back
         if state.type in TERMINAL_TYPES:
             return state
-        if state.type is StateType.CANCELLING:
-            return self.finish_cancel()
+        if state.type is StateType.CANCELLING:  # cancelled meanwhile, or the code returned it
+            return self.finish_cancel(state.message or "cancelled while it ran")
         if state.type is StateType.SCHEDULED and state.name == "AwaitingRetry":
             self._sleep_until_retry(state)
             return None

@@ -20,9 +20,9 @@ from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._outcomes import (
     UpstreamFailed,
     bind,
-    completed,
     failed,
     jsonable,
+    judged,
     resolve,
     run_name,
 )
@@ -162,7 +162,7 @@ class TaskRunEngine(RunEngine):
         return state
 
     def after_call(self, value: Any) -> State:
-        state = completed(value, f"result of task {self.task.name!r}", self.log)
+        state = judged(value, f"result of task {self.task.name!r}", self.log)
         if self.cache_key and state.is_completed():
             expiration = self.task.cache_expiration
             state = state.with_details(

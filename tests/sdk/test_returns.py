@@ -133,3 +133,120 @@ def test_an_async_flow_returning_futures_gets_the_states_back(client):
     states = asyncio.run(fan_out_async())
     assert [s.result() for s in states] == [2, 4]
     assert flow_run_of(client, "ret-async").state.message == "All states completed."
+
+
+# --- 2. a task returning a state takes that state -----------------------------------------------
+
+
+def test_a_task_returning_failed_ends_failed_and_is_retried(client):
+    calls = []
+
+    @task(retries=1)
+    def reject():
+        calls.append(1)
+        return Failed(message="rejected")
+
+    @flow(name="ret-task-failed")
+    def caller():
+        return reject(return_state=True)
+
+    final = caller(return_state=True)
+    assert final.is_failed() and final.message == "1/1 states failed."
+    state = final.result(raise_on_failure=False)
+    assert state.is_failed() and state.message == "rejected"
+    assert len(calls) == 2
+    run = flow_run_of(client, "ret-task-failed")
+    (task_run,) = task_runs_of(client, run.id)
+    assert names(client, task_run.id) == [
+        "Pending",
+        "Running",
+        "AwaitingRetry",
+        "Retrying",
+        "Failed",
+    ]
+    with pytest.raises(FailedRun, match="rejected"):
+        state.result()
+
+
+def test_a_task_returning_failed_raises_when_called_inline_and_submitted():
+    @task
+    def reject(x: int):
+        return Failed(message=f"rejected {x}")
+
+    @flow
+    def inline():
+        return reject(1)
+
+    @flow
+    def submitted():
+        return reject.submit(2).result()
+
+    with pytest.raises(FailedRun, match="rejected 1"):
+        inline()
+    with pytest.raises(FailedRun, match="rejected 2"):
+        submitted()
+
+
+def test_an_async_task_returning_cancelled_ends_cancelled():
+    @task
+    async def give_up():
+        return Cancelled(message="not today")
+
+    @flow
+    async def caller():
+        return await give_up(return_state=True)
+
+    final = asyncio.run(caller(return_state=True))
+    assert final.is_cancelled()
+    state = final.result(raise_on_failure=False)
+    assert state.is_cancelled() and state.message == "not today"
+
+
+@pytest.mark.parametrize("returned", ["cancelling", "cancelled"])
+def test_a_flow_returning_cancelling_or_cancelled_ends_cancelled_with_its_hook(client, returned):
+    seen = []
+
+    def note(flow, flow_run, state):
+        seen.append(state.type)
+
+    @flow(name=f"ret-{returned}", on_cancellation=[note])
+    def stop_here():
+        if returned == "cancelling":
+            return State(type=StateType.CANCELLING, message="stop")
+        return Cancelled(message="stop")
+
+    final = stop_here(return_state=True)
+    assert final.is_cancelled()
+    assert seen == [StateType.CANCELLED]
+    assert flow_run_of(client, f"ret-{returned}").state.is_cancelled()
+
+
+def test_a_flow_returning_paused_keeps_its_timeout_and_the_server_fails_it(client):
+    @flow(name="ret-paused")
+    def pause_me():
+        return Paused(timeout_seconds=1)
+
+    with pytest.raises(PausedRun):
+        pause_me()
+    run = flow_run_of(client, "ret-paused")
+    assert run.state.is_paused() and run.state.details.pause_timeout is not None
+    wait_until(
+        lambda: client.get_flow_run(run.id).state.is_failed(),
+        timeout=30,
+        what="the expired pause to fail the run",
+    )
+
+
+def test_a_task_returning_paused_keeps_its_timeout(client):
+    @task
+    def park():
+        return Paused(timeout_seconds=60)
+
+    @flow(name="ret-task-paused")
+    def caller():
+        return park(return_state=True)
+
+    with pytest.raises(PausedRun):
+        caller()
+    (task_run,) = task_runs_of(client, flow_run_of(client, "ret-task-paused").id)
+    assert task_run.state.is_paused() and task_run.state.details.pause_timeout is not None
