@@ -6,7 +6,12 @@ the user's code see the same class.
 
 from __future__ import annotations
 
+import dis
 import enum
+import functools
+import inspect
+import sys
+import types
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +49,21 @@ class StateType(enum.IntEnum):
     FAILED = 7
     CANCELLED = 8
     CRASHED = 9
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to its number, and (as the reference's string enum) to its name."""
+        if isinstance(other, str):
+            return self.name == other
+        return int.__eq__(self, other)
+
+    __hash__ = enum.IntEnum.__hash__
+
+    @classmethod
+    def _missing_(cls, value: object) -> StateType | None:
+        """`StateType("COMPLETED")`: a name is taken too."""
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls.__members__[value.upper()]
+        return None
 
     @property
     def default_name(self) -> str:
@@ -105,6 +125,10 @@ class State:
     def __post_init__(self) -> None:
         if not isinstance(self.type, StateType):
             object.__setattr__(self, "type", StateType(self.type))
+        if self.data is not None and not isinstance(self.data, ResultData):
+            # `State(type=..., data=value)`: a value the code built, encoded when stored.
+            object.__setattr__(self, "_value", self.data)
+            object.__setattr__(self, "data", None)
         if not self.name:
             object.__setattr__(self, "name", self.type.default_name)
 
@@ -153,10 +177,24 @@ class State:
         """A copy whose details have some fields replaced."""
         return self.evolve(details=replace(self.details, **changes))
 
+    @property
+    def state_details(self) -> StateDetails:
+        """The reference's name for `details`."""
+        return self.details
+
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's result: its return value, or (for a failed, crashed or cancelled run) its
         exception, raised unless `raise_on_failure` is false (then the data the state carries,
-        e.g. the states a flow returned, or else the exception)."""
+        e.g. the states a flow returned, or else the exception).
+
+        Async code may also write `await state.result()`, as with the reference: when the
+        calling coroutine awaits the call, an awaitable of the same value comes back."""
+        value = self._result(raise_on_failure)
+        if _caller_awaits(sys._getframe(1)):
+            return _ready(value)
+        return value
+
+    def _result(self, raise_on_failure: bool) -> Any:
         from stateward._results import decode, exception_for, held_value
 
         if self.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
@@ -190,6 +228,29 @@ class State:
         if self.message:
             text += f", message={self.message!r}"
         return text + ")"
+
+
+_AWAITING_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _caller_awaits(frame: types.FrameType) -> bool:
+    """Whether the code in `frame` awaits the value of the call it is making now: its next
+    instruction is GET_AWAITABLE (only coroutines can await, so other code is not looked at)."""
+    return bool(frame.f_code.co_flags & _AWAITING_CODE) and _awaits_after(
+        frame.f_code, frame.f_lasti
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _awaits_after(code: types.CodeType, offset: int) -> bool:
+    for instruction in dis.get_instructions(code):  # `offset` may point into the call's caches
+        if instruction.offset > offset:
+            return instruction.opname == "GET_AWAITABLE"
+    return False
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 def carry_value(source: State, target: State) -> State:
@@ -276,9 +337,9 @@ def Failed(data: Any = None, *, name: str = "Failed", message: str = "") -> Stat
     return _with_value(State(StateType.FAILED, name, message), data)
 
 
-def Cancelled(*, message: str = "") -> State:
-    return State(StateType.CANCELLED, message=message)
+def Cancelled(data: Any = None, *, name: str = "Cancelled", message: str = "") -> State:
+    return _with_value(State(StateType.CANCELLED, name, message), data)
 
 
-def Crashed(*, message: str = "") -> State:
-    return State(StateType.CRASHED, message=message)
+def Crashed(data: Any = None, *, name: str = "Crashed", message: str = "") -> State:
+    return _with_value(State(StateType.CRASHED, name, message), data)

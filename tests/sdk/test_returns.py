@@ -10,6 +10,7 @@ import pytest
 from stateward import (
     Cancelled,
     Completed,
+    Crashed,
     Failed,
     FailedRun,
     Paused,
@@ -250,3 +251,80 @@ def test_a_task_returning_paused_keeps_its_timeout(client):
         caller()
     (task_run,) = task_runs_of(client, flow_run_of(client, "ret-task-paused").id)
     assert task_run.state.is_paused() and task_run.state.details.pause_timeout is not None
+
+
+# --- 11. states as users build them ------------------------------------------------------------
+
+
+def test_states_built_with_data_give_it_back_or_raise_it():
+    error = KeyError("gone")
+    with pytest.raises(KeyError, match="gone"):
+        Failed(data=error).result()
+    assert Failed(data=error).result(raise_on_failure=False) is error
+    with pytest.raises(RuntimeError, match="crash"):
+        Crashed(data=RuntimeError("crash")).result()
+    assert Cancelled(data=7).result(raise_on_failure=False) == 7
+    assert State(type=StateType.COMPLETED, data={"k": 1}).result() == {"k": 1}
+    assert State(type="COMPLETED", data=3).result() == 3
+
+
+def test_state_details_and_state_type_names():
+    state = Completed(message="ok")
+    assert state.state_details is state.details
+    assert StateType.COMPLETED == "COMPLETED"
+    assert state.type == "COMPLETED" and state.type != "FAILED"
+    assert StateType("FAILED") is StateType.FAILED
+    assert {StateType.COMPLETED: 1}[StateType.COMPLETED] == 1
+
+
+def test_result_can_be_awaited_in_async_code_as_well_as_called():
+    @task
+    async def three() -> int:
+        return 3
+
+    @flow
+    async def inside() -> tuple[int, int]:
+        state = await three(return_state=True)
+        return await state.result(), state.result()
+
+    async def outside() -> tuple[int, int, int]:
+        state = await inside(return_state=True)
+        awaited = await state.result()
+        called = Completed(data=5).result()
+        return *awaited, called
+
+    assert asyncio.run(outside()) == (3, 3, 5)
+
+
+def test_a_flow_returning_failed_with_an_exception_raises_it_sync_and_async(client):
+    @flow(name="ret-failed-data")
+    def fails_with():
+        return Failed(data=ValueError("mine"), message="failed on purpose")
+
+    @flow
+    async def fails_with_async():
+        return Failed(data=ValueError("mine too"))
+
+    with pytest.raises(ValueError, match="mine"):
+        fails_with()
+    run = flow_run_of(client, "ret-failed-data")
+    assert run.state.is_failed() and run.state.message == "failed on purpose"
+    with pytest.raises(ValueError, match="mine"):
+        run.state.result()  # stored: read back from the server
+    with pytest.raises(ValueError, match="mine too"):
+        asyncio.run(fails_with_async())
+
+
+def test_a_flow_returning_paused_raises_paused_run_sync_and_async():
+    @flow
+    def pause_now():
+        return Paused()
+
+    @flow
+    async def pause_now_async():
+        return Paused()
+
+    with pytest.raises(PausedRun):
+        pause_now()
+    with pytest.raises(PausedRun):
+        asyncio.run(pause_now_async())
