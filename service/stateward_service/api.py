@@ -146,11 +146,7 @@ class OrchestrationApi:
     def _list(
         self, kind: RunKind, where: RunFilter, size: int, token: str
     ) -> tuple[list[RunRecord], str]:
-        def query() -> tuple[list[RunRecord], str]:
-            with self.orchestrator.lock:
-                return self.orchestrator.store.list_runs(kind, where, size, token)
-
-        return _translating(query)
+        return _translating(lambda: self.orchestrator.list_runs(kind, where, size, token))
 
     # --- states ---------------------------------------------------------------------------------
 

@@ -74,18 +74,20 @@ class TransitionFilter:
 
 
 class _Entry:
-    """A published transition and, once a subscriber needed it, its encoding."""
+    """A published transition and, once a subscriber needed them, its encodings (one per
+    encoder: the gRPC stream's, the web view's)."""
 
-    __slots__ = ("_payload", "transition")
+    __slots__ = ("_payloads", "transition")
 
     def __init__(self, transition: Transition) -> None:
         self.transition = transition
-        self._payload: bytes | None = None
+        self._payloads: dict[Encoder, bytes] = {}
 
     def payload(self, encode: Encoder) -> bytes:
-        if self._payload is None:
-            self._payload = encode(self.transition)
-        return self._payload
+        payload = self._payloads.get(encode)
+        if payload is None:
+            payload = self._payloads[encode] = encode(self.transition)
+        return payload
 
 
 class _Subscription:
@@ -232,11 +234,13 @@ class TransitionBroadcaster:
         return newer
 
     async def subscribe(
-        self, where: TransitionFilter, after: int | None
+        self, where: TransitionFilter, after: int | None, encode: Encoder | None = None
     ) -> AsyncGenerator[tuple[int, bytes], None]:
-        """Yield (sequence, encoded WatchTransitionsResponse) of every matching transition after
-        `after` (or from now, when None), in order, until the subscriber stops or the server
-        closes (StreamClosed). Raises CursorExpired if it falls behind what the log keeps."""
+        """Yield (sequence, encoded transition) of every matching transition after `after` (or
+        from now, when None), in order, until the subscriber stops or the server closes
+        (StreamClosed). Each is encoded by `encode`, by default the broadcaster's own (a
+        WatchTransitionsResponse). Raises CursorExpired if it falls behind what the log keeps."""
+        encode = encode or self.encode
         me = _Subscription(where, self._last if after is None else after)
         self.subscribers += 1
         with self._lock:
@@ -248,7 +252,7 @@ class TransitionBroadcaster:
                 published = self._published
                 entries = self._after(me.cursor)
                 if entries is None:
-                    batch = await self._read_log(where, me.cursor)
+                    batch = await self._read_log(where, me.cursor, encode)
                     for item in batch.items:
                         yield item
                     me.cursor = batch.reached
@@ -265,21 +269,21 @@ class TransitionBroadcaster:
                         transition = entry.transition
                         me.cursor = transition.sequence
                         if where.matches(transition):
-                            yield me.cursor, entry.payload(self.encode)
+                            yield me.cursor, entry.payload(encode)
         finally:
             self.subscribers -= 1
             with self._lock:
                 self._subscriptions.discard(me)
 
-    async def _read_log(self, where: TransitionFilter, cursor: int) -> _LogBatch:
+    async def _read_log(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
         """The next matching transitions from the log, read and encoded off the event loop."""
         self.catching_up += 1
         try:
-            return await asyncio.to_thread(self._read_log_now, where, cursor)
+            return await asyncio.to_thread(self._read_log_now, where, cursor, encode)
         finally:
             self.catching_up -= 1
 
-    def _read_log_now(self, where: TransitionFilter, cursor: int) -> _LogBatch:
+    def _read_log_now(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
         rows, oldest, newest = self.reader.read(
             cursor,
             self.catch_up_batch,
@@ -289,7 +293,7 @@ class TransitionBroadcaster:
         )
         if oldest and cursor < oldest - 1:
             raise CursorExpired(cursor, oldest)
-        items = [(row.sequence, self.encode(row)) for row in rows]
+        items = [(row.sequence, encode(row)) for row in rows]
         if len(rows) == self.catch_up_batch:
             return _LogBatch(items, rows[-1].sequence)
         # Everything up to the snapshot's newest was read; non-matching rows are passed too.

@@ -39,7 +39,7 @@ from stateward_service.rules.engine import (
     decide,
 )
 from stateward_service.rules.policies import Policies
-from stateward_service.store import Store
+from stateward_service.store import RunFilter, Store
 
 _ONE_US = timedelta(microseconds=1)
 
@@ -187,6 +187,15 @@ class Orchestrator:
             if run is None:
                 raise RunNotFound(run_id, kind)
             return replace(run)
+
+    def list_runs(
+        self, kind: RunKind, where: RunFilter, page_size: int, page_token: str = ""
+    ) -> tuple[list[RunRecord], str]:
+        """A page of runs of one kind matching `where`, newest first, and the token of the next
+        page ("" after the last). Raises BadPageToken for a token this store did not make for
+        these filters. It holds the write lock while it reads: call it off the event loop."""
+        with self.lock:
+            return self.store.list_runs(kind, where, page_size, page_token)
 
     def list_states(self, run_id: str) -> list[State]:
         with self.lock:

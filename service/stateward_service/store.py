@@ -193,11 +193,22 @@ class RunFilter:
     state_types: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    # Runs created at or after `created_after` and before `created_before`.
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
     def fingerprint(self) -> str:
         """A short digest of the filters, carried by page tokens (whatever the filters' size)."""
         text = json.dumps(
-            [self.names, self.flow_run_ids, self.state_types, self.tags, self.ids],
+            [
+                self.names,
+                self.flow_run_ids,
+                self.state_types,
+                self.tags,
+                self.ids,
+                to_us(self.created_after),
+                to_us(self.created_before),
+            ],
             separators=(",", ":"),
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -390,6 +401,12 @@ class Store:
                 f"WHERE value IN ({', '.join('?' for _ in wanted)})) = ?"
             )
             params.extend((*wanted, len(wanted)))
+        if where.created_after is not None:
+            clauses.append("r.created >= ?")
+            params.append(to_us(where.created_after))
+        if where.created_before is not None:
+            clauses.append("r.created < ?")
+            params.append(to_us(where.created_before))
         sql = f"""SELECT r.rowid AS _rowid, r.*, {_prefixed_state_columns("s")}
                   FROM {_table(kind)} r LEFT JOIN states s ON s.id = r.state_id"""
         if clauses:
