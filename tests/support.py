@@ -21,6 +21,7 @@ from stateward.v1 import orchestration_pb2_grpc, runs_pb2, states_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
+_WEB_VIEW = re.compile(r"web view: (http://\S+:(\d+)/)")
 
 ST = states_pb2  # the StateType enum values live on the states module
 ACCEPT = pb.SET_STATE_STATUS_ACCEPT
@@ -39,11 +40,17 @@ class ServerProcess:
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         port: int = 0,
+        ui: bool = False,
     ) -> None:
         self.db = db
         self.args = list(args)
         self.env = env or {}
         self.requested_port = port
+        # The web view, on a free port when asked for (`ui_url` once started), else off.
+        self.ui = ui
+        self.requested_ui_port = 0
+        self.ui_url = ""
+        self.ui_port = 0
         self.log_path = db.with_suffix(".log")
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -57,7 +64,9 @@ class ServerProcess:
         env = {**os.environ, "STATEWARD_HOME": str(self.db.parent), **self.env}
         command = [
             sys.executable, "-m", "stateward", "server", "start",
-            "--port", str(self.requested_port), "--db", str(self.db), *self.args,
+            "--port", str(self.requested_port), "--db", str(self.db),
+            *(["--ui-port", str(self.requested_ui_port)] if self.ui else ["--no-ui"]),
+            *self.args,
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         offset = self.log_path.stat().st_size
@@ -84,7 +93,10 @@ class ServerProcess:
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
             found = _LISTENING.search(text)
-            if found:
+            web = _WEB_VIEW.search(text)
+            if found and (web or not self.ui):
+                if web:
+                    self.ui_url, self.ui_port = web.group(1), int(web.group(2))
                 return int(found.group(2))
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{text}")
@@ -131,6 +143,7 @@ class ServerProcess:
         if self.process is not None and not self._log.closed:
             self.stop()
         self.requested_port = self.port
+        self.requested_ui_port = self.ui_port
         return self.start()
 
 

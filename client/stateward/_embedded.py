@@ -143,6 +143,7 @@ class EmbeddedServer:
                 "tls_key": None,
                 "tls_client_ca": None,
                 "metrics_port": 0,
+                "ui": False,  # `stateward ui` serves the page for a home (see serve_ui)
             }
         )
         self.server = StatewardServer(server_settings)  # takes the database's lock, or raises

@@ -16,7 +16,7 @@ import socket
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,6 +38,9 @@ from stateward_service.rules.policies import Policies
 from stateward_service.servicer import SERVICE, OrchestrationServicer, add_to_server
 from stateward_service.settings import ServerSettings
 from stateward_service.store import LogReader, Store
+
+if TYPE_CHECKING:
+    from stateward_service.web import WebServer
 
 log = logging.getLogger("stateward.server")
 
@@ -112,6 +115,7 @@ class StatewardServer:
             self.orchestrator.subscribe(self.metrics.count_transitions)
         self.health = HealthService()
         self.port = 0
+        self.web: WebServer | None = None
         self._server: grpc.aio.Server | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -119,6 +123,13 @@ class StatewardServer:
     @property
     def address(self) -> str:
         return format_address(self.settings.host, self.port)
+
+    @property
+    def ui_url(self) -> str:
+        """Where the web view is served ("" when it is off)."""
+        if self.web is None:
+            return ""
+        return f"http://{format_address(self.settings.ui_host, self.web.port)}/"
 
     async def start(self) -> None:
         interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -136,6 +147,18 @@ class StatewardServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = _bind(server, self.settings)
+        if self.settings.ui:
+            # Imported only when served: the SDK's embedded server does without it.
+            from stateward_service.web import WebServer, create_app
+
+            app = create_app(
+                self.orchestrator,
+                self.broadcaster,
+                api_key=self.settings.api_key,
+                heartbeat_seconds=self.settings.ui_heartbeat_seconds,
+            )
+            listener = _listen_for_ui(self.settings.ui_host, self.settings.ui_port)
+            self.web = WebServer(app, listener, grace=self.settings.shutdown_grace_seconds)
         if self.metrics is not None:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         with self.orchestrator.lock, self.store.transaction():
@@ -144,6 +167,8 @@ class StatewardServer:
             log.warning("released %d concurrency slot(s) of runs no longer running", freed)
         await server.start()
         self._server = server
+        if self.web is not None:
+            await self.web.start()
         self.loops.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
@@ -160,6 +185,8 @@ class StatewardServer:
         try:
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.broadcaster.close()  # streams end with UNAVAILABLE and their cursor
+            if self.web is not None:
+                await self.web.stop()  # its event streams ended with the broadcaster
             if self._server is not None:
                 await self._server.stop(grace)
             await self.loops.stop()
@@ -238,6 +265,32 @@ def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
     return bound
 
 
+def _listen_for_ui(host: str, port: int) -> socket.socket:
+    """A listening socket for the web view, or PortUnavailable saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # A restarted server takes its port back while the old connections linger in TIME_WAIT (a
+    # port another process listens on stays refused).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+        listener.listen(128)
+    except OSError as error:
+        listener.close()
+        address = format_address(host, port)
+        why = (
+            "the port is already in use (another Stateward server?)"
+            if error.errno == errno.EADDRINUSE
+            else error.strerror
+        )
+        raise PortUnavailable(
+            f"cannot serve the web view on {address}: {why}. Choose another port with "
+            "--ui-port, or turn the web view off with --no-ui"
+        ) from None
+    listener.setblocking(False)
+    return listener
+
+
 def _why_unbindable(host: str, port: int, address: str) -> str:
     """A message saying why `address` cannot be listened on, found by trying it ourselves."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -277,6 +330,12 @@ def describe_security(settings: ServerSettings) -> list[str]:
         lines.append(
             f"  metrics: http://{format_address(settings.host, settings.metrics_port)}/metrics"
         )
+    ui_exposed = settings.ui and settings.ui_host not in ("127.0.0.1", "localhost", "::1")
+    if ui_exposed and not settings.api_key:
+        lines.append(
+            f"  WARNING: the web view listens on {settings.ui_host} without an API key: "
+            "anyone who can reach it can read and cancel every run. Set STATEWARD_API_KEY"
+        )
     return lines
 
 
@@ -291,6 +350,8 @@ async def serve(settings: ServerSettings) -> None:
     )
     for line in describe_security(settings):
         print(line, file=sys.stderr, flush=True)
+    if server.ui_url:
+        print(f"  web view: {server.ui_url}", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -183,6 +183,26 @@ class ServerSettings(BaseModel):
         ge=0,
         le=65535,
     )
+    # The web view: the runs page, its JSON API and its event stream. With an API key, the API
+    # needs it too.
+    ui: bool = _setting(True, help="Serve the web view of the runs.", env="STATEWARD_UI")
+    ui_host: str = _setting(
+        "127.0.0.1", help="Address the web view listens on.", env="STATEWARD_UI_HOST"
+    )
+    ui_port: int = _setting(
+        8471,
+        help="Port of the web view; 0 picks a free one.",
+        env="STATEWARD_UI_PORT",
+        ge=0,
+        le=65535,
+    )
+    ui_heartbeat_seconds: float = _setting(
+        15.0,
+        help="Seconds between heartbeats on an idle event stream of the web view (they keep "
+        "proxies from closing it).",
+        env="STATEWARD_UI_HEARTBEAT_SECONDS",
+        ge=0.1,
+    )
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod

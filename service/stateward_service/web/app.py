@@ -1,0 +1,275 @@
+"""The web view's Starlette application: the page, its assets, and the JSON API it reads.
+
+    GET  /                               the page (it loads without the key, then asks for it)
+    GET  /api/flow-runs                  flow runs, newest first: ?flow= &state= &tag= &id=
+                                         (each repeatable), ?since= &until= (ISO 8601 with a
+                                         zone: the runs created in [since, until)), ?page_size=
+                                         &page_token= (keyset pagination)
+    GET  /api/flow-runs/{id}             a flow run (with its stored result) and its history
+    GET  /api/task-runs                  task runs, newest first: ?flow_run_id= &task= &state=
+                                         &tag= &page_size= &page_token=
+    POST /api/flow-runs/{id}/cancel      propose Cancelling, as `stateward flow-run cancel` does
+    POST /api/flow-runs/{id}/resume      propose Running for a run that is Paused
+    POST /api/session                    (with the key) the cookie the event stream accepts
+    GET  /api/events                     the transitions, as Server-Sent Events (see `events`)
+
+Listings also give `sequence`: the newest transition they may not reflect, where the page's
+event stream starts. Reads and proposals run in worker threads (they take the orchestrator's
+lock and read SQLite), never on the event loop. Errors are JSON `{"error": message}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from stateward.runs import OrchestrationResult, RunKind
+from stateward.states import State, StateType
+from stateward.wire import StatusCode
+from stateward_service import validation as check
+from stateward_service.broadcaster import TransitionBroadcaster
+from stateward_service.errors import ServiceError, invalid
+from stateward_service.orchestrator import Orchestrator, RunNotFound
+from stateward_service.store import BadPageToken, RunFilter
+from stateward_service.web.auth import EVENTS_COOKIE, EVENTS_PATH, ApiKey, RequireApiKey
+from stateward_service.web.documents import Document, run_document, state_document
+from stateward_service.web.events import events_endpoint
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_PAGE_SIZE = 50
+_HTTP_STATUS = {
+    StatusCode.INVALID_ARGUMENT: 400,
+    StatusCode.UNAUTHENTICATED: 401,
+    StatusCode.NOT_FOUND: 404,
+    StatusCode.ALREADY_EXISTS: 409,
+    StatusCode.FAILED_PRECONDITION: 409,
+    StatusCode.RESOURCE_EXHAUSTED: 429,
+    StatusCode.UNAVAILABLE: 503,
+}
+# The page may only talk to this server: no other origin for scripts, styles, data or frames.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _answering(handler: Callable[[Request], Awaitable[Document]]) -> Endpoint:
+    """Run a handler, answering its document as JSON and its refusals as errors."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return JSONResponse(await handler(request))
+        except ServiceError as error:
+            return _error(_HTTP_STATUS.get(error.code, 400), error.message)
+        except RunNotFound as error:
+            return _error(404, str(error))
+        except BadPageToken as error:
+            return _error(400, f"page_token: {error}")
+
+    return endpoint
+
+
+# --- reading the query string -------------------------------------------------------------------
+
+
+def _many(request: Request, name: str) -> tuple[str, ...]:
+    """A repeatable parameter; empty values are skipped."""
+    return check.names([v for v in request.query_params.getlist(name) if v], name)
+
+
+def _state_types(request: Request) -> tuple[int, ...]:
+    types = []
+    for value in _many(request, "state"):
+        try:
+            types.append(int(StateType[value.upper()]))
+        except KeyError:
+            known = ", ".join(t.name for t in StateType)
+            raise invalid("state", f"{value!r} is not a state type; use one of {known}") from None
+    return tuple(types)
+
+
+def _time(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name, "")
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise invalid(name, f"{raw!r} is not an ISO 8601 time (2026-12-01T09:30:00Z)") from None
+    if moment.tzinfo is None:
+        raise invalid(name, f"{raw!r} has no time zone; add one (Z for UTC, or +01:00)")
+    return moment
+
+
+def _page_size(request: Request) -> int:
+    raw = request.query_params.get("page_size", "")
+    try:
+        size = int(raw) if raw else DEFAULT_PAGE_SIZE
+    except ValueError:
+        raise invalid("page_size", f"{raw!r} is not a number") from None
+    return check.page_size(size)
+
+
+def _run_id(request: Request) -> str:
+    return check.run_id(request.path_params["run_id"], "run id")
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+class WebApi:
+    """The handlers, over the orchestrator and the broadcaster."""
+
+    def __init__(self, orchestrator: Orchestrator, broadcaster: TransitionBroadcaster) -> None:
+        self.orchestrator = orchestrator
+        self.broadcaster = broadcaster
+
+    async def _page(self, request: Request, kind: RunKind, where: RunFilter, key: str) -> Document:
+        size = _page_size(request)
+        token = request.query_params.get("page_token", "")
+        sequence = self.broadcaster.last_sequence  # read first: a gap is impossible, a repeat
+        runs, next_token = await run_in_threadpool(  # harmless (the page applies it again)
+            self.orchestrator.list_runs, kind, where, size, token
+        )
+        return {
+            key: [run_document(run) for run in runs],
+            "next_page_token": next_token,
+            "sequence": sequence,
+        }
+
+    async def flow_runs(self, request: Request) -> Document:
+        where = RunFilter(
+            ids=check.run_ids(request.query_params.getlist("id"), "id"),
+            names=_many(request, "flow"),
+            state_types=_state_types(request),
+            tags=_many(request, "tag"),
+            created_after=_time(request, "since"),
+            created_before=_time(request, "until"),
+        )
+        return await self._page(request, RunKind.FLOW_RUN, where, "flow_runs")
+
+    async def task_runs(self, request: Request) -> Document:
+        flow_run_ids = request.query_params.getlist("flow_run_id")
+        where = RunFilter(
+            names=_many(request, "task"),
+            flow_run_ids=check.run_ids(flow_run_ids, "flow_run_id"),
+            state_types=_state_types(request),
+            tags=_many(request, "tag"),
+        )
+        return await self._page(request, RunKind.TASK_RUN, where, "task_runs")
+
+    async def flow_run(self, request: Request) -> Document:
+        run_id = _run_id(request)
+        sequence = self.broadcaster.last_sequence
+
+        def read() -> Document:
+            run = self.orchestrator.get_run(run_id, RunKind.FLOW_RUN)
+            states = self.orchestrator.list_states(run_id)
+            return {
+                "flow_run": run_document(run, with_result=True),
+                "states": [state_document(state) for state in states],
+                "sequence": sequence,
+            }
+
+        return await run_in_threadpool(read)
+
+    async def cancel(self, request: Request) -> Document:
+        """Propose Cancelling: the rules cancel at once a run no process owns; a running one
+        becomes Cancelling and its process stops it."""
+        run_id = _run_id(request)
+
+        def propose() -> OrchestrationResult:
+            self.orchestrator.get_run(run_id, RunKind.FLOW_RUN)  # a flow run, or 404
+            cancelling = State(StateType.CANCELLING, message="cancelled from the web view")
+            return self.orchestrator.set_state(run_id, cancelling)
+
+        return _outcome(await run_in_threadpool(propose))
+
+    async def resume(self, request: Request) -> Document:
+        """Propose Running for a Paused run: only if it is still in the pause the caller saw."""
+        run_id = _run_id(request)
+
+        def propose() -> OrchestrationResult:
+            run = self.orchestrator.get_run(run_id, RunKind.FLOW_RUN)
+            if run.state is None or run.state.type is not StateType.PAUSED:
+                shown = run.state.name if run.state else "without state"
+                raise ServiceError(
+                    StatusCode.FAILED_PRECONDITION, f"the run is not paused (it is {shown})"
+                )
+            running = State(StateType.RUNNING, message="resumed from the web view")
+            return self.orchestrator.set_state(run_id, running, expected_state_id=run.state.id)
+
+        return _outcome(await run_in_threadpool(propose))
+
+
+def _outcome(outcome: OrchestrationResult) -> Document:
+    return {
+        "status": outcome.status.name,
+        "state": state_document(outcome.state),
+        "reason": outcome.reason,
+    }
+
+
+def _session(key: ApiKey) -> Endpoint:
+    async def session(request: Request) -> Response:
+        """The middleware let the key through: set the event stream's cookie."""
+        response = Response(status_code=204)
+        if key.required:
+            response.set_cookie(
+                EVENTS_COOKIE,
+                key.cookie_value,
+                path=EVENTS_PATH,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
+        return response
+
+    return session
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+def create_app(
+    orchestrator: Orchestrator,
+    broadcaster: TransitionBroadcaster,
+    *,
+    api_key: str = "",
+    heartbeat_seconds: float = 15.0,
+) -> Starlette:
+    """The web view's application. With `api_key`, every /api/ call needs it."""
+    api = WebApi(orchestrator, broadcaster)
+    key = ApiKey(api_key)
+    routes: Sequence[Any] = [
+        Route("/", _index),
+        Route("/api/flow-runs", _answering(api.flow_runs)),
+        Route("/api/flow-runs/{run_id}", _answering(api.flow_run)),
+        Route("/api/flow-runs/{run_id}/cancel", _answering(api.cancel), methods=["POST"]),
+        Route("/api/flow-runs/{run_id}/resume", _answering(api.resume), methods=["POST"]),
+        Route("/api/task-runs", _answering(api.task_runs)),
+        Route("/api/session", _session(key), methods=["POST"]),
+        Route(EVENTS_PATH, events_endpoint(broadcaster, heartbeat_seconds)),
+        Mount("/static", StaticFiles(directory=STATIC)),
+    ]
+    return Starlette(routes=list(routes), middleware=[Middleware(RequireApiKey, key=key)])

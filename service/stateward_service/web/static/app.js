@@ -1,0 +1,698 @@
+// The Stateward web view: a list of flow runs and a page per run, kept live by one event
+// stream per tab. Plain JavaScript, no build step, no request to any other site.
+//
+// Consistency: every listing comes with `sequence`, the newest transition it may not reflect.
+// A view ignores the transitions up to its snapshot's sequence and applies the later ones, and
+// transitions that arrive while a snapshot loads wait for it. The stream resumes after the
+// last transition received (Last-Event-ID), so nothing is missed across reconnections.
+"use strict";
+
+const STATE_TYPES = [
+  "SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING",
+  "COMPLETED", "FAILED", "CANCELLED", "CRASHED",
+];
+const FINAL_TYPES = new Set(["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]);
+const PAGE_SIZE = 50;
+const KEY_STORAGE = "stateward-api-key";
+
+// --- small helpers ---------------------------------------------------------------------------
+
+function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") element.className = value;
+    else if (name === "dataset") Object.assign(element.dataset, value);
+    else if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else element.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+  return element;
+}
+
+// Replace an element's children (arrays flattened, null and false skipped, as in h()).
+function put(element, ...children) {
+  element.replaceChildren();
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+function showTime(iso) {
+  if (!iso) return h("span", { class: "muted" }, "—");
+  const moment = new Date(iso);
+  return h("time", { datetime: iso, title: iso }, timeFormat.format(moment));
+}
+
+function showDuration(seconds) {
+  if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "—";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+// A run's duration: from its start to its end, or to now while it has not ended.
+function runSeconds(run) {
+  if (!run.start_time) return null;
+  const end = run.end_time ? new Date(run.end_time) : new Date();
+  return Math.max(0, (end - new Date(run.start_time)) / 1000);
+}
+
+function badge(state) {
+  if (!state) return h("span", { class: "state state-NONE" }, "no state");
+  return h("span", { class: `state state-${state.type}`, title: state.type }, state.name);
+}
+
+function tags(list) {
+  return list.length ? list.map((tag) => h("span", { class: "tag" }, tag)) : h("span", { class: "muted" }, "—");
+}
+
+// --- the API ---------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
+let keyPrompt = null; // the pending "ask for the key" promise, shared by every caller
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+    cache: "no-store",
+  });
+  if (response.status === 401) {
+    await askForKey(apiKey ? "That key was refused." : "");
+    return api(path, options);
+  }
+  const body = response.status === 204 ? {} : await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(body.error || response.statusText, response.status);
+  return body;
+}
+
+// Ask for the key until one works; the server then sets the event stream's cookie.
+function askForKey(problem) {
+  if (keyPrompt) return keyPrompt;
+  keyPrompt = new Promise((resolve) => {
+    const dialog = document.getElementById("key-dialog");
+    const form = document.getElementById("key-form");
+    const input = document.getElementById("key-input");
+    const error = document.getElementById("key-error");
+    error.textContent = problem;
+    const submit = async (event) => {
+      event.preventDefault();
+      const key = input.value.trim();
+      const answer = await fetch("/api/session", {
+        method: "POST",
+        headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+        body: "{}",
+      });
+      if (answer.ok) {
+        apiKey = key;
+        sessionStorage.setItem(KEY_STORAGE, key);
+        form.removeEventListener("submit", submit);
+        dialog.close();
+        keyPrompt = null;
+        resolve();
+        stream.restart();
+      } else {
+        error.textContent = "That key was refused.";
+        input.select();
+      }
+    };
+    form.addEventListener("submit", submit);
+    dialog.addEventListener("cancel", (event) => event.preventDefault());
+    dialog.showModal();
+    input.focus();
+  });
+  return keyPrompt;
+}
+
+// --- the event stream ------------------------------------------------------------------------
+
+const stream = {
+  source: null,
+  last: null, // the sequence of the last transition received
+  retryTimer: null,
+  listeners: new Set(),
+
+  // Open once: the first snapshot gives the cursor; later views share the stream.
+  ensure(sequence) {
+    if (this.source || this.retryTimer) return;
+    if (this.last === null) this.last = sequence;
+    this.open();
+  },
+
+  open() {
+    this.retryTimer = null;
+    if (this.source) this.source.close();
+    const query = this.last === null ? "" : `?after=${this.last}`;
+    const source = new EventSource(`/api/events${query}`);
+    this.source = source;
+    source.addEventListener("hello", (event) => {
+      const hello = JSON.parse(event.data);
+      this.last = hello.sequence;
+      setLive("live", "live");
+      if (hello.reset) {
+        // The cursor could not be resumed (another database, or pruned): reload the view.
+        console.warn("stateward: event stream restarted:", hello.reset);
+        router.reload();
+      }
+    });
+    source.addEventListener("transition", (event) => {
+      const transition = JSON.parse(event.data);
+      if (this.last !== null && transition.sequence <= this.last) return; // already seen
+      this.last = transition.sequence;
+      for (const listener of this.listeners) listener(transition);
+    });
+    source.addEventListener("error", () => {
+      setLive("reconnecting", "reconnecting…");
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (an HTTP error, e.g. a proxy's): try again after a pause.
+        this.source = null;
+        this.retryTimer = setTimeout(() => this.open(), 2000);
+      }
+    });
+  },
+
+  restart() {
+    if (this.source || this.retryTimer) {
+      clearTimeout(this.retryTimer);
+      this.open();
+    }
+  },
+};
+
+function setLive(status, text) {
+  const live = document.getElementById("live");
+  live.dataset.status = status;
+  live.textContent = text;
+}
+
+// A view's consistency with the stream: transitions up to its snapshot are in the snapshot,
+// later ones are applied, and those arriving while a snapshot loads wait for it.
+class LiveView {
+  constructor() {
+    this.since = Infinity; // nothing applies before the first snapshot
+    this.loading = 0;
+    this.waiting = [];
+    this.onTransition = (transition) => this.receive(transition);
+    stream.listeners.add(this.onTransition);
+  }
+
+  receive(transition) {
+    if (this.loading) this.waiting.push(transition);
+    else if (transition.sequence > this.since) this.apply(transition);
+  }
+
+  async snapshot(load) {
+    this.loading += 1;
+    try {
+      const sequence = await load();
+      this.since = sequence;
+      stream.ensure(sequence);
+    } finally {
+      this.loading -= 1;
+    }
+    if (!this.loading) {
+      const waiting = this.waiting;
+      this.waiting = [];
+      for (const transition of waiting) this.receive(transition);
+    }
+  }
+
+  close() {
+    stream.listeners.delete(this.onTransition);
+  }
+}
+
+// --- the runs list ---------------------------------------------------------------------------
+
+function filtersFromHash(query) {
+  const params = new URLSearchParams(query);
+  return {
+    flow: params.get("flow") || "",
+    state: params.get("state") || "",
+    tag: params.get("tag") || "",
+    since: params.get("since") || "",
+    until: params.get("until") || "",
+  };
+}
+
+// The API's query string for the filters (`flow` and `tag` take several, comma-separated).
+function filterQuery(filters) {
+  const params = new URLSearchParams();
+  for (const name of ["flow", "tag"]) {
+    for (const value of filters[name].split(",")) if (value.trim()) params.append(name, value.trim());
+  }
+  if (filters.state) params.append("state", filters.state);
+  for (const name of ["since", "until"]) if (filters[name]) params.append(name, filters[name]);
+  return params;
+}
+
+// datetime-local inputs speak local time without a zone; the API wants UTC.
+function toUtc(local) {
+  return local ? new Date(local).toISOString() : "";
+}
+
+function toLocalInput(iso) {
+  if (!iso) return "";
+  const moment = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${moment.getFullYear()}-${pad(moment.getMonth() + 1)}-${pad(moment.getDate())}T${pad(moment.getHours())}:${pad(moment.getMinutes())}`;
+}
+
+class RunsList extends LiveView {
+  constructor(main, query) {
+    super();
+    this.main = main;
+    this.filters = filtersFromHash(query);
+    this.rows = new Map(); // run id -> {run, row}
+    this.nextToken = "";
+    this.refreshing = new Map(); // run id -> timer
+    this.flowNames = new Set();
+  }
+
+  async show() {
+    put(this.main, this.filterForm(), h("p", { class: "summary", id: "summary" }, "Loading…"),
+      this.table(), h("div", { class: "more" }, this.moreButton()));
+    await this.snapshot(async () => {
+      const page = await api(`/api/flow-runs?${this.query()}`);
+      this.rows.clear();
+      put(this.body);
+      this.addPage(page);
+      return page.sequence;
+    });
+  }
+
+  query(extra = {}) {
+    const params = filterQuery(this.filters);
+    params.set("page_size", String(PAGE_SIZE));
+    for (const [name, value] of Object.entries(extra)) params.append(name, value);
+    return params.toString();
+  }
+
+  filterForm() {
+    const f = this.filters;
+    const stateSelect = h("select", { id: "filter-state", name: "state" },
+      h("option", { value: "" }, "any state"),
+      STATE_TYPES.map((type) => h("option", { value: type, selected: f.state === type }, type.toLowerCase())));
+    this.flowList = h("datalist", { id: "flow-names" });
+    const form = h("form", { class: "filters", role: "search", "aria-label": "Filter the runs" },
+      h("label", { for: "filter-flow" }, "Flow",
+        h("input", { id: "filter-flow", name: "flow", value: f.flow, list: "flow-names", placeholder: "any flow", autocomplete: "off" })),
+      this.flowList,
+      h("label", { for: "filter-state" }, "State", stateSelect),
+      h("label", { for: "filter-tag" }, "Tag",
+        h("input", { id: "filter-tag", name: "tag", value: f.tag, placeholder: "any tag", autocomplete: "off" })),
+      h("label", { for: "filter-since" }, "Created from",
+        h("input", { id: "filter-since", name: "since", type: "datetime-local", value: toLocalInput(f.since) })),
+      h("label", { for: "filter-until" }, "Created before",
+        h("input", { id: "filter-until", name: "until", type: "datetime-local", value: toLocalInput(f.until) })),
+      h("div", { class: "buttons" },
+        h("button", { type: "submit", class: "primary" }, "Filter"),
+        h("button", { type: "button", onclick: () => { location.hash = "#/"; } }, "Clear")));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      const params = new URLSearchParams();
+      for (const name of ["flow", "state", "tag"]) if (data.get(name)) params.set(name, data.get(name));
+      for (const name of ["since", "until"]) if (data.get(name)) params.set(name, toUtc(data.get(name)));
+      location.hash = `#/?${params}`;
+    });
+    return form;
+  }
+
+  table() {
+    this.body = h("tbody", { id: "runs" });
+    return h("table", { class: "cards runs", "aria-describedby": "summary" },
+      h("thead", {}, h("tr", {},
+        ["State", "Name", "Flow", "Start", "Duration", "Tags"].map((title) => h("th", { scope: "col" }, title)))),
+      this.body);
+  }
+
+  moreButton() {
+    this.more = h("button", { type: "button", id: "more", hidden: true, onclick: () => this.loadMore() }, "Load more");
+    return this.more;
+  }
+
+  async loadMore() {
+    this.more.disabled = true;
+    try {
+      const page = await api(`/api/flow-runs?${this.query({ page_token: this.nextToken })}`);
+      this.addPage(page);
+    } finally {
+      this.more.disabled = false;
+    }
+  }
+
+  addPage(page) {
+    for (const run of page.flow_runs) {
+      if (!this.rows.has(run.id)) this.body.append(this.makeRow(run));
+    }
+    this.nextToken = page.next_page_token;
+    this.more.hidden = !this.nextToken;
+    this.updateSummary();
+  }
+
+  updateSummary() {
+    const count = this.rows.size;
+    const summary = document.getElementById("summary");
+    if (summary) {
+      summary.textContent = count === 0 ? "No flow runs match." :
+        `${count} flow run${count === 1 ? "" : "s"}${this.nextToken ? " shown, more below" : ""}, newest first.`;
+    }
+  }
+
+  makeRow(run) {
+    const row = h("tr", { dataset: { runId: run.id } });
+    this.fillRow(row, run);
+    this.rows.set(run.id, { run, row });
+    if (run.flow_name && !this.flowNames.has(run.flow_name)) {
+      this.flowNames.add(run.flow_name);
+      this.flowList.append(h("option", { value: run.flow_name }));
+    }
+    return row;
+  }
+
+  fillRow(row, run) {
+    row.dataset.state = run.state ? run.state.type : "";
+    put(row,
+      h("td", { "data-label": "State", class: "cell-state" }, badge(run.state)),
+      h("td", { "data-label": "Name" }, h("a", { href: `#/runs/${run.id}` }, run.name)),
+      h("td", { "data-label": "Flow" }, run.flow_name),
+      h("td", { "data-label": "Start" }, showTime(run.start_time)),
+      h("td", { "data-label": "Duration", class: "num duration" }, showDuration(runSeconds(run))),
+      h("td", { "data-label": "Tags" }, tags(run.tags)));
+  }
+
+  apply(transition) {
+    if (transition.run_kind !== "flow_run") return;
+    const known = this.rows.get(transition.run_id);
+    if (known) {
+      // Show the new state at once; the rest of the row (times, duration) follows.
+      known.run.state = transition.to_state;
+      known.row.dataset.state = transition.to_state.type;
+      put(known.row.querySelector(".cell-state"), badge(transition.to_state));
+    }
+    this.refreshRun(transition.run_id);
+  }
+
+  // Fetch one run with the list's filters: it is updated, added (a new run that matches) or
+  // removed (it no longer matches). A run older than the pages loaded is left for "Load more".
+  refreshRun(runId) {
+    clearTimeout(this.refreshing.get(runId));
+    this.refreshing.set(runId, setTimeout(async () => {
+      this.refreshing.delete(runId);
+      const page = await api(`/api/flow-runs?${this.query({ id: runId })}`).catch(() => null);
+      if (!page || this.closed) return;
+      const run = page.flow_runs[0];
+      const known = this.rows.get(runId);
+      if (!run) {
+        if (known) {
+          known.row.remove();
+          this.rows.delete(runId);
+          this.updateSummary();
+        }
+      } else if (known) {
+        known.run = run;
+        this.fillRow(known.row, run);
+      } else {
+        this.insert(run);
+      }
+    }, 50));
+  }
+
+  insert(run) {
+    // Newest first: before the first row created earlier than this one.
+    let before = null;
+    for (const { run: other, row } of this.rows.values()) {
+      if (other.created < run.created && (!before || other.created > before.run.created)) before = { run: other, row };
+    }
+    if (!before && this.nextToken) return; // older than everything loaded: on a later page
+    const row = this.makeRow(run);
+    row.classList.add("fresh");
+    if (before) this.body.insertBefore(row, before.row);
+    else this.body.append(row);
+    this.updateSummary();
+  }
+
+  tick() {
+    for (const { run, row } of this.rows.values()) {
+      if (run.start_time && !run.end_time) row.querySelector(".duration").textContent = showDuration(runSeconds(run));
+    }
+  }
+
+  close() {
+    super.close();
+    this.closed = true;
+    for (const timer of this.refreshing.values()) clearTimeout(timer);
+  }
+}
+
+// --- a run's page ----------------------------------------------------------------------------
+
+class RunDetail extends LiveView {
+  constructor(main, runId) {
+    super();
+    this.main = main;
+    this.runId = runId;
+    this.timer = null;
+  }
+
+  async show() {
+    await this.reload();
+  }
+
+  async reload() {
+    await this.snapshot(async () => {
+      const [detail, taskRuns] = await Promise.all([
+        api(`/api/flow-runs/${this.runId}`),
+        this.loadTaskRuns(),
+      ]);
+      if (!this.closed) this.render(detail, taskRuns.runs);
+      return Math.min(detail.sequence, taskRuns.sequence);
+    });
+  }
+
+  async loadTaskRuns() {
+    const runs = [];
+    let token = "";
+    let sequence = Infinity;
+    do {
+      const params = new URLSearchParams({ flow_run_id: this.runId, page_size: "1000" });
+      if (token) params.set("page_token", token);
+      const page = await api(`/api/task-runs?${params}`);
+      sequence = Math.min(sequence, page.sequence);
+      runs.push(...page.task_runs);
+      token = page.next_page_token;
+    } while (token && runs.length < 5000);
+    runs.reverse(); // oldest first
+    return { runs, sequence };
+  }
+
+  render(detail, taskRuns) {
+    const run = detail.flow_run;
+    this.run = run;
+    document.title = `${run.name} · Stateward`;
+    const type = run.state ? run.state.type : "";
+    const focused = document.activeElement && document.activeElement.id;
+    put(this.main,
+      h("p", { class: "crumbs" }, h("a", { href: "#/", id: "back" }, "← All flow runs")),
+      h("div", { class: "head" },
+        h("h1", { id: "run-name" }, run.name),
+        h("span", { id: "run-state" }, badge(run.state)),
+        h("div", { class: "actions" },
+          h("button", { type: "button", id: "resume", class: "primary", hidden: type !== "PAUSED", onclick: () => this.act("resume") }, "Resume"),
+          h("button", { type: "button", id: "cancel", class: "danger", disabled: FINAL_TYPES.has(type) || type === "CANCELLING", onclick: () => this.act("cancel") }, "Cancel run"))),
+      h("p", { id: "action-message", role: "status", class: "muted" }),
+      h("dl", { class: "facts" },
+        h("dt", {}, "Flow"), h("dd", {}, run.flow_name),
+        h("dt", {}, "Id"), h("dd", { class: "mono" }, run.id),
+        run.state && run.state.message ? [h("dt", {}, "Message"), h("dd", {}, run.state.message)] : null,
+        h("dt", {}, "Created"), h("dd", {}, showTime(run.created)),
+        h("dt", {}, "Started"), h("dd", {}, showTime(run.start_time)),
+        h("dt", {}, "Ended"), h("dd", {}, showTime(run.end_time)),
+        h("dt", {}, "Duration"), h("dd", { id: "run-duration" }, showDuration(runSeconds(run))),
+        h("dt", {}, "Run time"), h("dd", {}, showDuration(run.total_run_time)),
+        h("dt", {}, "Run count"), h("dd", {}, String(run.run_count)),
+        h("dt", {}, "Tags"), h("dd", {}, tags(run.tags)),
+        h("dt", {}, "Parameters"), h("dd", {}, h("pre", { class: "json" }, JSON.stringify(run.parameters, null, 2))),
+        run.parent_task_run_id ? [h("dt", {}, "Subflow of"), h("dd", { class: "mono" }, run.parent_task_run_id)] : null),
+      this.result(run.state),
+      h("h2", { id: "history-title" }, "State history"),
+      this.history(detail.states),
+      h("h2", { id: "tasks-title" }, `Task runs and subflows (${taskRuns.length})`),
+      taskRuns.length ? [this.gantt(run, taskRuns), this.taskTable(taskRuns)] : h("p", { class: "muted" }, "No task runs yet."));
+    if (focused) {
+      const again = document.getElementById(focused);
+      if (again) again.focus();
+    }
+  }
+
+  result(state) {
+    if (!state || !state.result) return null;
+    const result = state.result;
+    const body = result.kind === "json"
+      ? h("pre", { class: "json", id: "result" }, JSON.stringify(result.value, null, 2))
+      : h("p", { class: "notice", id: "result" },
+        `A pickled Python object (${result.bytes.toLocaleString()} bytes): only Python can read it, with the code that made it.`);
+    return [h("h2", {}, "Result"), body];
+  }
+
+  history(states) {
+    return h("ol", { class: "history", id: "history", "aria-labelledby": "history-title" },
+      states.map((state) => h("li", { dataset: { type: state.type } },
+        badge(state), h("span", { class: "when" }, showTime(state.timestamp)),
+        state.message ? h("span", { class: "message" }, state.message) : null)));
+  }
+
+  // When each task run ran, on one time axis: from the first start to the last end (or now).
+  gantt(run, taskRuns) {
+    const times = [];
+    for (const task of [run, ...taskRuns]) {
+      if (task.start_time) times.push(new Date(task.start_time).getTime());
+      if (task.end_time) times.push(new Date(task.end_time).getTime());
+    }
+    const now = Date.now();
+    const start = times.length ? Math.min(...times) : now;
+    const end = Math.max(run.end_time ? Math.max(...times) : now, start + 1);
+    const rows = taskRuns.slice(0, 200).map((task) => {
+      const bar = h("span", { class: `gantt-bar state-${task.state ? task.state.type : "NONE"}`, title: `${task.name}: ${task.state ? task.state.name : "no state"}` });
+      if (task.start_time) {
+        const from = new Date(task.start_time).getTime();
+        const to = task.end_time ? new Date(task.end_time).getTime() : now;
+        bar.style.left = `${((from - start) / (end - start)) * 100}%`;
+        bar.style.width = `${Math.max(((to - from) / (end - start)) * 100, 0.3)}%`;
+      } else {
+        bar.style.left = "0";
+        bar.style.width = "0.3%";
+      }
+      return h("div", { class: "gantt-row" },
+        h("span", { class: "gantt-label", title: task.name }, task.name),
+        h("span", { class: "gantt-track" }, bar));
+    });
+    return h("figure", { class: "gantt", id: "gantt", "aria-label": "When each task run ran" },
+      rows,
+      h("div", { class: "gantt-axis" },
+        h("span", {}, timeFormat.format(new Date(start))),
+        h("span", {}, showDuration((end - start) / 1000))));
+  }
+
+  taskTable(taskRuns) {
+    return h("table", { class: "cards", id: "task-runs", "aria-labelledby": "tasks-title" },
+      h("thead", {}, h("tr", {}, ["State", "Task run", "Task", "Start", "Duration", "Runs"].map((title) => h("th", { scope: "col" }, title)))),
+      h("tbody", {}, taskRuns.map((task) => h("tr", { dataset: { taskRunId: task.id, state: task.state ? task.state.type : "" } },
+        h("td", { "data-label": "State", class: "cell-state" }, badge(task.state)),
+        h("td", { "data-label": "Task run" }, task.child_flow_run_id
+          ? h("a", { href: `#/runs/${task.child_flow_run_id}` }, `${task.name} (subflow)`)
+          : task.name),
+        h("td", { "data-label": "Task" }, task.task_key),
+        h("td", { "data-label": "Start" }, showTime(task.start_time)),
+        h("td", { "data-label": "Duration", class: "num" }, showDuration(runSeconds(task))),
+        h("td", { "data-label": "Runs", class: "num" }, String(task.run_count))))));
+  }
+
+  apply(transition) {
+    if (transition.run_id !== this.runId && transition.flow_run_id !== this.runId) return;
+    if (transition.run_id === this.runId) {
+      // The run's own state, at once; the page follows with its times and history.
+      const holder = document.getElementById("run-state");
+      if (holder) put(holder, badge(transition.to_state));
+      const history = document.getElementById("history");
+      if (history) {
+        const state = transition.to_state;
+        history.append(h("li", { dataset: { type: state.type } }, badge(state),
+          h("span", { class: "when" }, showTime(state.timestamp)),
+          state.message ? h("span", { class: "message" }, state.message) : null));
+      }
+    } else {
+      const row = this.main.querySelector(`tr[data-task-run-id="${transition.run_id}"]`);
+      if (row) {
+        row.dataset.state = transition.to_state.type;
+        put(row.querySelector(".cell-state"), badge(transition.to_state));
+      }
+    }
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.reload().catch(showError), 100);
+  }
+
+  async act(action) {
+    const message = document.getElementById("action-message");
+    const button = document.getElementById(action);
+    button.disabled = true;
+    try {
+      const answer = await api(`/api/flow-runs/${this.runId}/${action}`, { method: "POST", body: {} });
+      message.textContent = answer.status === "ACCEPT"
+        ? `${action === "cancel" ? "Cancel" : "Resume"} requested: the run is ${answer.state.name}.`
+        : `Not done (${answer.status.toLowerCase()}): ${answer.reason}`;
+    } catch (error) {
+      message.textContent = `Not done: ${error.message}`;
+      button.disabled = false;
+    }
+  }
+
+  tick() {
+    const holder = document.getElementById("run-duration");
+    if (holder && this.run && this.run.start_time && !this.run.end_time) holder.textContent = showDuration(runSeconds(this.run));
+  }
+
+  close() {
+    super.close();
+    this.closed = true;
+    clearTimeout(this.timer);
+  }
+}
+
+// --- routing ---------------------------------------------------------------------------------
+
+function showError(error) {
+  const main = document.getElementById("main");
+  put(main, h("p", { class: "error", role: "alert" }, error.message),
+    h("p", {}, h("a", { href: "#/" }, "← All flow runs")));
+}
+
+const router = {
+  view: null,
+
+  async route() {
+    if (this.view) this.view.close();
+    const main = document.getElementById("main");
+    const hash = location.hash.replace(/^#/, "") || "/";
+    const [path, query] = hash.split("?");
+    const match = path.match(/^\/runs\/([0-9a-fA-F-]{36})$/);
+    document.title = "Stateward runs";
+    this.view = match ? new RunDetail(main, match[1]) : new RunsList(main, query || "");
+    try {
+      await this.view.show();
+    } catch (error) {
+      showError(error);
+    }
+  },
+
+  reload() {
+    this.route();
+  },
+};
+
+window.addEventListener("hashchange", () => router.route().then(() => document.getElementById("main").focus()));
+window.addEventListener("DOMContentLoaded", () => {
+  router.route();
+  setInterval(() => router.view && router.view.tick(), 1000);
+});

@@ -1,0 +1,238 @@
+"""The web view's JSON API over real HTTP, against a real server: listings with their filters
+and pagination, a run's page, the actions, and refusals."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+
+from stateward.v1 import orchestration_pb2 as pb
+from tests.support import ST, ServerProcess, new_flow_run, new_task_run, propose, state
+
+
+@pytest.fixture
+def http(web_server: ServerProcess) -> httpx.Client:
+    with httpx.Client(base_url=web_server.ui_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def grpc_stub(web_server: ServerProcess):  # type: ignore[no-untyped-def]
+    return web_server.stub()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_page_loads_with_its_assets_and_allows_no_other_site(http: httpx.Client) -> None:
+    page = http.get("/")
+    assert page.status_code == 200
+    assert "<title>Stateward runs</title>" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/app.css"):
+        assert http.get(asset).status_code == 200
+    assert "http" not in page.text.replace("http-equiv", "")  # no external reference
+
+
+def test_flow_runs_are_listed_newest_first_with_what_the_list_shows(http, grpc_stub) -> None:
+    flow = unique("listed")
+    first = new_flow_run(grpc_stub, flow_name=flow, tags=["a", "b"], name="first-run")
+    second = new_flow_run(grpc_stub, flow_name=flow, initial=ST.STATE_TYPE_PENDING)
+    propose(grpc_stub, second.id, ST.STATE_TYPE_RUNNING)
+    page = http.get("/api/flow-runs", params={"flow": flow}).json()
+    assert [run["id"] for run in page["flow_runs"]] == [second.id, first.id]
+    assert page["next_page_token"] == ""
+    assert page["sequence"] >= 3
+    newest, oldest = page["flow_runs"]
+    assert newest["state"]["type"] == "RUNNING" and newest["state"]["name"] == "Running"
+    assert newest["start_time"] and newest["end_time"] is None
+    assert newest["run_count"] == 1
+    assert oldest["name"] == "first-run" and oldest["flow_name"] == flow
+    assert oldest["tags"] == ["a", "b"] and oldest["state"]["type"] == "PENDING"
+    assert oldest["kind"] == "flow_run"
+    assert "result" not in oldest["state"]  # results only on a run's own page
+
+
+def test_filters_by_flow_state_type_tag_and_time(http, grpc_stub) -> None:
+    tag = unique("tag")
+    other = unique("other")
+    pending = new_flow_run(grpc_stub, flow_name="filtered", tags=[tag])
+    running = new_flow_run(grpc_stub, flow_name="filtered", tags=[tag, other])
+    propose(grpc_stub, running.id, ST.STATE_TYPE_RUNNING)
+    elsewhere = new_flow_run(grpc_stub, flow_name=unique("elsewhere"), tags=[tag])
+
+    def ids(**params: object) -> list[str]:
+        answer = http.get("/api/flow-runs", params={"tag": tag, **params})
+        assert answer.status_code == 200, answer.text
+        return [run["id"] for run in answer.json()["flow_runs"]]
+
+    assert ids() == [elsewhere.id, running.id, pending.id]
+    assert ids(flow="filtered") == [running.id, pending.id]
+    assert ids(state="running") == [running.id]
+    assert ids(state=["PENDING", "RUNNING"], flow="filtered") == [running.id, pending.id]
+    assert (
+        http.get("/api/flow-runs", params={"tag": [tag, other]}).json()["flow_runs"][0]["id"]
+        == running.id
+    )
+    assert ids(id=pending.id) == [pending.id]
+
+    created = {
+        run["id"]: datetime.fromisoformat(run["created"])
+        for run in http.get("/api/flow-runs", params={"tag": tag}).json()["flow_runs"]
+    }
+    since = created[running.id].isoformat()
+    assert ids(since=since) == [elsewhere.id, running.id]
+    assert ids(until=since) == [pending.id]
+    assert ids(since=since, until=created[elsewhere.id].isoformat()) == [running.id]
+    assert ids(since=(created[elsewhere.id] + timedelta(seconds=1)).isoformat()) == []
+
+
+def test_pagination_walks_every_run_once_even_as_new_runs_arrive(http, grpc_stub) -> None:
+    flow = unique("paged")
+    made = [new_flow_run(grpc_stub, flow_name=flow).id for _ in range(7)]
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        params = {"flow": flow, "page_size": 3, **({"page_token": token} if token else {})}
+        page = http.get("/api/flow-runs", params=params).json()
+        seen += [run["id"] for run in page["flow_runs"]]
+        pages += 1
+        if pages == 1:
+            new_flow_run(grpc_stub, flow_name=flow)  # keyset pages do not shift
+        token = page["next_page_token"]
+        if not token:
+            break
+    assert pages == 3
+    assert seen == list(reversed(made))
+
+
+def test_a_page_token_only_serves_the_filters_it_was_made_for(http, grpc_stub) -> None:
+    flow = unique("token")
+    for _ in range(3):
+        new_flow_run(grpc_stub, flow_name=flow)
+    token = http.get("/api/flow-runs", params={"flow": flow, "page_size": 1}).json()[
+        "next_page_token"
+    ]
+    answer = http.get("/api/flow-runs", params={"flow": "another", "page_token": token})
+    assert answer.status_code == 400
+    assert "other filters" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"state": "DONE"}, "not a state type"),
+        ({"since": "2026-01-01T10:00:00"}, "no time zone"),
+        ({"until": "yesterday"}, "not an ISO 8601 time"),
+        ({"page_size": "-1"}, "must not be negative"),
+        ({"page_size": "many"}, "not a number"),
+        ({"page_token": "garbage"}, "page token"),
+        ({"id": "not-a-uuid"}, "is not a UUID"),
+    ],
+)
+def test_bad_listing_input_is_refused_with_a_message(http, params, says) -> None:
+    answer = http.get("/api/flow-runs", params=params)
+    assert answer.status_code == 400
+    assert says in answer.json()["error"]
+
+
+def test_a_flow_run_page_has_its_history_and_json_result(http, grpc_stub) -> None:
+    run = new_flow_run(grpc_stub, flow_name=unique("detail"), parameters={"x": 1})
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    done = state(ST.STATE_TYPE_COMPLETED, message="all good", result_json='{"rows": [1, 2]}')
+    propose(grpc_stub, run.id, done)
+    detail = http.get(f"/api/flow-runs/{run.id}").json()
+    assert detail["flow_run"]["parameters"] == {"x": 1}
+    assert detail["flow_run"]["state"]["result"] == {"kind": "json", "value": {"rows": [1, 2]}}
+    assert [(s["type"], s["message"]) for s in detail["states"]] == [
+        ("PENDING", ""),
+        ("RUNNING", ""),
+        ("COMPLETED", "all good"),
+    ]
+    times = [s["timestamp"] for s in detail["states"]]
+    assert times == sorted(times)
+    assert detail["flow_run"]["end_time"] == times[-1]
+
+
+def test_a_pickled_result_is_named_not_shown(http, grpc_stub) -> None:
+    run = new_flow_run(grpc_stub, flow_name=unique("pickled"))
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    propose(grpc_stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_pickle=b"\x80\x04K\x01."))
+    result = http.get(f"/api/flow-runs/{run.id}").json()["flow_run"]["state"]["result"]
+    assert result == {"kind": "pickle", "bytes": 5}
+
+
+def test_unknown_and_malformed_run_ids(http) -> None:
+    missing = http.get(f"/api/flow-runs/{uuid.uuid4()}")
+    assert missing.status_code == 404
+    assert "no flow run has id" in missing.json()["error"]
+    assert http.get("/api/flow-runs/nope").status_code == 400
+
+
+def test_task_runs_of_a_flow_run(http, grpc_stub) -> None:
+    flow_run = new_flow_run(grpc_stub, flow_name=unique("tasks"))
+    first = new_task_run(grpc_stub, flow_run.id, task_key="extract")
+    second = new_task_run(grpc_stub, flow_run.id, task_key="load")
+    new_task_run(grpc_stub, "", task_key="elsewhere")
+    page = http.get("/api/task-runs", params={"flow_run_id": flow_run.id}).json()
+    assert [run["id"] for run in page["task_runs"]] == [second.id, first.id]
+    assert page["task_runs"][0]["task_key"] == "load"
+    assert page["task_runs"][0]["flow_run_id"] == flow_run.id
+    only = http.get("/api/task-runs", params={"flow_run_id": flow_run.id, "task": "extract"})
+    assert [run["id"] for run in only.json()["task_runs"]] == [first.id]
+
+
+def test_cancel_proposes_cancelling_through_the_rules(http, grpc_stub) -> None:
+    running = new_flow_run(grpc_stub, flow_name=unique("cancel"))
+    propose(grpc_stub, running.id, ST.STATE_TYPE_RUNNING)
+    answer = http.post(f"/api/flow-runs/{running.id}/cancel", json={}).json()
+    assert answer["status"] == "ACCEPT"
+    assert answer["state"]["type"] == "CANCELLING"
+    assert answer["state"]["message"] == "cancelled from the web view"
+    # A run no process owns is cancelled at once (the rules replace Cancelling).
+    scheduled = new_flow_run(grpc_stub, flow_name=unique("cancel"), initial=ST.STATE_TYPE_SCHEDULED)
+    answer = http.post(f"/api/flow-runs/{scheduled.id}/cancel", json={}).json()
+    assert answer["status"] == "REJECT" and answer["state"]["type"] == "CANCELLED"
+    # A finished run cannot be cancelled: the rules abort, nothing changes.
+    propose(grpc_stub, running.id, ST.STATE_TYPE_CANCELLED)
+    answer = http.post(f"/api/flow-runs/{running.id}/cancel", json={}).json()
+    assert answer["status"] == "ABORT" and answer["reason"]
+    latest = grpc_stub.GetFlowRun(pb.GetFlowRunRequest(id=running.id)).flow_run
+    assert latest.state.type == ST.STATE_TYPE_CANCELLED
+
+
+def test_resume_moves_a_paused_run_back_to_running_and_nothing_else(http, grpc_stub) -> None:
+    run = new_flow_run(grpc_stub, flow_name=unique("resume"))
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    refused = http.post(f"/api/flow-runs/{run.id}/resume", json={})
+    assert refused.status_code == 409
+    assert "not paused (it is Running)" in refused.json()["error"]
+    propose(grpc_stub, run.id, ST.STATE_TYPE_PAUSED)
+    answer = http.post(f"/api/flow-runs/{run.id}/resume", json={}).json()
+    assert answer["status"] == "ACCEPT" and answer["state"]["type"] == "RUNNING"
+    assert answer["state"]["message"] == "resumed from the web view"
+
+
+def test_changes_from_another_site_are_refused(http, grpc_stub) -> None:
+    run = new_flow_run(grpc_stub, flow_name=unique("csrf"))
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    for headers in ({"Origin": "http://elsewhere.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = http.post(f"/api/flow-runs/{run.id}/cancel", json={}, headers=headers)
+        assert answer.status_code == 403
+    latest = grpc_stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run
+    assert latest.state.type == ST.STATE_TYPE_RUNNING
+    own = http.post(
+        f"/api/flow-runs/{run.id}/cancel", json={}, headers={"Origin": str(http.base_url)[:-1]}
+    )
+    assert own.status_code == 200
+
+
+def test_cancel_of_an_unknown_or_task_run_is_not_found(http, grpc_stub) -> None:
+    assert http.post(f"/api/flow-runs/{uuid.uuid4()}/cancel", json={}).status_code == 404
+    task_run = new_task_run(grpc_stub, "")
+    assert http.post(f"/api/flow-runs/{task_run.id}/cancel", json={}).status_code == 404
