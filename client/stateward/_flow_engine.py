@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from stateward import wire
 from stateward._context import FlowRunContext, flow_run_context
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import (
@@ -25,8 +24,9 @@ from stateward._interrupt import (
 )
 from stateward._outcomes import jsonable, judged, run_name
 from stateward._signals import crash_on_signals, install_wake_handler
+from stateward.client import Created
 from stateward.flows import Flow
-from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy
+from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateType
 
 flow_run_log = logging.getLogger("stateward.flow_runs")
@@ -51,40 +51,39 @@ class FlowRunEngine(RunEngine):
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
         in its parent flow run is created in the same batch."""
         flow = self.flow
-        creates: list[tuple[str, Any]] = []
+        runs: list[FlowRun | TaskRun] = []
         parent_task_run_id = ""
         if self.parent is not None:
             parent_task_run_id = str(uuid.uuid4())
-            creates.append(
-                (
-                    "create_task_run",
-                    wire.create_task_run_request(
-                        flow.name,
-                        id=parent_task_run_id,
-                        flow_run_id=self.parent.flow_run.id,
-                        parameters=jsonable(self.parameters),
-                    ),
+            runs.append(
+                TaskRun(
+                    id=parent_task_run_id,
+                    name="",
+                    task_key=flow.name,
+                    flow_run_id=self.parent.flow_run.id,
+                    parameters=jsonable(self.parameters),
                 )
             )
-        create = wire.create_flow_run_request(
-            flow.name,
-            id=self.id,
-            name=run_name(flow.flow_run_name, self.parameters),
-            parameters=jsonable(self.parameters),
-            tags=flow.tags,
-            retry_policy=RetryPolicy(flow.retries, flow.retry_delays),
-            parent_task_run_id=parent_task_run_id,
-            state=State(StateType.PENDING),
+        runs.append(
+            FlowRun(
+                id=self.id,
+                name=run_name(flow.flow_run_name, self.parameters),
+                flow_name=flow.name,
+                parameters=jsonable(self.parameters),
+                tags=flow.tags,
+                retry_policy=RetryPolicy(flow.retries, flow.retry_delays),
+                parent_task_run_id=parent_task_run_id,
+                state=State(StateType.PENDING),
+            )
         )
-        creates.append(("create_flow_run", create))
-        return self.orchestration.create_and_start(creates, State(StateType.RUNNING), self._adopt)
+        return self.orchestration.create_and_start(runs, State(StateType.RUNNING), self._adopt)
 
-    def _adopt(self, created: list[Any]) -> None:
-        message = created[-1]
-        if isinstance(message, Exception):  # created by an attempt whose answer was lost
+    def _adopt(self, created: list[Created]) -> None:
+        run = created[-1]
+        if isinstance(run, FlowRun):
+            self.flow_run = run
+        else:  # created by an attempt whose answer was lost
             self.flow_run = self.client.get_flow_run(self.id)
-        else:
-            self.flow_run = wire.flow_run_from_proto(message.flow_run)
         self.orchestration.label = f"Flow run {self.flow_run.name!r} ({self.flow.name})"
         self.orchestration.observe_state(self.flow_run.state)
 

@@ -8,14 +8,18 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from stateward import wire
 from stateward._interrupt import sleep
 from stateward._supervisor import RunSupervisor
-from stateward.client import Client
-from stateward.exceptions import AlreadyExists, DeadlineExceeded, ServerUnavailable
-from stateward.runs import OrchestrationResult, SetStateStatus
+from stateward.client import Client, Created
+from stateward.exceptions import (
+    AlreadyExists,
+    DeadlineExceeded,
+    ServerUnavailable,
+    StatewardError,
+)
+from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
 from stateward.states import State, StateType
 
 _UNAVAILABLE_RETRIES = 3
@@ -68,34 +72,33 @@ class RunOrchestration:
 
     def create_and_start(
         self,
-        creates: list[tuple[str, Any]],
+        runs: list[FlowRun | TaskRun],
         running: State,
-        adopt: Callable[[list[Any]], None],
+        adopt: Callable[[list[Created]], None],
     ) -> OrchestrationResult:
-        """Create the run (and any run it needs first) and propose RUNNING in one batch: one
-        round trip and one commit. `adopt` gets the creates' responses (or, for a create an
-        earlier attempt already made, its AlreadyExists) before the answer to RUNNING is taken
-        in; that answer is returned (it may be WAIT: the caller waits and proposes again)."""
+        """Create the run (the last of `runs`, after any run it needs first) and propose
+        RUNNING in one batch: one round trip and one commit. `adopt` gets the runs as created
+        (or, for a create an earlier attempt already made, its AlreadyExists) before the answer
+        to RUNNING is taken in; that answer is returned (it may be WAIT: the caller waits and
+        proposes again)."""
         running = running.with_details(transition_id=str(uuid.uuid4()))
-        operations = [
-            *creates,
-            ("set_state", wire.set_state_request(self.run_id, running, lease_seconds=self.lease)),
-        ]
 
-        def send(attempt: int) -> list[Any]:
-            results = self.client.execute_batch(operations)
-            for result in results[: len(creates)]:
+        def send(
+            attempt: int,
+        ) -> tuple[list[Created], OrchestrationResult]:
+            started = self.client.create_and_start(runs, running, lease_seconds=self.lease)
+            for result in started.created:
                 if isinstance(result, AlreadyExists) and attempt:
                     continue  # the first attempt created it
-                if isinstance(result, Exception):
+                if isinstance(result, StatewardError):
                     raise result
-            if isinstance(results[-1], Exception):
-                raise results[-1]
-            return results
+            if isinstance(started.answer, StatewardError):
+                raise started.answer
+            return started.created, started.answer
 
-        results = self._retrying("creating and starting it", send)
-        adopt(results[:-1])
-        return self.observe(wire.orchestration_result_from_proto(results[-1]), running)
+        created, answer = self._retrying("creating and starting it", send)
+        adopt(created)
+        return self.observe(answer, running)
 
     def wait(self, decision: OrchestrationResult, stop: Callable[[], bool] = lambda: False) -> None:
         """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""

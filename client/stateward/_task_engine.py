@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from stateward import wire
 from stateward._context import TaskRunContext, flow_run_context, task_run_context
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import RunInterrupted, engine_code, waiting
@@ -27,6 +26,7 @@ from stateward._outcomes import (
     run_name,
 )
 from stateward._results import encode_exception
+from stateward.client import Created
 from stateward.exceptions import OrchestrationAborted
 from stateward.futures import StatewardFuture, StatewardFutureList
 from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
@@ -57,12 +57,13 @@ class TaskRunEngine(RunEngine):
 
     # --- the run record ---------------------------------------------------------------------------
 
-    def _create_request(self) -> Any:
+    def _new_run(self) -> TaskRun:
+        """The task run to create: Pending, named, with its parameters, tags and retry policy."""
         task = self.task
-        return wire.create_task_run_request(
-            task.task_key,
+        return TaskRun(
             id=self.id,
             name=run_name(task.task_run_name, self.parameters),
+            task_key=task.task_key,
             flow_run_id=self.parent.flow_run.id if self.parent else "",
             parameters=jsonable(self.parameters),
             tags=task.tags,
@@ -72,23 +73,25 @@ class TaskRunEngine(RunEngine):
 
     def create(self) -> None:
         """Create the run now, Pending (a submitted task: its future knows the run at once)."""
-        message = self.client._call("CreateTaskRun", self._create_request())
-        self._adopt([message])
+        new = self._new_run()
+        created = self.client.create_task_run(
+            new.task_key,
+            id=new.id,
+            name=new.name,
+            flow_run_id=new.flow_run_id,
+            parameters=new.parameters,
+            tags=new.tags,
+            retry_policy=new.retry_policy,
+            state=new.state,
+        )
+        self._adopt([created])
 
-    def _adopt(self, created: list[Any]) -> None:
-        message = created[-1]
-        if isinstance(message, Exception):  # created by an attempt whose answer was lost
+    def _adopt(self, created: list[Created]) -> None:
+        run = created[-1]
+        if isinstance(run, TaskRun):
+            self.task_run = run
+        else:  # created by an attempt whose answer was lost
             self.task_run = self.client.get_task_run(self.id)
-        else:
-            run = message.task_run  # only what the engine uses: its name, time and state
-            self.task_run = TaskRun(
-                id=run.id,
-                name=run.name,
-                task_key=run.task_key,
-                flow_run_id=run.flow_run_id,
-                state=wire.state_from_proto(run.state),
-                created=wire.optional_datetime(run, "create_time"),
-            )
         self.orchestration.label = f"Task run {self.task_run.name!r} ({self.task.name})"
         self.orchestration.observe_state(self.task_run.state)
 
@@ -135,7 +138,7 @@ class TaskRunEngine(RunEngine):
         if self.task_run is not None:
             return None
         return self.orchestration.create_and_start(
-            [("create_task_run", self._create_request())], self.running_proposal(), self._adopt
+            [self._new_run()], self.running_proposal(), self._adopt
         )
 
     def _wait_for_inputs(self) -> None:

@@ -1,9 +1,11 @@
-"""The typed clients: `Client` (blocking) and `AsyncClient` (asyncio), one method per operation.
+"""The typed clients: `Client` (blocking) and `AsyncClient` (asyncio), one method per operation,
+speaking the vocabulary (`stateward.states`, `stateward.runs`) in and out.
 
-Both build their requests and read their responses with the same functions; only the I/O
-differs. `watch()` follows the transitions stream and, when the server goes away (a restart,
-a shutdown) or ends a subscriber that fell behind, reconnects with the last sequence it
-delivered, so the caller sees every transition once and in order.
+Both make the same calls: a `_Call` names the method, carries the request and reads the
+response, built once by the functions below the clients; only the I/O differs. `watch()`
+follows the transitions stream and, when the server goes away (a restart, a shutdown) or ends a
+subscriber that fell behind, reconnects with the last sequence it delivered, so the caller sees
+every transition once and in order.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -24,6 +27,7 @@ from stateward._transport import (
     can_reconnect,
     translate,
 )
+from stateward.exceptions import RpcError, StatewardError
 from stateward.runs import (
     ConcurrencyLimit,
     FlowRun,
@@ -36,6 +40,20 @@ from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 
 DEFAULT_TIMEOUT = 30.0
+T = TypeVar("T")
+
+# A run `create_and_start` was asked to create: as stored, or the error its create was refused with.
+Created = FlowRun | TaskRun | StatewardError
+
+
+@dataclass(frozen=True)
+class Started:
+    """The answer to `create_and_start`: for each run to create, in order, the run as stored or
+    the error its create was refused with; then the answer to the proposed state, or the error
+    the proposal was refused with. (Each operation is refused alone; the others still apply.)"""
+
+    created: list[Created]
+    answer: OrchestrationResult | StatewardError
 
 
 class _Reconnection:
@@ -64,7 +82,9 @@ class Client:
 
     With no address, it reads STATEWARD_API_URL (and STATEWARD_API_KEY, STATEWARD_TLS_*).
     With `wait_for_ready`, a call waits for an unreachable server (a restart, say) until its
-    deadline instead of failing at once.
+    deadline instead of failing at once. Every method raises a `stateward.exceptions` error
+    when the server refuses the call (NotFound, InvalidArgument...) or cannot be reached
+    (ServerUnavailable).
     """
 
     def __init__(
@@ -90,22 +110,21 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any) -> Any:
-        return self.transport.call(method, request, self.timeout)
+    def _do(self, call: _Call[T]) -> T:
+        return call.read(self.transport.call(call.method, call.request, self.timeout))
 
-    def _pages(self, method: str, request: Any, field: str, limit: int | None) -> Iterator[Any]:
+    def _pages(self, listing: _Listing[T], limit: int | None) -> Iterator[T]:
         """The items of a listing, page after page, until `limit` or the last page."""
         count = 0
         while True:
-            page = self._call(method, request)
-            for item in getattr(page, field):
+            page = self.transport.call(listing.method, listing.request, self.timeout)
+            for item in listing.items(page):
                 if limit is not None and count >= limit:
                     return
                 count += 1
                 yield item
-            if not page.next_page_token:
+            if not listing.next_page(page):
                 return
-            request.page_token = page.next_page_token
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -121,22 +140,22 @@ class Client:
         parent_task_run_id: str = "",
         state: State | None = None,
     ) -> FlowRun:
-        request = wire.create_flow_run_request(
-            flow_name,
+        """Create a flow run (the server makes its id and name unless given); an initial
+        `state` is orchestrated like any proposal. Returns the run as stored."""
+        run = FlowRun(
             id=id,
             name=name,
-            parameters=parameters,
-            tags=tags,
-            retry_policy=retry_policy,
+            flow_name=flow_name,
+            parameters=dict(parameters or {}),
+            tags=tuple(tags),
+            retry_policy=retry_policy or RetryPolicy(),
             parent_task_run_id=parent_task_run_id,
             state=state,
         )
-        return wire.flow_run_from_proto(self._call("CreateFlowRun", request).flow_run)
+        return self._do(_create_flow_run(run))
 
     def get_flow_run(self, id: str) -> FlowRun:
-        return wire.flow_run_from_proto(
-            self._call("GetFlowRun", pb.GetFlowRunRequest(id=id)).flow_run
-        )
+        return self._do(_get_flow_run(id))
 
     def list_flow_runs(
         self,
@@ -149,9 +168,7 @@ class Client:
         page_size: int = 100,
     ) -> Iterator[FlowRun]:
         """Flow runs, newest first, following pages until `limit` runs or the last page."""
-        request = wire.list_flow_runs_request(flow_names, state_types, tags, ids, page_size)
-        for run in self._pages("ListFlowRuns", request, "flow_runs", limit):
-            yield wire.flow_run_from_proto(run)
+        return self._pages(_list_flow_runs(flow_names, state_types, tags, ids, page_size), limit)
 
     def create_task_run(
         self,
@@ -165,22 +182,22 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         state: State | None = None,
     ) -> TaskRun:
-        request = wire.create_task_run_request(
-            task_key,
+        """Create a task run (of `flow_run_id`, or standalone); an initial `state` is
+        orchestrated like any proposal. Returns the run as stored."""
+        run = TaskRun(
             id=id,
             name=name,
+            task_key=task_key,
             flow_run_id=flow_run_id,
-            parameters=parameters,
-            tags=tags,
-            retry_policy=retry_policy,
+            parameters=dict(parameters or {}),
+            tags=tuple(tags),
+            retry_policy=retry_policy or RetryPolicy(),
             state=state,
         )
-        return wire.task_run_from_proto(self._call("CreateTaskRun", request).task_run)
+        return self._do(_create_task_run(run))
 
     def get_task_run(self, id: str) -> TaskRun:
-        return wire.task_run_from_proto(
-            self._call("GetTaskRun", pb.GetTaskRunRequest(id=id)).task_run
-        )
+        return self._do(_get_task_run(id))
 
     def list_task_runs(
         self,
@@ -193,9 +210,18 @@ class Client:
         page_size: int = 100,
     ) -> Iterator[TaskRun]:
         """Task runs, newest first, following pages until `limit` runs or the last page."""
-        request = wire.list_task_runs_request(flow_run_ids, state_types, tags, task_keys, page_size)
-        for run in self._pages("ListTaskRuns", request, "task_runs", limit):
-            yield wire.task_run_from_proto(run)
+        listing = _list_task_runs(flow_run_ids, state_types, tags, task_keys, page_size)
+        return self._pages(listing, limit)
+
+    def create_and_start(
+        self, runs: Sequence[FlowRun | TaskRun], state: State, *, lease_seconds: float = 0.0
+    ) -> Started:
+        """Create `runs` in order, then propose `state` for the last of them: one call, one
+        transaction. A run to create is given as the record a create takes (id, name, its flow
+        name or task key, flow_run_id, parameters, tags, retry_policy, parent_task_run_id, and
+        its initial state). The answer holds each operation's outcome or refusal (see
+        `Started`); with `lease_seconds`, as in `set_state`."""
+        return self._do(_create_and_start(runs, state, lease_seconds))
 
     # --- states ---------------------------------------------------------------------------------
 
@@ -211,18 +237,15 @@ class Client:
         """Propose a state for a run; the answer says whether it was accepted. With
         `lease_seconds`, a RUNNING or CANCELLING state written starts a heartbeat lease that
         `renew_leases` must keep extending, or the server crashes the run."""
-        request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
-        return wire.orchestration_result_from_proto(self._call("SetState", request))
+        return self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
 
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
-        response = self._call("RenewLeases", wire.renew_leases_request(run_ids, lease_seconds))
-        return list(response.renewed_run_ids)
+        return self._do(_renew_leases(run_ids, lease_seconds))
 
     def list_states(self, run_id: str) -> list[State]:
         """A run's state history, oldest first."""
-        response = self._call("ListStates", pb.ListStatesRequest(run_id=run_id))
-        return [wire.state_from_proto(state) for state in response.states]
+        return self._do(_list_states(run_id))
 
     def watch(
         self,
@@ -260,34 +283,24 @@ class Client:
                 stream.cancel()
             time.sleep(resume.next_delay())
 
-    def execute_batch(self, operations: Sequence[tuple[str, Any]]) -> list[Any]:
-        """Run operations in one call and one transaction, in order. Each is (kind, request
-        message) with kind one of "create_flow_run", "create_task_run", "set_state",
-        "renew_leases"; each result is the response message, or the StatewardError the
-        operation was refused with (the others are unaffected)."""
-        response = self._call("ExecuteBatch", wire.batch_request(operations))
-        return [wire.batch_operation_result(result) for result in response.results]
-
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def create_concurrency_limit(self, tag: str, limit: int) -> ConcurrencyLimit:
-        response = self._call("CreateConcurrencyLimit", wire.create_limit_request(tag, limit))
-        return wire.limit_from_proto(response.concurrency_limit)
+        return self._do(_create_concurrency_limit(tag, limit))
 
     def get_concurrency_limit(self, tag: str) -> ConcurrencyLimit:
-        response = self._call("GetConcurrencyLimit", pb.GetConcurrencyLimitRequest(tag=tag))
-        return wire.limit_from_proto(response.concurrency_limit)
+        return self._do(_get_concurrency_limit(tag))
 
     def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
-        response = self._call("ListConcurrencyLimits", pb.ListConcurrencyLimitsRequest())
-        return [wire.limit_from_proto(limit) for limit in response.concurrency_limits]
+        return self._do(_list_concurrency_limits())
 
     def delete_concurrency_limit(self, tag: str) -> None:
-        self._call("DeleteConcurrencyLimit", pb.DeleteConcurrencyLimitRequest(tag=tag))
+        self._do(_delete_concurrency_limit(tag))
 
 
 class AsyncClient:
-    """The asyncio twin of `Client`: the same methods, awaitable."""
+    """The asyncio twin of `Client`: the same methods, awaitable (listings and `watch` are
+    async iterators)."""
 
     def __init__(
         self,
@@ -312,8 +325,22 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: str, request: Any) -> Any:
-        return await self.transport.call(method, request, self.timeout)
+    async def _do(self, call: _Call[T]) -> T:
+        return call.read(await self.transport.call(call.method, call.request, self.timeout))
+
+    async def _pages(self, listing: _Listing[T], limit: int | None) -> AsyncIterator[T]:
+        count = 0
+        while True:
+            page = await self.transport.call(listing.method, listing.request, self.timeout)
+            for item in listing.items(page):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield item
+            if not listing.next_page(page):
+                return
+
+    # --- runs -----------------------------------------------------------------------------------
 
     async def create_flow_run(
         self,
@@ -327,21 +354,32 @@ class AsyncClient:
         parent_task_run_id: str = "",
         state: State | None = None,
     ) -> FlowRun:
-        request = wire.create_flow_run_request(
-            flow_name,
+        run = FlowRun(
             id=id,
             name=name,
-            parameters=parameters,
-            tags=tags,
-            retry_policy=retry_policy,
+            flow_name=flow_name,
+            parameters=dict(parameters or {}),
+            tags=tuple(tags),
+            retry_policy=retry_policy or RetryPolicy(),
             parent_task_run_id=parent_task_run_id,
             state=state,
         )
-        return wire.flow_run_from_proto((await self._call("CreateFlowRun", request)).flow_run)
+        return await self._do(_create_flow_run(run))
 
     async def get_flow_run(self, id: str) -> FlowRun:
-        response = await self._call("GetFlowRun", pb.GetFlowRunRequest(id=id))
-        return wire.flow_run_from_proto(response.flow_run)
+        return await self._do(_get_flow_run(id))
+
+    def list_flow_runs(
+        self,
+        *,
+        flow_names: Iterable[str] = (),
+        state_types: Iterable[StateType] = (),
+        tags: Iterable[str] = (),
+        ids: Iterable[str] = (),
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[FlowRun]:
+        return self._pages(_list_flow_runs(flow_names, state_types, tags, ids, page_size), limit)
 
     async def create_task_run(
         self,
@@ -355,21 +393,40 @@ class AsyncClient:
         retry_policy: RetryPolicy | None = None,
         state: State | None = None,
     ) -> TaskRun:
-        request = wire.create_task_run_request(
-            task_key,
+        run = TaskRun(
             id=id,
             name=name,
+            task_key=task_key,
             flow_run_id=flow_run_id,
-            parameters=parameters,
-            tags=tags,
-            retry_policy=retry_policy,
+            parameters=dict(parameters or {}),
+            tags=tuple(tags),
+            retry_policy=retry_policy or RetryPolicy(),
             state=state,
         )
-        return wire.task_run_from_proto((await self._call("CreateTaskRun", request)).task_run)
+        return await self._do(_create_task_run(run))
 
     async def get_task_run(self, id: str) -> TaskRun:
-        response = await self._call("GetTaskRun", pb.GetTaskRunRequest(id=id))
-        return wire.task_run_from_proto(response.task_run)
+        return await self._do(_get_task_run(id))
+
+    def list_task_runs(
+        self,
+        *,
+        flow_run_ids: Iterable[str] = (),
+        state_types: Iterable[StateType] = (),
+        tags: Iterable[str] = (),
+        task_keys: Iterable[str] = (),
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[TaskRun]:
+        listing = _list_task_runs(flow_run_ids, state_types, tags, task_keys, page_size)
+        return self._pages(listing, limit)
+
+    async def create_and_start(
+        self, runs: Sequence[FlowRun | TaskRun], state: State, *, lease_seconds: float = 0.0
+    ) -> Started:
+        return await self._do(_create_and_start(runs, state, lease_seconds))
+
+    # --- states ---------------------------------------------------------------------------------
 
     async def set_state(
         self,
@@ -380,18 +437,13 @@ class AsyncClient:
         expected_state_id: str | None = None,
         lease_seconds: float = 0.0,
     ) -> OrchestrationResult:
-        request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
-        return wire.orchestration_result_from_proto(await self._call("SetState", request))
+        return await self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
 
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
-        response = await self._call(
-            "RenewLeases", wire.renew_leases_request(run_ids, lease_seconds)
-        )
-        return list(response.renewed_run_ids)
+        return await self._do(_renew_leases(run_ids, lease_seconds))
 
     async def list_states(self, run_id: str) -> list[State]:
-        response = await self._call("ListStates", pb.ListStatesRequest(run_id=run_id))
-        return [wire.state_from_proto(state) for state in response.states]
+        return await self._do(_list_states(run_id))
 
     async def watch(
         self,
@@ -422,3 +474,221 @@ class AsyncClient:
             finally:
                 stream.cancel()
             await asyncio.sleep(resume.next_delay())
+
+    # --- tag concurrency limits -----------------------------------------------------------------
+
+    async def create_concurrency_limit(self, tag: str, limit: int) -> ConcurrencyLimit:
+        return await self._do(_create_concurrency_limit(tag, limit))
+
+    async def get_concurrency_limit(self, tag: str) -> ConcurrencyLimit:
+        return await self._do(_get_concurrency_limit(tag))
+
+    async def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
+        return await self._do(_list_concurrency_limits())
+
+    async def delete_concurrency_limit(self, tag: str) -> None:
+        await self._do(_delete_concurrency_limit(tag))
+
+
+# --- the calls both clients make: method, request, and how to read the response -------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[T]):
+    method: str
+    request: Any
+    read: Callable[[Any], T]
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing(Generic[T]):
+    """A paged listing: the request (its page token moved on by `next_page`) and its items."""
+
+    method: str
+    request: Any
+    field: str
+    read: Callable[[Any], T]
+
+    def items(self, page: Any) -> list[T]:
+        return [self.read(item) for item in getattr(page, self.field)]
+
+    def next_page(self, page: Any) -> bool:
+        """Point the request at the page after `page`; False after the last page."""
+        if not page.next_page_token:
+            return False
+        self.request.page_token = page.next_page_token
+        return True
+
+
+def _flow_run_request(run: FlowRun) -> pb.CreateFlowRunRequest:
+    return wire.create_flow_run_request(
+        run.flow_name,
+        id=run.id,
+        name=run.name,
+        parameters=run.parameters,
+        tags=run.tags,
+        retry_policy=run.retry_policy,
+        parent_task_run_id=run.parent_task_run_id,
+        state=run.state,
+    )
+
+
+def _task_run_request(run: TaskRun) -> pb.CreateTaskRunRequest:
+    return wire.create_task_run_request(
+        run.task_key,
+        id=run.id,
+        name=run.name,
+        flow_run_id=run.flow_run_id,
+        parameters=run.parameters,
+        tags=run.tags,
+        retry_policy=run.retry_policy,
+        state=run.state,
+    )
+
+
+def _create_flow_run(run: FlowRun) -> _Call[FlowRun]:
+    return _Call(
+        "CreateFlowRun",
+        _flow_run_request(run),
+        lambda response: wire.flow_run_from_proto(response.flow_run),
+    )
+
+
+def _create_task_run(run: TaskRun) -> _Call[TaskRun]:
+    return _Call(
+        "CreateTaskRun",
+        _task_run_request(run),
+        lambda response: wire.task_run_from_proto(response.task_run),
+    )
+
+
+def _get_flow_run(id: str) -> _Call[FlowRun]:
+    return _Call(
+        "GetFlowRun",
+        pb.GetFlowRunRequest(id=id),
+        lambda response: wire.flow_run_from_proto(response.flow_run),
+    )
+
+
+def _get_task_run(id: str) -> _Call[TaskRun]:
+    return _Call(
+        "GetTaskRun",
+        pb.GetTaskRunRequest(id=id),
+        lambda response: wire.task_run_from_proto(response.task_run),
+    )
+
+
+def _list_flow_runs(
+    flow_names: Iterable[str],
+    state_types: Iterable[StateType],
+    tags: Iterable[str],
+    ids: Iterable[str],
+    page_size: int,
+) -> _Listing[FlowRun]:
+    request = wire.list_flow_runs_request(flow_names, state_types, tags, ids, page_size)
+    return _Listing("ListFlowRuns", request, "flow_runs", wire.flow_run_from_proto)
+
+
+def _list_task_runs(
+    flow_run_ids: Iterable[str],
+    state_types: Iterable[StateType],
+    tags: Iterable[str],
+    task_keys: Iterable[str],
+    page_size: int,
+) -> _Listing[TaskRun]:
+    request = wire.list_task_runs_request(flow_run_ids, state_types, tags, task_keys, page_size)
+    return _Listing("ListTaskRuns", request, "task_runs", wire.task_run_from_proto)
+
+
+def _set_state(
+    run_id: str,
+    state: State,
+    force: bool,
+    expected_state_id: str | None,
+    lease_seconds: float,
+) -> _Call[OrchestrationResult]:
+    request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
+    return _Call("SetState", request, wire.orchestration_result_from_proto)
+
+
+def _renew_leases(run_ids: Iterable[str], lease_seconds: float) -> _Call[list[str]]:
+    return _Call(
+        "RenewLeases",
+        wire.renew_leases_request(run_ids, lease_seconds),
+        lambda response: list(response.renewed_run_ids),
+    )
+
+
+def _list_states(run_id: str) -> _Call[list[State]]:
+    return _Call(
+        "ListStates",
+        pb.ListStatesRequest(run_id=run_id),
+        lambda response: [wire.state_from_proto(state) for state in response.states],
+    )
+
+
+def _create_and_start(
+    runs: Sequence[FlowRun | TaskRun], state: State, lease_seconds: float
+) -> _Call[Started]:
+    if not runs:
+        raise ValueError("create_and_start needs at least one run to create")
+    operations: list[tuple[str, Any]] = [
+        ("create_flow_run", _flow_run_request(run))
+        if isinstance(run, FlowRun)
+        else ("create_task_run", _task_run_request(run))
+        for run in runs
+    ]
+    proposal = wire.set_state_request(runs[-1].id, state, lease_seconds=lease_seconds)
+    operations.append(("set_state", proposal))
+    return _Call("ExecuteBatch", wire.batch_request(operations), _started)
+
+
+def _started(response: pb.ExecuteBatchResponse) -> Started:
+    """The answer to a create-and-start batch, in the vocabulary."""
+    *creates, proposal = [wire.batch_operation_result(result) for result in response.results]
+    created: list[Created] = []
+    for result in creates:
+        if isinstance(result, StatewardError):
+            created.append(result)
+        elif isinstance(result, pb.CreateFlowRunResponse):
+            created.append(wire.flow_run_from_proto(result.flow_run))
+        elif isinstance(result, pb.CreateTaskRunResponse):
+            created.append(wire.task_run_from_proto(result.task_run))
+        else:
+            created.append(RpcError(f"the server answered a create with {type(result).__name__}"))
+    answer: OrchestrationResult | StatewardError
+    if isinstance(proposal, StatewardError):
+        answer = proposal
+    else:
+        answer = wire.orchestration_result_from_proto(proposal)
+    return Started(created, answer)
+
+
+def _create_concurrency_limit(tag: str, limit: int) -> _Call[ConcurrencyLimit]:
+    return _Call(
+        "CreateConcurrencyLimit",
+        wire.create_limit_request(tag, limit),
+        lambda response: wire.limit_from_proto(response.concurrency_limit),
+    )
+
+
+def _get_concurrency_limit(tag: str) -> _Call[ConcurrencyLimit]:
+    return _Call(
+        "GetConcurrencyLimit",
+        pb.GetConcurrencyLimitRequest(tag=tag),
+        lambda response: wire.limit_from_proto(response.concurrency_limit),
+    )
+
+
+def _list_concurrency_limits() -> _Call[list[ConcurrencyLimit]]:
+    return _Call(
+        "ListConcurrencyLimits",
+        pb.ListConcurrencyLimitsRequest(),
+        lambda response: [wire.limit_from_proto(limit) for limit in response.concurrency_limits],
+    )
+
+
+def _delete_concurrency_limit(tag: str) -> _Call[None]:
+    return _Call(
+        "DeleteConcurrencyLimit", pb.DeleteConcurrencyLimitRequest(tag=tag), lambda _: None
+    )
