@@ -19,11 +19,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from stateward import settings
-from stateward._transport import Connection, GrpcTransport, TransitionStream
+from stateward._transport import Connection, GrpcTransport, TransitionStream, server_answers
 from stateward.client import Client
 from stateward.exceptions import ServerUnavailable
 from stateward.wire import error_for_status
@@ -80,24 +77,13 @@ def _share(home: Path) -> Client:
             f"the database in {home} is in use by another process, which did not say where its "
             "server listens; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
         ) from None
-    if not _answers(address):
+    if not server_answers(address):
         raise ServerUnavailable(
             f"the database in {home} is in use by process {pid}, but its server at {address} "
             "does not answer; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
         )
     log.info("sharing the Stateward server of process %s at %s", pid, address)
     return Client(address, wait_for_ready=True, timeout=settings.request_timeout())
-
-
-def _answers(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
-        except grpc.RpcError:
-            return False
-    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class InProcessTransport:

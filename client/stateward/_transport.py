@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward import settings
 from stateward.exceptions import ServerUnavailable, StatewardError
@@ -110,6 +111,19 @@ def can_reconnect(error: grpc.RpcError) -> bool:
     restarting, or it ended a subscriber that fell behind."""
     code = error.code()
     return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def server_answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether a server listening in plain text at `address` says it is SERVING (the standard
+    health check), within `timeout` seconds."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class Transport(Protocol):
