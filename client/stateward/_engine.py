@@ -85,7 +85,8 @@ class RunEngine:
 
     @property
     def timeout(self) -> float | None:
-        return self.subject.timeout_seconds
+        """The run's `timeout_seconds`; 0 or None: no timeout."""
+        return self.subject.timeout_seconds or None
 
     # --- cancellation -----------------------------------------------------------------------------
 

@@ -110,8 +110,10 @@ def _carrying(state: State, value: Any, what: str, log: logging.Logger) -> State
     return state
 
 
-def failed(error: BaseException, name: str = "Failed") -> State:
-    message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+def failed(error: BaseException, name: str = "Failed", message: str = "") -> State:
+    """A Failed state (named `name`) carrying `error`; the message names it unless given."""
+    if not message:
+        message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return State(StateType.FAILED, name=name, message=message, data=encode_exception(error))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
 from stateward._outcomes import failed
+from stateward.exceptions import TimedOutRun
 from stateward.states import State, StateType
 
 
@@ -87,15 +88,16 @@ def classify(
         return Ending(State(StateType.CANCELLED, message=message), passed_on=error)
     if isinstance(error, RunTimedOut) or (isinstance(error, TimeoutError) and flags.timed_out):
         limit = f" of {timeout:g}s" if timeout is not None else ""
-        return Ending(
-            State(StateType.FAILED, name="TimedOut", message=f"{label} exceeded its timeout{limit}")
-        )
+        timed_out = TimedOutRun(f"{label} exceeded its timeout{limit}")
+        return Ending(failed(timed_out, name="TimedOut", message=str(timed_out)))
     # RunCancelled only comes from a cancel (of this run, or of the flow run around it);
     # an asyncio cancellation is one only if a cancel was asked for.
     if isinstance(error, RunCancelled) or (
         isinstance(error, asyncio.CancelledError) and flags.cancel_state is not None
     ):
         return Ending(State(StateType.CANCELLED, message="cancelled while it ran"))
+    if isinstance(error, TimeoutError):  # the code's own: a timeout all the same
+        return Ending(failed(error, name="TimedOut"), failure=error)
     if isinstance(error, Exception):
         return Ending(failed(error), failure=error)
     raise error  # KeyboardInterrupt, SystemExit, termination: the caller crashes the run

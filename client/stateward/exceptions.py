@@ -5,6 +5,7 @@ StatewardError
 │   ├── FailedRun            its code failed and no exception was stored
 │   ├── CrashedRun           something outside its code ended it
 │   ├── CancelledRun         somebody cancelled it
+│   ├── TimedOutRun          it exceeded its timeout_seconds (also a built-in TimeoutError)
 │   └── PausedRun            it paused (a flow that returned Paused())
 ├── OrchestrationAborted     the server answered ABORT: the run must stop here
 ├── ResultTooLarge           a result is larger than the limit for storing it
@@ -50,6 +51,7 @@ __all__ = [
     "RunTimedOut",
     "ServerUnavailable",
     "StatewardError",
+    "TimedOutRun",
     "Unauthenticated",
 ]
 
@@ -72,6 +74,11 @@ class CrashedRun(RunError):
 
 class CancelledRun(RunError):
     """A run was cancelled."""
+
+
+class TimedOutRun(RunError, TimeoutError):
+    """A run exceeded its `timeout_seconds`; the message names the timeout. Also a built-in
+    TimeoutError, as the reference raises."""
 
 
 class PausedRun(RunError):

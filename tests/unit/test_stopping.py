@@ -82,8 +82,11 @@ CASES = {
     "the code raised": Case(
         ValueError("boom"), state=(StateType.FAILED, "Failed", "ValueError: boom"), failure=True
     ),
+    # A TimeoutError of the code's own is a timeout too, as the reference names it.
     "the code raised TimeoutError itself": Case(
-        TimeoutError("slow"), state=(StateType.FAILED, "Failed", "TimeoutError: slow"), failure=True
+        TimeoutError("slow"),
+        state=(StateType.FAILED, "TimedOut", "TimeoutError: slow"),
+        failure=True,
     ),
     "the code raised with no message": Case(
         KeyError(), state=(StateType.FAILED, "Failed", "KeyError"), failure=True
