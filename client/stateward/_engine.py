@@ -78,6 +78,7 @@ class RunEngine:
         self.asyncio_task: asyncio.Task[Any] | None = None
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
         self.owns_loop = False  # an async task run in a worker thread, on its own event loop
+        self.retrying_now = False  # the server put the run in Retrying: run the code again
 
     def record(self) -> Any:
         """The run record hooks receive."""
@@ -154,6 +155,9 @@ class RunEngine:
                 return self.stopped_from_outside(self.stop.stop_requested)
             if self.stop.cancel_state is not None:
                 return self.finish_cancel()
+            if self.retrying_now:
+                self.retrying_now = False
+                return None
             if first is not None:
                 decision, first = first, None
             else:
@@ -198,6 +202,9 @@ class RunEngine:
             return self.finish_cancel(state.message or "cancelled while it ran")
         if state.type is StateType.SCHEDULED and state.name == "AwaitingRetry":
             self._sleep_until_retry(state)
+            return None
+        if state.type is StateType.RUNNING and state.name == "Retrying":
+            self.retrying_now = True  # retried without delay: already RUNNING again
             return None
         return state
 

@@ -296,7 +296,9 @@ async function retryOnce(sw, flowRunId) {
     task_run: {
       task_key: 'fetch-orders',
       flow_run_id: flowRunId,
-      retry_policy: { retries: 1 }, // no retry_delay_seconds: retry at once
+      // Half a second before the retry. With no delay, the server would retry at once: REJECT
+      // with Retrying (RUNNING) in place of the failure, and no AwaitingRetry written.
+      retry_policy: { retries: 1, retry_delay_seconds: [0.5] },
       state: proposal('PENDING'),
     },
   });

@@ -215,9 +215,7 @@ def test_timeouts_fail_the_run_as_timed_out_and_are_retried(client):
     assert "timeout of 0.2s" in state.message
     assert len(attempts) == 2
     (task_run,) = task_runs_of(client, flow_run_of(client, "sdk-timeout").id)
-    assert names(client, task_run.id) == [
-        "Pending", "Running", "AwaitingRetry", "Retrying", "TimedOut",
-    ]  # fmt: skip
+    assert names(client, task_run.id) == ["Pending", "Running", "Retrying", "TimedOut"]
 
 
 def test_a_flow_timeout(client):

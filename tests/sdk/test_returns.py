@@ -158,13 +158,7 @@ def test_a_task_returning_failed_ends_failed_and_is_retried(client):
     assert len(calls) == 2
     run = flow_run_of(client, "ret-task-failed")
     (task_run,) = task_runs_of(client, run.id)
-    assert names(client, task_run.id) == [
-        "Pending",
-        "Running",
-        "AwaitingRetry",
-        "Retrying",
-        "Failed",
-    ]
+    assert names(client, task_run.id) == ["Pending", "Running", "Retrying", "Failed"]
     with pytest.raises(FailedRun, match="rejected"):
         state.result()
 

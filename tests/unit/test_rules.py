@@ -305,6 +305,28 @@ def test_failures_with_retries_left_await_a_retry():
     assert outcome(rule, ctx(s(T.RUNNING), unretriable, run_count=1, retry_policy=policy)) is None
 
 
+def test_task_failures_without_a_delay_are_retried_at_once_flows_still_await():
+    rule = RetryFailedRuns()
+    policy = RetryPolicy(retries=1)
+    failed = s(T.FAILED, message="boom", transition_id="t9")
+    result = outcome(
+        rule, ctx(s(T.RUNNING), failed, kind=RunKind.TASK_RUN, run_count=1, retry_policy=policy)
+    )
+    assert isinstance(result, Reject) and result.replacement is not None
+    retrying = result.replacement
+    assert (retrying.type, retrying.name, retrying.message) == (T.RUNNING, "Retrying", "boom")
+    assert retrying.details.transition_id == "t9"
+    delayed = RetryPolicy(retries=1, retry_delay_seconds=(0.5,))
+    result = outcome(
+        rule, ctx(s(T.RUNNING), failed, kind=RunKind.TASK_RUN, run_count=1, retry_policy=delayed)
+    )
+    assert isinstance(result, Reject) and result.replacement is not None
+    assert result.replacement.name == "AwaitingRetry"
+    result = outcome(rule, ctx(s(T.RUNNING), failed, run_count=1, retry_policy=policy))
+    assert isinstance(result, Reject) and result.replacement is not None
+    assert result.replacement.name == "AwaitingRetry"  # a flow run: as the reference's server
+
+
 def test_retry_delay_lists_are_indexed_by_attempt_and_jitter_only_lengthens():
     rule = RetryFailedRuns()
     policy = RetryPolicy(retries=5, retry_delay_seconds=(1.0, 2.0, 4.0), retry_jitter_factor=0.5)

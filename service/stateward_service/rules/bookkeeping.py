@@ -48,6 +48,8 @@ def record_transition(run: RunRecord, new: State, lease_seconds: float = 0.0) ->
         run.total_run_time += max((at - old.timestamp).total_seconds(), 0.0) if old.timestamp else 0
     if new.type is StateType.RUNNING:
         entering = old is None or (old.type is not StateType.RUNNING and not is_pause_resume(old))
+        # A task retried without delay goes from Running straight to Retrying: a new attempt.
+        entering = entering or (old is not None and new.name == "Retrying")
         if entering:
             run.run_count += 1
         if run.start_time is None:
