@@ -17,11 +17,27 @@ import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from stateward.runs import Transition
-from stateward_service.store import LogReader
 
 Encoder = Callable[[Transition], bytes]
+
+
+class TransitionLog(Protocol):
+    """Where subscribers that fell behind read (the orchestrator; a `StoreReader` in tests)."""
+
+    def read_log(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        """Transitions above `after` (at most `limit`) matching the filters, and the log's
+        oldest and newest sequences, from one snapshot."""
+        ...
 
 
 class StreamClosed(Exception):
@@ -122,7 +138,7 @@ class TransitionBroadcaster:
 
     def __init__(
         self,
-        reader: LogReader,
+        log: TransitionLog,
         encode: Encoder,
         last_sequence: int,
         *,
@@ -130,7 +146,7 @@ class TransitionBroadcaster:
         capacity_bytes: int = 64 * 1024 * 1024,
         catch_up_batch: int = 500,
     ) -> None:
-        self.reader = reader
+        self.log = log
         self.encode = encode
         self.capacity = capacity
         self.capacity_bytes = capacity_bytes
@@ -284,7 +300,7 @@ class TransitionBroadcaster:
             self.catching_up -= 1
 
     def _read_log_now(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
-        rows, oldest, newest = self.reader.read(
+        rows, oldest, newest = self.log.read_log(
             cursor,
             self.catch_up_batch,
             sorted(where.run_ids),
@@ -300,10 +316,11 @@ class TransitionBroadcaster:
         return _LogBatch(items, max(newest, cursor))
 
     def check_cursor(self, after: int) -> None:
-        """Refuse a cursor the log cannot resume from, before the stream starts."""
+        """Refuse a cursor the log cannot resume from, before the stream starts. It reads the
+        log: call it off the event loop."""
         if after > max(self._last, 0) + 2**32 or after >= 2**63:  # far beyond: not read at all
             raise CursorAhead(after, self._last)
-        _, oldest, newest = self.reader.read(after, 0)
+        _, oldest, newest = self.log.read_log(after, 0)
         last = max(newest, self._last)
         if after > last:
             raise CursorAhead(after, last)
@@ -317,4 +334,5 @@ __all__ = [
     "StreamClosed",
     "TransitionBroadcaster",
     "TransitionFilter",
+    "TransitionLog",
 ]

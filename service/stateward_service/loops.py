@@ -9,7 +9,8 @@
 - lapsed leases: a run whose process stopped renewing its heartbeat lease is forced to Crashed.
 
 Each proposal goes through the orchestrator like any SetState, with `expected_state_id` set to
-the state the sweep saw: a run that moved in the meantime is left alone.
+the state the sweep saw: a run that moved in the meantime is left alone. The sweeps run in a
+thread of their own, off the event loop: their scans are reads that grow with the database.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from stateward.runs import RunKind, Transition
@@ -29,7 +31,8 @@ log = logging.getLogger("stateward.loops")
 
 
 class ServerLoops:
-    """Runs the sweeps as asyncio tasks of the server's event loop."""
+    """Runs the sweeps as asyncio tasks of the server's event loop, each sweep in the loops'
+    thread (one at a time, as the sweeps take the orchestrator's lock per run anyway)."""
 
     def __init__(self, orchestrator: Orchestrator, settings: ServerSettings) -> None:
         self.orchestrator = orchestrator
@@ -37,6 +40,7 @@ class ServerLoops:
         self.runs: dict[str, int] = {}  # sweeps done, by loop name
         self._tasks: list[asyncio.Task[None]] = []
         self._cascade_now = asyncio.Event()
+        self._thread: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -47,6 +51,7 @@ class ServerLoops:
                 loop.call_soon_threadsafe(self._cascade_now.set)
 
         self.orchestrator.subscribe(on_transitions)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="stateward-loops")
         for name, period, sweep in (
             ("late_runs", settings.late_runs_interval_seconds, self.mark_late_runs),
             ("expired_pauses", settings.pause_expiry_interval_seconds, self.fail_expired_pauses),
@@ -59,10 +64,14 @@ class ServerLoops:
             self._tasks.append(loop.create_task(self._every(name, period, sweep, wake)))
 
     async def stop(self) -> None:
+        """Cancel the loops and wait for a sweep under way to end (the store closes next)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.shutdown)
+            self._thread = None
 
     async def _every(
         self,
@@ -71,9 +80,10 @@ class ServerLoops:
         sweep: Callable[[], int],
         wake: asyncio.Event | None,
     ) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                moved = sweep()
+                moved = await loop.run_in_executor(self._thread, sweep)
             except Exception:
                 log.exception("the %s loop failed; it will try again", name)
             else:
@@ -82,17 +92,14 @@ class ServerLoops:
             self.runs[name] = self.runs.get(name, 0) + 1
             await _sleep_or_wake(period, wake)
 
-    # --- the sweeps (synchronous: each takes the orchestrator's lock per run) -------------------
+    # --- the sweeps (synchronous, off the event loop) --------------------------------------------
 
     def mark_late_runs(self) -> int:
         """Flow runs named Scheduled whose time passed more than `late_after_seconds` ago."""
         orchestrator = self.orchestrator
         cutoff = orchestrator.clock() - timedelta(seconds=self.settings.late_after_seconds)
         moved = 0
-        with orchestrator.lock:
-            found = orchestrator.store.runs_in_state(
-                RunKind.FLOW_RUN, StateType.SCHEDULED, "Scheduled"
-            )
+        found = orchestrator.runs_in_state(RunKind.FLOW_RUN, StateType.SCHEDULED, "Scheduled")
         for run_id, current in found:
             scheduled = current.details.scheduled_time
             if scheduled is None or scheduled >= cutoff:
@@ -112,8 +119,7 @@ class ServerLoops:
         moment = orchestrator.clock()
         moved = 0
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
-            with orchestrator.lock:
-                found = orchestrator.store.runs_in_state(kind, StateType.PAUSED)
+            found = orchestrator.runs_in_state(kind, StateType.PAUSED)
             for run_id, current in found:
                 timeout = current.details.pause_timeout
                 if timeout is None or timeout >= moment:
@@ -132,8 +138,7 @@ class ServerLoops:
         cutoff = orchestrator.clock() - timedelta(seconds=timeout)
         moved = 0
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
-            with orchestrator.lock:
-                found = orchestrator.store.runs_in_state(kind, StateType.CANCELLING)
+            found = orchestrator.runs_in_state(kind, StateType.CANCELLING)
             for run_id, current in found:
                 if current.timestamp is None or current.timestamp >= cutoff:
                     continue
@@ -149,13 +154,7 @@ class ServerLoops:
         orchestrator = self.orchestrator
         moved = 0
         while True:
-            with orchestrator.lock:
-                parents = orchestrator.store.flow_runs_cancelled_with_unfinished_children()
-                children = [
-                    (parent, child_id)
-                    for parent in parents
-                    for _, child_id in orchestrator.store.unfinished_children(parent)
-                ]
+            children = orchestrator.unfinished_children_of_cancelled_flow_runs()
             moved_now = 0
             for parent, child_id in children:
                 try:
@@ -174,32 +173,22 @@ class ServerLoops:
         """Runs whose process stopped renewing its heartbeat lease are forced to Crashed."""
         orchestrator = self.orchestrator
         moment = orchestrator.clock()
-        with orchestrator.lock:
-            lapsed = orchestrator.store.runs_with_lapsed_lease(moment)
-        moved = 0
         crashed = State(
             StateType.CRASHED,
             message="the process running it stopped renewing its heartbeat lease "
             "(it was killed, or lost its connection)",
         )
-        for _, run_id in lapsed:
-            with orchestrator.lock:  # a renewal since the query keeps the run alive
-                try:
-                    run = orchestrator.get_run(run_id)
-                except RunNotFound:
-                    continue
-                if run.lease_expires is None or run.lease_expires >= moment:
-                    continue
-                moved += self._propose(run_id, run.state, crashed, force=True)
-        return moved
+        return sum(
+            orchestrator.crash_if_lease_lapsed(run_id, crashed, moment)
+            for _, run_id in orchestrator.runs_with_lapsed_lease(moment)
+        )
 
     def prune_log(self) -> int:
         """Keep the newest `log_retention` transitions (all when it is 0)."""
         keep = self.settings.log_retention
         if keep <= 0:
             return 0
-        with self.orchestrator.lock, self.orchestrator.store.transaction():
-            return self.orchestrator.store.prune_log(keep)
+        return self.orchestrator.prune_log(keep)
 
     def _propose(
         self, run_id: str, seen: State | None, proposed: State, force: bool = False

@@ -4,10 +4,7 @@ they fell behind), loop sweeps, and the database's size on disk."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -34,7 +31,7 @@ class _LoopRuns(Collector):
 class ServerMetrics:
     def __init__(
         self,
-        db: Path,
+        database_bytes: Callable[[], int],
         subscribers: Callable[[], int],
         lagging: Callable[[], int],
         loop_runs: Callable[[], dict[str, int]],
@@ -73,7 +70,7 @@ class ServerMetrics:
             "stateward_database_bytes",
             "Size of the SQLite database on disk (its write-ahead log included)",
             registry=self.registry,
-        ).set_function(lambda: _size_on_disk(db))
+        ).set_function(database_bytes)
         self.registry.register(_LoopRuns(loop_runs))
 
     def observe_call(self, method: str, code: str, seconds: float) -> None:
@@ -87,11 +84,3 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
-
-
-def _size_on_disk(db: Path) -> int:
-    total = 0
-    for path in (db, db.with_name(db.name + "-wal")):
-        with contextlib.suppress(OSError):  # no write-ahead log right now
-            total += os.path.getsize(path)
-    return total

@@ -6,6 +6,12 @@ mirror on a subflow's task run) in one transaction; then it publishes the commit
 Everything happens under one lock, so every decision is taken against the run's true current
 state and transitions are published in sequence order. SetState, the create calls and the
 server's loops all come through here.
+
+It is also the only door to the store: the API, the loops, the broadcaster and the server's
+assembly read and write through its methods, never the store itself. Reads that may be long
+(listings, state histories, the log, the loops' scans) run on a `StoreReader` snapshot, outside
+the write lock, so they never hold up a proposal; reads of single runs go through the lock and
+its cache of run records.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from stateward_service.rules.engine import (
     decide,
 )
 from stateward_service.rules.policies import Policies
-from stateward_service.store import RunFilter, Store
+from stateward_service.store import RunFilter, Store, StoreReader
 
 _ONE_US = timedelta(microseconds=1)
 
@@ -126,13 +132,14 @@ class Orchestrator:
         clock: Callable[[], datetime] = now,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self.store = store
+        self._store = store
         self.policies = policies or Policies.default()
         self.clock = clock
         self.rng = rng
-        self.lock = threading.RLock()
+        self._lock = threading.RLock()
+        self._reader = StoreReader(store.path)
         self._publishers: list[Publisher] = []
-        self.runs = _RunCache(store)
+        self._runs = _RunCache(store)
         # Inside `batch()`: the transitions written so far, published once the batch commits.
         self._batch: list[Transition] | None = None
 
@@ -148,15 +155,15 @@ class Orchestrator:
     ) -> RunRecord:
         """Store a new run and orchestrate its initial state, atomically. `new_id` says the id
         was just minted, so it cannot exist yet."""
-        with self.lock:
-            if not new_id and (self.runs.cached(run.id) or self.store.run_exists(run.id)):
+        with self._lock:
+            if not new_id and (self._runs.cached(run.id) or self._store.run_exists(run.id)):
                 raise RunAlreadyExists(run.id)
             flow_run_id = run.flow_run_id if run.kind is RunKind.TASK_RUN else ""
-            if flow_run_id and self.runs.get(flow_run_id, RunKind.FLOW_RUN) is None:
+            if flow_run_id and self._runs.get(flow_run_id, RunKind.FLOW_RUN) is None:
                 raise RunNotFound(flow_run_id, RunKind.FLOW_RUN)
             parent = None
             if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
-                parent = self.runs.get(run.parent_task_run_id, RunKind.TASK_RUN)
+                parent = self._runs.get(run.parent_task_run_id, RunKind.TASK_RUN)
                 if parent is None:
                     raise RunNotFound(run.parent_task_run_id, RunKind.TASK_RUN)
             decision = None
@@ -170,46 +177,112 @@ class Orchestrator:
             write = _Write()
             with self._writing():
                 if parent is not None:
-                    self.store.link_subflow(parent.id, run.id)
+                    self._store.link_subflow(parent.id, run.id)
                     parent.child_flow_run_id = run.id
                 if decision is None:
-                    self.store.insert_run(run)
+                    self._store.insert_run(run)
                 else:
                     self._write(run, decision, write, new=True)
-            self.runs.remember(run)
+            self._runs.remember(run)
             self._publish(write)
             return replace(run)
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
         """A copy of the run as it is now: the record itself changes with each write."""
-        with self.lock:
-            run = self.runs.get(run_id, kind)
+        with self._lock:
+            run = self._runs.get(run_id, kind)
             if run is None:
                 raise RunNotFound(run_id, kind)
             return replace(run)
+
+    def list_states(self, run_id: str) -> list[State]:
+        """The run's states, oldest first (read outside the write lock)."""
+        with self._lock:
+            if self._runs.get(run_id) is None:
+                raise RunNotFound(run_id)
+        with self._reader.snapshot() as db:
+            return db.list_states(run_id)
 
     def list_runs(
         self, kind: RunKind, where: RunFilter, page_size: int, page_token: str = ""
     ) -> tuple[list[RunRecord], str]:
         """A page of runs of one kind matching `where`, newest first, and the token of the next
-        page ("" after the last). Raises BadPageToken for a token this store did not make for
-        these filters. It holds the write lock while it reads: call it off the event loop."""
-        with self.lock:
-            return self.store.list_runs(kind, where, page_size, page_token)
+        page ("" after the last); read outside the write lock. Raises BadPageToken for a token
+        this store did not make for these filters."""
+        with self._reader.snapshot() as db:
+            return db.list_runs(kind, where, page_size, page_token)
 
-    def list_states(self, run_id: str) -> list[State]:
-        with self.lock:
-            if self.runs.get(run_id) is None:
-                raise RunNotFound(run_id)
-            return self.store.list_states(run_id)
+    # --- what the server's loops look for (read outside the write lock) -------------------------
+
+    def runs_in_state(
+        self, kind: RunKind, state_type: StateType, name: str | None = None
+    ) -> list[tuple[str, State]]:
+        """(run id, current state) of the runs whose current state has this type (and name)."""
+        with self._reader.snapshot() as db:
+            return db.runs_in_state(kind, state_type, name)
+
+    def unfinished_children_of_cancelled_flow_runs(self) -> list[tuple[str, str]]:
+        """(flow run id, child run id) of the task runs and subflows not finished yet of the
+        flow runs that are Cancelled."""
+        with self._reader.snapshot() as db:
+            return [
+                (parent, child_id)
+                for parent in db.flow_runs_cancelled_with_unfinished_children()
+                for _, child_id in db.unfinished_children(parent)
+            ]
+
+    def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
+        """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
+        with self._reader.snapshot() as db:
+            return db.runs_with_lapsed_lease(before)
+
+    # --- the transitions log --------------------------------------------------------------------
+
+    def read_log(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        """Logged transitions above `after` (at most `limit`), filtered, with the log's oldest
+        and newest sequences, in one snapshot read outside the write lock."""
+        return self._reader.read_log(after, limit, run_ids, flow_run_ids, state_types)
+
+    def last_sequence(self) -> int:
+        """The newest sequence ever logged (0 for a new database)."""
+        with self._reader.snapshot() as db:
+            return db.last_sequence()
+
+    def prune_log(self, keep: int) -> int:
+        """Delete all but the newest `keep` transitions; returns how many went."""
+        with self._lock, self._transaction():
+            return self._store.prune_log(keep)
+
+    # --- the database ---------------------------------------------------------------------------
+
+    def release_stale_slots(self) -> int:
+        """Free the concurrency slots of runs no longer running (a safety net at startup)."""
+        with self._lock, self._transaction():
+            return self._store.release_stale_slots()
+
+    def database_bytes(self) -> int:
+        return self._store.size_on_disk()
+
+    def close(self) -> None:
+        """Close the readers, then the store (once the write in progress, if any, is done)."""
+        self._reader.close()
+        with self._lock:
+            self._store.close()
 
     def renew_leases(self, run_ids: Sequence[str], seconds: float) -> tuple[list[str], datetime]:
         """Extend the leases of those runs that hold one (RUNNING or CANCELLING)."""
         until = self.clock() + timedelta(seconds=seconds)
-        with self.lock, self._writing():
-            renewed = set(self.store.renew_leases(run_ids, until))
+        with self._lock, self._writing():
+            renewed = set(self._store.renew_leases(run_ids, until))
             for run_id in renewed:
-                cached = self.runs.cached(run_id)
+                cached = self._runs.cached(run_id)
                 if cached is not None:
                     cached.lease_expires = until
         return [run_id for run_id in run_ids if run_id in renewed], until
@@ -217,27 +290,27 @@ class Orchestrator:
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def create_limit(self, tag: str, limit: int) -> ConcurrencyLimit:
-        with self.lock, self.store.transaction():
-            if self.store.get_limits((tag,)):
+        with self._lock, self._store.transaction():
+            if self._store.get_limits((tag,)):
                 raise LimitAlreadyExists(tag)
-            self.store.insert_limit(tag, limit, self.clock())
+            self._store.insert_limit(tag, limit, self.clock())
         return self.get_limit(tag)
 
     def get_limit(self, tag: str) -> ConcurrencyLimit:
-        with self.lock:
-            found = self.store.get_limits((tag,))
+        with self._lock:
+            found = self._store.get_limits((tag,))
         if not found:
             raise LimitNotFound(tag)
         return found[0]
 
     def list_limits(self) -> list[ConcurrencyLimit]:
-        with self.lock:
-            return self.store.get_limits()
+        with self._lock:
+            return self._store.get_limits()
 
     def delete_limit(self, tag: str) -> None:
         """Remove a limit; the runs holding its slots keep running, unlimited."""
-        with self.lock, self.store.transaction():
-            if not self.store.delete_limit(tag):
+        with self._lock, self._store.transaction():
+            if not self._store.delete_limit(tag):
                 raise LimitNotFound(tag)
 
     # --- proposals ------------------------------------------------------------------------------
@@ -255,8 +328,8 @@ class Orchestrator:
         RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds. The
         transitions written are published to the subscribers (see `subscribe`); raises
         RunNotFound for an unknown run."""
-        with self.lock:
-            run = self.runs.get(run_id)
+        with self._lock:
+            run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFound(run_id)
             current_id = run.state.id if run.state else ""
@@ -281,6 +354,16 @@ class Orchestrator:
                 written=decision.writes,
             )
 
+    def crash_if_lease_lapsed(self, run_id: str, crashed: State, before: datetime) -> bool:
+        """Force `crashed` on the run if its lease still ended before `before` (a renewal since
+        it was found keeps it alive). Says whether a state was written."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.lease_expires is None or run.lease_expires >= before:
+                return False
+            current = run.state.id if run.state else ""
+            return self.set_state(run_id, crashed, force=True, expected_state_id=current).written
+
     # --- internals ------------------------------------------------------------------------------
 
     def _decide(self, run: RunRecord, proposed: State, force: bool) -> PolicyDecision:
@@ -298,16 +381,16 @@ class Orchestrator:
         run, details = ctx.run, ctx.proposed.details
         flow_run_state = None
         if run.flow_run_id:
-            flow_run = self.runs.get(run.flow_run_id, RunKind.FLOW_RUN)
+            flow_run = self._runs.get(run.flow_run_id, RunKind.FLOW_RUN)
             flow_run_state = flow_run.state if flow_run else None
         cached = None
         if details.cache_key and not details.refresh_cache:
-            cached = self.store.cached_state(details.cache_key, ctx.now)
+            cached = self._store.cached_state(details.cache_key, ctx.now)
         limits: tuple[LimitUsage, ...] = ()
         if run.tags:
             limits = tuple(
                 LimitUsage(tag, limit, active, held)
-                for tag, limit, active, held in self.store.limit_usage(run.id, run.tags)
+                for tag, limit, active, held in self._store.limit_usage(run.id, run.tags)
             )
         return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
 
@@ -317,7 +400,7 @@ class Orchestrator:
         whole batch committed. An operation that is refused (not found, already exists, an
         initial state refused...) is refused before it writes anything, so the others go on;
         a failure while writing fails the whole batch, which then changes nothing."""
-        with self.lock:
+        with self._lock:
             if self._batch is not None:
                 raise RuntimeError("batches do not nest")
             self._batch = []
@@ -343,10 +426,10 @@ class Orchestrator:
         """A store transaction; if it fails, the run records it changed in memory are
         forgotten."""
         try:
-            with self.store.transaction():
+            with self._store.transaction():
                 yield
         except BaseException:
-            self.runs.clear()
+            self._runs.clear()
             raise
 
     def _write(
@@ -370,16 +453,16 @@ class Orchestrator:
         for effect in decision.effects:
             if isinstance(effect, RememberPauseKey):
                 run.pause_keys = run.pause_keys | {effect.key}
-        self.store.insert_state(run.id, state)
+        self._store.insert_state(run.id, state)
         if new:
-            self.store.insert_run(run)
+            self._store.insert_run(run)
         else:
-            self.store.update_run(run)
+            self._store.update_run(run)
         for effect in decision.effects:
             self._apply(run, state, effect)
         if run.tags and _leaves_running(previous, state):
-            self.store.release_slots(run.id)
-        sequence = self.store.append_transition(run, previous, state)
+            self._store.release_slots(run.id)
+        sequence = self._store.append_transition(run, previous, state)
         write.transitions.append(_transition(sequence, run, previous, state))
         if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
             self._mirror_onto_parent_task(run, state, write)
@@ -403,13 +486,13 @@ class Orchestrator:
     def _apply(self, run: RunRecord, state: State, effect: object) -> None:
         """Apply a rule's side effect that lives in its own table."""
         if isinstance(effect, CacheResult):
-            self.store.cache_state(effect.key, state.id, effect.expiration, self.clock())
+            self._store.cache_state(effect.key, state.id, effect.expiration, self.clock())
         elif isinstance(effect, TakeConcurrencySlots):
-            self.store.take_slots(run.id, effect.tags)
+            self._store.take_slots(run.id, effect.tags)
 
     def _mirror_onto_parent_task(self, subflow: RunRecord, state: State, write: _Write) -> None:
         """A subflow's task run in the parent flow shows the subflow's state."""
-        task_run = self.runs.get(subflow.parent_task_run_id, RunKind.TASK_RUN)
+        task_run = self._runs.get(subflow.parent_task_run_id, RunKind.TASK_RUN)
         if task_run is None:
             return
         mirror = State(

@@ -37,7 +37,7 @@ from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
 from stateward_service.servicer import SERVICE, OrchestrationServicer, add_to_server
 from stateward_service.settings import ServerSettings
-from stateward_service.store import LogReader, Store
+from stateward_service.store import Store
 
 if TYPE_CHECKING:
     from stateward_service.web import WebServer
@@ -88,18 +88,17 @@ class StatewardServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.store = Store(
+        store = Store(
             settings.db,
             synchronous=settings.sqlite_synchronous,
             quick_check=settings.quick_check,
         )
-        self.orchestrator = Orchestrator(self.store, Policies.default(settings.slot_wait_seconds))
+        self.orchestrator = Orchestrator(store, Policies.default(settings.slot_wait_seconds))
         self.api = OrchestrationApi(self.orchestrator)
-        self.reader = LogReader(settings.db)
         self.broadcaster = TransitionBroadcaster(
-            self.reader,
+            self.orchestrator,
             encode_transition,
-            self.store.last_sequence(),
+            self.orchestrator.last_sequence(),
             capacity=settings.stream_buffer,
         )
         self.orchestrator.subscribe(self.broadcaster.publish)
@@ -107,7 +106,7 @@ class StatewardServer:
         self.metrics: ServerMetrics | None = None
         if settings.metrics_port:
             self.metrics = ServerMetrics(
-                settings.db,
+                self.orchestrator.database_bytes,
                 subscribers=lambda: self.broadcaster.subscribers,
                 lagging=lambda: self.broadcaster.catching_up,
                 loop_runs=lambda: dict(self.loops.runs),
@@ -161,8 +160,7 @@ class StatewardServer:
             self.web = WebServer(app, listener, grace=self.settings.shutdown_grace_seconds)
         if self.metrics is not None:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        with self.orchestrator.lock, self.store.transaction():
-            freed = self.store.release_stale_slots()
+        freed = self.orchestrator.release_stale_slots()
         if freed:
             log.warning("released %d concurrency slot(s) of runs no longer running", freed)
         await server.start()
@@ -190,9 +188,7 @@ class StatewardServer:
             if self._server is not None:
                 await self._server.stop(grace)
             await self.loops.stop()
-            self.reader.close()
-            with self.orchestrator.lock:
-                self.store.close()
+            self.orchestrator.close()
         finally:
             self._stopped.set()  # whatever failed, the server is done
 

@@ -4,6 +4,7 @@ into a status. `add_to_server` registers it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -116,7 +117,7 @@ class OrchestrationServicer:
         delivered = after if after is not None else broadcaster.last_sequence
         try:
             if after is not None:
-                broadcaster.check_cursor(after)
+                await asyncio.to_thread(broadcaster.check_cursor, after)
             # The stream starts after this sequence: a client that loses the stream before its
             # first message resumes from here without a gap.
             start = broadcaster.last_sequence if after is None else after

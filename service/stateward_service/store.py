@@ -1,9 +1,10 @@
 """The SQLite store: runs, their append-only state histories, the transitions log and the cache.
 
-One connection, one writer (a lock file keeps a second server off the same database), WAL mode.
-Callers group writes in `transaction()`: a state, its run row and its log entry commit together
-or not at all. The schema is created and upgraded through sqlite-utils, one numbered migration at
-a time, recorded in the `schema_version` table. This module knows nothing of gRPC.
+One connection, one writer (a lock file keeps a second server off the same database), WAL mode;
+readers (`StoreReader`) read beside it on connections of their own. Callers group writes in
+`transaction()`: a state, its run row and its log entry commit together or not at all. The
+schema is created and upgraded through sqlite-utils, one numbered migration at a time, recorded
+in the `schema_version` table. This module knows nothing of gRPC.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -252,109 +254,13 @@ class _Checkpointer:
             conn.close()
 
 
-class Store:
-    """The one writer of a Stateward database."""
+class _Reads:
+    """The queries that only read: the writer runs them on its connection, inside or outside a
+    transaction; a `StoreReader` runs them on a read-only connection, in a snapshot."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        synchronous: str = "NORMAL",
-        quick_check: bool = True,
-    ) -> None:
-        """Open (or create) the database at `path`. Before anything is written to it, the file
-        is checked: a file that is not a SQLite database, is damaged (SQLite's quick check,
-        unless `quick_check` is false), holds another application's tables or a newer schema
-        raises DatabaseRefused; another server holding it raises DatabaseInUse."""
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_database(self.path)
-        try:
-            self.conn = _open_checked(self.path, quick_check)
-        except BaseException:
-            self._lock_file.close()
-            raise
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={synchronous}")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        # The checkpointer thread copies the WAL into the database, off the write path; a
-        # commit checkpoints itself only if the WAL grew this large all the same.
-        self.conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
-        self.db = sqlite_utils.Database(self.conn)
-        self.found_schema_version = migrate(self.db)
-        self._checkpointer = _Checkpointer(self.path, synchronous)
+    conn: sqlite3.Connection
 
-    def close(self) -> None:
-        """Checkpoint the WAL into the database file and close."""
-        try:
-            self._checkpointer.stop()
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            self.conn.close()
-            self._lock_file.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """All writes inside commit together, or none does (a failed COMMIT included)."""
-        began = False
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            began = True
-            yield
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if began and self.conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-            raise
-
-    # --- runs -----------------------------------------------------------------------------------
-
-    def run_exists(self, run_id: str) -> bool:
-        row = self.conn.execute(
-            "SELECT 1 FROM flow_runs WHERE id = ? UNION ALL SELECT 1 FROM task_runs WHERE id = ?",
-            (run_id, run_id),
-        ).fetchone()
-        return row is not None
-
-    def insert_run(self, run: RunRecord) -> None:
-        row = _run_row(run)
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self.conn.execute(
-            f"INSERT INTO {_table(run.kind)} ({columns}) VALUES ({marks})", tuple(row.values())
-        )
-
-    def update_run(self, run: RunRecord) -> None:
-        """Write the run's mutable fields (state, bookkeeping, pause keys, lease)."""
-        state = run.state
-        values: tuple[object, ...] = (
-            state.id if state else None,
-            int(state.type) if state else None,
-            state.name if state else None,
-            run.run_count,
-            to_us(run.start_time),
-            to_us(run.end_time),
-            run.total_run_time,
-            to_us(run.expected_start_time),
-            to_us(run.next_scheduled_start_time),
-            to_us(run.lease_expires),
-        )
-        columns = """state_id = ?, state_type = ?, state_name = ?, run_count = ?, start_time = ?,
-            end_time = ?, total_run_time = ?, expected_start_time = ?,
-            next_scheduled_start_time = ?, lease_expires = ?"""
-        if run.kind is RunKind.FLOW_RUN:
-            columns += ", pause_keys = ?"
-            values += (json.dumps(sorted(run.pause_keys)),)
-        self.conn.execute(
-            f"UPDATE {_table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id)
-        )
-
-    def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
-        """Record on a task run that it stands for the subflow `flow_run_id`."""
-        self.conn.execute(
-            "UPDATE task_runs SET child_flow_run_id = ? WHERE id = ?", (flow_run_id, task_run_id)
-        )
+    # --- runs and states ------------------------------------------------------------------------
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
         """The run with its current state, or None."""
@@ -422,6 +328,204 @@ class Store:
             next_token = _encode_page_token(rows[page_size - 1][0], kind, fingerprint)
         return runs, next_token
 
+    def list_states(self, run_id: str) -> list[State]:
+        rows = self.conn.execute(
+            f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id = ? ORDER BY timestamp",
+            (run_id,),
+        ).fetchall()
+        return [_state_from_row(row) for row in rows]
+
+    def last_sequence(self) -> int:
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'")
+        found = row.fetchone()
+        return int(found[0]) if found else 0
+
+    def read_log(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        """Matching transitions above `after` (at most `limit`), with the log's oldest and newest
+        sequences (0 and 0 when the log is empty). When fewer than `limit` come back, everything
+        up to the newest was read (in a snapshot: see `StoreReader`)."""
+        oldest, newest = self.conn.execute(
+            "SELECT coalesce(min(sequence), 0), coalesce(max(sequence), 0) FROM transitions"
+        ).fetchone()
+        rows = _read_transitions(self.conn, after, limit, run_ids, flow_run_ids, state_types)
+        return rows, oldest, newest
+
+    # --- what the server's loops look for -------------------------------------------------------
+
+    def runs_in_state(
+        self, kind: RunKind, state_type: StateType, name: str | None = None
+    ) -> list[tuple[str, State]]:
+        """(run id, current state) of the runs whose current state has this type (and name)."""
+        sql = f"""SELECT r.id, {_prefixed_state_columns("s")} FROM {_table(kind)} r
+                  JOIN states s ON s.id = r.state_id WHERE r.state_type = ?"""
+        params: list[Any] = [int(state_type)]
+        if name is not None:
+            sql += " AND r.state_name = ?"
+            params.append(name)
+        return [(row[0], _state_from_row(row[1:])) for row in self.conn.execute(sql, params)]
+
+    def unfinished_children(self, flow_run_id: str) -> list[tuple[RunKind, str]]:
+        """The task runs and subflows of a flow run that are not in a terminal state."""
+        terminal = tuple(int(t) for t in TERMINAL_TYPES)
+        marks = ", ".join("?" for _ in terminal)
+        rows = self.conn.execute(
+            f"""SELECT 2, id FROM task_runs WHERE flow_run_id = ?
+                  AND (state_type IS NULL OR state_type NOT IN ({marks}))
+                UNION ALL
+                SELECT 1, f.id FROM flow_runs f JOIN task_runs t ON t.id = f.parent_task_run_id
+                WHERE t.flow_run_id = ?
+                  AND (f.state_type IS NULL OR f.state_type NOT IN ({marks}))""",
+            (flow_run_id, *terminal, flow_run_id, *terminal),
+        ).fetchall()
+        return [(RunKind(kind), run_id) for kind, run_id in rows]
+
+    def flow_runs_cancelled_with_unfinished_children(self) -> list[str]:
+        terminal = tuple(int(t) for t in TERMINAL_TYPES)
+        marks = ", ".join("?" for _ in terminal)
+        rows = self.conn.execute(
+            f"""SELECT DISTINCT f.id FROM flow_runs f WHERE f.state_type = ? AND (
+                  EXISTS (SELECT 1 FROM task_runs t WHERE t.flow_run_id = f.id
+                          AND (t.state_type IS NULL OR t.state_type NOT IN ({marks})))
+                  OR EXISTS (SELECT 1 FROM task_runs t
+                          JOIN flow_runs c ON c.parent_task_run_id = t.id
+                          WHERE t.flow_run_id = f.id
+                          AND (c.state_type IS NULL OR c.state_type NOT IN ({marks}))))""",
+            (int(StateType.CANCELLED), *terminal, *terminal),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
+        """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
+        found: list[tuple[RunKind, str]] = []
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            rows = self.conn.execute(
+                f"""SELECT id FROM {_table(kind)} WHERE state_type IN (?, ?)
+                    AND lease_expires IS NOT NULL AND lease_expires < ?""",
+                (int(StateType.RUNNING), int(StateType.CANCELLING), to_us(before)),
+            ).fetchall()
+            found.extend((kind, row[0]) for row in rows)
+        return found
+
+
+class Store(_Reads):
+    """The one writer of a Stateward database."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        quick_check: bool = True,
+    ) -> None:
+        """Open (or create) the database at `path`. Before anything is written to it, the file
+        is checked: a file that is not a SQLite database, is damaged (SQLite's quick check,
+        unless `quick_check` is false), holds another application's tables or a newer schema
+        raises DatabaseRefused; another server holding it raises DatabaseInUse."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_database(self.path)
+        try:
+            self.conn = _open_checked(self.path, quick_check)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        # The checkpointer thread copies the WAL into the database, off the write path; a
+        # commit checkpoints itself only if the WAL grew this large all the same.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
+        self.db = sqlite_utils.Database(self.conn)
+        self.found_schema_version = migrate(self.db)
+        self._checkpointer = _Checkpointer(self.path, synchronous)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file and close."""
+        try:
+            self._checkpointer.stop()
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.conn.close()
+            self._lock_file.close()
+
+    def size_on_disk(self) -> int:
+        """The database's bytes on disk, its write-ahead log included."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):  # no write-ahead log right now
+                total += os.path.getsize(path)
+        return total
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together, or none does (a failed COMMIT included)."""
+        began = False
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            began = True
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if began and self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def run_exists(self, run_id: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM flow_runs WHERE id = ? UNION ALL SELECT 1 FROM task_runs WHERE id = ?",
+            (run_id, run_id),
+        ).fetchone()
+        return row is not None
+
+    def insert_run(self, run: RunRecord) -> None:
+        row = _run_row(run)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.conn.execute(
+            f"INSERT INTO {_table(run.kind)} ({columns}) VALUES ({marks})", tuple(row.values())
+        )
+
+    def update_run(self, run: RunRecord) -> None:
+        """Write the run's mutable fields (state, bookkeeping, pause keys, lease)."""
+        state = run.state
+        values: tuple[object, ...] = (
+            state.id if state else None,
+            int(state.type) if state else None,
+            state.name if state else None,
+            run.run_count,
+            to_us(run.start_time),
+            to_us(run.end_time),
+            run.total_run_time,
+            to_us(run.expected_start_time),
+            to_us(run.next_scheduled_start_time),
+            to_us(run.lease_expires),
+        )
+        columns = """state_id = ?, state_type = ?, state_name = ?, run_count = ?, start_time = ?,
+            end_time = ?, total_run_time = ?, expected_start_time = ?,
+            next_scheduled_start_time = ?, lease_expires = ?"""
+        if run.kind is RunKind.FLOW_RUN:
+            columns += ", pause_keys = ?"
+            values += (json.dumps(sorted(run.pause_keys)),)
+        self.conn.execute(
+            f"UPDATE {_table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id)
+        )
+
+    def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
+        """Record on a task run that it stands for the subflow `flow_run_id`."""
+        self.conn.execute(
+            "UPDATE task_runs SET child_flow_run_id = ? WHERE id = ?", (flow_run_id, task_run_id)
+        )
+
     # --- states and transitions -----------------------------------------------------------------
 
     def insert_state(self, run_id: str, state: State) -> None:
@@ -440,13 +544,6 @@ class Store:
                 run_id,
             ),
         )
-
-    def list_states(self, run_id: str) -> list[State]:
-        rows = self.conn.execute(
-            f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id = ? ORDER BY timestamp",
-            (run_id,),
-        ).fetchall()
-        return [_state_from_row(row) for row in rows]
 
     def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> int:
         """Log a written state; returns its sequence."""
@@ -474,11 +571,6 @@ class Store:
             (keep,),
         )
         return cursor.rowcount
-
-    def last_sequence(self) -> int:
-        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'")
-        found = row.fetchone()
-        return int(found[0]) if found else 0
 
     # --- cache ----------------------------------------------------------------------------------
 
@@ -567,62 +659,6 @@ class Store:
             )
         return limits
 
-    # --- what the server's loops look for -------------------------------------------------------
-
-    def runs_in_state(
-        self, kind: RunKind, state_type: StateType, name: str | None = None
-    ) -> list[tuple[str, State]]:
-        """(run id, current state) of the runs whose current state has this type (and name)."""
-        sql = f"""SELECT r.id, {_prefixed_state_columns("s")} FROM {_table(kind)} r
-                  JOIN states s ON s.id = r.state_id WHERE r.state_type = ?"""
-        params: list[Any] = [int(state_type)]
-        if name is not None:
-            sql += " AND r.state_name = ?"
-            params.append(name)
-        return [(row[0], _state_from_row(row[1:])) for row in self.conn.execute(sql, params)]
-
-    def unfinished_children(self, flow_run_id: str) -> list[tuple[RunKind, str]]:
-        """The task runs and subflows of a flow run that are not in a terminal state."""
-        terminal = tuple(int(t) for t in TERMINAL_TYPES)
-        marks = ", ".join("?" for _ in terminal)
-        rows = self.conn.execute(
-            f"""SELECT 2, id FROM task_runs WHERE flow_run_id = ?
-                  AND (state_type IS NULL OR state_type NOT IN ({marks}))
-                UNION ALL
-                SELECT 1, f.id FROM flow_runs f JOIN task_runs t ON t.id = f.parent_task_run_id
-                WHERE t.flow_run_id = ?
-                  AND (f.state_type IS NULL OR f.state_type NOT IN ({marks}))""",
-            (flow_run_id, *terminal, flow_run_id, *terminal),
-        ).fetchall()
-        return [(RunKind(kind), run_id) for kind, run_id in rows]
-
-    def flow_runs_cancelled_with_unfinished_children(self) -> list[str]:
-        terminal = tuple(int(t) for t in TERMINAL_TYPES)
-        marks = ", ".join("?" for _ in terminal)
-        rows = self.conn.execute(
-            f"""SELECT DISTINCT f.id FROM flow_runs f WHERE f.state_type = ? AND (
-                  EXISTS (SELECT 1 FROM task_runs t WHERE t.flow_run_id = f.id
-                          AND (t.state_type IS NULL OR t.state_type NOT IN ({marks})))
-                  OR EXISTS (SELECT 1 FROM task_runs t
-                          JOIN flow_runs c ON c.parent_task_run_id = t.id
-                          WHERE t.flow_run_id = f.id
-                          AND (c.state_type IS NULL OR c.state_type NOT IN ({marks}))))""",
-            (int(StateType.CANCELLED), *terminal, *terminal),
-        ).fetchall()
-        return [row[0] for row in rows]
-
-    def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
-        """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
-        found: list[tuple[RunKind, str]] = []
-        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
-            rows = self.conn.execute(
-                f"""SELECT id FROM {_table(kind)} WHERE state_type IN (?, ?)
-                    AND lease_expires IS NOT NULL AND lease_expires < ?""",
-                (int(StateType.RUNNING), int(StateType.CANCELLING), to_us(before)),
-            ).fetchall()
-            found.extend((kind, row[0]) for row in rows)
-        return found
-
     def renew_leases(self, run_ids: Sequence[str], until: datetime) -> list[str]:
         """Move the lease end of those runs that are RUNNING or CANCELLING; returns their ids."""
         renewed: list[str] = []
@@ -637,29 +673,49 @@ class Store:
         return renewed
 
 
-class LogReader:
-    """Reads the transitions log beside the writer: each thread gets a read-only connection of its
-    own, and each read sees one consistent snapshot (WAL readers never wait for the writer)."""
+class StoreReader:
+    """Reads beside the writer, on read-only connections of its own (WAL readers never wait for
+    the writer, nor it for them): each `snapshot()` borrows an idle connection (or opens one)
+    and sees one consistent state of the database. Any thread may read; as many connections
+    are open as reads ran at once."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._local = threading.local()
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+    def _borrow(self) -> sqlite3.Connection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        conn = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise sqlite3.ProgrammingError("the store reader is closed")
+            self._connections.append(conn)
         return conn
 
-    def read(
+    @contextmanager
+    def snapshot(self) -> Iterator[_Reads]:
+        """The read queries, all seeing the database as it was when the first one ran."""
+        conn = self._borrow()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield _Snapshot(conn)
+            finally:
+                conn.execute("COMMIT")
+        finally:
+            self._idle.put(conn)
+
+    def read_log(
         self,
         after: int,
         limit: int,
@@ -667,25 +723,21 @@ class LogReader:
         flow_run_ids: Sequence[str] = (),
         state_types: Sequence[int] = (),
     ) -> tuple[list[Transition], int, int]:
-        """Matching transitions above `after` (at most `limit`), with the snapshot's oldest and
-        newest sequences (0 and 0 when the log is empty). When fewer than `limit` come back,
-        everything up to the newest was read."""
-        conn = self._connection()
-        conn.execute("BEGIN")
-        try:
-            oldest, newest = conn.execute(
-                "SELECT coalesce(min(sequence), 0), coalesce(max(sequence), 0) FROM transitions"
-            ).fetchone()
-            rows = _read_transitions(conn, after, limit, run_ids, flow_run_ids, state_types)
-        finally:
-            conn.execute("COMMIT")
-        return rows, oldest, newest
+        """`_Reads.read_log` in a snapshot of its own."""
+        with self.snapshot() as db:
+            return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+class _Snapshot(_Reads):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -971,9 +1023,9 @@ __all__ = [
     "BadPageToken",
     "DatabaseInUse",
     "DatabaseRefused",
-    "LogReader",
     "RunFilter",
     "Store",
+    "StoreReader",
     "from_us",
     "migrate",
     "to_us",

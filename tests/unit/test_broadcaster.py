@@ -15,7 +15,7 @@ from stateward.states import ResultData, State, StateType
 from stateward_service.broadcaster import StreamClosed, TransitionBroadcaster, TransitionFilter
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import LogReader, Store
+from stateward_service.store import Store, StoreReader
 
 
 def encode(transition) -> bytes:
@@ -25,7 +25,7 @@ def encode(transition) -> bytes:
 @pytest.fixture
 def world(tmp_path):
     store = Store(tmp_path / "b.db")
-    reader = LogReader(tmp_path / "b.db")
+    reader = StoreReader(tmp_path / "b.db")
     orchestrator = Orchestrator(store)
     yield store, reader, orchestrator
     reader.close()
@@ -141,7 +141,7 @@ def test_filters_apply_to_the_log_and_the_ring_alike(world):
             orchestrator.set_state(wanted, State(StateType.COMPLETED))
         only = TransitionFilter(run_ids=frozenset({wanted}))
         sequences = await take(broadcaster.subscribe(only, 0), 11)
-        logged, _oldest, _newest = reader.read(0, 100, run_ids=[wanted])
+        logged, _oldest, _newest = reader.read_log(0, 100, run_ids=[wanted])
         expected = [t.sequence for t in logged]
         assert sequences == expected
 

@@ -16,7 +16,7 @@ from stateward.runs import RetryPolicy, RunKind, SetStateStatus, Transition
 from stateward.states import TERMINAL_TYPES, ResultData, State, StateDetails, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import LogReader, Store
+from stateward_service.store import Store, StoreReader
 
 NAMES = {StateType.SCHEDULED: ["", "Late", "AwaitingRetry"], StateType.PAUSED: ["", "NotReady"]}
 
@@ -91,8 +91,8 @@ def test_any_sequence_of_proposals_keeps_the_invariants(kind, retries, steps):
         assert (stored.state.id if stored.state else None) == (states[-1].id if states else None)
         assert (stored.end_time is not None) == bool(states and states[-1].type in TERMINAL_TYPES)
         assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
-        reader = LogReader(Path(folder) / "p.db")
-        logged, _oldest, _newest = reader.read(0, 1000, run_ids=[run.id])
+        reader = StoreReader(Path(folder) / "p.db")
+        logged, _oldest, _newest = reader.read_log(0, 1000, run_ids=[run.id])
         reader.close()
         assert [t.to_state.id for t in logged] == [s.id for s in states]
         previous = [None, *[s.id for s in states[:-1]]] if states else []
