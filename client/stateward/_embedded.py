@@ -3,9 +3,9 @@
 With STATEWARD_API_URL set, the SDK talks to that server. Without it, the first run in a process
 starts an embedded server on `$STATEWARD_HOME/stateward.db`, in a thread of its own, listening on
 a loopback port that it writes to `$STATEWARD_HOME/server.json`. The process's own calls reach
-it in-process (no sockets: the same API the gRPC servicer calls); streams, and other processes,
-use the port. A second process on the same home finds the database taken and shares that server;
-if it cannot reach it, it says so.
+it in-process (no sockets: the synchronous methods of the server's gRPC API, which its network
+handlers call too); streams, and other processes, use the port. A second process on the same
+home finds the database taken and shares that server; if it cannot reach it, it says so.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server assembly: the store, the orchestrator, the servicer and the standard services (health,
+"""Server assembly: the store, the orchestrator, the gRPC API and the standard services (health,
 reflection), the interceptors, and a graceful shutdown on SIGINT/SIGTERM.
 
 `StatewardServer` runs inside any asyncio loop (the CLI's, a test's, the SDK's embedded thread);
@@ -25,8 +25,8 @@ from grpc_reflection.v1alpha import reflection
 from stateward import wire
 from stateward.runs import Transition
 from stateward.v1 import orchestration_pb2
-from stateward_service.api import OrchestrationApi
 from stateward_service.broadcaster import TransitionBroadcaster
+from stateward_service.grpc_api import SERVICE, OrchestrationService, add_to_server
 from stateward_service.health import HealthService
 from stateward_service.interceptors.auth import AuthInterceptor
 from stateward_service.interceptors.errors import ErrorsInterceptor
@@ -35,7 +35,6 @@ from stateward_service.loops import ServerLoops
 from stateward_service.metrics import ServerMetrics
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
-from stateward_service.servicer import SERVICE, OrchestrationServicer, add_to_server
 from stateward_service.settings import ServerSettings
 from stateward_service.store import Store
 
@@ -94,7 +93,6 @@ class StatewardServer:
             quick_check=settings.quick_check,
         )
         self.orchestrator = Orchestrator(store, Policies.default(settings.slot_wait_seconds))
-        self.api = OrchestrationApi(self.orchestrator)
         self.broadcaster = TransitionBroadcaster(
             self.orchestrator,
             encode_transition,
@@ -102,6 +100,8 @@ class StatewardServer:
             capacity=settings.stream_buffer,
         )
         self.orchestrator.subscribe(self.broadcaster.publish)
+        # The gRPC API; the SDK's embedded transport calls its unary methods in-process.
+        self.api = OrchestrationService(self.orchestrator, self.broadcaster)
         self.loops = ServerLoops(self.orchestrator, settings)
         self.metrics: ServerMetrics | None = None
         if settings.metrics_port:
@@ -138,7 +138,7 @@ class StatewardServer:
             interceptors.append(AuthInterceptor(self.settings.api_key))
         interceptors.append(ErrorsInterceptor())
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
-        add_to_server(OrchestrationServicer(self.api, self.broadcaster), server)
+        add_to_server(self.api, server)
         self.broadcaster.bind(asyncio.get_running_loop())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -1,24 +1,54 @@
-"""The service's calls at the protobuf level: validate a request, translate it to the domain, call
-the orchestrator, translate the answer back (with `stateward.wire`, the conversions the client
-uses too). No gRPC here: the servicer wraps these methods for the network, and the SDK's embedded
-server calls them in-process. Refusals are `ServiceError`s.
+"""The gRPC API of OrchestrationService: the one layer between protobuf and the domain. It
+validates each request, turns it into orchestrator calls and turns the results into responses
+(with `stateward.wire`, the conversions the client uses too).
+
+`OrchestrationService` has one synchronous method per unary RPC, named as the RPC: the SDK's
+embedded transport calls them in-process, in the caller's thread. `add_to_server` registers them
+from the service's descriptor, each wrapped in the async handler that runs it where the rule
+below says, and the streaming `WatchTransitions`. A refusal raises `ServiceError`, which the
+errors interceptor turns into a status.
+
+What runs on the event loop. The loop does the network I/O, the stream fan-out (the
+broadcaster's ring: an append and a wake-up per commit) and the timers; it must never wait on
+the database for long, or every call and stream waits with it. So:
+
+- Reads that can be long run off the loop, in the default thread pool (`asyncio.to_thread`):
+  ListFlowRuns, ListTaskRuns, ListStates, the Get calls and ListConcurrencyLimits (`OFF_THE_LOOP`
+  below). The orchestrator reads listings and histories on read-only snapshot connections,
+  outside its write lock, so one slow read never stalls another call. The broadcaster's
+  catch-up reads of the log and its cursor check run off the loop too, and the server's loops
+  sweep in a thread of their own.
+- Short writes stay on the loop for now: SetState, the create calls, RenewLeases, ExecuteBatch
+  and the limit writes are each one small transaction under the orchestrator's lock, quicker
+  than a hop to a thread. (A later change gives them a group-commit writer thread.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
+import grpc
+from google.protobuf import message_factory
 from google.protobuf.struct_pb2 import Struct
 
 from stateward import wire
 from stateward.runs import RetryPolicy, RunKind
 from stateward.states import now
+from stateward.v1 import orchestration_pb2, runs_pb2
 from stateward.v1 import orchestration_pb2 as pb
-from stateward.v1 import runs_pb2
-from stateward.wire import StatusCode
+from stateward.wire import START_SEQUENCE_KEY, StatusCode
 from stateward_service import validation as check
+from stateward_service.broadcaster import (
+    CursorAhead,
+    CursorExpired,
+    StreamClosed,
+    TransitionBroadcaster,
+    TransitionFilter,
+)
 from stateward_service.errors import ServiceError, invalid
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
@@ -49,11 +79,16 @@ def _translating(call: Callable[[], T]) -> T:
         raise invalid("page_token", str(error)) from None
 
 
-class OrchestrationApi:
-    """One method per unary RPC of OrchestrationService, named as the RPC."""
+Context = grpc.aio.ServicerContext[Any, Any]
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+
+class OrchestrationService:
+    """One synchronous method per unary RPC of OrchestrationService, named as the RPC (request
+    in, response out, ServiceError for a refusal), and the streaming WatchTransitions."""
+
+    def __init__(self, orchestrator: Orchestrator, broadcaster: TransitionBroadcaster) -> None:
         self.orchestrator = orchestrator
+        self.broadcaster = broadcaster
 
     # --- flow runs ------------------------------------------------------------------------------
 
@@ -250,6 +285,64 @@ class OrchestrationApi:
         _translating(lambda: self.orchestrator.delete_limit(tag))
         return pb.DeleteConcurrencyLimitResponse()
 
+    # --- the stream -----------------------------------------------------------------------------
+
+    async def WatchTransitions(
+        self, request: pb.WatchTransitionsRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        """Each message is an encoded WatchTransitionsResponse, made once for all subscribers
+        (the method is registered without a response serializer)."""
+        where = TransitionFilter(
+            run_ids=frozenset(check.run_ids(request.run_ids, "run_ids")),
+            flow_run_ids=frozenset(check.run_ids(request.flow_run_ids, "flow_run_ids")),
+            state_types=frozenset(check.state_types(request.state_types, "state_types")),
+        )
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        broadcaster = self.broadcaster
+        delivered = after if after is not None else broadcaster.last_sequence
+        try:
+            if after is not None:
+                await asyncio.to_thread(broadcaster.check_cursor, after)
+            # The stream starts after this sequence: a client that loses the stream before its
+            # first message resumes from here without a gap.
+            start = broadcaster.last_sequence if after is None else after
+            await context.send_initial_metadata(((START_SEQUENCE_KEY, str(start)),))
+            # aclosing: the subscription ends the moment this stream does (a client cancel
+            # included), not whenever the generator is collected.
+            async with aclosing(broadcaster.subscribe(where, start)) as subscription:
+                async for sequence, payload in subscription:
+                    delivered = sequence
+                    yield payload
+        except CursorAhead as error:
+            raise ServiceError(
+                StatusCode.FAILED_PRECONDITION,
+                str(error),
+                reason="CURSOR_AHEAD",
+                metadata={"newest_sequence": str(error.newest)},
+            ) from None
+        except CursorExpired as error:
+            if after is not None and delivered == after:
+                raise ServiceError(
+                    StatusCode.FAILED_PRECONDITION,
+                    str(error),
+                    reason="CURSOR_EXPIRED",
+                    metadata={"oldest_sequence": str(error.oldest)},
+                ) from None
+            raise ServiceError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"this subscriber fell behind what the log keeps (it reached sequence "
+                f"{delivered}, the oldest kept is {error.oldest}); read faster or keep more",
+                reason="SUBSCRIBER_TOO_SLOW",
+                metadata={"last_sequence": str(delivered), "oldest_sequence": str(error.oldest)},
+            ) from None
+        except StreamClosed as error:
+            raise ServiceError(
+                StatusCode.UNAVAILABLE,
+                f"the server is shutting down; reconnect with after_sequence={delivered}",
+                reason="SHUTTING_DOWN",
+                metadata={"last_sequence": str(delivered), "cursor": str(error.last_sequence)},
+            ) from None
+
 
 _BATCHABLE = {
     "create_flow_run": "CreateFlowRun",
@@ -280,4 +373,64 @@ def _initial_state(msg: Any, field: str) -> Any:
     return wire.state_from_proto(msg.state)
 
 
-__all__ = ["OrchestrationApi"]
+# The service as the contract describes it: its name, methods and message types.
+SERVICE = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"]
+
+
+# The reads that can be long: they run in a worker thread, never on the event loop.
+OFF_THE_LOOP = frozenset(
+    {
+        "GetFlowRun",
+        "GetTaskRun",
+        "ListFlowRuns",
+        "ListTaskRuns",
+        "ListStates",
+        "GetConcurrencyLimit",
+        "ListConcurrencyLimits",
+    }
+)
+
+Unary = Callable[[Any], Any]
+
+
+def _unary_handler(call: Unary, off_the_loop: bool) -> Callable[[Any, Context], Awaitable[Any]]:
+    """The async handler of one unary RPC: `call` in a worker thread, or on the event loop."""
+    if off_the_loop:
+
+        async def in_a_thread(request: Any, context: Context) -> Any:
+            return await asyncio.to_thread(call, request)
+
+        return in_a_thread
+
+    async def on_the_loop(request: Any, context: Context) -> Any:
+        return call(request)
+
+    return on_the_loop
+
+
+def add_to_server(service: OrchestrationService, server: grpc.aio.Server) -> None:
+    """Register the service's methods, from the service's descriptor (so every RPC of the
+    contract has its method, or this raises AttributeError). Unary methods use their messages'
+    (de)serializers; the streaming method sends bytes already encoded."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        behaviour = getattr(service, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour, request_deserializer=request_type.FromString, response_serializer=None
+            )
+        else:
+            response_type = message_factory.GetMessageClass(method.output_type)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary_handler(behaviour, method.name in OFF_THE_LOOP),
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+__all__ = ["OFF_THE_LOOP", "SERVICE", "OrchestrationService", "add_to_server"]

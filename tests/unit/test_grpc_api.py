@@ -1,0 +1,38 @@
+"""The gRPC API layer's rule for the event loop: long reads run in a worker thread, short writes
+on the loop (see the module's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from stateward_service.grpc_api import OFF_THE_LOOP, SERVICE, OrchestrationService, _unary_handler
+
+
+def test_the_reads_named_off_the_loop_are_unary_methods_of_the_service():
+    unary = {method.name for method in SERVICE.methods if not method.server_streaming}
+    assert unary >= OFF_THE_LOOP
+    assert {
+        "ListFlowRuns",
+        "ListTaskRuns",
+        "ListStates",
+        "GetFlowRun",
+        "GetTaskRun",
+    } <= OFF_THE_LOOP
+    assert not {"SetState", "CreateFlowRun", "CreateTaskRun", "ExecuteBatch"} & OFF_THE_LOOP
+    for name in unary:
+        assert callable(getattr(OrchestrationService, name))
+
+
+def test_a_read_runs_in_a_worker_thread_and_a_write_on_the_loop():
+    def where(request: object) -> int:
+        return threading.get_ident()
+
+    async def main() -> tuple[int, int, int]:
+        off = await _unary_handler(where, off_the_loop=True)(None, None)  # type: ignore[arg-type]
+        on = await _unary_handler(where, off_the_loop=False)(None, None)  # type: ignore[arg-type]
+        return threading.get_ident(), off, on
+
+    loop_thread, read_thread, write_thread = asyncio.run(main())
+    assert read_thread != loop_thread
+    assert write_thread == loop_thread
