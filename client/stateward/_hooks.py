@@ -9,7 +9,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from stateward._options import check_options, warn_not_yet_active
 
@@ -38,6 +38,7 @@ class HookedFunction:
 
     decorator = "@flow/@task"
     fn: Callable[..., Any]
+    name: str
 
     def keep_options(self, given: dict[str, Any]) -> None:
         """Keep the options of `__init__` (its `locals()` as it starts), and warn about those
@@ -47,9 +48,16 @@ class HookedFunction:
         }
         warn_not_yet_active(self.decorator, self.options)
 
-    def init_hooks(self, **hooks: Iterable[Hook] | None) -> None:
+    def wrap(self, fn: Callable[..., Any]) -> None:
+        """Take the hook lists from the options kept, and look like `fn` (its signature, doc
+        and name; whether it is async)."""
         for kind in HOOK_KINDS:
-            setattr(self, f"{kind}_hooks", hook_list(hooks.get(kind)))
+            setattr(self, f"{kind}_hooks", hook_list(self.options.get(kind)))
+        self.isasync = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__wrapped__ = fn
 
     def hooks(self, kind: str) -> list[Hook]:
         hooks: list[Hook] = getattr(self, f"{kind}_hooks")
@@ -82,6 +90,20 @@ class HookedFunction:
 
     def on_running(self, hook: Hook) -> Hook:
         return self._register("on_running", hook)
+
+
+H = TypeVar("H", bound=HookedFunction)
+
+
+def decorator_for(kind: type[H], fn: Callable[..., Any] | None, options: dict[str, Any]) -> Any:
+    """What `@flow`/`@task` return: with `fn` (the bare decorator), the Flow or Task made of it;
+    else the decorator that makes one with `options`. Raises TypeError for an option `kind`
+    does not take, before any function is decorated."""
+    check_options(f"{kind.decorator}()", kind.__init__, options)
+    make: Callable[..., H] = kind
+    if fn is not None:
+        return make(fn, **options)
+    return lambda fn: make(fn, **options)
 
 
 def hook_name(hook: Hook) -> str:

@@ -520,36 +520,10 @@ class _Listing(Generic[T]):
         return True
 
 
-def _flow_run_request(run: FlowRun) -> pb.CreateFlowRunRequest:
-    return wire.create_flow_run_request(
-        run.flow_name,
-        id=run.id,
-        name=run.name,
-        parameters=run.parameters,
-        tags=run.tags,
-        retry_policy=run.retry_policy,
-        parent_task_run_id=run.parent_task_run_id,
-        state=run.state,
-    )
-
-
-def _task_run_request(run: TaskRun) -> pb.CreateTaskRunRequest:
-    return wire.create_task_run_request(
-        run.task_key,
-        id=run.id,
-        name=run.name,
-        flow_run_id=run.flow_run_id,
-        parameters=run.parameters,
-        tags=run.tags,
-        retry_policy=run.retry_policy,
-        state=run.state,
-    )
-
-
 def _create_flow_run(run: FlowRun) -> _Call[FlowRun]:
     return _Call(
         "CreateFlowRun",
-        _flow_run_request(run),
+        wire.create_flow_run_request(run),
         lambda response: wire.flow_run_from_proto(response.flow_run),
     )
 
@@ -557,7 +531,7 @@ def _create_flow_run(run: FlowRun) -> _Call[FlowRun]:
 def _create_task_run(run: TaskRun) -> _Call[TaskRun]:
     return _Call(
         "CreateTaskRun",
-        _task_run_request(run),
+        wire.create_task_run_request(run),
         lambda response: wire.task_run_from_proto(response.task_run),
     )
 
@@ -633,9 +607,9 @@ def _create_and_start(
     if not runs:
         raise ValueError("create_and_start needs at least one run to create")
     operations: list[tuple[str, Any]] = [
-        ("create_flow_run", _flow_run_request(run))
+        ("create_flow_run", wire.create_flow_run_request(run))
         if isinstance(run, FlowRun)
-        else ("create_task_run", _task_run_request(run))
+        else ("create_task_run", wire.create_task_run_request(run))
         for run in runs
     ]
     proposal = wire.set_state_request(runs[-1].id, state, lease_seconds=lease_seconds)

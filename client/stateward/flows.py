@@ -6,8 +6,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from stateward._hooks import Hook, HookedFunction, unique_tags
-from stateward._options import RetryDelay, check_options, retry_delays
+from stateward._hooks import Hook, HookedFunction, decorator_for, unique_tags
+from stateward._options import RetryDelay, retry_delays
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,18 +66,7 @@ class Flow(HookedFunction, Generic[P, R]):
         self.result_storage = result_storage
         self.result_serializer = result_serializer
         self.cache_result_in_memory = cache_result_in_memory is not False
-        self.init_hooks(
-            on_completion=on_completion,
-            on_failure=on_failure,
-            on_cancellation=on_cancellation,
-            on_crashed=on_crashed,
-            on_running=on_running,
-        )
-        self.isasync = inspect.iscoroutinefunction(fn)
-        self.signature = inspect.signature(fn)
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", self.name)
-        self.__wrapped__ = fn
+        self.wrap(fn)
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
@@ -106,11 +95,4 @@ def flow(__fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Flow[P
 def flow(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
     """Make a function a flow, bare (`@flow`) or with options (`@flow(retries=1)`); returns the
     `Flow` (or the decorator making it). Raises TypeError for an option `Flow` does not take."""
-    check_options("@flow()", Flow.__init__, options)
-    if __fn is not None:
-        return Flow(__fn, **options)
-
-    def decorate(fn: Callable[P, R]) -> Flow[P, R]:
-        return Flow(fn, **options)
-
-    return decorate
+    return decorator_for(Flow, __fn, options)

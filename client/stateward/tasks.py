@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from stateward._hooks import Hook, HookedFunction, unique_tags
-from stateward._options import RetryDelay, check_options, retry_delays
+from stateward._hooks import Hook, HookedFunction, decorator_for, unique_tags
+from stateward._options import RetryDelay, retry_delays
 
 if TYPE_CHECKING:
     from stateward._context import TaskRunContext
@@ -122,18 +122,7 @@ class Task(HookedFunction, Generic[P, R]):
         self.on_commit = list(on_commit or ())
         self.viz_return_value = viz_return_value
         self.asset_deps = list(asset_deps or ())
-        self.init_hooks(
-            on_completion=on_completion,
-            on_failure=on_failure,
-            on_cancellation=on_cancellation,
-            on_crashed=on_crashed,
-            on_running=on_running,
-        )
-        self.isasync = inspect.iscoroutinefunction(fn)
-        self.signature = inspect.signature(fn)
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", self.name)
-        self.__wrapped__ = fn
+        self.wrap(fn)
 
     @property
     def task_key(self) -> str:
@@ -178,11 +167,4 @@ def task(__fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Task[P
 def task(__fn: Callable[P, R] | None = None, **options: Any) -> Any:
     """Make a function a task, bare (`@task`) or with options (`@task(retries=2)`); returns the
     `Task` (or the decorator making it). Raises TypeError for an option `Task` does not take."""
-    check_options("@task()", Task.__init__, options)
-    if __fn is not None:
-        return Task(__fn, **options)
-
-    def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        return Task(fn, **options)
-
-    return decorate
+    return decorator_for(Task, __fn, options)

@@ -428,54 +428,47 @@ def limit_to_proto(limit: ConcurrencyLimit) -> runs_pb2.ConcurrencyLimit:
 # --- requests -----------------------------------------------------------------------------------
 
 
-def create_flow_run_request(
-    flow_name: str,
-    *,
-    id: str = "",
-    name: str = "",
-    parameters: Mapping[str, Any] | None = None,
-    tags: Iterable[str] = (),
-    retry_policy: RetryPolicy | None = None,
-    parent_task_run_id: str = "",
-    state: State | None = None,
-) -> pb.CreateFlowRunRequest:
-    run = runs_pb2.FlowRun(
-        id=id,
-        name=name,
-        flow_name=flow_name,
-        tags=list(tags),
-        parent_task_run_id=parent_task_run_id,
+def create_flow_run_request(run: FlowRun) -> pb.CreateFlowRunRequest:
+    """The request creating `run`, from the fields a create takes (id, name, flow_name,
+    parameters, tags, retry_policy, parent_task_run_id and the initial state); the server fills
+    in the others."""
+    msg = runs_pb2.FlowRun(
+        id=run.id,
+        name=run.name,
+        flow_name=run.flow_name,
+        tags=list(run.tags),
+        parent_task_run_id=run.parent_task_run_id,
     )
-    if parameters:
-        run.parameters.update(dict(parameters))
-    if retry_policy is not None:
-        retry_policy_to_proto(retry_policy, run.retry_policy)
-    if state is not None:
-        state_to_proto(state, run.state)
-    return pb.CreateFlowRunRequest(flow_run=run)
+    _fill_create(msg, run.parameters, run.retry_policy, run.state)
+    return pb.CreateFlowRunRequest(flow_run=msg)
 
 
-def create_task_run_request(
-    task_key: str,
-    *,
-    id: str = "",
-    name: str = "",
-    flow_run_id: str = "",
-    parameters: Mapping[str, Any] | None = None,
-    tags: Iterable[str] = (),
-    retry_policy: RetryPolicy | None = None,
-    state: State | None = None,
-) -> pb.CreateTaskRunRequest:
-    run = runs_pb2.TaskRun(
-        id=id, name=name, task_key=task_key, flow_run_id=flow_run_id, tags=list(tags)
+def create_task_run_request(run: TaskRun) -> pb.CreateTaskRunRequest:
+    """The request creating `run`, from the fields a create takes (id, name, task_key,
+    flow_run_id, parameters, tags, retry_policy and the initial state)."""
+    msg = runs_pb2.TaskRun(
+        id=run.id,
+        name=run.name,
+        task_key=run.task_key,
+        flow_run_id=run.flow_run_id,
+        tags=list(run.tags),
     )
+    _fill_create(msg, run.parameters, run.retry_policy, run.state)
+    return pb.CreateTaskRunRequest(task_run=msg)
+
+
+def _fill_create(
+    msg: runs_pb2.FlowRun | runs_pb2.TaskRun,
+    parameters: Mapping[str, Any],
+    retry_policy: RetryPolicy,
+    state: State | None,
+) -> None:
     if parameters:
-        run.parameters.update(dict(parameters))
-    if retry_policy is not None:
-        retry_policy_to_proto(retry_policy, run.retry_policy)
+        msg.parameters.update(dict(parameters))
+    if retry_policy != RetryPolicy():
+        retry_policy_to_proto(retry_policy, msg.retry_policy)
     if state is not None:
-        state_to_proto(state, run.state)
-    return pb.CreateTaskRunRequest(task_run=run)
+        state_to_proto(state, msg.state)
 
 
 def set_state_request(
