@@ -20,6 +20,16 @@ module of `stateward` (generated code aside) and `stateward_service`, those insi
 |                            | .settings and the generated stateward.v1: no stateward._*,    |
 |                            | no engine, no client                                          |
 | stateward.* (the SDK)      | stateward_service only in stateward._embedded (the launcher)  |
+| stateward.* but client,    | no grpc, no protobuf, no stateward.v1: only the typed client, |
+| _transport and wire        | its transports and the wire module know the protocol          |
+| stateward.* but client,    | no stateward.wire, no stateward._transport: the engine, the   |
+| _transport, wire and       | decorators and the CLI reach the server through the typed     |
+| _embedded                  | client, in the vocabulary (the launcher makes transports)     |
+| stateward._signals         | nothing of stateward; stateward._interrupt only _signals:     |
+| stateward._interrupt       | interrupts and signals sit below the engine                   |
+
+And outside the client, its transports and the launcher, no SDK code reaches into a client's
+transport or its private calls (`_call`, `_do`, `_pages`).
 """
 
 from __future__ import annotations
@@ -197,13 +207,53 @@ ARROWS = [
         lambda module: _within(module, "stateward") and module != "stateward._embedded",
         lambda target: not _within(target, "stateward_service"),
     ),
+    Arrow(
+        "only the typed client, its transports and the wire module know gRPC and protobuf",
+        lambda module: _within(module, "stateward") and module not in SDK_PROTOCOL,
+        lambda target: not _within(target, *GRPC, "stateward.v1"),
+    ),
+    Arrow(
+        "the SDK engine, decorators and CLI reach the server only through the typed client",
+        lambda module: (
+            _within(module, "stateward") and module not in (*SDK_PROTOCOL, "stateward._embedded")
+        ),
+        lambda target: not _within(target, "stateward.wire", "stateward._transport"),
+    ),
+    Arrow(
+        "signal handling imports nothing of the SDK",
+        lambda module: module == "stateward._signals",
+        lambda target: not _within(target, "stateward"),
+    ),
+    Arrow(
+        "the interrupt machinery sits below the engine: of the SDK it imports only _signals",
+        lambda module: module == "stateward._interrupt",
+        lambda target: not _within(target, "stateward") or _within(target, "stateward._signals"),
+    ),
 ]
+
+# The SDK modules that know the protocol: the typed client, its transports, the wire module.
+SDK_PROTOCOL = ("stateward.client", "stateward._transport", "stateward.wire")
+# What only the client (and the transports and launcher that make it) may touch of a client.
+CLIENT_INSIDES = frozenset({"_call", "_do", "_pages", "transport"})
+
+
+def test_only_the_client_touches_its_transport_and_private_calls():
+    reaching_in = []
+    for path in sorted((ROOT / "client" / "stateward").rglob("*.py")):
+        module = _module_name(path, ROOT / "client")
+        if _within(module, "stateward.v1") or module in (*SDK_PROTOCOL, "stateward._embedded"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in CLIENT_INSIDES:
+                reaching_in.append(f"{module} (line {node.lineno}) uses .{node.attr}")
+    assert reaching_in == []
 
 
 def test_the_import_walk_sees_both_packages():
     modules = {i.module for i in IMPORTS}
     for expected in (
         "stateward._embedded",
+        "stateward._engine",
         "stateward.cli.app",
         "stateward_service.orchestrator",
         "stateward_service.rules.engine",
