@@ -64,7 +64,8 @@ def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any
 
 
 def resolve(value: Any) -> Any:
-    """Futures among a task's inputs become their results (waiting for them)."""
+    """Futures and states among a task's inputs become their results (waiting for futures);
+    raises UpstreamFailed for one that did not complete."""
     if isinstance(value, StatewardFuture):
         state = value._future.result()
         if not state.is_completed():
@@ -73,7 +74,9 @@ def resolve(value: Any) -> Any:
             )
         return state.result()
     if isinstance(value, State):
-        return value
+        if not value.is_completed():
+            raise UpstreamFailed(f"an upstream state did not complete ({value.name})")
+        return value.result()
     if isinstance(value, unmapped):
         return resolve(value.value)
     if isinstance(value, list):

@@ -5,20 +5,17 @@ runs it in a worker thread; `map` submits one per element."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from stateward._context import TaskRunContext, flow_run_context, task_run_context
+from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._outcomes import (
     UpstreamFailed,
-    bind,
     failed,
     jsonable,
     judged,
@@ -27,7 +24,7 @@ from stateward._outcomes import (
 )
 from stateward._results import encode_exception
 from stateward.client import Created
-from stateward.exceptions import OrchestrationAborted
+from stateward.exceptions import MappingLengthMismatch, MappingMissingIterable, OrchestrationAborted
 from stateward.futures import StatewardFuture, StatewardFutureList
 from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
@@ -214,21 +211,15 @@ def call_task(
     return call_run(lambda: TaskRunEngine(task, args, kwargs, wait_for), task.isasync, return_state)
 
 
-_standalone_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_standalone_lock = threading.Lock()
-
-
-def _executor_for(context: Any) -> concurrent.futures.ThreadPoolExecutor:
-    if context is not None:
-        executor: concurrent.futures.ThreadPoolExecutor = context.engine.task_executor()
-        return executor
-    global _standalone_executor
-    with _standalone_lock:
-        if _standalone_executor is None:
-            _standalone_executor = concurrent.futures.ThreadPoolExecutor(
-                thread_name_prefix="stateward-tasks"
-            )
-        return _standalone_executor
+def _flow_run_context(what: str) -> FlowRunContext:
+    """The flow run `what` (submit or map) runs its task runs in; RuntimeError outside one."""
+    context = flow_run_context.get()
+    if context is None:
+        raise RuntimeError(
+            f"Task.{what}() runs task runs in the background of a flow run: call it inside a "
+            "flow (outside one, call the task itself)"
+        )
+    return context
 
 
 def submit_task(
@@ -238,19 +229,22 @@ def submit_task(
     *,
     wait_for: Iterable[Any] | None,
 ) -> StatewardFuture[Any]:
-    context = flow_run_context.get()
+    context = _flow_run_context("submit")
     with engine_code():  # an interrupt waits until the flow run knows the future
         engine = TaskRunEngine(task, args, kwargs, wait_for)
         engine.create()
         run = contextvars.copy_context().run
         future: StatewardFuture[Any] = StatewardFuture(
             engine.id,
-            _executor_for(context).submit(run, engine.run_in_worker),
+            context.engine.task_executor().submit(run, engine.run_in_worker),
             lambda: engine.orchestration.state,
         )
-        if context is not None:
-            context.futures.append(future)
+        context.futures.append(future)
     return future
+
+
+def _mapped(value: Any) -> bool:
+    return not isinstance(value, unmapped | str | bytes | dict) and isinstance(value, Iterable)
 
 
 def map_task(
@@ -260,24 +254,31 @@ def map_task(
     *,
     wait_for: Iterable[Any] | None,
 ) -> StatewardFutureList[Any]:
-    parameters = bind(task.signature, args, kwargs)
-    mapped = {
-        key: list(value)
-        for key, value in parameters.items()
-        if not isinstance(value, unmapped | str | bytes | dict) and isinstance(value, Iterable)
-    }
+    _flow_run_context("map")
+    given = dict(task.signature.bind_partial(*args, **kwargs).arguments)  # no defaults
+    for key, value in given.items():
+        if isinstance(value, StatewardFuture | State):  # map over its result
+            given[key] = resolve(value)
+    mapped = {key: list(value) for key, value in given.items() if _mapped(value)}
+    if not mapped:
+        kinds = ", ".join(f"{key}: {type(value).__name__}" for key, value in given.items())
+        raise MappingMissingIterable(
+            f"{task.name}.map() needs at least one iterable argument to map over (got "
+            f"{kinds or 'no arguments'}); wrap a value every run gets whole in unmapped()"
+        )
     lengths = {len(values) for values in mapped.values()}
     if len(lengths) > 1:
         sizes = ", ".join(f"{key}: {len(values)}" for key, values in mapped.items())
-        raise ValueError(f"map() needs iterables of one length, got {sizes}")
-    count = lengths.pop() if lengths else 0
+        raise MappingLengthMismatch(
+            f"{task.name}.map() needs its iterable arguments to have one length, got {sizes}"
+        )
     static = {
         key: value.value if isinstance(value, unmapped) else value
-        for key, value in parameters.items()
+        for key, value in given.items()
         if key not in mapped
     }
     futures: StatewardFutureList[Any] = StatewardFutureList()
-    for index in range(count):
+    for index in range(lengths.pop()):
         call = {**static, **{key: values[index] for key, values in mapped.items()}}
         futures.append(submit_task(task, (), call, wait_for=wait_for))
     return futures

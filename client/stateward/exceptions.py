@@ -8,6 +8,8 @@ StatewardError
 │   ├── TimedOutRun          it exceeded its timeout_seconds (also a built-in TimeoutError)
 │   └── PausedRun            it paused (a flow that returned Paused())
 ├── OrchestrationAborted     the server answered ABORT: the run must stop here
+├── MappingMissingIterable   Task.map() got no iterable argument (also a ValueError)
+├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
 ├── ResultTooLarge           a result is larger than the limit for storing it
 ├── ServerUnavailable        no server could be reached or started
 └── RpcError                 the server refused a call (a gRPC status other than OK)
@@ -39,6 +41,8 @@ __all__ = [
     "FailedPrecondition",
     "FailedRun",
     "InvalidArgument",
+    "MappingLengthMismatch",
+    "MappingMissingIterable",
     "NotFound",
     "OrchestrationAborted",
     "PausedRun",
@@ -83,6 +87,14 @@ class TimedOutRun(RunError, TimeoutError):
 
 class PausedRun(RunError):
     """A run paused instead of completing (its code returned a Paused state)."""
+
+
+class MappingMissingIterable(StatewardError, ValueError):
+    """`Task.map()` got no iterable argument to map over."""
+
+
+class MappingLengthMismatch(StatewardError, ValueError):
+    """`Task.map()` got iterable arguments of different lengths."""
 
 
 class OrchestrationAborted(StatewardError):

@@ -15,7 +15,6 @@ from stateward._options import RetryDelay, retry_delays
 
 if TYPE_CHECKING:
     from stateward._context import TaskRunContext
-    from stateward.futures import StatewardFuture, StatewardFutureList
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -139,18 +138,34 @@ class Task(HookedFunction, Generic[P, R]):
 
         return call_task(self, args, kwargs, return_state=return_state, wait_for=wait_for)
 
-    def submit(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> StatewardFuture[R]:
-        """Run the task in the background; returns a future of its result."""
+    def submit(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
+        """Run the task in the background of the flow run; returns a future of its result (with
+        `return_state=True`: its final State, once done). Raises RuntimeError outside a flow."""
         from stateward._task_engine import submit_task
 
-        return submit_task(self, args, kwargs, wait_for=wait_for)
+        future = submit_task(self, args, kwargs, wait_for=wait_for)
+        if return_state:
+            future.wait()
+            return future.state
+        return future
 
-    def map(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> StatewardFutureList[R]:
-        """Submit one run per element of the iterable arguments (others, and `unmapped` ones,
-        go whole to every run)."""
+    def map(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
+        """Submit one run per element of the iterable arguments given (a future's or a state's
+        result counts as given; defaults, strings, bytes, dicts and `unmapped` values go whole
+        to every run); returns their futures (with `return_state=True`: their final States).
+        Raises MappingMissingIterable (no iterable argument) or MappingLengthMismatch (lengths
+        differ), both ValueErrors, and RuntimeError outside a flow."""
         from stateward._task_engine import map_task
 
-        return map_task(self, args, kwargs, wait_for=wait_for)
+        futures = map_task(self, args, kwargs, wait_for=wait_for)
+        if return_state:
+            futures.wait()
+            return [future.state for future in futures]
+        return futures
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r})"
