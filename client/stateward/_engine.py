@@ -468,8 +468,8 @@ class RunEngine:
             return state
         if state.is_completed():
             return state.result()
-        if self.error is not None and state.is_failed():
-            raise self.error
+        if self.error is not None and (state.is_failed() or state.is_pending()):
+            raise self.error  # the code's exception, or the upstream that kept it from running
         raise exception_for(state)
 
 

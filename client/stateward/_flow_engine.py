@@ -9,7 +9,7 @@ import concurrent.futures
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from stateward._context import FlowRunContext, flow_run_context
@@ -21,10 +21,12 @@ from stateward._interrupt import (
     RunTimedOut,
     engine_code,
     signal_must_wait,
+    waiting,
 )
-from stateward._outcomes import jsonable, judged, run_name
+from stateward._outcomes import jsonable, judged, not_ready, resolve, run_name
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
+from stateward.exceptions import UpstreamTaskError
 from stateward.flows import Flow
 from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateType
@@ -36,9 +38,16 @@ class FlowRunEngine(RunEngine):
     kind = "flow run"
     log = flow_run_log
 
-    def __init__(self, flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        flow: Flow[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait_for: Iterable[Any] | None = None,
+    ) -> None:
         super().__init__(flow, args, kwargs)
         self.flow = flow
+        self.wait_for = list(wait_for or ())
         self.flow_run: FlowRun | None = None
         self.context: FlowRunContext | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -47,10 +56,18 @@ class FlowRunEngine(RunEngine):
         self.nested: set[RunEngine] = set()
         self.task_run_lock = threading.Lock()
 
-    def begin(self) -> OrchestrationResult:
+    def begin(self) -> OrchestrationResult | State:
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
-        in its parent flow run is created in the same batch."""
+        in its parent flow run is created in the same batch. A subflow first waits for its
+        upstreams; when one did not complete, it is created Pending and named NotReady (the
+        final state returned), and does not run."""
         flow = self.flow
+        upstream_failed: UpstreamTaskError | None = None
+        if self.parent is not None:
+            try:
+                waiting(self._wait_for_inputs)
+            except UpstreamTaskError as error:
+                upstream_failed = self.error = error
         runs: list[FlowRun | TaskRun] = []
         parent_task_run_id = ""
         if self.parent is not None:
@@ -76,7 +93,18 @@ class FlowRunEngine(RunEngine):
                 state=State(StateType.PENDING),
             )
         )
+        if upstream_failed is not None:
+            answer = self.orchestration.create_and_start(
+                runs, not_ready(upstream_failed), self._adopt
+            )
+            assert answer.state is not None
+            return answer.state
         return self.orchestration.create_and_start(runs, State(StateType.RUNNING), self._adopt)
+
+    def _wait_for_inputs(self) -> None:
+        for upstream in self.wait_for:
+            resolve(upstream)
+        self.parameters = resolve(self.parameters)
 
     def _adopt(self, created: list[Created]) -> None:
         run = created[-1]
@@ -208,7 +236,12 @@ class FlowRunEngine(RunEngine):
 
 
 def call_flow(
-    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, return_state: bool
+    flow: Flow[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    return_state: bool,
+    wait_for: Iterable[Any] | None = None,
 ) -> Any:
     """A call of `flow`: its flow run (for an async flow, a coroutine running it)."""
-    return call_run(lambda: FlowRunEngine(flow, args, kwargs), flow.isasync, return_state)
+    return call_run(lambda: FlowRunEngine(flow, args, kwargs, wait_for), flow.isasync, return_state)

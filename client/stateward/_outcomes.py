@@ -10,15 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from stateward._results import encode, encode_exception
-from stateward.exceptions import ResultTooLarge
+from stateward.exceptions import ResultTooLarge, UpstreamTaskError
 from stateward.futures import StatewardFuture
 from stateward.states import State, StateDetails, StateType, carry_value, has_value
 from stateward.tasks import unmapped
-
-
-class UpstreamFailed(Exception):
-    """A task's input came from a task run that did not complete."""
-
 
 # --- parameters ---------------------------------------------------------------------------------
 
@@ -65,17 +60,17 @@ def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any
 
 def resolve(value: Any) -> Any:
     """Futures and states among a task's inputs become their results (waiting for futures);
-    raises UpstreamFailed for one that did not complete."""
+    raises UpstreamTaskError for one that did not complete."""
     if isinstance(value, StatewardFuture):
         state = value._future.result()
         if not state.is_completed():
-            raise UpstreamFailed(
+            raise UpstreamTaskError(
                 f"upstream task run {value.task_run_id} did not complete ({state.name})"
             )
         return state.result()
     if isinstance(value, State):
         if not value.is_completed():
-            raise UpstreamFailed(f"an upstream state did not complete ({value.name})")
+            raise UpstreamTaskError(f"an upstream state did not complete ({value.name})")
         return value.result()
     if isinstance(value, unmapped):
         return resolve(value.value)
@@ -111,6 +106,11 @@ def _carrying(state: State, value: Any, what: str, log: logging.Logger) -> State
     state = state.evolve(data=data)
     object.__setattr__(state, "_value", value)
     return state
+
+
+def not_ready(error: UpstreamTaskError) -> State:
+    """The state of a run that did not run because an upstream did not complete."""
+    return State(StateType.PENDING, name="NotReady", message=str(error))
 
 
 def failed(error: BaseException, name: str = "Failed", message: str = "") -> State:

@@ -15,16 +15,20 @@ from stateward._context import FlowRunContext, TaskRunContext, flow_run_context,
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._outcomes import (
-    UpstreamFailed,
-    failed,
     jsonable,
     judged,
+    not_ready,
     resolve,
     run_name,
 )
 from stateward._results import encode_exception
 from stateward.client import Created
-from stateward.exceptions import MappingLengthMismatch, MappingMissingIterable, OrchestrationAborted
+from stateward.exceptions import (
+    MappingLengthMismatch,
+    MappingMissingIterable,
+    OrchestrationAborted,
+    UpstreamTaskError,
+)
 from stateward.futures import StatewardFuture, StatewardFutureList
 from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
@@ -117,12 +121,12 @@ class TaskRunEngine(RunEngine):
         around it was stopped while it waited."""
         try:
             waiting(self._wait_for_inputs)
-        except UpstreamFailed as error:
+        except UpstreamTaskError as error:
             if self.stop.stop_requested is None:
                 self.error = error
                 if self.task_run is None:
                     self.create()
-                decision = self.orchestration.propose(failed(error))
+                decision = self.orchestration.propose(not_ready(error))
                 assert decision.state is not None
                 return decision.state
         if self.stop.stop_requested is not None:  # stopped with its flow run while it waited

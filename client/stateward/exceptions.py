@@ -11,6 +11,7 @@ StatewardError
 ├── MappingMissingIterable   Task.map() got no iterable argument (also a ValueError)
 ├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
 ├── ResultTooLarge           a result is larger than the limit for storing it
+├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
 ├── ServerUnavailable        no server could be reached or started
 └── RpcError                 the server refused a call (a gRPC status other than OK)
     ├── NotFound
@@ -57,6 +58,7 @@ __all__ = [
     "StatewardError",
     "TimedOutRun",
     "Unauthenticated",
+    "UpstreamTaskError",
 ]
 
 
@@ -99,6 +101,11 @@ class MappingLengthMismatch(StatewardError, ValueError):
 
 class OrchestrationAborted(StatewardError):
     """The server answered ABORT to a proposed state; the reason is the message."""
+
+
+class UpstreamTaskError(StatewardError):
+    """A task run or subflow did not run: one of its upstreams (a `wait_for`, or a future or
+    state among its arguments) did not complete. It stays Pending, named NotReady."""
 
 
 class ResultTooLarge(StatewardError):

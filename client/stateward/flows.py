@@ -75,10 +75,15 @@ class Flow(HookedFunction, Generic[P, R]):
             return ()
         return retry_delays(self.retry_delay_seconds, self.retries)
 
-    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+    def __call__(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
+        """Run a flow run (a subflow inside a flow run, which first waits for `wait_for` and
+        for the futures among its arguments); returns its result, or with `return_state=True`
+        its final State. Raises the run's exception when it did not complete."""
         from stateward._flow_engine import call_flow
 
-        return call_flow(self, args, kwargs, return_state=return_state)
+        return call_flow(self, args, kwargs, return_state=return_state, wait_for=wait_for)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"

@@ -197,6 +197,13 @@ class State:
     def _result(self, raise_on_failure: bool) -> Any:
         from stateward._results import decode, exception_for, held_value
 
+        if self.type is StateType.PENDING and self.name == "NotReady":
+            from stateward.exceptions import UpstreamTaskError
+
+            upstream = UpstreamTaskError(self.message or "an upstream run did not complete")
+            if raise_on_failure:
+                raise upstream
+            return upstream
         if self.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
             error = exception_for(self)
             if raise_on_failure:
