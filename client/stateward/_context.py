@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ class FlowRunContext:
     parameters: dict[str, Any]
     # Futures of the tasks this flow run submitted; it waits for them before it ends.
     futures: list[StatewardFuture[Any]] = field(default_factory=list)
+    # When the flow's code started (its current attempt).
+    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -29,6 +32,8 @@ class TaskRunContext:
     task: Task[..., Any]
     task_run: TaskRun
     parameters: dict[str, Any]
+    # When the task's code started (its current attempt).
+    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 flow_run_context: ContextVar[FlowRunContext | None] = ContextVar("flow_run", default=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -35,9 +36,14 @@ from stateward._outcomes import bind, call_with
 from stateward._results import exception_for
 from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, stopped_message
 from stateward._supervisor import get_supervisor
-from stateward.exceptions import OrchestrationAborted, ServerUnavailable
+from stateward.exceptions import (
+    DeadlineExceeded,
+    OrchestrationAborted,
+    ServerUnavailable,
+    StatewardError,
+)
 from stateward.flows import Flow
-from stateward.runs import OrchestrationResult, SetStateStatus
+from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
 from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, now
 from stateward.tasks import Task
 
@@ -81,7 +87,30 @@ class RunEngine:
         self.retrying_now = False  # the server put the run in Retrying: run the code again
 
     def record(self) -> Any:
-        """The run record hooks receive."""
+        """The run record as this process knows it (no call to the server)."""
+        raise NotImplementedError
+
+    def fetch_run(self) -> FlowRun | TaskRun:
+        """The run record as the server has it now."""
+        raise NotImplementedError
+
+    def fresh_record(self) -> Any:
+        """The run record hooks and `retry_condition_fn` receive: the server's current fields
+        (start and end time, run count, total run time), the parameters as the code got them
+        and the state this process holds; this process's record if the server cannot say."""
+        try:
+            run = self.fetch_run()
+        except StatewardError as error:
+            self.log.warning(
+                "%s - hooks get the run as known here: %s", self.orchestration.label, error
+            )
+            return self.record()
+        return dataclasses.replace(
+            run, parameters=self.parameters, state=self.orchestration.state or run.state
+        )
+
+    def hook_context(self, record: Any) -> Callable[[], None]:
+        """Make the run's context current for its hooks; returns what makes it not current."""
         raise NotImplementedError
 
     @property
@@ -254,25 +283,37 @@ class RunEngine:
         self.stop.cancel_hooks_ran = self.stop.cancel_hooks_ran or kind == "on_cancellation"
         return bool(self.subject.hooks(kind))
 
-    def run_hooks(self, kind: str | None, state: State) -> None:
+    def run_hooks(self, kind: str | None, state: State, *, fresh: bool = True) -> None:
+        """Run the hooks of `kind` in the run's context, given the run's current record (as
+        known here when not `fresh`: the server may be gone)."""
         if self._hooks_due(kind):
             assert kind is not None
             hooks = self.subject.hooks(kind)
-            # Hooks are the user's code: a signal stops them.
-            waiting(run_hooks, hooks, kind, self.subject, self.record(), state, self.log)
+            record = self.fresh_record() if fresh else self.record()
+            leave = self.hook_context(record)
+            try:  # hooks are the user's code: a signal stops them
+                waiting(run_hooks, hooks, kind, self.subject, record, state, self.log)
+            finally:
+                leave()
 
     async def run_hooks_async(self, kind: str | None, state: State) -> None:
         if self._hooks_due(kind):
             assert kind is not None
-            await run_hooks_async(
-                self.subject.hooks(kind), kind, self.subject, self.record(), state, self.log
-            )
+            record = await asyncio.to_thread(self.fresh_record)
+            leave = self.hook_context(record)
+            try:
+                await run_hooks_async(
+                    self.subject.hooks(kind), kind, self.subject, record, state, self.log
+                )
+            finally:
+                leave()
 
     def crash(self, error: BaseException) -> None:
         """Report a crash (an interrupt, a signal...) and run on_crashed."""
         self.orchestration.crash(error)
         if self.orchestration.state is not None and self.orchestration.state.is_crashed():
-            self.run_hooks("on_crashed", self.orchestration.state)
+            reachable = not isinstance(error, ServerUnavailable | DeadlineExceeded)
+            self.run_hooks("on_crashed", self.orchestration.state, fresh=reachable)
 
     # --- executing the code -----------------------------------------------------------------------
 

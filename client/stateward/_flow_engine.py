@@ -179,6 +179,16 @@ class FlowRunEngine(RunEngine):
         token = flow_run_context.set(self.context)
         return lambda: flow_run_context.reset(token)
 
+    def fetch_run(self) -> FlowRun:
+        return self.client.get_flow_run(self.id)
+
+    def hook_context(self, record: Any) -> Callable[[], None]:
+        context = FlowRunContext(self.flow, record, self, self.parameters)
+        if self.context is not None:
+            context.start_time = self.context.start_time
+        token = flow_run_context.set(context)
+        return lambda: flow_run_context.reset(token)
+
     def code_over(self) -> None:
         self._wait_for_tasks()
 

@@ -113,18 +113,23 @@ def hook_name(hook: Hook) -> str:
     return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(hook)
 
 
-def _run_coroutine(awaitable: Any) -> None:
-    """Await a hook's coroutine from synchronous code, whether or not a loop runs here."""
+def await_from_sync(awaitable: Any) -> Any:
+    """Await a coroutine (a hook's, an async retry condition's) from synchronous code, whether
+    or not a loop runs here (if one does, in a thread of its own); returns its value."""
+
+    async def wrapped() -> Any:
+        return await awaitable
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(awaitable)
-        return
+        return asyncio.run(wrapped())
+    outcome: list[Any] = []
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(awaitable)
+            outcome.append(asyncio.run(wrapped()))
         except BaseException as error:
             failure.append(error)
 
@@ -133,6 +138,7 @@ def _run_coroutine(awaitable: Any) -> None:
     thread.join()
     if failure:
         raise failure[0]
+    return outcome[0]
 
 
 def run_hooks(
@@ -143,7 +149,7 @@ def run_hooks(
         try:
             result = hook(subject, run, state)
             if inspect.isawaitable(result):
-                _run_coroutine(result)
+                await_from_sync(result)
         except Exception:
             log.exception("%s hook %r failed", kind, name)
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -13,6 +14,7 @@ from typing import Any
 
 from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from stateward._engine import RunEngine, call_run
+from stateward._hooks import await_from_sync
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._outcomes import (
     jsonable,
@@ -52,6 +54,8 @@ class TaskRunEngine(RunEngine):
         self.task = task
         self.wait_for = list(wait_for or ())
         self.task_run: TaskRun | None = None
+        self.context: TaskRunContext | None = None
+        self.attempts = 0  # attempts of the code in this process
         self.cache_key = ""
         if self.parent is not None:  # its flow run's timeout or cancel stops it too
             self.parent.engine.track(self)
@@ -154,16 +158,29 @@ class TaskRunEngine(RunEngine):
         )
 
     def failed_attempt(self, state: State) -> State:
+        """Ask `retry_condition_fn` (awaited if async) whether the failure is retried; not
+        after the last attempt, which is final anyway."""
         condition = self.task.retry_condition_fn
-        if condition is not None and self.task.retries:
+        if condition is not None and self.attempts <= self.task.retries:
             try:
-                retry = bool(condition(self.task, self.record(), state))
+                answer = condition(self.task, self.fresh_record(), state)
+                if inspect.isawaitable(answer):
+                    answer = await_from_sync(answer)
+                retry = bool(answer)
             except Exception:
                 self.log.exception("%s - retry_condition_fn failed", self.orchestration.label)
                 retry = False
             if not retry:
                 state = state.with_details(unretriable=True)
         return state
+
+    def call_sync(self) -> Any:
+        self.attempts += 1
+        return super().call_sync()
+
+    async def call_async(self) -> Any:
+        self.attempts += 1
+        return await super().call_async()
 
     def after_call(self, value: Any) -> State:
         state = judged(value, f"result of task {self.task.name!r}", self.log)
@@ -178,7 +195,18 @@ class TaskRunEngine(RunEngine):
     # --- executing the task's function ------------------------------------------------------------
 
     def enter_code(self) -> Callable[[], None]:
-        token = task_run_context.set(TaskRunContext(self.task, self.record(), self.parameters))
+        self.context = TaskRunContext(self.task, self.record(), self.parameters)
+        token = task_run_context.set(self.context)
+        return lambda: task_run_context.reset(token)
+
+    def fetch_run(self) -> TaskRun:
+        return self.client.get_task_run(self.id)
+
+    def hook_context(self, record: Any) -> Callable[[], None]:
+        context = TaskRunContext(self.task, record, self.parameters)
+        if self.context is not None:
+            context.start_time = self.context.start_time
+        token = task_run_context.set(context)
         return lambda: task_run_context.reset(token)
 
     # --- the whole run ----------------------------------------------------------------------------
