@@ -52,9 +52,10 @@ def get_client() -> Client:
 
 
 def _connect() -> Client:
+    settings.check()
     address = settings.api_url()
     if address:
-        return Client(address, wait_for_ready=True, timeout=settings.request_timeout())
+        return _remote(address)
     global _embedded
     home = settings.home()
     from stateward_service.store import DatabaseInUse
@@ -64,6 +65,20 @@ def _connect() -> Client:
     except DatabaseInUse:
         return _share(home)
     return Client(transport=_embedded.transport, timeout=None)
+
+
+def _remote(address: str) -> Client:
+    """A client of the server at STATEWARD_API_URL, once it answers (ServerUnavailable, saying
+    what is wrong, within a few seconds if it does not)."""
+    client = Client(address, wait_for_ready=True, timeout=settings.request_timeout())
+    transport = client.transport
+    assert isinstance(transport, GrpcTransport)
+    try:
+        transport.check_reachable(settings.FIRST_CONTACT_SECONDS)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def _share(home: Path) -> Client:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import builtins
 import contextvars
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from stateward import settings
 from stateward._context import flow_run_context, task_run_context
 
 log = logging.getLogger("stateward")
@@ -35,7 +35,7 @@ def configure_default_logging() -> None:
         logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(message)s", "%H:%M:%S")
     )
     log.addHandler(handler)
-    log.setLevel(os.environ.get("STATEWARD_LOGGING_LEVEL", "INFO").upper())
+    log.setLevel(settings.logging_level())
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from typing import Any
 
+from stateward import settings
 from stateward.exceptions import (
     CancelledRun,
     CrashedRun,
@@ -21,13 +21,6 @@ from stateward.exceptions import (
     RunError,
 )
 from stateward.states import ResultData, State, StateType, has_value
-
-DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
-
-
-def max_result_bytes() -> int:
-    """The size limit of one encoded result (STATEWARD_MAX_RESULT_BYTES, default 2 MiB)."""
-    return int(os.environ.get("STATEWARD_MAX_RESULT_BYTES", DEFAULT_MAX_RESULT_BYTES))
 
 
 def _is_plain_json(value: Any) -> bool:
@@ -55,7 +48,7 @@ def encode(value: Any, what: str = "result") -> ResultData:
         blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         size = len(blob)
         data = ResultData(pickle=blob)
-    limit = max_result_bytes()
+    limit = settings.max_result_bytes()
     if size > limit:
         raise ResultTooLarge(
             f"the {what} is {size:,} bytes once encoded, over the limit of {limit:,} bytes; "
@@ -72,7 +65,7 @@ def encode_exception(error: BaseException) -> ResultData | None:
         pickle.loads(blob)
     except Exception:
         return None
-    if len(blob) > max_result_bytes():
+    if len(blob) > settings.max_result_bytes():
         return None
     return ResultData(pickle=blob)
 

@@ -9,23 +9,15 @@ The stream is established before the first run is created, so no cancel can slip
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
+from stateward import settings
 from stateward.client import Client
 from stateward.exceptions import StatewardError
 from stateward.states import State, StateType
 
 log = logging.getLogger("stateward")
-
-DEFAULT_LEASE_SECONDS = 30.0
-
-
-def lease_seconds() -> float:
-    """The heartbeat lease length (STATEWARD_LEASE_SECONDS, default 30): a process that stops
-    renewing for this long has its runs crashed by the server."""
-    return float(os.environ.get("STATEWARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS)
 
 
 class RunSupervisor:
@@ -119,6 +111,6 @@ def get_supervisor(client: Client) -> RunSupervisor:
     global _supervisor
     with _supervisor_lock:
         if _supervisor is None:
-            _supervisor = RunSupervisor(client, lease_seconds())
+            _supervisor = RunSupervisor(client, settings.lease_seconds())
     _supervisor.start()
     return _supervisor

@@ -7,6 +7,8 @@ message, or raises a `stateward.exceptions` error; the clients above know only m
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward import settings
-from stateward.exceptions import ServerUnavailable, StatewardError
+from stateward.exceptions import InvalidSetting, ServerUnavailable, StatewardError
 from stateward.v1 import orchestration_pb2_grpc
 from stateward.wire import START_SEQUENCE_KEY, error_for_status
 
@@ -74,36 +76,92 @@ class Connection:
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS exactly when a CA is configured (STATEWARD_TLS_CA; for the system's CAs, point it
-        at the system bundle); a client certificate (mutual TLS) needs one too."""
+        at the system bundle); a client certificate (mutual TLS) needs one too. A setting that
+        cannot be right raises InvalidSetting."""
         if self.tls_ca is None:
             if self.tls_cert is not None or self.tls_key is not None:
-                raise ValueError(
+                raise InvalidSetting(
                     "STATEWARD_TLS_CERT/STATEWARD_TLS_KEY need STATEWARD_TLS_CA: without a CA "
                     "the connection is not TLS"
                 )
             return None
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("set both STATEWARD_TLS_CERT and STATEWARD_TLS_KEY, or neither")
+            raise InvalidSetting("set both STATEWARD_TLS_CERT and STATEWARD_TLS_KEY, or neither")
         return grpc.ssl_channel_credentials(
-            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
-            private_key=self.tls_key.read_bytes() if self.tls_key else None,
-            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+            root_certificates=_read("STATEWARD_TLS_CA", self.tls_ca),
+            private_key=_read("STATEWARD_TLS_KEY", self.tls_key),
+            certificate_chain=_read("STATEWARD_TLS_CERT", self.tls_cert),
         )
 
 
-def translate(error: grpc.RpcError, address: str = "") -> StatewardError:
-    """The Stateward error for a failed call."""
+def _read(setting: str, path: Path | None) -> bytes | None:
+    """The contents of the file a TLS setting names; InvalidSetting if it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InvalidSetting(
+            f"{setting}={str(path)!r} cannot be read ({error.strerror or error}): "
+            "point it at a PEM file"
+        ) from None
+
+
+def translate(error: grpc.RpcError, connection: Connection | None = None) -> StatewardError:
+    """The Stateward error for a failed call (over `connection`, when known)."""
     code = error.code()
     details = error.details() or code.name
-    where = f" at {address}" if address else ""
     if code is grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailable(
-            f"cannot reach the Stateward server{where} ({details}). Start one with "
-            "`stateward server start`, or point STATEWARD_API_URL at one"
-        )
+        return unreachable(connection, details)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        where = f" at {connection.address}" if connection else ""
         details = f"the Stateward server{where} did not answer in time (deadline exceeded)"
     return error_for_status(code.value[0], details)
+
+
+def unreachable(connection: Connection | None, details: str) -> ServerUnavailable:
+    """Why a call found no server, told apart by trying the address ourselves: nothing
+    listens there, or something listens but the connection failed (TLS, most often)."""
+    if connection is None:
+        return ServerUnavailable(f"cannot reach the Stateward server ({details})")
+    address = connection.address
+    if "shutting down" in details:  # the server itself said so: it was reached
+        return ServerUnavailable(f"the Stateward server at {address} said: {details}")
+    named = " (STATEWARD_API_URL)" if address == settings.api_url() else ""
+    refused = _connect_error(address)
+    if refused is not None:
+        fix = (
+            "correct STATEWARD_API_URL, or unset it to work on this machine's database"
+            if named
+            else "point STATEWARD_API_URL at one"
+        )
+        return ServerUnavailable(
+            f"cannot reach a Stateward server at {address}{named}: {refused}. "
+            f"Start one there with `stateward server start`, or {fix}"
+        )
+    if connection.tls_ca is not None:
+        return ServerUnavailable(
+            f"{address}{named} accepts connections, but the TLS connection failed ({details}). "
+            "Check that STATEWARD_TLS_CA is the CA that signed the server's certificate and, "
+            "if the server requires client certificates, set STATEWARD_TLS_CERT and "
+            "STATEWARD_TLS_KEY"
+        )
+    return ServerUnavailable(
+        f"{address}{named} accepts connections, but plaintext gRPC to it failed ({details}). "
+        "If the server uses TLS, set STATEWARD_TLS_CA to the CA that signed its certificate"
+    )
+
+
+def _connect_error(address: str) -> str | None:
+    """Why a TCP connection to `address` fails (None: it connects)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+            return None
+    except OSError as error:
+        return (error.strerror or str(error)).lower() or "no answer"
+    except ValueError:
+        return f"{address!r} is not host:port"
 
 
 def can_reconnect(error: grpc.RpcError) -> bool:
@@ -181,7 +239,32 @@ class GrpcTransport:
                 wait_for_ready=self.connection.wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise translate(error, self.connection.address) from None
+            raise translate(error, self.connection) from None
+
+    def check_reachable(self, within: float) -> None:
+        """Return once the server answers its health check; raise ServerUnavailable saying
+        what is wrong if it has not within `within` seconds (a server still starting gets
+        that long; an address where nothing listens fails as soon as the time is up)."""
+        deadline = time.monotonic() + within
+        while True:
+            # A fresh channel each time: a channel that failed to connect backs off.
+            with self.connection.open(grpc) as channel:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(),
+                        timeout=max(0.1, min(2.0, deadline - time.monotonic())),
+                    )
+                    return
+                except grpc.RpcError as error:
+                    if error.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
+                        return  # something answered: the calls will say what they meet
+                    details = error.details() or error.code().name
+            if time.monotonic() + 0.25 >= deadline:
+                raise unreachable(self.connection, details)
+            time.sleep(0.25)
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
         return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
@@ -208,7 +291,7 @@ class AsyncGrpcTransport:
                 wait_for_ready=self.connection.wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise translate(error, self.connection.address) from None
+            raise translate(error, self.connection) from None
 
     def open_stream(self, method: str, request: Any) -> AsyncTransitionStream:
         return AsyncTransitionStream(getattr(self.stub, method)(request, metadata=self._metadata))

@@ -257,10 +257,12 @@ class Client:
         reconnect: bool = True,
         max_backoff: float = 5.0,
         started: Callable[[int | None], None] | None = None,
+        retrying: Callable[[StatewardError], None] | None = None,
     ) -> Iterator[Transition]:
         """Transitions as they happen (after `after_sequence` first, when given), reconnecting
         with the last sequence when the server goes away, until the caller stops iterating.
-        `started` is called with the start sequence each time the stream is established."""
+        `started` is called with the start sequence each time the stream is established;
+        `retrying` with the error each time a connection fails or breaks and is tried again."""
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
@@ -277,8 +279,11 @@ class Client:
                     yield transition
                 return  # the server ended the stream normally
             except grpc.RpcError as error:
+                failure = translate(error, getattr(self.transport, "connection", None))
                 if not (reconnect and can_reconnect(error)):
-                    raise translate(error) from None
+                    raise failure from None
+                if retrying is not None:
+                    retrying(failure)
             finally:
                 stream.cancel()
             time.sleep(resume.next_delay())
@@ -470,7 +475,7 @@ class AsyncClient:
                 return
             except grpc.RpcError as error:
                 if not (reconnect and can_reconnect(error)):
-                    raise translate(error) from None
+                    raise translate(error, getattr(self.transport, "connection", None)) from None
             finally:
                 stream.cancel()
             await asyncio.sleep(resume.next_delay())

@@ -13,6 +13,7 @@ StatewardError
 ├── ResultTooLarge           a result is larger than the limit for storing it
 ├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
 ├── ServerUnavailable        no server could be reached or started
+├── InvalidSetting           an environment setting (STATEWARD_...) cannot be right
 └── RpcError                 the server refused a call (a gRPC status other than OK)
     ├── NotFound
     ├── InvalidArgument
@@ -42,6 +43,7 @@ __all__ = [
     "FailedPrecondition",
     "FailedRun",
     "InvalidArgument",
+    "InvalidSetting",
     "MappingLengthMismatch",
     "MappingMissingIterable",
     "NotFound",
@@ -114,6 +116,11 @@ class ResultTooLarge(StatewardError):
 
 class ServerUnavailable(StatewardError):
     """No Stateward server could be reached or started."""
+
+
+class InvalidSetting(StatewardError, ValueError):
+    """A STATEWARD_... environment variable holds a value that cannot be right; the message
+    names it and says what it allows."""
 
 
 class RpcError(StatewardError):

@@ -4,18 +4,36 @@
 - STATEWARD_API_URL: `host:port` of the server to talk to; unset means an embedded server.
 - STATEWARD_REQUEST_TIMEOUT: seconds a call to a remote server may take, waiting out a restart
   (default 30); after it, the server counts as lost.
+
+Each is checked where it is read: a value that cannot be right raises `InvalidSetting` with one
+line naming the variable and what it allows.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from stateward.exceptions import InvalidSetting
+
 DEFAULT_PORT = 8470
+# How long the first call of a process waits for a server at STATEWARD_API_URL to answer before
+# it says it cannot reach it (a server still starting gets this long).
+FIRST_CONTACT_SECONDS = 5.0
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+):(\d{1,5})$")
 
 
 def home() -> Path:
-    return Path(os.environ.get("STATEWARD_HOME") or "~/.stateward").expanduser()
+    """STATEWARD_HOME (`~/.stateward`): a folder, created when first needed."""
+    path = Path(os.environ.get("STATEWARD_HOME") or "~/.stateward").expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidSetting(
+            f"STATEWARD_HOME={str(path)!r} is a file, not a folder: point it at a folder "
+            "(it is created if missing), or unset it for ~/.stateward"
+        )
+    return path
 
 
 def default_database() -> Path:
@@ -23,8 +41,82 @@ def default_database() -> Path:
 
 
 def api_url() -> str | None:
-    return os.environ.get("STATEWARD_API_URL") or None
+    """STATEWARD_API_URL as `host:port`, or None when unset (the embedded default)."""
+    value = (os.environ.get("STATEWARD_API_URL") or "").strip()
+    if not value:
+        return None
+    return check_address(value, "STATEWARD_API_URL")
+
+
+def check_address(value: str, name: str) -> str:
+    """`value` if it is `host:port` (port 1-65535), else InvalidSetting naming `name`."""
+    if "://" in value:
+        bare = value.split("://", 1)[1].split("/", 1)[0]
+        raise InvalidSetting(
+            f"{name}={value!r} has a scheme: give host:port, without a scheme "
+            f"(e.g. {bare or f'127.0.0.1:{DEFAULT_PORT}'})"
+        )
+    match = _HOST_PORT.match(value)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise InvalidSetting(
+            f"{name}={value!r} is not host:port with a port from 1 to 65535 "
+            f"(e.g. 127.0.0.1:{DEFAULT_PORT})"
+        )
+    return value
+
+
+def number(name: str, default: float, *, minimum: float = 0.0, integer: bool = False) -> float:
+    """The number in environment variable `name` (`default` when unset or empty); more than
+    `minimum`, a whole number when `integer`; else InvalidSetting."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    kind = "a whole number" if integer else "a number"
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > minimum or value == float("inf"):
+        raise InvalidSetting(f"{name}={raw!r} must be {kind} greater than {minimum:g}")
+    return value
 
 
 def request_timeout() -> float:
-    return float(os.environ.get("STATEWARD_REQUEST_TIMEOUT") or 30.0)
+    """STATEWARD_REQUEST_TIMEOUT: seconds a call may wait for an unreachable server (30)."""
+    return number("STATEWARD_REQUEST_TIMEOUT", 30.0)
+
+
+def lease_seconds() -> float:
+    """STATEWARD_LEASE_SECONDS: the heartbeat lease of running runs (30); a process that stops
+    renewing for this long has its runs crashed by the server."""
+    return number("STATEWARD_LEASE_SECONDS", 30.0)
+
+
+def max_result_bytes() -> int:
+    """STATEWARD_MAX_RESULT_BYTES: the size limit of one encoded result (2 MiB)."""
+    return int(number("STATEWARD_MAX_RESULT_BYTES", 2 * 1024 * 1024, integer=True))
+
+
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def logging_level() -> str:
+    """STATEWARD_LOGGING_LEVEL (INFO): one of LOGGING_LEVELS, in any case."""
+    raw = (os.environ.get("STATEWARD_LOGGING_LEVEL") or "INFO").strip()
+    if raw.upper() not in LOGGING_LEVELS:
+        raise InvalidSetting(
+            f"STATEWARD_LOGGING_LEVEL={raw!r} is not a level: "
+            f"use one of {', '.join(LOGGING_LEVELS)}"
+        )
+    return raw.upper()
+
+
+def check() -> None:
+    """Read every client setting once, so that a process with one that cannot be right stops at
+    its first run (InvalidSetting), not when it first needs the value."""
+    home()
+    api_url()
+    request_timeout()
+    lease_seconds()
+    max_result_bytes()
+    logging_level()

@@ -249,6 +249,8 @@ def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
     host, port = settings.host, settings.port
     address = format_address(host, port)
     credentials = _credentials(settings)
+    if port and _port_taken(host, port):  # asked before gRPC, which logs its own failure first
+        raise PortUnavailable(_why_unbindable(host, port, address))
     try:
         if credentials is None:
             bound = server.add_insecure_port(address)
@@ -285,6 +287,19 @@ def _listen_for_ui(host: str, port: int) -> socket.socket:
         ) from None
     listener.setblocking(False)
     return listener
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something listens on `host:port` (a socket in TIME_WAIT does not count: gRPC
+    reuses the address, and so does this probe)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host.strip("[]"), port))
+    except OSError as error:
+        return error.errno == errno.EADDRINUSE
+    return False
 
 
 def _why_unbindable(host: str, port: int, address: str) -> str:
@@ -335,32 +350,48 @@ def describe_security(settings: ServerSettings) -> list[str]:
     return lines
 
 
+def say(line: str) -> None:
+    """Print a line on stderr for the person running the server. A stderr nobody reads any
+    more (a pipe into `head` that ended) must not stop the server, nor its signal handling:
+    the line is dropped, and so is everything written to stderr from then on."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting."""
+    if settings.port and _port_taken(settings.host, settings.port):  # before opening the db
+        address = format_address(settings.host, settings.port)
+        raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
     server = StatewardServer(settings)
     await server.start()
-    print(
-        f"Stateward server listening on {server.address} (database {settings.db})",
-        file=sys.stderr,
-        flush=True,
-    )
-    for line in describe_security(settings):
-        print(line, file=sys.stderr, flush=True)
-    if server.ui_url:
-        print(f"  web view: {server.ui_url}", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
+        # The stop is scheduled before anything is said: saying may fail.
         if stopping:
-            log.warning("second %s: stopping now", signal.Signals(signum).name)
             stopping.append(loop.create_task(server.stop(grace=0)))
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
             return
-        print("Stateward server shutting down...", file=sys.stderr, flush=True)
         stopping.append(loop.create_task(server.stop()))
+        say("Stateward server shutting down...")
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    # Said once the signals are handled: whoever reads this may send one at once.
+    say(f"Stateward server listening on {server.address} (database {settings.db})")
+    for line in describe_security(settings):
+        say(line)
+    if server.ui_url:
+        say(f"  web view: {server.ui_url}")
     await server.wait_stopped()
     await asyncio.gather(*stopping)
-    print("Stateward server stopped.", file=sys.stderr, flush=True)
+    say("Stateward server stopped.")

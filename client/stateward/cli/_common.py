@@ -17,7 +17,7 @@ from stateward.states import State, StateType
 
 # Piped output is not cut to 80 columns: ids must survive a copy.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-errors = Console(stderr=True, highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_COLOURS = {
     StateType.SCHEDULED: "yellow",

@@ -9,8 +9,9 @@ from stateward.cli import db, limits, runs, watch
 
 app = typer.Typer(
     name="stateward",
-    help="Stateward: run-state orchestration over gRPC. Commands that talk to a server find it "
-    "through STATEWARD_API_URL (host:port, default 127.0.0.1:8470).",
+    help="Stateward: run-state orchestration over gRPC. With STATEWARD_API_URL (host:port) "
+    "set, the commands talk to that server; unset, they work on the database in STATEWARD_HOME "
+    "(~/.stateward) on this machine, as the SDK does.",
     no_args_is_help=True,
     add_completion=False,
 )

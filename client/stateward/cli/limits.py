@@ -15,7 +15,9 @@ app = typer.Typer(help="Tag concurrency limits for task runs.", no_args_is_help=
 @app.command("create")
 def create(
     tag: Annotated[str, typer.Argument(help="The tag.")],
-    limit: Annotated[int, typer.Argument(help="How many task runs with it may run at once.")],
+    limit: Annotated[
+        int, typer.Argument(min=0, help="How many task runs with it may run at once.")
+    ],
 ) -> None:
     """Create a limit for a tag."""
     with client() as connected:

@@ -31,14 +31,15 @@ def list_flow_runs(
         list[str] | None, typer.Option("--state", help="Only runs in this state type.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List flow runs, newest first."""
     table = Table("ID", "Flow", "Name", "State", "Runs", "Started", "Ended")
+    state_types = parse_state_types(state or [])  # refused before connecting
     with client() as connected:
         for run in connected.list_flow_runs(
             flow_names=flow or (),
-            state_types=parse_state_types(state or []),
+            state_types=state_types,
             tags=tag or (),
             limit=limit,
         ):
@@ -125,15 +126,16 @@ def list_task_runs(
         list[str] | None, typer.Option("--state", help="Only runs in this state type.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List task runs, newest first."""
     table = Table("ID", "Task", "Name", "Flow run", "State", "Runs", "Ended")
+    state_types = parse_state_types(state or [])  # refused before connecting
     with client() as connected:
         for run in connected.list_task_runs(
             flow_run_ids=flow_run or (),
             task_keys=task or (),
-            state_types=parse_state_types(state or []),
+            state_types=state_types,
             tags=tag or (),
             limit=limit,
         ):

@@ -14,6 +14,7 @@ from stateward.cli._common import (
     show_state,
     show_time,
 )
+from stateward.exceptions import StatewardError
 from stateward.runs import Transition
 
 
@@ -44,29 +45,44 @@ def watch(
         bool, typer.Option("--from-start", help="Replay the log from its start first.")
     ] = False,
     after: Annotated[
-        int | None, typer.Option("--after", help="Replay from after this sequence first.")
+        int | None,
+        typer.Option("--after", min=0, help="Replay from after this sequence first."),
     ] = None,
 ) -> None:
     """Print transitions as they happen; reconnects by itself when the server restarts."""
     cursor = 0 if from_start else after
     connections = 0
+    down = False
 
     def started(start: int | None) -> None:
         """Say on stderr where each connection starts: live output on stdout follows it."""
-        nonlocal connections
+        nonlocal connections, down
         connections += 1
-        verb = "watching" if connections == 1 else "reconnected, watching"
+        verb = "reconnected, watching" if connections > 1 or down else "watching"
+        down = False
         since = "" if start is None else f" after #{start}"
         errors.print(f"[dim]{verb} transitions{since} (Ctrl-C to stop)[/dim]")
 
+    def retrying(error: StatewardError) -> None:
+        """Say once per outage what cannot be reached; the client keeps trying."""
+        nonlocal down
+        if not down:
+            lost = "lost the stream: " if connections else ""
+            down = True
+            errors.print(
+                f"[yellow]{lost}{error}[/yellow] - retrying until it answers (Ctrl-C to stop)"
+            )
+
+    state_types = parse_state_types(state or [])  # refused before connecting
     with client() as connected:
         try:
             for transition in connected.watch(
                 run_ids=run or (),
                 flow_run_ids=flow_run or (),
-                state_types=parse_state_types(state or []),
+                state_types=state_types,
                 after_sequence=cursor,
                 started=started,
+                retrying=retrying,
             ):
                 console.print(line(transition), soft_wrap=True)
         except KeyboardInterrupt:
