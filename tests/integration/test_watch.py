@@ -425,6 +425,8 @@ def connected(watcher: subprocess.Popen[str]) -> str:
     after it reaches the command live."""
     assert watcher.stderr is not None
     line = watcher.stderr.readline()
+    while " - retrying (Ctrl-C to stop)" in line:  # a lost stream is said once, then retried
+        line = watcher.stderr.readline()
     assert "watching transitions after #" in line, line
     return line
 

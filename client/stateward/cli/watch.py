@@ -69,9 +69,7 @@ def watch(
         if not down:
             lost = "lost the stream: " if connections else ""
             down = True
-            errors.print(
-                f"[yellow]{lost}{error}[/yellow] - retrying until it answers (Ctrl-C to stop)"
-            )
+            errors.print(f"[yellow]{lost}{error}[/yellow] - retrying (Ctrl-C to stop)")
 
     state_types = parse_state_types(state or [])  # refused before connecting
     with client() as connected:
