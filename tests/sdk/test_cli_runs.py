@@ -63,7 +63,7 @@ def test_cli_errors_are_clear(client):
     bad_state = stateward_cli("flow-run", "ls", "--state", "sleeping")
     assert bad_state.returncode != 0 and "not a state type" in bad_state.stderr
     nowhere = stateward_cli("flow-run", "ls", env={"STATEWARD_API_URL": "127.0.0.1:9"})
-    assert nowhere.returncode == 1 and "cannot reach the Stateward server" in nowhere.stderr
+    assert nowhere.returncode == 1 and "cannot reach a Stateward server" in nowhere.stderr
 
 
 def test_the_quickstart_shows_a_retry_a_hook_and_a_cache_hit(tmp_path):
