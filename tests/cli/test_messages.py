@@ -50,8 +50,9 @@ def test_a_missing_client_certificate_says_so(
 
 def test_a_port_in_use_is_one_line_and_opens_no_database(home: Path, server: ServerProcess) -> None:
     done = stateward(
-        home, "server", "start", "--port", str(server.port), "--db", str(home / "second.db")
-    )
+        home, "server", "start", "--port", str(server.port), "--db", str(home / "second.db"),
+        "--no-ui",
+    )  # fmt: skip
     assert done.returncode == 1
     line = one_line(done.stderr)
     assert "already in use" in line and "--port" in line

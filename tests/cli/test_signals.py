@@ -16,7 +16,7 @@ from tests.support import ROOT
 def test_sigterm_stops_a_server_whose_output_pipe_was_closed(home: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "stateward", "server", "start", "--port", "0",
-         "--db", str(home / "piped.db")],
+         "--db", str(home / "piped.db"), "--no-ui"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=environment(home),
