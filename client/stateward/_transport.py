@@ -165,10 +165,15 @@ def _connect_error(address: str) -> str | None:
 
 
 def can_reconnect(error: grpc.RpcError) -> bool:
-    """Whether a broken stream may be resumed from its cursor: the server went away or is
-    restarting, or it ended a subscriber that fell behind."""
+    """Whether a broken stream may be resumed from its cursor: the server went away, is
+    restarting or cancelled the stream (a proxy or a shutdown past its grace), or it ended a
+    subscriber that fell behind or was over its limit of calls."""
     code = error.code()
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    return code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
 
 
 def server_answers(address: str, timeout: float = 2.0) -> bool:

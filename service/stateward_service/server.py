@@ -63,7 +63,15 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # Larger messages are refused with RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        # Calls that arrived but that the server has not picked up yet: gRPC's own limits on
+        # them (1,000, and 3,000 at most) cancelled parts of a burst before it reached us. The
+        # limit that answers is `max_concurrent_calls` (RESOURCE_EXHAUSTED past it).
+        ("grpc.server.max_pending_requests", PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
     ]
+
+
+PENDING_CALLS = 1_000_000
 
 
 def encode_transition(transition: Transition) -> bytes:
@@ -137,7 +145,11 @@ class StatewardServer:
         if self.settings.api_key:
             interceptors.append(AuthInterceptor(self.settings.api_key))
         interceptors.append(ErrorsInterceptor())
-        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=server_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_calls,
+        )
         add_to_server(self.api, server)
         self.broadcaster.bind(asyncio.get_running_loop())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

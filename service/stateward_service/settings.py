@@ -176,6 +176,12 @@ class ServerSettings(BaseModel):
         env="STATEWARD_MAX_STREAMS_PER_CONNECTION",
         ge=1,
     )
+    max_concurrent_calls: int = _setting(
+        10_000,
+        help="Calls (streams included) the server runs at once; more: RESOURCE_EXHAUSTED.",
+        env="STATEWARD_MAX_CONCURRENT_CALLS",
+        ge=1,
+    )
     metrics_port: int = _setting(
         0,
         help="Serve Prometheus metrics on this port, on the same host; 0: off.",
