@@ -45,7 +45,7 @@ from stateward_service.rules.engine import (
     decide,
 )
 from stateward_service.rules.policies import Policies
-from stateward_service.store import RunFilter, Store, StoreReader
+from stateward_service.store import RunFilter, StorageUnavailable, Store, StoreReader
 
 _ONE_US = timedelta(microseconds=1)
 
@@ -266,6 +266,22 @@ class Orchestrator:
         """Free the concurrency slots of runs no longer running (a safety net at startup)."""
         with self._lock, self._transaction():
             return self._store.release_stale_slots()
+
+    def storage_unavailable(self) -> StorageUnavailable | None:
+        """Why the database takes no writes, from the last write that failed for a reason
+        outside the request (a full disk, a read-only file, another program's lock); None once
+        a write succeeded again."""
+        return self._store.unavailable
+
+    def probe_storage(self, room: int = 0) -> StorageUnavailable | None:
+        """Try a write that changes nothing: None when the database takes writes again (with
+        `room` bytes free on its disk), else why not."""
+        with self._lock:
+            try:
+                self._store.probe(room)
+            except StorageUnavailable as failure:
+                return failure
+        return None
 
     def database_bytes(self) -> int:
         return self._store.size_on_disk()

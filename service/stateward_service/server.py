@@ -82,6 +82,10 @@ def encode_transition(transition: Transition) -> bytes:
     return response.SerializeToString()
 
 
+# How often health looks at the database's state, and probes it while it takes no writes.
+STORAGE_CHECK_SECONDS = 0.5
+
+
 class PortUnavailable(Exception):
     """The server could not listen on the address it was given."""
 
@@ -126,6 +130,7 @@ class StatewardServer:
         self._server: grpc.aio.Server | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._storage_watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -181,6 +186,32 @@ class StatewardServer:
             await self.web.start()
         self.loops.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._storage_watch = asyncio.get_running_loop().create_task(self._follow_storage())
+
+    async def _follow_storage(self) -> None:
+        """Health follows the database: NOT_SERVING from a write it could not take (a full
+        disk, a read-only file system, another program's lock) until a probe write succeeds."""
+        while not self._stopping:
+            await asyncio.sleep(STORAGE_CHECK_SECONDS)
+            failure = self.orchestrator.storage_unavailable()
+            if failure is None:
+                continue
+            log.warning("the database cannot take writes: %s", failure.message)
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            while not self._stopping:
+                if await asyncio.to_thread(self._probe):
+                    break
+                await asyncio.sleep(STORAGE_CHECK_SECONDS)
+            if not self._stopping:
+                log.warning("the database takes writes again")
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _probe(self) -> bool:
+        """Whether the database takes a write now, with room for the largest message (a small
+        write fits where a large one does not)."""
+        if self._stopping:
+            return False
+        return self.orchestrator.probe_storage(room=self.settings.max_message_bytes) is None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (health says NOT_SERVING), let in-flight calls finish within the
@@ -193,6 +224,8 @@ class StatewardServer:
             return
         self._stopping = True
         try:
+            if self._storage_watch is not None:
+                self._storage_watch.cancel()
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.broadcaster.close()  # streams end with UNAVAILABLE and their cursor
             if self.web is not None:

@@ -30,6 +30,8 @@ import sqlite_utils
 
 from stateward.runs import ConcurrencyLimit, RetryPolicy, RunKind, Transition
 from stateward.states import TERMINAL_TYPES, ResultData, State, StateDetails, StateType
+from stateward.wire import StatusCode
+from stateward_service.errors import ServiceError
 from stateward_service.model import RunRecord
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,6 +55,66 @@ class DatabaseRefused(Exception):
     """The database file cannot be used as it is: it is not a SQLite database, it is damaged,
     it belongs to another application, or a newer Stateward made it. Nothing was written to it;
     the message says what is wrong and what to do."""
+
+
+class StorageUnavailable(ServiceError):
+    """The database cannot take writes for now, for a reason outside any request: its disk is
+    full (RESOURCE_EXHAUSTED), or its file system is read-only, another program holds its lock
+    or its disk fails (UNAVAILABLE). Nothing was written; the message names the cause."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        code = StatusCode.RESOURCE_EXHAUSTED if full else StatusCode.UNAVAILABLE
+        super().__init__(code, message, reason="STORAGE_FULL" if full else "STORAGE_UNAVAILABLE")
+        self.full = full
+
+
+# SQLite's primary result codes for a database that cannot take writes.
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 13, 14
+
+
+def storage_unavailable(
+    error: sqlite3.Error, path: Path, *, full: bool = False
+) -> StorageUnavailable | None:
+    """The StorageUnavailable a SQLite error stands for (or a full disk, when `full`), or None
+    for any other error."""
+    code = _SQLITE_FULL if full else getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    primary = code & 0xFF
+    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+        # An I/O error says no more; the file system does.
+        try:
+            stats = os.statvfs(path.parent)
+        except OSError:
+            stats = None
+        if stats is not None and stats.f_flag & os.ST_RDONLY:
+            primary = _SQLITE_READONLY
+        elif stats is not None and stats.f_bavail == 0:
+            primary = _SQLITE_FULL
+    if primary == _SQLITE_FULL:
+        return StorageUnavailable(
+            f"the disk holding the database {path} is full: free space there (writes work "
+            "again as soon as there is room)",
+            full=True,
+        )
+    if primary in (_SQLITE_READONLY, _SQLITE_PERM):
+        return StorageUnavailable(
+            f"the database {path} is read-only (its file, folder or file system): make it "
+            "writable again",
+            full=False,
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StorageUnavailable(
+            f"the database {path} is locked by another program: end that program's "
+            "transaction (Stateward waits 5 s for a lock)",
+            full=False,
+        )
+    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+        return StorageUnavailable(
+            f"the database {path} could not be written ({error}): check its disk", full=False
+        )
+    return None
 
 
 class BadPageToken(ValueError):
@@ -436,6 +498,7 @@ class Store(_Reads):
         except BaseException:
             self._lock_file.close()
             raise
+        self.unavailable: StorageUnavailable | None = None
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA busy_timeout=5000")
@@ -465,18 +528,40 @@ class Store(_Reads):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All writes inside commit together, or none does (a failed COMMIT included)."""
+        """All writes inside commit together, or none does (a failed COMMIT included). A write
+        the database cannot take for a reason outside the request (a full disk, a read-only
+        file system, another program's lock, a failing disk) raises StorageUnavailable, and
+        `unavailable` holds it until a transaction commits again."""
         began = False
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             began = True
             yield
             self.conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as error:
             if began and self.conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                failure = storage_unavailable(error, self.path)
+                if failure is not None:
+                    self.unavailable = failure
+                    raise failure from error
             raise
+        self.unavailable = None
+
+    def probe(self, room: int = 0) -> None:
+        """A write that changes nothing, to learn whether the database takes writes again:
+        raises StorageUnavailable while it does not, or while its file system has less than
+        `room` bytes free (a small write fits where a large one does not)."""
+        stats = os.statvfs(self.path.parent)
+        if stats.f_bavail * stats.f_frsize < room:
+            failure = storage_unavailable(sqlite3.OperationalError(), self.path, full=True)
+            assert failure is not None
+            self.unavailable = failure
+            raise failure
+        with self.transaction():
+            self.conn.execute("UPDATE schema_version SET version = version")
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -1024,6 +1109,7 @@ __all__ = [
     "DatabaseInUse",
     "DatabaseRefused",
     "RunFilter",
+    "StorageUnavailable",
     "Store",
     "StoreReader",
     "from_us",
