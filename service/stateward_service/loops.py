@@ -70,7 +70,10 @@ class ServerLoops:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.shutdown)
+            try:
+                await asyncio.to_thread(self._thread.shutdown)
+            except RuntimeError:  # the interpreter is exiting (an embedded server stops at
+                self._thread.shutdown()  # exit): no new worker thread, so wait right here
             self._thread = None
 
     async def _every(

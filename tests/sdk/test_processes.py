@@ -60,6 +60,7 @@ def test_the_embedded_default_needs_no_server(tmp_path):
     db = tmp_path / "stateward.db"
     assert states_in(db, "embedded-hello") == ["Pending", "Running", "Completed"]
     assert not (tmp_path / "server.json").exists()  # stopped cleanly at exit
+    assert "Traceback" not in result.stderr  # nothing failed while it stopped
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     listed = subprocess.run(
