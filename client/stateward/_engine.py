@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -342,7 +343,10 @@ class RunEngine:
         leave = self.enter_code()
         try:
             with printing_to_log(self.subject.log_prints):
-                return await call_with(self.subject.fn, self.subject.signature, self.parameters)
+                value = await call_with(self.subject.fn, self.subject.signature, self.parameters)
+                if inspect.iscoroutine(value):  # an async task's call, not awaited: its value
+                    value = await value
+                return value
         finally:
             try:
                 await self.code_over_async()
