@@ -23,10 +23,10 @@ from stateward._interrupt import (
     signal_must_wait,
     waiting,
 )
-from stateward._outcomes import jsonable, judged, not_ready, resolve, run_name
+from stateward._outcomes import failed, jsonable, judged, not_ready, resolve, run_name
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
-from stateward.exceptions import UpstreamTaskError
+from stateward.exceptions import ParameterTypeError, UpstreamTaskError
 from stateward.flows import Flow
 from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateType
@@ -60,14 +60,22 @@ class FlowRunEngine(RunEngine):
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
         in its parent flow run is created in the same batch. A subflow first waits for its
         upstreams; when one did not complete, it is created Pending and named NotReady (the
-        final state returned), and does not run."""
+        final state returned), and does not run. Parameters that do not fit the flow's
+        annotations fail the run (Pending -> Failed) before its code runs."""
         flow = self.flow
-        upstream_failed: UpstreamTaskError | None = None
+        not_started: State | None = None  # the run ends before its code could start
         if self.parent is not None:
             try:
                 waiting(self._wait_for_inputs)
             except UpstreamTaskError as error:
-                upstream_failed = self.error = error
+                self.error = error
+                not_started = not_ready(error)
+        if not_started is None:
+            try:
+                self.parameters = flow.validated_parameters(self.parameters)
+            except ParameterTypeError as error:
+                self.error = error
+                not_started = failed(error)
         runs: list[FlowRun | TaskRun] = []
         parent_task_run_id = ""
         if self.parent is not None:
@@ -93,10 +101,8 @@ class FlowRunEngine(RunEngine):
                 state=State(StateType.PENDING),
             )
         )
-        if upstream_failed is not None:
-            answer = self.orchestration.create_and_start(
-                runs, not_ready(upstream_failed), self._adopt
-            )
+        if not_started is not None:
+            answer = self.orchestration.create_and_start(runs, not_started, self._adopt)
             assert answer.state is not None
             return answer.state
         return self.orchestration.create_and_start(runs, State(StateType.RUNNING), self._adopt)

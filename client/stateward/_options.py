@@ -68,10 +68,6 @@ NOT_YET_ACTIVE: Mapping[str, NotYetActive] = {
     "cache_result_in_memory": NotYetActive(
         "a result stays in memory in the process that ran it", lambda value: value is False
     ),
-    "validate_parameters": NotYetActive(
-        "flow parameters are not validated against their annotations yet",
-        lambda value: value is True,
-    ),
     "task_runner": NotYetActive("submitted task runs run in a pool of threads"),
     "cache_policy": NotYetActive("tasks are cached by their cache_key_fn only"),
     "on_commit": NotYetActive("Stateward has no transactions", lambda value: bool(value)),

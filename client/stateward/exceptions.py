@@ -11,6 +11,7 @@ StatewardError
 ├── MappingMissingIterable   Task.map() got no iterable argument (also a ValueError)
 ├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
 ├── ResultTooLarge           a result is larger than the limit for storing it
+├── ParameterTypeError       a flow's parameters do not fit its annotations (also a TypeError)
 ├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
 ├── ServerUnavailable        no server could be reached or started
 ├── InvalidSetting           an environment setting (STATEWARD_...) cannot be right
@@ -48,6 +49,7 @@ __all__ = [
     "MappingMissingIterable",
     "NotFound",
     "OrchestrationAborted",
+    "ParameterTypeError",
     "PausedRun",
     "ResourceExhausted",
     "ResultTooLarge",
@@ -108,6 +110,10 @@ class OrchestrationAborted(StatewardError):
 class UpstreamTaskError(StatewardError):
     """A task run or subflow did not run: one of its upstreams (a `wait_for`, or a future or
     state among its arguments) did not complete. It stays Pending, named NotReady."""
+
+
+class ParameterTypeError(StatewardError, TypeError):
+    """A flow's parameters do not fit its annotations: the run fails before its code runs."""
 
 
 class ResultTooLarge(StatewardError):

@@ -67,6 +67,20 @@ class Flow(HookedFunction, Generic[P, R]):
         self.result_serializer = result_serializer
         self.cache_result_in_memory = cache_result_in_memory is not False
         self.wrap(fn)
+        self._parameter_adapters: dict[str, Any] | None = None
+
+    def validated_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """`parameters` validated and coerced from the annotations (unless
+        `validate_parameters=False`). Raises ParameterTypeError naming the invalid ones."""
+        if not self.validate_parameters:
+            return parameters
+        from stateward._parameters import adapters_for, validated
+
+        if self._parameter_adapters is None:
+            self._parameter_adapters = adapters_for(self.fn, self.signature)
+        return validated(
+            f"flow {self.name!r}", self.signature, self._parameter_adapters, parameters
+        )
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

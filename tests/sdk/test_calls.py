@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pydantic
 import pytest
 
 from stateward import flow, task
+from stateward.exceptions import ParameterTypeError
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
 
@@ -36,3 +38,70 @@ def test_an_async_flow_returning_an_unawaited_task_call_returns_its_value(client
     run = flow_run_of(client, "call-unawaited")
     (task_run,) = client.list_task_runs(flow_run_ids=[run.id])
     assert task_run.state.is_completed() and task_run.state.result() == 12
+
+
+# --- 4. parameter validation --------------------------------------------------------------------
+
+
+class Point(pydantic.BaseModel):
+    x: int
+    y: int = 0
+
+
+def test_flow_parameters_are_coerced_from_their_annotations(client):
+    @flow(name="call-coerced")
+    def typed(n: int, point: Point, tags: list[str] | None = None) -> tuple:
+        return n, point, tags
+
+    n, point, tags = typed("42", {"x": "1"})
+    assert n == 42 and point == Point(x=1) and tags is None
+    assert flow_run_of(client, "call-coerced").parameters["n"] == 42
+
+
+def test_async_flow_parameters_are_coerced_too():
+    @flow
+    async def typed_async(n: int) -> int:
+        return n + 1
+
+    assert asyncio.run(typed_async("1")) == 2
+
+
+def test_invalid_parameters_fail_the_run_before_its_code_with_hooks(client):
+    ran, failures = [], []
+
+    @flow(name="call-invalid", on_failure=[lambda f, r, s: failures.append(s)])
+    def typed(n: int) -> int:
+        ran.append(n)
+        return n
+
+    with pytest.raises(ParameterTypeError, match="n='many'"):
+        typed("many")
+    assert not ran and len(failures) == 1 and failures[0].is_failed()
+    run = flow_run_of(client, "call-invalid")
+    assert [s.name for s in client.list_states(run.id)] == ["Pending", "Failed"]
+    assert run.start_time is not None and run.end_time is not None
+    with pytest.raises(ParameterTypeError):
+        run.state.result()
+
+
+def test_an_invalid_subflow_parameter_fails_the_subflow():
+    @flow
+    def child(n: int) -> int:
+        return n
+
+    @flow
+    def parent():
+        return child("x", return_state=True)
+
+    final = parent(return_state=True)
+    state = final.result(raise_on_failure=False)
+    assert state.is_failed() and "invalid parameters" in state.message
+
+
+def test_validate_parameters_false_passes_them_as_given():
+    @flow(validate_parameters=False)
+    def untyped(n: int):
+        return n
+
+    assert untyped("42") == "42"
+    assert untyped.with_options(validate_parameters=True)("42") == 42

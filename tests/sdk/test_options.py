@@ -159,7 +159,6 @@ def test_options_without_effect_yet_log_one_warning_each_when_used_not_at_import
         "result_storage_key": "'key'",
         "result_serializer": "'json'",
         "cache_result_in_memory": False,
-        "validate_parameters": True,
         "task_runner": "object()",
         "cache_policy": "object()",
         "on_commit": "[print]",
@@ -168,7 +167,7 @@ def test_options_without_effect_yet_log_one_warning_each_when_used_not_at_import
         "asset_deps": "['a']",
     }
     assert set(values) == set(NOT_YET_ACTIVE)
-    flow_only = {"validate_parameters", "task_runner"}
+    flow_only = {"task_runner"}
     task_only = {"result_storage_key", "cache_policy", "on_commit", "on_rollback"}
     task_only |= {"viz_return_value", "asset_deps"}
     uses = []
