@@ -4,10 +4,12 @@ that raises is logged with its name and the next one still runs; hooks never cha
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import logging
 import threading
+import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self, TypeVar
 
@@ -26,6 +28,11 @@ def hook_list(hooks: Iterable[Hook] | None) -> list[Hook]:
         if not callable(hook):
             raise TypeError(f"a hook must be callable, not {hook!r}")
     return found
+
+
+def function_name(fn: Any) -> str:
+    """The name of a function, or of a callable object's class."""
+    return str(getattr(fn, "__name__", None) or type(fn).__name__)
 
 
 def unique_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
@@ -53,10 +60,11 @@ class HookedFunction:
         and name; whether it is async)."""
         for kind in HOOK_KINDS:
             setattr(self, f"{kind}_hooks", hook_list(self.options.get(kind)))
-        self.isasync = inspect.iscoroutinefunction(fn)
+        call = fn if inspect.isroutine(fn) else type(fn).__call__  # a callable object's method
+        self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
         self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__name__ = function_name(fn)
         self.__wrapped__ = fn
 
     def hooks(self, kind: str) -> list[Hook]:
@@ -70,7 +78,43 @@ class HookedFunction:
         check_options("with_options()", type(self).__init__, changes)
         hooks = {kind: list(self.hooks(kind)) for kind in HOOK_KINDS}
         make: Callable[..., Self] = type(self)  # Flow or Task: they take the function first
-        return make(self.fn, **{**self.options, **hooks, **changes})
+        made = make(self.decorated, **{**self.options, **hooks, **changes})
+        bound_to = getattr(self.fn, "__self__", None)  # a copy of a bound one is bound too
+        return made._bound(bound_to) if isinstance(self.fn, types.MethodType) else made
+
+    # --- what is decorated: a function, a method, a classmethod, a staticmethod, an object ------
+
+    def take_function(self, fn: Any) -> Callable[..., Any]:
+        """Keep the decorated callable: a classmethod or staticmethod is unwrapped (and binds
+        as one when looked up on its class), a callable object is taken as it is. Returns the
+        function to call; raises TypeError when `fn` is not callable."""
+        self.decorated = fn
+        self.binding = "instance"
+        if isinstance(fn, classmethod):
+            self.binding, fn = "class", fn.__func__
+        elif isinstance(fn, staticmethod):
+            self.binding, fn = "static", fn.__func__
+        if not callable(fn):
+            raise TypeError(f"{self.decorator} decorates a function or a callable, not {fn!r}")
+        self.fn = fn
+        taken: Callable[..., Any] = fn
+        return taken
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Self:
+        """Looked up on a class or an instance, a flow or task made of a method binds like one:
+        to the instance (a method), to the class (a classmethod), or not at all."""
+        if self.binding == "static":
+            return self
+        if self.binding == "class":
+            return self._bound(owner if owner is not None else type(instance))
+        return self if instance is None else self._bound(instance)
+
+    def _bound(self, target: Any) -> Self:
+        """A copy whose function has `target` as its first argument."""
+        bound = copy.copy(self)
+        bound.fn = types.MethodType(self.fn, target)
+        bound.signature = inspect.signature(bound.fn)
+        return bound
 
     def _register(self, kind: str, hook: Hook) -> Hook:
         self.hooks(kind).append(hook)

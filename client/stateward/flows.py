@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from stateward._hooks import Hook, HookedFunction, decorator_for, unique_tags
+from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
 
 P = ParamSpec("P")
@@ -48,10 +48,8 @@ class Flow(HookedFunction, Generic[P, R]):
         on_running: Iterable[Hook] | None = None,
     ) -> None:
         self.keep_options(locals())  # first: exactly the options given, for with_options
-        if not callable(fn):
-            raise TypeError("@flow decorates a function")
-        self.fn = fn
-        self.name = name or fn.__name__.replace("_", "-")
+        fn = self.take_function(fn)
+        self.name = name or function_name(fn).replace("_", "-")
         self.description = description or inspect.getdoc(fn)
         self.version = version
         self.flow_run_name = flow_run_name

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from stateward._hooks import Hook, HookedFunction, decorator_for, unique_tags
+from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
 
 if TYPE_CHECKING:
@@ -94,10 +94,8 @@ class Task(HookedFunction, Generic[P, R]):
         asset_deps: Iterable[Any] | None = None,
     ) -> None:
         self.keep_options(locals())  # first: exactly the options given, for with_options
-        if not callable(fn):
-            raise TypeError("@task decorates a function")
-        self.fn = fn
-        self.name = name or fn.__name__
+        fn = self.take_function(fn)
+        self.name = name or function_name(fn)
         self.description = description or inspect.getdoc(fn)
         self.tags = unique_tags(tags)
         self.version = version

@@ -105,3 +105,104 @@ def test_validate_parameters_false_passes_them_as_given():
 
     assert untyped("42") == "42"
     assert untyped.with_options(validate_parameters=True)("42") == 42
+
+
+# --- 3. methods and callable objects ------------------------------------------------------------
+
+
+class Greeter:
+    greeting = "hello"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @flow
+    def greet(self, punctuation: str = "!") -> str:
+        return f"{self.greeting} {self.name}{punctuation}"
+
+    @task
+    def shout(self) -> str:
+        return f"{self.greeting.upper()} {self.name.upper()}"
+
+    @flow
+    async def greet_async(self) -> str:
+        return f"{self.greeting} {self.name} (async)"
+
+    @classmethod
+    @flow
+    def class_flow_outside(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @flow
+    @classmethod
+    def class_flow_inside(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @task
+    @classmethod
+    async def class_task_async(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @flow
+    @staticmethod
+    def static_flow(x: int) -> int:
+        return x + 1
+
+    @task
+    @staticmethod
+    def static_task(x: int) -> int:
+        return x * 10
+
+    @flow
+    def uses_tasks(self) -> tuple:
+        return self.shout(), self.shout.submit().result(), Greeter.static_task(2)
+
+
+def test_flows_and_tasks_on_methods_bind_self_and_cls(client):
+    greeter = Greeter("ada")
+    assert greeter.greet() == "hello ada!"
+    assert greeter.greet("?") == "hello ada?"
+    assert flow_run_of(client, "greet").parameters == {"punctuation": "?"}
+    assert asyncio.run(greeter.greet_async()) == "hello ada (async)"
+    assert Greeter.class_flow_outside(1) == "Greeter:1"
+    assert greeter.class_flow_inside(2) == "Greeter:2"
+    assert Greeter.static_flow(3) == 4 and greeter.static_flow(3) == 4
+    assert greeter.uses_tasks() == ("HELLO ADA", "HELLO ADA", 20)
+    assert greeter.greet.with_options(name="greet-copy")() == "hello ada!"
+
+
+def test_an_async_classmethod_task_binds_cls():
+    @flow
+    async def caller() -> str:
+        return await Greeter.class_task_async(5)
+
+    assert asyncio.run(caller()) == "Greeter:5"
+
+
+class Doubler:
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+class AsyncDoubler:
+    async def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+def test_callable_objects_can_be_tasks_and_flows(client):
+    double = task(Doubler())
+    double_async = task(AsyncDoubler())
+    as_flow = flow(Doubler())
+
+    @flow
+    def uses() -> int:
+        return double(3)
+
+    @flow
+    async def uses_async() -> int:
+        return await double_async(4)
+
+    assert uses() == 6
+    assert asyncio.run(uses_async()) == 8
+    assert as_flow(5) == 10
+    assert flow_run_of(client, "Doubler").state.is_completed()
