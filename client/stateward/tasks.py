@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -30,7 +31,10 @@ def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
 
 
 def task_input_hash(context: TaskRunContext, arguments: dict[str, Any]) -> str | None:
-    """A cache key from the task and its arguments: the same inputs hit the same cache entry."""
+    """A cache key from the task's identity (its name, qualified name and a hash of its
+    source, so two unrelated tasks sharing a name never share an entry) and its arguments:
+    the same task with the same inputs hits the same cache entry. None (no caching) when the
+    arguments can be neither JSON-encoded nor pickled."""
     try:
         payload = json.dumps(arguments, sort_keys=True, default=repr).encode()
     except (TypeError, ValueError):
@@ -38,8 +42,10 @@ def task_input_hash(context: TaskRunContext, arguments: dict[str, Any]) -> str |
             payload = pickle.dumps(arguments)
         except Exception:
             return None
-    digest = hashlib.sha256(context.task.task_key.encode() + b"\0" + payload).hexdigest()
-    return f"{context.task.task_key}-{digest}"
+    task = context.task
+    identity = f"{task.task_key}\0{task.identity}".encode()
+    digest = hashlib.sha256(identity + b"\0" + payload).hexdigest()
+    return f"{task.task_key}-{digest}"
 
 
 class unmapped:
@@ -124,6 +130,21 @@ class Task(HookedFunction, Generic[P, R]):
     @property
     def task_key(self) -> str:
         return self.name
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """What tells this task from another of the same name: its function's qualified name
+        and a hash of its source (of its bytecode when the source cannot be read)."""
+        fn = getattr(self.fn, "__func__", self.fn)
+        if not inspect.isroutine(fn):
+            fn = type(fn)  # a callable object: its class
+        qualname = getattr(fn, "__qualname__", repr(fn))
+        try:
+            source = inspect.getsource(fn).encode()
+        except (OSError, TypeError):
+            code = getattr(fn, "__code__", None)
+            source = code.co_code if code is not None else repr(fn).encode()
+        return f"{qualname}-{hashlib.sha256(source).hexdigest()[:16]}"
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
