@@ -28,6 +28,8 @@ from stateward.wire import error_for_status
 if TYPE_CHECKING:
     import typer
 
+    from stateward_service.settings import ServerSettings
+
 log = logging.getLogger("stateward")
 
 _lock = threading.Lock()
@@ -125,28 +127,74 @@ class InProcessTransport:
         """The process's client lives as long as the process."""
 
 
+def home_settings(home: Path, **given: Any) -> ServerSettings:
+    """The settings of a server on `home`'s database, for this machine alone: the loops' settings
+    from the environment, `given` ones (validated, by setting name) as given; gRPC on a free
+    loopback port, no TLS, no metrics endpoint. Raises the settings' SettingError."""
+    from stateward_service.settings import ServerSettings
+
+    home.mkdir(parents=True, exist_ok=True)
+    return ServerSettings.from_environment(**given).model_copy(
+        update={
+            "host": "127.0.0.1",
+            "port": 0,
+            "db": home / "stateward.db",
+            "tls_cert": None,
+            "tls_key": None,
+            "tls_client_ca": None,
+            "metrics_port": 0,
+        }
+    )
+
+
+def _announce(info_path: Path, address: str) -> None:
+    """Tell other processes on this home where its server listens."""
+    info_path.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+
+
+def _forget(info_path: Path) -> None:
+    """Withdraw this process's announcement (not another's)."""
+    try:
+        if json.loads(info_path.read_text()).get("pid") == os.getpid():
+            info_path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def serve_ui(host: str | None, port: int | None) -> None:
+    """`stateward ui`: serve the web view of the runs in $STATEWARD_HOME, for a home where no
+    server runs, until SIGINT or SIGTERM. It is the home's embedded server, with the web view on
+    `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else 127.0.0.1:8471); scripts
+    started meanwhile on the same home share it, as they share a script's. Raises
+    ServerUnavailable when another process holds the home's database or the port is taken, and
+    ValueError for a setting that is not allowed."""
+    from stateward_service.server import PortUnavailable, serve
+    from stateward_service.store import DatabaseInUse
+
+    home = settings.home()
+    server_settings = home_settings(home, ui=True, ui_host=host, ui_port=port)
+    info_path = home / "server.json"
+    try:
+        asyncio.run(serve(server_settings, lambda server: _announce(info_path, server.address)))
+    except DatabaseInUse:
+        raise ServerUnavailable(
+            f"the database in {home} is in use by another process (a script, or a server: "
+            "`stateward server start` serves the web view itself, see its output). Start "
+            "`stateward ui` before the scripts, or give them STATEWARD_API_URL"
+        ) from None
+    except PortUnavailable as error:
+        raise ServerUnavailable(str(error)) from None
+    finally:
+        _forget(info_path)
+
+
 class EmbeddedServer:
     """A Stateward server in a daemon thread of this process, stopped cleanly at exit."""
 
     def __init__(self, home: Path) -> None:
         from stateward_service.server import StatewardServer
-        from stateward_service.settings import ServerSettings
 
-        home.mkdir(parents=True, exist_ok=True)
-        # The loops' settings come from the environment; where it listens does not (no TLS, no
-        # metrics endpoint: it serves this process and others on this machine).
-        server_settings = ServerSettings.from_environment().model_copy(
-            update={
-                "host": "127.0.0.1",
-                "port": 0,
-                "db": home / "stateward.db",
-                "tls_cert": None,
-                "tls_key": None,
-                "tls_client_ca": None,
-                "metrics_port": 0,
-                "ui": False,  # `stateward ui` serves the page for a home (see serve_ui)
-            }
-        )
+        server_settings = home_settings(home, ui=False)  # `stateward ui` serves the page
         self.server = StatewardServer(server_settings)  # takes the database's lock, or raises
         self.info_path = home / "server.json"
         self._ready = threading.Event()
@@ -159,7 +207,7 @@ class EmbeddedServer:
         if self._failure is not None:
             raise self._failure
         address = self.server.address
-        self.info_path.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+        _announce(self.info_path, address)
         # Plain loopback, with the API key if one is set (the embedded server checks it too).
         streams = GrpcTransport(Connection(address, api_key=os.environ.get("STATEWARD_API_KEY")))
         self.transport = InProcessTransport(self.server.api, streams)
@@ -186,10 +234,6 @@ class EmbeddedServer:
         """Stop serving, let calls in flight finish, close the database."""
         if self._loop is None or self._stop is None or not self._thread.is_alive():
             return
-        try:
-            if json.loads(self.info_path.read_text()).get("pid") == os.getpid():
-                self.info_path.unlink()
-        except (OSError, ValueError):
-            pass
+        _forget(self.info_path)
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -311,7 +312,9 @@ def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
 def _listen_for_ui(host: str, port: int) -> socket.socket:
     """A listening socket for the web view, or PortUnavailable saying why not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio turns Nagle's algorithm off only on sockets that say they are
+    # TCP (with proto 0, a keep-alive request waited ~40 ms for a delayed ACK).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     # A restarted server takes its port back while the old connections linger in TIME_WAIT (a
     # port another process listens on stays refused).
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -410,13 +413,18 @@ def say(line: str) -> None:
             pass
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting."""
+async def serve(
+    settings: ServerSettings, on_started: Callable[[StatewardServer], None] | None = None
+) -> None:
+    """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
+    `on_started` is called once it takes calls. Raises DatabaseInUse, PortUnavailable."""
     if settings.port and _port_taken(settings.host, settings.port):  # before opening the db
         address = format_address(settings.host, settings.port)
         raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
     server = StatewardServer(settings)
     await server.start()
+    if on_started is not None:
+        on_started(server)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from stateward._embedded import server_commands
-from stateward.cli import db, limits, runs, watch
+from stateward.cli import db, limits, runs, ui, watch
 
 app = typer.Typer(
     name="stateward",
@@ -21,3 +21,4 @@ app.add_typer(runs.task_runs, name="task-run")
 app.add_typer(limits.app, name="concurrency-limit")
 app.add_typer(db.app, name="db")
 app.command()(watch.watch)
+app.command()(ui.ui)
