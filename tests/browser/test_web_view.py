@@ -1,0 +1,198 @@
+"""The web view's page in headless Chromium against a real server: the runs list, a flow run
+appearing and changing state live while it runs, the filters, a run's page with its history and
+task runs, cancelling a running flow from the page, and a reconnection after a server restart
+that misses nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ROOT, ST, ServerProcess, new_flow_run, propose, running_server
+
+pytestmark = pytest.mark.required_in_ci
+
+FLOW_SCRIPT = """
+import pathlib, sys, time
+from stateward import flow, task
+
+gate = pathlib.Path(sys.argv[2])
+
+@task
+def extract():
+    return [1, 2, 3]
+
+@task
+def wait_at_the_gate(rows):
+    while not gate.exists():  # the test opens it
+        time.sleep(0.05)
+    return len(rows)
+
+@flow(name=sys.argv[1])
+def gated():
+    return wait_at_the_gate(extract())
+
+gated()
+"""
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+@pytest.fixture
+def flow_process(ui_server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
+    """Start a real flow (the SDK in a subprocess) that waits at a gate; yields a starter."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(flow_name: str, gate: Path) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "STATEWARD_API_URL": ui_server.target,
+            "STATEWARD_HOME": str(tmp_path),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-c", FLOW_SCRIPT, flow_name, str(gate)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def row_of(page: Any, flow_name: str) -> Any:
+    return page.locator("#runs tr", has=page.get_by_role("cell", name=flow_name, exact=True))
+
+
+def test_a_run_appears_live_and_changes_state_while_its_flow_runs(
+    page, ui_server, flow_process, tmp_path
+) -> None:
+    older = new_flow_run(ui_server.stub(), flow_name=f"older-{uuid.uuid4().hex[:6]}")
+    page.goto(ui_server.ui_url)
+    expect(page.locator(f'#runs tr[data-run-id="{older.id}"]')).to_be_visible()
+    expect(page.locator("#live")).to_have_attribute("data-status", "live")
+
+    flow_name = f"gated-{uuid.uuid4().hex[:6]}"
+    gate = tmp_path / "gate"
+    process = flow_process(flow_name, gate)
+    row = row_of(page, flow_name)
+    expect(row).to_have_attribute("data-state", "RUNNING", timeout=30_000)
+    expect(row.locator(".state")).to_have_text("Running")
+    # Newest first: the new run sits above the older one, without a reload.
+    assert page.locator("#runs tr").first.get_attribute("data-run-id") == row.get_attribute(
+        "data-run-id"
+    )
+    gate.touch()
+    expect(row).to_have_attribute("data-state", "COMPLETED", timeout=30_000)
+    expect(row.locator(".state")).to_have_text("Completed")
+    assert process.wait(30) == 0
+
+    # Its page: the history and the task runs, the JSON result.
+    row.get_by_role("link").click()
+    expect(page.locator("#run-state .state")).to_have_text("Completed")
+    expect(page.locator("#history li .state")).to_have_text(["Pending", "Running", "Completed"])
+    tasks = page.locator("#task-runs tbody tr")
+    expect(tasks).to_have_count(2)
+    expect(tasks.nth(0)).to_contain_text("extract")
+    expect(tasks.nth(1)).to_contain_text("wait_at_the_gate")
+    expect(tasks.locator(".state")).to_have_text(["Completed", "Completed"])
+    expect(page.locator("#gantt .gantt-bar")).to_have_count(2)
+    expect(page.locator("#result")).to_have_text("3")
+    page.locator("#back").click()
+    expect(page.locator("#runs tr").first).to_be_visible()
+
+
+def test_the_filters_narrow_the_list(page, ui_server) -> None:
+    stub = ui_server.stub()
+    suffix = uuid.uuid4().hex[:6]
+    tag = f"team-{suffix}"
+    etl = new_flow_run(stub, flow_name=f"etl-{suffix}", tags=[tag])
+    propose(stub, etl.id, ST.STATE_TYPE_RUNNING)
+    report = new_flow_run(stub, flow_name=f"report-{suffix}", tags=[tag])
+    untagged = new_flow_run(stub, flow_name=f"etl-{suffix}")
+    page.goto(ui_server.ui_url)
+    expect(page.locator(f'#runs tr[data-run-id="{untagged.id}"]')).to_be_visible()
+
+    page.get_by_label("Tag").fill(tag)
+    page.get_by_label("Tag").press("Enter")
+    rows = page.locator("#runs tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#summary")).to_have_text("2 flow runs, newest first.")
+
+    page.get_by_label("Flow").fill(f"etl-{suffix}")
+    page.get_by_label("State").select_option("RUNNING")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-run-id", etl.id)
+    assert "state=RUNNING" in page.url and f"tag={tag}" in page.url
+
+    # A run created after a time in the future never shows; clearing shows everything again.
+    page.get_by_label("Created from").fill("2999-01-01T00:00")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#summary")).to_have_text("No flow runs match.")
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator(f'#runs tr[data-run-id="{report.id}"]')).to_be_visible()
+
+
+def test_cancelling_a_running_flow_from_its_page(page, ui_server, flow_process, tmp_path) -> None:
+    flow_name = f"cancelled-{uuid.uuid4().hex[:6]}"
+    process = flow_process(flow_name, tmp_path / "never-opened")
+    page.goto(ui_server.ui_url)
+    row = row_of(page, flow_name)
+    expect(row).to_have_attribute("data-state", "RUNNING", timeout=30_000)
+    row.get_by_role("link").click()
+    # Wait for the task that waits at the gate to be running, then cancel from the keyboard.
+    expect(page.locator("#task-runs tbody tr")).to_have_count(2)
+    page.locator("#cancel").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#run-state .state")).to_have_text("Cancelled", timeout=30_000)
+    expect(page.locator("#history li .state").last).to_have_text("Cancelled")
+    expect(page.locator("#history li .state")).to_contain_text(["Cancelling"])
+    expect(page.locator("#cancel")).to_be_disabled()
+    assert process.wait(30) is not None
+
+
+def test_after_a_server_restart_the_page_reconnects_and_misses_nothing(page, tmp_path) -> None:
+    with running_server(tmp_path, ui=True) as server:
+        stub = server.stub()
+        first = new_flow_run(stub, flow_name="before-restart")
+        page.goto(server.ui_url)
+        expect(page.locator(f'#runs tr[data-run-id="{first.id}"]')).to_be_visible()
+        expect(page.locator("#live")).to_have_attribute("data-status", "live")
+
+        server.stop()
+        expect(page.locator("#live")).to_have_attribute("data-status", "reconnecting")
+        server.restart()
+        # Keep the page from reconnecting while the server changes runs: it must then catch
+        # up from its last event, not from what is current when it reconnects.
+        page.context.set_offline(True)
+        stub = server.stub()
+        propose(stub, first.id, ST.STATE_TYPE_RUNNING)
+        propose(stub, first.id, ST.STATE_TYPE_COMPLETED)
+        later = [new_flow_run(stub, flow_name="after-restart").id for _ in range(3)]
+        page.context.set_offline(False)
+
+        expect(page.locator("#live")).to_have_attribute("data-status", "live", timeout=30_000)
+        expect(page.locator(f'#runs tr[data-run-id="{first.id}"]')).to_have_attribute(
+            "data-state", "COMPLETED"
+        )
+        rows = page.locator("#runs tr")
+        expect(rows).to_have_count(4)
+        assert [rows.nth(i).get_attribute("data-run-id") for i in range(3)] == later[::-1]
