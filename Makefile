@@ -22,6 +22,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 
 run: $(VENV)/.installed-run
 	$(PY) examples/quickstart.py
+	@echo ""
+	@echo "Watch these runs in your browser: start $(VENV)/bin/stateward ui"
+	@echo "and open http://127.0.0.1:8471/#/?flow=quickstart (Ctrl-C stops it)."
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

@@ -585,7 +585,7 @@ class RunDetail extends LiveView {
         bar.style.width = "0.3%";
       }
       return h("div", { class: "gantt-row" },
-        h("span", { class: "gantt-label", title: task.name }, task.name),
+        h("span", { class: "gantt-label", title: `${task.task_key}: ${task.name}` }, task.task_key),
         h("span", { class: "gantt-track" }, bar));
     });
     return h("figure", { class: "gantt", id: "gantt", "aria-label": "When each task run ran" },
@@ -691,7 +691,10 @@ const router = {
   },
 };
 
-window.addEventListener("hashchange", () => router.route().then(() => document.getElementById("main").focus()));
+window.addEventListener("hashchange", () => {
+  window.scrollTo(0, 0);
+  router.route().then(() => document.getElementById("main").focus({ preventScroll: true }));
+});
 window.addEventListener("DOMContentLoaded", () => {
   router.route();
   setInterval(() => router.view && router.view.tick(), 1000);
