@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, ST, ServerProcess, new_flow_run, propose, running_server
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
+from tests.support import ROOT, ST, ServerProcess, new_flow_run, propose, running_server, state
 
 pytestmark = pytest.mark.required_in_ci
 
@@ -196,3 +198,28 @@ def test_after_a_server_restart_the_page_reconnects_and_misses_nothing(page, tmp
         rows = page.locator("#runs tr")
         expect(rows).to_have_count(4)
         assert [rows.nth(i).get_attribute("data-run-id") for i in range(3)] == later[::-1]
+
+
+def test_with_an_api_key_the_page_asks_for_it_once_and_stays_live(page, tmp_path) -> None:
+    key = "page-key"
+    with running_server(tmp_path, ui=True, env={"STATEWARD_API_KEY": key}) as server:
+        stub = server.stub()
+        with_key = [("authorization", f"Bearer {key}")]
+        request = pb.CreateFlowRunRequest(flow_run=runs_pb2.FlowRun(flow_name="keyed"))
+        request.flow_run.state.type = ST.STATE_TYPE_PENDING
+        run = stub.CreateFlowRun(request, metadata=with_key).flow_run
+        page.goto(server.ui_url)
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        page.get_by_label("Key", exact=True).fill("not-the-key")
+        page.get_by_label("Key", exact=True).press("Enter")
+        expect(page.locator("#key-error")).to_have_text("That key was refused.")
+        page.get_by_label("Key", exact=True).fill(key)
+        page.get_by_role("button", name="Continue").click()
+        expect(dialog).to_be_hidden()
+        row = page.locator(f'#runs tr[data-run-id="{run.id}"]')
+        expect(row).to_have_attribute("data-state", "PENDING")
+        expect(page.locator("#live")).to_have_attribute("data-status", "live")
+        running = pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING))
+        stub.SetState(running, metadata=with_key)
+        expect(row).to_have_attribute("data-state", "RUNNING")

@@ -75,6 +75,14 @@ function tags(list) {
   return list.length ? list.map((tag) => h("span", { class: "tag" }, tag)) : h("span", { class: "muted" }, "—");
 }
 
+// One state of a history: its name (coloured by type), type, time and message.
+function historyItem(state) {
+  return h("li", { dataset: { type: state.type } },
+    badge(state), h("span", { class: "type" }, state.type.toLowerCase()),
+    h("span", { class: "when" }, showTime(state.timestamp)),
+    state.message ? h("span", { class: "message" }, state.message) : null);
+}
+
 // --- the API ---------------------------------------------------------------------------------
 
 class ApiError extends Error {
@@ -285,7 +293,8 @@ class RunsList extends LiveView {
     this.filters = filtersFromHash(query);
     this.rows = new Map(); // run id -> {run, row}
     this.nextToken = "";
-    this.refreshing = new Map(); // run id -> timer
+    this.changed = new Set(); // runs to fetch again
+    this.refreshTimer = null;
     this.flowNames = new Set();
   }
 
@@ -414,29 +423,40 @@ class RunsList extends LiveView {
     this.refreshRun(transition.run_id);
   }
 
-  // Fetch one run with the list's filters: it is updated, added (a new run that matches) or
-  // removed (it no longer matches). A run older than the pages loaded is left for "Load more".
+  // Fetch the runs that changed, in one request with the list's filters: each is updated,
+  // added (a new run that matches) or removed (it no longer matches). A run older than the
+  // pages loaded is left for "Load more".
   refreshRun(runId) {
-    clearTimeout(this.refreshing.get(runId));
-    this.refreshing.set(runId, setTimeout(async () => {
-      this.refreshing.delete(runId);
-      const page = await api(`/api/flow-runs?${this.query({ id: runId })}`).catch(() => null);
+    this.changed.add(runId);
+    if (this.refreshTimer) return;
+    this.refreshTimer = setTimeout(async () => {
+      this.refreshTimer = null;
+      const ids = [...this.changed];
+      this.changed.clear();
+      const extra = ids.map((id) => ["id", id]);
+      const params = new URLSearchParams(this.query());
+      for (const [name, value] of extra) params.append(name, value);
+      params.set("page_size", String(ids.length));
+      const page = await api(`/api/flow-runs?${params}`).catch(() => null);
       if (!page || this.closed) return;
-      const run = page.flow_runs[0];
-      const known = this.rows.get(runId);
-      if (!run) {
-        if (known) {
-          known.row.remove();
-          this.rows.delete(runId);
-          this.updateSummary();
+      const found = new Map(page.flow_runs.map((run) => [run.id, run]));
+      for (const id of ids) {
+        const run = found.get(id);
+        const known = this.rows.get(id);
+        if (!run) {
+          if (known) {
+            known.row.remove();
+            this.rows.delete(id);
+          }
+        } else if (known) {
+          known.run = run;
+          this.fillRow(known.row, run);
+        } else {
+          this.insert(run);
         }
-      } else if (known) {
-        known.run = run;
-        this.fillRow(known.row, run);
-      } else {
-        this.insert(run);
       }
-    }, 50));
+      this.updateSummary();
+    }, 50);
   }
 
   insert(run) {
@@ -462,7 +482,7 @@ class RunsList extends LiveView {
   close() {
     super.close();
     this.closed = true;
-    for (const timer of this.refreshing.values()) clearTimeout(timer);
+    clearTimeout(this.refreshTimer);
   }
 }
 
@@ -480,7 +500,25 @@ class RunDetail extends LiveView {
     await this.reload();
   }
 
+  // One reload at a time: changes during one bring one more after it.
   async reload() {
+    if (this.reloading) {
+      this.again = true;
+      return;
+    }
+    this.reloading = true;
+    try {
+      await this.load();
+    } finally {
+      this.reloading = false;
+    }
+    if (this.again && !this.closed) {
+      this.again = false;
+      await this.reload();
+    }
+  }
+
+  async load() {
     await this.snapshot(async () => {
       const [detail, taskRuns] = await Promise.all([
         api(`/api/flow-runs/${this.runId}`),
@@ -558,9 +596,7 @@ class RunDetail extends LiveView {
 
   history(states) {
     return h("ol", { class: "history", id: "history", "aria-labelledby": "history-title" },
-      states.map((state) => h("li", { dataset: { type: state.type } },
-        badge(state), h("span", { class: "when" }, showTime(state.timestamp)),
-        state.message ? h("span", { class: "message" }, state.message) : null)));
+      states.map((state) => historyItem(state)));
   }
 
   // When each task run ran, on one time axis: from the first start to the last end (or now).
@@ -617,10 +653,7 @@ class RunDetail extends LiveView {
       if (holder) put(holder, badge(transition.to_state));
       const history = document.getElementById("history");
       if (history) {
-        const state = transition.to_state;
-        history.append(h("li", { dataset: { type: state.type } }, badge(state),
-          h("span", { class: "when" }, showTime(state.timestamp)),
-          state.message ? h("span", { class: "message" }, state.message) : null));
+        history.append(historyItem(transition.to_state));
       }
     } else {
       const row = this.main.querySelector(`tr[data-task-run-id="${transition.run_id}"]`);
@@ -695,6 +728,8 @@ window.addEventListener("hashchange", () => {
   window.scrollTo(0, 0);
   router.route().then(() => document.getElementById("main").focus({ preventScroll: true }));
 });
+// Back online (a laptop waking up, a network coming back): resume the stream at once.
+window.addEventListener("online", () => stream.restart());
 window.addEventListener("DOMContentLoaded", () => {
   router.route();
   setInterval(() => router.view && router.view.tick(), 1000);
