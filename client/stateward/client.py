@@ -244,8 +244,8 @@ class Client:
         return self._do(_renew_leases(run_ids, lease_seconds))
 
     def list_states(self, run_id: str) -> list[State]:
-        """A run's state history, oldest first."""
-        return self._do(_list_states(run_id))
+        """A run's state history, oldest first (read page by page)."""
+        return list(self._pages(_list_states(run_id), None))
 
     def watch(
         self,
@@ -448,7 +448,7 @@ class AsyncClient:
         return await self._do(_renew_leases(run_ids, lease_seconds))
 
     async def list_states(self, run_id: str) -> list[State]:
-        return await self._do(_list_states(run_id))
+        return [state async for state in self._pages(_list_states(run_id), None)]
 
     async def watch(
         self,
@@ -598,11 +598,9 @@ def _renew_leases(run_ids: Iterable[str], lease_seconds: float) -> _Call[list[st
     )
 
 
-def _list_states(run_id: str) -> _Call[list[State]]:
-    return _Call(
-        "ListStates",
-        pb.ListStatesRequest(run_id=run_id),
-        lambda response: [wire.state_from_proto(state) for state in response.states],
+def _list_states(run_id: str) -> _Listing[State]:
+    return _Listing(
+        "ListStates", pb.ListStatesRequest(run_id=run_id), "states", wire.state_from_proto
     )
 
 

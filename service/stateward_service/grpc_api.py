@@ -210,8 +210,12 @@ class OrchestrationService:
 
     def ListStates(self, request: pb.ListStatesRequest) -> pb.ListStatesResponse:
         run_id = check.run_id(request.run_id, "run_id")
-        states = _translating(lambda: self.orchestrator.list_states(run_id))
-        response = pb.ListStatesResponse()
+        size = check.states_page_size(request.page_size)
+        token = check.page_token(request.page_token)
+        states, next_token = _translating(
+            lambda: self.orchestrator.list_states_page(run_id, size, token)
+        )
+        response = pb.ListStatesResponse(next_page_token=next_token)
         for state in states:
             wire.state_to_proto(state, response.states.add())
         return response

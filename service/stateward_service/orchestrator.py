@@ -87,15 +87,22 @@ class _Write:
 Publisher = Callable[[Sequence[Transition]], None]
 
 
+# The run cache's bound in bytes: runs carry their parameters and their state's result.
+RUN_CACHE_BYTES = 64 * 1024 * 1024
+
+
 class _RunCache:
     """The runs read or written lately, so a proposal does not read its run back from the
     database. It stays true because the orchestrator is the one writer: every write goes through
     it, and a transaction that fails forgets everything (its records were changed in memory)."""
 
-    def __init__(self, store: Store, size: int = 10_000) -> None:
+    def __init__(self, store: Store, size: int = 10_000, max_bytes: int = RUN_CACHE_BYTES) -> None:
         self.store = store
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the remembered runs' parameters and results take, about
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
+        self._sizes: dict[str, int] = {}
 
     def get(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
         run = self._runs.get(run_id)
@@ -105,20 +112,36 @@ class _RunCache:
                 return None
             self.remember(run)
         else:
-            self._runs.move_to_end(run_id)
+            self.remember(run)  # its state may have grown a result since: measured again
         return run if kind is None or run.kind is kind else None
 
     def remember(self, run: RunRecord) -> None:
+        """Keep `run` as the newest; forget the oldest past `size` runs or `max_bytes`."""
+        size = _record_bytes(run)
+        self.bytes += size - self._sizes.get(run.id, 0)
+        self._sizes[run.id] = size
         self._runs[run.id] = run
         self._runs.move_to_end(run.id)
-        if len(self._runs) > self.size:
-            self._runs.popitem(last=False)
+        while len(self._runs) > 1 and (len(self._runs) > self.size or self.bytes > self.max_bytes):
+            forgotten, _ = self._runs.popitem(last=False)
+            self.bytes -= self._sizes.pop(forgotten)
 
     def cached(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id)
 
     def clear(self) -> None:
         self._runs.clear()
+        self._sizes.clear()
+        self.bytes = 0
+
+
+def _record_bytes(run: RunRecord) -> int:
+    """About how much memory a run record holds: its parameters and its state's result."""
+    size = 1024 + len(run.parameters)
+    data = run.state.data if run.state is not None else None
+    if data is not None:
+        size += len(data.json or "") + len(data.pickle or b"")
+    return size
 
 
 class Orchestrator:
@@ -194,6 +217,18 @@ class Orchestrator:
             if run is None:
                 raise RunNotFound(run_id, kind)
             return replace(run)
+
+    def list_states_page(
+        self, run_id: str, page_size: int, page_token: str = ""
+    ) -> tuple[list[State], str]:
+        """A page of a run's states, oldest first, and the token of the next page ("" after
+        the last). Raises RunNotFound, or BadPageToken for a token made for another run. Read
+        outside the write lock, on a snapshot."""
+        with self._lock:
+            if self._runs.cached(run_id) is None and not self._store.run_exists(run_id):
+                raise RunNotFound(run_id)
+        with self._reader.snapshot() as db:
+            return db.page_of_states(run_id, page_size, page_token)
 
     def list_states(self, run_id: str) -> list[State]:
         """The run's states, oldest first (read outside the write lock)."""

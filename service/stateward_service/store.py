@@ -34,6 +34,11 @@ from stateward.wire import StatusCode
 from stateward_service.errors import ServiceError
 from stateward_service.model import RunRecord
 
+# A page of a listing stops before this many bytes of runs or states (their text and results),
+# below the 4 MiB a gRPC client receives by default; it holds one item at least.
+PAGE_BYTES = 3 * 1024 * 1024
+_STATES = 0  # the kind a page token of states carries (runs carry their RunKind)
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -339,15 +344,22 @@ class _Reads:
         return None
 
     def list_runs(
-        self, kind: RunKind, where: RunFilter, page_size: int, page_token: str
+        self,
+        kind: RunKind,
+        where: RunFilter,
+        page_size: int,
+        page_token: str,
+        budget: int = PAGE_BYTES,
     ) -> tuple[list[RunRecord], str]:
-        """A page of runs, newest first, and the token of the next page ("" at the end)."""
+        """A page of runs, newest first, and the token of the next page ("" at the end). The
+        page ends after `page_size` runs, or before the run that would take it past `budget`
+        bytes (it holds one run at least)."""
         fingerprint = where.fingerprint()
         clauses: list[str] = []
         params: list[Any] = []
         if page_token:
             clauses.append("r.rowid < ?")
-            params.append(_decode_page_token(page_token, kind, fingerprint))
+            params.append(_decode_page_token(page_token, int(kind), fingerprint))
         name_column = "flow_name" if kind is RunKind.FLOW_RUN else "task_key"
         for column, values in (
             (name_column, where.names),
@@ -382,13 +394,29 @@ class _Reads:
         sql += " ORDER BY r.rowid DESC LIMIT ?"
         params.append(page_size + 1)
         cursor = self.conn.execute(sql, params)
-        rows = cursor.fetchall()
         description = cursor.description[1:]
-        runs = [_run_from_row(kind, description, row[1:]) for row in rows[:page_size]]
-        next_token = ""
-        if len(rows) > page_size:
-            next_token = _encode_page_token(rows[page_size - 1][0], kind, fingerprint)
+        rows, more = _page(cursor, page_size, budget)
+        runs = [_run_from_row(kind, description, row[1:]) for row in rows]
+        next_token = _encode_page_token(rows[-1][0], int(kind), fingerprint) if more else ""
         return runs, next_token
+
+    def page_of_states(
+        self, run_id: str, page_size: int, page_token: str, budget: int = PAGE_BYTES
+    ) -> tuple[list[State], str]:
+        """A page of a run's states, oldest first, and the token of the next page ("" at the
+        end): at most `page_size` states, stopping before the state that would take the page
+        past `budget` bytes (one state at least)."""
+        fingerprint = _digest(run_id)
+        after = _decode_page_token(page_token, _STATES, fingerprint) if page_token else -(2**63)
+        cursor = self.conn.execute(
+            f"""SELECT timestamp, {_STATE_COLUMNS} FROM states
+                WHERE run_id = ? AND timestamp > ? ORDER BY timestamp LIMIT ?""",
+            (run_id, after, page_size + 1),
+        )
+        rows, more = _page(cursor, page_size, budget)
+        states = [_state_from_row(row[1:]) for row in rows]
+        next_token = _encode_page_token(rows[-1][0], _STATES, fingerprint) if more else ""
+        return states, next_token
 
     def list_states(self, run_id: str) -> list[State]:
         rows = self.conn.execute(
@@ -1080,12 +1108,34 @@ def _state_from_row(row: Sequence[Any]) -> State:
     )
 
 
-def _encode_page_token(rowid: int, kind: RunKind, fingerprint: str) -> str:
+def _page(cursor: sqlite3.Cursor, count: int, budget: int) -> tuple[list[Any], bool]:
+    """The cursor's rows, up to `count` of them and while their text and blobs stay within
+    `budget` bytes (the first row whatever its size), and whether more rows follow. Rows are
+    read one at a time: a page never holds more in memory than it answers with."""
+    rows: list[Any] = []
+    used = 0
+    try:
+        while (row := cursor.fetchone()) is not None:
+            size = 64 + sum(len(value) for value in row if isinstance(value, str | bytes))
+            if len(rows) == count or (rows and used + size > budget):
+                return rows, True
+            rows.append(row)
+            used += size
+        return rows, False
+    finally:
+        cursor.close()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _encode_page_token(rowid: int, kind: int, fingerprint: str) -> str:
     payload = json.dumps({"k": int(kind), "r": rowid, "f": fingerprint}, separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, kind: RunKind, fingerprint: str) -> int:
+def _decode_page_token(token: str, kind: int, fingerprint: str) -> int:
     try:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))

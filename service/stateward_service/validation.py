@@ -26,6 +26,7 @@ MAX_RETRIES = 10_000
 MAX_DELAYS = 100
 MAX_PAGE_SIZE = 1_000
 DEFAULT_PAGE_SIZE = 100
+MAX_STATES_PAGE = 10_000
 MAX_LEASE_SECONDS = 86_400.0
 MAX_DELAY_SECONDS = 366 * 86_400.0  # a retry at most a year away
 MAX_JITTER_FACTOR = 100.0
@@ -198,6 +199,13 @@ def parameters(struct: Struct, field: str) -> None:
             pending.extend(
                 (f"{path}[{index}]", inner) for index, inner in enumerate(value.list_value.values)
             )
+
+
+def states_page_size(value: int, field: str = "page_size") -> int:
+    """A ListStates page size: 0 is as many as fit, up to MAX_STATES_PAGE."""
+    if value < 0:
+        raise invalid(field, f"is {value}; it must not be negative (0 means as many as fit)")
+    return MAX_STATES_PAGE if value == 0 else min(value, MAX_STATES_PAGE)
 
 
 def page_token(value: str, field: str = "page_token") -> str:

@@ -181,7 +181,9 @@ class ListFlowRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many runs in the response; 0 means 100, and more than 1,000 is read as 1,000."""
+    """At most this many runs in the response; 0 means 100, and more than 1,000 is read as 1,000.
+    A page also stops at about 3 MiB of runs (parameters and results), with a next page token.
+    """
     page_token: _builtins.str
     """The `next_page_token` of the previous page, with the same filters; empty for the first page."""
     @_builtins.property
@@ -521,16 +523,26 @@ class ListStatesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The flow run or task run."""
+    page_size: _builtins.int
+    """At most this many states in the response; 0 means as many as fit, up to 10,000 (more than
+    10,000 is read as 10,000). A page also stops at about 3 MiB of states.
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page of the same run; empty for the first page."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -543,18 +555,22 @@ class ListStatesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def states(self) -> _containers.RepeatedCompositeFieldContainer[_states_pb2.State]:
-        """The run's states, oldest first."""
+        """The run's states of this page, oldest first."""
 
     def __init__(
         self,
         *,
         states: _abc.Iterable[_states_pb2.State] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -167,7 +167,7 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListStates(self, request, context):
-        """Returns a run's state history, oldest first.
+        """Returns a run's state history, oldest first, page by page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

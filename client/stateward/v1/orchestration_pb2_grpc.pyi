@@ -57,7 +57,7 @@ class OrchestrationServiceStub:
     SetState: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SetStateRequest, _orchestration_pb2.SetStateResponse]
     """Proposes a new state for a flow run or a task run and answers with the decision."""
     ListStates: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListStatesRequest, _orchestration_pb2.ListStatesResponse]
-    """Returns a run's state history, oldest first."""
+    """Returns a run's state history, oldest first, page by page."""
     WatchTransitions: _grpc.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]
     """Streams accepted transitions as they are written, optionally replaying from a cursor first.
     The response's initial metadata carries `stateward-start-sequence`: the sequence the stream
@@ -106,7 +106,7 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     SetState: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SetStateRequest, _orchestration_pb2.SetStateResponse]  # type: ignore[assignment]
     """Proposes a new state for a flow run or a task run and answers with the decision."""
     ListStates: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListStatesRequest, _orchestration_pb2.ListStatesResponse]  # type: ignore[assignment]
-    """Returns a run's state history, oldest first."""
+    """Returns a run's state history, oldest first, page by page."""
     WatchTransitions: _aio.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]  # type: ignore[assignment]
     """Streams accepted transitions as they are written, optionally replaying from a cursor first.
     The response's initial metadata carries `stateward-start-sequence`: the sequence the stream
@@ -200,7 +200,7 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_pb2.ListStatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.ListStatesResponse, _abc.Awaitable[_orchestration_pb2.ListStatesResponse]]:
-        """Returns a run's state history, oldest first."""
+        """Returns a run's state history, oldest first, page by page."""
 
     @_abc_1.abstractmethod
     def WatchTransitions(
