@@ -4,7 +4,8 @@
 runs; `Client` and `AsyncClient` talk to a server directly. This module is the whole public API.
 """
 
-from stateward._context import get_run_context
+from stateward import cache_policies, runtime
+from stateward._context import get_run_context, tags
 from stateward._embedded import get_client
 from stateward._logging import get_run_logger
 from stateward.client import AsyncClient, Client
@@ -35,7 +36,8 @@ from stateward.states import (
     State,
     StateType,
 )
-from stateward.tasks import Task, exponential_backoff, task, task_input_hash, unmapped
+from stateward.tasks import Task, exponential_backoff, task, task_input_hash
+from stateward.utilities.annotations import allow_failure, quote, unmapped
 
 __all__ = [
     "AsyncClient",
@@ -67,11 +69,16 @@ __all__ = [
     "Task",
     "TaskRun",
     "Transition",
+    "allow_failure",
+    "cache_policies",
     "exponential_backoff",
     "flow",
     "get_client",
     "get_run_context",
     "get_run_logger",
+    "quote",
+    "runtime",
+    "tags",
     "task",
     "task_input_hash",
     "unmapped",

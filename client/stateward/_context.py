@@ -1,7 +1,10 @@
-"""Which run is executing right now, per thread and per asyncio task (contextvars)."""
+"""Which run is executing right now, and the tags runs created here get, per thread and per
+asyncio task (contextvars)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +41,7 @@ class TaskRunContext:
 
 flow_run_context: ContextVar[FlowRunContext | None] = ContextVar("flow_run", default=None)
 task_run_context: ContextVar[TaskRunContext | None] = ContextVar("task_run", default=None)
+_tags: ContextVar[tuple[str, ...]] = ContextVar("tags", default=())
 
 
 def get_run_context() -> FlowRunContext | TaskRunContext:
@@ -46,3 +50,23 @@ def get_run_context() -> FlowRunContext | TaskRunContext:
     if found is None:
         raise RuntimeError("no flow run or task run is executing here")
     return found
+
+
+def current_tags() -> tuple[str, ...]:
+    """The tags of the enclosing `tags()` blocks, outermost first."""
+    return _tags.get()
+
+
+@contextmanager
+def tags(*new_tags: str) -> Iterator[set[str]]:
+    """Within the block, every flow run and task run created gets `new_tags` besides its own
+    (blocks nest and add up; the block's tags reach async code and submitted tasks started in
+    it). Yields the set of tags now in force. Raises TypeError for a tag that is not a string."""
+    for tag in new_tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"a tag is a string, not {tag!r}")
+    token = _tags.set(tuple(dict.fromkeys((*_tags.get(), *new_tags))))
+    try:
+        yield set(_tags.get())
+    finally:
+        _tags.reset(token)

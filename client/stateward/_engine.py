@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from stateward._context import FlowRunContext, flow_run_context
+from stateward._context import FlowRunContext, current_tags, flow_run_context
 from stateward._embedded import get_client
 from stateward._hooks import run_hooks, run_hooks_async
 from stateward._interrupt import (
@@ -72,6 +72,9 @@ class RunEngine:
     ) -> None:
         self.subject = subject
         self.parameters = bind(subject.signature, args, kwargs)
+        # Its own tags, then those of the `tags()` blocks it is created in.
+        self.tags = tuple(dict.fromkeys((*subject.tags, *current_tags())))
+        self.run_count = 0  # attempts this engine started (entries into RUNNING)
         configure_default_logging()
         self.client = get_client()
         self.supervisor = get_supervisor(self.client)
@@ -423,6 +426,7 @@ class RunEngine:
             first = None
             if final is not None:
                 return final
+            self.run_count += 1
             self.run_hooks("on_running", self.orchestration.state)  # type: ignore[arg-type]
             final = self.finish(self.execute_sync())
             if final is not None:
@@ -434,6 +438,7 @@ class RunEngine:
             first = None
             if final is not None:
                 return final
+            self.run_count += 1
             await self.run_hooks_async("on_running", self.orchestration.state)  # type: ignore[arg-type]
             proposal = await self.execute_async()
             final = await asyncio.to_thread(self.finish, proposal)

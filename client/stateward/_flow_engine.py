@@ -95,7 +95,7 @@ class FlowRunEngine(RunEngine):
                 name=run_name(flow.flow_run_name, self.parameters),
                 flow_name=flow.name,
                 parameters=jsonable(self.parameters),
-                tags=flow.tags,
+                tags=self.tags,
                 retry_policy=RetryPolicy(flow.retries, flow.retry_delays),
                 parent_task_run_id=parent_task_run_id,
                 state=State(StateType.PENDING),
@@ -133,6 +133,8 @@ class FlowRunEngine(RunEngine):
             state=self.orchestration.state,
             parent_task_run_id=self.flow_run.parent_task_run_id,
             created=self.flow_run.created,
+            run_count=self.run_count,
+            expected_start_time=self.flow_run.expected_start_time,
         )
 
     # A stop of this run reaches its code and, at the same moment (under `task_run_lock`), the
@@ -181,7 +183,7 @@ class FlowRunEngine(RunEngine):
 
     def enter_code(self) -> Callable[[], None]:
         assert self.flow_run is not None
-        self.context = FlowRunContext(self.flow, self.flow_run, self, self.parameters)
+        self.context = FlowRunContext(self.flow, self.record(), self, self.parameters)
         token = flow_run_context.set(self.context)
         return lambda: flow_run_context.reset(token)
 

@@ -59,7 +59,10 @@ class NotYetActive:
 
 _STORAGE = "results are stored with their Completed state on the Stateward server"
 NOT_YET_ACTIVE: Mapping[str, NotYetActive] = {
-    "persist_result": NotYetActive(f"{_STORAGE} in any case", lambda value: value is False),
+    "persist_result": NotYetActive(
+        f"{_STORAGE} in any case (persist_result=False only turns caching off)",
+        lambda value: value is False,
+    ),
     "result_storage": NotYetActive(_STORAGE),
     "result_storage_key": NotYetActive(_STORAGE, lambda value: bool(value)),
     "result_serializer": NotYetActive(
@@ -69,7 +72,6 @@ NOT_YET_ACTIVE: Mapping[str, NotYetActive] = {
         "a result stays in memory in the process that ran it", lambda value: value is False
     ),
     "task_runner": NotYetActive("submitted task runs run in a pool of threads"),
-    "cache_policy": NotYetActive("tasks are cached by their cache_key_fn only"),
     "on_commit": NotYetActive("Stateward has no transactions", lambda value: bool(value)),
     "on_rollback": NotYetActive("Stateward has no transactions", lambda value: bool(value)),
     "viz_return_value": NotYetActive("Stateward has no flow visualisation"),

@@ -13,7 +13,7 @@ from stateward._results import encode, encode_exception
 from stateward.exceptions import ResultTooLarge, UpstreamTaskError
 from stateward.futures import StatewardFuture
 from stateward.states import State, StateDetails, StateType, carry_value, has_value
-from stateward.tasks import unmapped
+from stateward.utilities.annotations import allow_failure, quote, unmapped
 
 # --- parameters ---------------------------------------------------------------------------------
 
@@ -60,7 +60,8 @@ def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any
 
 def resolve(value: Any) -> Any:
     """Futures and states among a task's inputs become their results (waiting for futures);
-    raises UpstreamTaskError for one that did not complete."""
+    raises UpstreamTaskError for one that did not complete, unless it is wrapped in
+    `allow_failure`. A `quote`d value is passed as it is."""
     if isinstance(value, StatewardFuture):
         state = value._future.result()
         if not state.is_completed():
@@ -72,6 +73,10 @@ def resolve(value: Any) -> Any:
         if not value.is_completed():
             raise UpstreamTaskError(f"an upstream state did not complete ({value.name})")
         return value.result()
+    if isinstance(value, quote):
+        return value.unquote()
+    if isinstance(value, allow_failure):
+        return _allowing_failure(value.value)
     if isinstance(value, unmapped):
         return resolve(value.value)
     if isinstance(value, list):
@@ -83,6 +88,23 @@ def resolve(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: resolve(item) for key, item in value.items()}
     return value
+
+
+def _allowing_failure(value: Any) -> Any:
+    """`resolve` of an `allow_failure` value: an upstream that did not complete gives its
+    exception (or None), as the reference does."""
+    if isinstance(value, StatewardFuture):
+        return value._future.result().result(raise_on_failure=False)
+    if isinstance(value, State):
+        return value.result(raise_on_failure=False)
+    try:
+        return resolve(value)
+    except UpstreamTaskError:  # a failed future deeper inside: resolve each item the same way
+        if isinstance(value, list | tuple | set):
+            return type(value)(_allowing_failure(item) for item in value)
+        if isinstance(value, dict):
+            return {key: _allowing_failure(item) for key, item in value.items()}
+        raise
 
 
 # --- what the code's outcome proposes -----------------------------------------------------------

@@ -34,7 +34,8 @@ from stateward.exceptions import (
 from stateward.futures import StatewardFuture, StatewardFutureList
 from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
-from stateward.tasks import Task, unmapped
+from stateward.tasks import Task
+from stateward.utilities.annotations import allow_failure, quote, unmapped
 
 task_run_log = logging.getLogger("stateward.task_runs")
 
@@ -71,7 +72,7 @@ class TaskRunEngine(RunEngine):
             task_key=task.task_key,
             flow_run_id=self.parent.flow_run.id if self.parent else "",
             parameters=jsonable(self.parameters),
-            tags=task.tags,
+            tags=self.tags,
             retry_policy=RetryPolicy(task.retries, task.retry_delays, task.retry_jitter_factor),
             state=State(StateType.PENDING),
         )
@@ -108,12 +109,13 @@ class TaskRunEngine(RunEngine):
             task_key=self.task.task_key,
             flow_run_id=self.parent.flow_run.id if self.parent else "",
             parameters=self.parameters,
-            tags=self.task.tags,
+            tags=self.tags,
             retry_policy=RetryPolicy(
                 self.task.retries, self.task.retry_delays, self.task.retry_jitter_factor
             ),
             state=self.orchestration.state,
             created=run.created if run else None,
+            run_count=self.run_count,
         )
 
     # --- inputs, caching and retries --------------------------------------------------------------
@@ -137,14 +139,31 @@ class TaskRunEngine(RunEngine):
             if self.task_run is None:
                 self.create()
             return self.stopped_from_outside(self.stop.stop_requested)
-        if self.task.cache_key_fn is not None:
-            context = TaskRunContext(self.task, self.record(), self.parameters)
-            self.cache_key = self.task.cache_key_fn(context, self.parameters) or ""
+        self.cache_key = self._cache_key()
         if self.task_run is not None:
             return None
         return self.orchestration.create_and_start(
             [self._new_run()], self.running_proposal(), self._adopt
         )
+
+    def _cache_key(self) -> str:
+        """The key of the task's cache policy for this run ("" for none). A policy that cannot
+        compute one (a value it cannot hash) leaves the run uncached, and says why."""
+        policy = self.task.caching_policy()
+        if policy is None:
+            return ""
+        context = TaskRunContext(self.task, self.record(), self.parameters)
+        flow_parameters = self.parent.parameters if self.parent is not None else {}
+        try:
+            return policy.key_for(context, self.parameters, flow_parameters) or ""
+        except Exception as error:
+            self.log.warning(
+                "%s - not cached: its cache key could not be computed (%s: %s)",
+                self.task.name,
+                type(error).__name__,
+                error,
+            )
+            return ""
 
     def _wait_for_inputs(self) -> None:
         for future in self.wait_for:
@@ -275,8 +294,16 @@ def submit_task(
     return future
 
 
-def _mapped(value: Any) -> bool:
-    return not isinstance(value, unmapped | str | bytes | dict) and isinstance(value, Iterable)
+def _mapped(value: Any) -> list[Any] | None:
+    """The elements one argument of `map` gives the mapped runs, None when it goes whole (not
+    iterable, a string or mapping, `unmapped` or `quote`d). `allow_failure` around an iterable
+    allows each element's failure."""
+    if isinstance(value, allow_failure):
+        inner = _mapped(value.value)
+        return None if inner is None else [allow_failure(item) for item in inner]
+    if isinstance(value, unmapped | quote | str | bytes | dict) or not isinstance(value, Iterable):
+        return None
+    return list(value)
 
 
 def map_task(
@@ -291,7 +318,11 @@ def map_task(
     for key, value in given.items():
         if isinstance(value, StatewardFuture | State):  # map over its result
             given[key] = resolve(value)
-    mapped = {key: list(value) for key, value in given.items() if _mapped(value)}
+    mapped: dict[str, list[Any]] = {}
+    for key, value in given.items():
+        values = _mapped(value)
+        if values is not None:
+            mapped[key] = values
     if not mapped:
         kinds = ", ".join(f"{key}: {type(value).__name__}" for key, value in given.items())
         raise MappingMissingIterable(

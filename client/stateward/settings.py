@@ -4,6 +4,9 @@
 - STATEWARD_API_URL: `host:port` of the server to talk to; unset means an embedded server.
 - STATEWARD_REQUEST_TIMEOUT: seconds a call to a remote server may take, waiting out a restart
   (default 30); after it, the server counts as lost.
+- STATEWARD_RESULTS_PERSIST_BY_DEFAULT: `true` makes every task's results persist, so tasks
+  are cached by their cache policy (`DEFAULT` when none is given) without `persist_result=True`
+  (default false, as the reference's PREFECT_RESULTS_PERSIST_BY_DEFAULT).
 
 Each is checked where it is read: a value that cannot be right raises `InvalidSetting` with one
 line naming the variable and what it allows.
@@ -120,3 +123,22 @@ def check() -> None:
     lease_seconds()
     max_result_bytes()
     logging_level()
+    results_persist_by_default()
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def results_persist_by_default() -> bool:
+    """STATEWARD_RESULTS_PERSIST_BY_DEFAULT (false): whether every task's results persist, so
+    that tasks cache by their policy; InvalidSetting for a value that is not true or false."""
+    raw = os.environ.get("STATEWARD_RESULTS_PERSIST_BY_DEFAULT") or ""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidSetting(
+        f"STATEWARD_RESULTS_PERSIST_BY_DEFAULT={raw!r} is not a yes/no value: use true or false"
+    )

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import inspect
 import json
+import logging
 import pickle
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -13,9 +14,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
+from stateward.cache_policies import DEFAULT, NO_CACHE, CacheKeyFnPolicy, CachePolicy
+from stateward.settings import results_persist_by_default
+from stateward.utilities.annotations import unmapped as unmapped  # its historic home
 
 if TYPE_CHECKING:
     from stateward._context import TaskRunContext
+
+log = logging.getLogger("stateward")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,11 +54,33 @@ def task_input_hash(context: TaskRunContext, arguments: dict[str, Any]) -> str |
     return f"{task.task_key}-{digest}"
 
 
-class unmapped:
-    """Wrap an argument of `Task.map` that every mapped run gets whole."""
+class NotSet:
+    """The default of an option that was not given (told apart from an explicit None)."""
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
+
+def _cache_policy(
+    task: Task[..., Any], given: CachePolicy | type[NotSet] | None, persist_result: bool | None
+) -> tuple[CachePolicy | None, bool | None]:
+    """The task's cache policy and whether its results persist, as the reference decides them:
+    a `cache_key_fn` wins over a `cache_policy` (with a warning); without either, `DEFAULT`;
+    a policy or key function given makes results persist; `persist_result=False` means
+    `NO_CACHE`. Raises TypeError for a policy that is not a `CachePolicy`."""
+    if given is not NotSet and given is not None and not isinstance(given, CachePolicy):
+        raise TypeError(f"cache_policy takes a policy of stateward.cache_policies, not {given!r}")
+    if given is not NotSet and task.cache_key_fn is not None:
+        log.warning(
+            "Task %r has both cache_policy and cache_key_fn; cache_key_fn is used", task.name
+        )
+    if task.cache_key_fn is not None:
+        given = CacheKeyFnPolicy(cache_key_fn=task.cache_key_fn)
+    chose = given is not NotSet and given is not None and given != NO_CACHE
+    if persist_result is None and chose:
+        persist_result = True
+    if persist_result is False:
+        return (None if given is None else NO_CACHE), False
+    if given is NotSet:
+        return DEFAULT, persist_result
+    return given, persist_result  # type: ignore[return-value]
 
 
 class Task(HookedFunction, Generic[P, R]):
@@ -73,7 +101,7 @@ class Task(HookedFunction, Generic[P, R]):
         description: str | None = None,
         tags: Iterable[str] | None = None,
         version: str | None = None,
-        cache_policy: Any = None,
+        cache_policy: CachePolicy | type[NotSet] | None = NotSet,
         cache_key_fn: Callable[[TaskRunContext, dict[str, Any]], str | None] | None = None,
         cache_expiration: timedelta | None = None,
         task_run_name: str | Callable[[], str] | None = None,
@@ -105,8 +133,8 @@ class Task(HookedFunction, Generic[P, R]):
         self.description = description or inspect.getdoc(fn)
         self.tags = unique_tags(tags)
         self.version = version
-        self.cache_policy = cache_policy
         self.cache_key_fn = cache_key_fn
+        self.cache_policy, self.persist_result = _cache_policy(self, cache_policy, persist_result)
         self.cache_expiration = cache_expiration
         self.refresh_cache = bool(refresh_cache)
         self.task_run_name = task_run_name
@@ -116,7 +144,6 @@ class Task(HookedFunction, Generic[P, R]):
         self.retry_condition_fn = retry_condition_fn
         self.timeout_seconds = timeout_seconds
         self.log_prints = bool(log_prints)
-        self.persist_result = persist_result
         self.result_storage = result_storage
         self.result_serializer = result_serializer
         self.result_storage_key = result_storage_key
@@ -145,6 +172,17 @@ class Task(HookedFunction, Generic[P, R]):
             code = getattr(fn, "__code__", None)
             source = code.co_code if code is not None else repr(fn).encode()
         return f"{qualname}-{hashlib.sha256(source).hexdigest()[:16]}"
+
+    def caching_policy(self) -> CachePolicy | None:
+        """The policy this task's runs are cached by now, None when they are not: only while
+        its results persist (`persist_result=True`, a policy or key function given, or
+        STATEWARD_RESULTS_PERSIST_BY_DEFAULT=true)."""
+        persist = self.persist_result
+        if persist is None:
+            persist = results_persist_by_default()
+        if not persist or self.cache_policy is None or self.cache_policy == NO_CACHE:
+            return None
+        return self.cache_policy
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

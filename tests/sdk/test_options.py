@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import stateward
+import stateward.cache_policies
 from stateward import Flow, Task, flow, task
 from stateward._options import NOT_YET_ACTIVE
 from tests.sdk.conftest import python
@@ -87,7 +88,7 @@ TASK_OPTIONS: dict[str, Any] = {
     "version": "4.5",
     "description": "what it does",
     "tags": ("a", "b"),
-    "cache_policy": SENTINEL,
+    "cache_policy": stateward.cache_policies.INPUTS,
     "cache_key_fn": stateward.task_input_hash,
     "cache_expiration": timedelta(minutes=1),
     "task_run_name": "task-{x}",
@@ -145,7 +146,8 @@ def test_defaults_match_the_reference() -> None:
     assert made.validate_parameters is True and made.cache_result_in_memory is True
     assert made.task_runner is None and made.persist_result is None
     made_task = task(f)
-    assert made_task.cache_policy is None and made_task.cache_result_in_memory is True
+    assert made_task.cache_policy == stateward.cache_policies.DEFAULT
+    assert made_task.persist_result is None and made_task.cache_result_in_memory is True
     assert made_task.on_rollback == [] and made_task.on_commit == []
 
 
@@ -160,7 +162,6 @@ def test_options_without_effect_yet_log_one_warning_each_when_used_not_at_import
         "result_serializer": "'json'",
         "cache_result_in_memory": False,
         "task_runner": "object()",
-        "cache_policy": "object()",
         "on_commit": "[print]",
         "on_rollback": "[print]",
         "viz_return_value": 1,
@@ -168,7 +169,7 @@ def test_options_without_effect_yet_log_one_warning_each_when_used_not_at_import
     }
     assert set(values) == set(NOT_YET_ACTIVE)
     flow_only = {"task_runner"}
-    task_only = {"result_storage_key", "cache_policy", "on_commit", "on_rollback"}
+    task_only = {"result_storage_key", "on_commit", "on_rollback"}
     task_only |= {"viz_return_value", "asset_deps"}
     uses = []
     for option, value in values.items():

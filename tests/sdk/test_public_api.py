@@ -10,8 +10,9 @@ PUBLIC = {
     "Completed", "Crashed", "CrashedRun", "Failed", "FailedRun", "Flow", "FlowRun", "Late",
     "OrchestrationAborted", "Paused", "Pending", "ResultTooLarge", "Retrying", "Running",
     "Scheduled", "State", "StateType", "StatewardError", "StatewardFuture", "StatewardFutureList",
-    "Task", "TaskRun", "Transition", "exponential_backoff", "flow", "get_client",
-    "get_run_context", "get_run_logger", "task", "task_input_hash", "unmapped", "wait",
+    "Task", "TaskRun", "Transition", "allow_failure", "cache_policies", "exponential_backoff",
+    "flow", "get_client", "get_run_context", "get_run_logger", "quote", "runtime", "tags", "task",
+    "task_input_hash", "unmapped", "wait",
 }  # fmt: skip
 
 

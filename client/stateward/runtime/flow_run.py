@@ -1,0 +1,71 @@
+"""The flow run executing now (for a task run, the flow run it belongs to): `id`, `name`,
+`flow_name`, `parameters`, `tags`, `scheduled_start_time`, `run_count`. Read as module
+attributes (`from stateward.runtime import flow_run; flow_run.id`); outside a flow run `id`,
+`name`, `flow_name` and `scheduled_start_time` are None, `parameters` {}, `tags` [] and
+`run_count` 0."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from stateward._context import FlowRunContext, flow_run_context
+
+
+def get_id() -> str | None:
+    context = flow_run_context.get()
+    return context.flow_run.id if context else None
+
+
+def get_name() -> str | None:
+    context = flow_run_context.get()
+    return context.flow_run.name if context else None
+
+
+def get_flow_name() -> str | None:
+    context = flow_run_context.get()
+    return context.flow.name if context else None
+
+
+def get_parameters() -> dict[str, Any]:
+    context = flow_run_context.get()
+    return dict(context.parameters) if context else {}
+
+
+def get_tags() -> list[str]:
+    context = flow_run_context.get()
+    return list(context.flow_run.tags) if context else []
+
+
+def get_scheduled_start_time() -> datetime | None:
+    context = flow_run_context.get()
+    if context is None:
+        return None
+    return context.flow_run.expected_start_time or context.flow_run.created
+
+
+def get_run_count() -> int:
+    context: FlowRunContext | None = flow_run_context.get()
+    return context.engine.run_count if context else 0
+
+
+_GETTERS = {
+    "id": get_id,
+    "name": get_name,
+    "flow_name": get_flow_name,
+    "parameters": get_parameters,
+    "tags": get_tags,
+    "scheduled_start_time": get_scheduled_start_time,
+    "run_count": get_run_count,
+}
+
+
+def __getattr__(name: str) -> Any:
+    getter = _GETTERS.get(name)
+    if getter is None:
+        raise AttributeError(f"stateward.runtime.flow_run has no attribute {name!r}")
+    return getter()
+
+
+def __dir__() -> list[str]:
+    return sorted([*_GETTERS, *globals()])

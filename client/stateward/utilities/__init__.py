@@ -1,0 +1,1 @@
+"""Helpers at the reference's paths (`stateward.utilities.annotations`)."""
