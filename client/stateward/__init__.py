@@ -17,6 +17,7 @@ from stateward.exceptions import (
     ResultTooLarge,
     StatewardError,
 )
+from stateward.flow_runs import pause_flow_run, resume_flow_run
 from stateward.flows import Flow, flow
 from stateward.futures import StatewardFuture, StatewardFutureList, wait
 from stateward.runs import FlowRun, TaskRun, Transition
@@ -76,7 +77,9 @@ __all__ = [
     "get_client",
     "get_run_context",
     "get_run_logger",
+    "pause_flow_run",
     "quote",
+    "resume_flow_run",
     "runtime",
     "tags",
     "task",

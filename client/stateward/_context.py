@@ -28,6 +28,8 @@ class FlowRunContext:
     futures: list[StatewardFuture[Any]] = field(default_factory=list)
     # When the flow's code started (its current attempt).
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # How many times this attempt's code called pause_flow_run without a key (makes its keys).
+    pauses: int = 0
 
 
 @dataclass

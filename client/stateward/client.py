@@ -239,6 +239,16 @@ class Client:
         `renew_leases` must keep extending, or the server crashes the run."""
         return self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
 
+    def resume_flow_run(
+        self, flow_run_id: str, run_input: str | None = None
+    ) -> OrchestrationResult:
+        """Resume a PAUSED flow run, with `run_input` (JSON text) when its pause waits for
+        input; the answer: ACCEPT, REJECT (the pause expired: the run is FAILED) or ABORT (the
+        run changed first). Raises NotFound, FailedPrecondition (not paused) or
+        InvalidArgument (the input is missing, unexpected or does not match the schema)."""
+        request = wire.resume_flow_run_request(flow_run_id, run_input)
+        return wire.resume_result_from_proto(self._call("ResumeFlowRun", request))
+
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
         return self._do(_renew_leases(run_ids, lease_seconds))
@@ -443,6 +453,13 @@ class AsyncClient:
         lease_seconds: float = 0.0,
     ) -> OrchestrationResult:
         return await self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
+
+    async def resume_flow_run(
+        self, flow_run_id: str, run_input: str | None = None
+    ) -> OrchestrationResult:
+        """See `Client.resume_flow_run`."""
+        request = wire.resume_flow_run_request(flow_run_id, run_input)
+        return wire.resume_result_from_proto(await self._call("ResumeFlowRun", request))
 
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         return await self._do(_renew_leases(run_ids, lease_seconds))

@@ -10,6 +10,7 @@ StatewardError
 ├── OrchestrationAborted     the server answered ABORT: the run must stop here
 ├── MappingMissingIterable   Task.map() got no iterable argument (also a ValueError)
 ├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
+├── FlowPauseTimeout         a paused flow run was not resumed before its timeout
 ├── ResultTooLarge           a result is larger than the limit for storing it
 ├── ParameterTypeError       a flow's parameters do not fit its annotations (also a TypeError)
 ├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
@@ -43,6 +44,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "FailedRun",
+    "FlowPauseTimeout",
     "InvalidArgument",
     "InvalidSetting",
     "MappingLengthMismatch",
@@ -114,6 +116,11 @@ class UpstreamTaskError(StatewardError):
 
 class ParameterTypeError(StatewardError, TypeError):
     """A flow's parameters do not fit its annotations: the run fails before its code runs."""
+
+
+class FlowPauseTimeout(StatewardError):
+    """A paused flow run was not resumed before its pause timeout (`pause_flow_run` raises it
+    in the flow's code; the run ends Failed), or can no longer be resumed."""
 
 
 class ResultTooLarge(StatewardError):

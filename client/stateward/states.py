@@ -91,6 +91,8 @@ class StateDetails:
     refresh_cache: bool = False
     unretriable: bool = False
     child_flow_run_id: str = ""
+    run_input_schema: str = ""  # PAUSED: the JSON Schema of the input a resume must carry
+    run_input: str = ""  # RUNNING after a resume: the input (JSON) it carried
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,6 +188,8 @@ def details_to_proto(details: StateDetails, out: states_pb2.StateDetails) -> Non
     out.refresh_cache = details.refresh_cache
     out.unretriable = details.unretriable
     out.child_flow_run_id = details.child_flow_run_id
+    out.run_input_schema = details.run_input_schema
+    out.run_input = details.run_input
 
 
 def result_data_from_proto(msg: states_pb2.StateResult) -> ResultData | None:
@@ -376,6 +378,35 @@ def orchestration_result_to_proto(result: OrchestrationResult) -> pb.SetStateRes
     if result.state is not None:
         state_to_proto(result.state, msg.state)
     return msg
+
+
+def resume_flow_run_request(
+    flow_run_id: str, run_input: str | None = None
+) -> pb.ResumeFlowRunRequest:
+    msg = pb.ResumeFlowRunRequest(flow_run_id=flow_run_id)
+    if run_input is not None:
+        msg.run_input = run_input
+    return msg
+
+
+def resume_result_to_proto(result: OrchestrationResult) -> pb.ResumeFlowRunResponse:
+    msg = pb.ResumeFlowRunResponse(
+        status=result.status.value,  # type: ignore[arg-type]
+        reason=result.reason,
+        written=result.written,
+    )
+    if result.state is not None:
+        state_to_proto(result.state, msg.state)
+    return msg
+
+
+def resume_result_from_proto(msg: pb.ResumeFlowRunResponse) -> OrchestrationResult:
+    return OrchestrationResult(
+        SetStateStatus(msg.status),
+        state_from_proto(msg.state) if msg.HasField("state") else None,
+        msg.reason,
+        written=msg.written,
+    )
 
 
 def transition_from_proto(msg: pb.Transition) -> Transition:

@@ -56,8 +56,10 @@ from stateward_service.orchestrator import (
     InitialStateRefused,
     LimitAlreadyExists,
     LimitNotFound,
+    NotPaused,
     Orchestrator,
     RunAlreadyExists,
+    RunInputRefused,
     RunNotFound,
 )
 from stateward_service.store import BadPageToken, RunFilter
@@ -73,8 +75,10 @@ def _translating(call: Callable[[], T]) -> T:
         raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
     except (RunAlreadyExists, LimitAlreadyExists) as error:
         raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
-    except InitialStateRefused as error:
+    except (InitialStateRefused, NotPaused) as error:
         raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
+    except RunInputRefused as error:
+        raise invalid("run_input", str(error)) from None
     except BadPageToken as error:
         raise invalid("page_token", str(error)) from None
 
@@ -207,6 +211,14 @@ class OrchestrationService:
             )
         )
         return wire.orchestration_result_to_proto(result)
+
+    def ResumeFlowRun(self, request: pb.ResumeFlowRunRequest) -> pb.ResumeFlowRunResponse:
+        run_id = check.run_id(request.flow_run_id, "flow_run_id")
+        run_input = request.run_input if request.HasField("run_input") else None
+        if run_input is not None:
+            check.run_input(run_input, "run_input")
+        result = _translating(lambda: self.orchestrator.resume_flow_run(run_id, run_input))
+        return wire.resume_result_to_proto(result)
 
     def ListStates(self, request: pb.ListStatesRequest) -> pb.ListStatesResponse:
         run_id = check.run_id(request.run_id, "run_id")

@@ -16,6 +16,7 @@ its cache of run records.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import uuid
@@ -24,6 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from stateward.runs import (
     ConcurrencyLimit,
@@ -71,6 +75,14 @@ class LimitAlreadyExists(Exception):
         super().__init__(
             f"a concurrency limit for tag {tag!r} already exists; delete it first to change it"
         )
+
+
+class NotPaused(Exception):
+    """A resume of a flow run that is not PAUSED."""
+
+
+class RunInputRefused(ValueError):
+    """The input of a resume is missing, unexpected, or does not match the pause's schema."""
 
 
 class InitialStateRefused(Exception):
@@ -414,6 +426,45 @@ class Orchestrator:
                 return False
             current = run.state.id if run.state else ""
             return self.set_state(run_id, crashed, force=True, expected_state_id=current).written
+
+    def resume_flow_run(
+        self, run_id: str, run_input: str | None = None, message: str = "resumed"
+    ) -> OrchestrationResult:
+        """Propose RUNNING for a PAUSED flow run in place of the pause it is in, carrying the
+        input (JSON text) the pause asked for. The answer is the decision: ACCEPT, REJECT when
+        the pause had expired (the run is FAILED), ABORT when another client moved the run
+        first. Raises RunNotFound for an unknown flow run, NotPaused when it is not PAUSED, and
+        RunInputRefused for an input missing, unexpected, or not matching the pause's JSON
+        Schema (nothing is written)."""
+        run = self.get_run(run_id, RunKind.FLOW_RUN)
+        paused = run.state
+        if paused is None or paused.type is not StateType.PAUSED:
+            shown = paused.name if paused is not None else "without a state"
+            raise NotPaused(f"flow run {run_id} is not paused (it is {shown}); nothing to resume")
+        schema = paused.details.run_input_schema
+        if schema and run_input is None:
+            raise RunInputRefused(
+                f"the pause of flow run {run_id} waits for input matching its schema "
+                f"{schema}; give it as run_input (JSON)"
+            )
+        if not schema and run_input is not None:
+            raise RunInputRefused(
+                f"the pause of flow run {run_id} waits for no input; resume it without run_input"
+            )
+        if schema and run_input is not None:
+            validator = Draft202012Validator(json.loads(schema))
+            problem = best_match(validator.iter_errors(json.loads(run_input)))
+            if problem is not None:
+                where = "/".join(str(part) for part in problem.absolute_path) or "the input"
+                raise RunInputRefused(
+                    f"the input does not match the pause's schema at {where}: {problem.message}"
+                )
+        running = State(
+            StateType.RUNNING,
+            message=message,
+            details=StateDetails(run_input=run_input or ""),
+        )
+        return self.set_state(run_id, running, expected_state_id=paused.id)
 
     # --- internals ------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from stateward.states import StateType
 from stateward.v1 import runs_pb2, states_pb2
@@ -122,6 +124,13 @@ def state(msg: states_pb2.State, field: str) -> None:
     for name in ("scheduled_time", "cache_expiration", "pause_timeout"):
         if details.HasField(name):
             timestamp(getattr(details, name), f"{field}.details.{name}")
+    if details.run_input:
+        raise invalid(
+            f"{field}.details.run_input",
+            "is written by ResumeFlowRun only: resume a paused flow run with ResumeFlowRun",
+        )
+    if details.run_input_schema:
+        run_input_schema(details.run_input_schema, f"{field}.details.run_input_schema")
     if msg.HasField("timestamp"):
         timestamp(msg.timestamp, f"{field}.timestamp")
     if msg.result.WhichOneof("value") == "json":
@@ -274,3 +283,26 @@ def filter_size(values: Sequence[object], field: str) -> None:
         raise invalid(
             field, f"has {len(values):,} values; at most {MAX_FILTER_VALUES:,} are allowed"
         )
+
+
+MAX_RUN_INPUT = 1024 * 1024
+
+
+def run_input_schema(value: str, field: str) -> None:
+    """A pause's input schema: a JSON object that is a valid JSON Schema (draft 2020-12)."""
+    text(value, field, MAX_MESSAGE)
+    result_json(value, field)
+    schema = json.loads(value)
+    if not isinstance(schema, dict):
+        raise invalid(field, 'must be a JSON Schema object, such as {"type": "object"}')
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        raise invalid(field, f"is not a valid JSON Schema: {error.message}") from None
+
+
+def run_input(value: str, field: str) -> None:
+    """The input of a resume: a JSON document of at most MAX_RUN_INPUT bytes."""
+    if len(value.encode()) > MAX_RUN_INPUT:
+        raise invalid(field, f"is over {MAX_RUN_INPUT} bytes; pass a reference to the data")
+    result_json(value, field)

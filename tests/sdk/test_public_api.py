@@ -11,8 +11,8 @@ PUBLIC = {
     "OrchestrationAborted", "Paused", "Pending", "ResultTooLarge", "Retrying", "Running",
     "Scheduled", "State", "StateType", "StatewardError", "StatewardFuture", "StatewardFutureList",
     "Task", "TaskRun", "Transition", "allow_failure", "cache_policies", "exponential_backoff",
-    "flow", "get_client", "get_run_context", "get_run_logger", "quote", "runtime", "tags", "task",
-    "task_input_hash", "unmapped", "wait",
+    "flow", "get_client", "get_run_context", "get_run_logger", "pause_flow_run", "quote",
+    "resume_flow_run", "runtime", "tags", "task", "task_input_hash", "unmapped", "wait",
 }  # fmt: skip
 
 

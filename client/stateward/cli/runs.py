@@ -1,4 +1,4 @@
-"""`stateward flow-run ...` and `stateward task-run ...`: list, inspect and cancel runs."""
+"""`stateward flow-run ...` and `stateward task-run ...`: list, inspect, cancel and resume runs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from stateward.cli._common import (
 from stateward.runs import SetStateStatus
 from stateward.states import State, StateType
 
-flow_runs = typer.Typer(help="Flow runs: list, inspect, cancel.", no_args_is_help=True)
+flow_runs = typer.Typer(help="Flow runs: list, inspect, cancel, resume.", no_args_is_help=True)
 task_runs = typer.Typer(help="Task runs: list.", no_args_is_help=True)
 
 
@@ -110,6 +110,28 @@ def cancel_flow_run(run_id: Annotated[str, typer.Argument(help="The flow run's i
     errors.print(
         f"[red]Not cancelled:[/red] {answer.reason or 'the server refused'} "
         f"(it is {answer.state.name if answer.state else 'without state'})"
+    )
+    raise typer.Exit(1)
+
+
+@flow_runs.command("resume")
+def resume_flow_run(
+    run_id: Annotated[str, typer.Argument(help="The paused flow run's id.")],
+    run_input: Annotated[
+        str | None,
+        typer.Option("--input", help="The input the pause waits for, as JSON."),
+    ] = None,
+) -> None:
+    """Resume a paused flow run (with --input when its pause waits for input); its process
+    goes on. A pause past its timeout cannot be resumed: the run is Failed."""
+    with client() as connected:
+        answer = connected.resume_flow_run(run_id, run_input)
+    if answer.status is SetStateStatus.ACCEPT:
+        console.print(f"flow run {run_id} is {show_state(answer.state)}")
+        return
+    errors.print(
+        f"[red]Not resumed:[/red] {answer.reason or 'the server refused'} "
+        f"(it is {show_state(answer.state)})"
     )
     raise typer.Exit(1)
 

@@ -28,15 +28,15 @@ from stateward.v1 import runs_pb2 as stateward_dot_v1_dot_runs__pb2
 from stateward.v1 import states_pb2 as stateward_dot_v1_dot_states__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stateward/v1/orchestration.proto\x12\x0cstateward.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stateward/v1/runs.proto\x1a\x19stateward/v1/states.proto\"?\n\x14\x43reateFlowRunRequest\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.FlowRun\"@\n\x15\x43reateFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.FlowRun\"\x1f\n\x11GetFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x12GetFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.FlowRun\"\x99\x01\n\x13ListFlowRunsRequest\x12\x12\n\nflow_names\x18\x01 \x03(\t\x12,\n\x0bstate_types\x18\x02 \x03(\x0e\x32\x17.stateward.v1.StateType\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Y\n\x14ListFlowRunsResponse\x12(\n\tflow_runs\x18\x01 \x03(\x0b\x32\x15.stateward.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x14\x43reateTaskRunRequest\x12\'\n\x08task_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.TaskRun\"@\n\x15\x43reateTaskRunResponse\x12\'\n\x08task_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.TaskRun\"\x1f\n\x11GetTaskRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x12GetTaskRunResponse\x12\'\n\x08task_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.TaskRun\"\xa1\x01\n\x13ListTaskRunsRequest\x12\x14\n\x0c\x66low_run_ids\x18\x01 \x03(\t\x12,\n\x0bstate_types\x18\x02 \x03(\x0e\x32\x17.stateward.v1.StateType\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x11\n\ttask_keys\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Y\n\x14ListTaskRunsResponse\x12(\n\ttask_runs\x18\x01 \x03(\x0b\x32\x15.stateward.v1.TaskRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbd\x01\n\x0fSetStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.stateward.v1.State\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x1e\n\x11\x65xpected_state_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x14\n\x12_expected_state_id\"\x9c\x01\n\x10SetStateResponse\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.stateward.v1.SetStateStatus\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.stateward.v1.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rdelay_seconds\x18\x04 \x01(\x01\x12\x0f\n\x07written\x18\x05 \x01(\x08\"J\n\x11ListStatesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListStatesResponse\x12#\n\x06states\x18\x01 \x03(\x0b\x32\x13.stateward.v1.State\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf3\x01\n\nTransition\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66low_run_id\x18\x03 \x01(\t\x12\'\n\nfrom_state\x18\x04 \x01(\x0b\x32\x13.stateward.v1.State\x12%\n\x08to_state\x18\x05 \x01(\x0b\x32\x13.stateward.v1.State\x12\'\n\x08run_kind\x18\x06 \x01(\x0e\x32\x15.stateward.v1.RunKind\x12\x10\n\x08run_name\x18\x07 \x01(\t\x12\x11\n\tflow_name\x18\x08 \x01(\t\x12\x10\n\x08task_key\x18\t \x01(\t\"\x9e\x01\n\x17WatchTransitionsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x14\n\x0c\x66low_run_ids\x18\x02 \x03(\t\x12,\n\x0bstate_types\x18\x03 \x03(\x0e\x32\x17.stateward.v1.StateType\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"H\n\x18WatchTransitionsResponse\x12,\n\ntransition\x18\x01 \x01(\x0b\x32\x18.stateward.v1.Transition\"Z\n\x1d\x43reateConcurrencyLimitRequest\x12\x39\n\x11\x63oncurrency_limit\x18\x01 \x01(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\"[\n\x1e\x43reateConcurrencyLimitResponse\x12\x39\n\x11\x63oncurrency_limit\x18\x01 \x01(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\")\n\x1aGetConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\"X\n\x1bGetConcurrencyLimitResponse\x12\x39\n\x11\x63oncurrency_limit\x18\x01 \x01(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\"\x1e\n\x1cListConcurrencyLimitsRequest\"[\n\x1dListConcurrencyLimitsResponse\x12:\n\x12\x63oncurrency_limits\x18\x01 \x03(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\",\n\x1d\x44\x65leteConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\" \n\x1e\x44\x65leteConcurrencyLimitResponse\"X\n\x12RenewLeasesRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"e\n\x13RenewLeasesResponse\x12\x17\n\x0frenewed_run_ids\x18\x01 \x03(\t\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13\x45xecuteBatchRequest\x12\x30\n\noperations\x18\x01 \x03(\x0b\x32\x1c.stateward.v1.BatchOperation\"\x89\x02\n\x0e\x42\x61tchOperation\x12=\n\x0f\x63reate_flow_run\x18\x01 \x01(\x0b\x32\".stateward.v1.CreateFlowRunRequestH\x00\x12=\n\x0f\x63reate_task_run\x18\x02 \x01(\x0b\x32\".stateward.v1.CreateTaskRunRequestH\x00\x12\x32\n\tset_state\x18\x03 \x01(\x0b\x32\x1d.stateward.v1.SetStateRequestH\x00\x12\x38\n\x0crenew_leases\x18\x04 \x01(\x0b\x32 .stateward.v1.RenewLeasesRequestH\x00\x42\x0b\n\toperation\"B\n\x14\x45xecuteBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.stateward.v1.BatchResult\"\xb2\x02\n\x0b\x42\x61tchResult\x12>\n\x0f\x63reate_flow_run\x18\x01 \x01(\x0b\x32#.stateward.v1.CreateFlowRunResponseH\x00\x12>\n\x0f\x63reate_task_run\x18\x02 \x01(\x0b\x32#.stateward.v1.CreateTaskRunResponseH\x00\x12\x33\n\tset_state\x18\x03 \x01(\x0b\x32\x1e.stateward.v1.SetStateResponseH\x00\x12\x39\n\x0crenew_leases\x18\x04 \x01(\x0b\x32!.stateward.v1.RenewLeasesResponseH\x00\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.stateward.v1.BatchErrorH\x00\x42\x08\n\x06result\"+\n\nBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*\xa3\x01\n\x0eSetStateStatus\x12 \n\x1cSET_STATE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17SET_STATE_STATUS_ACCEPT\x10\x01\x12\x1b\n\x17SET_STATE_STATUS_REJECT\x10\x02\x12\x19\n\x15SET_STATE_STATUS_WAIT\x10\x03\x12\x1a\n\x16SET_STATE_STATUS_ABORT\x10\x04\x32\x8e\x0b\n\x14OrchestrationService\x12X\n\rCreateFlowRun\x12\".stateward.v1.CreateFlowRunRequest\x1a#.stateward.v1.CreateFlowRunResponse\x12O\n\nGetFlowRun\x12\x1f.stateward.v1.GetFlowRunRequest\x1a .stateward.v1.GetFlowRunResponse\x12U\n\x0cListFlowRuns\x12!.stateward.v1.ListFlowRunsRequest\x1a\".stateward.v1.ListFlowRunsResponse\x12X\n\rCreateTaskRun\x12\".stateward.v1.CreateTaskRunRequest\x1a#.stateward.v1.CreateTaskRunResponse\x12O\n\nGetTaskRun\x12\x1f.stateward.v1.GetTaskRunRequest\x1a .stateward.v1.GetTaskRunResponse\x12U\n\x0cListTaskRuns\x12!.stateward.v1.ListTaskRunsRequest\x1a\".stateward.v1.ListTaskRunsResponse\x12I\n\x08SetState\x12\x1d.stateward.v1.SetStateRequest\x1a\x1e.stateward.v1.SetStateResponse\x12O\n\nListStates\x12\x1f.stateward.v1.ListStatesRequest\x1a .stateward.v1.ListStatesResponse\x12\x63\n\x10WatchTransitions\x12%.stateward.v1.WatchTransitionsRequest\x1a&.stateward.v1.WatchTransitionsResponse0\x01\x12s\n\x16\x43reateConcurrencyLimit\x12+.stateward.v1.CreateConcurrencyLimitRequest\x1a,.stateward.v1.CreateConcurrencyLimitResponse\x12j\n\x13GetConcurrencyLimit\x12(.stateward.v1.GetConcurrencyLimitRequest\x1a).stateward.v1.GetConcurrencyLimitResponse\x12p\n\x15ListConcurrencyLimits\x12*.stateward.v1.ListConcurrencyLimitsRequest\x1a+.stateward.v1.ListConcurrencyLimitsResponse\x12s\n\x16\x44\x65leteConcurrencyLimit\x12+.stateward.v1.DeleteConcurrencyLimitRequest\x1a,.stateward.v1.DeleteConcurrencyLimitResponse\x12R\n\x0bRenewLeases\x12 .stateward.v1.RenewLeasesRequest\x1a!.stateward.v1.RenewLeasesResponse\x12U\n\x0c\x45xecuteBatch\x12!.stateward.v1.ExecuteBatchRequest\x1a\".stateward.v1.ExecuteBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stateward/v1/orchestration.proto\x12\x0cstateward.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stateward/v1/runs.proto\x1a\x19stateward/v1/states.proto\"?\n\x14\x43reateFlowRunRequest\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.FlowRun\"@\n\x15\x43reateFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.FlowRun\"\x1f\n\x11GetFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x12GetFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.FlowRun\"\x99\x01\n\x13ListFlowRunsRequest\x12\x12\n\nflow_names\x18\x01 \x03(\t\x12,\n\x0bstate_types\x18\x02 \x03(\x0e\x32\x17.stateward.v1.StateType\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Y\n\x14ListFlowRunsResponse\x12(\n\tflow_runs\x18\x01 \x03(\x0b\x32\x15.stateward.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x14\x43reateTaskRunRequest\x12\'\n\x08task_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.TaskRun\"@\n\x15\x43reateTaskRunResponse\x12\'\n\x08task_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.TaskRun\"\x1f\n\x11GetTaskRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x12GetTaskRunResponse\x12\'\n\x08task_run\x18\x01 \x01(\x0b\x32\x15.stateward.v1.TaskRun\"\xa1\x01\n\x13ListTaskRunsRequest\x12\x14\n\x0c\x66low_run_ids\x18\x01 \x03(\t\x12,\n\x0bstate_types\x18\x02 \x03(\x0e\x32\x17.stateward.v1.StateType\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x11\n\ttask_keys\x18\x04 \x03(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Y\n\x14ListTaskRunsResponse\x12(\n\ttask_runs\x18\x01 \x03(\x0b\x32\x15.stateward.v1.TaskRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbd\x01\n\x0fSetStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.stateward.v1.State\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x1e\n\x11\x65xpected_state_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x14\n\x12_expected_state_id\"\x9c\x01\n\x10SetStateResponse\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.stateward.v1.SetStateStatus\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.stateward.v1.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rdelay_seconds\x18\x04 \x01(\x01\x12\x0f\n\x07written\x18\x05 \x01(\x08\"Q\n\x14ResumeFlowRunRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x16\n\trun_input\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_run_input\"\x8a\x01\n\x15ResumeFlowRunResponse\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.stateward.v1.SetStateStatus\x12\"\n\x05state\x18\x02 \x01(\x0b\x32\x13.stateward.v1.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07written\x18\x04 \x01(\x08\"J\n\x11ListStatesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListStatesResponse\x12#\n\x06states\x18\x01 \x03(\x0b\x32\x13.stateward.v1.State\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf3\x01\n\nTransition\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66low_run_id\x18\x03 \x01(\t\x12\'\n\nfrom_state\x18\x04 \x01(\x0b\x32\x13.stateward.v1.State\x12%\n\x08to_state\x18\x05 \x01(\x0b\x32\x13.stateward.v1.State\x12\'\n\x08run_kind\x18\x06 \x01(\x0e\x32\x15.stateward.v1.RunKind\x12\x10\n\x08run_name\x18\x07 \x01(\t\x12\x11\n\tflow_name\x18\x08 \x01(\t\x12\x10\n\x08task_key\x18\t \x01(\t\"\x9e\x01\n\x17WatchTransitionsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x14\n\x0c\x66low_run_ids\x18\x02 \x03(\t\x12,\n\x0bstate_types\x18\x03 \x03(\x0e\x32\x17.stateward.v1.StateType\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"H\n\x18WatchTransitionsResponse\x12,\n\ntransition\x18\x01 \x01(\x0b\x32\x18.stateward.v1.Transition\"Z\n\x1d\x43reateConcurrencyLimitRequest\x12\x39\n\x11\x63oncurrency_limit\x18\x01 \x01(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\"[\n\x1e\x43reateConcurrencyLimitResponse\x12\x39\n\x11\x63oncurrency_limit\x18\x01 \x01(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\")\n\x1aGetConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\"X\n\x1bGetConcurrencyLimitResponse\x12\x39\n\x11\x63oncurrency_limit\x18\x01 \x01(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\"\x1e\n\x1cListConcurrencyLimitsRequest\"[\n\x1dListConcurrencyLimitsResponse\x12:\n\x12\x63oncurrency_limits\x18\x01 \x03(\x0b\x32\x1e.stateward.v1.ConcurrencyLimit\",\n\x1d\x44\x65leteConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\" \n\x1e\x44\x65leteConcurrencyLimitResponse\"X\n\x12RenewLeasesRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"e\n\x13RenewLeasesResponse\x12\x17\n\x0frenewed_run_ids\x18\x01 \x03(\t\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13\x45xecuteBatchRequest\x12\x30\n\noperations\x18\x01 \x03(\x0b\x32\x1c.stateward.v1.BatchOperation\"\x89\x02\n\x0e\x42\x61tchOperation\x12=\n\x0f\x63reate_flow_run\x18\x01 \x01(\x0b\x32\".stateward.v1.CreateFlowRunRequestH\x00\x12=\n\x0f\x63reate_task_run\x18\x02 \x01(\x0b\x32\".stateward.v1.CreateTaskRunRequestH\x00\x12\x32\n\tset_state\x18\x03 \x01(\x0b\x32\x1d.stateward.v1.SetStateRequestH\x00\x12\x38\n\x0crenew_leases\x18\x04 \x01(\x0b\x32 .stateward.v1.RenewLeasesRequestH\x00\x42\x0b\n\toperation\"B\n\x14\x45xecuteBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.stateward.v1.BatchResult\"\xb2\x02\n\x0b\x42\x61tchResult\x12>\n\x0f\x63reate_flow_run\x18\x01 \x01(\x0b\x32#.stateward.v1.CreateFlowRunResponseH\x00\x12>\n\x0f\x63reate_task_run\x18\x02 \x01(\x0b\x32#.stateward.v1.CreateTaskRunResponseH\x00\x12\x33\n\tset_state\x18\x03 \x01(\x0b\x32\x1e.stateward.v1.SetStateResponseH\x00\x12\x39\n\x0crenew_leases\x18\x04 \x01(\x0b\x32!.stateward.v1.RenewLeasesResponseH\x00\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.stateward.v1.BatchErrorH\x00\x42\x08\n\x06result\"+\n\nBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*\xa3\x01\n\x0eSetStateStatus\x12 \n\x1cSET_STATE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17SET_STATE_STATUS_ACCEPT\x10\x01\x12\x1b\n\x17SET_STATE_STATUS_REJECT\x10\x02\x12\x19\n\x15SET_STATE_STATUS_WAIT\x10\x03\x12\x1a\n\x16SET_STATE_STATUS_ABORT\x10\x04\x32\xe8\x0b\n\x14OrchestrationService\x12X\n\rCreateFlowRun\x12\".stateward.v1.CreateFlowRunRequest\x1a#.stateward.v1.CreateFlowRunResponse\x12O\n\nGetFlowRun\x12\x1f.stateward.v1.GetFlowRunRequest\x1a .stateward.v1.GetFlowRunResponse\x12U\n\x0cListFlowRuns\x12!.stateward.v1.ListFlowRunsRequest\x1a\".stateward.v1.ListFlowRunsResponse\x12X\n\rCreateTaskRun\x12\".stateward.v1.CreateTaskRunRequest\x1a#.stateward.v1.CreateTaskRunResponse\x12O\n\nGetTaskRun\x12\x1f.stateward.v1.GetTaskRunRequest\x1a .stateward.v1.GetTaskRunResponse\x12U\n\x0cListTaskRuns\x12!.stateward.v1.ListTaskRunsRequest\x1a\".stateward.v1.ListTaskRunsResponse\x12I\n\x08SetState\x12\x1d.stateward.v1.SetStateRequest\x1a\x1e.stateward.v1.SetStateResponse\x12X\n\rResumeFlowRun\x12\".stateward.v1.ResumeFlowRunRequest\x1a#.stateward.v1.ResumeFlowRunResponse\x12O\n\nListStates\x12\x1f.stateward.v1.ListStatesRequest\x1a .stateward.v1.ListStatesResponse\x12\x63\n\x10WatchTransitions\x12%.stateward.v1.WatchTransitionsRequest\x1a&.stateward.v1.WatchTransitionsResponse0\x01\x12s\n\x16\x43reateConcurrencyLimit\x12+.stateward.v1.CreateConcurrencyLimitRequest\x1a,.stateward.v1.CreateConcurrencyLimitResponse\x12j\n\x13GetConcurrencyLimit\x12(.stateward.v1.GetConcurrencyLimitRequest\x1a).stateward.v1.GetConcurrencyLimitResponse\x12p\n\x15ListConcurrencyLimits\x12*.stateward.v1.ListConcurrencyLimitsRequest\x1a+.stateward.v1.ListConcurrencyLimitsResponse\x12s\n\x16\x44\x65leteConcurrencyLimit\x12+.stateward.v1.DeleteConcurrencyLimitRequest\x1a,.stateward.v1.DeleteConcurrencyLimitResponse\x12R\n\x0bRenewLeases\x12 .stateward.v1.RenewLeasesRequest\x1a!.stateward.v1.RenewLeasesResponse\x12U\n\x0c\x45xecuteBatch\x12!.stateward.v1.ExecuteBatchRequest\x1a\".stateward.v1.ExecuteBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stateward.v1.orchestration_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETSTATESTATUS']._serialized_start=3595
-  _globals['_SETSTATESTATUS']._serialized_end=3758
+  _globals['_SETSTATESTATUS']._serialized_start=3819
+  _globals['_SETSTATESTATUS']._serialized_end=3982
   _globals['_CREATEFLOWRUNREQUEST']._serialized_start=167
   _globals['_CREATEFLOWRUNREQUEST']._serialized_end=230
   _globals['_CREATEFLOWRUNRESPONSE']._serialized_start=232
@@ -65,46 +65,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETSTATEREQUEST']._serialized_end=1313
   _globals['_SETSTATERESPONSE']._serialized_start=1316
   _globals['_SETSTATERESPONSE']._serialized_end=1472
-  _globals['_LISTSTATESREQUEST']._serialized_start=1474
-  _globals['_LISTSTATESREQUEST']._serialized_end=1548
-  _globals['_LISTSTATESRESPONSE']._serialized_start=1550
-  _globals['_LISTSTATESRESPONSE']._serialized_end=1632
-  _globals['_TRANSITION']._serialized_start=1635
-  _globals['_TRANSITION']._serialized_end=1878
-  _globals['_WATCHTRANSITIONSREQUEST']._serialized_start=1881
-  _globals['_WATCHTRANSITIONSREQUEST']._serialized_end=2039
-  _globals['_WATCHTRANSITIONSRESPONSE']._serialized_start=2041
-  _globals['_WATCHTRANSITIONSRESPONSE']._serialized_end=2113
-  _globals['_CREATECONCURRENCYLIMITREQUEST']._serialized_start=2115
-  _globals['_CREATECONCURRENCYLIMITREQUEST']._serialized_end=2205
-  _globals['_CREATECONCURRENCYLIMITRESPONSE']._serialized_start=2207
-  _globals['_CREATECONCURRENCYLIMITRESPONSE']._serialized_end=2298
-  _globals['_GETCONCURRENCYLIMITREQUEST']._serialized_start=2300
-  _globals['_GETCONCURRENCYLIMITREQUEST']._serialized_end=2341
-  _globals['_GETCONCURRENCYLIMITRESPONSE']._serialized_start=2343
-  _globals['_GETCONCURRENCYLIMITRESPONSE']._serialized_end=2431
-  _globals['_LISTCONCURRENCYLIMITSREQUEST']._serialized_start=2433
-  _globals['_LISTCONCURRENCYLIMITSREQUEST']._serialized_end=2463
-  _globals['_LISTCONCURRENCYLIMITSRESPONSE']._serialized_start=2465
-  _globals['_LISTCONCURRENCYLIMITSRESPONSE']._serialized_end=2556
-  _globals['_DELETECONCURRENCYLIMITREQUEST']._serialized_start=2558
-  _globals['_DELETECONCURRENCYLIMITREQUEST']._serialized_end=2602
-  _globals['_DELETECONCURRENCYLIMITRESPONSE']._serialized_start=2604
-  _globals['_DELETECONCURRENCYLIMITRESPONSE']._serialized_end=2636
-  _globals['_RENEWLEASESREQUEST']._serialized_start=2638
-  _globals['_RENEWLEASESREQUEST']._serialized_end=2726
-  _globals['_RENEWLEASESRESPONSE']._serialized_start=2728
-  _globals['_RENEWLEASESRESPONSE']._serialized_end=2829
-  _globals['_EXECUTEBATCHREQUEST']._serialized_start=2831
-  _globals['_EXECUTEBATCHREQUEST']._serialized_end=2902
-  _globals['_BATCHOPERATION']._serialized_start=2905
-  _globals['_BATCHOPERATION']._serialized_end=3170
-  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=3172
-  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=3238
-  _globals['_BATCHRESULT']._serialized_start=3241
-  _globals['_BATCHRESULT']._serialized_end=3547
-  _globals['_BATCHERROR']._serialized_start=3549
-  _globals['_BATCHERROR']._serialized_end=3592
-  _globals['_ORCHESTRATIONSERVICE']._serialized_start=3761
-  _globals['_ORCHESTRATIONSERVICE']._serialized_end=5183
+  _globals['_RESUMEFLOWRUNREQUEST']._serialized_start=1474
+  _globals['_RESUMEFLOWRUNREQUEST']._serialized_end=1555
+  _globals['_RESUMEFLOWRUNRESPONSE']._serialized_start=1558
+  _globals['_RESUMEFLOWRUNRESPONSE']._serialized_end=1696
+  _globals['_LISTSTATESREQUEST']._serialized_start=1698
+  _globals['_LISTSTATESREQUEST']._serialized_end=1772
+  _globals['_LISTSTATESRESPONSE']._serialized_start=1774
+  _globals['_LISTSTATESRESPONSE']._serialized_end=1856
+  _globals['_TRANSITION']._serialized_start=1859
+  _globals['_TRANSITION']._serialized_end=2102
+  _globals['_WATCHTRANSITIONSREQUEST']._serialized_start=2105
+  _globals['_WATCHTRANSITIONSREQUEST']._serialized_end=2263
+  _globals['_WATCHTRANSITIONSRESPONSE']._serialized_start=2265
+  _globals['_WATCHTRANSITIONSRESPONSE']._serialized_end=2337
+  _globals['_CREATECONCURRENCYLIMITREQUEST']._serialized_start=2339
+  _globals['_CREATECONCURRENCYLIMITREQUEST']._serialized_end=2429
+  _globals['_CREATECONCURRENCYLIMITRESPONSE']._serialized_start=2431
+  _globals['_CREATECONCURRENCYLIMITRESPONSE']._serialized_end=2522
+  _globals['_GETCONCURRENCYLIMITREQUEST']._serialized_start=2524
+  _globals['_GETCONCURRENCYLIMITREQUEST']._serialized_end=2565
+  _globals['_GETCONCURRENCYLIMITRESPONSE']._serialized_start=2567
+  _globals['_GETCONCURRENCYLIMITRESPONSE']._serialized_end=2655
+  _globals['_LISTCONCURRENCYLIMITSREQUEST']._serialized_start=2657
+  _globals['_LISTCONCURRENCYLIMITSREQUEST']._serialized_end=2687
+  _globals['_LISTCONCURRENCYLIMITSRESPONSE']._serialized_start=2689
+  _globals['_LISTCONCURRENCYLIMITSRESPONSE']._serialized_end=2780
+  _globals['_DELETECONCURRENCYLIMITREQUEST']._serialized_start=2782
+  _globals['_DELETECONCURRENCYLIMITREQUEST']._serialized_end=2826
+  _globals['_DELETECONCURRENCYLIMITRESPONSE']._serialized_start=2828
+  _globals['_DELETECONCURRENCYLIMITRESPONSE']._serialized_end=2860
+  _globals['_RENEWLEASESREQUEST']._serialized_start=2862
+  _globals['_RENEWLEASESREQUEST']._serialized_end=2950
+  _globals['_RENEWLEASESRESPONSE']._serialized_start=2952
+  _globals['_RENEWLEASESRESPONSE']._serialized_end=3053
+  _globals['_EXECUTEBATCHREQUEST']._serialized_start=3055
+  _globals['_EXECUTEBATCHREQUEST']._serialized_end=3126
+  _globals['_BATCHOPERATION']._serialized_start=3129
+  _globals['_BATCHOPERATION']._serialized_end=3394
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=3396
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=3462
+  _globals['_BATCHRESULT']._serialized_start=3465
+  _globals['_BATCHRESULT']._serialized_end=3771
+  _globals['_BATCHERROR']._serialized_start=3773
+  _globals['_BATCHERROR']._serialized_end=3816
+  _globals['_ORCHESTRATIONSERVICE']._serialized_start=3985
+  _globals['_ORCHESTRATIONSERVICE']._serialized_end=5497
 # @@protoc_insertion_point(module_scope)

@@ -517,6 +517,74 @@ class SetStateResponse(_message.Message):
 Global___SetStateResponse: _TypeAlias = SetStateResponse  # noqa: Y015
 
 @_typing.final
+class ResumeFlowRunRequest(_message.Message):
+    """Request of ResumeFlowRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOW_RUN_ID_FIELD_NUMBER: _builtins.int
+    RUN_INPUT_FIELD_NUMBER: _builtins.int
+    flow_run_id: _builtins.str
+    """The paused flow run."""
+    run_input: _builtins.str
+    """The input, as a JSON document: required when the pause's state has a `run_input_schema`,
+    refused otherwise. At most 1 MiB.
+    """
+    def __init__(
+        self,
+        *,
+        flow_run_id: _builtins.str = ...,
+        run_input: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_run_input", b"_run_input", "run_input", b"run_input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_run_input", b"_run_input", "flow_run_id", b"flow_run_id", "run_input", b"run_input"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__run_input: _TypeAlias = _typing.Literal["run_input"]  # noqa: Y015
+    _WhichOneofArgType__run_input: _TypeAlias = _typing.Literal["_run_input", b"_run_input"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_input) -> _WhichOneofReturnType__run_input | None: ...
+
+Global___ResumeFlowRunRequest: _TypeAlias = ResumeFlowRunRequest  # noqa: Y015
+
+@_typing.final
+class ResumeFlowRunResponse(_message.Message):
+    """Response of ResumeFlowRun: the decision on the RUNNING proposal, as SetState answers it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    status: Global___SetStateStatus.ValueType
+    """ACCEPT: resumed. REJECT: the pause had expired and the run is now FAILED (`state`). ABORT:
+    another client changed the run's state first.
+    """
+    reason: _builtins.str
+    """Why the run was not resumed; empty on ACCEPT."""
+    written: _builtins.bool
+    """Whether a state was written (the RUNNING state, or the FAILED one of an expired pause)."""
+    @_builtins.property
+    def state(self) -> _states_pb2.State:
+        """The run's state after the call."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___SetStateStatus.ValueType = ...,
+        state: _states_pb2.State | None = ...,
+        reason: _builtins.str = ...,
+        written: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state", "status", b"status", "written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeFlowRunResponse: _TypeAlias = ResumeFlowRunResponse  # noqa: Y015
+
+@_typing.final
 class ListStatesRequest(_message.Message):
     """Request of ListStates."""
 

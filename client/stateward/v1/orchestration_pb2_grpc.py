@@ -70,6 +70,11 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.SetStateRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.SetStateResponse.FromString,
                 _registered_method=True)
+        self.ResumeFlowRun = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/ResumeFlowRun',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.ResumeFlowRunRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.ResumeFlowRunResponse.FromString,
+                _registered_method=True)
         self.ListStates = channel.unary_unary(
                 '/stateward.v1.OrchestrationService/ListStates',
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.ListStatesRequest.SerializeToString,
@@ -161,6 +166,19 @@ class OrchestrationServiceServicer:
 
     def SetState(self, request, context):
         """Proposes a new state for a flow run or a task run and answers with the decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeFlowRun(self, request, context):
+        """Resumes a PAUSED flow run: proposes RUNNING (with the input the pause asked for, validated
+        against its schema) in place of the pause the caller saw. The same as proposing RUNNING with
+        SetState and `expected_state_id` set to the Paused state's id, plus the input check. The
+        flow's process sees the RUNNING state and goes on; a pause past its timeout cannot resume
+        (REJECT, the run moved to FAILED). NOT_FOUND for an unknown flow run, FAILED_PRECONDITION
+        for a run that is not PAUSED, INVALID_ARGUMENT for an input missing, unexpected, not JSON or
+        not matching the schema (nothing is written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +286,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.SetState,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.SetStateRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.SetStateResponse.SerializeToString,
+            ),
+            'ResumeFlowRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeFlowRun,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.ResumeFlowRunRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.ResumeFlowRunResponse.SerializeToString,
             ),
             'ListStates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListStates,
@@ -500,6 +523,33 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/SetState',
             stateward_dot_v1_dot_orchestration__pb2.SetStateRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.SetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeFlowRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/ResumeFlowRun',
+            stateward_dot_v1_dot_orchestration__pb2.ResumeFlowRunRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.ResumeFlowRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,15 @@ class OrchestrationServiceStub:
     """Lists task runs, newest first, a page at a time."""
     SetState: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SetStateRequest, _orchestration_pb2.SetStateResponse]
     """Proposes a new state for a flow run or a task run and answers with the decision."""
+    ResumeFlowRun: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ResumeFlowRunRequest, _orchestration_pb2.ResumeFlowRunResponse]
+    """Resumes a PAUSED flow run: proposes RUNNING (with the input the pause asked for, validated
+    against its schema) in place of the pause the caller saw. The same as proposing RUNNING with
+    SetState and `expected_state_id` set to the Paused state's id, plus the input check. The
+    flow's process sees the RUNNING state and goes on; a pause past its timeout cannot resume
+    (REJECT, the run moved to FAILED). NOT_FOUND for an unknown flow run, FAILED_PRECONDITION
+    for a run that is not PAUSED, INVALID_ARGUMENT for an input missing, unexpected, not JSON or
+    not matching the schema (nothing is written).
+    """
     ListStates: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListStatesRequest, _orchestration_pb2.ListStatesResponse]
     """Returns a run's state history, oldest first, page by page."""
     WatchTransitions: _grpc.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]
@@ -105,6 +114,15 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Lists task runs, newest first, a page at a time."""
     SetState: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SetStateRequest, _orchestration_pb2.SetStateResponse]  # type: ignore[assignment]
     """Proposes a new state for a flow run or a task run and answers with the decision."""
+    ResumeFlowRun: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ResumeFlowRunRequest, _orchestration_pb2.ResumeFlowRunResponse]  # type: ignore[assignment]
+    """Resumes a PAUSED flow run: proposes RUNNING (with the input the pause asked for, validated
+    against its schema) in place of the pause the caller saw. The same as proposing RUNNING with
+    SetState and `expected_state_id` set to the Paused state's id, plus the input check. The
+    flow's process sees the RUNNING state and goes on; a pause past its timeout cannot resume
+    (REJECT, the run moved to FAILED). NOT_FOUND for an unknown flow run, FAILED_PRECONDITION
+    for a run that is not PAUSED, INVALID_ARGUMENT for an input missing, unexpected, not JSON or
+    not matching the schema (nothing is written).
+    """
     ListStates: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListStatesRequest, _orchestration_pb2.ListStatesResponse]  # type: ignore[assignment]
     """Returns a run's state history, oldest first, page by page."""
     WatchTransitions: _aio.UnaryStreamMultiCallable[_orchestration_pb2.WatchTransitionsRequest, _orchestration_pb2.WatchTransitionsResponse]  # type: ignore[assignment]
@@ -193,6 +211,21 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.SetStateResponse, _abc.Awaitable[_orchestration_pb2.SetStateResponse]]:
         """Proposes a new state for a flow run or a task run and answers with the decision."""
+
+    @_abc_1.abstractmethod
+    def ResumeFlowRun(
+        self,
+        request: _orchestration_pb2.ResumeFlowRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ResumeFlowRunResponse, _abc.Awaitable[_orchestration_pb2.ResumeFlowRunResponse]]:
+        """Resumes a PAUSED flow run: proposes RUNNING (with the input the pause asked for, validated
+        against its schema) in place of the pause the caller saw. The same as proposing RUNNING with
+        SetState and `expected_state_id` set to the Paused state's id, plus the input check. The
+        flow's process sees the RUNNING state and goes on; a pause past its timeout cannot resume
+        (REJECT, the run moved to FAILED). NOT_FOUND for an unknown flow run, FAILED_PRECONDITION
+        for a run that is not PAUSED, INVALID_ARGUMENT for an input missing, unexpected, not JSON or
+        not matching the schema (nothing is written).
+        """
 
     @_abc_1.abstractmethod
     def ListStates(

@@ -145,6 +145,8 @@ class StateDetails(_message.Message):
     REFRESH_CACHE_FIELD_NUMBER: _builtins.int
     UNRETRIABLE_FIELD_NUMBER: _builtins.int
     CHILD_FLOW_RUN_ID_FIELD_NUMBER: _builtins.int
+    RUN_INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    RUN_INPUT_FIELD_NUMBER: _builtins.int
     flow_run_id: _builtins.str
     """Output only: the flow run this state belongs to (for a task run, its flow run, if any)."""
     task_run_id: _builtins.str
@@ -167,6 +169,15 @@ class StateDetails(_message.Message):
     """FAILED: this failure must not be retried (for example a retry condition said so)."""
     child_flow_run_id: _builtins.str
     """Output only, on a task run that stands for a subflow: the subflow's flow run id."""
+    run_input_schema: _builtins.str
+    """PAUSED (flow runs): a JSON Schema (draft 2020-12) the input of the resume must match; empty
+    means the pause waits for no input. Must be a valid schema, at most 100,000 characters.
+    """
+    run_input: _builtins.str
+    """Output only, on the RUNNING state a ResumeFlowRun wrote: the JSON value the resume carried
+    (validated against the pause's `run_input_schema`). Only ResumeFlowRun writes it: a SetState
+    proposal carrying it is refused with INVALID_ARGUMENT.
+    """
     @_builtins.property
     def scheduled_time(self) -> _timestamp_pb2.Timestamp:
         """SCHEDULED: when the run should start. A SCHEDULED proposal without it is scheduled now.
@@ -197,10 +208,12 @@ class StateDetails(_message.Message):
         refresh_cache: _builtins.bool = ...,
         unretriable: _builtins.bool = ...,
         child_flow_run_id: _builtins.str = ...,
+        run_input_schema: _builtins.str = ...,
+        run_input: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_expiration", b"cache_expiration", "pause_timeout", b"pause_timeout", "scheduled_time", b"scheduled_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expiration", b"cache_expiration", "cache_key", b"cache_key", "child_flow_run_id", b"child_flow_run_id", "flow_run_id", b"flow_run_id", "pause_key", b"pause_key", "pause_timeout", b"pause_timeout", "refresh_cache", b"refresh_cache", "scheduled_time", b"scheduled_time", "task_run_id", b"task_run_id", "transition_id", b"transition_id", "unretriable", b"unretriable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expiration", b"cache_expiration", "cache_key", b"cache_key", "child_flow_run_id", b"child_flow_run_id", "flow_run_id", b"flow_run_id", "pause_key", b"pause_key", "pause_timeout", b"pause_timeout", "refresh_cache", b"refresh_cache", "run_input", b"run_input", "run_input_schema", b"run_input_schema", "scheduled_time", b"scheduled_time", "task_run_id", b"task_run_id", "transition_id", b"transition_id", "unretriable", b"unretriable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@ follow from its history. Pure: it updates the run record it is given."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from stateward.runs import RunKind
@@ -19,19 +20,7 @@ def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
         flow_run_id, task_run_id = run.flow_run_id, run.id
     if details.flow_run_id == flow_run_id and details.task_run_id == task_run_id:
         return details
-    return StateDetails(
-        flow_run_id,
-        task_run_id,
-        details.scheduled_time,
-        details.cache_key,
-        details.cache_expiration,
-        details.transition_id,
-        details.pause_key,
-        details.pause_timeout,
-        details.refresh_cache,
-        details.unretriable,
-        details.child_flow_run_id,
-    )
+    return replace(details, flow_run_id=flow_run_id, task_run_id=task_run_id)
 
 
 LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING})

@@ -1,0 +1,222 @@
+"""Pausing a flow run until somebody resumes it, at the reference's path.
+
+`pause_flow_run()` inside a flow proposes Paused (with a pause key and a timeout; a key that
+already paused the run does not pause it again) and blocks the flow's code until the run is
+resumed: by `resume_flow_run(flow_run_id)` from any process, `stateward flow-run resume ID`,
+the web view, or the ResumeFlowRun RPC from any language. Task runs of the paused flow that try
+to start are held (NotReady) and go on after the resume. A pause nobody resumes before its
+timeout ends the run Failed ("never resumed") and raises FlowPauseTimeout in the flow's code.
+With `wait_for_input=SomeModel` the resume must carry a value matching the model (checked by
+the server against the model's JSON Schema) and `pause_flow_run` returns it as a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from stateward._context import flow_run_context, task_run_context
+from stateward._embedded import get_client
+from stateward._interrupt import engine_code
+from stateward.exceptions import FlowPauseTimeout, OrchestrationAborted
+from stateward.runs import SetStateStatus
+from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType, now
+
+log = logging.getLogger("stateward.flow_runs")
+
+DEFAULT_PAUSE_TIMEOUT = 3600
+DEFAULT_POLL_INTERVAL = 10
+
+
+def pause_flow_run(
+    wait_for_input: Any = None,
+    timeout: float = DEFAULT_PAUSE_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    key: str | None = None,
+) -> Any:
+    """Pause the flow run executing this code until it is resumed; in async code, await it.
+
+    `timeout`: seconds the pause may last (an hour by default); past it the run ends Failed
+    and FlowPauseTimeout is raised here. `key`: names this pause point; a key that already
+    paused the run does not pause it again (the call returns at once). Without one, each call
+    of a flow run's attempt gets the next key ("pause-1", "pause-2", ...). `poll_interval`:
+    the longest the code takes to notice a resume if the server's stream of transitions is
+    lost. `wait_for_input`: a pydantic model (or any type pydantic validates): the resume must
+    carry such a value, which is returned; otherwise returns None.
+
+    Raises RuntimeError outside a flow run or in a task run, ValueError for a timeout or poll
+    interval that is not positive, FlowPauseTimeout when nobody resumed the run in time, and
+    OrchestrationAborted when the server refuses the pause or the run ends while paused."""
+    if task_run_context.get() is not None:
+        raise RuntimeError("pause_flow_run pauses a flow run: call it in a flow, not in a task")
+    context = flow_run_context.get()
+    if context is None:
+        raise RuntimeError("pause_flow_run must be called inside a flow run")
+    if not timeout > 0 or not poll_interval > 0:
+        raise ValueError("pause_flow_run takes a positive timeout and poll_interval")
+    adapter = None if wait_for_input is None else TypeAdapter(wait_for_input)
+    if key is None:
+        context.pauses += 1
+        key = f"pause-{context.pauses}"
+    pause = _Pause(context.engine, key, float(timeout), float(poll_interval), adapter)
+    if _in_event_loop():
+        return asyncio.to_thread(pause.wait)
+    return pause.wait()
+
+
+def resume_flow_run(flow_run_id: str, run_input: Any = None) -> Any:
+    """Resume a paused flow run, from any process; in async code, await it. `run_input` is the
+    input its pause waits for: a pydantic model, or a value JSON can hold (a dict, say).
+
+    Returns the run's new (Running) state. Raises FlowPauseTimeout when the pause had expired
+    (the run is Failed now), OrchestrationAborted when another client changed the run first,
+    and the server's refusal otherwise: NotFound, FailedPrecondition (the run is not paused),
+    InvalidArgument (the input is missing, unexpected or does not match the pause's schema)."""
+    text = _input_json(run_input)
+    if _in_event_loop():
+        return asyncio.to_thread(_resume, flow_run_id, text)
+    return _resume(flow_run_id, text)
+
+
+def _resume(flow_run_id: str, run_input: str | None) -> State:
+    result = get_client().resume_flow_run(flow_run_id, run_input)
+    if result.status is SetStateStatus.ACCEPT:
+        assert result.state is not None
+        return result.state
+    if result.state is not None and result.state.is_failed():
+        raise FlowPauseTimeout(
+            f"flow run {flow_run_id} can no longer be resumed: {result.state.message}"
+        )
+    raise OrchestrationAborted(f"flow run {flow_run_id} was not resumed: {result.reason}")
+
+
+def _input_json(run_input: Any) -> str | None:
+    if run_input is None:
+        return None
+    if isinstance(run_input, BaseModel):
+        return run_input.model_dump_json()
+    try:
+        return json.dumps(run_input, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"run_input must be a pydantic model or a value JSON can hold ({error})"
+        ) from None
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _Pause:
+    """One pause of a flow run: propose it, then wait for the run to leave it."""
+
+    def __init__(
+        self,
+        engine: Any,
+        key: str,
+        timeout: float,
+        poll_interval: float,
+        adapter: TypeAdapter[Any] | None,
+    ) -> None:
+        self.engine = engine
+        self.key = key
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.adapter = adapter
+        self.moved = threading.Event()  # a transition of the run: look at its state
+
+    def wait(self) -> Any:
+        engine = self.engine
+        watching = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(watching,), name="stateward-pause", daemon=True
+        ).start()
+        watching.wait(10)  # established before the pause, so that no resume slips between
+        schema = json.dumps(self.adapter.json_schema()) if self.adapter is not None else ""
+        paused = State(
+            StateType.PAUSED,
+            details=StateDetails(
+                pause_key=self.key,
+                pause_timeout=now() + timedelta(seconds=self.timeout),
+                run_input_schema=schema,
+            ),
+        )
+        with engine_code():
+            decision = engine.orchestration.propose(paused)
+        if decision.status is SetStateStatus.ABORT:
+            raise OrchestrationAborted(decision.reason)
+        state = decision.state
+        if state is None or state.type is not StateType.PAUSED:
+            return None  # this pause key paused the run before: it keeps running
+        log.info(
+            "%s - paused (key %r) for at most %gs; resume it with `stateward flow-run resume %s`",
+            engine.orchestration.label,
+            self.key,
+            self.timeout,
+            engine.id,
+        )
+        current = self._wait_until_resumed(state)
+        if current.type is StateType.RUNNING:
+            if self.adapter is None:
+                return None
+            return self.adapter.validate_json(current.details.run_input or "null")
+        if current.type is StateType.FAILED:
+            raise FlowPauseTimeout(current.message or "the flow run was never resumed")
+        raise OrchestrationAborted(f"the flow run became {current.name} while it was paused")
+
+    def _wait_until_resumed(self, paused: State) -> State:
+        engine = self.engine
+        current: State | None
+        end = time.monotonic() + self.timeout
+        polled = time.monotonic()
+        while True:
+            left = end - time.monotonic()
+            self.moved.wait(max(0.0, min(left, 0.2)))  # short steps: interrupts land between
+            due = time.monotonic() - polled >= self.poll_interval
+            if not (self.moved.is_set() or due or left <= 0):
+                continue
+            self.moved.clear()
+            polled = time.monotonic()
+            with engine_code():
+                current = engine.client.get_flow_run(engine.id).state
+            if current is None or current.id == paused.id:
+                if left <= 0:
+                    raise FlowPauseTimeout(
+                        f"the flow run was paused and never resumed within {self.timeout:g}s"
+                    )
+                continue
+            engine.orchestration.observe_state(current)
+            if current.type in (StateType.CANCELLING, StateType.CANCELLED):
+                engine.request_cancel(current)  # as the supervisor does: stops this code
+                self.moved.wait(5)  # where the interrupt lands (code in a worker thread: not)
+                return current
+            if current.type is StateType.RUNNING or current.type in TERMINAL_TYPES:
+                return current
+            # Any other state (Scheduled by another client...): not a resume; keep waiting.
+
+    def _watch(self, watching: threading.Event) -> None:
+        """Wake the waiting code at each transition of the run until it leaves the pause."""
+        try:
+            for transition in self.engine.client.watch(
+                run_ids=[self.engine.id], started=lambda _: watching.set()
+            ):
+                self.moved.set()
+                if transition.to_state.type is not StateType.PAUSED:
+                    return
+        except Exception as error:  # the poll interval still finds the resume
+            log.debug("pause: lost the transitions stream (%s); polling", error)
+            watching.set()
+
+
+__all__ = ["pause_flow_run", "resume_flow_run"]
