@@ -246,8 +246,7 @@ class Client:
         input; the answer: ACCEPT, REJECT (the pause expired: the run is FAILED) or ABORT (the
         run changed first). Raises NotFound, FailedPrecondition (not paused) or
         InvalidArgument (the input is missing, unexpected or does not match the schema)."""
-        request = wire.resume_flow_run_request(flow_run_id, run_input)
-        return wire.resume_result_from_proto(self._call("ResumeFlowRun", request))
+        return self._do(_resume_flow_run(flow_run_id, run_input))
 
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
@@ -458,8 +457,7 @@ class AsyncClient:
         self, flow_run_id: str, run_input: str | None = None
     ) -> OrchestrationResult:
         """See `Client.resume_flow_run`."""
-        request = wire.resume_flow_run_request(flow_run_id, run_input)
-        return wire.resume_result_from_proto(await self._call("ResumeFlowRun", request))
+        return await self._do(_resume_flow_run(flow_run_id, run_input))
 
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         return await self._do(_renew_leases(run_ids, lease_seconds))
@@ -605,6 +603,11 @@ def _set_state(
 ) -> _Call[OrchestrationResult]:
     request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
     return _Call("SetState", request, wire.orchestration_result_from_proto)
+
+
+def _resume_flow_run(flow_run_id: str, run_input: str | None) -> _Call[OrchestrationResult]:
+    request = wire.resume_flow_run_request(flow_run_id, run_input)
+    return _Call("ResumeFlowRun", request, wire.resume_result_from_proto)
 
 
 def _renew_leases(run_ids: Iterable[str], lease_seconds: float) -> _Call[list[str]]:
