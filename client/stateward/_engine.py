@@ -89,6 +89,11 @@ class RunEngine:
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
         self.owns_loop = False  # an async task run in a worker thread, on its own event loop
         self.retrying_now = False  # the server put the run in Retrying: run the code again
+        # Which call of the flow run around this one this run is: (task key or subflow name,
+        # how many calls of it came before in the attempt).
+        self.call: tuple[str, int] | None = None
+        if self.parent is not None:
+            self.call = self.parent.engine.call_key(f"{self.kind}:{subject.name}")
 
     def record(self) -> Any:
         """The run record as this process knows it (no call to the server)."""
@@ -474,8 +479,28 @@ class RunEngine:
         if self.created() and not isinstance(error, OrchestrationAborted | ServerUnavailable):
             self.crash(error)
 
+    # --- work an earlier attempt of the flow run around this one finished -----------------------
+
+    def reused(self) -> State | None:
+        """The final state of this same call (the same task or subflow, called as many times
+        before it in the attempt) completed by an earlier attempt of the flow run around this
+        one: a retried flow run does not run finished work again."""
+        if self.parent is None or self.call is None:
+            return None
+        state = self.parent.engine.completed_calls.get(self.call)
+        if state is not None:
+            self.parent.engine.untrack(self)
+        return state
+
+    def remember(self, final: State) -> None:
+        if self.parent is not None and self.call is not None and final.is_completed():
+            self.parent.engine.completed_calls[self.call] = final
+
     def run(self) -> State:
         """The whole run (the engine's work, in which the code runs as user code)."""
+        reused = self.reused()
+        if reused is not None:
+            return reused
         restore = self.catch_signals()
         self.enter()
         try:
@@ -488,6 +513,7 @@ class RunEngine:
         finally:
             restore()
             self.done()
+        self.remember(final)
         self.run_hooks(FINAL_HOOKS.get(final.type), final)
         self.pass_on()
         return final
@@ -495,6 +521,9 @@ class RunEngine:
     async def run_async(self) -> State:
         """The whole run of async code, on the caller's event loop (the engine's calls to the
         server in worker threads)."""
+        reused = self.reused()
+        if reused is not None:
+            return reused
         self.enter()
         try:
             try:
@@ -508,6 +537,7 @@ class RunEngine:
                 raise
         finally:
             self.done()
+        self.remember(final)
         await self.run_hooks_async(FINAL_HOOKS.get(final.type), final)
         self.pass_on()
         return final

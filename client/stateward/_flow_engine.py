@@ -5,6 +5,7 @@ submitted; SIGTERM and interrupts crash it."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -55,6 +56,12 @@ class FlowRunEngine(RunEngine):
         # cancelled or times out, they are stopped too.
         self.nested: set[RunEngine] = set()
         self.task_run_lock = threading.Lock()
+        # Across this run's attempts: the calls of tasks and subflows so far in this attempt,
+        # by name; those an attempt completed, by (name, index); the task run tracking each
+        # subflow call (one across attempts).
+        self.calls_this_attempt: collections.Counter[str] = collections.Counter()
+        self.completed_calls: dict[tuple[str, int], State] = {}
+        self.tracking_runs: dict[tuple[str, int], str] = {}
 
     def begin(self) -> OrchestrationResult | State:
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
@@ -78,17 +85,20 @@ class FlowRunEngine(RunEngine):
                 not_started = failed(error)
         runs: list[FlowRun | TaskRun] = []
         parent_task_run_id = ""
-        if self.parent is not None:
-            parent_task_run_id = str(uuid.uuid4())
-            runs.append(
-                TaskRun(
-                    id=parent_task_run_id,
-                    name="",
-                    task_key=flow.name,
-                    flow_run_id=self.parent.flow_run.id,
-                    parameters=jsonable(self.parameters),
+        if self.parent is not None and self.call is not None:
+            tracking = self.parent.engine.tracking_runs
+            parent_task_run_id = tracking.get(self.call, "")
+            if not parent_task_run_id:  # the first attempt of the parent to make this call
+                parent_task_run_id = tracking[self.call] = str(uuid.uuid4())
+                runs.append(
+                    TaskRun(
+                        id=parent_task_run_id,
+                        name="",
+                        task_key=flow.name,
+                        flow_run_id=self.parent.flow_run.id,
+                        parameters=jsonable(self.parameters),
+                    )
                 )
-            )
         runs.append(
             FlowRun(
                 id=self.id,
@@ -181,8 +191,16 @@ class FlowRunEngine(RunEngine):
 
     # --- executing the flow's function -----------------------------------------------------------
 
+    def call_key(self, name: str) -> tuple[str, int]:
+        """The key of a task or subflow call made by this run's code now (see `reused`)."""
+        with self.task_run_lock:
+            index = self.calls_this_attempt[name]
+            self.calls_this_attempt[name] += 1
+        return name, index
+
     def enter_code(self) -> Callable[[], None]:
         assert self.flow_run is not None
+        self.calls_this_attempt.clear()  # a new attempt counts its calls afresh
         self.context = FlowRunContext(self.flow, self.record(), self, self.parameters)
         token = flow_run_context.set(self.context)
         return lambda: flow_run_context.reset(token)

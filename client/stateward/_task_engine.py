@@ -5,6 +5,7 @@ runs it in a worker thread; `map` submits one per element."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import inspect
 import logging
@@ -283,6 +284,11 @@ def submit_task(
     context = _flow_run_context("submit")
     with engine_code():  # an interrupt waits until the flow run knows the future
         engine = TaskRunEngine(task, args, kwargs, wait_for)
+        reused = engine.reused()
+        if reused is not None:  # completed by an earlier attempt of the flow run
+            finished: concurrent.futures.Future[State] = concurrent.futures.Future()
+            finished.set_result(reused)
+            return StatewardFuture(reused.details.task_run_id or engine.id, finished)
         engine.create()
         run = contextvars.copy_context().run
         future: StatewardFuture[Any] = StatewardFuture(
