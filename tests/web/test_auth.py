@@ -63,3 +63,31 @@ def test_the_event_stream_takes_the_cookie_a_page_gets_with_the_key(keyed_server
     forged = {"stateward_events": "0" * 64}
     with httpx.Client(base_url=keyed_server.ui_url, timeout=10, cookies=forged) as http:
         assert http.get("/api/events").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/"),
+        ("GET", "/api/flow-runs"),
+        ("GET", "/api/events"),
+        ("POST", f"/api/flow-runs/{'0' * 8}-0000-0000-0000-{'0' * 12}/cancel"),
+    ],
+)
+def test_a_view_on_loopback_refuses_another_host_name_dns_rebinding(web_server, method, path):
+    """A page of evil.example whose name is made to resolve to 127.0.0.1 (DNS rebinding) is
+    same-origin with itself: its requests carry Host: evil.example and no cross-site marks. A
+    view listening on loopback answers only requests addressed to a loopback name."""
+    port = web_server.ui_port
+    with httpx.Client(base_url=web_server.ui_url, timeout=10) as http:
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            headers = {"Host": host, "Origin": f"http://{host}"}
+            refused = http.request(method, path, headers=headers)
+            assert refused.status_code == 403, (host, refused.text)
+            assert "loopback" in refused.json()["error"]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+            if method == "GET" and path == "/api/events":
+                with http.stream(method, path, headers={"Host": host}) as answer:
+                    assert answer.status_code == 200, host
+            else:
+                assert http.request(method, path, headers={"Host": host}).status_code != 403, host

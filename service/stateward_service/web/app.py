@@ -41,7 +41,14 @@ from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.errors import ServiceError, invalid
 from stateward_service.orchestrator import Orchestrator, RunNotFound
 from stateward_service.store import BadPageToken, RunFilter
-from stateward_service.web.auth import EVENTS_COOKIE, EVENTS_PATH, ApiKey, RequireApiKey
+from stateward_service.web.auth import (
+    EVENTS_COOKIE,
+    EVENTS_PATH,
+    ApiKey,
+    RequireApiKey,
+    RequireLoopbackHost,
+    is_loopback,
+)
 from stateward_service.web.documents import Document, run_document, state_document
 from stateward_service.web.events import events_endpoint
 
@@ -257,8 +264,10 @@ def create_app(
     *,
     api_key: str = "",
     heartbeat_seconds: float = 15.0,
+    listen_host: str = "127.0.0.1",
 ) -> Starlette:
-    """The web view's application. With `api_key`, every /api/ call needs it."""
+    """The web view's application. With `api_key`, every /api/ call needs it. Served on a
+    loopback `listen_host`, it answers only requests addressed to a loopback name."""
     api = WebApi(orchestrator, broadcaster)
     key = ApiKey(api_key)
     routes: Sequence[Any] = [
@@ -272,4 +281,7 @@ def create_app(
         Route(EVENTS_PATH, events_endpoint(broadcaster, heartbeat_seconds)),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    return Starlette(routes=list(routes), middleware=[Middleware(RequireApiKey, key=key)])
+    middleware = [Middleware(RequireApiKey, key=key)]
+    if is_loopback(listen_host):
+        middleware.insert(0, Middleware(RequireLoopbackHost))
+    return Starlette(routes=list(routes), middleware=middleware)

@@ -2,12 +2,15 @@
 <key>` and compared in constant time. A browser's EventSource cannot send that header, so a page
 that proved the key once gets a cookie for the event stream alone (HttpOnly, SameSite=Strict,
 holding a digest of the key rather than the key itself); every other call needs the header.
-Requests that change something and come from another site's page are refused."""
+Requests that change something and come from another site's page are refused. A view listening
+on loopback answers only requests addressed to a loopback name: a site whose name is made to
+resolve to 127.0.0.1 (DNS rebinding) would otherwise be the view's own origin in the browser."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -69,6 +72,40 @@ class RequireApiKey:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, brackets allowed) names this machine's loopback."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class RequireLoopbackHost:
+    """Middleware for a view listening on loopback: a request whose Host header names anything
+    but loopback gets 403 (DNS rebinding: another site's page reaching 127.0.0.1 by its name)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Request(scope).headers.get("host", "")
+            if not is_loopback(urlsplit(f"//{host}").hostname or ""):
+                refusal = JSONResponse(
+                    {
+                        "error": f"this view listens on loopback and answers only requests to "
+                        f"a loopback name (127.0.0.1, localhost), not {host!r}"
+                    },
+                    status_code=403,
+                )
+                await refusal(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
