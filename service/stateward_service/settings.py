@@ -22,6 +22,10 @@ from pydantic.fields import FieldInfo
 
 from stateward import settings as client_settings
 
+# The largest number of seconds a setting takes: ten years. More is a mistake (and date
+# arithmetic overflows on infinity or 1e300).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+
 # A path given by a person: `~` means their home.
 UserPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
 
@@ -35,7 +39,10 @@ def _setting(
     **constraints: Any,
 ) -> Any:
     """One setting's declaration: its help text, its environment variable, the default `--help`
-    shows (when not the value itself; "" for none), and its range (`ge`, `le`)."""
+    shows (when not the value itself; "" for none), and its range (`ge`, `le`). A number of
+    seconds (a float) is at most MAX_SECONDS unless said otherwise."""
+    if isinstance(default, float):
+        constraints.setdefault("le", MAX_SECONDS)
     extra: dict[str, Any] = {"env": env}
     if shown_default is not None:
         extra["shown_default"] = shown_default
@@ -293,10 +300,15 @@ class Declaration:
             Path: "a path",
         }.get(self.kind, "text")
         if self.minimum is not None and self.maximum is not None:
-            what += f" from {self.minimum:g} to {self.maximum:g}"
+            what += f" from {_number(self.minimum)} to {_number(self.maximum)}"
         elif self.minimum is not None:
-            what += f", at least {self.minimum:g}"
+            what += f", at least {_number(self.minimum)}"
         return what
+
+
+def _number(value: float) -> str:
+    """A bound as a person reads it: 0.1, 65535, 315,360,000."""
+    return f"{value:,.0f}" if value >= 1e6 else f"{value:g}"
 
 
 def flag_name(name: str) -> str:

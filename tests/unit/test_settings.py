@@ -53,7 +53,12 @@ def test_enumerations_accept_their_values_in_any_case_and_nothing_else():
         ("port", "65536", "a whole number from 0 to 65535"),
         ("port", "-1", "a whole number from 0 to 65535"),
         ("metrics_port", "http", "a whole number from 0 to 65535"),
-        ("late_after_seconds", "-0.5", "a number of seconds, at least 0"),
+        ("late_after_seconds", "-0.5", "a number of seconds from 0 to 315,360,000"),
+        # Past ten years, a number of seconds is a mistake, and the sweeps' date arithmetic
+        # overflowed on it (every cancelling sweep logged an OverflowError for inf).
+        ("cancelling_timeout_seconds", "inf", "a number of seconds from 0 to 315,360,000"),
+        ("late_after_seconds", "1e300", "a number of seconds from 0 to 315,360,000"),
+        ("ui_heartbeat_seconds", "nan", "a number of seconds from 0.1 to 315,360,000"),
         ("stream_buffer", "0", "a whole number, at least 1"),
         ("max_message_bytes", "1023", "a whole number, at least 1024"),
     ],
