@@ -218,6 +218,21 @@ def test_resume_moves_a_paused_run_back_to_running_and_nothing_else(http, grpc_s
     assert answer["state"]["message"] == "resumed from the web view"
 
 
+def test_resume_carries_the_input_a_pause_waits_for(http, grpc_stub) -> None:
+    run = new_flow_run(grpc_stub, flow_name=unique("resume-input"))
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    schema = '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}'
+    propose(grpc_stub, run.id, state(ST.STATE_TYPE_PAUSED, run_input_schema=schema))
+    missing = http.post(f"/api/flow-runs/{run.id}/resume", json={})
+    assert missing.status_code == 400 and "waits for input" in missing.json()["error"]
+    wrong = http.post(f"/api/flow-runs/{run.id}/resume", json={"run_input": {"ok": "yes"}})
+    assert wrong.status_code == 400 and "ok" in wrong.json()["error"]
+    answer = http.post(f"/api/flow-runs/{run.id}/resume", json={"run_input": {"ok": True}})
+    assert answer.json()["status"] == "ACCEPT"
+    latest = grpc_stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run
+    assert latest.state.details.run_input == '{"ok": true}'
+
+
 def test_changes_from_another_site_are_refused(http, grpc_stub) -> None:
     run = new_flow_run(grpc_stub, flow_name=unique("csrf"))
     propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)

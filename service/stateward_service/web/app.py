@@ -20,6 +20,7 @@ lock and read SQLite), never on the event loop. Errors are JSON `{"error": messa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from stateward.wire import StatusCode
 from stateward_service import validation as check
 from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.errors import ServiceError, invalid
-from stateward_service.orchestrator import Orchestrator, RunNotFound
+from stateward_service.orchestrator import NotPaused, Orchestrator, RunInputRefused, RunNotFound
 from stateward_service.store import BadPageToken, RunFilter
 from stateward_service.web.auth import (
     EVENTS_COOKIE,
@@ -212,20 +213,39 @@ class WebApi:
         return _outcome(await run_in_threadpool(propose))
 
     async def resume(self, request: Request) -> Document:
-        """Propose Running for a Paused run: only if it is still in the pause the caller saw."""
+        """Resume a Paused run (Orchestrator.resume_flow_run, as the ResumeFlowRun RPC does):
+        only if it is still in the pause the caller saw. A JSON body's `run_input` is the input
+        the pause waits for, checked against the pause's schema."""
         run_id = _run_id(request)
+        run_input = await _run_input(request)
 
         def propose() -> OrchestrationResult:
-            run = self.orchestrator.get_run(run_id, RunKind.FLOW_RUN)
-            if run.state is None or run.state.type is not StateType.PAUSED:
-                shown = run.state.name if run.state else "without state"
-                raise ServiceError(
-                    StatusCode.FAILED_PRECONDITION, f"the run is not paused (it is {shown})"
+            try:
+                return self.orchestrator.resume_flow_run(
+                    run_id, run_input, message="resumed from the web view"
                 )
-            running = State(StateType.RUNNING, message="resumed from the web view")
-            return self.orchestrator.set_state(run_id, running, expected_state_id=run.state.id)
+            except NotPaused as error:
+                raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
+            except RunInputRefused as error:
+                raise ServiceError(StatusCode.INVALID_ARGUMENT, f"run_input: {error}") from None
 
         return _outcome(await run_in_threadpool(propose))
+
+
+async def _run_input(request: Request) -> str | None:
+    """The `run_input` of a JSON body, as JSON text (None without a body or without it)."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError as error:
+        raise ServiceError(StatusCode.INVALID_ARGUMENT, f"the body is not JSON ({error})") from None
+    if not isinstance(document, dict) or "run_input" not in document:
+        return None
+    text = json.dumps(document["run_input"])
+    check.run_input(text, "run_input")
+    return text
 
 
 def _outcome(outcome: OrchestrationResult) -> Document:
