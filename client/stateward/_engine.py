@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from stateward import _run_logs as run_logs
 from stateward._context import FlowRunContext, current_tags, flow_run_context
 from stateward._embedded import get_client
 from stateward._hooks import run_hooks, run_hooks_async
@@ -77,6 +78,7 @@ class RunEngine:
         self.run_count = 0  # attempts this engine started (entries into RUNNING)
         configure_default_logging()
         self.client = get_client()
+        run_logs.install(self.client.write_logs)  # what runs log goes to the server
         self.supervisor = get_supervisor(self.client)
         # The flow run whose code runs this one (a task's flow run, a subflow's parent), if any.
         self.parent: FlowRunContext | None = flow_run_context.get()

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from stateward import _run_logs as run_logs
 from stateward._context import FlowRunContext, flow_run_context
 from stateward._engine import RunEngine, call_run
 from stateward._interrupt import (
@@ -25,6 +26,7 @@ from stateward._interrupt import (
     waiting,
 )
 from stateward._outcomes import failed, jsonable, judged, not_ready, resolve, run_name
+from stateward._run_logs import run_extra
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
 from stateward.exceptions import ParameterTypeError, UpstreamTaskError
@@ -129,6 +131,7 @@ class FlowRunEngine(RunEngine):
         else:  # created by an attempt whose answer was lost
             self.flow_run = self.client.get_flow_run(self.id)
         self.orchestration.label = f"Flow run {self.flow_run.name!r} ({self.flow.name})"
+        self.orchestration.log_extra = run_extra(self.id, "")
         self.orchestration.observe_state(self.flow_run.state)
 
     def record(self) -> FlowRun:
@@ -269,6 +272,8 @@ class FlowRunEngine(RunEngine):
     def done(self) -> None:
         super().done()
         self.supervisor.forget(self.id)
+        if self.parent is None:  # its story is on the server before the caller goes on
+            run_logs.flush()
 
 
 def call_flow(

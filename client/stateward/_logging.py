@@ -15,6 +15,7 @@ from typing import Any
 
 from stateward import settings
 from stateward._context import flow_run_context, task_run_context
+from stateward._run_logs import run_extra
 
 log = logging.getLogger("stateward")
 flow_run_log = logging.getLogger("stateward.flow_runs")
@@ -39,20 +40,39 @@ def configure_default_logging() -> None:
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes each message with the run it is about."""
+    """Prefixes each message with the run it is about, and names the run so that the line is
+    sent to the server with the run's logs."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        """A run's lines at STATEWARD_LOGGING_LEVEL (INFO) and above are recorded (and sent to
+        the server) even when the application's logging is less verbose."""
+        if self.extra and level >= logging.getLevelName(settings.logging_level()):
+            return not self.logger.disabled
+        return self.logger.isEnabledFor(level)
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):  # Logger.log would ask the logger's own level again
+            msg, kwargs = self.process(msg, kwargs)
+            self.logger._log(level, msg, args, **kwargs)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"{self.extra['label']} - {msg}" if self.extra else msg, kwargs
+        if not self.extra:
+            return msg, kwargs
+        run: dict[str, object] = self.extra["run"]  # type: ignore[assignment]
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **run}
+        return f"{self.extra['label']} - {msg}", kwargs
 
 
 def get_run_logger() -> logging.LoggerAdapter[logging.Logger]:
     """A logger for the task run or flow run executing now (like the reference's)."""
     task = task_run_context.get()
     if task is not None:
-        return RunLogger(task_run_log, {"label": f"Task run {task.task_run.name!r}"})
+        run = run_extra(task.task_run.flow_run_id, task.task_run.id)
+        return RunLogger(task_run_log, {"label": f"Task run {task.task_run.name!r}", "run": run})
     flow = flow_run_context.get()
     if flow is not None:
-        return RunLogger(flow_run_log, {"label": f"Flow run {flow.flow_run.name!r}"})
+        run = run_extra(flow.flow_run.id, "")
+        return RunLogger(flow_run_log, {"label": f"Flow run {flow.flow_run.name!r}", "run": run})
     raise RuntimeError("get_run_logger() needs a flow run or a task run executing")
 
 

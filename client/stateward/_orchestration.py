@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from stateward._interrupt import sleep
@@ -35,6 +35,9 @@ class RunOrchestration:
         self.run_id = run_id
         self.log = log
         self.label = f"run {run_id}"
+        # The `extra` of its log lines: with the run's ids once it exists, they are sent to the
+        # server with the run's logs.
+        self.log_extra: Mapping[str, object] | None = None
         self.state: State | None = None
         self.lease = supervisor.lease
 
@@ -102,7 +105,13 @@ class RunOrchestration:
 
     def wait(self, decision: OrchestrationResult, stop: Callable[[], bool] = lambda: False) -> None:
         """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""
-        self.log.info("%s - waiting %.3gs: %s", self.label, decision.delay_seconds, decision.reason)
+        self.log.info(
+            "%s - waiting %.3gs: %s",
+            self.label,
+            decision.delay_seconds,
+            decision.reason,
+            extra=self.log_extra,
+        )
         sleep(decision.delay_seconds, stop)
 
     def observe(
@@ -125,7 +134,7 @@ class RunOrchestration:
             return
         if self.state is None or new.id != self.state.id:
             message = f": {new.message}" if new.message else ""
-            self.log.info("%s - %s%s", self.label, new.name, message)
+            self.log.info("%s - %s%s", self.label, new.name, message, extra=self.log_extra)
         self.state = new
         if new.type in (StateType.RUNNING, StateType.CANCELLING):
             self.supervisor.hold_lease(self.run_id)

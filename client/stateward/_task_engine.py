@@ -25,6 +25,7 @@ from stateward._outcomes import (
     run_name,
 )
 from stateward._results import encode_exception
+from stateward._run_logs import run_extra
 from stateward.client import Created
 from stateward.exceptions import (
     MappingLengthMismatch,
@@ -100,6 +101,7 @@ class TaskRunEngine(RunEngine):
         else:  # created by an attempt whose answer was lost
             self.task_run = self.client.get_task_run(self.id)
         self.orchestration.label = f"Task run {self.task_run.name!r} ({self.task.name})"
+        self.orchestration.log_extra = run_extra(self.task_run.flow_run_id, self.id)
         self.orchestration.observe_state(self.task_run.state)
 
     def record(self) -> TaskRun:

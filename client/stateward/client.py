@@ -31,6 +31,7 @@ from stateward.exceptions import RpcError, StatewardError
 from stateward.runs import (
     ConcurrencyLimit,
     FlowRun,
+    LogEntry,
     OrchestrationResult,
     RetryPolicy,
     TaskRun,
@@ -247,6 +248,16 @@ class Client:
         run changed first). Raises NotFound, FailedPrecondition (not paused) or
         InvalidArgument (the input is missing, unexpected or does not match the schema)."""
         return self._do(_resume_flow_run(flow_run_id, run_input))
+
+    def write_logs(self, entries: Sequence[LogEntry]) -> int:
+        """Store lines runs logged (at most 1,000 a call); returns how many were stored. Raises
+        NotFound for a line of an unknown run, InvalidArgument for a malformed one."""
+        return self._do(_write_logs(entries))
+
+    def list_logs(self, run_id: str, after_id: int = 0, page_size: int = 1000) -> list[LogEntry]:
+        """A flow run's lines (its task runs' too) or a task run's, oldest first, after the
+        line `after_id`, at most `page_size`. Raises NotFound for an unknown run."""
+        return self._do(_list_logs(run_id, after_id, page_size))
 
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
@@ -608,6 +619,19 @@ def _set_state(
 def _resume_flow_run(flow_run_id: str, run_input: str | None) -> _Call[OrchestrationResult]:
     request = wire.resume_flow_run_request(flow_run_id, run_input)
     return _Call("ResumeFlowRun", request, wire.resume_result_from_proto)
+
+
+def _write_logs(entries: Sequence[LogEntry]) -> _Call[int]:
+    return _Call("WriteLogs", wire.write_logs_request(entries), lambda response: response.written)
+
+
+def _list_logs(run_id: str, after_id: int, page_size: int) -> _Call[list[LogEntry]]:
+    request = pb.ListLogsRequest(run_id=run_id, after_id=after_id, page_size=page_size)
+    return _Call(
+        "ListLogs",
+        request,
+        lambda response: [wire.log_entry_from_proto(entry) for entry in response.entries],
+    )
 
 
 def _renew_leases(run_ids: Iterable[str], lease_seconds: float) -> _Call[list[str]]:

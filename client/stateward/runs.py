@@ -143,3 +143,18 @@ class ConcurrencyLimit:
     limit: int
     active_slots: tuple[str, ...] = ()
     created: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One line a run's code logged: its flow run (for a task run's line, the task run's flow
+    run, if any), its task run ("" for a flow run's own line), when, the `logging` level, the
+    logger's name and the text. `id` is the server's number for it (0 until stored)."""
+
+    flow_run_id: str
+    task_run_id: str
+    timestamp: datetime
+    level: int
+    logger: str
+    message: str
+    id: int = 0

@@ -37,6 +37,7 @@ from stateward.exceptions import (
 from stateward.runs import (
     ConcurrencyLimit,
     FlowRun,
+    LogEntry,
     OrchestrationResult,
     RetryPolicy,
     RunKind,
@@ -594,3 +595,44 @@ def batch_operation_result(result: pb.BatchResult) -> Any:
     if kind == "error":
         return error_for_status(result.error.code, result.error.message)
     return getattr(result, kind)
+
+
+# --- run logs -----------------------------------------------------------------------------------
+
+
+def log_entry_to_proto(entry: LogEntry, out: runs_pb2.LogEntry | None = None) -> runs_pb2.LogEntry:
+    msg = runs_pb2.LogEntry() if out is None else out
+    msg.id = entry.id
+    msg.flow_run_id = entry.flow_run_id
+    msg.task_run_id = entry.task_run_id
+    set_timestamp(msg.timestamp, entry.timestamp)
+    msg.level = entry.level
+    msg.logger = entry.logger
+    msg.message = entry.message
+    return msg
+
+
+def log_entry_from_proto(msg: runs_pb2.LogEntry) -> LogEntry:
+    return LogEntry(
+        flow_run_id=msg.flow_run_id,
+        task_run_id=msg.task_run_id,
+        timestamp=to_datetime(msg.timestamp),
+        level=msg.level,
+        logger=msg.logger,
+        message=msg.message,
+        id=msg.id,
+    )
+
+
+def write_logs_request(entries: Iterable[LogEntry]) -> pb.WriteLogsRequest:
+    request = pb.WriteLogsRequest()
+    for entry in entries:
+        log_entry_to_proto(entry, request.entries.add())
+    return request
+
+
+def list_logs_response(entries: Iterable[LogEntry]) -> pb.ListLogsResponse:
+    response = pb.ListLogsResponse()
+    for entry in entries:
+        log_entry_to_proto(entry, response.entries.add())
+    return response

@@ -242,6 +242,20 @@ class OrchestrationService:
         wire.set_timestamp(response.lease_expire_time, until)
         return response
 
+    # --- run logs -------------------------------------------------------------------------------
+
+    def WriteLogs(self, request: pb.WriteLogsRequest) -> pb.WriteLogsResponse:
+        check.log_entries(request.entries, "entries")
+        entries = [wire.log_entry_from_proto(entry) for entry in request.entries]
+        written = _translating(lambda: self.orchestrator.write_logs(entries))
+        return pb.WriteLogsResponse(written=written)
+
+    def ListLogs(self, request: pb.ListLogsRequest) -> pb.ListLogsResponse:
+        run_id = check.run_id(request.run_id, "run_id")
+        size = check.log_page_size(request.page_size)
+        entries = _translating(lambda: self.orchestrator.list_logs(run_id, request.after_id, size))
+        return wire.list_logs_response(entries)
+
     # --- batches --------------------------------------------------------------------------------
 
     def ExecuteBatch(self, request: pb.ExecuteBatchRequest) -> pb.ExecuteBatchResponse:
@@ -401,6 +415,7 @@ OFF_THE_LOOP = frozenset(
         "ListFlowRuns",
         "ListTaskRuns",
         "ListStates",
+        "ListLogs",
         "GetConcurrencyLimit",
         "ListConcurrencyLimits",
     }

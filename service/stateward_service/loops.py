@@ -187,11 +187,14 @@ class ServerLoops:
         )
 
     def prune_log(self) -> int:
-        """Keep the newest `log_retention` transitions (all when it is 0)."""
-        keep = self.settings.log_retention
-        if keep <= 0:
-            return 0
-        return self.orchestrator.prune_log(keep)
+        """Keep the newest `log_retention` transitions and the newest `run_log_retention` lines
+        runs logged (all of them when the setting is 0)."""
+        pruned = 0
+        if self.settings.log_retention > 0:
+            pruned += self.orchestrator.prune_log(self.settings.log_retention)
+        if self.settings.run_log_retention > 0:
+            pruned += self.orchestrator.prune_run_logs(self.settings.run_log_retention)
+        return pruned
 
     def _propose(
         self, run_id: str, seen: State | None, proposed: State, force: bool = False

@@ -31,6 +31,7 @@ from jsonschema.exceptions import best_match
 
 from stateward.runs import (
     ConcurrencyLimit,
+    LogEntry,
     OrchestrationResult,
     RunKind,
     SetStateStatus,
@@ -306,6 +307,38 @@ class Orchestrator:
         """Delete all but the newest `keep` transitions; returns how many went."""
         with self._lock, self._transaction():
             return self._store.prune_log(keep)
+
+    # --- run logs -------------------------------------------------------------------------------
+
+    def write_logs(self, entries: Sequence[LogEntry]) -> int:
+        """Store lines runs logged, in one transaction; a task run's line gets its flow run.
+        Raises RunNotFound (nothing written) for a line of a run that does not exist."""
+        with self._lock:
+            rows = []
+            for entry in entries:
+                if entry.task_run_id:
+                    task_run = self._runs.get(entry.task_run_id, RunKind.TASK_RUN)
+                    if task_run is None:
+                        raise RunNotFound(entry.task_run_id, RunKind.TASK_RUN)
+                    entry = replace(entry, flow_run_id=task_run.flow_run_id)
+                elif self._runs.get(entry.flow_run_id, RunKind.FLOW_RUN) is None:
+                    raise RunNotFound(entry.flow_run_id, RunKind.FLOW_RUN)
+                rows.append(entry)
+            with self._transaction():
+                self._store.insert_logs(rows)
+        return len(rows)
+
+    def list_logs(self, run_id: str, after_id: int, limit: int) -> list[LogEntry]:
+        """A flow run's lines (its task runs' too) or a task run's, oldest first, after the
+        line `after_id`; read outside the write lock. Raises RunNotFound for an unknown run."""
+        kind = self.get_run(run_id).kind
+        with self._reader.snapshot() as db:
+            return db.list_logs(kind, run_id, after_id, limit)
+
+    def prune_run_logs(self, keep: int) -> int:
+        """Delete all but the newest `keep` log lines; returns how many went."""
+        with self._lock, self._transaction():
+            return self._store.prune_run_logs(keep)
 
     # --- the database ---------------------------------------------------------------------------
 

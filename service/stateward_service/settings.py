@@ -134,6 +134,12 @@ class ServerSettings(BaseModel):
         env="STATEWARD_LOG_RETENTION",
         ge=0,
     )
+    run_log_retention: int = _setting(
+        1_000_000,
+        help="Keep the newest N lines that runs logged (all runs together); 0 keeps all.",
+        env="STATEWARD_RUN_LOG_RETENTION",
+        ge=0,
+    )
     log_prune_interval_seconds: float = _setting(
         60.0,
         help="Seconds between prunings of the log.",

@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlite_utils
 
-from stateward.runs import ConcurrencyLimit, RetryPolicy, RunKind, Transition
+from stateward.runs import ConcurrencyLimit, LogEntry, RetryPolicy, RunKind, Transition
 from stateward.states import TERMINAL_TYPES, ResultData, State, StateDetails, StateType
 from stateward.wire import StatusCode
 from stateward_service.errors import ServiceError
@@ -225,7 +225,28 @@ def _migrate_to_2(db: sqlite_utils.Database) -> None:
         db.table(table).create_index(["state_type"])
 
 
-MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_migrate_to_1, _migrate_to_2)
+def _migrate_to_3(db: sqlite_utils.Database) -> None:
+    """Run logs: the lines runs logged, numbered in the order they were stored."""
+    db.execute(
+        """CREATE TABLE run_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            flow_run_id TEXT NOT NULL,
+            task_run_id TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            level INTEGER NOT NULL,
+            logger TEXT NOT NULL,
+            message TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX run_logs_flow_run ON run_logs (flow_run_id, id)")
+    db.execute("CREATE INDEX run_logs_task_run ON run_logs (task_run_id, id)")
+
+
+MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -491,6 +512,27 @@ class _Reads:
         ).fetchall()
         return [row[0] for row in rows]
 
+    def list_logs(self, kind: RunKind, run_id: str, after_id: int, limit: int) -> list[LogEntry]:
+        """A flow run's log lines (its task runs' too) or a task run's, after `after_id`."""
+        column = "flow_run_id" if kind is RunKind.FLOW_RUN else "task_run_id"
+        rows = self.conn.execute(
+            f"""SELECT id, flow_run_id, task_run_id, timestamp, level, logger, message
+                FROM run_logs WHERE {column} = ? AND id > ? ORDER BY id LIMIT ?""",
+            (run_id, after_id, limit),
+        ).fetchall()
+        return [
+            LogEntry(
+                flow_run_id=flow_run_id,
+                task_run_id=task_run_id,
+                timestamp=EPOCH + timestamp * _US,
+                level=level,
+                logger=logger,
+                message=message,
+                id=entry_id,
+            )
+            for entry_id, flow_run_id, task_run_id, timestamp, level, logger, message in rows
+        ]
+
     def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
         """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
         found: list[tuple[RunKind, str]] = []
@@ -686,6 +728,23 @@ class Store(_Reads):
         return cursor.rowcount
 
     # --- cache ----------------------------------------------------------------------------------
+
+    def insert_logs(self, entries: Sequence[LogEntry]) -> None:
+        self.conn.executemany(
+            """INSERT INTO run_logs (flow_run_id, task_run_id, timestamp, level, logger, message)
+                VALUES (?, ?, ?, ?, ?, ?)""",
+            [
+                (e.flow_run_id, e.task_run_id, to_us(e.timestamp), e.level, e.logger, e.message)
+                for e in entries
+            ],
+        )
+
+    def prune_run_logs(self, keep: int) -> int:
+        """Delete all but the newest `keep` log lines; returns how many went."""
+        cursor = self.conn.execute(
+            "DELETE FROM run_logs WHERE id <= (SELECT max(id) FROM run_logs) - ?", (keep,)
+        )
+        return cursor.rowcount
 
     def cached_state(self, key: str, now: datetime) -> State | None:
         row = self.conn.execute(

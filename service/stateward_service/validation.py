@@ -306,3 +306,37 @@ def run_input(value: str, field: str) -> None:
     if len(value.encode()) > MAX_RUN_INPUT:
         raise invalid(field, f"is over {MAX_RUN_INPUT} bytes; pass a reference to the data")
     result_json(value, field)
+
+
+MAX_LOG_BATCH = 1_000
+MAX_LOG_PAGE = 10_000
+
+
+def log_entries(entries: Sequence[runs_pb2.LogEntry], field: str) -> None:
+    """The lines of a WriteLogs call: at most MAX_LOG_BATCH, each naming a run, with a time,
+    a level from 0 to 100 and texts within their limits."""
+    if len(entries) > MAX_LOG_BATCH:
+        raise invalid(field, f"has {len(entries)} lines; send at most {MAX_LOG_BATCH} a call")
+    for index, entry in enumerate(entries):
+        where = f"{field}[{index}]"
+        if not entry.flow_run_id and not entry.task_run_id:
+            raise invalid(where, "names no run: give its flow_run_id or task_run_id")
+        if entry.flow_run_id:
+            run_id(entry.flow_run_id, f"{where}.flow_run_id")
+        if entry.task_run_id:
+            run_id(entry.task_run_id, f"{where}.task_run_id")
+        if not entry.HasField("timestamp"):
+            raise invalid(f"{where}.timestamp", "is required: when the line was logged")
+        timestamp(entry.timestamp, f"{where}.timestamp")
+        if not 0 <= entry.level <= 100:
+            raise invalid(f"{where}.level", "must be from 0 to 100 (Python's logging levels)")
+        text(entry.logger, f"{where}.logger", MAX_NAME)
+        text(entry.message, f"{where}.message", MAX_MESSAGE)
+
+
+def log_page_size(value: int, field: str = "page_size") -> int:
+    if value == 0:
+        return 1_000
+    if not 1 <= value <= MAX_LOG_PAGE:
+        raise invalid(field, f"must be from 1 to {MAX_LOG_PAGE} (0 means 1,000)")
+    return value

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from typing import Annotated
 
 import typer
@@ -15,11 +18,13 @@ from stateward.cli._common import (
     show_state,
     show_time,
 )
-from stateward.runs import SetStateStatus
+from stateward.runs import RunKind, SetStateStatus
 from stateward.states import State, StateType
 
-flow_runs = typer.Typer(help="Flow runs: list, inspect, cancel, resume.", no_args_is_help=True)
-task_runs = typer.Typer(help="Task runs: list.", no_args_is_help=True)
+flow_runs = typer.Typer(
+    help="Flow runs: list, inspect, logs, cancel, resume.", no_args_is_help=True
+)
+task_runs = typer.Typer(help="Task runs: list, logs.", no_args_is_help=True)
 
 
 @flow_runs.command("ls")
@@ -134,6 +139,60 @@ def resume_flow_run(
         f"(it is {show_state(answer.state)})"
     )
     raise typer.Exit(1)
+
+
+@flow_runs.command("logs")
+def flow_run_logs(
+    run_id: Annotated[str, typer.Argument(help="The flow run's id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
+    ] = False,
+) -> None:
+    """Show what a flow run and its task runs logged, oldest first."""
+    show_logs(run_id, follow, RunKind.FLOW_RUN)
+
+
+@task_runs.command("logs")
+def task_run_logs(
+    run_id: Annotated[str, typer.Argument(help="The task run's id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
+    ] = False,
+) -> None:
+    """Show what a task run logged, oldest first."""
+    show_logs(run_id, follow, RunKind.TASK_RUN)
+
+
+_FOLLOW_PERIOD = 0.5
+
+
+def show_logs(run_id: str, follow: bool, kind: RunKind) -> None:
+    """Print the run's lines; with `follow`, go on until the run is final and its last lines
+    are shown (lines of a process still sending come within a second of the end)."""
+    with client() as connected:
+        get = connected.get_flow_run if kind is RunKind.FLOW_RUN else connected.get_task_run
+        after = 0
+        quiet_since_final = 0
+        while True:
+            entries = connected.list_logs(run_id, after_id=after, page_size=1000)
+            for entry in entries:
+                stamp = entry.timestamp.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+                level = logging.getLevelName(entry.level)
+                sys.stdout.write(f"{stamp} | {level:<7} | {entry.message}\n")
+            sys.stdout.flush()
+            if entries:
+                after = entries[-1].id
+                if len(entries) == 1000:
+                    continue
+            if not follow:
+                return
+            state = get(run_id).state
+            if state is not None and state.is_final():
+                # Its process may still be sending its last lines: stop after 2 s without any.
+                quiet_since_final = 0 if entries else quiet_since_final + 1
+                if quiet_since_final >= 4:
+                    return
+            time.sleep(_FOLLOW_PERIOD)
 
 
 @task_runs.command("ls")

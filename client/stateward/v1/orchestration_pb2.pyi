@@ -950,6 +950,106 @@ class DeleteConcurrencyLimitResponse(_message.Message):
 Global___DeleteConcurrencyLimitResponse: _TypeAlias = DeleteConcurrencyLimitResponse  # noqa: Y015
 
 @_typing.final
+class WriteLogsRequest(_message.Message):
+    """Request of WriteLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_runs_pb2.LogEntry]:
+        """The lines, at most 1,000; `id` is ignored."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_runs_pb2.LogEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteLogsRequest: _TypeAlias = WriteLogsRequest  # noqa: Y015
+
+@_typing.final
+class WriteLogsResponse(_message.Message):
+    """Response of WriteLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    written: _builtins.int
+    """How many lines were stored."""
+    def __init__(
+        self,
+        *,
+        written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteLogsResponse: _TypeAlias = WriteLogsResponse  # noqa: Y015
+
+@_typing.final
+class ListLogsRequest(_message.Message):
+    """Request of ListLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """A flow run (its lines and its task runs') or a task run (its own lines)."""
+    after_id: _builtins.int
+    """Only lines with a larger id: 0 from the start, else the last id already read."""
+    page_size: _builtins.int
+    """At most this many lines: 1 to 10,000, 0 means 1,000."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        after_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "page_size", b"page_size", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLogsRequest: _TypeAlias = ListLogsRequest  # noqa: Y015
+
+@_typing.final
+class ListLogsResponse(_message.Message):
+    """Response of ListLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_runs_pb2.LogEntry]:
+        """The lines, oldest first. Fewer than `page_size` means there were no more (for now)."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_runs_pb2.LogEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLogsResponse: _TypeAlias = ListLogsResponse  # noqa: Y015
+
+@_typing.final
 class RenewLeasesRequest(_message.Message):
     """Request of RenewLeases."""
 

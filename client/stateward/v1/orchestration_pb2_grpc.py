@@ -110,6 +110,16 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.FromString,
                 _registered_method=True)
+        self.WriteLogs = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/WriteLogs',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.WriteLogsRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.WriteLogsResponse.FromString,
+                _registered_method=True)
+        self.ListLogs = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/ListLogs',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.ListLogsRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.ListLogsResponse.FromString,
+                _registered_method=True)
         self.ExecuteBatch = channel.unary_unary(
                 '/stateward.v1.OrchestrationService/ExecuteBatch',
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.SerializeToString,
@@ -239,6 +249,26 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteLogs(self, request, context):
+        """Stores lines that runs' code logged, in one transaction (the Python SDK sends what
+        get_run_logger() and log_prints record, in batches of at most 1,000 lines). The server keeps
+        the newest lines, as many as its run-log retention says (`--run-log-retention`). NOT_FOUND
+        for a line of a run that does not exist, INVALID_ARGUMENT for a malformed line: then nothing
+        is written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLogs(self, request, context):
+        """Lists the stored lines of a flow run (its own and its task runs') or of a task run, oldest
+        first, after `after_id`: a page at a time, or again and again to follow a run as it logs.
+        NOT_FOUND for an unknown run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExecuteBatch(self, request, context):
         """Does several creates and proposals in one call and one transaction, in order: each
         operation succeeds or fails on its own, and the answers come once all of them committed.
@@ -326,6 +356,16 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.RenewLeases,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.SerializeToString,
+            ),
+            'WriteLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteLogs,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.WriteLogsRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.WriteLogsResponse.SerializeToString,
+            ),
+            'ListLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLogs,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.ListLogsRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.ListLogsResponse.SerializeToString,
             ),
             'ExecuteBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecuteBatch,
@@ -739,6 +779,60 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/RenewLeases',
             stateward_dot_v1_dot_orchestration__pb2.RenewLeasesRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.RenewLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/WriteLogs',
+            stateward_dot_v1_dot_orchestration__pb2.WriteLogsRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.WriteLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/ListLogs',
+            stateward_dot_v1_dot_orchestration__pb2.ListLogsRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.ListLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

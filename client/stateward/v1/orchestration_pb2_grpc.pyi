@@ -86,6 +86,18 @@ class OrchestrationServiceStub:
     """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
     RenewLeases: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.RenewLeasesRequest, _orchestration_pb2.RenewLeasesResponse]
     """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
+    WriteLogs: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.WriteLogsRequest, _orchestration_pb2.WriteLogsResponse]
+    """Stores lines that runs' code logged, in one transaction (the Python SDK sends what
+    get_run_logger() and log_prints record, in batches of at most 1,000 lines). The server keeps
+    the newest lines, as many as its run-log retention says (`--run-log-retention`). NOT_FOUND
+    for a line of a run that does not exist, INVALID_ARGUMENT for a malformed line: then nothing
+    is written.
+    """
+    ListLogs: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListLogsRequest, _orchestration_pb2.ListLogsResponse]
+    """Lists the stored lines of a flow run (its own and its task runs') or of a task run, oldest
+    first, after `after_id`: a page at a time, or again and again to follow a run as it logs.
+    NOT_FOUND for an unknown run.
+    """
     ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ExecuteBatchRequest, _orchestration_pb2.ExecuteBatchResponse]
     """Does several creates and proposals in one call and one transaction, in order: each
     operation succeeds or fails on its own, and the answers come once all of them committed.
@@ -144,6 +156,18 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Deletes the concurrency limit of a tag; the runs holding its slots keep running."""
     RenewLeases: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.RenewLeasesRequest, _orchestration_pb2.RenewLeasesResponse]  # type: ignore[assignment]
     """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
+    WriteLogs: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.WriteLogsRequest, _orchestration_pb2.WriteLogsResponse]  # type: ignore[assignment]
+    """Stores lines that runs' code logged, in one transaction (the Python SDK sends what
+    get_run_logger() and log_prints record, in batches of at most 1,000 lines). The server keeps
+    the newest lines, as many as its run-log retention says (`--run-log-retention`). NOT_FOUND
+    for a line of a run that does not exist, INVALID_ARGUMENT for a malformed line: then nothing
+    is written.
+    """
+    ListLogs: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListLogsRequest, _orchestration_pb2.ListLogsResponse]  # type: ignore[assignment]
+    """Lists the stored lines of a flow run (its own and its task runs') or of a task run, oldest
+    first, after `after_id`: a page at a time, or again and again to follow a run as it logs.
+    NOT_FOUND for an unknown run.
+    """
     ExecuteBatch: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ExecuteBatchRequest, _orchestration_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
     """Does several creates and proposals in one call and one transaction, in order: each
     operation succeeds or fails on its own, and the answers come once all of them committed.
@@ -289,6 +313,30 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.RenewLeasesResponse, _abc.Awaitable[_orchestration_pb2.RenewLeasesResponse]]:
         """Extends the heartbeat leases of runs a process is executing (see SetStateRequest.lease_duration)."""
+
+    @_abc_1.abstractmethod
+    def WriteLogs(
+        self,
+        request: _orchestration_pb2.WriteLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.WriteLogsResponse, _abc.Awaitable[_orchestration_pb2.WriteLogsResponse]]:
+        """Stores lines that runs' code logged, in one transaction (the Python SDK sends what
+        get_run_logger() and log_prints record, in batches of at most 1,000 lines). The server keeps
+        the newest lines, as many as its run-log retention says (`--run-log-retention`). NOT_FOUND
+        for a line of a run that does not exist, INVALID_ARGUMENT for a malformed line: then nothing
+        is written.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLogs(
+        self,
+        request: _orchestration_pb2.ListLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListLogsResponse, _abc.Awaitable[_orchestration_pb2.ListLogsResponse]]:
+        """Lists the stored lines of a flow run (its own and its task runs') or of a task run, oldest
+        first, after `after_id`: a page at a time, or again and again to follow a run as it logs.
+        NOT_FOUND for an unknown run.
+        """
 
     @_abc_1.abstractmethod
     def ExecuteBatch(

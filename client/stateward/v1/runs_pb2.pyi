@@ -311,9 +311,65 @@ class TaskRun(_message.Message):
 Global___TaskRun: _TypeAlias = TaskRun  # noqa: Y015
 
 @_typing.final
-class ConcurrencyLimit(_message.Message):
-    """A limit on how many task runs carrying one tag may be RUNNING at once."""
+class LogEntry(_message.Message):
+    """A limit on how many task runs carrying one tag may be RUNNING at once.
+    One line a run's code logged (what the Python SDK's get_run_logger() and log_prints record).
+    """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FLOW_RUN_ID_FIELD_NUMBER: _builtins.int
+    TASK_RUN_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    LOGGER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Output only: the line's number, given by the server in the order lines are stored; it
+    strictly increases, so a reader continues after the last id it saw.
+    """
+    flow_run_id: _builtins.str
+    """The flow run the line belongs to. For a task run's line the server fills it in from the task
+    run (empty for a task run outside any flow run).
+    """
+    task_run_id: _builtins.str
+    """The task run that logged the line; empty for a flow run's own line. A line names at least
+    one of the two runs.
+    """
+    level: _builtins.int
+    """The level, as Python's logging numbers it: 10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR,
+    50 CRITICAL (0 to 100).
+    """
+    logger: _builtins.str
+    """The logger's name, such as "stateward.task_runs". At most 200 characters."""
+    message: _builtins.str
+    """The text. At most 100,000 characters."""
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When the line was logged. Required."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        flow_run_id: _builtins.str = ...,
+        task_run_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        level: _builtins.int = ...,
+        logger: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_run_id", b"flow_run_id", "id", b"id", "level", b"level", "logger", b"logger", "message", b"message", "task_run_id", b"task_run_id", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
+
+@_typing.final
+class ConcurrencyLimit(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TAG_FIELD_NUMBER: _builtins.int

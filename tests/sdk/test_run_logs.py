@@ -1,0 +1,251 @@
+"""Run logs end to end: what get_run_logger() and log_prints record inside flow runs and task
+runs reaches the server in batches and is read back in order by `stateward flow-run logs` and
+`task-run logs` from another process after the flow's process exited (a real server and the
+embedded default), `--follow` shows lines as they come and stops when the run ends; the server
+keeps the newest lines (retention); a server that is away never slows logging, and the buffer
+drops its oldest lines with a counted warning; bad WriteLogs calls are refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from stateward import flow
+from stateward._run_logs import LogShipper
+from stateward.client import Client
+from stateward.exceptions import InvalidArgument, NotFound, ServerUnavailable
+from stateward.runs import LogEntry
+from tests.sdk.conftest import python, spawn
+from tests.support import ROOT, running_server, wait_until
+
+pytestmark = pytest.mark.usefixtures("sdk_server")
+
+LOGGING_FLOW = """
+    import json, sys
+    from stateward import flow, get_run_logger, task
+    from stateward.runtime import flow_run
+
+    @task(task_run_name="step-{n}", log_prints=True)
+    def step(n):
+        print(f"task line {n}")
+        return n
+
+    @flow(name="{name}", log_prints=True)
+    def story():
+        logger = get_run_logger()
+        logger.info("first line")
+        step(1)
+        print("printed line")
+        logger.warning("last line")
+        return flow_run.id
+
+    print(json.dumps(story()), flush=True)
+    """
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stateward", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def lines_of(output: str, *needles: str) -> list[str]:
+    """The needles in the order the output shows them."""
+    found = []
+    for line in output.splitlines():
+        found.extend(needle for needle in needles if needle in line)
+    return found
+
+
+def test_a_flows_log_lines_are_read_by_the_cli_after_its_process_exited(client):
+    name = f"sdk-logs-{uuid.uuid4().hex[:6]}"
+    result = python(LOGGING_FLOW.replace("{name}", name))
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout.splitlines()[-1])
+    shown = cli("flow-run", "logs", run_id)
+    assert shown.returncode == 0, shown.stderr
+    needles = ("first line", "task line 1", "printed line", "last line")
+    assert lines_of(shown.stdout, *needles) == list(needles)
+    assert "WARNING" in next(line for line in shown.stdout.splitlines() if "last line" in line)
+    # The engine's state lines are the run's story too.
+    assert "Completed" in shown.stdout
+    (task_run,) = client.list_task_runs(flow_run_ids=[run_id])
+    task_lines = cli("task-run", "logs", task_run.id)
+    assert task_lines.returncode == 0, task_lines.stderr
+    assert lines_of(task_lines.stdout, *needles) == ["task line 1"]
+    entries = client.list_logs(run_id)
+    assert [e.id for e in entries] == sorted(e.id for e in entries)
+    assert {e.task_run_id for e in entries} == {"", task_run.id}
+
+
+def test_a_killed_process_loses_at_most_its_last_half_second_of_lines(client):
+    name = f"sdk-logs-killed-{uuid.uuid4().hex[:6]}"
+    result = python(
+        f"""
+        import os, signal, time
+        from stateward import flow, get_run_logger
+        from stateward.runtime import flow_run
+
+        @flow(name="{name}")
+        def dies():
+            get_run_logger().info("said before dying")
+            print(flow_run.id, flush=True)
+            time.sleep(1.5)  # three sending periods
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        dies()
+        """
+    )
+    assert result.returncode == -9
+    run_id = result.stdout.split()[0]
+    shown = cli("flow-run", "logs", run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "said before dying" in shown.stdout
+
+
+def test_follow_shows_lines_as_they_come_and_stops_when_the_run_ends(client):
+    name = f"sdk-logs-follow-{uuid.uuid4().hex[:6]}"
+    owner = spawn(
+        f"""
+        import sys
+        from stateward import flow, get_run_logger
+        from stateward.runtime import flow_run
+
+        @flow(name="{name}")
+        def slow():
+            get_run_logger().info("before the word")
+            print(flow_run.id, flush=True)
+            sys.stdin.readline()  # the test's word
+            get_run_logger().info("after the word")
+
+        slow()
+        """
+    )
+    follower = None
+    try:
+        run_id = owner.stdout.readline().strip()
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "stateward", "flow-run", "logs", run_id, "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        seen: list[str] = []
+        while "before the word" not in "".join(seen):
+            line = follower.stdout.readline()
+            assert line, follower.stderr.read()
+            seen.append(line)
+        owner.stdin.write("go\n")
+        owner.stdin.flush()
+        rest, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert "after the word" in rest
+        assert owner.wait(timeout=30) == 0
+    finally:
+        for process in (owner, follower):
+            if process is not None and process.poll() is None:
+                process.kill()
+
+
+def test_logs_on_the_embedded_default(tmp_path):
+    env = {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)}
+    result = python(LOGGING_FLOW.replace("{name}", "embedded-logs"), env=env)
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout.splitlines()[-1])
+    shown = cli("flow-run", "logs", run_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    needles = ("first line", "task line 1", "printed line", "last line")
+    assert lines_of(shown.stdout, *needles) == list(needles)
+
+
+def test_async_flows_log_too(client):
+    import asyncio
+
+    from stateward import get_run_logger, task
+
+    @task
+    async def inner() -> None:
+        get_run_logger().info("async task line")
+
+    @flow(name="sdk-logs-async")
+    async def outer() -> str:
+        get_run_logger().info("async flow line")
+        await inner()
+        from stateward.runtime import flow_run
+
+        assert flow_run.id is not None
+        return flow_run.id
+
+    run_id = asyncio.run(outer())
+
+    def both() -> bool:
+        messages = " ".join(e.message for e in client.list_logs(run_id))
+        return "async flow line" in messages and "async task line" in messages
+
+    wait_until(both, timeout=20, what="the async run's lines on the server")
+
+
+def test_unknown_runs_and_malformed_lines_are_refused(client):
+    now = datetime.now(UTC)
+    with pytest.raises(NotFound):
+        client.write_logs([LogEntry(str(uuid.uuid4()), "", now, 20, "x", "lost")])
+    with pytest.raises(InvalidArgument, match="flow_run_id or task_run_id"):
+        client.write_logs([LogEntry("", "", now, 20, "x", "whose?")])
+    with pytest.raises(NotFound):
+        client.list_logs(str(uuid.uuid4()))
+
+
+def test_the_server_keeps_the_newest_lines(tmp_path):
+    args = ["--run-log-retention", "5", "--log-prune-interval", "0.2"]
+    with running_server(tmp_path, args=args) as server, Client(server.target) as connected:
+        run = connected.create_flow_run("retention")
+        now = datetime.now(UTC)
+        connected.write_logs([LogEntry(run.id, "", now, 20, "x", f"line {i}") for i in range(12)])
+
+        def pruned() -> bool:
+            return len(connected.list_logs(run.id)) == 5
+
+        wait_until(pruned, timeout=20, what="the run's logs to be pruned to 5")
+        assert [e.message for e in connected.list_logs(run.id)] == [
+            f"line {i}" for i in range(7, 12)
+        ]
+
+
+def test_a_server_away_never_slows_logging_and_the_oldest_lines_go_first(caplog):
+    attempts: list[int] = []
+
+    def unreachable(batch: object) -> None:
+        attempts.append(1)
+        raise ServerUnavailable("nothing listens there")
+
+    shipper = LogShipper(unreachable, capacity=100)
+    now = datetime.now(UTC)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="stateward"):
+        for i in range(1000):
+            shipper.add(LogEntry(str(uuid.uuid4()), "", now, 20, "x", f"line {i}"))
+        elapsed = time.monotonic() - started
+        wait_until(lambda: len(attempts) >= 2, timeout=20, what="two failed sends")
+        assert shipper.queued() <= 100
+        wait_until(lambda: shipper.dropped_total >= 900, timeout=20, what="the drops counted")
+        wait_until(lambda: "dropped" in caplog.text, timeout=20, what="the drop warning")
+    assert elapsed < 1.0  # 1,000 lines queued without waiting for a server
+    assert "could not send run logs" in caplog.text
+    kept: list[LogEntry] = []
+    shipper.send = kept.extend  # the server is back
+    assert shipper.flush(20)
+    assert [e.message for e in kept] == [f"line {i}" for i in range(900, 1000)]
