@@ -10,14 +10,31 @@ from typing import Any
 import pytest
 
 from stateward.v1 import orchestration_pb2_grpc
-from tests.support import ServerProcess, running_server
+from tests.support import (
+    POSTGRES_URL_VARIABLE,
+    PostgresDatabases,
+    ServerProcess,
+    running_server,
+)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real server for the tests that only need some server: they create their own runs."""
-    with running_server(tmp_path_factory.mktemp("server")) as process:
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One real server per backend for the tests that only need some server: they create their
+    own runs, and run once on a SQLite file and once on a PostgreSQL database."""
+    folder = tmp_path_factory.mktemp(f"server-{request.param}")
+    if request.param == "sqlite":
+        with running_server(folder) as process:
+            yield process
+        return
+    url = request.getfixturevalue("postgres_databases").create()
+    process = ServerProcess(url, log_path=folder / "server.log").start()
+    try:
         yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture
@@ -46,3 +63,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where it must run: {reason}"
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """Fresh PostgreSQL databases on the server STATEWARD_TEST_POSTGRES_URL names (.ci/run
+    starts one). Without it the PostgreSQL tests are skipped, and under CI=true they fail."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE, "")
+    if not url:
+        why = (
+            f"{POSTGRES_URL_VARIABLE} is not set: no PostgreSQL server to test against "
+            "(.ci/postgres starts one and prints its URL)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, and the PostgreSQL tests cannot run: {why}")
+        pytest.skip(why)
+    try:
+        databases = PostgresDatabases(url)
+    except Exception as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, and PostgreSQL at {POSTGRES_URL_VARIABLE} fails: {error}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL_VARIABLE} cannot be reached: {error}")
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty database of each backend: a SQLite file's path or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "shared.db")
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    return databases.create()

@@ -1,5 +1,6 @@
-"""Test support: real Stateward servers in subprocesses, on ephemeral loopback ports, each with
-its own SQLite file, and small helpers to talk to them over real gRPC."""
+"""Test support: real Stateward servers in subprocesses, on ephemeral loopback ports, each on its
+own database (a SQLite file, or a PostgreSQL database made for the test), and small helpers to
+talk to them over real gRPC."""
 
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ class ServerProcess:
 
     def __init__(
         self,
-        db: Path,
+        db: Path | str,
         *,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         port: int = 0,
         ui: bool = False,
+        log_path: Path | None = None,
     ) -> None:
         self.db = db
         self.args = list(args)
@@ -51,7 +53,10 @@ class ServerProcess:
         self.requested_ui_port = 0
         self.ui_url = ""
         self.ui_port = 0
-        self.log_path = db.with_suffix(".log")
+        if log_path is None:
+            assert isinstance(db, Path), "a server on a PostgreSQL URL needs a log_path"
+            log_path = db.with_suffix(".log")
+        self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._channel: grpc.Channel | None = None
@@ -61,7 +66,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        env = {**os.environ, "STATEWARD_HOME": str(self.db.parent), **self.env}
+        env = {**os.environ, "STATEWARD_HOME": str(self.log_path.parent), **self.env}
         command = [
             sys.executable, "-m", "stateward", "server", "start",
             "--port", str(self.requested_port), "--db", str(self.db),
@@ -238,3 +243,39 @@ def history(stub: orchestration_pb2_grpc.OrchestrationServiceStub, run_id: str) 
 
 def status_name(status: int) -> str:
     return pb.SetStateStatus.Name(status).removeprefix("SET_STATE_STATUS_")  # type: ignore[arg-type]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+POSTGRES_URL_VARIABLE = "STATEWARD_TEST_POSTGRES_URL"
+
+
+class PostgresDatabases:
+    """Makes a fresh database per test on the server that STATEWARD_TEST_POSTGRES_URL names,
+    each dropped at the end of the session."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self.admin = psycopg.connect(url, autocommit=True)
+        self.prefix = f"stateward_test_{uuid.uuid4().hex[:8]}"
+        self.made: list[str] = []
+
+    def create(self) -> str:
+        """A new empty database; returns its URL."""
+        name = f"{self.prefix}_{len(self.made)}"
+        self.admin.execute(f"CREATE DATABASE {name}")
+        self.made.append(name)
+        return _with_database(self.url, name)
+
+    def drop_all(self) -> None:
+        for name in self.made:
+            self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.admin.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head = base.rsplit("/", 1)[0]
+    return f"{head}/{name}" + (f"?{query}" if query else "")

@@ -1,29 +1,37 @@
-"""Finding a server for the SDK: the one place the SDK touches `stateward_service`.
+"""Finding the orchestrator for the SDK: the one place the SDK touches `stateward_service`.
 
-With STATEWARD_API_URL set, the SDK talks to that server. Without it, the first run in a process
-starts an embedded server on `$STATEWARD_HOME/stateward.db`, in a thread of its own, listening on
-a loopback port that it writes to `$STATEWARD_HOME/server.json`. The process's own calls reach
-it in-process (no sockets: the synchronous methods of the server's gRPC API, which its network
-handlers call too); streams, and other processes, use the port. A second process on the same
-home finds the database taken and shares that server; if it cannot reach it, it says so.
+With STATEWARD_API_URL set, the SDK talks to that server. Without it, the process orchestrates
+itself, directly on `$STATEWARD_HOME/stateward.db`: the orchestrator runs in-process (calls go
+straight to the synchronous methods of the gRPC API: no sockets, nothing encoded), and a thread
+runs an event loop with the log follower and the broadcaster (for `watch` and the cancellation
+supervisor) and, while this process holds the database's leader lock, the server's loops. Any
+number of processes (scripts, the CLI, `watch`, a `stateward server start`) share the file, and
+any of them may exit at any time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
+import contextlib
 import logging
-import os
+import queue
 import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stateward import settings
-from stateward._transport import Connection, GrpcTransport, TransitionStream, server_answers
+from stateward._transport import GrpcTransport, TransitionStream
 from stateward.client import Client
-from stateward.exceptions import ServerUnavailable
-from stateward.wire import error_for_status
+from stateward.exceptions import (
+    FailedPrecondition,
+    ResourceExhausted,
+    RpcError,
+    ServerUnavailable,
+)
+from stateward.wire import error_for_status, watch_response_from_bytes
 
 if TYPE_CHECKING:
     import typer
@@ -34,7 +42,7 @@ log = logging.getLogger("stateward")
 
 _lock = threading.Lock()
 _client: Client | None = None
-_embedded: EmbeddedServer | None = None
+_embedded: EmbeddedOrchestrator | None = None
 
 
 def server_commands() -> typer.Typer:
@@ -45,7 +53,8 @@ def server_commands() -> typer.Typer:
 
 
 def get_client() -> Client:
-    """The process's client: to STATEWARD_API_URL, or to the embedded server (started once)."""
+    """The process's client: to STATEWARD_API_URL, or to the embedded orchestrator (started
+    once)."""
     global _client
     with _lock:
         if _client is None:
@@ -59,13 +68,7 @@ def _connect() -> Client:
     if address:
         return _remote(address)
     global _embedded
-    home = settings.home()
-    from stateward_service.store import DatabaseInUse
-
-    try:
-        _embedded = EmbeddedServer(home)
-    except DatabaseInUse:
-        return _share(home)
+    _embedded = EmbeddedOrchestrator(settings.home())
     return Client(transport=_embedded.transport, timeout=None)
 
 
@@ -83,33 +86,13 @@ def _remote(address: str) -> Client:
     return client
 
 
-def _share(home: Path) -> Client:
-    """Another process runs the embedded server on this home: use it, if it answers."""
-    info_path = home / "server.json"
-    try:
-        info = json.loads(info_path.read_text())
-        address, pid = info["address"], info["pid"]
-    except (OSError, ValueError, KeyError):
-        raise ServerUnavailable(
-            f"the database in {home} is in use by another process, which did not say where its "
-            "server listens; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
-        ) from None
-    if not server_answers(address):
-        raise ServerUnavailable(
-            f"the database in {home} is in use by process {pid}, but its server at {address} "
-            "does not answer; set STATEWARD_API_URL, or give this process its own STATEWARD_HOME"
-        )
-    log.info("sharing the Stateward server of process %s at %s", pid, address)
-    return Client(address, wait_for_ready=True, timeout=settings.request_timeout())
-
-
 class InProcessTransport:
-    """Unary calls go straight to the embedded server's API, in the caller's thread; refusals
-    become the same exceptions a gRPC status would. Streams use the server's port."""
+    """Unary calls go straight to the API, in the caller's thread; refusals become the same
+    exceptions a gRPC status would. Streams subscribe to the process's broadcaster."""
 
-    def __init__(self, api: Any, streams: GrpcTransport) -> None:
-        self.api = api
-        self.streams = streams
+    def __init__(self, embedded: EmbeddedOrchestrator) -> None:
+        self.embedded = embedded
+        self.api = embedded.replica.api
         from stateward_service.errors import ServiceError
 
         self._service_error = ServiceError
@@ -118,19 +101,22 @@ class InProcessTransport:
         try:
             return getattr(self.api, method)(request)
         except self._service_error as error:
-            raise error_for_status(error.code, error.message) from None
+            raise _translate(error) from None
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
-        return self.streams.open_stream(method, request)
+        if method != "WatchTransitions":
+            raise ValueError(f"no stream named {method}")
+        return _InProcessStream(self.embedded, request)
 
     def close(self) -> None:
         """The process's client lives as long as the process."""
 
 
 def home_settings(home: Path, **given: Any) -> ServerSettings:
-    """The settings of a server on `home`'s database, for this machine alone: the loops' settings
-    from the environment, `given` ones (validated, by setting name) as given; gRPC on a free
-    loopback port, no TLS, no metrics endpoint. Raises the settings' SettingError."""
+    """The settings of a process orchestrating on `home`'s database, for this machine alone: the
+    loops' settings from the environment, `given` ones (validated, by setting name) as given;
+    gRPC (when served) on a free loopback port, no TLS, no metrics endpoint. Raises the
+    settings' SettingError."""
     from stateward_service.settings import ServerSettings
 
     home.mkdir(parents=True, exist_ok=True)
@@ -138,7 +124,8 @@ def home_settings(home: Path, **given: Any) -> ServerSettings:
         update={
             "host": "127.0.0.1",
             "port": 0,
-            "db": home / "stateward.db",
+            "db": str(home / "stateward.db"),
+            "database_url": "",
             "tls_cert": None,
             "tls_key": None,
             "tls_client_ca": None,
@@ -147,72 +134,130 @@ def home_settings(home: Path, **given: Any) -> ServerSettings:
     )
 
 
-def _announce(info_path: Path, address: str) -> None:
-    """Tell other processes on this home where its server listens."""
-    info_path.write_text(json.dumps({"address": address, "pid": os.getpid()}))
-
-
-def _forget(info_path: Path) -> None:
-    """Withdraw this process's announcement (not another's)."""
-    try:
-        if json.loads(info_path.read_text()).get("pid") == os.getpid():
-            info_path.unlink()
-    except (OSError, ValueError):
-        pass
-
-
 def serve_ui(host: str | None, port: int | None) -> None:
-    """`stateward ui`: serve the web view of the runs in $STATEWARD_HOME, for a home where no
-    server runs, until SIGINT or SIGTERM. It is the home's embedded server, with the web view on
-    `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else 127.0.0.1:8471); scripts
-    started meanwhile on the same home share it, as they share a script's. Raises
-    ServerUnavailable when another process holds the home's database or the port is taken, and
-    ValueError for a setting that is not allowed."""
+    """`stateward ui`: serve the web view of the runs in $STATEWARD_HOME until SIGINT or
+    SIGTERM: a server on the home's database (which scripts, the CLI and other servers share),
+    with the web view on `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else
+    127.0.0.1:8471). Raises ServerUnavailable when the port is taken, and ValueError for a
+    setting that is not allowed."""
     from stateward_service.server import PortUnavailable, serve
-    from stateward_service.store import DatabaseInUse
 
-    home = settings.home()
-    server_settings = home_settings(home, ui=True, ui_host=host, ui_port=port)
-    info_path = home / "server.json"
+    server_settings = home_settings(settings.home(), ui=True, ui_host=host, ui_port=port)
     try:
-        asyncio.run(serve(server_settings, lambda server: _announce(info_path, server.address)))
-    except DatabaseInUse:
-        raise ServerUnavailable(
-            f"the database in {home} is in use by another process (a script, or a server: "
-            "`stateward server start` serves the web view itself, see its output). Start "
-            "`stateward ui` before the scripts, or give them STATEWARD_API_URL"
-        ) from None
+        asyncio.run(serve(server_settings))
     except PortUnavailable as error:
         raise ServerUnavailable(str(error)) from None
-    finally:
-        _forget(info_path)
 
 
-class EmbeddedServer:
-    """A Stateward server in a daemon thread of this process, stopped cleanly at exit."""
+def _translate(error: Any) -> RpcError:
+    """A ServiceError as the exception its gRPC status would raise in the client."""
+    return error_for_status(error.code, error.message)
+
+
+_END = object()
+_CLOSED = object()  # the process is exiting
+_QUEUE_SIZE = 1000  # transitions waiting for a slow reader, before the subscription waits
+
+
+class _InProcessStream:
+    """A WatchTransitions stream on this process's broadcaster: a task of the embedded event
+    loop subscribes and hands the messages to the reading thread through a bounded queue."""
+
+    def __init__(self, embedded: EmbeddedOrchestrator, request: Any) -> None:
+        from stateward_service import validation as check
+        from stateward_service.broadcaster import TransitionFilter
+        from stateward_service.errors import ServiceError
+
+        broadcaster = embedded.replica.broadcaster
+        try:
+            where = TransitionFilter(
+                run_ids=frozenset(check.run_ids(request.run_ids, "run_ids")),
+                flow_run_ids=frozenset(check.run_ids(request.flow_run_ids, "flow_run_ids")),
+                state_types=frozenset(check.state_types(request.state_types, "state_types")),
+            )
+        except ServiceError as error:
+            raise _translate(error) from None
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        if after is not None:
+            self._check_cursor(broadcaster, after)
+        self._start = broadcaster.last_sequence if after is None else after
+        self._queue: queue.Queue[Any] = queue.Queue()  # bounded below, for data only
+        self._future: Future[None] = embedded.submit(self._pump(broadcaster, where))
+
+    @staticmethod
+    def _check_cursor(broadcaster: Any, after: int) -> None:
+        from stateward_service.broadcaster import CursorAhead, CursorExpired
+
+        try:
+            broadcaster.check_cursor(after)
+        except (CursorAhead, CursorExpired) as error:
+            raise FailedPrecondition(str(error)) from None
+
+    async def _pump(self, broadcaster: Any, where: Any) -> None:
+        from stateward_service.broadcaster import CursorExpired, StreamClosed
+
+        try:
+            async with contextlib.aclosing(broadcaster.subscribe(where, self._start)) as stream:
+                async for _, payload in stream:
+                    # The reader is a thread: poll for room rather than block the loop.
+                    while self._queue.qsize() >= _QUEUE_SIZE:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                    self._queue.put_nowait(payload)
+        except StreamClosed:
+            self._queue.put(_CLOSED)
+        except CursorExpired as error:
+            self._queue.put(ResourceExhausted(str(error)))
+        finally:
+            self._queue.put(_END)
+
+    def start_sequence(self) -> int | None:
+        return self._start
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if item is _CLOSED:
+                # Only threads still running at exit read here (daemon threads: a supervisor,
+                # a watcher): they wait for the end of the process rather than reconnect.
+                threading.Event().wait()
+            if isinstance(item, BaseException):
+                raise item
+            yield watch_response_from_bytes(item)
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
+class EmbeddedOrchestrator:
+    """This process's replica on the home's database, its event loop in a daemon thread,
+    stopped cleanly at exit (the loops, if they ran here, pass to another process)."""
 
     def __init__(self, home: Path) -> None:
-        from stateward_service.server import StatewardServer
+        from stateward_service.replica import Replica
 
-        server_settings = home_settings(home, ui=False)  # `stateward ui` serves the page
-        self.server = StatewardServer(server_settings)  # takes the database's lock, or raises
-        self.info_path = home / "server.json"
+        home.mkdir(parents=True, exist_ok=True)
+        # The loops' settings come from the environment; the database is the home's.
+        replica_settings = home_settings(home, ui=False)  # `stateward ui` serves the page
+        self.replica = Replica(replica_settings)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="stateward-server", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="stateward-embedded", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._failure is not None:
             raise self._failure
-        address = self.server.address
-        _announce(self.info_path, address)
-        # Plain loopback, with the API key if one is set (the embedded server checks it too).
-        streams = GrpcTransport(Connection(address, api_key=os.environ.get("STATEWARD_API_KEY")))
-        self.transport = InProcessTransport(self.server.api, streams)
+        self.transport = InProcessTransport(self)
         atexit.register(self.stop)
-        log.debug("embedded Stateward server at %s (database %s)", address, server_settings.db)
+        log.debug("orchestrating in this process on %s", replica_settings.db)
+
+    def submit(self, coroutine: Any) -> Future[None]:
+        """Run a coroutine on the embedded event loop."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def _run(self) -> None:
         asyncio.run(self._serve())
@@ -221,19 +266,18 @@ class EmbeddedServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            await self.server.start()
+            await self.replica.start()
         except BaseException as error:
             self._failure = error
             self._ready.set()
             return
         self._ready.set()
         await self._stop.wait()
-        await self.server.stop(grace=1.0)
+        await self.replica.stop()
 
     def stop(self) -> None:
-        """Stop serving, let calls in flight finish, close the database."""
+        """End the streams, stop the loops and the follower, close the database."""
         if self._loop is None or self._stop is None or not self._thread.is_alive():
             return
-        _forget(self.info_path)
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)

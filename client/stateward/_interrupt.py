@@ -6,7 +6,7 @@ code (a flow's, a task's called inside it...), the engine's own work (talking to
 bookkeeping) and the engine's waits (a retry's delay, a WAIT, inputs, hooks). Only the innermost
 entry runs. An interrupt that arrives while the engine works or waits is held, and raised in
 the region's code once the engine is done; so an interrupt never lands half-way through a write
-to the server (in the embedded server, those writes run on the caller's thread).
+to the server (on the embedded default, those writes run on the caller's thread).
 
 An interrupt meant for a region whose thread runs regions nested inside it (a task called by the
 flow, a subflow) is delivered to the innermost one, and every nested region is marked as stopped

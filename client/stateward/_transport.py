@@ -176,19 +176,6 @@ def can_reconnect(error: grpc.RpcError) -> bool:
     )
 
 
-def server_answers(address: str, timeout: float = 2.0) -> bool:
-    """Whether a server listening in plain text at `address` says it is SERVING (the standard
-    health check), within `timeout` seconds."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
-        except grpc.RpcError:
-            return False
-    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 class Transport(Protocol):
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any: ...
 

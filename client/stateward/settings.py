@@ -1,7 +1,7 @@
 """Where things are: the settings a client (and the server's defaults) read from the environment.
 
 - STATEWARD_HOME: Stateward's folder, `~/.stateward` by default; the default database lives there.
-- STATEWARD_API_URL: `host:port` of the server to talk to; unset means an embedded server.
+- STATEWARD_API_URL: `host:port` of the server to talk to; unset: orchestrate in-process.
 - STATEWARD_REQUEST_TIMEOUT: seconds a call to a remote server may take, waiting out a restart
   (default 30); after it, the server counts as lost.
 - STATEWARD_RESULTS_PERSIST_BY_DEFAULT: `true` makes every task's results persist, so tasks

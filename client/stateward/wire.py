@@ -457,6 +457,11 @@ def limit_to_proto(limit: ConcurrencyLimit) -> runs_pb2.ConcurrencyLimit:
     return msg
 
 
+def watch_response_from_bytes(payload: bytes) -> pb.WatchTransitionsResponse:
+    """One WatchTransitions message from its encoding (as a broadcaster sends it)."""
+    return pb.WatchTransitionsResponse.FromString(payload)
+
+
 # --- requests -----------------------------------------------------------------------------------
 
 

@@ -59,7 +59,7 @@ def start(**flags: Any) -> None:
     """Run the server until interrupted (SIGINT or SIGTERM stop it gracefully)."""
     # Imported here: every `stateward` command builds this one's options, few run it.
     from stateward_service.server import PortUnavailable, serve
-    from stateward_service.store import DatabaseInUse, DatabaseRefused
+    from stateward_service.store import DatabaseRefused, DatabaseUnavailable
 
     try:
         settings = ServerSettings.from_environment(**flags)
@@ -71,6 +71,6 @@ def start(**flags: Any) -> None:
     )
     try:
         asyncio.run(serve(settings))
-    except (PortUnavailable, DatabaseInUse, DatabaseRefused, ValueError, OSError) as error:
+    except (PortUnavailable, DatabaseRefused, DatabaseUnavailable, ValueError, OSError) as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(code=1) from None

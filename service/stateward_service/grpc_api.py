@@ -62,7 +62,7 @@ from stateward_service.orchestrator import (
     RunInputRefused,
     RunNotFound,
 )
-from stateward_service.store import BadPageToken, RunFilter
+from stateward_service.store import BadPageToken, DatabaseUnavailable, RunFilter, WriteConflict
 
 T = TypeVar("T")
 
@@ -81,6 +81,12 @@ def _translating(call: Callable[[], T]) -> T:
         raise invalid("run_input", str(error)) from None
     except BadPageToken as error:
         raise invalid("page_token", str(error)) from None
+    except DatabaseUnavailable as error:
+        raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
+    except WriteConflict as error:
+        raise ServiceError(
+            StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
+        ) from None
 
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -3,8 +3,9 @@
 For each proposal it gathers what the rules may read, runs the run's policy, and writes what the
 policy decided (the state, the run's bookkeeping, the rules' side effects, the log entry, the
 mirror on a subflow's task run) in one transaction; then it publishes the committed transitions.
-Everything happens under one lock, so every decision is taken against the run's true current
-state and transitions are published in sequence order. SetState, the create calls and the
+Each decision is taken inside the write transaction, against the run as the database has it: the
+database serialises the processes that share it, and one lock the threads of this process, so
+transitions are published in sequence order. SetState, the create calls and the
 server's loops all come through here.
 
 It is also the only door to the store: the API, the loops, the broadcaster and the server's
@@ -19,12 +20,14 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -50,9 +53,18 @@ from stateward_service.rules.engine import (
     decide,
 )
 from stateward_service.rules.policies import Policies
-from stateward_service.store import RunFilter, StorageUnavailable, Store, StoreReader
+from stateward_service.store import (
+    ChangeSignal,
+    LeaderLock,
+    RunFilter,
+    RunStore,
+    StorageUnavailable,
+    WriteConflict,
+)
 
 _ONE_US = timedelta(microseconds=1)
+_CONFLICT_RETRIES = 6
+T = TypeVar("T")
 
 
 class RunNotFound(LookupError):
@@ -106,10 +118,13 @@ RUN_CACHE_BYTES = 64 * 1024 * 1024
 
 class _RunCache:
     """The runs read or written lately, so a proposal does not read its run back from the
-    database. It stays true because the orchestrator is the one writer: every write goes through
-    it, and a transaction that fails forgets everything (its records were changed in memory)."""
+    database. It stays true because every write of this process goes through the orchestrator,
+    a transaction that fails forgets everything (its records were changed in memory), and
+    everything is forgotten as soon as the store says another process wrote."""
 
-    def __init__(self, store: Store, size: int = 10_000, max_bytes: int = RUN_CACHE_BYTES) -> None:
+    def __init__(
+        self, store: RunStore, size: int = 10_000, max_bytes: int = RUN_CACHE_BYTES
+    ) -> None:
         self.store = store
         self.size = size
         self.max_bytes = max_bytes
@@ -162,7 +177,7 @@ class Orchestrator:
 
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         policies: Policies | None = None,
         *,
         clock: Callable[[], datetime] = now,
@@ -173,7 +188,7 @@ class Orchestrator:
         self.clock = clock
         self.rng = rng
         self._lock = threading.RLock()
-        self._reader = StoreReader(store.path)
+        self._reader = store.reader()
         self._publishers: list[Publisher] = []
         self._runs = _RunCache(store)
         # Inside `batch()`: the transitions written so far, published once the batch commits.
@@ -191,41 +206,51 @@ class Orchestrator:
     ) -> RunRecord:
         """Store a new run and orchestrate its initial state, atomically. `new_id` says the id
         was just minted, so it cannot exist yet."""
-        with self._lock:
-            if not new_id and (self._runs.cached(run.id) or self._store.run_exists(run.id)):
-                raise RunAlreadyExists(run.id)
-            flow_run_id = run.flow_run_id if run.kind is RunKind.TASK_RUN else ""
-            if flow_run_id and self._runs.get(flow_run_id, RunKind.FLOW_RUN) is None:
-                raise RunNotFound(flow_run_id, RunKind.FLOW_RUN)
-            parent = None
-            if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
-                parent = self._runs.get(run.parent_task_run_id, RunKind.TASK_RUN)
-                if parent is None:
-                    raise RunNotFound(run.parent_task_run_id, RunKind.TASK_RUN)
-            decision = None
-            if initial is not None:
-                decision = self._decide(run, initial, force=False)
-                if not decision.writes:
-                    raise InitialStateRefused(
-                        f"the initial state {initial.name} was refused "
-                        f"({decision.status.name}): {decision.reason}"
-                    )
-            write = _Write()
-            with self._writing():
-                if parent is not None:
-                    self._store.link_subflow(parent.id, run.id)
-                    parent.child_flow_run_id = run.id
-                if decision is None:
-                    self._store.insert_run(run)
-                else:
-                    self._write(run, decision, write, new=True)
-            self._runs.remember(run)
-            self._publish(write)
-            return replace(run)
+
+        def attempt() -> None:
+            with self._lock:
+                write = _Write()
+                with self._writing():
+                    self._create(run, initial, new_id, write)
+                self._publish(write)
+
+        self._retrying(attempt)
+        return replace(run)
+
+    def _create(self, run: RunRecord, initial: State | None, new_id: bool, write: _Write) -> None:
+        """Inside a transaction: check, decide and write a new run."""
+        if not new_id and (self._runs.cached(run.id) or self._store.run_exists(run.id)):
+            raise RunAlreadyExists(run.id)
+        flow_run_id = run.flow_run_id if run.kind is RunKind.TASK_RUN else ""
+        if flow_run_id and self._runs.get(flow_run_id, RunKind.FLOW_RUN) is None:
+            raise RunNotFound(flow_run_id, RunKind.FLOW_RUN)
+        parent = None
+        if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
+            self._store.lock_runs((run.parent_task_run_id,))
+            parent = self._runs.get(run.parent_task_run_id, RunKind.TASK_RUN)
+            if parent is None:
+                raise RunNotFound(run.parent_task_run_id, RunKind.TASK_RUN)
+        decision = None
+        if initial is not None:
+            decision = self._decide(run, initial, force=False)
+            if not decision.writes:
+                raise InitialStateRefused(
+                    f"the initial state {initial.name} was refused "
+                    f"({decision.status.name}): {decision.reason}"
+                )
+        if parent is not None:
+            self._store.link_subflow(parent.id, run.id)
+            parent.child_flow_run_id = run.id
+        if decision is None:
+            self._store.insert_run(run)
+        else:
+            self._write(run, decision, write, new=True)
+        self._runs.remember(run)
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
         """A copy of the run as it is now: the record itself changes with each write."""
         with self._lock:
+            self._forget_if_changed()
             run = self._runs.get(run_id, kind)
             if run is None:
                 raise RunNotFound(run_id, kind)
@@ -246,6 +271,7 @@ class Orchestrator:
     def list_states(self, run_id: str) -> list[State]:
         """The run's states, oldest first (read outside the write lock)."""
         with self._lock:
+            self._forget_if_changed()
             if self._runs.get(run_id) is None:
                 raise RunNotFound(run_id)
         with self._reader.snapshot() as db:
@@ -363,6 +389,18 @@ class Orchestrator:
                 return failure
         return None
 
+    def change_signal(self) -> ChangeSignal:
+        """A new wake-up for a log follower: it fires when any process may have committed."""
+        return self._store.change_signal()
+
+    def leader_lock(self) -> LeaderLock:
+        """A new lock electing the one process that runs the loops (not taken yet)."""
+        return self._store.leader_lock()
+
+    def database_answers(self) -> bool:
+        """Whether the database answers now (for the health check)."""
+        return self._reader.ping()
+
     def database_bytes(self) -> int:
         return self._store.size_on_disk()
 
@@ -424,41 +462,70 @@ class Orchestrator:
         RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds. The
         transitions written are published to the subscribers (see `subscribe`); raises
         RunNotFound for an unknown run."""
-        with self._lock:
-            run = self._runs.get(run_id)
-            if run is None:
-                raise RunNotFound(run_id)
-            current_id = run.state.id if run.state else ""
-            if expected_state_id is not None and expected_state_id != current_id:
-                return OrchestrationResult(
-                    SetStateStatus.ABORT,
-                    run.state,
-                    f"the run's current state is {current_id or 'none'}, "
-                    f"not the expected {expected_state_id or 'none'}: another client changed it",
-                )
-            decision = self._decide(run, proposed, force)
-            write = _Write()
-            if decision.writes:
+
+        def attempt() -> OrchestrationResult:
+            with self._lock:
+                write = _Write()
                 with self._writing():
-                    self._write(run, decision, write, lease_seconds)
-            self._publish(write)
+                    result = self._propose(
+                        run_id, proposed, force, expected_state_id, lease_seconds, write
+                    )
+                self._publish(write)
+                return result
+
+        return self._retrying(attempt)
+
+    def _propose(
+        self,
+        run_id: str,
+        proposed: State,
+        force: bool,
+        expected_state_id: str | None,
+        lease_seconds: float,
+        write: _Write,
+    ) -> OrchestrationResult:
+        """Inside a transaction: decide a proposal against the run as stored, and write."""
+        self._store.lock_runs((run_id,))
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        current_id = run.state.id if run.state else ""
+        if expected_state_id is not None and expected_state_id != current_id:
             return OrchestrationResult(
-                decision.status,
+                SetStateStatus.ABORT,
                 run.state,
-                decision.reason,
-                decision.delay_seconds,
-                written=decision.writes,
+                f"the run's current state is {current_id or 'none'}, "
+                f"not the expected {expected_state_id or 'none'}: another client changed it",
             )
+        decision = self._decide(run, proposed, force)
+        if decision.writes:
+            self._write(run, decision, write, lease_seconds)
+        return OrchestrationResult(
+            decision.status,
+            run.state,
+            decision.reason,
+            decision.delay_seconds,
+            written=decision.writes,
+        )
 
     def crash_if_lease_lapsed(self, run_id: str, crashed: State, before: datetime) -> bool:
         """Force `crashed` on the run if its lease still ended before `before` (a renewal since
-        it was found keeps it alive). Says whether a state was written."""
-        with self._lock:
-            run = self._runs.get(run_id)
-            if run is None or run.lease_expires is None or run.lease_expires >= before:
-                return False
-            current = run.state.id if run.state else ""
-            return self.set_state(run_id, crashed, force=True, expected_state_id=current).written
+        it was found, in any process, keeps it alive). Says whether a state was written."""
+
+        def attempt() -> bool:
+            with self._lock:
+                write = _Write()
+                with self._writing():
+                    self._store.lock_runs((run_id,))
+                    run = self._runs.get(run_id)
+                    if run is None or run.lease_expires is None or run.lease_expires >= before:
+                        return False
+                    current = run.state.id if run.state else ""
+                    result = self._propose(run_id, crashed, True, current, 0.0, write)
+                self._publish(write)
+                return result.written
+
+        return self._retrying(attempt)
 
     def resume_flow_run(
         self, run_id: str, run_input: str | None = None, message: str = "resumed"
@@ -562,10 +629,28 @@ class Orchestrator:
         forgotten."""
         try:
             with self._store.transaction():
+                self._forget_if_changed()
                 yield
         except BaseException:
             self._runs.clear()
             raise
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run a decision, again (after a short random pause) when it lost a race with another
+        process's transaction, up to a few times. Inside a batch, the batch fails instead."""
+        for tries in range(_CONFLICT_RETRIES):
+            try:
+                return attempt()
+            except WriteConflict:
+                if self._batch is not None or tries == _CONFLICT_RETRIES - 1:
+                    raise
+            time.sleep(random.uniform(0, 0.005 * 2**tries))
+        raise AssertionError("unreachable")
+
+    def _forget_if_changed(self) -> None:
+        """Forget the cached runs when another process wrote since we last looked."""
+        if self._store.changed_elsewhere():
+            self._runs.clear()
 
     def _write(
         self,
@@ -627,6 +712,7 @@ class Orchestrator:
 
     def _mirror_onto_parent_task(self, subflow: RunRecord, state: State, write: _Write) -> None:
         """A subflow's task run in the parent flow shows the subflow's state."""
+        self._store.lock_runs((subflow.parent_task_run_id,))
         task_run = self._runs.get(subflow.parent_task_run_id, RunKind.TASK_RUN)
         if task_run is None:
             return

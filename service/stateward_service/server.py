@@ -1,7 +1,8 @@
-"""Server assembly: the store, the orchestrator, the gRPC API and the standard services (health,
+"""Server assembly: the network around a replica (the orchestrator on its database,
+the log follower, the gRPC API, the loops under the leader lock): the standard services (health,
 reflection), the interceptors, and a graceful shutdown on SIGINT/SIGTERM.
 
-`StatewardServer` runs inside any asyncio loop (the CLI's, a test's, the SDK's embedded thread);
+`StatewardServer` runs inside any asyncio loop (the CLI's, a test's);
 `serve()` is the `stateward server start` entry point.
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -23,21 +25,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from stateward import wire
-from stateward.runs import Transition
-from stateward.v1 import orchestration_pb2
-from stateward_service.broadcaster import TransitionBroadcaster
-from stateward_service.grpc_api import SERVICE, OrchestrationService, add_to_server
+from stateward_service.grpc_api import SERVICE, add_to_server
 from stateward_service.health import HealthService
 from stateward_service.interceptors.auth import AuthInterceptor
 from stateward_service.interceptors.errors import ErrorsInterceptor
 from stateward_service.interceptors.metrics import MetricsInterceptor
-from stateward_service.loops import ServerLoops
 from stateward_service.metrics import ServerMetrics
-from stateward_service.orchestrator import Orchestrator
-from stateward_service.rules.policies import Policies
+from stateward_service.replica import Replica
 from stateward_service.settings import ServerSettings
-from stateward_service.store import Store
 
 if TYPE_CHECKING:
     from stateward_service.web import WebServer
@@ -75,14 +70,6 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 PENDING_CALLS = 1_000_000
 
 
-def encode_transition(transition: Transition) -> bytes:
-    """The bytes of one WatchTransitions message."""
-    response = orchestration_pb2.WatchTransitionsResponse(
-        transition=wire.transition_to_proto(transition)
-    )
-    return response.SerializeToString()
-
-
 # How often health looks at the database's state, and probes it while it takes no writes.
 STORAGE_CHECK_SECONDS = 0.5
 
@@ -100,22 +87,11 @@ class StatewardServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        store = Store(
-            settings.db,
-            synchronous=settings.sqlite_synchronous,
-            quick_check=settings.quick_check,
-        )
-        self.orchestrator = Orchestrator(store, Policies.default(settings.slot_wait_seconds))
-        self.broadcaster = TransitionBroadcaster(
-            self.orchestrator,
-            encode_transition,
-            self.orchestrator.last_sequence(),
-            capacity=settings.stream_buffer,
-        )
-        self.orchestrator.subscribe(self.broadcaster.publish)
-        # The gRPC API; the SDK's embedded transport calls its unary methods in-process.
-        self.api = OrchestrationService(self.orchestrator, self.broadcaster)
-        self.loops = ServerLoops(self.orchestrator, settings)
+        self.replica = Replica(settings)
+        self.orchestrator = self.replica.orchestrator
+        self.broadcaster = self.replica.broadcaster
+        self.api = self.replica.api
+        self.loops = self.replica.loops
         self.metrics: ServerMetrics | None = None
         if settings.metrics_port:
             self.metrics = ServerMetrics(
@@ -129,6 +105,7 @@ class StatewardServer:
         self.port = 0
         self.web: WebServer | None = None
         self._server: grpc.aio.Server | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
         self._storage_watch: asyncio.Task[None] | None = None
@@ -157,7 +134,6 @@ class StatewardServer:
             maximum_concurrent_rpcs=self.settings.max_concurrent_calls,
         )
         add_to_server(self.api, server)
-        self.broadcaster.bind(asyncio.get_running_loop())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -179,14 +155,11 @@ class StatewardServer:
             self.web = WebServer(app, listener, grace=self.settings.shutdown_grace_seconds)
         if self.metrics is not None:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        freed = self.orchestrator.release_stale_slots()
-        if freed:
-            log.warning("released %d concurrency slot(s) of runs no longer running", freed)
+        await self.replica.start()
         await server.start()
         self._server = server
         if self.web is not None:
             await self.web.start()
-        self.loops.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._storage_watch = asyncio.get_running_loop().create_task(self._follow_storage())
 
@@ -214,6 +187,25 @@ class StatewardServer:
         if self._stopping:
             return False
         return self.orchestrator.probe_storage(room=self.settings.max_message_bytes) is None
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_database())
+
+    async def _watch_database(self, period: float = 1.0) -> None:
+        """Health says NOT_SERVING while the database does not answer, SERVING once it does."""
+        serving = True
+        while True:
+            await asyncio.sleep(period)
+            answers = await asyncio.to_thread(self.orchestrator.database_answers)
+            if answers != serving and not self._stopping:
+                serving = answers
+                if serving:
+                    log.warning("the database answers again: serving")
+                else:
+                    log.warning("the database does not answer: NOT_SERVING until it does")
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (health says NOT_SERVING), let in-flight calls finish within the
@@ -228,14 +220,15 @@ class StatewardServer:
         try:
             if self._storage_watch is not None:
                 self._storage_watch.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            await self.broadcaster.close()  # streams end with UNAVAILABLE and their cursor
+            await self.replica.close_streams()  # streams end with UNAVAILABLE and their cursor
             if self.web is not None:
                 await self.web.stop()  # its event streams ended with the broadcaster
             if self._server is not None:
                 await self._server.stop(grace)
-            await self.loops.stop()
-            self.orchestrator.close()
+            await self.replica.stop()
         finally:
             self._stopped.set()  # whatever failed, the server is done
 
@@ -369,6 +362,18 @@ def _why_unbindable(host: str, port: int, address: str) -> str:
     return f"cannot listen on {address}"
 
 
+def _without_password(database: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database)
+
+
+def _reachable(server: StatewardServer) -> str:
+    """The address other machines use: this host's name when listening on every interface."""
+    host = server.settings.host
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = socket.gethostname()
+    return format_address(host, server.port)
+
+
 def describe_security(settings: ServerSettings) -> list[str]:
     """What the startup says about who may call the server."""
     lines = []
@@ -418,7 +423,7 @@ async def serve(
     settings: ServerSettings, on_started: Callable[[StatewardServer], None] | None = None
 ) -> None:
     """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
-    `on_started` is called once it takes calls. Raises DatabaseInUse, PortUnavailable."""
+    `on_started` is called once it takes calls. Raises DatabaseRefused, PortUnavailable."""
     if settings.port and _port_taken(settings.host, settings.port):  # before opening the db
         address = format_address(settings.host, settings.port)
         raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
@@ -441,7 +446,11 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     # Said once the signals are handled: whoever reads this may send one at once.
-    say(f"Stateward server listening on {server.address} (database {settings.db})")
+    say(
+        f"Stateward server listening on {server.address} "
+        f"(database {_without_password(settings.database)})"
+    )
+    say(f"  for clients on other machines: export STATEWARD_API_URL={_reachable(server)}")
     for line in describe_security(settings):
         say(line)
     if server.ui_url:

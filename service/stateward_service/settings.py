@@ -29,6 +29,19 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 # A path given by a person: `~` means their home.
 UserPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _database_target(value: str) -> str:
+    """A PostgreSQL URL as given; a SQLite file's path with `~` expanded."""
+    if value.startswith(POSTGRES_SCHEMES):
+        return value
+    return str(Path(value).expanduser())
+
+
+# Where the data lives: a SQLite file, or a PostgreSQL URL shared by server replicas.
+DatabaseTarget = Annotated[str, AfterValidator(_database_target)]
+
 
 def _setting(
     default: Any = ...,
@@ -64,11 +77,18 @@ class ServerSettings(BaseModel):
         ge=0,
         le=65535,
     )
-    db: UserPath = _setting(
-        client_settings.default_database,
-        help="SQLite file.",
+    db: DatabaseTarget = _setting(
+        lambda: str(client_settings.default_database()),
+        help="SQLite file, or a PostgreSQL URL (postgresql://user:password@host/db) that several "
+        "servers share.",
         env="STATEWARD_DB",
         shown_default="$STATEWARD_HOME/stateward.db",
+    )
+    database_url: str = _setting(
+        "",
+        help="A PostgreSQL URL; when set, it is the database (in place of --db).",
+        env="STATEWARD_DATABASE_URL",
+        shown_default="",
     )
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = _setting(
         "NORMAL",
@@ -222,6 +242,18 @@ class ServerSettings(BaseModel):
         env="STATEWARD_UI_HEARTBEAT_SECONDS",
         ge=0.1,
     )
+
+    @property
+    def database(self) -> str:
+        """The database this server opens: the PostgreSQL URL, else `db`."""
+        return self.database_url or self.db
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_postgres_url(cls, value: str) -> str:
+        if value and not value.startswith(POSTGRES_SCHEMES):
+            raise ValueError("a postgresql:// URL")
+        return value
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod

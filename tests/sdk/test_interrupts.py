@@ -28,8 +28,6 @@ def test_timeouts_firing_during_engine_work_never_wedge_the_embedded_server(tmp_
         import collections, json, os, sqlite3, threading, time
         from stateward import flow, task
         from stateward._embedded import get_client
-        import stateward._embedded as embedded
-        from stateward.client import Client
 
         @task
         def tiny(i):
@@ -42,9 +40,8 @@ def test_timeouts_firing_during_engine_work_never_wedge_the_embedded_server(tmp_
                 tiny(i)
                 i += 1
 
-        get_client()
         seen, ready = set(), threading.Event()
-        watcher = Client(embedded._embedded.server.address)
+        watcher = get_client()  # the process's own broadcaster
 
         def watch():
             for transition in watcher.watch(started=lambda _: ready.set()):

@@ -1,10 +1,9 @@
-"""The SDK across processes: the embedded default (and a second process on the same home), cache
-hits in another process, cancellation from another process, signals, a killed process and a lost
-server."""
+"""The SDK across processes: the embedded default (scripts, the CLI and a server sharing a home),
+cache hits in another process, cancellation from another process, signals, a killed process and
+a lost server."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -59,7 +58,6 @@ def test_the_embedded_default_needs_no_server(tmp_path):
     assert "Flow run" in result.stderr and "- Completed" in result.stderr  # logging by default
     db = tmp_path / "stateward.db"
     assert states_in(db, "embedded-hello") == ["Pending", "Running", "Completed"]
-    assert not (tmp_path / "server.json").exists()  # stopped cleanly at exit
     assert "Traceback" not in result.stderr  # nothing failed while it stopped
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -73,76 +71,54 @@ def test_the_embedded_default_needs_no_server(tmp_path):
     assert listed.returncode == 0 and "embedded-hello" in listed.stdout
 
 
-def test_a_second_process_on_the_same_home_shares_the_first_ones_server(tmp_path):
+WAITING_FLOW = """
+import sys
+from stateward import flow
+
+@flow(name=%r)
+def waiting():
+    print("started", flush=True)
+    sys.stdin.readline()  # until the test says go on
+    return 1
+
+print(waiting(), flush=True)
+"""
+
+
+def test_scripts_the_cli_and_a_server_share_one_home_and_any_may_exit(tmp_path):
+    """Two flow scripts, the CLI and a server on one home at once; the first script exits while
+    the second runs, then the server stops: everything completes."""
     env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path)}
-    first = spawn(
-        """
-        import sys
-        from stateward import flow
-
-        @flow(name="long-first")
-        def first():
-            print("started", flush=True)
-            sys.stdin.readline()  # until the second process is done
-            return 1
-
-        print(first(), flush=True)
-        """,
-        env=env,
-    )
-    assert first.stdout is not None
-    assert first.stdout.readline() == "started\n"
-    second = python(
-        """
-        from stateward import flow
-
-        @flow(name="quick-second")
-        def second():
-            return 2
-
-        print(second())
-        """,
-        env=env,
-    )
-    assert second.returncode == 0, second.stderr
-    assert "sharing the Stateward server of process" in second.stderr
-    _out, err = first.communicate("go on\n", timeout=30)
-    assert first.returncode == 0, err
-    db = tmp_path / "stateward.db"
-    assert states_in(db, "quick-second") == ["Pending", "Running", "Completed"]
-    assert states_in(db, "long-first") == ["Pending", "Running", "Completed"]
-
-
-def test_a_home_in_use_by_an_unreachable_process_is_a_clear_error(tmp_path):
-    (tmp_path / "server.json").write_text(json.dumps({"address": "127.0.0.1:9", "pid": 1}))
-    holder = spawn(
-        f"""
-        import fcntl, time
-        lock = open({str(tmp_path / "stateward.db.lock")!r}, "a+")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        print("locked", flush=True)
-        time.sleep(30)
-        """
-    )
+    server = ServerProcess(tmp_path / "stateward.db", log_path=tmp_path / "server.log").start()
+    first = spawn(WAITING_FLOW % "first-script", env=env)
+    second = spawn(WAITING_FLOW % "second-script", env=env)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        result = python(
-            """
-            from stateward import flow
-
-            @flow
-            def f():
-                return 1
-
-            f()
-            """,
-            env={**EMBEDDED, "STATEWARD_HOME": str(tmp_path)},
+        for script in (first, second):
+            assert script.stdout is not None and script.stdout.readline() == "started\n"
+        listed = subprocess.run(
+            [sys.executable, "-m", "stateward", "flow-run", "ls", "--state", "RUNNING"],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in {**os.environ, **env}.items() if v},
+            cwd=ROOT,
+            timeout=60,
         )
+        assert listed.returncode == 0, listed.stderr
+        assert "first-script" in listed.stdout and "second-script" in listed.stdout
+        _out, err = first.communicate("go on\n", timeout=30)
+        assert first.returncode == 0, err
+        assert server.stop() == 0
+        _out, err = second.communicate("go on\n", timeout=30)
+        assert second.returncode == 0, err
     finally:
-        holder.kill()
-    assert result.returncode != 0
-    assert "is in use by process 1" in result.stderr and "does not answer" in result.stderr
-    assert "STATEWARD_API_URL" in result.stderr
+        for script in (first, second):
+            if script.poll() is None:
+                script.kill()
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+    db = tmp_path / "stateward.db"
+    assert states_in(db, "first-script") == ["Pending", "Running", "Completed"]
+    assert states_in(db, "second-script") == ["Pending", "Running", "Completed"]
 
 
 CACHED_PROGRAM = """

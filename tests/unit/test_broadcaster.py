@@ -15,7 +15,7 @@ from stateward.states import ResultData, State, StateType
 from stateward_service.broadcaster import StreamClosed, TransitionBroadcaster, TransitionFilter
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import Store, StoreReader
+from stateward_service.store.sqlite import Store, StoreReader
 
 
 def encode(transition) -> bytes:

@@ -14,8 +14,8 @@ module of `stateward` (generated code aside) and `stateward_service`, those insi
 | broadcaster, loops, names, |                                                               |
 | settings                   |                                                               |
 | stateward_service.* but    | of the store only the values and errors of the orchestrator's |
-| orchestrator and server    | signatures (RunFilter, BadPageToken, DatabaseInUse,           |
-|                            | DatabaseRefused): the orchestrator is the only door to it     |
+| orchestrator and replica   | signatures and errors (RunFilter, BadPageToken, ...): the     |
+|                            | orchestrator is the only door to it                           |
 | stateward_service.*        | of the SDK, only stateward.states, .runs, .wire, .exceptions, |
 |                            | .settings and the generated stateward.v1: no stateward._*,    |
 |                            | no engine, no client                                          |
@@ -85,17 +85,23 @@ DOMAIN = (
     "stateward_service.orchestrator",
     "stateward_service.broadcaster",
     "stateward_service.loops",
+    "stateward_service.follower",
+    "stateward_service.leadership",
     "stateward_service.names",
     "stateward_service.settings",
 )
-# Who may open the store (the orchestrator, and the assembly that hands it the store), and what
+# Who may open the store (the orchestrator, and the replica that hands it the store), and what
 # the others may take from it: values of the orchestrator's own signatures and errors.
-STORE_OPENERS = ("stateward_service.orchestrator", "stateward_service.server")
+STORE_OPENERS = ("stateward_service.orchestrator", "stateward_service.replica")
 STORE_VALUES = (
     "stateward_service.store.RunFilter",
     "stateward_service.store.BadPageToken",
-    "stateward_service.store.DatabaseInUse",
     "stateward_service.store.DatabaseRefused",
+    "stateward_service.store.DatabaseUnavailable",
+    "stateward_service.store.WriteConflict",
+    "stateward_service.store.ChangeSignal",
+    "stateward_service.store.LeaderLock",
+    "stateward_service.store.StorageUnavailable",
 )
 
 

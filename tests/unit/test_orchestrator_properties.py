@@ -16,7 +16,7 @@ from stateward.runs import RetryPolicy, RunKind, SetStateStatus, Transition
 from stateward.states import TERMINAL_TYPES, ResultData, State, StateDetails, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import Store, StoreReader
+from stateward_service.store.sqlite import Store, StoreReader
 
 NAMES = {StateType.SCHEDULED: ["", "Late", "AwaitingRetry"], StateType.PAUSED: ["", "NotReady"]}
 

@@ -24,7 +24,7 @@ def test_every_setting_declares_its_environment_variable_and_help():
 
 def test_environment_variables_override_defaults_and_flags_override_both(monkeypatch, tmp_path):
     monkeypatch.setenv("STATEWARD_HOME", str(tmp_path))
-    assert ServerSettings.from_environment().db == tmp_path / "stateward.db"
+    assert ServerSettings.from_environment().db == str(tmp_path / "stateward.db")
     monkeypatch.setenv("STATEWARD_LATE_AFTER_SECONDS", "2.5")
     monkeypatch.setenv("STATEWARD_PORT", "9999")
     monkeypatch.setenv("STATEWARD_DB", "~/x.db")
@@ -32,9 +32,19 @@ def test_environment_variables_override_defaults_and_flags_override_both(monkeyp
     settings = ServerSettings.from_environment(port="1234", cancelling_timeout_seconds=None)
     assert settings.late_after_seconds == 2.5
     assert settings.port == 1234
-    assert settings.db == Path("~/x.db").expanduser()
+    assert settings.db == str(Path("~/x.db").expanduser())
     assert settings.cancelling_timeout_seconds == 300.0
     assert settings.slot_wait_seconds == 1.0
+
+
+def test_a_postgres_url_is_the_database_as_given(monkeypatch):
+    url = "postgresql://user:secret@db.internal:5432/stateward"
+    assert ServerSettings.from_environment(db=url).database == url
+    monkeypatch.setenv("STATEWARD_DATABASE_URL", url)
+    assert ServerSettings.from_environment(db="/tmp/x.db").database == url
+    monkeypatch.setenv("STATEWARD_DATABASE_URL", "/tmp/x.db")
+    with pytest.raises(SettingError, match=r"STATEWARD_DATABASE_URL=/tmp/x\.db is not allowed"):
+        ServerSettings.from_environment()
 
 
 def test_enumerations_accept_their_values_in_any_case_and_nothing_else():

@@ -1,4 +1,4 @@
-"""The SQLite store on real files: migrations, atomic writes, the single-writer lock."""
+"""The SQLite store on real files: migrations, atomic writes, several connections on one file."""
 
 from __future__ import annotations
 
@@ -7,14 +7,22 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import sqlite_utils
 
-from stateward.runs import RunKind, Transition
+from stateward.runs import RunKind, SetStateStatus, Transition
 from stateward.states import State, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import SCHEMA_VERSION, DatabaseInUse, DatabaseRefused, Store, migrate
+from stateward_service.store import (
+    SCHEMA_VERSION,
+    DatabaseRefused,
+    SchemaTooNew,
+    Store,
+    migrate,
+    open_database,
+)
 
 
 def flow_run(**fields) -> RunRecord:
@@ -69,12 +77,57 @@ def test_a_newer_database_is_refused(tmp_path):
         Store(path)
 
 
-def test_one_store_per_database(tmp_path):
-    store = Store(tmp_path / "one.db")
-    with pytest.raises(DatabaseInUse, match="in use by another Stateward server"):
-        Store(tmp_path / "one.db")
+def test_a_newer_postgres_database_is_refused(postgres_databases):
+    url = postgres_databases.create()
+    open_database(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = version + 1")
+    with pytest.raises(SchemaTooNew, match="newer than this Stateward"):
+        open_database(url)
+
+
+def test_orchestrators_on_two_connections_decide_against_what_the_other_wrote(database):
+    one, other = Orchestrator(open_database(database)), Orchestrator(open_database(database))
+    run = one.create_run(flow_run(), State(StateType.PENDING))
+    pending = other.get_run(run.id).state  # now in the second orchestrator's cache
+    assert pending is not None and pending.type is StateType.PENDING
+    one.set_state(run.id, State(StateType.RUNNING))
+    assert other.get_run(run.id).state.type is StateType.RUNNING  # type: ignore[union-attr]
+    # A compare-and-set against the state it saw first loses to the other's write.
+    outcome = other.set_state(run.id, State(StateType.COMPLETED), expected_state_id=pending.id)
+    assert outcome.status is SetStateStatus.ABORT and outcome.state.type is StateType.RUNNING  # type: ignore[union-attr]
+    # And the sequence of each write follows the other's, in commit order.
+    assert other.set_state(run.id, State(StateType.COMPLETED)).written
+    assert one.get_run(run.id).state.type is StateType.COMPLETED  # type: ignore[union-attr]
+    logged, _, newest = one.read_log(0, 10)
+    assert [t.sequence for t in logged] == [1, 2, 3] and newest == 3
+    one.close()
+    other.close()
+
+
+def test_one_leader_at_a_time_and_the_next_takes_over(database):
+    first, second = open_database(database), open_database(database)
+    leader, follower = first.leader_lock(), second.leader_lock()
+    assert leader.try_acquire() and leader.held()
+    assert not follower.try_acquire()
+    leader.release()
+    assert follower.try_acquire() and not leader.try_acquire()
+    follower.release()
+    first.close()
+    second.close()
+
+
+def test_the_change_signal_wakes_for_another_connections_commit(database):
+    store, writer = open_database(database), open_database(database)
+    signal = store.change_signal()
+    signal.wait(0.001)  # a first wait may say True (a fresh connection: read the log once)
+    assert not signal.wait(0.01)
+    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))
+    assert signal.wait(2.0)
+    assert not signal.wait(0.01)
+    signal.close()
     store.close()
-    Store(tmp_path / "one.db").close()  # free again once closed
+    writer.close()
 
 
 def test_a_state_its_run_and_its_log_entry_commit_together(tmp_path):

@@ -1,0 +1,136 @@
+"""The log follower: feeds this process's broadcaster with every transition of the shared log, in
+sequence order, whichever process wrote it.
+
+This process's own commits are offered directly (no database read) when they follow the last
+published sequence. Anything else (another process's commits, or a local batch that overtook one)
+is read from the log by `sequence > cursor` on a thread of its own, woken by the backend's change
+signal (SQLite's `data_version`, PostgreSQL's LISTEN/NOTIFY) and by a backstop timer: the signal
+is only a wake-up, the log is the truth, so a lost signal delays a transition, never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from stateward.runs import Transition
+from stateward_service.store import ChangeSignal
+
+log = logging.getLogger("stateward.follower")
+
+Listener = Callable[[Sequence[Transition]], None]
+
+
+class LogSource(Protocol):
+    """Where the log is read (the orchestrator)."""
+
+    def read_log(self, after: int, limit: int) -> tuple[list[Transition], int, int]: ...
+
+
+class LogFollower:
+    """Publishes the log's transitions to its listeners exactly once each, in sequence order."""
+
+    def __init__(
+        self,
+        source: LogSource,
+        signal: ChangeSignal,
+        cursor: int,
+        *,
+        batch: int = 500,
+        backstop_seconds: float = 1.0,
+        signal_timeout: float = 0.005,
+    ) -> None:
+        self.source = source
+        self.signal = signal
+        self.batch = batch
+        self.backstop_seconds = backstop_seconds
+        self.signal_timeout = signal_timeout
+        self._cursor = cursor  # the last sequence published
+        self._lock = threading.Lock()  # orders publications from the writers and the thread
+        self._listeners: list[Listener] = []
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failing = False  # the last read failed (the database is unreachable)
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` with each batch of transitions, in sequence order; it must be quick."""
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="stateward-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.signal.close()
+
+    def offer(self, transitions: Sequence[Transition]) -> None:
+        """This process committed these: publish them now if they follow the cursor, else let
+        the thread read the log up to them."""
+        if not transitions:
+            return
+        with self._lock:
+            if transitions[0].sequence == self._cursor + 1:
+                self._publish(transitions)
+                return
+        self._wake.set()
+
+    def catch_up(self) -> None:
+        """Read and publish everything committed after the cursor."""
+        while True:
+            after = self._cursor
+            rows, _, _ = self.source.read_log(after, self.batch)
+            with self._lock:
+                fresh = [row for row in rows if row.sequence > self._cursor]
+                if fresh:
+                    self._publish(fresh)
+            if len(rows) < self.batch:
+                return
+
+    def _publish(self, transitions: Sequence[Transition]) -> None:
+        self._cursor = transitions[-1].sequence
+        for listener in self._listeners:
+            try:
+                listener(transitions)
+            except Exception:
+                log.exception("a listener of the transitions log failed")
+
+    def _run(self) -> None:
+        last_read = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                woken = self.signal.wait(self.signal_timeout)
+            except Exception as error:
+                log.warning("the change signal failed (%s); reading the log on a timer", error)
+                woken = False
+                self._stopping.wait(self.backstop_seconds)
+            if self._wake.is_set():
+                self._wake.clear()
+                woken = True
+            if not woken and time.monotonic() - last_read < self.backstop_seconds:
+                continue
+            try:
+                self.catch_up()
+            except Exception as error:
+                if not self.failing:
+                    log.warning("cannot read the transitions log: %s", error)
+                self.failing = True
+                self._stopping.wait(min(self.backstop_seconds, 0.5))
+            else:
+                self.failing = False
+            last_read = time.monotonic()
+
+
+__all__ = ["LogFollower"]

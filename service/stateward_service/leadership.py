@@ -1,0 +1,59 @@
+"""The loops run in one process at a time: the one holding the database's leader lock. The
+others try to take it every second or so, so that one of them takes over within a few seconds
+when the leader exits or dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from stateward_service.loops import ServerLoops
+from stateward_service.store import LeaderLock
+
+log = logging.getLogger("stateward.leadership")
+
+
+class LoopsLeadership:
+    """Runs `loops` in this process while it holds `lock`."""
+
+    def __init__(self, lock: LeaderLock, loops: ServerLoops, retry_seconds: float = 1.0) -> None:
+        self.lock = lock
+        self.loops = loops
+        self.retry_seconds = retry_seconds
+        self.leading = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start competing for the lock (inside a running event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._lead())
+
+    async def stop(self) -> None:
+        """Stop the loops, if they run here, and give the lock up."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.leading:
+            await self.loops.stop()
+            self.leading = False
+        self.lock.release()
+
+    async def _lead(self) -> None:
+        while True:
+            try:
+                if not self.leading and self.lock.try_acquire():
+                    self.leading = True
+                    log.info("this process leads: it runs the loops")
+                    self.loops.start()
+                elif self.leading and not self.lock.held():
+                    log.warning("this process lost the leader lock: its loops stop")
+                    self.leading = False
+                    await self.loops.stop()
+            except Exception as error:  # an unreachable database: try again later
+                log.warning("cannot take the leader lock: %s", error)
+            await asyncio.sleep(self.retry_seconds)
+
+
+__all__ = ["LoopsLeadership"]

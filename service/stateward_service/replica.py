@@ -1,0 +1,81 @@
+"""One orchestrating process on a shared database: the orchestrator on its own connection, the
+log follower feeding the broadcaster, the gRPC API's methods, and the loops, run here only while
+this process holds the leader lock. A server replica serves it over gRPC; an SDK process on the
+embedded default calls it in-process. Any number of replicas share one database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stateward import wire
+from stateward.runs import Transition
+from stateward.v1 import orchestration_pb2
+from stateward_service.broadcaster import TransitionBroadcaster
+from stateward_service.follower import LogFollower
+from stateward_service.grpc_api import OrchestrationService
+from stateward_service.leadership import LoopsLeadership
+from stateward_service.loops import ServerLoops
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.rules.policies import Policies
+from stateward_service.settings import ServerSettings
+from stateward_service.store import open_database
+
+log = logging.getLogger("stateward.replica")
+
+
+def encode_transition(transition: Transition) -> bytes:
+    """The bytes of one WatchTransitions message."""
+    response = orchestration_pb2.WatchTransitionsResponse(
+        transition=wire.transition_to_proto(transition)
+    )
+    return response.SerializeToString()
+
+
+class Replica:
+    """Call `start()` inside a running event loop (the broadcaster's subscribers and the loops
+    run on it), then `stop()` on the same loop."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        store = open_database(
+            settings.database,
+            synchronous=settings.sqlite_synchronous,
+            quick_check=settings.quick_check,
+        )
+        self.orchestrator = Orchestrator(store, Policies.default(settings.slot_wait_seconds))
+        last = self.orchestrator.last_sequence()
+        self.broadcaster = TransitionBroadcaster(
+            self.orchestrator, encode_transition, last, capacity=settings.stream_buffer
+        )
+        # The gRPC API; the SDK's embedded transport calls its unary methods in-process.
+        self.api = OrchestrationService(self.orchestrator, self.broadcaster)
+        self.follower = LogFollower(self.orchestrator, self.orchestrator.change_signal(), last)
+        self.follower.subscribe(self.broadcaster.publish)
+        self.orchestrator.subscribe(self.follower.offer)
+        self.loops = ServerLoops(self.orchestrator, settings)
+        self.leadership = LoopsLeadership(self.orchestrator.leader_lock(), self.loops)
+
+    async def start(self) -> None:
+        self.broadcaster.bind(asyncio.get_running_loop())
+        freed = await asyncio.to_thread(self.orchestrator.release_stale_slots)
+        if freed:
+            log.warning("released %d concurrency slot(s) of runs no longer running", freed)
+        self.follower.start()
+        self.leadership.start()
+
+    async def close_streams(self) -> None:
+        """End every subscription (they resume elsewhere from their cursor)."""
+        await self.broadcaster.close()
+
+    async def stop(self) -> None:
+        """Stop the loops (handing the leader lock over), the follower, and close the store."""
+        try:
+            await self.broadcaster.close()
+            await self.leadership.stop()
+        finally:
+            self.follower.stop()
+            self.orchestrator.close()
+
+
+__all__ = ["Replica", "encode_transition"]

@@ -1,0 +1,95 @@
+"""Reads beside a replica's writing connection, from a connection pool: each snapshot is one
+REPEATABLE READ, READ ONLY transaction, which holds a prefix of the log's sequences (they
+commit in order)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from stateward.runs import Transition
+from stateward_service.store.interface import DatabaseUnavailable
+from stateward_service.store.postgres.coordination import allow_nul_in_text, connection_options
+from stateward_service.store.sql import SqlReads
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+class PostgresReads(SqlReads):
+    """PostgreSQL's spelling of the shared reads."""
+
+    LISTING_ORDER = "position"
+    TAG_VALUES = "jsonb_array_elements_text(r.tags::jsonb) AS t(value)"
+    LAST_SEQUENCE = "SELECT last FROM log_counter"
+
+
+class _Qmark:
+    """A pooled connection that takes `?` placeholders."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
+        return self.conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(params))
+
+
+class _Snapshot(PostgresReads):
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self.conn = _Qmark(conn)
+
+
+class PostgresReader:
+    """Safe to call from any thread; the pool opens connections as they are needed."""
+
+    def __init__(self, url: str, max_connections: int = 8) -> None:
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs=connection_options(),
+            configure=allow_nul_in_text,
+            open=True,
+            name="stateward-reads",
+        )
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqlReads]:
+        """The read queries, all seeing the database as it was when the first one ran. Raises
+        DatabaseUnavailable when the database cannot be reached."""
+        try:
+            with self.pool.connection(timeout=10) as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield _Snapshot(conn)
+        except (psycopg.OperationalError, TimeoutError) as error:
+            raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
+
+    def read_log(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        with self.snapshot() as db:
+            return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
+
+    def ping(self) -> bool:
+        """Whether the database answers now."""
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+__all__ = ["PostgresReader", "PostgresReads"]

@@ -1,0 +1,154 @@
+"""Row encoding shared by the backends: times as integer microseconds since the epoch, details,
+tags and retry delays as JSON text, a state as the columns of the `states` table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stateward.runs import RetryPolicy, RunKind
+from stateward.states import ResultData, State, StateDetails, StateType
+from stateward_service.model import RunRecord
+
+STATE_COLUMNS = "id, type, name, timestamp, message, details, result_json, result_pickle"
+STATE_WIDTH = len(STATE_COLUMNS.split(","))
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_us(value: datetime | None) -> int | None:
+    """A datetime as integer microseconds since the epoch (how the store keeps times)."""
+    return None if value is None else (value - EPOCH) // _US
+
+
+def from_us(value: int | None) -> datetime | None:
+    return None if value is None else EPOCH + timedelta(microseconds=value)
+
+
+def table(kind: RunKind) -> str:
+    return "flow_runs" if kind is RunKind.FLOW_RUN else "task_runs"
+
+
+def _prefix_state_columns(alias: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in STATE_COLUMNS.split(","))
+
+
+_PREFIXED = {alias: _prefix_state_columns(alias) for alias in ("s", "a", "b")}
+
+
+def prefixed_state_columns(alias: str) -> str:
+    return _PREFIXED[alias]
+
+
+def run_row(run: RunRecord) -> dict[str, Any]:
+    """Every column of a run's row."""
+    state = run.state
+    row: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "parameters": run.parameters,
+        "tags": json.dumps(list(run.tags)),
+        "retries": run.retry_policy.retries,
+        "retry_delays": json.dumps(list(run.retry_policy.retry_delay_seconds)),
+        "retry_jitter": run.retry_policy.retry_jitter_factor,
+        "state_id": state.id if state else None,
+        "state_type": int(state.type) if state else None,
+        "state_name": state.name if state else None,
+        "run_count": run.run_count,
+        "start_time": to_us(run.start_time),
+        "end_time": to_us(run.end_time),
+        "total_run_time": run.total_run_time,
+        "expected_start_time": to_us(run.expected_start_time),
+        "next_scheduled_start_time": to_us(run.next_scheduled_start_time),
+        "lease_expires": to_us(run.lease_expires),
+        "created": to_us(run.created),
+    }
+    if run.kind is RunKind.FLOW_RUN:
+        row["flow_name"] = run.flow_name
+        row["parent_task_run_id"] = run.parent_task_run_id or None
+        row["pause_keys"] = json.dumps(sorted(run.pause_keys))
+    else:
+        row["task_key"] = run.task_key
+        row["flow_run_id"] = run.flow_run_id or None
+        row["child_flow_run_id"] = run.child_flow_run_id or None
+    return row
+
+
+def run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunRecord:
+    names = [column[0] for column in description]
+    width = STATE_WIDTH
+    fields = dict(zip(names[:-width], row[:-width], strict=True))
+    state_row = row[-width:]
+    return RunRecord(
+        kind=kind,
+        id=fields["id"],
+        name=fields["name"],
+        created=from_us(fields["created"]) or EPOCH,
+        flow_name=fields.get("flow_name") or "",
+        task_key=fields.get("task_key") or "",
+        flow_run_id=fields.get("flow_run_id") or "",
+        parent_task_run_id=fields.get("parent_task_run_id") or "",
+        child_flow_run_id=fields.get("child_flow_run_id") or "",
+        parameters=fields["parameters"],
+        tags=tuple(json.loads(fields["tags"])),
+        retry_policy=RetryPolicy(
+            retries=fields["retries"] or 0,
+            retry_delay_seconds=tuple(json.loads(fields["retry_delays"] or "[]")),
+            retry_jitter_factor=fields["retry_jitter"] or 0.0,
+        ),
+        state=state_from_row(state_row) if state_row[0] is not None else None,
+        run_count=fields["run_count"],
+        start_time=from_us(fields["start_time"]),
+        end_time=from_us(fields["end_time"]),
+        total_run_time=fields["total_run_time"],
+        expected_start_time=from_us(fields["expected_start_time"]),
+        next_scheduled_start_time=from_us(fields["next_scheduled_start_time"]),
+        pause_keys=frozenset(json.loads(fields.get("pause_keys") or "[]")),
+        lease_expires=from_us(fields["lease_expires"]),
+    )
+
+
+_DETAIL_TIMES = ("scheduled_time", "cache_expiration", "pause_timeout")
+_DEFAULT_DETAILS = StateDetails()
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def details_json(details: StateDetails) -> str:
+    """The details that differ from their defaults, as JSON (times in microseconds)."""
+    out: dict[str, Any] = {}
+    for name in StateDetails.__slots__:
+        value = getattr(details, name)
+        if value:  # every default is falsy ("", None, False)
+            out[name] = to_us(value) if name in _DETAIL_TIMES else value
+    return _encode_json(out) if out else "{}"
+
+
+def details_from_json(text: str) -> StateDetails:
+    if text == "{}":
+        return _DEFAULT_DETAILS
+    values = json.loads(text)
+    for name in _DETAIL_TIMES:
+        if name in values:
+            values[name] = from_us(values[name])
+    return StateDetails(**values)
+
+
+def state_from_row(row: Sequence[Any]) -> State:
+    state_id, type_, name, timestamp, message, details, result_json, result_pickle = row
+    data = None
+    if result_json is not None:
+        data = ResultData(json=result_json)
+    elif result_pickle is not None:
+        data = ResultData(pickle=result_pickle)
+    return State(
+        type=StateType(type_),
+        name=name,
+        message=message,
+        timestamp=from_us(timestamp),
+        id=state_id,
+        details=details_from_json(details),
+        data=data,
+    )

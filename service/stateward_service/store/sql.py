@@ -1,0 +1,490 @@
+"""The SQL both backends share: runs, states, the cache, concurrency limits and what the loops
+look for, written once with `?` placeholders (the PostgreSQL connection translates them). Each
+backend adds its connection, its transactions, its log sequence and its few dialect statements.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
+from stateward.states import TERMINAL_TYPES, State, StateType
+from stateward_service.model import RunRecord
+from stateward_service.store.interface import RunFilter
+from stateward_service.store.pages import (
+    PAGE_BYTES,
+    STATES,
+    decode_page_token,
+    digest,
+    encode_page_token,
+    page,
+)
+from stateward_service.store.rows import (
+    EPOCH,
+    STATE_COLUMNS,
+    STATE_WIDTH,
+    details_json,
+    from_us,
+    prefixed_state_columns,
+    run_from_row,
+    run_row,
+    state_from_row,
+    table,
+    to_us,
+)
+
+
+class SqlReads:
+    """The queries that only read: a store runs them on its writing connection, a reader on a
+    read-only connection inside a snapshot. `self.conn` is anything with a DB-API
+    `execute(sql, params)` taking `?` placeholders."""
+
+    conn: Any
+    # The column that orders run listings (newest first) and that page tokens hold.
+    LISTING_ORDER = "rowid"
+    # The run's JSON list of tags as a table with a `value` column.
+    TAG_VALUES = "json_each(r.tags)"
+    # The newest sequence ever handed out (0 for a new database).
+    LAST_SEQUENCE = "SELECT seq FROM sqlite_sequence WHERE name = 'transitions'"
+
+    def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
+        """The run with its current state, or None."""
+        kinds = (kind,) if kind is not None else (RunKind.FLOW_RUN, RunKind.TASK_RUN)
+        for candidate in kinds:
+            cursor = self.conn.execute(
+                f"""SELECT r.*, {prefixed_state_columns("s")} FROM {table(candidate)} r
+                    LEFT JOIN states s ON s.id = r.state_id WHERE r.id = ?""",
+                (run_id,),
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                return run_from_row(candidate, cursor.description, row)
+        return None
+
+    def list_runs(
+        self,
+        kind: RunKind,
+        where: RunFilter,
+        page_size: int,
+        page_token: str,
+        budget: int = PAGE_BYTES,
+    ) -> tuple[list[RunRecord], str]:
+        """A page of runs, newest first, and the token of the next page ("" at the end). The
+        page ends after `page_size` runs, or before the run that would take it past `budget`
+        bytes (it holds one run at least)."""
+        fingerprint = where.fingerprint()
+        clauses: list[str] = []
+        params: list[Any] = []
+        if page_token:
+            clauses.append(f"r.{self.LISTING_ORDER} < ?")
+            params.append(decode_page_token(page_token, int(kind), fingerprint))
+        name_column = "flow_name" if kind is RunKind.FLOW_RUN else "task_key"
+        for column, values in (
+            (name_column, where.names),
+            ("id", where.ids),
+            ("state_type", where.state_types),
+        ):
+            if values:
+                clauses.append(f"r.{column} IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
+        if where.flow_run_ids and kind is RunKind.TASK_RUN:
+            clauses.append(f"r.flow_run_id IN ({', '.join('?' for _ in where.flow_run_ids)})")
+            params.extend(where.flow_run_ids)
+        if where.tags:
+            # One clause for every tag (a clause per tag nests too deep for SQLite's parser at
+            # a thousand): the run holds as many of the wanted tags as there are.
+            wanted = tuple(dict.fromkeys(where.tags))
+            clauses.append(
+                f"(SELECT count(DISTINCT value) FROM {self.TAG_VALUES} "
+                f"WHERE value IN ({', '.join('?' for _ in wanted)})) = ?"
+            )
+            params.extend((*wanted, len(wanted)))
+        if where.created_after is not None:
+            clauses.append("r.created >= ?")
+            params.append(to_us(where.created_after))
+        if where.created_before is not None:
+            clauses.append("r.created < ?")
+            params.append(to_us(where.created_before))
+        sql = f"""SELECT r.{self.LISTING_ORDER} AS _order, r.*, {prefixed_state_columns("s")}
+                  FROM {table(kind)} r LEFT JOIN states s ON s.id = r.state_id"""
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY r.{self.LISTING_ORDER} DESC LIMIT ?"
+        params.append(page_size + 1)
+        cursor = self.conn.execute(sql, params)
+        description = cursor.description[1:]
+        rows, more = page(cursor, page_size, budget)
+        runs = [run_from_row(kind, description, row[1:]) for row in rows]
+        next_token = encode_page_token(rows[-1][0], int(kind), fingerprint) if more else ""
+        return runs, next_token
+
+    def page_of_states(
+        self, run_id: str, page_size: int, page_token: str, budget: int = PAGE_BYTES
+    ) -> tuple[list[State], str]:
+        """A page of a run's states, oldest first, and the token of the next page ("" at the
+        end): at most `page_size` states, stopping before the state that would take the page
+        past `budget` bytes (one state at least)."""
+        fingerprint = digest(run_id)
+        after = decode_page_token(page_token, STATES, fingerprint) if page_token else -(2**63)
+        cursor = self.conn.execute(
+            f"""SELECT timestamp, {STATE_COLUMNS} FROM states
+                WHERE run_id = ? AND timestamp > ? ORDER BY timestamp LIMIT ?""",
+            (run_id, after, page_size + 1),
+        )
+        rows, more = page(cursor, page_size, budget)
+        states = [state_from_row(row[1:]) for row in rows]
+        next_token = encode_page_token(rows[-1][0], STATES, fingerprint) if more else ""
+        return states, next_token
+
+    def list_states(self, run_id: str) -> list[State]:
+        rows = self.conn.execute(
+            f"SELECT {STATE_COLUMNS} FROM states WHERE run_id = ? ORDER BY timestamp",
+            (run_id,),
+        ).fetchall()
+        return [state_from_row(row) for row in rows]
+
+    def last_sequence(self) -> int:
+        row = self.conn.execute(self.LAST_SEQUENCE).fetchone()
+        return int(row[0]) if row else 0
+
+    def read_log(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        """Matching transitions above `after` (at most `limit`), with the log's oldest and newest
+        sequences (0 and 0 when the log is empty). When fewer than `limit` come back, everything
+        up to the newest was read (in a snapshot: see the readers)."""
+        oldest, newest = self.conn.execute(
+            "SELECT coalesce(min(sequence), 0), coalesce(max(sequence), 0) FROM transitions"
+        ).fetchone()
+        rows = read_transitions(self.conn, after, limit, run_ids, flow_run_ids, state_types)
+        return rows, int(oldest), int(newest)
+
+    # --- what the server's loops look for -------------------------------------------------------
+
+    def runs_in_state(
+        self, kind: RunKind, state_type: StateType, name: str | None = None
+    ) -> list[tuple[str, State]]:
+        """(run id, current state) of the runs whose current state has this type (and name)."""
+        sql = f"""SELECT r.id, {prefixed_state_columns("s")} FROM {table(kind)} r
+                  JOIN states s ON s.id = r.state_id WHERE r.state_type = ?"""
+        params: list[Any] = [int(state_type)]
+        if name is not None:
+            sql += " AND r.state_name = ?"
+            params.append(name)
+        return [(row[0], state_from_row(row[1:])) for row in self.conn.execute(sql, params)]
+
+    def unfinished_children(self, flow_run_id: str) -> list[tuple[RunKind, str]]:
+        """The task runs and subflows of a flow run that are not in a terminal state."""
+        terminal = tuple(int(t) for t in TERMINAL_TYPES)
+        marks = ", ".join("?" for _ in terminal)
+        rows = self.conn.execute(
+            f"""SELECT 2, id FROM task_runs WHERE flow_run_id = ?
+                  AND (state_type IS NULL OR state_type NOT IN ({marks}))
+                UNION ALL
+                SELECT 1, f.id FROM flow_runs f JOIN task_runs t ON t.id = f.parent_task_run_id
+                WHERE t.flow_run_id = ?
+                  AND (f.state_type IS NULL OR f.state_type NOT IN ({marks}))""",
+            (flow_run_id, *terminal, flow_run_id, *terminal),
+        ).fetchall()
+        return [(RunKind(kind), run_id) for kind, run_id in rows]
+
+    def flow_runs_cancelled_with_unfinished_children(self) -> list[str]:
+        terminal = tuple(int(t) for t in TERMINAL_TYPES)
+        marks = ", ".join("?" for _ in terminal)
+        rows = self.conn.execute(
+            f"""SELECT DISTINCT f.id FROM flow_runs f WHERE f.state_type = ? AND (
+                  EXISTS (SELECT 1 FROM task_runs t WHERE t.flow_run_id = f.id
+                          AND (t.state_type IS NULL OR t.state_type NOT IN ({marks})))
+                  OR EXISTS (SELECT 1 FROM task_runs t
+                          JOIN flow_runs c ON c.parent_task_run_id = t.id
+                          WHERE t.flow_run_id = f.id
+                          AND (c.state_type IS NULL OR c.state_type NOT IN ({marks}))))""",
+            (int(StateType.CANCELLED), *terminal, *terminal),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def list_logs(self, kind: RunKind, run_id: str, after_id: int, limit: int) -> list[LogEntry]:
+        """A flow run's log lines (its task runs' too) or a task run's, after `after_id`."""
+        column = "flow_run_id" if kind is RunKind.FLOW_RUN else "task_run_id"
+        rows = self.conn.execute(
+            f"""SELECT id, flow_run_id, task_run_id, timestamp, level, logger, message
+                FROM run_logs WHERE {column} = ? AND id > ? ORDER BY id LIMIT ?""",
+            (run_id, after_id, limit),
+        ).fetchall()
+        return [
+            LogEntry(
+                flow_run_id=flow_run_id,
+                task_run_id=task_run_id,
+                timestamp=from_us(timestamp) or EPOCH,
+                level=level,
+                logger=logger,
+                message=message,
+                id=entry_id,
+            )
+            for entry_id, flow_run_id, task_run_id, timestamp, level, logger, message in rows
+        ]
+
+    def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
+        """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
+        found: list[tuple[RunKind, str]] = []
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            rows = self.conn.execute(
+                f"""SELECT id FROM {table(kind)} WHERE state_type IN (?, ?)
+                    AND lease_expires IS NOT NULL AND lease_expires < ?""",
+                (int(StateType.RUNNING), int(StateType.CANCELLING), to_us(before)),
+            ).fetchall()
+            found.extend((kind, row[0]) for row in rows)
+        return found
+
+
+class SqlStore(SqlReads):
+    """The writing statements common to the backends, and the reads on the same connection."""
+
+    def lock_limits(self, tags: Sequence[str]) -> None:
+        """Inside a transaction: hold the limits on `tags` until it ends (no-op where the
+        transaction holds the whole database)."""
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def run_exists(self, run_id: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM flow_runs WHERE id = ? UNION ALL SELECT 1 FROM task_runs WHERE id = ?",
+            (run_id, run_id),
+        ).fetchone()
+        return row is not None
+
+    def insert_run(self, run: RunRecord) -> None:
+        row = run_row(run)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.conn.execute(
+            f"INSERT INTO {table(run.kind)} ({columns}) VALUES ({marks})", tuple(row.values())
+        )
+
+    def update_run(self, run: RunRecord) -> None:
+        """Write the run's mutable fields (state, bookkeeping, pause keys, lease)."""
+        state = run.state
+        values: tuple[object, ...] = (
+            state.id if state else None,
+            int(state.type) if state else None,
+            state.name if state else None,
+            run.run_count,
+            to_us(run.start_time),
+            to_us(run.end_time),
+            run.total_run_time,
+            to_us(run.expected_start_time),
+            to_us(run.next_scheduled_start_time),
+            to_us(run.lease_expires),
+        )
+        columns = """state_id = ?, state_type = ?, state_name = ?, run_count = ?, start_time = ?,
+            end_time = ?, total_run_time = ?, expected_start_time = ?,
+            next_scheduled_start_time = ?, lease_expires = ?"""
+        if run.kind is RunKind.FLOW_RUN:
+            columns += ", pause_keys = ?"
+            values += (json.dumps(sorted(run.pause_keys)),)
+        self.conn.execute(f"UPDATE {table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id))
+
+    def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
+        """Record on a task run that it stands for the subflow `flow_run_id`."""
+        self.conn.execute(
+            "UPDATE task_runs SET child_flow_run_id = ? WHERE id = ?", (flow_run_id, task_run_id)
+        )
+
+    # --- states and transitions -----------------------------------------------------------------
+
+    def insert_state(self, run_id: str, state: State) -> None:
+        data = state.data
+        self.conn.execute(
+            f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                state.id,
+                int(state.type),
+                state.name,
+                to_us(state.timestamp),
+                state.message,
+                details_json(state.details),
+                data.json if data else None,
+                data.pickle if data else None,
+                run_id,
+            ),
+        )
+
+    def prune_log(self, keep: int) -> int:
+        """Delete all but the newest `keep` transitions from the log; returns how many went."""
+        cursor = self.conn.execute(
+            "DELETE FROM transitions WHERE sequence <= (SELECT max(sequence) FROM transitions) - ?",
+            (keep,),
+        )
+        return int(cursor.rowcount)
+
+    # --- run logs -------------------------------------------------------------------------------
+
+    def insert_logs(self, entries: Sequence[LogEntry]) -> None:
+        self.conn.executemany(
+            """INSERT INTO run_logs (flow_run_id, task_run_id, timestamp, level, logger, message)
+                VALUES (?, ?, ?, ?, ?, ?)""",
+            [
+                (e.flow_run_id, e.task_run_id, to_us(e.timestamp), e.level, e.logger, e.message)
+                for e in entries
+            ],
+        )
+
+    def prune_run_logs(self, keep: int) -> int:
+        """Delete all but the newest `keep` log lines; returns how many went."""
+        cursor = self.conn.execute(
+            "DELETE FROM run_logs WHERE id <= (SELECT max(id) FROM run_logs) - ?", (keep,)
+        )
+        return int(cursor.rowcount)
+
+    # --- cache ----------------------------------------------------------------------------------
+
+    def cached_state(self, key: str, now: datetime) -> State | None:
+        row = self.conn.execute(
+            f"""SELECT {prefixed_state_columns("s")}, c.expiration FROM cache c
+                JOIN states s ON s.id = c.state_id
+                WHERE c.key = ? AND (c.expiration IS NULL OR c.expiration > ?)""",
+            (key, to_us(now)),
+        ).fetchone()
+        if row is None:
+            return None
+        state = state_from_row(row[:-1])
+        return state.with_details(cache_expiration=from_us(row[-1]))
+
+    # --- tag concurrency limits -----------------------------------------------------------------
+
+    def limit_usage(self, run_id: str, tags: Sequence[str]) -> list[tuple[str, int, int, bool]]:
+        """For each limit on one of `tags`: (tag, limit, slots taken, whether the run holds one)."""
+        self.lock_limits(tags)
+        marks = ", ".join("?" for _ in tags)
+        rows = self.conn.execute(
+            f"""SELECT l.tag, l.lim,
+                  (SELECT count(*) FROM concurrency_slots s WHERE s.tag = l.tag),
+                  EXISTS (SELECT 1 FROM concurrency_slots s WHERE s.tag = l.tag AND s.run_id = ?)
+                FROM concurrency_limits l WHERE l.tag IN ({marks}) ORDER BY l.tag""",
+            (run_id, *tags),
+        ).fetchall()
+        return [(tag, limit, active, bool(held)) for tag, limit, active, held in rows]
+
+    def release_slots(self, run_id: str) -> None:
+        self.conn.execute("DELETE FROM concurrency_slots WHERE run_id = ?", (run_id,))
+
+    def release_stale_slots(self) -> int:
+        """Free the slots of runs that are not RUNNING (none should exist; a safety net)."""
+        cursor = self.conn.execute(
+            """DELETE FROM concurrency_slots WHERE run_id NOT IN
+               (SELECT id FROM task_runs WHERE state_type = ?)""",
+            (int(StateType.RUNNING),),
+        )
+        return int(cursor.rowcount)
+
+    def insert_limit(self, tag: str, limit: int, created: datetime) -> None:
+        self.conn.execute(
+            "INSERT INTO concurrency_limits (tag, lim, created) VALUES (?, ?, ?)",
+            (tag, limit, to_us(created)),
+        )
+
+    def delete_limit(self, tag: str) -> bool:
+        self.conn.execute("DELETE FROM concurrency_slots WHERE tag = ?", (tag,))
+        return (
+            int(self.conn.execute("DELETE FROM concurrency_limits WHERE tag = ?", (tag,)).rowcount)
+            > 0
+        )
+
+    def get_limits(self, tags: Sequence[str] = ()) -> list[ConcurrencyLimit]:
+        """The limits on `tags` (all limits when empty), by tag, with their holders."""
+        sql = "SELECT tag, lim, created FROM concurrency_limits"
+        if tags:
+            sql += f" WHERE tag IN ({', '.join('?' for _ in tags)})"
+        rows = self.conn.execute(sql + " ORDER BY tag", tuple(tags)).fetchall()
+        limits = []
+        for tag, limit, created in rows:
+            holders = self.conn.execute(
+                "SELECT run_id FROM concurrency_slots WHERE tag = ? ORDER BY run_id", (tag,)
+            ).fetchall()
+            limits.append(
+                ConcurrencyLimit(
+                    tag=tag,
+                    limit=limit,
+                    active_slots=tuple(row[0] for row in holders),
+                    created=from_us(created) or EPOCH,
+                )
+            )
+        return limits
+
+    # --- leases -----------------------------------------------------------------------------------
+
+    def renew_leases(self, run_ids: Sequence[str], until: datetime) -> list[str]:
+        """Move the lease end of those runs that are RUNNING or CANCELLING; returns their ids."""
+        renewed: list[str] = []
+        marks = ", ".join("?" for _ in run_ids)
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            rows = self.conn.execute(
+                f"""UPDATE {table(kind)} SET lease_expires = ?
+                    WHERE id IN ({marks}) AND state_type IN (?, ?) RETURNING id""",
+                (to_us(until), *run_ids, int(StateType.RUNNING), int(StateType.CANCELLING)),
+            ).fetchall()
+            renewed.extend(row[0] for row in rows)
+        return renewed
+
+
+def read_transitions(
+    conn: Any,
+    after: int,
+    limit: int,
+    run_ids: Sequence[str],
+    flow_run_ids: Sequence[str],
+    state_types: Sequence[int],
+) -> list[Transition]:
+    clauses = ["t.sequence > ?"]
+    params: list[Any] = [after]
+    for column, values in (
+        ("run_id", run_ids),
+        ("flow_run_id", flow_run_ids),
+        ("to_type", state_types),
+    ):
+        if values:
+            clauses.append(f"t.{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+    params.append(limit)
+    rows = conn.execute(
+        f"""SELECT t.sequence, t.run_kind, t.run_id, t.flow_run_id,
+                   coalesce(f.name, tr.name), coalesce(f.flow_name, ''),
+                   coalesce(tr.task_key, ''),
+                   {prefixed_state_columns("a")}, {prefixed_state_columns("b")}
+            FROM transitions t
+            LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
+            LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
+            LEFT JOIN states a ON a.id = t.from_state_id
+            JOIN states b ON b.id = t.to_state_id
+            WHERE {" AND ".join(clauses)} ORDER BY t.sequence LIMIT ?""",
+        params,
+    ).fetchall()
+    width = STATE_WIDTH
+    transitions = []
+    for row in rows:
+        from_row = row[7 : 7 + width]
+        transitions.append(
+            Transition(
+                sequence=row[0],
+                run_kind=RunKind(row[1]),
+                run_id=row[2],
+                flow_run_id=row[3],
+                run_name=row[4] or "",
+                flow_name=row[5],
+                task_key=row[6],
+                from_state=state_from_row(from_row) if from_row[0] is not None else None,
+                to_state=state_from_row(row[7 + width :]),
+            )
+        )
+    return transitions
+
+
+__all__ = ["SqlReads", "SqlStore", "read_transitions"]

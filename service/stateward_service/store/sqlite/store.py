@@ -1,0 +1,229 @@
+"""The SQLite store: runs, their append-only state histories, the transitions log and the cache.
+
+One connection per process, WAL mode; any number of processes share one file. Callers group
+writes in `transaction()` (BEGIN IMMEDIATE: one writer at a time across every process): a state,
+its run row and its log entry commit together or not at all, and the log's sequence, an integer
+primary key, is handed out in commit order. `changed_elsewhere()` tells whether another connection
+committed since this one last looked (SQLite's `data_version`), so that a process keeps its
+cached rows only while they are true. The schema lives in `schema`, the row encoding in
+`..rows`. This module knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from stateward.states import State
+from stateward_service.model import RunRecord
+from stateward_service.store.faults import StorageUnavailable, storage_unavailable
+from stateward_service.store.interface import (
+    ChangeSignal,
+    LeaderLock,
+)
+from stateward_service.store.rows import (
+    to_us,
+)
+from stateward_service.store.sql import SqlStore
+from stateward_service.store.sqlite.checks import open_checked
+from stateward_service.store.sqlite.leader import DataVersionSignal, FileLeaderLock
+from stateward_service.store.sqlite.reader import StoreReader
+from stateward_service.store.sqlite.schema import migrate
+
+log = logging.getLogger("stateward.store")
+
+_WRITER_CHECKPOINT_PAGES = 10_000  # about 40 MiB of WAL
+_CHECKPOINT_INTERVAL_SECONDS = 0.05
+
+
+class _Checkpointer:
+    """A thread that checkpoints the WAL every few milliseconds on its own connection, so that
+    commits never wait for the copy and its fsyncs. A PASSIVE checkpoint takes no lock a writer
+    or reader needs; once it has copied everything, the next commit starts the WAL over."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous  # a checkpoint syncs as its connection says
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stateward-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            while not self._stopping.wait(_CHECKPOINT_INTERVAL_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as error:  # the commits checkpoint themselves meanwhile
+                    log.warning("could not checkpoint the database: %s", error)
+        finally:
+            conn.close()
+
+
+_BUSY_TIMEOUT_MS = 5_000  # how long a write waits for other processes' transactions
+
+
+class Store(SqlStore):
+    """One process's connection to a Stateward database shared with other processes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        quick_check: bool = True,
+    ) -> None:
+        """Open (or create) the database at `path`. Before anything is written to it, the file
+        is checked: a file that is not a SQLite database, is damaged (SQLite's quick check,
+        unless `quick_check` is false), holds another application's tables or a newer schema
+        raises DatabaseRefused."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = open_checked(self.path, quick_check)
+        self.unavailable: StorageUnavailable | None = None
+        self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        # The checkpointer thread copies the WAL into the database, off the write path; a
+        # commit checkpoints itself only if the WAL grew this large all the same.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
+        self.db = sqlite_utils.Database(self.conn)
+        self.found_schema_version = migrate(self.db)
+        self._data_version = self._read_data_version()
+        self._checkpointer = _Checkpointer(self.path, synchronous)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file (unless other processes are busy with it:
+        then the last to close does) and close."""
+        try:
+            self._checkpointer.stop()
+            self.conn.execute("PRAGMA busy_timeout=100")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as error:
+            log.debug("no checkpoint at close: %s", error)
+        finally:
+            self.conn.close()
+
+    def reader(self) -> StoreReader:
+        return StoreReader(self.path)
+
+    def size_on_disk(self) -> int:
+        """The database's bytes on disk, its write-ahead log included."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):  # no write-ahead log right now
+                total += os.path.getsize(path)
+        return total
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection committed since the last call (or since opening)."""
+        version = self._read_data_version()
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        return True
+
+    def _read_data_version(self) -> int:
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def lock_runs(self, run_ids: Sequence[str]) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already holds the whole database for writing."""
+
+    def change_signal(self) -> ChangeSignal:
+        """A poll of `data_version` on a connection of its own: cheap enough to run every few
+        milliseconds, and true after any other connection's commit (this process's included)."""
+        return DataVersionSignal(self.path)
+
+    def leader_lock(self) -> LeaderLock:
+        """The lock that elects the one process running the loops: a lock file beside the
+        database, which the system releases when its holder dies."""
+        return FileLeaderLock(self.path.with_name(self.path.name + ".leader"))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together, or none does (a failed COMMIT included). A write
+        the database cannot take for a reason outside the request (a full disk, a read-only
+        file system, a failing disk, a lock held past the busy timeout) raises
+        StorageUnavailable, and `unavailable` holds it until a transaction commits again."""
+        began = False
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
+            began = True
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as error:
+            if began and self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                failure = storage_unavailable(error, self.path)
+                if failure is not None:
+                    self.unavailable = failure
+                    raise failure from error
+            raise
+        self.unavailable = None
+
+    def probe(self, room: int = 0) -> None:
+        """A write that changes nothing, to learn whether the database takes writes again:
+        raises StorageUnavailable while it does not, or while its file system has less than
+        `room` bytes free (a small write fits where a large one does not)."""
+        stats = os.statvfs(self.path.parent)
+        if stats.f_bavail * stats.f_frsize < room:
+            failure = storage_unavailable(sqlite3.OperationalError(), self.path, full=True)
+            assert failure is not None
+            self.unavailable = failure
+            raise failure
+        with self.transaction():
+            self.conn.execute("UPDATE schema_version SET version = version")
+
+    # --- the dialect: the log's sequence, upserts ------------------------------------------------
+
+    def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> int:
+        """Log a written state; returns its sequence."""
+        cursor = self.conn.execute(
+            """INSERT INTO transitions
+               (run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (
+                int(run.kind),
+                run.id,
+                run.owning_flow_run_id,
+                from_state.id if from_state else None,
+                to.id,
+                int(to.type),
+            ),
+        )
+        sequence = cursor.lastrowid
+        assert sequence is not None
+        return int(sequence)
+
+    def cache_state(
+        self, key: str, state_id: str, expiration: datetime | None, now: datetime
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO cache (key, state_id, expiration, created) VALUES (?, ?, ?, ?)",
+            (key, state_id, to_us(expiration), to_us(now)),
+        )
+
+    def take_slots(self, run_id: str, tags: Sequence[str]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO concurrency_slots (tag, run_id) VALUES (?, ?)",
+            [(tag, run_id) for tag in tags],
+        )
+
+
+__all__ = ["Store"]

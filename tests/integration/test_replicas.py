@@ -1,0 +1,246 @@
+"""Several server processes on one database (a SQLite file, a PostgreSQL database): the database,
+not a process, serialises. Exactly one
+of racing clients wins, a transition_id applies once whichever process it reaches, every
+process's subscribers see every process's transitions in sequence order and resume anywhere, a
+killed process loses nothing it acknowledged, and the loops pass to another process when their
+leader dies."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from stateward.v1 import orchestration_pb2 as pb
+from tests.support import (
+    ABORT,
+    ACCEPT,
+    ST,
+    ServerProcess,
+    history,
+    new_flow_run,
+    propose,
+    state,
+    wait_until,
+)
+
+LOOP_ARGS = ["--late-after", "0.5", "--late-runs-interval", "0.2"]
+
+
+def start_replicas(
+    tmp_path: Path, database: str, count: int, args: list[str] | None = None
+) -> list[ServerProcess]:
+    db: Path | str = database if "://" in database else Path(database)
+    replicas = [
+        ServerProcess(db, args=args or [], log_path=tmp_path / f"replica-{index}.log")
+        for index in range(count)
+    ]
+    failures: list[BaseException] = []
+
+    def start(replica: ServerProcess) -> None:
+        try:
+            replica.start()
+        except BaseException as error:
+            failures.append(error)
+
+    starting = [threading.Thread(target=start, args=(replica,)) for replica in replicas]
+    for thread in starting:
+        thread.start()
+    for thread in starting:
+        thread.join()
+    if failures:
+        stop_all(replicas)
+        raise failures[0]
+    return replicas
+
+
+def stop_all(replicas: list[ServerProcess]) -> None:
+    for replica in replicas:
+        if replica.process is not None and not replica._log.closed:
+            replica.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def replicas(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServerProcess]]:
+    """Three replicas on one database of each backend, shared by the tests that leave them
+    running (each test makes its own runs)."""
+    tmp_path = tmp_path_factory.mktemp(f"replicas-{request.param}")
+    if request.param == "sqlite":
+        database = str(tmp_path / "shared.db")
+    else:
+        database = request.getfixturevalue("postgres_databases").create()
+    started = start_replicas(tmp_path, database, 3)
+    yield started
+    stop_all(started)
+
+
+def test_sixteen_clients_racing_through_three_processes_one_wins(replicas):
+    run = new_flow_run(replicas[0].stub())
+    pending = run.state.id
+    answers: list[int] = []
+    barrier = threading.Barrier(16)
+
+    def race(index: int) -> None:
+        stub = replicas[index % 3].stub()
+        barrier.wait()
+        answer = propose(stub, run.id, ST.STATE_TYPE_RUNNING, expected_state_id=pending)
+        answers.append(answer.status)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers).count(ACCEPT) == 1 and answers.count(ABORT) == 15
+    for replica in replicas:
+        assert history(replica.stub(), run.id) == ["Pending", "Running"]
+
+
+def test_a_transition_id_applies_once_through_two_processes(replicas):
+    run = new_flow_run(replicas[0].stub())
+    transition = str(uuid.uuid4())
+    first = propose(
+        replicas[1].stub(), run.id, state(ST.STATE_TYPE_RUNNING, transition_id=transition)
+    )
+    again = propose(
+        replicas[2].stub(), run.id, state(ST.STATE_TYPE_RUNNING, transition_id=transition)
+    )
+    assert first.status == ACCEPT and again.state.id == first.state.id
+    assert history(replicas[0].stub(), run.id) == ["Pending", "Running"]
+
+
+def collect(stub, after: int, count: int, into: list[int]) -> None:
+    """Append the sequences of `count` transitions after `after` to `into`."""
+    stream = stub.WatchTransitions(pb.WatchTransitionsRequest(after_sequence=after), timeout=60)
+    for message in stream:
+        into.append(message.transition.sequence)
+        if len(into) == count:
+            stream.cancel()
+            return
+
+
+def test_every_process_streams_every_transition_in_order_and_resumes_anywhere(replicas):
+    stubs = [replica.stub() for replica in replicas]
+    first_sequence = _last_sequence(stubs[0])
+    writers, per_writer = 8, 12
+    total = writers * per_writer * 2  # each run: created Pending, then Running
+    seen: list[list[int]] = [[] for _ in replicas]
+    watchers = []
+    for index, stub in enumerate(stubs):
+        watcher = threading.Thread(target=collect, args=(stub, first_sequence, total, seen[index]))
+        watcher.start()
+        watchers.append(watcher)
+
+    def write(index: int) -> None:
+        stub = stubs[index % 3]
+        for _ in range(per_writer):
+            run = new_flow_run(stub)
+            propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for watcher in watchers:
+        watcher.join(60)
+    expected = list(range(first_sequence + 1, first_sequence + total + 1))
+    for received in seen:
+        assert received == expected  # every one, in order, no gap, no duplicate
+    # A cursor from one process resumes in another.
+    middle = expected[total // 2]
+    resumed: list[int] = []
+    collect(stubs[2], middle, total // 2 - 1, resumed)
+    assert resumed == expected[total // 2 + 1 :]
+
+
+def _last_sequence(stub) -> int:
+    """The sequence of a new run's first transition, read back from the log."""
+    run = new_flow_run(stub)
+    for message in stub.WatchTransitions(
+        pb.WatchTransitionsRequest(run_ids=[run.id], after_sequence=0), timeout=30
+    ):
+        return int(message.transition.sequence)
+    raise AssertionError("no transition")
+
+
+@pytest.mark.slow
+def test_killing_one_process_under_load_loses_nothing_acknowledged(tmp_path, database):
+    replicas = start_replicas(tmp_path, database, 3)
+    try:
+        _kill_one_under_load(replicas)
+    finally:
+        stop_all(replicas)
+
+
+def _kill_one_under_load(replicas: list[ServerProcess]) -> None:
+    acknowledged: dict[str, str] = {}  # run id -> the name of its last acknowledged state
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(replica: ServerProcess, counter: list[int]) -> None:
+        stub = replica.stub()
+        while not stop.is_set():
+            try:
+                run = new_flow_run(stub)
+                acknowledged[run.id] = "Pending"
+                propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+                acknowledged[run.id] = "Running"
+                counter[0] += 1
+            except grpc.RpcError as error:
+                if replica is not replicas[0]:
+                    errors.append(error)
+                return
+
+    counters = [[0] for _ in range(6)]
+    threads = [
+        threading.Thread(target=write, args=(replicas[i % 3], counters[i])) for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: sum(c[0] for c in counters) >= 60, what="60 acknowledged writes")
+    replicas[0].kill()
+    survivors = sum(c[0] for i, c in enumerate(counters) if i % 3)
+    wait_until(
+        lambda: sum(c[0] for i, c in enumerate(counters) if i % 3) >= survivors + 30,
+        what="the other processes to go on writing",
+    )
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    stub = replicas[1].stub()
+    for run_id, name in list(acknowledged.items()):
+        states = history(stub, run_id)
+        assert states == ["Pending", "Running"] if name == "Running" else states[0] == "Pending"
+
+
+@pytest.mark.slow
+def test_killing_the_leader_hands_the_loops_to_another_process(tmp_path, database):
+    replicas = start_replicas(tmp_path, database, 3, LOOP_ARGS)
+    try:
+        wait_until(lambda: any("leads" in r.output() for r in replicas), what="a leader")
+        leaders = [r for r in replicas if "leads" in r.output()]
+        assert len(leaders) == 1
+        leader = leaders[0]
+        others = [r for r in replicas if r is not leader]
+        leader.stop(signal.SIGKILL)
+        wait_until(
+            lambda: any("leads" in r.output() for r in others), timeout=15, what="a new leader"
+        )
+        # The new leader's late-runs loop moves a run that is late.
+        stub = others[0].stub()
+        past = datetime.now(UTC) - timedelta(seconds=5)
+        run = new_flow_run(stub, initial=None)
+        propose(stub, run.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=past))
+        wait_until(lambda: history(stub, run.id)[-1] == "Late", what="the run to be marked Late")
+    finally:
+        stop_all(replicas)
