@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+from referencing.exceptions import Unresolvable
 
 from stateward.runs import (
     ConcurrencyLimit,
@@ -553,7 +554,13 @@ class Orchestrator:
             )
         if schema and run_input is not None:
             validator = Draft202012Validator(json.loads(schema))
-            problem = best_match(validator.iter_errors(json.loads(run_input)))
+            try:
+                problem = best_match(validator.iter_errors(json.loads(run_input)))
+            except Unresolvable as error:  # a pause written before its $refs were checked
+                raise RunInputRefused(
+                    f"the pause's schema cannot check an input: its $ref {error.ref!r} leads "
+                    "nowhere"
+                ) from None
             if problem is not None:
                 where = "/".join(str(part) for part in problem.absolute_path) or "the input"
                 raise RunInputRefused(

@@ -7,13 +7,16 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from stateward.states import StateType
 from stateward.v1 import runs_pb2, states_pb2
@@ -299,6 +302,29 @@ def run_input_schema(value: str, field: str) -> None:
         Draft202012Validator.check_schema(schema)
     except SchemaError as error:
         raise invalid(field, f"is not a valid JSON Schema: {error.message}") from None
+    # Every reference must resolve within the schema: nothing is fetched, and a pause whose
+    # schema cannot be checked could never be resumed.
+    resolver = Registry().resolver_with_root(DRAFT202012.create_resource(schema))
+    for ref in _references(schema):
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            raise invalid(
+                field, f"its $ref {ref!r} leads nowhere; refer only within the schema (#/$defs/...)"
+            ) from None
+
+
+def _references(node: object) -> Iterator[str]:
+    """Every `$ref` and `$dynamicRef` in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield value
+            else:
+                yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
 
 
 def run_input(value: str, field: str) -> None:

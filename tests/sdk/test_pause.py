@@ -392,3 +392,25 @@ def test_only_resume_flow_run_writes_an_input_and_a_schema_must_be_valid(client)
     with pytest.raises(InvalidArgument, match="JSON Schema object"):
         client.set_state(run.id, not_object)
     assert client.get_flow_run(run.id).state.type is StateType.RUNNING
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["#/$defs/nowhere", "#/definitions/nope", "http://127.0.0.1:1/schema.json", "other.json"],
+)
+def test_a_schema_whose_ref_leads_nowhere_is_refused_at_the_pause(client, ref):
+    """Such a pause could never be resumed: ResumeFlowRun answered INTERNAL on every input."""
+    run = client.create_flow_run("sdk-pause-raw", state=State(StateType.RUNNING))
+    schema = json.dumps({"type": "object", "properties": {"a": {"$ref": ref}}})
+    pause = State(StateType.PAUSED, details=StateDetails(run_input_schema=schema))
+    with pytest.raises(InvalidArgument, match="leads nowhere"):
+        client.set_state(run.id, pause)
+    assert client.get_flow_run(run.id).state.type is StateType.RUNNING
+    # Local references that resolve are fine, as pydantic writes them.
+    good = {"$defs": {"A": {"type": "string"}}, "properties": {"a": {"$ref": "#/$defs/A"}}}
+    paused = State(StateType.PAUSED, details=StateDetails(run_input_schema=json.dumps(good)))
+    assert client.set_state(run.id, paused).state.type is StateType.PAUSED
+    with pytest.raises(InvalidArgument, match="schema"):
+        resume_flow_run(run.id, {"a": 5})
+    resume_flow_run(run.id, {"a": "ok"})
+    assert client.get_flow_run(run.id).state.type is StateType.RUNNING
