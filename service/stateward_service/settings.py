@@ -116,13 +116,13 @@ class ServerSettings(BaseModel):
         5.0,
         help="Seconds between sweeps for late runs.",
         env="STATEWARD_LATE_RUNS_INTERVAL_SECONDS",
-        ge=0,
+        ge=0.1,
     )
     pause_expiry_interval_seconds: float = _setting(
         5.0,
         help="Seconds between sweeps for expired pauses.",
         env="STATEWARD_PAUSE_EXPIRY_INTERVAL_SECONDS",
-        ge=0,
+        ge=0.1,
     )
     cancelling_timeout_seconds: float = _setting(
         300.0,
@@ -134,13 +134,13 @@ class ServerSettings(BaseModel):
         10.0,
         help="Seconds between sweeps for stuck cancels.",
         env="STATEWARD_CANCELLING_INTERVAL_SECONDS",
-        ge=0,
+        ge=0.1,
     )
     cascade_interval_seconds: float = _setting(
         5.0,
         help="Seconds between sweeps cancelling the children of cancelled flow runs.",
         env="STATEWARD_CASCADE_INTERVAL_SECONDS",
-        ge=0,
+        ge=0.1,
     )
     slot_wait_seconds: float = _setting(
         1.0,
@@ -164,7 +164,7 @@ class ServerSettings(BaseModel):
         60.0,
         help="Seconds between prunings of the log.",
         env="STATEWARD_LOG_PRUNE_INTERVAL_SECONDS",
-        ge=0,
+        ge=0.1,
     )
     stream_buffer: int = _setting(
         10_000,
@@ -177,7 +177,7 @@ class ServerSettings(BaseModel):
         2.0,
         help="Seconds between looks for runs whose heartbeat lease lapsed (they are crashed).",
         env="STATEWARD_LEASE_CHECK_INTERVAL_SECONDS",
-        ge=0,
+        ge=0.1,
     )
     api_key: str = _setting(
         "",

@@ -68,6 +68,9 @@ def test_enumerations_accept_their_values_in_any_case_and_nothing_else():
         # overflowed on it (every cancelling sweep logged an OverflowError for inf).
         ("cancelling_timeout_seconds", "inf", "a number of seconds from 0 to 315,360,000"),
         ("late_after_seconds", "1e300", "a number of seconds from 0 to 315,360,000"),
+        # 0 between sweeps swept without pause, hammering the database from a busy thread.
+        ("late_runs_interval_seconds", "0", "a number of seconds from 0.1 to 315,360,000"),
+        ("lease_check_interval_seconds", "0.05", "a number of seconds from 0.1 to 315,360,000"),
         ("ui_heartbeat_seconds", "nan", "a number of seconds from 0.1 to 315,360,000"),
         ("stream_buffer", "0", "a whole number, at least 1"),
         ("max_message_bytes", "1023", "a whole number, at least 1024"),
