@@ -29,14 +29,17 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
-# Regenerates client/stateward/v1 from protos/: the only way generated code is made. A test runs
+# Regenerates client/stateward/v1 from protos/: the only way generated code is made. The
+# descriptor set keeps the protos' comments, for server reflection (`grpcurl describe`). A test runs
 # this recipe with PROTO_OUT set to a temporary folder and compares the result with the commit.
 PROTO_OUT ?= client
 proto: $(VENV)/.installed-dev
 	mkdir -p $(PROTO_OUT)/stateward/v1
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
-	  --mypy_out=quiet:$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) $(PROTOS)
+	  --mypy_out=quiet:$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) \
+	  --include_imports --include_source_info \
+	  --descriptor_set_out=$(PROTO_OUT)/stateward/v1/descriptors.binpb $(PROTOS)
 	: > $(PROTO_OUT)/stateward/v1/__init__.py
 
 lint: $(VENV)/.installed-dev

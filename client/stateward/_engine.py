@@ -269,7 +269,7 @@ class RunEngine:
         if ending.passed_on is not None:
             self.stop.passed_on = ending.passed_on
         if ending.failure is not None:
-            self.error = ending.failure
+            self.error = self.orchestration.failure = ending.failure
             return self.failed_attempt(ending.state)
         return ending.state
 
@@ -302,8 +302,9 @@ class RunEngine:
             hooks = self.subject.hooks(kind)
             record = self.fresh_record() if fresh else self.record()
             leave = self.hook_context(record)
-            try:  # hooks are the user's code: a signal stops them
-                waiting(run_hooks, hooks, kind, self.subject, record, state, self.log)
+            try:  # hooks are the user's code: a signal stops them; their prints are the run's
+                with printing_to_log(self.subject.log_prints):
+                    waiting(run_hooks, hooks, kind, self.subject, record, state, self.log)
             finally:
                 leave()
 
@@ -313,9 +314,10 @@ class RunEngine:
             record = await asyncio.to_thread(self.fresh_record)
             leave = self.hook_context(record)
             try:
-                await run_hooks_async(
-                    self.subject.hooks(kind), kind, self.subject, record, state, self.log
-                )
+                with printing_to_log(self.subject.log_prints):
+                    await run_hooks_async(
+                        self.subject.hooks(kind), kind, self.subject, record, state, self.log
+                    )
             finally:
                 leave()
 

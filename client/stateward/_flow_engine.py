@@ -25,7 +25,15 @@ from stateward._interrupt import (
     signal_must_wait,
     waiting,
 )
-from stateward._outcomes import failed, jsonable, judged, not_ready, resolve, run_name
+from stateward._outcomes import (
+    TaskRunNames,
+    failed,
+    jsonable,
+    judged,
+    not_ready,
+    resolve,
+    run_name,
+)
 from stateward._run_logs import run_extra
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
@@ -64,6 +72,7 @@ class FlowRunEngine(RunEngine):
         self.calls_this_attempt: collections.Counter[str] = collections.Counter()
         self.completed_calls: dict[tuple[str, int], State] = {}
         self.tracking_runs: dict[tuple[str, int], str] = {}
+        self.task_run_names = TaskRunNames()  # of its task runs, subflows' included
 
     def begin(self) -> OrchestrationResult | State:
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
@@ -95,7 +104,7 @@ class FlowRunEngine(RunEngine):
                 runs.append(
                     TaskRun(
                         id=parent_task_run_id,
-                        name="",
+                        name=self.parent.engine.task_run_names.take(flow.name),
                         task_key=flow.name,
                         flow_run_id=self.parent.flow_run.id,
                         parameters=jsonable(self.parameters),

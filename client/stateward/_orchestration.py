@@ -4,6 +4,7 @@ keep the run's heartbeat lease while it runs, and log one line per state change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -39,6 +40,9 @@ class RunOrchestration:
         # server with the run's logs.
         self.log_extra: Mapping[str, object] | None = None
         self.state: State | None = None
+        # The exception that ended the run's code: its traceback goes with the Failed or
+        # Crashed line (once, also when it fails the flow run around it).
+        self.failure: BaseException | None = None
         self.lease = supervisor.lease
 
     def _retrying(self, what: str, call: Callable[[int], T]) -> T:
@@ -134,7 +138,14 @@ class RunOrchestration:
             return
         if self.state is None or new.id != self.state.id:
             message = f": {new.message}" if new.message else ""
-            self.log.info("%s - %s%s", self.label, new.name, message, extra=self.log_extra)
+            level = _level(new)
+            failure = None
+            if level == logging.ERROR and self.failure is not None:
+                failure, self.failure = _first_report(self.failure), None
+            self.log.log(
+                level, "%s - %s%s", self.label, new.name, message,
+                exc_info=failure, extra=self.log_extra,
+            )  # fmt: skip
         self.state = new
         if new.type in (StateType.RUNNING, StateType.CANCELLING):
             self.supervisor.hold_lease(self.run_id)
@@ -144,7 +155,30 @@ class RunOrchestration:
     def crash(self, error: BaseException) -> None:
         """Force Crashed, if the server can still be told."""
         message = f"{type(error).__name__}: {error}".rstrip(": ")
+        self.failure = error
         try:
             self.propose(State(StateType.CRASHED, message=message), force=True)
         except Exception as failure:
             self.log.warning("%s - could not report the crash: %s", self.label, failure)
+
+
+_RETRYING = ("AwaitingRetry", "Retrying")
+
+
+def _level(state: State) -> int:
+    """Failed and Crashed are errors, a retry a warning, the rest news."""
+    if state.type in (StateType.FAILED, StateType.CRASHED):
+        return logging.ERROR
+    if state.name in _RETRYING:
+        return logging.WARNING
+    return logging.INFO
+
+
+def _first_report(error: BaseException) -> BaseException | None:
+    """`error`, unless a run logged its traceback already (a task's exception that then
+    fails its flow run is shown once)."""
+    if getattr(error, "__stateward_logged__", False):
+        return None
+    with contextlib.suppress(AttributeError):  # an exception type that takes no attributes
+        error.__stateward_logged__ = True  # type: ignore[attr-defined]
+    return error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,30 @@ def jsonable(parameters: dict[str, Any]) -> dict[str, Any]:
         else:
             recorded[key] = value
     return recorded
+
+
+class TaskRunNames:
+    """The task run names given out in one flow run: a task's runs are `name-0`, `name-1`, ...
+    in the order they start, a mapped run takes its map index when it is free, and no name is
+    given twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken: set[str] = set()
+        self._next: dict[str, int] = {}
+
+    def take(self, base: str, index: int | None = None) -> str:
+        """A name for the next run of `base` (with `index`, `base-index` if it is free)."""
+        with self._lock:
+            name = f"{base}-{index}"
+            if index is None or name in self._taken:
+                number = self._next.get(base, 0)
+                while f"{base}-{number}" in self._taken:
+                    number += 1
+                self._next[base] = number + 1
+                name = f"{base}-{number}"
+            self._taken.add(name)
+            return name
 
 
 def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any]) -> str:

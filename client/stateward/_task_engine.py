@@ -52,9 +52,11 @@ class TaskRunEngine(RunEngine):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         wait_for: Iterable[Any] | None,
+        map_index: int | None = None,
     ) -> None:
         super().__init__(task, args, kwargs)
         self.task = task
+        self.map_index = map_index
         self.wait_for = list(wait_for or ())
         self.task_run: TaskRun | None = None
         self.context: TaskRunContext | None = None
@@ -70,7 +72,12 @@ class TaskRunEngine(RunEngine):
         task = self.task
         return TaskRun(
             id=self.id,
-            name=run_name(task.task_run_name, self.parameters),
+            name=run_name(task.task_run_name, self.parameters)
+            or (
+                self.parent.engine.task_run_names.take(task.name, self.map_index)
+                if self.parent
+                else ""
+            ),
             task_key=task.task_key,
             flow_run_id=self.parent.flow_run.id if self.parent else "",
             parameters=jsonable(self.parameters),
@@ -282,10 +289,11 @@ def submit_task(
     kwargs: dict[str, Any],
     *,
     wait_for: Iterable[Any] | None,
+    map_index: int | None = None,
 ) -> StatewardFuture[Any]:
     context = _flow_run_context("submit")
     with engine_code():  # an interrupt waits until the flow run knows the future
-        engine = TaskRunEngine(task, args, kwargs, wait_for)
+        engine = TaskRunEngine(task, args, kwargs, wait_for, map_index)
         reused = engine.reused()
         if reused is not None:  # completed by an earlier attempt of the flow run
             finished: concurrent.futures.Future[State] = concurrent.futures.Future()
@@ -351,5 +359,5 @@ def map_task(
     futures: StatewardFutureList[Any] = StatewardFutureList()
     for index in range(lengths.pop()):
         call = {**static, **{key: values[index] for key, values in mapped.items()}}
-        futures.append(submit_task(task, (), call, wait_for=wait_for))
+        futures.append(submit_task(task, (), call, wait_for=wait_for, map_index=index))
     return futures

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from stateward_service.descriptors import DocumentedReflection
 from stateward_service.grpc_api import SERVICE, add_to_server
 from stateward_service.health import HealthService
 from stateward_service.interceptors.auth import AuthInterceptor
@@ -135,8 +136,9 @@ class StatewardServer:
         )
         add_to_server(self.api, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            DocumentedReflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = _bind(server, self.settings)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,22 @@ def run(
         cwd=ROOT,
     )
     return Finished(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+class Lines:
+    """The lines a process writes to a pipe, collected by a thread as they come."""
+
+    def __init__(self, pipe: object) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: object) -> None:
+        for line in pipe:  # type: ignore[attr-defined]
+            self.lines.append(line.rstrip("\n"))
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
 
 
 def free_port() -> int:

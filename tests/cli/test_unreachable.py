@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from tests.cli.conftest import environment, free_port, one_line, run, stateward
+from tests.cli.conftest import Lines, environment, free_port, one_line, run, stateward
 from tests.support import ROOT, ServerProcess, wait_until
 
 FLOW = """
@@ -41,22 +40,6 @@ def test_a_command_says_in_one_line_that_nothing_listens(home: Path) -> None:
     line = one_line(done.stderr)
     assert address in line and "STATEWARD_API_URL" in line and "stateward server start" in line
     assert done.seconds < 15
-
-
-class Lines:
-    """The lines a process writes to a pipe, collected by a thread as they come."""
-
-    def __init__(self, pipe: object) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _read(self, pipe: object) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
-            self.lines.append(line.rstrip("\n"))
-
-    def matching(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 def test_watch_says_once_what_it_cannot_reach_then_says_when_it_connects(

@@ -448,11 +448,12 @@ def test_the_watch_command_prints_a_live_run(watch_server, client):
     finally:
         watcher.terminate()
         watcher.wait(10)
-    assert "flow run" in lines[0] and flow_run.name in lines[0] and "- → Pending" in lines[0]
+    assert " flow " in lines[0] and flow_run.name in lines[0] and "- → Pending" in lines[0]
     assert "Pending → Running" in lines[1] and "(cli-watched)" in lines[1]
-    assert "task run" in lines[2] and "(step)" in lines[2] and "- → Running" in lines[2]
-    assert "task run" in lines[3] and "Running → Completed" in lines[3]
-    assert "flow run" in lines[4] and "Running → Completed" in lines[4] and flow_run.id in lines[4]
+    assert " task " in lines[2] and "(step)" in lines[2] and "- → Running" in lines[2]
+    assert " task " in lines[3] and "Running → Completed" in lines[3]
+    assert " flow " in lines[4] and "Running → Completed" in lines[4]
+    assert f" {flow_run.id[:8]} " in lines[4]  # the short id, which the commands take
 
 
 def test_the_watch_command_replays_from_the_start(watch_server, client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,13 @@ from stateward.client import Client
 from stateward.exceptions import StatewardError
 from stateward.states import State, StateType
 
-# Piped output is not cut to 80 columns: ids must survive a copy.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+# A terminal's width (or COLUMNS); piped output is 200 wide, so that long names and messages
+# are not folded. The tables' short ids are never cut.
+_COLUMNS = os.environ.get("COLUMNS", "")
+console = Console(
+    highlight=False,
+    width=int(_COLUMNS) if _COLUMNS.isdigit() else None if sys.stdout.isatty() else 200,
+)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_COLOURS = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+from typing import Annotated
+
 import typer
 
 from stateward._embedded import server_commands
@@ -15,6 +18,26 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stateward {version('stateward')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Stateward: run-state orchestration over gRPC."""
+
+
 app.add_typer(server_commands(), name="server")
 app.add_typer(runs.flow_runs, name="flow-run")
 app.add_typer(runs.task_runs, name="task-run")

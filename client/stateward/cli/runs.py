@@ -1,11 +1,16 @@
-"""`stateward flow-run ...` and `stateward task-run ...`: list, inspect, cancel and resume runs."""
+"""`stateward flow-run ...` and `stateward task-run ...`: list, inspect, cancel and resume runs.
+
+A run is named by its id, by an id prefix (the tables show the first 8 characters) or by its
+name; more than one match is an error listing them."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Annotated
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
@@ -18,13 +23,56 @@ from stateward.cli._common import (
     show_state,
     show_time,
 )
-from stateward.runs import RunKind, SetStateStatus
+from stateward.cli._find import find_flow_run, find_task_run, parse_since, short_id
+from stateward.client import Client
+from stateward.runs import FlowRun, RunKind, SetStateStatus, TaskRun
 from stateward.states import State, StateType
 
 flow_runs = typer.Typer(
     help="Flow runs: list, inspect, logs, cancel, resume.", no_args_is_help=True
 )
-task_runs = typer.Typer(help="Task runs: list, logs.", no_args_is_help=True)
+task_runs = typer.Typer(help="Task runs: list, inspect, logs.", no_args_is_help=True)
+
+Run = TypeVar("Run", FlowRun, TaskRun)
+
+RUN_ARGUMENT = "The run's id, the start of its id (as the tables show it) or its name."
+SINCE_HELP = "Only runs created since then: a date-time (2026-11-21T09:30) or a span (30m, 2h, 1d)."
+
+
+def id_column(table: Table) -> None:
+    table.add_column("ID", no_wrap=True, min_width=8)
+
+
+def show_moment(value: datetime | None) -> str:
+    """The time (today) or the day and the minute: short enough for an 80-column table."""
+    if value is None:
+        return "-"
+    local = value.astimezone()
+    today = local.date() == datetime.now().astimezone().date()
+    return local.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M")
+
+
+def _taken(runs: Iterator[Run], limit: int, since: datetime | None) -> tuple[list[Run], int]:
+    """The first `limit` runs (created since `since`), and how many more there are."""
+    shown: list[Run] = []
+    more = 0
+    for run in runs:
+        if since is not None and run.created is not None and run.created < since:
+            break  # newest first: the rest are older
+        if len(shown) < limit:
+            shown.append(run)
+        else:
+            more += 1
+    return shown, more
+
+
+def _print_listing(table: Table, shown: int, more: int, what: str, filtered: bool) -> None:
+    if not shown:
+        console.print(f"No {what}{' match these filters' if filtered else ' yet'}.")
+        return
+    console.print(table)
+    if more:
+        console.print(f"… and {more} more {what} (show them with --limit {shown + more}).")
 
 
 @flow_runs.command("ls")
@@ -36,81 +84,109 @@ def list_flow_runs(
         list[str] | None, typer.Option("--state", help="Only runs in this state type.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help=SINCE_HELP)] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List flow runs, newest first."""
-    table = Table("ID", "Flow", "Name", "State", "Runs", "Started", "Ended")
     state_types = parse_state_types(state or [])  # refused before connecting
+    after = parse_since(since) if since else None
+    table = Table()
+    id_column(table)
+    for name in ("Flow", "Name", "State", "Runs", "Started", "Ended"):
+        table.add_column(name)
     with client() as connected:
-        for run in connected.list_flow_runs(
-            flow_names=flow or (),
-            state_types=state_types,
-            tags=tag or (),
-            limit=limit,
-        ):
-            table.add_row(
-                run.id,
-                run.flow_name,
-                run.name,
-                show_state(run.state),
-                str(run.run_count),
-                show_time(run.start_time),
-                show_time(run.end_time),
-            )
-    console.print(table)
+        runs = connected.list_flow_runs(
+            flow_names=flow or (), state_types=state_types, tags=tag or (), page_size=500
+        )
+        shown, more = _taken(runs, limit, after)
+    for run in shown:
+        table.add_row(
+            short_id(run.id),
+            run.flow_name,
+            run.name,
+            show_state(run.state),
+            str(run.run_count),
+            show_moment(run.start_time),
+            show_moment(run.end_time),
+        )
+    _print_listing(table, len(shown), more, "flow runs", bool(flow or state or tag or since))
 
 
 @flow_runs.command("inspect")
-def inspect_flow_run(run_id: Annotated[str, typer.Argument(help="The flow run's id.")]) -> None:
-    """Show a flow run and its state history."""
+def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> None:
+    """Show a flow run, its state history and its task runs."""
     with client() as connected:
-        run = connected.get_flow_run(run_id)
-        states = connected.list_states(run_id)
-        task_runs_of = list(connected.list_task_runs(flow_run_ids=[run_id], limit=1000))
+        run = find_flow_run(connected, ref)
+        states = connected.list_states(run.id)
+        task_runs_of = list(connected.list_task_runs(flow_run_ids=[run.id], limit=1000))
+        children = _subflows(connected, task_runs_of)
     console.print(f"[bold]{run.name}[/bold]  flow [bold]{run.flow_name}[/bold]  id {run.id}")
     console.print(
         f"state {show_state(run.state)}   runs {run.run_count}   "
         f"started {show_time(run.start_time)}   ended {show_time(run.end_time)}   "
         f"run time {run.total_run_time.total_seconds():.3f}s"
     )
+    if run.parent_task_run_id:
+        console.print(f"subflow of task run {short_id(run.parent_task_run_id)}")
     if run.parameters:
         console.print(f"parameters {run.parameters}")
     if run.tags:
         console.print(f"tags {', '.join(run.tags)}")
     console.print(history_table(states))
     if task_runs_of:
-        table = Table("Task run", "Task", "State", "Runs", title="Task runs")
+        table = Table(title="Task runs")
+        id_column(table)
+        for name in ("Task run", "Task", "State", "Runs", "Subflow run"):
+            table.add_column(name)
         for task_run in reversed(task_runs_of):
+            child = children.get(task_run.id)
             table.add_row(
+                short_id(task_run.id),
                 task_run.name,
                 task_run.task_key,
                 show_state(task_run.state),
                 str(task_run.run_count),
+                f"{short_id(child.id)} {child.name}" if child else "",
             )
         console.print(table)
 
 
+def _subflows(connected: Client, task_runs_of: list[TaskRun]) -> dict[str, FlowRun]:
+    """The flow runs that the given task runs stand for (subflows), by task run id."""
+    if not task_runs_of:
+        return {}
+    wanted = {run.id for run in task_runs_of}
+    found: dict[str, FlowRun] = {}
+    for run in connected.list_flow_runs(page_size=500, limit=5000):
+        if run.parent_task_run_id in wanted:
+            found[run.parent_task_run_id] = run
+            if len(found) == len(wanted):
+                break
+    return found
+
+
 def history_table(states: list[State]) -> Table:
-    table = Table("Time", "State", "Type", "Message", title="History")
+    table = Table("Time", "State", "Message", title="History")
     for state in states:
-        table.add_row(show_time(state.timestamp), show_state(state), state.type.name, state.message)
+        table.add_row(show_time(state.timestamp), show_state(state), state.message)
     return table
 
 
 @flow_runs.command("cancel")
-def cancel_flow_run(run_id: Annotated[str, typer.Argument(help="The flow run's id.")]) -> None:
+def cancel_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> None:
     """Cancel a flow run: a run no process owns is Cancelled at once; a running one becomes
     Cancelling and its process stops it."""
     with client() as connected:
+        run = find_flow_run(connected, ref)
         answer = connected.set_state(
-            run_id, State(StateType.CANCELLING, message="cancelled from the command line")
+            run.id, State(StateType.CANCELLING, message="cancelled from the command line")
         )
     if (
         answer.status in (SetStateStatus.ACCEPT, SetStateStatus.REJECT)
         and answer.state
         and (answer.state.type in (StateType.CANCELLING, StateType.CANCELLED))
     ):
-        console.print(f"flow run {run_id} is {show_state(answer.state)}")
+        console.print(f"flow run {run.name} ({run.id}) is {show_state(answer.state)}")
         return
     errors.print(
         f"[red]Not cancelled:[/red] {answer.reason or 'the server refused'} "
@@ -121,7 +197,7 @@ def cancel_flow_run(run_id: Annotated[str, typer.Argument(help="The flow run's i
 
 @flow_runs.command("resume")
 def resume_flow_run(
-    run_id: Annotated[str, typer.Argument(help="The paused flow run's id.")],
+    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)],
     run_input: Annotated[
         str | None,
         typer.Option("--input", help="The input the pause waits for, as JSON."),
@@ -130,9 +206,10 @@ def resume_flow_run(
     """Resume a paused flow run (with --input when its pause waits for input); its process
     goes on. A pause past its timeout cannot be resumed: the run is Failed."""
     with client() as connected:
-        answer = connected.resume_flow_run(run_id, run_input)
+        run = find_flow_run(connected, ref)
+        answer = connected.resume_flow_run(run.id, run_input)
     if answer.status is SetStateStatus.ACCEPT:
-        console.print(f"flow run {run_id} is {show_state(answer.state)}")
+        console.print(f"flow run {run.name} ({run.id}) is {show_state(answer.state)}")
         return
     errors.print(
         f"[red]Not resumed:[/red] {answer.reason or 'the server refused'} "
@@ -198,7 +275,8 @@ def show_logs(run_id: str, follow: bool, kind: RunKind) -> None:
 @task_runs.command("ls")
 def list_task_runs(
     flow_run: Annotated[
-        list[str] | None, typer.Option("--flow-run", help="Only task runs of this flow run.")
+        list[str] | None,
+        typer.Option("--flow-run", help="Only task runs of this flow run (id, id start or name)."),
     ] = None,
     task: Annotated[
         list[str] | None, typer.Option("--task", help="Only runs of this task.")
@@ -207,26 +285,54 @@ def list_task_runs(
         list[str] | None, typer.Option("--state", help="Only runs in this state type.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help=SINCE_HELP)] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List task runs, newest first."""
-    table = Table("ID", "Task", "Name", "Flow run", "State", "Runs", "Ended")
     state_types = parse_state_types(state or [])  # refused before connecting
+    after = parse_since(since) if since else None
+    table = Table()
+    id_column(table)
+    for name in ("Task", "Name", "Flow run", "State", "Runs", "Ended"):
+        table.add_column(name)
     with client() as connected:
-        for run in connected.list_task_runs(
-            flow_run_ids=flow_run or (),
+        flow_run_ids = [find_flow_run(connected, ref).id for ref in flow_run or ()]
+        runs = connected.list_task_runs(
+            flow_run_ids=flow_run_ids,
             task_keys=task or (),
             state_types=state_types,
             tags=tag or (),
-            limit=limit,
-        ):
-            table.add_row(
-                run.id,
-                run.task_key,
-                run.name,
-                run.flow_run_id or "-",
-                show_state(run.state),
-                str(run.run_count),
-                show_time(run.end_time),
-            )
-    console.print(table)
+            page_size=500,
+        )
+        shown, more = _taken(runs, limit, after)
+    for run in shown:
+        table.add_row(
+            short_id(run.id),
+            run.task_key,
+            run.name,
+            short_id(run.flow_run_id) if run.flow_run_id else "-",
+            show_state(run.state),
+            str(run.run_count),
+            show_moment(run.end_time),
+        )
+    filtered = bool(flow_run or task or state or tag or since)
+    _print_listing(table, len(shown), more, "task runs", filtered)
+
+
+@task_runs.command("inspect")
+def inspect_task_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> None:
+    """Show a task run and its state history, with each state's message."""
+    with client() as connected:
+        run = find_task_run(connected, ref)
+        states = connected.list_states(run.id)
+        parent = connected.get_flow_run(run.flow_run_id) if run.flow_run_id else None
+    console.print(f"[bold]{run.name}[/bold]  task [bold]{run.task_key}[/bold]  id {run.id}")
+    if parent is not None:
+        console.print(f"flow run {parent.name} ({parent.flow_name}) id {parent.id}")
+    console.print(
+        f"state {show_state(run.state)}   runs {run.run_count}   "
+        f"started {show_time(run.start_time)}   ended {show_time(run.end_time)}"
+    )
+    if run.tags:
+        console.print(f"tags {', '.join(run.tags)}")
+    console.print(history_table(states))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from stateward.cli._common import (
     client,
@@ -12,27 +14,36 @@ from stateward.cli._common import (
     errors,
     parse_state_types,
     show_state,
-    show_time,
 )
+from stateward.cli._find import find_flow_run, short_id
 from stateward.exceptions import StatewardError
-from stateward.runs import Transition
+from stateward.runs import RunKind, Transition
 
 
-def line(transition: Transition) -> str:
-    """time, run, from -> to, name: one readable line."""
-    kind = transition.run_kind.label
+def line(transition: Transition, width: int) -> Text:
+    """One transition in at most `width` columns: time, short id, run, from -> to, and the new
+    state's message (cut to fit). The stderr line at each connection says the sequence."""
+    to = transition.to_state
     what = transition.flow_name or transition.task_key
-    return (
-        f"{show_time(transition.to_state.timestamp)}  {kind} {transition.run_name} ({what})  "
-        f"{show_state(transition.from_state)} → {show_state(transition.to_state)}"
-        f"  [dim]#{transition.sequence} {transition.run_id}[/dim]"
+    kind = "flow" if transition.run_kind is RunKind.FLOW_RUN else "task"
+    text = Text.from_markup(
+        f"{to.timestamp.astimezone().strftime('%H:%M:%S') if to.timestamp else '-'} "
+        f"{short_id(transition.run_id)} {kind} {escape(transition.run_name)} ({escape(what)}) "
+        f"{show_state(transition.from_state)} → {show_state(to)}"
     )
+    if to.message:
+        text.append(": " + " ".join(to.message.split()), style="dim")
+    text.truncate(width, overflow="ellipsis")
+    return text
 
 
 def watch(
     flow_run: Annotated[
         list[str] | None,
-        typer.Option("--flow-run", help="Only this flow run and its task runs (repeatable)."),
+        typer.Option(
+            "--flow-run",
+            help="Only this flow run (id, id start or name) and its task runs (repeatable).",
+        ),
     ] = None,
     run: Annotated[
         list[str] | None, typer.Option("--run", help="Only this run (repeatable).")
@@ -76,12 +87,12 @@ def watch(
         try:
             for transition in connected.watch(
                 run_ids=run or (),
-                flow_run_ids=flow_run or (),
+                flow_run_ids=[find_flow_run(connected, ref).id for ref in flow_run or ()],
                 state_types=state_types,
                 after_sequence=cursor,
                 started=started,
                 retrying=retrying,
             ):
-                console.print(line(transition), soft_wrap=True)
+                console.print(line(transition, console.width), soft_wrap=True)
         except KeyboardInterrupt:
             pass

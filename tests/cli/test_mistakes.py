@@ -1,0 +1,58 @@
+"""Kind 3 of the first day: ordinary mistakes are one line saying what is wrong and what to do,
+a non-zero exit, and nothing written; never a traceback. (Backups and damaged databases have
+their own tests, with the store's faults.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import one_line, run, stateward
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["flow-run", "ls"],
+        ["watch"],
+        ["concurrency-limit", "ls"],
+        ["db", "backup", "copy.db"],
+        ["server", "start", "--no-ui", "--port", "0"],
+    ],
+)
+def test_a_home_that_is_a_file_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    home = tmp_path / "not-a-folder"
+    home.write_text("notes\n")
+    done = stateward(home, *args)
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert "STATEWARD_HOME" in line and "is a file, not a folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+    assert home.read_text() == "notes\n"
+
+
+def test_the_sdk_says_the_same_of_a_home_that_is_a_file(tmp_path: Path) -> None:
+    home = tmp_path / "not-a-folder"
+    home.write_text("")
+    program = "from stateward import flow\n\n@flow\ndef hello():\n    return 1\n\nhello()\n"
+    done = run([sys.executable, "-c", program], home)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("stateward.exceptions.InvalidSetting: STATEWARD_HOME=")
+
+
+def test_a_home_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = stateward(blocker / "home", "flow-run", "ls")
+    assert done.returncode == 1
+    assert "file" in one_line(done.stderr)
+
+
+def test_unknown_names_are_one_line(home: Path) -> None:
+    limit = stateward(home, "concurrency-limit", "inspect", "no-such-tag")
+    assert limit.returncode == 1 and "no-such-tag" in one_line(limit.stderr)
+    task_run = stateward(home, "task-run", "inspect", "0123abcd")
+    assert task_run.returncode == 1 and "no task run has an id" in one_line(task_run.stderr)

@@ -1,0 +1,78 @@
+"""Kind 7 of the first day: run names are unique within a flow run (a task's runs are `task-0`,
+`task-1`, ..., a mapped run takes its map index), a subflow's task run shows the child run; a
+failure is logged at ERROR with its traceback once, a retry at WARNING; prints in hooks are
+attributed to their run, for flows as for tasks."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from tests.cli.conftest import run, stateward
+
+PROGRAM = """
+from stateward import flow, task
+
+def hook(subject, run, state):
+    print(f"hook of {run.name} sees {state.name}")
+
+@task
+def square(x):
+    return x * x
+
+@task(retries=1, retry_delay_seconds=0)
+def bad():
+    raise ValueError("broken on purpose")
+
+@task(log_prints=True, on_completion=[hook])
+def chatty():
+    print("in the task")
+
+@flow(flow_run_name="child-run")
+def child():
+    return 1
+
+@flow(flow_run_name="named-run", log_prints=True, on_completion=[hook])
+def names():
+    square.map(range(4)).result()
+    square(5)
+    child()
+    chatty()
+
+@flow(flow_run_name="failing-run")
+def failing():
+    bad()
+
+names()
+state = failing(return_state=True)
+print("final", state.name)
+"""
+
+
+def test_names_logs_and_hook_prints(home: Path) -> None:
+    done = run([sys.executable, "-c", PROGRAM], home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "final Failed\n"
+    log = done.stderr
+
+    # Names: the map index, then the next free number; the subflow's task run after its flow.
+    listing = stateward(home, "task-run", "ls", "--flow-run", "named-run", env={"COLUMNS": "200"})
+    names = re.findall(r"^│ [0-9a-f]{8} │ \S+ +│ (\S+) ", listing.stdout, flags=re.M)
+    assert sorted(names) == ["chatty-0", "child-0", *[f"square-{i}" for i in range(5)]]
+    inspected = stateward(home, "flow-run", "inspect", "named-run", env={"COLUMNS": "200"})
+    child_row = next(line for line in inspected.stdout.splitlines() if "child-0" in line)
+    assert re.search(r"[0-9a-f]{8} child-run", child_row)  # the child flow run it stands for
+
+    # Levels: a retry is a warning; the failure an error with its traceback, shown once.
+    assert re.search(r"WARNING \| Task run 'bad-0' \(bad\) - Retrying: ValueError", log)
+    assert re.search(r"ERROR   \| Task run 'bad-0' \(bad\) - Failed: ValueError", log)
+    assert re.search(r"ERROR   \| Flow run 'failing-run' \(failing\) - Failed", log)
+    assert log.count("Traceback (most recent call last)") == 1
+    assert log.index("Traceback") > log.index("Task run 'bad-0' (bad) - Failed")
+    assert "INFO    | Task run 'bad-0' (bad) - Failed" not in log
+
+    # Prints: in code and in hooks, each attributed to its own run.
+    assert "| Task run 'chatty-0' - in the task" in log
+    assert "| Task run 'chatty-0' - hook of chatty-0 sees Completed" in log
+    assert "| Flow run 'named-run' - hook of named-run sees Completed" in log
