@@ -86,7 +86,11 @@ class ServerLoops:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                moved = await loop.run_in_executor(self._thread, sweep)
+                sweeping = loop.run_in_executor(self._thread, sweep)
+            except RuntimeError:  # the interpreter is exiting (an embedded server): stop
+                return
+            try:
+                moved = await sweeping
             except Exception:
                 log.exception("the %s loop failed; it will try again", name)
             else:

@@ -70,6 +70,8 @@ def test_empty_lists_say_so(runs_home: Path, home: Path) -> None:
     )
     fresh = stateward(home, "task-run", "ls")
     assert fresh.returncode == 0 and fresh.stdout.strip() == "No task runs yet."
+    limits = stateward(home, "concurrency-limit", "ls")
+    assert limits.returncode == 0 and limits.stdout.startswith("No concurrency limits yet")
 
 
 def test_a_run_is_found_by_its_short_id_or_its_name_and_ambiguity_is_listed(

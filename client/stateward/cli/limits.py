@@ -30,8 +30,12 @@ def list_limits() -> None:
     """List every limit with how many of its slots are taken."""
     table = Table("Tag", "Limit", "Running")
     with client() as connected:
-        for limit in connected.list_concurrency_limits():
-            table.add_row(limit.tag, str(limit.limit), str(len(limit.active_slots)))
+        limits = connected.list_concurrency_limits()
+    if not limits:
+        console.print("No concurrency limits yet (`stateward concurrency-limit create TAG N`).")
+        return
+    for limit in limits:
+        table.add_row(limit.tag, str(limit.limit), str(len(limit.active_slots)))
     console.print(table)
 
 
