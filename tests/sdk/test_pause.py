@@ -150,7 +150,7 @@ def test_a_pause_resumed_from_the_cli_on_the_embedded_default(tmp_path):
             return answers[-1].returncode == 0
 
         wait_until(resumed, timeout=60, what="the CLI to resume the run")
-        assert f"flow run {run_id} is Running" in answers[-1].stdout
+        assert f"({run_id}) is Running" in answers[-1].stdout
         assert all("is not paused" in flat(a.stderr) for a in answers[:-1])
         out, err = owner.communicate(timeout=60)
     finally:
