@@ -62,6 +62,11 @@ def get_client() -> Client:
         return _client
 
 
+def has_client() -> bool:
+    """Whether this process has made its client (its server can no longer change)."""
+    return _client is not None
+
+
 def _connect() -> Client:
     settings.check()
     address = settings.api_url()

@@ -41,6 +41,7 @@ from stateward.exceptions import ParameterTypeError, UpstreamTaskError
 from stateward.flows import Flow
 from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateType
+from stateward.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 flow_run_log = logging.getLogger("stateward.flow_runs")
 
@@ -61,7 +62,8 @@ class FlowRunEngine(RunEngine):
         self.wait_for = list(wait_for or ())
         self.flow_run: FlowRun | None = None
         self.context: FlowRunContext | None = None
-        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # This run's copy of the flow's task runner, started at the first submit.
+        self.runner: TaskRunner | None = None
         # The task runs and subflows of this run under way (their engines): when this run is
         # cancelled or times out, they are stopped too.
         self.nested: set[RunEngine] = set()
@@ -244,9 +246,10 @@ class FlowRunEngine(RunEngine):
             if futures:
                 concurrent.futures.wait([f._future for f in futures])
         finally:
-            if self.executor is not None:
-                self.executor.shutdown(wait=True, cancel_futures=True)
-                self.executor = None
+            with self.task_run_lock:
+                runner, self.runner = self.runner, None
+            if runner is not None:
+                runner.shutdown()
             with engine_code():
                 for future in futures:
                     if future._future.cancelled():
@@ -255,13 +258,15 @@ class FlowRunEngine(RunEngine):
                             State(StateType.CANCELLED, message="its flow run stopped first"),
                         )
 
-    def task_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def task_runner(self) -> TaskRunner:
+        """This run's task runner (the flow's, or a thread pool), started on first use."""
         with self.task_run_lock:
-            if self.executor is None:
-                self.executor = concurrent.futures.ThreadPoolExecutor(
-                    thread_name_prefix=f"stateward-{self.flow.name}"
-                )
-            return self.executor
+            if self.runner is None:
+                configured = self.flow.task_runner
+                runner = configured.duplicate() if configured else ThreadPoolTaskRunner()
+                runner.start()
+                self.runner = runner
+            return self.runner
 
     # --- the whole run ----------------------------------------------------------------------------
 

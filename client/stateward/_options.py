@@ -71,7 +71,6 @@ NOT_YET_ACTIVE: Mapping[str, NotYetActive] = {
     "cache_result_in_memory": NotYetActive(
         "a result stays in memory in the process that ran it", lambda value: value is False
     ),
-    "task_runner": NotYetActive("submitted task runs run in a pool of threads"),
     "on_commit": NotYetActive("Stateward has no transactions", lambda value: bool(value)),
     "on_rollback": NotYetActive("Stateward has no transactions", lambda value: bool(value)),
     "viz_return_value": NotYetActive("Stateward has no flow visualisation"),

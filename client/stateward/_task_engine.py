@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import inspect
 import logging
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from stateward._engine import RunEngine, call_run
 from stateward._hooks import await_from_sync
 from stateward._interrupt import RunInterrupted, engine_code, waiting
+from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
     jsonable,
     judged,
@@ -38,6 +38,9 @@ from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
 from stateward.tasks import Task
 from stateward.utilities.annotations import allow_failure, quote, unmapped
+
+if TYPE_CHECKING:
+    from stateward.task_runners import Dispatch
 
 task_run_log = logging.getLogger("stateward.task_runs")
 
@@ -61,9 +64,47 @@ class TaskRunEngine(RunEngine):
         self.task_run: TaskRun | None = None
         self.context: TaskRunContext | None = None
         self.attempts = 0  # attempts of the code in this process
+        self.flow_run_id = self.parent.flow_run.id if self.parent else ""
         self.cache_key = ""
+        # Sent to a worker by a task runner: a stop of its flow run goes through this.
+        self.remote: Dispatch | None = None
+        self.on_a_worker = False
         if self.parent is not None:  # its flow run's timeout or cancel stops it too
             self.parent.engine.track(self)
+
+    @classmethod
+    def on_worker(
+        cls, task: Task[..., Any], task_run: TaskRun, parameters: dict[str, Any]
+    ) -> TaskRunEngine:
+        """The engine of a task run that a task runner sent to this process (a worker): the run
+        exists, its inputs are resolved, and a cancel of the run itself reaches it."""
+        engine = cls(task, (), parameters, None)
+        engine.id = task_run.id
+        engine.flow_run_id = task_run.flow_run_id
+        engine.orchestration = RunOrchestration(
+            engine.client, engine.supervisor, engine.id, engine.log
+        )
+        engine.on_a_worker = True
+        engine._adopt([task_run])
+        return engine
+
+    def enter(self) -> None:
+        if self.on_a_worker:  # its flow run is in another process: it is stopped through the run
+            self.supervisor.on_cancel(self.id, self.request_cancel)
+
+    def done(self) -> None:
+        super().done()
+        if self.on_a_worker:
+            self.supervisor.forget(self.id)
+
+    def interrupt(self, error: type[RunInterrupted]) -> None:
+        remote = self.remote
+        if remote is None:
+            super().interrupt(error)
+            return
+        if self.stop.stop_requested is None:
+            self.stop.stop_requested = error
+        remote.stop()
 
     # --- the run record ---------------------------------------------------------------------------
 
@@ -79,7 +120,7 @@ class TaskRunEngine(RunEngine):
                 else ""
             ),
             task_key=task.task_key,
-            flow_run_id=self.parent.flow_run.id if self.parent else "",
+            flow_run_id=self.flow_run_id,
             parameters=jsonable(self.parameters),
             tags=self.tags,
             retry_policy=RetryPolicy(task.retries, task.retry_delays, task.retry_jitter_factor),
@@ -117,7 +158,7 @@ class TaskRunEngine(RunEngine):
             id=self.id,
             name=run.name if run else "",
             task_key=self.task.task_key,
-            flow_run_id=self.parent.flow_run.id if self.parent else "",
+            flow_run_id=self.flow_run_id,
             parameters=self.parameters,
             tags=self.tags,
             retry_policy=RetryPolicy(
@@ -300,11 +341,9 @@ def submit_task(
             finished.set_result(reused)
             return StatewardFuture(reused.details.task_run_id or engine.id, finished)
         engine.create()
-        run = contextvars.copy_context().run
+        runner = context.engine.task_runner()
         future: StatewardFuture[Any] = StatewardFuture(
-            engine.id,
-            context.engine.task_executor().submit(run, engine.run_in_worker),
-            lambda: engine.orchestration.state,
+            engine.id, runner.submit(engine), lambda: _current_state(engine)
         )
         context.futures.append(future)
     return future
@@ -320,6 +359,14 @@ def _mapped(value: Any) -> list[Any] | None:
     if isinstance(value, unmapped | quote | str | bytes | dict) or not isinstance(value, Iterable):
         return None
     return list(value)
+
+
+def _current_state(engine: TaskRunEngine) -> State | None:
+    """A submitted run's state now: as this process knows it, or, for a run on a worker, as
+    the server does."""
+    if engine.remote is None:
+        return engine.orchestration.state
+    return engine.client.get_task_run(engine.id).state
 
 
 def map_task(

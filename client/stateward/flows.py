@@ -8,6 +8,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
+from stateward.task_runners import TaskRunner
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,7 +32,7 @@ class Flow(HookedFunction, Generic[P, R]):
         flow_run_name: str | Callable[[], str] | None = None,
         retries: int | None = None,
         retry_delay_seconds: RetryDelay = None,
-        task_runner: Any = None,
+        task_runner: TaskRunner | type[TaskRunner] | None = None,
         description: str | None = None,
         timeout_seconds: float | None = None,
         validate_parameters: bool | None = None,
@@ -55,6 +56,13 @@ class Flow(HookedFunction, Generic[P, R]):
         self.flow_run_name = flow_run_name
         self.retries = retries or 0
         self.retry_delay_seconds = retry_delay_seconds or 0
+        if isinstance(task_runner, type) and issubclass(task_runner, TaskRunner):
+            task_runner = task_runner()  # the class alone: its default settings
+        if task_runner is not None and not isinstance(task_runner, TaskRunner):
+            raise TypeError(
+                f"task_runner must be a TaskRunner (ThreadPoolTaskRunner(), "
+                f"ProcessPoolTaskRunner(), DaskTaskRunner()...), not {task_runner!r}"
+            )
         self.task_runner = task_runner
         self.timeout_seconds = timeout_seconds
         self.tags = unique_tags(tags)

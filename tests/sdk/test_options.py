@@ -16,6 +16,7 @@ import stateward
 import stateward.cache_policies
 from stateward import Flow, Task, flow, task
 from stateward._options import NOT_YET_ACTIVE
+from stateward.task_runners import ThreadPoolTaskRunner
 from tests.sdk.conftest import python
 
 
@@ -79,7 +80,7 @@ FLOW_OPTIONS: dict[str, Any] = {
     "result_storage": SENTINEL,
     "result_serializer": "json",
     "cache_result_in_memory": False,
-    "task_runner": SENTINEL,
+    "task_runner": ThreadPoolTaskRunner(max_workers=3),
     "log_prints": True,
 }
 
@@ -161,14 +162,13 @@ def test_options_without_effect_yet_log_one_warning_each_when_used_not_at_import
         "result_storage_key": "'key'",
         "result_serializer": "'json'",
         "cache_result_in_memory": False,
-        "task_runner": "object()",
         "on_commit": "[print]",
         "on_rollback": "[print]",
         "viz_return_value": 1,
         "asset_deps": "['a']",
     }
     assert set(values) == set(NOT_YET_ACTIVE)
-    flow_only = {"task_runner"}
+    flow_only: set[str] = set()  # every flow option acts now
     task_only = {"result_storage_key", "on_commit", "on_rollback"}
     task_only |= {"viz_return_value", "asset_deps"}
     uses = []
@@ -237,3 +237,10 @@ def test_with_options_gives_a_flow_a_list_of_delays(client) -> None:
     assert changed(4) == 4
     run = next(client.list_flow_runs(flow_names=["sdk-flow-delays-by-with-options"], limit=1))
     assert run.retry_policy.retry_delay_seconds == (1.0, 2.0, 3.0)
+
+
+def test_a_task_runner_that_is_not_one_is_a_type_error_naming_the_runners() -> None:
+    with pytest.raises(TypeError, match="ThreadPoolTaskRunner"):
+        flow(task_runner=object())(f)
+    with pytest.raises(TypeError, match="task_runner must be a TaskRunner"):
+        flow(f).with_options(task_runner="threads")
