@@ -214,15 +214,16 @@ class Dispatch:
     def go(self) -> None:
         """Resolve the inputs and send the run; an input that did not complete, or a stop that
         came first, ends the run here (as the local engine ends it)."""
-        from stateward._outcomes import UpstreamFailed, resolve
+        from stateward._outcomes import resolve
         from stateward._worker import ServerTarget, TaskRunPayload
+        from stateward.exceptions import UpstreamTaskError
 
         try:
             try:
                 for upstream in self.engine.wait_for:
                     resolve(upstream)
                 parameters = resolve(self.engine.parameters)
-            except UpstreamFailed:
+            except UpstreamTaskError:
                 self._run_here()
                 return
             assert self.engine.task_run is not None
