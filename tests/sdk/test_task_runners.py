@@ -5,6 +5,7 @@ propose their own states; the tests read the histories the server kept."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -79,6 +80,14 @@ def slow(index: int, folder: str) -> int:
     for _ in range(400):
         time.sleep(0.05)
     return index
+
+
+@task(tags=["runners-one-at-a-time"])
+def one_at_a_time(index: int, folder: str) -> None:
+    """Records when it ran, as `<start> <end>` in `span-<index>`."""
+    began = time.time()
+    time.sleep(0.3)
+    (Path(folder) / f"span-{index}").write_text(f"{began} {time.time()}")
 
 
 @task
@@ -231,6 +240,24 @@ def test_a_cancelled_flow_stops_its_running_tasks_and_never_starts_the_queued_on
         assert ("Running" in names) is (run.parameters["index"] in ran), names
 
 
+def test_a_concurrency_limit_holds_across_workers(runner, client, tmp_path) -> None:
+    tag = "runners-one-at-a-time"
+    if all(limit.tag != tag for limit in client.list_concurrency_limits()):
+        client.create_concurrency_limit(tag, 1)
+
+    @flow(task_runner=runner)
+    def limited(folder: str) -> None:
+        one_at_a_time.map(range(3), folder=folder).result()
+
+    limited(str(tmp_path))
+    spans = sorted(
+        tuple(float(t) for t in (tmp_path / f"span-{i}").read_text().split()) for i in range(3)
+    )
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, spans  # one slot: never two at once
+    assert client.get_concurrency_limit(tag).active_slots == ()
+
+
 # --- Dask specifics -----------------------------------------------------------------------------
 
 
@@ -246,6 +273,19 @@ def test_dask_in_the_flows_process_without_worker_processes(sdk_server, client, 
     results = in_process(str(tmp_path))
     assert [value for value, _ in results] == [x * x for x in range(8)]
     assert {pid for _, pid in results} == {os.getpid()}
+
+
+def test_a_timed_out_flow_stops_its_tasks_on_dask(dask_cluster, client, tmp_path) -> None:
+    @flow(task_runner=DaskTaskRunner(address=dask_cluster.scheduler_address), timeout_seconds=4)
+    def late(folder: str) -> None:
+        slow.map(range(8), folder=folder).wait()
+
+    started = time.monotonic()
+    state = late(str(tmp_path), return_state=True)
+    assert time.monotonic() - started < 20  # not the tasks' 20 s
+    assert state.name == "TimedOut"
+    runs = list(client.list_task_runs(flow_run_ids=[state.details.flow_run_id]))
+    assert {run.state.name for run in runs if run.state} == {"Cancelled"}
 
 
 def test_a_killed_dask_worker_leaves_its_task_run_crashed(dask_cluster, client, tmp_path) -> None:
