@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward import settings
 from stateward.exceptions import InvalidSetting, ServerUnavailable, StatewardError
@@ -237,6 +236,8 @@ class GrpcTransport:
         """Return once the server answers its health check; raise ServerUnavailable saying
         what is wrong if it has not within `within` seconds (a server still starting gets
         that long; an address where nothing listens fails as soon as the time is up)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc  # only for this check
+
         deadline = time.monotonic() + within
         while True:
             # A fresh channel each time: a channel that failed to connect backs off.

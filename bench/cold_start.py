@@ -1,0 +1,130 @@
+"""Cold start: `import stateward`, and the first flow result from a cold process on a fresh home.
+
+    .venv/bin/python bench/cold_start.py [--old /tmp/hot-old] [--rounds 3] [--samples 5]
+
+Each figure is the wall time of a fresh interpreter, and the baseline, measured in the same
+round, is a fresh interpreter that imports nothing (`python -c pass`): these machines are shared
+and noisy, so the ratio, and the time above the baseline, are what compare. With `--old` (a
+checkout of another commit, e.g. `git worktree add /tmp/hot-old <commit>`), that tree's sources
+are measured in the same rounds, alternating with this one's, under the same interpreter.
+Each round reports the median of its samples; the spread is the range over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+FIRST_FLOW = """
+from stateward import flow, task
+
+@task
+def one() -> int:
+    return 1
+
+@flow
+def first() -> int:
+    return one()
+
+print(first(), flush=True)
+"""
+
+
+def env_for(tree: Path, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "STATEWARD_API_URL"}
+    env["PYTHONPATH"] = f"{tree / 'client'}{os.pathsep}{tree / 'service'}"
+    env["STATEWARD_HOME"] = str(home)
+    return env
+
+
+def until_first_line(code: str, env: dict[str, str]) -> float:
+    """Seconds from starting a fresh interpreter on `code` to its first line of output (the
+    process may take longer to exit: an embedded server closes its database at exit)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    elapsed = time.perf_counter() - start
+    _, err = process.communicate(timeout=60)
+    if process.returncode != 0 or not line:
+        raise SystemExit(f"the program failed:\n{err}")
+    return elapsed
+
+
+def measure(tree: Path, what: str, samples: int) -> float:
+    """Median over `samples` fresh processes, each on a fresh home."""
+    code = {
+        "baseline": "print(0)",
+        "import": "import stateward\nprint(0)",
+        "first flow": FIRST_FLOW,
+    }[what]
+    times = []
+    for _ in range(samples):
+        with tempfile.TemporaryDirectory(prefix="stateward-cold-") as home:
+            times.append(until_first_line(code, env_for(tree, Path(home))))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", type=Path, help="another checkout to measure alongside")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=5)
+    args = parser.parse_args()
+    trees = {"new": HERE}
+    if args.old:
+        trees["old"] = args.old.resolve()
+    what = ("baseline", "import", "first flow")
+    results: dict[tuple[str, str], list[float]] = {}
+    print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    for round_ in range(args.rounds):
+        order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        for name in order:
+            for item in what:
+                key = (name, item)
+                results.setdefault(key, []).append(measure(trees[name], item, args.samples))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(f"{'tree':<5} {'figure':<11} {'median ms':>10} {'spread ms':>15} {'above base':>11}")
+    for name in trees:
+        base = statistics.median(results[(name, "baseline")])
+        for item in what:
+            rounds = results[(name, item)]
+            middle = statistics.median(rounds)
+            spread = f"{min(rounds) * 1e3:.0f}-{max(rounds) * 1e3:.0f}"
+            print(
+                f"{name:<5} {item:<11} {middle * 1e3:>10.0f} {spread:>15}"
+                f" {(middle - base) * 1e3:>9.0f}ms  ({middle / base:.2f}x baseline)"
+            )
+    if "old" in trees:
+        for item in ("import", "first flow"):
+            new = [
+                r - b
+                for r, b in zip(results[("new", item)], results[("new", "baseline")], strict=True)
+            ]
+            old = [
+                r - b
+                for r, b in zip(results[("old", item)], results[("old", "baseline")], strict=True)
+            ]
+            ratios = [n / o for n, o in zip(new, old, strict=True) if o > 0]
+            print(
+                f"{item}: new/old time above baseline {statistics.median(ratios):.2f}"
+                f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Cold start: `import stateward` loads no gRPC, protobuf or server code (they cost most of a
+cold import); they load when a flow first runs or a client is first looked up. Each check runs in
+a fresh interpreter, whose `sys.modules` is the truth."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from tests.sdk.conftest import python
+
+# Modules a script that only imports stateward (and defines flows) must not pay for.
+HEAVY = (
+    "stateward_service",  # the server
+    "sqlite_utils",
+    "sqlite3",
+    "prometheus_client",
+    "grpc",
+    "grpc_health.v1",  # the health service's messages
+    "grpc_reflection.v1alpha",
+    "google.protobuf",
+    "stateward.v1",  # generated code
+    "pydantic",
+)
+
+REPORT = """
+import json, sys
+heavy = {heavy!r}
+print(json.dumps(sorted(
+    m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy)
+)))
+"""
+
+
+def loaded_heavy_modules(setup: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The modules of `heavy` (and their submodules) loaded after running `setup` cold."""
+    code = textwrap.dedent(setup) + REPORT.format(heavy=heavy)
+    done = python(code, env={"STATEWARD_API_URL": ""})
+    assert done.returncode == 0, done.stderr
+    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_import_stateward_loads_no_grpc_protobuf_or_server_code():
+    assert loaded_heavy_modules("import stateward") == []
+
+
+def test_defining_flows_and_tasks_loads_none_of_it_either():
+    setup = """
+    from stateward import flow, task, get_run_logger
+    @task(retries=2)
+    def add(x: int) -> int:
+        return x + 1
+    @flow(log_prints=True)
+    def main(n: int = 1) -> int:
+        return add(n)
+    """
+    assert loaded_heavy_modules(setup) == []
+
+
+def test_a_remote_client_loads_no_server_metrics_or_health_code():
+    # The client needs gRPC and protobuf; the health messages load only for a reachability check.
+    setup = "from stateward import Client\nClient('127.0.0.1:9')"
+    heavy = (
+        "stateward_service",
+        "sqlite_utils",
+        "prometheus_client",
+        "grpc_health.v1",
+        "grpc_reflection.v1alpha",
+    )
+    assert loaded_heavy_modules(setup, heavy) == []
+
+
+def test_the_lazy_names_are_the_modules_own_objects():
+    done = python(
+        """
+        import stateward, stateward.client, stateward._embedded
+        assert stateward.Client is stateward.client.Client
+        assert stateward.AsyncClient is stateward.client.AsyncClient
+        assert stateward.get_client is stateward._embedded.get_client
+        assert {"Client", "AsyncClient", "get_client"} <= set(dir(stateward))
+        try:
+            stateward.no_such_name
+        except AttributeError as error:
+            print(error)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "module 'stateward' has no attribute 'no_such_name'" in done.stdout
