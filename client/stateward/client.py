@@ -294,9 +294,9 @@ class Client:
                 if started is not None:
                     started(start)
                 for message in stream:
-                    transition = wire.transition_from_proto(message.transition)
-                    resume.delivered(transition)
-                    yield transition
+                    for transition in wire.transitions_of(message):
+                        resume.delivered(transition)
+                        yield transition
                 return  # the server ended the stream normally
             except grpc.RpcError as error:
                 failure = translate(error, getattr(self.transport, "connection", None))
@@ -495,9 +495,9 @@ class AsyncClient:
             try:
                 resume.started(await stream.start_sequence())
                 async for message in stream:
-                    transition = wire.transition_from_proto(message.transition)
-                    resume.delivered(transition)
-                    yield transition
+                    for transition in wire.transitions_of(message):
+                        resume.delivered(transition)
+                        yield transition
                 return
             except grpc.RpcError as error:
                 if not (reconnect and can_reconnect(error)):

@@ -562,16 +562,29 @@ def list_task_runs_request(
     )
 
 
+# The clients ask for batches: a subscriber that is behind then gets many transitions per message.
+WATCH_BATCH = 500
+
+
+def transitions_of(message: pb.WatchTransitionsResponse) -> list[Transition]:
+    """The transitions one stream message carries: `transitions`, or else the one `transition`."""
+    if message.transitions:
+        return [transition_from_proto(item) for item in message.transitions]
+    return [transition_from_proto(message.transition)]
+
+
 def watch_request(
     run_ids: Iterable[str],
     flow_run_ids: Iterable[str],
     state_types: Iterable[StateType],
     after_sequence: int | None,
+    max_batch: int = WATCH_BATCH,
 ) -> pb.WatchTransitionsRequest:
     request = pb.WatchTransitionsRequest(
         run_ids=list(run_ids),
         flow_run_ids=list(flow_run_ids),
         state_types=[int(t) for t in state_types],  # type: ignore[misc]
+        max_batch=max_batch,
     )
     if after_sequence is not None:
         request.after_sequence = after_sequence

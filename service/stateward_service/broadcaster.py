@@ -16,6 +16,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -256,7 +257,23 @@ class TransitionBroadcaster:
         from now, when None), in order, until the subscriber stops or the server closes
         (StreamClosed). Each is encoded by `encode`, by default the broadcaster's own (a
         WatchTransitionsResponse). Raises CursorExpired if it falls behind what the log keeps."""
+        async with aclosing(self.subscribe_batches(where, after, encode)) as batches:
+            async for batch in batches:
+                for item in batch:
+                    yield item
+
+    async def subscribe_batches(
+        self,
+        where: TransitionFilter,
+        after: int | None,
+        encode: Encoder | None = None,
+        max_batch: int = 500,
+    ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
+        """As `subscribe`, but yields what is ready at once as one list of at most `max_batch`
+        (sequence, encoded transition), in order: one item when the subscriber keeps up, more
+        when it is behind (replaying, or slower than the writers)."""
         encode = encode or self.encode
+        max_batch = max(1, max_batch)
         me = _Subscription(where, self._last if after is None else after)
         self.subscribers += 1
         with self._lock:
@@ -269,8 +286,8 @@ class TransitionBroadcaster:
                 entries = self._after(me.cursor)
                 if entries is None:
                     batch = await self._read_log(where, me.cursor, encode)
-                    for item in batch.items:
-                        yield item
+                    for start in range(0, len(batch.items), max_batch):
+                        yield batch.items[start : start + max_batch]
                     me.cursor = batch.reached
                 elif not entries:
                     with self._lock:
@@ -281,11 +298,18 @@ class TransitionBroadcaster:
                     with self._lock:
                         me.waiting = False
                 else:
+                    ready: list[tuple[int, bytes]] = []
                     for entry in entries:
                         transition = entry.transition
-                        me.cursor = transition.sequence
                         if where.matches(transition):
-                            yield me.cursor, entry.payload(encode)
+                            ready.append((transition.sequence, entry.payload(encode)))
+                            if len(ready) == max_batch:
+                                me.cursor = transition.sequence
+                                yield ready
+                                ready = []
+                        me.cursor = transition.sequence
+                    if ready:
+                        yield ready
         finally:
             self.subscribers -= 1
             with self._lock:

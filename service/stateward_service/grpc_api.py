@@ -92,6 +92,36 @@ def _translating(call: Callable[[], T]) -> T:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# A batch message stays well below the 4 MiB that gRPC clients accept by default.
+BATCH_MESSAGE_BYTES = 1024 * 1024
+# The one-transition message's first byte: field 1 (`transition`), length-delimited. A batch
+# message is the same bytes with field 2 (`transitions`), once per transition.
+_ONE_TAG, _MANY_TAG = b"\x0a", b"\x12"
+
+
+def batched_messages(
+    items: list[tuple[int, bytes]], max_bytes: int = BATCH_MESSAGE_BYTES
+) -> list[tuple[int, bytes]]:
+    """(last sequence, message) for the encoded one-transition messages `items`, joined into
+    WatchTransitionsResponse messages with `transitions` of at most about `max_bytes` each (a
+    larger transition goes alone). No transition is decoded or encoded again."""
+    messages: list[tuple[int, bytes]] = []
+    parts: list[bytes] = []
+    size = 0
+    last = 0
+    for sequence, payload in items:
+        if parts and size + len(payload) > max_bytes:
+            messages.append((last, b"".join(parts)))
+            parts, size = [], 0
+        assert payload[:1] == _ONE_TAG
+        parts.append(_MANY_TAG + payload[1:])
+        size += len(payload)
+        last = sequence
+    if parts:
+        messages.append((last, b"".join(parts)))
+    return messages
+
+
 class OrchestrationService:
     """One synchronous method per unary RPC of OrchestrationService, named as the RPC (request
     in, response out, ServiceError for a refusal), and the streaming WatchTransitions."""
@@ -327,7 +357,9 @@ class OrchestrationService:
         self, request: pb.WatchTransitionsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """Each message is an encoded WatchTransitionsResponse, made once for all subscribers
-        (the method is registered without a response serializer)."""
+        (the method is registered without a response serializer); with max_batch above 1, what
+        is ready at once goes out in as few messages as fit (see `batched_messages`)."""
+        max_batch = check.stream_batch(request.max_batch)
         where = TransitionFilter(
             run_ids=frozenset(check.run_ids(request.run_ids, "run_ids")),
             flow_run_ids=frozenset(check.run_ids(request.flow_run_ids, "flow_run_ids")),
@@ -345,10 +377,16 @@ class OrchestrationService:
             await context.send_initial_metadata(((START_SEQUENCE_KEY, str(start)),))
             # aclosing: the subscription ends the moment this stream does (a client cancel
             # included), not whenever the generator is collected.
-            async with aclosing(broadcaster.subscribe(where, start)) as subscription:
-                async for sequence, payload in subscription:
-                    delivered = sequence
-                    yield payload
+            batches = broadcaster.subscribe_batches(where, start, max_batch=max_batch)
+            async with aclosing(batches) as subscription:
+                async for batch in subscription:
+                    if len(batch) == 1:
+                        delivered, payload = batch[0]
+                        yield payload
+                        continue
+                    for last, message in batched_messages(batch):
+                        delivered = last
+                        yield message
         except CursorAhead as error:
             raise ServiceError(
                 StatusCode.FAILED_PRECONDITION,

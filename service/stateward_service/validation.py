@@ -37,6 +37,7 @@ MAX_DELAY_SECONDS = 366 * 86_400.0  # a retry at most a year away
 MAX_JITTER_FACTOR = 100.0
 MAX_FILTER_VALUES = 1_000  # in each filter list
 MAX_BATCH = 100
+MAX_STREAM_BATCH = 1_000  # transitions in one WatchTransitions message
 # A page token is passed back as the server made it; the server's are under 100 characters.
 MAX_PAGE_TOKEN = 200
 # How deeply a result's JSON may nest (as deep as protobuf lets a Struct nest).
@@ -274,6 +275,13 @@ def page_size(value: int, field: str = "page_size") -> int:
     if value == 0:
         return DEFAULT_PAGE_SIZE
     return min(value, MAX_PAGE_SIZE)
+
+
+def stream_batch(value: int, field: str = "max_batch") -> int:
+    """The most transitions one stream message may carry: 0 and 1 both mean one."""
+    if value > MAX_STREAM_BATCH:
+        raise invalid(field, f"is {value:,}; at most {MAX_STREAM_BATCH:,} are allowed")
+    return max(1, value)
 
 
 def run_ids(values: Sequence[str], field: str) -> tuple[str, ...]:

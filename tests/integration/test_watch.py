@@ -407,11 +407,41 @@ def test_malformed_watch_requests_are_invalid_argument(watch_server):
         (pb.WatchTransitionsRequest(flow_run_ids=[""]), "flow_run_ids[0]"),
         (pb.WatchTransitionsRequest(state_types=[0]), "state_types"),
         (pb.WatchTransitionsRequest(state_types=[42]), "state_types"),
+        (pb.WatchTransitionsRequest(max_batch=1001), "max_batch"),
     ):
         with pytest.raises(grpc.RpcError) as caught:
             list(watch_server.stub().WatchTransitions(request, timeout=5))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details().startswith(field)
+
+
+def test_a_subscriber_behind_gets_many_transitions_per_message(watch_server, client):
+    flow_run, task_runs = flow_with_tasks(client, tasks=40)
+    finish(client, [t.id for t in task_runs])  # 2 + 40 * 3 transitions of this flow run
+    expected = collect(watch_server, 122, flow_run_ids=[flow_run.id], after_sequence=0)
+    assert len(expected) == 122 and all(t.sequence for t in expected)
+    request = pb.WatchTransitionsRequest(flow_run_ids=[flow_run.id], after_sequence=0, max_batch=50)
+    call = watch_server.stub().WatchTransitions(request, timeout=30)
+    messages: list[pb.WatchTransitionsResponse] = []
+    found: list[pb.Transition] = []
+    for message in call:
+        messages.append(message)
+        found.extend(message.transitions or [message.transition])
+        if len(found) >= 122:
+            call.cancel()
+            break
+    assert found == expected  # the same transitions, in order, none twice
+    # Replayed from the log, they come at most 50 to a message; only single ones use `transition`.
+    assert len(messages) <= 6
+    assert all(len(m.transitions) <= 50 for m in messages)
+    assert all(m.HasField("transition") == (not m.transitions) for m in messages)
+    # The client asks for batches and reads both fields.
+    ours = []
+    for transition in client.watch(flow_run_ids=[flow_run.id], after_sequence=0):
+        ours.append(transition.sequence)
+        if len(ours) == 122:
+            break
+    assert ours == [t.sequence for t in expected]
 
 
 def watch_command(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -36,3 +36,25 @@ def test_a_read_runs_in_a_worker_thread_and_a_write_on_the_loop():
     loop_thread, read_thread, write_thread = asyncio.run(main())
     assert read_thread != loop_thread
     assert write_thread == loop_thread
+
+
+def test_batched_messages_join_encoded_transitions_without_decoding_them():
+    from stateward.v1 import orchestration_pb2 as pb
+    from stateward_service.grpc_api import batched_messages
+
+    singles = [
+        pb.WatchTransitionsResponse(
+            transition=pb.Transition(sequence=n, run_id=f"run-{n}", flow_run_id="f")
+        )
+        for n in range(1, 8)
+    ]
+    items = [(m.transition.sequence, m.SerializeToString()) for m in singles]
+    # Room for about three per message: 7 transitions go out in 3 messages, in order.
+    limit = sum(len(payload) for _, payload in items[:3])
+    messages = batched_messages(items, max_bytes=limit)
+    assert [last for last, _ in messages] == [3, 6, 7]
+    decoded = [pb.WatchTransitionsResponse.FromString(data) for _, data in messages]
+    assert all(not m.HasField("transition") for m in decoded)
+    assert [t for m in decoded for t in m.transitions] == [m.transition for m in singles]
+    # A transition larger than the limit goes alone.
+    assert [last for last, _ in batched_messages(items, max_bytes=1)] == list(range(1, 8))

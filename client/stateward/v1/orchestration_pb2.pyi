@@ -716,10 +716,17 @@ class WatchTransitionsRequest(_message.Message):
     FLOW_RUN_IDS_FIELD_NUMBER: _builtins.int
     STATE_TYPES_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """When set, first replay every matching transition with a larger sequence, then go on live,
     with no gap and no duplicate. When unset, start live. If the log no longer holds the
     transitions after it, the call fails with FAILED_PRECONDITION naming the oldest sequence kept.
+    """
+    max_batch: _builtins.int
+    """The most transitions one message may carry (at most 1000; more is INVALID_ARGUMENT). 0 or 1:
+    one transition per message, in `transition`. Above 1: a subscriber that is behind (replaying,
+    or slower than the writers) gets up to this many in one message, in `transitions`, which
+    costs the server and the client far less per transition than one message each.
     """
     @_builtins.property
     def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -740,10 +747,11 @@ class WatchTransitionsRequest(_message.Message):
         flow_run_ids: _abc.Iterable[_builtins.str] | None = ...,
         state_types: _abc.Iterable[_states_pb2.StateType.ValueType] | None = ...,
         after_sequence: _builtins.int | None = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "flow_run_ids", b"flow_run_ids", "run_ids", b"run_ids", "state_types", b"state_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "flow_run_ids", b"flow_run_ids", "max_batch", b"max_batch", "run_ids", b"run_ids", "state_types", b"state_types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
@@ -753,23 +761,32 @@ Global___WatchTransitionsRequest: _TypeAlias = WatchTransitionsRequest  # noqa: 
 
 @_typing.final
 class WatchTransitionsResponse(_message.Message):
-    """One message of the WatchTransitions stream."""
+    """One message of the WatchTransitions stream: one transition in `transition`, or, when the
+    request set max_batch above 1, possibly several in `transitions` (then `transition` is unset).
+    A client that sets max_batch reads both.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSITION_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def transition(self) -> Global___Transition:
-        """The transition."""
+        """The transition, when the message carries one."""
+
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transition]:
+        """Several transitions, in sequence order, when the message carries more than one."""
 
     def __init__(
         self,
         *,
         transition: Global___Transition | None = ...,
+        transitions: _abc.Iterable[Global___Transition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["transition", b"transition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transition", b"transition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transition", b"transition", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
