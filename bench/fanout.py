@@ -1,0 +1,209 @@
+"""Fan-out: stream delivery latency at many subscribers, and what live subscribers cost writers.
+
+    .venv/bin/python bench/fanout.py [--old /tmp/hot-old] [--subscribers 100,1000] [--rounds 3]
+
+For each count of subscribers (spread over 4 subscriber processes, each holding its streams on
+one asyncio channel, asking for batches with max_batch), a writer proposes `--transitions` states
+at `--rate` per second; each subscriber notes when it received each transition, the writer when
+each SetState was answered (one system-wide monotonic clock). Then writer throughput: `--writers`
+concurrent SetState loops for `--seconds`, with no subscriber and then with the largest count of
+subscribers live, as a ratio. The baseline of the latencies is a health check round trip on the
+same server in the same round. With `--old` (another checkout, e.g. `git worktree add
+/tmp/hot-old <commit>`), its server runs the same rounds, alternating with this one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import orchestration_pb2_grpc, states_pb2
+from tests.support import ServerProcess, new_flow_run
+
+MARKER = "bench-marker"
+RUNNING = states_pb2.State(type=states_pb2.STATE_TYPE_RUNNING)
+
+
+def subscriber_process(target: str, streams: int, ready, results, stop_after_marker: bool) -> None:
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+
+            async def follow() -> dict[str, int]:
+                call = stub.WatchTransitions(pb.WatchTransitionsRequest(max_batch=500))
+                await call.initial_metadata()
+                ready.put(1)
+                seen: dict[str, int] = {}
+                async for message in call:
+                    now = time.monotonic_ns()
+                    for transition in message.transitions or [message.transition]:
+                        if transition.flow_name == MARKER:
+                            call.cancel()
+                            return seen
+                        seen[transition.to_state.id] = now
+                return seen
+
+            for seen in await asyncio.gather(*(follow() for _ in range(streams))):
+                results.put(seen if stop_after_marker else {})
+
+    asyncio.run(main())
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def start_subscribers(server: ServerProcess, subscribers: int, keep: bool):
+    processes = min(subscribers, 4)
+    ready: multiprocessing.Queue[int] = multiprocessing.Queue()
+    results: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
+    shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
+    workers = [
+        multiprocessing.Process(
+            target=subscriber_process, args=(server.target, n, ready, results, keep)
+        )
+        for n in shares
+    ]
+    for worker in workers:
+        worker.start()
+    for _ in range(subscribers):
+        ready.get(timeout=300)
+    return workers, results
+
+
+def stop_subscribers(server: ServerProcess, workers, results, subscribers: int) -> list:
+    new_flow_run(server.stub(), flow_name=MARKER)
+    found = [results.get(timeout=600) for _ in range(subscribers)]
+    for worker in workers:
+        worker.join()
+    return found
+
+
+def latencies(server: ServerProcess, subscribers: int, transitions: int, rate: float) -> list:
+    workers, results = start_subscribers(server, subscribers, keep=True)
+    stub = server.stub()
+    run = new_flow_run(stub, initial=states_pb2.STATE_TYPE_RUNNING)
+    request = pb.SetStateRequest(run_id=run.id, state=RUNNING)
+    answered: dict[str, int] = {}
+    next_at = time.monotonic()
+    for _ in range(transitions):
+        next_at += 1.0 / rate
+        answer = stub.SetState(request)
+        answered[answer.state.id] = time.monotonic_ns()
+        pause = next_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    found: list[float] = []
+    for seen in stop_subscribers(server, workers, results, subscribers):
+        assert set(answered) <= set(seen), "a subscriber missed transitions"
+        found.extend((seen[state_id] - at) / 1e6 for state_id, at in answered.items())
+    return found
+
+
+def writer_throughput(server: ServerProcess, writers: int, seconds: float) -> float:
+    """SetStates answered per second by `writers` concurrent loops, each on a run of its own."""
+    stub = server.stub()
+    runs = [new_flow_run(stub, initial=states_pb2.STATE_TYPE_RUNNING).id for _ in range(writers)]
+
+    async def main() -> int:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            aio = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+            deadline = time.perf_counter() + seconds
+
+            async def loop(run_id: str) -> int:
+                request = pb.SetStateRequest(run_id=run_id, state=RUNNING)
+                done = 0
+                while time.perf_counter() < deadline:
+                    await aio.SetState(request)
+                    done += 1
+                return done
+
+            return sum(await asyncio.gather(*(loop(r) for r in runs)))
+
+    return asyncio.run(main()) / seconds
+
+
+def health_p50(server: ServerProcess) -> float:
+    health = health_pb2_grpc.HealthStub(server.channel())
+    samples = []
+    for _ in range(300):
+        began = time.perf_counter()
+        health.Check(health_pb2.HealthCheckRequest())
+        samples.append((time.perf_counter() - began) * 1e3)
+    return statistics.median(samples)
+
+
+def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) -> dict[str, float]:
+    env = {}
+    if tree is not None:
+        env["PYTHONPATH"] = f"{tree / 'client'}{os.pathsep}{tree / 'service'}"
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        server = ServerProcess(Path(folder) / "bench.db", env=env).start(timeout=60)
+        try:
+            figures["health p50 ms"] = health_p50(server)
+            for count in counts:
+                found = latencies(server, count, args.transitions, args.rate)
+                figures[f"{count} subs p50 ms"] = statistics.median(found)
+                figures[f"{count} subs p99 ms"] = percentile(found, 0.99)
+            alone = writer_throughput(server, args.writers, args.seconds)
+            most = max(counts)
+            workers, results = start_subscribers(server, most, keep=False)
+            busy = writer_throughput(server, args.writers, args.seconds)
+            stop_subscribers(server, workers, results, most)
+            figures["writes/s alone"] = alone
+            figures[f"writes/s with {most} subs"] = busy
+            figures["writes ratio"] = busy / alone
+        finally:
+            server.stop()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", type=Path, help="another checkout to measure alongside")
+    parser.add_argument("--subscribers", default="100,1000")
+    parser.add_argument("--transitions", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.subscribers.split(",")]
+    trees: dict[str, Path | None] = {"new": None}
+    if args.old:
+        trees["old"] = args.old.resolve()
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    for round_ in range(args.rounds):
+        order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        for name in order:
+            results[name].append(one_round(trees[name], args, counts))
+            print(f"round {round_ + 1} {name}: {results[name][-1]}", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    for name, rounds in results.items():
+        print(f"--- {name} (median of {len(rounds)} rounds, and their range)")
+        for key in rounds[0]:
+            values = [r[key] for r in rounds]
+            print(
+                f"{key:>24}: {statistics.median(values):9.2f}"
+                f"   ({min(values):.2f} - {max(values):.2f})"
+            )
+
+
+if __name__ == "__main__":
+    main()
