@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing.exceptions import Unresolvable
 
@@ -42,6 +41,7 @@ from stateward.runs import (
     Transition,
 )
 from stateward.states import State, StateDetails, StateType, now
+from stateward_service import input_schemas
 from stateward_service.model import LimitUsage, RunRecord
 from stateward_service.rules import bookkeeping
 from stateward_service.rules.engine import (
@@ -553,13 +553,17 @@ class Orchestrator:
                 f"the pause of flow run {run_id} waits for no input; resume it without run_input"
             )
         if schema and run_input is not None:
-            validator = Draft202012Validator(json.loads(schema))
+            validator = input_schemas.validator_for(json.loads(schema))
             try:
                 problem = best_match(validator.iter_errors(json.loads(run_input)))
             except Unresolvable as error:  # a pause written before its $refs were checked
                 raise RunInputRefused(
                     f"the pause's schema cannot check an input: its $ref {error.ref!r} leads "
                     "nowhere"
+                ) from None
+            except input_schemas.UnsafePattern as error:  # a pause written before that check
+                raise RunInputRefused(
+                    f"the pause's schema cannot check an input: {error}"
                 ) from None
             if problem is not None:
                 where = "/".join(str(part) for part in problem.absolute_path) or "the input"

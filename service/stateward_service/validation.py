@@ -21,6 +21,7 @@ from referencing.jsonschema import DRAFT202012
 from stateward.states import StateType
 from stateward.v1 import runs_pb2, states_pb2
 from stateward_service.errors import invalid
+from stateward_service.input_schemas import UnsafePattern, check_patterns
 
 MAX_NAME = 200
 MAX_MESSAGE = 100_000
@@ -310,6 +311,10 @@ def run_input_schema(value: str, field: str) -> None:
         Draft202012Validator.check_schema(schema)
     except SchemaError as error:
         raise invalid(field, f"is not a valid JSON Schema: {error.message}") from None
+    try:
+        check_patterns(schema)
+    except UnsafePattern as error:
+        raise invalid(field, f"is refused: {error}") from None
     # Every reference must resolve within the schema: nothing is fetched, and a pause whose
     # schema cannot be checked could never be resumed.
     resolver = Registry().resolver_with_root(DRAFT202012.create_resource(schema))

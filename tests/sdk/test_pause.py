@@ -414,3 +414,73 @@ def test_a_schema_whose_ref_leads_nowhere_is_refused_at_the_pause(client, ref):
         resume_flow_run(run.id, {"a": 5})
     resume_flow_run(run.id, {"a": "ok"})
     assert client.get_flow_run(run.id).state.type is StateType.RUNNING
+
+
+def test_a_backtracking_pattern_cannot_stall_the_server(client):
+    """A pause's schema patterns run on a linear-time engine: `^(a+)+$` against thousands of
+    characters and a `!` is refused at once (Python's `re` would take longer than the age of
+    the universe, holding the GIL), and the server answers other calls meanwhile."""
+    run = client.create_flow_run("sdk-pause-raw", state=State(StateType.RUNNING))
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^(a+)+$"}}}
+    paused = State(StateType.PAUSED, details=StateDetails(run_input_schema=json.dumps(schema)))
+    assert client.set_state(run.id, paused).state.type is StateType.PAUSED
+    answers: list[BaseException | None] = []
+
+    def resume() -> None:
+        try:
+            resume_flow_run(run.id, {"a": "a" * 5_000 + "!"})
+        except BaseException as error:  # handed to the test thread
+            answers.append(error)
+        else:
+            answers.append(None)
+
+    worker = threading.Thread(target=resume, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert answers, "the resume did not answer within 10 s"
+    assert isinstance(answers[0], InvalidArgument)
+    assert "does not match" in str(answers[0])
+    assert client.get_flow_run(run.id).state.type is StateType.PAUSED
+    resume_flow_run(run.id, {"a": "aaaa"})
+    assert client.get_flow_run(run.id).state.type is StateType.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("schema", "reason"),
+    [
+        ({"properties": {"a": {"type": "string", "pattern": "(?=x)x"}}}, "look-around"),
+        ({"properties": {"a": {"type": "string", "pattern": r"(a)\1"}}}, "back"),
+        ({"patternProperties": {"(?<=a)b": {}}}, "look-around"),
+        (
+            {"patternProperties": {"^x": {}}, "unevaluatedProperties": False},
+            "unevaluatedProperties",
+        ),
+    ],
+)
+def test_a_pattern_that_could_backtrack_is_refused_at_the_pause(client, schema, reason):
+    run = client.create_flow_run("sdk-pause-raw", state=State(StateType.RUNNING))
+    pause = State(StateType.PAUSED, details=StateDetails(run_input_schema=json.dumps(schema)))
+    with pytest.raises(InvalidArgument, match=reason):
+        client.set_state(run.id, pause)
+    assert client.get_flow_run(run.id).state.type is StateType.RUNNING
+
+
+def test_pattern_properties_and_additional_properties_on_the_linear_engine(client):
+    run = client.create_flow_run("sdk-pause-raw", state=State(StateType.RUNNING))
+    schema = {
+        "type": "object",
+        "patternProperties": {"^n_": {"type": "integer"}},
+        "properties": {"name": {"type": "string", "pattern": "^[a-z]+$"}},
+        "additionalProperties": False,
+    }
+    paused = State(StateType.PAUSED, details=StateDetails(run_input_schema=json.dumps(schema)))
+    assert client.set_state(run.id, paused).state.type is StateType.PAUSED
+    with pytest.raises(InvalidArgument, match="at n_1: 'one' is not of type"):
+        resume_flow_run(run.id, {"name": "ok", "n_1": "one"})
+    with pytest.raises(InvalidArgument, match="unexpected"):
+        resume_flow_run(run.id, {"name": "ok", "other": 1})
+    with pytest.raises(InvalidArgument, match="does not match"):
+        resume_flow_run(run.id, {"name": "Not Lower"})
+    assert client.get_flow_run(run.id).state.type is StateType.PAUSED
+    resume_flow_run(run.id, {"name": "ok", "n_1": 1, "n_2": 2})
+    assert client.get_flow_run(run.id).state.type is StateType.RUNNING
