@@ -145,11 +145,13 @@ def serve_ui(host: str | None, port: int | None) -> None:
     with the web view on `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else
     127.0.0.1:8471). Raises ServerUnavailable when the port is taken, and ValueError for a
     setting that is not allowed."""
-    from stateward_service.server import PortUnavailable, serve
+    from stateward_service.server import PortUnavailable, WebViewUnavailable, serve
 
     server_settings = home_settings(settings.home(), ui=True, ui_host=host, ui_port=port)
     try:
         asyncio.run(serve(server_settings))
+    except WebViewUnavailable as error:  # advice naming this command's own flags
+        raise ServerUnavailable(error.advice("--host", "--port")) from None
     except PortUnavailable as error:
         raise ServerUnavailable(str(error)) from None
 

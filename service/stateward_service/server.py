@@ -79,6 +79,28 @@ class PortUnavailable(Exception):
     """The server could not listen on the address it was given."""
 
 
+class WebViewUnavailable(PortUnavailable):
+    """The web view could not listen on its address. `address` is host:port, `reason` says
+    why in a few words, and `culprit` is "port" (taken), "host" (not an address of this
+    machine) or "" (anything else), so that each command can name its own flags."""
+
+    def __init__(self, address: str, reason: str, culprit: str) -> None:
+        self.address, self.reason, self.culprit = address, reason, culprit
+        super().__init__(self.advice("--ui-host", "--ui-port") + ", or turn it off with --no-ui")
+
+    def advice(self, host_flag: str, port_flag: str) -> str:
+        """The message, with the advice naming `host_flag` or `port_flag`."""
+        told = f"cannot serve the web view on {self.address}: {self.reason}"
+        if self.culprit == "port":
+            return f"{told}. Choose another port with {port_flag} (0 picks a free one)"
+        if self.culprit == "host":
+            return (
+                f"{told}. Give {host_flag} an address of this machine: 127.0.0.1 (this machine "
+                "only) or 0.0.0.0 (every interface)"
+            )
+        return told
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -320,15 +342,13 @@ def _listen_for_ui(host: str, port: int) -> socket.socket:
     except OSError as error:
         listener.close()
         address = format_address(host, port)
-        why = (
-            "the port is already in use (another Stateward server?)"
-            if error.errno == errno.EADDRINUSE
-            else error.strerror
-        )
-        raise PortUnavailable(
-            f"cannot serve the web view on {address}: {why}. Choose another port with "
-            "--ui-port, or turn the web view off with --no-ui"
-        ) from None
+        if error.errno == errno.EADDRINUSE:
+            reason, culprit = "the port is already in use (another Stateward server?)", "port"
+        elif isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+            reason, culprit = f"{host!r} is not an address of this machine", "host"
+        else:
+            reason, culprit = error.strerror or str(error), ""
+        raise WebViewUnavailable(address, reason, culprit) from None
     listener.setblocking(False)
     return listener
 

@@ -99,3 +99,46 @@ def test_a_second_ui_on_the_same_home_serves_it_too(ui_process, tmp_path: Path) 
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0
+
+
+def _one_line_error(home: Path, *args: str) -> str:
+    env = {**os.environ, "STATEWARD_HOME": str(home)}
+    env.pop("STATEWARD_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "stateward", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("host", ["bad host", "192.0.2.1"])
+def test_a_host_that_is_not_this_machines_is_named_with_the_flag_to_change(
+    tmp_path: Path, host: str
+) -> None:
+    line = _one_line_error(tmp_path, "ui", "--host", host, "--port", "0")
+    assert f"{host!r} is not an address of this machine" in line
+    assert "Give --host an address of this machine: 127.0.0.1" in line
+    assert "--ui-port" not in line and "another port" not in line
+    line = _one_line_error(tmp_path, "server", "start", "--port", "0", "--ui-host", host)
+    assert "Give --ui-host an address of this machine" in line
+
+
+def test_a_taken_port_names_the_commands_own_flag(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = _one_line_error(tmp_path, "ui", "--port", port)
+        assert "already in use" in line and "Choose another port with --port" in line
+        line = _one_line_error(tmp_path, "server", "start", "--port", "0", "--ui-port", port)
+        assert "Choose another port with --ui-port" in line and "--no-ui" in line
