@@ -485,23 +485,32 @@ class AsyncClient:
         after_sequence: int | None = None,
         reconnect: bool = True,
         max_backoff: float = 5.0,
+        started: Callable[[int | None], None] | None = None,
+        retrying: Callable[[StatewardError], None] | None = None,
     ) -> AsyncIterator[Transition]:
-        """As `Client.watch`, as an async iterator."""
+        """As `Client.watch`, as an async iterator; `started` and `retrying` are plain
+        functions (called, not awaited), as there."""
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
             request = wire.watch_request(run_ids, flow_run_ids, state_types, resume.cursor)
             stream = self.transport.open_stream("WatchTransitions", request)
             try:
-                resume.started(await stream.start_sequence())
+                start = await stream.start_sequence()
+                resume.started(start)
+                if started is not None:
+                    started(start)
                 async for message in stream:
                     for transition in wire.transitions_of(message):
                         resume.delivered(transition)
                         yield transition
                 return
             except grpc.RpcError as error:
+                failure = translate(error, getattr(self.transport, "connection", None))
                 if not (reconnect and can_reconnect(error)):
-                    raise translate(error, getattr(self.transport, "connection", None)) from None
+                    raise failure from None
+                if retrying is not None:
+                    retrying(failure)
             finally:
                 stream.cancel()
             await asyncio.sleep(resume.next_delay())

@@ -23,6 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from stateward.client import AsyncClient, Client
+from stateward.exceptions import StatewardError
 from stateward.runs import RunKind, Transition
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
@@ -544,22 +545,34 @@ def test_the_watch_command_reconnects_when_the_server_restarts(tmp_path):
 
 
 def test_the_async_client_resumes_after_a_restart(tmp_path):
+    """And says so as the sync client does: `started` at each connection, `retrying` with the
+    error of each broken or refused one."""
     server = ServerProcess(tmp_path / "async-restart.db").start()
+    starts: list[int | None] = []
+    failures: list[Exception] = []
 
     async def main() -> list[int]:
         async with AsyncClient(server.target, wait_for_ready=True) as client:
             run = await client.create_flow_run("async", state=State(StateType.RUNNING))
             seen: list[int] = []
+            two_seen = asyncio.Event()
 
             async def follow() -> None:
-                async for transition in client.watch(after_sequence=0, max_backoff=0.2):
+                async for transition in client.watch(
+                    after_sequence=0,
+                    max_backoff=0.2,
+                    started=starts.append,
+                    retrying=failures.append,
+                ):
                     seen.append(transition.sequence)
+                    if len(seen) == 2:
+                        two_seen.set()
                     if transition.to_state.is_completed():
                         return
 
             follower = asyncio.create_task(follow())
             await client.set_state(run.id, State(StateType.RUNNING))
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(two_seen.wait(), 30)
             await asyncio.to_thread(server.stop)
             await asyncio.to_thread(server.restart)
             await client.set_state(run.id, State(StateType.COMPLETED))
@@ -570,3 +583,5 @@ def test_the_async_client_resumes_after_a_restart(tmp_path):
         assert asyncio.run(main()) == [1, 2, 3]
     finally:
         server.stop()
+    assert starts[0] == 0 and starts[-1] == 2 and len(starts) >= 2
+    assert failures and all(isinstance(error, StatewardError) for error in failures)
