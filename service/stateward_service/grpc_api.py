@@ -12,10 +12,12 @@ What runs on the event loop. The loop does the network I/O, the stream fan-out (
 broadcaster's ring: an append and a wake-up per commit) and the timers; it must never wait on
 the database for long, or every call and stream waits with it. So:
 
-- Reads that can be long run off the loop, in the default thread pool (`asyncio.to_thread`):
-  ListFlowRuns, ListTaskRuns, ListStates, the Get calls and ListConcurrencyLimits (`OFF_THE_LOOP`
-  below). The orchestrator reads listings and histories on read-only snapshot connections,
-  outside its write lock, so one slow read never stalls another call. The broadcaster's
+- Calls that can be long run off the loop, in the default thread pool (`asyncio.to_thread`):
+  ListFlowRuns, ListTaskRuns, ListStates, ListLogs, the Get calls and ListConcurrencyLimits, and
+  the two writes whose size the caller chooses: WriteLogs (up to a thousand lines) and
+  ResumeFlowRun (an input checked against its pause's JSON Schema) (`OFF_THE_LOOP` below).
+  The orchestrator reads listings and histories on read-only snapshot connections, outside its
+  write lock, so one slow read never stalls another call. The broadcaster's
   catch-up reads of the log and its cursor check run off the loop too, and the server's loops
   sweep in a thread of their own.
 - Short writes stay on the loop for now: SetState, the create calls, RenewLeases, ExecuteBatch
@@ -451,9 +453,11 @@ def _initial_state(msg: Any, field: str) -> Any:
 SERVICE = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"]
 
 
-# The reads that can be long: they run in a worker thread, never on the event loop.
+# The calls that can be long: they run in a worker thread, never on the event loop.
 OFF_THE_LOOP = frozenset(
     {
+        "WriteLogs",
+        "ResumeFlowRun",
         "GetFlowRun",
         "GetTaskRun",
         "ListFlowRuns",

@@ -18,6 +18,9 @@ def test_the_reads_named_off_the_loop_are_unary_methods_of_the_service():
         "ListStates",
         "GetFlowRun",
         "GetTaskRun",
+        "ListLogs",
+        "WriteLogs",
+        "ResumeFlowRun",
     } <= OFF_THE_LOOP
     assert not {"SetState", "CreateFlowRun", "CreateTaskRun", "ExecuteBatch"} & OFF_THE_LOOP
     for name in unary:

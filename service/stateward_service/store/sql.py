@@ -36,6 +36,12 @@ from stateward_service.store.rows import (
     to_us,
 )
 
+# The log's oldest and newest sequences (0 and 0 when it is empty). Two scalar subqueries, each
+# one step down the primary key: SQLite answers `min(x), max(x)` in one SELECT by reading the
+# whole table.
+LOG_BOUNDS = """SELECT coalesce((SELECT min(sequence) FROM transitions), 0),
+                       coalesce((SELECT max(sequence) FROM transitions), 0)"""
+
 
 class SqlReads:
     """The queries that only read: a store runs them on its writing connection, a reader on a
@@ -82,17 +88,21 @@ class SqlReads:
             clauses.append(f"r.{self.LISTING_ORDER} < ?")
             params.append(decode_page_token(page_token, int(kind), fingerprint))
         name_column = "flow_name" if kind is RunKind.FLOW_RUN else "task_key"
-        for column, values in (
-            (name_column, where.names),
-            ("id", where.ids),
-            ("state_type", where.state_types),
-        ):
-            if values:
-                clauses.append(f"r.{column} IN ({', '.join('?' for _ in values)})")
-                params.extend(values)
-        if where.flow_run_ids and kind is RunKind.TASK_RUN:
-            clauses.append(f"r.flow_run_id IN ({', '.join('?' for _ in where.flow_run_ids)})")
-            params.extend(where.flow_run_ids)
+        # The filters an index serves, the most selective first: the first one present leads.
+        indexed: list[tuple[str, tuple[Any, ...]]] = [
+            (column, tuple(values))
+            for column, values in (
+                ("id", where.ids),
+                ("flow_run_id", where.flow_run_ids if kind is RunKind.TASK_RUN else ()),
+                (name_column, where.names),
+                ("state_type", where.state_types),
+            )
+            if values
+        ]
+        for column, values in indexed[1:]:
+            # Only the leading filter picks the index (see `unindexed`).
+            clauses.append(f"{unindexed('r.' + column)} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
         if where.tags:
             # One clause for every tag (a clause per tag nests too deep for SQLite's parser at
             # a thousand): the run holds as many of the wanted tags as there are.
@@ -108,11 +118,32 @@ class SqlReads:
         if where.created_before is not None:
             clauses.append("r.created < ?")
             params.append(to_us(where.created_before))
-        sql = f"""SELECT r.{self.LISTING_ORDER} AS _order, r.*, {prefixed_state_columns("s")}
-                  FROM {table(kind)} r LEFT JOIN states s ON s.id = r.state_id"""
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY r.{self.LISTING_ORDER} DESC LIMIT ?"
+        columns = f"r.{self.LISTING_ORDER} AS _order, r.*, {prefixed_state_columns('s')}"
+        joined = f"{table(kind)} r LEFT JOIN states s ON s.id = r.state_id"
+        order = f"r.{self.LISTING_ORDER}"
+        lead = indexed[0] if indexed else None
+        if lead is not None and lead[0] != "id" and 1 < len(lead[1]) <= MERGED_VALUES:
+            # One ordered, limited read per value, merged: a page of several flows' runs
+            # reads a page of each rather than sorting all their runs.
+            sql, params = _merged(
+                f"SELECT {order} AS _order FROM {table(kind)} r",
+                f"r.{lead[0]}",
+                lead[1],
+                clauses,
+                params,
+                f"{order} DESC",
+                page_size + 1,
+            )
+            sql = f"""SELECT {columns} FROM ({sql}) m JOIN {table(kind)} r ON {order} = m._order
+                      LEFT JOIN states s ON s.id = r.state_id ORDER BY m._order DESC LIMIT ?"""
+        else:
+            if lead is not None:
+                clauses.insert(0, f"r.{lead[0]} IN ({', '.join('?' for _ in lead[1])})")
+                params[:0] = lead[1]
+            sql = f"SELECT {columns} FROM {joined}"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            sql += f" ORDER BY {order} DESC LIMIT ?"
         params.append(page_size + 1)
         cursor = self.conn.execute(sql, params)
         description = cursor.description[1:]
@@ -161,9 +192,7 @@ class SqlReads:
         """Matching transitions above `after` (at most `limit`), with the log's oldest and newest
         sequences (0 and 0 when the log is empty). When fewer than `limit` come back, everything
         up to the newest was read (in a snapshot: see the readers)."""
-        oldest, newest = self.conn.execute(
-            "SELECT coalesce(min(sequence), 0), coalesce(max(sequence), 0) FROM transitions"
-        ).fetchone()
+        oldest, newest = self.conn.execute(LOG_BOUNDS).fetchone()
         rows = read_transitions(self.conn, after, limit, run_ids, flow_run_ids, state_types)
         return rows, int(oldest), int(newest)
 
@@ -197,17 +226,21 @@ class SqlReads:
         return [(RunKind(kind), run_id) for kind, run_id in rows]
 
     def flow_runs_cancelled_with_unfinished_children(self) -> list[str]:
-        terminal = tuple(int(t) for t in TERMINAL_TYPES)
-        marks = ", ".join("?" for _ in terminal)
+        """The CANCELLED flow runs that still have a task run or a subflow not in a terminal
+        state. It starts from the unfinished runs (few, whatever the history), never from the
+        cancelled flow runs (they only grow): `+f.state_type` keeps that column's index out."""
+        unfinished = tuple(int(t) for t in StateType if t not in TERMINAL_TYPES)
+        marks = ", ".join("?" for _ in unfinished)
         rows = self.conn.execute(
-            f"""SELECT DISTINCT f.id FROM flow_runs f WHERE f.state_type = ? AND (
-                  EXISTS (SELECT 1 FROM task_runs t WHERE t.flow_run_id = f.id
-                          AND (t.state_type IS NULL OR t.state_type NOT IN ({marks})))
-                  OR EXISTS (SELECT 1 FROM task_runs t
-                          JOIN flow_runs c ON c.parent_task_run_id = t.id
-                          WHERE t.flow_run_id = f.id
-                          AND (c.state_type IS NULL OR c.state_type NOT IN ({marks}))))""",
-            (int(StateType.CANCELLED), *terminal, *terminal),
+            f"""SELECT f.id FROM task_runs t JOIN flow_runs f ON f.id = t.flow_run_id
+                WHERE (t.state_type IS NULL OR t.state_type IN ({marks}))
+                  AND +f.state_type = ?
+                UNION
+                SELECT f.id FROM flow_runs c JOIN task_runs t ON t.id = c.parent_task_run_id
+                  JOIN flow_runs f ON f.id = t.flow_run_id
+                WHERE (c.state_type IS NULL OR c.state_type IN ({marks}))
+                  AND +f.state_type = ?""",
+            (*unfinished, int(StateType.CANCELLED), *unfinished, int(StateType.CANCELLED)),
         ).fetchall()
         return [row[0] for row in rows]
 
@@ -435,6 +468,48 @@ class SqlStore(SqlReads):
         return renewed
 
 
+# The most values of one filter read as a merge of one ordered read per value (a compound
+# SELECT of SQLite holds at most 500 parts); more are read with IN and a sort.
+MERGED_VALUES = 100
+
+
+# The columns that hold integers (the others hold text), for `unindexed`.
+_INTEGER_COLUMNS = frozenset({"state_type", "to_type"})
+
+
+def unindexed(column: str) -> str:
+    """`column` as an expression no index serves, for a filter that must not lead: without
+    statistics, SQLite picks among equal-looking indexes by chance, and a replay of one run
+    that only COMPLETED transitions' index serves reads the whole log. Text columns get
+    `|| ''`, integer columns a unary plus; both backends read them alike."""
+    if column.rsplit(".", 1)[-1] in _INTEGER_COLUMNS:
+        return f"(+{column})"
+    return f"({column} || '')"
+
+
+def _merged(
+    select: str,
+    column: str,
+    values: Sequence[Any],
+    clauses: Sequence[str],
+    params: Sequence[Any],
+    order: str,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """A UNION ALL of `select` once per value of `column`, each part with `clauses`, ordered by
+    `order` and limited to `limit` rows: the first `limit` rows of the whole in that order are
+    among them, and each part reads its index in order and stops (no part sorts)."""
+    where = "".join(f" AND {clause}" for clause in clauses)
+    parts: list[str] = []
+    merged_params: list[Any] = []
+    for index, value in enumerate(values):
+        parts.append(
+            f"SELECT * FROM ({select} WHERE {column} = ?{where} ORDER BY {order} LIMIT ?) p{index}"
+        )
+        merged_params.extend((value, *params, limit))
+    return " UNION ALL ".join(parts), merged_params
+
+
 def read_transitions(
     conn: Any,
     after: int,
@@ -443,28 +518,53 @@ def read_transitions(
     flow_run_ids: Sequence[str],
     state_types: Sequence[int],
 ) -> list[Transition]:
+    filters = [
+        (f"t.{column}", tuple(values))
+        for column, values in (
+            ("run_id", run_ids),
+            ("flow_run_id", flow_run_ids),
+            ("to_type", state_types),
+        )
+        if values
+    ]
     clauses = ["t.sequence > ?"]
     params: list[Any] = [after]
-    for column, values in (
-        ("run_id", run_ids),
-        ("flow_run_id", flow_run_ids),
-        ("to_type", state_types),
-    ):
-        if values:
-            clauses.append(f"t.{column} IN ({', '.join('?' for _ in values)})")
-            params.extend(values)
+    # The first filter present reads its index (in sequence order); the others only filter.
+    lead = filters[0] if filters and 1 < len(filters[0][1]) <= MERGED_VALUES else None
+    for index, (column, values) in enumerate(filters):
+        if lead is not None and index == 0:
+            continue  # merged below
+        marks = ", ".join("?" for _ in values)
+        clauses.append(f"{column if index == 0 else unindexed(column)} IN ({marks})")
+        params.extend(values)
+    source = "transitions t"
+    if lead is not None:
+        # One ordered, limited read per value, merged: a replay of several runs reads the next
+        # `limit` of each rather than sorting all their transitions after the cursor.
+        merged, merged_params = _merged(
+            "SELECT t.sequence FROM transitions t",
+            lead[0],
+            lead[1],
+            clauses,
+            params,
+            "t.sequence",
+            limit,
+        )
+        source = f"({merged}) m JOIN transitions t ON t.sequence = m.sequence"
+        clauses, params = [], merged_params
     params.append(limit)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"""SELECT t.sequence, t.run_kind, t.run_id, t.flow_run_id,
                    coalesce(f.name, tr.name), coalesce(f.flow_name, ''),
                    coalesce(tr.task_key, ''),
                    {prefixed_state_columns("a")}, {prefixed_state_columns("b")}
-            FROM transitions t
+            FROM {source}
             LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
             LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
             LEFT JOIN states a ON a.id = t.from_state_id
             JOIN states b ON b.id = t.to_state_id
-            WHERE {" AND ".join(clauses)} ORDER BY t.sequence LIMIT ?""",
+            {where} ORDER BY t.sequence LIMIT ?""",
         params,
     ).fetchall()
     width = STATE_WIDTH

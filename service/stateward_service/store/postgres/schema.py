@@ -102,6 +102,24 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX run_logs_flow_run ON run_logs (flow_run_id, id)",
         "CREATE INDEX run_logs_task_run ON run_logs (task_run_id, id)",
     ),
+    (
+        # The indexes that keep the hot reads' cost to the rows they return, however long the
+        # log and however many the runs: the log by run, by flow run and by new state's type (a
+        # filtered stream reads only its own transitions), and each listing filter followed by
+        # the listing's order (a page of one flow's runs reads that page, with no sort).
+        "CREATE INDEX transitions_run ON transitions (run_id, sequence)",
+        "CREATE INDEX transitions_flow_run ON transitions (flow_run_id, sequence)",
+        "CREATE INDEX transitions_to_type ON transitions (to_type, sequence)",
+        "DROP INDEX flow_runs_flow_name",
+        "CREATE INDEX flow_runs_flow_name ON flow_runs (flow_name, position)",
+        "DROP INDEX flow_runs_state_type",
+        "CREATE INDEX flow_runs_state_type ON flow_runs (state_type, position)",
+        "DROP INDEX task_runs_flow_run_id",
+        "CREATE INDEX task_runs_flow_run_id ON task_runs (flow_run_id, position)",
+        "DROP INDEX task_runs_state_type",
+        "CREATE INDEX task_runs_state_type ON task_runs (state_type, position)",
+        "CREATE INDEX task_runs_task_key ON task_runs (task_key, position)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
