@@ -11,6 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from stateward import _run_logs as run_logs
@@ -34,6 +35,7 @@ from stateward._outcomes import (
     resolve,
     run_name,
 )
+from stateward._results import policy
 from stateward._run_logs import run_extra
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
@@ -75,6 +77,10 @@ class FlowRunEngine(RunEngine):
         self.completed_calls: dict[tuple[str, int], State] = {}
         self.tracking_runs: dict[tuple[str, int], str] = {}
         self.task_run_names = TaskRunNames()  # of its task runs, subflows' included
+        # The result storage of the flow run around this subflow, for a flow not given its own.
+        self.inherited_storage: Path | None = (
+            self.parent.engine.result_folder() if self.parent is not None else None
+        )
 
     def begin(self) -> OrchestrationResult | State:
         """Create the flow run (Pending) and propose Running, in one batch. A subflow's task run
@@ -235,8 +241,14 @@ class FlowRunEngine(RunEngine):
     async def code_over_async(self) -> None:
         await asyncio.to_thread(self._wait_for_tasks)
 
+    def result_folder(self) -> Path | None:
+        """Where this run's results over the size limit go, and its task runs' and subflows'
+        by default: the flow's `result_storage`, else that of the flow run around it."""
+        return self.flow.result_folder or self.inherited_storage
+
     def after_call(self, value: Any) -> State:
-        return judged(value, f"result of flow {self.flow.name!r}", self.log)
+        keeping = policy(self.flow.persist_result, self.result_folder())
+        return judged(value, f"result of flow {self.flow.name!r}", self.log, keeping)
 
     def _wait_for_tasks(self) -> None:
         """Submitted task runs finish before their flow run does. If the flow is stopped while

@@ -57,14 +57,12 @@ class NotYetActive:
     asks: Callable[[Any], bool] = lambda value: value is not None
 
 
-_STORAGE = "results are stored with their Completed state on the Stateward server"
 NOT_YET_ACTIVE: Mapping[str, NotYetActive] = {
-    "persist_result": NotYetActive(
-        f"{_STORAGE} in any case (persist_result=False only turns caching off)",
-        lambda value: value is False,
+    "result_storage_key": NotYetActive(
+        "results are stored on their Completed state, and those over the size limit in a "
+        "file of the result storage named by Stateward",
+        lambda value: bool(value),
     ),
-    "result_storage": NotYetActive(_STORAGE),
-    "result_storage_key": NotYetActive(_STORAGE, lambda value: bool(value)),
     "result_serializer": NotYetActive(
         "results are stored as JSON when they can be, pickled otherwise"
     ),

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from stateward._results import encode, encode_exception
+from stateward._results import ResultPolicy, encode, encode_exception
 from stateward.exceptions import ResultTooLarge, UpstreamTaskError
 from stateward.futures import StatewardFuture
 from stateward.states import State, StateDetails, StateType, carry_value, has_value
@@ -135,17 +135,20 @@ def _allowing_failure(value: Any) -> Any:
 # --- what the code's outcome proposes -----------------------------------------------------------
 
 
-def completed(value: Any, what: str, log: logging.Logger) -> State:
-    """Completed carrying the value (kept in-process too); an unencodable value stays in
-    memory only, a too large one fails the run."""
-    return _carrying(State(StateType.COMPLETED), value, what, log)
+def completed(value: Any, what: str, log: logging.Logger, policy: ResultPolicy) -> State:
+    """Completed carrying the value (kept in-process too), encoded as `policy` says; an
+    unencodable value stays in memory only; one too large for the server and its storage (or
+    whose file cannot be written) fails the run."""
+    return _carrying(State(StateType.COMPLETED), value, what, log, policy)
 
 
-def _carrying(state: State, value: Any, what: str, log: logging.Logger) -> State:
+def _carrying(
+    state: State, value: Any, what: str, log: logging.Logger, policy: ResultPolicy
+) -> State:
     """`state` carrying `value` as its result (see `completed`)."""
     try:
-        data = encode(value, what)
-    except ResultTooLarge as error:
+        data = encode(value, what, policy)
+    except (ResultTooLarge, OSError) as error:
         return failed(error)
     except Exception as error:
         log.warning("%s cannot be stored (%s); it is kept in this process only", what, error)
@@ -194,7 +197,7 @@ def _all_states(value: Any) -> bool:
     )
 
 
-def judged(value: Any, what: str, log: logging.Logger) -> State:
+def judged(value: Any, what: str, log: logging.Logger, policy: ResultPolicy) -> State:
     """The final state a run's return value proposes (the reference's rules):
 
     - a state the code built itself (it names no run) is the run's own final state, with its
@@ -203,6 +206,8 @@ def judged(value: Any, what: str, log: logging.Logger) -> State:
       all completed: Completed; any cancelled: Cancelled; any paused: Paused; else Failed; the
       value (futures as their final states) is the result;
     - anything else (futures in it as their final states) is the result of a Completed run.
+
+    The result is kept as `policy` says (see `completed`).
     """
     returned = states_of(value)
     if (
@@ -210,12 +215,12 @@ def judged(value: Any, what: str, log: logging.Logger) -> State:
         and not isinstance(value, StatewardFuture)
         and not _of_a_run(returned)
     ):
-        return _adopted(returned, what, log)
+        return _adopted(returned, what, log, policy)
     if isinstance(returned, State) or _all_states(returned):
         group = [returned] if isinstance(returned, State) else list(returned)
         verdict = State(_aggregate_type(group), message=_aggregate_message(group))
-        return _carrying(verdict, returned, what, log)
-    return completed(returned, what, log)
+        return _carrying(verdict, returned, what, log, policy)
+    return completed(returned, what, log, policy)
 
 
 def _of_a_run(state: State) -> bool:
@@ -223,7 +228,7 @@ def _of_a_run(state: State) -> bool:
     return bool(state.details.flow_run_id or state.details.task_run_id)
 
 
-def _adopted(state: State, what: str, log: logging.Logger) -> State:
+def _adopted(state: State, what: str, log: logging.Logger, policy: ResultPolicy) -> State:
     """A state the code built, as the run's own final state."""
     adopted = State(
         state.type,
@@ -242,7 +247,9 @@ def _adopted(state: State, what: str, log: logging.Logger) -> State:
             data = encode_exception(value)
         else:
             try:
-                data = encode(value, what)
+                data = encode(value, what, policy)
+            except (ResultTooLarge, OSError) as error:
+                return failed(error)
             except Exception as error:  # kept in this process only, as `completed` does
                 log.warning("%s cannot be stored (%s); kept in this process only", what, error)
                 data = None

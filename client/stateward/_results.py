@@ -1,14 +1,24 @@
 """Results: a run's return value (or exception) encoded for storage on its state.
 
 JSON when the value survives a round trip through it unchanged, so other languages can read it;
-otherwise a Python pickle. Encoded results have a size limit, checked before anything is sent.
+otherwise a Python pickle. Encoded results have a size limit (STATEWARD_MAX_RESULT_BYTES),
+checked before anything is sent. A run may keep its result in memory only (`persist_result=False`:
+nothing goes to the server), or write one over the limit to a file in its result storage (a
+folder: `result_storage=`, else STATEWARD_RESULTS_STORAGE_PATH); the state then carries a JSON
+reference to the file, `{"stateward.result_file": {"path": ..., "serializer": ..., "bytes": ...}}`,
+which any process on the machine reads back.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from stateward import settings
@@ -16,11 +26,16 @@ from stateward.exceptions import (
     CancelledRun,
     CrashedRun,
     FailedRun,
+    MissingResult,
     PausedRun,
     ResultTooLarge,
     RunError,
 )
+from stateward.filesystems import LocalFileSystem
 from stateward.states import ResultData, State, StateType, has_value
+
+# The one key of the JSON object a state carries for a result written to a file.
+RESULT_FILE_KEY = "stateward.result_file"
 
 
 def _is_plain_json(value: Any) -> bool:
@@ -38,24 +53,143 @@ def _is_plain_json(value: Any) -> bool:
     return False
 
 
-def encode(value: Any, what: str = "result") -> ResultData:
-    """Encode a value for storage, or raise ResultTooLarge (or the pickling error)."""
-    if _is_plain_json(value):
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        size = len(text.encode())
-        data = ResultData(json=text)
-    else:
-        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        size = len(blob)
-        data = ResultData(pickle=blob)
+@dataclass(frozen=True, slots=True)
+class ResultPolicy:
+    """How a run keeps its result: `persist` false keeps it in the run's process only (nothing
+    is sent); `storage` is the folder for a result over the size limit (None: such a result
+    fails the run, with ResultTooLarge)."""
+
+    persist: bool = True
+    storage: Path | None = None
+
+
+def storage_folder(value: Any, option: str = "result_storage") -> Path | None:
+    """The folder a `result_storage` option names: a path (str or os.PathLike; `~` expanded,
+    a relative one taken from the current folder now) or a `LocalFileSystem`; None for None.
+    Raises TypeError for anything else, ValueError for a URL (only local folders are known)."""
+    if value is None:
+        return None
+    if isinstance(value, LocalFileSystem):
+        return value.path
+    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+        text = os.fspath(value)
+        if "://" in text:
+            raise ValueError(
+                f"{option}={text!r} is a URL: Stateward stores results in a local folder; give "
+                "its path (or LocalFileSystem(basepath=...))"
+            )
+        if not text.strip():
+            raise ValueError(f"{option} is empty: give a folder's path")
+        return Path(text).expanduser().absolute()
+    raise TypeError(
+        f"{option} takes a folder's path (str or pathlib.Path) or "
+        f"stateward.filesystems.LocalFileSystem(basepath=...), not {value!r}"
+    )
+
+
+def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
+    """The policy of a run: persisted unless `persist_result` is False; its storage the first
+    folder given (the run's own, then the flow run's around it...), else
+    STATEWARD_RESULTS_STORAGE_PATH."""
+    storage = next((folder for folder in folders if folder is not None), None)
+    if storage is None:
+        storage = settings.results_storage_path()
+    return ResultPolicy(persist=persist_result is not False, storage=storage)
+
+
+def _serialized(value: Any) -> tuple[bytes, str]:
+    """The value encoded, and how: as JSON when it round-trips (a plain object that looks like
+    a result file reference is pickled instead), else as a pickle."""
+    if _is_plain_json(value) and not _is_reference(value):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), "json"
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+
+
+def encode(
+    value: Any, what: str = "result", policy: ResultPolicy = ResultPolicy()
+) -> ResultData | None:
+    """Encode a value for its state: None when the policy keeps it in memory only; the value
+    itself up to the size limit; above it, a reference to the file written in the policy's
+    storage. Raises ResultTooLarge (over the limit, no storage), OSError (the file could not be
+    written) or the pickling error."""
+    if not policy.persist:
+        return None
+    blob, serializer = _serialized(value)
+    size = len(blob)
     limit = settings.max_result_bytes()
-    if size > limit:
+    if size <= limit:
+        if serializer == "json":
+            return ResultData(json=blob.decode())
+        return ResultData(pickle=blob)
+    if policy.storage is None:
         raise ResultTooLarge(
-            f"the {what} is {size:,} bytes once encoded, over the limit of {limit:,} bytes; "
-            "return something smaller (a path or a key to the data, say) or raise the limit "
-            "with STATEWARD_MAX_RESULT_BYTES"
+            f"the {what} is {size:,} bytes once encoded, over the limit of {limit:,} bytes "
+            "for results stored on the server: keep it in this process only with "
+            "persist_result=False, write it to a file with result_storage='/a/folder' (or "
+            "STATEWARD_RESULTS_STORAGE_PATH for every run), return something smaller (a path "
+            "or a key to the data, say), or raise the limit with STATEWARD_MAX_RESULT_BYTES"
         )
-    return data
+    path = write_result_file(policy.storage, blob, serializer)
+    reference = {RESULT_FILE_KEY: {"path": str(path), "serializer": serializer, "bytes": size}}
+    return ResultData(json=json.dumps(reference, separators=(",", ":"), ensure_ascii=False))
+
+
+def write_result_file(folder: Path, blob: bytes, serializer: str) -> Path:
+    """Write `blob` to a new file in `folder` (created if missing) and return its path. The
+    file appears whole or not at all (written under a temporary name, flushed to disk, then
+    renamed). Raises OSError naming the folder."""
+    path = folder / f"{uuid.uuid4().hex}.{serializer}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(
+            dir=folder, prefix=f".{path.name}.", suffix=".partial"
+        )
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(blob)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        why = error.strerror or str(error)
+        raise OSError(
+            error.errno, f"cannot write the result to the folder {str(folder)!r}: {why}"
+        ) from error
+    return path
+
+
+def _is_reference(value: Any) -> bool:
+    return type(value) is dict and len(value) == 1 and isinstance(value.get(RESULT_FILE_KEY), dict)
+
+
+def read_result_file(reference: dict[str, Any]) -> Any:
+    """The value in the result file a reference names. Raises MissingResult when the file is
+    gone or unreadable."""
+    path = str(reference.get("path", ""))
+    serializer = reference.get("serializer")
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MissingResult(
+            f"the result was written to {path!r}, which does not exist (deleted since, or "
+            "written on another machine: result storage is a folder of the machine that ran "
+            "the run)"
+        ) from None
+    except OSError as error:
+        raise MissingResult(f"the result file {path!r} cannot be read: {error}") from None
+    if serializer == "json":
+        return json.loads(blob)
+    if serializer == "pickle":
+        return pickle.loads(blob)
+    raise MissingResult(f"the result file {path!r} has an unknown serializer {serializer!r}")
+
+
+# An exception is stored up to the result size limit, or this much if the limit is lower: a
+# failure says why even under a small limit.
+EXCEPTION_BYTES_FLOOR = 64 * 1024
 
 
 def encode_exception(error: BaseException) -> ResultData | None:
@@ -65,15 +199,19 @@ def encode_exception(error: BaseException) -> ResultData | None:
         pickle.loads(blob)
     except Exception:
         return None
-    if len(blob) > settings.max_result_bytes():
+    if len(blob) > max(settings.max_result_bytes(), EXCEPTION_BYTES_FLOOR):
         return None
     return ResultData(pickle=blob)
 
 
 def decode(data: ResultData) -> Any:
-    """The value an encoded result holds."""
+    """The value an encoded result holds (read from its file, for a result file reference).
+    Raises MissingResult when that file is gone."""
     if data.json is not None:
-        return json.loads(data.json)
+        value = json.loads(data.json)
+        if _is_reference(value):
+            return read_result_file(value[RESULT_FILE_KEY])
+        return value
     if data.pickle is not None:
         return pickle.loads(data.pickle)
     return None

@@ -10,6 +10,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
@@ -24,7 +25,7 @@ from stateward._outcomes import (
     resolve,
     run_name,
 )
-from stateward._results import encode_exception
+from stateward._results import ResultPolicy, encode_exception, policy
 from stateward._run_logs import run_extra
 from stateward.client import Created
 from stateward.exceptions import (
@@ -69,16 +70,26 @@ class TaskRunEngine(RunEngine):
         # Sent to a worker by a task runner: a stop of its flow run goes through this.
         self.remote: Dispatch | None = None
         self.on_a_worker = False
+        # The result storage of the flow run around it, for a task not given its own.
+        self.inherited_storage: Path | None = (
+            self.parent.engine.result_folder() if self.parent is not None else None
+        )
         if self.parent is not None:  # its flow run's timeout or cancel stops it too
             self.parent.engine.track(self)
 
     @classmethod
     def on_worker(
-        cls, task: Task[..., Any], task_run: TaskRun, parameters: dict[str, Any]
+        cls,
+        task: Task[..., Any],
+        task_run: TaskRun,
+        parameters: dict[str, Any],
+        result_storage: Path | None = None,
     ) -> TaskRunEngine:
         """The engine of a task run that a task runner sent to this process (a worker): the run
-        exists, its inputs are resolved, and a cancel of the run itself reaches it."""
+        exists, its inputs are resolved, and a cancel of the run itself reaches it;
+        `result_storage` is the storage of the flow run that sent it."""
         engine = cls(task, (), parameters, None)
+        engine.inherited_storage = result_storage
         engine.id = task_run.id
         engine.flow_run_id = task_run.flow_run_id
         engine.orchestration = RunOrchestration(
@@ -252,8 +263,12 @@ class TaskRunEngine(RunEngine):
         self.attempts += 1
         return await super().call_async()
 
+    def result_policy(self) -> ResultPolicy:
+        """How this run keeps its result: the task's options, else its flow run's storage."""
+        return policy(self.task.persist_result, self.task.result_folder, self.inherited_storage)
+
     def after_call(self, value: Any) -> State:
-        state = judged(value, f"result of task {self.task.name!r}", self.log)
+        state = judged(value, f"result of task {self.task.name!r}", self.log, self.result_policy())
         if self.cache_key and state.is_completed():
             expiration = self.task.cache_expiration
             state = state.with_details(

@@ -119,6 +119,8 @@ class TaskRunPayload:
     task_run: TaskRun
     parameters: dict[str, Any]
     target: ServerTarget
+    # The result storage of the flow run that sent it (for a task not given its own).
+    result_storage: Path | None = None
 
 
 def run_task_run(payload: TaskRunPayload) -> str:
@@ -151,7 +153,9 @@ def run_task_run(payload: TaskRunPayload) -> str:
 
     def run() -> None:
         try:
-            engine = TaskRunEngine.on_worker(payload.task, payload.task_run, payload.parameters)
+            engine = TaskRunEngine.on_worker(
+                payload.task, payload.task_run, payload.parameters, payload.result_storage
+            )
             outcome.append(engine.run_in_worker())
         except BaseException as error:
             outcome.append(error)

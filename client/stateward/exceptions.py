@@ -12,6 +12,7 @@ StatewardError
 ├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
 ├── FlowPauseTimeout         a paused flow run was not resumed before its timeout
 ├── ResultTooLarge           a result is larger than the limit for storing it
+├── MissingResult            a run's result is not available here (not persisted, file gone)
 ├── ParameterTypeError       a flow's parameters do not fit its annotations (also a TypeError)
 ├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
 ├── ServerUnavailable        no server could be reached or started
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidSetting",
     "MappingLengthMismatch",
     "MappingMissingIterable",
+    "MissingResult",
     "NotFound",
     "OrchestrationAborted",
     "ParameterTypeError",
@@ -125,6 +127,12 @@ class FlowPauseTimeout(StatewardError):
 
 class ResultTooLarge(StatewardError):
     """A result is larger than the limit for storing it."""
+
+
+class MissingResult(StatewardError):
+    """A run's result cannot be read here: it was not persisted (`persist_result=False`, or a
+    value that could not be encoded) and this is not the process that ran the run, or the file
+    its result storage wrote is gone."""
 
 
 class ServerUnavailable(StatewardError):

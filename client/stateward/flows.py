@@ -8,6 +8,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
+from stateward._results import storage_folder
 from stateward.task_runners import TaskRunner
 
 P = ParamSpec("P")
@@ -70,6 +71,7 @@ class Flow(HookedFunction, Generic[P, R]):
         self.validate_parameters = validate_parameters is not False
         self.persist_result = persist_result
         self.result_storage = result_storage
+        self.result_folder = storage_folder(result_storage)
         self.result_serializer = result_serializer
         self.cache_result_in_memory = cache_result_in_memory is not False
         self.wrap(fn)

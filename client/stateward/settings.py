@@ -7,6 +7,9 @@
 - STATEWARD_RESULTS_PERSIST_BY_DEFAULT: `true` makes every task's results persist, so tasks
   are cached by their cache policy (`DEFAULT` when none is given) without `persist_result=True`
   (default false, as the reference's PREFECT_RESULTS_PERSIST_BY_DEFAULT).
+- STATEWARD_RESULTS_STORAGE_PATH: a folder where results too large to be stored on the server
+  (over STATEWARD_MAX_RESULT_BYTES) are written as files, for runs not given a `result_storage`
+  (default unset: such a result fails its run, saying what to do).
 
 Each is checked where it is read: a value that cannot be right raises `InvalidSetting` with one
 line naming the variable and what it allows.
@@ -124,6 +127,7 @@ def check() -> None:
     max_result_bytes()
     logging_level()
     results_persist_by_default()
+    results_storage_path()
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -142,3 +146,19 @@ def results_persist_by_default() -> bool:
     raise InvalidSetting(
         f"STATEWARD_RESULTS_PERSIST_BY_DEFAULT={raw!r} is not a yes/no value: use true or false"
     )
+
+
+def results_storage_path() -> Path | None:
+    """STATEWARD_RESULTS_STORAGE_PATH: the folder for results over the size limit of runs given
+    no `result_storage` (None when unset); a relative path is taken from the current folder.
+    InvalidSetting when it names something that is not a folder."""
+    raw = (os.environ.get("STATEWARD_RESULTS_STORAGE_PATH") or "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise InvalidSetting(
+            f"STATEWARD_RESULTS_STORAGE_PATH={raw!r} is not a folder: point it at a folder "
+            "(it is created if missing), or unset it"
+        )
+    return path

@@ -213,8 +213,20 @@ class State:
             held = held_value(self)
             return error if held is None else held
         if self._value is _NO_VALUE:
+            if self.data is None and self.is_completed() and self._of_a_run():
+                from stateward.exceptions import MissingResult
+
+                raise MissingResult(
+                    "this run's result was not persisted (persist_result=False, or a value "
+                    "that could not be encoded): it was only available in the process that "
+                    "ran the run; persist it, or keep large ones in files with result_storage="
+                )
             object.__setattr__(self, "_value", decode(self.data) if self.data else None)
         return self._value
+
+    def _of_a_run(self) -> bool:
+        """Whether the server wrote this state for a run (a state code builds names none)."""
+        return bool(self.details.flow_run_id or self.details.task_run_id)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickles the state's value: its data (encoded from the in-process value if needed),

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
+from stateward.settings import results_storage_path
 from stateward.states import TERMINAL_TYPES, State, StateType
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ class Dispatch:
                 task_run=self.engine.task_run,
                 parameters=parameters,
                 target=ServerTarget.here(),
+                result_storage=self.engine.inherited_storage or results_storage_path(),
             )
             with self._lock:
                 if self.stopped:

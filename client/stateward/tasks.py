@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
+from stateward._results import storage_folder
 from stateward.cache_policies import DEFAULT, NO_CACHE, CacheKeyFnPolicy, CachePolicy
 from stateward.settings import results_persist_by_default
 from stateward.utilities.annotations import unmapped as unmapped  # its historic home
@@ -145,6 +146,7 @@ class Task(HookedFunction, Generic[P, R]):
         self.timeout_seconds = timeout_seconds
         self.log_prints = bool(log_prints)
         self.result_storage = result_storage
+        self.result_folder = storage_folder(result_storage)
         self.result_serializer = result_serializer
         self.result_storage_key = result_storage_key
         self.cache_result_in_memory = cache_result_in_memory is not False

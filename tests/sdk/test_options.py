@@ -16,6 +16,7 @@ import stateward
 import stateward.cache_policies
 from stateward import Flow, Task, flow, task
 from stateward._options import NOT_YET_ACTIVE
+from stateward.filesystems import LocalFileSystem
 from stateward.task_runners import ThreadPoolTaskRunner
 from tests.sdk.conftest import python
 
@@ -65,8 +66,6 @@ def test_a_flow_only_option_is_unknown_to_tasks_and_the_other_way_round() -> Non
 
 # --- the reference's options are kept, by the decorators and with_options alike ----------------
 
-SENTINEL = object()
-
 FLOW_OPTIONS: dict[str, Any] = {
     "name": "named-flow",
     "version": "1.2.3",
@@ -77,7 +76,7 @@ FLOW_OPTIONS: dict[str, Any] = {
     "timeout_seconds": 5.0,
     "validate_parameters": False,
     "persist_result": True,
-    "result_storage": SENTINEL,
+    "result_storage": "/tmp/stateward-results",
     "result_serializer": "json",
     "cache_result_in_memory": False,
     "task_runner": ThreadPoolTaskRunner(max_workers=3),
@@ -97,7 +96,7 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_delay_seconds": [0.5, 1.0],
     "retry_jitter_factor": 0.5,
     "persist_result": True,
-    "result_storage": SENTINEL,
+    "result_storage": LocalFileSystem(basepath="/tmp/stateward-results"),
     "result_serializer": "pickle",
     "result_storage_key": "{parameters[x]}",
     "cache_result_in_memory": False,
@@ -157,8 +156,6 @@ def test_defaults_match_the_reference() -> None:
 
 def test_options_without_effect_yet_log_one_warning_each_when_used_not_at_import() -> None:
     values = {
-        "persist_result": False,
-        "result_storage": "'s3://bucket'",
         "result_storage_key": "'key'",
         "result_serializer": "'json'",
         "cache_result_in_memory": False,

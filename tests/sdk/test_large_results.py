@@ -1,0 +1,272 @@
+"""Results larger than the server stores, end to end against a real server: `persist_result=False`
+keeps a value in memory (downstream runs get it; nothing goes to the server; another process is
+told it was not persisted); `result_storage=` (or STATEWARD_RESULTS_STORAGE_PATH) writes it to a
+file and sends a reference, which another process reads; without either, the run fails saying
+both; caching hands out stored references."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stateward import flow, task
+from stateward._results import RESULT_FILE_KEY
+from stateward.exceptions import MissingResult, ResultTooLarge
+from stateward.filesystems import LocalFileSystem
+from tests.sdk.conftest import python
+
+pytestmark = pytest.mark.usefixtures("sdk_server")
+
+LIMIT = 10_000
+BIG = 50_000  # characters: over the limit once encoded, under the server's message size
+
+
+@pytest.fixture(autouse=True)
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATEWARD_MAX_RESULT_BYTES", str(LIMIT))
+    monkeypatch.delenv("STATEWARD_RESULTS_STORAGE_PATH", raising=False)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def read_in_another_process(run_id: str, kind: str = "task") -> str:
+    """What `.result()` of the run's stored state gives in a new process (its repr, or the
+    exception's type and message), through the same server."""
+    done = python(
+        f"""
+        import os
+        from stateward.client import Client
+        with Client(os.environ["STATEWARD_API_URL"]) as client:
+            run = client.get_{kind}_run({run_id!r})
+            try:
+                value = run.state.result()
+            except Exception as error:
+                print(f"{{type(error).__name__}}: {{error}}")
+            else:
+                print(f"value of length {{len(value)}}: {{value[:3]!r}}")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# --- persist_result=False: in memory only -------------------------------------------------------
+
+
+def test_a_result_not_persisted_flows_downstream_and_never_reaches_the_server(client) -> None:
+    @task(persist_result=False)
+    def produce() -> str:
+        return "x" * BIG
+
+    @task
+    def measure(value: str) -> int:
+        return len(value)
+
+    @flow(name=unique("sdk-memory-only"))
+    def pipeline() -> tuple[int, int, str]:
+        state = produce(return_state=True)
+        future = produce.submit()
+        return measure(state.result()), measure(future), state.details.task_run_id
+
+    inline, submitted, run_id = pipeline()
+    assert (inline, submitted) == (BIG, BIG)
+    stored = client.get_task_run(run_id).state
+    assert stored is not None and stored.is_completed() and stored.data is None
+    with pytest.raises(MissingResult, match="not persisted"):
+        stored.result()
+    assert read_in_another_process(run_id).startswith("MissingResult: this run's result was not")
+
+
+def test_an_async_flow_and_task_not_persisting_keep_their_values_in_memory(client) -> None:
+    @task(persist_result=False)
+    async def produce() -> str:
+        return "y" * BIG
+
+    @flow(name=unique("sdk-memory-only-async"), persist_result=False)
+    async def pipeline() -> str:
+        return await produce()
+
+    state = asyncio.run(pipeline(return_state=True))
+    assert state.is_completed() and len(state.result()) == BIG
+    stored = client.get_flow_run(state.details.flow_run_id).state
+    assert stored is not None and stored.is_completed() and stored.data is None
+    assert read_in_another_process(state.details.flow_run_id, "flow").startswith(
+        "MissingResult: this run's result was not persisted"
+    )
+
+
+# --- without either option: the run fails, saying what to do ------------------------------------
+
+
+@pytest.mark.parametrize("isasync", [False, True], ids=["sync", "async"])
+def test_a_result_over_the_limit_fails_its_run_naming_both_ways_out(isasync: bool) -> None:
+    if isasync:
+
+        @task
+        async def produce() -> str:
+            return "z" * BIG
+    else:
+
+        @task  # type: ignore[no-redef]
+        def produce() -> str:
+            return "z" * BIG
+
+    state = produce(return_state=True)
+    if isasync:
+        state = asyncio.run(state)
+    assert state.is_failed()
+    assert "persist_result=False" in state.message and "result_storage=" in state.message
+    assert "STATEWARD_RESULTS_STORAGE_PATH" in state.message
+    with pytest.raises(ResultTooLarge, match="over the limit of 10,000 bytes"):
+        state.result()
+
+
+def test_a_flow_result_over_the_limit_fails_the_flow_run() -> None:
+    @flow(name=unique("sdk-big-flow"))
+    def produce() -> list[int]:
+        return list(range(BIG))
+
+    with pytest.raises(ResultTooLarge, match="result of flow"):
+        produce()
+
+
+# --- result storage: a file, and a reference on the server --------------------------------------
+
+
+def stored_reference(client, run_id: str, kind: str = "task") -> dict[str, object]:
+    run = client.get_task_run(run_id) if kind == "task" else client.get_flow_run(run_id)
+    assert run.state is not None and run.state.data is not None
+    assert run.state.data.json is not None and len(run.state.data.json) < 1_000
+    reference = json.loads(run.state.data.json)[RESULT_FILE_KEY]
+    assert isinstance(reference, dict)
+    return reference
+
+
+def test_result_storage_writes_a_file_that_another_process_reads(client, tmp_path: Path) -> None:
+    @task(result_storage=tmp_path / "results")
+    def produce() -> str:
+        return "s" * BIG
+
+    @task(result_storage=str(tmp_path / "results"))
+    def small() -> int:
+        return 7
+
+    @flow(name=unique("sdk-stored"))
+    def pipeline() -> tuple[str, bool, int]:
+        state = produce(return_state=True)
+        return state.details.task_run_id, state.result() == "s" * BIG, small()
+
+    run_id, same, seven = pipeline()
+    assert same and seven == 7
+    reference = stored_reference(client, run_id)
+    path = Path(str(reference["path"]))
+    assert path.parent == tmp_path / "results" and reference["serializer"] == "json"
+    assert json.loads(path.read_text()) == "s" * BIG
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # small results stay inline
+    assert read_in_another_process(run_id) == "value of length 50000: 'sss'"
+    path.unlink()
+    message = read_in_another_process(run_id)
+    assert message.startswith("MissingResult: the result was written to")
+    assert str(path) in message
+
+
+def test_an_async_task_and_a_flow_store_their_results_the_same_way(client, tmp_path: Path) -> None:
+    @task
+    async def produce() -> bytes:
+        return b"b" * BIG  # not JSON: pickled into the file
+
+    @flow(name=unique("sdk-stored-async"), result_storage=LocalFileSystem(basepath=tmp_path))
+    async def pipeline() -> bytes:
+        return await produce()  # the task takes the flow's storage
+
+    state = asyncio.run(pipeline(return_state=True))
+    assert state.is_completed() and state.result() == b"b" * BIG
+    reference = stored_reference(client, state.details.flow_run_id, "flow")
+    assert reference["serializer"] == "pickle"
+    assert pickle.loads(Path(str(reference["path"])).read_bytes()) == b"b" * BIG
+    (task_run,) = client.list_task_runs(flow_run_ids=[state.details.flow_run_id])
+    assert Path(str(stored_reference(client, task_run.id)["path"])).parent == tmp_path
+    assert read_in_another_process(state.details.flow_run_id, "flow").startswith(
+        "value of length 50000: b'bbb'"
+    )
+
+
+def test_the_storage_setting_is_the_default(
+    client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATEWARD_RESULTS_STORAGE_PATH", str(tmp_path / "default"))
+
+    @task
+    def produce() -> str:
+        return "d" * BIG
+
+    state = produce(return_state=True)
+    assert state.is_completed()
+    reference = stored_reference(client, state.details.task_run_id)
+    assert Path(str(reference["path"])).parent == tmp_path / "default"
+
+
+def test_a_cache_hit_reads_the_stored_file_in_any_process(client, tmp_path: Path) -> None:
+    calls: list[int] = []
+    key = unique("sdk-cached-big")
+
+    @task(
+        cache_key_fn=lambda context, arguments: f"{key}-{arguments['n']}", result_storage=tmp_path
+    )
+    def produce(n: int) -> str:
+        calls.append(n)
+        return "c" * n
+
+    first = produce(BIG, return_state=True)
+    second = produce(BIG, return_state=True)
+    assert calls == [BIG] and second.name == "Cached"
+    assert second.result() == "c" * BIG and second.data == first.data
+    program = f"""
+        from stateward import task
+        @task(cache_key_fn=lambda context, arguments: f"{key}-{{arguments['n']}}")
+        def produce(n: int) -> str:
+            raise AssertionError("a cache hit does not run")
+        state = produce({BIG}, return_state=True)
+        try:
+            print(state.name, len(state.result()))
+        except Exception as error:
+            print(state.name, type(error).__name__, error)
+        """
+    done = python(program)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Cached", str(BIG)]
+    (path,) = tmp_path.iterdir()
+    path.unlink()
+    done = python(program)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Cached MissingResult the result was written to")
+    assert str(path) in done.stdout
+
+
+def test_a_value_shaped_like_a_file_reference_is_returned_as_it_is() -> None:
+    lookalike = {RESULT_FILE_KEY: {"path": "/etc/passwd", "serializer": "json", "bytes": 1}}
+
+    @task
+    def produce() -> dict[str, object]:
+        return lookalike
+
+    state = produce(return_state=True)
+    assert state.data is not None and state.data.pickle is not None  # not taken for a reference
+    assert pickle.loads(state.data.pickle) == lookalike
+
+
+def test_result_storage_takes_folders_only() -> None:
+    def f() -> None: ...
+
+    with pytest.raises(ValueError, match="is a URL"):
+        task(result_storage="s3://bucket/results")(f)
+    with pytest.raises(TypeError, match="folder's path"):
+        flow(result_storage=42)(f)
+    assert task(result_storage="~/results")(f).result_folder == Path.home() / "results"
