@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from stateward._flow_engine import FlowRunEngine
     from stateward.flows import Flow
     from stateward.futures import StatewardFuture
-    from stateward.runs import FlowRun, TaskRun
+    from stateward.runs import CacheEntry, FlowRun, TaskRun
     from stateward.tasks import Task
 
 
@@ -42,6 +42,11 @@ class TaskRunContext:
 
 
 flow_run_context: ContextVar[FlowRunContext | None] = ContextVar("flow_run", default=None)
+# The cache entries of task runs called by the task run whose code runs here, held back until
+# the outermost task run around them completes (its current attempt's list; None outside).
+held_cache_entries: ContextVar[list[CacheEntry] | None] = ContextVar(
+    "held_cache_entries", default=None
+)
 task_run_context: ContextVar[TaskRunContext | None] = ContextVar("task_run", default=None)
 _tags: ContextVar[tuple[str, ...]] = ContextVar("tags", default=())
 

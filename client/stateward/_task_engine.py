@@ -13,7 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
+from stateward._context import (
+    FlowRunContext,
+    TaskRunContext,
+    flow_run_context,
+    held_cache_entries,
+    task_run_context,
+)
 from stateward._engine import RunEngine, call_run
 from stateward._hooks import await_from_sync
 from stateward._interrupt import RunInterrupted, engine_code, waiting
@@ -32,10 +38,11 @@ from stateward.exceptions import (
     MappingLengthMismatch,
     MappingMissingIterable,
     OrchestrationAborted,
+    StatewardError,
     UpstreamTaskError,
 )
 from stateward.futures import StatewardFuture, StatewardFutureList
-from stateward.runs import OrchestrationResult, RetryPolicy, TaskRun
+from stateward.runs import CacheEntry, OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateDetails, StateType, now
 from stateward.tasks import Task
 from stateward.utilities.annotations import allow_failure, quote, unmapped
@@ -74,6 +81,13 @@ class TaskRunEngine(RunEngine):
         self.inherited_storage: Path | None = (
             self.parent.engine.result_folder() if self.parent is not None else None
         )
+        # Caching inside another task run's code: this run's entry, and those of the runs its
+        # own code calls (`held`, per attempt), wait in the list of the run around it until the
+        # outermost one completes; they are dropped with a run that does not (as the
+        # reference's nested transactions commit with the outermost one, or roll back).
+        self.outer_entries = held_cache_entries.get()
+        self.held: list[CacheEntry] = []
+        self.own_entry: CacheEntry | None = None
         if self.parent is not None:  # its flow run's timeout or cancel stops it too
             self.parent.engine.track(self)
 
@@ -269,20 +283,50 @@ class TaskRunEngine(RunEngine):
 
     def after_call(self, value: Any) -> State:
         state = judged(value, f"result of task {self.task.name!r}", self.log, self.result_policy())
+        self.own_entry = None
         if self.cache_key and state.is_completed():
             expiration = self.task.cache_expiration
-            state = state.with_details(
-                cache_key=self.cache_key,
-                cache_expiration=now() + expiration if isinstance(expiration, timedelta) else None,
-            )
+            until = now() + expiration if isinstance(expiration, timedelta) else None
+            if self.outer_entries is None:  # stored with its Completed state
+                state = state.with_details(cache_key=self.cache_key, cache_expiration=until)
+            else:  # held until the outermost task run around it completes
+                self.own_entry = CacheEntry(self.id, self.cache_key, until)
         return state
+
+    def remember(self, final: State) -> None:
+        """After the run: a completed one hands the cache entries it holds (its nested runs',
+        and its own if it is nested) to the run around it, or, outermost, writes them; a run
+        that did not complete drops them."""
+        super().remember(final)
+        entries = self.held + ([self.own_entry] if self.own_entry is not None else [])
+        self.held, self.own_entry = [], None
+        if not entries or not final.is_completed():
+            return
+        if self.outer_entries is not None:
+            self.outer_entries.extend(entries)
+            return
+        try:
+            self.client.write_cache_entries(entries)
+        except StatewardError as error:
+            self.log.warning(
+                "%s - the cache entries of the task runs it called were not stored: %s",
+                self.orchestration.label,
+                error,
+            )
 
     # --- executing the task's function ------------------------------------------------------------
 
     def enter_code(self) -> Callable[[], None]:
         self.context = TaskRunContext(self.task, self.record(), self.parameters)
+        self.held = []  # a new attempt: what an earlier one held is dropped with it
         token = task_run_context.set(self.context)
-        return lambda: task_run_context.reset(token)
+        held_token = held_cache_entries.set(self.held)
+
+        def leave() -> None:
+            held_cache_entries.reset(held_token)
+            task_run_context.reset(token)
+
+        return leave
 
     def fetch_run(self) -> TaskRun:
         return self.client.get_task_run(self.id)

@@ -29,6 +29,7 @@ from stateward._transport import (
 )
 from stateward.exceptions import RpcError, StatewardError
 from stateward.runs import (
+    CacheEntry,
     ConcurrencyLimit,
     FlowRun,
     LogEntry,
@@ -248,6 +249,12 @@ class Client:
         run changed first). Raises NotFound, FailedPrecondition (not paused) or
         InvalidArgument (the input is missing, unexpected or does not match the schema)."""
         return self._do(_resume_flow_run(flow_run_id, run_input))
+
+    def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
+        """Store completed task runs' states under cache keys, all or none (at most 1,000 a
+        call); returns how many. Raises NotFound for an unknown task run, FailedPrecondition
+        for one that is not Completed, InvalidArgument for a malformed entry."""
+        return self._do(_write_cache_entries(entries))
 
     def write_logs(self, entries: Sequence[LogEntry]) -> int:
         """Store lines runs logged (at most 1,000 a call); returns how many were stored. Raises
@@ -470,6 +477,9 @@ class AsyncClient:
         """See `Client.resume_flow_run`."""
         return await self._do(_resume_flow_run(flow_run_id, run_input))
 
+    async def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
+        return await self._do(_write_cache_entries(entries))
+
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         return await self._do(_renew_leases(run_ids, lease_seconds))
 
@@ -628,6 +638,11 @@ def _set_state(
 def _resume_flow_run(flow_run_id: str, run_input: str | None) -> _Call[OrchestrationResult]:
     request = wire.resume_flow_run_request(flow_run_id, run_input)
     return _Call("ResumeFlowRun", request, wire.resume_result_from_proto)
+
+
+def _write_cache_entries(entries: Sequence[CacheEntry]) -> _Call[int]:
+    request = wire.write_cache_entries_request(entries)
+    return _Call("WriteCacheEntries", request, lambda response: response.written)
 
 
 def _write_logs(entries: Sequence[LogEntry]) -> _Call[int]:

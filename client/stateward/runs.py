@@ -146,6 +146,16 @@ class ConcurrencyLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A completed task run's state to store under a cache key, until `cache_expiration` (None:
+    for good): an entry held back until the task run around it completed."""
+
+    task_run_id: str
+    cache_key: str
+    cache_expiration: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogEntry:
     """One line a run's code logged: its flow run (for a task run's line, the task run's flow
     run, if any), its task run ("" for a flow run's own line), when, the `logging` level, the

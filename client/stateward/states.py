@@ -187,7 +187,9 @@ class State:
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's result: its return value, or (for a failed, crashed or cancelled run) its
         exception, raised unless `raise_on_failure` is false (then the data the state carries,
-        e.g. the states a flow returned, or else the exception).
+        e.g. the states a flow returned, or else the exception). Raises MissingResult for a
+        run's completed state whose result is not available here (not persisted and read in
+        another process than the run's, or its result file gone).
 
         Async code may also write `await state.result()`, as with the reference: when the
         calling coroutine awaits the call, an awaitable of the same value comes back."""

@@ -35,6 +35,7 @@ from stateward.exceptions import (
     Unauthenticated,
 )
 from stateward.runs import (
+    CacheEntry,
     ConcurrencyLimit,
     FlowRun,
     LogEntry,
@@ -522,6 +523,18 @@ def set_state_request(
     if lease_seconds:
         request.lease_duration.FromNanoseconds(round(lease_seconds * 1e9))
     return request
+
+
+def write_cache_entries_request(entries: Iterable[CacheEntry]) -> pb.WriteCacheEntriesRequest:
+    request = pb.WriteCacheEntriesRequest()
+    for entry in entries:
+        msg = request.entries.add(task_run_id=entry.task_run_id, cache_key=entry.cache_key)
+        set_timestamp(msg.cache_expiration, entry.cache_expiration)
+    return request
+
+
+def cache_entry_from_proto(msg: pb.CacheEntry) -> CacheEntry:
+    return CacheEntry(msg.task_run_id, msg.cache_key, optional_datetime(msg, "cache_expiration"))
 
 
 def renew_leases_request(run_ids: Iterable[str], lease_seconds: float) -> pb.RenewLeasesRequest:

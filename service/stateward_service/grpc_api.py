@@ -58,6 +58,7 @@ from stateward_service.orchestrator import (
     InitialStateRefused,
     LimitAlreadyExists,
     LimitNotFound,
+    NotCompleted,
     NotPaused,
     Orchestrator,
     RunAlreadyExists,
@@ -77,7 +78,7 @@ def _translating(call: Callable[[], T]) -> T:
         raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
     except (RunAlreadyExists, LimitAlreadyExists) as error:
         raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
-    except (InitialStateRefused, NotPaused) as error:
+    except (InitialStateRefused, NotPaused, NotCompleted) as error:
         raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
     except RunInputRefused as error:
         raise invalid("run_input", str(error)) from None
@@ -287,6 +288,28 @@ class OrchestrationService:
         entries = [wire.log_entry_from_proto(entry) for entry in request.entries]
         written = _translating(lambda: self.orchestrator.write_logs(entries))
         return pb.WriteLogsResponse(written=written)
+
+    # --- held-back cache entries ---------------------------------------------------------------
+
+    def WriteCacheEntries(
+        self, request: pb.WriteCacheEntriesRequest
+    ) -> pb.WriteCacheEntriesResponse:
+        if len(request.entries) > check.MAX_CACHE_ENTRIES:
+            raise invalid(
+                "entries",
+                f"has {len(request.entries)}; at most {check.MAX_CACHE_ENTRIES} per call",
+            )
+        entries = []
+        for index, msg in enumerate(request.entries):
+            field = f"entries[{index}]"
+            run_id = check.run_id(msg.task_run_id, f"{field}.task_run_id")
+            check.text(msg.cache_key, f"{field}.cache_key", check.MAX_CACHE_KEY, required=True)
+            if msg.HasField("cache_expiration"):
+                check.timestamp(msg.cache_expiration, f"{field}.cache_expiration")
+            entry = wire.cache_entry_from_proto(msg)
+            entries.append((run_id, entry.cache_key, entry.cache_expiration))
+        written = _translating(lambda: self.orchestrator.write_cache_entries(entries))
+        return pb.WriteCacheEntriesResponse(written=written)
 
     def ListLogs(self, request: pb.ListLogsRequest) -> pb.ListLogsResponse:
         run_id = check.run_id(request.run_id, "run_id")

@@ -103,6 +103,10 @@ class InitialStateRefused(Exception):
     """The initial state of a new run was not accepted; the run was not created."""
 
 
+class NotCompleted(Exception):
+    """A cache entry for a task run whose current state is not COMPLETED."""
+
+
 @dataclass
 class _Write:
     """What one transaction wrote, to publish once it committed."""
@@ -410,6 +414,30 @@ class Orchestrator:
         self._reader.close()
         with self._lock:
             self._store.close()
+
+    def write_cache_entries(self, entries: Sequence[tuple[str, str, datetime | None]]) -> int:
+        """Store each task run's current COMPLETED state under its cache key (entries of
+        `(task_run_id, cache_key, expiration)`), all in one transaction; returns how many.
+        Raises RunNotFound for an unknown task run and NotCompleted for one that is not
+        COMPLETED, and then writes nothing."""
+
+        def attempt() -> int:
+            with self._lock, self._writing():
+                at = self.clock()
+                for run_id, key, expiration in entries:
+                    run = self._runs.get(run_id, RunKind.TASK_RUN)
+                    if run is None:
+                        raise RunNotFound(run_id, RunKind.TASK_RUN)
+                    state = run.state
+                    if state is None or state.type is not StateType.COMPLETED:
+                        raise NotCompleted(
+                            f"task run {run_id} is {state.name if state else 'without a state'},"
+                            " not COMPLETED: only a completed run's result can be cached"
+                        )
+                    self._store.cache_state(key, state.id, expiration, at)
+            return len(entries)
+
+        return self._retrying(attempt)
 
     def renew_leases(self, run_ids: Sequence[str], seconds: float) -> tuple[list[str], datetime]:
         """Extend the leases of those runs that hold one (RUNNING or CANCELLING)."""

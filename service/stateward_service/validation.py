@@ -26,6 +26,7 @@ from stateward_service.input_schemas import UnsafePattern, check_patterns
 MAX_NAME = 200
 MAX_MESSAGE = 100_000
 MAX_CACHE_KEY = 2_000
+MAX_CACHE_ENTRIES = 1_000  # per WriteCacheEntries call
 MAX_KEY = 200  # transition ids, pause keys, tags
 MAX_TAGS = 50
 MAX_RETRIES = 10_000

@@ -1295,3 +1295,81 @@ class BatchError(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchError: _TypeAlias = BatchError  # noqa: Y015
+
+@_typing.final
+class CacheEntry(_message.Message):
+    """One held-back cache entry: a completed task run's current state, stored under a key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_RUN_ID_FIELD_NUMBER: _builtins.int
+    CACHE_KEY_FIELD_NUMBER: _builtins.int
+    CACHE_EXPIRATION_FIELD_NUMBER: _builtins.int
+    task_run_id: _builtins.str
+    """The task run; its current state must be COMPLETED."""
+    cache_key: _builtins.str
+    """The cache key, at most 2,000 characters. Required."""
+    @_builtins.property
+    def cache_expiration(self) -> _timestamp_pb2.Timestamp:
+        """When the entry stops being valid; unset means never."""
+
+    def __init__(
+        self,
+        *,
+        task_run_id: _builtins.str = ...,
+        cache_key: _builtins.str = ...,
+        cache_expiration: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_expiration", b"cache_expiration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expiration", b"cache_expiration", "cache_key", b"cache_key", "task_run_id", b"task_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheEntry: _TypeAlias = CacheEntry  # noqa: Y015
+
+@_typing.final
+class WriteCacheEntriesRequest(_message.Message):
+    """Request of WriteCacheEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheEntry]:
+        """The entries, at most 1,000. A key given twice keeps the later entry."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___CacheEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteCacheEntriesRequest: _TypeAlias = WriteCacheEntriesRequest  # noqa: Y015
+
+@_typing.final
+class WriteCacheEntriesResponse(_message.Message):
+    """Response of WriteCacheEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    written: _builtins.int
+    """How many entries were written."""
+    def __init__(
+        self,
+        *,
+        written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteCacheEntriesResponse: _TypeAlias = WriteCacheEntriesResponse  # noqa: Y015

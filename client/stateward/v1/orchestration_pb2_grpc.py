@@ -125,6 +125,11 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchResponse.FromString,
                 _registered_method=True)
+        self.WriteCacheEntries = channel.unary_unary(
+                '/stateward.v1.OrchestrationService/WriteCacheEntries',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -279,6 +284,18 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteCacheEntries(self, request, context):
+        """Stores completed task runs' states under cache keys, as a COMPLETED proposal with
+        `details.cache_key` does, for entries a client held back: the Python SDK holds the entry of a
+        task run called inside another task run until the outermost one completes, and drops it if
+        that one does not. All entries are written in one transaction, or none: NOT_FOUND for an
+        unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
+        INVALID_ARGUMENT for a malformed entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -371,6 +388,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ExecuteBatch,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchResponse.SerializeToString,
+            ),
+            'WriteCacheEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteCacheEntries,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -860,6 +882,33 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/ExecuteBatch',
             stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.ExecuteBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteCacheEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stateward.v1.OrchestrationService/WriteCacheEntries',
+            stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

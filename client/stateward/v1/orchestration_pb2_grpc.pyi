@@ -104,6 +104,14 @@ class OrchestrationServiceStub:
     A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
     in one batch: one round trip and one commit instead of two.
     """
+    WriteCacheEntries: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.WriteCacheEntriesRequest, _orchestration_pb2.WriteCacheEntriesResponse]
+    """Stores completed task runs' states under cache keys, as a COMPLETED proposal with
+    `details.cache_key` does, for entries a client held back: the Python SDK holds the entry of a
+    task run called inside another task run until the outermost one completes, and drops it if
+    that one does not. All entries are written in one transaction, or none: NOT_FOUND for an
+    unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
+    INVALID_ARGUMENT for a malformed entry.
+    """
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -173,6 +181,14 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     operation succeeds or fails on its own, and the answers come once all of them committed.
     A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
     in one batch: one round trip and one commit instead of two.
+    """
+    WriteCacheEntries: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.WriteCacheEntriesRequest, _orchestration_pb2.WriteCacheEntriesResponse]  # type: ignore[assignment]
+    """Stores completed task runs' states under cache keys, as a COMPLETED proposal with
+    `details.cache_key` does, for entries a client held back: the Python SDK holds the entry of a
+    task run called inside another task run until the outermost one completes, and drops it if
+    that one does not. All entries are written in one transaction, or none: NOT_FOUND for an
+    unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
+    INVALID_ARGUMENT for a malformed entry.
     """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -348,6 +364,20 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         operation succeeds or fails on its own, and the answers come once all of them committed.
         A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
         in one batch: one round trip and one commit instead of two.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteCacheEntries(
+        self,
+        request: _orchestration_pb2.WriteCacheEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.WriteCacheEntriesResponse, _abc.Awaitable[_orchestration_pb2.WriteCacheEntriesResponse]]:
+        """Stores completed task runs' states under cache keys, as a COMPLETED proposal with
+        `details.cache_key` does, for entries a client held back: the Python SDK holds the entry of a
+        task run called inside another task run until the outermost one completes, and drops it if
+        that one does not. All entries are written in one transaction, or none: NOT_FOUND for an
+        unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
+        INVALID_ARGUMENT for a malformed entry.
         """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
