@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +44,7 @@ from stateward.exceptions import (
     StatewardError,
 )
 from stateward.flows import Flow
+from stateward.ids import new_id
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
 from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, now
 from stateward.tasks import Task
@@ -82,7 +82,7 @@ class RunEngine:
         self.supervisor = get_supervisor(self.client)
         # The flow run whose code runs this one (a task's flow run, a subflow's parent), if any.
         self.parent: FlowRunContext | None = flow_run_context.get()
-        self.id = str(uuid.uuid4())
+        self.id = new_id()
         self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
         self.error: BaseException | None = None  # the user code's exception, as raised
         self.stop = StopFlags()

@@ -9,7 +9,6 @@ import collections
 import concurrent.futures
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
 from stateward.exceptions import ParameterTypeError, UpstreamTaskError
 from stateward.flows import Flow
+from stateward.ids import new_id
 from stateward.runs import FlowRun, OrchestrationResult, RetryPolicy, TaskRun
 from stateward.states import State, StateType
 from stateward.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -108,7 +108,7 @@ class FlowRunEngine(RunEngine):
             tracking = self.parent.engine.tracking_runs
             parent_task_run_id = tracking.get(self.call, "")
             if not parent_task_run_id:  # the first attempt of the parent to make this call
-                parent_task_run_id = tracking[self.call] = str(uuid.uuid4())
+                parent_task_run_id = tracking[self.call] = new_id()
                 runs.append(
                     TaskRun(
                         id=parent_task_run_id,

@@ -28,7 +28,6 @@ the database for long, or every call and stream waits with it. So:
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -38,6 +37,7 @@ from google.protobuf import message_factory
 from google.protobuf.struct_pb2 import Struct
 
 from stateward import wire
+from stateward.ids import new_id
 from stateward.runs import RetryPolicy, RunKind
 from stateward.states import now
 from stateward.v1 import orchestration_pb2, runs_pb2
@@ -141,7 +141,7 @@ class OrchestrationService:
         given_id = check.optional_run_id(msg.id, "flow_run.id")
         run = RunRecord(
             kind=RunKind.FLOW_RUN,
-            id=given_id or str(uuid.uuid4()),
+            id=given_id or new_id(),
             name=check.text(msg.name, "flow_run.name", check.MAX_NAME) or make_run_name(),
             created=now(),
             flow_name=flow_name,
@@ -186,7 +186,7 @@ class OrchestrationService:
         given_id = check.optional_run_id(msg.id, "task_run.id")
         run = RunRecord(
             kind=RunKind.TASK_RUN,
-            id=given_id or str(uuid.uuid4()),
+            id=given_id or new_id(),
             name=check.text(msg.name, "task_run.name", check.MAX_NAME) or make_run_name(),
             created=now(),
             task_key=task_key,

@@ -21,7 +21,6 @@ import json
 import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from typing import TypeVar
 from jsonschema.exceptions import best_match
 from referencing.exceptions import Unresolvable
 
+from stateward.ids import new_id
 from stateward.runs import (
     ConcurrencyLimit,
     LogEntry,
@@ -737,7 +737,7 @@ class Orchestrator:
             state.name,
             state.message,
             moment,
-            str(uuid.uuid4()),
+            new_id(),
             bookkeeping.own_details(run, state.details),
             state.data,
         )

@@ -17,8 +17,8 @@ module of `stateward` (generated code aside) and `stateward_service`, those insi
 | orchestrator and replica   | signatures and errors (RunFilter, BadPageToken, ...): the     |
 |                            | orchestrator is the only door to it                           |
 | stateward_service.*        | of the SDK, only stateward.states, .runs, .wire, .exceptions, |
-|                            | .settings and the generated stateward.v1: no stateward._*,    |
-|                            | no engine, no client                                          |
+|                            | .ids, .settings and the generated stateward.v1: no            |
+|                            | stateward._*, no engine, no client                            |
 | stateward.* (the SDK)      | stateward_service only in stateward._embedded (the launcher)  |
 | stateward.* but client,    | no grpc, no protobuf, no stateward.v1: only the typed client, |
 | _transport and wire        | its transports and the wire module know the protocol          |
@@ -66,6 +66,7 @@ SERVER_MAY_USE_FROM_SDK = (
     *VOCABULARY,
     "stateward.wire",
     "stateward.exceptions",
+    "stateward.ids",
     "stateward.settings",
     "stateward.v1",
 )

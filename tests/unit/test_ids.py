@@ -1,0 +1,50 @@
+"""`stateward.ids`: cheap random UUIDs that are still version-4 UUIDs, unique across threads and
+across a fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+from stateward.ids import new_id
+
+
+def test_ids_are_canonical_version_4_uuids() -> None:
+    for _ in range(2_000):  # several refills
+        text = new_id()
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_threads_never_get_the_same_id() -> None:
+    taken: list[list[str]] = [[] for _ in range(8)]
+
+    def take(into: list[str]) -> None:
+        into.extend(new_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [text for into in taken for text in into]
+    assert len(set(every)) == len(every) == 40_000
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    new_id()  # the parent holds ids it has not handed out yet
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    from_child = {text[i : i + 36] for i in range(0, len(text), 36)}
+    from_parent = {new_id() for _ in range(10)}
+    assert len(from_child) == 10 and not from_child & from_parent
