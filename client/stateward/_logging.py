@@ -1,7 +1,8 @@
-"""Logging through the standard `logging` module: one line per state change of each run, under
-the `stateward` logger. When the application configured no logging at all, Stateward shows its
-lines on stderr (level from STATEWARD_LOGGING_LEVEL, INFO by default). With `log_prints`, what a
-run's code prints goes to the run's logger instead, for as long as the run's code runs."""
+"""Logging through the standard `logging` module: each run's state changes, under the
+`stateward` logger (at INFO, a run's end; the steps before it at DEBUG). When the application
+configured no logging at all, Stateward shows its lines on stderr (level from
+STATEWARD_LOGGING_LEVEL, INFO by default). With `log_prints`, what a run's code prints goes to
+the run's logger instead, for as long as the run's code runs."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """One run's conversation with the server: propose states, obey WAIT, ride out a server that
 is briefly unreachable (a retried proposal carries the same transition id, so it applies once),
-keep the run's heartbeat lease while it runs, and log one line per state change."""
+keep the run's heartbeat lease while it runs, and log its state changes (at INFO, its end)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -20,8 +19,9 @@ from stateward.exceptions import (
     ServerUnavailable,
     StatewardError,
 )
+from stateward.ids import new_id
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
-from stateward.states import State, StateType
+from stateward.states import TERMINAL_TYPES, State, StateType
 
 _UNAVAILABLE_RETRIES = 3
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class RunOrchestration:
     ) -> OrchestrationResult:
         """Propose a state; the answer. On WAIT, wait and propose again (or, with
         `wait=False`, return the WAIT: the caller waits as it sees fit)."""
-        proposed = proposed.with_details(transition_id=str(uuid.uuid4()))
+        proposed = proposed.with_details(transition_id=new_id())
         while True:
             decision = self._retrying(
                 f"proposing {proposed.name}",
@@ -88,7 +88,7 @@ class RunOrchestration:
         (or, for a create an earlier attempt already made, its AlreadyExists) before the answer
         to RUNNING is taken in; that answer is returned (it may be WAIT: the caller waits and
         proposes again)."""
-        running = running.with_details(transition_id=str(uuid.uuid4()))
+        running = running.with_details(transition_id=new_id())
 
         def send(
             attempt: int,
@@ -137,15 +137,16 @@ class RunOrchestration:
         if new is None:
             return
         if self.state is None or new.id != self.state.id:
-            message = f": {new.message}" if new.message else ""
             level = _level(new)
             failure = None
             if level == logging.ERROR and self.failure is not None:
                 failure, self.failure = _first_report(self.failure), None
-            self.log.log(
-                level, "%s - %s%s", self.label, new.name, message,
-                exc_info=failure, extra=self.log_extra,
-            )  # fmt: skip
+            if self.log.isEnabledFor(level):
+                message = f": {new.message}" if new.message else ""
+                self.log.log(
+                    level, "%s - %s%s", self.label, new.name, message,
+                    exc_info=failure, extra=self.log_extra,
+                )  # fmt: skip
         self.state = new
         if new.type in (StateType.RUNNING, StateType.CANCELLING):
             self.supervisor.hold_lease(self.run_id)
@@ -166,12 +167,16 @@ _RETRYING = ("AwaitingRetry", "Retrying")
 
 
 def _level(state: State) -> int:
-    """Failed and Crashed are errors, a retry a warning, the rest news."""
+    """Failed and Crashed are errors, a retry a warning; the end of a run and a pause (which
+    waits for a person) are news; the steps on the way (Pending, Running...) are debugging
+    detail, so that a run says one line at INFO rather than one per step."""
     if state.type in (StateType.FAILED, StateType.CRASHED):
         return logging.ERROR
     if state.name in _RETRYING:
         return logging.WARNING
-    return logging.INFO
+    if state.type in TERMINAL_TYPES or state.type is StateType.PAUSED:
+        return logging.INFO
+    return logging.DEBUG
 
 
 def _first_report(error: BaseException) -> BaseException | None:

@@ -1,7 +1,8 @@
 """Kind 7 of the first day: run names are unique within a flow run (a task's runs are `task-0`,
 `task-1`, ..., a mapped run takes its map index), a subflow's task run shows the child run; a
-failure is logged at ERROR with its traceback once, a retry at WARNING; prints in hooks are
-attributed to their run, for flows as for tasks."""
+failure is logged at ERROR with its traceback once, a retry at WARNING; at INFO a run says one
+line, at its end, and DEBUG tells every state change; prints in hooks are attributed to their
+run, for flows as for tasks."""
 
 from __future__ import annotations
 
@@ -72,7 +73,37 @@ def test_names_logs_and_hook_prints(home: Path) -> None:
     assert log.index("Traceback") > log.index("Task run 'bad-0' (bad) - Failed")
     assert "INFO    | Task run 'bad-0' (bad) - Failed" not in log
 
+    # At INFO, one line per run, at its end: not its Pending and Running.
+    for run_name in ("square-0", "square-4", "chatty-0"):
+        lines = [line for line in log.splitlines() if f"Task run '{run_name}'" in line]
+        story = [line for line in lines if " - in the task" not in line and "hook of" not in line]
+        assert len(story) == 1 and story[0].endswith("- Completed"), lines
+    assert "- Running" not in log and "- Pending" not in log
+    assert re.search(r"INFO    \| Flow run 'named-run' \(names\) - Completed", log)
+
     # Prints: in code and in hooks, each attributed to its own run.
     assert "| Task run 'chatty-0' - in the task" in log
     assert "| Task run 'chatty-0' - hook of chatty-0 sees Completed" in log
     assert "| Flow run 'named-run' - hook of named-run sees Completed" in log
+
+
+def test_debug_tells_every_state_change(home: Path) -> None:
+    program = """
+from stateward import flow, task
+
+@task
+def square(x):
+    return x * x
+
+@flow(flow_run_name="told-run")
+def told():
+    return square(3)
+
+print(told())
+"""
+    done = run([sys.executable, "-c", program], home, env={"STATEWARD_LOGGING_LEVEL": "DEBUG"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "9\n"
+    for label in ("Task run 'square-0' (square)", "Flow run 'told-run' (told)"):
+        told = re.findall(rf"(DEBUG|INFO) +\| {re.escape(label)} - (\w+)", done.stderr)
+        assert told == [("DEBUG", "Pending"), ("DEBUG", "Running"), ("INFO", "Completed")], told
