@@ -15,10 +15,19 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from stateward_service.settings import Declaration, ServerSettings, SettingError, declarations
 
 app = typer.Typer(help="Run a Stateward server.", no_args_is_help=True)
+
+
+class PlainHelp(TyperCommand):
+    """A command whose --help is click's plain text, wrapped to the terminal: with dozens of
+    settings, rich's table cut flags and environment variable names short at 80 columns."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperCommand, self).format_help(ctx, formatter)  # the plain command's
 
 
 def _option(declared: Declaration) -> inspect.Parameter:
@@ -53,7 +62,7 @@ def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-@app.command()
+@app.command(cls=PlainHelp)
 @_with_setting_options
 def start(**flags: Any) -> None:
     """Run the server until interrupted (SIGINT or SIGTERM stop it gracefully)."""

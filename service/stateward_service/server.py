@@ -70,6 +70,9 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 PENDING_CALLS = 1_000_000
 
+# Host names that only this machine reaches.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 # How often health looks at the database's state, and probes it while it takes no writes.
 STORAGE_CHECK_SECONDS = 0.5
@@ -403,7 +406,7 @@ def describe_security(settings: ServerSettings) -> list[str]:
     lines.append(f"  transport: {tls if settings.tls_cert else 'plaintext (no TLS)'}")
     if settings.api_key:
         lines.append("  authentication: an API key is required (authorization: Bearer <key>)")
-    elif settings.host in ("127.0.0.1", "localhost", "::1"):
+    elif settings.host in LOOPBACK:
         lines.append(
             "  authentication: none (no API key) - listening on loopback only; set "
             "STATEWARD_API_KEY before opening it to other hosts"
@@ -417,7 +420,7 @@ def describe_security(settings: ServerSettings) -> list[str]:
         lines.append(
             f"  metrics: http://{format_address(settings.host, settings.metrics_port)}/metrics"
         )
-    ui_exposed = settings.ui and settings.ui_host not in ("127.0.0.1", "localhost", "::1")
+    ui_exposed = settings.ui and settings.ui_host not in LOOPBACK
     if ui_exposed and not settings.api_key:
         lines.append(
             f"  WARNING: the web view listens on {settings.ui_host} without an API key: "
@@ -446,9 +449,18 @@ async def serve(
 ) -> None:
     """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
     `on_started` is called once it takes calls. Raises DatabaseRefused, PortUnavailable."""
-    if settings.port and _port_taken(settings.host, settings.port):  # before opening the db
+    # Every port is checked before the database is opened: a refusal writes nothing.
+    if settings.port and _port_taken(settings.host, settings.port):
         address = format_address(settings.host, settings.port)
         raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
+    if settings.ui and settings.ui_port:
+        _listen_for_ui(settings.ui_host, settings.ui_port).close()  # WebViewUnavailable
+    if settings.metrics_port and _port_taken(settings.host, settings.metrics_port):
+        address = format_address(settings.host, settings.metrics_port)
+        raise PortUnavailable(
+            f"cannot serve metrics on {address}: the port is already in use. Choose another "
+            "port with --metrics-port"
+        )
     server = StatewardServer(settings)
     await server.start()
     if on_started is not None:
@@ -472,7 +484,10 @@ async def serve(
         f"Stateward server listening on {server.address} "
         f"(database {_without_password(settings.database)})"
     )
-    say(f"  for clients on other machines: export STATEWARD_API_URL={_reachable(server)}")
+    if settings.host in LOOPBACK:
+        say(f"  for clients on this machine: export STATEWARD_API_URL={server.address}")
+    else:
+        say(f"  for clients on other machines: export STATEWARD_API_URL={_reachable(server)}")
     for line in describe_security(settings):
         say(line)
     if server.ui_url:

@@ -141,3 +141,20 @@ def test_watch_lines_fit_80_columns_and_carry_the_state_message(runs_home: Path)
     (retry,) = [line for line in lines if "→ Retrying" in line]
     assert retry.split()[2] == "task" and "(flaky)" in retry
     assert retry.split("→ Retrying")[1].startswith(": ")  # the state's message, cut to fit
+
+
+def test_logs_take_a_short_id_or_a_name_as_the_other_commands_do(runs_home: Path) -> None:
+    by_name = stateward(runs_home, "flow-run", "logs", "only-one")
+    assert by_name.returncode == 0, by_name.stderr
+    assert "'only-one'" in by_name.stdout and "Completed" in by_name.stdout
+    listing = stateward(runs_home, "task-run", "ls", "--flow-run", "only-one")
+    (task_run,) = short_ids(listing.stdout)
+    by_prefix = stateward(runs_home, "task-run", "logs", task_run)
+    assert by_prefix.returncode == 0, by_prefix.stderr
+    assert "(flaky)" in by_prefix.stdout and "Retrying" in by_prefix.stdout
+    assert "(solo)" not in by_prefix.stdout  # the task run's lines only
+    twins = stateward(runs_home, "flow-run", "logs", "twin")
+    assert twins.returncode == 1 and twins.stdout == ""
+    assert "'twin' matches 2 flow runs" in twins.stderr
+    missing = stateward(runs_home, "task-run", "logs", "no-such-run")
+    assert missing.returncode == 1 and "no task run has an id starting with" in missing.stderr

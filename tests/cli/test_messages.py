@@ -4,10 +4,12 @@ happens without STATEWARD_API_URL."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
+from stateward_service.settings import declarations
 from tests.cli.conftest import one_line, stateward
 from tests.integration.test_security import certificates  # noqa: F401 - a fixture
 from tests.support import ServerProcess
@@ -66,3 +68,42 @@ def test_help_tells_what_happens_without_a_server_address(home: Path) -> None:
     text = " ".join(done.stdout.split())
     assert "127.0.0.1:8470" not in text
     assert "STATEWARD_API_URL" in text and "STATEWARD_HOME" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--ui-port"], "--ui-port"), (["--no-ui", "--metrics-port"], "--metrics-port")],
+)
+def test_a_taken_web_view_or_metrics_port_is_one_line_and_opens_no_database(
+    home: Path, flags: list[str], named: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        db = home / "db" / "stateward.db"
+        done = stateward(home, "server", "start", "--port", "0", "--db", str(db), *flags, port)
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert f"127.0.0.1:{port}" in line and "already in use" in line and named in line
+    assert list(home.iterdir()) == []  # neither the database nor its folder was made
+
+
+def test_a_server_on_loopback_does_not_offer_its_address_to_other_machines(
+    server: ServerProcess,
+) -> None:
+    output = server.output()  # a server started without --host: 127.0.0.1
+    assert f"for clients on this machine: export STATEWARD_API_URL={server.target}" in output
+    assert "other machines" not in output
+
+
+def test_server_start_help_shows_every_flag_and_variable_whole_at_80_columns(home: Path) -> None:
+    done = stateward(home, "server", "start", "--help", env={"COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert all(len(line) <= 80 for line in done.stdout.splitlines()), done.stdout
+    words = set(done.stdout.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    for declared in declarations():
+        assert declared.env in words, declared.env
+        flag = declared.flag if declared.kind is not bool else f"--no-{declared.flag[2:]}"
+        assert flag in words, flag

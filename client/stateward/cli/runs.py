@@ -220,34 +220,38 @@ def resume_flow_run(
 
 @flow_runs.command("logs")
 def flow_run_logs(
-    run_id: Annotated[str, typer.Argument(help="The flow run's id.")],
+    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
     ] = False,
 ) -> None:
     """Show what a flow run and its task runs logged, oldest first."""
-    show_logs(run_id, follow, RunKind.FLOW_RUN)
+    show_logs(ref, follow, RunKind.FLOW_RUN)
 
 
 @task_runs.command("logs")
 def task_run_logs(
-    run_id: Annotated[str, typer.Argument(help="The task run's id.")],
+    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
     ] = False,
 ) -> None:
     """Show what a task run logged, oldest first."""
-    show_logs(run_id, follow, RunKind.TASK_RUN)
+    show_logs(ref, follow, RunKind.TASK_RUN)
 
 
 _FOLLOW_PERIOD = 0.5
 
 
-def show_logs(run_id: str, follow: bool, kind: RunKind) -> None:
-    """Print the run's lines; with `follow`, go on until the run is final and its last lines
-    are shown (lines of a process still sending come within a second of the end)."""
+def show_logs(ref: str, follow: bool, kind: RunKind) -> None:
+    """Print the lines of the run `ref` names (an id, an id prefix or a name); with `follow`, go
+    on until the run is final and its last lines are shown (lines of a process still sending
+    come within a second of the end)."""
     with client() as connected:
-        get = connected.get_flow_run if kind is RunKind.FLOW_RUN else connected.get_task_run
+        flow_run = kind is RunKind.FLOW_RUN
+        run = find_flow_run(connected, ref) if flow_run else find_task_run(connected, ref)
+        run_id = run.id
+        get = connected.get_flow_run if flow_run else connected.get_task_run
         after = 0
         quiet_since_final = 0
         while True:
