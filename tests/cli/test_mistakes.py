@@ -56,3 +56,14 @@ def test_unknown_names_are_one_line(home: Path) -> None:
     assert limit.returncode == 1 and "no-such-tag" in one_line(limit.stderr)
     task_run = stateward(home, "task-run", "inspect", "0123abcd")
     assert task_run.returncode == 1 and "no task run has an id" in one_line(task_run.stderr)
+
+
+def test_a_backup_into_a_missing_folder_says_how_to_make_it(tmp_path: Path, home: Path) -> None:
+    made = stateward(home, "concurrency-limit", "create", "nightly", "1")  # a database to copy
+    assert made.returncode == 0, made.stderr
+    folder = tmp_path / "backups"
+    done = stateward(home, "db", "backup", str(folder / "copy.db"))
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert f"the folder {folder} does not exist" in line and f"mkdir -p {folder}" in line
+    assert not folder.exists()

@@ -122,8 +122,15 @@ def test_the_command_refuses_a_bad_flag_or_variable_in_one_line(tmp_path):
 def test_help_shows_every_setting_with_its_flag_variable_and_default():
     shown = _server_start("--help")
     assert shown.returncode == 0
+    # One entry per option: its first line starts with the flag, the help wraps below it.
+    entries: list[str] = []
+    for line in shown.stdout.splitlines():
+        if line.startswith("  -"):
+            entries.append(line)
+        elif entries and line.startswith("   "):
+            entries[-1] += " " + line.strip()
     for declared in declarations():
-        line = next(line for line in shown.stdout.splitlines() if f" {declared.flag} " in line)
-        assert declared.env in line
+        entry = " ".join(next(e for e in entries if f" {declared.flag} " in f"{e} ").split())
+        assert declared.env in entry
         if declared.default:
-            assert f"default {declared.default})" in line
+            assert f"default {declared.default})" in entry

@@ -38,7 +38,10 @@ def backup(
         raise typer.Exit(1)
     folder = destination.parent
     if not folder.is_dir():
-        errors.print(f"[red]Error:[/red] the folder {folder} does not exist")
+        errors.print(
+            f"[red]Error:[/red] the folder {folder} does not exist: create it first "
+            f"(mkdir -p {folder})"
+        )
         raise typer.Exit(1)
     handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=folder)
     os.close(handle)
