@@ -15,14 +15,16 @@ the database for long, or every call and stream waits with it. So:
 - Calls that can be long run off the loop, in the default thread pool (`asyncio.to_thread`):
   ListFlowRuns, ListTaskRuns, ListStates, ListLogs, the Get calls and ListConcurrencyLimits, and
   the two writes whose size the caller chooses: WriteLogs (up to a thousand lines) and
-  ResumeFlowRun (an input checked against its pause's JSON Schema) (`OFF_THE_LOOP` below).
+  ResumeFlowRun (an input checked against its pause's JSON Schema), and the limit writes, rare
+  (`OFF_THE_LOOP` below).
   The orchestrator reads listings and histories on read-only snapshot connections, outside its
   write lock, so one slow read never stalls another call. The broadcaster's
   catch-up reads of the log and its cursor check run off the loop too, and the server's loops
   sweep in a thread of their own.
-- Short writes stay on the loop for now: SetState, the create calls, RenewLeases, ExecuteBatch
-  and the limit writes are each one small transaction under the orchestrator's lock, quicker
-  than a hop to a thread. (A later change gives them a group-commit writer thread.)
+- The other writes commit in groups (`GROUPED` below): SetState, the create calls, ExecuteBatch
+  and RenewLeases run in the group-commit writer's thread (`group_commit`), which takes every
+  write pending at once into one transaction, a savepoint each, one commit, and answers each
+  call after that commit. The loop goes on taking calls meanwhile; they form the next group.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from stateward_service.broadcaster import (
     TransitionFilter,
 )
 from stateward_service.errors import ServiceError, invalid
+from stateward_service.group_commit import GroupCommitWriter, WriterStopped
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import (
@@ -70,8 +73,10 @@ from stateward_service.store import BadPageToken, DatabaseUnavailable, RunFilter
 T = TypeVar("T")
 
 
-def _translating(call: Callable[[], T]) -> T:
-    """Run `call`, turning the orchestrator's refusals into ServiceErrors."""
+def _translating(call: Callable[[], T], grouping: bool = False) -> T:
+    """Run `call`, turning the orchestrator's refusals into ServiceErrors. Inside a group
+    commit (`grouping`), a race lost to another process is raised as is: the group decides the
+    call again in another transaction."""
     try:
         return call()
     except (RunNotFound, LimitNotFound) as error:
@@ -87,6 +92,8 @@ def _translating(call: Callable[[], T]) -> T:
     except DatabaseUnavailable as error:
         raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
     except WriteConflict as error:
+        if grouping:
+            raise
         raise ServiceError(
             StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
         ) from None
@@ -132,6 +139,16 @@ class OrchestrationService:
     def __init__(self, orchestrator: Orchestrator, broadcaster: TransitionBroadcaster) -> None:
         self.orchestrator = orchestrator
         self.broadcaster = broadcaster
+        # The writing calls that come over gRPC commit in groups (see GROUPED); its thread
+        # starts with the first of them.
+        self.writer = GroupCommitWriter(orchestrator)
+
+    def close(self) -> None:
+        """Stop the group-commit writer, once the writes given to it are done."""
+        self.writer.stop()
+
+    def _translating(self, call: Callable[[], T]) -> T:
+        return _translating(call, self.orchestrator.grouping)
 
     # --- flow runs ------------------------------------------------------------------------------
 
@@ -153,14 +170,14 @@ class OrchestrationService:
             retry_policy=_retry_policy(msg.retry_policy, "flow_run.retry_policy"),
         )
         initial = _initial_state(msg, "flow_run.state")
-        created = _translating(
+        created = self._translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
         return pb.CreateFlowRunResponse(flow_run=wire.flow_run_to_proto(created, msg.parameters))
 
     def GetFlowRun(self, request: pb.GetFlowRunRequest) -> pb.GetFlowRunResponse:
         run_id = check.run_id(request.id, "id")
-        run = _translating(lambda: self.orchestrator.get_run(run_id, RunKind.FLOW_RUN))
+        run = self._translating(lambda: self.orchestrator.get_run(run_id, RunKind.FLOW_RUN))
         return pb.GetFlowRunResponse(flow_run=wire.flow_run_to_proto(run))
 
     def ListFlowRuns(self, request: pb.ListFlowRunsRequest) -> pb.ListFlowRunsResponse:
@@ -196,14 +213,14 @@ class OrchestrationService:
             retry_policy=_retry_policy(msg.retry_policy, "task_run.retry_policy"),
         )
         initial = _initial_state(msg, "task_run.state")
-        created = _translating(
+        created = self._translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
         return pb.CreateTaskRunResponse(task_run=wire.task_run_to_proto(created, msg.parameters))
 
     def GetTaskRun(self, request: pb.GetTaskRunRequest) -> pb.GetTaskRunResponse:
         run_id = check.run_id(request.id, "id")
-        run = _translating(lambda: self.orchestrator.get_run(run_id, RunKind.TASK_RUN))
+        run = self._translating(lambda: self.orchestrator.get_run(run_id, RunKind.TASK_RUN))
         return pb.GetTaskRunResponse(task_run=wire.task_run_to_proto(run))
 
     def ListTaskRuns(self, request: pb.ListTaskRunsRequest) -> pb.ListTaskRunsResponse:
@@ -224,7 +241,7 @@ class OrchestrationService:
     def _list(
         self, kind: RunKind, where: RunFilter, size: int, token: str
     ) -> tuple[list[RunRecord], str]:
-        return _translating(lambda: self.orchestrator.list_runs(kind, where, size, token))
+        return self._translating(lambda: self.orchestrator.list_runs(kind, where, size, token))
 
     # --- states ---------------------------------------------------------------------------------
 
@@ -240,7 +257,7 @@ class OrchestrationService:
                 expected = check.uuid_value(expected, "expected_state_id")
         lease = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
         proposed = wire.state_from_proto(request.state)
-        result = _translating(
+        result = self._translating(
             lambda: self.orchestrator.set_state(
                 run_id,
                 proposed,
@@ -256,14 +273,14 @@ class OrchestrationService:
         run_input = request.run_input if request.HasField("run_input") else None
         if run_input is not None:
             check.run_input(run_input, "run_input")
-        result = _translating(lambda: self.orchestrator.resume_flow_run(run_id, run_input))
+        result = self._translating(lambda: self.orchestrator.resume_flow_run(run_id, run_input))
         return wire.resume_result_to_proto(result)
 
     def ListStates(self, request: pb.ListStatesRequest) -> pb.ListStatesResponse:
         run_id = check.run_id(request.run_id, "run_id")
         size = check.states_page_size(request.page_size)
         token = check.page_token(request.page_token)
-        states, next_token = _translating(
+        states, next_token = self._translating(
             lambda: self.orchestrator.list_states_page(run_id, size, token)
         )
         response = pb.ListStatesResponse(next_page_token=next_token)
@@ -286,7 +303,7 @@ class OrchestrationService:
     def WriteLogs(self, request: pb.WriteLogsRequest) -> pb.WriteLogsResponse:
         check.log_entries(request.entries, "entries")
         entries = [wire.log_entry_from_proto(entry) for entry in request.entries]
-        written = _translating(lambda: self.orchestrator.write_logs(entries))
+        written = self._translating(lambda: self.orchestrator.write_logs(entries))
         return pb.WriteLogsResponse(written=written)
 
     # --- held-back cache entries ---------------------------------------------------------------
@@ -314,7 +331,9 @@ class OrchestrationService:
     def ListLogs(self, request: pb.ListLogsRequest) -> pb.ListLogsResponse:
         run_id = check.run_id(request.run_id, "run_id")
         size = check.log_page_size(request.page_size)
-        entries = _translating(lambda: self.orchestrator.list_logs(run_id, request.after_id, size))
+        entries = self._translating(
+            lambda: self.orchestrator.list_logs(run_id, request.after_id, size)
+        )
         return wire.list_logs_response(entries)
 
     # --- batches --------------------------------------------------------------------------------
@@ -351,14 +370,14 @@ class OrchestrationService:
         tag = check.tag(msg.tag, "concurrency_limit.tag")
         if msg.limit < 0:
             raise invalid("concurrency_limit.limit", f"is {msg.limit}; it must not be negative")
-        limit = _translating(lambda: self.orchestrator.create_limit(tag, msg.limit))
+        limit = self._translating(lambda: self.orchestrator.create_limit(tag, msg.limit))
         return pb.CreateConcurrencyLimitResponse(concurrency_limit=wire.limit_to_proto(limit))
 
     def GetConcurrencyLimit(
         self, request: pb.GetConcurrencyLimitRequest
     ) -> pb.GetConcurrencyLimitResponse:
         tag = check.text(request.tag, "tag", check.MAX_KEY, required=True)
-        limit = _translating(lambda: self.orchestrator.get_limit(tag))
+        limit = self._translating(lambda: self.orchestrator.get_limit(tag))
         return pb.GetConcurrencyLimitResponse(concurrency_limit=wire.limit_to_proto(limit))
 
     def ListConcurrencyLimits(
@@ -373,7 +392,7 @@ class OrchestrationService:
         self, request: pb.DeleteConcurrencyLimitRequest
     ) -> pb.DeleteConcurrencyLimitResponse:
         tag = check.text(request.tag, "tag", check.MAX_KEY, required=True)
-        _translating(lambda: self.orchestrator.delete_limit(tag))
+        self._translating(lambda: self.orchestrator.delete_limit(tag))
         return pb.DeleteConcurrencyLimitResponse()
 
     # --- the stream -----------------------------------------------------------------------------
@@ -476,7 +495,9 @@ def _initial_state(msg: Any, field: str) -> Any:
 SERVICE = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"]
 
 
-# The calls that can be long: they run in a worker thread, never on the event loop.
+# The calls that can be long (reads, and the writes that may carry much: run logs, a resume's
+# input checked against its schema), and the limit writes, rare: they run in a worker thread,
+# never on the event loop.
 OFF_THE_LOOP = frozenset(
     {
         "WriteLogs",
@@ -489,25 +510,61 @@ OFF_THE_LOOP = frozenset(
         "ListLogs",
         "GetConcurrencyLimit",
         "ListConcurrencyLimits",
+        "CreateConcurrencyLimit",
+        "DeleteConcurrencyLimit",
+    }
+)
+
+# The writes that commit in groups: each runs in the group-commit writer's thread, in one
+# transaction with the writes that arrived with it, and is answered once that commits.
+GROUPED = frozenset(
+    {
+        "SetState",
+        "CreateFlowRun",
+        "CreateTaskRun",
+        "ExecuteBatch",
+        "RenewLeases",
     }
 )
 
 Unary = Callable[[Any], Any]
 
 
-def _unary_handler(call: Unary, off_the_loop: bool) -> Callable[[Any, Context], Awaitable[Any]]:
-    """The async handler of one unary RPC: `call` in a worker thread, or on the event loop."""
-    if off_the_loop:
+def _unary_handler(
+    call: Unary, where: str, writer: GroupCommitWriter
+) -> Callable[[Any, Context], Awaitable[Any]]:
+    """The async handler of one unary RPC: `call` in a worker thread ("thread"), in the
+    group-commit writer ("group"), or on the event loop."""
+    if where == "thread":
 
         async def in_a_thread(request: Any, context: Context) -> Any:
             return await asyncio.to_thread(call, request)
 
         return in_a_thread
+    if where == "group":
+
+        async def in_a_group(request: Any, context: Context) -> Any:
+            return await grouped(writer, lambda: call(request))
+
+        return in_a_group
 
     async def on_the_loop(request: Any, context: Context) -> Any:
         return call(request)
 
     return on_the_loop
+
+
+async def grouped(writer: GroupCommitWriter, call: Callable[[], T]) -> T:
+    """`call` run in the writer's next group, answered once it committed. A race lost to
+    another process every time it was decided, or a writer stopped, is UNAVAILABLE."""
+    try:
+        return await writer.run(call)
+    except WriteConflict as error:
+        raise ServiceError(
+            StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
+        ) from None
+    except WriterStopped as error:
+        raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
 
 
 def add_to_server(service: OrchestrationService, server: grpc.aio.Server) -> None:
@@ -524,8 +581,15 @@ def add_to_server(service: OrchestrationService, server: grpc.aio.Server) -> Non
             )
         else:
             response_type = message_factory.GetMessageClass(method.output_type)
+            where = (
+                "thread"
+                if method.name in OFF_THE_LOOP
+                else "group"
+                if method.name in GROUPED
+                else "loop"
+            )
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary_handler(behaviour, method.name in OFF_THE_LOOP),
+                _unary_handler(behaviour, where, service.writer),
                 request_deserializer=request_type.FromString,
                 response_serializer=response_type.SerializeToString,
             )

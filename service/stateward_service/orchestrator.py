@@ -56,6 +56,7 @@ from stateward_service.rules.engine import (
 from stateward_service.rules.policies import Policies
 from stateward_service.store import (
     ChangeSignal,
+    DatabaseUnavailable,
     LeaderLock,
     RunFilter,
     RunStore,
@@ -196,8 +197,11 @@ class Orchestrator:
         self._reader = store.reader()
         self._publishers: list[Publisher] = []
         self._runs = _RunCache(store)
-        # Inside `batch()`: the transitions written so far, published once the batch commits.
+        # Inside `batch()` or `together()`: the transitions written so far, published once the
+        # transaction commits.
         self._batch: list[Transition] | None = None
+        # The thread inside `together()` (0: none): a batch there joins the group's transaction.
+        self._grouping = 0
 
     def subscribe(self, publisher: Publisher) -> None:
         """Call `publisher` with every batch of committed transitions, in sequence order, while
@@ -355,7 +359,7 @@ class Orchestrator:
                 elif self._runs.get(entry.flow_run_id, RunKind.FLOW_RUN) is None:
                     raise RunNotFound(entry.flow_run_id, RunKind.FLOW_RUN)
                 rows.append(entry)
-            with self._transaction():
+            with self._writing():
                 self._store.insert_logs(rows)
         return len(rows)
 
@@ -635,13 +639,96 @@ class Orchestrator:
             )
         return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
 
+    def together(self, operations: Sequence[Callable[[], T]]) -> list[T | Exception]:
+        """Group commit: run `operations` (each a call of this orchestrator's writing methods,
+        directly or through the API's) in one transaction with one commit, each in a savepoint
+        of its own, so that one that raises is undone alone and the others go on. Returns each
+        operation's outcome, in order: what it returned, or the exception it raised. When the
+        transaction itself fails (the database unreachable or taking no writes, the commit
+        refused), nothing was written and that error is the outcome of every operation. An
+        operation that lost a race with another process's transaction (WriteConflict) is run
+        again in another transaction, a few times. The transitions are published once the
+        commit is done, so no caller hears of a write before it is durable."""
+        outcomes: list[T | Exception] = []
+        pending = list(range(len(operations)))
+        by_index: dict[int, T | Exception] = {}
+        for tries in range(_CONFLICT_RETRIES):
+            group = [operations[index] for index in pending]
+            try:
+                results = self._group(group)
+            except Exception as error:  # nothing was written
+                results = [error] * len(group)
+            for index, result in zip(pending, results, strict=True):
+                by_index[index] = result
+            pending = [
+                index for index, result in zip(pending, results, strict=True)
+                if isinstance(result, WriteConflict)
+            ]  # fmt: skip
+            if not pending or tries == _CONFLICT_RETRIES - 1:
+                break
+            time.sleep(random.uniform(0, 0.005 * 2**tries))
+        outcomes = [by_index[index] for index in range(len(operations))]
+        return outcomes
+
+    def _group(self, group: Sequence[Callable[[], T]]) -> list[T | Exception]:
+        """One transaction for `group` (see `together`); raises when the transaction failed."""
+        with self._lock:
+            if self._batch is not None:
+                raise RuntimeError("groups do not nest")
+            self._batch, self._grouping = [], threading.get_ident()
+            try:
+                if len(group) == 1:  # no savepoint needed: its failure undoes the transaction
+                    try:
+                        with self._transaction():
+                            results: list[T | Exception] = [group[0]()]
+                    except Exception as error:
+                        return [error]
+                else:
+                    with self._transaction():
+                        results = [self._in_savepoint(operation) for operation in group]
+                written = self._batch
+            finally:
+                self._batch, self._grouping = None, 0
+            self._publish(_Write(written))
+            return results
+
+    def _in_savepoint(self, operation: Callable[[], T]) -> T | Exception:
+        """Inside a group's transaction: run `operation`; if it raises, undo its writes (and
+        forget the run records it changed in memory) and return the exception. An error of the
+        database itself is raised: the whole transaction fails."""
+        assert self._batch is not None
+        mark = len(self._batch)
+        with self._store.savepoint() as savepoint:
+            try:
+                return operation()
+            except Exception as error:
+                if not _undone_alone(error):
+                    raise
+                try:
+                    savepoint.undo()
+                except Exception:
+                    raise error from None  # the transaction is gone: the group fails with it
+                del self._batch[mark:]
+                self._runs.clear()
+                return error
+
+    @property
+    def grouping(self) -> bool:
+        """Whether the calling thread runs inside `together()` (read under the write lock,
+        which the group holds: another thread always sees False)."""
+        return self._grouping == threading.get_ident()
+
     @contextmanager
     def batch(self) -> Iterator[None]:
         """The operations inside share one transaction; their transitions are published once the
         whole batch committed. An operation that is refused (not found, already exists, an
         initial state refused...) is refused before it writes anything, so the others go on;
-        a failure while writing fails the whole batch, which then changes nothing."""
+        a failure while writing fails the whole batch, which then changes nothing. Inside
+        `together()`, the batch is part of the group's transaction (and of its savepoint)."""
         with self._lock:
+            if self._grouping:
+                yield
+                return
             if self._batch is not None:
                 raise RuntimeError("batches do not nest")
             self._batch = []
@@ -776,6 +863,13 @@ class Orchestrator:
         if write.transitions:
             for publisher in self._publishers:
                 publisher(write.transitions)
+
+
+def _undone_alone(error: Exception) -> bool:
+    """Whether a failed operation of a group is undone alone (a refusal, a bad request, a race
+    lost to another process) rather than failing the whole transaction (the database
+    unreachable or taking no writes)."""
+    return not isinstance(error, DatabaseUnavailable | StorageUnavailable)
 
 
 def _leaves_running(previous: State | None, state: State) -> bool:

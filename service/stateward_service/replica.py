@@ -74,6 +74,7 @@ class Replica:
             await self.broadcaster.close()
             await self.leadership.stop()
         finally:
+            await asyncio.to_thread(self.api.close)  # the writes pending are done first
             self.follower.stop()
             self.orchestrator.close()
 

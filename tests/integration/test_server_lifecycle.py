@@ -202,6 +202,49 @@ def test_kill_9_while_8_clients_write_loses_nothing_acknowledged(tmp_path):
         server.stop()
 
 
+def test_kill_9_with_64_calls_in_flight_loses_nothing_answered(tmp_path):
+    """Calls in flight together commit in groups: each is answered only after its group's
+    commit, so a server killed at any moment keeps every state it answered."""
+    import asyncio
+
+    server = ServerProcess(tmp_path / "grouped.db").start()
+    stub = server.stub()
+    runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id for _ in range(64)]
+    answered: dict[str, list[str]] = {run_id: [] for run_id in runs}
+
+    async def write_all() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            writer = pb_stub(channel)
+
+            async def write(run_id: str) -> None:
+                request = pb.SetStateRequest(run_id=run_id, state=state(ST.STATE_TYPE_RUNNING))
+                while True:
+                    try:
+                        answer = await writer.SetState(request)
+                    except grpc.aio.AioRpcError:
+                        return  # the server died
+                    assert answer.status == ACCEPT
+                    answered[run_id].append(answer.state.id)
+
+            await asyncio.gather(*(write(run_id) for run_id in runs))
+
+    thread = threading.Thread(target=asyncio.run, args=(write_all(),))
+    thread.start()
+    wait_until(lambda: sum(map(len, answered.values())) > 300, 60, "300 answered writes")
+    server.kill()
+    thread.join(30)
+    assert not thread.is_alive()
+    server.restart()
+    try:
+        stub = server.stub()
+        for run_id, state_ids in answered.items():
+            stored = [s.id for s in stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states]
+            assert not set(state_ids) - set(stored), f"answered states of {run_id} were lost"
+            assert stored[1 : len(state_ids) + 1] == state_ids  # in the order answered
+    finally:
+        server.stop()
+
+
 def test_a_backup_taken_while_the_server_writes_opens_as_a_database(tmp_path):
     import subprocess
     import sys

@@ -1,12 +1,22 @@
-"""The gRPC API layer's rule for the event loop: long reads run in a worker thread, short writes
-on the loop (see the module's docstring)."""
+"""The gRPC API layer's rule for the event loop: long reads run in a worker thread, writes in the
+group-commit writer's thread (see the module's docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
-from stateward_service.grpc_api import OFF_THE_LOOP, SERVICE, OrchestrationService, _unary_handler
+from stateward_service.group_commit import GroupCommitWriter
+from stateward_service.grpc_api import (
+    GROUPED,
+    OFF_THE_LOOP,
+    SERVICE,
+    OrchestrationService,
+    _unary_handler,
+)
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.store import Store
 
 
 def test_the_reads_named_off_the_loop_are_unary_methods_of_the_service():
@@ -22,23 +32,35 @@ def test_the_reads_named_off_the_loop_are_unary_methods_of_the_service():
         "WriteLogs",
         "ResumeFlowRun",
     } <= OFF_THE_LOOP
-    assert not {"SetState", "CreateFlowRun", "CreateTaskRun", "ExecuteBatch"} & OFF_THE_LOOP
+    writes = {"SetState", "CreateFlowRun", "CreateTaskRun", "ExecuteBatch", "RenewLeases"}
+    assert not writes & OFF_THE_LOOP
+    assert writes <= GROUPED <= unary
+    assert not GROUPED & OFF_THE_LOOP
     for name in unary:
         assert callable(getattr(OrchestrationService, name))
 
 
-def test_a_read_runs_in_a_worker_thread_and_a_write_on_the_loop():
+def test_a_read_runs_in_a_worker_thread_and_a_write_in_the_writer_thread(tmp_path: Path):
+    orchestrator = Orchestrator(Store(tmp_path / "api.db"))
+    writer = GroupCommitWriter(orchestrator)
+
     def where(request: object) -> int:
         return threading.get_ident()
 
-    async def main() -> tuple[int, int, int]:
-        off = await _unary_handler(where, off_the_loop=True)(None, None)  # type: ignore[arg-type]
-        on = await _unary_handler(where, off_the_loop=False)(None, None)  # type: ignore[arg-type]
-        return threading.get_ident(), off, on
+    async def main() -> tuple[int, int, int, int]:
+        off = await _unary_handler(where, "thread", writer)(None, None)  # type: ignore[arg-type]
+        grouped = await _unary_handler(where, "group", writer)(None, None)  # type: ignore[arg-type]
+        on = await _unary_handler(where, "loop", writer)(None, None)  # type: ignore[arg-type]
+        return threading.get_ident(), off, grouped, on
 
-    loop_thread, read_thread, write_thread = asyncio.run(main())
+    try:
+        loop_thread, read_thread, write_thread, loop_call = asyncio.run(main())
+    finally:
+        writer.stop()
+        orchestrator.close()
     assert read_thread != loop_thread
-    assert write_thread == loop_thread
+    assert write_thread not in (loop_thread, read_thread)
+    assert loop_call == loop_thread
 
 
 def test_batched_messages_join_encoded_transitions_without_decoding_them():

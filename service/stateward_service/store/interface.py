@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,6 +80,21 @@ class RunFilter:
             separators=(",", ":"),
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Savepoint:
+    """A savepoint inside a write transaction (see `RunStore.savepoint`)."""
+
+    def __init__(self, undo: Callable[[], None]) -> None:
+        self._undo = undo
+        self.undone = False
+
+    def undo(self) -> None:
+        """Undo the writes made since the savepoint, keeping the transaction's others. Raises
+        the database's error when it cannot (the transaction is gone): the whole transaction
+        must then fail."""
+        self._undo()
+        self.undone = True
 
 
 class LeaderLock(Protocol):
@@ -191,6 +206,12 @@ class RunStore(RunReads, Protocol):
         """A write transaction holding the database's write serialisation: all writes inside
         commit together or none does. Raises DatabaseUnavailable when the database cannot be
         reached, WriteConflict when it lost a race with another process's transaction."""
+        ...
+
+    def savepoint(self) -> AbstractContextManager[Savepoint]:
+        """Inside a transaction: a savepoint, released when the block ends, unless the block
+        undid the writes made since with `Savepoint.undo()` (for a group commit: one write
+        refused, the others of the transaction kept)."""
         ...
 
     def changed_elsewhere(self) -> bool:

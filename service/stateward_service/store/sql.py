@@ -6,14 +6,15 @@ backend adds its connection, its transactions, its log sequence and its few dial
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
 from stateward.states import TERMINAL_TYPES, State, StateType
 from stateward_service.model import RunRecord
-from stateward_service.store.interface import RunFilter
+from stateward_service.store.interface import RunFilter, Savepoint
 from stateward_service.store.pages import (
     PAGE_BYTES,
     STATES,
@@ -280,6 +281,19 @@ class SqlReads:
 
 class SqlStore(SqlReads):
     """The writing statements common to the backends, and the reads on the same connection."""
+
+    @contextmanager
+    def savepoint(self) -> Iterator[Savepoint]:
+        """Inside a transaction: a savepoint (see `RunStore.savepoint`)."""
+        self.conn.execute("SAVEPOINT grouped")
+        point = Savepoint(self._undo_savepoint)
+        yield point  # raised through: the transaction fails, and its rollback ends the savepoint
+        if not point.undone:
+            self.conn.execute("RELEASE SAVEPOINT grouped")
+
+    def _undo_savepoint(self) -> None:
+        self.conn.execute("ROLLBACK TO SAVEPOINT grouped")
+        self.conn.execute("RELEASE SAVEPOINT grouped")
 
     def lock_limits(self, tags: Sequence[str]) -> None:
         """Inside a transaction: hold the limits on `tags` until it ends (no-op where the

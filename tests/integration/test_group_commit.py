@@ -1,0 +1,247 @@
+"""Group commit: writes that arrive together share one transaction and one commit, each one
+undone alone when it fails, each answered only once the commit is done; on both backends, and
+over real gRPC with many calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+
+from stateward.runs import OrchestrationResult, RunKind, SetStateStatus, Transition
+from stateward.states import State, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import orchestration_pb2_grpc
+from stateward_service.group_commit import GroupCommitWriter
+from stateward_service.model import RunRecord
+from stateward_service.orchestrator import Orchestrator, RunNotFound
+from stateward_service.store import open_database
+from tests.support import ABORT, ACCEPT, ST, ServerProcess, new_flow_run, state
+
+
+def flow_run() -> RunRecord:
+    return RunRecord(
+        kind=RunKind.FLOW_RUN,
+        id=str(uuid.uuid4()),
+        name="grouped",
+        created=datetime.now(UTC),
+        flow_name="group-commit",
+    )
+
+
+def running_runs(orchestrator: Orchestrator, count: int) -> list[str]:
+    runs = [flow_run() for _ in range(count)]
+    for run in runs:
+        orchestrator.create_run(run, State(StateType.RUNNING))
+    return [run.id for run in runs]
+
+
+class Published:
+    """What the orchestrator published, in order."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.transitions: list[Transition] = []
+        orchestrator.subscribe(self.transitions.extend)
+
+
+def test_a_write_that_fails_in_a_group_is_undone_alone(database: str) -> None:
+    orchestrator = Orchestrator(open_database(database))
+    try:
+        first, failing, last = running_runs(orchestrator, 3)
+        published = Published(orchestrator)
+
+        def completes(run_id: str) -> Callable[[], OrchestrationResult]:
+            return lambda: orchestrator.set_state(run_id, State(StateType.COMPLETED))
+
+        def writes_then_fails() -> None:
+            written = orchestrator.set_state(failing, State(StateType.COMPLETED))
+            assert written.status is SetStateStatus.ACCEPT  # it was written, then:
+            raise ValueError("failed after writing")
+
+        unknown = str(uuid.uuid4())
+        outcomes = orchestrator.together(
+            [
+                completes(first),
+                writes_then_fails,
+                lambda: orchestrator.set_state(unknown, State(StateType.RUNNING)),
+                completes(last),
+            ]
+        )
+        assert isinstance(outcomes[0], OrchestrationResult)
+        assert outcomes[0].status is SetStateStatus.ACCEPT
+        assert isinstance(outcomes[1], ValueError)
+        assert isinstance(outcomes[2], RunNotFound)
+        assert isinstance(outcomes[3], OrchestrationResult)
+        assert outcomes[3].status is SetStateStatus.ACCEPT
+
+        # The failed write left nothing: not in the database, not in memory, not published.
+        assert orchestrator.get_run(failing).state.type is StateType.RUNNING  # type: ignore[union-attr]
+        assert [s.type for s in orchestrator.list_states(failing)] == [StateType.RUNNING]
+        for run_id in (first, last):
+            assert [s.type for s in orchestrator.list_states(run_id)] == [
+                StateType.RUNNING,
+                StateType.COMPLETED,
+            ]
+        assert [t.run_id for t in published.transitions] == [first, last]
+        logged, _, newest = orchestrator.read_log(0, 100)
+        sequences = [t.sequence for t in logged]
+        assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))  # no gap
+        assert [t.sequence for t in published.transitions] == sequences[-2:]
+        assert newest == sequences[-1]
+
+        # A reader of its own (another process) sees the same.
+        other = Orchestrator(open_database(database))
+        try:
+            assert other.get_run(failing).state.type is StateType.RUNNING  # type: ignore[union-attr]
+            assert other.get_run(last).state.type is StateType.COMPLETED  # type: ignore[union-attr]
+        finally:
+            other.close()
+    finally:
+        orchestrator.close()
+
+
+def test_proposals_for_one_run_in_one_group_are_decided_in_order(database: str) -> None:
+    orchestrator = Orchestrator(open_database(database))
+    try:
+        (run_id,) = running_runs(orchestrator, 1)
+        current = orchestrator.get_run(run_id).state
+        assert current is not None
+        retried = State(StateType.COMPLETED).with_details(transition_id=str(uuid.uuid4()))
+        outcomes = orchestrator.together(
+            [
+                # Two racing clients that both saw `current`: exactly one wins.
+                lambda: orchestrator.set_state(
+                    run_id, State(StateType.PAUSED), expected_state_id=current.id
+                ),
+                lambda: orchestrator.set_state(
+                    run_id, State(StateType.FAILED), expected_state_id=current.id
+                ),
+                lambda: orchestrator.set_state(run_id, State(StateType.RUNNING)),
+                # A proposal sent twice (a retry) applies once.
+                lambda: orchestrator.set_state(run_id, retried),
+                lambda: orchestrator.set_state(run_id, retried),
+            ]
+        )
+        statuses = [o.status for o in outcomes if isinstance(o, OrchestrationResult)]
+        assert statuses == [
+            SetStateStatus.ACCEPT,
+            SetStateStatus.ABORT,
+            SetStateStatus.ACCEPT,
+            SetStateStatus.ACCEPT,
+            SetStateStatus.REJECT,
+        ]
+        assert [s.type for s in orchestrator.list_states(run_id)] == [
+            StateType.RUNNING,
+            StateType.PAUSED,
+            StateType.RUNNING,
+            StateType.COMPLETED,
+        ]
+    finally:
+        orchestrator.close()
+
+
+def test_writes_that_arrive_together_share_commits(tmp_path: Any) -> None:
+    orchestrator = Orchestrator(open_database(tmp_path / "grouped.db"))
+    writer = GroupCommitWriter(orchestrator)
+    run_ids = running_runs(orchestrator, 64)
+    published = Published(orchestrator)
+
+    async def propose_all() -> list[OrchestrationResult]:
+        return await asyncio.gather(
+            *(
+                writer.run(
+                    lambda run_id=run_id: orchestrator.set_state(run_id, State(StateType.RUNNING))
+                )
+                for run_id in run_ids
+            )
+        )
+
+    try:
+        answers = asyncio.run(propose_all())
+    finally:
+        writer.stop()
+    try:
+        assert all(answer.status is SetStateStatus.ACCEPT for answer in answers)
+        assert writer.calls == 64
+        assert writer.groups < 64  # some shared a transaction (usually all but the first)
+        sequences = [t.sequence for t in published.transitions]
+        assert sequences == list(range(sequences[0], sequences[0] + 64))
+        # Each answer is its own run's new state.
+        for run_id, answer in zip(run_ids, answers, strict=True):
+            assert answer.state is not None
+            assert orchestrator.get_run(run_id).state.id == answer.state.id  # type: ignore[union-attr]
+    finally:
+        orchestrator.close()
+
+
+# --- over gRPC ----------------------------------------------------------------------------------
+
+
+async def _calls(target: str, requests: Sequence[pb.SetStateRequest]) -> list[Any]:
+    """The requests sent all at once on one channel: each answer, or the error's code and
+    message."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+
+        async def one(request: pb.SetStateRequest) -> Any:
+            try:
+                return await stub.SetState(request)
+            except grpc.aio.AioRpcError as error:
+                return (error.code(), error.details())
+
+        return await asyncio.gather(*(one(request) for request in requests))
+
+
+def test_calls_in_flight_together_each_get_their_own_answer(server: ServerProcess) -> None:
+    stub = server.stub()
+    runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING) for _ in range(16)]
+    unknown = [str(uuid.uuid4()) for _ in range(8)]
+    requests: list[pb.SetStateRequest] = []
+    for run in runs:  # two racing proposals per run, both expecting its current state
+        for proposed in (ST.STATE_TYPE_COMPLETED, ST.STATE_TYPE_FAILED):
+            requests.append(
+                pb.SetStateRequest(
+                    run_id=run.id, state=state(proposed), expected_state_id=run.state.id
+                )
+            )
+    requests += [pb.SetStateRequest(run_id=u, state=state(ST.STATE_TYPE_RUNNING)) for u in unknown]
+    requests += [pb.SetStateRequest(run_id=run.id) for run in runs[:8]]  # no state: bad input
+    answers = asyncio.run(_calls(server.target, requests))
+
+    racing, rest = answers[:32], answers[32:]
+    for index, run in enumerate(runs):
+        pair = racing[2 * index : 2 * index + 2]
+        assert sorted(answer.status for answer in pair) == sorted([ACCEPT, ABORT])
+        winner = next(answer for answer in pair if answer.status == ACCEPT)
+        stored = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states
+        assert [s.id for s in stored] == [run.state.id, winner.state.id]
+    for answer, run_id in zip(rest[:8], unknown, strict=True):
+        assert answer[0] is grpc.StatusCode.NOT_FOUND
+        assert run_id in answer[1]
+    for answer in rest[8:]:
+        assert answer[0] is grpc.StatusCode.INVALID_ARGUMENT
+        assert "state" in answer[1]
+
+
+@pytest.mark.parametrize("in_flight", [64])
+def test_many_calls_in_flight_on_the_same_run_are_serialised(
+    server: ServerProcess, in_flight: int
+) -> None:
+    stub = server.stub()
+    run = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)
+    requests = [
+        pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING, message=str(n)))
+        for n in range(in_flight)
+    ]
+    answers = asyncio.run(_calls(server.target, requests))
+    assert all(answer.status == ACCEPT for answer in answers)
+    stored = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states
+    # Every answered state is in the history once, in an order the answers agree with: each
+    # was decided against the state before it.
+    assert sorted(s.id for s in stored[1:]) == sorted(answer.state.id for answer in answers)
+    assert len({s.id for s in stored}) == in_flight + 1
