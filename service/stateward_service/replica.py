@@ -65,7 +65,9 @@ class Replica:
         self.leadership.start()
 
     async def close_streams(self) -> None:
-        """End every subscription (they resume elsewhere from their cursor)."""
+        """End every subscription (they resume elsewhere from their cursor) and every calls
+        stream (once its calls in flight are answered)."""
+        await self.api.close_streams()
         await self.broadcaster.close()
 
     async def stop(self) -> None:
@@ -74,7 +76,8 @@ class Replica:
             await self.broadcaster.close()
             await self.leadership.stop()
         finally:
-            await asyncio.to_thread(self.api.close)  # the writes pending are done first
+            # The calls were answered (the gRPC server stopped first): the writer is idle.
+            self.api.close()
             self.follower.stop()
             self.orchestrator.close()
 
