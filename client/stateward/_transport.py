@@ -6,10 +6,15 @@ message, or raises a `stateward.exceptions` error; the clients above know only m
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +23,7 @@ import grpc
 
 from stateward import settings
 from stateward.exceptions import InvalidSetting, ServerUnavailable, StatewardError
+from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
 from stateward.wire import START_SEQUENCE_KEY, error_for_status
 
@@ -109,13 +115,32 @@ def _read(setting: str, path: Path | None) -> bytes | None:
 def translate(error: grpc.RpcError, connection: Connection | None = None) -> StatewardError:
     """The Stateward error for a failed call (over `connection`, when known)."""
     code = error.code()
-    details = error.details() or code.name
+    return translate_code(code, error.details() or code.name, connection)
+
+
+def translate_code(
+    code: grpc.StatusCode,
+    details: str,
+    connection: Connection | None = None,
+    *,
+    reached: bool = False,
+) -> StatewardError:
+    """The Stateward error for a call that failed with `code` and `details`; `reached` says the
+    server itself answered with them (an UNAVAILABLE then needs no diagnosis)."""
     if code is grpc.StatusCode.UNAVAILABLE:
+        if reached and connection is not None:
+            return ServerUnavailable(
+                f"the Stateward server at {connection.address} said: {details}"
+            )
         return unreachable(connection, details)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         where = f" at {connection.address}" if connection else ""
         details = f"the Stateward server{where} did not answer in time (deadline exceeded)"
     return error_for_status(code.value[0], details)
+
+
+# gRPC's status codes by number (an error answered on the calls stream carries the number).
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def unreachable(connection: Connection | None, details: str) -> ServerUnavailable:
@@ -212,16 +237,141 @@ class _GrpcStream:
         self._call.cancel()
 
 
+# The calls that ride the ExecuteStream (its `call` field for each method), when the server has it.
+STREAMED = {"SetState": "set_state", "ExecuteBatch": "execute_batch"}
+_END = None  # ends a stream's requests
+
+
+class _OpenStream:
+    """One ExecuteStream call: the requests queue it reads, and the calls awaiting an answer."""
+
+    def __init__(self) -> None:
+        self.requests: queue.SimpleQueue[pb.ExecuteStreamRequest | None] = queue.SimpleQueue()
+        self.pending: dict[int, Future[pb.ExecuteStreamResponse]] = {}
+        self.broken: BaseException | None = None
+
+
+class StreamUnsupported(Exception):
+    """The server has no ExecuteStream (an older server): use the unary RPCs."""
+
+
+class CallStream:
+    """SetState and ExecuteBatch calls on one long-lived ExecuteStream, shared by every thread
+    of the client: each call is sent with an id and waits for the answer with that id; a reader
+    thread hands the answers out. The stream is opened by the first call and again by the first
+    call after it broke. A stream that breaks fails the calls awaiting an answer with
+    ServerUnavailable, as a unary call to a server gone away fails: the caller sends them again
+    (a proposal with the same transition id applies once)."""
+
+    def __init__(self, connection: Connection, stub: Any) -> None:
+        self.connection = connection
+        self._stub = stub
+        self._lock = threading.Lock()
+        self._open: _OpenStream | None = None
+        self._ids = itertools.count(1)
+        self.opened = 0  # how many streams were opened (for tests)
+
+    def call(self, method: str, request: Any, timeout: float | None) -> Any:
+        """The response of `method` (a key of STREAMED) to `request`, or the Stateward error
+        the RPC would raise. Raises StreamUnsupported when the server has no ExecuteStream."""
+        future: Future[pb.ExecuteStreamResponse] = Future()
+        with self._lock:
+            stream = self._open
+            if stream is None:
+                stream = self._open = self._start()
+            call_id = next(self._ids)
+            stream.pending[call_id] = future
+        message = pb.ExecuteStreamRequest(call_id=call_id)
+        getattr(message, STREAMED[method]).CopyFrom(request)
+        stream.requests.put(message)
+        try:
+            answer = future.result(timeout)
+        except FutureTimeout:
+            with self._lock:
+                stream.pending.pop(call_id, None)
+            raise translate_code(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", self.connection
+            ) from None
+        kind = answer.WhichOneof("result")
+        if kind == "error":
+            raise translate_code(
+                _GRPC_CODES.get(answer.error.code, grpc.StatusCode.UNKNOWN),
+                answer.error.message,
+                self.connection,
+                reached=True,
+            )
+        if kind is None:
+            raise translate_code(
+                grpc.StatusCode.UNKNOWN, "the server answered the call with nothing", reached=True
+            )
+        return getattr(answer, kind)
+
+    def _start(self) -> _OpenStream:
+        """Open a stream (under the lock) and its reader thread."""
+        stream = _OpenStream()
+        responses = self._stub.ExecuteStream(
+            iter(stream.requests.get, _END),
+            metadata=self.connection.metadata,
+            wait_for_ready=self.connection.wait_for_ready,
+        )
+        self.opened += 1
+        threading.Thread(
+            target=self._read, args=(stream, responses), name="stateward-calls", daemon=True
+        ).start()
+        return stream
+
+    def _read(self, stream: _OpenStream, responses: Any) -> None:
+        error: BaseException
+        try:
+            for answer in responses:
+                with self._lock:
+                    future = stream.pending.pop(answer.call_id, None)
+                if future is not None:
+                    future.set_result(answer)
+            error = ServerUnavailable(
+                f"the Stateward server at {self.connection.address} ended the calls stream"
+            )
+        except grpc.RpcError as failure:
+            if failure.code() is grpc.StatusCode.UNIMPLEMENTED:
+                error = StreamUnsupported(failure.details() or "")
+            else:
+                error = translate(failure, self.connection)
+        except BaseException as failure:  # handed to the callers
+            error = failure
+        with self._lock:
+            if self._open is stream:
+                self._open = None  # the next call opens a new stream
+            failed, stream.pending = stream.pending, {}
+            stream.broken = error
+        stream.requests.put(_END)
+        for future in failed.values():
+            future.set_exception(error)
+
+    def close(self) -> None:
+        with self._lock:
+            stream, self._open = self._open, None
+        if stream is not None:
+            stream.requests.put(_END)
+
+
 class GrpcTransport:
-    """Calls over a gRPC channel (plain or TLS), with the API key as metadata."""
+    """Calls over a gRPC channel (plain or TLS), with the API key as metadata. SetState and
+    ExecuteBatch ride one long-lived ExecuteStream (see `CallStream`) when the server has it."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.channel = connection.open(grpc)
         self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
         self._metadata = connection.metadata
+        self.calls_stream: CallStream | None = CallStream(connection, self.stub)
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        stream = self.calls_stream
+        if stream is not None and method in STREAMED:
+            try:
+                return stream.call(method, request, timeout)
+            except StreamUnsupported:
+                self.calls_stream = None  # an older server: the unary RPCs from now on
         try:
             return getattr(self.stub, method)(
                 request,
@@ -263,6 +413,8 @@ class GrpcTransport:
         return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
 
     def close(self) -> None:
+        if self.calls_stream is not None:
+            self.calls_stream.close()
         self.channel.close()
 
 

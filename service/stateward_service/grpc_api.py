@@ -30,6 +30,7 @@ the database for long, or every call and stream waits with it. So:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -71,6 +72,7 @@ from stateward_service.orchestrator import (
 from stateward_service.store import BadPageToken, DatabaseUnavailable, RunFilter, WriteConflict
 
 T = TypeVar("T")
+log = logging.getLogger("stateward.server")
 
 
 def _translating(call: Callable[[], T], grouping: bool = False) -> T:
@@ -142,6 +144,9 @@ class OrchestrationService:
         # The writing calls that come over gRPC commit in groups (see GROUPED); its thread
         # starts with the first of them.
         self.writer = GroupCommitWriter(orchestrator)
+        # The answers queues of the ExecuteStream calls open, and whether the server is closing.
+        self._streams: set[asyncio.Queue[pb.ExecuteStreamResponse | None]] = set()
+        self._closing = False
 
     def close(self) -> None:
         """Stop the group-commit writer, once the writes given to it are done."""
@@ -361,6 +366,91 @@ class OrchestrationService:
                     getattr(result, kind).CopyFrom(answer)
         return response
 
+    # --- the calls stream -------------------------------------------------------------------------
+
+    async def ExecuteStream(
+        self, requests: AsyncIterator[pb.ExecuteStreamRequest], context: Context
+    ) -> AsyncIterator[pb.ExecuteStreamResponse]:
+        """Each call is run as its RPC (in the group-commit writer) as soon as it arrives, and
+        answered once its group committed; calls in flight are answered as they commit. The
+        stream ends when the client ends it (once every call is answered), or with UNAVAILABLE
+        when the server shuts down (also once every call in flight is answered)."""
+        if self._closing:
+            raise ServiceError(StatusCode.UNAVAILABLE, _SHUTTING_DOWN, reason="SHUTTING_DOWN")
+        answers: asyncio.Queue[pb.ExecuteStreamResponse | None] = asyncio.Queue()
+        in_flight: dict[int, asyncio.Task[None]] = {}
+
+        async def answer(request: pb.ExecuteStreamRequest) -> None:
+            response = pb.ExecuteStreamResponse(call_id=request.call_id)
+            try:
+                await self._stream_call(request, response)
+            except ServiceError as error:
+                response.error.code = error.code
+                response.error.message = error.message
+            except Exception:
+                log.exception("unexpected error in a call on ExecuteStream")
+                response.error.code = StatusCode.INTERNAL
+                response.error.message = "internal error in ExecuteStream"
+            finally:
+                in_flight.pop(request.call_id, None)
+            answers.put_nowait(response)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    if request.call_id in in_flight:
+                        refused = pb.ExecuteStreamResponse(call_id=request.call_id)
+                        refused.error.code = StatusCode.INVALID_ARGUMENT
+                        refused.error.message = (
+                            f"call_id: {request.call_id} is the id of a call still in flight on "
+                            "this stream; give each call in flight an id of its own"
+                        )
+                        answers.put_nowait(refused)
+                        continue
+                    in_flight[request.call_id] = asyncio.create_task(answer(request))
+                while in_flight:  # the client is done sending: answer what is in flight
+                    await asyncio.gather(*in_flight.values())
+            finally:
+                answers.put_nowait(None)
+
+        self._streams.add(answers)
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            if self._closing and not reader.done():
+                while in_flight:  # answered before the stream ends
+                    await asyncio.gather(*in_flight.values())
+                while not answers.empty():
+                    if (response := answers.get_nowait()) is not None:
+                        yield response
+                raise ServiceError(StatusCode.UNAVAILABLE, _SHUTTING_DOWN, reason="SHUTTING_DOWN")
+            await reader  # raises what ended the reading (an undecodable request...)
+        finally:
+            self._streams.discard(answers)
+            reader.cancel()
+
+    async def _stream_call(
+        self, request: pb.ExecuteStreamRequest, response: pb.ExecuteStreamResponse
+    ) -> None:
+        """Run one call of the stream as its RPC, its answer into `response`."""
+        kind = request.WhichOneof("call")
+        if kind == "set_state":
+            answer = await grouped(self.writer, lambda: self.SetState(request.set_state))
+            response.set_state.CopyFrom(answer)
+        elif kind == "execute_batch":
+            batch = await grouped(self.writer, lambda: self.ExecuteBatch(request.execute_batch))
+            response.execute_batch.CopyFrom(batch)
+        else:
+            raise invalid("call", "is empty: set set_state or execute_batch")
+
+    async def close_streams(self) -> None:
+        """End every ExecuteStream with UNAVAILABLE once its calls in flight are answered, and
+        refuse new ones (the server is shutting down)."""
+        self._closing = True
+        for answers in self._streams:
+            answers.put_nowait(None)
+
     # --- tag concurrency limits -----------------------------------------------------------------
 
     def CreateConcurrencyLimit(
@@ -461,6 +551,11 @@ class OrchestrationService:
                 metadata={"last_sequence": str(delivered), "cursor": str(error.last_sequence)},
             ) from None
 
+
+_SHUTTING_DOWN = (
+    "the server is shutting down; send the calls not answered again on a new stream "
+    "(to another server, or to this one once it is back)"
+)
 
 _BATCHABLE = {
     "create_flow_run": "CreateFlowRun",
@@ -575,7 +670,14 @@ def add_to_server(service: OrchestrationService, server: grpc.aio.Server) -> Non
     for method in SERVICE.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         behaviour = getattr(service, method.name)
-        if method.server_streaming:
+        if method.client_streaming:
+            response_type = message_factory.GetMessageClass(method.output_type)
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 behaviour, request_deserializer=request_type.FromString, response_serializer=None
             )

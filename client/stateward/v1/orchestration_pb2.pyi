@@ -1271,6 +1271,88 @@ class BatchResult(_message.Message):
 Global___BatchResult: _TypeAlias = BatchResult  # noqa: Y015
 
 @_typing.final
+class ExecuteStreamRequest(_message.Message):
+    """One call on ExecuteStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    SET_STATE_FIELD_NUMBER: _builtins.int
+    EXECUTE_BATCH_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """Chosen by the client to match the answer to the call: unique among its calls in flight on
+    the stream (a call reusing the id of one still in flight is refused with INVALID_ARGUMENT).
+    """
+    @_builtins.property
+    def set_state(self) -> Global___SetStateRequest:
+        """As SetState."""
+
+    @_builtins.property
+    def execute_batch(self) -> Global___ExecuteBatchRequest:
+        """As ExecuteBatch."""
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        set_state: Global___SetStateRequest | None = ...,
+        execute_batch: Global___ExecuteBatchRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "execute_batch", b"execute_batch", "set_state", b"set_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "call_id", b"call_id", "execute_batch", b"execute_batch", "set_state", b"set_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["set_state", "execute_batch"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___ExecuteStreamRequest: _TypeAlias = ExecuteStreamRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteStreamResponse(_message.Message):
+    """The answer to one call on ExecuteStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    SET_STATE_FIELD_NUMBER: _builtins.int
+    EXECUTE_BATCH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """The call_id of the call answered."""
+    @_builtins.property
+    def set_state(self) -> Global___SetStateResponse:
+        """As SetState answers."""
+
+    @_builtins.property
+    def execute_batch(self) -> Global___ExecuteBatchResponse:
+        """As ExecuteBatch answers."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchError:
+        """The status code and message the RPC alone would have failed with; the call changed
+        nothing.
+        """
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        set_state: Global___SetStateResponse | None = ...,
+        execute_batch: Global___ExecuteBatchResponse | None = ...,
+        error: Global___BatchError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "execute_batch", b"execute_batch", "result", b"result", "set_state", b"set_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "error", b"error", "execute_batch", b"execute_batch", "result", b"result", "set_state", b"set_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["set_state", "execute_batch", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015
+
+@_typing.final
 class BatchError(_message.Message):
     """Why one operation of a batch was refused."""
 

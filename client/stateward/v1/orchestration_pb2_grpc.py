@@ -130,6 +130,11 @@ class OrchestrationServiceStub:
                 request_serializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesRequest.SerializeToString,
                 response_deserializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesResponse.FromString,
                 _registered_method=True)
+        self.ExecuteStream = channel.stream_stream(
+                '/stateward.v1.OrchestrationService/ExecuteStream',
+                request_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteStreamRequest.SerializeToString,
+                response_deserializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteStreamResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -296,6 +301,24 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteStream(self, request_iterator, context):
+        """SetState and ExecuteBatch calls on one long-lived stream, for a client that makes many (the
+        Python SDK keeps one open per process instead of a round of RPC set-up per call). Each
+        request is one call, tagged with an id of the client's choosing; each response answers one
+        call and carries its id. A call is decided exactly as the RPC of its name: the same rules,
+        the same idempotency by transition_id, answered only once its write is durable; one that
+        the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
+        code and message in `error`, and the stream goes on. Calls in flight together on one stream
+        are decided concurrently and answered as they commit, not necessarily in the order sent;
+        send a call only after the answer to any call it must follow. The server ends the stream
+        with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+        breaks, a call without an answer may or may not have been applied: send it again on a new
+        stream (a proposal with the same transition_id applies once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -393,6 +416,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.WriteCacheEntries,
                     request_deserializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesRequest.FromString,
                     response_serializer=stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesResponse.SerializeToString,
+            ),
+            'ExecuteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecuteStream,
+                    request_deserializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteStreamRequest.FromString,
+                    response_serializer=stateward_dot_v1_dot_orchestration__pb2.ExecuteStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -909,6 +937,33 @@ class OrchestrationService:
             '/stateward.v1.OrchestrationService/WriteCacheEntries',
             stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesRequest.SerializeToString,
             stateward_dot_v1_dot_orchestration__pb2.WriteCacheEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/stateward.v1.OrchestrationService/ExecuteStream',
+            stateward_dot_v1_dot_orchestration__pb2.ExecuteStreamRequest.SerializeToString,
+            stateward_dot_v1_dot_orchestration__pb2.ExecuteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,6 +112,20 @@ class OrchestrationServiceStub:
     unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
     INVALID_ARGUMENT for a malformed entry.
     """
+    ExecuteStream: _grpc.StreamStreamMultiCallable[_orchestration_pb2.ExecuteStreamRequest, _orchestration_pb2.ExecuteStreamResponse]
+    """SetState and ExecuteBatch calls on one long-lived stream, for a client that makes many (the
+    Python SDK keeps one open per process instead of a round of RPC set-up per call). Each
+    request is one call, tagged with an id of the client's choosing; each response answers one
+    call and carries its id. A call is decided exactly as the RPC of its name: the same rules,
+    the same idempotency by transition_id, answered only once its write is durable; one that
+    the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
+    code and message in `error`, and the stream goes on. Calls in flight together on one stream
+    are decided concurrently and answered as they commit, not necessarily in the order sent;
+    send a call only after the answer to any call it must follow. The server ends the stream
+    with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+    breaks, a call without an answer may or may not have been applied: send it again on a new
+    stream (a proposal with the same transition_id applies once).
+    """
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -189,6 +203,20 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     that one does not. All entries are written in one transaction, or none: NOT_FOUND for an
     unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
     INVALID_ARGUMENT for a malformed entry.
+    """
+    ExecuteStream: _aio.StreamStreamMultiCallable[_orchestration_pb2.ExecuteStreamRequest, _orchestration_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
+    """SetState and ExecuteBatch calls on one long-lived stream, for a client that makes many (the
+    Python SDK keeps one open per process instead of a round of RPC set-up per call). Each
+    request is one call, tagged with an id of the client's choosing; each response answers one
+    call and carries its id. A call is decided exactly as the RPC of its name: the same rules,
+    the same idempotency by transition_id, answered only once its write is durable; one that
+    the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
+    code and message in `error`, and the stream goes on. Calls in flight together on one stream
+    are decided concurrently and answered as they commit, not necessarily in the order sent;
+    send a call only after the answer to any call it must follow. The server ends the stream
+    with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+    breaks, a call without an answer may or may not have been applied: send it again on a new
+    stream (a proposal with the same transition_id applies once).
     """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -378,6 +406,26 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         that one does not. All entries are written in one transaction, or none: NOT_FOUND for an
         unknown task run, FAILED_PRECONDITION for one whose current state is not COMPLETED,
         INVALID_ARGUMENT for a malformed entry.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecuteStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_orchestration_pb2.ExecuteStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orchestration_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_orchestration_pb2.ExecuteStreamResponse]]:
+        """SetState and ExecuteBatch calls on one long-lived stream, for a client that makes many (the
+        Python SDK keeps one open per process instead of a round of RPC set-up per call). Each
+        request is one call, tagged with an id of the client's choosing; each response answers one
+        call and carries its id. A call is decided exactly as the RPC of its name: the same rules,
+        the same idempotency by transition_id, answered only once its write is durable; one that
+        the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
+        code and message in `error`, and the stream goes on. Calls in flight together on one stream
+        are decided concurrently and answered as they commit, not necessarily in the order sent;
+        send a call only after the answer to any call it must follow. The server ends the stream
+        with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+        breaks, a call without an answer may or may not have been applied: send it again on a new
+        stream (a proposal with the same transition_id applies once).
         """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

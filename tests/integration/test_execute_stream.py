@@ -1,0 +1,243 @@
+"""ExecuteStream, the long-lived stream of calls: each call is answered as its RPC answers it
+(statuses, refusals, idempotency), the SDK's client sends its proposals on one stream, and a
+stream that breaks fails the calls in flight with UNAVAILABLE, whose retries write once."""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+
+from stateward.client import Client
+from stateward.exceptions import InvalidArgument, NotFound, ServerUnavailable
+from stateward.runs import SetStateStatus
+from stateward.states import State, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from tests.support import ST, ServerProcess, new_flow_run, state, wait_until
+
+Send = Callable[[pb.SetStateRequest], Any]
+
+
+class StreamCaller:
+    """Calls sent one at a time on one ExecuteStream; `send` returns the SetStateResponse, or
+    the error's (code, message)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.requests: queue.SimpleQueue[pb.ExecuteStreamRequest | None] = queue.SimpleQueue()
+        stub = pb_stub(channel)
+        self.responses: Iterator[pb.ExecuteStreamResponse] = stub.ExecuteStream(
+            iter(self.requests.get, None)
+        )
+        self.ids = iter(range(1, 1_000_000))
+
+    def send(self, request: pb.SetStateRequest) -> Any:
+        call_id = next(self.ids)
+        self.requests.put(pb.ExecuteStreamRequest(call_id=call_id, set_state=request))
+        answer = next(self.responses)
+        assert answer.call_id == call_id
+        if answer.WhichOneof("result") == "error":
+            return (answer.error.code, answer.error.message)
+        return answer.set_state
+
+    def close(self) -> None:
+        self.requests.put(None)
+        assert list(self.responses) == []  # the server ends the stream once the client did
+
+
+def pb_stub(channel: grpc.Channel) -> Any:
+    from stateward.v1 import orchestration_pb2_grpc
+
+    return orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+
+
+def unary(channel: grpc.Channel) -> Send:
+    stub = pb_stub(channel)
+
+    def send(request: pb.SetStateRequest) -> Any:
+        try:
+            return stub.SetState(request)
+        except grpc.RpcError as error:
+            return (error.code().value[0], error.details())
+
+    return send
+
+
+def scenario(stub: Any, send: Send, later: datetime) -> list[Any]:
+    """Proposals that meet each kind of answer: ACCEPT, REJECT with a state in its place, a
+    null REJECT, WAIT, ABORT, a retried proposal, an unknown run and bad input. What came back,
+    with the ids that differ from run to run taken out."""
+    answers: list[Any] = []
+    run = new_flow_run(stub, retry_policy={"retries": 1})
+    waiting = new_flow_run(stub, initial=None)
+    ids = {run.id: "<run>", waiting.id: "<waiting>"}
+
+    def propose(run_id: str, proposed: Any, **fields: Any) -> None:
+        answers.append(send(pb.SetStateRequest(run_id=run_id, state=proposed, **fields)))
+
+    propose(run.id, state(ST.STATE_TYPE_RUNNING))  # ACCEPT
+    propose(run.id, state(ST.STATE_TYPE_FAILED))  # REJECT: AwaitingRetry in its place
+    propose(run.id, state(ST.STATE_TYPE_PAUSED))  # REJECT: only a RUNNING run pauses
+    propose(waiting.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=later))
+    propose(waiting.id, state(ST.STATE_TYPE_RUNNING))  # WAIT
+    propose(waiting.id, state(ST.STATE_TYPE_RUNNING), expected_state_id=run.id)  # ABORT
+    retried = state(ST.STATE_TYPE_RUNNING, transition_id=str(uuid.uuid4()))
+    ids[retried.details.transition_id] = "<transition>"
+    propose(run.id, retried)  # ACCEPT
+    propose(run.id, retried)  # REJECT: already applied
+    unknown = str(uuid.uuid4())
+    ids[unknown] = "<unknown>"
+    propose(unknown, state(ST.STATE_TYPE_RUNNING))  # NOT_FOUND
+    answers.append(send(pb.SetStateRequest(run_id=run.id)))  # INVALID_ARGUMENT: no state
+    propose("not-an-id", state(ST.STATE_TYPE_RUNNING))  # INVALID_ARGUMENT: run_id
+    propose(run.id, state(ST.STATE_TYPE_RUNNING), expected_state_id="nope")  # INVALID_ARGUMENT
+    return [normalised(answer, ids) for answer in answers]
+
+
+def normalised(answer: Any, ids: dict[str, str]) -> Any:
+    def text(value: str) -> str:
+        for key, name in ids.items():
+            value = value.replace(key, name)
+        return re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<id>", value)
+
+    if isinstance(answer, tuple):
+        return (answer[0], text(answer[1]))
+    return (
+        answer.status,
+        answer.written,
+        text(answer.reason),
+        answer.delay_seconds > 0,
+        answer.state.type,
+        answer.state.name,
+    )
+
+
+def test_the_stream_answers_each_call_as_set_state_does(server: ServerProcess) -> None:
+    stub = server.stub()
+    with grpc.insecure_channel(server.target) as channel:
+        later = datetime.now(UTC) + timedelta(minutes=5)
+        expected = scenario(stub, unary(channel), later)
+        caller = StreamCaller(channel)
+        found = scenario(stub, caller.send, later)
+        caller.close()
+    assert found == expected
+    statuses = [answer[0] for answer in expected]
+    assert statuses == [
+        pb.SET_STATE_STATUS_ACCEPT,
+        pb.SET_STATE_STATUS_REJECT,
+        pb.SET_STATE_STATUS_REJECT,
+        pb.SET_STATE_STATUS_ACCEPT,
+        pb.SET_STATE_STATUS_WAIT,
+        pb.SET_STATE_STATUS_ABORT,
+        pb.SET_STATE_STATUS_ACCEPT,
+        pb.SET_STATE_STATUS_REJECT,
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+    ]
+
+
+def test_calls_in_flight_on_one_stream_each_get_their_answer(server: ServerProcess) -> None:
+    stub = server.stub()
+    runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING) for _ in range(32)]
+    requests = [
+        pb.ExecuteStreamRequest(
+            call_id=index + 1,
+            set_state=pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_COMPLETED)),
+        )
+        for index, run in enumerate(runs)
+    ]
+    requests.append(pb.ExecuteStreamRequest(call_id=99))  # no call at all
+    with grpc.insecure_channel(server.target) as channel:
+        answers = {
+            answer.call_id: answer for answer in pb_stub(channel).ExecuteStream(iter(requests))
+        }
+    assert len(answers) == 33
+    for index, run in enumerate(runs):
+        answer = answers[index + 1].set_state
+        assert answer.status == pb.SET_STATE_STATUS_ACCEPT
+        stored = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states
+        assert stored[-1].id == answer.state.id
+    assert answers[99].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "set_state or execute_batch" in answers[99].error.message
+
+
+def test_the_client_sends_its_calls_on_one_stream(server: ServerProcess) -> None:
+    with Client(server.target) as client:
+        run = client.create_flow_run("streamed", state=State(StateType.PENDING))
+        for proposed in (StateType.RUNNING, StateType.COMPLETED):
+            answer = client.set_state(run.id, State(proposed))
+            assert answer.status is SetStateStatus.ACCEPT
+        with pytest.raises(NotFound, match="no flow run or task run has id"):
+            client.set_state(str(uuid.uuid4()), State(StateType.RUNNING))
+        with pytest.raises(InvalidArgument, match="run_id"):
+            client.set_state("not-an-id", State(StateType.RUNNING))
+        stream = client.transport.calls_stream  # type: ignore[attr-defined]
+        assert stream is not None and stream.opened == 1
+    assert [s.type for s in Client(server.target).list_states(run.id)] == [
+        StateType.PENDING,
+        StateType.RUNNING,
+        StateType.COMPLETED,
+    ]
+
+
+def test_a_broken_stream_fails_its_calls_and_their_retries_write_once(tmp_path: Any) -> None:
+    server = ServerProcess(tmp_path / "broken.db").start()
+    setup = server.stub()
+    runs = [new_flow_run(setup, initial=ST.STATE_TYPE_RUNNING).id for _ in range(32)]
+    client = Client(server.target, timeout=30)
+    stop = threading.Event()
+    broken: list[BaseException] = []
+    proposed: dict[str, list[str]] = {run_id: [] for run_id in runs}
+    retries: dict[str, State] = {}
+
+    def propose(run_id: str) -> None:
+        while not stop.is_set():
+            mine = State(StateType.RUNNING).with_details(transition_id=str(uuid.uuid4()))
+            proposed[run_id].append(mine.details.transition_id)
+            try:
+                client.set_state(run_id, mine)
+            except ServerUnavailable as error:
+                broken.append(error)
+                retries[run_id] = mine
+                return
+
+    threads = [threading.Thread(target=propose, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: sum(map(len, proposed.values())) > 300, 60, "300 proposals")
+    server.kill()  # the stream breaks with calls in flight
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(broken) == len(runs)  # every call in flight failed with UNAVAILABLE
+    server.restart()
+    try:
+        applied_before = 0
+        for run_id, again in retries.items():  # the same proposal again, on a new stream
+            answer = client.set_state(run_id, again)
+            if answer.status is SetStateStatus.REJECT:  # it was applied before the break
+                assert "already applied" in answer.reason
+                applied_before += 1
+            else:
+                assert answer.status is SetStateStatus.ACCEPT
+        stream = client.transport.calls_stream  # type: ignore[attr-defined]
+        assert stream is not None and stream.opened == 2
+        stub = server.stub()
+        for run_id, transition_ids in proposed.items():
+            stored = stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states
+            written = [s.details.transition_id for s in stored[1:]]
+            assert len(written) == len(set(written))  # none twice
+            assert written == transition_ids  # each once, in order: none lost, none doubled
+        print(f"{applied_before} of {len(retries)} retried proposals had been applied")
+    finally:
+        client.close()
+        server.stop()
