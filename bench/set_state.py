@@ -10,8 +10,9 @@ are shared and noisy.
 With `--in-flight N`, it measures throughput instead with N calls in flight at all times (spread
 over a few client processes, each keeping its share in flight on one asyncio channel, each
 SetState on a run of its own): health checks then SetStates on a fresh server each round, with
-the server's and the clients' CPU time per call; with `--old`, another checkout's server
-alternates with this one's, round by round. It prints each round, then medians and ranges.
+the server's and the clients' CPU time per call (with `--stream`, also SetStates sent on one
+ExecuteStream per client process); with `--old`, another checkout's server alternates with this
+one's, round by round. It prints each round, then medians and ranges.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def in_flight_client(target: str, what: str, run_ids: list[str], seconds: float,
             deadline = time.perf_counter() + seconds
             done = 0
 
+            if what == "stream":  # every call of this process on one ExecuteStream
+                return await over_one_stream(stub, run_ids, deadline)
+
             async def loop(run_id: str) -> None:
                 nonlocal done
                 if what == "check":
@@ -105,6 +109,35 @@ def in_flight_client(target: str, what: str, run_ids: list[str], seconds: float,
             return done, time.process_time() - began
 
     counts.put(asyncio.run(go()))
+
+
+async def over_one_stream(stub, run_ids: list[str], deadline: float) -> tuple[int, float]:
+    """One SetState in flight per run id, all on one ExecuteStream, until `deadline`."""
+    began = time.process_time()
+    requests: asyncio.Queue[pb.ExecuteStreamRequest | None] = asyncio.Queue()
+    by_id = dict(enumerate(run_ids))
+
+    def call(call_id: int) -> pb.ExecuteStreamRequest:
+        request = pb.SetStateRequest(run_id=by_id[call_id], state=RUNNING)
+        return pb.ExecuteStreamRequest(call_id=call_id, set_state=request)
+
+    async def send():
+        while (request := await requests.get()) is not None:
+            yield request
+
+    for call_id in by_id:
+        requests.put_nowait(call(call_id))
+    done, open_calls = 0, len(by_id)
+    async for answer in stub.ExecuteStream(send()):
+        assert answer.WhichOneof("result") == "set_state", answer
+        done += 1
+        if time.perf_counter() < deadline:
+            requests.put_nowait(call(answer.call_id))
+        else:
+            open_calls -= 1
+            if not open_calls:
+                requests.put_nowait(None)
+    return done, time.process_time() - began
 
 
 def cpu_seconds(pid: int) -> float:
@@ -146,6 +179,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--old", type=Path, help="another checkout to measure alongside")
+    parser.add_argument(
+        "--stream", action="store_true", help="also SetStates on one ExecuteStream per process"
+    )
     args = parser.parse_args()
     if args.in_flight:
         measure_in_flight(args)
@@ -206,6 +242,11 @@ def in_flight_round(tree: Path | None, args: argparse.Namespace) -> dict[str, fl
             writes, write_cpu, write_clients = in_flight(
                 server.target, "set_state", runs, args.seconds, args.processes, pid
             )
+            streamed, stream_cpu, stream_clients = (0.0, 0.0, 0.0)
+            if args.stream:
+                streamed, stream_cpu, stream_clients = in_flight(
+                    server.target, "stream", runs, args.seconds, args.processes, pid
+                )
         finally:
             server.stop()
     return {
@@ -216,6 +257,16 @@ def in_flight_round(tree: Path | None, args: argparse.Namespace) -> dict[str, fl
         "server us/SetState": write_cpu,
         "client us/check": check_clients,
         "client us/SetState": write_clients,
+        **(
+            {
+                "streamed/s": streamed,
+                "stream ratio": streamed / check,
+                "server us/streamed": stream_cpu,
+                "client us/streamed": stream_clients,
+            }
+            if args.stream
+            else {}
+        ),
     }
 
 

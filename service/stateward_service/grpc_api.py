@@ -22,9 +22,11 @@ the database for long, or every call and stream waits with it. So:
   catch-up reads of the log and its cursor check run off the loop too, and the server's loops
   sweep in a thread of their own.
 - The other writes commit in groups (`GROUPED` below): SetState, the create calls, ExecuteBatch
-  and RenewLeases run in the group-commit writer's thread (`group_commit`), which takes every
-  write pending at once into one transaction, a savepoint each, one commit, and answers each
-  call after that commit. The loop goes on taking calls meanwhile; they form the next group.
+  and RenewLeases go to the group-commit writer (`group_commit`), which takes every write
+  pending at once into one transaction, a savepoint each, one commit, and answers each call
+  after that commit. On SQLite the groups run on the loop (a commit takes microseconds; a lone
+  call pays no thread hop), on PostgreSQL in a writer thread (a commit waits for the network),
+  while the loop takes the calls of the next group.
 """
 
 from __future__ import annotations
@@ -138,12 +140,19 @@ class OrchestrationService:
     """One synchronous method per unary RPC of OrchestrationService, named as the RPC (request
     in, response out, ServiceError for a refusal), and the streaming WatchTransitions."""
 
-    def __init__(self, orchestrator: Orchestrator, broadcaster: TransitionBroadcaster) -> None:
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        broadcaster: TransitionBroadcaster,
+        *,
+        slow_commits: bool = False,
+    ) -> None:
         self.orchestrator = orchestrator
         self.broadcaster = broadcaster
-        # The writing calls that come over gRPC commit in groups (see GROUPED); its thread
-        # starts with the first of them.
-        self.writer = GroupCommitWriter(orchestrator)
+        # The writing calls that come over gRPC commit in groups (see GROUPED): on the event
+        # loop, or in a thread of their own where a commit waits for long (`slow_commits`:
+        # PostgreSQL's wait for the network and its disk).
+        self.writer = GroupCommitWriter(orchestrator, in_thread=slow_commits)
         # The answers queues of the ExecuteStream calls open, and whether the server is closing.
         self._streams: set[asyncio.Queue[pb.ExecuteStreamResponse | None]] = set()
         self._closing = False

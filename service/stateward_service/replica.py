@@ -19,7 +19,7 @@ from stateward_service.loops import ServerLoops
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
 from stateward_service.settings import ServerSettings
-from stateward_service.store import open_database
+from stateward_service.store import is_postgres, open_database
 
 log = logging.getLogger("stateward.replica")
 
@@ -49,7 +49,9 @@ class Replica:
             self.orchestrator, encode_transition, last, capacity=settings.stream_buffer
         )
         # The gRPC API; the SDK's embedded transport calls its unary methods in-process.
-        self.api = OrchestrationService(self.orchestrator, self.broadcaster)
+        self.api = OrchestrationService(
+            self.orchestrator, self.broadcaster, slow_commits=is_postgres(settings.database)
+        )
         self.follower = LogFollower(self.orchestrator, self.orchestrator.change_signal(), last)
         self.follower.subscribe(self.broadcaster.publish)
         self.orchestrator.subscribe(self.follower.offer)

@@ -7,6 +7,8 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
 from stateward_service.group_commit import GroupCommitWriter
 from stateward_service.grpc_api import (
     GROUPED,
@@ -40,9 +42,12 @@ def test_the_reads_named_off_the_loop_are_unary_methods_of_the_service():
         assert callable(getattr(OrchestrationService, name))
 
 
-def test_a_read_runs_in_a_worker_thread_and_a_write_in_the_writer_thread(tmp_path: Path):
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_a_read_runs_in_a_worker_thread_and_a_write_in_the_writer(tmp_path: Path, in_thread: bool):
+    """Writes run in groups on the loop (SQLite's quick commits) or in the writer's thread
+    (PostgreSQL's slow ones); reads in a worker thread."""
     orchestrator = Orchestrator(Store(tmp_path / "api.db"))
-    writer = GroupCommitWriter(orchestrator)
+    writer = GroupCommitWriter(orchestrator, in_thread=in_thread)
 
     def where(request: object) -> int:
         return threading.get_ident()
@@ -59,8 +64,12 @@ def test_a_read_runs_in_a_worker_thread_and_a_write_in_the_writer_thread(tmp_pat
         writer.stop()
         orchestrator.close()
     assert read_thread != loop_thread
-    assert write_thread not in (loop_thread, read_thread)
+    if in_thread:
+        assert write_thread not in (loop_thread, read_thread)
+    else:
+        assert write_thread == loop_thread
     assert loop_call == loop_thread
+    assert writer.groups == 1
 
 
 def test_batched_messages_join_encoded_transitions_without_decoding_them():
