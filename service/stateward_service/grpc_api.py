@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -153,6 +154,9 @@ class OrchestrationService:
         # loop, or in a thread of their own where a commit waits for long (`slow_commits`:
         # PostgreSQL's wait for the network and its disk).
         self.writer = GroupCommitWriter(orchestrator, in_thread=slow_commits)
+        # Told of each call on ExecuteStream (its method, status code name and seconds), as the
+        # metrics interceptor is of each RPC; set by the server when it keeps metrics.
+        self.observe_call: Callable[[str, str, float], None] | None = None
         # The answers queues of the ExecuteStream calls open, and whether the server is closing.
         self._streams: set[asyncio.Queue[pb.ExecuteStreamResponse | None]] = set()
         self._closing = False
@@ -391,6 +395,7 @@ class OrchestrationService:
 
         async def answer(request: pb.ExecuteStreamRequest) -> None:
             response = pb.ExecuteStreamResponse(call_id=request.call_id)
+            began = time.perf_counter()
             try:
                 await self._stream_call(request, response)
             except ServiceError as error:
@@ -403,6 +408,10 @@ class OrchestrationService:
             finally:
                 in_flight.pop(request.call_id, None)
             answers.put_nowait(response)
+            if self.observe_call is not None:
+                method = _STREAMED_METHODS.get(request.WhichOneof("call") or "", "ExecuteStream")
+                code = StatusCode(response.error.code).name if response.HasField("error") else "OK"
+                self.observe_call(method, code, time.perf_counter() - began)
 
         async def read() -> None:
             try:
@@ -560,6 +569,9 @@ class OrchestrationService:
                 metadata={"last_sequence": str(delivered), "cursor": str(error.last_sequence)},
             ) from None
 
+
+# The RPC each call of ExecuteStream stands for (its metrics are counted under that name).
+_STREAMED_METHODS = {"set_state": "SetState", "execute_batch": "ExecuteBatch"}
 
 _SHUTTING_DOWN = (
     "the server is shutting down; send the calls not answered again on a new stream "

@@ -127,6 +127,7 @@ class StatewardServer:
                 loop_runs=lambda: dict(self.loops.runs),
             )
             self.orchestrator.subscribe(self.metrics.count_transitions)
+            self.api.observe_call = self.metrics.observe_call  # the calls on ExecuteStream
         self.health = HealthService()
         self.port = 0
         self.web: WebServer | None = None
