@@ -6,8 +6,11 @@ from its last sequence, so one publication reaches every subscriber without a da
 it keeps up. A subscriber that falls behind the ring (it reads slowly, or starts from an old
 cursor) catches up from the transitions log on a connection of its own, then rejoins the ring;
 the hand-over is by sequence, so nothing is skipped or sent twice. Writers never wait for a
-subscriber: publishing is an append and a wake-up. Each transition is encoded once, when the
-first subscriber needs it, and every subscriber sends the same bytes.
+subscriber, nor do the matching for them: publishing is an append to the ring and, at most once
+per turn of the event loop, a call for the dispatcher, which on the loop wakes the subscribers
+waiting at the head that a new transition matches (found through an index by run and flow run,
+not by trying every subscriber). Each transition is encoded once, when the first subscriber needs
+it, and every subscriber sends the same bytes.
 """
 
 from __future__ import annotations
@@ -108,21 +111,71 @@ class _Entry:
 
 
 class _Subscription:
-    """One subscriber, as the publisher sees it: what it wants, how far it got, and whether it
-    is waiting at the head for more."""
+    """One subscriber, as the dispatcher sees it: what it wants, how far it got, and, while it
+    waits at the head, the future that wakes it."""
 
-    __slots__ = ("cursor", "waiting", "where")
+    __slots__ = ("cursor", "waiting", "where", "woken")
 
     def __init__(self, where: TransitionFilter, cursor: int) -> None:
         self.where = where
         self.cursor = cursor
+        # Set at the head, under the lock; while it is set, no dispatched transition after
+        # `cursor` matched (the dispatcher wakes it on the first that does).
         self.waiting = False
+        self.woken: asyncio.Future[None] | None = None
+
+
+class _Subscriptions:
+    """The subscriptions, indexed by what they filter on, so that a transition is matched
+    against the few that may want it: those of its run, those of its flow run, and those that
+    filter on neither (state types only, or nothing)."""
+
+    def __init__(self) -> None:
+        self.all: set[_Subscription] = set()
+        self.by_run: dict[str, set[_Subscription]] = {}
+        self.by_flow_run: dict[str, set[_Subscription]] = {}
+        self.others: set[_Subscription] = set()
+
+    def _places(self, me: _Subscription) -> list[set[_Subscription]]:
+        if me.where.run_ids:
+            return [self.by_run.setdefault(key, set()) for key in me.where.run_ids]
+        if me.where.flow_run_ids:
+            return [self.by_flow_run.setdefault(key, set()) for key in me.where.flow_run_ids]
+        return [self.others]
+
+    def add(self, me: _Subscription) -> None:
+        self.all.add(me)
+        for place in self._places(me):
+            place.add(me)
+
+    def discard(self, me: _Subscription) -> None:
+        self.all.discard(me)
+        where = me.where
+        for key in where.run_ids:
+            self._drop(self.by_run, key, me)
+        if not where.run_ids:
+            for key in where.flow_run_ids:
+                self._drop(self.by_flow_run, key, me)
+        self.others.discard(me)
+
+    @staticmethod
+    def _drop(index: dict[str, set[_Subscription]], key: str, me: _Subscription) -> None:
+        place = index.get(key)
+        if place is not None:
+            place.discard(me)
+            if not place:
+                del index[key]
 
 
 @dataclass(frozen=True, slots=True)
 class _LogBatch:
     items: list[tuple[int, bytes]]  # matching (sequence, payload), in order
     reached: int  # the log was read up to this sequence
+
+
+# Transitions published and not yet dispatched, at most: past that (the event loop did not turn
+# for that long), the waiting subscribers are all woken, as after a gap.
+_MOST_UNDISPATCHED = 100_000
 
 
 def _size(transition: Transition) -> int:
@@ -158,11 +211,15 @@ class TransitionBroadcaster:
         self._lock = threading.Lock()  # the ring is appended from the writer's thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._published = asyncio.Event()
         self._closed = False
-        # The current subscriptions: a publication wakes the event loop only if one of them
-        # wants it; those waiting for something else have their cursor moved past it.
-        self._subscriptions: set[_Subscription] = set()
+        # Published, not yet dispatched to the waiting subscribers (the dispatcher runs on
+        # the event loop, once for whatever was published since it last ran); `_gap` says a
+        # publication did not follow the one before it.
+        self._undispatched: list[Transition] = []
+        self._gap = False
+        self._dispatch_due = False
+        # The current subscriptions; only the event loop's thread touches them.
+        self._subscriptions = _Subscriptions()
         self.subscribers = 0
         self.catching_up = 0  # subscribers reading from the log, not the ring
 
@@ -178,57 +235,92 @@ class TransitionBroadcaster:
     # --- the writer's side ----------------------------------------------------------------------
 
     def publish(self, transitions: Sequence[Transition]) -> None:
-        """Called by the orchestrator, in sequence order, once the transitions committed."""
+        """Called by the orchestrator, in sequence order, once the transitions committed. The
+        writer only appends them to the ring and, unless one is due already, asks the event
+        loop for a dispatch: the matching against each subscriber happens there, never on
+        the writer's back."""
         if not transitions:
             return
         with self._lock:
-            before = self._last
-            contiguous = transitions[0].sequence == before + 1
+            contiguous = transitions[0].sequence == self._last + 1
             if not contiguous:
                 # A committed transition was never published: forget what the ring holds, so
                 # that subscribers read the gap from the log rather than skip it.
                 self._ring.clear()
                 self._ring_bytes = 0
+                self._gap = True
             for transition in transitions:
                 self._ring.append(_Entry(transition))
                 self._ring_bytes += _size(transition)
-                self._last = transition.sequence
+            self._last = transitions[-1].sequence
             while self._ring and (
                 len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
             ):
                 self._ring_bytes -= _size(self._ring.popleft().transition)
-            # Only a subscription waiting at the head needs waking: any other (sending, stalled
-            # behind a slow client, reading the log) looks at the ring again before it waits.
-            wanted = not contiguous  # everyone reads the gap, in case it holds what they want
-            for subscription in self._subscriptions:
-                if not subscription.waiting:
-                    continue
-                if any(subscription.where.matches(t) for t in transitions):
-                    wanted = True
-                elif contiguous and subscription.cursor >= before:
-                    # Nothing it wants: it stays at the head (its cursor may be past `before`
-                    # when it read from the log what was committed but not yet published).
-                    subscription.cursor = max(subscription.cursor, self._last)
-        if wanted:
-            self._wake()
-
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
+            loop = self._loop
+            if loop is None:
+                return  # no subscriber yet: nothing to dispatch
+            if len(self._undispatched) + len(transitions) > _MOST_UNDISPATCHED:
+                # The loop has not dispatched for this long: let every waiting subscriber
+                # look for itself, as after a gap, rather than hold the list without bound.
+                self._undispatched.clear()
+                self._gap = True
+            else:
+                self._undispatched.extend(transitions)
+            if self._dispatch_due:
+                return
+            self._dispatch_due = True
         if threading.get_ident() == self._loop_thread:
-            self._notify()
+            loop.call_soon(self._dispatch)
         else:
-            loop.call_soon_threadsafe(self._notify)
+            loop.call_soon_threadsafe(self._dispatch)
 
-    def _notify(self) -> None:
-        published, self._published = self._published, asyncio.Event()
-        published.set()
+    def _dispatch(self) -> None:
+        """On the event loop: wake each subscriber waiting at the head that one of the
+        transitions published since the last dispatch matches (after a gap, every one)."""
+        with self._lock:
+            self._dispatch_due = False
+            published, self._undispatched = self._undispatched, []
+            gap, self._gap = self._gap, False
+        subscriptions = self._subscriptions
+        if gap:
+            for me in list(subscriptions.all):
+                self._wake(me)
+            return
+        # Those that filter on neither run nor flow run: each looks for its first match.
+        for me in [s for s in subscriptions.others if s.waiting]:
+            for transition in published:
+                if transition.sequence > me.cursor and me.where.matches(transition):
+                    self._wake(me, transition.sequence)
+                    break
+        # The others, found by the transition's run and flow run.
+        for transition in published:
+            for index, key in (
+                (subscriptions.by_run, transition.run_id),
+                (subscriptions.by_flow_run, transition.flow_run_id),
+            ):
+                place = index.get(key)
+                if not place:
+                    continue
+                for me in [s for s in place if s.waiting]:
+                    if transition.sequence > me.cursor and me.where.matches(transition):
+                        self._wake(me, transition.sequence)
+
+    @staticmethod
+    def _wake(me: _Subscription, first_match: int = 0) -> None:
+        """Wake `me` if it waits. With `first_match`: nothing between its cursor and that
+        sequence matched it, so it need not walk (nor read from the log) what lies between."""
+        if me.waiting and first_match:
+            me.cursor = max(me.cursor, first_match - 1)
+        me.waiting = False
+        if me.woken is not None and not me.woken.done():
+            me.woken.set_result(None)
 
     async def close(self) -> None:
         """End every subscription with StreamClosed (the server is shutting down)."""
         self._closed = True
-        self._notify()
+        for me in list(self._subscriptions.all):
+            self._wake(me)
         await asyncio.sleep(0)
 
     # --- the subscribers' side ------------------------------------------------------------------
@@ -276,13 +368,12 @@ class TransitionBroadcaster:
         max_batch = max(1, max_batch)
         me = _Subscription(where, self._last if after is None else after)
         self.subscribers += 1
-        with self._lock:
-            self._subscriptions.add(me)
+        self._subscriptions.add(me)
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if self._closed:
                     raise StreamClosed(me.cursor)
-                published = self._published
                 entries = self._after(me.cursor)
                 if entries is None:
                     batch = await self._read_log(where, me.cursor, encode)
@@ -293,10 +384,14 @@ class TransitionBroadcaster:
                     with self._lock:
                         if me.cursor < self._last:
                             continue  # published meanwhile: read it
+                        # Any later publication is dispatched after this: it wakes me.
                         me.waiting = True
-                    await published.wait()
-                    with self._lock:
+                        me.woken = woken = loop.create_future()
+                    try:
+                        await woken
+                    finally:
                         me.waiting = False
+                        me.woken = None
                 else:
                     ready: list[tuple[int, bytes]] = []
                     for entry in entries:
@@ -312,8 +407,7 @@ class TransitionBroadcaster:
                         yield ready
         finally:
             self.subscribers -= 1
-            with self._lock:
-                self._subscriptions.discard(me)
+            self._subscriptions.discard(me)
 
     async def _read_log(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
         """The next matching transitions from the log, read and encoded off the event loop."""

@@ -239,6 +239,98 @@ def test_a_hundred_subscribers_each_receive_everything_in_order(watch_server):
     assert all(seen == expected for seen in results)
 
 
+def test_filtered_subscribers_among_many_get_only_theirs_in_order_with_no_gap(watch_server):
+    """Live subscribers on one run, on one flow run, on a state type, and two hundred that want
+    everything, while four writers move runs of four flow runs at once: each gets exactly the
+    transitions of the log its filter selects, in order, none missing, none twice (the
+    dispatcher wakes a subscriber only for what it wants, and its cursor skips the rest)."""
+    db = watch_server.db
+
+    with Client(watch_server.target) as setup:
+        flows = [flow_with_tasks(setup, 2) for _ in range(4)]
+    filters: list[dict[str, object]] = []
+    for flow_run, task_runs in flows:
+        filters.append({"flow_run_ids": [flow_run.id]})
+        filters.append({"run_ids": [task_runs[0].id]})
+    filters.append({"run_ids": [flows[0][1][1].id, flows[1][1][1].id]})
+    filters.append({"state_types": [StateType.COMPLETED]})
+    filters.append({"flow_run_ids": [flows[2][0].id], "state_types": [StateType.RUNNING]})
+    filters += [{} for _ in range(200)]
+
+    def wanted(row: tuple[int, str, str, int], where: dict[str, object]) -> bool:
+        _, run_id, flow_run_id, to_type = row
+        return (
+            run_id in where.get("run_ids", [run_id])  # type: ignore[operator]
+            and flow_run_id in where.get("flow_run_ids", [flow_run_id])  # type: ignore[operator]
+            and to_type in where.get("state_types", [to_type])  # type: ignore[operator]
+        )
+
+    async def main() -> tuple[list[int], list[bool]]:
+        async with grpc.aio.insecure_channel(watch_server.target) as channel:
+            stub = OrchestrationServiceStub(channel)
+            received: list[list[int]] = [[] for _ in filters]
+            calls = [
+                stub.WatchTransitions(pb.WatchTransitionsRequest(max_batch=50, **where))
+                for where in filters
+            ]
+            starts = [
+                int(dict(await call.initial_metadata())["stateward-start-sequence"])
+                for call in calls
+            ]
+
+            async def follow(index: int) -> None:
+                async for message in calls[index]:
+                    for transition in message.transitions or [message.transition]:
+                        received[index].append(transition.sequence)
+
+            followers = [asyncio.create_task(follow(i)) for i in range(len(calls))]
+
+            def write(run_ids: list[str]) -> None:
+                with Client(watch_server.target) as writer:
+                    for _ in range(15):
+                        for run_id in run_ids:
+                            writer.set_state(run_id, State(StateType.RUNNING))
+                    for run_id in run_ids:
+                        writer.set_state(run_id, State(StateType.COMPLETED))
+
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(write, [t.id for t in task_runs] + [flow_run.id])
+                    for flow_run, task_runs in flows
+                )
+            )
+            log = logged_with_filters(db, min(starts))
+            expected = [
+                [row[0] for row in log if row[0] > start and wanted(row, where)]
+                for start, where in zip(starts, filters, strict=True)
+            ]
+            for _ in range(1200):  # a minute at most
+                if all(len(got) >= len(want) for got, want in zip(received, expected, strict=True)):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # anything extra would arrive now
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+            return [len(e) for e in expected], [
+                got == want for got, want in zip(received, expected, strict=True)
+            ]
+
+    sizes, exact = asyncio.run(main())
+    assert all(sizes[:12]), sizes  # each filter selected some transitions
+    assert all(exact), [i for i, ok in enumerate(exact) if not ok]
+
+
+def logged_with_filters(db: Path, after: int) -> list[tuple[int, str, str, int]]:
+    """(sequence, run id, flow run id, new state type) from the server's transitions table."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT sequence, run_id, flow_run_id, to_type FROM transitions WHERE sequence > ? "
+            "ORDER BY sequence",
+            (after,),
+        ).fetchall()
+
+
 def test_a_stalled_subscriber_does_not_slow_writers_and_resumes_without_loss(tmp_path):
     server = ServerProcess(tmp_path / "stall.db", args=["--stream-buffer", "100"]).start()
     try:

@@ -4,13 +4,14 @@ bounded memory, and subscriptions freed when their consumer stops."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from contextlib import aclosing
 from datetime import UTC, datetime
 
 import pytest
 
-from stateward.runs import RunKind
+from stateward.runs import RunKind, Transition
 from stateward.states import ResultData, State, StateType
 from stateward_service.broadcaster import StreamClosed, TransitionBroadcaster, TransitionFilter
 from stateward_service.model import RunRecord
@@ -300,5 +301,87 @@ def test_a_cursor_past_the_last_publication_waits_without_blocking_the_loop(worl
         assert ticks == 10 and not reading.done()
         orchestrator.set_state(run_id, State(StateType.RUNNING))  # 4
         assert await asyncio.wait_for(reading, 5) == [1, 2, 3, 4]
+
+    asyncio.run(main())
+
+
+def synthetic(sequence: int, run_id: str, state_type: StateType) -> Transition:
+    """A transition as the orchestrator publishes it (the broadcaster reads nothing else)."""
+    return Transition(
+        sequence=sequence,
+        run_id=run_id,
+        run_kind=RunKind.FLOW_RUN,
+        flow_run_id=run_id,
+        run_name="r",
+        flow_name="f",
+        task_key="",
+        from_state=None,
+        to_state=State(state_type),
+    )
+
+
+def test_publishing_costs_a_writer_the_same_with_thousands_of_subscribers(world):
+    """The writer appends and returns; the matching against each subscriber happens later, on
+    the event loop. Then each subscriber (all, one run, one state type) gets exactly its own,
+    in order."""
+    _, reader, _ = world
+    runs = [str(uuid.uuid4()) for _ in range(1000)]
+    types = (StateType.RUNNING, StateType.COMPLETED)
+
+    published = [synthetic(s, runs[s % 1000], types[s % 2]) for s in range(1, 1001)]
+
+    def publish_all(broadcaster: TransitionBroadcaster, first: int, count: int) -> float:
+        """Seconds the writer spends publishing `count` transitions one by one."""
+        began = time.perf_counter()
+        for transition in published[first - 1 : first - 1 + count]:
+            broadcaster.publish([transition])
+        return time.perf_counter() - began
+
+    async def main() -> None:
+        alone = TransitionBroadcaster(reader, encode, 0)
+        alone.bind(asyncio.get_running_loop())
+        crowded = TransitionBroadcaster(reader, encode, 0)
+        crowded.bind(asyncio.get_running_loop())
+        filters = (
+            [TransitionFilter()] * 100
+            + [TransitionFilter(run_ids=frozenset({run})) for run in runs] * 2
+            + [TransitionFilter(state_types=frozenset({int(types[i % 2])})) for i in range(100)]
+        )
+        received: list[list[int]] = [[] for _ in filters]
+
+        async def follow(index: int) -> None:
+            async for sequence, _ in crowded.subscribe(filters[index], None):
+                received[index].append(sequence)
+
+        followers = [asyncio.create_task(follow(i)) for i in range(len(filters))]
+        for _ in range(5):
+            await asyncio.sleep(0.01)  # every follower waits at the head
+        assert crowded.subscribers == len(filters)
+        # Alternately, on the loop's own thread (as a SetState), so that no dispatch runs
+        # in between: the writer's own time.
+        times: dict[str, list[float]] = {"alone": [], "crowded": []}
+        sequence = 1
+        for _ in range(5):
+            times["alone"].append(publish_all(alone, sequence, 200))
+            times["crowded"].append(publish_all(crowded, sequence, 200))
+            sequence += 200
+            await asyncio.sleep(0.01)
+        ratio = min(times["crowded"]) / min(times["alone"])
+        assert ratio < 3, times
+        assert sequence - 1 == len(published)
+        by_filter: dict[TransitionFilter, list[int]] = {}
+        for where in filters:
+            if where not in by_filter:
+                by_filter[where] = [t.sequence for t in published if where.matches(t)]
+        wanted = [by_filter[where] for where in filters]
+        for _ in range(600):
+            if all(len(got) >= len(want) for got, want in zip(received, wanted, strict=True)):
+                break
+            await asyncio.sleep(0.05)
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        for index, where in enumerate(filters):
+            assert received[index] == wanted[index], (index, where)
 
     asyncio.run(main())
