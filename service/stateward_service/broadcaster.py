@@ -218,6 +218,12 @@ class TransitionBroadcaster:
         self._undispatched: list[Transition] = []
         self._gap = False
         self._dispatch_due = False
+        # Subscribers at the head read the ring only up to what the dispatcher released, so
+        # that all live delivery goes in the dispatcher's rounds; after a round that kept the
+        # loop busy for t seconds, the next waits until t has passed: when writers and
+        # subscribers both want the whole loop, the subscribers get half of it, and batches.
+        self._released = last_sequence
+        self._rest_until = 0.0
         # The current subscriptions; only the event loop's thread touches them.
         self._subscriptions = _Subscriptions()
         self.subscribers = 0
@@ -259,6 +265,7 @@ class TransitionBroadcaster:
                 self._ring_bytes -= _size(self._ring.popleft().transition)
             loop = self._loop
             if loop is None:
+                self._released = self._last
                 return  # no subscriber yet: nothing to dispatch
             if len(self._undispatched) + len(transitions) > _MOST_UNDISPATCHED:
                 # The loop has not dispatched for this long: let every waiting subscriber
@@ -276,22 +283,30 @@ class TransitionBroadcaster:
             loop.call_soon_threadsafe(self._dispatch)
 
     def _dispatch(self) -> None:
-        """On the event loop: wake each subscriber waiting at the head that one of the
-        transitions published since the last dispatch matches (after a gap, every one)."""
+        """On the event loop: release what was published since the last round, and wake each
+        subscriber waiting at the head that one of those transitions matches (after a gap,
+        every one). Not before the rest the last round earned."""
+        loop = self._loop
+        assert loop is not None
+        began = loop.time()
+        if began < self._rest_until:
+            loop.call_at(self._rest_until, self._dispatch)
+            return
         with self._lock:
             self._dispatch_due = False
             published, self._undispatched = self._undispatched, []
             gap, self._gap = self._gap, False
+            self._released = self._last
         subscriptions = self._subscriptions
+        woken = 0
         if gap:
             for me in list(subscriptions.all):
-                self._wake(me)
-            return
+                woken += self._wake(me)
         # Those that filter on neither run nor flow run: each looks for its first match.
         for me in [s for s in subscriptions.others if s.waiting]:
             for transition in published:
                 if transition.sequence > me.cursor and me.where.matches(transition):
-                    self._wake(me, transition.sequence)
+                    woken += self._wake(me, transition.sequence)
                     break
         # The others, found by the transition's run and flow run.
         for transition in published:
@@ -304,17 +319,29 @@ class TransitionBroadcaster:
                     continue
                 for me in [s for s in place if s.waiting]:
                     if transition.sequence > me.cursor and me.where.matches(transition):
-                        self._wake(me, transition.sequence)
+                        woken += self._wake(me, transition.sequence)
+        if woken:
+            # The woken subscribers' turns were queued before this: it runs once they sent.
+            loop.call_soon(self._rest_after, began)
+
+    def _rest_after(self, began: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        ended = loop.time()
+        self._rest_until = ended + (ended - began)
 
     @staticmethod
-    def _wake(me: _Subscription, first_match: int = 0) -> None:
-        """Wake `me` if it waits. With `first_match`: nothing between its cursor and that
-        sequence matched it, so it need not walk (nor read from the log) what lies between."""
-        if me.waiting and first_match:
+    def _wake(me: _Subscription, first_match: int = 0) -> int:
+        """Wake `me` if it waits (returns 1 if it did). With `first_match`: nothing between
+        its cursor and that sequence matched it, so it need not walk (nor read from the log)
+        what lies between."""
+        waited = me.waiting
+        if waited and first_match:
             me.cursor = max(me.cursor, first_match - 1)
         me.waiting = False
         if me.woken is not None and not me.woken.done():
             me.woken.set_result(None)
+        return int(waited)
 
     async def close(self) -> None:
         """End every subscription with StreamClosed (the server is shutting down)."""
@@ -329,16 +356,21 @@ class TransitionBroadcaster:
         """The ring's entries after `cursor`, or None when the ring no longer reaches back to
         it (the subscriber must read the log)."""
         with self._lock:
+            released = self._released
+            if cursor >= released:
+                return []  # the next round releases more
             ring = self._ring
             if not ring or ring[-1].transition.sequence <= cursor:
-                return [] if cursor >= self._last else None
+                return None
             if ring[0].transition.sequence > cursor + 1:
                 return None
             newer: list[_Entry] = []
             for entry in reversed(ring):
-                if entry.transition.sequence <= cursor:
+                sequence = entry.transition.sequence
+                if sequence <= cursor:
                     break
-                newer.append(entry)
+                if sequence <= released:
+                    newer.append(entry)
         newer.reverse()
         return newer
 
@@ -382,8 +414,8 @@ class TransitionBroadcaster:
                     me.cursor = batch.reached
                 elif not entries:
                     with self._lock:
-                        if me.cursor < self._last:
-                            continue  # published meanwhile: read it
+                        if me.cursor < self._released:
+                            continue  # released meanwhile: read it
                         # Any later publication is dispatched after this: it wakes me.
                         me.waiting = True
                         me.woken = woken = loop.create_future()
