@@ -1,0 +1,258 @@
+"""Resuming a stream as the history grows: replay cost per transition and resume latency at each
+log size, and how long a health check waits while 20 streams resume at once.
+
+    .venv/bin/python bench/resume.py [--sizes 1000,1000000,10000000] [--rounds 3]
+
+Each size is a SQLite database under `--folder` (default /tmp/stateward-resume), built once with
+direct SQL inserts (task runs of 3 transitions each, 10 task runs per flow run) and reused by
+later runs. For each size, in each round, a server on that file answers:
+
+- replay: WatchTransitions(after_sequence=0, max_batch=1000) read up to `--replay` transitions
+  (all of them on a smaller log), as microseconds per transition;
+- resume: WatchTransitions(after_sequence=newest - 100) until its 100 transitions arrived, the
+  median of 20 in a row, in milliseconds;
+- on the size named by `--concurrent-size` (1M by default): `--concurrent` streams resume at
+  once from spread cursors, each reading `--concurrent-reads` transitions, while another process
+  sends a grpc.health.v1 Check every millisecond; the slowest Check and the 99th percentile,
+  beside the same figures from the same process with no stream (the baseline, same round).
+
+Per-transition figures are printed as ratios to the smallest size in the same round. Sizes are
+measured in alternating order from one round to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import orchestration_pb2_grpc
+from stateward_service.store import Store
+from tests.support import ServerProcess
+
+TRANSITIONS_PER_TASK = 3
+TASKS_PER_FLOW = 10
+
+
+def _uuid(prefix: str, expression: str) -> str:
+    """SQL for a UUID-shaped id that grows with `expression` (rows are inserted in key order)."""
+    return f"printf('{prefix}%07x-0000-4000-8000-000000000000', {expression})"
+
+
+def build(path: Path, size: int) -> None:
+    """A database of `size` transitions: every task run PENDING, RUNNING, COMPLETED."""
+    partial = path.with_suffix(".partial")
+    for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+        leftover.unlink(missing_ok=True)
+    Store(partial, quick_check=False).close()  # the schema, by the server's own migrations
+    conn = sqlite3.connect(partial, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-1000000")
+    tasks = (size + TRANSITIONS_PER_TASK - 1) // TRANSITIONS_PER_TASK
+    flows = (tasks + TASKS_PER_FLOW - 1) // TASKS_PER_FLOW
+    began = time.perf_counter()
+    numbers = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)"
+    conn.execute("BEGIN")
+    conn.execute(
+        f"""{numbers} INSERT INTO flow_runs (id, name, flow_name, created, state_id, state_type,
+              state_name)
+            SELECT {_uuid("f", "i")}, 'bench', 'bench', 1700000000000000 + i, NULL, 6,
+              'Completed' FROM n""",
+        (flows,),
+    )
+    conn.execute(
+        f"""{numbers} INSERT INTO task_runs (id, name, task_key, flow_run_id, created, state_id,
+              state_type, state_name)
+            SELECT {_uuid("e", "i")}, 'bench', 'step', {_uuid("f", f"i / {TASKS_PER_FLOW}")},
+              1700000000000000 + i, {_uuid("5", "i * 3 + 2")}, 6, 'Completed' FROM n""",
+        (tasks,),
+    )
+    names = "CASE i % 3 WHEN 0 THEN 'Pending' WHEN 1 THEN 'Running' ELSE 'Completed' END"
+    types = "CASE i % 3 WHEN 0 THEN 2 WHEN 1 THEN 3 ELSE 6 END"  # PENDING, RUNNING, COMPLETED
+    conn.execute(
+        f"""{numbers} INSERT INTO states (id, run_id, type, name, timestamp, message, details)
+            SELECT {_uuid("5", "i")}, {_uuid("e", "i / 3")}, {types},
+              {names}, 1700000000000000 + i, '', '{{}}' FROM n""",
+        (size,),
+    )
+    conn.execute(
+        f"""{numbers} INSERT INTO transitions (sequence, run_kind, run_id, flow_run_id,
+              from_state_id, to_state_id, to_type)
+            SELECT i + 1, 2, {_uuid("e", "i / 3")}, {_uuid("f", f"i / 3 / {TASKS_PER_FLOW}")},
+              CASE WHEN i % 3 = 0 THEN NULL ELSE {_uuid("5", "i - 1")} END, {_uuid("5", "i")},
+              {types} FROM n""",
+        (size,),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    partial.rename(path)
+    print(f"built {path} ({size:,} transitions) in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def database(folder: Path, size: int) -> Path:
+    path = folder / f"resume-{size}.db"
+    if not path.exists():
+        build(path, size)
+    return path
+
+
+async def _read(stub: Any, after: int, count: int) -> float:
+    """Seconds from the call until `count` transitions after `after` arrived."""
+    began = time.perf_counter()
+    call = stub.WatchTransitions(pb.WatchTransitionsRequest(after_sequence=after, max_batch=1000))
+    seen = 0
+    async for message in call:
+        seen += len(message.transitions) or 1
+        if seen >= count:
+            call.cancel()
+            break
+    return time.perf_counter() - began
+
+
+def replay_and_resume(target: str, size: int, replay: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+            await _read(stub, size - 10, 10)  # connected and warm
+            count = min(size, replay)
+            seconds = await _read(stub, 0, count)
+            resumes = [await _read(stub, size - 100, 100) for _ in range(20)]
+            return {
+                "replay us/transition": seconds / count * 1e6,
+                "resume ms": statistics.median(resumes) * 1e3,
+            }
+
+    return asyncio.run(main())
+
+
+def health_checker(target: str, stop: Any, results: Any) -> None:
+    """Check every millisecond until `stop` is set; put the latencies (ms)."""
+    channel = grpc.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    health.Check(health_pb2.HealthCheckRequest())
+    samples = []
+    while not stop.is_set():
+        began = time.perf_counter()
+        health.Check(health_pb2.HealthCheckRequest())
+        samples.append((time.perf_counter() - began) * 1e3)
+        time.sleep(0.001)
+    results.put(samples)
+    channel.close()
+
+
+def health_during(target: str, work: Any) -> list[float]:
+    stop = multiprocessing.Event()
+    results: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
+    checker = multiprocessing.Process(target=health_checker, args=(target, stop, results))
+    checker.start()
+    time.sleep(0.5)  # connected and checking
+    work()
+    stop.set()
+    samples = results.get(timeout=60)
+    checker.join()
+    return samples
+
+
+def concurrent_resumes(target: str, size: int, streams: int, reads: int) -> dict[str, float]:
+    def resumes() -> None:
+        async def main() -> None:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+                step = max(1, (size - reads) // streams)
+                await asyncio.gather(*(_read(stub, i * step, reads) for i in range(streams)))
+
+        asyncio.run(main())
+
+    took: list[float] = []
+
+    def timed() -> None:
+        began = time.perf_counter()
+        resumes()
+        took.append(time.perf_counter() - began)
+
+    busy = health_during(target, timed)
+    idle = health_during(target, lambda: time.sleep(took[0]))
+    return {
+        "health max ms idle": max(idle),
+        "health max ms resuming": max(busy),
+        "health p99 ms idle": _percentile(idle, 0.99),
+        "health p99 ms resuming": _percentile(busy, 0.99),
+        "resumes s": took[0],
+    }
+
+
+def _percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def one_size(path: Path, size: int, args: argparse.Namespace) -> dict[str, float]:
+    server = ServerProcess(
+        path, env={"STATEWARD_QUICK_CHECK": "false"}, log_path=path.with_suffix(".log")
+    ).start(timeout=600)
+    try:
+        figures = replay_and_resume(server.target, size, args.replay)
+        if size == args.concurrent_size:
+            figures |= concurrent_resumes(
+                server.target, size, args.concurrent, args.concurrent_reads
+            )
+        return figures
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,1000000,10000000")
+    parser.add_argument("--folder", type=Path, default=Path("/tmp/stateward-resume"))
+    parser.add_argument("--replay", type=int, default=1_000_000, help="most transitions replayed")
+    parser.add_argument("--concurrent-size", type=int, default=1_000_000)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--concurrent-reads", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    args.folder.mkdir(parents=True, exist_ok=True)
+    paths = {size: database(args.folder, size) for size in sizes}
+    print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    rounds: list[dict[int, dict[str, float]]] = []
+    for round_ in range(args.rounds):
+        order = sizes if round_ % 2 == 0 else list(reversed(sizes))
+        figures = {size: one_size(paths[size], size, args) for size in order}
+        base = figures[sizes[0]]
+        for size in sizes:
+            for key in ("replay us/transition", "resume ms"):
+                figures[size][f"{key} ratio"] = figures[size][key] / base[key]
+        if args.concurrent_size in figures:
+            f = figures[args.concurrent_size]
+            f["health max ratio"] = f["health max ms resuming"] / f["health max ms idle"]
+        rounds.append(figures)
+        print(f"round {round_ + 1}: {figures}", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    for size in sizes:
+        print(f"--- {size:,} transitions (median of {len(rounds)} rounds, and their range)")
+        for key in rounds[0][size]:
+            values = [r[size][key] for r in rounds]
+            print(
+                f"{key:>26}: {statistics.median(values):9.3f}"
+                f"   ({min(values):.3f} - {max(values):.3f})"
+            )
+
+
+if __name__ == "__main__":
+    main()
