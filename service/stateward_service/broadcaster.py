@@ -19,6 +19,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -173,6 +174,8 @@ class _LogBatch:
     reached: int  # the log was read up to this sequence
 
 
+# How long a round of deliveries may keep the event loop busy before the next round waits.
+_FREE_ROUND_SECONDS = 0.02
 # Transitions published and not yet dispatched, at most: past that (the event loop did not turn
 # for that long), the waiting subscribers are all woken, as after a gap.
 _MOST_UNDISPATCHED = 100_000
@@ -219,11 +222,16 @@ class TransitionBroadcaster:
         self._gap = False
         self._dispatch_due = False
         # Subscribers at the head read the ring only up to what the dispatcher released, so
-        # that all live delivery goes in the dispatcher's rounds; after a round that kept the
-        # loop busy for t seconds, the next waits until t has passed: when writers and
-        # subscribers both want the whole loop, the subscribers get half of it, and batches.
+        # that all live delivery goes in the dispatcher's rounds. A round may keep the loop
+        # busy for `_FREE_ROUND_SECONDS`; one that took t more makes the next wait t: when
+        # writers and a thousand subscribers both want the whole loop, the subscribers get
+        # about half of it and bigger batches, while a few subscribers never wait.
         self._released = last_sequence
         self._rest_until = 0.0
+        # The log reads of subscribers behind the ring, one at a time on a thread of their
+        # own: twenty streams resuming at once hold the interpreter's lock from one thread,
+        # not from six, so the event loop (health checks, writes) waits for it briefly.
+        self._catch_up = ThreadPoolExecutor(1, thread_name_prefix="stateward-catch-up")
         # The current subscriptions; only the event loop's thread touches them.
         self._subscriptions = _Subscriptions()
         self.subscribers = 0
@@ -328,7 +336,7 @@ class TransitionBroadcaster:
         loop = self._loop
         assert loop is not None
         ended = loop.time()
-        self._rest_until = ended + (ended - began)
+        self._rest_until = ended + max(0.0, ended - began - _FREE_ROUND_SECONDS)
 
     @staticmethod
     def _wake(me: _Subscription, first_match: int = 0) -> int:
@@ -349,6 +357,7 @@ class TransitionBroadcaster:
         for me in list(self._subscriptions.all):
             self._wake(me)
         await asyncio.sleep(0)
+        self._catch_up.shutdown(wait=False)
 
     # --- the subscribers' side ------------------------------------------------------------------
 
@@ -445,7 +454,10 @@ class TransitionBroadcaster:
         """The next matching transitions from the log, read and encoded off the event loop."""
         self.catching_up += 1
         try:
-            return await asyncio.to_thread(self._read_log_now, where, cursor, encode)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._catch_up, self._read_log_now, where, cursor, encode
+            )
         finally:
             self.catching_up -= 1
 
