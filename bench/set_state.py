@@ -243,7 +243,7 @@ def in_flight_round(tree: Path | None, args: argparse.Namespace) -> dict[str, fl
                 server.target, "set_state", runs, args.seconds, args.processes, pid
             )
             streamed, stream_cpu, stream_clients = (0.0, 0.0, 0.0)
-            if args.stream:
+            if args.stream and tree is None:  # another checkout may not have the stream
                 streamed, stream_cpu, stream_clients = in_flight(
                     server.target, "stream", runs, args.seconds, args.processes, pid
                 )
@@ -264,7 +264,7 @@ def in_flight_round(tree: Path | None, args: argparse.Namespace) -> dict[str, fl
                 "server us/streamed": stream_cpu,
                 "client us/streamed": stream_clients,
             }
-            if args.stream
+            if args.stream and tree is None
             else {}
         ),
     }
