@@ -18,6 +18,7 @@ from stateward import flow, task
 from stateward._results import RESULT_FILE_KEY
 from stateward.exceptions import MissingResult, ResultTooLarge
 from stateward.filesystems import LocalFileSystem
+from stateward.task_runners import ProcessPoolTaskRunner
 from tests.sdk.conftest import python
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
@@ -30,6 +31,11 @@ BIG = 50_000  # characters: over the limit once encoded, under the server's mess
 def small_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATEWARD_MAX_RESULT_BYTES", str(LIMIT))
     monkeypatch.delenv("STATEWARD_RESULTS_STORAGE_PATH", raising=False)
+
+
+@task
+def produce_on_a_worker(n: int) -> str:  # module level: a process pool's worker imports it
+    return "w" * n
 
 
 def unique(prefix: str) -> str:
@@ -270,3 +276,18 @@ def test_result_storage_takes_folders_only() -> None:
     with pytest.raises(TypeError, match="folder's path"):
         flow(result_storage=42)(f)
     assert task(result_storage="~/results")(f).result_folder == Path.home() / "results"
+
+
+def test_a_task_on_a_process_pool_worker_takes_its_flow_s_storage(client, tmp_path: Path) -> None:
+    @flow(
+        name=unique("sdk-stored-on-a-worker"),
+        task_runner=ProcessPoolTaskRunner(max_workers=1),
+        result_storage=tmp_path,
+    )
+    def pipeline() -> tuple[str, int]:
+        future = produce_on_a_worker.submit(BIG)
+        return future.task_run_id, len(future.result())
+
+    run_id, length = pipeline()
+    assert length == BIG
+    assert Path(str(stored_reference(client, run_id)["path"])).parent == tmp_path
