@@ -4,7 +4,8 @@
 - expired pauses: runs paused past their pause timeout are forced to Failed;
 - the Cancelling watchdog: runs Cancelling for too long become Cancelled;
 - the cancellation cascade: a cancelled flow run's unfinished task runs and subflows are
-  cancelled (at once when a flow run enters CANCELLED, and on every sweep as a safety net);
+  cancelled (at once when a flow run enters CANCELLED in any process sharing the database, and
+  on every sweep as a safety net);
 - log pruning: with a retention set, the transitions log keeps only its newest entries;
 - lapsed leases: a run whose process stopped renewing its heartbeat lease is forced to Crashed.
 
@@ -41,16 +42,22 @@ class ServerLoops:
         self._tasks: list[asyncio.Task[None]] = []
         self._cascade_now = asyncio.Event()
         self._thread: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # while the loops run
+
+    def notice(self, transitions: Sequence[Transition]) -> None:
+        """Take note of committed transitions, whichever process wrote them (the replica
+        subscribes this to its log follower): a flow run that entered CANCELLED wakes the cascade
+        at once, instead of at its next sweep. Any thread may call it; it does not block."""
+        loop = self._loop
+        if loop is None or not any(_is_flow_run_cancelled(t) for t in transitions):
+            return
+        with contextlib.suppress(RuntimeError):  # the loops stopped meanwhile
+            loop.call_soon_threadsafe(self._cascade_now.set)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
-
-        def on_transitions(transitions: Sequence[Transition]) -> None:
-            if any(_is_flow_run_cancelled(t) for t in transitions):
-                loop.call_soon_threadsafe(self._cascade_now.set)
-
-        self.orchestrator.subscribe(on_transitions)
+        self._loop = loop
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="stateward-loops")
         for name, period, sweep in (
             ("late_runs", settings.late_runs_interval_seconds, self.mark_late_runs),
@@ -65,6 +72,7 @@ class ServerLoops:
 
     async def stop(self) -> None:
         """Cancel the loops and wait for a sweep under way to end (the store closes next)."""
+        self._loop = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

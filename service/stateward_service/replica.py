@@ -56,6 +56,8 @@ class Replica:
         self.follower.subscribe(self.broadcaster.publish)
         self.orchestrator.subscribe(self.follower.offer)
         self.loops = ServerLoops(self.orchestrator, settings)
+        # The follower sees every process's commits: a cancel written elsewhere cascades here.
+        self.follower.subscribe(self.loops.notice)
         self.leadership = LoopsLeadership(self.orchestrator.leader_lock(), self.loops)
 
     async def start(self) -> None:

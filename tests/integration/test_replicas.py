@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from tests.support import (
     ServerProcess,
     history,
     new_flow_run,
+    new_task_run,
     propose,
     state,
     wait_until,
@@ -242,5 +244,35 @@ def test_killing_the_leader_hands_the_loops_to_another_process(tmp_path, databas
         run = new_flow_run(stub, initial=None)
         propose(stub, run.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=past))
         wait_until(lambda: history(stub, run.id)[-1] == "Late", what="the run to be marked Late")
+    finally:
+        stop_all(replicas)
+
+
+def test_a_cancel_written_through_another_process_cascades_at_once(tmp_path, database):
+    # The sweep is an hour away: only the wake-up from the log follower can cascade in time.
+    args = ["--cascade-interval", "3600"]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    leader = start_replicas(tmp_path / "a", database, 1, args)[0]
+    replicas = [leader]
+    try:
+        wait_until(lambda: "leads" in leader.output(), what="the first process to lead")
+        other = start_replicas(tmp_path / "b", database, 1, args)[0]
+        replicas.append(other)
+        # The flow run's task runs are driven through the leader ...
+        stub = leader.stub()
+        parent = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)
+        children = [new_task_run(stub, parent.id, initial=ST.STATE_TYPE_RUNNING) for _ in range(3)]
+        # ... and the cancel goes through the other process, which does not lead.
+        assert "leads" not in other.output()
+        started = time.monotonic()
+        assert propose(other.stub(), parent.id, ST.STATE_TYPE_CANCELLED).status == ACCEPT
+        for child in children:
+            wait_until(
+                lambda child=child: history(stub, child.id)[-1] == "Cancelled",
+                timeout=10,
+                what="the cascade to cancel a task run",
+            )
+        assert time.monotonic() - started < 5  # not at the sweep, an hour away
     finally:
         stop_all(replicas)
