@@ -808,8 +808,8 @@ class Orchestrator:
             self._apply(run, state, effect)
         if run.tags and _leaves_running(previous, state):
             self._store.release_slots(run.id)
-        sequence = self._store.append_transition(run, previous, state)
-        write.transitions.append(_transition(sequence, run, previous, state))
+        self._store.append_transition(run, previous, state)
+        write.transitions.append(_transition(run, previous, state))
         if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
             self._mirror_onto_parent_task(run, state, write)
 
@@ -857,12 +857,26 @@ class Orchestrator:
             self._write(task_run, decision, write)
 
     def _publish(self, write: _Write) -> None:
+        """Publish what a transaction wrote, once it committed (inside a batch: once the batch
+        commits). The transitions get their sequences here: a store may number them only as
+        it commits."""
         if self._batch is not None:
             self._batch.extend(write.transitions)
             return
         if write.transitions:
+            transitions = self._sequenced(write.transitions)
             for publisher in self._publishers:
-                publisher(write.transitions)
+                publisher(transitions)
+
+    def _sequenced(self, transitions: list[Transition]) -> list[Transition]:
+        """The transitions the last transaction committed, with the sequences it gave them."""
+        sequences = self._store.logged_sequences()
+        if len(sequences) != len(transitions):
+            raise AssertionError(
+                f"the store numbered {len(sequences)} transitions, {len(transitions)} were logged"
+            )
+        pairs = zip(transitions, sequences, strict=True)
+        return [replace(transition, sequence=number) for transition, number in pairs]
 
 
 def _undone_alone(error: Exception) -> bool:
@@ -882,9 +896,10 @@ def _forced_context(
     return TransitionContext(run=run, proposed=proposed, now=orchestrator.clock())
 
 
-def _transition(sequence: int, run: RunRecord, previous: State | None, state: State) -> Transition:
+def _transition(run: RunRecord, previous: State | None, state: State) -> Transition:
+    """The transition as logged; its sequence (0 here) is known once the transaction commits."""
     return Transition(
-        sequence=sequence,
+        sequence=0,
         run_kind=run.kind,
         run_id=run.id,
         flow_run_id=run.owning_flow_run_id,

@@ -120,11 +120,17 @@ def test_one_leader_at_a_time_and_the_next_takes_over(database):
 def test_the_change_signal_wakes_for_another_connections_commit(database):
     store, writer = open_database(database), open_database(database)
     signal = store.change_signal()
-    signal.wait(0.001)  # a first wait may say True (a fresh connection: read the log once)
-    assert not signal.wait(0.01)
-    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))
-    assert signal.wait(2.0)
-    assert not signal.wait(0.01)
+    signal.wait(0.001, 0)  # a first wait may say True (a fresh connection: read the log once)
+    assert not signal.wait(0.01, 0)
+    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #1
+    assert signal.wait(2.0, 0)
+    assert not signal.wait(0.01, 1)
+    # A commit of a sequence the caller has (its own process's, published without a read)
+    # does not wake it.
+    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #2
+    assert not signal.wait(0.5, 2)
+    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #3
+    assert signal.wait(2.0, 2)
     signal.close()
     store.close()
     writer.close()

@@ -61,11 +61,7 @@ class SqlReads:
         """The run with its current state, or None."""
         kinds = (kind,) if kind is not None else (RunKind.FLOW_RUN, RunKind.TASK_RUN)
         for candidate in kinds:
-            cursor = self.conn.execute(
-                f"""SELECT r.*, {prefixed_state_columns("s")} FROM {table(candidate)} r
-                    LEFT JOIN states s ON s.id = r.state_id WHERE r.id = ?""",
-                (run_id,),
-            )
+            cursor = self.conn.execute(run_by_id(candidate), (run_id,))
             row = cursor.fetchone()
             if row is not None:
                 return run_from_row(candidate, cursor.description, row)
@@ -282,18 +278,32 @@ class SqlReads:
 class SqlStore(SqlReads):
     """The writing statements common to the backends, and the reads on the same connection."""
 
+    def _send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result nobody reads: a backend may send it together with the next
+        statement whose result is read, or with the commit (one round trip for several)."""
+        self.conn.execute(sql, params)
+
+    # What the open transaction logged so far, as each backend keeps it (SQLite: the sequences
+    # given; PostgreSQL: the transitions to number at the commit): a savepoint undone forgets
+    # its part.
+    _pending_log: list[Any]
+
     @contextmanager
     def savepoint(self) -> Iterator[Savepoint]:
-        """Inside a transaction: a savepoint (see `RunStore.savepoint`)."""
-        self.conn.execute("SAVEPOINT grouped")
-        point = Savepoint(self._undo_savepoint)
+        """Inside a transaction: a savepoint (see `RunStore.savepoint`). Starting and releasing
+        it read nothing: they go with the next statement sent."""
+        self._send("SAVEPOINT grouped")
+        mark = len(self._pending_log)
+
+        def undo() -> None:
+            self.conn.execute("ROLLBACK TO SAVEPOINT grouped")
+            self.conn.execute("RELEASE SAVEPOINT grouped")
+            del self._pending_log[mark:]
+
+        point = Savepoint(undo)
         yield point  # raised through: the transaction fails, and its rollback ends the savepoint
         if not point.undone:
-            self.conn.execute("RELEASE SAVEPOINT grouped")
-
-    def _undo_savepoint(self) -> None:
-        self.conn.execute("ROLLBACK TO SAVEPOINT grouped")
-        self.conn.execute("RELEASE SAVEPOINT grouped")
+            self._send("RELEASE SAVEPOINT grouped")
 
     def lock_limits(self, tags: Sequence[str]) -> None:
         """Inside a transaction: hold the limits on `tags` until it ends (no-op where the
@@ -312,7 +322,7 @@ class SqlStore(SqlReads):
         row = run_row(run)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        self.conn.execute(
+        self._send(
             f"INSERT INTO {table(run.kind)} ({columns}) VALUES ({marks})", tuple(row.values())
         )
 
@@ -337,11 +347,11 @@ class SqlStore(SqlReads):
         if run.kind is RunKind.FLOW_RUN:
             columns += ", pause_keys = ?"
             values += (json.dumps(sorted(run.pause_keys)),)
-        self.conn.execute(f"UPDATE {table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id))
+        self._send(f"UPDATE {table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id))
 
     def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
         """Record on a task run that it stands for the subflow `flow_run_id`."""
-        self.conn.execute(
+        self._send(
             "UPDATE task_runs SET child_flow_run_id = ? WHERE id = ?", (flow_run_id, task_run_id)
         )
 
@@ -349,7 +359,7 @@ class SqlStore(SqlReads):
 
     def insert_state(self, run_id: str, state: State) -> None:
         data = state.data
-        self.conn.execute(
+        self._send(
             f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 state.id,
@@ -421,7 +431,7 @@ class SqlStore(SqlReads):
         return [(tag, limit, active, bool(held)) for tag, limit, active, held in rows]
 
     def release_slots(self, run_id: str) -> None:
-        self.conn.execute("DELETE FROM concurrency_slots WHERE run_id = ?", (run_id,))
+        self._send("DELETE FROM concurrency_slots WHERE run_id = ?", (run_id,))
 
     def release_stale_slots(self) -> int:
         """Free the slots of runs that are not RUNNING (none should exist; a safety net)."""
@@ -524,6 +534,12 @@ def _merged(
     return " UNION ALL ".join(parts), merged_params
 
 
+def run_by_id(kind: RunKind) -> str:
+    """The query of one run of `kind` with its current state, by id (one `?`)."""
+    return f"""SELECT r.*, {prefixed_state_columns("s")} FROM {table(kind)} r
+               LEFT JOIN states s ON s.id = r.state_id WHERE r.id = ?"""
+
+
 def read_transitions(
     conn: Any,
     after: int,
@@ -601,4 +617,4 @@ def read_transitions(
     return transitions
 
 
-__all__ = ["SqlReads", "SqlStore", "read_transitions"]
+__all__ = ["SqlReads", "SqlStore", "read_transitions", "run_by_id"]

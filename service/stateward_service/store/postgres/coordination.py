@@ -79,7 +79,9 @@ def allow_nul_in_text(conn: psycopg.Connection[Any]) -> None:
 
 class ListenSignal:
     """LISTENs on a connection of its own; a lost connection is reopened at the next wait,
-    which then says True (the follower re-reads what it may have missed)."""
+    which then says True (the follower re-reads what it may have missed). Each NOTIFY carries
+    the newest sequence its transaction logged: one the caller has seen already (its own
+    process's commit, published without a read) does not wake it."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -92,21 +94,27 @@ class ListenSignal:
             self._conn.execute(f"LISTEN {CHANNEL}")
         return self._conn
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, seen: int) -> bool:
         if self._closed:
             return False
         fresh = self._conn is None or self._conn.closed or self._conn.broken
         conn = self._listening()
         if fresh:
             return True
-        for _ in conn.notifies(timeout=timeout, stop_after=1):
-            return True
-        return False
+        return any(_newer(notify.payload, seen) for notify in conn.notifies(timeout=timeout))
 
     def close(self) -> None:
         self._closed = True
         if self._conn is not None:
             self._conn.close()
+
+
+def _newer(payload: str, seen: int) -> bool:
+    """Whether a NOTIFY tells of a sequence after `seen` (any other payload may)."""
+    try:
+        return int(payload) > seen
+    except ValueError:
+        return True
 
 
 class AdvisoryLeaderLock:

@@ -2,10 +2,16 @@
 
 Writes happen in `transaction()`; a decision first locks its run's row (`SELECT ... FOR UPDATE`,
 several runs in sorted id order), so that every replica decides against the run's true current
-state. The log's `sequence` comes from a one-row counter updated in the writing transaction and
-held until it commits, so sequences commit in order; the transaction ends with a NOTIFY that wakes
-every replica's log follower. Deadlocks and serialization failures surface as WriteConflict, for
-the orchestrator to retry. A lost connection is DatabaseUnavailable, and the next call reconnects.
+state. Round trips are what a transaction costs here, more than statements: inside one, a
+statement whose result nobody reads is queued, and goes with the next statement whose result is
+read, all in one message (bound on the client side). So a SetState takes two round trips: BEGIN,
+the row locks and the run's row; then its writes, the log entry and COMMIT. The log's `sequence`
+comes from a one-row counter bumped by the very last statement before COMMIT, in that same
+message, and held until the commit: sequences commit in order, and the counter is held as
+briefly as a writing transaction can hold it. That statement also NOTIFYs the log followers of
+every replica with the newest sequence. Deadlocks and serialization failures surface as
+WriteConflict, for the orchestrator to retry. A lost connection is DatabaseUnavailable, and the
+next call reconnects.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from stateward_service.store.postgres.coordination import (
 )
 from stateward_service.store.postgres.reader import PostgresReader, PostgresReads
 from stateward_service.store.postgres.schema import migrate
-from stateward_service.store.rows import to_us
-from stateward_service.store.sql import SqlStore
+from stateward_service.store.rows import run_from_row, to_us
+from stateward_service.store.sql import SqlStore, run_by_id
 
 log = logging.getLogger("stateward.store")
 
@@ -54,33 +60,103 @@ _CONFLICTS = (
     pg_errors.UniqueViolation,
 )
 
+# The last statement of a transaction that logged transitions: bump the counter by their number
+# (taking its row until COMMIT, which follows in the same round trip), insert them numbered from
+# it in the order they were appended, and wake the followers with the newest sequence.
+_LOG_AND_NOTIFY = f"""
+    WITH counter AS (
+        UPDATE log_counter SET last = last + ? RETURNING last
+    ), logged AS (
+        INSERT INTO transitions
+            (sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
+        SELECT counter.last - ? + e.n, e.run_kind, e.run_id, e.flow_run_id,
+               e.from_state_id, e.to_state_id, e.to_type
+        FROM counter,
+             unnest(?::integer[], ?::text[], ?::text[], ?::text[], ?::text[], ?::integer[])
+             WITH ORDINALITY
+             AS e(run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type, n)
+    )
+    SELECT last, pg_notify('{CHANNEL}', last::text) FROM counter"""
+
+
+# What a statement of a flushed message returned: its columns (None for a command) and rows.
+_Result = tuple[Any, list[tuple[Any, ...]]]
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """psycopg's errors as the store's: a lost race is WriteConflict, a lost or refused
+    connection DatabaseUnavailable."""
+    try:
+        yield
+    except _CONFLICTS as error:
+        raise WriteConflict(str(error)) from error
+    except pg_errors.PipelineAborted:  # an earlier statement's error was raised already
+        raise
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
+
 
 class _QmarkConnection:
-    """A psycopg connection that takes the `?` placeholders the shared SQL is written with."""
+    """A psycopg connection that takes the `?` placeholders the shared SQL is written with.
+    Inside a transaction (`queued` is a list) what is `send`-ed waits, and goes to the server
+    with the next `execute`, in one message."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.raw: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.queued: list[tuple[str, tuple[Any, ...]]] | None = None
 
     def connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self.raw is None or self.raw.closed or self.raw.broken:
-            self.raw = connect(self.url)
+            with _translated():
+                self.raw = connect(self.url)
         return self.raw
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
-        try:
-            return self.connection().execute(_PLACEHOLDER.sub("%s", sql), tuple(params))
-        except _CONFLICTS as error:
-            raise WriteConflict(str(error)) from error
-        except psycopg.OperationalError as error:
-            raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
+        """Run a statement (after whatever was queued) and wait for its result."""
+        if self.queued is None:
+            with _translated():
+                return self.connection().execute(_PLACEHOLDER.sub("%s", sql), tuple(params))
+        return self.flush([(sql, tuple(params))])[0]
+
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result is not read: queued inside a transaction."""
+        if self.queued is None:
+            self.execute(sql, params)
+        else:
+            self.queued.append((sql, tuple(params)))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        try:
-            with self.connection().cursor() as cursor:
-                cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
-        except psycopg.OperationalError as error:
-            raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
+        """Queued inside a transaction, like `send`."""
+        if self.queued is not None:
+            self.queued.extend((sql, tuple(row)) for row in rows)
+            return
+        with _translated(), self.connection().cursor() as cursor:
+            cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
+
+    def flush(
+        self, statements: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> tuple[psycopg.ClientCursor[tuple[Any, ...]], list[_Result]]:
+        """Send what was queued and `statements` in one message and wait for the results.
+        Returns a cursor on the result of the last statement, and the results of the others of
+        `statements`, in order."""
+        pending = [*(self.queued or ()), *statements]
+        if self.queued is not None:
+            self.queued = []
+        text = "; ".join(_PLACEHOLDER.sub("%s", sql.replace("%", "%%")) for sql, _ in pending)
+        params = [value for _, values in pending for value in values]
+        first = len(pending) - len(statements)
+        earlier: list[_Result] = []
+        with _translated():
+            cursor = psycopg.ClientCursor(self.connection())
+            cursor.execute(text, params)
+            for index in range(1, len(pending)):
+                if index - 1 >= first:
+                    rows = cursor.fetchall() if cursor.description is not None else []
+                    earlier.append((cursor.description, rows))
+                cursor.nextset()
+        return cursor, earlier
 
     def close(self) -> None:
         if self.raw is not None:
@@ -95,11 +171,14 @@ class PostgresStore(SqlStore, PostgresReads):
         self.conn = _QmarkConnection(url)
         try:
             self.found_schema_version = migrate(self.conn.connection())
-        except psycopg.OperationalError as error:
+        except (psycopg.OperationalError, DatabaseUnavailable) as error:
             raise DatabaseUnavailable(
                 f"cannot open the PostgreSQL database at {_redacted(url)}: {error}"
             ) from error
-        self._logged = False  # the open transaction appended to the log
+        # The open transaction's transitions, logged by its last statement; then the sequences
+        # the last committed transaction gave them.
+        self._pending_log: list[tuple[int, str, str, str | None, str, int]] = []
+        self._logged: list[int] = []
         # PostgreSQL reports its own storage troubles as unreachable (DatabaseUnavailable).
         self.unavailable: StorageUnavailable | None = None
 
@@ -127,15 +206,30 @@ class PostgresStore(SqlStore, PostgresReads):
     def lock_runs(self, run_ids: Sequence[str]) -> None:
         ids = sorted(set(run_ids))
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
-            self.conn.execute(
+            self.conn.send(
                 f"SELECT id FROM {_table(kind)} WHERE id = ANY(?) ORDER BY id FOR UPDATE", (ids,)
-            ).fetchall()
+            )
 
     def lock_limits(self, tags: Sequence[str]) -> None:
-        self.conn.execute(
+        self.conn.send(
             "SELECT tag FROM concurrency_limits WHERE tag = ANY(?) ORDER BY tag FOR UPDATE",
             (sorted(set(tags)),),
-        ).fetchall()
+        )
+
+    def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
+        """The run with its current state, or None. Inside a transaction, a run of either kind
+        takes one round trip: both tables are asked at once."""
+        if kind is not None or self.conn.queued is None:
+            return super().get_run(run_id, kind)
+        asked = [(run_by_id(kind), (run_id,)) for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN)]
+        cursor, [(flow_columns, flow_rows)] = self.conn.flush(asked)
+        if flow_rows:
+            return run_from_row(RunKind.FLOW_RUN, flow_columns, flow_rows[0])
+        row = cursor.fetchone()
+        return run_from_row(RunKind.TASK_RUN, cursor.description, row) if row else None
+
+    def _send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.send(sql, params)
 
     def change_signal(self) -> ChangeSignal:
         return ListenSignal(self.url)
@@ -145,51 +239,61 @@ class PostgresStore(SqlStore, PostgresReads):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        began = False
-        self._logged = False
+        """BEGIN goes with the first statement whose result is read; the last writes, the log
+        entries with their NOTIFY, and COMMIT go together at the end."""
+        self._pending_log = []
+        self._logged = []
+        raw = self.conn.connection()
+        self.conn.queued = [("BEGIN", ())]
+        committed = False
         try:
-            self.conn.execute("BEGIN")
-            began = True
-            yield
-            if self._logged:
-                self.conn.execute(f"NOTIFY {CHANNEL}")
-            self.conn.execute("COMMIT")
+            try:
+                yield
+                closing = [*self._log_and_notify(), ("COMMIT", ())]
+                _, earlier = self.conn.flush(closing)
+            finally:
+                self.conn.queued = None
+            committed = True
+            if self._pending_log:
+                _, rows = earlier[0]  # the log statement's (last, pg_notify)
+                last, count = int(rows[0][0]), len(self._pending_log)
+                self._logged = list(range(last - count + 1, last + 1))
         except BaseException:
-            raw = self.conn.raw
-            if began and raw is not None and not raw.closed and not raw.broken:
+            if not committed and not raw.closed and not raw.broken:
                 with contextlib.suppress(psycopg.Error):
                     raw.execute("ROLLBACK")
             raise
 
+    def _log_and_notify(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statement that numbers and logs the transaction's transitions (none if none)."""
+        if not self._pending_log:
+            return []
+        columns = [list(column) for column in zip(*self._pending_log, strict=True)]
+        return [(_LOG_AND_NOTIFY, (len(self._pending_log), len(self._pending_log), *columns))]
+
     # --- the dialect: the log's sequence, upserts ------------------------------------------------
 
-    def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> int:
-        """Log a written state; returns its sequence. The counter row stays locked until the
-        transaction ends: that orders the commits of the log."""
-        row = self.conn.execute("UPDATE log_counter SET last = last + 1 RETURNING last").fetchone()
-        assert row is not None
-        sequence = int(row[0])
-        self.conn.execute(
-            """INSERT INTO transitions
-               (sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+    def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> None:
+        """Log a written state: it is numbered and inserted by the transaction's last statement,
+        which takes the counter row just before COMMIT (that orders the commits of the log)."""
+        self._pending_log.append(
             (
-                sequence,
                 int(run.kind),
                 run.id,
                 run.owning_flow_run_id,
                 from_state.id if from_state else None,
                 to.id,
                 int(to.type),
-            ),
+            )
         )
-        self._logged = True
-        return sequence
+
+    def logged_sequences(self) -> list[int]:
+        return list(self._logged)
 
     def cache_state(
         self, key: str, state_id: str, expiration: datetime | None, now: datetime
     ) -> None:
-        self.conn.execute(
+        self.conn.send(
             """INSERT INTO cache (key, state_id, expiration, created) VALUES (?, ?, ?, ?)
                ON CONFLICT (key) DO UPDATE SET state_id = excluded.state_id,
                  expiration = excluded.expiration, created = excluded.created""",

@@ -48,7 +48,9 @@ class FileLeaderLock:
 
 class DataVersionSignal:
     """Polls `PRAGMA data_version` on a connection of its own: it changes whenever another
-    connection commits. About ten microseconds a poll."""
+    connection commits (about ten microseconds a poll). Then the log's newest sequence says
+    whether the commit logged anything the caller has not seen: this process's own commits,
+    published without a read, do not wake it."""
 
     def __init__(self, path: Path) -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -58,13 +60,17 @@ class DataVersionSignal:
     def _read(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, seen: int) -> bool:
         if self._closed.wait(timeout):
             return False
         version = self._read()
-        changed = version != self._version
+        if version == self._version:
+            return False
         self._version = version
-        return changed
+        row = self._conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'transitions'"
+        ).fetchone()
+        return row is None or int(row[0]) > seen
 
     def close(self) -> None:
         self._closed.set()

@@ -104,6 +104,7 @@ class Store(SqlStore):
         self.db = sqlite_utils.Database(self.conn)
         self.found_schema_version = migrate(self.db)
         self._data_version = self._read_data_version()
+        self._pending_log: list[int] = []  # the sequences the transaction logged
         self._checkpointer = _Checkpointer(self.path, synchronous)
 
     def close(self) -> None:
@@ -160,6 +161,7 @@ class Store(SqlStore):
         file system, a failing disk, a lock held past the busy timeout) raises
         StorageUnavailable, and `unavailable` holds it until a transaction commits again."""
         began = False
+        self._pending_log = []
         try:
             self.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
             began = True
@@ -192,8 +194,9 @@ class Store(SqlStore):
 
     # --- the dialect: the log's sequence, upserts ------------------------------------------------
 
-    def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> int:
-        """Log a written state; returns its sequence."""
+    def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> None:
+        """Log a written state. Its sequence, an integer primary key, is known at once: the
+        transaction holds the whole database, so numbers are handed out in commit order."""
         cursor = self.conn.execute(
             """INSERT INTO transitions
                (run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
@@ -209,7 +212,10 @@ class Store(SqlStore):
         )
         sequence = cursor.lastrowid
         assert sequence is not None
-        return int(sequence)
+        self._pending_log.append(int(sequence))
+
+    def logged_sequences(self) -> list[int]:
+        return list(self._pending_log)
 
     def cache_state(
         self, key: str, state_id: str, expiration: datetime | None, now: datetime
