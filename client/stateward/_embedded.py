@@ -52,13 +52,15 @@ def server_commands() -> typer.Typer:
     return app
 
 
-def get_client() -> Client:
+def get_client(*, lead_loops: bool = True) -> Client:
     """The process's client: to STATEWARD_API_URL, or to the embedded orchestrator (started
-    once)."""
+    once). `lead_loops` says whether an embedded orchestrator this call starts competes to run
+    the server's loops: a process that runs flows does, for as long as it lives; a short command
+    of the CLI does not (it would take the leader lock and sweep the database just to exit)."""
     global _client
     with _lock:
         if _client is None:
-            _client = _connect()
+            _client = _connect(lead_loops)
         return _client
 
 
@@ -67,13 +69,13 @@ def has_client() -> bool:
     return _client is not None
 
 
-def _connect() -> Client:
+def _connect(lead_loops: bool) -> Client:
     settings.check()
     address = settings.api_url()
     if address:
         return _remote(address)
     global _embedded
-    _embedded = EmbeddedOrchestrator(settings.home())
+    _embedded = EmbeddedOrchestrator(settings.home(), lead_loops=lead_loops)
     return Client(transport=_embedded.transport, timeout=None)
 
 
@@ -239,15 +241,16 @@ class _InProcessStream:
 
 class EmbeddedOrchestrator:
     """This process's replica on the home's database, its event loop in a daemon thread,
-    stopped cleanly at exit (the loops, if they ran here, pass to another process)."""
+    stopped cleanly at exit (the loops, if they ran here, pass to another process). With
+    `lead_loops` false it never runs the loops."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, lead_loops: bool = True) -> None:
         from stateward_service.replica import Replica
 
         home.mkdir(parents=True, exist_ok=True)
         # The loops' settings come from the environment; the database is the home's.
         replica_settings = home_settings(home, ui=False)  # `stateward ui` serves the page
-        self.replica = Replica(replica_settings)
+        self.replica = Replica(replica_settings, lead_loops=lead_loops)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

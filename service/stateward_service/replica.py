@@ -34,10 +34,12 @@ def encode_transition(transition: Transition) -> bytes:
 
 class Replica:
     """Call `start()` inside a running event loop (the broadcaster's subscribers and the loops
-    run on it), then `stop()` on the same loop."""
+    run on it), then `stop()` on the same loop. With `lead_loops` false (a short-lived process)
+    it never competes for the leader lock, so never runs the loops."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, lead_loops: bool = True) -> None:
         self.settings = settings
+        self.lead_loops = lead_loops
         store = open_database(
             settings.database,
             synchronous=settings.sqlite_synchronous,
@@ -66,7 +68,8 @@ class Replica:
         if freed:
             log.warning("released %d concurrency slot(s) of runs no longer running", freed)
         self.follower.start()
-        self.leadership.start()
+        if self.lead_loops:
+            self.leadership.start()
 
     async def close_streams(self) -> None:
         """End every subscription (they resume elsewhere from their cursor) and every calls

@@ -41,8 +41,9 @@ STATE_COLOURS = {
 @contextmanager
 def client() -> Iterator[Client]:
     """A client of the server named by STATEWARD_API_URL (failing fast if it does not answer);
-    without it, of the server a process runs on $STATEWARD_HOME, or of the home's database
-    opened here. Errors become a message and exit code 1."""
+    without it, of the home's database opened here, never running the server's loops (the
+    processes that run flows, and servers, do: a command is too short-lived to lead them).
+    Errors become a message and exit code 1."""
     from stateward._embedded import get_client
 
     try:
@@ -51,7 +52,7 @@ def client() -> Iterator[Client]:
             with Client(address, timeout=settings.request_timeout()) as remote:
                 yield remote
         else:
-            yield get_client()
+            yield get_client(lead_loops=False)
     except StatewardError as error:
         errors.print(f"[red]Error:[/red] {error}")
         raise typer.Exit(1) from None

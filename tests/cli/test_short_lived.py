@@ -1,0 +1,60 @@
+"""Who runs the server's loops on the embedded default: a process that runs flows competes for
+the leader lock for as long as it lives; a short command of the CLI (a listing, an inspect)
+opens the home's database, answers and exits without ever taking it (it would sweep the whole
+database just to exit)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli.conftest import environment, run
+from tests.support import ROOT
+
+
+def leader_pid(home: Path) -> int | None:
+    """The process that took the home's leader lock last (its lock file names it)."""
+    lock = home / "stateward.db.leader"
+    words = lock.read_text().split() if lock.exists() else []
+    return int(words[1]) if len(words) == 2 and words[0] == "pid" else None
+
+
+def test_short_commands_never_take_the_leader_lock(home):
+    for command in (["flow-run", "ls"], ["task-run", "ls"], ["concurrency-limit", "ls"]):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stateward", *command],
+            env=environment(home),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == 0, errors
+        assert leader_pid(home) != process.pid, f"stateward {' '.join(command)} led the loops"
+
+
+PROGRAM = """
+import os, time
+from stateward import flow
+
+@flow
+def hello():
+    return 1
+
+hello()
+deadline = time.monotonic() + 30
+lock = os.path.join(os.environ["STATEWARD_HOME"], "stateward.db.leader")
+while time.monotonic() < deadline:
+    if os.path.exists(lock) and open(lock).read().split() == ["pid", str(os.getpid())]:
+        print("leads")
+        break
+    time.sleep(0.05)
+"""
+
+
+def test_a_process_that_runs_flows_leads_the_loops(home):
+    done = run([sys.executable, "-c", PROGRAM], home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "leads"
