@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from stateward_service.loops import ServerLoops
 from stateward_service.store import LeaderLock
 
 log = logging.getLogger("stateward.leadership")
+T = TypeVar("T")
 
 
 class LoopsLeadership:
@@ -23,6 +27,9 @@ class LoopsLeadership:
         self.retry_seconds = retry_seconds
         self.leading = False
         self._task: asyncio.Task[None] | None = None
+        # The lock is used from worker threads; a call under way when the task is cancelled
+        # still ends before `stop()` releases the lock.
+        self._guard = threading.Lock()
 
     def start(self) -> None:
         """Start competing for the lock (inside a running event loop)."""
@@ -38,16 +45,27 @@ class LoopsLeadership:
         if self.leading:
             await self.loops.stop()
             self.leading = False
-        self.lock.release()
+        try:
+            await asyncio.to_thread(self._locked, self.lock.release)
+        except RuntimeError:  # the interpreter is exiting (an embedded process): release here
+            self._locked(self.lock.release)
+
+    def _locked(self, call: Callable[[], T]) -> T:
+        with self._guard:
+            return call()
 
     async def _lead(self) -> None:
         while True:
             try:
-                if not self.leading and self.lock.try_acquire():
+                # Off the event loop: on PostgreSQL each is a round trip, and a connection
+                # attempt to a database that does not answer takes seconds.
+                if not self.leading and await asyncio.to_thread(
+                    self._locked, self.lock.try_acquire
+                ):
                     self.leading = True
                     log.info("this process leads: it runs the loops")
                     self.loops.start()
-                elif self.leading and not self.lock.held():
+                elif self.leading and not await asyncio.to_thread(self._locked, self.lock.held):
                     log.warning("this process lost the leader lock: its loops stop")
                     self.leading = False
                     await self.loops.stop()
