@@ -126,7 +126,15 @@ class _RunCache:
     """The runs read or written lately, so a proposal does not read its run back from the
     database. It stays true because every write of this process goes through the orchestrator,
     a transaction that fails forgets everything (its records were changed in memory), and
-    everything is forgotten as soon as the store says another process wrote."""
+    everything is forgotten as soon as the store says another process wrote.
+
+    So every read of it asks the store first: inside a transaction (`_transaction` asks once
+    it holds the database's write lock, SQLite's BEGIN IMMEDIATE; PostgreSQL always says yes,
+    and the run is read again under its row lock), or right before, outside one (`get_run`,
+    `list_states`; a pause is resumed only if it is still the current state, which the resume's
+    transaction checks). Two reads skip the question, for facts that never change once a run
+    exists (runs are never deleted): whether a run exists (`list_states_page`, `_create`) and a
+    task run's flow run (`write_logs`)."""
 
     def __init__(
         self, store: RunStore, size: int = 10_000, max_bytes: int = RUN_CACHE_BYTES

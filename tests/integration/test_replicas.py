@@ -19,9 +19,11 @@ import grpc
 import pytest
 
 from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
 from tests.support import (
     ABORT,
     ACCEPT,
+    REJECT,
     ST,
     ServerProcess,
     history,
@@ -276,3 +278,42 @@ def test_a_cancel_written_through_another_process_cascades_at_once(tmp_path, dat
         assert time.monotonic() - started < 5  # not at the sweep, an hour away
     finally:
         stop_all(replicas)
+
+
+def test_a_pause_and_resume_through_another_process_are_seen_by_the_first(replicas):
+    # Process A holds the run in its cache; B pauses and resumes it; A must decide against
+    # what B wrote, never against the run it remembers.
+    a, b = replicas[0].stub(), replicas[1].stub()
+    run = new_flow_run(a, initial=ST.STATE_TYPE_RUNNING)
+    assert propose(a, run.id, state(ST.STATE_TYPE_PAUSED, pause_key="first")).status == ACCEPT
+    assert flow_run_state(a, run.id) == ST.STATE_TYPE_PAUSED  # read (and cached) in A
+
+    assert b.ResumeFlowRun(pb.ResumeFlowRunRequest(flow_run_id=run.id)).status == ACCEPT
+    assert flow_run_state(a, run.id) == ST.STATE_TYPE_RUNNING
+    with pytest.raises(grpc.RpcError) as refused:  # A does not resume it a second time
+        a.ResumeFlowRun(pb.ResumeFlowRunRequest(flow_run_id=run.id))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Running" in (refused.value.details() or "")
+
+    # B pauses under a second key and resumes: A knows that key was used (the run's pause keys
+    # as B wrote them), and pauses under a third.
+    assert propose(b, run.id, state(ST.STATE_TYPE_PAUSED, pause_key="second")).status == ACCEPT
+    assert b.ResumeFlowRun(pb.ResumeFlowRunRequest(flow_run_id=run.id)).status == ACCEPT
+    repeat = propose(a, run.id, state(ST.STATE_TYPE_PAUSED, pause_key="second"))
+    assert repeat.status == REJECT and repeat.state.type == ST.STATE_TYPE_RUNNING
+    assert propose(a, run.id, state(ST.STATE_TYPE_PAUSED, pause_key="third")).status == ACCEPT
+    assert history(a, run.id) == [
+        "Running", "Paused", "Running", "Paused", "Running", "Paused"
+    ]  # fmt: skip
+
+    # Its log lines go through either process, to the one run.
+    for stub, text in ((a, "from A"), (b, "from B")):
+        entry = runs_pb2.LogEntry(flow_run_id=run.id, level=20, logger="t", message=text)
+        entry.timestamp.GetCurrentTime()
+        assert stub.WriteLogs(pb.WriteLogsRequest(entries=[entry])).written == 1
+    lines = a.ListLogs(pb.ListLogsRequest(run_id=run.id)).entries
+    assert [line.message for line in lines] == ["from A", "from B"]
+
+
+def flow_run_state(stub, run_id: str) -> int:
+    return stub.GetFlowRun(pb.GetFlowRunRequest(id=run_id)).flow_run.state.type
