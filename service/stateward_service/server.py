@@ -190,6 +190,7 @@ class StatewardServer:
             await self.web.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._storage_watch = asyncio.get_running_loop().create_task(self._follow_storage())
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_database())
 
     async def _follow_storage(self) -> None:
         """Health follows the database: NOT_SERVING from a write it could not take (a full
@@ -215,7 +216,6 @@ class StatewardServer:
         if self._stopping:
             return False
         return self.orchestrator.probe_storage(room=self.settings.max_message_bytes) is None
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch_database())
 
     async def _watch_database(self, period: float = 1.0) -> None:
         """Health says NOT_SERVING while the database does not answer, SERVING once it does."""

@@ -1,0 +1,109 @@
+"""A PostgreSQL outage under a real server replica: its backends are terminated and the database
+refuses new connections. Health says NOT_SERVING within seconds and calls answer UNAVAILABLE,
+writing nothing; once the database takes connections again, health says SERVING, writes work,
+and everything acknowledged before the outage is there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
+from tests.support import (
+    ACCEPT,
+    ST,
+    PostgresDatabases,
+    ServerProcess,
+    history,
+    new_flow_run,
+    propose,
+    wait_until,
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Outage:
+    """Cuts a database off its clients and brings it back, from an administrator's session."""
+
+    def __init__(self, databases: PostgresDatabases, url: str) -> None:
+        self.admin = databases.admin
+        self.name = url.partition("?")[0].rsplit("/", 1)[1]
+
+    def begin(self) -> None:
+        self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false")
+        self.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (self.name,),
+        )
+
+    def end(self) -> None:
+        self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")
+
+
+@pytest.fixture
+def replica(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> Iterator[tuple[ServerProcess, Outage]]:
+    url = postgres_databases.create()
+    outage = Outage(postgres_databases, url)
+    server = ServerProcess(url, log_path=tmp_path / "server.log").start()
+    try:
+        yield server, outage
+    finally:
+        outage.end()
+        server.stop()
+
+
+def health(server: ServerProcess) -> int:
+    stub = health_pb2_grpc.HealthStub(server.channel())
+    return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=20).status)
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as failure:
+        call()  # type: ignore[operator]
+    return failure.value.code()
+
+
+def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
+    server, outage = replica
+    stub = server.stub()
+    acknowledged = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING) for _ in range(5)]
+    for run in acknowledged:
+        assert propose(stub, run.id, ST.STATE_TYPE_COMPLETED).status == ACCEPT
+    running = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)
+    assert health(server) == SERVING
+
+    outage.begin()
+    try:
+        wait_until(lambda: health(server) == NOT_SERVING, timeout=10, what="NOT_SERVING")
+        # Calls that write, and calls that read, answer UNAVAILABLE; none half-writes.
+        completing = pb.SetStateRequest(run_id=running.id)
+        completing.state.type = ST.STATE_TYPE_COMPLETED
+        assert code_of(lambda: stub.SetState(completing)) == grpc.StatusCode.UNAVAILABLE
+        creating = pb.CreateFlowRunRequest(flow_run=runs_pb2.FlowRun(flow_name="during"))
+        assert code_of(lambda: stub.CreateFlowRun(creating)) == grpc.StatusCode.UNAVAILABLE
+        reading = pb.GetFlowRunRequest(id=running.id)
+        assert code_of(lambda: stub.GetFlowRun(reading)) == grpc.StatusCode.UNAVAILABLE
+        assert health(server) == NOT_SERVING
+    finally:
+        outage.end()
+
+    wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+    # Nothing acknowledged was lost, nothing refused was written.
+    for run in acknowledged:
+        assert history(stub, run.id) == ["Running", "Completed"]
+    assert history(stub, running.id) == ["Running"]
+    listed = stub.ListFlowRuns(pb.ListFlowRunsRequest()).flow_runs
+    assert "during" not in {run.flow_name for run in listed}
+    # Writes work again, on the same server process.
+    assert propose(stub, running.id, ST.STATE_TYPE_COMPLETED).status == ACCEPT
+    assert history(stub, running.id) == ["Running", "Completed"]
+    assert new_flow_run(stub).flow_name == "test-flow"
