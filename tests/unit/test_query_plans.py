@@ -51,6 +51,26 @@ class RecordingConnection:
             self.statements.setdefault(sql, tuple(rows[0]))
         return self._conn.executemany(sql, rows)
 
+    def send(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """PostgreSQL: a statement queued until the next one whose result is read."""
+        self.statements.setdefault(sql, tuple(params))
+        return self._conn.send(sql, params)
+
+    def flush(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> Any:
+        """PostgreSQL: the queued statements and these, sent in one message."""
+        for sql, params in statements:
+            self.statements.setdefault(sql, tuple(params))
+        return self._conn.flush(statements)
+
+    @property
+    def queued(self) -> Any:
+        """PostgreSQL: what waits to be sent (the store sets it around each transaction)."""
+        return self._conn.queued
+
+    @queued.setter
+    def queued(self, value: Any) -> None:
+        self._conn.queued = value
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
