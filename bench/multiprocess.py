@@ -91,8 +91,21 @@ def replicas(
             server.stop()
 
 
-def measure(servers: list[ServerProcess], writers: int, seconds: float) -> float:
-    """SetState/s with `writers` processes spread over the servers, each on a run of its own."""
+def cpu_seconds(servers: list[ServerProcess]) -> float:
+    """The CPU time the servers' processes used so far (user and system)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for server in servers:
+        assert server.process is not None
+        fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def measure(servers: list[ServerProcess], writers: int, seconds: float) -> tuple[float, float]:
+    """SetState/s with `writers` processes spread over the servers, each on a run of its own,
+    and the servers' CPU time per SetState (ms): a figure the machine's other load moves less
+    than the rate."""
     runs_by_target: dict[str, list[str]] = {}
     for index in range(writers):
         server = servers[index % len(servers)]
@@ -106,12 +119,14 @@ def measure(servers: list[ServerProcess], writers: int, seconds: float) -> float
         for target, run_ids in runs_by_target.items()
         for run_id in run_ids
     ]
+    used = cpu_seconds(servers)
     for worker in workers:
         worker.start()
     total = sum(counts.get() for _ in workers)
+    used = cpu_seconds(servers) - used
     for worker in workers:
         worker.join()
-    return total / seconds
+    return total / seconds, used * 1e3 / max(total, 1)
 
 
 def main() -> None:
@@ -128,11 +143,15 @@ def main() -> None:
         folder = Path(tmp)
         print(f"SetState throughput, {args.writers} writer processes, {args.seconds:g} s each")
 
-        def show(label: str, value: float) -> None:
+        def show(label: str, measured: tuple[float, float]) -> None:
+            value, cpu = measured
             results[label] = value
             base = results.get("baseline")
             ratio = f"  ({value / base:.2f}x the baseline)" if base else ""
-            print(f"  {label:<34} {value:8.0f} SetState/s{ratio}", flush=True)
+            print(
+                f"  {label:<34} {value:8.0f} SetState/s, servers' CPU {cpu:5.2f} ms each{ratio}",
+                flush=True,
+            )
 
         with replicas(
             folder / "old.db", 1, folder / "old", pythonpath(old), BaselineServer
