@@ -672,9 +672,12 @@ def _unary_handler(
 
 async def grouped(writer: GroupCommitWriter, call: Callable[[], T]) -> T:
     """`call` run in the writer's next group, answered once it committed. A race lost to
-    another process every time it was decided, or a writer stopped, is UNAVAILABLE."""
+    another process every time it was decided, a database that cannot be reached (the group's
+    transaction failed: nothing was written), or a writer stopped, is UNAVAILABLE."""
     try:
         return await writer.run(call)
+    except DatabaseUnavailable as error:
+        raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
     except WriteConflict as error:
         raise ServiceError(
             StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
