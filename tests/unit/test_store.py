@@ -23,6 +23,7 @@ from stateward_service.store import (
     migrate,
     open_database,
 )
+from tests.support import wait_until
 
 
 def flow_run(**fields) -> RunRecord:
@@ -210,3 +211,17 @@ def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path):
     orchestrator.set_state(run.id, State(StateType.COMPLETED))
     assert published[-1].sequence == first + 1
     store.close()
+
+
+def test_one_process_checkpoints_the_shared_file_and_another_takes_over(tmp_path):
+    path = tmp_path / "shared.db"
+    stores = [Store(path) for _ in range(3)]
+    wait_until(lambda: sum(store.checkpointing for store in stores) == 1, what="a checkpointer")
+    time.sleep(0.3)  # several ticks: still one
+    assert sum(store.checkpointing for store in stores) == 1
+    active = next(store for store in stores if store.checkpointing)
+    stores.remove(active)
+    active.close()
+    wait_until(lambda: sum(store.checkpointing for store in stores) == 1, what="a new one")
+    for store in stores:
+        store.close()
