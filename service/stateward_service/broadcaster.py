@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -174,8 +175,6 @@ class _LogBatch:
     reached: int  # the log was read up to this sequence
 
 
-# How long a round of deliveries may keep the event loop busy before the next round waits.
-_FREE_ROUND_SECONDS = 0.02
 # Transitions published and not yet dispatched, at most: past that (the event loop did not turn
 # for that long), the waiting subscribers are all woken, as after a gap.
 _MOST_UNDISPATCHED = 100_000
@@ -222,10 +221,10 @@ class TransitionBroadcaster:
         self._gap = False
         self._dispatch_due = False
         # Subscribers at the head read the ring only up to what the dispatcher released, so
-        # that all live delivery goes in the dispatcher's rounds. A round may keep the loop
-        # busy for `_FREE_ROUND_SECONDS`; one that took t more makes the next wait t: when
-        # writers and a thousand subscribers both want the whole loop, the subscribers get
-        # about half of it and bigger batches, while a few subscribers never wait.
+        # that all live delivery goes in the dispatcher's rounds; a round that took t of the
+        # loop thread's CPU makes the next wait t: when writers and a thousand subscribers
+        # both want the whole loop, the subscribers get about half of it and bigger batches,
+        # while a round for a few subscribers costs them a fraction of a millisecond.
         self._released = last_sequence
         self._rest_until = 0.0
         # The log reads of subscribers behind the ring, one at a time on a thread of their
@@ -296,10 +295,10 @@ class TransitionBroadcaster:
         every one). Not before the rest the last round earned."""
         loop = self._loop
         assert loop is not None
-        began = loop.time()
-        if began < self._rest_until:
+        if loop.time() < self._rest_until:
             loop.call_at(self._rest_until, self._dispatch)
             return
+        began = time.thread_time()
         with self._lock:
             self._dispatch_due = False
             published, self._undispatched = self._undispatched, []
@@ -333,10 +332,12 @@ class TransitionBroadcaster:
             loop.call_soon(self._rest_after, began)
 
     def _rest_after(self, began: float) -> None:
+        """The round that began at `began` (the loop thread's CPU clock) is over: the next
+        waits as long as it took. The CPU clock, not the wall's, so that a machine busy with
+        other processes does not make the round look long."""
         loop = self._loop
         assert loop is not None
-        ended = loop.time()
-        self._rest_until = ended + max(0.0, ended - began - _FREE_ROUND_SECONDS)
+        self._rest_until = loop.time() + (time.thread_time() - began)
 
     @staticmethod
     def _wake(me: _Subscription, first_match: int = 0) -> int:
