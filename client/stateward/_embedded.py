@@ -17,7 +17,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,10 @@ from stateward.exceptions import (
     ResourceExhausted,
     RpcError,
     ServerUnavailable,
+    StatewardError,
 )
+from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun
+from stateward.states import State
 from stateward.wire import error_for_status, watch_response_from_bytes
 
 if TYPE_CHECKING:
@@ -103,6 +106,7 @@ class InProcessTransport:
         from stateward_service.errors import ServiceError
 
         self._service_error = ServiceError
+        self.local = _LocalCalls(embedded)
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -117,6 +121,63 @@ class InProcessTransport:
 
     def close(self) -> None:
         """The process's client lives as long as the process."""
+
+
+class _LocalCalls:
+    """The hot calls straight to the orchestrator, in the vocabulary (see
+    `stateward._transport.LocalCalls`); refusals become the client's exceptions."""
+
+    def __init__(self, embedded: EmbeddedOrchestrator) -> None:
+        from stateward_service.errors import ServiceError
+        from stateward_service.local_api import LocalService
+
+        self.service = LocalService(embedded.replica.orchestrator)
+        self._service_error = ServiceError
+
+    def create_run(self, run: FlowRun | TaskRun) -> FlowRun | TaskRun:
+        try:
+            return self.service.create_run(run)
+        except self._service_error as error:
+            raise _translate(error) from None
+
+    def create_and_start(
+        self, runs: Sequence[FlowRun | TaskRun], state: State, lease_seconds: float
+    ) -> tuple[list[FlowRun | TaskRun | StatewardError], OrchestrationResult | StatewardError]:
+        try:
+            created, answer = self.service.create_and_start(runs, state, lease_seconds)
+        except self._service_error as error:  # the batch as a whole (the database, say)
+            raise _translate(error) from None
+        refused = self._service_error
+        return (
+            [_translate(run) if isinstance(run, refused) else run for run in created],
+            _translate(answer) if isinstance(answer, refused) else answer,
+        )
+
+    def set_state(
+        self,
+        run_id: str,
+        state: State,
+        *,
+        force: bool,
+        expected_state_id: str | None,
+        lease_seconds: float,
+    ) -> OrchestrationResult:
+        try:
+            return self.service.set_state(
+                run_id,
+                state,
+                force=force,
+                expected_state_id=expected_state_id,
+                lease_seconds=lease_seconds,
+            )
+        except self._service_error as error:
+            raise _translate(error) from None
+
+    def get_run(self, run_id: str, kind: RunKind) -> FlowRun | TaskRun:
+        try:
+            return self.service.get_run(run_id, kind)
+        except self._service_error as error:
+            raise _translate(error) from None
 
 
 def home_settings(home: Path, **given: Any) -> ServerSettings:

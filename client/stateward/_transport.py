@@ -12,7 +12,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -23,6 +23,8 @@ import grpc
 
 from stateward import settings
 from stateward.exceptions import InvalidSetting, ServerUnavailable, StatewardError
+from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun
+from stateward.states import State
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
 from stateward.wire import START_SEQUENCE_KEY, error_for_status
@@ -206,6 +208,31 @@ class Transport(Protocol):
     def open_stream(self, method: str, request: Any) -> TransitionStream: ...
 
     def close(self) -> None: ...
+
+
+class LocalCalls(Protocol):
+    """The hot calls, in the vocabulary, of a transport whose orchestrator runs in this process
+    (the embedded default): no message is built or parsed. Each raises the `stateward.exceptions`
+    error the same call over gRPC would; `create_and_start` answers each operation's refusal
+    in place (see `stateward.client.Started`)."""
+
+    def create_run(self, run: FlowRun | TaskRun) -> FlowRun | TaskRun: ...
+
+    def create_and_start(
+        self, runs: Sequence[FlowRun | TaskRun], state: State, lease_seconds: float
+    ) -> tuple[list[FlowRun | TaskRun | StatewardError], OrchestrationResult | StatewardError]: ...
+
+    def set_state(
+        self,
+        run_id: str,
+        state: State,
+        *,
+        force: bool,
+        expected_state_id: str | None,
+        lease_seconds: float,
+    ) -> OrchestrationResult: ...
+
+    def get_run(self, run_id: str, kind: RunKind) -> FlowRun | TaskRun: ...
 
 
 class TransitionStream(Protocol):

@@ -23,6 +23,7 @@ from stateward._transport import (
     AsyncGrpcTransport,
     Connection,
     GrpcTransport,
+    LocalCalls,
     Transport,
     can_reconnect,
     translate,
@@ -35,6 +36,7 @@ from stateward.runs import (
     LogEntry,
     OrchestrationResult,
     RetryPolicy,
+    RunKind,
     TaskRun,
     Transition,
 )
@@ -102,6 +104,8 @@ class Client:
             Connection.from_environment(address, api_key, wait_for_ready)
         )
         self.timeout = timeout
+        # The hot calls straight to an orchestrator in this process, when the transport has one.
+        self._local: LocalCalls | None = getattr(self.transport, "local", None)
 
     def close(self) -> None:
         self.transport.close()
@@ -154,9 +158,17 @@ class Client:
             parent_task_run_id=parent_task_run_id,
             state=state,
         )
+        if self._local is not None:
+            created = self._local.create_run(run)
+            assert isinstance(created, FlowRun)
+            return created
         return self._do(_create_flow_run(run))
 
     def get_flow_run(self, id: str) -> FlowRun:
+        if self._local is not None:
+            run = self._local.get_run(id, RunKind.FLOW_RUN)
+            assert isinstance(run, FlowRun)
+            return run
         return self._do(_get_flow_run(id))
 
     def list_flow_runs(
@@ -196,9 +208,17 @@ class Client:
             retry_policy=retry_policy or RetryPolicy(),
             state=state,
         )
+        if self._local is not None:
+            created = self._local.create_run(run)
+            assert isinstance(created, TaskRun)
+            return created
         return self._do(_create_task_run(run))
 
     def get_task_run(self, id: str) -> TaskRun:
+        if self._local is not None:
+            run = self._local.get_run(id, RunKind.TASK_RUN)
+            assert isinstance(run, TaskRun)
+            return run
         return self._do(_get_task_run(id))
 
     def list_task_runs(
@@ -223,6 +243,11 @@ class Client:
         name or task key, flow_run_id, parameters, tags, retry_policy, parent_task_run_id, and
         its initial state). The answer holds each operation's outcome or refusal (see
         `Started`); with `lease_seconds`, as in `set_state`."""
+        if self._local is not None:
+            if not runs:
+                raise ValueError("create_and_start needs at least one run to create")
+            created, answer = self._local.create_and_start(runs, state, lease_seconds)
+            return Started(created, answer)
         return self._do(_create_and_start(runs, state, lease_seconds))
 
     # --- states ---------------------------------------------------------------------------------
@@ -239,6 +264,14 @@ class Client:
         """Propose a state for a run; the answer says whether it was accepted. With
         `lease_seconds`, a RUNNING or CANCELLING state written starts a heartbeat lease that
         `renew_leases` must keep extending, or the server crashes the run."""
+        if self._local is not None:
+            return self._local.set_state(
+                run_id,
+                state,
+                force=force,
+                expected_state_id=expected_state_id,
+                lease_seconds=lease_seconds,
+            )
         return self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
 
     def resume_flow_run(

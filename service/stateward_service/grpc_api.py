@@ -61,47 +61,12 @@ from stateward_service.errors import ServiceError, invalid
 from stateward_service.group_commit import GroupCommitWriter, WriterStopped
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
-from stateward_service.orchestrator import (
-    InitialStateRefused,
-    LimitAlreadyExists,
-    LimitNotFound,
-    NotCompleted,
-    NotPaused,
-    Orchestrator,
-    RunAlreadyExists,
-    RunInputRefused,
-    RunNotFound,
-)
-from stateward_service.store import BadPageToken, DatabaseUnavailable, RunFilter, WriteConflict
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.refusals import translating as _translating
+from stateward_service.store import DatabaseUnavailable, RunFilter, WriteConflict
 
 T = TypeVar("T")
 log = logging.getLogger("stateward.server")
-
-
-def _translating(call: Callable[[], T], grouping: bool = False) -> T:
-    """Run `call`, turning the orchestrator's refusals into ServiceErrors. Inside a group
-    commit (`grouping`), a race lost to another process is raised as is: the group decides the
-    call again in another transaction."""
-    try:
-        return call()
-    except (RunNotFound, LimitNotFound) as error:
-        raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
-    except (RunAlreadyExists, LimitAlreadyExists) as error:
-        raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
-    except (InitialStateRefused, NotPaused, NotCompleted) as error:
-        raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
-    except RunInputRefused as error:
-        raise invalid("run_input", str(error)) from None
-    except BadPageToken as error:
-        raise invalid("page_token", str(error)) from None
-    except DatabaseUnavailable as error:
-        raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
-    except WriteConflict as error:
-        if grouping:
-            raise
-        raise ServiceError(
-            StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
-        ) from None
 
 
 Context = grpc.aio.ServicerContext[Any, Any]

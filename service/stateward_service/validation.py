@@ -7,7 +7,9 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct, Value
@@ -18,7 +20,8 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from stateward.states import StateType
+from stateward.runs import RetryPolicy
+from stateward.states import State, StateDetails, StateType
 from stateward.v1 import runs_pb2, states_pb2
 from stateward_service.errors import invalid
 from stateward_service.input_schemas import UnsafePattern, check_patterns
@@ -91,12 +94,18 @@ def timestamp(ts: Timestamp, field: str) -> None:
 
 def duration(value: Duration, field: str, limit: float) -> float:
     """A duration in seconds: not negative, at most `limit`; unset is 0."""
-    seconds = value.seconds + value.nanos / 1e9
-    if seconds < 0 or value.nanos < 0:
+    if value.nanos < 0:
         raise invalid(field, "must not be negative")
-    if seconds > limit:
-        raise invalid(field, f"is {seconds:g}s; at most {limit:g}s is allowed")
-    return seconds
+    return seconds(value.seconds + value.nanos / 1e9, field, limit)
+
+
+def seconds(value: float, field: str, limit: float) -> float:
+    """A number of seconds: not negative, at most `limit`."""
+    if not value >= 0:  # NaN too
+        raise invalid(field, "must not be negative")
+    if value > limit:
+        raise invalid(field, f"is {value:g}s; at most {limit:g}s is allowed")
+    return value
 
 
 def state_type(value: int, field: str) -> StateType:
@@ -141,6 +150,39 @@ def state(msg: states_pb2.State, field: str) -> None:
         timestamp(msg.timestamp, f"{field}.timestamp")
     if msg.result.WhichOneof("value") == "json":
         result_json(msg.result.json, f"{field}.result.json")
+
+
+def proposed_state(state: State, field: str) -> None:
+    """A proposed state from a caller in this process (the vocabulary, no message): the same
+    checks as `state`, and its times must be timezone-aware, as a Timestamp is."""
+    text(state.name, f"{field}.name", MAX_NAME)
+    text(state.message, f"{field}.message", MAX_MESSAGE)
+    details = state.details
+    if details is not _NO_DETAILS:
+        text(details.cache_key, f"{field}.details.cache_key", MAX_CACHE_KEY)
+        text(details.transition_id, f"{field}.details.transition_id", MAX_KEY)
+        text(details.pause_key, f"{field}.details.pause_key", MAX_KEY)
+        for name in ("scheduled_time", "cache_expiration", "pause_timeout"):
+            aware(getattr(details, name), f"{field}.details.{name}")
+        if details.run_input:
+            raise invalid(
+                f"{field}.details.run_input",
+                "is written by ResumeFlowRun only: resume a paused flow run with ResumeFlowRun",
+            )
+        if details.run_input_schema:
+            run_input_schema(details.run_input_schema, f"{field}.details.run_input_schema")
+    aware(state.timestamp, f"{field}.timestamp")
+    if state.data is not None and state.data.json is not None:
+        result_json(state.data.json, f"{field}.result.json")
+
+
+_NO_DETAILS = StateDetails()
+
+
+def aware(value: datetime | None, field: str) -> None:
+    """A time from a caller in this process: None, or timezone-aware."""
+    if value is not None and value.utcoffset() is None:
+        raise invalid(field, "has no time zone: give an aware datetime (e.g. in UTC)")
 
 
 class _NotJsonNumber(ValueError):
@@ -269,6 +311,60 @@ def retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> None:
             f"{field}.retry_jitter_factor",
             f"is {jitter}; it must lie between 0 and {MAX_JITTER_FACTOR:g}",
         )
+
+
+def retry_policy_value(policy: RetryPolicy, field: str) -> RetryPolicy:
+    """A retry policy from a caller in this process: the checks of `retry_policy`; returns it
+    as a message would carry it (delays and jitter as floats)."""
+    if policy == _NO_RETRIES:
+        return _NO_RETRIES
+    message = runs_pb2.RetryPolicy(
+        retries=policy.retries,
+        retry_delay_seconds=policy.retry_delay_seconds,
+        retry_jitter_factor=policy.retry_jitter_factor,
+    )
+    retry_policy(message, field)
+    return RetryPolicy(
+        message.retries, tuple(message.retry_delay_seconds), message.retry_jitter_factor
+    )
+
+
+_NO_RETRIES = RetryPolicy()
+
+
+def parameter_values(values: Mapping[str, Any], field: str) -> tuple[dict[str, Any], str]:
+    """Run parameters from a caller in this process, as a Struct would carry them: the values
+    (every number as a double: whole ones below 2**53 read back as ints) and their JSON text.
+    A number JSON cannot hold is refused as `parameters` refuses it; a key that is not a
+    string, or a value a Struct cannot hold, raises TypeError, as building the Struct does."""
+    if not values:
+        return {}, "{}"
+    carried = {key: _struct_value(value, f"{field}.{key}") for key, value in _items(values)}
+    return carried, json.dumps(carried, separators=(",", ":"))
+
+
+def _items(values: Mapping[Any, Any]) -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise TypeError(f"a parameter's key must be a string, not {type(key).__name__}")
+        yield key, value
+
+
+def _struct_value(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        number = float(value)
+        if not math.isfinite(number):
+            raise invalid(
+                path, f"is {number}, which JSON cannot hold: send a string or null instead"
+            )
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if isinstance(value, Mapping):
+        return {key: _struct_value(inner, f"{path}.{key}") for key, inner in _items(value)}
+    if isinstance(value, list | tuple):
+        return [_struct_value(inner, f"{path}[{index}]") for index, inner in enumerate(value)]
+    raise TypeError(f"{path}: a {type(value).__name__} cannot be a parameter's value")
 
 
 def page_size(value: int, field: str = "page_size") -> int:

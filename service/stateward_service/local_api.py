@@ -1,0 +1,208 @@
+"""The in-process API: the calls of the SDK's hot path (create runs, create one and start it,
+propose a state, read a run) for a caller in this same process, in the vocabulary
+(`stateward.states`, `stateward.runs`): no protobuf message is built, encoded or parsed.
+
+Each call is checked as the gRPC API checks the same request, once, on the vocabulary, and is
+refused with the same ServiceError; it decides and writes through the same orchestrator calls,
+in the caller's thread. What it hands back is the caller's own: states and runs are fresh
+objects, never the orchestrator's cached records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from stateward.ids import new_id
+from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun
+from stateward.states import State, now
+from stateward_service import validation as check
+from stateward_service.errors import ServiceError
+from stateward_service.model import RunRecord
+from stateward_service.names import make_run_name
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.refusals import translating
+
+Run = FlowRun | TaskRun
+
+
+class LocalService:
+    """The hot calls of OrchestrationService for a caller in this process (see the module)."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+
+    def create_run(self, run: Run) -> Run:
+        """Create a flow run or a task run from the fields a create takes (id, name, its flow
+        name or task key, flow_run_id, parameters, tags, retry_policy, parent_task_run_id, the
+        initial state); returns it as stored. Raises ServiceError (INVALID_ARGUMENT,
+        NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE) as CreateFlowRun and
+        CreateTaskRun do, and TypeError for parameters a Struct cannot hold."""
+        record, initial, parameters = _record(run)
+        created = translating(
+            lambda: self.orchestrator.create_run(record, initial, new_id=not run.id)
+        )
+        return _run(created, parameters)
+
+    def create_and_start(
+        self, runs: Sequence[Run], state: State, lease_seconds: float
+    ) -> tuple[list[Run | ServiceError], OrchestrationResult | ServiceError]:
+        """Create `runs` in order, then propose `state` for the last of them, in one
+        transaction (as ExecuteBatch does): for each run, the run as stored or the ServiceError
+        its create was refused with; then the answer to the proposal, or its refusal. A
+        failure of the whole transaction raises ServiceError (UNAVAILABLE: nothing written)."""
+        created: list[Run | ServiceError] = []
+        answer: list[OrchestrationResult | ServiceError] = []
+
+        def batch() -> None:
+            with self.orchestrator.batch():
+                for run in runs:
+                    try:
+                        created.append(self.create_run(run))
+                    except ServiceError as error:
+                        created.append(error)
+                try:
+                    answer.append(self.set_state(runs[-1].id, state, lease_seconds=lease_seconds))
+                except ServiceError as error:
+                    answer.append(error)
+
+        translating(batch)  # a failure of the whole transaction (the database's) is raised
+        return created, answer[0]
+
+    def set_state(
+        self,
+        run_id: str,
+        state: State,
+        *,
+        force: bool = False,
+        expected_state_id: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> OrchestrationResult:
+        """Propose `state` for a run, as SetState does; the answer. Raises ServiceError as
+        SetState does."""
+        run_id = check.run_id(run_id, "run_id")
+        check.state_type(state.type, "state.type")
+        check.proposed_state(state, "state")
+        if expected_state_id:
+            expected_state_id = check.uuid_value(expected_state_id, "expected_state_id")
+        check.seconds(lease_seconds, "lease_duration", check.MAX_LEASE_SECONDS)
+        result = translating(
+            lambda: self.orchestrator.set_state(
+                run_id,
+                state,
+                force=force,
+                expected_state_id=expected_state_id,
+                lease_seconds=lease_seconds,
+            )
+        )
+        if result.state is None:
+            return result
+        return OrchestrationResult(
+            result.status,
+            _detached(result.state),
+            result.reason,
+            result.delay_seconds,
+            result.written,
+        )
+
+    def get_run(self, run_id: str, kind: RunKind) -> Run:
+        """The flow run or task run as it is now; ServiceError NOT_FOUND for an unknown one."""
+        run_id = check.run_id(run_id, "id")
+        record = translating(lambda: self.orchestrator.get_run(run_id, kind))
+        return _run(record, json.loads(record.parameters))
+
+
+def _record(run: Run) -> tuple[RunRecord, State | None, dict[str, Any]]:
+    """The run record a create stores, its initial state and its parameters as stored."""
+    what = "flow_run" if isinstance(run, FlowRun) else "task_run"
+    given_id = check.optional_run_id(run.id, f"{what}.id")
+    parameters, parameters_json = check.parameter_values(run.parameters, f"{what}.parameters")
+    retry_policy = check.retry_policy_value(run.retry_policy, f"{what}.retry_policy")
+    record = RunRecord(
+        kind=RunKind.FLOW_RUN if isinstance(run, FlowRun) else RunKind.TASK_RUN,
+        id=given_id or new_id(),
+        name=check.text(run.name, f"{what}.name", check.MAX_NAME) or make_run_name(),
+        created=now(),
+        parameters=parameters_json,
+        tags=check.tags(run.tags, f"{what}.tags"),
+        retry_policy=retry_policy,
+    )
+    if isinstance(run, FlowRun):
+        record.flow_name = check.text(
+            run.flow_name, "flow_run.flow_name", check.MAX_NAME, required=True
+        )
+        record.parent_task_run_id = check.optional_run_id(
+            run.parent_task_run_id, "flow_run.parent_task_run_id"
+        )
+    else:
+        record.task_key = check.text(
+            run.task_key, "task_run.task_key", check.MAX_NAME, required=True
+        )
+        record.flow_run_id = check.optional_run_id(run.flow_run_id, "task_run.flow_run_id")
+    initial = run.state
+    if initial is not None:
+        check.state_type(initial.type, f"{what}.state.type")
+        check.proposed_state(initial, f"{what}.state")
+    return record, initial, parameters
+
+
+def _detached(state: State) -> State:
+    """A copy of a state the orchestrator keeps, for the caller to hold (and to give a value)."""
+    return State(
+        state.type,
+        state.name,
+        state.message,
+        state.timestamp,
+        state.id,
+        state.details,
+        state.data,
+    )
+
+
+def _run(record: RunRecord, parameters: dict[str, Any]) -> Run:
+    """The vocabulary's run for a record, as a create or get answers it over the wire."""
+    state = _detached(record.state) if record.state is not None else None
+    total = timedelta(microseconds=round(record.total_run_time * 1_000_000))
+    if record.kind is RunKind.FLOW_RUN:
+        return FlowRun(
+            id=record.id,
+            name=record.name,
+            flow_name=record.flow_name,
+            parameters=parameters,
+            tags=record.tags,
+            retry_policy=record.retry_policy,
+            state=state,
+            run_count=record.run_count,
+            start_time=record.start_time,
+            end_time=record.end_time,
+            total_run_time=total,
+            expected_start_time=record.expected_start_time,
+            next_scheduled_start_time=record.next_scheduled_start_time,
+            parent_task_run_id=record.parent_task_run_id,
+            created=record.created,
+            lease_expires=record.lease_expires,
+        )
+    return TaskRun(
+        id=record.id,
+        name=record.name,
+        task_key=record.task_key,
+        flow_run_id=record.flow_run_id,
+        parameters=parameters,
+        tags=record.tags,
+        retry_policy=record.retry_policy,
+        state=state,
+        run_count=record.run_count,
+        start_time=record.start_time,
+        end_time=record.end_time,
+        total_run_time=total,
+        expected_start_time=record.expected_start_time,
+        next_scheduled_start_time=record.next_scheduled_start_time,
+        child_flow_run_id=record.child_flow_run_id,
+        created=record.created,
+        lease_expires=record.lease_expires,
+    )
+
+
+__all__ = ["LocalService"]

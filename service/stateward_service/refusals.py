@@ -1,0 +1,53 @@
+"""The orchestrator's refusals as the service answers them: each exception of the domain (an
+unknown run, a duplicate, a refused initial state, a busy or broken database...) becomes the
+ServiceError with its status code, for the gRPC API and the in-process API alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from stateward.wire import StatusCode
+from stateward_service.errors import ServiceError, invalid
+from stateward_service.orchestrator import (
+    InitialStateRefused,
+    LimitAlreadyExists,
+    LimitNotFound,
+    NotCompleted,
+    NotPaused,
+    RunAlreadyExists,
+    RunInputRefused,
+    RunNotFound,
+)
+from stateward_service.store import BadPageToken, DatabaseUnavailable, WriteConflict
+
+T = TypeVar("T")
+
+
+def translating(call: Callable[[], T], grouping: bool = False) -> T:
+    """Run `call`, turning the orchestrator's refusals into ServiceErrors. Inside a group
+    commit (`grouping`), a race lost to another process is raised as is: the group decides the
+    call again in another transaction."""
+    try:
+        return call()
+    except (RunNotFound, LimitNotFound) as error:
+        raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
+    except (RunAlreadyExists, LimitAlreadyExists) as error:
+        raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
+    except (InitialStateRefused, NotPaused, NotCompleted) as error:
+        raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
+    except RunInputRefused as error:
+        raise invalid("run_input", str(error)) from None
+    except BadPageToken as error:
+        raise invalid("page_token", str(error)) from None
+    except DatabaseUnavailable as error:
+        raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
+    except WriteConflict as error:
+        if grouping:
+            raise
+        raise ServiceError(
+            StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
+        ) from None
+
+
+__all__ = ["translating"]

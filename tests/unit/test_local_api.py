@@ -1,0 +1,147 @@
+"""The in-process API (`stateward_service.local_api`) against the gRPC API's own methods on one
+real SQLite store: the same calls store the same things and refuse the same bad input with the
+same message, and what the in-process API hands back is never the orchestrator's own record."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import pytest
+
+from stateward import wire
+from stateward.ids import new_id
+from stateward.runs import FlowRun, RetryPolicy, RunKind, SetStateStatus, TaskRun
+from stateward.states import ResultData, State, StateDetails, StateType
+from stateward.v1 import orchestration_pb2 as pb
+from stateward_service.errors import ServiceError
+from stateward_service.grpc_api import OrchestrationService
+from stateward_service.local_api import LocalService
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.store.sqlite import Store
+
+
+@pytest.fixture
+def apis(tmp_path):
+    store = Store(tmp_path / "local.db")
+    orchestrator = Orchestrator(store)
+    yield LocalService(orchestrator), OrchestrationService(orchestrator, None)  # type: ignore[arg-type]
+    store.close()
+
+
+PARAMETERS = {"n": 3, "x": 2.0, "big": 2**60, "nested": {"l": [1, 1.5, None, True, "s"]}}
+
+
+def test_a_run_created_in_process_is_stored_as_over_the_wire(apis):
+    local, remote = apis
+    flow_run = local.create_run(FlowRun(id="", name="", flow_name="f", parameters=PARAMETERS))
+    assert isinstance(flow_run, FlowRun) and flow_run.name  # a made-up name
+    policy = RetryPolicy(2, (1, 2), 0)
+    run = TaskRun(
+        id="", name="t-0", task_key="t", flow_run_id=flow_run.id, parameters=PARAMETERS,
+        tags=("a", "b", "a"), retry_policy=policy, state=State(StateType.PENDING),
+    )  # fmt: skip
+    in_process = local.create_run(run)
+    over_the_wire = wire.task_run_from_proto(
+        remote.CreateTaskRun(wire.create_task_run_request(run)).task_run
+    )
+    for created in (in_process, over_the_wire):
+        assert isinstance(created, TaskRun)
+        assert created.tags == ("a", "b")
+        assert created.retry_policy == RetryPolicy(2, (1.0, 2.0), 0.0)
+        assert created.state is not None and created.state.name == "Pending"
+    # The parameters as a Struct carries them: whole numbers below 2**53 are ints.
+    assert in_process.parameters == over_the_wire.parameters
+    assert in_process.parameters["x"] == 2 and isinstance(in_process.parameters["x"], int)
+    assert isinstance(in_process.parameters["big"], float)
+    stored = [
+        local.get_run(created.id, RunKind.TASK_RUN) for created in (in_process, over_the_wire)
+    ]
+    assert stored[0].parameters == stored[1].parameters == in_process.parameters
+
+
+def test_create_and_start_answers_each_operation(apis):
+    local, _ = apis
+    flow_run = FlowRun(id=new_id(), name="f-run", flow_name="f")
+    created, answer = local.create_and_start([flow_run], State(StateType.RUNNING), 30.0)
+    assert isinstance(created[0], FlowRun)
+    assert not isinstance(answer, ServiceError) and answer.status is SetStateStatus.ACCEPT
+    assert answer.state is not None and answer.state.details.flow_run_id == created[0].id
+    # A refused create is answered in place; the proposal for a run that does not exist is
+    # refused too, and nothing else changes.
+    bad = TaskRun(id=new_id(), name="x" * 201, task_key="t")
+    created, answer = local.create_and_start([bad], State(StateType.RUNNING), 0.0)
+    assert isinstance(created[0], ServiceError) and "task_run.name" in created[0].message
+    assert isinstance(answer, ServiceError)
+
+
+@pytest.mark.parametrize(
+    ("state", "field"),
+    [
+        (State(StateType.RUNNING, name="n" * 201), "state.name"),
+        (State(StateType.RUNNING, message="m" * 100_001), "state.message"),
+        (State(StateType.RUNNING, details=StateDetails(cache_key="k" * 2_001)), "cache_key"),
+        (State(StateType.RUNNING, details=StateDetails(run_input="{}")), "run_input"),
+        (State(StateType.COMPLETED, data=ResultData(json="{nope")), "state.result.json"),
+        (State(StateType.COMPLETED, data=ResultData(json="NaN")), "state.result.json"),
+        (
+            State(StateType.SCHEDULED, details=StateDetails(scheduled_time=datetime(2030, 1, 1))),
+            "state.details.scheduled_time",
+        ),
+    ],
+)
+def test_a_bad_proposal_is_refused_and_changes_nothing(apis, state, field):
+    local, remote = apis
+    run = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
+    with pytest.raises(ServiceError) as refused:
+        local.set_state(run.id, state)
+    assert refused.value.code == wire.StatusCode.INVALID_ARGUMENT
+    assert field in refused.value.message
+    if state.details.scheduled_time is None:  # a naive time cannot even be put in a message
+        with pytest.raises(ServiceError) as over_the_wire:
+            remote.SetState(wire.set_state_request(run.id, state))
+        assert over_the_wire.value.message == refused.value.message
+    assert local.get_run(run.id, RunKind.TASK_RUN).state is None
+
+
+def test_bad_ids_leases_and_parameters_are_refused(apis):
+    local, _ = apis
+    with pytest.raises(ServiceError, match="run_id: 'nope' is not a UUID"):
+        local.set_state("nope", State(StateType.RUNNING))
+    run = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
+    with pytest.raises(ServiceError, match="lease_duration: must not be negative"):
+        local.set_state(run.id, State(StateType.RUNNING), lease_seconds=-1.0)
+    with pytest.raises(ServiceError, match=r"task_run.parameters.p\[1\]: is nan"):
+        local.create_run(TaskRun(id="", name="", task_key="t", parameters={"p": [1, math.nan]}))
+    with pytest.raises(ServiceError, match=r"task_run\.retry_policy\.retries"):
+        local.create_run(TaskRun(id="", name="", task_key="t", retry_policy=RetryPolicy(-1)))
+    with pytest.raises(ServiceError, match=r"no task run has id") as unknown:
+        local.get_run(run.id.replace(run.id[:8], "00000000"), RunKind.TASK_RUN)
+    assert unknown.value.code == wire.StatusCode.NOT_FOUND
+
+
+def test_what_comes_back_is_the_callers_own(apis):
+    local, _ = apis
+    run = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
+    answer = local.set_state(run.id, State(StateType.RUNNING))
+    again = local.get_run(run.id, RunKind.TASK_RUN)
+    assert answer.state == again.state and answer.state is not again.state
+    kept = local.orchestrator.get_run(run.id)  # the orchestrator's copy of its record
+    assert kept.state is not answer.state
+
+
+def test_the_in_process_calls_make_no_protobuf_message(apis, monkeypatch):
+    from stateward.v1 import states_pb2
+
+    made = []
+    monkeypatch.setattr(states_pb2, "State", lambda *a, **k: made.append(1))
+    monkeypatch.setattr(pb, "SetStateRequest", lambda *a, **k: made.append(1))
+    local, _ = apis
+    created, answer = local.create_and_start(
+        [TaskRun(id=new_id(), name="t-0", task_key="t", state=State(StateType.PENDING))],
+        State(StateType.RUNNING),
+        30.0,
+    )
+    assert not isinstance(answer, ServiceError)
+    assert local.set_state(created[0].id, State(StateType.COMPLETED)).accepted  # type: ignore[union-attr]
+    assert made == []
