@@ -145,9 +145,12 @@ class _RunCache:
         self.bytes = 0  # what the remembered runs' parameters and results take, about
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        # The runs created in the open transaction whose rows are not written yet (see
+        # `Orchestrator._write_unwritten`): found here whatever the cache forgets.
+        self.unwritten: dict[str, RunRecord] = {}
 
     def get(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
-        run = self._runs.get(run_id)
+        run = self._runs.get(run_id) or self.unwritten.get(run_id)
         if run is None:
             run = self.store.get_run(run_id)
             if run is None:
@@ -169,9 +172,10 @@ class _RunCache:
             self.bytes -= self._sizes.pop(forgotten)
 
     def cached(self, run_id: str) -> RunRecord | None:
-        return self._runs.get(run_id)
+        return self._runs.get(run_id) or self.unwritten.get(run_id)
 
     def clear(self) -> None:
+        self.unwritten.clear()
         self._runs.clear()
         self._sizes.clear()
         self.bytes = 0
@@ -232,7 +236,7 @@ class Orchestrator:
                 self._publish(write)
 
         self._retrying(attempt)
-        return replace(run)
+        return run.copy()
 
     def _create(self, run: RunRecord, initial: State | None, new_id: bool, write: _Write) -> None:
         """Inside a transaction: check, decide and write a new run."""
@@ -258,10 +262,9 @@ class Orchestrator:
         if parent is not None:
             self._store.link_subflow(parent.id, run.id)
             parent.child_flow_run_id = run.id
-        if decision is None:
-            self._store.insert_run(run)
-        else:
-            self._write(run, decision, write, new=True)
+        self._runs.unwritten[run.id] = run  # its row is inserted once, at the commit
+        if decision is not None:
+            self._write(run, decision, write)
         self._runs.remember(run)
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
@@ -271,7 +274,7 @@ class Orchestrator:
             run = self._runs.get(run_id, kind)
             if run is None:
                 raise RunNotFound(run_id, kind)
-            return replace(run)
+            return run.copy()
 
     def list_states_page(
         self, run_id: str, page_size: int, page_token: str = ""
@@ -455,6 +458,7 @@ class Orchestrator:
         """Extend the leases of those runs that hold one (RUNNING or CANCELLING)."""
         until = self.clock() + timedelta(seconds=seconds)
         with self._lock, self._writing():
+            self._write_unwritten()  # the UPDATE below must find the runs of this batch
             renewed = set(self._store.renew_leases(run_ids, until))
             for run_id in renewed:
                 cached = self._runs.cached(run_id)
@@ -623,29 +627,41 @@ class Orchestrator:
         moment = self.clock()
         if proposed.type is StateType.SCHEDULED and proposed.details.scheduled_time is None:
             proposed = proposed.with_details(scheduled_time=moment)
-        ctx = TransitionContext(run=run, proposed=proposed, now=moment, jitter=self.rng())
         if not force and run.kind is RunKind.TASK_RUN and proposed.type is StateType.RUNNING:
-            ctx = self._with_task_start_facts(ctx)
+            ctx = self._with_task_start_facts(run, proposed, moment)
+        else:
+            ctx = TransitionContext(run=run, proposed=proposed, now=moment, jitter=self.rng())
         return decide(self.policies.for_run(run.kind, force), ctx)
 
-    def _with_task_start_facts(self, ctx: TransitionContext) -> TransitionContext:
-        """Add what the task policy reads when a task run proposes RUNNING, and only that: its
-        flow run's state, the cached result under its key, its tags' concurrency limits."""
-        run, details = ctx.run, ctx.proposed.details
+    def _with_task_start_facts(
+        self, run: RunRecord, proposed: State, moment: datetime
+    ) -> TransitionContext:
+        """The context of a task run proposing RUNNING, with what the task policy reads then,
+        and only that: its flow run's state, the cached result under its key, its tags'
+        concurrency limits."""
+        details = proposed.details
         flow_run_state = None
         if run.flow_run_id:
             flow_run = self._runs.get(run.flow_run_id, RunKind.FLOW_RUN)
             flow_run_state = flow_run.state if flow_run else None
         cached = None
         if details.cache_key and not details.refresh_cache:
-            cached = self._store.cached_state(details.cache_key, ctx.now)
+            cached = self._store.cached_state(details.cache_key, moment)
         limits: tuple[LimitUsage, ...] = ()
         if run.tags:
             limits = tuple(
                 LimitUsage(tag, limit, active, held)
                 for tag, limit, active, held in self._store.limit_usage(run.id, run.tags)
             )
-        return replace(ctx, flow_run_state=flow_run_state, cached=cached, limits=limits)
+        return TransitionContext(
+            run=run,
+            proposed=proposed,
+            now=moment,
+            flow_run_state=flow_run_state,
+            cached=cached,
+            limits=limits,
+            jitter=self.rng(),
+        )
 
     def together(self, operations: Sequence[Callable[[], T]]) -> list[T | Exception]:
         """Group commit: run `operations` (each a call of this orchestrator's writing methods,
@@ -765,9 +781,17 @@ class Orchestrator:
             with self._store.transaction():
                 self._forget_if_changed()
                 yield
+                self._write_unwritten()
         except BaseException:
             self._runs.clear()
             raise
+
+    def _write_unwritten(self) -> None:
+        """Insert the rows of the runs created in this transaction, each once, as they are
+        now: a run created and started together costs one statement for its row, not two."""
+        for run in self._runs.unwritten.values():  # in the order they were created
+            self._store.insert_run(run)
+        self._runs.unwritten.clear()
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         """Run a decision, again (after a short random pause) when it lost a race with another
@@ -792,11 +816,8 @@ class Orchestrator:
         decision: PolicyDecision,
         write: _Write,
         lease_seconds: float = 0.0,
-        *,
-        new: bool = False,
     ) -> None:
-        """Write the decided state for `run` (inside a transaction); a `new` run's row is
-        inserted whole."""
+        """Write the decided state for `run` (inside a transaction)."""
         assert decision.state is not None
         for effect in decision.effects:
             if isinstance(effect, ResetRunCount):
@@ -808,9 +829,7 @@ class Orchestrator:
             if isinstance(effect, RememberPauseKey):
                 run.pause_keys = run.pause_keys | {effect.key}
         self._store.insert_state(run.id, state)
-        if new:
-            self._store.insert_run(run)
-        else:
+        if run.id not in self._runs.unwritten:  # else its row is inserted as it is by then
             self._store.update_run(run)
         for effect in decision.effects:
             self._apply(run, state, effect)
