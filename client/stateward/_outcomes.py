@@ -19,28 +19,66 @@ from stateward.utilities.annotations import allow_failure, quote, unmapped
 # --- parameters ---------------------------------------------------------------------------------
 
 
+_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_POSITIONAL_OR_KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_NO_DEFAULT = inspect.Parameter.empty
+
+
 def bind(
     signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
+    """The call's arguments by parameter name, defaults applied, in the signature's order.
+    Raises TypeError as calling the function would."""
+    # Every call of a task does this: a function whose parameters all take keywords is bound
+    # by hand; anything else (and every mistake, for its message) goes to Signature.bind.
+    parameters = signature.parameters
+    if len(args) <= len(parameters):
+        bound: dict[str, Any] = {}
+        for index, (name, parameter) in enumerate(parameters.items()):
+            kind = parameter.kind
+            if index < len(args):
+                if kind is not _POSITIONAL_OR_KEYWORD or name in kwargs:
+                    break
+                bound[name] = args[index]
+            elif kind not in _KEYWORD_KINDS:
+                break
+            elif name in kwargs:
+                bound[name] = kwargs[name]
+            elif parameter.default is not _NO_DEFAULT:
+                bound[name] = parameter.default
+            else:
+                break
+        else:
+            if all(key in parameters for key in kwargs):  # else: an unexpected keyword
+                return bound
+    full = signature.bind(*args, **kwargs)
+    full.apply_defaults()
+    return dict(full.arguments)
 
 
 def call_with(
     fn: Callable[..., Any], signature: inspect.Signature, parameters: dict[str, Any]
 ) -> Any:
+    if all(parameter.kind in _KEYWORD_KINDS for parameter in signature.parameters.values()):
+        return fn(**parameters)  # the usual function: every argument by name
     bound = signature.bind_partial()
     bound.arguments.update(parameters)
     return fn(*bound.args, **bound.kwargs)
+
+
+_check_json = json.JSONEncoder(allow_nan=False).encode  # NaN and Infinity are not JSON
+_PLAIN_VALUES = (str, int, bool, type(None))
 
 
 def jsonable(parameters: dict[str, Any]) -> dict[str, Any]:
     """Parameters as they can be recorded on the run (values JSON cannot hold, as text)."""
     recorded: dict[str, Any] = {}
     for key, value in parameters.items():
+        if type(value) in _PLAIN_VALUES:
+            recorded[key] = value
+            continue
         try:
-            json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON
+            _check_json(value)
         except (TypeError, ValueError, RecursionError):
             recorded[key] = repr(value)
         else:
