@@ -12,7 +12,7 @@ import functools
 import inspect
 import sys
 import types
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,8 +68,11 @@ class StateType(enum.IntEnum):
     @property
     def default_name(self) -> str:
         """The name a state of this type has when none is given: the capitalised type."""
-        return self.name.capitalize()
+        return _DEFAULT_NAMES[self]
 
+
+# Worked out once: every State made without a name looks its name up here.
+_DEFAULT_NAMES = {state_type: state_type.name.capitalize() for state_type in StateType}
 
 TERMINAL_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
@@ -104,6 +107,7 @@ class ResultData:
 
 
 _NO_VALUE: Any = object()
+_DETAIL_FIELDS = tuple(field.name for field in fields(StateDetails))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +174,26 @@ class State:
 
     def evolve(self, **changes: Any) -> State:
         """A copy with some fields replaced (the decoded result is kept unless data changes)."""
-        copy = replace(self, **changes)
-        if "data" not in changes and self._value is not _NO_VALUE:
-            object.__setattr__(copy, "_value", self._value)
-        return copy
+        # As dataclasses.replace, field by field: states are copied on every proposal.
+        values = {
+            "type": self.type,
+            "name": self.name,
+            "message": self.message,
+            "timestamp": self.timestamp,
+            "id": self.id,
+            "details": self.details,
+            "data": self.data,
+            "_value": self._value,
+        }
+        values.update(changes)
+        return State(**values)
 
     def with_details(self, **changes: Any) -> State:
         """A copy whose details have some fields replaced."""
-        return self.evolve(details=replace(self.details, **changes))
+        details = self.details
+        values = {name: getattr(details, name) for name in _DETAIL_FIELDS}
+        values.update(changes)
+        return self.evolve(details=StateDetails(**values))
 
     @property
     def state_details(self) -> StateDetails:
