@@ -22,11 +22,16 @@ from stateward_service.store.sqlite import Store
 
 
 @pytest.fixture
-def apis(tmp_path):
-    store = Store(tmp_path / "local.db")
+def store(tmp_path):
+    opened = Store(tmp_path / "local.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def apis(store):
     orchestrator = Orchestrator(store)
-    yield LocalService(orchestrator), OrchestrationService(orchestrator, None)  # type: ignore[arg-type]
-    store.close()
+    return LocalService(orchestrator), OrchestrationService(orchestrator, None)  # type: ignore[arg-type]
 
 
 PARAMETERS = {"n": 3, "x": 2.0, "big": 2**60, "nested": {"l": [1, 1.5, None, True, "s"]}}
@@ -145,3 +150,29 @@ def test_the_in_process_calls_make_no_protobuf_message(apis, monkeypatch):
     assert not isinstance(answer, ServiceError)
     assert local.set_state(created[0].id, State(StateType.COMPLETED)).accepted  # type: ignore[union-attr]
     assert made == []
+
+
+def test_a_task_run_costs_two_commits_and_fifteen_statements(apis, store):
+    """Created Pending and started in one transaction (its row inserted once), completed in a
+    second: each commits before its call returns."""
+    local, _ = apis
+    flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
+    local.set_state(flow_run.id, State(StateType.RUNNING))
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    run = TaskRun(
+        id=new_id(), name="t-0", task_key="t", flow_run_id=flow_run.id,
+        state=State(StateType.PENDING),
+    )  # fmt: skip
+    local.create_and_start([run], State(StateType.RUNNING), 30.0)
+    first = len(statements)
+    done = local.set_state(run.id, State(StateType.COMPLETED, data=ResultData(json="1")))
+    store.conn.set_trace_callback(None)
+    assert done.accepted
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+        "BEGIN IMMEDIATE", "COMMIT", "BEGIN IMMEDIATE", "COMMIT",
+    ]  # fmt: skip
+    assert statements[first - 1] == "COMMIT"  # the start committed before its call returned
+    assert len([s for s in statements if s.startswith("INSERT INTO task_runs")]) == 1
+    assert len([s for s in statements if s.startswith("UPDATE task_runs")]) == 1
+    assert len(statements) == 15, statements
