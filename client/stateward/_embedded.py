@@ -1,8 +1,10 @@
 """Finding the orchestrator for the SDK: the one place the SDK touches `stateward_service`.
 
 With STATEWARD_API_URL set, the SDK talks to that server. Without it, the process orchestrates
-itself, directly on `$STATEWARD_HOME/stateward.db`: the orchestrator runs in-process (calls go
-straight to the synchronous methods of the gRPC API: no sockets, nothing encoded), and a thread
+itself, directly on `$STATEWARD_HOME/stateward.db`: the orchestrator runs in-process, in the
+caller's thread, with no sockets (the hot calls, to create and start runs and propose states, go
+to `stateward_service.local_api` in the vocabulary, with no protobuf at all; the others to the
+synchronous methods of the gRPC API, their messages never encoded), and a thread
 runs an event loop with the log follower and the broadcaster (for `watch` and the cancellation
 supervisor) and, while this process holds the database's leader lock, the server's loops. Any
 number of processes (scripts, the CLI, `watch`, a `stateward server start`) share the file, and
