@@ -724,7 +724,11 @@ class Orchestrator:
         mark = len(self._batch)
         with self._store.savepoint() as savepoint:
             try:
-                return operation()
+                result = operation()
+                # Its new runs' rows go in its own savepoint: an undo of a later operation
+                # forgets only that operation's runs.
+                self._write_unwritten()
+                return result
             except Exception as error:
                 if not _undone_alone(error):
                     raise

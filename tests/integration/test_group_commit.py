@@ -105,6 +105,35 @@ def test_a_write_that_fails_in_a_group_is_undone_alone(database: str) -> None:
         orchestrator.close()
 
 
+def test_runs_created_in_a_group_survive_the_undo_of_another_write(database: str) -> None:
+    """A new run's row is written once, at the end of its own operation: undoing a later
+    operation of the group does not lose it."""
+    orchestrator = Orchestrator(open_database(database))
+    try:
+        created, undone = flow_run(), flow_run()
+
+        def creates_then_fails() -> None:
+            orchestrator.create_run(undone, State(StateType.PENDING))
+            raise ValueError("failed after creating")
+
+        outcomes = orchestrator.together(
+            [
+                lambda: orchestrator.create_run(created, State(StateType.PENDING)),
+                creates_then_fails,
+            ]
+        )
+        assert isinstance(outcomes[1], ValueError)
+        other = Orchestrator(open_database(database))  # another process's view
+        try:
+            assert other.get_run(created.id).state.type is StateType.PENDING  # type: ignore[union-attr]
+            with pytest.raises(RunNotFound):
+                other.get_run(undone.id)
+        finally:
+            other.close()
+    finally:
+        orchestrator.close()
+
+
 def test_proposals_for_one_run_in_one_group_are_decided_in_order(database: str) -> None:
     orchestrator = Orchestrator(open_database(database))
     try:
