@@ -44,6 +44,10 @@ def new_id() -> str:
 
 
 def _forget_in_child() -> None:
+    """In a forked child: drop the parent's ids, and take a new refill lock (a thread of the
+    parent may have held it at the fork, and that thread does not exist in the child)."""
+    global _lock
+    _lock = threading.Lock()
     _pool.clear()
 
 

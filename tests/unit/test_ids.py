@@ -4,6 +4,7 @@ across a fork."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import uuid
 
@@ -48,3 +49,22 @@ def test_a_forked_child_makes_ids_of_its_own() -> None:
     from_child = {text[i : i + 36] for i in range(0, len(text), 36)}
     from_parent = {new_id() for _ in range(10)}
     assert len(from_child) == 10 and not from_child & from_parent
+
+
+def test_a_child_forked_while_another_thread_refills_still_makes_ids() -> None:
+    # Another thread is refilling the pool (it holds the refill lock) at the moment of the fork:
+    # the child inherits that lock held, by a thread the child does not have.
+    from stateward import ids
+
+    read, write = os.pipe()
+    with ids._lock:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            signal.alarm(20)  # a child that hangs dies (SIGALRM) instead of the test waiting
+            os.write(write, new_id().encode())
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child hung making an id"
+    with os.fdopen(read) as pipe:
+        assert uuid.UUID(pipe.read()).version == 4
