@@ -15,6 +15,8 @@ import json
 import math
 import os
 import pickle
+import re
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -165,13 +167,33 @@ def _is_reference(value: Any) -> bool:
     return type(value) is dict and len(value) == 1 and isinstance(value.get(RESULT_FILE_KEY), dict)
 
 
+# The name of a result file `write_result_file` writes: 32 hex digits, then its serializer.
+_RESULT_FILE_NAME = re.compile(r"[0-9a-f]{32}\.(json|pickle)")
+
+
 def read_result_file(reference: dict[str, Any]) -> Any:
     """The value in the result file a reference names. Raises MissingResult when the file is
-    gone or unreadable."""
+    gone, unreadable or damaged (its size not the one recorded, its content not decodable), or
+    when the reference does not name a file `write_result_file` writes (an absolute path to a
+    regular file named by 32 hex digits and its serializer): a reference is read from the
+    server, so one written by anything else never makes this process read any other file."""
     path = str(reference.get("path", ""))
     serializer = reference.get("serializer")
+    size = reference.get("bytes")
+    name = _RESULT_FILE_NAME.fullmatch(os.path.basename(path))
+    if not os.path.isabs(path) or name is None or name.group(1) != serializer:
+        raise MissingResult(
+            f"the result reference names {path!r} with serializer {serializer!r}, which is not "
+            "a result file Stateward writes (an absolute path to <32 hex digits>.json or "
+            ".pickle, its serializer the same): it is not read"
+        )
     try:
-        blob = Path(path).read_bytes()
+        # Not blocking on a FIFO's open; a regular file reads as always.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise MissingResult(f"the result file {path!r} is not a regular file")
+            blob = file.read()
     except FileNotFoundError:
         raise MissingResult(
             f"the result was written to {path!r}, which does not exist (deleted since, or "
@@ -180,11 +202,17 @@ def read_result_file(reference: dict[str, Any]) -> Any:
         ) from None
     except OSError as error:
         raise MissingResult(f"the result file {path!r} cannot be read: {error}") from None
-    if serializer == "json":
-        return json.loads(blob)
-    if serializer == "pickle":
+    if isinstance(size, int) and len(blob) != size:
+        raise MissingResult(
+            f"the result file {path!r} holds {len(blob):,} bytes, not the {size:,} written: "
+            "it was changed or truncated since"
+        )
+    try:
+        if serializer == "json":
+            return json.loads(blob)
         return pickle.loads(blob)
-    raise MissingResult(f"the result file {path!r} has an unknown serializer {serializer!r}")
+    except Exception as error:
+        raise MissingResult(f"the result file {path!r} cannot be decoded: {error}") from None
 
 
 # An exception is stored up to the result size limit, or this much if the limit is lower: a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import uuid
 from pathlib import Path
@@ -18,6 +19,8 @@ from stateward import flow, task
 from stateward._results import RESULT_FILE_KEY
 from stateward.exceptions import MissingResult, ResultTooLarge
 from stateward.filesystems import LocalFileSystem
+from stateward.runs import SetStateStatus
+from stateward.states import ResultData, State, StateType
 from stateward.task_runners import ProcessPoolTaskRunner
 from tests.sdk.conftest import python
 
@@ -291,3 +294,60 @@ def test_a_task_on_a_process_pool_worker_takes_its_flow_s_storage(client, tmp_pa
     run_id, length = pipeline()
     assert length == BIG
     assert Path(str(stored_reference(client, run_id)["path"])).parent == tmp_path
+
+
+def completed_task_with_result(client, result_json: str) -> str:
+    """A task run whose Completed state carries `result_json` as another client could write it;
+    returns its id."""
+    flow_run = client.create_flow_run(unique("crafted"), state=State(StateType.RUNNING))
+    run = client.create_task_run(
+        unique("crafted"), flow_run_id=flow_run.id, state=State(StateType.RUNNING)
+    )
+    crafted = State(StateType.COMPLETED, data=ResultData(json=result_json))
+    assert client.set_state(run.id, crafted).status is SetStateStatus.ACCEPT
+    return run.id
+
+
+def reference_to(path: object, serializer: str, size: int | None = None) -> str:
+    fields: dict[str, object] = {"path": str(path), "serializer": serializer}
+    if size is not None:
+        fields["bytes"] = size
+    return json.dumps({RESULT_FILE_KEY: fields})
+
+
+def test_a_crafted_reference_never_reads_a_file_stateward_did_not_write(
+    client, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('"the secret"')
+    hex_named = tmp_path / f"{uuid.uuid4().hex}.json"
+    hex_named.write_text('"hex named"')
+    crafted = {
+        "any file": reference_to(secret, "json"),
+        "a relative path": reference_to(f"../{hex_named.name}", "json"),
+        "a serializer not its suffix": reference_to(hex_named, "pickle"),
+        "a device": reference_to("/dev/zero", "json"),
+    }
+    for what, result_json in crafted.items():
+        run_id = completed_task_with_result(client, result_json)
+        message = read_in_another_process(run_id)
+        assert message.startswith("MissingResult: the result reference names"), (what, message)
+        assert "is not a result file Stateward writes" in message, what
+    fifo = tmp_path / f"{uuid.uuid4().hex}.json"
+    os.mkfifo(fifo)
+    run_id = completed_task_with_result(client, reference_to(fifo, "json"))
+    assert read_in_another_process(run_id).startswith("MissingResult: the result file")
+
+
+def test_a_damaged_result_file_is_a_missing_result(client, tmp_path: Path) -> None:
+    truncated = tmp_path / f"{uuid.uuid4().hex}.json"
+    truncated.write_text('"abc')
+    not_pickle = tmp_path / f"{uuid.uuid4().hex}.pickle"
+    not_pickle.write_bytes(b"not a pickle")
+    run_id = completed_task_with_result(client, reference_to(truncated, "json"))
+    message = read_in_another_process(run_id)
+    assert message.startswith("MissingResult: the result file") and "decoded" in message
+    run_id = completed_task_with_result(client, reference_to(not_pickle, "pickle"))
+    assert "cannot be decoded" in read_in_another_process(run_id)
+    run_id = completed_task_with_result(client, reference_to(truncated, "json", size=5000))
+    assert "holds 4 bytes, not the 5,000 written" in read_in_another_process(run_id)
