@@ -108,29 +108,30 @@ InputValidator = validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
+def members_in(node: object) -> Iterator[tuple[str, Any]]:
+    """Every member (key, value) of every JSON object of a JSON document, at any depth, in
+    document order: a member comes before those nested in its value."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from members_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from members_in(item)
+
+
 def patterns_in(node: object) -> Iterator[str]:
     """Every regular expression of a JSON Schema: the values of `pattern` and the keys of
     `patternProperties`, at any depth."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
-                yield value
-            elif key == "patternProperties" and isinstance(value, dict):
-                yield from (k for k in value if isinstance(k, str))
-                yield from patterns_in(value)
-            else:
-                yield from patterns_in(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from patterns_in(item)
+    for key, value in members_in(node):
+        if key == "pattern" and isinstance(value, str):
+            yield value
+        elif key == "patternProperties" and isinstance(value, dict):
+            yield from (pattern for pattern in value if isinstance(pattern, str))
 
 
 def _uses(node: object, keyword: str) -> bool:
-    if isinstance(node, dict):
-        return keyword in node or any(_uses(value, keyword) for value in node.values())
-    if isinstance(node, list):
-        return any(_uses(item, keyword) for item in node)
-    return False
+    return any(key == keyword for key, _ in members_in(node))
 
 
 def check_patterns(schema: object) -> None:

@@ -24,7 +24,7 @@ from stateward.runs import RetryPolicy
 from stateward.states import State, StateDetails, StateType
 from stateward.v1 import runs_pb2, states_pb2
 from stateward_service.errors import invalid
-from stateward_service.input_schemas import UnsafePattern, check_patterns
+from stateward_service.input_schemas import UnsafePattern, check_patterns, members_in
 
 MAX_NAME = 200
 MAX_MESSAGE = 100_000
@@ -426,15 +426,9 @@ def run_input_schema(value: str, field: str) -> None:
 
 def _references(node: object) -> Iterator[str]:
     """Every `$ref` and `$dynamicRef` in a JSON document."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                yield value
-            else:
-                yield from _references(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _references(item)
+    for key, value in members_in(node):
+        if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+            yield value
 
 
 def run_input(value: str, field: str) -> None:
