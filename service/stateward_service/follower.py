@@ -111,7 +111,7 @@ class LogFollower:
         last_read = time.monotonic()
         while not self._stopping.is_set():
             try:
-                woken = self.signal.wait(self.signal_timeout, self._cursor)
+                woken = self.signal.wait(self.signal_timeout, lambda: self._cursor)
             except Exception as error:
                 log.warning("the change signal failed (%s); reading the log on a timer", error)
                 woken = False

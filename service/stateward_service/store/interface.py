@@ -114,9 +114,10 @@ class LeaderLock(Protocol):
 class ChangeSignal(Protocol):
     """Tells a log follower that the database may hold new transitions: a wake-up only."""
 
-    def wait(self, timeout: float, seen: int) -> bool:
-        """Block for at most `timeout` seconds; True when a transition after sequence `seen`
-        (the newest the caller has) may have been committed."""
+    def wait(self, timeout: float, seen: Callable[[], int]) -> bool:
+        """Block for at most `timeout` seconds; True when a transition after sequence `seen()`
+        may have been committed. `seen` answers the newest sequence the caller has, read when
+        the wait ends: the caller's own commits, published meanwhile, do not count as new."""
         ...
 
     def close(self) -> None: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -94,14 +95,14 @@ class ListenSignal:
             self._conn.execute(f"LISTEN {CHANNEL}")
         return self._conn
 
-    def wait(self, timeout: float, seen: int) -> bool:
+    def wait(self, timeout: float, seen: Callable[[], int]) -> bool:
         if self._closed:
             return False
         fresh = self._conn is None or self._conn.closed or self._conn.broken
         conn = self._listening()
         if fresh:
             return True
-        return any(_newer(notify.payload, seen) for notify in conn.notifies(timeout=timeout))
+        return any(_newer(notify.payload, seen()) for notify in conn.notifies(timeout=timeout))
 
     def close(self) -> None:
         self._closed = True

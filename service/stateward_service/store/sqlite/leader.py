@@ -8,6 +8,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -60,7 +61,7 @@ class DataVersionSignal:
     def _read(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def wait(self, timeout: float, seen: int) -> bool:
+    def wait(self, timeout: float, seen: Callable[[], int]) -> bool:
         if self._closed.wait(timeout):
             return False
         version = self._read()
@@ -70,7 +71,7 @@ class DataVersionSignal:
         row = self._conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'transitions'"
         ).fetchone()
-        return row is None or int(row[0]) > seen
+        return row is None or int(row[0]) > seen()
 
     def close(self) -> None:
         self._closed.set()
