@@ -422,7 +422,7 @@ class Orchestrator:
         return self._reader.ping()
 
     def database_bytes(self) -> int:
-        return self._store.size_on_disk()
+        return self._reader.size_on_disk()
 
     def close(self) -> None:
         """Close the readers, then the store (once the write in progress, if any, is done)."""

@@ -256,3 +256,23 @@ def test_one_process_checkpoints_the_shared_file_and_another_takes_over(tmp_path
     wait_until(lambda: sum(store.checkpointing for store in stores) == 1, what="a new one")
     for store in stores:
         store.close()
+
+
+def test_the_size_metric_never_runs_on_the_writing_connection(database):
+    """The metrics thread asks for the database's size at any time: on PostgreSQL, a statement
+    on the writing connection would have sent (and could have dropped) the statements another
+    thread's open transaction had queued there."""
+    store = open_database(database)
+    orchestrator = Orchestrator(store)
+    orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    with store.transaction():
+        queued = getattr(store.conn, "queued", None)  # PostgreSQL's statements not yet sent
+        before = list(queued) if queued is not None else None
+        sizes: list[int] = []
+        asking = threading.Thread(target=lambda: sizes.append(orchestrator.database_bytes()))
+        asking.start()
+        asking.join(10)
+        assert sizes and sizes[0] > 0
+        if before is not None:
+            assert store.conn.queued == before
+    orchestrator.close()

@@ -178,6 +178,10 @@ class StoreReader(Protocol):
         """Whether the database answers now (for the health check)."""
         ...
 
+    def size_on_disk(self) -> int:
+        """The database's bytes on disk (for the metrics; any thread may ask)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -198,10 +202,6 @@ class RunStore(RunReads, Protocol):
 
     def reader(self) -> StoreReader:
         """A new reader of this database."""
-        ...
-
-    def size_on_disk(self) -> int:
-        """The database's bytes on disk."""
         ...
 
     def transaction(self) -> AbstractContextManager[None]:

@@ -88,6 +88,13 @@ class PostgresReader:
             return False
         return True
 
+    def size_on_disk(self) -> int:
+        """`pg_database_size` of the database, on a pooled connection: never the writing one,
+        whose transaction another thread may be in the middle of."""
+        with self.pool.connection(timeout=2) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
         self.pool.close()
 

@@ -194,10 +194,6 @@ class PostgresStore(SqlStore, PostgresReads):
     def reader(self) -> PostgresReader:
         return PostgresReader(self.url)
 
-    def size_on_disk(self) -> int:
-        row = self.conn.execute("SELECT pg_database_size(current_database())").fetchone()
-        return int(row[0]) if row else 0
-
     def changed_elsewhere(self) -> bool:
         """Always: other replicas write at any time, so cached rows are re-read in each
         transaction (under their row locks)."""

@@ -8,7 +8,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from stateward.runs import Transition
@@ -75,6 +75,14 @@ class StoreReader:
         except sqlite3.Error:
             return False
         return True
+
+    def size_on_disk(self) -> int:
+        """The database's bytes on disk, its write-ahead log included."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with suppress(OSError):  # no write-ahead log right now
+                total += os.path.getsize(path)
+        return total
 
     def close(self) -> None:
         with self._lock:

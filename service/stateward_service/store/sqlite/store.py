@@ -160,14 +160,6 @@ class Store(SqlStore):
     def reader(self) -> StoreReader:
         return StoreReader(self.path)
 
-    def size_on_disk(self) -> int:
-        """The database's bytes on disk, its write-ahead log included."""
-        total = 0
-        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
-            with contextlib.suppress(OSError):  # no write-ahead log right now
-                total += os.path.getsize(path)
-        return total
-
     def changed_elsewhere(self) -> bool:
         """Whether another connection committed since the last call (or since opening)."""
         version = self._read_data_version()
