@@ -308,7 +308,7 @@ class OrchestrationService:
                 check.timestamp(msg.cache_expiration, f"{field}.cache_expiration")
             entry = wire.cache_entry_from_proto(msg)
             entries.append((run_id, entry.cache_key, entry.cache_expiration))
-        written = _translating(lambda: self.orchestrator.write_cache_entries(entries))
+        written = self._translating(lambda: self.orchestrator.write_cache_entries(entries))
         return pb.WriteCacheEntriesResponse(written=written)
 
     def ListLogs(self, request: pb.ListLogsRequest) -> pb.ListLogsResponse:
