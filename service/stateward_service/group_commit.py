@@ -9,8 +9,12 @@ of one and waits for nothing else.
 Where the groups run depends on what a commit costs. On SQLite (a commit is a write to the WAL,
 microseconds) they run on the event loop, once the calls that became ready together have all
 handed theirs in: no thread hop for a lone call, and the calls that arrive while a group runs
-form the next one. On PostgreSQL (a commit waits for the network and the server's disk) they run
-in a writer thread, so that the loop goes on taking calls meanwhile.
+form the next one. But the loop never waits for another process: a group that finds SQLite's
+write lock taken (another server's group, a backup, this process's own thread writing) goes to
+a writer thread, which waits for the lock there, and the calls after it follow it until that
+thread has caught up; meanwhile the loop goes on answering (health checks, streams, reads) and
+gathering the next group. On PostgreSQL (a commit waits for the network and the server's disk)
+every group runs in the writer thread.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from stateward_service.orchestrator import Orchestrator
+from stateward_service.store import WouldWait
 
 T = TypeVar("T")
 
@@ -46,11 +51,16 @@ class GroupCommitWriter:
         self._orchestrator = orchestrator
         self.in_thread = in_thread
         self._max_group = max_group
-        self._pending: list[_Pending] = []
+        self._pending: list[_Pending] = []  # on the loop: the calls of the next group
+        self._queued: list[_Pending] = []  # under `_ready`: the writer thread's calls
         self._ready = threading.Condition(threading.Lock())
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._flushing = False  # a group is due on the loop
+        # On the loop: the writer thread has groups that waited for the write lock, and every
+        # later call goes there after them (in order) until it has caught up.
+        self._handed_over = False
+        self._thread_busy = False  # the thread is running a group (under `_ready`)
         # How many groups were committed and how many calls they held (for tests and bench).
         self.groups = 0
         self.calls = 0
@@ -73,31 +83,60 @@ class GroupCommitWriter:
         with self._ready:
             if self._stopping:
                 raise WriterStopped("the server is shutting down; try again on another")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._write, name="stateward-group-commit", daemon=True
-                )
-                self._thread.start()
-            self._pending.append((operation, future, loop))
+            self._start_thread()
+            self._queued.append((operation, future, loop))
             self._ready.notify()
         return await future
 
+    def _start_thread(self) -> None:
+        """Under `_ready`: start the writer thread unless it runs."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._write, name="stateward-group-commit", daemon=True
+            )
+            self._thread.start()
+
     def _flush(self) -> None:
-        """On the loop: run what is pending, a group at a time, and answer it."""
+        """On the loop: run what is pending, a group at a time, and answer it; a group that
+        would wait for the write lock goes to the writer thread, with all that follows it."""
         self._flushing = False
         while self._pending:
+            if self._handed_over:
+                with self._ready:
+                    self._queued.extend(self._pending)
+                    self._start_thread()
+                    self._ready.notify()
+                self._pending.clear()
+                return
             group = self._pending[: self._max_group]
             del self._pending[: self._max_group]
-            self._commit(group)
+            try:
+                self._commit(group, wait=False)
+            except WouldWait:
+                self._handed_over = True
+                self._pending[:0] = group
 
-    def _commit(self, group: list[_Pending]) -> list[tuple[asyncio.Future[Any], Any]]:
-        outcomes = self._orchestrator.together([operation for operation, _, _ in group])
+    def _caught_up(self) -> None:
+        """On the loop, told by the writer thread when it ran out of groups: the loop runs the
+        groups again (unless more were handed over meanwhile)."""
+        with self._ready:
+            if self._queued or self._thread_busy:
+                return
+            self._handed_over = False
+        if self._pending and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _commit(
+        self, group: list[_Pending], wait: bool = True
+    ) -> list[tuple[asyncio.Future[Any], Any]]:
+        outcomes = self._orchestrator.together([operation for operation, _, _ in group], wait=wait)
         self.groups += 1
         self.calls += len(group)
         answers = [
             (future, outcome) for (_, future, _), outcome in zip(group, outcomes, strict=True)
         ]
-        if not self.in_thread:
+        if not wait:  # on the loop
             _answer(answers)
         return answers
 
@@ -113,13 +152,19 @@ class GroupCommitWriter:
     def _write(self) -> None:
         while True:
             with self._ready:
-                while not self._pending and not self._stopping:
+                while not self._queued and not self._stopping:
                     self._ready.wait()
-                if not self._pending:
+                if not self._queued:
                     return
-                group = self._pending[: self._max_group]
-                del self._pending[: self._max_group]
-            answers = self._commit(group)
+                group = self._queued[: self._max_group]
+                del self._queued[: self._max_group]
+                self._thread_busy = True
+            try:
+                answers = self._commit(group)
+            finally:
+                with self._ready:
+                    self._thread_busy = False
+                    idle = not self._queued
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
             for (_, _, loop), answer in zip(group, answers, strict=True):
                 by_loop.setdefault(loop, []).append(answer)
@@ -127,6 +172,8 @@ class GroupCommitWriter:
                 # A closed loop: nobody waits for these answers any more.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_answer, answers)
+                    if idle and not self.in_thread:
+                        loop.call_soon_threadsafe(self._caught_up)
 
 
 def _answer(answers: Sequence[tuple[asyncio.Future[Any], Any]]) -> None:

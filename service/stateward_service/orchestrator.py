@@ -61,6 +61,7 @@ from stateward_service.store import (
     RunFilter,
     RunStore,
     StorageUnavailable,
+    WouldWait,
     WriteConflict,
 )
 
@@ -663,7 +664,9 @@ class Orchestrator:
             jitter=self.rng(),
         )
 
-    def together(self, operations: Sequence[Callable[[], T]]) -> list[T | Exception]:
+    def together(
+        self, operations: Sequence[Callable[[], T]], *, wait: bool = True
+    ) -> list[T | Exception]:
         """Group commit: run `operations` (each a call of this orchestrator's writing methods,
         directly or through the API's) in one transaction with one commit, each in a savepoint
         of its own, so that one that raises is undone alone and the others go on. Returns each
@@ -672,14 +675,18 @@ class Orchestrator:
         refused), nothing was written and that error is the outcome of every operation. An
         operation that lost a race with another process's transaction (WriteConflict) is run
         again in another transaction, a few times. The transitions are published once the
-        commit is done, so no caller hears of a write before it is durable."""
+        commit is done, so no caller hears of a write before it is durable. With `wait` false,
+        a write lock held by another thread of this process or by another process (SQLite's)
+        raises WouldWait before anything ran, instead of being waited for."""
         outcomes: list[T | Exception] = []
         pending = list(range(len(operations)))
         by_index: dict[int, T | Exception] = {}
         for tries in range(_CONFLICT_RETRIES):
             group = [operations[index] for index in pending]
             try:
-                results = self._group(group)
+                results = self._group(group, wait)
+            except WouldWait:
+                raise
             except Exception as error:  # nothing was written
                 results = [error] * len(group)
             for index, result in zip(pending, results, strict=True):
@@ -694,27 +701,33 @@ class Orchestrator:
         outcomes = [by_index[index] for index in range(len(operations))]
         return outcomes
 
-    def _group(self, group: Sequence[Callable[[], T]]) -> list[T | Exception]:
+    def _group(self, group: Sequence[Callable[[], T]], wait: bool) -> list[T | Exception]:
         """One transaction for `group` (see `together`); raises when the transaction failed."""
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            raise WouldWait("another thread of this process is writing")
+        try:
             if self._batch is not None:
                 raise RuntimeError("groups do not nest")
             self._batch, self._grouping = [], threading.get_ident()
             try:
                 if len(group) == 1:  # no savepoint needed: its failure undoes the transaction
                     try:
-                        with self._transaction():
+                        with self._transaction(wait):
                             results: list[T | Exception] = [group[0]()]
+                    except WouldWait:
+                        raise
                     except Exception as error:
                         return [error]
                 else:
-                    with self._transaction():
+                    with self._transaction(wait):
                         results = [self._in_savepoint(operation) for operation in group]
                 written = self._batch
             finally:
                 self._batch, self._grouping = None, 0
             self._publish(_Write(written))
             return results
+        finally:
+            self._lock.release()
 
     def _in_savepoint(self, operation: Callable[[], T]) -> T | Exception:
         """Inside a group's transaction: run `operation`; if it raises, undo its writes (and
@@ -778,11 +791,11 @@ class Orchestrator:
             yield
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """A store transaction; if it fails, the run records it changed in memory are
-        forgotten."""
+    def _transaction(self, wait: bool = True) -> Iterator[None]:
+        """A store transaction (see `RunStore.transaction` for `wait`); if it fails, the run
+        records it changed in memory are forgotten."""
         try:
-            with self._store.transaction():
+            with self._store.transaction(wait=wait):
                 self._forget_if_changed()
                 yield
                 self._write_unwritten()

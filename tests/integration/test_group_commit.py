@@ -5,6 +5,7 @@ over real gRPC with many calls in flight."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward.runs import OrchestrationResult, RunKind, SetStateStatus, Transition
 from stateward.states import State, StateType
@@ -278,3 +280,45 @@ def test_many_calls_in_flight_on_the_same_run_are_serialised(
     # was decided against the state before it.
     assert sorted(s.id for s in stored[1:]) == sorted(answer.state.id for answer in answers)
     assert len({s.id for s in stored}) == in_flight + 1
+
+
+def test_a_server_waiting_for_another_process_write_lock_goes_on_answering(tmp_path: Any) -> None:
+    """SQLite: while another process holds the write lock (another server's group, a backup),
+    the SetState that needs it waits, in the writer thread; the event loop goes on answering
+    health checks meanwhile, and the SetState is answered once the lock is released."""
+    database = tmp_path / "locked.db"
+    server = ServerProcess(database).start()
+    try:
+        stub = server.stub()
+        health = health_pb2_grpc.HealthStub(server.channel())
+        run = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        released = False
+        try:
+            waiting = stub.SetState.future(
+                pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING)),
+                timeout=30,
+            )
+            # The SetState reached the server before these (one channel, in order); a loop
+            # that waited for the lock (up to the 5 s busy timeout) would miss their deadlines.
+            for _ in range(20):
+                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            assert not waiting.done()  # it still waits for the lock
+            holder.execute("COMMIT")
+            released = True
+        finally:
+            if not released:
+                holder.execute("ROLLBACK")
+            holder.close()
+        assert waiting.result(timeout=30).status == ACCEPT
+        states = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states
+        assert [s.type for s in states] == [ST.STATE_TYPE_PENDING, ST.STATE_TYPE_RUNNING]
+        # The loop runs the groups again once the thread caught up.
+        answer = stub.SetState(
+            pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_COMPLETED)), timeout=10
+        )
+        assert answer.status == ACCEPT
+    finally:
+        server.stop()

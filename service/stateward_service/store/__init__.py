@@ -21,6 +21,7 @@ from stateward_service.store.interface import (
     Savepoint,
     SchemaTooNew,
     StoreReader,
+    WouldWait,
     WriteConflict,
 )
 from stateward_service.store.pages import BadPageToken
@@ -74,6 +75,7 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "StoreReader",
+    "WouldWait",
     "WriteConflict",
     "from_us",
     "is_postgres",

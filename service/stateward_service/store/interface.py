@@ -52,6 +52,11 @@ class WriteConflict(Exception):
     failure, a key taken meanwhile) and was rolled back: deciding again may succeed."""
 
 
+class WouldWait(Exception):
+    """A transaction asked not to wait (`transaction(wait=False)`) found the database's write
+    lock held by another process or thread: nothing was done."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunFilter:
     """Filters of a run listing; empty fields match everything."""
@@ -204,10 +209,13 @@ class RunStore(RunReads, Protocol):
         """A new reader of this database."""
         ...
 
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self, *, wait: bool = True) -> AbstractContextManager[None]:
         """A write transaction holding the database's write serialisation: all writes inside
         commit together or none does. Raises DatabaseUnavailable when the database cannot be
-        reached, WriteConflict when it lost a race with another process's transaction."""
+        reached, WriteConflict when it lost a race with another process's transaction. With
+        `wait` false, a database-wide write lock held elsewhere (SQLite's) raises WouldWait at
+        once instead of being waited for; PostgreSQL has no such lock (its row locks are
+        waited for in any case)."""
         ...
 
     def savepoint(self) -> AbstractContextManager[Savepoint]:

@@ -234,9 +234,11 @@ class PostgresStore(SqlStore, PostgresReads):
         return AdvisoryLeaderLock(self.url)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, wait: bool = True) -> Iterator[None]:
         """BEGIN goes with the first statement whose result is read; the last writes, the log
-        entries with their NOTIFY, and COMMIT go together at the end."""
+        entries with their NOTIFY, and COMMIT go together at the end. PostgreSQL has no
+        database-wide write lock: `wait` changes nothing (a run's row lock held by another
+        transaction is waited for either way)."""
         self._pending_log = []
         self._logged = []
         raw = self.conn.connection()

@@ -31,6 +31,7 @@ from stateward_service.store.faults import StorageUnavailable, storage_unavailab
 from stateward_service.store.interface import (
     ChangeSignal,
     LeaderLock,
+    WouldWait,
 )
 from stateward_service.store.rows import (
     to_us,
@@ -185,15 +186,20 @@ class Store(SqlStore):
         return FileLeaderLock(self.path.with_name(self.path.name + ".leader"))
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, wait: bool = True) -> Iterator[None]:
         """All writes inside commit together, or none does (a failed COMMIT included). A write
         the database cannot take for a reason outside the request (a full disk, a read-only
         file system, a failing disk, a lock held past the busy timeout) raises
-        StorageUnavailable, and `unavailable` holds it until a transaction commits again."""
+        StorageUnavailable, and `unavailable` holds it until a transaction commits again.
+        With `wait` false, another connection's write transaction raises WouldWait at once
+        (its lock is not waited for)."""
         began = False
         self._pending_log = []
         try:
-            self.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
+            if wait:
+                self.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
+            else:
+                self._begin_now()
             began = True
             yield
             self.conn.execute("COMMIT")
@@ -208,6 +214,17 @@ class Store(SqlStore):
                     raise failure from error
             raise
         self.unavailable = None
+
+    def _begin_now(self) -> None:
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise WouldWait("another connection holds the write lock") from error
+            raise
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
     def probe(self, room: int = 0) -> None:
         """A write that changes nothing, to learn whether the database takes writes again:
