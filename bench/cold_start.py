@@ -8,6 +8,8 @@ and noisy, so the ratio, and the time above the baseline, are what compare. With
 checkout of another commit, e.g. `git worktree add /tmp/hot-old <commit>`), that tree's sources
 are measured in the same rounds, alternating with this one's, under the same interpreter.
 Each round reports the median of its samples; the spread is the range over the rounds.
+Each tree's sources are compiled to bytecode first, as an installed package's are (pip compiles
+at install): otherwise, under PYTHONDONTWRITEBYTECODE, every sample would compile them again.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ def main() -> None:
     trees = {"new": HERE}
     if args.old:
         trees["old"] = args.old.resolve()
+    for tree in trees.values():
+        sources = [str(tree / "client"), str(tree / "service")]
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *sources], check=True)
     what = ("baseline", "import", "first flow")
     results: dict[tuple[str, str], list[float]] = {}
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")

@@ -3,72 +3,116 @@
 `from stateward import flow, task` turns plain functions into orchestrated flow runs and task
 runs; `Client` and `AsyncClient` talk to a server directly. This module is the whole public API.
 
-Importing it loads no gRPC, protobuf, pydantic or server code: the names that need them
-(`Client`, `AsyncClient`, `get_client`, `pause_flow_run`, `resume_flow_run`) are imported on first
-use, and a flow's first run loads what it needs, so a script that only defines flows starts fast.
+Importing it loads nothing else: each public name is imported from the module that defines it
+on first use (`from stateward import flow, task` loads the decorators, not gRPC, protobuf,
+pydantic or server code; a flow's first run loads what it needs), so a script starts fast.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from stateward import cache_policies, runtime
-from stateward._context import get_run_context, tags
-from stateward._logging import get_run_logger
-from stateward.exceptions import (
-    CancelledRun,
-    CrashedRun,
-    FailedRun,
-    OrchestrationAborted,
-    ResultTooLarge,
-    StatewardError,
-)
-from stateward.flows import Flow, flow
-from stateward.futures import StatewardFuture, StatewardFutureList, wait
-from stateward.runs import FlowRun, TaskRun, Transition
-from stateward.states import (
-    AwaitingRetry,
-    Cancelled,
-    Cancelling,
-    Completed,
-    Crashed,
-    Failed,
-    Late,
-    Paused,
-    Pending,
-    Retrying,
-    Running,
-    Scheduled,
-    State,
-    StateType,
-)
-from stateward.tasks import Task, exponential_backoff, task, task_input_hash
-from stateward.utilities.annotations import allow_failure, quote, unmapped
-
 if TYPE_CHECKING:
+    from stateward import cache_policies, runtime
+    from stateward._context import get_run_context, tags
     from stateward._embedded import get_client
+    from stateward._logging import get_run_logger
     from stateward.client import AsyncClient, Client
+    from stateward.exceptions import (
+        CancelledRun,
+        CrashedRun,
+        FailedRun,
+        OrchestrationAborted,
+        ResultTooLarge,
+        StatewardError,
+    )
     from stateward.flow_runs import pause_flow_run, resume_flow_run
+    from stateward.flows import Flow, flow
+    from stateward.futures import StatewardFuture, StatewardFutureList, wait
+    from stateward.runs import FlowRun, TaskRun, Transition
+    from stateward.states import (
+        AwaitingRetry,
+        Cancelled,
+        Cancelling,
+        Completed,
+        Crashed,
+        Failed,
+        Late,
+        Paused,
+        Pending,
+        Retrying,
+        Running,
+        Scheduled,
+        State,
+        StateType,
+    )
+    from stateward.tasks import Task, exponential_backoff, task, task_input_hash
+    from stateward.utilities.annotations import allow_failure, quote, unmapped
 
-# Name -> the module that defines it, imported when the name is first looked up.
-_LAZY = {
+# Public name -> the module that defines it (None: the name is a submodule), imported when the
+# name is first looked up. The TYPE_CHECKING imports above say the same to type checkers; a test
+# keeps the two in step.
+_LAZY: dict[str, str | None] = {
+    "cache_policies": None,
+    "runtime": None,
+    "get_run_context": "stateward._context",
+    "tags": "stateward._context",
+    "get_client": "stateward._embedded",
+    "get_run_logger": "stateward._logging",
     "AsyncClient": "stateward.client",
     "Client": "stateward.client",
-    "get_client": "stateward._embedded",
+    "CancelledRun": "stateward.exceptions",
+    "CrashedRun": "stateward.exceptions",
+    "FailedRun": "stateward.exceptions",
+    "OrchestrationAborted": "stateward.exceptions",
+    "ResultTooLarge": "stateward.exceptions",
+    "StatewardError": "stateward.exceptions",
     "pause_flow_run": "stateward.flow_runs",
     "resume_flow_run": "stateward.flow_runs",
+    "Flow": "stateward.flows",
+    "flow": "stateward.flows",
+    "StatewardFuture": "stateward.futures",
+    "StatewardFutureList": "stateward.futures",
+    "wait": "stateward.futures",
+    "FlowRun": "stateward.runs",
+    "TaskRun": "stateward.runs",
+    "Transition": "stateward.runs",
+    "AwaitingRetry": "stateward.states",
+    "Cancelled": "stateward.states",
+    "Cancelling": "stateward.states",
+    "Completed": "stateward.states",
+    "Crashed": "stateward.states",
+    "Failed": "stateward.states",
+    "Late": "stateward.states",
+    "Paused": "stateward.states",
+    "Pending": "stateward.states",
+    "Retrying": "stateward.states",
+    "Running": "stateward.states",
+    "Scheduled": "stateward.states",
+    "State": "stateward.states",
+    "StateType": "stateward.states",
+    "Task": "stateward.tasks",
+    "exponential_backoff": "stateward.tasks",
+    "task": "stateward.tasks",
+    "task_input_hash": "stateward.tasks",
+    "allow_failure": "stateward.utilities.annotations",
+    "quote": "stateward.utilities.annotations",
+    "unmapped": "stateward.utilities.annotations",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """`Client`, `AsyncClient`, `get_client`, `pause_flow_run` and `resume_flow_run`, imported
-    on first use (they load gRPC).
+    """Each public name, imported from the module that defines it on first use (and then kept
+    in this module's namespace, so the next lookup is a plain attribute).
 
     Raises AttributeError for any other name, as a module does."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
+    if name not in _LAZY:
         raise AttributeError(f"module 'stateward' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module_name), name)
+    module_name = _LAZY[name]
+    if module_name is None:
+        value: Any = importlib.import_module(f"stateward.{name}")
+    else:
+        value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value
     return value
 

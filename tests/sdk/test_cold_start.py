@@ -4,9 +4,12 @@ a fresh interpreter, whose `sys.modules` is the truth."""
 
 from __future__ import annotations
 
+import ast
 import json
 import textwrap
+from pathlib import Path
 
+import stateward
 from tests.sdk.conftest import python
 
 # Modules a script that only imports stateward (and defines flows) must not pay for.
@@ -45,6 +48,12 @@ def test_import_stateward_loads_no_grpc_protobuf_or_server_code():
     assert loaded_heavy_modules("import stateward") == []
 
 
+def test_import_stateward_loads_only_its_own_init():
+    # Every public name is lazy: the decorators, the engine, asyncio and the rest load on use.
+    heavy = ("stateward", "asyncio", "concurrent.futures", "uuid", "tempfile", "logging")
+    assert loaded_heavy_modules("import stateward", heavy) == ["stateward"]
+
+
 def test_defining_flows_and_tasks_loads_none_of_it_either():
     setup = """
     from stateward import flow, task, get_run_logger
@@ -69,6 +78,22 @@ def test_a_remote_client_loads_no_server_metrics_or_health_code():
         "grpc_reflection.v1alpha",
     )
     assert loaded_heavy_modules(setup, heavy) == []
+
+
+def test_the_lazy_names_agree_with_what_type_checkers_are_told():
+    # The TYPE_CHECKING imports of stateward/__init__.py and its table of lazy names must say
+    # the same thing, name by name, and cover __all__ exactly.
+    source = Path(stateward.__file__).read_text()
+    checked: dict[str, str | None] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom), ast.unparse(statement)
+                for alias in statement.names:
+                    module = None if statement.module == "stateward" else statement.module
+                    checked[alias.asname or alias.name] = module
+    assert checked == stateward._LAZY
+    assert set(stateward.__all__) == set(checked)
 
 
 def test_the_lazy_names_are_the_modules_own_objects():
