@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import ValidationError
-from jsonschema.protocols import Validator
-from pydantic_core import SchemaError, SchemaValidator, core_schema
+if TYPE_CHECKING:  # jsonschema and pydantic-core load when a pause first carries a schema
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
+    from pydantic_core import SchemaValidator
 
 # How many compiled patterns are kept: each is a few kilobytes.
 _CACHED_PATTERNS = 256
@@ -34,6 +34,8 @@ class UnsafePattern(ValueError):
 
 @lru_cache(maxsize=_CACHED_PATTERNS)
 def _compiled(pattern: str) -> SchemaValidator:
+    from pydantic_core import SchemaError, SchemaValidator, core_schema
+
     try:
         return SchemaValidator(core_schema.str_schema(pattern=pattern, regex_engine="rust-regex"))
     except SchemaError as error:
@@ -54,6 +56,8 @@ def search(pattern: str, text: str) -> bool:
 def _pattern(
     validator: Validator, pattern: str, instance: object, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
+    from jsonschema.exceptions import ValidationError
+
     if isinstance(instance, str) and not search(pattern, instance):
         shown = instance if len(instance) <= 80 else instance[:77] + "..."
         yield ValidationError(f"{shown!r} does not match {pattern!r}")
@@ -93,19 +97,27 @@ def _additional_properties(
         for key in extras:
             yield from validator.descend(instance[key], additional, path=key)
     elif additional is False and extras:
+        from jsonschema.exceptions import ValidationError
+
         listed = ", ".join(repr(key) for key in sorted(extras)[:10])
         yield ValidationError(f"additional properties are not allowed ({listed} unexpected)")
 
 
-# The stubs leave `extend` untyped; it returns a validator class like Draft202012Validator.
-InputValidator = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator,
-    {
-        "pattern": _pattern,
-        "patternProperties": _pattern_properties,
-        "additionalProperties": _additional_properties,
-    },
-)
+@lru_cache(maxsize=1)
+def _input_validator() -> Any:
+    """Draft 2020-12's validator class with the three keywords above in place of jsonschema's
+    (made once, when first needed)."""
+    from jsonschema import Draft202012Validator, validators
+
+    # The stubs leave `extend` untyped; it returns a validator class like Draft202012Validator.
+    return validators.extend(  # type: ignore[no-untyped-call]
+        Draft202012Validator,
+        {
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+        },
+    )
 
 
 def members_in(node: object) -> Iterator[tuple[str, Any]]:
@@ -151,5 +163,5 @@ def validator_for(schema: Mapping[str, Any]) -> Validator:
     """A draft 2020-12 validator of `schema` whose patterns run in linear time. Its errors are
     those of jsonschema (use `jsonschema.exceptions.best_match`); a pattern the engine cannot run
     raises UnsafePattern while validating."""
-    validator: Validator = InputValidator(schema)
+    validator: Validator = _input_validator()(schema)
     return validator

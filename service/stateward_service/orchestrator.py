@@ -28,9 +28,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from jsonschema.exceptions import best_match
-from referencing.exceptions import Unresolvable
-
 from stateward.ids import new_id
 from stateward.runs import (
     ConcurrencyLimit,
@@ -598,6 +595,9 @@ class Orchestrator:
                 f"the pause of flow run {run_id} waits for no input; resume it without run_input"
             )
         if schema and run_input is not None:
+            from jsonschema.exceptions import best_match  # loaded by the first such resume
+            from referencing.exceptions import Unresolvable
+
             validator = input_schemas.validator_for(json.loads(schema))
             try:
                 problem = best_match(validator.iter_errors(json.loads(run_input)))

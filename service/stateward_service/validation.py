@@ -14,11 +14,6 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from referencing import Registry
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
 
 from stateward.runs import RetryPolicy
 from stateward.states import State, StateDetails, StateType
@@ -401,6 +396,13 @@ def run_input_schema(value: str, field: str) -> None:
     """A pause's input schema: a JSON object that is a valid JSON Schema (draft 2020-12)."""
     text(value, field, MAX_MESSAGE)
     result_json(value, field)
+    # jsonschema loads when a pause first carries a schema, not with the service.
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
     schema = json.loads(value)
     if not isinstance(schema, dict):
         raise invalid(field, 'must be a JSON Schema object, such as {"type": "object"}')

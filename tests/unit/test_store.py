@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
-import sqlite_utils
 
 from stateward.runs import RunKind, SetStateStatus, Transition
 from stateward.states import State, StateType
@@ -43,9 +44,7 @@ def test_a_new_database_gets_the_current_schema(tmp_path):
     assert store.found_schema_version == 0
     version = store.conn.execute("SELECT version FROM schema_version").fetchone()[0]
     assert version == SCHEMA_VERSION
-    assert {"flow_runs", "task_runs", "states", "transitions", "cache"} <= set(
-        store.db.table_names()
-    )
+    assert {"flow_runs", "task_runs", "states", "transitions", "cache"} <= table_names(store.conn)
     mode = store.conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     store.close()
@@ -53,12 +52,13 @@ def test_a_new_database_gets_the_current_schema(tmp_path):
 
 def test_an_older_database_is_upgraded_and_keeps_its_data(tmp_path):
     path = tmp_path / "old.db"
-    db = sqlite_utils.Database(path)
+    db = sqlite3.connect(path, isolation_level=None)
     migrate(db, target=1)
-    db["flow_runs"].insert(
-        {"id": "r1", "name": "old", "flow_name": "f", "created": 0, "state_type": 3}
+    db.execute(
+        "INSERT INTO flow_runs (id, name, flow_name, created, state_type)"
+        " VALUES ('r1', 'old', 'f', 0, 3)"
     )
-    db.conn.close()
+    db.close()
 
     store = Store(path)
     assert store.found_schema_version == 1
@@ -66,8 +66,28 @@ def test_an_older_database_is_upgraded_and_keeps_its_data(tmp_path):
     run = store.get_run("r1")
     assert run is not None and run.name == "old"
     assert run.pause_keys == frozenset() and run.lease_expires is None  # added by migration 2
-    assert "concurrency_limits" in store.db.table_names()
+    assert "concurrency_limits" in table_names(store.conn)
     store.close()
+
+
+def test_a_database_made_today_has_the_schema_of_those_made_before(tmp_path):
+    # SQLite keeps each table's definition as text: a new database made by the migrations, and
+    # one brought up to the same version from an older one, hold the very text the databases
+    # made so far hold (written by sqlite_utils, before the migrations were plain SQL).
+    made_before = json.loads((Path(__file__).parent / "sqlite_schema_v4.json").read_text())
+    fresh = sqlite3.connect(tmp_path / "fresh.db", isolation_level=None)
+    assert migrate(fresh, target=4) == 0
+    upgraded = sqlite3.connect(tmp_path / "upgraded.db", isolation_level=None)
+    migrate(upgraded, target=1)
+    assert migrate(upgraded, target=4) == 1
+    for db in (fresh, upgraded):
+        rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid")
+        assert [list(row) for row in rows] == made_before
+        db.close()
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def test_a_newer_database_is_refused(tmp_path):

@@ -23,8 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-import sqlite_utils
-
 from stateward.states import State
 from stateward_service.model import RunRecord
 from stateward_service.store.faults import StorageUnavailable, storage_unavailable
@@ -135,8 +133,7 @@ class Store(SqlStore):
         # The checkpointer thread copies the WAL into the database, off the write path; a
         # commit checkpoints itself only if the WAL grew this large all the same.
         self.conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
-        self.db = sqlite_utils.Database(self.conn)
-        self.found_schema_version = migrate(self.db)
+        self.found_schema_version = migrate(self.conn)
         self._data_version = self._read_data_version()
         self._pending_log: list[int] = []  # the sequences the transaction logged
         self._checkpointer = _Checkpointer(self.path, synchronous)
