@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -190,17 +191,16 @@ def home_settings(home: Path, **given: Any) -> ServerSettings:
     from stateward_service.settings import ServerSettings
 
     home.mkdir(parents=True, exist_ok=True)
-    return ServerSettings.from_environment(**given).model_copy(
-        update={
-            "host": "127.0.0.1",
-            "port": 0,
-            "db": str(home / "stateward.db"),
-            "database_url": "",
-            "tls_cert": None,
-            "tls_key": None,
-            "tls_client_ca": None,
-            "metrics_port": 0,
-        }
+    return dataclasses.replace(
+        ServerSettings.from_environment(**given),
+        host="127.0.0.1",
+        port=0,
+        db=str(home / "stateward.db"),
+        database_url="",
+        tls_cert=None,
+        tls_key=None,
+        tls_client_ca=None,
+        metrics_port=0,
     )
 
 
@@ -312,7 +312,9 @@ class EmbeddedOrchestrator:
 
         home.mkdir(parents=True, exist_ok=True)
         # The loops' settings come from the environment; the database is the home's.
-        replica_settings = home_settings(home, ui=False)  # `stateward ui` serves the page
+        # `stateward ui` serves the page. (Not a value to validate: given none, the settings
+        # are the defaults and the environment's, and pydantic is not imported.)
+        replica_settings = dataclasses.replace(home_settings(home), ui=False)
         self.replica = Replica(replica_settings, lead_loops=lead_loops)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None

@@ -1,25 +1,29 @@
 """Flow parameters validated and coerced from their annotations (pydantic v2), as the
 reference does: `"42"` for an `int` becomes `42`, a dict for a pydantic model becomes the model.
 A parameter without an annotation (or one that cannot be resolved), and a default left as it
-is, are not looked at."""
+is, are not looked at. pydantic is imported by the first annotated parameter, so a flow without
+any costs nothing."""
 
 from __future__ import annotations
 
 import inspect
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from stateward.exceptions import ParameterTypeError
 
-_ARBITRARY = pydantic.ConfigDict(arbitrary_types_allowed=True)
+if TYPE_CHECKING:
+    import pydantic
 
 
 def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any] | None:
+    import pydantic
+
     try:
-        return pydantic.TypeAdapter(annotation, config=_ARBITRARY)
+        return pydantic.TypeAdapter(
+            annotation, config=pydantic.ConfigDict(arbitrary_types_allowed=True)
+        )
     except pydantic.PydanticUserError:  # a model or dataclass carries its own config
         try:
             return pydantic.TypeAdapter(annotation)
@@ -67,6 +71,8 @@ def validated(
         declared = signature.parameters.get(name)
         if adapter is None or (declared is not None and value is declared.default):
             continue
+        import pydantic  # loaded already: the adapter is pydantic's
+
         try:
             coerced[name] = adapter.validate_python(value)
         except pydantic.ValidationError as error:

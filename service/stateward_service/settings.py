@@ -11,36 +11,47 @@ message names the setting and what it allows.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.fields import FieldInfo
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from stateward import settings as client_settings
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 # The largest number of seconds a setting takes: ten years. More is a mistake (and date
 # arithmetic overflows on infinity or 1e300).
 MAX_SECONDS = 10 * 365 * 24 * 3600
 
-# A path given by a person: `~` means their home.
-UserPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
-
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+def _expand_user(path: Path) -> Path:
+    """A path given by a person: `~` means their home."""
+    return path.expanduser()
+
+
 def _database_target(value: str) -> str:
-    """A PostgreSQL URL as given; a SQLite file's path with `~` expanded."""
+    """Where the data lives: a PostgreSQL URL as given; a SQLite file's path with `~`
+    expanded."""
     if value.startswith(POSTGRES_SCHEMES):
         return value
     return str(Path(value).expanduser())
 
 
-# Where the data lives: a SQLite file, or a PostgreSQL URL shared by server replicas.
-DatabaseTarget = Annotated[str, AfterValidator(_database_target)]
+def _a_postgres_url(value: str) -> str:
+    if value and not value.startswith(POSTGRES_SCHEMES):
+        raise ValueError("a postgresql:// URL")
+    return value
+
+
+def _upper_case(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
 def _setting(
@@ -49,25 +60,28 @@ def _setting(
     help: str,
     env: str,
     shown_default: str | None = None,
+    before: Callable[[Any], Any] | None = None,
+    after: Callable[[Any], Any] | None = None,
     **constraints: Any,
 ) -> Any:
     """One setting's declaration: its help text, its environment variable, the default `--help`
-    shows (when not the value itself; "" for none), and its range (`ge`, `le`). A number of
-    seconds (a float) is at most MAX_SECONDS unless said otherwise."""
+    shows (when not the value itself; "" for none), its range (`ge`, `le`), and what a given
+    value goes through `before` and `after` it is checked against its type. A number of seconds
+    (a float) is at most MAX_SECONDS unless said otherwise. Defaults are used as declared."""
     if isinstance(default, float):
         constraints.setdefault("le", MAX_SECONDS)
-    extra: dict[str, Any] = {"env": env}
-    if shown_default is not None:
-        extra["shown_default"] = shown_default
+    metadata: dict[str, Any] = {"help": help, "env": env, **constraints}
+    metadata.update(shown_default=shown_default, before=before, after=after)
     if callable(default):
-        return Field(default_factory=default, description=help, json_schema_extra=extra)
-    return Field(default, description=help, json_schema_extra=extra, **constraints)
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-class ServerSettings(BaseModel):
-    """Everything a server is started with. Build it with `from_environment()`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything a server is started with. Build it with `from_environment()`: the values it
+    is given are validated by pydantic (imported then); the defaults need no validation, so a
+    process given none (an SDK process on the embedded default) never imports pydantic."""
 
     host: str = _setting("127.0.0.1", help="Address to listen on.", env="STATEWARD_HOST")
     port: int = _setting(
@@ -77,23 +91,26 @@ class ServerSettings(BaseModel):
         ge=0,
         le=65535,
     )
-    db: DatabaseTarget = _setting(
+    db: str = _setting(
         lambda: str(client_settings.default_database()),
         help="SQLite file, or a PostgreSQL URL (postgresql://user:password@host/db) that several "
         "servers share.",
         env="STATEWARD_DB",
         shown_default="$STATEWARD_HOME/stateward.db",
+        after=_database_target,
     )
     database_url: str = _setting(
         "",
         help="A PostgreSQL URL; when set, it is the database (in place of --db).",
         env="STATEWARD_DATABASE_URL",
         shown_default="",
+        after=_a_postgres_url,
     )
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = _setting(
         "NORMAL",
         help="SQLite synchronous mode: NORMAL survives a server crash, FULL also a power cut.",
         env="STATEWARD_SQLITE_SYNCHRONOUS",
+        before=_upper_case,  # any case
     )
     quick_check: bool = _setting(
         True,
@@ -185,17 +202,22 @@ class ServerSettings(BaseModel):
         env="STATEWARD_API_KEY",
         shown_default="",
     )
-    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate.
-    tls_cert: UserPath | None = _setting(
-        None, help="TLS certificate chain, PEM.", env="STATEWARD_SERVER_TLS_CERT"
+    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate. (`_setting`
+    # makes a `dataclasses.field`, which ruff does not see through.)
+    tls_cert: Path | None = _setting(  # noqa: RUF009
+        None,
+        help="TLS certificate chain, PEM.",
+        env="STATEWARD_SERVER_TLS_CERT",
+        after=_expand_user,
     )
-    tls_key: UserPath | None = _setting(
-        None, help="TLS private key, PEM.", env="STATEWARD_SERVER_TLS_KEY"
+    tls_key: Path | None = _setting(  # noqa: RUF009
+        None, help="TLS private key, PEM.", env="STATEWARD_SERVER_TLS_KEY", after=_expand_user
     )
-    tls_client_ca: UserPath | None = _setting(
+    tls_client_ca: Path | None = _setting(  # noqa: RUF009
         None,
         help="Require client certificates signed by this CA (mutual TLS).",
         env="STATEWARD_SERVER_TLS_CLIENT_CA",
+        after=_expand_user,
     )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
@@ -248,18 +270,6 @@ class ServerSettings(BaseModel):
         """The database this server opens: the PostgreSQL URL, else `db`."""
         return self.database_url or self.db
 
-    @field_validator("database_url")
-    @classmethod
-    def _a_postgres_url(cls, value: str) -> str:
-        if value and not value.startswith(POSTGRES_SCHEMES):
-            raise ValueError("a postgresql:// URL")
-        return value
-
-    @field_validator("sqlite_synchronous", mode="before")
-    @classmethod
-    def _upper_case(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
     @classmethod
     def from_environment(cls, **flags: Any) -> ServerSettings:
         """Defaults, then environment variables, then `flags` (by setting name; None: not
@@ -273,10 +283,46 @@ class ServerSettings(BaseModel):
         for name, value in flags.items():
             if value is not None:
                 values[name], given[name] = value, flag_name(name)
+        if not values:
+            return cls()
+        from pydantic import ValidationError
+
         try:
-            return cls(**values)
+            checked = _validator()(**values)
         except ValidationError as error:
             raise SettingError.from_validation(error, values, given) from None
+        return cls(**{name: getattr(checked, name) for name in _names()})
+
+
+@functools.cache
+def _names() -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(ServerSettings))
+
+
+@functools.cache
+def _validator() -> type[BaseModel]:
+    """A pydantic model of the declarations above, which validates given values (built once,
+    when first needed: pydantic and the model cost more than everything else a server process
+    loads before its first call)."""
+    from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, create_model
+
+    hints = get_type_hints(ServerSettings)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(ServerSettings):
+        kind, meta = hints[field.name], field.metadata
+        checks: list[Any] = [BeforeValidator(meta["before"])] if meta["before"] else []
+        checks += [AfterValidator(meta["after"])] if meta["after"] else []
+        if checks:
+            base, optional = _kind(kind)
+            kind = Annotated[base, *checks] | None if optional else Annotated[base, *checks]
+        ranges = {key: meta[key] for key in ("ge", "le") if key in meta}
+        if field.default_factory is not dataclasses.MISSING:
+            fields[field.name] = (kind, Field(default_factory=field.default_factory, **ranges))
+        else:
+            fields[field.name] = (kind, Field(field.default, **ranges))
+    return create_model(
+        "ServerSettings", __config__=ConfigDict(frozen=True, extra="forbid"), **fields
+    )
 
 
 class SettingError(ValueError):
@@ -288,7 +334,7 @@ class SettingError(ValueError):
     ) -> SettingError:
         first = error.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else ""
-        if name not in ServerSettings.model_fields:
+        if name not in _names():
             return cls(f"{given.get(name, name)} is not a server setting")
         declared = declaration(name)
         source = given.get(name, declared.flag)
@@ -356,35 +402,41 @@ def flag_name(name: str) -> str:
 
 def declarations() -> Iterator[Declaration]:
     """Every setting, in declaration order."""
-    for name in ServerSettings.model_fields:
-        yield declaration(name)
+    return iter(_declarations())
 
 
 def declaration(name: str) -> Declaration:
-    info: FieldInfo = ServerSettings.model_fields[name]
-    extra = info.json_schema_extra
-    assert isinstance(extra, dict)
-    kind, optional = _kind(info.annotation)
-    minimum = maximum = None
-    for constraint in info.metadata:  # pydantic keeps `ge`/`le` as annotated-types objects
-        if getattr(constraint, "ge", None) is not None:
-            minimum = float(constraint.ge)
-        if getattr(constraint, "le", None) is not None:
-            maximum = float(constraint.le)
-    shown = extra.get("shown_default")
-    if shown is None:
-        default = info.get_default(call_default_factory=False)
-        shown = "" if default is None else f"{default:g}" if kind is float else str(default)
-    return Declaration(
-        name=name,
-        env=str(extra["env"]),
-        help=info.description or "",
-        kind=kind,
-        optional=optional,
-        default=str(shown),
-        minimum=minimum,
-        maximum=maximum,
-    )
+    found = next((declared for declared in _declarations() if declared.name == name), None)
+    if found is None:
+        raise KeyError(name)
+    return found
+
+
+@functools.cache
+def _declarations() -> tuple[Declaration, ...]:
+    hints = get_type_hints(ServerSettings)
+    declared = []
+    for field in dataclasses.fields(ServerSettings):
+        meta = field.metadata
+        kind, optional = _kind(hints[field.name])
+        shown = meta["shown_default"]
+        if shown is None:
+            default = None if field.default is dataclasses.MISSING else field.default
+            shown = "" if default is None else f"{default:g}" if kind is float else str(default)
+        minimum, maximum = meta.get("ge"), meta.get("le")
+        declared.append(
+            Declaration(
+                name=field.name,
+                env=meta["env"],
+                help=meta["help"],
+                kind=kind,
+                optional=optional,
+                default=str(shown),
+                minimum=None if minimum is None else float(minimum),
+                maximum=None if maximum is None else float(maximum),
+            )
+        )
+    return tuple(declared)
 
 
 def _kind(annotation: Any) -> tuple[Any, bool]:

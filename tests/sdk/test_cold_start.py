@@ -67,6 +67,38 @@ def test_defining_flows_and_tasks_loads_none_of_it_either():
     assert loaded_heavy_modules(setup) == []
 
 
+def test_a_first_flow_on_the_embedded_default_loads_only_what_it_needs(tmp_path):
+    # The server's settings are validated by pydantic only when some are given; the schema is
+    # plain SQL; jsonschema waits for a pause with a schema; the web view, metrics and health
+    # service for a server that serves them.
+    setup = """
+    from stateward import flow, task
+    @task
+    def one() -> int:
+        return 1
+    @flow
+    def first() -> int:
+        return one()
+    assert first() == 1
+    """
+    heavy = (
+        "pydantic",
+        "sqlite_utils",
+        "jsonschema",
+        "referencing",
+        "prometheus_client",
+        "grpc_health.v1",
+        "starlette",
+        "uvicorn",
+        "typer",
+        "psycopg",
+    )
+    code = textwrap.dedent(setup) + REPORT.format(heavy=heavy)
+    done = python(code, env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
 def test_a_remote_client_loads_no_server_metrics_or_health_code():
     # The client needs gRPC and protobuf; the health messages load only for a reachability check.
     setup = "from stateward import Client\nClient('127.0.0.1:9')"

@@ -3,6 +3,7 @@ validated, with one line naming the setting and what it allows."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,10 +17,18 @@ from tests.support import ROOT
 
 def test_every_setting_declares_its_environment_variable_and_help():
     declared = list(declarations())
-    assert [d.name for d in declared] == list(ServerSettings.model_fields)
+    assert [d.name for d in declared] == [f.name for f in dataclasses.fields(ServerSettings)]
     assert all(d.env.startswith("STATEWARD_") and d.help for d in declared)
     assert len({d.env for d in declared}) == len(declared)
     assert len({d.flag for d in declared}) == len(declared)
+
+
+def test_the_defaults_are_values_the_validation_allows():
+    # Defaults are used as declared, unvalidated (so that a process given no setting needs no
+    # pydantic): each must be what validating it gives.
+    defaults = ServerSettings.from_environment()
+    given = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(ServerSettings)}
+    assert ServerSettings.from_environment(**given) == defaults
 
 
 def test_environment_variables_override_defaults_and_flags_override_both(monkeypatch, tmp_path):
