@@ -7,7 +7,9 @@ round, is a fresh interpreter that imports nothing (`python -c pass`): these mac
 and noisy, so the ratio, and the time above the baseline, are what compare. With `--old` (a
 checkout of another commit, e.g. `git worktree add /tmp/hot-old <commit>`), that tree's sources
 are measured in the same rounds, alternating with this one's, under the same interpreter.
-Each round reports the median of its samples; the spread is the range over the rounds.
+Each round reports the median of its samples; the spread is the range over the rounds. Beside
+the wall time, each program reports the CPU time its process used (all threads) up to its line:
+on a loaded machine it moves far less than the wall time, which waits for the cores.
 Each tree's sources are compiled to bytecode first, as an installed package's are (pip compiles
 at install): otherwise, under PYTHONDONTWRITEBYTECODE, every sample would compile them again.
 """
@@ -36,8 +38,16 @@ def one() -> int:
 def first() -> int:
     return one()
 
-print(first(), flush=True)
+import time
+print(first(), time.process_time(), flush=True)
 """
+
+# Each program prints one line: its result, then the CPU seconds its process has used.
+PROGRAMS = {
+    "baseline": "import time\nprint(0, time.process_time(), flush=True)",
+    "import": "import stateward\nimport time\nprint(0, time.process_time(), flush=True)",
+    "first flow": FIRST_FLOW,
+}
 
 
 def env_for(tree: Path, home: Path) -> dict[str, str]:
@@ -47,9 +57,10 @@ def env_for(tree: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def until_first_line(code: str, env: dict[str, str]) -> float:
+def until_first_line(code: str, env: dict[str, str]) -> tuple[float, float]:
     """Seconds from starting a fresh interpreter on `code` to its first line of output (the
-    process may take longer to exit: an embedded server closes its database at exit)."""
+    process may take longer to exit: an embedded server closes its database at exit), and the
+    CPU seconds the process reports on that line."""
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -64,21 +75,19 @@ def until_first_line(code: str, env: dict[str, str]) -> float:
     _, err = process.communicate(timeout=60)
     if process.returncode != 0 or not line:
         raise SystemExit(f"the program failed:\n{err}")
-    return elapsed
+    return elapsed, float(line.split()[-1])
 
 
-def measure(tree: Path, what: str, samples: int) -> float:
-    """Median over `samples` fresh processes, each on a fresh home."""
-    code = {
-        "baseline": "print(0)",
-        "import": "import stateward\nprint(0)",
-        "first flow": FIRST_FLOW,
-    }[what]
-    times = []
+def measure(tree: Path, what: str, samples: int) -> tuple[float, float]:
+    """Medians of the wall and the CPU time over `samples` fresh processes, each on a fresh
+    home."""
+    walls, cpus = [], []
     for _ in range(samples):
         with tempfile.TemporaryDirectory(prefix="stateward-cold-") as home:
-            times.append(until_first_line(code, env_for(tree, Path(home))))
-    return statistics.median(times)
+            wall, cpu = until_first_line(PROGRAMS[what], env_for(tree, Path(home)))
+        walls.append(wall)
+        cpus.append(cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -94,41 +103,49 @@ def main() -> None:
         sources = [str(tree / "client"), str(tree / "service")]
         subprocess.run([sys.executable, "-m", "compileall", "-q", *sources], check=True)
     what = ("baseline", "import", "first flow")
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str, str], list[float]] = {}
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     for round_ in range(args.rounds):
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for name in order:
             for item in what:
-                key = (name, item)
-                results.setdefault(key, []).append(measure(trees[name], item, args.samples))
+                wall, cpu = measure(trees[name], item, args.samples)
+                results.setdefault((name, item, "wall"), []).append(wall)
+                results.setdefault((name, item, "cpu"), []).append(cpu)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print(f"{'tree':<5} {'figure':<11} {'median ms':>10} {'spread ms':>15} {'above base':>11}")
+    header = f"{'tree':<5} {'figure':<11} {'clock':<5} {'median ms':>10} {'spread ms':>11}"
+    print(f"{header} {'above base':>11}")
     for name in trees:
-        base = statistics.median(results[(name, "baseline")])
-        for item in what:
-            rounds = results[(name, item)]
-            middle = statistics.median(rounds)
-            spread = f"{min(rounds) * 1e3:.0f}-{max(rounds) * 1e3:.0f}"
-            print(
-                f"{name:<5} {item:<11} {middle * 1e3:>10.0f} {spread:>15}"
-                f" {(middle - base) * 1e3:>9.0f}ms  ({middle / base:.2f}x baseline)"
-            )
+        for clock in ("wall", "cpu"):
+            base = statistics.median(results[(name, "baseline", clock)])
+            for item in what:
+                rounds = results[(name, item, clock)]
+                middle = statistics.median(rounds)
+                spread = f"{min(rounds) * 1e3:.0f}-{max(rounds) * 1e3:.0f}"
+                print(
+                    f"{name:<5} {item:<11} {clock:<5} {middle * 1e3:>10.0f} {spread:>11}"
+                    f" {(middle - base) * 1e3:>9.0f}ms  ({middle / base:.2f}x baseline)"
+                )
     if "old" in trees:
-        for item in ("import", "first flow"):
-            new = [
-                r - b
-                for r, b in zip(results[("new", item)], results[("new", "baseline")], strict=True)
-            ]
-            old = [
-                r - b
-                for r, b in zip(results[("old", item)], results[("old", "baseline")], strict=True)
-            ]
-            ratios = [n / o for n, o in zip(new, old, strict=True) if o > 0]
-            print(
-                f"{item}: new/old time above baseline {statistics.median(ratios):.2f}"
-                f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
-            )
+        for clock in ("wall", "cpu"):
+            for item in ("import", "first flow"):
+                new, old = (
+                    [
+                        r - b
+                        for r, b in zip(
+                            results[(tree, item, clock)],
+                            results[(tree, "baseline", clock)],
+                            strict=True,
+                        )
+                    ]
+                    for tree in ("new", "old")
+                )
+                ratios = [n / o for n, o in zip(new, old, strict=True) if o > 0]
+                print(
+                    f"{item} ({clock}): new/old time above baseline"
+                    f" {statistics.median(ratios):.2f}"
+                    f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+                )
 
 
 if __name__ == "__main__":

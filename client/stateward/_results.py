@@ -17,8 +17,6 @@ import os
 import pickle
 import re
 import stat
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +138,9 @@ def write_result_file(folder: Path, blob: bytes, serializer: str) -> Path:
     """Write `blob` to a new file in `folder` (created if missing) and return its path. The
     file appears whole or not at all (written under a temporary name, flushed to disk, then
     renamed). Raises OSError naming the folder."""
+    import tempfile  # a cold start need not pay for it (nor uuid): few results go to files
+    import uuid
+
     path = folder / f"{uuid.uuid4().hex}.{serializer}"
     try:
         folder.mkdir(parents=True, exist_ok=True)

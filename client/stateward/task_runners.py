@@ -23,7 +23,6 @@ import abc
 import concurrent.futures
 import contextvars
 import logging
-import multiprocessing
 import os
 import threading
 from collections.abc import Callable
@@ -33,6 +32,8 @@ from stateward.settings import results_storage_path
 from stateward.states import TERMINAL_TYPES, State, StateType
 
 if TYPE_CHECKING:
+    import multiprocessing.context
+
     from stateward._task_engine import TaskRunEngine
     from stateward._worker import TaskRunPayload
 
@@ -328,6 +329,8 @@ class Dispatch:
 
 
 def _spawn_context() -> multiprocessing.context.SpawnContext:
+    import multiprocessing  # only a process pool needs it: not at every import
+
     return multiprocessing.get_context("spawn")
 
 
