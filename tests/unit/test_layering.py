@@ -103,6 +103,7 @@ STORE_VALUES = (
     "stateward_service.store.ChangeSignal",
     "stateward_service.store.LeaderLock",
     "stateward_service.store.StorageUnavailable",
+    "stateward_service.store.WouldWait",  # the orchestrator's grouped writes raise it
 )
 
 
