@@ -8,7 +8,6 @@ attributes; the first time a value asks for what such an option would do, one wa
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import threading
@@ -43,6 +42,8 @@ def check_options(decorator: str, init: Callable[..., Any], options: Iterable[st
     ]
     for name in options:
         if name not in known:
+            import difflib  # only for the message: not at every import
+
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"{decorator} got an unknown option {name!r}{hint}")

@@ -50,6 +50,7 @@ class LogShipper:
         self._lines: deque[LogEntry] = deque()
         self._lock = threading.Condition()
         self._in_flight = 0
+        self._flushing = 0  # flushes waiting: the thread sends at once, not at its interval
         self.dropped = 0  # lines dropped since the last warning
         self.dropped_total = 0
         self._thread: threading.Thread | None = None
@@ -85,19 +86,25 @@ class LogShipper:
         """Wait (at most `timeout` seconds) until every queued line was sent; True if so."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            # Counted, not only notified: a thread not yet waiting (just started, or sending)
+            # would miss the notification and wait out its interval.
+            self._flushing += 1
             self._lock.notify_all()
-            while self._lines or self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(min(left, 0.05))
+            try:
+                while self._lines or self._in_flight:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._lock.wait(min(left, 0.05))
+            finally:
+                self._flushing -= 1
         return True
 
     def _run(self) -> None:
         failures = 0
         while True:
             with self._lock:
-                if len(self._lines) < BATCH:
+                if len(self._lines) < BATCH and not (self._flushing and self._lines):
                     self._lock.wait(INTERVAL)
                 batch = [self._lines.popleft() for _ in range(min(BATCH, len(self._lines)))]
                 self._in_flight = len(batch)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -61,6 +60,8 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 def uuid_value(value: str, field: str) -> str:
     if _CANONICAL_UUID.fullmatch(value):
         return value
+    import uuid  # for the ids not written as Stateward writes them: a cold start needs none
+
     try:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):

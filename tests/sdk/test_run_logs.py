@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import pytest
 
 from stateward import flow
-from stateward._run_logs import LogShipper
+from stateward._run_logs import INTERVAL, LogShipper
 from stateward.client import Client
 from stateward.exceptions import InvalidArgument, NotFound, ServerUnavailable
 from stateward.runs import LogEntry
@@ -223,6 +223,20 @@ def test_the_server_keeps_the_newest_lines(tmp_path):
         assert [e.message for e in connected.list_logs(run.id)] == [
             f"line {i}" for i in range(7, 12)
         ]
+
+
+def test_a_flush_as_the_sending_thread_starts_sends_at_once():
+    # A flow run's end flushes its lines at once; the thread that sends them may have started
+    # only just (with the run's first line). Held out of its wait while the flush asks, it
+    # must send at once, not wait out its half-second interval (a first flow's result came
+    # half a second late).
+    sent: list[LogEntry] = []
+    shipper = LogShipper(sent.extend, capacity=100)
+    entry = LogEntry(str(uuid.uuid4()), "", datetime.now(UTC), 20, "x", "the only line")
+    with shipper._lock:  # the new thread cannot reach its wait before the flush asks
+        shipper.add(entry)
+        assert shipper.flush(INTERVAL / 2)
+    assert sent == [entry]
 
 
 def test_a_server_away_never_slows_logging_and_the_oldest_lines_go_first(caplog):
