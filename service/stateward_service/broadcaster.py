@@ -19,15 +19,16 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 from stateward.runs import Transition
 
 Encoder = Callable[[Transition], bytes]
+T = TypeVar("T")
 
 
 class TransitionLog(Protocol):
@@ -169,6 +170,106 @@ class _Subscriptions:
                 del index[key]
 
 
+class Batch(list[tuple[int, bytes]]):
+    """(sequence, encoded transition) of the matching transitions ready at once for one
+    subscriber, in order. The subscribers with the same filter and encoder at the same cursor
+    are handed the same Batch (a round of live delivery usually finds most of them there): what
+    a caller makes of it, e.g. its stream messages, it makes once for all of them with
+    `derived`. Treat it as read-only."""
+
+    __slots__ = ("_derived",)
+
+    def __init__(self, items: Iterable[tuple[int, bytes]] = ()) -> None:
+        super().__init__(items)
+        self._derived: dict[Callable[[Batch], object], object] = {}
+
+    def derived(self, make: Callable[[Batch], T]) -> T:
+        """`make(self)`, computed by the first caller and remembered for the others."""
+        try:
+            return cast(T, self._derived[make])
+        except KeyError:
+            made = self._derived[make] = make(self)
+            return made
+
+
+class _Ready:
+    """What the ring holds for a subscriber at one cursor, up to what was released, made into
+    batches as it sends them. When it is shared (`shared`), the subscribers at the same cursor
+    with the same filter, encoder and batch size read the same batches, made by the first
+    that gets to each; otherwise a batch is forgotten once the next is asked for."""
+
+    __slots__ = (
+        "_at",
+        "_entries",
+        "_first",
+        "_made",
+        "encode",
+        "max_batch",
+        "released",
+        "shared",
+        "where",
+    )
+
+    def __init__(
+        self,
+        entries: list[_Entry],
+        released: int,
+        where: TransitionFilter,
+        encode: Encoder,
+        max_batch: int,
+        shared: bool,
+    ) -> None:
+        self._entries = entries
+        self._at = 0  # the next entry to look at
+        self._made: list[tuple[Batch, int]] = []  # batches number _first, _first + 1, ...
+        self._first = 0
+        self.released = released
+        self.where = where
+        self.encode = encode
+        self.max_batch = max_batch
+        self.shared = shared
+
+    def batch(self, number: int) -> tuple[Batch, int] | None:
+        """Batch `number` (from 0) and the cursor a subscriber reaches once it sent it; None
+        past the last. A batch may be empty (nothing after the previous one matched): the
+        cursor moves all the same."""
+        if not self.shared and number > self._first:
+            del self._made[: number - self._first]
+            self._first = number
+        while number - self._first >= len(self._made):
+            if not self._make():
+                return None
+        return self._made[number - self._first]
+
+    def _make(self) -> bool:
+        entries, at = self._entries, self._at
+        if at >= len(entries):
+            return False
+        where, encode = self.where, self.encode
+        batch = Batch()
+        while at < len(entries):
+            entry = entries[at]
+            at += 1
+            transition = entry.transition
+            if where.matches(transition):
+                batch.append((transition.sequence, entry.payload(encode)))
+                if len(batch) == self.max_batch:
+                    break
+        self._at = at
+        # The cursor reaches the last transition sent or, at the end, all that was released
+        # (the transitions after the last match did not match).
+        reached = self.released if at >= len(entries) else batch[-1][0]
+        self._made.append((batch, reached))
+        return True
+
+
+_NOTHING_RELEASED = _Ready([], 0, TransitionFilter(), lambda transition: b"", 1, False)
+
+# Entries held by the shared batches of one release, at most: past that (many subscribers at
+# many cursors far behind), a subscriber's batches are its own, as big as it is behind.
+_MOST_SHARED = 200_000
+
+
 @dataclass(frozen=True, slots=True)
 class _LogBatch:
     items: list[tuple[int, bytes]]  # matching (sequence, payload), in order
@@ -231,6 +332,12 @@ class TransitionBroadcaster:
         # own: twenty streams resuming at once hold the interpreter's lock from one thread,
         # not from six, so the event loop (health checks, writes) waits for it briefly.
         self._catch_up = ThreadPoolExecutor(1, thread_name_prefix="stateward-catch-up")
+        # The batches made since the last release, by (filter, encoder, most per batch,
+        # cursor): the subscribers that share these get the same batches, matched and encoded
+        # once. Only the event loop's thread touches them.
+        self._shared: dict[tuple[TransitionFilter, Encoder, int, int], _Ready] = {}
+        self._shared_released = last_sequence
+        self._shared_size = 0  # the entries they hold
         # The current subscriptions; only the event loop's thread touches them.
         self._subscriptions = _Subscriptions()
         self.subscribers = 0
@@ -362,13 +469,25 @@ class TransitionBroadcaster:
 
     # --- the subscribers' side ------------------------------------------------------------------
 
-    def _after(self, cursor: int) -> list[_Entry] | None:
-        """The ring's entries after `cursor`, or None when the ring no longer reaches back to
-        it (the subscriber must read the log)."""
+    def _ready(
+        self, where: TransitionFilter, cursor: int, encode: Encoder, max_batch: int
+    ) -> _Ready | None:
+        """What the ring holds for a subscriber at `cursor` up to what was released (no batch
+        when nothing was), or None when the ring no longer reaches back to it (the subscriber
+        must read the log). The same for every subscriber at that cursor with the same filter,
+        encoder and batch size, while no more is released."""
         with self._lock:
             released = self._released
             if cursor >= released:
-                return []  # the next round releases more
+                return _NOTHING_RELEASED  # the next round releases more
+            if released != self._shared_released:
+                self._shared.clear()
+                self._shared_size = 0
+                self._shared_released = released
+            key = (where, encode, max_batch, cursor)
+            ready = self._shared.get(key)
+            if ready is not None:
+                return ready
             ring = self._ring
             if not ring or ring[-1].transition.sequence <= cursor:
                 return None
@@ -382,7 +501,12 @@ class TransitionBroadcaster:
                 if sequence <= released:
                     newer.append(entry)
         newer.reverse()
-        return newer
+        shared = self._shared_size + len(newer) <= _MOST_SHARED
+        ready = _Ready(newer, released, where, encode, max_batch, shared)
+        if shared:
+            self._shared[key] = ready
+            self._shared_size += len(newer)
+        return ready
 
     async def subscribe(
         self, where: TransitionFilter, after: int | None, encode: Encoder | None = None
@@ -402,10 +526,10 @@ class TransitionBroadcaster:
         after: int | None,
         encode: Encoder | None = None,
         max_batch: int = 500,
-    ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
-        """As `subscribe`, but yields what is ready at once as one list of at most `max_batch`
-        (sequence, encoded transition), in order: one item when the subscriber keeps up, more
-        when it is behind (replaying, or slower than the writers)."""
+    ) -> AsyncGenerator[Batch, None]:
+        """As `subscribe`, but yields what is ready at once as one Batch of at most
+        `max_batch` (sequence, encoded transition), in order: one item when the subscriber
+        keeps up, more when it is behind (replaying, or slower than the writers)."""
         encode = encode or self.encode
         max_batch = max(1, max_batch)
         me = _Subscription(where, self._last if after is None else after)
@@ -416,13 +540,13 @@ class TransitionBroadcaster:
             while True:
                 if self._closed:
                     raise StreamClosed(me.cursor)
-                entries = self._after(me.cursor)
-                if entries is None:
-                    batch = await self._read_log(where, me.cursor, encode)
-                    for start in range(0, len(batch.items), max_batch):
-                        yield batch.items[start : start + max_batch]
-                    me.cursor = batch.reached
-                elif not entries:
+                ready = self._ready(where, me.cursor, encode, max_batch)
+                if ready is None:
+                    logged = await self._read_log(where, me.cursor, encode)
+                    for start in range(0, len(logged.items), max_batch):
+                        yield Batch(logged.items[start : start + max_batch])
+                    me.cursor = logged.reached
+                elif ready is _NOTHING_RELEASED:
                     with self._lock:
                         if me.cursor < self._released:
                             continue  # released meanwhile: read it
@@ -435,18 +559,12 @@ class TransitionBroadcaster:
                         me.waiting = False
                         me.woken = None
                 else:
-                    ready: list[tuple[int, bytes]] = []
-                    for entry in entries:
-                        transition = entry.transition
-                        if where.matches(transition):
-                            ready.append((transition.sequence, entry.payload(encode)))
-                            if len(ready) == max_batch:
-                                me.cursor = transition.sequence
-                                yield ready
-                                ready = []
-                        me.cursor = transition.sequence
-                    if ready:
-                        yield ready
+                    number = 0
+                    while (made := ready.batch(number)) is not None:
+                        batch, me.cursor = made
+                        if batch:
+                            yield batch
+                        number += 1
         finally:
             self.subscribers -= 1
             self._subscriptions.discard(me)
@@ -492,6 +610,7 @@ class TransitionBroadcaster:
 
 
 __all__ = [
+    "Batch",
     "CursorAhead",
     "CursorExpired",
     "StreamClosed",

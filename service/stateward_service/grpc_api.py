@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -80,7 +80,7 @@ _ONE_TAG, _MANY_TAG = b"\x0a", b"\x12"
 
 
 def batched_messages(
-    items: list[tuple[int, bytes]], max_bytes: int = BATCH_MESSAGE_BYTES
+    items: Sequence[tuple[int, bytes]], max_bytes: int = BATCH_MESSAGE_BYTES
 ) -> list[tuple[int, bytes]]:
     """(last sequence, message) for the encoded one-transition messages `items`, joined into
     WatchTransitionsResponse messages with `transitions` of at most about `max_bytes` each (a
@@ -501,7 +501,8 @@ class OrchestrationService:
                         delivered, payload = batch[0]
                         yield payload
                         continue
-                    for last, message in batched_messages(batch):
+                    # The subscribers at the same cursor share the batch, and its messages.
+                    for last, message in batch.derived(batched_messages):
                         delivered = last
                         yield message
         except CursorAhead as error:

@@ -13,7 +13,12 @@ import pytest
 
 from stateward.runs import RunKind, Transition
 from stateward.states import ResultData, State, StateType
-from stateward_service.broadcaster import StreamClosed, TransitionBroadcaster, TransitionFilter
+from stateward_service.broadcaster import (
+    Batch,
+    StreamClosed,
+    TransitionBroadcaster,
+    TransitionFilter,
+)
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store.sqlite import Store, StoreReader
@@ -93,6 +98,60 @@ def test_a_cancelled_consumer_frees_its_subscription(world):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         assert broadcaster.subscribers == 0
+
+    asyncio.run(main())
+
+
+def test_subscribers_at_one_cursor_share_their_batches_encoded_once(world):
+    """A release finds the subscribers at the head at the same cursor: those with the same
+    filter get the same Batch (its transitions encoded, matched and framed once for all of
+    them), one with another filter a batch of its own, each in order and complete."""
+    _, reader, _ = world
+    run_a, run_b = str(uuid.uuid4()), str(uuid.uuid4())
+    encoded: list[int] = []
+
+    def counting(transition: Transition) -> bytes:
+        encoded.append(transition.sequence)
+        return encode(transition)
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, counting, 0)
+        broadcaster.bind(asyncio.get_running_loop())
+        only_a = TransitionFilter(run_ids=frozenset({run_a}))
+        filters = [TransitionFilter()] * 20 + [only_a] * 5
+        firsts: list[Batch] = []
+
+        async def first_batch(where: TransitionFilter) -> None:
+            async with aclosing(broadcaster.subscribe_batches(where, None)) as batches:
+                async for batch in batches:
+                    firsts.append(batch)
+                    return
+
+        readers = [asyncio.create_task(first_batch(where)) for where in filters]
+        for _ in range(5):
+            await asyncio.sleep(0)  # every reader waits at the head
+        assert broadcaster.subscribers == len(filters)
+        # One publication of 30, on the loop's thread: one release for everybody.
+        broadcaster.publish(
+            [synthetic(s, run_a if s % 3 else run_b, StateType.RUNNING) for s in range(1, 31)]
+        )
+        await asyncio.wait_for(asyncio.gather(*readers), 5)
+        everything = list(range(1, 31))
+        of_a = [s for s in everything if s % 3]
+        by_identity = {id(batch): batch for batch in firsts}
+        assert len(by_identity) == 2  # one batch per filter
+        for batch in by_identity.values():
+            assert [s for s, _ in batch] in (everything, of_a)
+            assert all(payload == str(s).encode() for s, payload in batch)
+        assert sorted(encoded) == everything  # each transition encoded once
+        framed: list[int] = []
+
+        def frame(batch: Batch) -> int:
+            framed.append(len(batch))
+            return len(batch)
+
+        assert [batch.derived(frame) for batch in firsts].count(30) == 20
+        assert sorted(framed) == [20, 30]  # once per batch, not per subscriber
 
     asyncio.run(main())
 
