@@ -10,7 +10,10 @@ subscriber, nor do the matching for them: publishing is an append to the ring an
 per turn of the event loop, a call for the dispatcher, which on the loop wakes the subscribers
 waiting at the head that a new transition matches (found through an index by run and flow run,
 not by trying every subscriber). Each transition is encoded once, when the first subscriber needs
-it, and every subscriber sends the same bytes.
+it, and every subscriber sends the same bytes; the subscribers at the same cursor with the same
+filter share their batches too (what a stream makes of one, its messages, it makes once). A round
+of delivery lasts until the subscribers it woke sent and came back, and the next rests as long as
+it took, so that a thousand subscribers cannot take the whole event loop from the writers.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class _Subscription:
     """One subscriber, as the dispatcher sees it: what it wants, how far it got, and, while it
     waits at the head, the future that wakes it."""
 
-    __slots__ = ("cursor", "waiting", "where", "woken")
+    __slots__ = ("cursor", "round", "waiting", "where", "woken")
 
     def __init__(self, where: TransitionFilter, cursor: int) -> None:
         self.where = where
@@ -126,6 +129,8 @@ class _Subscription:
         # `cursor` matched (the dispatcher wakes it on the first that does).
         self.waiting = False
         self.woken: asyncio.Future[None] | None = None
+        # The dispatcher's round that woke it, until it is back at the head (0: none).
+        self.round = 0
 
 
 class _Subscriptions:
@@ -265,6 +270,11 @@ class _Ready:
 
 _NOTHING_RELEASED = _Ready([], 0, TransitionFilter(), lambda transition: b"", 1, False)
 
+# How long a round waits for the subscribers it woke to be back before the next may start
+# without them: at least, and at most.
+_SHORTEST_ROUND_WAIT = 0.05
+_LONGEST_ROUND_WAIT = 1.0
+
 # Entries held by the shared batches of one release, at most: past that (many subscribers at
 # many cursors far behind), a subscriber's batches are its own, as big as it is behind.
 _MOST_SHARED = 200_000
@@ -322,12 +332,23 @@ class TransitionBroadcaster:
         self._gap = False
         self._dispatch_due = False
         # Subscribers at the head read the ring only up to what the dispatcher released, so
-        # that all live delivery goes in the dispatcher's rounds; a round that took t of the
-        # loop thread's CPU makes the next wait t: when writers and a thousand subscribers
-        # both want the whole loop, the subscribers get about half of it and bigger batches,
-        # while a round for a few subscribers costs them a fraction of a millisecond.
+        # that all live delivery goes in the dispatcher's rounds. A round lasts until every
+        # subscriber it woke has sent and is back at the head (or left), so it counts the
+        # completion of the sends too; one that took t of the loop thread's CPU makes the
+        # next wait t after it. When writers and a thousand subscribers both want the whole
+        # loop, the subscribers get at most about half of it (the writers' work during a
+        # round counts in t) and bigger batches, fewer messages; a round for a few
+        # subscribers costs them a fraction of a millisecond. A subscriber that does not come
+        # back (its client stopped reading) holds no round back past `_round_deadline`.
         self._released = last_sequence
         self._rest_until = 0.0
+        self._round = 0  # the number of the last round
+        self._round_pending = 0  # subscribers it woke that are not back at the head
+        self._round_began = 0.0  # the loop thread's CPU clock when it began
+        self._round_started = 0.0  # the loop's clock when it began
+        self._round_deadline = 0.0
+        self._round_seconds = 0.0  # how long the last round that ended in full lasted
+        self._dispatch_timer: asyncio.TimerHandle | None = None
         # The log reads of subscribers behind the ring, one at a time on a thread of their
         # own: twenty streams resuming at once hold the interpreter's lock from one thread,
         # not from six, so the event loop (health checks, writes) waits for it briefly.
@@ -399,11 +420,22 @@ class TransitionBroadcaster:
     def _dispatch(self) -> None:
         """On the event loop: release what was published since the last round, and wake each
         subscriber waiting at the head that one of those transitions matches (after a gap,
-        every one). Not before the rest the last round earned."""
+        every one). Not while the last round is still sending, nor before the rest it
+        earned."""
         loop = self._loop
         assert loop is not None
-        if loop.time() < self._rest_until:
-            loop.call_at(self._rest_until, self._dispatch)
+        self._dispatch_timer = None
+        if not self._dispatch_due:
+            return
+        now = loop.time()
+        if self._round_pending:
+            if now < self._round_deadline:
+                self._dispatch_at(self._round_deadline)  # or sooner, when the round ends
+                return
+            # Those not back yet (stopped readers) hold the others back no longer.
+            self._round_pending = 0
+        if now < self._rest_until:
+            self._dispatch_at(self._rest_until)
             return
         began = time.thread_time()
         with self._lock:
@@ -411,16 +443,16 @@ class TransitionBroadcaster:
             published, self._undispatched = self._undispatched, []
             gap, self._gap = self._gap, False
             self._released = self._last
+        self._round += 1
         subscriptions = self._subscriptions
-        woken = 0
         if gap:
             for me in list(subscriptions.all):
-                woken += self._wake(me)
+                self._wake(me)
         # Those that filter on neither run nor flow run: each looks for its first match.
         for me in [s for s in subscriptions.others if s.waiting]:
             for transition in published:
                 if transition.sequence > me.cursor and me.where.matches(transition):
-                    woken += self._wake(me, transition.sequence)
+                    self._wake(me, transition.sequence)
                     break
         # The others, found by the transition's run and flow run.
         for transition in published:
@@ -433,31 +465,52 @@ class TransitionBroadcaster:
                     continue
                 for me in [s for s in place if s.waiting]:
                     if transition.sequence > me.cursor and me.where.matches(transition):
-                        woken += self._wake(me, transition.sequence)
-        if woken:
-            # The woken subscribers' turns were queued before this: it runs once they sent.
-            loop.call_soon(self._rest_after, began)
+                        self._wake(me, transition.sequence)
+        if self._round_pending:
+            self._round_began = began
+            self._round_started = now
+            # A round may last a few times the last one, and at least a little while, before
+            # its stragglers are left behind.
+            self._round_deadline = now + min(
+                _LONGEST_ROUND_WAIT, max(_SHORTEST_ROUND_WAIT, 4 * self._round_seconds)
+            )
 
-    def _rest_after(self, began: float) -> None:
-        """The round that began at `began` (the loop thread's CPU clock) is over: the next
-        waits as long as it took. The CPU clock, not the wall's, so that a machine busy with
-        other processes does not make the round look long."""
+    def _dispatch_at(self, when: float) -> None:
         loop = self._loop
         assert loop is not None
-        self._rest_until = loop.time() + (time.thread_time() - began)
+        if self._dispatch_timer is not None:
+            self._dispatch_timer.cancel()
+        self._dispatch_timer = loop.call_at(when, self._dispatch)
 
-    @staticmethod
-    def _wake(me: _Subscription, first_match: int = 0) -> int:
-        """Wake `me` if it waits (returns 1 if it did). With `first_match`: nothing between
-        its cursor and that sequence matched it, so it need not walk (nor read from the log)
-        what lies between."""
-        waited = me.waiting
-        if waited and first_match:
-            me.cursor = max(me.cursor, first_match - 1)
+    def _wake(self, me: _Subscription, first_match: int = 0) -> None:
+        """Wake `me` if it waits, in this round. With `first_match`: nothing between its
+        cursor and that sequence matched it, so it need not walk (nor read from the log) what
+        lies between."""
+        if me.waiting:
+            if first_match:
+                me.cursor = max(me.cursor, first_match - 1)
+            me.round = self._round
+            self._round_pending += 1
         me.waiting = False
         if me.woken is not None and not me.woken.done():
             me.woken.set_result(None)
-        return int(waited)
+
+    def _back(self, me: _Subscription) -> None:
+        """`me` sent what its round released and is back at the head, or left: once all are,
+        the round is over, and the next rests as long as it took of the loop thread's CPU
+        (the CPU clock, not the wall's, so that a machine busy with other processes does not
+        make it look long)."""
+        if me.round == self._round and self._round_pending:
+            self._round_pending -= 1
+            if not self._round_pending:
+                loop = self._loop
+                assert loop is not None
+                now = loop.time()
+                self._round_seconds = now - self._round_started
+                self._rest_until = now + (time.thread_time() - self._round_began)
+                if self._dispatch_due:
+                    self._dispatch_at(self._rest_until)
+        me.round = 0
 
     async def close(self) -> None:
         """End every subscription with StreamClosed (the server is shutting down)."""
@@ -542,6 +595,7 @@ class TransitionBroadcaster:
                     raise StreamClosed(me.cursor)
                 ready = self._ready(where, me.cursor, encode, max_batch)
                 if ready is None:
+                    self._back(me)  # a read of the log holds no round back
                     logged = await self._read_log(where, me.cursor, encode)
                     for start in range(0, len(logged.items), max_batch):
                         yield Batch(logged.items[start : start + max_batch])
@@ -551,6 +605,7 @@ class TransitionBroadcaster:
                         if me.cursor < self._released:
                             continue  # released meanwhile: read it
                         # Any later publication is dispatched after this: it wakes me.
+                        self._back(me)
                         me.waiting = True
                         me.woken = woken = loop.create_future()
                     try:
@@ -568,6 +623,7 @@ class TransitionBroadcaster:
         finally:
             self.subscribers -= 1
             self._subscriptions.discard(me)
+            self._back(me)
 
     async def _read_log(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
         """The next matching transitions from the log, read and encoded off the event loop."""

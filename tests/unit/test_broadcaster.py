@@ -156,6 +156,33 @@ def test_subscribers_at_one_cursor_share_their_batches_encoded_once(world):
     asyncio.run(main())
 
 
+def test_a_subscriber_that_stops_reading_holds_no_round_back(world):
+    """A round of live delivery lasts until the subscribers it woke sent and came back; one
+    whose consumer stopped taking batches never comes back, and the others still get every
+    later transition, in order, round after round."""
+    _, reader, _ = world
+    run_id = str(uuid.uuid4())
+
+    async def main() -> None:
+        broadcaster = TransitionBroadcaster(reader, encode, 0)
+        broadcaster.bind(asyncio.get_running_loop())
+        stalled = broadcaster.subscribe_batches(TransitionFilter(), None)
+        first = asyncio.ensure_future(anext(stalled))
+        reading = asyncio.create_task(take(broadcaster.subscribe(TransitionFilter(), None), 20))
+        for _ in range(5):
+            await asyncio.sleep(0)  # both wait at the head
+        broadcaster.publish([synthetic(1, run_id, StateType.RUNNING)])
+        assert [s for s, _ in await asyncio.wait_for(first, 5)] == [1]  # then it stops
+        for sequence in range(2, 21):
+            await asyncio.sleep(0.01)
+            broadcaster.publish([synthetic(sequence, run_id, StateType.RUNNING)])
+        assert await asyncio.wait_for(reading, 10) == list(range(1, 21))
+        await stalled.aclose()
+        assert broadcaster.subscribers == 0
+
+    asyncio.run(main())
+
+
 def test_the_ring_is_bounded_and_a_subscriber_behind_it_reads_the_log(world):
     store, reader, orchestrator = world
 
