@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from stateward_service.orchestrator import Orchestrator
@@ -34,7 +35,10 @@ T = TypeVar("T")
 # runs, and other processes (and the answers of its own calls) wait for it.
 MAX_GROUP = 256
 
-_Pending = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+# What a group tells a call: its outcome (what the operation returned, or the exception it
+# raised), on the call's loop once the group committed.
+Answer = Callable[[Any], None]
+_Pending = tuple[Callable[[], Any], Answer, asyncio.AbstractEventLoop]
 
 
 class WriterStopped(RuntimeError):
@@ -69,24 +73,31 @@ class GroupCommitWriter:
         """Run `operation` (a write through the orchestrator) in the next group, and return
         what it returned once the group committed, or raise what it raised. Raises
         WriterStopped once the writer was stopped."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.submit(operation, partial(_settle, future))
+        return await future
+
+    def submit(self, operation: Callable[[], Any], answer: Answer) -> None:
+        """On the event loop: run `operation` in the next group and, once the group committed,
+        call `answer` on this loop with its outcome (what it returned, or the exception it
+        raised). No task or future per call: the stream of calls answers each from here.
+        Raises WriterStopped once the writer was stopped."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
         if not self.in_thread:
             if self._stopping:
                 raise WriterStopped("the server is shutting down; try again on another")
-            self._pending.append((operation, future, loop))
+            self._pending.append((operation, answer, loop))
             if not self._flushing:
                 # After the handlers already ready to run: they join this group.
                 self._flushing = True
                 loop.call_soon(self._flush)
-            return await future
+            return
         with self._ready:
             if self._stopping:
                 raise WriterStopped("the server is shutting down; try again on another")
             self._start_thread()
-            self._queued.append((operation, future, loop))
+            self._queued.append((operation, answer, loop))
             self._ready.notify()
-        return await future
 
     def _start_thread(self) -> None:
         """Under `_ready`: start the writer thread unless it runs."""
@@ -127,14 +138,12 @@ class GroupCommitWriter:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _commit(
-        self, group: list[_Pending], wait: bool = True
-    ) -> list[tuple[asyncio.Future[Any], Any]]:
+    def _commit(self, group: list[_Pending], wait: bool = True) -> list[tuple[Answer, Any]]:
         outcomes = self._orchestrator.together([operation for operation, _, _ in group], wait=wait)
         self.groups += 1
         self.calls += len(group)
         answers = [
-            (future, outcome) for (_, future, _), outcome in zip(group, outcomes, strict=True)
+            (answer, outcome) for (_, answer, _), outcome in zip(group, outcomes, strict=True)
         ]
         if not wait:  # on the loop
             _answer(answers)
@@ -165,7 +174,7 @@ class GroupCommitWriter:
                 with self._ready:
                     self._thread_busy = False
                     idle = not self._queued
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Answer, Any]]] = {}
             for (_, _, loop), answer in zip(group, answers, strict=True):
                 by_loop.setdefault(loop, []).append(answer)
             for loop, answers in by_loop.items():
@@ -176,16 +185,21 @@ class GroupCommitWriter:
                         loop.call_soon_threadsafe(self._caught_up)
 
 
-def _answer(answers: Sequence[tuple[asyncio.Future[Any], Any]]) -> None:
-    """On the calls' loop: resolve each future with its outcome (a call cancelled meanwhile,
-    its client gone, is skipped: its write stands, as for any call that reached the database)."""
-    for future, outcome in answers:
-        if future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+def _answer(answers: Sequence[tuple[Answer, Any]]) -> None:
+    """On the calls' loop: tell each call its outcome."""
+    for answer, outcome in answers:
+        answer(outcome)
 
 
-__all__ = ["MAX_GROUP", "GroupCommitWriter", "WriterStopped"]
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    """Resolve a call's future with its outcome (a call cancelled meanwhile, its client gone,
+    is skipped: its write stands, as for any call that reached the database)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+__all__ = ["MAX_GROUP", "Answer", "GroupCommitWriter", "WriterStopped"]

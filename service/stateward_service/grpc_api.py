@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -57,6 +57,7 @@ from stateward_service.broadcaster import (
     TransitionBroadcaster,
     TransitionFilter,
 )
+from stateward_service.calls_stream import SHUTTING_DOWN, CallsStream
 from stateward_service.errors import ServiceError, invalid
 from stateward_service.group_commit import GroupCommitWriter, WriterStopped
 from stateward_service.model import RunRecord
@@ -122,8 +123,8 @@ class OrchestrationService:
         # Told of each call on ExecuteStream (its method, status code name and seconds), as the
         # metrics interceptor is of each RPC; set by the server when it keeps metrics.
         self.observe_call: Callable[[str, str, float], None] | None = None
-        # The answers queues of the ExecuteStream calls open, and whether the server is closing.
-        self._streams: set[asyncio.Queue[pb.ExecuteStreamResponse | None]] = set()
+        # The ExecuteStream calls open, and whether the server is closing.
+        self._streams: set[CallsStream] = set()
         self._closing = False
 
     def close(self) -> None:
@@ -350,89 +351,35 @@ class OrchestrationService:
         self, requests: AsyncIterator[pb.ExecuteStreamRequest], context: Context
     ) -> AsyncIterator[pb.ExecuteStreamResponse]:
         """Each call is run as its RPC (in the group-commit writer) as soon as it arrives, and
-        answered once its group committed; calls in flight are answered as they commit. The
-        stream ends when the client ends it (once every call is answered), or with UNAVAILABLE
-        when the server shuts down (also once every call in flight is answered)."""
+        answered once its group committed; calls in flight are answered as they commit (see
+        `CallsStream`). The stream ends when the client ends it (once every call is answered),
+        or with UNAVAILABLE when the server shuts down (also once every call in flight is
+        answered)."""
         if self._closing:
-            raise ServiceError(StatusCode.UNAVAILABLE, _SHUTTING_DOWN, reason="SHUTTING_DOWN")
-        answers: asyncio.Queue[pb.ExecuteStreamResponse | None] = asyncio.Queue()
-        in_flight: dict[int, asyncio.Task[None]] = {}
-
-        async def answer(request: pb.ExecuteStreamRequest) -> None:
-            response = pb.ExecuteStreamResponse(call_id=request.call_id)
-            began = time.perf_counter()
-            try:
-                await self._stream_call(request, response)
-            except ServiceError as error:
-                response.error.code = error.code
-                response.error.message = error.message
-            except Exception:
-                log.exception("unexpected error in a call on ExecuteStream")
-                response.error.code = StatusCode.INTERNAL
-                response.error.message = "internal error in ExecuteStream"
-            finally:
-                in_flight.pop(request.call_id, None)
-            answers.put_nowait(response)
-            if self.observe_call is not None:
-                method = _STREAMED_METHODS.get(request.WhichOneof("call") or "", "ExecuteStream")
-                code = StatusCode(response.error.code).name if response.HasField("error") else "OK"
-                self.observe_call(method, code, time.perf_counter() - began)
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    if request.call_id in in_flight:
-                        refused = pb.ExecuteStreamResponse(call_id=request.call_id)
-                        refused.error.code = StatusCode.INVALID_ARGUMENT
-                        refused.error.message = (
-                            f"call_id: {request.call_id} is the id of a call still in flight on "
-                            "this stream; give each call in flight an id of its own"
-                        )
-                        answers.put_nowait(refused)
-                        continue
-                    in_flight[request.call_id] = asyncio.create_task(answer(request))
-                while in_flight:  # the client is done sending: answer what is in flight
-                    await asyncio.gather(*in_flight.values())
-            finally:
-                answers.put_nowait(None)
-
-        self._streams.add(answers)
-        reader = asyncio.create_task(read())
+            raise ServiceError(StatusCode.UNAVAILABLE, SHUTTING_DOWN, reason="SHUTTING_DOWN")
+        stream = CallsStream(requests, self.writer, self._stream_operation, self.observe_call)
+        self._streams.add(stream)
         try:
-            while (response := await answers.get()) is not None:
+            async for response in stream.answers():
                 yield response
-            if self._closing and not reader.done():
-                while in_flight:  # answered before the stream ends
-                    await asyncio.gather(*in_flight.values())
-                while not answers.empty():
-                    if (response := answers.get_nowait()) is not None:
-                        yield response
-                raise ServiceError(StatusCode.UNAVAILABLE, _SHUTTING_DOWN, reason="SHUTTING_DOWN")
-            await reader  # raises what ended the reading (an undecodable request...)
         finally:
-            self._streams.discard(answers)
-            reader.cancel()
+            self._streams.discard(stream)
 
-    async def _stream_call(
-        self, request: pb.ExecuteStreamRequest, response: pb.ExecuteStreamResponse
-    ) -> None:
-        """Run one call of the stream as its RPC, its answer into `response`."""
+    def _stream_operation(self, request: pb.ExecuteStreamRequest) -> Callable[[], Any]:
+        """What one call of the stream runs in its group: the call as its RPC."""
         kind = request.WhichOneof("call")
         if kind == "set_state":
-            answer = await grouped(self.writer, lambda: self.SetState(request.set_state))
-            response.set_state.CopyFrom(answer)
-        elif kind == "execute_batch":
-            batch = await grouped(self.writer, lambda: self.ExecuteBatch(request.execute_batch))
-            response.execute_batch.CopyFrom(batch)
-        else:
-            raise invalid("call", "is empty: set set_state or execute_batch")
+            return partial(self.SetState, request.set_state)
+        if kind == "execute_batch":
+            return partial(self.ExecuteBatch, request.execute_batch)
+        raise invalid("call", "is empty: set set_state or execute_batch")
 
     async def close_streams(self) -> None:
         """End every ExecuteStream with UNAVAILABLE once its calls in flight are answered, and
         refuse new ones (the server is shutting down)."""
         self._closing = True
-        for answers in self._streams:
-            answers.put_nowait(None)
+        for stream in self._streams:
+            stream.close()
 
     # --- tag concurrency limits -----------------------------------------------------------------
 
@@ -535,14 +482,6 @@ class OrchestrationService:
                 metadata={"last_sequence": str(delivered), "cursor": str(error.last_sequence)},
             ) from None
 
-
-# The RPC each call of ExecuteStream stands for (its metrics are counted under that name).
-_STREAMED_METHODS = {"set_state": "SetState", "execute_batch": "ExecuteBatch"}
-
-_SHUTTING_DOWN = (
-    "the server is shutting down; send the calls not answered again on a new stream "
-    "(to another server, or to this one once it is back)"
-)
 
 _BATCHABLE = {
     "create_flow_run": "CreateFlowRun",

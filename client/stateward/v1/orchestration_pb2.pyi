@@ -1281,7 +1281,8 @@ class ExecuteStreamRequest(_message.Message):
     EXECUTE_BATCH_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
     """Chosen by the client to match the answer to the call: unique among its calls in flight on
-    the stream (a call reusing the id of one still in flight is refused with INVALID_ARGUMENT).
+    the stream (a call reusing the id of one still in flight ends the stream with
+    INVALID_ARGUMENT, as an answer with that id could not say which call it answers).
     """
     @_builtins.property
     def set_state(self) -> Global___SetStateRequest:

@@ -121,8 +121,12 @@ class OrchestrationServiceStub:
     the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
     code and message in `error`, and the stream goes on. Calls in flight together on one stream
     are decided concurrently and answered as they commit, not necessarily in the order sent;
-    send a call only after the answer to any call it must follow. The server ends the stream
-    with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+    send a call only after the answer to any call it must follow. A stream holds at most 512
+    calls taken and not yet answered: past that the server reads no more of it until answers
+    are read, so a client that sends without reading waits in gRPC's flow control. The server
+    ends the stream with UNAVAILABLE when it shuts down (after answering the calls in flight),
+    and with INVALID_ARGUMENT when a call reuses the call_id of a call still in flight (after
+    answering that one; the calls sent after it were not run). When a stream
     breaks, a call without an answer may or may not have been applied: send it again on a new
     stream (a proposal with the same transition_id applies once).
     """
@@ -213,8 +217,12 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
     code and message in `error`, and the stream goes on. Calls in flight together on one stream
     are decided concurrently and answered as they commit, not necessarily in the order sent;
-    send a call only after the answer to any call it must follow. The server ends the stream
-    with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+    send a call only after the answer to any call it must follow. A stream holds at most 512
+    calls taken and not yet answered: past that the server reads no more of it until answers
+    are read, so a client that sends without reading waits in gRPC's flow control. The server
+    ends the stream with UNAVAILABLE when it shuts down (after answering the calls in flight),
+    and with INVALID_ARGUMENT when a call reuses the call_id of a call still in flight (after
+    answering that one; the calls sent after it were not run). When a stream
     breaks, a call without an answer may or may not have been applied: send it again on a new
     stream (a proposal with the same transition_id applies once).
     """
@@ -422,8 +430,12 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         the RPC would fail with a status (NOT_FOUND, INVALID_ARGUMENT...) is answered with that
         code and message in `error`, and the stream goes on. Calls in flight together on one stream
         are decided concurrently and answered as they commit, not necessarily in the order sent;
-        send a call only after the answer to any call it must follow. The server ends the stream
-        with UNAVAILABLE when it shuts down (after answering the calls in flight). When a stream
+        send a call only after the answer to any call it must follow. A stream holds at most 512
+        calls taken and not yet answered: past that the server reads no more of it until answers
+        are read, so a client that sends without reading waits in gRPC's flow control. The server
+        ends the stream with UNAVAILABLE when it shuts down (after answering the calls in flight),
+        and with INVALID_ARGUMENT when a call reuses the call_id of a call still in flight (after
+        answering that one; the calls sent after it were not run). When a stream
         breaks, a call without an answer may or may not have been applied: send it again on a new
         stream (a proposal with the same transition_id applies once).
         """
