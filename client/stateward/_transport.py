@@ -6,6 +6,8 @@ message, or raises a `stateward.exceptions` error; the clients above know only m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
 import queue
@@ -282,6 +284,49 @@ class StreamUnsupported(Exception):
     """The server has no ExecuteStream (an older server): use the unary RPCs."""
 
 
+def stream_request(call_id: int, method: str, request: Any) -> pb.ExecuteStreamRequest:
+    """The ExecuteStream message carrying `request`, a call of `method` (a key of STREAMED)."""
+    message = pb.ExecuteStreamRequest(call_id=call_id)
+    getattr(message, STREAMED[method]).CopyFrom(request)
+    return message
+
+
+def stream_answer(answer: pb.ExecuteStreamResponse, connection: Connection) -> Any:
+    """The response an answer on ExecuteStream carries; raises the Stateward error the RPC
+    would have failed with when it carries one."""
+    kind = answer.WhichOneof("result")
+    if kind == "error":
+        raise translate_code(
+            _GRPC_CODES.get(answer.error.code, grpc.StatusCode.UNKNOWN),
+            answer.error.message,
+            connection,
+            reached=True,
+        )
+    if kind is None:
+        raise translate_code(
+            grpc.StatusCode.UNKNOWN, "the server answered the call with nothing", reached=True
+        )
+    return getattr(answer, kind)
+
+
+def deadline_exceeded(connection: Connection) -> StatewardError:
+    return translate_code(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", connection)
+
+
+def stream_ended(connection: Connection) -> StatewardError:
+    """The error of the calls without an answer when the server ended the stream."""
+    return ServerUnavailable(f"the Stateward server at {connection.address} ended the calls stream")
+
+
+def stream_broken(failure: grpc.RpcError, connection: Connection) -> BaseException:
+    """The error of the calls without an answer when the stream failed: StreamUnsupported from
+    a server without ExecuteStream, else the Stateward error of the status (UNAVAILABLE when
+    the server went away: the caller sends them again)."""
+    if failure.code() is grpc.StatusCode.UNIMPLEMENTED:
+        return StreamUnsupported(failure.details() or "")
+    return translate(failure, connection)
+
+
 class CallStream:
     """SetState and ExecuteBatch calls on one long-lived ExecuteStream, shared by every thread
     of the client: each call is sent with an id and waits for the answer with that id; a reader
@@ -308,30 +353,14 @@ class CallStream:
                 stream = self._open = self._start()
             call_id = next(self._ids)
             stream.pending[call_id] = future
-        message = pb.ExecuteStreamRequest(call_id=call_id)
-        getattr(message, STREAMED[method]).CopyFrom(request)
-        stream.requests.put(message)
+        stream.requests.put(stream_request(call_id, method, request))
         try:
             answer = future.result(timeout)
         except FutureTimeout:
             with self._lock:
                 stream.pending.pop(call_id, None)
-            raise translate_code(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", self.connection
-            ) from None
-        kind = answer.WhichOneof("result")
-        if kind == "error":
-            raise translate_code(
-                _GRPC_CODES.get(answer.error.code, grpc.StatusCode.UNKNOWN),
-                answer.error.message,
-                self.connection,
-                reached=True,
-            )
-        if kind is None:
-            raise translate_code(
-                grpc.StatusCode.UNKNOWN, "the server answered the call with nothing", reached=True
-            )
-        return getattr(answer, kind)
+            raise deadline_exceeded(self.connection) from None
+        return stream_answer(answer, self.connection)
 
     def _start(self) -> _OpenStream:
         """Open a stream (under the lock) and its reader thread."""
@@ -355,14 +384,9 @@ class CallStream:
                     future = stream.pending.pop(answer.call_id, None)
                 if future is not None:
                     future.set_result(answer)
-            error = ServerUnavailable(
-                f"the Stateward server at {self.connection.address} ended the calls stream"
-            )
+            error = stream_ended(self.connection)
         except grpc.RpcError as failure:
-            if failure.code() is grpc.StatusCode.UNIMPLEMENTED:
-                error = StreamUnsupported(failure.details() or "")
-            else:
-                error = translate(failure, self.connection)
+            error = stream_broken(failure, self.connection)
         except BaseException as failure:  # handed to the callers
             error = failure
         with self._lock:
@@ -445,16 +469,130 @@ class GrpcTransport:
         self.channel.close()
 
 
+class _AsyncOpenStream:
+    """One ExecuteStream call of an AsyncCallStream: the requests queue its request iterator
+    reads, and the calls awaiting an answer."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[pb.ExecuteStreamRequest | None] = asyncio.Queue()
+        self.pending: dict[int, asyncio.Future[pb.ExecuteStreamResponse]] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+    async def iterate(self) -> AsyncIterator[pb.ExecuteStreamRequest]:
+        while (request := await self.requests.get()) is not None:
+            yield request
+
+
+class _Expired(Exception):
+    """A call's deadline passed before its answer came."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
+class AsyncCallStream:
+    """The asyncio twin of CallStream: SetState and ExecuteBatch calls of every task of the
+    client on one long-lived ExecuteStream, each sent with an id and answered by a reader task.
+    The same rules: opened by the first call and again by the first after it broke; a stream
+    that breaks fails the calls awaiting an answer with ServerUnavailable (send them again: a
+    proposal with the same transition id applies once)."""
+
+    def __init__(self, connection: Connection, stub: Any) -> None:
+        self.connection = connection
+        self._stub = stub
+        self._open: _AsyncOpenStream | None = None
+        self._ids = itertools.count(1)
+        self.opened = 0  # how many streams were opened (for tests)
+
+    async def call(self, method: str, request: Any, timeout: float | None) -> Any:
+        """The response of `method` (a key of STREAMED) to `request`, or the Stateward error
+        the RPC would raise. Raises StreamUnsupported when the server has no ExecuteStream."""
+        stream = self._open
+        if stream is None:
+            stream = self._open = self._start()
+        call_id = next(self._ids)
+        future: asyncio.Future[pb.ExecuteStreamResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        stream.pending[call_id] = future
+        stream.requests.put_nowait(stream_request(call_id, method, request))
+        # A timer, not asyncio.wait_for: no task or waiter of its own per call.
+        timer = None if timeout is None else future.get_loop().call_later(timeout, _expire, future)
+        try:
+            answer = await future
+        except _Expired:
+            raise deadline_exceeded(self.connection) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            stream.pending.pop(call_id, None)  # (answered, timed out, or the caller cancelled)
+        return stream_answer(answer, self.connection)
+
+    def _start(self) -> _AsyncOpenStream:
+        stream = _AsyncOpenStream()
+        responses = self._stub.ExecuteStream(
+            stream.iterate(),
+            metadata=self.connection.metadata,
+            wait_for_ready=self.connection.wait_for_ready,
+        )
+        self.opened += 1
+        stream.reader = asyncio.get_running_loop().create_task(self._read(stream, responses))
+        return stream
+
+    async def _read(self, stream: _AsyncOpenStream, responses: Any) -> None:
+        error: BaseException
+        try:
+            async for answer in responses:
+                future = stream.pending.pop(answer.call_id, None)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+            error = stream_ended(self.connection)
+        except grpc.RpcError as failure:
+            error = stream_broken(failure, self.connection)
+        except asyncio.CancelledError:
+            error = stream_ended(self.connection)
+            responses.cancel()
+        except Exception as failure:  # handed to the callers
+            error = failure
+        if self._open is stream:
+            self._open = None  # the next call opens a new stream
+        failed, stream.pending = stream.pending, {}
+        stream.requests.put_nowait(None)
+        for future in failed.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        stream, self._open = self._open, None
+        if stream is not None:
+            stream.requests.put_nowait(None)
+            if stream.reader is not None:
+                stream.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream.reader
+
+
 class AsyncGrpcTransport:
-    """The asyncio twin of GrpcTransport."""
+    """The asyncio twin of GrpcTransport (SetState and ExecuteBatch on one AsyncCallStream,
+    when the server has ExecuteStream). Bound to the event loop it is first used in, as its
+    gRPC channel is."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.channel = connection.open(grpc.aio)
         self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
         self._metadata = connection.metadata
+        self.calls_stream: AsyncCallStream | None = AsyncCallStream(connection, self.stub)
 
     async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        stream = self.calls_stream
+        if stream is not None and method in STREAMED:
+            try:
+                return await stream.call(method, request, timeout)
+            except StreamUnsupported:
+                self.calls_stream = None  # an older server: the unary RPCs from now on
         try:
             return await getattr(self.stub, method)(
                 request,
@@ -469,6 +607,8 @@ class AsyncGrpcTransport:
         return AsyncTransitionStream(getattr(self.stub, method)(request, metadata=self._metadata))
 
     async def close(self) -> None:
+        if self.calls_stream is not None:
+            await self.calls_stream.close()
         await self.channel.close()
 
 

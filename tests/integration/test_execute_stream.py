@@ -1,11 +1,14 @@
 """ExecuteStream, the long-lived stream of calls: each call is answered as its RPC answers it
-(statuses, refusals, idempotency), the SDK's client sends its proposals on one stream, and a
-stream that breaks fails the calls in flight with UNAVAILABLE, whose retries write once."""
+(statuses, refusals, idempotency), the SDK's clients (Client and AsyncClient) send their
+proposals on one stream, a stream that breaks fails the calls in flight with UNAVAILABLE, whose
+retries write once, and a server shutting down answers the calls in flight, then ends it."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import re
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from stateward.client import Client
+from stateward.client import AsyncClient, Client
 from stateward.exceptions import InvalidArgument, NotFound, ServerUnavailable
 from stateward.runs import SetStateStatus
 from stateward.states import State, StateType
@@ -240,4 +243,133 @@ def test_a_broken_stream_fails_its_calls_and_their_retries_write_once(tmp_path: 
         print(f"{applied_before} of {len(retries)} retried proposals had been applied")
     finally:
         client.close()
+        server.stop()
+
+
+def test_a_server_shutting_down_answers_the_stream_then_ends_it_unavailable(tmp_path: Any) -> None:
+    server = ServerProcess(tmp_path / "closing.db").start()
+    try:
+        run = new_flow_run(server.stub(), initial=ST.STATE_TYPE_PENDING)
+        with grpc.insecure_channel(server.target) as channel:
+            caller = StreamCaller(channel)
+            answer = caller.send(
+                pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING))
+            )
+            assert answer.status == pb.SET_STATE_STATUS_ACCEPT
+            server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            with pytest.raises(grpc.RpcError) as ended:
+                next(caller.responses)
+            caller.requests.put(None)
+        assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (ended.value.details() or "")
+        assert server.process.wait(30) == 0  # type: ignore[union-attr]
+    finally:
+        server.stop()
+    server.restart()
+    try:
+        stored = server.stub().ListStates(pb.ListStatesRequest(run_id=run.id)).states
+        assert stored[-1].id == answer.state.id
+    finally:
+        server.stop()
+
+
+def test_the_async_client_sends_its_calls_on_one_stream(server: ServerProcess) -> None:
+    async def scenario() -> tuple[str, list[SetStateStatus], int]:
+        async with AsyncClient(server.target) as client:
+            run = await client.create_flow_run("streamed", state=State(StateType.PENDING))
+            statuses = []
+            for proposed in (StateType.RUNNING, StateType.COMPLETED):
+                answer = await client.set_state(run.id, State(proposed))
+                statuses.append(answer.status)
+            with pytest.raises(NotFound, match="no flow run or task run has id"):
+                await client.set_state(str(uuid.uuid4()), State(StateType.RUNNING))
+            with pytest.raises(InvalidArgument, match="run_id"):
+                await client.set_state("not-an-id", State(StateType.RUNNING))
+            # Calls in flight together, on the same stream, each get their own answer.
+            others = [
+                await client.create_flow_run("streamed", state=State(StateType.RUNNING))
+                for _ in range(16)
+            ]
+            answers = await asyncio.gather(
+                *(client.set_state(other.id, State(StateType.COMPLETED)) for other in others)
+            )
+            for answer, other in zip(answers, others, strict=True):
+                assert answer.status is SetStateStatus.ACCEPT
+                assert (await client.get_flow_run(other.id)).state == answer.state
+            stream = client.transport.calls_stream
+            assert stream is not None
+            return run.id, statuses, stream.opened
+
+    run_id, statuses, opened = asyncio.run(scenario())
+    assert statuses == [SetStateStatus.ACCEPT, SetStateStatus.ACCEPT]
+    assert opened == 1
+    assert [s.type for s in Client(server.target).list_states(run_id)] == [
+        StateType.PENDING,
+        StateType.RUNNING,
+        StateType.COMPLETED,
+    ]
+
+
+def test_a_broken_stream_fails_async_calls_and_their_retries_write_once(tmp_path: Any) -> None:
+    server = ServerProcess(tmp_path / "broken-async.db").start()
+    setup = server.stub()
+    runs = [new_flow_run(setup, initial=ST.STATE_TYPE_RUNNING).id for _ in range(32)]
+    proposed: dict[str, list[str]] = {run_id: [] for run_id in runs}
+    retries: dict[str, State] = {}
+    broken: list[BaseException] = []
+
+    async def scenario() -> tuple[int, int]:
+        client = AsyncClient(server.target, timeout=30)
+        stop, enough = asyncio.Event(), asyncio.Event()
+        sent = 0
+
+        async def propose(run_id: str) -> None:
+            nonlocal sent
+            while not stop.is_set():
+                mine = State(StateType.RUNNING).with_details(transition_id=str(uuid.uuid4()))
+                proposed[run_id].append(mine.details.transition_id)
+                sent += 1
+                if sent > 300:
+                    enough.set()
+                try:
+                    await client.set_state(run_id, mine)
+                except ServerUnavailable as error:
+                    broken.append(error)
+                    retries[run_id] = mine
+                    return
+
+        async def kill_when_enough() -> None:
+            await enough.wait()
+            await asyncio.to_thread(server.kill)  # the stream breaks with calls in flight
+            stop.set()
+
+        await asyncio.wait_for(
+            asyncio.gather(kill_when_enough(), *(propose(run_id) for run_id in runs)), 120
+        )
+        await asyncio.to_thread(server.restart)
+        applied_before = 0
+        for run_id, again in retries.items():  # the same proposal again, on a new stream
+            answer = await client.set_state(run_id, again)
+            if answer.status is SetStateStatus.REJECT:  # it was applied before the break
+                assert "already applied" in answer.reason
+                applied_before += 1
+            else:
+                assert answer.status is SetStateStatus.ACCEPT
+        stream = client.transport.calls_stream
+        assert stream is not None
+        opened = stream.opened
+        await client.close()
+        return applied_before, opened
+
+    try:
+        applied_before, opened = asyncio.run(scenario())
+        assert len(broken) == len(runs)  # every call in flight failed with UNAVAILABLE
+        assert opened == 2
+        stub = server.stub()
+        for run_id, transition_ids in proposed.items():
+            stored = stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states
+            written = [s.details.transition_id for s in stored[1:]]
+            assert written == transition_ids  # each once, in order: none lost, none doubled
+        print(f"{applied_before} of {len(retries)} retried proposals had been applied")
+    finally:
         server.stop()
