@@ -268,6 +268,17 @@ class _GrpcStream:
 
 # The calls that ride the ExecuteStream (its `call` field for each method), when the server has it.
 STREAMED = {"SetState": "set_state", "ExecuteBatch": "execute_batch"}
+# A larger call goes as its own RPC: one the server refuses as too large (RESOURCE_EXHAUSTED,
+# past its 4 MiB by default) then fails alone, instead of ending the stream and with it every
+# call in flight on it.
+STREAM_MAX_BYTES = 1024 * 1024
+
+
+def rides_stream(method: str, request: Any) -> bool:
+    """Whether a call of `method` with `request` goes on the calls stream."""
+    return method in STREAMED and request.ByteSize() <= STREAM_MAX_BYTES
+
+
 _END = None  # ends a stream's requests
 
 
@@ -407,7 +418,8 @@ class CallStream:
 
 class GrpcTransport:
     """Calls over a gRPC channel (plain or TLS), with the API key as metadata. SetState and
-    ExecuteBatch ride one long-lived ExecuteStream (see `CallStream`) when the server has it."""
+    ExecuteBatch ride one long-lived ExecuteStream (see `CallStream`) when the server has it,
+    unless larger than STREAM_MAX_BYTES."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -418,7 +430,7 @@ class GrpcTransport:
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         stream = self.calls_stream
-        if stream is not None and method in STREAMED:
+        if stream is not None and rides_stream(method, request):
             try:
                 return stream.call(method, request, timeout)
             except StreamUnsupported:
@@ -588,7 +600,7 @@ class AsyncGrpcTransport:
 
     async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         stream = self.calls_stream
-        if stream is not None and method in STREAMED:
+        if stream is not None and rides_stream(method, request):
             try:
                 return await stream.call(method, request, timeout)
             except StreamUnsupported:

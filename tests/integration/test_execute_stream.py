@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from stateward.client import AsyncClient, Client
-from stateward.exceptions import InvalidArgument, NotFound, ServerUnavailable
+from stateward.exceptions import InvalidArgument, NotFound, ResourceExhausted, ServerUnavailable
 from stateward.runs import SetStateStatus
-from stateward.states import State, StateType
+from stateward.states import ResultData, State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from tests.support import ST, ServerProcess, new_flow_run, state, wait_until
 
@@ -373,3 +373,48 @@ def test_a_broken_stream_fails_async_calls_and_their_retries_write_once(tmp_path
         print(f"{applied_before} of {len(retries)} retried proposals had been applied")
     finally:
         server.stop()
+
+
+def test_a_call_too_large_for_the_server_fails_alone(server: ServerProcess) -> None:
+    """A call larger than the server takes goes as its own RPC: its RESOURCE_EXHAUSTED does not
+    end the stream the other calls are in flight on."""
+    setup = server.stub()
+    runs = [new_flow_run(setup, initial=ST.STATE_TYPE_RUNNING).id for _ in range(8)]
+    big = new_flow_run(setup, initial=ST.STATE_TYPE_RUNNING).id
+    huge = State(StateType.COMPLETED, data=ResultData(json='"' + "x" * (5 << 20) + '"'))
+    with Client(server.target) as client:
+        client.set_state(runs[0], State(StateType.RUNNING), force=True)  # the stream is open
+        stream = client.transport.calls_stream  # type: ignore[attr-defined]
+        answers: dict[str, list[Any]] = {run_id: [] for run_id in runs}
+        failed: list[BaseException] = []
+        done = threading.Event()
+
+        def propose(run_id: str) -> None:
+            try:
+                while not done.is_set():
+                    answer = client.set_state(run_id, State(StateType.RUNNING), force=True)
+                    answers[run_id].append(answer.status)
+            except Exception as error:
+                failed.append(error)
+
+        threads = [threading.Thread(target=propose, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(len(a) > 5 for a in answers.values()), 60, "calls in flight")
+        with pytest.raises(ResourceExhausted):
+            client.set_state(big, huge)
+        counts = {run_id: len(a) for run_id, a in answers.items()}
+        wait_until(
+            lambda: all(len(answers[r]) > counts[r] + 5 for r in runs) or bool(failed),
+            60,
+            "more answers",
+        )
+        done.set()
+        for thread in threads:
+            thread.join(60)
+        assert failed == []
+        assert all(set(a) == {SetStateStatus.ACCEPT} for a in answers.values())
+        assert stream is not None and stream.opened == 1  # the stream never broke
+    assert setup.GetFlowRun(pb.GetFlowRunRequest(id=big)).flow_run.state.type == (
+        ST.STATE_TYPE_RUNNING
+    )
