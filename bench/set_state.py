@@ -11,8 +11,9 @@ With `--in-flight N`, it measures throughput instead with N calls in flight at a
 over a few client processes, each keeping its share in flight on one asyncio channel, each
 SetState on a run of its own): health checks then SetStates on a fresh server each round, with
 the server's and the clients' CPU time per call (with `--stream`, also SetStates sent on one
-ExecuteStream per client process); with `--old`, another checkout's server alternates with this
-one's, round by round. It prints each round, then medians and ranges.
+ExecuteStream per client process, on both servers with `--old`); with `--old`, another
+checkout's server alternates with this one's, round by round. It prints each round, then
+medians and ranges.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def in_flight_round(tree: Path | None, args: argparse.Namespace) -> dict[str, fl
                 server.target, "set_state", runs, args.seconds, args.processes, pid
             )
             streamed, stream_cpu, stream_clients = (0.0, 0.0, 0.0)
-            if args.stream and tree is None:  # another checkout may not have the stream
+            if args.stream:  # (another checkout given with --old must have ExecuteStream)
                 streamed, stream_cpu, stream_clients = in_flight(
                     server.target, "stream", runs, args.seconds, args.processes, pid
                 )
@@ -264,7 +265,7 @@ def in_flight_round(tree: Path | None, args: argparse.Namespace) -> dict[str, fl
                 "server us/streamed": stream_cpu,
                 "client us/streamed": stream_clients,
             }
-            if args.stream and tree is None
+            if args.stream
             else {}
         ),
     }
