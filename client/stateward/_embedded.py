@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from stateward.exceptions import (
     ServerUnavailable,
     StatewardError,
 )
-from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun
+from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun, Transition
 from stateward.states import State
 from stateward.wire import error_for_status, watch_response_from_bytes
 
@@ -85,6 +85,16 @@ def _connect(lead_loops: bool) -> Client:
     return Client(transport=_embedded.transport, timeout=None)
 
 
+def local_log(
+    client: Client,
+) -> Callable[[Callable[[Sequence[Transition]], None]], None] | None:
+    """For a client of the orchestrator in this process (the embedded default): the function
+    that registers a listener of its log (see `InProcessTransport.listen`); None for a client
+    of a server, which is heard through WatchTransitions."""
+    transport = client.transport
+    return transport.listen if isinstance(transport, InProcessTransport) else None
+
+
 def _remote(address: str) -> Client:
     """A client of the server at STATEWARD_API_URL, once it answers (ServerUnavailable, saying
     what is wrong, within a few seconds if it does not)."""
@@ -116,6 +126,13 @@ class InProcessTransport:
             return getattr(self.api, method)(request)
         except self._service_error as error:
             raise _translate(error) from None
+
+    def listen(self, listener: Callable[[Sequence[Transition]], None]) -> None:
+        """Call `listener` with every transition this process learns of (its own and other
+        processes' commits), in sequence order, once each, from the moment of this call; in
+        the thread that committed or read them, under a lock of the log follower: it must be
+        quick and must never block. For the process's own watchers, with no stream."""
+        self.embedded.replica.follower.subscribe(listener)
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
         if method != "WatchTransitions":

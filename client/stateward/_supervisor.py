@@ -3,21 +3,29 @@ alive, and tells a flow run when another client cancelled it.
 
 One renewal thread extends every held lease in one call, a third of the lease length apart; one
 transitions stream (CANCELLING and CANCELLED states only) serves every flow run in the process.
-The stream is established before the first run is created, so no cancel can slip between.
+The stream is established before the first run is created, so no cancel can slip between. On
+the embedded default there is no stream: the process's own feed of the log (every process's
+transitions, in order, once each) hands the cancels to the same thread, and the writes of the
+process's runs wake no event loop on their way.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from stateward import settings
+from stateward._embedded import local_log
 from stateward.client import Client
 from stateward.exceptions import StatewardError
+from stateward.runs import Transition
 from stateward.states import State, StateType
 
 log = logging.getLogger("stateward")
+
+_CANCEL_TYPES = frozenset({StateType.CANCELLING, StateType.CANCELLED})
 
 
 class RunSupervisor:
@@ -80,20 +88,16 @@ class RunSupervisor:
             self._cancel_callbacks.pop(flow_run_id, None)
 
     def _watch(self) -> None:
-        cancel_types = (StateType.CANCELLING, StateType.CANCELLED)
+        listen = local_log(self.client)
+        if listen is not None:  # the embedded default: the process's own feed of the log
+            self._hear(listen)
+            return
         while True:
             try:
                 for transition in self.client.watch(
-                    state_types=cancel_types, started=lambda _: self._watching.set()
+                    state_types=_CANCEL_TYPES, started=lambda _: self._watching.set()
                 ):
-                    with self._lock:
-                        callback = self._cancel_callbacks.get(transition.run_id)
-                    if callback is None:
-                        continue
-                    try:
-                        callback(transition.to_state)
-                    except Exception:  # one run's trouble must not cost the others their cancels
-                        log.exception("stopping the cancelled run %s failed", transition.run_id)
+                    self._cancelled(transition)
             except Exception as error:  # the thread must outlive any failure
                 log.warning(
                     "lost the cancellation stream (%s); reconnecting",
@@ -101,6 +105,33 @@ class RunSupervisor:
                     exc_info=not isinstance(error, StatewardError),
                 )
                 threading.Event().wait(1.0)
+
+    def _hear(self, listen: Callable[[Callable[[Sequence[Transition]], None]], None]) -> None:
+        """Stop the runs cancelled in the log of an orchestrator in this process: `listen`
+        registers a listener called, in the writer's thread, with every transition the
+        process publishes; it only picks out the cancels for this thread."""
+        heard: queue.SimpleQueue[Transition] = queue.SimpleQueue()
+
+        def pick(transitions: Sequence[Transition]) -> None:
+            for transition in transitions:
+                if transition.to_state.type in _CANCEL_TYPES:
+                    heard.put(transition)
+
+        listen(pick)
+        self._watching.set()
+        while True:
+            self._cancelled(heard.get())
+
+    def _cancelled(self, transition: Transition) -> None:
+        """A run became CANCELLING or CANCELLED: stop it if it runs here."""
+        with self._lock:
+            callback = self._cancel_callbacks.get(transition.run_id)
+        if callback is None:
+            return
+        try:
+            callback(transition.to_state)
+        except Exception:  # one run's trouble must not cost the others their cancels
+            log.exception("stopping the cancelled run %s failed", transition.run_id)
 
 
 _supervisor: RunSupervisor | None = None

@@ -399,9 +399,13 @@ class TransitionBroadcaster:
             ):
                 self._ring_bytes -= _size(self._ring.popleft().transition)
             loop = self._loop
-            if loop is None:
+            if loop is None or not self.subscribers:
+                # No subscriber: nothing to dispatch, and no event loop to wake (a process
+                # running flows on the embedded default writes with none). One that subscribes
+                # from now on reads the ring up to here; one that counted itself in before this
+                # check is dispatched to as usual.
                 self._released = self._last
-                return  # no subscriber yet: nothing to dispatch
+                return
             if len(self._undispatched) + len(transitions) > _MOST_UNDISPATCHED:
                 # The loop has not dispatched for this long: let every waiting subscriber
                 # look for itself, as after a gap, rather than hold the list without bound.

@@ -203,6 +203,56 @@ def test_cancelling_from_another_process_stops_the_run(sdk_server, client):
     assert task_run.state.type is StateType.CANCELLED
 
 
+def test_on_the_embedded_default_a_cancel_from_another_process_stops_the_run(tmp_path):
+    # No server: the script hears of the cancel, written by the CLI in its own process on the
+    # same home, through its own feed of the shared log.
+    env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path)}
+    runner = spawn(
+        """
+        import time
+        from stateward import flow, task, CancelledRun
+        from stateward.context import get_run_context
+
+        @task
+        def slow_step():
+            time.sleep(60)
+
+        @flow(name="cancel-me-here")
+        def long_running():
+            print(get_run_context().flow_run.id, flush=True)
+            slow_step()
+            print("not cancelled!", flush=True)
+
+        try:
+            long_running()
+        except CancelledRun as error:
+            print("raised", type(error).__name__, flush=True)
+        """,
+        env=env,
+    )
+    try:
+        assert runner.stdout is not None
+        run_id = runner.stdout.readline().strip()
+        db = tmp_path / "stateward.db"
+        wait_until(lambda: "Running" in states_in(db, "cancel-me-here"), what="the flow to run")
+        cancel = subprocess.run(
+            [sys.executable, "-m", "stateward", "flow-run", "cancel", run_id],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={key: value for key, value in {**os.environ, **env}.items() if value},
+        )
+        assert cancel.returncode == 0, cancel.stderr
+        cancelled = time.monotonic()
+        out, err = runner.communicate(timeout=30)
+        assert time.monotonic() - cancelled < 10  # not the 60 s of the sleep
+    finally:
+        runner.kill()
+        runner.wait()
+    assert out.splitlines() == ["raised CancelledRun"], err
+    assert states_in(db, "cancel-me-here") == ["Pending", "Running", "Cancelling", "Cancelled"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_crashes_the_run_and_runs_on_crashed(sdk_server, client, signum):
     name = f"signalled-{signum}-{os.urandom(3).hex()}"

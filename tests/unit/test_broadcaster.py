@@ -471,3 +471,48 @@ def test_publishing_costs_a_writer_the_same_with_thousands_of_subscribers(world)
             assert received[index] == wanted[index], (index, where)
 
     asyncio.run(main())
+
+
+def test_with_no_subscriber_a_writer_wakes_no_event_loop_and_later_ones_miss_nothing(world):
+    # A process running flows on the embedded default has no subscriber: its writes must not
+    # cost a wake-up of the event loop's thread each. A subscriber that comes later replays
+    # from the ring what it asks for, and is woken for what follows.
+    store, reader, orchestrator = world
+    loop = asyncio.new_event_loop()
+    wakes: list[object] = []
+
+    class CountingLoop(type(loop)):  # type: ignore[misc]
+        """Notes each dispatch the broadcaster asks of it."""
+
+        def call_soon(self, callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if getattr(callback, "__name__", "") == "_dispatch":
+                wakes.append(callback)
+            return super().call_soon(callback, *args, **kwargs)
+
+        def call_soon_threadsafe(self, callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if getattr(callback, "__name__", "") == "_dispatch":
+                wakes.append(callback)
+            return super().call_soon_threadsafe(callback, *args, **kwargs)
+
+    loop.close()
+    loop = CountingLoop()
+    broadcaster = TransitionBroadcaster(reader, encode, store.last_sequence())
+    try:
+        broadcaster.bind(loop)
+        orchestrator.subscribe(broadcaster.publish)
+        run_id = new_run(orchestrator)  # sequence 1
+        for _ in range(3):  # sequences 2 to 4
+            orchestrator.set_state(run_id, State(StateType.RUNNING))
+        assert wakes == []
+
+        async def main() -> list[int]:
+            reading = asyncio.create_task(take(broadcaster.subscribe(TransitionFilter(), 2), 4))
+            await asyncio.sleep(0.05)  # it read 3 and 4 from the ring, and waits
+            await asyncio.to_thread(orchestrator.set_state, run_id, State(StateType.RUNNING))
+            await asyncio.to_thread(orchestrator.set_state, run_id, State(StateType.RUNNING))
+            return await asyncio.wait_for(reading, 5)
+
+        assert loop.run_until_complete(main()) == [3, 4, 5, 6]
+        assert wakes  # a subscriber waits: the writes from other threads wake the loop
+    finally:
+        loop.close()
