@@ -161,10 +161,17 @@ class _LocalCalls:
             raise _translate(error) from None
 
     def create_and_start(
-        self, runs: Sequence[FlowRun | TaskRun], state: State, lease_seconds: float
+        self,
+        runs: Sequence[FlowRun | TaskRun],
+        state: State,
+        lease_seconds: float,
+        *,
+        new_ids: bool = False,
     ) -> tuple[list[FlowRun | TaskRun | StatewardError], OrchestrationResult | StatewardError]:
         try:
-            created, answer = self.service.create_and_start(runs, state, lease_seconds)
+            created, answer = self.service.create_and_start(
+                runs, state, lease_seconds, new_ids=new_ids
+            )
         except self._service_error as error:  # the batch as a whole (the database, say)
             raise _translate(error) from None
         refused = self._service_error

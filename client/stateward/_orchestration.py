@@ -87,13 +87,16 @@ class RunOrchestration:
         RUNNING in one batch: one round trip and one commit. `adopt` gets the runs as created
         (or, for a create an earlier attempt already made, its AlreadyExists) before the answer
         to RUNNING is taken in; that answer is returned (it may be WAIT: the caller waits and
-        proposes again)."""
+        proposes again). The runs' ids are new (made by `new_id` for this call): the first
+        attempt says so, which spares an orchestrator in this process a read per run."""
         running = running.with_details(transition_id=new_id())
 
         def send(
             attempt: int,
         ) -> tuple[list[Created], OrchestrationResult]:
-            started = self.client.create_and_start(runs, running, lease_seconds=self.lease)
+            started = self.client.create_and_start(
+                runs, running, lease_seconds=self.lease, new_ids=attempt == 0
+            )
             for result in started.created:
                 if isinstance(result, AlreadyExists) and attempt:
                     continue  # the first attempt created it
@@ -148,7 +151,7 @@ class RunOrchestration:
                     exc_info=failure, extra=self.log_extra,
                 )  # fmt: skip
         self.state = new
-        if new.type in (StateType.RUNNING, StateType.CANCELLING):
+        if new.type in _LEASED:
             self.supervisor.hold_lease(self.run_id)
         else:
             self.supervisor.release_lease(self.run_id)
@@ -164,13 +167,16 @@ class RunOrchestration:
 
 
 _RETRYING = ("AwaitingRetry", "Retrying")
+# Sets of members, not tuples: a member is found by identity, never by StateType.__eq__.
+_LEASED = frozenset({StateType.RUNNING, StateType.CANCELLING})
+_ERRORS = frozenset({StateType.FAILED, StateType.CRASHED})
 
 
 def _level(state: State) -> int:
     """Failed and Crashed are errors, a retry a warning; the end of a run and a pause (which
     waits for a person) are news; the steps on the way (Pending, Running...) are debugging
     detail, so that a run says one line at INFO rather than one per step."""
-    if state.type in (StateType.FAILED, StateType.CRASHED):
+    if state.type in _ERRORS:
         return logging.ERROR
     if state.name in _RETRYING:
         return logging.WARNING

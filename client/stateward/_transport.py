@@ -221,7 +221,12 @@ class LocalCalls(Protocol):
     def create_run(self, run: FlowRun | TaskRun) -> FlowRun | TaskRun: ...
 
     def create_and_start(
-        self, runs: Sequence[FlowRun | TaskRun], state: State, lease_seconds: float
+        self,
+        runs: Sequence[FlowRun | TaskRun],
+        state: State,
+        lease_seconds: float,
+        *,
+        new_ids: bool = False,
     ) -> tuple[list[FlowRun | TaskRun | StatewardError], OrchestrationResult | StatewardError]: ...
 
     def set_state(

@@ -236,17 +236,27 @@ class Client:
         return self._pages(listing, limit)
 
     def create_and_start(
-        self, runs: Sequence[FlowRun | TaskRun], state: State, *, lease_seconds: float = 0.0
+        self,
+        runs: Sequence[FlowRun | TaskRun],
+        state: State,
+        *,
+        lease_seconds: float = 0.0,
+        new_ids: bool = False,
     ) -> Started:
         """Create `runs` in order, then propose `state` for the last of them: one call, one
         transaction. A run to create is given as the record a create takes (id, name, its flow
         name or task key, flow_run_id, parameters, tags, retry_policy, parent_task_run_id, and
         its initial state). The answer holds each operation's outcome or refusal (see
-        `Started`); with `lease_seconds`, as in `set_state`."""
+        `Started`); with `lease_seconds`, as in `set_state`. `new_ids` tells an orchestrator
+        in this process (the embedded default) that every run's id was just made by
+        `stateward.ids.new_id` here and never sent before, so it need not look for a run
+        that has it; a server, which cannot know that of a client, looks anyway."""
         if self._local is not None:
             if not runs:
                 raise ValueError("create_and_start needs at least one run to create")
-            created, answer = self._local.create_and_start(runs, state, lease_seconds)
+            created, answer = self._local.create_and_start(
+                runs, state, lease_seconds, new_ids=new_ids
+            )
             return Started(created, answer)
         return self._do(_create_and_start(runs, state, lease_seconds))
 

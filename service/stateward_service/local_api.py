@@ -34,25 +34,27 @@ class LocalService:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
 
-    def create_run(self, run: Run) -> Run:
+    def create_run(self, run: Run, *, new_id: bool = False) -> Run:
         """Create a flow run or a task run from the fields a create takes (id, name, its flow
         name or task key, flow_run_id, parameters, tags, retry_policy, parent_task_run_id, the
-        initial state); returns it as stored. Raises ServiceError (INVALID_ARGUMENT,
-        NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE) as CreateFlowRun and
-        CreateTaskRun do, and TypeError for parameters a Struct cannot hold."""
+        initial state); returns it as stored. `new_id` says the run's id was just made by
+        `stateward.ids.new_id` in this process and never offered before, so no run can have
+        it and no read looks for one. Raises ServiceError (INVALID_ARGUMENT, NOT_FOUND,
+        ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE) as CreateFlowRun and CreateTaskRun
+        do, and TypeError for parameters a Struct cannot hold."""
         record, initial, parameters = _record(run)
-        created = translating(
-            lambda: self.orchestrator.create_run(record, initial, new_id=not run.id)
-        )
+        fresh = new_id or not run.id
+        created = translating(lambda: self.orchestrator.create_run(record, initial, new_id=fresh))
         return _run(created, parameters)
 
     def create_and_start(
-        self, runs: Sequence[Run], state: State, lease_seconds: float
+        self, runs: Sequence[Run], state: State, lease_seconds: float, *, new_ids: bool = False
     ) -> tuple[list[Run | ServiceError], OrchestrationResult | ServiceError]:
         """Create `runs` in order, then propose `state` for the last of them, in one
         transaction (as ExecuteBatch does): for each run, the run as stored or the ServiceError
-        its create was refused with; then the answer to the proposal, or its refusal. A
-        failure of the whole transaction raises ServiceError (UNAVAILABLE: nothing written)."""
+        its create was refused with; then the answer to the proposal, or its refusal. With
+        `new_ids`, every run's id is new (see `create_run`). A failure of the whole transaction
+        raises ServiceError (UNAVAILABLE: nothing written)."""
         created: list[Run | ServiceError] = []
         answer: list[OrchestrationResult | ServiceError] = []
 
@@ -60,7 +62,7 @@ class LocalService:
             with self.orchestrator.batch():
                 for run in runs:
                     try:
-                        created.append(self.create_run(run))
+                        created.append(self.create_run(run, new_id=new_ids))
                     except ServiceError as error:
                         created.append(error)
                 try:

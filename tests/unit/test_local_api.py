@@ -80,6 +80,46 @@ def test_create_and_start_answers_each_operation(apis):
     assert isinstance(answer, ServiceError)
 
 
+class _Statements:
+    """The store's own connection, noting the statements it runs."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.seen: list[str] = []
+
+    def execute(self, sql, params=()):
+        self.seen.append(" ".join(sql.split()))
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_runs_with_new_ids_are_created_without_looking_for_their_ids(apis, store):
+    local, _ = apis
+    flow_run = local.create_run(
+        FlowRun(id="", name="f-run", flow_name="f", state=State(StateType.RUNNING))
+    )
+    recorded = store.conn = _Statements(store.conn)
+    looks = "SELECT 1 FROM flow_runs WHERE id = ?"
+
+    def start(task_run_id: str, new_ids: bool):
+        run = TaskRun(id=task_run_id, name="t-0", task_key="t", flow_run_id=flow_run.id)
+        return local.create_and_start([run], State(StateType.RUNNING), 0.0, new_ids=new_ids)
+
+    created, answer = start(new_id(), True)
+    assert isinstance(created[0], TaskRun) and not isinstance(answer, ServiceError)
+    assert answer.status is SetStateStatus.ACCEPT
+    assert not [sql for sql in recorded.seen if sql.startswith(looks)]
+    # Without the promise, an id given is looked for, and a taken one refused.
+    fresh, _ = start(new_id(), False)
+    assert isinstance(fresh[0], TaskRun)
+    assert [sql for sql in recorded.seen if sql.startswith(looks)]
+    created, answer = start(created[0].id, False)
+    assert isinstance(created[0], ServiceError)
+    assert created[0].code == wire.StatusCode.ALREADY_EXISTS
+
+
 @pytest.mark.parametrize(
     ("state", "field"),
     [
