@@ -121,10 +121,16 @@ def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any
         return template
 
 
+# Values `resolve` passes as they are, by their exact type (a subclass may hold anything).
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def resolve(value: Any) -> Any:
     """Futures and states among a task's inputs become their results (waiting for futures);
     raises UpstreamTaskError for one that did not complete, unless it is wrapped in
     `allow_failure`. A `quote`d value is passed as it is."""
+    if value.__class__ in _PLAIN:  # most inputs: nothing inside to resolve
+        return value
     if isinstance(value, StatewardFuture):
         state = value._future.result()
         if not state.is_completed():

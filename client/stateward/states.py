@@ -10,6 +10,7 @@ import dis
 import enum
 import functools
 import inspect
+import operator
 import sys
 import types
 from dataclasses import dataclass, field, fields
@@ -77,6 +78,7 @@ _DEFAULT_NAMES = {state_type: state_type.name.capitalize() for state_type in Sta
 TERMINAL_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
+_ENDED_BADLY = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class ResultData:
 
 _NO_VALUE: Any = object()
 _DETAIL_FIELDS = tuple(field.name for field in fields(StateDetails))
+_detail_values = operator.attrgetter(*_DETAIL_FIELDS)  # every field's value, in one call
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +193,19 @@ class State:
 
     def with_details(self, **changes: Any) -> State:
         """A copy whose details have some fields replaced."""
-        details = self.details
-        values = {name: getattr(details, name) for name in _DETAIL_FIELDS}
+        values = dict(zip(_DETAIL_FIELDS, _detail_values(self.details), strict=True))
         values.update(changes)
-        return self.evolve(details=StateDetails(**values))
+        # As `evolve(details=...)`, without its dictionary: proposals pass here every time.
+        return State(
+            self.type,
+            self.name,
+            self.message,
+            self.timestamp,
+            self.id,
+            StateDetails(**values),
+            self.data,
+            self._value,
+        )
 
     @property
     def state_details(self) -> StateDetails:
@@ -224,7 +236,7 @@ class State:
             if raise_on_failure:
                 raise upstream
             return upstream
-        if self.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
+        if self.type in _ENDED_BADLY:
             error = exception_for(self)
             if raise_on_failure:
                 raise error

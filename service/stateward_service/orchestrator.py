@@ -153,21 +153,24 @@ class _RunCache:
             run = self.store.get_run(run_id)
             if run is None:
                 return None
-            self.remember(run)
-        else:
-            self.remember(run)  # its state may have grown a result since: measured again
+        # Remembered again, also when found: it is the newest now, and its state may have
+        # grown a result since (measured again).
+        self.remember(run)
         return run if kind is None or run.kind is kind else None
 
     def remember(self, run: RunRecord) -> None:
         """Keep `run` as the newest; forget the oldest past `size` runs or `max_bytes`."""
+        run_id = run.id
         size = _record_bytes(run)
-        self.bytes += size - self._sizes.get(run.id, 0)
-        self._sizes[run.id] = size
-        self._runs[run.id] = run
-        self._runs.move_to_end(run.id)
-        while len(self._runs) > 1 and (len(self._runs) > self.size or self.bytes > self.max_bytes):
-            forgotten, _ = self._runs.popitem(last=False)
-            self.bytes -= self._sizes.pop(forgotten)
+        sizes, runs = self._sizes, self._runs
+        self.bytes += size - sizes.get(run_id, 0)
+        sizes[run_id] = size
+        runs[run_id] = run
+        runs.move_to_end(run_id)
+        if len(runs) > self.size or self.bytes > self.max_bytes:
+            while len(runs) > 1 and (len(runs) > self.size or self.bytes > self.max_bytes):
+                forgotten, _ = runs.popitem(last=False)
+                self.bytes -= sizes.pop(forgotten)
 
     def cached(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id) or self.unwritten.get(run_id)
@@ -182,7 +185,8 @@ class _RunCache:
 def _record_bytes(run: RunRecord) -> int:
     """About how much memory a run record holds: its parameters and its state's result."""
     size = 1024 + len(run.parameters)
-    data = run.state.data if run.state is not None else None
+    state = run.state
+    data = state.data if state is not None else None
     if data is not None:
         size += len(data.json or "") + len(data.pickle or b"")
     return size
@@ -919,8 +923,21 @@ class Orchestrator:
             raise AssertionError(
                 f"the store numbered {len(sequences)} transitions, {len(transitions)} were logged"
             )
-        pairs = zip(transitions, sequences, strict=True)
-        return [replace(transition, sequence=number) for transition, number in pairs]
+        # Built field by field: dataclasses.replace costs several times more, on every write.
+        return [
+            Transition(
+                sequence=number,
+                run_id=t.run_id,
+                run_kind=t.run_kind,
+                flow_run_id=t.flow_run_id,
+                run_name=t.run_name,
+                flow_name=t.flow_name,
+                task_key=t.task_key,
+                from_state=t.from_state,
+                to_state=t.to_state,
+            )
+            for t, number in zip(transitions, sequences, strict=True)
+        ]
 
 
 def _undone_alone(error: Exception) -> bool:

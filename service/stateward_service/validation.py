@@ -105,6 +105,8 @@ def seconds(value: float, field: str, limit: float) -> float:
 
 
 def state_type(value: int, field: str) -> StateType:
+    if value.__class__ is StateType:  # from the vocabulary (the in-process API): known
+        return value
     if value == 0:
         raise invalid(field, "is required: STATE_TYPE_UNSPECIFIED is not a state type")
     if value not in _STATE_TYPES:

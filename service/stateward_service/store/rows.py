@@ -4,6 +4,7 @@ tags and retry delays as JSON text, a state as the columns of the `states` table
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +44,11 @@ def prefixed_state_columns(alias: str) -> str:
     return _PREFIXED[alias]
 
 
+def json_list(values: Sequence[Any]) -> str:
+    """A list as JSON text; most runs' tags, delays and pause keys are empty (no encoding)."""
+    return json.dumps(list(values)) if values else "[]"
+
+
 def run_row(run: RunRecord) -> dict[str, Any]:
     """Every column of a run's row."""
     state = run.state
@@ -50,9 +56,9 @@ def run_row(run: RunRecord) -> dict[str, Any]:
         "id": run.id,
         "name": run.name,
         "parameters": run.parameters,
-        "tags": json.dumps(list(run.tags)),
+        "tags": json_list(run.tags),
         "retries": run.retry_policy.retries,
-        "retry_delays": json.dumps(list(run.retry_policy.retry_delay_seconds)),
+        "retry_delays": json_list(run.retry_policy.retry_delay_seconds),
         "retry_jitter": run.retry_policy.retry_jitter_factor,
         "state_id": state.id if state else None,
         "state_type": int(state.type) if state else None,
@@ -69,7 +75,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
     if run.kind is RunKind.FLOW_RUN:
         row["flow_name"] = run.flow_name
         row["parent_task_run_id"] = run.parent_task_run_id or None
-        row["pause_keys"] = json.dumps(sorted(run.pause_keys))
+        row["pause_keys"] = json_list(sorted(run.pause_keys))
     else:
         row["task_key"] = run.task_key
         row["flow_run_id"] = run.flow_run_id or None
@@ -114,13 +120,15 @@ def run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunReco
 _DETAIL_TIMES = ("scheduled_time", "cache_expiration", "pause_timeout")
 _DEFAULT_DETAILS = StateDetails()
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_DETAIL_NAMES: tuple[str, ...] = StateDetails.__slots__
+# Every field's value in one call (a state's details are written with each state).
+_detail_values = operator.attrgetter(*_DETAIL_NAMES)
 
 
 def details_json(details: StateDetails) -> str:
     """The details that differ from their defaults, as JSON (times in microseconds)."""
     out: dict[str, Any] = {}
-    for name in StateDetails.__slots__:
-        value = getattr(details, name)
+    for name, value in zip(_DETAIL_NAMES, _detail_values(details), strict=True):
         if value:  # every default is falsy ("", None, False)
             out[name] = to_us(value) if name in _DETAIL_TIMES else value
     return _encode_json(out) if out else "{}"

@@ -5,7 +5,7 @@ backend adds its connection, its transactions, its log sequence and its few dial
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -29,6 +29,7 @@ from stateward_service.store.rows import (
     STATE_WIDTH,
     details_json,
     from_us,
+    json_list,
     prefixed_state_columns,
     run_from_row,
     run_row,
@@ -320,11 +321,7 @@ class SqlStore(SqlReads):
 
     def insert_run(self, run: RunRecord) -> None:
         row = run_row(run)
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self._send(
-            f"INSERT INTO {table(run.kind)} ({columns}) VALUES ({marks})", tuple(row.values())
-        )
+        self._send(_insert_run_sql(run.kind, tuple(row)), tuple(row.values()))
 
     def update_run(self, run: RunRecord) -> None:
         """Write the run's mutable fields (state, bookkeeping, pause keys, lease)."""
@@ -346,7 +343,7 @@ class SqlStore(SqlReads):
             next_scheduled_start_time = ?, lease_expires = ?"""
         if run.kind is RunKind.FLOW_RUN:
             columns += ", pause_keys = ?"
-            values += (json.dumps(sorted(run.pause_keys)),)
+            values += (json_list(sorted(run.pause_keys)),)
         self._send(f"UPDATE {table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id))
 
     def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
@@ -532,6 +529,13 @@ def _merged(
         )
         merged_params.extend((value, *params, limit))
     return " UNION ALL ".join(parts), merged_params
+
+
+@functools.cache
+def _insert_run_sql(kind: RunKind, columns: tuple[str, ...]) -> str:
+    """The INSERT of a run's row with these columns (made once per kind)."""
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table(kind)} ({', '.join(columns)}) VALUES ({marks})"
 
 
 def run_by_id(kind: RunKind) -> str:
