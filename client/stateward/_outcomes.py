@@ -131,6 +131,8 @@ def resolve(value: Any) -> Any:
     `allow_failure`. A `quote`d value is passed as it is."""
     if value.__class__ in _PLAIN:  # most inputs: nothing inside to resolve
         return value
+    if value.__class__ is dict:  # the parameters themselves
+        return {key: resolve(item) for key, item in value.items()}
     if isinstance(value, StatewardFuture):
         state = value._future.result()
         if not state.is_completed():

@@ -132,9 +132,15 @@ class State:
     _value: Any = field(default=_NO_VALUE, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.type, StateType):
+        # Exact classes first: every state passes here, and nearly all come in right.
+        if self.type.__class__ is not StateType and not isinstance(self.type, StateType):
             object.__setattr__(self, "type", StateType(self.type))
-        if self.data is not None and not isinstance(self.data, ResultData):
+        data = self.data
+        if (
+            data is not None
+            and data.__class__ is not ResultData
+            and not isinstance(data, ResultData)
+        ):
             # `State(type=..., data=value)`: a value the code built, encoded when stored.
             object.__setattr__(self, "_value", self.data)
             object.__setattr__(self, "data", None)

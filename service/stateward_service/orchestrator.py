@@ -23,12 +23,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from stateward.ids import new_id
+from stateward.ids import new_ordered_id
 from stateward.runs import (
     ConcurrencyLimit,
     LogEntry,
@@ -63,6 +63,7 @@ from stateward_service.store import (
 )
 
 _ONE_US = timedelta(microseconds=1)
+_IN_BATCH = nullcontext()
 _CONFLICT_RETRIES = 6
 T = TypeVar("T")
 
@@ -785,14 +786,10 @@ class Orchestrator:
                 self._batch = None
             self._publish(_Write(written))
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A transaction, or the batch's when inside one."""
-        if self._batch is not None:
-            yield
-            return
-        with self._transaction():
-            yield
+    def _writing(self) -> AbstractContextManager[None]:
+        """A transaction, or the batch's when inside one (then nothing to enter: each write of
+        a batch comes here, so it costs no generator)."""
+        return _IN_BATCH if self._batch is not None else self._transaction()
 
     @contextmanager
     def _transaction(self, wait: bool = True) -> Iterator[None]:
@@ -862,7 +859,8 @@ class Orchestrator:
             self._mirror_onto_parent_task(run, state, write)
 
     def _mint(self, run: RunRecord, state: State) -> State:
-        """The state as written: a fresh id, a timestamp after the run's last one, its run."""
+        """The state as written: a fresh id (time-ordered: it joins the index of state ids at
+        its right edge), a timestamp after the run's last one, its run."""
         moment = self.clock()
         last = run.state.timestamp if run.state else None
         if last is not None and moment <= last:
@@ -872,7 +870,7 @@ class Orchestrator:
             state.name,
             state.message,
             moment,
-            new_id(),
+            new_ordered_id(),
             bookkeeping.own_details(run, state.details),
             state.data,
         )

@@ -153,6 +153,35 @@ def state(msg: states_pb2.State, field: str) -> None:
 def proposed_state(state: State, field: str) -> None:
     """A proposed state from a caller in this process (the vocabulary, no message): the same
     checks as `state`, and its times must be timezone-aware, as a Timestamp is."""
+    details = state.details
+    # Most proposals carry no time, no pause and short texts: one look at each field says so
+    # (the checks below say what is wrong with the others).
+    if not (
+        state.timestamp is None
+        and len(state.name) <= MAX_NAME
+        and len(state.message) <= MAX_MESSAGE
+        and (
+            details is _NO_DETAILS
+            or (
+                len(details.cache_key) <= MAX_CACHE_KEY
+                and len(details.transition_id) <= MAX_KEY
+                and len(details.pause_key) <= MAX_KEY
+                and details.scheduled_time is None
+                and details.cache_expiration is None
+                and details.pause_timeout is None
+                and not details.run_input
+                and not details.run_input_schema
+            )
+        )
+    ):
+        _state_fields(state, field)
+    data = state.data
+    if data is not None and data.json is not None:
+        result_json(data.json, f"{field}.result.json")
+
+
+def _state_fields(state: State, field: str) -> None:
+    """`proposed_state`'s checks of everything but the result."""
     text(state.name, f"{field}.name", MAX_NAME)
     text(state.message, f"{field}.message", MAX_MESSAGE)
     details = state.details
@@ -170,8 +199,6 @@ def proposed_state(state: State, field: str) -> None:
         if details.run_input_schema:
             run_input_schema(details.run_input_schema, f"{field}.details.run_input_schema")
     aware(state.timestamp, f"{field}.timestamp")
-    if state.data is not None and state.data.json is not None:
-        result_json(state.data.json, f"{field}.result.json")
 
 
 _NO_DETAILS = StateDetails()
