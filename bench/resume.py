@@ -9,7 +9,8 @@ later runs. For each size, in each round, a server on that file answers:
 
 - replay: WatchTransitions(after_sequence=0, max_batch=1000) read up to `--replay` transitions
   (all of them on a smaller log, then the median of up to 20 replays), as microseconds per
-  transition;
+  transition, and the server process's CPU time per transition over those replays (a loaded
+  machine moves the wall time far more than the CPU time);
 - resume: WatchTransitions(after_sequence=newest - 100) until its 100 transitions arrived, the
   median of 20 in a row, in milliseconds;
 - on the size named by `--concurrent-size` (1M by default): `--concurrent` streams resume at
@@ -124,7 +125,13 @@ async def _read(stub: Any, after: int, count: int) -> float:
     return time.perf_counter() - began
 
 
-def replay_and_resume(target: str, size: int, replay: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def replay_and_resume(target: str, pid: int, size: int, replay: int) -> dict[str, float]:
     async def main() -> dict[str, float]:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         async with grpc.aio.insecure_channel(target, options=options) as channel:
@@ -134,10 +141,13 @@ def replay_and_resume(target: str, size: int, replay: int) -> dict[str, float]:
             # A small log is replayed several times (the median), so that one hiccup of a
             # busy machine does not make its figure, the baseline of the others.
             repeats = max(1, min(20, replay // count))
+            cpu = cpu_seconds(pid)
             seconds = statistics.median([await _read(stub, 0, count) for _ in range(repeats)])
+            cpu = cpu_seconds(pid) - cpu
             resumes = [await _read(stub, size - 100, 100) for _ in range(20)]
             return {
                 "replay us/transition": seconds / count * 1e6,
+                "replay server cpu us/tr.": cpu / (count * repeats) * 1e6,
                 "resume ms": statistics.median(resumes) * 1e3,
             }
 
@@ -210,7 +220,8 @@ def one_size(path: Path, size: int, args: argparse.Namespace) -> dict[str, float
         path, env={"STATEWARD_QUICK_CHECK": "false"}, log_path=path.with_suffix(".log")
     ).start(timeout=600)
     try:
-        figures = replay_and_resume(server.target, size, args.replay)
+        assert server.process is not None
+        figures = replay_and_resume(server.target, server.process.pid, size, args.replay)
         if size == args.concurrent_size:
             figures |= concurrent_resumes(
                 server.target, size, args.concurrent, args.concurrent_reads
@@ -240,7 +251,7 @@ def main() -> None:
         figures = {size: one_size(paths[size], size, args) for size in order}
         base = figures[sizes[0]]
         for size in sizes:
-            for key in ("replay us/transition", "resume ms"):
+            for key in ("replay us/transition", "replay server cpu us/tr.", "resume ms"):
                 figures[size][f"{key} ratio"] = figures[size][key] / base[key]
         if args.concurrent_size in figures:
             f = figures[args.concurrent_size]

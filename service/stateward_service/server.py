@@ -74,6 +74,12 @@ PENDING_CALLS = 1_000_000
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+# How long a thread may hold the interpreter's lock while another waits for it. The event loop
+# shares it with the threads that read and encode the log for streams catching up: at
+# Python's default of 5 ms, a health check during twenty replays waited for it several times
+# (30-41 ms at the 99th percentile, against 9-11 ms at this value, the CPU per call unchanged).
+SWITCH_INTERVAL_SECONDS = 0.0005
+
 # How often health looks at the database's state, and probes it while it takes no writes.
 STORAGE_CHECK_SECONDS = 0.5
 
@@ -462,6 +468,7 @@ async def serve(
             f"cannot serve metrics on {address}: the port is already in use. Choose another "
             "port with --metrics-port"
         )
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server = StatewardServer(settings)
     await server.start()
     if on_started is not None:
