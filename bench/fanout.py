@@ -7,9 +7,12 @@ one asyncio channel, asking for batches with max_batch), a writer proposes `--tr
 at `--rate` per second; each subscriber notes when it received each transition, the writer when
 each SetState was answered (one system-wide monotonic clock). Then writer throughput: `--writers`
 concurrent SetState loops for `--seconds`, with no subscriber and then with the largest count of
-subscribers live, as a ratio. The baseline of the latencies is a health check round trip on the
-same server in the same round. With `--old` (another checkout, e.g. `git worktree add
-/tmp/hot-old <commit>`), its server runs the same rounds, alternating with this one's.
+subscribers live, as a ratio, with the CPU time the server process and the subscriber processes
+used per write in each (the subscribers share the machine's cores with the server, so on a small
+machine their own CPU takes the writers' share too). The baseline of the latencies is a health
+check round trip on the same server in the same round. With `--old` (another checkout, e.g. `git
+worktree add /tmp/hot-old <commit>`), its server runs the same rounds, alternating with this
+one's.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ def subscriber_process(target: str, streams: int, ready, results, stop_after_mar
                 results.put(seen if stop_after_marker else {})
 
     asyncio.run(main())
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -160,14 +169,26 @@ def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) ->
                 found = latencies(server, count, args.transitions, args.rate)
                 figures[f"{count} subs p50 ms"] = statistics.median(found)
                 figures[f"{count} subs p99 ms"] = percentile(found, 0.99)
+            assert server.process is not None
+            pid = server.process.pid
+            cpu = cpu_seconds(pid)
             alone = writer_throughput(server, args.writers, args.seconds)
+            server_alone = cpu_seconds(pid) - cpu
             most = max(counts)
             workers, results = start_subscribers(server, most, keep=False)
+            cpu = cpu_seconds(pid)
+            theirs = sum(cpu_seconds(worker.pid) for worker in workers if worker.pid)
             busy = writer_throughput(server, args.writers, args.seconds)
+            server_busy = cpu_seconds(pid) - cpu
+            theirs = sum(cpu_seconds(w.pid) for w in workers if w.pid) - theirs
             stop_subscribers(server, workers, results, most)
             figures["writes/s alone"] = alone
             figures[f"writes/s with {most} subs"] = busy
             figures["writes ratio"] = busy / alone
+            writes_alone, writes_busy = alone * args.seconds, busy * args.seconds
+            figures["server cpu ms/write alone"] = server_alone / writes_alone * 1e3
+            figures["server cpu ms/write w/ subs"] = server_busy / writes_busy * 1e3
+            figures["subs' cpu ms/write"] = theirs / writes_busy * 1e3
         finally:
             server.stop()
     return figures
