@@ -75,8 +75,11 @@ def failing(x: int) -> None:
 
 @task
 def slow(index: int, folder: str) -> int:
-    """Writes `started-<index>`, then works in small steps for up to 20 s."""
-    (Path(folder) / f"started-{index}").write_text(str(os.getpid()))
+    """Writes `started-<index>` (holding its process id), then works in small steps for up to
+    20 s. The file appears whole (renamed into place): a test that sees it reads the pid."""
+    partial = Path(folder) / f".started-{index}.{os.getpid()}"
+    partial.write_text(str(os.getpid()))
+    partial.rename(Path(folder) / f"started-{index}")
     for _ in range(400):
         time.sleep(0.05)
     return index
