@@ -340,7 +340,15 @@ def stream_broken(failure: grpc.RpcError, connection: Connection) -> BaseExcepti
     the server went away: the caller sends them again)."""
     if failure.code() is grpc.StatusCode.UNIMPLEMENTED:
         return StreamUnsupported(failure.details() or "")
+    if failure.code() is grpc.StatusCode.INTERNAL and failure.details() == _CORE_FAILURE:
+        # Not a status any server sent: gRPC's own, when the connection under a stream that
+        # is still being written to goes away (a server killed mid-stream, seen on asyncio
+        # channels). The calls' fate is unknown, as for UNAVAILABLE: send them again.
+        return unreachable(connection, "the connection broke under the calls stream")
     return translate(failure, connection)
+
+
+_CORE_FAILURE = "Internal error from Core"
 
 
 class CallStream:
