@@ -62,19 +62,21 @@ def _setting(
     shown_default: str | None = None,
     before: Callable[[Any], Any] | None = None,
     after: Callable[[Any], Any] | None = None,
+    secret: bool = False,
     **constraints: Any,
 ) -> Any:
     """One setting's declaration: its help text, its environment variable, the default `--help`
     shows (when not the value itself; "" for none), its range (`ge`, `le`), and what a given
     value goes through `before` and `after` it is checked against its type. A number of seconds
-    (a float) is at most MAX_SECONDS unless said otherwise. Defaults are used as declared."""
+    (a float) is at most MAX_SECONDS unless said otherwise. Defaults are used as declared. A
+    `secret` is left out of the settings' repr (which logs and tracebacks may show)."""
     if isinstance(default, float):
         constraints.setdefault("le", MAX_SECONDS)
     metadata: dict[str, Any] = {"help": help, "env": env, **constraints}
     metadata.update(shown_default=shown_default, before=before, after=after)
     if callable(default):
-        return dataclasses.field(default_factory=default, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=default, metadata=metadata, repr=not secret)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class ServerSettings:
         help="Require this key (authorization: Bearer <key>) on every call but the health check.",
         env="STATEWARD_API_KEY",
         shown_default="",
+        secret=True,
     )
     # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate. (`_setting`
     # makes a `dataclasses.field`, which ruff does not see through.)

@@ -143,3 +143,11 @@ def test_help_shows_every_setting_with_its_flag_variable_and_default():
         assert declared.env in entry
         if declared.default:
             assert f"default {declared.default})" in entry
+
+
+def test_the_api_key_is_not_in_the_settings_repr(monkeypatch):
+    monkeypatch.setenv("STATEWARD_API_KEY", "s3cret-key-value")
+    settings = ServerSettings.from_environment()
+    assert settings.api_key == "s3cret-key-value"
+    assert "s3cret-key-value" not in repr(settings)
+    assert "port=" in repr(settings)
