@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from stateward.runs import RetryPolicy, RunKind, SetStateStatus
 from stateward.states import ResultData, State, StateDetails, StateType
 from stateward_service.model import LimitUsage, RunRecord
+from stateward_service.rules.bookkeeping import own_details
 from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
 from stateward_service.rules.cancellation import (
     CancelRunsNoProcessOwns,
@@ -446,3 +448,24 @@ def test_forced_policies_keep_only_the_duplicate_and_result_loss_guards():
         "PreventDuplicateTransitions",
         "KeepCompletedResults",
     ]
+
+
+def test_own_details_keeps_every_field_but_the_run_ids() -> None:
+    """own_details copies a state's details field by field (for speed): a field added to
+    StateDetails and not copied there would be dropped from every written state."""
+    given: dict[str, object] = {}
+    for index, field in enumerate(dataclasses.fields(StateDetails)):
+        default = field.default
+        if isinstance(default, bool):
+            given[field.name] = not default
+        elif isinstance(default, str):
+            given[field.name] = f"value-of-{field.name}"
+        else:  # the optional times
+            given[field.name] = NOW + timedelta(seconds=index)
+    details = StateDetails(**given)  # type: ignore[arg-type]
+    run = RunRecord(
+        kind=RunKind.TASK_RUN, id="t1", name="n", created=NOW, flow_run_id="f1", task_key="k"
+    )
+    assert own_details(run, details) == dataclasses.replace(
+        details, flow_run_id="f1", task_run_id="t1"
+    )
