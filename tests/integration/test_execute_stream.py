@@ -9,6 +9,7 @@ import asyncio
 import queue
 import re
 import signal
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,12 +18,14 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.struct_pb2 import Struct
 
 from stateward.client import AsyncClient, Client
 from stateward.exceptions import InvalidArgument, NotFound, ResourceExhausted, ServerUnavailable
 from stateward.runs import SetStateStatus
 from stateward.states import ResultData, State, StateType
 from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
 from tests.support import ST, ServerProcess, new_flow_run, state, wait_until
 
 Send = Callable[[pb.SetStateRequest], Any]
@@ -418,3 +421,91 @@ def test_a_call_too_large_for_the_server_fails_alone(server: ServerProcess) -> N
     assert setup.GetFlowRun(pb.GetFlowRunRequest(id=big)).flow_run.state.type == (
         ST.STATE_TYPE_RUNNING
     )
+
+
+def test_a_stream_closed_by_a_shutdown_answers_every_call_it_ran(tmp_path: Any) -> None:
+    """SQLite: a call waiting for the write lock (held by another process) when the server
+    begins to shut down is still answered on its stream once it is written, even when its
+    answer comes after the stream was told to close and after the client finished sending
+    (here the client reads nothing until then: the answers before it fill the stream's
+    window). A stream that ended OK with a written call unanswered would leave the client
+    unable to tell whether to send it again."""
+    database = tmp_path / "closing.db"
+    server = ServerProcess(database, env={"STATEWARD_SHUTDOWN_GRACE_SECONDS": "60"}).start()
+    stub = pb_stub(server.channel())
+    run = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
+    parameters = Struct()
+    parameters.update({"blob": "x" * 50_000})
+    big = pb.ExecuteBatchRequest(
+        operations=[
+            pb.BatchOperation(
+                create_flow_run=pb.CreateFlowRunRequest(
+                    flow_run=runs_pb2.FlowRun(flow_name="big", parameters=parameters)
+                )
+            )
+        ]
+        * 40
+    )
+    batches = 12  # their answers, ~24 MB, are far more than the stream's window
+    last_call = batches + 1
+    lock_taken, last_sent = threading.Event(), threading.Event()
+
+    def calls() -> Iterator[pb.ExecuteStreamRequest]:
+        for call_id in range(1, batches + 1):
+            yield pb.ExecuteStreamRequest(call_id=call_id, execute_batch=big)
+        lock_taken.wait(60)
+        running = pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING))
+        yield pb.ExecuteStreamRequest(call_id=last_call, set_state=running)
+        last_sent.set()  # asked for more: the last call went out
+
+    responses = stub.ExecuteStream(calls(), timeout=120)
+    reader = sqlite3.connect(database)
+    holder = sqlite3.connect(database, isolation_level=None)
+    idle_requests: queue.SimpleQueue[pb.ExecuteStreamRequest | None] = queue.SimpleQueue()
+    try:
+
+        def count(query: str, *args: Any) -> int:
+            return int(reader.execute(query, args).fetchone()[0])
+
+        wait_until(
+            lambda: count("SELECT count(*) FROM flow_runs WHERE flow_name = 'big'") == 40 * batches,
+            60,
+            "the batches written",
+        )
+        holder.execute("BEGIN IMMEDIATE")
+        lock_taken.set()
+        assert last_sent.wait(30)
+        # A call on the same connection after it: the server has read the last call (and
+        # started it, waiting for the lock) before the shutdown begins.
+        # (ListFlowRuns reads a snapshot: it does not wait for the write lock.)
+        stub.ListFlowRuns(pb.ListFlowRunsRequest(page_size=1), timeout=30)
+        # Another stream, idle: it ends once the server told its streams to close.
+        idle = stub.ExecuteStream(iter(idle_requests.get, None), timeout=60)
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as ended:
+            list(idle)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        holder.execute("COMMIT")
+        wait_until(
+            lambda: (
+                count("SELECT count(*) FROM flow_runs WHERE id = ? AND state_type = 3", run.id) == 1
+            ),
+            30,
+            "the last call written",
+        )
+        answered: list[int] = []
+        try:
+            for response in responses:
+                answered.append(response.call_id)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # Written, so answered, whatever the stream ended with.
+        assert answered == list(range(1, last_call + 1))
+    finally:
+        idle_requests.put(None)
+        lock_taken.set()
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        reader.close()
+        server.stop()
