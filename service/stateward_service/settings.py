@@ -63,17 +63,19 @@ def _setting(
     before: Callable[[Any], Any] | None = None,
     after: Callable[[Any], Any] | None = None,
     secret: bool = False,
+    allowed: str = "",
     **constraints: Any,
 ) -> Any:
     """One setting's declaration: its help text, its environment variable, the default `--help`
     shows (when not the value itself; "" for none), its range (`ge`, `le`), and what a given
-    value goes through `before` and `after` it is checked against its type. A number of seconds
-    (a float) is at most MAX_SECONDS unless said otherwise. Defaults are used as declared. A
-    `secret` is left out of the settings' repr (which logs and tracebacks may show)."""
+    value goes through `before` and `after` it is checked against its type, and what an error
+    says it allows when its type does not say it all (`allowed`). A number of seconds (a float)
+    is at most MAX_SECONDS unless said otherwise. Defaults are used as declared. A `secret` is
+    left out of the settings' repr (which logs and tracebacks may show)."""
     if isinstance(default, float):
         constraints.setdefault("le", MAX_SECONDS)
     metadata: dict[str, Any] = {"help": help, "env": env, **constraints}
-    metadata.update(shown_default=shown_default, before=before, after=after)
+    metadata.update(shown_default=shown_default, before=before, after=after, allowed=allowed)
     if callable(default):
         return dataclasses.field(default_factory=default, metadata=metadata, repr=not secret)
     return dataclasses.field(default=default, metadata=metadata, repr=not secret)
@@ -107,6 +109,7 @@ class ServerSettings:
         env="STATEWARD_DATABASE_URL",
         shown_default="",
         after=_a_postgres_url,
+        allowed="a postgresql:// or postgres:// URL",
     )
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = _setting(
         "NORMAL",
@@ -358,6 +361,7 @@ class Declaration:
     default: str  # as --help shows it; "" for none
     minimum: float | None
     maximum: float | None
+    described: str = ""  # what it allows, when its type does not say it all
 
     @property
     def flag(self) -> str:
@@ -378,6 +382,8 @@ class Declaration:
     @property
     def allowed(self) -> str:
         """What the setting allows, as the end of a sentence ("it must be ...")."""
+        if self.described:
+            return self.described
         if self.choices:
             return "one of " + ", ".join(self.choices)
         what = {
@@ -437,6 +443,7 @@ def _declarations() -> tuple[Declaration, ...]:
                 default=str(shown),
                 minimum=None if minimum is None else float(minimum),
                 maximum=None if maximum is None else float(maximum),
+                described=meta["allowed"],
             )
         )
     return tuple(declared)

@@ -52,8 +52,13 @@ def test_a_postgres_url_is_the_database_as_given(monkeypatch):
     monkeypatch.setenv("STATEWARD_DATABASE_URL", url)
     assert ServerSettings.from_environment(db="/tmp/x.db").database == url
     monkeypatch.setenv("STATEWARD_DATABASE_URL", "/tmp/x.db")
-    with pytest.raises(SettingError, match=r"STATEWARD_DATABASE_URL=/tmp/x\.db is not allowed"):
+    with pytest.raises(SettingError) as refused:
         ServerSettings.from_environment()
+    # It says what is allowed: the value is text, but not a PostgreSQL URL.
+    assert str(refused.value) == (
+        "STATEWARD_DATABASE_URL=/tmp/x.db is not allowed (the database_url setting): it must "
+        "be a postgresql:// or postgres:// URL"
+    )
 
 
 def test_enumerations_accept_their_values_in_any_case_and_nothing_else():
