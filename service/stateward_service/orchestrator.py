@@ -271,13 +271,24 @@ class Orchestrator:
         self._runs.remember(run)
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
-        """A copy of the run as it is now: the record itself changes with each write."""
-        with self._lock:
+        """A copy of the run as it is now (the record itself changes with each write), as
+        committed. Raises RunNotFound. While a write holds the lock of this process's writing
+        connection (it may be waiting for another process's write lock, for up to the busy
+        timeout), the run is read on a snapshot instead of waiting for it."""
+        if not self._lock.acquire(blocking=False):
+            with self._reader.snapshot() as db:
+                found = db.get_run(run_id, kind)
+            if found is None:
+                raise RunNotFound(run_id, kind)
+            return found
+        try:
             self._forget_if_changed()
             run = self._runs.get(run_id, kind)
             if run is None:
                 raise RunNotFound(run_id, kind)
             return run.copy()
+        finally:
+            self._lock.release()
 
     def list_states_page(
         self, run_id: str, page_size: int, page_token: str = ""
@@ -285,18 +296,20 @@ class Orchestrator:
         """A page of a run's states, oldest first, and the token of the next page ("" after
         the last). Raises RunNotFound, or BadPageToken for a token made for another run. Read
         outside the write lock, on a snapshot."""
-        with self._lock:
-            if self._runs.cached(run_id) is None and not self._store.run_exists(run_id):
-                raise RunNotFound(run_id)
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._runs.cached(run_id) is None and not self._store.run_exists(run_id):
+                    raise RunNotFound(run_id)
+            finally:
+                self._lock.release()
+        else:  # a write holds the writing connection (see `get_run`)
+            self.get_run(run_id)  # raises RunNotFound
         with self._reader.snapshot() as db:
             return db.page_of_states(run_id, page_size, page_token)
 
     def list_states(self, run_id: str) -> list[State]:
         """The run's states, oldest first (read outside the write lock)."""
-        with self._lock:
-            self._forget_if_changed()
-            if self._runs.get(run_id) is None:
-                raise RunNotFound(run_id)
+        self.get_run(run_id)  # raises RunNotFound
         with self._reader.snapshot() as db:
             return db.list_states(run_id)
 

@@ -322,3 +322,48 @@ def test_a_server_waiting_for_another_process_write_lock_goes_on_answering(tmp_p
         assert answer.status == ACCEPT
     finally:
         server.stop()
+
+
+def test_reads_of_runs_go_on_while_a_write_waits_for_another_process_lock(tmp_path: Any) -> None:
+    """SQLite: while a SetState waits in the writer thread for the write lock another process
+    holds (up to the 5 s busy timeout), GetFlowRun and ListStates of a run are answered at
+    once, with the run as committed, rather than waiting for that write to get the lock."""
+    database = tmp_path / "reads.db"
+    server = ServerProcess(database).start()
+    try:
+        stub = server.stub()
+        run = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
+        other = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        released = False
+        try:
+            waiting = stub.SetState.future(
+                pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING)),
+                timeout=30,
+            )
+            # Health checks on the same channel after it: the SetState reached the writer.
+            health = health_pb2_grpc.HealthStub(server.channel())
+            health.Check(health_pb2.HealthCheckRequest(), timeout=2.5)
+            for _ in range(3):  # each well within the busy timeout the write may wait
+                found = stub.GetFlowRun(pb.GetFlowRunRequest(id=other.id), timeout=2.5)
+                assert found.flow_run.state.type == ST.STATE_TYPE_PENDING
+                found = stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id), timeout=2.5)
+                assert found.flow_run.state.type == ST.STATE_TYPE_PENDING  # not yet written
+                states = stub.ListStates(pb.ListStatesRequest(run_id=other.id), timeout=2.5)
+                assert [s.type for s in states.states] == [ST.STATE_TYPE_PENDING]
+                with pytest.raises(grpc.RpcError) as unknown:
+                    stub.GetFlowRun(pb.GetFlowRunRequest(id=str(uuid.uuid4())), timeout=2.5)
+                assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            assert not waiting.done()  # it still waits for the lock
+            holder.execute("COMMIT")
+            released = True
+        finally:
+            if not released:
+                holder.execute("ROLLBACK")
+            holder.close()
+        assert waiting.result(timeout=30).status == ACCEPT
+        found = stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id), timeout=10)
+        assert found.flow_run.state.type == ST.STATE_TYPE_RUNNING
+    finally:
+        server.stop()
