@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -282,6 +284,24 @@ def test_many_calls_in_flight_on_the_same_run_are_serialised(
     assert len({s.id for s in stored}) == in_flight + 1
 
 
+@contextmanager
+def write_lock_held(database: Path) -> Iterator[Callable[[], None]]:
+    """Another process's connection holding the SQLite write lock of `database` for the block:
+    `release()` commits its (empty) transaction; leaving the block rolls back one still open."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        holder.execute("COMMIT")
+
+    try:
+        yield release
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_a_server_waiting_for_another_process_write_lock_goes_on_answering(tmp_path: Any) -> None:
     """SQLite: while another process holds the write lock (another server's group, a backup),
     the SetState that needs it waits, in the writer thread; the event loop goes on answering
@@ -292,10 +312,7 @@ def test_a_server_waiting_for_another_process_write_lock_goes_on_answering(tmp_p
         stub = server.stub()
         health = health_pb2_grpc.HealthStub(server.channel())
         run = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
-        holder = sqlite3.connect(database, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        released = False
-        try:
+        with write_lock_held(database) as release:
             waiting = stub.SetState.future(
                 pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING)),
                 timeout=30,
@@ -306,12 +323,7 @@ def test_a_server_waiting_for_another_process_write_lock_goes_on_answering(tmp_p
                 answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 assert answer.status == health_pb2.HealthCheckResponse.SERVING
             assert not waiting.done()  # it still waits for the lock
-            holder.execute("COMMIT")
-            released = True
-        finally:
-            if not released:
-                holder.execute("ROLLBACK")
-            holder.close()
+            release()
         assert waiting.result(timeout=30).status == ACCEPT
         states = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states
         assert [s.type for s in states] == [ST.STATE_TYPE_PENDING, ST.STATE_TYPE_RUNNING]
@@ -334,10 +346,7 @@ def test_reads_of_runs_go_on_while_a_write_waits_for_another_process_lock(tmp_pa
         stub = server.stub()
         run = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
         other = new_flow_run(stub, initial=ST.STATE_TYPE_PENDING)
-        holder = sqlite3.connect(database, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        released = False
-        try:
+        with write_lock_held(database) as release:
             waiting = stub.SetState.future(
                 pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING)),
                 timeout=30,
@@ -356,12 +365,7 @@ def test_reads_of_runs_go_on_while_a_write_waits_for_another_process_lock(tmp_pa
                     stub.GetFlowRun(pb.GetFlowRunRequest(id=str(uuid.uuid4())), timeout=2.5)
                 assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
             assert not waiting.done()  # it still waits for the lock
-            holder.execute("COMMIT")
-            released = True
-        finally:
-            if not released:
-                holder.execute("ROLLBACK")
-            holder.close()
+            release()
         assert waiting.result(timeout=30).status == ACCEPT
         found = stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id), timeout=10)
         assert found.flow_run.state.type == ST.STATE_TYPE_RUNNING
