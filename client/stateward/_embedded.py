@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stateward import settings
-from stateward._transport import GrpcTransport, TransitionStream
 from stateward.client import Client
 from stateward.exceptions import (
     FailedPrecondition,
@@ -34,14 +33,16 @@ from stateward.exceptions import (
     RpcError,
     ServerUnavailable,
     StatewardError,
+    error_for_status,
 )
-from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun, Transition
+from stateward.runs import FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun, Transition
 from stateward.states import State
-from stateward.wire import error_for_status, watch_response_from_bytes
 
 if TYPE_CHECKING:
     import typer
 
+    from stateward._transport import TransitionStream
+    from stateward_service.grpc_api import OrchestrationService
     from stateward_service.settings import ServerSettings
 
 log = logging.getLogger("stateward")
@@ -98,6 +99,8 @@ def local_log(
 def _remote(address: str) -> Client:
     """A client of the server at STATEWARD_API_URL, once it answers (ServerUnavailable, saying
     what is wrong, within a few seconds if it does not)."""
+    from stateward._transport import GrpcTransport
+
     client = Client(address, wait_for_ready=True, timeout=settings.request_timeout())
     transport = client.transport
     assert isinstance(transport, GrpcTransport)
@@ -111,15 +114,21 @@ def _remote(address: str) -> Client:
 
 class InProcessTransport:
     """Unary calls go straight to the API, in the caller's thread; refusals become the same
-    exceptions a gRPC status would. Streams subscribe to the process's broadcaster."""
+    exceptions a gRPC status would. Streams subscribe to the process's broadcaster. The calls
+    of `local` (those of a flow: runs, states, run logs) take no message at all; the others
+    take the request message and go to the gRPC API's method of the same name, which with the
+    protocol is loaded on the first of them."""
 
     def __init__(self, embedded: EmbeddedOrchestrator) -> None:
         self.embedded = embedded
-        self.api = embedded.replica.api
         from stateward_service.errors import ServiceError
 
         self._service_error = ServiceError
         self.local = _LocalCalls(embedded)
+
+    @property
+    def api(self) -> OrchestrationService:
+        return self.embedded.replica.api
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -203,6 +212,12 @@ class _LocalCalls:
     def get_run(self, run_id: str, kind: RunKind) -> FlowRun | TaskRun:
         try:
             return self.service.get_run(run_id, kind)
+        except self._service_error as error:
+            raise _translate(error) from None
+
+    def write_logs(self, entries: Sequence[LogEntry]) -> int:
+        try:
+            return self.service.write_logs(entries)
         except self._service_error as error:
             raise _translate(error) from None
 
@@ -310,6 +325,8 @@ class _InProcessStream:
         return self._start
 
     def __iter__(self) -> Iterator[Any]:
+        from stateward.wire import watch_response_from_bytes
+
         while True:
             item = self._queue.get()
             if item is _END:

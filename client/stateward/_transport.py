@@ -24,12 +24,17 @@ from typing import Any, Protocol
 import grpc
 
 from stateward import settings
-from stateward.exceptions import InvalidSetting, ServerUnavailable, StatewardError
-from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun
+from stateward.exceptions import (
+    InvalidSetting,
+    ServerUnavailable,
+    StatewardError,
+    error_for_status,
+)
+from stateward.runs import FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
 from stateward.states import State
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
-from stateward.wire import START_SEQUENCE_KEY, error_for_status
+from stateward.wire import START_SEQUENCE_KEY
 
 CHANNEL_OPTIONS = [
     # Keep idle streams alive through proxies, and notice a dead server.
@@ -213,8 +218,9 @@ class Transport(Protocol):
 
 
 class LocalCalls(Protocol):
-    """The hot calls, in the vocabulary, of a transport whose orchestrator runs in this process
-    (the embedded default): no message is built or parsed. Each raises the `stateward.exceptions`
+    """The calls, in the vocabulary, of a transport whose orchestrator runs in this process
+    (the embedded default): the hot ones and the run logs; no message is built or parsed, nor
+    the protocol's modules loaded. Each raises the `stateward.exceptions`
     error the same call over gRPC would; `create_and_start` answers each operation's refusal
     in place (see `stateward.client.Started`)."""
 
@@ -240,6 +246,8 @@ class LocalCalls(Protocol):
     ) -> OrchestrationResult: ...
 
     def get_run(self, run_id: str, kind: RunKind) -> FlowRun | TaskRun: ...
+
+    def write_logs(self, entries: Sequence[LogEntry]) -> int: ...
 
 
 class TransitionStream(Protocol):

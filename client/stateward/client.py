@@ -6,6 +6,10 @@ response, built once by the functions below the clients; only the I/O differs. `
 follows the transitions stream and, when the server goes away (a restart, a shutdown) or ends a
 subscriber that fell behind, reconnects with the last sequence it delivered, so the caller sees
 every transition once and in order.
+
+The protocol (gRPC, protobuf, `stateward.wire`) is imported where a call first needs it: a
+process on the embedded default, whose calls go to the orchestrator in its own process in the
+vocabulary, never loads it.
 """
 
 from __future__ import annotations
@@ -14,20 +18,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import grpc
-
-from stateward import wire
-from stateward._transport import (
-    AsyncGrpcTransport,
-    Connection,
-    GrpcTransport,
-    LocalCalls,
-    Transport,
-    can_reconnect,
-    translate,
-)
 from stateward.exceptions import RpcError, StatewardError
 from stateward.runs import (
     CacheEntry,
@@ -41,7 +33,10 @@ from stateward.runs import (
     Transition,
 )
 from stateward.states import State, StateType
-from stateward.v1 import orchestration_pb2 as pb
+
+if TYPE_CHECKING:
+    from stateward._transport import AsyncGrpcTransport, LocalCalls, Transport
+    from stateward.v1 import orchestration_pb2 as pb
 
 DEFAULT_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -100,9 +95,11 @@ class Client:
         wait_for_ready: bool = False,
         transport: Transport | None = None,
     ) -> None:
-        self.transport: Transport = transport or GrpcTransport(
-            Connection.from_environment(address, api_key, wait_for_ready)
-        )
+        if transport is None:
+            from stateward._transport import Connection, GrpcTransport
+
+            transport = GrpcTransport(Connection.from_environment(address, api_key, wait_for_ready))
+        self.transport: Transport = transport
         self.timeout = timeout
         # The hot calls straight to an orchestrator in this process, when the transport has one.
         self._local: LocalCalls | None = getattr(self.transport, "local", None)
@@ -302,6 +299,8 @@ class Client:
     def write_logs(self, entries: Sequence[LogEntry]) -> int:
         """Store lines runs logged (at most 1,000 a call); returns how many were stored. Raises
         NotFound for a line of an unknown run, InvalidArgument for a malformed one."""
+        if self._local is not None:
+            return self._local.write_logs(entries)
         return self._do(_write_logs(entries))
 
     def list_logs(self, run_id: str, after_id: int = 0, page_size: int = 1000) -> list[LogEntry]:
@@ -333,6 +332,11 @@ class Client:
         with the last sequence when the server goes away, until the caller stops iterating.
         `started` is called with the start sequence each time the stream is established;
         `retrying` with the error each time a connection fails or breaks and is tried again."""
+        import grpc
+
+        from stateward import wire
+        from stateward._transport import can_reconnect, translate
+
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
@@ -386,9 +390,13 @@ class AsyncClient:
         wait_for_ready: bool = False,
         transport: AsyncGrpcTransport | None = None,
     ) -> None:
-        self.transport = transport or AsyncGrpcTransport(
-            Connection.from_environment(address, api_key, wait_for_ready)
-        )
+        if transport is None:
+            from stateward._transport import AsyncGrpcTransport, Connection
+
+            transport = AsyncGrpcTransport(
+                Connection.from_environment(address, api_key, wait_for_ready)
+            )
+        self.transport = transport
         self.timeout = timeout
 
     async def close(self) -> None:
@@ -543,6 +551,11 @@ class AsyncClient:
     ) -> AsyncIterator[Transition]:
         """As `Client.watch`, as an async iterator; `started` and `retrying` are plain
         functions (called, not awaited), as there."""
+        import grpc
+
+        from stateward import wire
+        from stateward._transport import can_reconnect, translate
+
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
@@ -584,6 +597,7 @@ class AsyncClient:
 
 
 # --- the calls both clients make: method, request, and how to read the response -------------
+# Each imports the protocol itself, when it is first made (see the module's docstring).
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +628,8 @@ class _Listing(Generic[T]):
 
 
 def _create_flow_run(run: FlowRun) -> _Call[FlowRun]:
+    from stateward import wire
+
     return _Call(
         "CreateFlowRun",
         wire.create_flow_run_request(run),
@@ -622,6 +638,8 @@ def _create_flow_run(run: FlowRun) -> _Call[FlowRun]:
 
 
 def _create_task_run(run: TaskRun) -> _Call[TaskRun]:
+    from stateward import wire
+
     return _Call(
         "CreateTaskRun",
         wire.create_task_run_request(run),
@@ -630,6 +648,9 @@ def _create_task_run(run: TaskRun) -> _Call[TaskRun]:
 
 
 def _get_flow_run(id: str) -> _Call[FlowRun]:
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     return _Call(
         "GetFlowRun",
         pb.GetFlowRunRequest(id=id),
@@ -638,6 +659,9 @@ def _get_flow_run(id: str) -> _Call[FlowRun]:
 
 
 def _get_task_run(id: str) -> _Call[TaskRun]:
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     return _Call(
         "GetTaskRun",
         pb.GetTaskRunRequest(id=id),
@@ -652,6 +676,8 @@ def _list_flow_runs(
     ids: Iterable[str],
     page_size: int,
 ) -> _Listing[FlowRun]:
+    from stateward import wire
+
     request = wire.list_flow_runs_request(flow_names, state_types, tags, ids, page_size)
     return _Listing("ListFlowRuns", request, "flow_runs", wire.flow_run_from_proto)
 
@@ -663,6 +689,8 @@ def _list_task_runs(
     task_keys: Iterable[str],
     page_size: int,
 ) -> _Listing[TaskRun]:
+    from stateward import wire
+
     request = wire.list_task_runs_request(flow_run_ids, state_types, tags, task_keys, page_size)
     return _Listing("ListTaskRuns", request, "task_runs", wire.task_run_from_proto)
 
@@ -674,25 +702,36 @@ def _set_state(
     expected_state_id: str | None,
     lease_seconds: float,
 ) -> _Call[OrchestrationResult]:
+    from stateward import wire
+
     request = wire.set_state_request(run_id, state, force, expected_state_id, lease_seconds)
     return _Call("SetState", request, wire.orchestration_result_from_proto)
 
 
 def _resume_flow_run(flow_run_id: str, run_input: str | None) -> _Call[OrchestrationResult]:
+    from stateward import wire
+
     request = wire.resume_flow_run_request(flow_run_id, run_input)
     return _Call("ResumeFlowRun", request, wire.resume_result_from_proto)
 
 
 def _write_cache_entries(entries: Sequence[CacheEntry]) -> _Call[int]:
+    from stateward import wire
+
     request = wire.write_cache_entries_request(entries)
     return _Call("WriteCacheEntries", request, lambda response: response.written)
 
 
 def _write_logs(entries: Sequence[LogEntry]) -> _Call[int]:
+    from stateward import wire
+
     return _Call("WriteLogs", wire.write_logs_request(entries), lambda response: response.written)
 
 
 def _list_logs(run_id: str, after_id: int, page_size: int) -> _Call[list[LogEntry]]:
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     request = pb.ListLogsRequest(run_id=run_id, after_id=after_id, page_size=page_size)
     return _Call(
         "ListLogs",
@@ -702,6 +741,8 @@ def _list_logs(run_id: str, after_id: int, page_size: int) -> _Call[list[LogEntr
 
 
 def _renew_leases(run_ids: Iterable[str], lease_seconds: float) -> _Call[list[str]]:
+    from stateward import wire
+
     return _Call(
         "RenewLeases",
         wire.renew_leases_request(run_ids, lease_seconds),
@@ -710,6 +751,9 @@ def _renew_leases(run_ids: Iterable[str], lease_seconds: float) -> _Call[list[st
 
 
 def _list_states(run_id: str) -> _Listing[State]:
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     return _Listing(
         "ListStates", pb.ListStatesRequest(run_id=run_id), "states", wire.state_from_proto
     )
@@ -718,6 +762,8 @@ def _list_states(run_id: str) -> _Listing[State]:
 def _create_and_start(
     runs: Sequence[FlowRun | TaskRun], state: State, lease_seconds: float
 ) -> _Call[Started]:
+    from stateward import wire
+
     if not runs:
         raise ValueError("create_and_start needs at least one run to create")
     operations: list[tuple[str, Any]] = [
@@ -733,6 +779,9 @@ def _create_and_start(
 
 def _started(response: pb.ExecuteBatchResponse) -> Started:
     """The answer to a create-and-start batch, in the vocabulary."""
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     *creates, proposal = [wire.batch_operation_result(result) for result in response.results]
     created: list[Created] = []
     for result in creates:
@@ -753,6 +802,8 @@ def _started(response: pb.ExecuteBatchResponse) -> Started:
 
 
 def _create_concurrency_limit(tag: str, limit: int) -> _Call[ConcurrencyLimit]:
+    from stateward import wire
+
     return _Call(
         "CreateConcurrencyLimit",
         wire.create_limit_request(tag, limit),
@@ -761,6 +812,9 @@ def _create_concurrency_limit(tag: str, limit: int) -> _Call[ConcurrencyLimit]:
 
 
 def _get_concurrency_limit(tag: str) -> _Call[ConcurrencyLimit]:
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     return _Call(
         "GetConcurrencyLimit",
         pb.GetConcurrencyLimitRequest(tag=tag),
@@ -769,6 +823,9 @@ def _get_concurrency_limit(tag: str) -> _Call[ConcurrencyLimit]:
 
 
 def _list_concurrency_limits() -> _Call[list[ConcurrencyLimit]]:
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2 as pb
+
     return _Call(
         "ListConcurrencyLimits",
         pb.ListConcurrencyLimitsRequest(),
@@ -777,6 +834,8 @@ def _list_concurrency_limits() -> _Call[list[ConcurrencyLimit]]:
 
 
 def _delete_concurrency_limit(tag: str) -> _Call[None]:
+    from stateward.v1 import orchestration_pb2 as pb
+
     return _Call(
         "DeleteConcurrencyLimit", pb.DeleteConcurrencyLimitRequest(tag=tag), lambda _: None
     )

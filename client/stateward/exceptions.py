@@ -36,6 +36,8 @@ RunInterrupted
 
 from __future__ import annotations
 
+import enum
+
 from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
 
 __all__ = [
@@ -146,8 +148,7 @@ class InvalidSetting(StatewardError, ValueError):
 
 class RpcError(StatewardError):
     """The server refused a call. `code` is the gRPC status code's name, e.g. "NOT_FOUND"; each
-    subclass names the code it stands for (`stateward.wire.error_for_status` picks the class
-    for a code)."""
+    subclass names the code it stands for (`error_for_status` picks the class for a code)."""
 
     code = "UNKNOWN"
 
@@ -183,3 +184,58 @@ class DeadlineExceeded(RpcError):
 
 class Unauthenticated(RpcError):
     code = "UNAUTHENTICATED"
+
+
+# --- status codes ------------------------------------------------------------------------------
+
+
+class StatusCode(enum.IntEnum):
+    """The gRPC status codes, numbered as google.rpc.Code and named as gRPC names them: here,
+    not in the protocol's modules, so that code in one process (the in-process transport, the
+    server's refusals) names them without loading gRPC."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+# The client's exception for each status code (each class names its code); other codes raise a
+# plain RpcError carrying the code's name.
+ERROR_TYPES: dict[StatusCode, type[RpcError]] = {
+    StatusCode[error_type.code]: error_type
+    for error_type in (
+        NotFound,
+        InvalidArgument,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Unauthenticated,
+    )
+}
+
+
+def error_for_status(code: int, message: str) -> RpcError:
+    """The client's exception for a call refused with status `code` (a number of
+    google.rpc.Code; an unknown number counts as UNKNOWN) and `message`: the one table between
+    status codes and exceptions, for the network transport, the in-process transport, batch
+    results and the server's refusals alike."""
+    try:
+        status = StatusCode(code)
+    except ValueError:
+        status = StatusCode.UNKNOWN
+    return ERROR_TYPES.get(status, RpcError)(message, status.name)

@@ -4,9 +4,6 @@
 - states, runs, transitions, limits and the answer to a proposal, both ways (`*_from_proto`,
   `*_to_proto`); the server converts its own run records straight to messages (`StoredRun`);
 - the request messages the clients send (`*_request`), built once for `Client` and `AsyncClient`;
-- the gRPC status codes (`StatusCode`) and the one table between them and the client's
-  exceptions (`error_for_status`), for the network transport, the in-process transport, batch
-  results and the server's refusals alike;
 - the metadata key by which a transitions stream says where it starts.
 
 Pure data conversion: no I/O and no `grpc` import. Timestamps are set by plain arithmetic and
@@ -15,7 +12,6 @@ Structs read by hand, since the protobuf helpers are slow on the hot path.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -24,16 +20,7 @@ from typing import Any, Protocol
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stateward.exceptions import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    RpcError,
-    Unauthenticated,
-)
+from stateward.exceptions import RpcError, error_for_status
 from stateward.runs import (
     CacheEntry,
     ConcurrencyLimit,
@@ -53,57 +40,6 @@ from stateward.v1 import runs_pb2, states_pb2
 # The initial metadata by which WatchTransitions says after which sequence the stream starts, so
 # that a client losing the stream before its first message resumes without a gap.
 START_SEQUENCE_KEY = "stateward-start-sequence"
-
-
-# --- status codes and errors --------------------------------------------------------------------
-
-
-class StatusCode(enum.IntEnum):
-    """The gRPC status codes, numbered as google.rpc.Code and named as gRPC names them."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
-
-
-# The client's exception for each status code (each class names its code); other codes raise a
-# plain RpcError carrying the code's name.
-ERROR_TYPES: dict[StatusCode, type[RpcError]] = {
-    StatusCode[error_type.code]: error_type
-    for error_type in (
-        NotFound,
-        InvalidArgument,
-        AlreadyExists,
-        FailedPrecondition,
-        ResourceExhausted,
-        DeadlineExceeded,
-        Unauthenticated,
-    )
-}
-
-
-def error_for_status(code: int, message: str) -> RpcError:
-    """The client's exception for a call refused with status `code` (a number of
-    google.rpc.Code; an unknown number counts as UNKNOWN) and `message`."""
-    try:
-        status = StatusCode(code)
-    except ValueError:
-        status = StatusCode.UNKNOWN
-    return ERROR_TYPES.get(status, RpcError)(message, status.name)
 
 
 # --- times and structs --------------------------------------------------------------------------

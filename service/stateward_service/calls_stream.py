@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
+from stateward.exceptions import StatusCode
 from stateward.v1 import orchestration_pb2 as pb
-from stateward.wire import StatusCode
 from stateward_service.errors import ServiceError
 from stateward_service.group_commit import GroupCommitWriter, WriterStopped
 from stateward_service.store import DatabaseUnavailable, WriteConflict

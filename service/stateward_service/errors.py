@@ -1,11 +1,11 @@
-"""Errors the service answers with: a status code (`stateward.wire.StatusCode`, named and
+"""Errors the service answers with: a status code (`stateward.exceptions.StatusCode`, named and
 numbered as gRPC does, without importing gRPC) and a message a person can act on. The errors
 interceptor turns them into gRPC statuses; the SDK's in-process transport into the client's
 exceptions, through the same table as a status from the network."""
 
 from __future__ import annotations
 
-from stateward.wire import StatusCode
+from stateward.exceptions import StatusCode
 
 
 class ServiceError(Exception):

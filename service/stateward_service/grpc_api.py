@@ -43,12 +43,13 @@ from google.protobuf import message_factory
 from google.protobuf.struct_pb2 import Struct
 
 from stateward import wire
+from stateward.exceptions import StatusCode
 from stateward.ids import new_id
 from stateward.runs import RetryPolicy, RunKind
 from stateward.states import now
 from stateward.v1 import orchestration_pb2, runs_pb2
 from stateward.v1 import orchestration_pb2 as pb
-from stateward.wire import START_SEQUENCE_KEY, StatusCode
+from stateward.wire import START_SEQUENCE_KEY
 from stateward_service import validation as check
 from stateward_service.broadcaster import (
     CursorAhead,

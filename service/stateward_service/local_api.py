@@ -1,5 +1,5 @@
 """The in-process API: the calls of the SDK's hot path (create runs, create one and start it,
-propose a state, read a run) for a caller in this same process, in the vocabulary
+propose a state, read a run, store run logs) for a caller in this same process, in the vocabulary
 (`stateward.states`, `stateward.runs`): no protobuf message is built, encoded or parsed.
 
 Each call is checked as the gRPC API checks the same request, once, on the vocabulary, and is
@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from stateward.ids import new_id
-from stateward.runs import FlowRun, OrchestrationResult, RunKind, TaskRun
+from stateward.runs import FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
 from stateward.states import State, now
 from stateward_service import validation as check
 from stateward_service.errors import ServiceError
@@ -114,6 +114,13 @@ class LocalService:
         run_id = check.run_id(run_id, "id")
         record = translating(lambda: self.orchestrator.get_run(run_id, kind))
         return _run(record, json.loads(record.parameters))
+
+    def write_logs(self, entries: Sequence[LogEntry]) -> int:
+        """Store lines runs logged, as WriteLogs does (the same checks, one transaction); how
+        many were stored. Raises ServiceError as WriteLogs does: INVALID_ARGUMENT for a
+        malformed line, NOT_FOUND (nothing written) for a line of an unknown run."""
+        check.log_entry_values(entries, "entries")
+        return translating(lambda: self.orchestrator.write_logs(entries))
 
 
 def _record(run: Run) -> tuple[RunRecord, State | None, dict[str, Any]]:

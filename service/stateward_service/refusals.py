@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from stateward.wire import StatusCode
+from stateward.exceptions import StatusCode
 from stateward_service.errors import ServiceError, invalid
 from stateward_service.orchestrator import (
     InitialStateRefused,

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from typing import TYPE_CHECKING
 
-from stateward import wire
 from stateward.runs import Transition
-from stateward.v1 import orchestration_pb2
 from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.follower import LogFollower
-from stateward_service.grpc_api import OrchestrationService
 from stateward_service.leadership import LoopsLeadership
 from stateward_service.loops import ServerLoops
 from stateward_service.orchestrator import Orchestrator
@@ -21,11 +20,19 @@ from stateward_service.rules.policies import Policies
 from stateward_service.settings import ServerSettings
 from stateward_service.store import is_postgres, open_database
 
+if TYPE_CHECKING:
+    from stateward_service.grpc_api import OrchestrationService
+
 log = logging.getLogger("stateward.replica")
 
 
 def encode_transition(transition: Transition) -> bytes:
-    """The bytes of one WatchTransitions message."""
+    """The bytes of one WatchTransitions message. The broadcaster calls it only for a
+    subscriber that needs them, so the protocol is loaded on the first (an SDK process that
+    runs flows and watches nothing never loads it)."""
+    from stateward import wire
+    from stateward.v1 import orchestration_pb2
+
     response = orchestration_pb2.WatchTransitionsResponse(
         transition=wire.transition_to_proto(transition)
     )
@@ -50,10 +57,9 @@ class Replica:
         self.broadcaster = TransitionBroadcaster(
             self.orchestrator, encode_transition, last, capacity=settings.stream_buffer
         )
-        # The gRPC API; the SDK's embedded transport calls its unary methods in-process.
-        self.api = OrchestrationService(
-            self.orchestrator, self.broadcaster, slow_commits=is_postgres(settings.database)
-        )
+        # The gRPC API, made on first use (see `api`).
+        self._api: OrchestrationService | None = None
+        self._api_lock = threading.Lock()
         self.follower = LogFollower(self.orchestrator, self.orchestrator.change_signal(), last)
         self.follower.subscribe(self.broadcaster.publish)
         self.orchestrator.subscribe(self.follower.offer)
@@ -61,6 +67,24 @@ class Replica:
         # The follower sees every process's commits: a cancel written elsewhere cascades here.
         self.follower.subscribe(self.loops.notice)
         self.leadership = LoopsLeadership(self.orchestrator.leader_lock(), self.loops)
+
+    @property
+    def api(self) -> OrchestrationService:
+        """The gRPC API's methods, on this replica: a server serves them; the SDK's embedded
+        transport calls those of the calls it makes with messages. Made on first use, so that
+        an SDK process whose calls all go in-process in the vocabulary loads no protobuf."""
+        if self._api is not None:
+            return self._api
+        with self._api_lock:
+            if self._api is None:
+                from stateward_service.grpc_api import OrchestrationService
+
+                self._api = OrchestrationService(
+                    self.orchestrator,
+                    self.broadcaster,
+                    slow_commits=is_postgres(self.settings.database),
+                )
+            return self._api
 
     async def start(self) -> None:
         self.broadcaster.bind(asyncio.get_running_loop())
@@ -74,7 +98,8 @@ class Replica:
     async def close_streams(self) -> None:
         """End every subscription (they resume elsewhere from their cursor) and every calls
         stream (once its calls in flight are answered)."""
-        await self.api.close_streams()
+        if self._api is not None:
+            await self._api.close_streams()
         await self.broadcaster.close()
 
     async def stop(self) -> None:
@@ -84,7 +109,9 @@ class Replica:
             await self.leadership.stop()
         finally:
             # The calls were answered (the gRPC server stopped first): the writer is idle.
-            self.api.close()
+            with self._api_lock:
+                if self._api is not None:
+                    self._api.close()
             self.follower.stop()
             self.orchestrator.close()
 

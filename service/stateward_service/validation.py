@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.struct_pb2 import Struct, Value
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from stateward.runs import RetryPolicy
+from stateward.runs import LogEntry, RetryPolicy
 from stateward.states import State, StateDetails, StateType
-from stateward.v1 import runs_pb2, states_pb2
 from stateward_service.errors import invalid
 from stateward_service.input_schemas import UnsafePattern, check_patterns, members_in
+
+if TYPE_CHECKING:  # the checks of messages take them; those of the in-process API load none
+    from google.protobuf.duration_pb2 import Duration
+    from google.protobuf.struct_pb2 import Struct, Value
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from stateward.v1 import runs_pb2, states_pb2
 
 MAX_NAME = 200
 MAX_MESSAGE = 100_000
@@ -44,6 +46,7 @@ MAX_JSON_DEPTH = 100
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATE_TYPES = frozenset(int(t) for t in StateType)
 
 
@@ -82,7 +85,11 @@ def text(value: str, field: str, limit: int, *, required: bool = False) -> str:
 
 
 def timestamp(ts: Timestamp, field: str) -> None:
-    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS or not 0 <= ts.nanos <= 999_999_999:
+    _timestamp_range(ts.seconds, ts.nanos, field)
+
+
+def _timestamp_range(seconds: int, nanos: int, field: str) -> None:
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS or not 0 <= nanos <= 999_999_999:
         raise invalid(
             field, "is out of range: timestamps must lie between 0001-01-01 and 9999-12-31 UTC"
         )
@@ -317,7 +324,9 @@ def tags(values: Sequence[str], field: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> None:
+def retry_policy(msg: runs_pb2.RetryPolicy | RetryPolicy, field: str) -> None:
+    """A retry policy, as a message or from the vocabulary (the same fields): retries from 0
+    to MAX_RETRIES, at most MAX_DELAYS delays within a year, a jitter factor within bounds."""
     if msg.retries < 0:
         raise invalid(f"{field}.retries", f"is {msg.retries}; it must not be negative")
     if msg.retries > MAX_RETRIES:
@@ -340,18 +349,29 @@ def retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> None:
 
 def retry_policy_value(policy: RetryPolicy, field: str) -> RetryPolicy:
     """A retry policy from a caller in this process: the checks of `retry_policy`; returns it
-    as a message would carry it (delays and jitter as floats)."""
+    as a message would carry it (retries whole, delays and jitter as floats). A value of a
+    type its field cannot hold raises TypeError, as setting the field does."""
     if policy == _NO_RETRIES:
         return _NO_RETRIES
-    message = runs_pb2.RetryPolicy(
-        retries=policy.retries,
-        retry_delay_seconds=policy.retry_delay_seconds,
-        retry_jitter_factor=policy.retry_jitter_factor,
+    carried = RetryPolicy(
+        _whole(policy.retries, f"{field}.retries"),
+        tuple(_real(delay, f"{field}.retry_delay_seconds") for delay in policy.retry_delay_seconds),
+        _real(policy.retry_jitter_factor, f"{field}.retry_jitter_factor"),
     )
-    retry_policy(message, field)
-    return RetryPolicy(
-        message.retries, tuple(message.retry_delay_seconds), message.retry_jitter_factor
-    )
+    retry_policy(carried, field)
+    return carried
+
+
+def _whole(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field}: expected an int, got {type(value).__name__}")
+    return value
+
+
+def _real(value: object, field: str) -> float:
+    if not isinstance(value, int | float):  # bool is an int, as a double field takes it
+        raise TypeError(f"{field}: expected a number, got {type(value).__name__}")
+    return float(value)
 
 
 _NO_RETRIES = RetryPolicy()
@@ -477,6 +497,16 @@ MAX_LOG_PAGE = 10_000
 def log_entries(entries: Sequence[runs_pb2.LogEntry], field: str) -> None:
     """The lines of a WriteLogs call: at most MAX_LOG_BATCH, each naming a run, with a time,
     a level from 0 to 100 and texts within their limits."""
+    _log_lines(entries, field, _logged_at)
+
+
+def log_entry_values(entries: Sequence[LogEntry], field: str) -> None:
+    """The lines of a caller in this process, by the checks of `log_entries` (the same
+    refusals): each time timezone-aware and within a Timestamp's range."""
+    _log_lines(entries, field, _logged_at_value)
+
+
+def _log_lines(entries: Sequence[Any], field: str, check_time: Callable[[Any, str], None]) -> None:
     if len(entries) > MAX_LOG_BATCH:
         raise invalid(field, f"has {len(entries)} lines; send at most {MAX_LOG_BATCH} a call")
     for index, entry in enumerate(entries):
@@ -487,13 +517,28 @@ def log_entries(entries: Sequence[runs_pb2.LogEntry], field: str) -> None:
             run_id(entry.flow_run_id, f"{where}.flow_run_id")
         if entry.task_run_id:
             run_id(entry.task_run_id, f"{where}.task_run_id")
-        if not entry.HasField("timestamp"):
-            raise invalid(f"{where}.timestamp", "is required: when the line was logged")
-        timestamp(entry.timestamp, f"{where}.timestamp")
+        check_time(entry, f"{where}.timestamp")
         if not 0 <= entry.level <= 100:
             raise invalid(f"{where}.level", "must be from 0 to 100 (Python's logging levels)")
         text(entry.logger, f"{where}.logger", MAX_NAME)
         text(entry.message, f"{where}.message", MAX_MESSAGE)
+
+
+_NO_TIME = "is required: when the line was logged"
+
+
+def _logged_at(entry: runs_pb2.LogEntry, field: str) -> None:
+    if not entry.HasField("timestamp"):
+        raise invalid(field, _NO_TIME)
+    timestamp(entry.timestamp, field)
+
+
+def _logged_at_value(entry: LogEntry, field: str) -> None:
+    if entry.timestamp is None:
+        raise invalid(field, _NO_TIME)
+    aware(entry.timestamp, field)
+    delta = entry.timestamp - _EPOCH  # as the wire sets a Timestamp
+    _timestamp_range(delta.days * 86_400 + delta.seconds, delta.microseconds * 1000, field)
 
 
 def log_page_size(value: int, field: str = "page_size") -> int:

@@ -19,9 +19,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from stateward.exceptions import StatusCode
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
-from stateward.wire import StatusCode
 from stateward_service.store import Store, storage_unavailable
 from tests.support import ServerProcess, new_flow_run, running_server, wait_until
 

@@ -70,16 +70,20 @@ def test_defining_flows_and_tasks_loads_none_of_it_either():
 def test_a_first_flow_on_the_embedded_default_loads_only_what_it_needs(tmp_path):
     # The server's settings are validated by pydantic only when some are given; the schema is
     # plain SQL; jsonschema waits for a pause with a schema; the web view, metrics and health
-    # service for a server that serves them.
+    # service for a server that serves them. The calls of a flow, its run logs included, go to
+    # the orchestrator in the vocabulary: no gRPC, no protobuf, no generated code.
     setup = """
-    from stateward import flow, task
+    from stateward import flow, task, get_run_logger
+    from stateward.runtime import flow_run
     @task
     def one() -> int:
+        get_run_logger().info("one is one")
         return 1
-    @flow
-    def first() -> int:
-        return one()
-    assert first() == 1
+    @flow(log_prints=True)
+    def first() -> str:
+        print("first got", one())
+        return flow_run.id
+    first_run_id = first()
     """
     heavy = (
         "pydantic",
@@ -87,16 +91,30 @@ def test_a_first_flow_on_the_embedded_default_loads_only_what_it_needs(tmp_path)
         "jsonschema",
         "referencing",
         "prometheus_client",
+        "grpc",
         "grpc_health.v1",
+        "google.protobuf",
+        "stateward.v1",  # generated code
+        "stateward.wire",
+        "stateward._transport",
         "starlette",
         "uvicorn",
         "typer",
         "psycopg",
     )
-    code = textwrap.dedent(setup) + REPORT.format(heavy=heavy)
+    # Then, with the verdict printed, the lines read back (this read may load anything).
+    read_back = """
+    from stateward import get_client
+    print(json.dumps([entry.message for entry in get_client().list_logs(first_run_id)]))
+    """
+    code = textwrap.dedent(setup) + REPORT.format(heavy=heavy) + textwrap.dedent(read_back)
     done = python(code, env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    *_, loaded, logged = done.stdout.strip().splitlines()
+    assert json.loads(loaded) == []
+    messages = json.loads(logged)
+    assert any(message.endswith(" - one is one") for message in messages), messages
+    assert any(message.endswith(" - first got 1") for message in messages), messages
 
 
 def test_a_remote_client_loads_no_server_metrics_or_health_code():

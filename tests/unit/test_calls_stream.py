@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from stateward.exceptions import StatusCode
 from stateward.v1 import orchestration_pb2 as pb
-from stateward.wire import StatusCode
 from stateward_service.calls_stream import CallsStream
 from stateward_service.errors import ServiceError
 from stateward_service.group_commit import GroupCommitWriter

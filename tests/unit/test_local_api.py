@@ -5,13 +5,14 @@ same message, and what the in-process API hands back is never the orchestrator's
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from stateward import wire
+from stateward.exceptions import StatusCode
 from stateward.ids import new_id
-from stateward.runs import FlowRun, RetryPolicy, RunKind, SetStateStatus, TaskRun
+from stateward.runs import FlowRun, LogEntry, RetryPolicy, RunKind, SetStateStatus, TaskRun
 from stateward.states import ResultData, State, StateDetails, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward_service.errors import ServiceError
@@ -117,7 +118,7 @@ def test_runs_with_new_ids_are_created_without_looking_for_their_ids(apis, store
     assert [sql for sql in recorded.seen if sql.startswith(looks)]
     created, answer = start(created[0].id, False)
     assert isinstance(created[0], ServiceError)
-    assert created[0].code == wire.StatusCode.ALREADY_EXISTS
+    assert created[0].code == StatusCode.ALREADY_EXISTS
 
 
 @pytest.mark.parametrize(
@@ -140,7 +141,7 @@ def test_a_bad_proposal_is_refused_and_changes_nothing(apis, state, field):
     run = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
     with pytest.raises(ServiceError) as refused:
         local.set_state(run.id, state)
-    assert refused.value.code == wire.StatusCode.INVALID_ARGUMENT
+    assert refused.value.code == StatusCode.INVALID_ARGUMENT
     assert field in refused.value.message
     if state.details.scheduled_time is None:  # a naive time cannot even be put in a message
         with pytest.raises(ServiceError) as over_the_wire:
@@ -160,9 +161,13 @@ def test_bad_ids_leases_and_parameters_are_refused(apis):
         local.create_run(TaskRun(id="", name="", task_key="t", parameters={"p": [1, math.nan]}))
     with pytest.raises(ServiceError, match=r"task_run\.retry_policy\.retries"):
         local.create_run(TaskRun(id="", name="", task_key="t", retry_policy=RetryPolicy(-1)))
+    # A value its message field could not hold is a TypeError, as building the message is.
+    for policy in (RetryPolicy(True), RetryPolicy(1, ("2",)), RetryPolicy(1, (), None)):  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            local.create_run(TaskRun(id="", name="", task_key="t", retry_policy=policy))
     with pytest.raises(ServiceError, match=r"no task run has id") as unknown:
         local.get_run(run.id.replace(run.id[:8], "00000000"), RunKind.TASK_RUN)
-    assert unknown.value.code == wire.StatusCode.NOT_FOUND
+    assert unknown.value.code == StatusCode.NOT_FOUND
 
 
 def test_what_comes_back_is_the_callers_own(apis):
@@ -216,3 +221,60 @@ def test_a_task_run_costs_two_commits_and_fifteen_statements(apis, store):
     assert len([s for s in statements if s.startswith("INSERT INTO task_runs")]) == 1
     assert len([s for s in statements if s.startswith("UPDATE task_runs")]) == 1
     assert len(statements) == 15, statements
+
+
+def test_run_logs_written_in_process_are_stored_as_over_the_wire(apis):
+    local, remote = apis
+    flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
+    task_run = local.create_run(TaskRun(id="", name="t-0", task_key="t", flow_run_id=flow_run.id))
+    at = datetime(2026, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC)
+    in_process = [
+        LogEntry(flow_run.id, "", at, 20, "stateward.flow_runs", "flow line"),
+        # A task run's line names its flow run when stored; any time zone is the same instant.
+        LogEntry("", task_run.id, at.astimezone(timezone(timedelta(hours=2))), 30, "t", "é"),
+    ]
+    assert local.write_logs(in_process) == 2
+    assert remote.WriteLogs(wire.write_logs_request(in_process)).written == 2
+    listed = remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id))
+    stored = [wire.log_entry_from_proto(entry) for entry in listed.entries]
+    assert [(e.flow_run_id, e.task_run_id, e.timestamp, e.level, e.message) for e in stored] == [
+        (flow_run.id, "", at, 20, "flow line"),
+        (flow_run.id, task_run.id, at, 30, "é"),
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        (LogEntry("", "", datetime.now(UTC), 20, "l", "m"), "entries[0]: names no run"),
+        (LogEntry("nope", "", datetime.now(UTC), 20, "l", "m"), "entries[0].flow_run_id"),
+        (LogEntry("{run}", "", datetime.now(UTC), 101, "l", "m"), "entries[0].level"),
+        (LogEntry("{run}", "", datetime.now(UTC), 20, "l" * 201, "m"), "entries[0].logger"),
+        (LogEntry("{run}", "", datetime.now(UTC), 20, "l", "m" * 100_001), "entries[0].message"),
+    ],
+)
+def test_a_bad_log_line_is_refused_as_over_the_wire_and_nothing_is_written(apis, entry, field):
+    local, remote = apis
+    flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
+    if entry.flow_run_id == "{run}":
+        entry = LogEntry(flow_run.id, "", entry.timestamp, entry.level, entry.logger, entry.message)
+    good = LogEntry(flow_run.id, "", datetime.now(UTC), 20, "l", "kept out")
+    with pytest.raises(ServiceError) as refused:
+        local.write_logs([entry, good])
+    assert refused.value.code == StatusCode.INVALID_ARGUMENT
+    assert field in refused.value.message
+    with pytest.raises(ServiceError) as over_the_wire:
+        remote.WriteLogs(wire.write_logs_request([entry, good]))
+    assert over_the_wire.value.message == refused.value.message
+    assert not remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id)).entries
+
+
+def test_a_log_line_of_an_unknown_run_or_without_a_time_zone_is_refused(apis):
+    local, _ = apis
+    flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
+    with pytest.raises(ServiceError, match="no flow run has id") as unknown:
+        local.write_logs([LogEntry(new_id(), "", datetime.now(UTC), 20, "l", "m")])
+    assert unknown.value.code == StatusCode.NOT_FOUND
+    naive = LogEntry(flow_run.id, "", datetime(2026, 1, 1), 20, "l", "m")
+    with pytest.raises(ServiceError, match=r"entries\[0\]\.timestamp: has no time zone"):
+        local.write_logs([naive])

@@ -1,13 +1,10 @@
-"""`stateward.wire`: the conversions client and server share, and the one table between status
-codes and the client's exceptions."""
+"""`stateward.wire`: the conversions client and server share."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import grpc
-
-from stateward import exceptions, wire
+from stateward import wire
 from stateward.runs import (
     ConcurrencyLimit,
     OrchestrationResult,
@@ -19,32 +16,6 @@ from stateward.states import ResultData, State, StateDetails, StateType
 from stateward_service.model import RunRecord
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC)
-
-
-def test_status_codes_are_grpcs_names_and_numbers():
-    assert {code.name: code.value for code in wire.StatusCode} == {
-        code.name: code.value[0] for code in grpc.StatusCode
-    }
-
-
-def test_each_rpc_error_maps_to_its_code_and_back():
-    error_types = {
-        cls for cls in vars(exceptions).values()
-        if isinstance(cls, type) and issubclass(cls, exceptions.RpcError)
-        and cls is not exceptions.RpcError
-    }  # fmt: skip
-    assert set(wire.ERROR_TYPES.values()) == error_types
-    for code, error_type in wire.ERROR_TYPES.items():
-        error = wire.error_for_status(code.value, "refused")
-        assert type(error) is error_type and error.code == code.name == error_type.code
-        assert str(error) == "refused"
-
-
-def test_codes_without_an_exception_of_their_own_raise_rpc_error_with_the_name():
-    error = wire.error_for_status(wire.StatusCode.UNAVAILABLE, "down")
-    assert type(error) is exceptions.RpcError and error.code == "UNAVAILABLE"
-    unknown = wire.error_for_status(99, "odd")
-    assert type(unknown) is exceptions.RpcError and unknown.code == "UNKNOWN"
 
 
 def test_a_state_survives_the_wire():

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from stateward.wire import StatusCode
+from stateward.exceptions import StatusCode
 from stateward_service.errors import ServiceError
 
 log = logging.getLogger("stateward.server")

@@ -7,7 +7,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from stateward.wire import StatusCode
+from stateward.exceptions import StatusCode
 from stateward_service.errors import ServiceError
 
 

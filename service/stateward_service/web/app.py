@@ -34,9 +34,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stateward.exceptions import StatusCode
 from stateward.runs import OrchestrationResult, RunKind
 from stateward.states import State, StateType
-from stateward.wire import StatusCode
 from stateward_service import validation as check
 from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.errors import ServiceError, invalid
