@@ -2,10 +2,13 @@
 flow's loop of plain calls (the baseline, timed inside the same flow run).
 
     .venv/bin/python bench/task_overhead.py [--tasks 1000] [--repeat 3] [--reference]
+        [--modes embedded,server,reference]
 
 Modes: the embedded default (no server to run), and a local server in another process. With
 `--reference`, the reference orchestrator is installed into its own virtualenv
-(bench/.reference-venv) and the same flow is timed there.
+(bench/.reference-venv) and the same flow is timed there. Besides the wall time, each run says
+the CPU time per task run of the SDK's process and (against a local server) of the server's:
+on a shared machine they move less with the load than the wall time does.
 
 Each task's final state is durable on the server when its call returns (SQLite commits in WAL
 mode before SetState answers), which the benchmark checks at the end by reading the database.
@@ -26,32 +29,49 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROGRAM = """
-import json, sys, time
+import json, os, sys, time
 from {package} import flow, task
 
 def plain(i):
     return i
 
 step = task(plain)
+server = os.environ.get("BENCH_SERVER_PID")
+
+def server_cpu():
+    # The server process's user + system CPU (all its threads), in seconds.
+    if not server:
+        return 0.0
+    with open(f"/proc/{{server}}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+def clocks():
+    return time.perf_counter(), time.process_time(), server_cpu()
 
 @flow
 def measured(n):
     # Both loops in one flow run: the flow's own start and end costs are not counted.
-    began = time.perf_counter()
+    began = clocks()
     for i in range(n):
         plain(i)
-    middle = time.perf_counter()
+    middle = clocks()
     for i in range(n):
         step(i)
-    return (time.perf_counter() - middle) - (middle - began)
+    end = clocks()
+    # Per clock (wall, this process's CPU, the server's CPU): the tasks' loop minus the plain one.
+    return [((e - m) - (m - b)) / n for b, m, e in zip(began, middle, end)]
 
 n, repeat = int(sys.argv[1]), int(sys.argv[2])
 measured(20)  # warm up: imports, connections, the first runs
-print(json.dumps([measured(n) / n for _ in range(repeat)]))
+print(json.dumps([measured(n) for _ in range(repeat)]))
 """
 
 
-def run_mode(python: str, package: str, n: int, repeat: int, env: dict[str, str]) -> list[float]:
+def run_mode(
+    python: str, package: str, n: int, repeat: int, env: dict[str, str]
+) -> list[list[float]]:
+    """Per run: [wall, client CPU, server CPU] seconds per task run (server CPU 0 without one)."""
     program = textwrap.dedent(PROGRAM.format(package=package))
     result = subprocess.run(
         [python, "-c", program, str(n), str(repeat)],
@@ -62,7 +82,7 @@ def run_mode(python: str, package: str, n: int, repeat: int, env: dict[str, str]
     )
     if result.returncode != 0:
         raise SystemExit(f"{package} run failed:\n{result.stderr[-3000:]}")
-    return [float(x) for x in json.loads(result.stdout.strip().splitlines()[-1])]
+    return [[float(x) for x in run] for run in json.loads(result.stdout.strip().splitlines()[-1])]
 
 
 def reference_python() -> str:
@@ -79,47 +99,74 @@ def reference_python() -> str:
     return str(python)
 
 
-def show(label: str, costs: list[float]) -> float:
-    best = min(costs)
-    per_run = ", ".join(f"{c * 1e3:.3f}" for c in costs)
-    print(f"{label:<34} {best * 1e3:7.3f} ms per task run   (runs: {per_run})")
-    return best
+def show(label: str, runs: list[list[float]], server: bool = False) -> float:
+    """Print the best wall time per task run of `runs` (and every run's), with the CPU each
+    process spent per task run in the best run; return the best wall time."""
+    wall, client_cpu, server_cpu = min(runs)
+    per_run = ", ".join(f"{run[0] * 1e3:.3f}" for run in runs)
+    cpu = f"client CPU {client_cpu * 1e3:.3f} ms"
+    if server:
+        cpu += f", server CPU {server_cpu * 1e3:.3f} ms"
+    print(f"{label:<34} {wall * 1e3:7.3f} ms per task run   (runs: {per_run}; {cpu})")
+    return wall
+
+
+MODES = ("embedded", "server", "reference")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--reference", action="store_true")
+    parser.add_argument(
+        "--modes",
+        default="embedded,server",
+        help=f"which to time, comma-separated, of {', '.join(MODES)} (default: embedded,server)",
+    )
+    parser.add_argument("--reference", action="store_true", help="time the reference too")
     args = parser.parse_args()
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if unknown := sorted(set(modes) - set(MODES)):
+        parser.error(f"--modes: unknown {', '.join(unknown)}; choose among {', '.join(MODES)}")
+    if args.reference and "reference" not in modes:
+        modes.append("reference")
     quiet = {"STATEWARD_LOGGING_LEVEL": "WARNING", "PREFECT_LOGGING_LEVEL": "WARNING"}
     print(f"{args.tasks} sequential trivial tasks per flow, best of {args.repeat}")
+    best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
-        embedded = run_mode(
-            sys.executable,
-            "stateward",
-            args.tasks,
-            args.repeat,
-            {**quiet, "STATEWARD_HOME": str(home / "embedded"), "STATEWARD_API_URL": ""},
-        )
-        show("stateward, embedded", embedded)
-        from tests.support import ServerProcess
-
-        server = ServerProcess(home / "server.db").start()
-        try:
-            remote = run_mode(
+        if "embedded" in modes:
+            embedded = run_mode(
                 sys.executable,
                 "stateward",
                 args.tasks,
                 args.repeat,
-                {**quiet, "STATEWARD_API_URL": server.target},
+                {**quiet, "STATEWARD_HOME": str(home / "embedded"), "STATEWARD_API_URL": ""},
             )
-        finally:
-            server.stop()
-        show("stateward, local server", remote)
-        check_durable(home / "embedded" / "stateward.db", args)
-        if args.reference:
+            best["embedded"] = show("stateward, embedded", embedded)
+            check_durable(home / "embedded" / "stateward.db", args)
+        if "server" in modes:
+            from tests.support import ServerProcess
+
+            server = ServerProcess(home / "server.db").start()
+            assert server.process is not None
+            try:
+                remote = run_mode(
+                    sys.executable,
+                    "stateward",
+                    args.tasks,
+                    args.repeat,
+                    {
+                        **quiet,
+                        "STATEWARD_API_URL": server.target,
+                        "BENCH_SERVER_PID": str(server.process.pid),
+                    },
+                )
+            finally:
+                server.stop()
+            best["server"] = show("stateward, local server", remote, server=True)
+            check_durable(home / "server.db", args)
+        if "reference" in modes:
             reference = run_mode(
                 reference_python(),
                 "prefect",
@@ -127,9 +174,11 @@ def main() -> None:
                 args.repeat,
                 {**quiet, "PREFECT_HOME": str(home / "prefect")},
             )
-            best = show("reference orchestrator (ephemeral)", reference)
-            print(f"reference / stateward embedded: {best / min(embedded):.1f}x")
-            print(f"reference / stateward local server: {best / min(remote):.1f}x")
+            ref = show("reference orchestrator (ephemeral)", reference)
+            if "embedded" in best:
+                print(f"reference / stateward embedded: {ref / best['embedded']:.1f}x")
+            if "server" in best:
+                print(f"reference / stateward local server: {ref / best['server']:.1f}x")
 
 
 def check_durable(db: Path, args: argparse.Namespace) -> None:
@@ -141,7 +190,7 @@ def check_durable(db: Path, args: argparse.Namespace) -> None:
             0
         ]
     expected = args.tasks * args.repeat + 20  # the timed runs and the warm-up
-    print(f"task runs Completed in the embedded database: {completed} of {expected}")
+    print(f"task runs Completed in {db.name}: {completed} of {expected}")
 
 
 if __name__ == "__main__":
