@@ -15,8 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -295,12 +293,40 @@ def rides_stream(method: str, request: Any) -> bool:
 _END = None  # ends a stream's requests
 
 
+class _Waiter:
+    """Where one call waits for its answer: a lock held from the start, released by the
+    reader thread once the answer (or the error that ended the stream) is in. Lighter than a
+    Future, whose Condition makes a lock of its own at every wait."""
+
+    __slots__ = ("_ready", "answer", "error")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self.answer: pb.ExecuteStreamResponse | None = None
+        self.error: BaseException | None = None
+
+    def set_result(self, answer: pb.ExecuteStreamResponse) -> None:
+        """Once, from the reader thread (the one that took the waiter out of `pending`)."""
+        self.answer = answer
+        self._ready.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Once, in place of `set_result`."""
+        self.error = error
+        self._ready.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Whether the answer or error came within `timeout` seconds (None: no limit)."""
+        return self._ready.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+
+
 class _OpenStream:
     """One ExecuteStream call: the requests queue it reads, and the calls awaiting an answer."""
 
     def __init__(self) -> None:
         self.requests: queue.SimpleQueue[pb.ExecuteStreamRequest | None] = queue.SimpleQueue()
-        self.pending: dict[int, Future[pb.ExecuteStreamResponse]] = {}
+        self.pending: dict[int, _Waiter] = {}
         self.broken: BaseException | None = None
 
 
@@ -378,21 +404,24 @@ class CallStream:
     def call(self, method: str, request: Any, timeout: float | None) -> Any:
         """The response of `method` (a key of STREAMED) to `request`, or the Stateward error
         the RPC would raise. Raises StreamUnsupported when the server has no ExecuteStream."""
-        future: Future[pb.ExecuteStreamResponse] = Future()
+        waiter = _Waiter()
         with self._lock:
             stream = self._open
             if stream is None:
                 stream = self._open = self._start()
             call_id = next(self._ids)
-            stream.pending[call_id] = future
+            stream.pending[call_id] = waiter
         stream.requests.put(stream_request(call_id, method, request))
-        try:
-            answer = future.result(timeout)
-        except FutureTimeout:
+        if not waiter.wait(timeout):
             with self._lock:
-                stream.pending.pop(call_id, None)
-            raise deadline_exceeded(self.connection) from None
-        return stream_answer(answer, self.connection)
+                taken = stream.pending.pop(call_id, None) is None
+            # Taken meanwhile by the reader: its answer or error is in, or about to be.
+            if not (taken and waiter.wait(None)):
+                raise deadline_exceeded(self.connection)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.answer is not None
+        return stream_answer(waiter.answer, self.connection)
 
     def _start(self) -> _OpenStream:
         """Open a stream (under the lock) and its reader thread."""
@@ -413,9 +442,9 @@ class CallStream:
         try:
             for answer in responses:
                 with self._lock:
-                    future = stream.pending.pop(answer.call_id, None)
-                if future is not None:
-                    future.set_result(answer)
+                    waiter = stream.pending.pop(answer.call_id, None)
+                if waiter is not None:
+                    waiter.set_result(answer)
             error = stream_ended(self.connection)
         except grpc.RpcError as failure:
             error = stream_broken(failure, self.connection)
@@ -427,8 +456,8 @@ class CallStream:
             failed, stream.pending = stream.pending, {}
             stream.broken = error
         stream.requests.put(_END)
-        for future in failed.values():
-            future.set_exception(error)
+        for waiter in failed.values():
+            waiter.set_exception(error)
 
     def close(self) -> None:
         with self._lock:

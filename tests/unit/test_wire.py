@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from stateward import wire
 from stateward.runs import (
     ConcurrencyLimit,
@@ -70,3 +72,32 @@ def test_a_stored_run_reads_back_as_the_clients_run():
     assert run.parameters == {"x": 1, "y": [1.5, "z"]}
     assert run.total_run_time.total_seconds() == 1.25
     assert (run.start_time, run.created, run.end_time) == (AT, AT, None)
+
+
+def test_timestamps_and_durations_read_as_protobufs_own_conversions_do():
+    """`to_datetime` and the run's `total_run_time` use plain arithmetic instead of protobuf's
+    helpers: the same values at the ends of the range, and the same error past them."""
+    from google.protobuf.duration_pb2 import Duration
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    for seconds, nanos in [
+        (0, 0),
+        (-62_135_596_800, 0),  # 0001-01-01
+        (253_402_300_799, 999_999_999),  # 9999-12-31, the last microsecond
+        (1_767_323_045, 678_901_999),  # sub-microsecond nanos round down
+        (-1, 999_999_999),
+    ]:
+        ts = Timestamp(seconds=seconds, nanos=nanos)
+        assert wire.to_datetime(ts) == ts.ToDatetime(tzinfo=UTC)
+        assert wire.to_datetime(ts).tzinfo is UTC
+    for bad in [
+        Timestamp(seconds=253_402_300_800),
+        Timestamp(seconds=-62_135_596_801),
+        Timestamp(seconds=0, nanos=-1),
+        Timestamp(seconds=0, nanos=1_000_000_000),
+    ]:
+        with pytest.raises(ValueError):
+            wire.to_datetime(bad)
+    for seconds, nanos in [(0, 0), (3, 500_999), (-3, -500_999), (86_400 * 365, 1)]:
+        duration = Duration(seconds=seconds, nanos=nanos)
+        assert wire._to_timedelta(duration) == duration.ToTimedelta()
