@@ -101,14 +101,6 @@ def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return {key: python_value(value) for key, value in struct.fields.items()}
 
 
-def struct_json(struct: struct_pb2.Struct) -> str:
-    """A google.protobuf.Struct as compact JSON text (a run's parameters as the server keeps
-    them)."""
-    if not struct.fields:
-        return "{}"
-    return json.dumps(struct_dict(struct), separators=(",", ":"))
-
-
 # --- states -------------------------------------------------------------------------------------
 
 _TIME_FIELDS = frozenset({"scheduled_time", "cache_expiration", "pause_timeout"})
@@ -124,19 +116,35 @@ def details_from_proto(msg: states_pb2.StateDetails) -> StateDetails:
 
 
 def details_to_proto(details: StateDetails, out: states_pb2.StateDetails) -> None:
-    out.flow_run_id = details.flow_run_id
-    out.task_run_id = details.task_run_id
+    """Write `details` into `out`, a message with nothing set yet: a field at its default is
+    not written (each write costs more than the test), but `out` is marked present, as when
+    every field was written."""
+    out.SetInParent()
+    if details is _NO_DETAILS:
+        return
+    if details.flow_run_id:
+        out.flow_run_id = details.flow_run_id
+    if details.task_run_id:
+        out.task_run_id = details.task_run_id
     set_timestamp(out.scheduled_time, details.scheduled_time)
-    out.cache_key = details.cache_key
+    if details.cache_key:
+        out.cache_key = details.cache_key
     set_timestamp(out.cache_expiration, details.cache_expiration)
-    out.transition_id = details.transition_id
-    out.pause_key = details.pause_key
+    if details.transition_id:
+        out.transition_id = details.transition_id
+    if details.pause_key:
+        out.pause_key = details.pause_key
     set_timestamp(out.pause_timeout, details.pause_timeout)
-    out.refresh_cache = details.refresh_cache
-    out.unretriable = details.unretriable
-    out.child_flow_run_id = details.child_flow_run_id
-    out.run_input_schema = details.run_input_schema
-    out.run_input = details.run_input
+    if details.refresh_cache:
+        out.refresh_cache = True
+    if details.unretriable:
+        out.unretriable = True
+    if details.child_flow_run_id:
+        out.child_flow_run_id = details.child_flow_run_id
+    if details.run_input_schema:
+        out.run_input_schema = details.run_input_schema
+    if details.run_input:
+        out.run_input = details.run_input
 
 
 def result_data_from_proto(msg: states_pb2.StateResult) -> ResultData | None:

@@ -32,6 +32,7 @@ the database for long, or every call and stream waits with it. So:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -496,9 +497,15 @@ _BATCHABLE = {
 
 
 def _parameters_json(struct: Struct, field: str) -> str:
-    if struct.fields:
-        check.parameters(struct, field)
-    return wire.struct_json(struct)
+    """A run's parameters as the JSON text the store keeps. A number JSON cannot hold (NaN,
+    an infinity) is refused, with the path of the first one found."""
+    if not struct.fields:
+        return "{}"
+    try:
+        return json.dumps(wire.struct_dict(struct), separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        check.parameters(struct, field)  # says where
+        raise
 
 
 def _retry_policy(msg: runs_pb2.RetryPolicy, field: str) -> RetryPolicy:

@@ -134,6 +134,30 @@ def names(values: Sequence[str], field: str) -> tuple[str, ...]:
 
 def state(msg: states_pb2.State, field: str) -> None:
     """A proposed state: a known type, sizes within limits, valid times and result."""
+    details = msg.details
+    # Most proposals carry no time, no pause and short texts: one look at each field says so
+    # (the checks below say what is wrong with the others).
+    if not (
+        msg.type in _STATE_TYPES
+        and len(msg.name) <= MAX_NAME
+        and len(msg.message) <= MAX_MESSAGE
+        and len(details.cache_key) <= MAX_CACHE_KEY
+        and len(details.transition_id) <= MAX_KEY
+        and len(details.pause_key) <= MAX_KEY
+        and not details.run_input
+        and not details.run_input_schema
+        and not msg.HasField("timestamp")
+        and not details.HasField("scheduled_time")
+        and not details.HasField("cache_expiration")
+        and not details.HasField("pause_timeout")
+    ):
+        _state_message_fields(msg, field)
+    if msg.result.WhichOneof("value") == "json":
+        result_json(msg.result.json, f"{field}.result.json")
+
+
+def _state_message_fields(msg: states_pb2.State, field: str) -> None:
+    """`state`'s checks of everything but the result."""
     state_type(msg.type, f"{field}.type")
     text(msg.name, f"{field}.name", MAX_NAME)
     text(msg.message, f"{field}.message", MAX_MESSAGE)
@@ -153,8 +177,6 @@ def state(msg: states_pb2.State, field: str) -> None:
         run_input_schema(details.run_input_schema, f"{field}.details.run_input_schema")
     if msg.HasField("timestamp"):
         timestamp(msg.timestamp, f"{field}.timestamp")
-    if msg.result.WhichOneof("value") == "json":
-        result_json(msg.result.json, f"{field}.result.json")
 
 
 def proposed_state(state: State, field: str) -> None:
