@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -161,6 +162,24 @@ def running_server(tmp_path: Path, **kwargs: object) -> Iterator[ServerProcess]:
     finally:
         if server.process is not None and not server._log.closed:
             server.stop()
+
+
+@contextmanager
+def write_lock_held(database: Path) -> Iterator[Callable[[], None]]:
+    """Another process's connection holding the SQLite write lock of `database` for the block:
+    `release()` commits its (empty) transaction; leaving the block rolls back one still open."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        holder.execute("COMMIT")
+
+    try:
+        yield release
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
 
 
 def wait_until(

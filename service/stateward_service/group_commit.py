@@ -45,6 +45,13 @@ class WriterStopped(RuntimeError):
     """The writer was stopped (the server is shutting down): the call was not run."""
 
 
+# Why a call given to a stopped writer, or refused by `finish`, was not run.
+STOPPED = (
+    "the server is shutting down: this call was not run (nothing was written); send it again "
+    "to another server, or to this one once it is back"
+)
+
+
 class GroupCommitWriter:
     """Runs the writing calls given to `run`, many to a transaction: on the calls' event loop,
     or (`in_thread`) in a thread of its own."""
@@ -85,7 +92,7 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         if not self.in_thread:
             if self._stopping:
-                raise WriterStopped("the server is shutting down; try again on another")
+                raise WriterStopped(STOPPED)
             self._pending.append((operation, answer, loop))
             if not self._flushing:
                 # After the handlers already ready to run: they join this group.
@@ -94,7 +101,7 @@ class GroupCommitWriter:
             return
         with self._ready:
             if self._stopping:
-                raise WriterStopped("the server is shutting down; try again on another")
+                raise WriterStopped(STOPPED)
             self._start_thread()
             self._queued.append((operation, answer, loop))
             self._ready.notify()
@@ -149,6 +156,32 @@ class GroupCommitWriter:
             _answer(answers)
         return answers
 
+    def refuse_waiting(self) -> int:
+        """At the end of a shutdown's grace, on the calls' loop: take no more calls and answer
+        those not started with WriterStopped (nothing of them was written); a group the thread
+        is running goes on (see `wait_running`). Returns how many calls were refused."""
+        with self._ready:
+            self._stopping = True
+            refused = self._pending + self._queued
+            self._pending, self._queued = [], []
+            self._ready.notify()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Answer, Any]]] = {}
+        for _, answer, loop in refused:
+            by_loop.setdefault(loop, []).append((answer, WriterStopped(STOPPED)))
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_answer, answers)
+        return len(refused)
+
+    async def wait_running(self) -> None:
+        """After `refuse_waiting`: return once the group the thread runs, if any, committed or
+        failed and its answers were handed to their loops (this loop's are told before this
+        returns)."""
+        with self._ready:
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join)
+
     def stop(self) -> None:
         """Run what is pending, then end the thread; later calls raise WriterStopped."""
         with self._ready:
@@ -202,4 +235,4 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
-__all__ = ["MAX_GROUP", "Answer", "GroupCommitWriter", "WriterStopped"]
+__all__ = ["MAX_GROUP", "STOPPED", "Answer", "GroupCommitWriter", "WriterStopped"]

@@ -35,7 +35,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from functools import partial
 from typing import Any, TypeVar
 
@@ -66,6 +66,7 @@ from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.refusals import translating as _translating
+from stateward_service.shutdown import ANSWER_SECONDS, Grace, WritingCalls
 from stateward_service.store import DatabaseUnavailable, RunFilter, WriteConflict
 
 T = TypeVar("T")
@@ -128,10 +129,35 @@ class OrchestrationService:
         # The ExecuteStream calls open, and whether the server is closing.
         self._streams: set[CallsStream] = set()
         self._closing = False
+        # The RPCs that write (WRITING, and ExecuteStream) in flight: a shutdown waits for
+        # their answers (see `finish_writes`).
+        self.writing = WritingCalls()
 
     def close(self) -> None:
         """Stop the group-commit writer, once the writes given to it are done."""
         self.writer.stop()
+
+    async def finish_writes(self, grace: Grace) -> None:
+        """Shutdown, once the calls streams were told to close: take no new writing call
+        (UNAVAILABLE, nothing written) and return once each one in flight has been answered
+        with what became of its write. When the grace ends first, the calls the group-commit
+        writer has not started are refused unwritten, the group it is running is waited for,
+        and the answers get ANSWER_SECONDS more to go out (a client reading nothing for that
+        long loses them)."""
+        self.writing.closed = True
+        if await grace.wait(self.writing.idle):
+            return
+        refused = self.writer.refuse_waiting()
+        log.warning(
+            "shutdown: the grace period is over with %d writing call(s) in flight: %d not "
+            "started were refused (UNAVAILABLE, nothing written); a write under way is "
+            "answered once it is done",
+            self.writing.count,
+            refused,
+        )
+        await self.writer.wait_running()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.writing.idle.wait(), ANSWER_SECONDS)
 
     def _translating(self, call: Callable[[], T]) -> T:
         return _translating(call, self.orchestrator.grouping)
@@ -359,6 +385,7 @@ class OrchestrationService:
         answered)."""
         if self._closing:
             raise ServiceError(StatusCode.UNAVAILABLE, SHUTTING_DOWN, reason="SHUTTING_DOWN")
+        self.writing.take(context)
         stream = CallsStream(requests, self.writer, self._stream_operation, self.observe_call)
         self._streams.add(stream)
         try:
@@ -556,28 +583,45 @@ GROUPED = frozenset(
     }
 )
 
+# The unary RPCs that write: a shutdown refuses new ones and waits for the answers of those in
+# flight (see `OrchestrationService.finish_writes`).
+WRITING = GROUPED | {
+    "WriteLogs",
+    "ResumeFlowRun",
+    "CreateConcurrencyLimit",
+    "DeleteConcurrencyLimit",
+    "WriteCacheEntries",
+}
+
 Unary = Callable[[Any], Any]
 
 
 def _unary_handler(
-    call: Unary, where: str, writer: GroupCommitWriter
+    call: Unary, where: str, writer: GroupCommitWriter, writing: WritingCalls | None = None
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     """The async handler of one unary RPC: `call` in a worker thread ("thread"), in the
-    group-commit writer ("group"), or on the event loop."""
+    group-commit writer ("group"), or on the event loop; counted in `writing` (a call that
+    writes) until its answer is sent."""
     if where == "thread":
 
         async def in_a_thread(request: Any, context: Context) -> Any:
+            if writing is not None:
+                writing.take(context)
             return await asyncio.to_thread(call, request)
 
         return in_a_thread
     if where == "group":
 
         async def in_a_group(request: Any, context: Context) -> Any:
+            if writing is not None:
+                writing.take(context)
             return await grouped(writer, lambda: call(request))
 
         return in_a_group
 
     async def on_the_loop(request: Any, context: Context) -> Any:
+        if writing is not None:
+            writing.take(context)
         return call(request)
 
     return on_the_loop
@@ -628,7 +672,12 @@ def add_to_server(service: OrchestrationService, server: grpc.aio.Server) -> Non
                 else "loop"
             )
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary_handler(behaviour, where, service.writer),
+                _unary_handler(
+                    behaviour,
+                    where,
+                    service.writer,
+                    service.writing if method.name in WRITING else None,
+                ),
                 request_deserializer=request_type.FromString,
                 response_serializer=response_type.SerializeToString,
             )

@@ -34,6 +34,7 @@ from stateward_service.interceptors.metrics import MetricsInterceptor
 from stateward_service.metrics import ServerMetrics
 from stateward_service.replica import Replica
 from stateward_service.settings import ServerSettings
+from stateward_service.shutdown import Grace
 
 if TYPE_CHECKING:
     from stateward_service.web import WebServer
@@ -140,6 +141,8 @@ class StatewardServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
+        self._grace: Grace | None = None  # a stop's, once it began
+        self._writes_finished = False  # the writing calls were answered (a stop began)
         self._stopped = asyncio.Event()
         self._storage_watch: asyncio.Task[None] | None = None
 
@@ -243,14 +246,19 @@ class StatewardServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (health says NOT_SERVING), let in-flight calls finish within the
-        grace period, then close the database cleanly. Calling it again with a shorter grace
-        hurries a stop under way."""
+        grace period, then close the database cleanly. A call whose write is under way when
+        the grace ends is answered with its outcome before anything is cancelled (see
+        `stateward_service.shutdown`). Calling it again with a shorter grace hurries a stop
+        under way."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self._stopping:
-            if self._server is not None:
+            if self._grace is not None:
+                self._grace.shorten(grace)
+            if self._server is not None and self._writes_finished:
                 await self._server.stop(grace)
             return
         self._stopping = True
+        self._grace = Grace(grace)
         try:
             if self._storage_watch is not None:
                 self._storage_watch.cancel()
@@ -258,10 +266,12 @@ class StatewardServer:
                 self._watchdog.cancel()
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.replica.close_streams()  # streams end with UNAVAILABLE and their cursor
+            await self.api.finish_writes(self._grace)
+            self._writes_finished = True
             if self.web is not None:
                 await self.web.stop()  # its event streams ended with the broadcaster
             if self._server is not None:
-                await self._server.stop(grace)
+                await self._server.stop(self._grace.remaining())
             await self.replica.stop()
         finally:
             self._stopped.set()  # whatever failed, the server is done

@@ -5,12 +5,9 @@ over real gRPC with many calls in flight."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +22,15 @@ from stateward_service.group_commit import GroupCommitWriter
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator, RunNotFound
 from stateward_service.store import open_database
-from tests.support import ABORT, ACCEPT, ST, ServerProcess, new_flow_run, state
+from tests.support import (
+    ABORT,
+    ACCEPT,
+    ST,
+    ServerProcess,
+    new_flow_run,
+    state,
+    write_lock_held,
+)
 
 
 def flow_run() -> RunRecord:
@@ -282,24 +287,6 @@ def test_many_calls_in_flight_on_the_same_run_are_serialised(
     # was decided against the state before it.
     assert sorted(s.id for s in stored[1:]) == sorted(answer.state.id for answer in answers)
     assert len({s.id for s in stored}) == in_flight + 1
-
-
-@contextmanager
-def write_lock_held(database: Path) -> Iterator[Callable[[], None]]:
-    """Another process's connection holding the SQLite write lock of `database` for the block:
-    `release()` commits its (empty) transaction; leaving the block rolls back one still open."""
-    holder = sqlite3.connect(database, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-
-    def release() -> None:
-        holder.execute("COMMIT")
-
-    try:
-        yield release
-    finally:
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
-        holder.close()
 
 
 def test_a_server_waiting_for_another_process_write_lock_goes_on_answering(tmp_path: Any) -> None:

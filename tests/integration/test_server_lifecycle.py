@@ -3,6 +3,7 @@ graceful shutdown, restarts that keep everything, and `kill -9` losing nothing a
 
 from __future__ import annotations
 
+import queue
 import re
 import signal
 import sqlite3
@@ -11,6 +12,7 @@ import time
 import uuid
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -23,7 +25,9 @@ from tests.support import (
     new_flow_run,
     propose,
     state,
+    status_name,
     wait_until,
+    write_lock_held,
 )
 
 
@@ -130,6 +134,86 @@ def test_in_flight_calls_finish_during_shutdown(tmp_path):
         assert not any(transition in stored[run_id] for run_id, transition, _ in refused)
     finally:
         restarted.stop()
+
+
+@pytest.mark.parametrize("grace, signals", [("1", 1), ("60", 2)], ids=["grace", "second-signal"])
+def test_writes_that_outlive_the_grace_are_answered_as_they_ended(tmp_path, grace, signals):
+    """SIGTERM with a grace shorter than the writes in flight (here they wait for the SQLite
+    write lock another process holds), or a second SIGTERM that ends the grace at once: each
+    call, unary or on ExecuteStream, is answered as the database has it. The write under way
+    when the grace ends is answered once it is committed; the calls that had not started are
+    refused with UNAVAILABLE and not written. (The end of the grace cancelled them all,
+    UNAVAILABLE, and the writes were committed after: a client sending them again without a
+    transition id wrote them twice.)"""
+    database = tmp_path / "grace.db"
+    server = ServerProcess(database, env={"STATEWARD_SHUTDOWN_GRACE_SECONDS": grace}).start()
+    stub = server.stub()
+    health = health_pb2_grpc.HealthStub(server.channel())
+    runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id for _ in range(3)]
+    requests: queue.SimpleQueue[pb.ExecuteStreamRequest | None] = queue.SimpleQueue()
+    grace_over = re.compile(r"grace period is over with \d+ writing call\(s\) in flight: (\d+) not")
+    try:
+        with write_lock_held(database) as release:
+            calls = {}
+            for name, run_id in zip(("first", "second"), runs, strict=False):
+                proposal = state(ST.STATE_TYPE_RUNNING, message=name)
+                calls[name] = stub.SetState.future(
+                    pb.SetStateRequest(run_id=run_id, state=proposal), timeout=60
+                )
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10)  # it reached the writer
+            streamed = stub.ExecuteStream(iter(requests.get, None), timeout=60)
+            proposal = state(ST.STATE_TYPE_RUNNING, message="streamed")
+            requests.put(
+                pb.ExecuteStreamRequest(
+                    call_id=1, set_state=pb.SetStateRequest(run_id=runs[2], state=proposal)
+                )
+            )
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            server.process.send_signal(signal.SIGTERM)
+            if signals == 2:
+                wait_until(lambda: "shutting down" in server.output(), 30, "the shutdown")
+                server.process.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: (
+                    grace_over.search(server.output()) is not None
+                    or all(call.done() for call in calls.values())  # cancelled, unanswered
+                ),
+                30,
+                "the end of the grace",
+            )
+            release()
+        outcomes = {}
+        for name, call in calls.items():
+            try:
+                outcomes[name] = status_name(call.result().status)
+            except grpc.RpcError as error:
+                outcomes[name] = error.code().name
+                assert "nothing was written" in (error.details() or ""), error.details()
+        try:
+            for answer in streamed:
+                if answer.HasField("error"):
+                    codes = {code.value[0]: code.name for code in grpc.StatusCode}
+                    outcomes["streamed"] = codes[answer.error.code]
+                else:
+                    outcomes["streamed"] = status_name(answer.set_state.status)
+        except grpc.RpcError as error:
+            outcomes.setdefault("streamed", error.code().name)
+        assert server.process.wait(30) == 0
+    finally:
+        requests.put(None)
+        server.stop()
+    with sqlite3.connect(database) as db:
+        written = {row[0] for row in db.execute("SELECT message FROM states")}
+    for name, outcome in outcomes.items():
+        assert outcome in ("ACCEPT", "UNAVAILABLE"), (name, outcome)
+        assert (outcome == "ACCEPT") == (name in written), (name, outcome, written)
+    # The calls the writer had not started (those queued behind the first, unless they joined
+    # its group) were refused; the group under way was answered after the grace, ACCEPT.
+    found = grace_over.search(server.output())
+    assert found is not None
+    refused = int(found.group(1))
+    assert list(outcomes.values()).count("UNAVAILABLE") == refused
+    assert outcomes["first"] == "ACCEPT"
 
 
 def pb_stub(channel: grpc.Channel):
