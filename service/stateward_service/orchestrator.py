@@ -107,11 +107,17 @@ class NotCompleted(Exception):
     """A cache entry for a task run whose current state is not COMPLETED."""
 
 
+# A transition as written, before the commit numbers it: the run (whose fields a transition
+# names never change), the state it left and the state written. Made into a `Transition` once,
+# with its sequence, when the transaction committed.
+_Logged = tuple[RunRecord, State | None, State]
+
+
 @dataclass
 class _Write:
     """What one transaction wrote, to publish once it committed."""
 
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[_Logged] = field(default_factory=list)
 
 
 Publisher = Callable[[Sequence[Transition]], None]
@@ -214,7 +220,7 @@ class Orchestrator:
         self._runs = _RunCache(store)
         # Inside `batch()` or `together()`: the transitions written so far, published once the
         # transaction commits.
-        self._batch: list[Transition] | None = None
+        self._batch: list[_Logged] | None = None
         # The thread inside `together()` (0: none): a batch there joins the group's transaction.
         self._grouping = 0
 
@@ -867,7 +873,7 @@ class Orchestrator:
         if run.tags and _leaves_running(previous, state):
             self._store.release_slots(run.id)
         self._store.append_transition(run, previous, state)
-        write.transitions.append(_transition(run, previous, state))
+        write.transitions.append((run, previous, state))
         if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
             self._mirror_onto_parent_task(run, state, write)
 
@@ -927,27 +933,26 @@ class Orchestrator:
             for publisher in self._publishers:
                 publisher(transitions)
 
-    def _sequenced(self, transitions: list[Transition]) -> list[Transition]:
+    def _sequenced(self, written: list[_Logged]) -> list[Transition]:
         """The transitions the last transaction committed, with the sequences it gave them."""
         sequences = self._store.logged_sequences()
-        if len(sequences) != len(transitions):
+        if len(sequences) != len(written):
             raise AssertionError(
-                f"the store numbered {len(sequences)} transitions, {len(transitions)} were logged"
+                f"the store numbered {len(sequences)} transitions, {len(written)} were logged"
             )
-        # Built field by field: dataclasses.replace costs several times more, on every write.
         return [
             Transition(
                 sequence=number,
-                run_id=t.run_id,
-                run_kind=t.run_kind,
-                flow_run_id=t.flow_run_id,
-                run_name=t.run_name,
-                flow_name=t.flow_name,
-                task_key=t.task_key,
-                from_state=t.from_state,
-                to_state=t.to_state,
+                run_id=run.id,
+                run_kind=run.kind,
+                flow_run_id=run.owning_flow_run_id,
+                run_name=run.name,
+                flow_name=run.flow_name,
+                task_key=run.task_key,
+                from_state=previous,
+                to_state=state,
             )
-            for t, number in zip(transitions, sequences, strict=True)
+            for (run, previous, state), number in zip(written, sequences, strict=True)
         ]
 
 
@@ -966,18 +971,3 @@ def _forced_context(
     run: RunRecord, proposed: State, orchestrator: Orchestrator
 ) -> TransitionContext:
     return TransitionContext(run=run, proposed=proposed, now=orchestrator.clock())
-
-
-def _transition(run: RunRecord, previous: State | None, state: State) -> Transition:
-    """The transition as logged; its sequence (0 here) is known once the transaction commits."""
-    return Transition(
-        sequence=0,
-        run_kind=run.kind,
-        run_id=run.id,
-        flow_run_id=run.owning_flow_run_id,
-        run_name=run.name,
-        flow_name=run.flow_name,
-        task_key=run.task_key,
-        from_state=previous,
-        to_state=state,
-    )

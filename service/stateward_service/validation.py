@@ -230,7 +230,8 @@ def _state_fields(state: State, field: str) -> None:
     aware(state.timestamp, f"{field}.timestamp")
 
 
-_NO_DETAILS = StateDetails()
+# The details every state made without any shares (one immutable value).
+_NO_DETAILS = State(StateType.COMPLETED).details
 
 
 def aware(value: datetime | None, field: str) -> None:
@@ -247,12 +248,16 @@ def _refuse_constant(name: str) -> object:
     raise _NotJsonNumber(name)
 
 
+# One decoder for every result checked (`json.loads` with an option builds one each call).
+_RESULT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def result_json(value: str, field: str) -> None:
     """A result's JSON text: valid JSON (no NaN or Infinity, which other languages and the
     protobuf JSON mapping cannot read), nested at most MAX_JSON_DEPTH levels."""
     too_deep = f"is nested more than {MAX_JSON_DEPTH} levels deep; store the value as a pickle"
     try:
-        parsed = json.loads(value, parse_constant=_refuse_constant)
+        parsed = _RESULT_DECODER.decode(value)
     except _NotJsonNumber as error:
         raise invalid(
             field, f"holds {error}, which JSON cannot hold: encode it as a string or null"

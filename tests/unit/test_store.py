@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from stateward.runs import RunKind, SetStateStatus, Transition
-from stateward.states import State, StateType
+from stateward.states import State, StateDetails, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import (
@@ -321,4 +321,22 @@ def test_a_published_transition_is_the_one_read_back_from_the_log(database):
     assert len(published) == 3
     assert published == logged
     assert {t.task_key for t in published[1:]} == {"a-task-key"}
+    orchestrator.close()
+
+
+def test_details_that_json_must_escape_are_read_back_as_written(database):
+    """A state's details are written as JSON text made field by field (for speed): quotes,
+    backslashes, control characters and text beyond ASCII in them come back unchanged."""
+    orchestrator = Orchestrator(open_database(database))
+    run = flow_run()
+    odd = 'a "quoted" \\ back\\slash, tab\t, newline\n, nul\x00, é, 中, \u2028 and 🎈'
+    written = State(
+        StateType.RUNNING,
+        details=StateDetails(cache_key=odd, pause_key=odd[::-1], transition_id=str(uuid.uuid4())),
+    )
+    orchestrator.create_run(run, written)
+    (stored,) = orchestrator.list_states(run.id)
+    assert stored.details.cache_key == odd
+    assert stored.details.pause_key == odd[::-1]
+    assert stored.details.transition_id == written.details.transition_id
     orchestrator.close()

@@ -117,21 +117,31 @@ def run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunReco
     )
 
 
-_DETAIL_TIMES = ("scheduled_time", "cache_expiration", "pause_timeout")
-_DEFAULT_DETAILS = StateDetails()
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_DETAIL_TIMES = frozenset({"scheduled_time", "cache_expiration", "pause_timeout"})
+# The details every state made without any shares (one immutable value).
+_DEFAULT_DETAILS = State(StateType.COMPLETED).details
 _DETAIL_NAMES: tuple[str, ...] = StateDetails.__slots__
 # Every field's value in one call (a state's details are written with each state).
 _detail_values = operator.attrgetter(*_DETAIL_NAMES)
+# The JSON text of a string, as `json.dumps` writes it (ASCII, escaped).
+_json_text = json.encoder.encode_basestring_ascii
 
 
 def details_json(details: StateDetails) -> str:
-    """The details that differ from their defaults, as JSON (times in microseconds)."""
-    out: dict[str, Any] = {}
+    """The details that differ from their defaults, as JSON (times in microseconds): the text
+    `json.dumps(..., separators=(",", ":"))` writes for them, made directly (every state
+    written passes here, and json.dumps builds an encoder each time)."""
+    parts = []
     for name, value in zip(_DETAIL_NAMES, _detail_values(details), strict=True):
-        if value:  # every default is falsy ("", None, False)
-            out[name] = to_us(value) if name in _DETAIL_TIMES else value
-    return _encode_json(out) if out else "{}"
+        if not value:  # every default is falsy ("", None, False)
+            continue
+        if value is True:
+            parts.append(f'"{name}":true')
+        elif name in _DETAIL_TIMES:
+            parts.append(f'"{name}":{to_us(value)}')
+        else:
+            parts.append(f'"{name}":{_json_text(value)}')
+    return "{" + ",".join(parts) + "}" if parts else "{}"
 
 
 def details_from_json(text: str) -> StateDetails:

@@ -356,8 +356,22 @@ class SqlStore(SqlReads):
 
     def insert_state(self, run_id: str, state: State) -> None:
         data = state.data
+        if data is None:  # most states carry no result: no NULLs to bind for its columns
+            self._send(
+                _INSERT_STATE_WITHOUT_RESULT,
+                (
+                    state.id,
+                    int(state.type),
+                    state.name,
+                    to_us(state.timestamp),
+                    state.message,
+                    details_json(state.details),
+                    run_id,
+                ),
+            )
+            return
         self._send(
-            f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_STATE,
             (
                 state.id,
                 int(state.type),
@@ -365,8 +379,8 @@ class SqlStore(SqlReads):
                 to_us(state.timestamp),
                 state.message,
                 details_json(state.details),
-                data.json if data else None,
-                data.pickle if data else None,
+                data.json,
+                data.pickle,
                 run_id,
             ),
         )
@@ -488,6 +502,12 @@ class SqlStore(SqlReads):
             renewed.extend(row[0] for row in rows)
         return renewed
 
+
+_INSERT_STATE = (
+    f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_STATE_WITHOUT_RESULT = """INSERT INTO states
+    (id, type, name, timestamp, message, details, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)"""
 
 # The most values of one filter read as a merge of one ordered read per value (a compound
 # SELECT of SQLite holds at most 500 parts); more are read with IN and a sort.
