@@ -109,6 +109,9 @@ class ResultData:
 
 
 _NO_VALUE: Any = object()
+# The details of every state made without any: one value (it is immutable), not a new object
+# for each state.
+_NO_DETAILS = StateDetails()
 _DETAIL_FIELDS = tuple(field.name for field in fields(StateDetails))
 _detail_values = operator.attrgetter(*_DETAIL_FIELDS)  # every field's value, in one call
 
@@ -126,7 +129,7 @@ class State:
     message: str = ""
     timestamp: datetime | None = None
     id: str = ""
-    details: StateDetails = field(default_factory=StateDetails)
+    details: StateDetails = _NO_DETAILS
     data: ResultData | None = None
     # The decoded result, when this process already has it; not part of the state's value.
     _value: Any = field(default=_NO_VALUE, compare=False, repr=False)

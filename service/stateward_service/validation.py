@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stateward.runs import LogEntry, RetryPolicy
-from stateward.states import State, StateDetails, StateType
+from stateward.states import State, StateType
 from stateward_service.errors import invalid
 from stateward_service.input_schemas import UnsafePattern, check_patterns, members_in
 

@@ -503,9 +503,7 @@ class SqlStore(SqlReads):
         return renewed
 
 
-_INSERT_STATE = (
-    f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_STATE_WITHOUT_RESULT = """INSERT INTO states
     (id, type, name, timestamp, message, details, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)"""
 
