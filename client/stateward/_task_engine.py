@@ -247,6 +247,8 @@ class TaskRunEngine(RunEngine):
         self.parameters = resolve(self.parameters)
 
     def running_proposal(self) -> State:
+        if not self.cache_key and not self.task.refresh_cache:
+            return State(StateType.RUNNING)  # the shared default details: none to build
         return State(
             StateType.RUNNING,
             details=StateDetails(cache_key=self.cache_key, refresh_cache=self.task.refresh_cache),

@@ -155,14 +155,16 @@ class _RunCache:
         self.unwritten: dict[str, RunRecord] = {}
 
     def get(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
-        run = self._runs.get(run_id) or self.unwritten.get(run_id)
-        if run is None:
-            run = self.store.get_run(run_id)
+        run = self._runs.get(run_id)
+        if run is not None:
+            # The newest now. Its size is measured again by `remember` when a state is
+            # written for it (only a new state changes what it holds).
+            self._runs.move_to_end(run_id)
+        else:
+            run = self.unwritten.get(run_id) or self.store.get_run(run_id)
             if run is None:
                 return None
-        # Remembered again, also when found: it is the newest now, and its state may have
-        # grown a result since (measured again).
-        self.remember(run)
+            self.remember(run)
         return run if kind is None or run.kind is kind else None
 
     def remember(self, run: RunRecord) -> None:
@@ -273,8 +275,9 @@ class Orchestrator:
             parent.child_flow_run_id = run.id
         self._runs.unwritten[run.id] = run  # its row is inserted once, at the commit
         if decision is not None:
-            self._write(run, decision, write)
-        self._runs.remember(run)
+            self._write(run, decision, write)  # which remembers it
+        else:
+            self._runs.remember(run)
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord:
         """A copy of the run as it is now (the record itself changes with each write), as
@@ -868,6 +871,7 @@ class Orchestrator:
         self._store.insert_state(run.id, state)
         if run.id not in self._runs.unwritten:  # else its row is inserted as it is by then
             self._store.update_run(run)
+        self._runs.remember(run)  # what it holds changed with its state: measured again
         for effect in decision.effects:
             self._apply(run, state, effect)
         if run.tags and _leaves_running(previous, state):
