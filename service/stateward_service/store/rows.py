@@ -17,12 +17,15 @@ STATE_COLUMNS = "id, type, name, timestamp, message, details, result_json, resul
 STATE_WIDTH = len(STATE_COLUMNS.split(","))
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 def to_us(value: datetime | None) -> int | None:
     """A datetime as integer microseconds since the epoch (how the store keeps times)."""
-    return None if value is None else (value - EPOCH) // _US
+    if value is None:
+        return None
+    # Whole numbers: as `(value - EPOCH) // timedelta(microseconds=1)`, at half the cost.
+    since = value - EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
 
 
 def from_us(value: int | None) -> datetime | None:
@@ -50,7 +53,8 @@ def json_list(values: Sequence[Any]) -> str:
 
 
 def run_row(run: RunRecord) -> dict[str, Any]:
-    """Every column of a run's row."""
+    """Every column of a run's row but those that are NULL (an INSERT leaves them out: binding
+    a None costs the driver a lookup of its adapters)."""
     state = run.state
     row: dict[str, Any] = {
         "id": run.id,
@@ -80,7 +84,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
         row["task_key"] = run.task_key
         row["flow_run_id"] = run.flow_run_id or None
         row["child_flow_run_id"] = run.child_flow_run_id or None
-    return row
+    return {column: value for column, value in row.items() if value is not None}
 
 
 def run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunRecord:
