@@ -8,7 +8,10 @@ Modes: the embedded default (no server to run), and a local server in another pr
 `--reference`, the reference orchestrator is installed into its own virtualenv
 (bench/.reference-venv) and the same flow is timed there. Besides the wall time, each run says
 the CPU time per task run of the SDK's process and (against a local server) of the server's:
-on a shared machine they move less with the load than the wall time does.
+on a shared machine they move less with the load than the wall time does. "waits" counts the
+times a process's threads went to sleep per task run (voluntary context switches, from /proc):
+each hand-off between threads or processes costs one, and on these virtual machines a switch
+costs about as much CPU as the Python around it.
 
 Each task's final state is durable on the server when its call returns (SQLite commits in WAL
 mode before SetState answers), which the benchmark checks at the end by reading the database.
@@ -46,8 +49,27 @@ def server_cpu():
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+def waits(pid):
+    # How many times the threads of process `pid` went to sleep waiting (voluntary context
+    # switches): each hand-off between threads or processes costs one. (The first match is
+    # the voluntary count: "nonvoluntary_ctxt_switches:" comes after it.)
+    total = 0
+    for thread in os.listdir(f"/proc/{{pid}}/task"):
+        try:
+            with open(f"/proc/{{pid}}/task/{{thread}}/status") as status:
+                total += int(status.read().split("voluntary_ctxt_switches:")[1].split()[0])
+        except (FileNotFoundError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
 def clocks():
-    return time.perf_counter(), time.process_time(), server_cpu()
+    return (
+        time.perf_counter(),
+        time.process_time(),
+        server_cpu(),
+        waits(os.getpid()),
+        waits(server) if server else 0,
+    )
 
 @flow
 def measured(n):
@@ -59,7 +81,8 @@ def measured(n):
     for i in range(n):
         step(i)
     end = clocks()
-    # Per clock (wall, this process's CPU, the server's CPU): the tasks' loop minus the plain one.
+    # Per clock (wall, this process's CPU, the server's CPU, each process's waits): the tasks'
+    # loop minus the plain one.
     return [((e - m) - (m - b)) / n for b, m, e in zip(began, middle, end)]
 
 n, repeat = int(sys.argv[1]), int(sys.argv[2])
@@ -71,7 +94,8 @@ print(json.dumps([measured(n) for _ in range(repeat)]))
 def run_mode(
     python: str, package: str, n: int, repeat: int, env: dict[str, str]
 ) -> list[list[float]]:
-    """Per run: [wall, client CPU, server CPU] seconds per task run (server CPU 0 without one)."""
+    """Per run and per task run: [wall seconds, client CPU seconds, server CPU seconds, client
+    waits, server waits] (the server's 0 without one)."""
     program = textwrap.dedent(PROGRAM.format(package=package))
     result = subprocess.run(
         [python, "-c", program, str(n), str(repeat)],
@@ -101,12 +125,13 @@ def reference_python() -> str:
 
 def show(label: str, runs: list[list[float]], server: bool = False) -> float:
     """Print the best wall time per task run of `runs` (and every run's), with the CPU each
-    process spent per task run in the best run; return the best wall time."""
-    wall, client_cpu, server_cpu = min(runs)
+    process spent and the times its threads waited (voluntary context switches) per task run
+    in the best run; return the best wall time."""
+    wall, client_cpu, server_cpu, client_waits, server_waits = min(runs)
     per_run = ", ".join(f"{run[0] * 1e3:.3f}" for run in runs)
-    cpu = f"client CPU {client_cpu * 1e3:.3f} ms"
+    cpu = f"client CPU {client_cpu * 1e3:.3f} ms, {client_waits:.1f} waits"
     if server:
-        cpu += f", server CPU {server_cpu * 1e3:.3f} ms"
+        cpu += f"; server CPU {server_cpu * 1e3:.3f} ms, {server_waits:.1f} waits"
     print(f"{label:<34} {wall * 1e3:7.3f} ms per task run   (runs: {per_run}; {cpu})")
     return wall
 
