@@ -24,7 +24,7 @@ from typing import Any
 from stateward.exceptions import StatusCode
 from stateward.v1 import orchestration_pb2 as pb
 from stateward_service.errors import ServiceError
-from stateward_service.group_commit import GroupCommitWriter, WriterStopped
+from stateward_service.group_commit import GroupCommitWriter, WriterFailed, WriterStopped
 from stateward_service.store import DatabaseUnavailable, WriteConflict
 
 log = logging.getLogger("stateward.server")
@@ -201,6 +201,8 @@ def _service_error(error: BaseException) -> ServiceError:
         return error
     if isinstance(error, DatabaseUnavailable | WriterStopped):
         return _unavailable(error)
+    if isinstance(error, WriterFailed):
+        return ServiceError(StatusCode.INTERNAL, str(error))
     if isinstance(error, WriteConflict):
         return ServiceError(
             StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"

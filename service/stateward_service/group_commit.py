@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -30,6 +31,7 @@ from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import WouldWait
 
 T = TypeVar("T")
+log = logging.getLogger("stateward.server")
 
 # At most this many calls in one transaction: a group holds the database's write lock while it
 # runs, and other processes (and the answers of its own calls) wait for it.
@@ -45,7 +47,12 @@ class WriterStopped(RuntimeError):
     """The writer was stopped (the server is shutting down): the call was not run."""
 
 
-# Why a call given to a stopped writer, or refused by `finish`, was not run.
+class WriterFailed(RuntimeError):
+    """The writer failed around a call rather than in it (a bug of ours): the message says
+    what is known of its write and what to do."""
+
+
+# Why a call given to a stopped writer, or refused by `refuse_waiting`, was not run.
 STOPPED = (
     "the server is shutting down: this call was not run (nothing was written); send it again "
     "to another server, or to this one once it is back"
@@ -133,6 +140,13 @@ class GroupCommitWriter:
             except WouldWait:
                 self._handed_over = True
                 self._pending[:0] = group
+            except BaseException as error:
+                _answer(_failed(group, error))
+                if not isinstance(error, Exception):  # the process is stopping: let it
+                    if self._pending and not self._flushing:
+                        self._flushing = True
+                        asyncio.get_running_loop().call_soon(self._flush)
+                    raise
 
     def _caught_up(self) -> None:
         """On the loop, told by the writer thread when it ran out of groups: the loop runs the
@@ -203,6 +217,8 @@ class GroupCommitWriter:
                 self._thread_busy = True
             try:
                 answers = self._commit(group)
+            except BaseException as error:  # told to every call of the group; the thread goes on
+                answers = _failed(group, error)
             finally:
                 with self._ready:
                     self._thread_busy = False
@@ -218,10 +234,37 @@ class GroupCommitWriter:
                         loop.call_soon_threadsafe(self._caught_up)
 
 
+def _failed(group: Sequence[_Pending], error: BaseException) -> list[tuple[Answer, Any]]:
+    """The answers of a group whose run failed outside its calls (`together` raised: a bug of
+    ours). Its transaction was rolled back, unless the failure came after the commit."""
+    log.error("group commit: a group of %d call(s) failed", len(group), exc_info=error)
+    failed = WriterFailed(
+        f"internal error while writing this call's group ({type(error).__name__}: {error}); "
+        "it was most likely not written. Read the run before sending it again, or send it "
+        "again with the same state_details.transition_id, which applies once"
+    )
+    return [(answer, failed) for _, answer, _ in group]
+
+
 def _answer(answers: Sequence[tuple[Answer, Any]]) -> None:
-    """On the calls' loop: tell each call its outcome."""
+    """On the calls' loop: tell each call its outcome. An answer that raises (a bug of ours)
+    is logged, and the call told WriterFailed instead, so that none is left waiting; the
+    others are told theirs."""
     for answer, outcome in answers:
-        answer(outcome)
+        try:
+            answer(outcome)
+        except Exception as error:
+            log.error("group commit: answering a call failed", exc_info=error)
+            written = (
+                "it was not written" if isinstance(outcome, BaseException) else "it was written"
+            )
+            with contextlib.suppress(Exception):
+                answer(
+                    WriterFailed(
+                        f"internal error while answering this call ({type(error).__name__}: "
+                        f"{error}); {written}"
+                    )
+                )
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
@@ -235,4 +278,11 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
-__all__ = ["MAX_GROUP", "STOPPED", "Answer", "GroupCommitWriter", "WriterStopped"]
+__all__ = [
+    "MAX_GROUP",
+    "STOPPED",
+    "Answer",
+    "GroupCommitWriter",
+    "WriterFailed",
+    "WriterStopped",
+]

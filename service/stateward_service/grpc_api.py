@@ -61,7 +61,7 @@ from stateward_service.broadcaster import (
 )
 from stateward_service.calls_stream import SHUTTING_DOWN, CallsStream
 from stateward_service.errors import ServiceError, invalid
-from stateward_service.group_commit import GroupCommitWriter, WriterStopped
+from stateward_service.group_commit import GroupCommitWriter, WriterFailed, WriterStopped
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import Orchestrator
@@ -630,7 +630,8 @@ def _unary_handler(
 async def grouped(writer: GroupCommitWriter, call: Callable[[], T]) -> T:
     """`call` run in the writer's next group, answered once it committed. A race lost to
     another process every time it was decided, a database that cannot be reached (the group's
-    transaction failed: nothing was written), or a writer stopped, is UNAVAILABLE."""
+    transaction failed: nothing was written), or a writer stopped, is UNAVAILABLE; the writer
+    failing around the call (a bug of ours, logged) is INTERNAL, saying what became of it."""
     try:
         return await writer.run(call)
     except DatabaseUnavailable as error:
@@ -641,6 +642,8 @@ async def grouped(writer: GroupCommitWriter, call: Callable[[], T]) -> T:
         ) from None
     except WriterStopped as error:
         raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
+    except WriterFailed as error:
+        raise ServiceError(StatusCode.INTERNAL, str(error)) from None
 
 
 def add_to_server(service: OrchestrationService, server: grpc.aio.Server) -> None:

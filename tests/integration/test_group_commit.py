@@ -5,6 +5,7 @@ over real gRPC with many calls in flight."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from stateward.runs import OrchestrationResult, RunKind, SetStateStatus, Transit
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
-from stateward_service.group_commit import GroupCommitWriter
+from stateward_service.group_commit import GroupCommitWriter, WriterFailed
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator, RunNotFound
 from stateward_service.store import open_database
@@ -219,6 +220,113 @@ def test_writes_that_arrive_together_share_commits(tmp_path: Any, in_thread: boo
             assert orchestrator.get_run(run_id).state.id == answer.state.id  # type: ignore[union-attr]
     finally:
         orchestrator.close()
+
+
+def _completes(orchestrator: Orchestrator, run_id: str) -> Callable[[], OrchestrationResult]:
+    return lambda: orchestrator.set_state(run_id, State(StateType.COMPLETED))
+
+
+def _stored(database: str, run_id: str) -> list[StateType]:
+    """A run's history as another process reads it."""
+    other = Orchestrator(open_database(database))
+    try:
+        return [s.type for s in other.list_states(run_id)]
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["on-the-loop", "in-a-thread"])
+def test_every_call_of_a_group_is_answered_when_answering_one_fails(
+    database: str, in_thread: bool
+) -> None:
+    """A call whose operation raises StopIteration (a bug: a `next()` without a default)
+    cannot be told its outcome: a future refuses that exception. That call is told an error
+    saying it was not written, the others of its group their own answers, and the writer goes
+    on. (Telling it raised out of the writer: the answers after it were never given, their
+    writes committed and their callers waiting forever.)"""
+    orchestrator = Orchestrator(open_database(database))
+    writer = GroupCommitWriter(orchestrator, in_thread=in_thread)
+    first, last, after = running_runs(orchestrator, 3)
+
+    async def scenario() -> tuple[list[Any], OrchestrationResult]:
+        calls = [
+            writer.run(_completes(orchestrator, first)),
+            writer.run(lambda: next(iter(()))),
+            writer.run(_completes(orchestrator, last)),
+        ]
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+        later = await asyncio.wait_for(writer.run(_completes(orchestrator, after)), 60)
+        return outcomes, later
+
+    try:
+        (done_first, failed, done_last), later = asyncio.run(scenario())
+    finally:
+        writer.stop()
+        orchestrator.close()
+    assert isinstance(done_first, OrchestrationResult) and isinstance(
+        done_last, OrchestrationResult
+    )
+    assert done_first.status is SetStateStatus.ACCEPT and done_last.status is SetStateStatus.ACCEPT
+    assert isinstance(failed, WriterFailed)
+    assert "StopIteration" in str(failed) and "it was not written" in str(failed)
+    assert later.status is SetStateStatus.ACCEPT  # the writer goes on
+    for run_id in (first, last, after):
+        assert _stored(database, run_id) == [StateType.RUNNING, StateType.COMPLETED]
+
+
+class Interrupted(BaseException):
+    """Not an Exception: it goes through the group's savepoints and out of `together`."""
+
+
+def test_a_group_that_fails_outside_its_calls_is_rolled_back_and_every_call_told(
+    database: str,
+) -> None:
+    """In the writer thread: an operation raising what is not an Exception fails the whole
+    group (`together` lets it through): the group's transaction is rolled back, every call of
+    it is told an error saying so and what to do, and the thread goes on with the next group.
+    (The thread died with the group unanswered: its callers waited forever.)"""
+    orchestrator = Orchestrator(open_database(database))
+    writer = GroupCommitWriter(orchestrator, in_thread=True)
+    first, last, after = running_runs(orchestrator, 3)
+    busy, go_on = threading.Event(), threading.Event()
+
+    def holds_the_thread() -> None:  # the next calls gather into one group meanwhile
+        busy.set()
+        assert go_on.wait(60)
+
+    def interrupted() -> None:
+        raise Interrupted("stop")
+
+    async def scenario() -> tuple[list[Any], OrchestrationResult]:
+        holding = asyncio.ensure_future(writer.run(holds_the_thread))
+        assert await asyncio.to_thread(busy.wait, 60)
+        calls = [
+            writer.run(_completes(orchestrator, first)),
+            writer.run(interrupted),
+            writer.run(_completes(orchestrator, last)),
+        ]
+        gathered = asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.sleep(0)  # the calls are handed in
+        go_on.set()
+        await holding
+        outcomes = await asyncio.wait_for(gathered, 60)
+        later = await asyncio.wait_for(writer.run(_completes(orchestrator, after)), 60)
+        return outcomes, later
+
+    try:
+        outcomes, later = asyncio.run(scenario())
+        groups = writer.groups
+    finally:
+        writer.stop()
+        orchestrator.close()
+    assert groups == 2  # the one that held the thread, and the one after the failure
+    assert all(isinstance(outcome, WriterFailed) for outcome in outcomes), outcomes
+    assert "Interrupted: stop" in str(outcomes[0]) and "transition_id" in str(outcomes[0])
+    assert later.status is SetStateStatus.ACCEPT
+    # Rolled back: the write made before the failure in the same group is not there.
+    assert _stored(database, first) == [StateType.RUNNING]
+    assert _stored(database, last) == [StateType.RUNNING]
+    assert _stored(database, after) == [StateType.RUNNING, StateType.COMPLETED]
 
 
 # --- over gRPC ----------------------------------------------------------------------------------
