@@ -6,7 +6,9 @@ new field here.
 A setting's flag is its name with dashes, less a `_seconds` suffix (`late_after_seconds` is
 `--late-after`); a yes/no setting has a `--name/--no-name` pair. Values come from the defaults,
 then the environment, then the flags; a value that is not allowed raises `SettingError`, whose
-message names the setting and what it allows.
+message names the setting and what it allows. A variable that is set is checked even when a
+flag overrides it, as the reference's settings check the environment when they load: it applies
+to every command run without that flag, so it is refused where it is first met.
 """
 
 from __future__ import annotations
@@ -279,13 +281,19 @@ class ServerSettings:
     @classmethod
     def from_environment(cls, **flags: Any) -> ServerSettings:
         """Defaults, then environment variables, then `flags` (by setting name; None: not
-        given). Values may be strings, as typed. Raises SettingError for a value not allowed."""
+        given). Values may be strings, as typed. Raises SettingError for a value not allowed,
+        a variable's included when a flag overrides it."""
         values: dict[str, Any] = {}
         given: dict[str, str] = {}  # where each value came from, for the error message
         for declared in declarations():
             raw = os.environ.get(declared.env)
             if raw:  # an empty variable counts as unset
                 values[declared.name], given[declared.name] = raw, declared.env
+        overridden = {
+            name: values[name]
+            for name, value in flags.items()
+            if value is not None and name in values
+        }
         for name, value in flags.items():
             if value is not None:
                 values[name], given[name] = value, flag_name(name)
@@ -293,6 +301,16 @@ class ServerSettings:
             return cls()
         from pydantic import ValidationError
 
+        if overridden:
+            try:
+                _validator()(**overridden)
+            except ValidationError as error:
+                raise SettingError.from_validation(
+                    error,
+                    overridden,
+                    {name: declaration(name).env for name in overridden},
+                    overridden=True,
+                ) from None
         try:
             checked = _validator()(**values)
         except ValidationError as error:
@@ -336,8 +354,15 @@ class SettingError(ValueError):
 
     @classmethod
     def from_validation(
-        cls, error: ValidationError, values: Mapping[str, Any], given: Mapping[str, str]
+        cls,
+        error: ValidationError,
+        values: Mapping[str, Any],
+        given: Mapping[str, str],
+        *,
+        overridden: bool = False,
     ) -> SettingError:
+        """The error for the first value `error` found wrong; `overridden` says the values
+        were environment variables that flags override."""
         first = error.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else ""
         if name not in _names():
@@ -346,7 +371,13 @@ class SettingError(ValueError):
         source = given.get(name, declared.flag)
         value = values.get(name)
         shown = f"{source} {value}" if source.startswith("--") else f"{source}={value}"
-        return cls(f"{shown} is not allowed (the {name} setting): it must be {declared.allowed}")
+        told = f"{shown} is not allowed (the {name} setting): it must be {declared.allowed}"
+        if overridden:
+            told += (
+                f"; {declared.flag} overrides it here, but every command without that flag "
+                f"reads it: correct it or unset {declared.env}"
+            )
+        return cls(told)
 
 
 @dataclass(frozen=True)

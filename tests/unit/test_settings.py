@@ -99,7 +99,16 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv("STATEWARD_STREAM_BUFFER", "lots")
     with pytest.raises(SettingError, match=r"^STATEWARD_STREAM_BUFFER=lots is not allowed"):
         ServerSettings.from_environment()
-    # A flag given for the same setting wins, and is valid.
+    # A flag given for the same setting does not hide it: every command run without the flag
+    # reads it, so it is refused here too, saying so.
+    with pytest.raises(SettingError) as refused:
+        ServerSettings.from_environment(stream_buffer="5")
+    assert str(refused.value) == (
+        "STATEWARD_STREAM_BUFFER=lots is not allowed (the stream_buffer setting): it must be a "
+        "whole number, at least 1; --stream-buffer overrides it here, but every command "
+        "without that flag reads it: correct it or unset STATEWARD_STREAM_BUFFER"
+    )
+    monkeypatch.setenv("STATEWARD_STREAM_BUFFER", "7")  # a good one, overridden: the flag wins
     assert ServerSettings.from_environment(stream_buffer="5").stream_buffer == 5
 
 
@@ -131,6 +140,14 @@ def test_the_command_refuses_a_bad_flag_or_variable_in_one_line(tmp_path):
         "number from 0 to 65535"
     ]
     assert not Path(db).exists()  # refused before anything was opened
+    overridden = _server_start("--db", db, "--port", "0", env={"STATEWARD_PORT": "abc"})
+    assert overridden.returncode != 0
+    assert overridden.stderr.strip().splitlines() == [
+        "Error: STATEWARD_PORT=abc is not allowed (the port setting): it must be a whole number "
+        "from 0 to 65535; --port overrides it here, but every command without that flag reads "
+        "it: correct it or unset STATEWARD_PORT"
+    ]
+    assert not Path(db).exists()
 
 
 def test_help_shows_every_setting_with_its_flag_variable_and_default():
