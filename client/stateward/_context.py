@@ -3,12 +3,12 @@ asyncio task (contextvars)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from stateward._flow_engine import FlowRunEngine
@@ -30,6 +30,8 @@ class FlowRunContext:
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     # How many times this attempt's code called pause_flow_run without a key (makes its keys).
     pauses: int = 0
+    # The settings its task runs read, as first read in this run (see `for_this_run`).
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,6 +42,8 @@ class TaskRunContext:
     # When the task's code started (its current attempt).
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+
+T = TypeVar("T")
 
 flow_run_context: ContextVar[FlowRunContext | None] = ContextVar("flow_run", default=None)
 # The cache entries of task runs called by the task run whose code runs here, held back until
@@ -57,6 +61,22 @@ def get_run_context() -> FlowRunContext | TaskRunContext:
     if found is None:
         raise RuntimeError("no flow run or task run is executing here")
     return found
+
+
+def for_this_run(read: Callable[[], T]) -> T:
+    """`read()` (a function of `stateward.settings`) once per flow run: inside a flow run, its
+    task runs (in the flow's thread, or in a task runner's threads) get the value first read
+    in it, without looking at the environment again; a variable changed meanwhile counts from
+    the next flow run. Outside one, `read()`. Raises what `read` raises."""
+    context = flow_run_context.get()
+    if context is None:
+        return read()
+    kept = context.settings
+    name = read.__name__
+    if name in kept:
+        return kept[name]  # type: ignore[no-any-return]
+    value = kept[name] = read()
+    return value
 
 
 def current_tags() -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stateward import settings
+from stateward._context import for_this_run
 from stateward.exceptions import (
     CancelledRun,
     CrashedRun,
@@ -93,7 +94,7 @@ def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
     STATEWARD_RESULTS_STORAGE_PATH."""
     storage = next((folder for folder in folders if folder is not None), None)
     if storage is None:
-        storage = settings.results_storage_path()
+        storage = for_this_run(settings.results_storage_path)
     return ResultPolicy(persist=persist_result is not False, storage=storage)
 
 
@@ -116,7 +117,7 @@ def encode(
         return None
     blob, serializer = _serialized(value)
     size = len(blob)
-    limit = settings.max_result_bytes()
+    limit = for_this_run(settings.max_result_bytes)
     if size <= limit:
         if serializer == "json":
             return ResultData(json=blob.decode())
@@ -228,7 +229,7 @@ def encode_exception(error: BaseException) -> ResultData | None:
         pickle.loads(blob)
     except Exception:
         return None
-    if len(blob) > max(settings.max_result_bytes(), EXCEPTION_BYTES_FLOOR):
+    if len(blob) > max(for_this_run(settings.max_result_bytes), EXCEPTION_BYTES_FLOOR):
         return None
     return ResultData(pickle=blob)
 

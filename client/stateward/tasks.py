@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from stateward._context import for_this_run
 from stateward._hooks import Hook, HookedFunction, decorator_for, function_name, unique_tags
 from stateward._options import RetryDelay, retry_delays
 from stateward._results import storage_folder
@@ -181,7 +182,7 @@ class Task(HookedFunction, Generic[P, R]):
         STATEWARD_RESULTS_PERSIST_BY_DEFAULT=true)."""
         persist = self.persist_result
         if persist is None:
-            persist = results_persist_by_default()
+            persist = for_this_run(results_persist_by_default)
         if not persist or self.cache_policy is None or self.cache_policy == NO_CACHE:
             return None
         return self.cache_policy

@@ -351,3 +351,38 @@ def test_a_damaged_result_file_is_a_missing_result(client, tmp_path: Path) -> No
     assert "cannot be decoded" in read_in_another_process(run_id)
     run_id = completed_task_with_result(client, reference_to(truncated, "json", size=5000))
     assert "holds 4 bytes, not the 5,000 written" in read_in_another_process(run_id)
+
+
+def test_result_settings_changed_between_runs_are_read_anew(
+    client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result settings are read once per flow run, not again for every task run in it; a
+    value changed between runs is what the next run goes by, and so is the current folder a
+    relative storage path is taken from. Tasks outside a flow read them at each run."""
+
+    @task
+    def produce() -> str:
+        return "s" * BIG
+
+    @flow
+    def produces() -> tuple[str, str]:
+        states = [produce(return_state=True) for _ in range(2)]
+        assert all(state.is_completed() for state in states)
+        return states[0].details.task_run_id, states[1].details.task_run_id
+
+    monkeypatch.setenv("STATEWARD_RESULTS_STORAGE_PATH", "results")
+    folders = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        for task_run_id in produces():
+            folders.append(Path(str(stored_reference(client, task_run_id)["path"])).parent)
+    first, second = tmp_path / "first" / "results", tmp_path / "second" / "results"
+    assert folders == [first, first, second, second]
+    monkeypatch.delenv("STATEWARD_RESULTS_STORAGE_PATH")
+    refused = produce(return_state=True)
+    assert refused.is_failed() and "STATEWARD_RESULTS_STORAGE_PATH" in refused.message
+    monkeypatch.setenv("STATEWARD_MAX_RESULT_BYTES", str(2 * BIG))
+    inline = produce(return_state=True)
+    assert inline.is_completed() and inline.data is not None
+    assert inline.data.json == json.dumps("s" * BIG)  # stored as is: under the new limit
