@@ -4,6 +4,7 @@ bounded memory, and subscriptions freed when their consumer stops."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
 from contextlib import aclosing
@@ -181,6 +182,78 @@ def test_a_subscriber_that_stops_reading_holds_no_round_back(world):
         assert broadcaster.subscribers == 0
 
     asyncio.run(main())
+
+
+def test_a_subscriber_slow_to_send_holds_no_round_of_the_others_back(world):
+    """A subscriber whose consumer takes a batch and then does not ask for the next for a
+    while (a stream whose client reads slowly: its transport's buffer full, the send not done)
+    is woken at the head round after round; the others' rounds do not wait for it. (They
+    waited for it to come back, up to the round's deadline, 50 ms to 1 s, at every round it
+    was woken in.) It gets every transition all the same, in order, once."""
+    _, reader, _ = world
+    run_id = str(uuid.uuid4())
+
+    async def main() -> tuple[list[float], list[float], list[int]]:
+        broadcaster = TransitionBroadcaster(reader, encode, 0)
+        broadcaster.bind(asyncio.get_running_loop())
+        received: dict[int, float] = {}
+        arrived = asyncio.Event()
+
+        async def fast() -> None:
+            async with aclosing(broadcaster.subscribe(TransitionFilter(), None)) as items:
+                async for sequence, _ in items:
+                    received[sequence] = time.perf_counter()
+                    arrived.set()
+
+        slow_seen: list[int] = []
+        slow_took = asyncio.Event()
+        permits = asyncio.Semaphore(0)
+
+        async def slow() -> None:  # takes a batch, then holds it until allowed the next
+            batches = broadcaster.subscribe_batches(TransitionFilter(), None)
+            async with aclosing(batches):
+                async for batch in batches:
+                    slow_seen.extend(sequence for sequence, _ in batch)
+                    slow_took.set()
+                    await permits.acquire()
+
+        tasks = [asyncio.create_task(fast()), asyncio.create_task(slow())]
+        for _ in range(5):
+            await asyncio.sleep(0)  # both wait at the head
+
+        async def deliver(sequence: int) -> float:
+            """Publish, and return how long the fast subscriber took to receive it."""
+            arrived.clear()
+            sent = time.perf_counter()
+            broadcaster.publish([synthetic(sequence, run_id, StateType.RUNNING)])
+            while sequence not in received:
+                await asyncio.wait_for(arrived.wait(), 10)
+                arrived.clear()
+            return received[sequence] - sent
+
+        woken_with_the_slow, after_it = [], []
+        for pair in range(20):
+            first = 2 * pair + 1
+            # The slow one is at the head: woken with the fast one, it takes the batch, holds.
+            woken_with_the_slow.append(await deliver(first))
+            after_it.append(await deliver(first + 1))  # while the slow one still holds
+            permits.release()  # it asks for more: the one it missed, then waits at the head
+            permits.release()
+            while len(slow_seen) < first + 1:
+                slow_took.clear()
+                await asyncio.wait_for(slow_took.wait(), 10)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return woken_with_the_slow, after_it, slow_seen
+
+    woken_with_the_slow, after_it, slow_seen = asyncio.run(main())
+    assert slow_seen == list(range(1, 41))
+    normal = statistics.median(woken_with_the_slow)
+    # Generous: 10x the delivery of a round nobody held, and never the round's 50 ms deadline.
+    assert statistics.median(after_it) < max(10 * normal, 0.02), (normal, after_it)
 
 
 def test_the_ring_is_bounded_and_a_subscriber_behind_it_reads_the_log(world):
