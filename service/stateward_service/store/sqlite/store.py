@@ -17,10 +17,10 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
 from stateward.states import State
@@ -109,6 +109,51 @@ def _try_lock(file: IO[bytes]) -> bool:
 _BUSY_TIMEOUT_MS = 5_000  # how long a write waits for other processes' transactions
 
 
+class _WriteTransaction:
+    """`Store.transaction()`: a class, not a generator, as every write enters one."""
+
+    __slots__ = ("_store", "_wait")
+
+    def __init__(self, store: Store, wait: bool) -> None:
+        self._store = store
+        self._wait = wait
+
+    def __enter__(self) -> None:
+        store = self._store
+        store._pending_log = []
+        try:
+            if self._wait:
+                store.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
+            else:
+                store._begin_now()
+        except BaseException as error:
+            failure = store._abandon(error, began=False)
+            if failure is not None:
+                raise failure from error
+            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        store = self._store
+        if error is not None:
+            failure = store._abandon(error, began=True)
+            if failure is not None:
+                raise failure from error
+            return  # the error goes on
+        try:
+            store.conn.execute("COMMIT")
+        except BaseException as commit_error:
+            failure = store._abandon(commit_error, began=True)
+            if failure is not None:
+                raise failure from commit_error
+            raise
+        store.unavailable = None
+
+
 class Store(SqlStore):
     """One process's connection to a Stateward database shared with other processes."""
 
@@ -182,35 +227,27 @@ class Store(SqlStore):
         database, which the system releases when its holder dies."""
         return FileLeaderLock(self.path.with_name(self.path.name + ".leader"))
 
-    @contextmanager
-    def transaction(self, *, wait: bool = True) -> Iterator[None]:
+    def transaction(self, *, wait: bool = True) -> _WriteTransaction:
         """All writes inside commit together, or none does (a failed COMMIT included). A write
         the database cannot take for a reason outside the request (a full disk, a read-only
         file system, a failing disk, a lock held past the busy timeout) raises
         StorageUnavailable, and `unavailable` holds it until a transaction commits again.
         With `wait` false, another connection's write transaction raises WouldWait at once
         (its lock is not waited for)."""
-        began = False
-        self._pending_log = []
-        try:
-            if wait:
-                self.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
-            else:
-                self._begin_now()
-            began = True
-            yield
-            self.conn.execute("COMMIT")
-        except BaseException as error:
-            if began and self.conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-            if isinstance(error, sqlite3.Error):
-                failure = storage_unavailable(error, self.path)
-                if failure is not None:
-                    self.unavailable = failure
-                    raise failure from error
-            raise
-        self.unavailable = None
+        return _WriteTransaction(self, wait)
+
+    def _abandon(self, error: BaseException, began: bool) -> StorageUnavailable | None:
+        """After `error` in a transaction: roll it back (if it began); the StorageUnavailable
+        to raise in the error's place when the database cannot take writes, else None."""
+        if began and self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):
+            failure = storage_unavailable(error, self.path)
+            if failure is not None:
+                self.unavailable = failure
+                return failure
+        return None
 
     def _begin_now(self) -> None:
         self.conn.execute("PRAGMA busy_timeout=0")
