@@ -53,8 +53,7 @@ def json_list(values: Sequence[Any]) -> str:
 
 
 def run_row(run: RunRecord) -> dict[str, Any]:
-    """Every column of a run's row but those that are NULL (an INSERT leaves them out: binding
-    a None costs the driver a lookup of its adapters)."""
+    """Every column of a run's row."""
     state = run.state
     row: dict[str, Any] = {
         "id": run.id,
@@ -84,7 +83,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
         row["task_key"] = run.task_key
         row["flow_run_id"] = run.flow_run_id or None
         row["child_flow_run_id"] = run.child_flow_run_id or None
-    return {column: value for column, value in row.items() if value is not None}
+    return row
 
 
 def run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunRecord:

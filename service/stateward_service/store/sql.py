@@ -551,7 +551,7 @@ def _merged(
 
 @functools.cache
 def _insert_run_sql(kind: RunKind, columns: tuple[str, ...]) -> str:
-    """The INSERT of a run's row with these columns (made once per kind and set of columns)."""
+    """The INSERT of a run's row with these columns (made once per kind)."""
     marks = ", ".join("?" for _ in columns)
     return f"INSERT INTO {table(kind)} ({', '.join(columns)}) VALUES ({marks})"
 
