@@ -185,13 +185,19 @@ def completed(value: Any, what: str, log: logging.Logger, policy: ResultPolicy) 
     """Completed carrying the value (kept in-process too), encoded as `policy` says; an
     unencodable value stays in memory only; one too large for the server and its storage (or
     whose file cannot be written) fails the run."""
-    return _carrying(State(StateType.COMPLETED), value, what, log, policy)
+    return _carrying(StateType.COMPLETED, "", value, what, log, policy)
 
 
 def _carrying(
-    state: State, value: Any, what: str, log: logging.Logger, policy: ResultPolicy
+    state_type: StateType,
+    message: str,
+    value: Any,
+    what: str,
+    log: logging.Logger,
+    policy: ResultPolicy,
 ) -> State:
-    """`state` carrying `value` as its result (see `completed`)."""
+    """A state of `state_type` (and `message`) carrying `value` as its result (see
+    `completed`)."""
     try:
         data = encode(value, what, policy)
     except (ResultTooLarge, OSError) as error:
@@ -199,7 +205,7 @@ def _carrying(
     except Exception as error:
         log.warning("%s cannot be stored (%s); it is kept in this process only", what, error)
         data = None
-    state = state.evolve(data=data)
+    state = State(state_type, message=message, data=data)
     object.__setattr__(state, "_value", value)
     return state
 
@@ -264,8 +270,9 @@ def judged(value: Any, what: str, log: logging.Logger, policy: ResultPolicy) -> 
         return _adopted(returned, what, log, policy)
     if isinstance(returned, State) or _all_states(returned):
         group = [returned] if isinstance(returned, State) else list(returned)
-        verdict = State(_aggregate_type(group), message=_aggregate_message(group))
-        return _carrying(verdict, returned, what, log, policy)
+        return _carrying(
+            _aggregate_type(group), _aggregate_message(group), returned, what, log, policy
+        )
     return completed(returned, what, log, policy)
 
 

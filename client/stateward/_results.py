@@ -98,11 +98,16 @@ def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
     return ResultPolicy(persist=persist_result is not False, storage=storage)
 
 
+# `json.dumps(..., separators=(",", ":"), ensure_ascii=False)` without building an encoder at
+# each call (every result passes here).
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _serialized(value: Any) -> tuple[bytes, str]:
     """The value encoded, and how: as JSON when it round-trips (a plain object that looks like
     a result file reference is pickled instead), else as a pickle."""
     if _is_plain_json(value) and not _is_reference(value):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), "json"
+        return _compact_json(value).encode(), "json"
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
 
 

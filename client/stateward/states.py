@@ -114,6 +114,7 @@ _NO_VALUE: Any = object()
 _NO_DETAILS = StateDetails()
 _DETAIL_FIELDS = tuple(field.name for field in fields(StateDetails))
 _detail_values = operator.attrgetter(*_DETAIL_FIELDS)  # every field's value, in one call
+_DETAIL_INDEX = {name: index for index, name in enumerate(_DETAIL_FIELDS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,17 +202,22 @@ class State:
         return State(**values)
 
     def with_details(self, **changes: Any) -> State:
-        """A copy whose details have some fields replaced."""
-        values = dict(zip(_DETAIL_FIELDS, _detail_values(self.details), strict=True))
-        values.update(changes)
-        # As `evolve(details=...)`, without its dictionary: proposals pass here every time.
+        """A copy whose details have some fields replaced (TypeError for a name that is not a
+        field of StateDetails)."""
+        values = list(_detail_values(self.details))
+        for name, value in changes.items():
+            index = _DETAIL_INDEX.get(name)
+            if index is None:
+                raise TypeError(f"StateDetails has no field {name!r}")
+            values[index] = value
+        # As `evolve(details=...)`, by position: proposals pass here every time.
         return State(
             self.type,
             self.name,
             self.message,
             self.timestamp,
             self.id,
-            StateDetails(**values),
+            StateDetails(*values),
             self.data,
             self._value,
         )

@@ -412,7 +412,11 @@ def parameter_values(values: Mapping[str, Any], field: str) -> tuple[dict[str, A
     if not values:
         return {}, "{}"
     carried = {key: _struct_value(value, f"{field}.{key}") for key, value in _items(values)}
-    return carried, json.dumps(carried, separators=(",", ":"))
+    return carried, _compact_json(carried)
+
+
+# `json.dumps(..., separators=(",", ":"))` without building an encoder at each call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _items(values: Mapping[Any, Any]) -> Iterator[tuple[str, Any]]:
