@@ -69,6 +69,13 @@ class LoopsLeadership:
                     log.warning("this process lost the leader lock: its loops stop")
                     self.leading = False
                     await self.loops.stop()
+            except RuntimeError:
+                if threading.main_thread().is_alive():
+                    raise
+                # The main thread has ended and the worker threads with it: the process is
+                # exiting (an embedded process kept alive by a thread of its own); `stop()`, at
+                # exit, stops the loops and gives the lock up.
+                return
             except Exception as error:  # an unreachable database: try again later
                 log.warning("cannot take the leader lock: %s", error)
             await asyncio.sleep(self.retry_seconds)

@@ -58,3 +58,27 @@ def test_a_process_that_runs_flows_leads_the_loops(home):
     done = run([sys.executable, "-c", PROGRAM], home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "leads"
+
+
+EXITING = """
+import threading, time
+from stateward import flow
+
+@flow
+def hello():
+    return 1
+
+hello()
+# The main thread ends here; this thread keeps the process alive past two of the leader
+# loop's retries (one a second), after the interpreter has shut the worker threads down.
+threading.Thread(target=time.sleep, args=(2.5,)).start()
+"""
+
+
+def test_a_process_whose_main_thread_ended_exits_without_leader_lock_warnings(home):
+    """The leader loop went on trying after the interpreter had shut its worker threads down,
+    and logged "cannot take the leader lock: cannot schedule new futures after shutdown" once a
+    second until the process exited."""
+    done = run([sys.executable, "-c", EXITING], home)
+    assert done.returncode == 0, done.stderr
+    assert "leader lock" not in done.stderr, done.stderr
