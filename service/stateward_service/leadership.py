@@ -69,14 +69,12 @@ class LoopsLeadership:
                     log.warning("this process lost the leader lock: its loops stop")
                     self.leading = False
                     await self.loops.stop()
-            except RuntimeError:
-                if threading.main_thread().is_alive():
-                    raise
-                # The main thread has ended and the worker threads with it: the process is
-                # exiting (an embedded process kept alive by a thread of its own); `stop()`, at
-                # exit, stops the loops and gives the lock up.
-                return
             except Exception as error:  # an unreachable database: try again later
+                if isinstance(error, RuntimeError) and not threading.main_thread().is_alive():
+                    # The main thread has ended and the worker threads with it: the process
+                    # is exiting (an embedded process kept alive by a thread of its own);
+                    # `stop()`, at exit, stops the loops and gives the lock up.
+                    return
                 log.warning("cannot take the leader lock: %s", error)
             await asyncio.sleep(self.retry_seconds)
 
