@@ -12,11 +12,11 @@ waiting at the head that a new transition matches (found through an index by run
 not by trying every subscriber). Each transition is encoded once, when the first subscriber needs
 it, and every subscriber sends the same bytes; the subscribers at the same cursor with the same
 filter share their batches too (what a stream makes of one, its messages, it makes once). A round
-of delivery lasts until the subscribers it woke handed their batches to their streams, and the
-next rests as long as it took, so that a thousand subscribers cannot take the whole event loop
-from the writers. A round does not wait for the sends: a subscriber whose client reads slowly
-(its transport's buffer full, its send not done) never delays the others; it takes what it
-missed from the ring, or the log, once its send is done.
+of delivery lasts until the subscribers it woke sent and came back, and the next rests as long as
+it took, so that a thousand subscribers cannot take the whole event loop from the writers. A
+subscriber that held a round up to its deadline (its client reads slowly: its transport's buffer
+full, its send not done) is not waited for again: it delays the others once, not at every round,
+and takes what it missed from the ring, or the log, once its send is done.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class _Subscription:
     """One subscriber, as the dispatcher sees it: what it wants, how far it got, and, while it
     waits at the head, the future that wakes it."""
 
-    __slots__ = ("cursor", "round", "waiting", "where", "woken")
+    __slots__ = ("cursor", "round", "slow", "waiting", "where", "woken")
 
     def __init__(self, where: TransitionFilter, cursor: int) -> None:
         self.where = where
@@ -134,6 +134,9 @@ class _Subscription:
         self.woken: asyncio.Future[None] | None = None
         # The dispatcher's round that woke it, until it is back at the head (0: none).
         self.round = 0
+        # It held a round up to its deadline (its client reads slowly: its transport's buffer
+        # full, its sends held up): from then on its rounds do not wait for its sends.
+        self.slow = False
 
 
 class _Subscriptions:
@@ -336,14 +339,15 @@ class TransitionBroadcaster:
         self._dispatch_due = False
         # Subscribers at the head read the ring only up to what the dispatcher released, so
         # that all live delivery goes in the dispatcher's rounds. A round lasts until every
-        # subscriber it woke has handed its batch to its stream (or is back at the head, or
-        # left), not until the sends complete: a send a slow client holds up (its transport's
-        # buffer full) holds no round back. One that took t of the loop thread's CPU makes the
-        # next wait t after it. When writers and a thousand subscribers both want the whole
-        # loop, the subscribers get at most about half of it (the writers' work during a
-        # round counts in t) and bigger batches, fewer messages; a round for a few
-        # subscribers costs them a fraction of a millisecond. A subscriber woken that does not
-        # get to hand its batch over holds no round back past `_round_deadline`.
+        # subscriber it woke has sent and is back at the head (or left), so it counts the
+        # completion of the sends too, but for a subscriber marked slow (one that held a round
+        # up to its deadline), which counts once it handed its batch over. One that took t of
+        # the loop thread's CPU makes the next wait t after it. When writers and a thousand
+        # subscribers both want the whole loop, the subscribers get at most about half of it
+        # (the writers' work during a round counts in t) and bigger batches, fewer messages;
+        # a round for a few subscribers costs them a fraction of a millisecond. A subscriber
+        # that does not come back (its client reads slowly, or stopped reading) holds no round
+        # back past `_round_deadline`, and is marked slow.
         self._released = last_sequence
         self._rest_until = 0.0
         self._round = 0  # the number of the last round
@@ -440,7 +444,11 @@ class TransitionBroadcaster:
             if now < self._round_deadline:
                 self._dispatch_at(self._round_deadline)  # or sooner, when the round ends
                 return
-            # Those not back yet (stopped readers) hold the others back no longer.
+            # Those not back yet (slow or stopped readers) hold the others back no longer,
+            # nor any later round.
+            for me in self._subscriptions.all:
+                if me.round == self._round:
+                    me.slow = True
             self._round_pending = 0
         if now < self._rest_until:
             self._dispatch_at(self._rest_until)
@@ -626,9 +634,8 @@ class TransitionBroadcaster:
                     while (made := ready.batch(number)) is not None:
                         batch, me.cursor = made
                         if batch:
-                            # Handed over: its round does not wait for the send (a client that
-                            # reads slowly fills its transport's buffer and holds the send up).
-                            self._back(me)
+                            if me.slow:  # its round does not wait for the send
+                                self._back(me)
                             yield batch
                         number += 1
         finally:

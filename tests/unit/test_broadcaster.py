@@ -187,9 +187,10 @@ def test_a_subscriber_that_stops_reading_holds_no_round_back(world):
 def test_a_subscriber_slow_to_send_holds_no_round_of_the_others_back(world):
     """A subscriber whose consumer takes a batch and then does not ask for the next for a
     while (a stream whose client reads slowly: its transport's buffer full, the send not done)
-    is woken at the head round after round; the others' rounds do not wait for it. (They
-    waited for it to come back, up to the round's deadline, 50 ms to 1 s, at every round it
-    was woken in.) It gets every transition all the same, in order, once."""
+    is woken at the head round after round; once it held one round up to its deadline, the
+    others' rounds do not wait for it. (They waited for it, up to the round's deadline, 50 ms
+    to 1 s, at every round it was woken in.) It gets every transition all the same, in order,
+    once."""
     _, reader, _ = world
     run_id = str(uuid.uuid4())
 
