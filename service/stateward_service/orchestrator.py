@@ -18,6 +18,7 @@ its cache of run records.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -65,6 +66,7 @@ from stateward_service.store import (
 _ONE_US = timedelta(microseconds=1)
 _IN_BATCH = nullcontext()
 _CONFLICT_RETRIES = 6
+log = logging.getLogger("stateward.orchestrator")
 T = TypeVar("T")
 
 
@@ -935,7 +937,15 @@ class Orchestrator:
         if write.transitions:
             transitions = self._sequenced(write.transitions)
             for publisher in self._publishers:
-                publisher(transitions)
+                try:
+                    publisher(transitions)
+                except Exception:  # a bug of ours; the write is committed, its callers say so
+                    log.exception(
+                        "publishing transitions %d to %d failed (they are committed; a "
+                        "subscriber resuming from the log gets them)",
+                        transitions[0].sequence,
+                        transitions[-1].sequence,
+                    )
 
     def _sequenced(self, written: list[_Logged]) -> list[Transition]:
         """The transitions the last transaction committed, with the sequences it gave them."""

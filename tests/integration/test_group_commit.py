@@ -144,6 +144,43 @@ def test_runs_created_in_a_group_survive_the_undo_of_another_write(database: str
         orchestrator.close()
 
 
+def test_a_publisher_that_raises_does_not_make_committed_writes_look_failed(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Publishing runs after the commit: a subscriber of the orchestrator that raises (a bug)
+    is logged, the other subscribers still hear of the transitions, and each caller gets what
+    was written (before, a group's callers were all told it failed, and a lone write raised)."""
+    orchestrator = Orchestrator(open_database(database))
+    try:
+        first, second = running_runs(orchestrator, 2)
+
+        def broken(transitions: Sequence[Transition]) -> None:
+            raise ValueError("a publisher's bug")
+
+        orchestrator.subscribe(broken)
+        published = Published(orchestrator)
+        with caplog.at_level("ERROR", logger="stateward.orchestrator"):
+            outcomes = orchestrator.together(
+                [
+                    lambda: orchestrator.set_state(first, State(StateType.COMPLETED)),
+                    lambda: orchestrator.set_state(second, State(StateType.COMPLETED)),
+                ]
+            )
+            alone = orchestrator.set_state(first, State(StateType.RUNNING), force=True)
+        assert [o.status for o in outcomes] == [SetStateStatus.ACCEPT] * 2  # type: ignore[union-attr]
+        assert alone.status is SetStateStatus.ACCEPT
+        assert [t.run_id for t in published.transitions] == [first, second, first]
+        assert [s.type for s in orchestrator.list_states(first)] == [
+            StateType.RUNNING,
+            StateType.COMPLETED,
+            StateType.RUNNING,
+        ]
+        failures = [r for r in caplog.records if "publishing transitions" in r.getMessage()]
+        assert len(failures) == 2 and failures[0].exc_info is not None
+    finally:
+        orchestrator.close()
+
+
 def test_proposals_for_one_run_in_one_group_are_decided_in_order(database: str) -> None:
     orchestrator = Orchestrator(open_database(database))
     try:
