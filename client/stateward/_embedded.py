@@ -35,7 +35,15 @@ from stateward.exceptions import (
     StatewardError,
     error_for_status,
 )
-from stateward.runs import FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun, Transition
+from stateward.runs import (
+    CacheEntry,
+    FlowRun,
+    LogEntry,
+    OrchestrationResult,
+    RunKind,
+    TaskRun,
+    Transition,
+)
 from stateward.states import State
 
 if TYPE_CHECKING:
@@ -115,7 +123,8 @@ def _remote(address: str) -> Client:
 class InProcessTransport:
     """Unary calls go straight to the API, in the caller's thread; refusals become the same
     exceptions a gRPC status would. Streams subscribe to the process's broadcaster. The calls
-    of `local` (those of a flow: runs, states, run logs) take no message at all; the others
+    of `local` (those of a flow: runs, states, run logs, cache entries, leases) take no
+    message at all; the others
     take the request message and go to the gRPC API's method of the same name, which with the
     protocol is loaded on the first of them."""
 
@@ -153,7 +162,7 @@ class InProcessTransport:
 
 
 class _LocalCalls:
-    """The hot calls straight to the orchestrator, in the vocabulary (see
+    """The calls of a flow straight to the orchestrator, in the vocabulary (see
     `stateward._transport.LocalCalls`); refusals become the client's exceptions."""
 
     def __init__(self, embedded: EmbeddedOrchestrator) -> None:
@@ -218,6 +227,18 @@ class _LocalCalls:
     def write_logs(self, entries: Sequence[LogEntry]) -> int:
         try:
             return self.service.write_logs(entries)
+        except self._service_error as error:
+            raise _translate(error) from None
+
+    def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
+        try:
+            return self.service.write_cache_entries(entries)
+        except self._service_error as error:
+            raise _translate(error) from None
+
+    def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        try:
+            return self.service.renew_leases(run_ids, lease_seconds)
         except self._service_error as error:
             raise _translate(error) from None
 

@@ -28,7 +28,14 @@ from stateward.exceptions import (
     StatewardError,
     error_for_status,
 )
-from stateward.runs import FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
+from stateward.runs import (
+    CacheEntry,
+    FlowRun,
+    LogEntry,
+    OrchestrationResult,
+    RunKind,
+    TaskRun,
+)
 from stateward.states import State
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
@@ -217,10 +224,10 @@ class Transport(Protocol):
 
 class LocalCalls(Protocol):
     """The calls, in the vocabulary, of a transport whose orchestrator runs in this process
-    (the embedded default): the hot ones and the run logs; no message is built or parsed, nor
-    the protocol's modules loaded. Each raises the `stateward.exceptions`
-    error the same call over gRPC would; `create_and_start` answers each operation's refusal
-    in place (see `stateward.client.Started`)."""
+    (the embedded default): those a flow makes (runs, states, run logs, held-back cache
+    entries, leases); no message is built or parsed, nor the protocol's modules loaded. Each
+    raises the `stateward.exceptions` error the same call over gRPC would; `create_and_start`
+    answers each operation's refusal in place (see `stateward.client.Started`)."""
 
     def create_run(self, run: FlowRun | TaskRun) -> FlowRun | TaskRun: ...
 
@@ -246,6 +253,10 @@ class LocalCalls(Protocol):
     def get_run(self, run_id: str, kind: RunKind) -> FlowRun | TaskRun: ...
 
     def write_logs(self, entries: Sequence[LogEntry]) -> int: ...
+
+    def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int: ...
+
+    def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]: ...
 
 
 class TransitionStream(Protocol):

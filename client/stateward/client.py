@@ -294,6 +294,8 @@ class Client:
         """Store completed task runs' states under cache keys, all or none (at most 1,000 a
         call); returns how many. Raises NotFound for an unknown task run, FailedPrecondition
         for one that is not Completed, InvalidArgument for a malformed entry."""
+        if self._local is not None:
+            return self._local.write_cache_entries(entries)
         return self._do(_write_cache_entries(entries))
 
     def write_logs(self, entries: Sequence[LogEntry]) -> int:
@@ -310,6 +312,8 @@ class Client:
 
     def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         """Extend the heartbeat leases of runs; returns those that still hold one."""
+        if self._local is not None:
+            return self._local.renew_leases(list(run_ids), lease_seconds)
         return self._do(_renew_leases(run_ids, lease_seconds))
 
     def list_states(self, run_id: str) -> list[State]:

@@ -303,8 +303,7 @@ class OrchestrationService:
     def RenewLeases(self, request: pb.RenewLeasesRequest) -> pb.RenewLeasesResponse:
         run_ids = check.run_ids(request.run_ids, "run_ids")
         seconds = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
-        if seconds <= 0:
-            raise invalid("lease_duration", "is required: how long each lease lasts, above zero")
+        check.lease_duration(seconds, "lease_duration")
         renewed, until = self.orchestrator.renew_leases(run_ids, seconds)
         response = pb.RenewLeasesResponse(renewed_run_ids=renewed)
         wire.set_timestamp(response.lease_expire_time, until)
@@ -323,11 +322,7 @@ class OrchestrationService:
     def WriteCacheEntries(
         self, request: pb.WriteCacheEntriesRequest
     ) -> pb.WriteCacheEntriesResponse:
-        if len(request.entries) > check.MAX_CACHE_ENTRIES:
-            raise invalid(
-                "entries",
-                f"has {len(request.entries)}; at most {check.MAX_CACHE_ENTRIES} per call",
-            )
+        check.cache_entry_count(len(request.entries), "entries")
         entries = []
         for index, msg in enumerate(request.entries):
             field = f"entries[{index}]"

@@ -1,5 +1,6 @@
-"""The in-process API: the calls of the SDK's hot path (create runs, create one and start it,
-propose a state, read a run, store run logs) for a caller in this same process, in the vocabulary
+"""The in-process API: the calls a flow makes (create runs, create one and start it, propose a
+state, read a run, store run logs and held-back cache entries, renew leases) for a caller in
+this same process, in the vocabulary
 (`stateward.states`, `stateward.runs`): no protobuf message is built, encoded or parsed.
 
 Each call is checked as the gRPC API checks the same request, once, on the vocabulary, and is
@@ -16,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from stateward.ids import new_id
-from stateward.runs import FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
+from stateward.runs import CacheEntry, FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
 from stateward.states import State, now
 from stateward_service import validation as check
 from stateward_service.errors import ServiceError
@@ -121,6 +122,30 @@ class LocalService:
         malformed line, NOT_FOUND (nothing written) for a line of an unknown run."""
         check.log_entry_values(entries, "entries")
         return translating(lambda: self.orchestrator.write_logs(entries))
+
+    def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
+        """Store completed task runs' states under cache keys, all or none, as
+        WriteCacheEntries does; how many. Raises ServiceError as it does: INVALID_ARGUMENT
+        for a malformed entry, NOT_FOUND for an unknown task run, FAILED_PRECONDITION for one
+        that is not Completed (nothing written)."""
+        check.cache_entry_count(len(entries), "entries")
+        rows = []
+        for index, entry in enumerate(entries):
+            field = f"entries[{index}]"
+            run_id = check.run_id(entry.task_run_id, f"{field}.task_run_id")
+            check.text(entry.cache_key, f"{field}.cache_key", check.MAX_CACHE_KEY, required=True)
+            check.time_value(entry.cache_expiration, f"{field}.cache_expiration")
+            rows.append((run_id, entry.cache_key, entry.cache_expiration))
+        return translating(lambda: self.orchestrator.write_cache_entries(rows))
+
+    def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        """Extend by `lease_seconds` the heartbeat leases of those of `run_ids` that hold one,
+        as RenewLeases does; the ids of those. Raises ServiceError (INVALID_ARGUMENT) as it
+        does."""
+        checked = check.run_ids(run_ids, "run_ids")
+        seconds = check.lease_duration(lease_seconds, "lease_duration")
+        renewed, _ = translating(lambda: self.orchestrator.renew_leases(checked, seconds))
+        return renewed
 
 
 def _record(run: Run) -> tuple[RunRecord, State | None, dict[str, Any]]:

@@ -567,9 +567,30 @@ def _logged_at(entry: runs_pb2.LogEntry, field: str) -> None:
 def _logged_at_value(entry: LogEntry, field: str) -> None:
     if entry.timestamp is None:
         raise invalid(field, _NO_TIME)
-    aware(entry.timestamp, field)
-    delta = entry.timestamp - _EPOCH  # as the wire sets a Timestamp
+    time_value(entry.timestamp, field)
+
+
+def time_value(value: datetime | None, field: str) -> None:
+    """A time from a caller in this process, as `timestamp` checks one in a message: None
+    (unset), or timezone-aware and within a Timestamp's range."""
+    if value is None:
+        return
+    aware(value, field)
+    delta = value - _EPOCH  # as the wire sets a Timestamp
     _timestamp_range(delta.days * 86_400 + delta.seconds, delta.microseconds * 1000, field)
+
+
+def cache_entry_count(count: int, field: str) -> None:
+    """The entries of one WriteCacheEntries call: at most MAX_CACHE_ENTRIES."""
+    if count > MAX_CACHE_ENTRIES:
+        raise invalid(field, f"has {count}; at most {MAX_CACHE_ENTRIES} per call")
+
+
+def lease_duration(value: float, field: str) -> float:
+    """How long each renewed lease lasts, in seconds: above zero, at most MAX_LEASE_SECONDS."""
+    if seconds(value, field, MAX_LEASE_SECONDS) <= 0:
+        raise invalid(field, "is required: how long each lease lasts, above zero")
+    return value
 
 
 def log_page_size(value: int, field: str = "page_size") -> int:

@@ -117,6 +117,57 @@ def test_a_first_flow_on_the_embedded_default_loads_only_what_it_needs(tmp_path)
     assert any(message.endswith(" - first got 1") for message in messages), messages
 
 
+def test_renewed_leases_and_held_back_cache_entries_load_no_protocol_either(tmp_path):
+    # A task that runs past a third of its lease has it renewed; a cached task called in a
+    # task hands its cache entry to the outer one, which writes it when it completes: both
+    # calls go to the orchestrator in the vocabulary too.
+    setup = """
+    import time
+    from stateward import flow, get_client, task
+    from stateward.cache_policies import INPUTS
+    from stateward.runtime import task_run
+
+    @task(cache_policy=INPUTS)
+    def inner(x: int) -> int:
+        return x
+
+    @task
+    def outer(x: int) -> bool:
+        lease = lambda: get_client().get_task_run(task_run.id).lease_expires
+        first, deadline = lease(), time.monotonic() + 30
+        while lease() == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        inner(x)
+        return lease() != first
+
+    @flow
+    def main() -> bool:
+        return outer(1)
+
+    assert main(), "the lease was never renewed"
+    again = main(return_state=True)
+    assert again.is_completed()
+    """
+    heavy = ("grpc", "google.protobuf", "stateward.v1", "stateward.wire", "stateward._transport")
+    code = (
+        textwrap.dedent(setup)
+        + REPORT.format(heavy=heavy)
+        + textwrap.dedent(
+            """
+        from stateward import get_client
+        runs = get_client().list_task_runs(task_keys=[inner.task_key])
+        print(json.dumps(sorted(run.state.name for run in runs)))
+        """
+        )
+    )
+    env = {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path), "STATEWARD_LEASE_SECONDS": "3"}
+    done = python(code, env=env)
+    assert done.returncode == 0, done.stderr
+    *_, loaded, names = done.stdout.strip().splitlines()
+    assert json.loads(loaded) == []
+    assert json.loads(names) == ["Cached", "Completed"]  # the second found the entry written
+
+
 def test_a_remote_client_loads_no_server_metrics_or_health_code():
     # The client needs gRPC and protobuf; the health messages load only for a reachability check.
     setup = "from stateward import Client\nClient('127.0.0.1:9')"

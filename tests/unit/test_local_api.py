@@ -12,7 +12,16 @@ import pytest
 from stateward import wire
 from stateward.exceptions import StatusCode
 from stateward.ids import new_id
-from stateward.runs import FlowRun, LogEntry, RetryPolicy, RunKind, SetStateStatus, TaskRun
+from stateward.runs import (
+    CacheEntry,
+    FlowRun,
+    LogEntry,
+    OrchestrationResult,
+    RetryPolicy,
+    RunKind,
+    SetStateStatus,
+    TaskRun,
+)
 from stateward.states import ResultData, State, StateDetails, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward_service.errors import ServiceError
@@ -278,3 +287,85 @@ def test_a_log_line_of_an_unknown_run_or_without_a_time_zone_is_refused(apis):
     naive = LogEntry(flow_run.id, "", datetime(2026, 1, 1), 20, "l", "m")
     with pytest.raises(ServiceError, match=r"entries\[0\]\.timestamp: has no time zone"):
         local.write_logs([naive])
+
+
+def _completed(local) -> TaskRun:
+    run = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
+    local.set_state(run.id, State(StateType.RUNNING))
+    local.set_state(run.id, State(StateType.COMPLETED, data=ResultData(json="42")))
+    return run
+
+
+def _lookup(local, key: str) -> OrchestrationResult:
+    """What a new task run proposing RUNNING with `key` is answered."""
+    run = local.create_run(TaskRun(id="", name="t-1", task_key="t"))
+    return local.set_state(run.id, State(StateType.RUNNING, details=StateDetails(cache_key=key)))
+
+
+def test_cache_entries_written_in_process_serve_runs_with_their_key(apis):
+    local, _ = apis
+    run, later = _completed(local), datetime.now(UTC) + timedelta(hours=1)
+    assert _lookup(local, "held").status is SetStateStatus.ACCEPT  # nothing under it yet
+    entries = [CacheEntry(run.id, "held", later), CacheEntry(run.id, "gone", datetime.now(UTC))]
+    assert local.write_cache_entries(entries) == 2
+    hit = _lookup(local, "held")
+    assert hit.status is SetStateStatus.REJECT and hit.state is not None
+    assert hit.state.name == "Cached" and hit.state.data == ResultData(json="42")
+    assert _lookup(local, "gone").status is SetStateStatus.ACCEPT  # expired
+
+
+@pytest.mark.parametrize(
+    ("problem", "code", "words"),
+    [
+        ("unknown run", StatusCode.NOT_FOUND, "no task run has id"),
+        ("running run", StatusCode.FAILED_PRECONDITION, "not COMPLETED"),
+        ("no key", StatusCode.INVALID_ARGUMENT, "entries[1].cache_key"),
+        ("bad id", StatusCode.INVALID_ARGUMENT, "entries[1].task_run_id"),
+        ("naive time", StatusCode.INVALID_ARGUMENT, "entries[1].cache_expiration: has no time"),
+        ("too many", StatusCode.INVALID_ARGUMENT, "entries: has 1001; at most 1000 per call"),
+    ],
+)
+def test_a_bad_cache_entry_is_refused_as_over_the_wire_and_nothing_is_written(
+    apis, problem, code, words
+):
+    local, remote = apis
+    good = _completed(local)
+    bad = {
+        "unknown run": CacheEntry(new_id(), "bad"),
+        "running run": CacheEntry(local.create_run(TaskRun(id="", name="r", task_key="t")).id, "b"),
+        "no key": CacheEntry(good.id, ""),
+        "bad id": CacheEntry("not-a-uuid", "bad"),
+        "naive time": CacheEntry(good.id, "bad", datetime(2030, 1, 1)),
+        "too many": CacheEntry(good.id, "bad"),
+    }[problem]
+    if problem == "running run":
+        local.set_state(bad.task_run_id, State(StateType.RUNNING))
+    entries = [CacheEntry(good.id, "good"), *[bad] * (1000 if problem == "too many" else 1)]
+    with pytest.raises(ServiceError) as refused:
+        local.write_cache_entries(entries)
+    assert refused.value.code == code and words in refused.value.message
+    if problem != "naive time":  # a naive time cannot even be put in a message
+        with pytest.raises(ServiceError) as over_the_wire:
+            remote.WriteCacheEntries(wire.write_cache_entries_request(entries))
+        assert over_the_wire.value.message == refused.value.message
+    assert _lookup(local, "good").status is SetStateStatus.ACCEPT  # nothing was written
+
+
+def test_leases_renewed_in_process_are_those_of_running_runs(apis):
+    local, remote = apis
+    running = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
+    started = local.set_state(running.id, State(StateType.RUNNING), lease_seconds=5.0)
+    idle = local.create_run(TaskRun(id="", name="t-1", task_key="t"))
+    assert started.state is not None
+    before = local.get_run(running.id, RunKind.TASK_RUN).lease_expires
+    assert local.renew_leases([running.id, idle.id], 600.0) == [running.id]
+    after = local.get_run(running.id, RunKind.TASK_RUN).lease_expires
+    assert before is not None and after is not None and after - before > timedelta(minutes=9)
+    for seconds, words in ((0.0, "above zero"), (-1.0, "must not be negative")):
+        with pytest.raises(ServiceError, match=f"lease_duration: .*{words}") as refused:
+            local.renew_leases([running.id], seconds)
+        with pytest.raises(ServiceError) as over_the_wire:
+            remote.RenewLeases(wire.renew_leases_request([running.id], seconds))
+        assert over_the_wire.value.message == refused.value.message
+    with pytest.raises(ServiceError, match=r"run_ids\[0\]: 'nope' is not a UUID"):
+        local.renew_leases(["nope"], 5.0)
