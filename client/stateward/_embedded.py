@@ -153,9 +153,13 @@ class InProcessTransport:
         self.embedded.replica.follower.subscribe(listener)
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
+        """A WatchTransitions stream of messages, for a caller that speaks them (the client
+        itself takes the transitions as they are: `local.watch`)."""
         if method != "WatchTransitions":
             raise ValueError(f"no stream named {method}")
-        return _InProcessStream(self.embedded, request)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        stream = self.local.watch(request.run_ids, request.flow_run_ids, request.state_types, after)
+        return _Messages(stream)
 
     def close(self) -> None:
         """The process's client lives as long as the process."""
@@ -169,6 +173,7 @@ class _LocalCalls:
         from stateward_service.errors import ServiceError
         from stateward_service.local_api import LocalService
 
+        self.embedded = embedded
         self.service = LocalService(embedded.replica.orchestrator)
         self._service_error = ServiceError
 
@@ -236,6 +241,15 @@ class _LocalCalls:
         except self._service_error as error:
             raise _translate(error) from None
 
+    def watch(
+        self,
+        run_ids: Sequence[str],
+        flow_run_ids: Sequence[str],
+        state_types: Sequence[int],
+        after_sequence: int | None,
+    ) -> _InProcessStream:
+        return _InProcessStream(self.embedded, run_ids, flow_run_ids, state_types, after_sequence)
+
     def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
         try:
             return self.service.renew_leases(run_ids, lease_seconds)
@@ -292,10 +306,19 @@ _QUEUE_SIZE = 1000  # transitions waiting for a slow reader, before the subscrip
 
 
 class _InProcessStream:
-    """A WatchTransitions stream on this process's broadcaster: a task of the embedded event
-    loop subscribes and hands the messages to the reading thread through a bounded queue."""
+    """Transitions as WatchTransitions would send them, from this process's broadcaster, as
+    they are (no message): a task of the embedded event loop subscribes and hands them to the
+    reading thread through a bounded queue. Bad filters and cursors are refused as the RPC
+    refuses them."""
 
-    def __init__(self, embedded: EmbeddedOrchestrator, request: Any) -> None:
+    def __init__(
+        self,
+        embedded: EmbeddedOrchestrator,
+        run_ids: Sequence[str],
+        flow_run_ids: Sequence[str],
+        state_types: Sequence[int],
+        after: int | None,
+    ) -> None:
         from stateward_service import validation as check
         from stateward_service.broadcaster import TransitionFilter
         from stateward_service.errors import ServiceError
@@ -303,13 +326,12 @@ class _InProcessStream:
         broadcaster = embedded.replica.broadcaster
         try:
             where = TransitionFilter(
-                run_ids=frozenset(check.run_ids(request.run_ids, "run_ids")),
-                flow_run_ids=frozenset(check.run_ids(request.flow_run_ids, "flow_run_ids")),
-                state_types=frozenset(check.state_types(request.state_types, "state_types")),
+                run_ids=frozenset(check.run_ids(run_ids, "run_ids")),
+                flow_run_ids=frozenset(check.run_ids(flow_run_ids, "flow_run_ids")),
+                state_types=frozenset(check.state_types(state_types, "state_types")),
             )
         except ServiceError as error:
             raise _translate(error) from None
-        after = request.after_sequence if request.HasField("after_sequence") else None
         if after is not None:
             self._check_cursor(broadcaster, after)
         self._start = broadcaster.last_sequence if after is None else after
@@ -329,12 +351,14 @@ class _InProcessStream:
         from stateward_service.broadcaster import CursorExpired, StreamClosed
 
         try:
-            async with contextlib.aclosing(broadcaster.subscribe(where, self._start)) as stream:
-                async for _, payload in stream:
-                    # The reader is a thread: poll for room rather than block the loop.
-                    while self._queue.qsize() >= _QUEUE_SIZE:  # noqa: ASYNC110
-                        await asyncio.sleep(0.01)
-                    self._queue.put_nowait(payload)
+            batches = broadcaster.transition_batches(where, self._start)
+            async with contextlib.aclosing(batches) as stream:
+                async for batch in stream:
+                    for _, transition in batch:
+                        # The reader is a thread: poll for room rather than block the loop.
+                        while self._queue.qsize() >= _QUEUE_SIZE:  # noqa: ASYNC110
+                            await asyncio.sleep(0.01)
+                        self._queue.put_nowait(transition)
         except StreamClosed:
             self._queue.put(_CLOSED)
         except CursorExpired as error:
@@ -345,9 +369,7 @@ class _InProcessStream:
     def start_sequence(self) -> int | None:
         return self._start
 
-    def __iter__(self) -> Iterator[Any]:
-        from stateward.wire import watch_response_from_bytes
-
+    def __iter__(self) -> Iterator[Transition]:
         while True:
             item = self._queue.get()
             if item is _END:
@@ -358,10 +380,46 @@ class _InProcessStream:
                 threading.Event().wait()
             if isinstance(item, BaseException):
                 raise item
-            yield watch_response_from_bytes(item)
+            yield _own(item)
 
     def cancel(self) -> None:
         self._future.cancel()
+
+
+def _own(transition: Transition) -> Transition:
+    """A transition the broadcaster shares, for its reader to keep: its states fresh objects,
+    as a stream's reader decodes them (a result read from one is the reader's alone)."""
+    from_state = transition.from_state
+    return dataclasses.replace(
+        transition,
+        from_state=None if from_state is None else _own_state(from_state),
+        to_state=_own_state(transition.to_state),
+    )
+
+
+def _own_state(state: State) -> State:
+    return State(
+        state.type, state.name, state.message, state.timestamp, state.id, state.details, state.data
+    )
+
+
+class _Messages:
+    """An in-process stream as WatchTransitionsResponse messages, one transition each."""
+
+    def __init__(self, stream: _InProcessStream) -> None:
+        self._stream = stream
+
+    def start_sequence(self) -> int | None:
+        return self._stream.start_sequence()
+
+    def __iter__(self) -> Iterator[Any]:
+        from stateward.wire import watch_response
+
+        for transition in self._stream:
+            yield watch_response(transition)
+
+    def cancel(self) -> None:
+        self._stream.cancel()
 
 
 class EmbeddedOrchestrator:

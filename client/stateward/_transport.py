@@ -35,6 +35,7 @@ from stateward.runs import (
     OrchestrationResult,
     RunKind,
     TaskRun,
+    Transition,
 )
 from stateward.states import State
 from stateward.v1 import orchestration_pb2 as pb
@@ -257,6 +258,25 @@ class LocalCalls(Protocol):
     def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int: ...
 
     def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]: ...
+
+    def watch(
+        self,
+        run_ids: Sequence[str],
+        flow_run_ids: Sequence[str],
+        state_types: Sequence[int],
+        after_sequence: int | None,
+    ) -> LocalTransitions: ...
+
+
+class LocalTransitions(Protocol):
+    """A WatchTransitions stream of an orchestrator in this process: the transitions as they
+    are (see `stateward.client.Client.watch`); it never needs to reconnect."""
+
+    def start_sequence(self) -> int | None: ...
+
+    def __iter__(self) -> Iterator[Transition]: ...
+
+    def cancel(self) -> None: ...
 
 
 class TransitionStream(Protocol):

@@ -336,12 +336,21 @@ class Client:
         with the last sequence when the server goes away, until the caller stops iterating.
         `started` is called with the start sequence each time the stream is established;
         `retrying` with the error each time a connection fails or breaks and is tried again."""
+        run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
+        if self._local is not None:  # the broadcaster of this process: nothing to reconnect
+            local = self._local.watch(run_ids, flow_run_ids, state_types, after_sequence)
+            try:
+                if started is not None:
+                    started(local.start_sequence())
+                yield from local
+            finally:
+                local.cancel()
+            return
         import grpc
 
         from stateward import wire
         from stateward._transport import can_reconnect, translate
 
-        run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         resume = _Reconnection(after_sequence, max_backoff)
         while True:
             request = wire.watch_request(run_ids, flow_run_ids, state_types, resume.cursor)

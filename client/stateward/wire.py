@@ -418,9 +418,9 @@ def limit_to_proto(limit: ConcurrencyLimit) -> runs_pb2.ConcurrencyLimit:
     return msg
 
 
-def watch_response_from_bytes(payload: bytes) -> pb.WatchTransitionsResponse:
-    """One WatchTransitions message from its encoding (as a broadcaster sends it)."""
-    return pb.WatchTransitionsResponse.FromString(payload)
+def watch_response(transition: Transition) -> pb.WatchTransitionsResponse:
+    """The WatchTransitions message of one transition (as a broadcaster sends it)."""
+    return pb.WatchTransitionsResponse(transition=transition_to_proto(transition))
 
 
 # --- requests -----------------------------------------------------------------------------------

@@ -29,12 +29,13 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stateward.runs import Transition
 
-Encoder = Callable[[Transition], bytes]
 T = TypeVar("T")
+P = TypeVar("P")  # what an encoder makes of a transition: bytes, or the transition itself
+Encoder = Callable[[Transition], P]
 
 
 class TransitionLog(Protocol):
@@ -110,13 +111,13 @@ class _Entry:
 
     def __init__(self, transition: Transition) -> None:
         self.transition = transition
-        self._payloads: dict[Encoder, bytes] = {}
+        self._payloads: dict[Encoder[Any], object] = {}
 
-    def payload(self, encode: Encoder) -> bytes:
+    def payload(self, encode: Encoder[P]) -> P:
         payload = self._payloads.get(encode)
         if payload is None:
             payload = self._payloads[encode] = encode(self.transition)
-        return payload
+        return cast(P, payload)
 
 
 class _Subscription:
@@ -181,7 +182,7 @@ class _Subscriptions:
                 del index[key]
 
 
-class Batch(list[tuple[int, bytes]]):
+class Batch(list[tuple[int, P]]):
     """(sequence, encoded transition) of the matching transitions ready at once for one
     subscriber, in order. The subscribers with the same filter and encoder at the same cursor
     are handed the same Batch (a round of live delivery usually finds most of them there): what
@@ -190,11 +191,11 @@ class Batch(list[tuple[int, bytes]]):
 
     __slots__ = ("_derived",)
 
-    def __init__(self, items: Iterable[tuple[int, bytes]] = ()) -> None:
+    def __init__(self, items: Iterable[tuple[int, P]] = ()) -> None:
         super().__init__(items)
-        self._derived: dict[Callable[[Batch], object], object] = {}
+        self._derived: dict[Callable[[Batch[P]], object], object] = {}
 
-    def derived(self, make: Callable[[Batch], T]) -> T:
+    def derived(self, make: Callable[[Batch[P]], T]) -> T:
         """`make(self)`, computed by the first caller and remembered for the others."""
         try:
             return cast(T, self._derived[make])
@@ -203,7 +204,7 @@ class Batch(list[tuple[int, bytes]]):
             return made
 
 
-class _Ready:
+class _Ready(Generic[P]):
     """What the ring holds for a subscriber at one cursor, up to what was released, made into
     batches as it sends them. When it is shared (`shared`), the subscribers at the same cursor
     with the same filter, encoder and batch size read the same batches, made by the first
@@ -226,13 +227,13 @@ class _Ready:
         entries: list[_Entry],
         released: int,
         where: TransitionFilter,
-        encode: Encoder,
+        encode: Encoder[P],
         max_batch: int,
         shared: bool,
     ) -> None:
         self._entries = entries
         self._at = 0  # the next entry to look at
-        self._made: list[tuple[Batch, int]] = []  # batches number _first, _first + 1, ...
+        self._made: list[tuple[Batch[P], int]] = []  # batches number _first, _first + 1, ...
         self._first = 0
         self.released = released
         self.where = where
@@ -240,7 +241,7 @@ class _Ready:
         self.max_batch = max_batch
         self.shared = shared
 
-    def batch(self, number: int) -> tuple[Batch, int] | None:
+    def batch(self, number: int) -> tuple[Batch[P], int] | None:
         """Batch `number` (from 0) and the cursor a subscriber reaches once it sent it; None
         past the last. A batch may be empty (nothing after the previous one matched): the
         cursor moves all the same."""
@@ -257,7 +258,7 @@ class _Ready:
         if at >= len(entries):
             return False
         where, encode = self.where, self.encode
-        batch = Batch()
+        batch: Batch[P] = Batch()
         while at < len(entries):
             entry = entries[at]
             at += 1
@@ -274,7 +275,7 @@ class _Ready:
         return True
 
 
-_NOTHING_RELEASED = _Ready([], 0, TransitionFilter(), lambda transition: b"", 1, False)
+_NOTHING_RELEASED: _Ready[Any] = _Ready([], 0, TransitionFilter(), lambda _: b"", 1, False)
 
 # How long a round waits for the subscribers it woke to be back before the next may start
 # without them: at least, and at most.
@@ -287,14 +288,19 @@ _MOST_SHARED = 200_000
 
 
 @dataclass(frozen=True, slots=True)
-class _LogBatch:
-    items: list[tuple[int, bytes]]  # matching (sequence, payload), in order
+class _LogBatch(Generic[P]):
+    items: list[tuple[int, P]]  # matching (sequence, payload), in order
     reached: int  # the log was read up to this sequence
 
 
 # Transitions published and not yet dispatched, at most: past that (the event loop did not turn
 # for that long), the waiting subscribers are all woken, as after a gap.
 _MOST_UNDISPATCHED = 100_000
+
+
+def _itself(transition: Transition) -> Transition:
+    """The encoder of subscribers in this process, who take the transitions as they are."""
+    return transition
 
 
 def _size(transition: Transition) -> int:
@@ -312,7 +318,7 @@ class TransitionBroadcaster:
     def __init__(
         self,
         log: TransitionLog,
-        encode: Encoder,
+        encode: Encoder[bytes],
         last_sequence: int,
         *,
         capacity: int = 10_000,
@@ -364,7 +370,7 @@ class TransitionBroadcaster:
         # The batches made since the last release, by (filter, encoder, most per batch,
         # cursor): the subscribers that share these get the same batches, matched and encoded
         # once. Only the event loop's thread touches them.
-        self._shared: dict[tuple[TransitionFilter, Encoder, int, int], _Ready] = {}
+        self._shared: dict[tuple[TransitionFilter, Encoder[Any], int, int], _Ready[Any]] = {}
         self._shared_released = last_sequence
         self._shared_size = 0  # the entries they hold
         # The current subscriptions; only the event loop's thread touches them.
@@ -539,8 +545,8 @@ class TransitionBroadcaster:
     # --- the subscribers' side ------------------------------------------------------------------
 
     def _ready(
-        self, where: TransitionFilter, cursor: int, encode: Encoder, max_batch: int
-    ) -> _Ready | None:
+        self, where: TransitionFilter, cursor: int, encode: Encoder[P], max_batch: int
+    ) -> _Ready[P] | None:
         """What the ring holds for a subscriber at `cursor` up to what was released (no batch
         when nothing was), or None when the ring no longer reaches back to it (the subscriber
         must read the log). The same for every subscriber at that cursor with the same filter,
@@ -554,7 +560,7 @@ class TransitionBroadcaster:
                 self._shared_size = 0
                 self._shared_released = released
             key = (where, encode, max_batch, cursor)
-            ready = self._shared.get(key)
+            ready: _Ready[P] | None = self._shared.get(key)
             if ready is not None:
                 return ready
             ring = self._ring
@@ -578,7 +584,7 @@ class TransitionBroadcaster:
         return ready
 
     async def subscribe(
-        self, where: TransitionFilter, after: int | None, encode: Encoder | None = None
+        self, where: TransitionFilter, after: int | None, encode: Encoder[bytes] | None = None
     ) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield (sequence, encoded transition) of every matching transition after `after` (or
         from now, when None), in order, until the subscriber stops or the server closes
@@ -589,17 +595,28 @@ class TransitionBroadcaster:
                 for item in batch:
                     yield item
 
-    async def subscribe_batches(
+    def subscribe_batches(
         self,
         where: TransitionFilter,
         after: int | None,
-        encode: Encoder | None = None,
+        encode: Encoder[bytes] | None = None,
         max_batch: int = 500,
-    ) -> AsyncGenerator[Batch, None]:
+    ) -> AsyncGenerator[Batch[bytes], None]:
         """As `subscribe`, but yields what is ready at once as one Batch of at most
         `max_batch` (sequence, encoded transition), in order: one item when the subscriber
         keeps up, more when it is behind (replaying, or slower than the writers)."""
-        encode = encode or self.encode
+        return self._batches(where, after, encode or self.encode, max_batch)
+
+    def transition_batches(
+        self, where: TransitionFilter, after: int | None, max_batch: int = 500
+    ) -> AsyncGenerator[Batch[Transition], None]:
+        """As `subscribe_batches`, for a subscriber in this process: the transitions
+        themselves, encoded by nothing (they are shared: do not change them)."""
+        return self._batches(where, after, _itself, max_batch)
+
+    async def _batches(
+        self, where: TransitionFilter, after: int | None, encode: Encoder[P], max_batch: int
+    ) -> AsyncGenerator[Batch[P], None]:
         max_batch = max(1, max_batch)
         me = _Subscription(where, self._last if after is None else after)
         self.subscribers += 1
@@ -643,7 +660,9 @@ class TransitionBroadcaster:
             self._subscriptions.discard(me)
             self._back(me)
 
-    async def _read_log(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
+    async def _read_log(
+        self, where: TransitionFilter, cursor: int, encode: Encoder[P]
+    ) -> _LogBatch[P]:
         """The next matching transitions from the log, read and encoded off the event loop."""
         self.catching_up += 1
         try:
@@ -654,7 +673,9 @@ class TransitionBroadcaster:
         finally:
             self.catching_up -= 1
 
-    def _read_log_now(self, where: TransitionFilter, cursor: int, encode: Encoder) -> _LogBatch:
+    def _read_log_now(
+        self, where: TransitionFilter, cursor: int, encode: Encoder[P]
+    ) -> _LogBatch[P]:
         rows, oldest, newest = self.log.read_log(
             cursor,
             self.catch_up_batch,

@@ -30,13 +30,9 @@ def encode_transition(transition: Transition) -> bytes:
     """The bytes of one WatchTransitions message. The broadcaster calls it only for a
     subscriber that needs them, so the protocol is loaded on the first (an SDK process that
     runs flows and watches nothing never loads it)."""
-    from stateward import wire
-    from stateward.v1 import orchestration_pb2
+    from stateward.wire import watch_response
 
-    response = orchestration_pb2.WatchTransitionsResponse(
-        transition=wire.transition_to_proto(transition)
-    )
-    return response.SerializeToString()
+    return watch_response(transition).SerializeToString()
 
 
 class Replica:

@@ -168,6 +168,69 @@ def test_renewed_leases_and_held_back_cache_entries_load_no_protocol_either(tmp_
     assert json.loads(names) == ["Cached", "Completed"]  # the second found the entry written
 
 
+def test_watching_on_the_embedded_default_loads_no_protocol_either(tmp_path):
+    # The stream of this process's broadcaster, in the vocabulary: a replay from a cursor,
+    # then live with no gap and no duplicate, filtered; refusals as the RPC's.
+    setup = """
+    import threading
+    from stateward import flow, get_client
+    from stateward.exceptions import FailedPrecondition, InvalidArgument
+    from stateward.states import StateType
+
+    @flow
+    def hello() -> int:
+        return 1
+
+    hello()  # Pending, Running, Completed: sequences 1 to 3
+    client = get_client()
+    seen, completed, replayed = [], [], threading.Event()
+
+    def follow(into, count, **filters):
+        for transition in client.watch(after_sequence=0, **filters):
+            into.append(transition)
+            if len(into) == 3:
+                replayed.set()
+            if len(into) == count:
+                return
+
+    only_completed = {"state_types": [StateType.COMPLETED]}
+    threads = [
+        threading.Thread(target=follow, args=(seen, 6)),
+        threading.Thread(target=follow, args=(completed, 2), kwargs=only_completed),
+    ]
+    for thread in threads:
+        thread.start()
+    assert replayed.wait(30)
+    hello()  # live: 4 to 6
+    for thread in threads:
+        thread.join(30)
+    assert [t.sequence for t in seen] == [1, 2, 3, 4, 5, 6], seen
+    assert [t.to_state.name for t in seen[:3]] == ["Pending", "Running", "Completed"]
+    assert [t.sequence for t in completed] == [3, 6]
+    # Each reader's states are its own (a result read from one stays with that reader).
+    assert completed[0].to_state == seen[2].to_state
+    assert completed[0].to_state is not seen[2].to_state
+    for bad, refusal in (
+        ({"after_sequence": 10**6}, FailedPrecondition),
+        ({"run_ids": ["x"]}, InvalidArgument),
+    ):
+        try:
+            next(iter(client.watch(**bad)))
+        except refusal as error:
+            print(type(error).__name__, error)
+        else:
+            raise AssertionError(bad)
+    """
+    heavy = ("grpc", "google.protobuf", "stateward.v1", "stateward.wire", "stateward._transport")
+    code = textwrap.dedent(setup) + REPORT.format(heavy=heavy)
+    done = python(code, env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    *_, ahead, not_an_id, loaded = done.stdout.strip().splitlines()
+    assert json.loads(loaded) == []
+    assert ahead.startswith("FailedPrecondition after_sequence 1000000 is beyond the newest")
+    assert not_an_id.startswith("InvalidArgument run_ids[0]: 'x' is not a UUID")
+
+
 def test_a_remote_client_loads_no_server_metrics_or_health_code():
     # The client needs gRPC and protobuf; the health messages load only for a reachability check.
     setup = "from stateward import Client\nClient('127.0.0.1:9')"
