@@ -2,13 +2,16 @@
 
 With STATEWARD_API_URL set, the SDK talks to that server. Without it, the process orchestrates
 itself, directly on `$STATEWARD_HOME/stateward.db`: the orchestrator runs in-process, in the
-caller's thread, with no sockets (the hot calls, to create and start runs and propose states, go
-to `stateward_service.local_api` in the vocabulary, with no protobuf at all; the others to the
-synchronous methods of the gRPC API, their messages never encoded), and a thread
-runs an event loop with the log follower and the broadcaster (for `watch` and the cancellation
-supervisor) and, while this process holds the database's leader lock, the server's loops. Any
-number of processes (scripts, the CLI, `watch`, a `stateward server start`) share the file, and
-any of them may exit at any time.
+caller's thread, with no sockets. The calls a flow makes (create and start runs, propose states,
+read a run, write run logs and held-back cache entries, renew leases) go to
+`stateward_service.local_api` in the vocabulary, and `watch` reads the broadcaster's transitions
+as they are: no protobuf message, and neither gRPC nor protobuf loaded. The others (listings,
+limits, resuming a flow run) go to the synchronous methods of the gRPC API, their messages never
+encoded, and load the protocol on the first of them. A thread runs an event loop with the log
+follower and the broadcaster (for `watch` and the cancellation supervisor) and, while this
+process holds the database's leader lock, the server's loops. Any number of processes (scripts,
+the CLI, `watch`, a `stateward server start`) share the file, and any of them may exit at any
+time.
 """
 
 from __future__ import annotations
