@@ -533,8 +533,11 @@ def log_entries(entries: Sequence[runs_pb2.LogEntry], field: str) -> None:
 
 def log_entry_values(entries: Sequence[LogEntry], field: str) -> None:
     """The lines of a caller in this process, by the checks of `log_entries` (the same
-    refusals): each time timezone-aware and within a Timestamp's range."""
-    _log_lines(entries, field, _logged_at_value)
+    refusals): each time timezone-aware and within a Timestamp's range. A line holding what a
+    LogEntry message cannot (a level that is not a whole number, a text that is not a str)
+    raises TypeError, as making the message would: stored, it would fail every read of its
+    run's logs."""
+    _log_lines(entries, field, _value_line)
 
 
 def _log_lines(entries: Sequence[Any], field: str, check_time: Callable[[Any, str], None]) -> None:
@@ -562,6 +565,23 @@ def _logged_at(entry: runs_pb2.LogEntry, field: str) -> None:
     if not entry.HasField("timestamp"):
         raise invalid(field, _NO_TIME)
     timestamp(entry.timestamp, field)
+
+
+def _value_line(entry: LogEntry, field: str) -> None:
+    """A line of a caller in this process: its fields' types, then its time (`field` is the
+    timestamp's)."""
+    where = field.removesuffix(".timestamp")
+    level = entry.level
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise TypeError(
+            f"{where}.level: {level!r} is not a whole number: a log line's level is one of "
+            "Python's logging levels (an int from 0 to 100)"
+        )
+    for name in ("flow_run_id", "task_run_id", "logger", "message"):
+        value = getattr(entry, name)
+        if not isinstance(value, str):
+            raise TypeError(f"{where}.{name}: must be a str, not {type(value).__name__}")
+    _logged_at_value(entry, field)
 
 
 def _logged_at_value(entry: LogEntry, field: str) -> None:

@@ -5,6 +5,7 @@ same message, and what the in-process API hands back is never the orchestrator's
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -275,6 +276,35 @@ def test_a_bad_log_line_is_refused_as_over_the_wire_and_nothing_is_written(apis,
     with pytest.raises(ServiceError) as over_the_wire:
         remote.WriteLogs(wire.write_logs_request([entry, good]))
     assert over_the_wire.value.message == refused.value.message
+    assert not remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id)).entries
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"level": 20.5}, "entries[0].level"),
+        ({"level": True}, "entries[0].level"),
+        ({"level": "20"}, "entries[0].level"),
+        ({"message": 5}, "entries[0].message"),
+        ({"logger": None}, "entries[0].logger"),
+    ],
+)
+def test_a_log_line_the_message_cannot_hold_is_refused_and_its_runs_logs_stay_readable(
+    apis, changes, field
+):
+    """A line whose level is not a whole number, or whose text is not text, cannot be made
+    into a WriteLogs request (TypeError): in process it is refused the same way, before
+    anything is written. (A float level was stored, and from then on every ListLogs of its
+    run failed, in process and over gRPC, on every server of the database.)"""
+    local, remote = apis
+    flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
+    fields = {"flow_run_id": flow_run.id, "task_run_id": "", "timestamp": datetime.now(UTC)}
+    fields |= {"level": 20, "logger": "l", "message": "m"} | changes
+    entry = LogEntry(**fields)
+    with pytest.raises(TypeError):
+        wire.write_logs_request([entry])
+    with pytest.raises(TypeError, match=re.escape(field)):
+        local.write_logs([entry])
     assert not remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id)).entries
 
 
