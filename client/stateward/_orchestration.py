@@ -77,6 +77,22 @@ class RunOrchestration:
                 return self.observe(decision, proposed)
             self.wait(decision)
 
+    def create(self, send: Callable[[], TaskRun]) -> list[Created]:
+        """`send()`, the create of the run under an id new for it, sent again (up to a few
+        times) while the server cannot be reached, as a proposal is: the run as created, or
+        (a later attempt refused with AlreadyExists) that error, the run having been made by
+        an attempt whose answer was lost."""
+
+        def attempt(number: int) -> list[Created]:
+            try:
+                return [send()]
+            except AlreadyExists as exists:
+                if not number:
+                    raise
+                return [exists]
+
+        return self._retrying("creating it", attempt)
+
     def create_and_start(
         self,
         runs: list[FlowRun | TaskRun],

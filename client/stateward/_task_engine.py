@@ -155,17 +155,19 @@ class TaskRunEngine(RunEngine):
     def create(self) -> None:
         """Create the run now, Pending (a submitted task: its future knows the run at once)."""
         new = self._new_run()
-        created = self.client.create_task_run(
-            new.task_key,
-            id=new.id,
-            name=new.name,
-            flow_run_id=new.flow_run_id,
-            parameters=new.parameters,
-            tags=new.tags,
-            retry_policy=new.retry_policy,
-            state=new.state,
+        created = self.orchestration.create(
+            lambda: self.client.create_task_run(
+                new.task_key,
+                id=new.id,
+                name=new.name,
+                flow_run_id=new.flow_run_id,
+                parameters=new.parameters,
+                tags=new.tags,
+                retry_policy=new.retry_policy,
+                state=new.state,
+            )
         )
-        self._adopt([created])
+        self._adopt(created)
 
     def _adopt(self, created: list[Created]) -> None:
         run = created[-1]

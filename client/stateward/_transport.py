@@ -142,6 +142,16 @@ def translate_code(
 ) -> StatewardError:
     """The Stateward error for a call that failed with `code` and `details`; `reached` says the
     server itself answered with them (an UNAVAILABLE then needs no diagnosis)."""
+    if code is grpc.StatusCode.CANCELLED:
+        # Never this client's doing (its calls are not cancelled, an interrupted caller
+        # raises what interrupted it): the server cancelled the call as it stopped (past its
+        # grace, or a call that arrived as it closed), or a proxy did. As for UNAVAILABLE,
+        # the caller may send it again (a proposal with the same transition id applies once).
+        where = f" at {connection.address}" if connection is not None else ""
+        return ServerUnavailable(
+            f"the Stateward server{where} cancelled the call (it was stopping, or a proxy "
+            f"ended the call): {details}"
+        )
     if code is grpc.StatusCode.UNAVAILABLE:
         if reached and connection is not None:
             return ServerUnavailable(
