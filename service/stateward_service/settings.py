@@ -301,9 +301,15 @@ class ServerSettings:
             return cls()
         from pydantic import ValidationError
 
+        try:
+            checked = _validator()(**values)
+        except ValidationError as error:
+            raise SettingError.from_validation(error, values, given) from None
         if overridden:
+            # Checked among the settings in use (the flags' values otherwise valid): a default
+            # they make unused, which may not be workable here, is not worked out.
             try:
-                _validator()(**overridden)
+                _validator()(**{**values, **overridden})
             except ValidationError as error:
                 raise SettingError.from_validation(
                     error,
@@ -311,10 +317,6 @@ class ServerSettings:
                     {name: declaration(name).env for name in overridden},
                     overridden=True,
                 ) from None
-        try:
-            checked = _validator()(**values)
-        except ValidationError as error:
-            raise SettingError.from_validation(error, values, given) from None
         return cls(**{name: getattr(checked, name) for name in _names()})
 
 

@@ -112,6 +112,23 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
     assert ServerSettings.from_environment(stream_buffer="5").stream_buffer == 5
 
 
+def test_an_overridden_variable_is_checked_against_the_settings_in_use(monkeypatch, tmp_path):
+    """The check of a variable a flag overrides takes the other settings as given: a default
+    that is not used (the database under STATEWARD_HOME, with --db given) is not worked out.
+    (It was: STATEWARD_HOME naming a file refused a server given --db, but only while a good
+    STATEWARD_STREAM_BUFFER was overridden by --stream-buffer.)"""
+    home_file = tmp_path / "not-a-folder"
+    home_file.write_text("")
+    monkeypatch.setenv("STATEWARD_HOME", str(home_file))
+    monkeypatch.setenv("STATEWARD_STREAM_BUFFER", "7")
+    db = str(tmp_path / "given.db")
+    settings = ServerSettings.from_environment(stream_buffer="5", db=db)
+    assert (settings.stream_buffer, settings.db) == (5, db)
+    monkeypatch.setenv("STATEWARD_STREAM_BUFFER", "lots")  # a bad one is still refused
+    with pytest.raises(SettingError, match=r"^STATEWARD_STREAM_BUFFER=lots .* overrides it"):
+        ServerSettings.from_environment(stream_buffer="5", db=db)
+
+
 def _server_start(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
