@@ -133,9 +133,10 @@ class LocalService:
         for index, entry in enumerate(entries):
             field = f"entries[{index}]"
             run_id = check.run_id(entry.task_run_id, f"{field}.task_run_id")
-            check.text(entry.cache_key, f"{field}.cache_key", check.MAX_CACHE_KEY, required=True)
+            key = _message_text(entry.cache_key, f"{field}.cache_key")
+            check.text(key, f"{field}.cache_key", check.MAX_CACHE_KEY, required=True)
             check.time_value(entry.cache_expiration, f"{field}.cache_expiration")
-            rows.append((run_id, entry.cache_key, entry.cache_expiration))
+            rows.append((run_id, key, entry.cache_expiration))
         return translating(lambda: self.orchestrator.write_cache_entries(rows))
 
     def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
@@ -146,6 +147,17 @@ class LocalService:
         seconds = check.lease_duration(lease_seconds, "lease_duration")
         renewed, _ = translating(lambda: self.orchestrator.renew_leases(checked, seconds))
         return renewed
+
+
+def _message_text(value: Any, field: str) -> str:
+    """`value` as a message's string field holds it: a str as it is, UTF-8 bytes as their text
+    (UnicodeDecodeError otherwise), anything else a TypeError, as making the message raises.
+    Stored as they came, bytes would never equal the text a lookup compares them with."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if not isinstance(value, str):
+        raise TypeError(f"{field}: must be a str, not {type(value).__name__}")
+    return value
 
 
 def _record(run: Run) -> tuple[RunRecord, State | None, dict[str, Any]]:

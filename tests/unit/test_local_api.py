@@ -381,6 +381,22 @@ def test_a_bad_cache_entry_is_refused_as_over_the_wire_and_nothing_is_written(
     assert _lookup(local, "good").status is SetStateStatus.ACCEPT  # nothing was written
 
 
+def test_a_cache_key_is_taken_in_process_as_a_message_takes_it(apis):
+    """A message's string field takes UTF-8 bytes as their text and refuses other types: so
+    does the in-process call (bytes stored as they came never matched a lookup's text)."""
+    local, _ = apis
+    run, later = _completed(local), datetime.now(UTC) + timedelta(hours=1)
+    assert local.write_cache_entries([CacheEntry(run.id, b"as-bytes", later)]) == 1  # type: ignore[arg-type]
+    assert _lookup(local, "as-bytes").status is SetStateStatus.REJECT  # a cache hit
+    for bad, error in ((5, TypeError), (b"\xff", UnicodeDecodeError)):
+        entries = [CacheEntry(run.id, "good", later), CacheEntry(run.id, bad, later)]  # type: ignore[arg-type]
+        with pytest.raises(error):
+            wire.write_cache_entries_request(entries)
+        with pytest.raises(error):
+            local.write_cache_entries(entries)
+        assert _lookup(local, "good").status is SetStateStatus.ACCEPT  # nothing was written
+
+
 def test_leases_renewed_in_process_are_those_of_running_runs(apis):
     local, remote = apis
     running = local.create_run(TaskRun(id="", name="t-0", task_key="t"))
