@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import grpc
@@ -151,6 +153,92 @@ class ServerProcess:
         self.requested_port = self.port
         self.requested_ui_port = self.ui_port
         return self.start()
+
+
+class Relay:
+    """A TCP relay on a loopback port in front of a server at `target` ("host:port"): the
+    server as a client sees it across a network. `cut()` ends every connection through it and
+    takes new ones only to close them at once (a server that is away, whatever runs behind);
+    `restore(target)` relays new connections again, to `target`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._open = True
+        self._closed = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._accepting = threading.Thread(target=self._accept, name="relay", daemon=True)
+        self._accepting.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        with self._lock:
+            self._open = False
+            connections, self._sockets = self._sockets, set()
+        for connection in connections:
+            _close(connection)
+
+    def restore(self, target: str) -> None:
+        with self._lock:
+            self.target = target
+            self._open = True
+
+    def close(self) -> None:
+        self.cut()
+        self._closed = True
+        self._accepting.join(10)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with self._lock:
+                target = self.target if self._open else None
+            if target is None:
+                _close(client)
+                continue
+            host, _, port = target.rpartition(":")
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if not self._open:
+                    _close(client)
+                    _close(upstream)
+                    continue
+                self._sockets |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy `source` to `sink` until either end closes; then close both."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass  # cut, or closed by the other pump
+    finally:
+        _close(source)
+        _close(sink)
+
+
+def _close(connection: socket.socket) -> None:
+    with suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)  # wakes a thread reading it
+    connection.close()
 
 
 @contextmanager

@@ -146,7 +146,9 @@ class FlowRunEngine(RunEngine):
         if isinstance(run, FlowRun):
             self.flow_run = run
         else:  # created by an attempt whose answer was lost
-            self.flow_run = self.client.get_flow_run(self.id)
+            self.flow_run = self.orchestration.read(
+                "reading it back", lambda: self.client.get_flow_run(self.id)
+            )
         self.orchestration.label = f"Flow run {self.flow_run.name!r} ({self.flow.name})"
         self.orchestration.log_extra = run_extra(self.id, "")
         self.orchestration.observe_state(self.flow_run.state)
@@ -265,9 +267,10 @@ class FlowRunEngine(RunEngine):
             with engine_code():
                 for future in futures:
                     if future._future.cancelled():
-                        self.client.set_state(
+                        self.orchestration.propose_for(
                             future.task_run_id,
                             State(StateType.CANCELLED, message="its flow run stopped first"),
+                            f"task run {future.task_run_id}",
                         )
 
     def task_runner(self) -> TaskRunner:

@@ -45,8 +45,12 @@ class RunOrchestration:
         self.failure: BaseException | None = None
         self.lease = supervisor.lease
 
-    def _retrying(self, what: str, call: Callable[[int], T]) -> T:
-        """`call(attempt)`, again (up to a few times) while the server cannot be reached."""
+    def _retrying(self, what: str, call: Callable[[int], T], label: str | None = None) -> T:
+        """`call(attempt)`, again (up to a few times) while the server cannot be reached;
+        each new attempt is logged (a warning: the server was away). `label` names the run
+        the call is about, when not this one. Raises ServerUnavailable once the attempts are
+        spent, and what `call` raises otherwise."""
+        label = label or self.label
         attempt = 0
         while True:
             try:
@@ -55,10 +59,34 @@ class RunOrchestration:
                 attempt += 1
                 if attempt > _UNAVAILABLE_RETRIES:
                     raise ServerUnavailable(
-                        f"lost the Stateward server while {what} for {self.label} ({error}); "
+                        f"lost the Stateward server while {what} for {label} ({error}); "
                         "the server will crash the run when its heartbeat lease lapses"
                     ) from None
-                time.sleep(0.2 * 2**attempt)
+                delay = 0.2 * 2**attempt
+                self.log.warning(
+                    "%s - the Stateward server cannot be reached while %s; trying again in "
+                    "%.1fs (%s)",
+                    label, what, delay, error, extra=self.log_extra,
+                )  # fmt: skip
+                time.sleep(delay)
+
+    def read(self, what: str, call: Callable[[], T], label: str | None = None) -> T:
+        """`call()`, a read of the server (`what` says of what), sent again (up to a few
+        times) while the server cannot be reached, as a proposal is; its answer. Raises
+        ServerUnavailable once the attempts are spent, and what `call` raises otherwise."""
+        return self._retrying(what, lambda _: call(), label)
+
+    def propose_for(self, run_id: str, proposed: State, label: str) -> OrchestrationResult:
+        """Propose a state for another run (`label` names it: a task run of this flow run
+        that never started), sent again while the server cannot be reached (one transition
+        id: it applies once); the answer. Raises ServerUnavailable once the attempts are
+        spent, and the client's other errors."""
+        proposed = proposed.with_details(transition_id=new_id())
+        return self._retrying(
+            f"proposing {proposed.name}",
+            lambda _: self.client.set_state(run_id, proposed),
+            label,
+        )
 
     def propose(
         self, proposed: State, *, force: bool = False, wait: bool = True

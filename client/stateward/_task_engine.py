@@ -174,7 +174,9 @@ class TaskRunEngine(RunEngine):
         if isinstance(run, TaskRun):
             self.task_run = run
         else:  # created by an attempt whose answer was lost
-            self.task_run = self.client.get_task_run(self.id)
+            self.task_run = self.orchestration.read(
+                "reading it back", lambda: self.client.get_task_run(self.id)
+            )
         self.orchestration.label = f"Task run {self.task_run.name!r} ({self.task.name})"
         self.orchestration.log_extra = run_extra(self.task_run.flow_run_id, self.id)
         self.orchestration.observe_state(self.task_run.state)
@@ -429,7 +431,9 @@ def _current_state(engine: TaskRunEngine) -> State | None:
     the server does."""
     if engine.remote is None:
         return engine.orchestration.state
-    return engine.client.get_task_run(engine.id).state
+    return engine.orchestration.read(
+        "reading its state", lambda: engine.client.get_task_run(engine.id)
+    ).state
 
 
 def map_task(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from stateward._task_engine import TaskRunEngine
     from stateward._worker import TaskRunPayload
+    from stateward.runs import TaskRun
 
 log = logging.getLogger("stateward.task_runs")
 
@@ -258,7 +259,7 @@ class Dispatch:
         failure = self.call.failure()
         try:
             if failure is None:
-                run = self.engine.client.get_task_run(self.engine.id)
+                run = self._read_run()
                 if run.state is not None and run.state.type in TERMINAL_TYPES:
                     self.engine.orchestration.state = run.state
                     self.future.set_result(run.state)
@@ -277,7 +278,7 @@ class Dispatch:
         cancelled before it started), unless the worker reported a final state first."""
         engine = self.engine
         try:
-            current = engine.client.get_task_run(engine.id).state
+            current = self._read_run().state
             if current is not None and current.type in TERMINAL_TYPES:
                 engine.orchestration.observe_state(current)
                 self.future.set_result(current)
@@ -303,11 +304,21 @@ class Dispatch:
         finally:
             engine.done()
 
+    def _read_run(self) -> TaskRun:
+        """The run as the server has it, read again while the server cannot be reached."""
+        engine = self.engine
+        return engine.orchestration.read(
+            "reading its state", lambda: engine.client.get_task_run(engine.id)
+        )
+
     def _flow_run_stopping(self) -> bool:
         """Whether the run's flow run is being stopped (the server then refuses to start it)."""
         if not self.engine.flow_run_id:
             return False
-        state = self.engine.client.get_flow_run(self.engine.flow_run_id).state
+        engine = self.engine
+        state = engine.orchestration.read(
+            "reading its flow run's state", lambda: engine.client.get_flow_run(engine.flow_run_id)
+        ).state
         return state is not None and (state.is_final() or state.type is StateType.CANCELLING)
 
     def stop(self) -> None:
@@ -321,8 +332,10 @@ class Dispatch:
         if call.cancel():
             return
         try:
-            self.engine.client.set_state(
-                self.engine.id, State(StateType.CANCELLING, message="its flow run stopped")
+            self.engine.orchestration.propose_for(
+                self.engine.id,
+                State(StateType.CANCELLING, message="its flow run stopped"),
+                self.engine.orchestration.label,
             )
         except Exception as error:
             log.warning("could not ask task run %s to stop: %s", self.engine.id, error)
