@@ -1,47 +1,70 @@
-"""The Ray task runner, where Ray is installed (it is not part of the dev extra: it is large).
-A local Ray instance runs the tasks; they propose their own states to the session's server."""
+"""What is Ray's own in `RayTaskRunner` (the common scenarios run on Ray in
+`test_task_runners.py`): a worker killed under a running task leaves the run Crashed, not rerun,
+and without an address the runner starts a local Ray instance for the flow run, with its
+`init_kwargs`, and stops it after."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import ray
 
-from stateward import flow
+from stateward import flow, task
+from stateward.ray import RayTaskRunner
 from stateward.states import StateType
-from tests.sdk.test_task_runners import failing, hooked, square_failing_once
-
-ray = pytest.importorskip("ray")
-from stateward.ray import RayTaskRunner  # noqa: E402
+from tests.sdk.test_task_runners import history, slow
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
 
+@task
+def cpus_of_the_cluster() -> float:
+    return float(ray.cluster_resources()["CPU"])
+
+
+def test_without_an_address_ray_runs_for_the_flow_run_with_init_kwargs(sdk_server) -> None:
+    assert not ray.is_initialized()
+    runner = RayTaskRunner(init_kwargs={"num_cpus": 1, "include_dashboard": False})
+
+    @flow(task_runner=runner)
+    def sized() -> tuple[float, bool]:
+        return cpus_of_the_cluster.submit().result(), ray.is_initialized()
+
+    assert sized() == (1.0, True)
+    assert not ray.is_initialized()  # stopped with the flow run that started it
+
+
 @pytest.fixture(scope="module")
-def ray_runner(sdk_server):
+def ray_instance(sdk_server: Any) -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False)
-    yield RayTaskRunner()
+    yield
     ray.shutdown()
 
 
-def test_a_map_with_a_retry_runs_on_ray_workers(ray_runner, client, tmp_path) -> None:
-    @flow(task_runner=ray_runner)
-    def squares(folder: str) -> list[list[int]]:
-        return square_failing_once.map(range(10), folder=folder).result()
+def test_a_killed_ray_worker_leaves_its_task_run_crashed(ray_instance, client, tmp_path) -> None:
+    @flow(task_runner=RayTaskRunner())
+    def doomed(folder: str) -> str:
+        future = slow.submit(97, folder)
+        future.wait()
+        return future.task_run_id
 
-    results = squares(str(tmp_path))
-    assert [value for value, _ in results] == [x * x for x in range(10)]
-    assert os.getpid() not in {pid for _, pid in results}
-
-
-def test_hooks_and_failures_on_ray(ray_runner, client, tmp_path) -> None:
-    @flow(task_runner=ray_runner)
-    def mixed(folder: str) -> list[object]:
-        good = hooked.submit(1, folder)
-        bad = failing.submit(2)
-        good.wait()
-        bad.wait()
-        return [good.state.type, bad.state.type]
-
-    assert mixed(str(tmp_path)) == [StateType.COMPLETED, StateType.FAILED]
-    assert int((tmp_path / "completed-1").read_text()) != os.getpid()
+    holder: dict[str, str] = {}
+    thread = threading.Thread(target=lambda: holder.update(id=doomed(str(tmp_path))))
+    thread.start()
+    marker = tmp_path / "started-97"
+    wait_until(marker.exists, timeout=60, what="the task to start on a Ray worker")
+    worker_pid = int(marker.read_text())
+    assert worker_pid != os.getpid()
+    os.kill(worker_pid, signal.SIGKILL)
+    thread.join(60)
+    assert not thread.is_alive()
+    state = client.get_task_run(holder["id"]).state
+    assert state is not None and state.type is StateType.CRASHED, state
+    assert history(client, holder["id"])[-2:] == ["Running", "Crashed"]  # not run again
+    assert marker.read_text() == str(worker_pid)  # no second attempt started anywhere

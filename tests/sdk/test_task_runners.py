@@ -1,6 +1,7 @@
 """Task runners: the same scenarios (a map with a retry, a cache hit, hooks, a failing task, a
-cancel) on the thread pool, the process pool and Dask (a LocalCluster of worker processes on
-loopback, shared by the module), each against the session's real server. Tasks on workers
+cancel, a concurrency limit) on the thread pool, the process pool, Dask (a LocalCluster of worker
+processes on loopback) and Ray (a local instance), the clusters shared by the module, each against
+the session's real server. Tasks on workers
 propose their own states; the tests read the histories the server kept."""
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import distributed
 import pytest
+import ray
 
 from stateward import flow, task, task_input_hash
 from stateward.client import Client
+from stateward.dask import DaskTaskRunner
+from stateward.ray import RayTaskRunner
 from stateward.states import State, StateType
 from stateward.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from tests.support import wait_until
 
-distributed = pytest.importorskip("distributed")
-from stateward.dask import DaskTaskRunner  # noqa: E402
-
-# --- tasks (module level: the process pool and Dask import them by name) ------------------------
+# --- tasks (module level: the process pool, Dask and Ray import them by name) --------------------
 
 
 @task(retries=1)
@@ -116,7 +118,15 @@ def dask_cluster(sdk_server: Any) -> Iterator[Any]:
     cluster.close()
 
 
-RUNNERS = ["threads", "processes", "dask"]
+@pytest.fixture(scope="module")
+def ray_instance(sdk_server: Any) -> Iterator[None]:
+    """A local Ray instance (two CPUs, no dashboard), shared by the module's Ray tests."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+RUNNERS = ["threads", "processes", "dask", "ray"]
 
 
 @pytest.fixture(params=RUNNERS)
@@ -125,6 +135,9 @@ def runner(request: pytest.FixtureRequest, sdk_server: Any) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=4)
     if request.param == "processes":
         return ProcessPoolTaskRunner(max_workers=2)
+    if request.param == "ray":
+        request.getfixturevalue("ray_instance")
+        return RayTaskRunner()
     cluster = request.getfixturevalue("dask_cluster")
     return DaskTaskRunner(address=cluster.scheduler_address)
 
