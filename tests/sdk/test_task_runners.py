@@ -7,8 +7,10 @@ propose their own states; the tests read the histories the server kept."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ from stateward.dask import DaskTaskRunner
 from stateward.ray import RayTaskRunner
 from stateward.states import State, StateType
 from stateward.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from tests.sdk.conftest import python
 from tests.support import wait_until
 
 # --- tasks (module level: the process pool, Dask and Ray import them by name) --------------------
@@ -384,3 +387,59 @@ def test_inline_calls_stay_in_the_flows_process(sdk_server, dask_cluster) -> Non
 
     here, there = inline()
     assert here == os.getpid() and there != os.getpid()
+
+
+# --- the embedded default -----------------------------------------------------------------------
+
+EMBEDDED_RUNNERS = {
+    "processes": "ProcessPoolTaskRunner(max_workers=2)",
+    "dask": "DaskTaskRunner(cluster_kwargs={'n_workers': 2, 'dashboard_address': ':0'})",
+    "ray": "RayTaskRunner(init_kwargs={'num_cpus': 2, 'include_dashboard': False})",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EMBEDDED_RUNNERS))
+def test_workers_of_a_script_on_the_embedded_default_report_to_its_home(kind, tmp_path) -> None:
+    """A script with no server (the embedded default) maps tasks onto worker processes: each
+    worker opens the script's Stateward home and proposes its own states there."""
+    home, folder = tmp_path / "home", tmp_path / "markers"
+    folder.mkdir()
+    result = python(
+        f"""
+        import json, os
+        from stateward import flow
+        from stateward.dask import DaskTaskRunner
+        from stateward.ray import RayTaskRunner
+        from stateward.task_runners import ProcessPoolTaskRunner
+        from tests.sdk.test_task_runners import square_failing_once
+
+        @flow(name="embedded-on-{kind}", task_runner={EMBEDDED_RUNNERS[kind]})
+        def squares(folder):
+            return square_failing_once.map(range(10), folder=folder).result()
+
+        print(json.dumps({{"pid": os.getpid(), "results": squares({str(folder)!r})}}))
+        """,
+        env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(home)},
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.splitlines()[-1])
+    assert [value for value, _ in printed["results"]] == [x * x for x in range(10)]
+    assert printed["pid"] not in {pid for _, pid in printed["results"]}
+    with sqlite3.connect(f"file:{home / 'stateward.db'}?mode=ro", uri=True) as conn:
+        ends = dict(
+            conn.execute(
+                """SELECT json_extract(t.parameters, '$.x'), t.state_name FROM task_runs t
+                   JOIN flow_runs f ON f.id = t.flow_run_id WHERE f.flow_name = ?""",
+                (f"embedded-on-{kind}",),
+            ).fetchall()
+        )
+        retried = [
+            row[0]
+            for row in conn.execute(
+                """SELECT s.name FROM states s JOIN task_runs t ON t.id = s.run_id
+                   WHERE json_extract(t.parameters, '$.x') = 7 ORDER BY s.timestamp"""
+            )
+        ]
+    assert ends == {x: "Completed" for x in range(10)}
+    assert retried == ["Pending", "Running", "Retrying", "Completed"]
