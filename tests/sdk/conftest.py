@@ -30,6 +30,17 @@ def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
             os.environ["STATEWARD_API_URL"] = previous
 
 
+@pytest.fixture(scope="session")
+def ray_instance(sdk_server: ServerProcess) -> Iterator[None]:
+    """A local Ray instance (two CPUs, no dashboard) for the session's Ray tests: one start, as
+    Ray's own startup (a GCS, a raylet, workers) is slow on a busy machine."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def client(sdk_server: ServerProcess) -> Iterator[Client]:
     with Client(sdk_server.target) as connected:

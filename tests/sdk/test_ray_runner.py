@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import ray
@@ -29,6 +27,7 @@ def cpus_of_the_cluster() -> float:
 
 
 def test_without_an_address_ray_runs_for_the_flow_run_with_init_kwargs(sdk_server) -> None:
+    # The first Ray test of the session: the session's shared instance is not up yet.
     assert not ray.is_initialized()
     runner = RayTaskRunner(init_kwargs={"num_cpus": 1, "include_dashboard": False})
 
@@ -38,13 +37,6 @@ def test_without_an_address_ray_runs_for_the_flow_run_with_init_kwargs(sdk_serve
 
     assert sized() == (1.0, True)
     assert not ray.is_initialized()  # stopped with the flow run that started it
-
-
-@pytest.fixture(scope="module")
-def ray_instance(sdk_server: Any) -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_a_killed_ray_worker_leaves_its_task_run_crashed(ray_instance, client, tmp_path) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import distributed
 import pytest
-import ray
 
 from stateward import flow, task, task_input_hash
 from stateward.client import Client
@@ -119,14 +118,6 @@ def dask_cluster(sdk_server: Any) -> Iterator[Any]:
     )
     yield cluster
     cluster.close()
-
-
-@pytest.fixture(scope="module")
-def ray_instance(sdk_server: Any) -> Iterator[None]:
-    """A local Ray instance (two CPUs, no dashboard), shared by the module's Ray tests."""
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 RUNNERS = ["threads", "processes", "dask", "ray"]
