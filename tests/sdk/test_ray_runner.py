@@ -1,13 +1,19 @@
 """What is Ray's own in `RayTaskRunner` (the common scenarios run on Ray in
 `test_task_runners.py`): a worker killed under a running task leaves the run Crashed, not rerun,
 and without an address the runner starts a local Ray instance for the flow run, with its
-`init_kwargs`, and stops it after."""
+`init_kwargs`, and stops it after; with an address it joins a running cluster and leaves it
+running."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import ray
@@ -15,6 +21,7 @@ import ray
 from stateward import flow, task
 from stateward.ray import RayTaskRunner
 from stateward.states import StateType
+from tests.sdk.conftest import python
 from tests.sdk.test_task_runners import history, slow
 from tests.support import wait_until
 
@@ -60,3 +67,49 @@ def test_a_killed_ray_worker_leaves_its_task_run_crashed(ray_instance, client, t
     assert state is not None and state.type is StateType.CRASHED, state
     assert history(client, holder["id"])[-2:] == ["Running", "Crashed"]  # not run again
     assert marker.read_text() == str(worker_pid)  # no second attempt started anywhere
+
+
+def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_path) -> None:
+    """A Ray head started apart (`ray start --head`); a script's runner joins it by address,
+    runs its tasks there, and leaves the cluster running when the flow run ends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "head.log").open("w")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+         "--include-dashboard=false"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        result = python(
+            f"""
+            import json, os
+            from stateward import flow
+            from stateward.ray import RayTaskRunner
+            from tests.sdk.test_ray_runner import cpus_of_the_cluster, where
+
+            @flow(task_runner=RayTaskRunner(address="127.0.0.1:{port}"))
+            def joined():
+                return where.map(range(3)).result(), cpus_of_the_cluster.submit().result()
+
+            print(json.dumps({{"pid": os.getpid(), "ran": joined()}}))
+            """,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stderr + (tmp_path / "head.log").read_text()
+        printed = json.loads(result.stdout.splitlines()[-1])
+        pids, cpus = printed["ran"]
+        assert cpus == 1.0  # the head's, not a local instance of the script's
+        assert printed["pid"] not in pids
+        assert head.poll() is None  # the runner did not stop a cluster it joined
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(60)
+        log.close()
+
+
+@task
+def where(index: int) -> int:
+    return os.getpid()
