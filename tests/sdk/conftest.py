@@ -4,8 +4,10 @@ process-wide); tests of processes (embedded default, signals, kills) run subproc
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,23 @@ def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
             os.environ.pop("STATEWARD_API_URL", None)
         else:
             os.environ["STATEWARD_API_URL"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_dir() -> Iterator[Path]:
+    """Ray's files for this session in a folder of its own (RAY_TMPDIR, short: Ray's socket
+    paths must fit in 107 bytes). A `ray.init()` without an address joins the cluster whose
+    address it finds in `<temp>/ray/ray_current_cluster`, which `ray start` writes and a killed
+    head leaves behind: with the machine's /tmp, another test run's cluster would be joined."""
+    folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = previous
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

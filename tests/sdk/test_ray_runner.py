@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -76,11 +78,15 @@ def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path / "head.log").open("w")
+    # The head's files (and the address `ray start` leaves there) in a folder of its own: a
+    # later `ray.init()` without an address must not find this cluster.
+    own_files = Path(tempfile.mkdtemp(prefix="ray-head-", dir="/tmp"))
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
          f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
          "--include-dashboard=false"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_TMPDIR": str(own_files)},
     )  # fmt: skip
     try:
         result = python(
@@ -108,6 +114,7 @@ def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(60)
         log.close()
+        shutil.rmtree(own_files, ignore_errors=True)
 
 
 @task
