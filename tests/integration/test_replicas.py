@@ -211,7 +211,12 @@ def _kill_one_under_load(replicas: list[ServerProcess]) -> None:
     for thread in threads:
         thread.start()
     wait_until(lambda: sum(c[0] for c in counters) >= 60, what="60 acknowledged writes")
-    replicas[0].kill()
+    # The process only: the test's channel to it stays open until its writers have stopped
+    # (on the RpcError of a call to the dead process), or one would call on a closed channel.
+    killed = replicas[0].process
+    assert killed is not None
+    killed.kill()
+    killed.wait()
     survivors = sum(c[0] for i, c in enumerate(counters) if i % 3)
     wait_until(
         lambda: sum(c[0] for i, c in enumerate(counters) if i % 3) >= survivors + 30,

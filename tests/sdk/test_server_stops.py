@@ -191,7 +191,8 @@ def test_a_worker_that_dies_while_the_server_is_away_is_settled_once_it_is_back(
     )
     errors: list[str] = []
     assert runner.stderr is not None
-    reader = threading.Thread(target=lambda: errors.extend(runner.stderr), daemon=True)  # type: ignore[arg-type]
+    stderr = runner.stderr
+    reader = threading.Thread(target=lambda: errors.extend(stderr), daemon=True)
     reader.start()
     try:
         wait_until(marker.exists, 60, "the task to start in a worker process")

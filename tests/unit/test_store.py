@@ -140,22 +140,25 @@ def test_one_leader_at_a_time_and_the_next_takes_over(database):
 
 
 def test_the_change_signal_wakes_for_another_connections_commit(database):
-    store, writer = open_database(database), open_database(database)
+    store = open_database(database)
+    writer = Orchestrator(open_database(database))  # closed with its readers (a pool)
     signal = store.change_signal()
-    signal.wait(0.001, lambda: 0)  # a first wait may say True (a fresh connection: read the log)
-    assert not signal.wait(0.01, lambda: 0)
-    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #1
-    assert signal.wait(2.0, lambda: 0)
-    assert not signal.wait(0.01, lambda: 1)
-    # A commit of a sequence the caller has (its own process's, published without a read)
-    # does not wake it.
-    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #2
-    assert not signal.wait(0.5, lambda: 2)
-    Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #3
-    assert signal.wait(2.0, lambda: 2)
-    signal.close()
-    store.close()
-    writer.close()
+    try:
+        signal.wait(0.001, lambda: 0)  # a first wait may say True (a fresh connection)
+        assert not signal.wait(0.01, lambda: 0)
+        writer.create_run(flow_run(), State(StateType.PENDING))  # logs #1
+        assert signal.wait(2.0, lambda: 0)
+        assert not signal.wait(0.01, lambda: 1)
+        # A commit of a sequence the caller has (its own process's, published without a read)
+        # does not wake it.
+        writer.create_run(flow_run(), State(StateType.PENDING))  # logs #2
+        assert not signal.wait(0.5, lambda: 2)
+        writer.create_run(flow_run(), State(StateType.PENDING))  # logs #3
+        assert signal.wait(2.0, lambda: 2)
+    finally:
+        signal.close()
+        store.close()
+        writer.close()
 
 
 def test_the_sqlite_change_signal_asks_what_the_caller_has_when_its_wait_ends(tmp_path):
@@ -164,7 +167,8 @@ def test_the_sqlite_change_signal_asks_what_the_caller_has_when_its_wait_ends(tm
     every wait of a busy process). (PostgreSQL's signal asks when each NOTIFY arrives, which
     races with the publication it would wait for: not tested here.)"""
     database = str(tmp_path / "shared.db")
-    store, writer = open_database(database), open_database(database)
+    store = open_database(database)
+    writer = Orchestrator(open_database(database))  # closed with its readers
     signal = store.change_signal()
     signal.wait(0.001, lambda: 0)
     published = [0]
@@ -175,7 +179,7 @@ def test_the_sqlite_change_signal_asks_what_the_caller_has_when_its_wait_ends(tm
         return published[0]
 
     def commit_and_publish() -> None:
-        Orchestrator(writer).create_run(flow_run(), State(StateType.PENDING))  # logs #1
+        writer.create_run(flow_run(), State(StateType.PENDING))  # logs #1
         published[0] = 1  # as LogFollower.offer does after this process's own commit
 
     committer = threading.Timer(0.05, commit_and_publish)
