@@ -244,10 +244,13 @@ def test_a_cancelled_flow_stops_its_running_tasks_and_never_starts_the_queued_on
     ends = {run.parameters["index"]: run.state.name if run.state else None for run in runs}
     assert set(ends.values()) == {"Cancelled"}, ends
     ran = {int(path.name.split("-")[1]) for path in tmp_path.glob("started-*")}
-    assert 0 < len(ran) < count
-    for run in runs:
-        names = history(client, run.id)
-        assert ("Running" in names) is (run.parameters["index"] in ran), names
+    reached_running = {
+        run.parameters["index"] for run in runs if "Running" in history(client, run.id)
+    }
+    # Every task whose code started had reached Running; one may reach Running and be
+    # cancelled before its code's first line (under load, the cancel lands in between).
+    assert ran and ran <= reached_running, (ran, reached_running)
+    assert len(reached_running) < count  # the queued ones never started
 
 
 def test_a_concurrency_limit_holds_across_workers(runner, client, tmp_path) -> None:
