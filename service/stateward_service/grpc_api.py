@@ -142,20 +142,26 @@ class OrchestrationService:
         (UNAVAILABLE, nothing written) and return once each one in flight has been answered
         with what became of its write. When the grace ends first, the calls the group-commit
         writer has not started are refused unwritten, the group it is running is waited for,
-        and the answers get ANSWER_SECONDS more to go out (a client reading nothing for that
-        long loses them)."""
+        and so are the writes handed to worker threads (WriteLogs, ResumeFlowRun, the limits',
+        the web view's: one a thread only starts now is refused unwritten), and the answers
+        get ANSWER_SECONDS more to go out (a client reading nothing for that long loses
+        them)."""
         self.writing.closed = True
         if await grace.wait(self.writing.idle):
             return
         refused = self.writer.refuse_waiting()
+        in_threads = self.writing.refuse_not_started()
         log.warning(
             "shutdown: the grace period is over with %d writing call(s) in flight: %d not "
             "started were refused (UNAVAILABLE, nothing written); a write under way is "
-            "answered once it is done",
+            "answered once it is done, and so are the %d handed to threads (refused if not "
+            "begun)",
             self.writing.count,
             refused,
+            in_threads,
         )
         await self.writer.wait_running()
+        await self.writing.threads_done()
         with suppress(TimeoutError):
             await asyncio.wait_for(self.writing.idle.wait(), ANSWER_SECONDS)
 
@@ -600,9 +606,10 @@ def _unary_handler(
     if where == "thread":
 
         async def in_a_thread(request: Any, context: Context) -> Any:
-            if writing is not None:
-                writing.take(context)
-            return await asyncio.to_thread(call, request)
+            if writing is None:
+                return await asyncio.to_thread(call, request)
+            writing.take(context)
+            return await writing.in_a_thread(call, request)
 
         return in_a_thread
     if where == "group":

@@ -187,6 +187,7 @@ class StatewardServer:
                 api_key=self.settings.api_key,
                 heartbeat_seconds=self.settings.ui_heartbeat_seconds,
                 listen_host=self.settings.ui_host,
+                writing=self.api.writing,
             )
             listener = _listen_for_ui(self.settings.ui_host, self.settings.ui_port)
             self.web = WebServer(app, listener, grace=self.settings.shutdown_grace_seconds)

@@ -12,15 +12,23 @@ its calls are told), and only then does the gRPC server cancel what is left.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from stateward.exceptions import StatusCode
 from stateward_service.errors import ServiceError
+
+T = TypeVar("T")
 
 # How long the answers of the writes decided at the end of a shutdown get to reach their clients
 # (a client that reads nothing for this long loses them: its transition ids tell it what was
 # written when it sends the calls again).
 ANSWER_SECONDS = 2.0
+
+NOT_STARTED = (
+    "the server is shutting down: this call was not run (nothing was written); send it again "
+    "to another server, or to this one once it is back"
+)
 
 NO_NEW_WRITES = (
     "the server is shutting down and takes no new writes: this call was not run (nothing was "
@@ -69,13 +77,59 @@ class Grace:
 
 class WritingCalls:
     """The RPCs that write, each counted from the moment it is taken until gRPC is done with
-    it (its answer sent, or the call cancelled). `idle` is set while none is."""
+    it (its answer sent, or the call cancelled). `idle` is set while none is. Those that write
+    in a worker thread rather than through the group-commit writer run through `in_a_thread`,
+    so that the end of the grace can refuse those not started and wait for the others."""
 
     def __init__(self) -> None:
         self.closed = False
         self._count = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self._refusing = False  # the grace is over: a thread write not started is refused
+        self._in_threads: set[asyncio.Future[Any]] = set()
+
+    async def in_a_thread(self, call: Callable[[Any], T], request: Any) -> T:
+        """`call(request)` in a worker thread; its result. Raises ServiceError (UNAVAILABLE,
+        nothing written) when the thread only starts it after the grace is over, and what
+        `call` raises. The write goes on when the call is cancelled (a thread cannot be
+        stopped), and a shutdown waits for it (`threads_done`)."""
+        future = asyncio.ensure_future(asyncio.to_thread(self._unless_refused, call, request))
+        self._in_threads.add(future)
+        future.add_done_callback(self._in_threads.discard)
+        return await asyncio.shield(future)
+
+    async def write(self, call: Callable[[], T]) -> T:
+        """A write that is not an RPC (the web view's): refused as a new writing call is once
+        the server is shutting down (ServiceError UNAVAILABLE, nothing written), else `call()`
+        run as `in_a_thread` runs it, counted until it returns; its result, or what it
+        raises."""
+        if self.closed:
+            raise ServiceError(StatusCode.UNAVAILABLE, NO_NEW_WRITES, reason="SHUTTING_DOWN")
+        self._count += 1
+        self.idle.clear()
+        try:
+            return await self.in_a_thread(lambda _: call(), None)
+        finally:
+            self._done(None)
+
+    def _unless_refused(self, call: Callable[[Any], T], request: Any) -> T:
+        if self._refusing:
+            raise ServiceError(StatusCode.UNAVAILABLE, NOT_STARTED, reason="SHUTTING_DOWN")
+        return call(request)
+
+    def refuse_not_started(self) -> int:
+        """At the end of the grace: the writes handed to threads that have not begun are
+        refused when their thread takes them. Returns how many are in threads now (begun or
+        about to be refused)."""
+        self._refusing = True
+        return len(self._in_threads)
+
+    async def threads_done(self) -> None:
+        """After `refuse_not_started`: return once every write handed to a thread has ended
+        (committed, failed or refused), each call then answered with its outcome."""
+        while self._in_threads:
+            await asyncio.wait(list(self._in_threads))
 
     @property
     def count(self) -> int:
@@ -96,4 +150,4 @@ class WritingCalls:
             self.idle.set()
 
 
-__all__ = ["ANSWER_SECONDS", "NO_NEW_WRITES", "Grace", "WritingCalls"]
+__all__ = ["ANSWER_SECONDS", "NOT_STARTED", "NO_NEW_WRITES", "Grace", "WritingCalls"]

@@ -12,11 +12,14 @@ import time
 import uuid
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import runs_pb2
+from tests.sdk.test_server_stops import takes_no_new_writes
 from tests.support import (
     ACCEPT,
     ST,
@@ -134,6 +137,75 @@ def test_in_flight_calls_finish_during_shutdown(tmp_path):
         assert not any(transition in stored[run_id] for run_id, transition, _ in refused)
     finally:
         restarted.stop()
+
+
+def test_a_write_in_a_thread_that_outlives_the_grace_is_answered_as_it_ended(tmp_path):
+    """SIGTERM with a 1 s grace while a WriteLogs (written by a worker thread, not the
+    group-commit writer) waits for the SQLite write lock another process holds, past the grace
+    and the time the answers get after it: the call is answered once its write is done, as the
+    database has it. (The gRPC server cancelled it then, and the lines were committed once the
+    lock was released: the client heard an error for lines that were written.)"""
+    database = tmp_path / "thread.db"
+    server = ServerProcess(database, env={"STATEWARD_SHUTDOWN_GRACE_SECONDS": "1"}).start()
+    stub = server.stub()
+    health = health_pb2_grpc.HealthStub(server.channel())
+    run_id = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id
+    line = runs_pb2.LogEntry(flow_run_id=run_id, level=20, logger="test", message="held up")
+    line.timestamp.GetCurrentTime()
+    try:
+        with write_lock_held(database) as release:
+            call = stub.WriteLogs.future(pb.WriteLogsRequest(entries=[line]), timeout=60)
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)  # its thread took it
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: "handed to threads" in server.output() or call.done(),
+                30,
+                "the end of the grace (or, past the answers' time, the call's end)",
+            )
+            release()
+        try:
+            outcome = f"written {call.result().written}"
+        except grpc.RpcError as error:
+            outcome = error.code().name
+        assert server.process.wait(30) == 0
+    finally:
+        server.stop()
+    with sqlite3.connect(database) as db:
+        (stored,) = db.execute("SELECT count(*) FROM run_logs WHERE message = 'held up'").fetchone()
+    assert outcome == f"written {stored}", server.output()
+    assert stored == 1
+
+
+def test_a_stopping_server_refuses_the_web_views_writes_as_it_refuses_the_rpcs(tmp_path):
+    """Once a stop began (SIGTERM; a write in flight holds the grace open), a cancel from the
+    web view is refused at once, 503 saying nothing was written, as a writing RPC is, and the
+    run is left as it was. (The web view took it until its own server stopped, after the
+    writes in flight were answered: one could commit with nobody told.)"""
+    database = tmp_path / "web.db"
+    server = ServerProcess(
+        database, ui=True, env={"STATEWARD_SHUTDOWN_GRACE_SECONDS": "60"}
+    ).start()
+    stub = server.stub()
+    health = health_pb2_grpc.HealthStub(server.channel())
+    holding, cancelled = (new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id for _ in range(2))
+    try:
+        with write_lock_held(database) as release, httpx.Client(timeout=30) as http:
+            in_flight = stub.SetState.future(
+                pb.SetStateRequest(run_id=holding, state=state(ST.STATE_TYPE_RUNNING)), timeout=60
+            )
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)  # it reached the writer
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: takes_no_new_writes(stub), 30, "the stop to refuse new writes")
+            answer = http.post(f"{server.ui_url}api/flow-runs/{cancelled}/cancel", json={})
+            release()
+        assert answer.status_code == 503, answer.text
+        assert "nothing was written" in answer.text
+        assert in_flight.result().status == ACCEPT
+        assert server.process.wait(30) == 0
+        server.restart()
+        assert history(server.stub(), cancelled) == ["Running"]
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("grace, signals", [("1", 1), ("60", 2)], ids=["grace", "second-signal"])

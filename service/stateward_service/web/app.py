@@ -41,6 +41,7 @@ from stateward_service import validation as check
 from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.errors import ServiceError, invalid
 from stateward_service.orchestrator import NotPaused, Orchestrator, RunInputRefused, RunNotFound
+from stateward_service.shutdown import WritingCalls
 from stateward_service.store import BadPageToken, RunFilter
 from stateward_service.web.auth import (
     EVENTS_COOKIE,
@@ -147,9 +148,14 @@ def _run_id(request: Request) -> str:
 class WebApi:
     """The handlers, over the orchestrator and the broadcaster."""
 
-    def __init__(self, orchestrator: Orchestrator, broadcaster: TransitionBroadcaster) -> None:
+    def __init__(
+        self, orchestrator: Orchestrator, broadcaster: TransitionBroadcaster, writing: WritingCalls
+    ) -> None:
         self.orchestrator = orchestrator
         self.broadcaster = broadcaster
+        # The server's writing calls: a shutdown refuses the web view's writes with the RPCs'
+        # and answers those in flight before the web server stops.
+        self.writing = writing
 
     async def _page(self, request: Request, kind: RunKind, where: RunFilter, key: str) -> Document:
         size = _page_size(request)
@@ -210,7 +216,7 @@ class WebApi:
             cancelling = State(StateType.CANCELLING, message="cancelled from the web view")
             return self.orchestrator.set_state(run_id, cancelling)
 
-        return _outcome(await run_in_threadpool(propose))
+        return _outcome(await self.writing.write(propose))
 
     async def resume(self, request: Request) -> Document:
         """Resume a Paused run (Orchestrator.resume_flow_run, as the ResumeFlowRun RPC does):
@@ -229,7 +235,7 @@ class WebApi:
             except RunInputRefused as error:
                 raise ServiceError(StatusCode.INVALID_ARGUMENT, f"run_input: {error}") from None
 
-        return _outcome(await run_in_threadpool(propose))
+        return _outcome(await self.writing.write(propose))
 
 
 async def _run_input(request: Request) -> str | None:
@@ -285,10 +291,13 @@ def create_app(
     api_key: str = "",
     heartbeat_seconds: float = 15.0,
     listen_host: str = "127.0.0.1",
+    writing: WritingCalls,
 ) -> Starlette:
     """The web view's application. With `api_key`, every /api/ call needs it. Served on a
-    loopback `listen_host`, it answers only requests addressed to a loopback name."""
-    api = WebApi(orchestrator, broadcaster)
+    loopback `listen_host`, it answers only requests addressed to a loopback name. Its writes
+    (cancel, resume) are counted in `writing`, the server's writing calls, so that a shutdown
+    refuses new ones and answers those in flight."""
+    api = WebApi(orchestrator, broadcaster, writing)
     key = ApiKey(api_key)
     routes: Sequence[Any] = [
         Route("/", _index),
