@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from stateward.runs import RunKind, SetStateStatus, Transition
+from stateward.runs import LogEntry, RunKind, SetStateStatus, Transition
 from stateward.states import State, StateDetails, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import (
     SCHEMA_VERSION,
     DatabaseRefused,
+    RunFilter,
     SchemaTooNew,
     Store,
     migrate,
     open_database,
 )
-from tests.support import wait_until
+from stateward_service.store.sqlite.reader import StoreReader
+from tests.support import wait_until, write_lock_held
 
 
 def flow_run(**fields) -> RunRecord:
@@ -86,6 +92,187 @@ def test_a_database_made_today_has_the_schema_of_those_made_before(tmp_path):
         db.close()
 
 
+def test_every_version_is_upgraded_to_the_schema_a_new_database_gets(tmp_path):
+    def schema(db: sqlite3.Connection) -> list[list[object]]:
+        rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid")
+        return [list(row) for row in rows]
+
+    fresh = sqlite3.connect(tmp_path / "fresh.db", isolation_level=None)
+    migrate(fresh)
+    expected = schema(fresh)
+    fresh.close()
+    assert "AUTOINCREMENT" not in next(row[3] for row in expected if row[1] == "transitions")
+    for version in range(1, SCHEMA_VERSION):
+        upgraded = sqlite3.connect(tmp_path / f"from-{version}.db", isolation_level=None)
+        migrate(upgraded, target=version)
+        assert migrate(upgraded) == version
+        assert schema(upgraded) == expected, f"upgraded from version {version}"
+        upgraded.close()
+
+
+def _database_of_version_4(path: Path, source: Path) -> None:
+    """A database as Stateward made it at schema version 4 (its log numbered by
+    AUTOINCREMENT), holding the rows of `source`: runs, states, a log whose oldest entries
+    were pruned, run logs and cache entries."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    migrate(db, target=4)
+    db.execute("ATTACH DATABASE ? AS source", (str(source),))
+    db.execute("BEGIN")
+    for table in ("flow_runs", "task_runs", "states", "transitions", "run_logs", "cache"):
+        db.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table}")
+    db.execute("DELETE FROM transitions WHERE sequence <= 3")  # as its log pruning did
+    db.execute("COMMIT")
+    db.execute("DETACH DATABASE source")
+    assert db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'").fetchone()
+    db.close()
+
+
+def _everything(path: Path) -> dict[str, Any]:
+    """Every row of every table, and what the store's reads return, as one value."""
+    db = sqlite3.connect(path)
+    tables = [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " AND name != 'schema_version' ORDER BY name"
+        )
+    ]
+    found: dict[str, Any] = {
+        table: db.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() for table in tables
+    }
+    db.close()
+    reader = StoreReader(path)
+    with reader.snapshot() as snapshot:
+        found["log"] = snapshot.read_log(0, 10_000)
+        found["last sequence"] = snapshot.last_sequence()
+        for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            runs, _ = snapshot.list_runs(kind, RunFilter(), 1_000, "")
+            found[f"runs {kind.name}"] = runs
+            for run in runs:
+                found[f"states {run.id}"] = snapshot.list_states(run.id)
+                found[f"lines {run.id}"] = snapshot.list_logs(kind, run.id, 0, 1_000)
+    reader.close()
+    return found
+
+
+_OPEN_AND_LOG = """
+import sys, uuid
+from datetime import UTC, datetime
+from stateward.runs import RunKind
+from stateward.states import State, StateType
+from stateward_service.model import RunRecord
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.store import Store
+print("opening", flush=True)
+store = Store(sys.argv[1])
+orchestrator = Orchestrator(store)
+published = []
+orchestrator.subscribe(published.extend)
+run = RunRecord(kind=RunKind.FLOW_RUN, id=str(uuid.uuid4()), name="later",
+                created=datetime.now(UTC), flow_name="f")
+orchestrator.create_run(run, State(StateType.PENDING))
+print(store.found_schema_version, published[-1].sequence, flush=True)
+orchestrator.close()
+"""
+
+
+def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(tmp_path):
+    source = tmp_path / "source.db"
+    store = Store(source)
+    orchestrator = Orchestrator(store)
+    flow = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    orchestrator.set_state(flow.id, State(StateType.RUNNING))
+    for number in range(3):
+        task = orchestrator.create_run(
+            RunRecord(
+                kind=RunKind.TASK_RUN,
+                id=str(uuid.uuid4()),
+                name=f"load-{number}",
+                created=datetime.now(UTC),
+                task_key="load",
+                flow_run_id=flow.id,
+            ),
+            State(StateType.RUNNING),
+        )
+        orchestrator.set_state(task.id, State(StateType.COMPLETED))
+        orchestrator.write_cache_entries([(task.id, f"key-{number}", None)])
+        orchestrator.write_logs(
+            [LogEntry(flow.id, task.id, datetime.now(UTC), 20, "task", f"line {number}")]
+        )
+    orchestrator.set_state(flow.id, State(StateType.COMPLETED))
+    orchestrator.close()
+    path = tmp_path / "made-by-version-4.db"
+    _database_of_version_4(path, source)
+    before = _everything(path)
+    newest = before["last sequence"]
+    assert isinstance(newest, int) and newest > 3
+    assert len(before["log"][0]) == newest - 3
+
+    # Two processes open it at once (both wait for a third's write lock): one upgrades it,
+    # the other finds it upgraded; each logs a transition after the newest it held.
+    with write_lock_held(path) as release:
+        openers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AND_LOG, str(path)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            )
+            for _ in range(2)
+        ]
+        for opener in openers:
+            assert opener.stdout is not None
+            assert opener.stdout.readline().strip() == "opening"
+        release()
+    answers = []
+    for opener in openers:
+        out, _ = opener.communicate(timeout=60)
+        assert opener.returncode == 0
+        answers.append(tuple(int(x) for x in out.split()))
+    assert sorted(version for version, _ in answers) == [4, SCHEMA_VERSION]
+    assert sorted(sequence for _, sequence in answers) == [newest + 1, newest + 2]
+
+    # What was there reads back as it was; the two new runs come on top of it.
+    after = _everything(path)
+    assert after["last sequence"] == newest + 2
+    for key, value in before.items():
+        if key in ("flow_runs", "states", "transitions"):
+            assert after[key][: len(value)] == value
+        elif key == "log":
+            old_log, oldest, _ = value
+            assert after[key][0][: len(old_log)] == old_log
+            assert after[key][1] == oldest == 4
+        elif key == "runs FLOW_RUN":
+            assert after[key][2:] == value  # newest first
+        elif key != "last sequence":
+            assert after[key] == value, key
+
+
+def test_a_log_pruned_to_nothing_before_version_5_goes_on_from_its_last_sequence(tmp_path):
+    path = tmp_path / "pruned.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, target=4)
+    for _ in range(7):
+        db.execute(
+            "INSERT INTO transitions (run_kind, run_id, flow_run_id, to_state_id, to_type)"
+            " VALUES (1, 'r', 'r', 's', 2)"
+        )
+    db.execute("DELETE FROM transitions")  # an older Stateward pruned its log to nothing
+    db.close()
+    store = Store(path)
+    assert store.last_sequence() == 7
+    orchestrator = Orchestrator(store)
+    published: list[Transition] = []
+    orchestrator.subscribe(published.extend)
+    run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    assert published[-1].sequence == 8
+    assert [t.sequence for t in store.read_log(0, 100)[0]] == [8]  # the placeholder is no entry
+    assert [t.run_id for t in store.read_log(0, 100, run_ids=[run.id])[0]] == [run.id]
+    assert orchestrator.prune_log(1) == 1  # the placeholder goes as the oldest
+    orchestrator.close()
+
+
 def table_names(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -114,13 +301,13 @@ def test_orchestrators_on_two_connections_decide_against_what_the_other_wrote(da
     pending = other.get_run(run.id).state  # now in the second orchestrator's cache
     assert pending is not None and pending.type is StateType.PENDING
     one.set_state(run.id, State(StateType.RUNNING))
-    assert other.get_run(run.id).state.type is StateType.RUNNING  # type: ignore[union-attr]
+    assert other.get_run(run.id).state.type is StateType.RUNNING
     # A compare-and-set against the state it saw first loses to the other's write.
     outcome = other.set_state(run.id, State(StateType.COMPLETED), expected_state_id=pending.id)
-    assert outcome.status is SetStateStatus.ABORT and outcome.state.type is StateType.RUNNING  # type: ignore[union-attr]
+    assert outcome.status is SetStateStatus.ABORT and outcome.state.type is StateType.RUNNING
     # And the sequence of each write follows the other's, in commit order.
     assert other.set_state(run.id, State(StateType.COMPLETED)).written
-    assert one.get_run(run.id).state.type is StateType.COMPLETED  # type: ignore[union-attr]
+    assert one.get_run(run.id).state.type is StateType.COMPLETED
     logged, _, newest = one.read_log(0, 10)
     assert [t.sequence for t in logged] == [1, 2, 3] and newest == 3
     one.close()
@@ -254,18 +441,29 @@ def test_the_wal_is_copied_into_the_database_off_the_write_path(tmp_path):
     reopened.close()
 
 
-def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path):
-    store = Store(tmp_path / "seq.db")
+@pytest.mark.parametrize("keep", [0, 1, 2])
+def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path, keep):
+    path = tmp_path / "seq.db"
+    store = Store(path)
     orchestrator = Orchestrator(store)
     published: list[Transition] = []
     orchestrator.subscribe(published.extend)
     run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
     orchestrator.set_state(run.id, State(StateType.RUNNING))
-    first = published[-1].sequence
-    store.conn.execute("DELETE FROM transitions")
+    newest = published[-1].sequence
+    assert orchestrator.prune_log(keep) == newest - max(keep, 1)
+    assert store.last_sequence() == newest  # the newest stays, whatever `keep` says
     orchestrator.set_state(run.id, State(StateType.COMPLETED))
-    assert published[-1].sequence == first + 1
-    store.close()
+    assert published[-1].sequence == newest + 1
+    orchestrator.close()
+    # Another connection (a process opening the file later) goes on from there too.
+    store = Store(path)
+    orchestrator = Orchestrator(store)
+    orchestrator.subscribe(published.extend)
+    orchestrator.prune_log(keep)
+    orchestrator.set_state(run.id, State(StateType.RUNNING), force=True)
+    assert published[-1].sequence == newest + 2
+    orchestrator.close()
 
 
 def test_one_process_checkpoints_the_shared_file_and_another_takes_over(tmp_path):

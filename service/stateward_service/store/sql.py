@@ -55,8 +55,9 @@ class SqlReads:
     LISTING_ORDER = "rowid"
     # The run's JSON list of tags as a table with a `value` column.
     TAG_VALUES = "json_each(r.tags)"
-    # The newest sequence ever handed out (0 for a new database).
-    LAST_SEQUENCE = "SELECT seq FROM sqlite_sequence WHERE name = 'transitions'"
+    # The newest sequence ever handed out (0 for a new database): the log's newest, which is
+    # never pruned.
+    LAST_SEQUENCE = "SELECT coalesce((SELECT max(sequence) FROM transitions), 0)"
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
         """The run with its current state, or None."""

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from stateward_service.store.sql import SqlReads
+
 
 class FileLeaderLock:
     """Held by at most one open file at a time (two in one process exclude each other too)."""
@@ -68,10 +70,8 @@ class DataVersionSignal:
         if version == self._version:
             return False
         self._version = version
-        row = self._conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'transitions'"
-        ).fetchone()
-        return row is None or int(row[0]) > seen()
+        newest = int(self._conn.execute(SqlReads.LAST_SEQUENCE).fetchone()[0])
+        return newest > seen()
 
     def close(self) -> None:
         self._closed.set()

@@ -42,6 +42,18 @@ def _index(table: str, *columns: str) -> str:
     return f'CREATE INDEX "{name}"\n    ON "{table}" ({listed})'
 
 
+# The transitions log as migration 5 makes it: `sequence` is the rowid, handed out in commit
+# order (a write transaction holds the whole database).
+_TRANSITIONS_TABLE = """CREATE TABLE transitions (
+            sequence INTEGER PRIMARY KEY,
+            run_kind INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            flow_run_id TEXT NOT NULL,
+            from_state_id TEXT,
+            to_state_id TEXT NOT NULL,
+            to_type INTEGER NOT NULL
+        )"""
+
 _SCHEMA_VERSION_TABLE = """CREATE TABLE "schema_version" (
    "version" INTEGER NOT NULL
 )"""
@@ -70,7 +82,8 @@ MIGRATIONS: Sequence[Sequence[str]] = (
    "result_pickle" BLOB
 )""",
         _index("states", "run_id", "timestamp"),
-        # AUTOINCREMENT: a sequence is never handed out twice, even after the log is pruned.
+        # AUTOINCREMENT: a sequence is never handed out twice, even after the log is pruned
+        # (migration 5 keeps that promise another way, with one page less per commit).
         """CREATE TABLE transitions (
             sequence INTEGER PRIMARY KEY AUTOINCREMENT,
             run_kind INTEGER NOT NULL,
@@ -131,6 +144,27 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX transitions_flow_run ON transitions (flow_run_id)",
         "CREATE INDEX transitions_to_type ON transitions (to_type)",
         "CREATE INDEX task_runs_task_key ON task_runs (task_key)",
+    ),
+    (
+        # The log without AUTOINCREMENT, which wrote its counter's page in sqlite_sequence on
+        # every commit that logged (one page of about fifteen). A new transition's sequence is
+        # one more than the newest in the table, and the newest is never pruned (see
+        # `Store.prune_log`), so no sequence is handed out twice. A log an older Stateward
+        # pruned to nothing keeps its counter as a placeholder row at that sequence: no state
+        # has the empty id, so no read returns it.
+        "ALTER TABLE transitions RENAME TO transitions_before_5",
+        _TRANSITIONS_TABLE,
+        """INSERT INTO transitions
+           SELECT sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type
+           FROM transitions_before_5""",
+        """INSERT INTO transitions (sequence, run_kind, run_id, flow_run_id, to_state_id, to_type)
+           SELECT seq, 0, '', '', '', 0 FROM sqlite_sequence
+           WHERE name = 'transitions_before_5'
+             AND seq > coalesce((SELECT max(sequence) FROM transitions), 0)""",
+        "DROP TABLE transitions_before_5",
+        "CREATE INDEX transitions_run ON transitions (run_id)",
+        "CREATE INDEX transitions_flow_run ON transitions (flow_run_id)",
+        "CREATE INDEX transitions_to_type ON transitions (to_type)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

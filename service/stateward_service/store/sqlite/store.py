@@ -276,8 +276,9 @@ class Store(SqlStore):
     # --- the dialect: the log's sequence, upserts ------------------------------------------------
 
     def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> None:
-        """Log a written state. Its sequence, an integer primary key, is known at once: the
-        transaction holds the whole database, so numbers are handed out in commit order."""
+        """Log a written state. Its sequence, the integer primary key (one more than the newest
+        in the table), is known at once: the transaction holds the whole database, so numbers
+        are handed out in commit order."""
         cursor = self.conn.execute(
             """INSERT INTO transitions
                (run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
@@ -294,6 +295,12 @@ class Store(SqlStore):
         sequence = cursor.lastrowid
         assert sequence is not None
         self._pending_log.append(int(sequence))
+
+    def prune_log(self, keep: int) -> int:
+        """Delete all but the newest `keep` transitions from the log (all but the newest one
+        when `keep` is 0: the next sequence follows the newest in the table, so the newest
+        stays and no sequence is handed out twice); returns how many went."""
+        return super().prune_log(max(keep, 1))
 
     def logged_sequences(self) -> list[int]:
         return list(self._pending_log)
