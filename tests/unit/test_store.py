@@ -209,8 +209,9 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
     assert isinstance(newest, int) and newest > 3
     assert len(before["log"][0]) == newest - 3
 
-    # Two processes open it at once (both wait for a third's write lock): one upgrades it,
-    # the other finds it upgraded; each logs a transition after the newest it held.
+    # Two processes open it at once, both waiting for a third's write lock for longer than a
+    # write would wait (it may be a process upgrading a large file): one upgrades it, the
+    # other finds it upgraded; each logs a transition after the newest it held.
     with write_lock_held(path) as release:
         openers = [
             subprocess.Popen(
@@ -224,6 +225,8 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
         for opener in openers:
             assert opener.stdout is not None
             assert opener.stdout.readline().strip() == "opening"
+        with pytest.raises(subprocess.TimeoutExpired):  # a write gives up after 5 seconds
+            openers[0].wait(timeout=7)
         release()
     answers = []
     for opener in openers:

@@ -58,6 +58,11 @@ _SCHEMA_VERSION_TABLE = """CREATE TABLE "schema_version" (
    "version" INTEGER NOT NULL
 )"""
 
+# How long opening a database waits for another process's write lock: a process upgrading a
+# large file holds it for a while (migration 5 copies the log: about ten seconds a million
+# transitions on a slow machine).
+_MIGRATION_WAIT_MS = 600_000
+
 # Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
@@ -174,8 +179,14 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Bring the database's schema up to `target` in one write transaction, so that processes
     starting together on one file migrate it once. `conn` is in autocommit mode
     (`isolation_level=None`). Returns the version it found; raises SchemaTooNew for a database
-    written by a newer Stateward."""
-    conn.execute("BEGIN IMMEDIATE")
+    written by a newer Stateward. Another process's write lock is waited for up to
+    `_MIGRATION_WAIT_MS`, far longer than a write waits: it may be upgrading the file."""
+    waits = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+    conn.execute(f"PRAGMA busy_timeout={max(waits, _MIGRATION_WAIT_MS)}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={waits}")
     try:
         found_table = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
