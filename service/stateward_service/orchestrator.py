@@ -23,10 +23,11 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import TypeVar
 
 from stateward.ids import new_ordered_id
@@ -64,6 +65,9 @@ from stateward_service.store import (
 )
 
 _ONE_US = timedelta(microseconds=1)
+# Members as module globals: a global is read several times quicker than an enum's attribute.
+_SCHEDULED, _RUNNING = StateType.SCHEDULED, StateType.RUNNING
+_FLOW_RUN, _TASK_RUN = RunKind.FLOW_RUN, RunKind.TASK_RUN
 _IN_BATCH = nullcontext()
 _CONFLICT_RETRIES = 6
 log = logging.getLogger("stateward.orchestrator")
@@ -113,13 +117,6 @@ class NotCompleted(Exception):
 # names never change), the state it left and the state written. Made into a `Transition` once,
 # with its sequence, when the transaction committed.
 _Logged = tuple[RunRecord, State | None, State]
-
-
-@dataclass
-class _Write:
-    """What one transaction wrote, to publish once it committed."""
-
-    transitions: list[_Logged] = field(default_factory=list)
 
 
 Publisher = Callable[[Sequence[Transition]], None]
@@ -241,17 +238,25 @@ class Orchestrator:
         """Store a new run and orchestrate its initial state, atomically. `new_id` says the id
         was just minted, so it cannot exist yet."""
 
-        def attempt() -> None:
-            with self._lock:
-                write = _Write()
-                with self._writing():
-                    self._create(run, initial, new_id, write)
-                self._publish(write)
+        for tries in range(_CONFLICT_RETRIES):
+            try:
+                with self._lock:
+                    batch = self._batch
+                    if batch is not None:  # its transitions are published with the batch
+                        self._create(run, initial, new_id, batch)
+                    else:
+                        written: list[_Logged] = []
+                        with self._transaction():
+                            self._create(run, initial, new_id, written)
+                        self._publish(written)
+                return run.copy()
+            except WriteConflict as conflict:
+                self._conflicted(conflict, tries)
+        raise AssertionError("unreachable")
 
-        self._retrying(attempt)
-        return run.copy()
-
-    def _create(self, run: RunRecord, initial: State | None, new_id: bool, write: _Write) -> None:
+    def _create(
+        self, run: RunRecord, initial: State | None, new_id: bool, written: list[_Logged]
+    ) -> None:
         """Inside a transaction: check, decide and write a new run."""
         if not new_id and (self._runs.cached(run.id) or self._store.run_exists(run.id)):
             raise RunAlreadyExists(run.id)
@@ -265,8 +270,10 @@ class Orchestrator:
             if parent is None:
                 raise RunNotFound(run.parent_task_run_id, RunKind.TASK_RUN)
         decision = None
+        moment = run.created
         if initial is not None:
-            decision = self._decide(run, initial, force=False)
+            moment = self.clock()
+            decision = self._decide(run, initial, False, moment)
             if not decision.writes:
                 raise InitialStateRefused(
                     f"the initial state {initial.name} was refused "
@@ -277,7 +284,7 @@ class Orchestrator:
             parent.child_flow_run_id = run.id
         self._runs.unwritten[run.id] = run  # its row is inserted once, at the commit
         if decision is not None:
-            self._write(run, decision, write)  # which remembers it
+            self._write(run, decision, written, moment)  # which remembers it
         else:
             self._runs.remember(run)
 
@@ -535,17 +542,34 @@ class Orchestrator:
         transitions written are published to the subscribers (see `subscribe`); raises
         RunNotFound for an unknown run."""
 
-        def attempt() -> OrchestrationResult:
-            with self._lock:
-                write = _Write()
-                with self._writing():
-                    result = self._propose(
-                        run_id, proposed, force, expected_state_id, lease_seconds, write
-                    )
-                self._publish(write)
-                return result
+        # The retries and the transaction inline, not through `_retrying` and `_writing`:
+        # every proposal comes here.
+        for tries in range(_CONFLICT_RETRIES):
+            try:
+                with self._lock:
+                    batch = self._batch
+                    if batch is not None:  # its transitions are published with the batch
+                        return self._propose(
+                            run_id, proposed, force, expected_state_id, lease_seconds, batch
+                        )
+                    written: list[_Logged] = []
+                    with self._transaction():
+                        result = self._propose(
+                            run_id, proposed, force, expected_state_id, lease_seconds, written
+                        )
+                    self._publish(written)
+                    return result
+            except WriteConflict as conflict:
+                self._conflicted(conflict, tries)
+        raise AssertionError("unreachable")
 
-        return self._retrying(attempt)
+    def _conflicted(self, conflict: WriteConflict, tries: int) -> None:
+        """After a decision lost a race with another process's transaction: a short random
+        pause before it is taken again; `conflict` raised after the last try, or inside a
+        batch (the batch fails instead)."""
+        if self._batch is not None or tries == _CONFLICT_RETRIES - 1:
+            raise conflict
+        time.sleep(random.uniform(0, 0.005 * 2**tries))
 
     def _propose(
         self,
@@ -554,7 +578,7 @@ class Orchestrator:
         force: bool,
         expected_state_id: str | None,
         lease_seconds: float,
-        write: _Write,
+        written: list[_Logged],
     ) -> OrchestrationResult:
         """Inside a transaction: decide a proposal against the run as stored, and write."""
         self._store.lock_runs((run_id,))
@@ -569,9 +593,10 @@ class Orchestrator:
                 f"the run's current state is {current_id or 'none'}, "
                 f"not the expected {expected_state_id or 'none'}: another client changed it",
             )
-        decision = self._decide(run, proposed, force)
-        if decision.writes:
-            self._write(run, decision, write, lease_seconds)
+        moment = self.clock()
+        decision = self._decide(run, proposed, force, moment)
+        if decision.state is not None:
+            self._write(run, decision, written, moment, lease_seconds)
         return OrchestrationResult(
             decision.status,
             run.state,
@@ -586,15 +611,15 @@ class Orchestrator:
 
         def attempt() -> bool:
             with self._lock:
-                write = _Write()
+                written: list[_Logged] = []
                 with self._writing():
                     self._store.lock_runs((run_id,))
                     run = self._runs.get(run_id)
                     if run is None or run.lease_expires is None or run.lease_expires >= before:
                         return False
                     current = run.state.id if run.state else ""
-                    result = self._propose(run_id, crashed, True, current, 0.0, write)
-                self._publish(write)
+                    result = self._propose(run_id, crashed, True, current, 0.0, written)
+                self._publish(written)
                 return result.written
 
         return self._retrying(attempt)
@@ -653,11 +678,14 @@ class Orchestrator:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _decide(self, run: RunRecord, proposed: State, force: bool) -> PolicyDecision:
-        moment = self.clock()
-        if proposed.type is StateType.SCHEDULED and proposed.details.scheduled_time is None:
+    def _decide(
+        self, run: RunRecord, proposed: State, force: bool, moment: datetime
+    ) -> PolicyDecision:
+        """Run the policy over a proposal at `moment` (the time the state is written at)."""
+        kind = proposed.type
+        if kind is _SCHEDULED and proposed.details.scheduled_time is None:
             proposed = proposed.with_details(scheduled_time=moment)
-        if not force and run.kind is RunKind.TASK_RUN and proposed.type is StateType.RUNNING:
+        if not force and kind is _RUNNING and run.kind is _TASK_RUN:
             ctx = self._with_task_start_facts(run, proposed, moment)
         else:
             ctx = TransitionContext(run=run, proposed=proposed, now=moment, jitter=self.rng())
@@ -753,7 +781,7 @@ class Orchestrator:
                 written = self._batch
             finally:
                 self._batch, self._grouping = None, 0
-            self._publish(_Write(written))
+            self._publish(written)
             return results
         finally:
             self._lock.release()
@@ -788,45 +816,23 @@ class Orchestrator:
         which the group holds: another thread always sees False)."""
         return self._grouping == threading.get_ident()
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> _Batch:
         """The operations inside share one transaction; their transitions are published once the
         whole batch committed. An operation that is refused (not found, already exists, an
         initial state refused...) is refused before it writes anything, so the others go on;
         a failure while writing fails the whole batch, which then changes nothing. Inside
         `together()`, the batch is part of the group's transaction (and of its savepoint)."""
-        with self._lock:
-            if self._grouping:
-                yield
-                return
-            if self._batch is not None:
-                raise RuntimeError("batches do not nest")
-            self._batch = []
-            try:
-                with self._transaction():
-                    yield
-                written = self._batch
-            finally:
-                self._batch = None
-            self._publish(_Write(written))
+        return _Batch(self)
 
     def _writing(self) -> AbstractContextManager[None]:
         """A transaction, or the batch's when inside one (then nothing to enter: each write of
         a batch comes here, so it costs no generator)."""
         return _IN_BATCH if self._batch is not None else self._transaction()
 
-    @contextmanager
-    def _transaction(self, wait: bool = True) -> Iterator[None]:
+    def _transaction(self, wait: bool = True) -> _Transaction:
         """A store transaction (see `RunStore.transaction` for `wait`); if it fails, the run
         records it changed in memory are forgotten."""
-        try:
-            with self._store.transaction(wait=wait):
-                self._forget_if_changed()
-                yield
-                self._write_unwritten()
-        except BaseException:
-            self._runs.clear()
-            raise
+        return _Transaction(self, wait)
 
     def _write_unwritten(self) -> None:
         """Insert the rows of the runs created in this transaction, each once, as they are
@@ -856,38 +862,44 @@ class Orchestrator:
         self,
         run: RunRecord,
         decision: PolicyDecision,
-        write: _Write,
+        written: list[_Logged],
+        moment: datetime,
         lease_seconds: float = 0.0,
     ) -> None:
-        """Write the decided state for `run` (inside a transaction)."""
+        """Write the decided state for `run` (inside a transaction), at `moment` (the time of
+        the decision: one clock reading per transition)."""
         assert decision.state is not None
-        for effect in decision.effects:
-            if isinstance(effect, ResetRunCount):
-                run.run_count = 0
+        effects = decision.effects
+        if effects:
+            for effect in effects:
+                if isinstance(effect, ResetRunCount):
+                    run.run_count = 0
         previous = run.state
-        state = self._mint(run, decision.state)
+        state = self._mint(run, decision.state, moment)
         bookkeeping.record_transition(run, state, lease_seconds)
-        for effect in decision.effects:
-            if isinstance(effect, RememberPauseKey):
-                run.pause_keys = run.pause_keys | {effect.key}
-        self._store.insert_state(run.id, state)
+        store = self._store
+        if effects:
+            for effect in effects:
+                if isinstance(effect, RememberPauseKey):
+                    run.pause_keys = run.pause_keys | {effect.key}
+        store.insert_state(run.id, state)
         if run.id not in self._runs.unwritten:  # else its row is inserted as it is by then
-            self._store.update_run(run)
+            store.update_run(run)
         self._runs.remember(run)  # what it holds changed with its state: measured again
-        for effect in decision.effects:
-            self._apply(run, state, effect)
+        if effects:
+            for effect in effects:
+                self._apply(run, state, effect)
         if run.tags and _leaves_running(previous, state):
-            self._store.release_slots(run.id)
-        self._store.append_transition(run, previous, state)
-        write.transitions.append((run, previous, state))
-        if run.kind is RunKind.FLOW_RUN and run.parent_task_run_id:
-            self._mirror_onto_parent_task(run, state, write)
+            store.release_slots(run.id)
+        store.append_transition(run, previous, state)
+        written.append((run, previous, state))
+        if run.parent_task_run_id and run.kind is _FLOW_RUN:
+            self._mirror_onto_parent_task(run, state, written)
 
-    def _mint(self, run: RunRecord, state: State) -> State:
+    def _mint(self, run: RunRecord, state: State, moment: datetime) -> State:
         """The state as written: a fresh id (time-ordered: it joins the index of state ids at
-        its right edge), a timestamp after the run's last one, its run."""
-        moment = self.clock()
-        last = run.state.timestamp if run.state else None
+        its right edge), a timestamp (`moment`, or just after the run's last one), its run."""
+        last = run.state.timestamp if run.state is not None else None
         if last is not None and moment <= last:
             moment = last + _ONE_US
         return State(
@@ -907,7 +919,9 @@ class Orchestrator:
         elif isinstance(effect, TakeConcurrencySlots):
             self._store.take_slots(run.id, effect.tags)
 
-    def _mirror_onto_parent_task(self, subflow: RunRecord, state: State, write: _Write) -> None:
+    def _mirror_onto_parent_task(
+        self, subflow: RunRecord, state: State, written: list[_Logged]
+    ) -> None:
         """A subflow's task run in the parent flow shows the subflow's state."""
         self._store.lock_runs((subflow.parent_task_run_id,))
         task_run = self._runs.get(subflow.parent_task_run_id, RunKind.TASK_RUN)
@@ -923,19 +937,22 @@ class Orchestrator:
             ),
             data=state.data,
         )
-        decision = decide(self.policies.forced_task, _forced_context(task_run, mirror, self))
+        moment = self.clock()
+        context = TransitionContext(run=task_run, proposed=mirror, now=moment)
+        decision = decide(self.policies.forced_task, context)
         if decision.writes:
-            self._write(task_run, decision, write)
+            self._write(task_run, decision, written, moment)
 
-    def _publish(self, write: _Write) -> None:
+    def _publish(self, written: list[_Logged]) -> None:
         """Publish what a transaction wrote, once it committed (inside a batch: once the batch
         commits). The transitions get their sequences here: a store may number them only as
         it commits."""
         if self._batch is not None:
-            self._batch.extend(write.transitions)
+            if written is not self._batch:
+                self._batch.extend(written)
             return
-        if write.transitions:
-            transitions = self._sequenced(write.transitions)
+        if written:
+            transitions = self._sequenced(written)
             for publisher in self._publishers:
                 try:
                     publisher(transitions)
@@ -970,6 +987,111 @@ class Orchestrator:
         ]
 
 
+class _Batch:
+    """`Orchestrator.batch()`: a class, not a generator (see `_Transaction`)."""
+
+    __slots__ = ("_orchestrator", "_transaction")
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+        self._transaction: _Transaction | None = None
+
+    def __enter__(self) -> None:
+        orchestrator = self._orchestrator
+        orchestrator._lock.acquire()
+        try:
+            if orchestrator._grouping:  # part of the group's transaction
+                return
+            if orchestrator._batch is not None:
+                raise RuntimeError("batches do not nest")
+            orchestrator._batch = []
+            transaction = orchestrator._transaction()
+            try:
+                transaction.__enter__()
+            except BaseException:
+                orchestrator._batch = None
+                raise
+            self._transaction = transaction
+        except BaseException:
+            orchestrator._lock.release()
+            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        orchestrator = self._orchestrator
+        try:
+            transaction = self._transaction
+            if transaction is None:
+                return
+            written = orchestrator._batch
+            try:
+                transaction.__exit__(kind, error, traceback)  # the commit, or the rollback
+            finally:
+                orchestrator._batch = None
+            if error is None and written:
+                orchestrator._publish(written)
+        finally:
+            orchestrator._lock.release()
+
+
+class _Transaction:
+    """`Orchestrator._transaction()`: a class, not a generator, as every write enters one.
+    Inside the store's transaction: the run cache is checked against other processes' commits
+    as it begins, the rows of runs created in it are inserted as it ends, and the cache
+    forgets everything when it fails."""
+
+    __slots__ = ("_orchestrator", "_store_transaction")
+
+    def __init__(self, orchestrator: Orchestrator, wait: bool) -> None:
+        self._orchestrator = orchestrator
+        self._store_transaction = orchestrator._store.transaction(wait=wait)
+
+    def __enter__(self) -> None:
+        orchestrator = self._orchestrator
+        try:
+            self._store_transaction.__enter__()
+        except BaseException:
+            orchestrator._runs.clear()
+            raise
+        try:
+            orchestrator._forget_if_changed()
+        except BaseException as error:
+            self._fail(error)
+            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is None:
+            try:
+                self._orchestrator._write_unwritten()
+            except BaseException as failure:
+                self._fail(failure)
+                raise
+            try:
+                self._store_transaction.__exit__(None, None, None)  # the commit
+            except BaseException:
+                self._orchestrator._runs.clear()
+                raise
+            return
+        self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        """Roll the store's transaction back for `error` (it may raise what stands for it,
+        e.g. StorageUnavailable) and forget the cached runs."""
+        try:
+            self._store_transaction.__exit__(type(error), error, error.__traceback__)
+        finally:
+            self._orchestrator._runs.clear()
+
+
 def _undone_alone(error: Exception) -> bool:
     """Whether a failed operation of a group is undone alone (a refusal, a bad request, a race
     lost to another process) rather than failing the whole transaction (the database
@@ -979,9 +1101,3 @@ def _undone_alone(error: Exception) -> bool:
 
 def _leaves_running(previous: State | None, state: State) -> bool:
     return previous is not None and previous.type is StateType.RUNNING and not state.is_running()
-
-
-def _forced_context(
-    run: RunRecord, proposed: State, orchestrator: Orchestrator
-) -> TransitionContext:
-    return TransitionContext(run=run, proposed=proposed, now=orchestrator.clock())
