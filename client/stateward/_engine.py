@@ -76,12 +76,16 @@ class RunEngine:
         # Its own tags, then those of the `tags()` blocks it is created in.
         self.tags = tuple(dict.fromkeys((*subject.tags, *current_tags())))
         self.run_count = 0  # attempts this engine started (entries into RUNNING)
-        configure_default_logging()
-        self.client = get_client()
-        run_logs.install(self.client.write_logs)  # what runs log goes to the server
-        self.supervisor = get_supervisor(self.client)
         # The flow run whose code runs this one (a task's flow run, a subflow's parent), if any.
         self.parent: FlowRunContext | None = flow_run_context.get()
+        if self.parent is not None:  # the process's client and supervisor, set up by it
+            self.client = self.parent.engine.client
+            self.supervisor = self.parent.engine.supervisor
+        else:
+            configure_default_logging()
+            self.client = get_client()
+            run_logs.install(self.client.write_logs)  # what runs log goes to the server
+            self.supervisor = get_supervisor(self.client)
         self.id = new_id()
         self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
         self.error: BaseException | None = None  # the user code's exception, as raised

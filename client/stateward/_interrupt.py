@@ -40,8 +40,8 @@ import ctypes
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import TypeVar
 
 from stateward._signals import take_pending, wake
@@ -254,31 +254,47 @@ def _pop(thread_id: int, entry: object) -> None:
         _stacks.pop(thread_id, None)
 
 
-@contextmanager
-def engine_code() -> Iterator[None]:
-    """Around the engine's own work: the region of user code it runs in (if any) is paused, and
-    what interrupts it meanwhile is raised once the work is done. (A generator is safe here:
-    nothing is sent to the thread while the engine's work is on top.)"""
-    thread_id = threading.get_ident()
-    with _lock:
-        stack = _stacks.setdefault(thread_id, [])
-        region = stack[-1] if stack and isinstance(stack[-1], Interruptible) else None
-        if region is not None and region._sent:  # on its way, not landed: hold it back
-            _set_async_exc(thread_id, None)
-            region._sent = False
-            region._pending = region.received
-        stack.append(_ENGINE)
-    try:
-        yield
-    except RunInterrupted:
-        # A nested run passed on the interrupt meant for this region: it reaches the code now.
-        if region is not None:
-            with _lock:
-                if region.received is not None:
-                    region.told, region._pending = True, None
-        raise
-    finally:
+def engine_code() -> _EngineWork:
+    """Around the engine's own work (`with engine_code(): ...`): the region of user code it
+    runs in (if any) is paused, and what interrupts it meanwhile is raised once the work is
+    done."""
+    return _EngineWork()
+
+
+class _EngineWork:
+    """`engine_code()`: a class, not a generator, as every run enters one. (Either is safe
+    here: nothing is sent to the thread while the engine's work is on top.)"""
+
+    __slots__ = ("_region", "_thread_id")
+
+    def __enter__(self) -> None:
+        thread_id = self._thread_id = threading.get_ident()
         with _lock:
+            stack = _stacks.setdefault(thread_id, [])
+            region = stack[-1] if stack and isinstance(stack[-1], Interruptible) else None
+            if region is not None and region._sent:  # on its way, not landed: hold it back
+                _set_async_exc(thread_id, None)
+                region._sent = False
+                region._pending = region.received
+            stack.append(_ENGINE)
+        self._region = region
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        thread_id, region = self._thread_id, self._region
+        with _lock:
+            # A nested run passed on the interrupt meant for this region: it reaches the code
+            # now.
+            if (
+                region is not None
+                and isinstance(error, RunInterrupted)
+                and region.received is not None
+            ):
+                region.told, region._pending = True, None
             _pop(thread_id, _ENGINE)
             pending = None
             if region is not None:

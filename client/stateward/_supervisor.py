@@ -55,8 +55,11 @@ class RunSupervisor:
             self._leases.add(run_id)
 
     def release_lease(self, run_id: str) -> None:
-        with self._lock:
-            self._leases.discard(run_id)
+        # Looked at first without the lock (a set's membership is read atomically): most
+        # states a run goes through hold no lease, and only this run's thread adds it.
+        if run_id in self._leases:
+            with self._lock:
+                self._leases.discard(run_id)
 
     def _renew(self) -> None:
         period = self.lease / 3
