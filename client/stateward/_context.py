@@ -34,13 +34,47 @@ class FlowRunContext:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
 class TaskRunContext:
-    task: Task[..., Any]
-    task_run: TaskRun
-    parameters: dict[str, Any]
-    # When the task's code started (its current attempt).
-    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """The task run whose code runs here: its task, its run record, its parameters and when
+    its current attempt started. The record may be given as a function that makes it, called
+    once, when it is first read: most code never reads it, and every task run makes a
+    context."""
+
+    __slots__ = ("_make_run", "_task_run", "parameters", "start_time", "task")
+
+    def __init__(
+        self,
+        task: Task[..., Any],
+        task_run: TaskRun | Callable[[], TaskRun],
+        parameters: dict[str, Any],
+        start_time: datetime | None = None,
+    ) -> None:
+        self.task = task
+        self._task_run: TaskRun | None = None
+        self._make_run: Callable[[], TaskRun] | None = None
+        if callable(task_run):
+            self._make_run = task_run
+        else:
+            self._task_run = task_run
+        self.parameters = parameters
+        # When the task's code started (its current attempt).
+        self.start_time = start_time if start_time is not None else datetime.now(UTC)
+
+    @property
+    def task_run(self) -> TaskRun:
+        run = self._task_run
+        if run is None:
+            assert self._make_run is not None
+            run = self._task_run = self._make_run()
+            self._make_run = None
+        return run
+
+    @task_run.setter
+    def task_run(self, run: TaskRun) -> None:
+        self._task_run, self._make_run = run, None
+
+    def __repr__(self) -> str:
+        return f"TaskRunContext(task={self.task!r}, task_run={self.task_run!r})"
 
 
 T = TypeVar("T")

@@ -36,7 +36,8 @@ from stateward._orchestration import RunOrchestration
 from stateward._outcomes import bind, call_with
 from stateward._results import exception_for
 from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, stopped_message
-from stateward._supervisor import get_supervisor
+from stateward._supervisor import RunSupervisor, get_supervisor
+from stateward.client import Client
 from stateward.exceptions import (
     DeadlineExceeded,
     OrchestrationAborted,
@@ -78,6 +79,8 @@ class RunEngine:
         self.run_count = 0  # attempts this engine started (entries into RUNNING)
         # The flow run whose code runs this one (a task's flow run, a subflow's parent), if any.
         self.parent: FlowRunContext | None = flow_run_context.get()
+        self.client: Client
+        self.supervisor: RunSupervisor
         if self.parent is not None:  # the process's client and supervisor, set up by it
             self.client = self.parent.engine.client
             self.supervisor = self.parent.engine.supervisor

@@ -60,6 +60,7 @@ class FlowRunEngine(RunEngine):
         wait_for: Iterable[Any] | None = None,
     ) -> None:
         super().__init__(flow, args, kwargs)
+        self.orchestration.owner = {"flow_run_id": self.id, "task_run_id": ""}
         self.flow = flow
         self.wait_for = list(wait_for or ())
         self.flow_run: FlowRun | None = None

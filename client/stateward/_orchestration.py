@@ -40,6 +40,10 @@ class RunOrchestration:
         # server with the run's logs.
         self.log_extra: Mapping[str, object] | None = None
         self.state: State | None = None
+        # The ids a state of this run names in its details (`flow_run_id`, `task_run_id`), set
+        # by its engine: a proposal carries them, so the orchestrator writes its details as
+        # they come rather than copy them to name the run.
+        self.owner: dict[str, str] = {}
         # The exception that ended the run's code: its traceback goes with the Failed or
         # Crashed line (once, also when it fails the flow run around it).
         self.failure: BaseException | None = None
@@ -93,7 +97,7 @@ class RunOrchestration:
     ) -> OrchestrationResult:
         """Propose a state; the answer. On WAIT, wait and propose again (or, with
         `wait=False`, return the WAIT: the caller waits as it sees fit)."""
-        proposed = proposed.with_details(transition_id=new_id())
+        proposed = proposed.with_details(transition_id=new_id(), **self.owner)
         while True:
             decision = self._retrying(
                 f"proposing {proposed.name}",
@@ -133,7 +137,7 @@ class RunOrchestration:
         to RUNNING is taken in; that answer is returned (it may be WAIT: the caller waits and
         proposes again). The runs' ids are new (made by `new_id` for this call): the first
         attempt says so, which spares an orchestrator in this process a read per run."""
-        running = running.with_details(transition_id=new_id())
+        running = running.with_details(transition_id=new_id(), **self.owner)
 
         def send(
             attempt: int,

@@ -72,7 +72,9 @@ class TaskRunEngine(RunEngine):
         self.task_run: TaskRun | None = None
         self.context: TaskRunContext | None = None
         self.attempts = 0  # attempts of the code in this process
+        self._retry_policy: RetryPolicy | None = None
         self.flow_run_id = self.parent.flow_run.id if self.parent else ""
+        self.orchestration.owner = {"flow_run_id": self.flow_run_id, "task_run_id": self.id}
         self.cache_key = ""
         # Sent to a worker by a task runner: a stop of its flow run goes through this.
         self.remote: Dispatch | None = None
@@ -109,6 +111,7 @@ class TaskRunEngine(RunEngine):
         engine.orchestration = RunOrchestration(
             engine.client, engine.supervisor, engine.id, engine.log
         )
+        engine.orchestration.owner = {"flow_run_id": engine.flow_run_id, "task_run_id": engine.id}
         engine.on_a_worker = True
         engine._adopt([task_run])
         return engine
@@ -148,7 +151,7 @@ class TaskRunEngine(RunEngine):
             flow_run_id=self.flow_run_id,
             parameters=jsonable(self.parameters),
             tags=self.tags,
-            retry_policy=RetryPolicy(task.retries, task.retry_delays, task.retry_jitter_factor),
+            retry_policy=self.retry_policy(),
             state=State(StateType.PENDING),
         )
 
@@ -181,7 +184,9 @@ class TaskRunEngine(RunEngine):
         self.orchestration.log_extra = run_extra(self.task_run.flow_run_id, self.id)
         self.orchestration.observe_state(self.task_run.state)
 
-    def record(self) -> TaskRun:
+    def record(self, state: State | None = None, run_count: int | None = None) -> TaskRun:
+        """The run as this process knows it (with `state` and `run_count` as given, else as
+        they are now)."""
         run = self.task_run
         return TaskRun(
             id=self.id,
@@ -190,13 +195,20 @@ class TaskRunEngine(RunEngine):
             flow_run_id=self.flow_run_id,
             parameters=self.parameters,
             tags=self.tags,
-            retry_policy=RetryPolicy(
-                self.task.retries, self.task.retry_delays, self.task.retry_jitter_factor
-            ),
-            state=self.orchestration.state,
+            retry_policy=self.retry_policy(),
+            state=state if state is not None else self.orchestration.state,
             created=run.created if run else None,
-            run_count=self.run_count,
+            run_count=run_count if run_count is not None else self.run_count,
         )
+
+    def retry_policy(self) -> RetryPolicy:
+        """The task's retry policy (made once per call of the task)."""
+        policy = self._retry_policy
+        if policy is None:
+            task = self.task
+            policy = RetryPolicy(task.retries, task.retry_delays, task.retry_jitter_factor)
+            self._retry_policy = policy
+        return policy
 
     # --- inputs, caching and retries --------------------------------------------------------------
 
@@ -323,7 +335,11 @@ class TaskRunEngine(RunEngine):
     # --- executing the task's function ------------------------------------------------------------
 
     def enter_code(self) -> Callable[[], None]:
-        self.context = TaskRunContext(self.task, self.record(), self.parameters)
+        # The record as it is now (its state: Running), made if the code asks for it.
+        state = self.orchestration.state
+        self.context = TaskRunContext(
+            self.task, lambda: self.record(state, self.run_count), self.parameters
+        )
         self.held = []  # a new attempt: what an earlier one held is dropped with it
         token = task_run_context.set(self.context)
         held_token = held_cache_entries.set(self.held)

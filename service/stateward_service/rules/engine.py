@@ -85,9 +85,12 @@ class Abort:
 Verdict = Proceed | Reject | Wait | Abort
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as are the records the rules return: they never leave the server, nothing
+# changes them once made, and a frozen dataclass costs a call per field to build, on every
+# proposal.
+@dataclass(slots=True)
 class TransitionContext:
-    """What the rules may read about one proposal."""
+    """What the rules may read about one proposal (never changed once made)."""
 
     run: RunRecord
     proposed: State
@@ -126,9 +129,9 @@ class Rule:
         return type(self).__name__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PolicyDecision:
-    """What the policy decided about one proposal. `state` is what to write (the proposal on
+    """What the policy decided about one proposal (never changed once made). `state` is what to write (the proposal on
     ACCEPT, the replacement on a REJECT that has one); None means nothing is written. `rule`
     names the rule that ended the decision, if one did."""
 
