@@ -246,10 +246,13 @@ class Interruptible:
 def _pop(thread_id: int, entry: object) -> None:
     """Remove the innermost occurrence of `entry` (entries leave in the order they came)."""
     stack = _stacks.get(thread_id, [])
-    for index in range(len(stack) - 1, -1, -1):
-        if stack[index] is entry:
-            del stack[index]
-            break
+    if stack and stack[-1] is entry:  # nearly always: entries leave in the order they came
+        stack.pop()
+    else:
+        for index in range(len(stack) - 1, -1, -1):
+            if stack[index] is entry:
+                del stack[index]
+                break
     if not stack:
         _stacks.pop(thread_id, None)
 

@@ -79,6 +79,7 @@ TERMINAL_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
 _ENDED_BADLY = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_COMPLETED = StateType.COMPLETED  # a global is read quicker than an enum's attribute
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,9 @@ class State:
         return value
 
     def _result(self, raise_on_failure: bool) -> Any:
+        value = self._value
+        if value is not _NO_VALUE and self.type is _COMPLETED:  # the value of a call here
+            return value
         from stateward._results import decode, exception_for, held_value
 
         if self.type is StateType.PENDING and self.name == "NotReady":

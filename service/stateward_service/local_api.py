@@ -67,7 +67,10 @@ class LocalService:
                     except ServiceError as error:
                         created.append(error)
                 try:
-                    answer.append(self.set_state(runs[-1].id, state, lease_seconds=lease_seconds))
+                    run_id = runs[-1].id
+                    if not new_ids:  # else made by `new_id`: a UUID as it writes them
+                        run_id = check.run_id(run_id, "run_id")
+                    answer.append(self._set_state(run_id, state, False, None, lease_seconds))
                 except ServiceError as error:
                     answer.append(error)
 
@@ -85,29 +88,33 @@ class LocalService:
     ) -> OrchestrationResult:
         """Propose `state` for a run, as SetState does; the answer. Raises ServiceError as
         SetState does."""
-        run_id = check.run_id(run_id, "run_id")
+        return self._set_state(
+            check.run_id(run_id, "run_id"), state, force, expected_state_id, lease_seconds
+        )
+
+    def _set_state(
+        self,
+        run_id: str,
+        state: State,
+        force: bool,
+        expected_state_id: str | None,
+        lease_seconds: float,
+    ) -> OrchestrationResult:
+        """`set_state` for a run id known to be well formed."""
         check.state_type(state.type, "state.type")
         check.proposed_state(state, "state")
         if expected_state_id:
             expected_state_id = check.uuid_value(expected_state_id, "expected_state_id")
         check.seconds(lease_seconds, "lease_duration", check.MAX_LEASE_SECONDS)
-        result = translating(
+        return translating(
             lambda: self.orchestrator.set_state(
                 run_id,
                 state,
                 force=force,
                 expected_state_id=expected_state_id,
                 lease_seconds=lease_seconds,
+                fresh_state=True,  # the caller's own: it may give it a value
             )
-        )
-        if result.state is None:
-            return result
-        return OrchestrationResult(
-            result.status,
-            _detached(result.state),
-            result.reason,
-            result.delay_seconds,
-            result.written,
         )
 
     def get_run(self, run_id: str, kind: RunKind) -> Run:

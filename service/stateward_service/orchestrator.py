@@ -536,11 +536,13 @@ class Orchestrator:
         force: bool = False,
         expected_state_id: str | None = None,
         lease_seconds: float = 0.0,
+        fresh_state: bool = False,
     ) -> OrchestrationResult:
         """Decide a proposed state for a run and write what the policy decided. With a lease, a
         RUNNING or CANCELLING state written starts a heartbeat lease of that many seconds. The
         transitions written are published to the subscribers (see `subscribe`); raises
-        RunNotFound for an unknown run."""
+        RunNotFound for an unknown run. With `fresh_state`, the answer's state is a copy of
+        the run's, for a caller in this process to keep (and give a value to)."""
 
         # The retries and the transaction inline, not through `_retrying` and `_writing`:
         # every proposal comes here.
@@ -550,12 +552,24 @@ class Orchestrator:
                     batch = self._batch
                     if batch is not None:  # its transitions are published with the batch
                         return self._propose(
-                            run_id, proposed, force, expected_state_id, lease_seconds, batch
+                            run_id,
+                            proposed,
+                            force,
+                            expected_state_id,
+                            lease_seconds,
+                            batch,
+                            fresh_state,
                         )
                     written: list[_Logged] = []
                     with self._transaction():
                         result = self._propose(
-                            run_id, proposed, force, expected_state_id, lease_seconds, written
+                            run_id,
+                            proposed,
+                            force,
+                            expected_state_id,
+                            lease_seconds,
+                            written,
+                            fresh_state,
                         )
                     self._publish(written)
                     return result
@@ -579,6 +593,7 @@ class Orchestrator:
         expected_state_id: str | None,
         lease_seconds: float,
         written: list[_Logged],
+        fresh_state: bool = False,
     ) -> OrchestrationResult:
         """Inside a transaction: decide a proposal against the run as stored, and write."""
         self._store.lock_runs((run_id,))
@@ -589,7 +604,7 @@ class Orchestrator:
         if expected_state_id is not None and expected_state_id != current_id:
             return OrchestrationResult(
                 SetStateStatus.ABORT,
-                run.state,
+                _copy(run.state) if fresh_state else run.state,
                 f"the run's current state is {current_id or 'none'}, "
                 f"not the expected {expected_state_id or 'none'}: another client changed it",
             )
@@ -599,7 +614,7 @@ class Orchestrator:
             self._write(run, decision, written, moment, lease_seconds)
         return OrchestrationResult(
             decision.status,
-            run.state,
+            _copy(run.state) if fresh_state else run.state,
             decision.reason,
             decision.delay_seconds,
             written=decision.writes,
@@ -1090,6 +1105,15 @@ class _Transaction:
             self._store_transaction.__exit__(type(error), error, error.__traceback__)
         finally:
             self._orchestrator._runs.clear()
+
+
+def _copy(state: State | None) -> State | None:
+    """A copy of a state the orchestrator keeps, for a caller to hold (and give a value)."""
+    if state is None:
+        return None
+    return State(
+        state.type, state.name, state.message, state.timestamp, state.id, state.details, state.data
+    )
 
 
 def _undone_alone(error: Exception) -> bool:

@@ -131,9 +131,9 @@ class Rule:
 
 @dataclass(slots=True)
 class PolicyDecision:
-    """What the policy decided about one proposal (never changed once made). `state` is what to write (the proposal on
-    ACCEPT, the replacement on a REJECT that has one); None means nothing is written. `rule`
-    names the rule that ended the decision, if one did."""
+    """What the policy decided about one proposal (never changed once made). `state` is what
+    to write (the proposal on ACCEPT, the replacement on a REJECT that has one); None means
+    nothing is written. `rule` names the rule that ended the decision, if one did."""
 
     status: SetStateStatus
     state: State | None
