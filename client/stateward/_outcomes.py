@@ -125,6 +125,11 @@ def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 
+def nothing_to_resolve(parameters: dict[str, Any]) -> bool:
+    """Whether `resolve` would give back `parameters` as they are: plain values only."""
+    return all(value.__class__ in _PLAIN for value in parameters.values())
+
+
 def resolve(value: Any) -> Any:
     """Futures and states among a task's inputs become their results (waiting for futures);
     raises UpstreamTaskError for one that did not complete, unless it is wrapped in

@@ -28,6 +28,7 @@ from stateward._outcomes import (
     jsonable,
     judged,
     not_ready,
+    nothing_to_resolve,
     resolve,
     run_name,
 )
@@ -218,7 +219,8 @@ class TaskRunEngine(RunEngine):
         proposes Running itself); a final state if an input's task run failed, or if the run
         around it was stopped while it waited."""
         try:
-            waiting(self._wait_for_inputs)
+            if self.wait_for or not nothing_to_resolve(self.parameters):
+                waiting(self._wait_for_inputs)  # a signal may stop it while it waits
         except UpstreamTaskError as error:
             if self.stop.stop_requested is None:
                 self.error = error

@@ -29,6 +29,7 @@ from stateward_service.orchestrator import Orchestrator, RunNotFound
 from stateward_service.settings import ServerSettings
 
 log = logging.getLogger("stateward.loops")
+_CANCELLED, _FLOW_RUN = StateType.CANCELLED, RunKind.FLOW_RUN
 
 
 class ServerLoops:
@@ -49,7 +50,12 @@ class ServerLoops:
         subscribes this to its log follower): a flow run that entered CANCELLED wakes the cascade
         at once, instead of at its next sweep. Any thread may call it; it does not block."""
         loop = self._loop
-        if loop is None or not any(_is_flow_run_cancelled(t) for t in transitions):
+        if loop is None:
+            return
+        for transition in transitions:  # a loop, not any(): every commit comes here
+            if transition.to_state.type is _CANCELLED and transition.run_kind is _FLOW_RUN:
+                break
+        else:
             return
         with contextlib.suppress(RuntimeError):  # the loops stopped meanwhile
             loop.call_soon_threadsafe(self._cascade_now.set)
@@ -215,12 +221,6 @@ class ServerLoops:
             run_id, proposed, force=force, expected_state_id=seen.id if seen else ""
         )
         return 1 if result.written else 0
-
-
-def _is_flow_run_cancelled(transition: Transition) -> bool:
-    return (
-        transition.run_kind is RunKind.FLOW_RUN and transition.to_state.type is StateType.CANCELLED
-    )
 
 
 async def _sleep_or_wake(period: float, wake: asyncio.Event | None) -> None:
