@@ -104,6 +104,30 @@ def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
 # --- states -------------------------------------------------------------------------------------
 
 _TIME_FIELDS = frozenset({"scheduled_time", "cache_expiration", "pause_timeout"})
+
+# The members by number: calling an enum class (`StateType(3)`) runs its metaclass's Python
+# code, a dictionary is read in C, and every message carries one or two of them. An unknown
+# number still goes to the class, which raises ValueError.
+_STATE_TYPES = {int(member): member for member in StateType}
+_STATUSES = {int(member): member for member in SetStateStatus}
+_RUN_KINDS = {int(member): member for member in RunKind}
+
+
+def _state_type(number: int) -> StateType:
+    found = _STATE_TYPES.get(number)
+    return found if found is not None else StateType(number)
+
+
+def _status(number: int) -> SetStateStatus:
+    found = _STATUSES.get(number)
+    return found if found is not None else SetStateStatus(number)
+
+
+def _run_kind(number: int) -> RunKind:
+    found = _RUN_KINDS.get(number)
+    return found if found is not None else RunKind(number)
+
+
 _NO_DETAILS = StateDetails()
 
 
@@ -161,7 +185,7 @@ def state_from_proto(msg: states_pb2.State) -> State:
     """A State from its message; the message's type must be a known, specified value (else
     ValueError)."""
     return State(
-        type=StateType(msg.type),
+        type=_state_type(msg.type),
         name=msg.name,
         message=msg.message,
         timestamp=optional_datetime(msg, "timestamp"),
@@ -175,7 +199,7 @@ def state_to_proto(state: State, out: states_pb2.State | None = None) -> states_
     """The message of a State, written into `out` when given (e.g. a field of a larger message)."""
     msg = states_pb2.State() if out is None else out
     msg.id = state.id
-    msg.type = state.type.value  # type: ignore[assignment]
+    msg.type = int(state.type)  # type: ignore[assignment]  # int(): .value runs Python code
     msg.name = state.name
     set_timestamp(msg.timestamp, state.timestamp)
     msg.message = state.message
@@ -322,7 +346,7 @@ def task_run_to_proto(
 
 def orchestration_result_from_proto(msg: pb.SetStateResponse) -> OrchestrationResult:
     return OrchestrationResult(
-        status=SetStateStatus(msg.status),
+        status=_status(msg.status),
         state=state_from_proto(msg.state) if msg.HasField("state") else None,
         reason=msg.reason,
         delay_seconds=msg.delay_seconds,
@@ -332,7 +356,7 @@ def orchestration_result_from_proto(msg: pb.SetStateResponse) -> OrchestrationRe
 
 def orchestration_result_to_proto(result: OrchestrationResult) -> pb.SetStateResponse:
     msg = pb.SetStateResponse(
-        status=result.status.value,  # type: ignore[arg-type]
+        status=int(result.status),  # type: ignore[arg-type]
         reason=result.reason,
         delay_seconds=result.delay_seconds,
         written=result.written,
@@ -353,7 +377,7 @@ def resume_flow_run_request(
 
 def resume_result_to_proto(result: OrchestrationResult) -> pb.ResumeFlowRunResponse:
     msg = pb.ResumeFlowRunResponse(
-        status=result.status.value,  # type: ignore[arg-type]
+        status=int(result.status),  # type: ignore[arg-type]
         reason=result.reason,
         written=result.written,
     )
@@ -364,7 +388,7 @@ def resume_result_to_proto(result: OrchestrationResult) -> pb.ResumeFlowRunRespo
 
 def resume_result_from_proto(msg: pb.ResumeFlowRunResponse) -> OrchestrationResult:
     return OrchestrationResult(
-        SetStateStatus(msg.status),
+        _status(msg.status),
         state_from_proto(msg.state) if msg.HasField("state") else None,
         msg.reason,
         written=msg.written,
@@ -375,7 +399,7 @@ def transition_from_proto(msg: pb.Transition) -> Transition:
     return Transition(
         sequence=msg.sequence,
         run_id=msg.run_id,
-        run_kind=RunKind(msg.run_kind),
+        run_kind=_run_kind(msg.run_kind),
         flow_run_id=msg.flow_run_id,
         run_name=msg.run_name,
         flow_name=msg.flow_name,
@@ -390,7 +414,7 @@ def transition_to_proto(transition: Transition) -> pb.Transition:
         sequence=transition.sequence,
         run_id=transition.run_id,
         flow_run_id=transition.flow_run_id,
-        run_kind=transition.run_kind.value,  # type: ignore[arg-type]
+        run_kind=int(transition.run_kind),  # type: ignore[arg-type]
         run_name=transition.run_name,
         flow_name=transition.flow_name,
         task_key=transition.task_key,
