@@ -51,6 +51,11 @@ from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, now
 from stateward.tasks import Task
 
 _NOT_READY_POLL_SECONDS = 2.0
+# Members as globals, for the steps every run takes: a global is read several times quicker
+# than an enum's attribute.
+_WAIT, _ACCEPT, _ABORT = SetStateStatus.WAIT, SetStateStatus.ACCEPT, SetStateStatus.ABORT
+_CANCELLING, _PAUSED = StateType.CANCELLING, StateType.PAUSED
+_SCHEDULED, _RUNNING = StateType.SCHEDULED, StateType.RUNNING
 
 FINAL_HOOKS = {
     StateType.COMPLETED: "on_completion",
@@ -209,20 +214,20 @@ class RunEngine:
                 decision, first = first, None
             else:
                 decision = self.orchestration.propose(self.running_proposal(), wait=False)
-            if decision.status is SetStateStatus.WAIT:
+            if decision.status is _WAIT:
                 self.orchestration.wait(decision, self.stop.stopping)
                 continue
-            if decision.status is SetStateStatus.ACCEPT:
+            if decision.status is _ACCEPT:
                 return None
-            if decision.status is SetStateStatus.ABORT:
+            if decision.status is _ABORT:
                 raise OrchestrationAborted(decision.reason)
             state = decision.state
             assert state is not None
-            if state.type is StateType.CANCELLING:
+            if state.type is _CANCELLING:
                 return self.finish_cancel()
             if state.type in TERMINAL_TYPES:
                 return state  # a cache hit, or a run that was cancelled before it started
-            if state.type is StateType.PAUSED:  # parked NotReady while the flow run is paused
+            if state.type is _PAUSED:  # parked NotReady while the flow run is paused
                 sleep(_NOT_READY_POLL_SECONDS, self.stop.stopping)
                 continue
             raise OrchestrationAborted(
@@ -237,20 +242,20 @@ class RunEngine:
         if proposal.is_cancelled() and current is not None and current.is_cancelled():
             return current
         decision = self.orchestration.propose(proposal)
-        if decision.status is SetStateStatus.ABORT:
+        if decision.status is _ABORT:
             raise OrchestrationAborted(decision.reason)
         state = decision.state
         assert state is not None
-        if decision.status is SetStateStatus.ACCEPT and state.type is not StateType.CANCELLING:
+        if decision.status is _ACCEPT and state.type is not _CANCELLING:
             return carry_value(proposal, state)  # the caller gets its own object back
         if state.type in TERMINAL_TYPES:
             return state
-        if state.type is StateType.CANCELLING:  # cancelled meanwhile, or the code returned it
+        if state.type is _CANCELLING:  # cancelled meanwhile, or the code returned it
             return self.finish_cancel(state.message or "cancelled while it ran")
-        if state.type is StateType.SCHEDULED and state.name == "AwaitingRetry":
+        if state.type is _SCHEDULED and state.name == "AwaitingRetry":
             self._sleep_until_retry(state)
             return None
-        if state.type is StateType.RUNNING and state.name == "Retrying":
+        if state.type is _RUNNING and state.name == "Retrying":
             self.retrying_now = True  # retried without delay: already RUNNING again
             return None
         return state

@@ -105,7 +105,7 @@ class RunOrchestration:
                     self.run_id, proposed, force=force, lease_seconds=self.lease
                 ),
             )
-            if decision.status is not SetStateStatus.WAIT or not wait:
+            if decision.status is not _WAIT or not wait:
                 return self.observe(decision, proposed)
             self.wait(decision)
 
@@ -175,7 +175,7 @@ class RunOrchestration:
         """Take in an answer: log a new state, hold or release the heartbeat lease."""
         if (
             proposed is not None
-            and decision.status is SetStateStatus.REJECT
+            and decision.status is _REJECT
             and decision.state is not None
             and decision.state.details.transition_id == proposed.details.transition_id
             and decision.state.type is proposed.type
@@ -215,6 +215,8 @@ class RunOrchestration:
 
 
 _RETRYING = ("AwaitingRetry", "Retrying")
+# Members as globals: read several times quicker than an enum's attributes, on every answer.
+_WAIT, _REJECT, _PAUSED = SetStateStatus.WAIT, SetStateStatus.REJECT, StateType.PAUSED
 # Sets of members, not tuples: a member is found by identity, never by StateType.__eq__.
 _LEASED = frozenset({StateType.RUNNING, StateType.CANCELLING})
 _ERRORS = frozenset({StateType.FAILED, StateType.CRASHED})

@@ -13,7 +13,7 @@ from stateward_service.rules.starting import is_pause_resume
 
 def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
     """A state's details as written for `run`: they name the run the state belongs to."""
-    if run.kind is RunKind.FLOW_RUN:
+    if run.kind is _FLOW_RUN:
         flow_run_id, task_run_id = run.id, ""
     else:
         flow_run_id, task_run_id = run.flow_run_id, run.id
@@ -38,6 +38,9 @@ def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
 
 
 LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING})
+# Members as globals: read several times quicker than an enum's attributes, on every write.
+_RUNNING, _SCHEDULED = StateType.RUNNING, StateType.SCHEDULED
+_FLOW_RUN = RunKind.FLOW_RUN
 
 
 def record_transition(run: RunRecord, new: State, lease_seconds: float = 0.0) -> None:
@@ -47,10 +50,10 @@ def record_transition(run: RunRecord, new: State, lease_seconds: float = 0.0) ->
     assert new.timestamp is not None
     old = run.state
     at = new.timestamp
-    if old is not None and old.type is StateType.RUNNING:
+    if old is not None and old.type is _RUNNING:
         run.total_run_time += max((at - old.timestamp).total_seconds(), 0.0) if old.timestamp else 0
-    if new.type is StateType.RUNNING:
-        entering = old is None or (old.type is not StateType.RUNNING and not is_pause_resume(old))
+    if new.type is _RUNNING:
+        entering = old is None or (old.type is not _RUNNING and not is_pause_resume(old))
         # A task retried without delay goes from Running straight to Retrying: a new attempt.
         entering = entering or (old is not None and new.name == "Retrying")
         if entering:
@@ -65,7 +68,7 @@ def record_transition(run: RunRecord, new: State, lease_seconds: float = 0.0) ->
         run.end_time = None
     if run.expected_start_time is None:
         run.expected_start_time = new.details.scheduled_time or at
-    if new.type is StateType.SCHEDULED:
+    if new.type is _SCHEDULED:
         run.next_scheduled_start_time = new.details.scheduled_time
     else:
         run.next_scheduled_start_time = None
