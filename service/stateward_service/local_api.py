@@ -217,32 +217,55 @@ def _detached(state: State) -> State:
 def _run(record: RunRecord, parameters: dict[str, Any]) -> Run:
     """The vocabulary's run for a record, as a create or get answers it over the wire."""
     state = _detached(record.state) if record.state is not None else None
-    shared: dict[str, Any] = {
-        "id": record.id,
-        "name": record.name,
-        "parameters": parameters,
-        "tags": record.tags,
-        "retry_policy": record.retry_policy,
-        "state": state,
-        "run_count": record.run_count,
-        "start_time": record.start_time,
-        "end_time": record.end_time,
-        "total_run_time": timedelta(microseconds=round(record.total_run_time * 1_000_000)),
-        "expected_start_time": record.expected_start_time,
-        "next_scheduled_start_time": record.next_scheduled_start_time,
-        "created": record.created,
-        "lease_expires": record.lease_expires,
-    }
-    if record.kind is RunKind.FLOW_RUN:
+    total_run_time = record.total_run_time
+    # Keywords spelled out rather than a shared dict unpacked: every create comes here.
+    elapsed = (
+        _NO_TIME
+        if not total_run_time
+        else timedelta(microseconds=round(total_run_time * 1_000_000))
+    )
+    if record.kind is _FLOW_RUN:
         return FlowRun(
-            flow_name=record.flow_name, parent_task_run_id=record.parent_task_run_id, **shared
+            id=record.id,
+            name=record.name,
+            flow_name=record.flow_name,
+            parameters=parameters,
+            tags=record.tags,
+            retry_policy=record.retry_policy,
+            state=state,
+            run_count=record.run_count,
+            start_time=record.start_time,
+            end_time=record.end_time,
+            total_run_time=elapsed,
+            expected_start_time=record.expected_start_time,
+            next_scheduled_start_time=record.next_scheduled_start_time,
+            parent_task_run_id=record.parent_task_run_id,
+            created=record.created,
+            lease_expires=record.lease_expires,
         )
     return TaskRun(
+        id=record.id,
+        name=record.name,
         task_key=record.task_key,
         flow_run_id=record.flow_run_id,
+        parameters=parameters,
+        tags=record.tags,
+        retry_policy=record.retry_policy,
+        state=state,
+        run_count=record.run_count,
+        start_time=record.start_time,
+        end_time=record.end_time,
+        total_run_time=elapsed,
+        expected_start_time=record.expected_start_time,
+        next_scheduled_start_time=record.next_scheduled_start_time,
         child_flow_run_id=record.child_flow_run_id,
-        **shared,
+        created=record.created,
+        lease_expires=record.lease_expires,
     )
+
+
+_NO_TIME = timedelta(0)
+_FLOW_RUN = RunKind.FLOW_RUN
 
 
 __all__ = ["LocalService"]

@@ -986,17 +986,19 @@ class Orchestrator:
             raise AssertionError(
                 f"the store numbered {len(sequences)} transitions, {len(written)} were logged"
             )
+        # By position (sequence, run id, kind, flow run id, run name, flow name, task key,
+        # from, to), the run's flow run worked out here: every commit comes here.
         return [
             Transition(
-                sequence=number,
-                run_id=run.id,
-                run_kind=run.kind,
-                flow_run_id=run.owning_flow_run_id,
-                run_name=run.name,
-                flow_name=run.flow_name,
-                task_key=run.task_key,
-                from_state=previous,
-                to_state=state,
+                number,
+                run.id,
+                run.kind,
+                run.id if run.kind is _FLOW_RUN else run.flow_run_id,
+                run.name,
+                run.flow_name,
+                run.task_key,
+                previous,
+                state,
             )
             for (run, previous, state), number in zip(written, sequences, strict=True)
         ]
