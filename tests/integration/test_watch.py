@@ -29,6 +29,7 @@ from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
 from stateward.v1.orchestration_pb2_grpc import OrchestrationServiceStub
+from stateward_service.store.sqlite.schema import migrate
 from tests.support import ROOT, ServerProcess, running_server, wait_until
 
 
@@ -492,6 +493,39 @@ def test_a_cursor_the_log_no_longer_holds_is_failed_precondition(tmp_path):
                 list(server.stub().WatchTransitions(pb.WatchTransitionsRequest(after_sequence=far)))
             assert ahead.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "beyond the newest" in ahead.value.details()
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_a_log_an_older_version_pruned_to_nothing_expires_the_cursors_before_its_last(tmp_path):
+    # A version-4 database whose log was pruned to nothing after sequence 7: upgraded, it keeps
+    # 7 as a placeholder row, which is no transition. A cursor before 7 missed it: refused.
+    path = tmp_path / "pruned-before-5.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, target=4)
+    for _ in range(7):
+        db.execute(
+            "INSERT INTO transitions (run_kind, run_id, flow_run_id, to_state_id, to_type)"
+            " VALUES (1, 'r', 'r', 's', 2)"
+        )
+    db.execute("DELETE FROM transitions")
+    db.close()
+    request = pb.WatchTransitionsRequest(after_sequence=6)
+    server = ServerProcess(path).start()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            list(server.stub().WatchTransitions(request, timeout=20))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "after sequence 6" in caught.value.details()
+        assert metadata_of(caught.value) == {"oldest_sequence": "8"}
+        client = Client(server.target)
+        run = client.create_flow_run("after the upgrade", state=State(StateType.PENDING))
+        resumed = collect(server, 1, after_sequence=7)
+        assert [(t.sequence, t.run_id) for t in resumed] == [(8, run.id)]
+        with pytest.raises(grpc.RpcError) as still:
+            list(server.stub().WatchTransitions(request, timeout=20))
+        assert "oldest kept is 8" in still.value.details()
         client.close()
     finally:
         server.stop()

@@ -40,8 +40,12 @@ from stateward_service.store.rows import (
 
 # The log's oldest and newest sequences (0 and 0 when it is empty). Two scalar subqueries, each
 # one step down the primary key: SQLite answers `min(x), max(x)` in one SELECT by reading the
-# whole table.
-LOG_BOUNDS = """SELECT coalesce((SELECT min(sequence) FROM transitions), 0),
+# whole table. A SQLite log an older Stateward pruned to nothing starts with a placeholder row
+# at the sequence it had last handed out (see its schema's migration 5): that transition is
+# gone, so the oldest the log holds is the one after it.
+LOG_BOUNDS = """SELECT coalesce((SELECT sequence + CASE WHEN to_state_id = '' THEN 1 ELSE 0 END
+                                 FROM transitions
+                                 WHERE sequence = (SELECT min(sequence) FROM transitions)), 0),
                        coalesce((SELECT max(sequence) FROM transitions), 0)"""
 
 
