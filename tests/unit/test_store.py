@@ -31,6 +31,11 @@ from stateward_service.store import (
     open_database,
 )
 from stateward_service.store.sqlite.reader import StoreReader
+from stateward_service.store.sqlite.store import (
+    _CHECKPOINT_FRAMES,
+    _CHECKPOINT_LONGEST_SECONDS,
+    _CheckpointPace,
+)
 from tests.support import wait_until, write_lock_held
 
 
@@ -442,6 +447,24 @@ def test_the_wal_is_copied_into_the_database_off_the_write_path(tmp_path):
     reopened = sqlite3.connect(path)
     assert reopened.execute("SELECT count(*) FROM flow_runs").fetchone()[0] == 200
     reopened.close()
+
+
+def test_the_checkpointer_copies_when_enough_may_wait_and_never_when_nothing_was_committed():
+    pace = _CheckpointPace()
+    assert pace.due(version=1, now=0.0)  # a first look: whatever the WAL holds
+    pace.checkpointed(1, 0.0, frames=100, copied_all=True)
+    assert not pace.due(1, 60.0)  # nothing committed since: nothing to copy, however long
+    # Committed since, slowly: once the longest wait passed, not before.
+    assert not pace.due(2, _CHECKPOINT_LONGEST_SECONDS / 2)
+    assert pace.due(2, _CHECKPOINT_LONGEST_SECONDS)
+    pace.checkpointed(2, 1.0, frames=100 + _CHECKPOINT_FRAMES, copied_all=True)
+    # The WAL grew _CHECKPOINT_FRAMES in that second: about as many wait again a second later.
+    assert not pace.due(3, 1.0 + _CHECKPOINT_LONGEST_SECONDS / 2)
+    pace.checkpointed(3, 1.1, frames=10 * _CHECKPOINT_FRAMES, copied_all=True)  # far faster
+    assert pace.due(4, 1.1 + 0.2 / 9)
+    # A checkpoint a reader kept from copying everything: the next tick tries again.
+    pace.checkpointed(4, 2.0, frames=50, copied_all=False)  # the WAL started over
+    assert pace.due(4, 2.05)
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2])

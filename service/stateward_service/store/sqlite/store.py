@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +44,14 @@ from stateward_service.store.sqlite.schema import migrate
 log = logging.getLogger("stateward.store")
 
 _WRITER_CHECKPOINT_PAGES = 10_000  # about 40 MiB of WAL
-_CHECKPOINT_INTERVAL_SECONDS = 0.05
+_CHECKPOINT_TICK_SECONDS = 0.05  # how often the checkpointer looks for new commits
+# A checkpoint once the WAL may hold this many frames not copied yet (about 16 MiB, at the
+# rate the last checkpoints saw), and at most this long after the last one when anything was
+# committed since. Each checkpoint costs two fsyncs whatever it copies, and a page written
+# again before it is copied is copied once: one every tick cost about twice the checkpointer's
+# CPU per task run, and far more at a few tasks a second.
+_CHECKPOINT_FRAMES = 4_000
+_CHECKPOINT_LONGEST_SECONDS = 0.25
 
 
 class _Checkpointer:
@@ -72,16 +80,24 @@ class _Checkpointer:
         conn = sqlite3.connect(self._path, isolation_level=None)
         turn = self._open_turn()
         self.active = turn is None  # no file for turns (a read-only folder): checkpoint here
+        pace = _CheckpointPace()
         try:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            while not self._stopping.wait(_CHECKPOINT_INTERVAL_SECONDS):
+            while not self._stopping.wait(_CHECKPOINT_TICK_SECONDS):
                 if not self.active:
                     assert turn is not None
                     self.active = _try_lock(turn)
                     if not self.active:
                         continue
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    # Another connection committed since the last look: its data version moved.
+                    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                    if not pace.due(version, time.monotonic()):
+                        continue
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    pace.checkpointed(
+                        version, time.monotonic(), int(frames), busy == 0 and frames == copied
+                    )
                 except sqlite3.Error as error:  # the commits checkpoint themselves meanwhile
                     log.warning("could not checkpoint the database: %s", error)
         finally:
@@ -96,6 +112,40 @@ class _Checkpointer:
         except OSError as error:
             log.debug("no checkpointer turns beside %s: %s", self._path, error)
             return None
+
+
+class _CheckpointPace:
+    """When the checkpointer checkpoints: once the WAL may hold `_CHECKPOINT_FRAMES` frames
+    not copied yet, at the rate the last two checkpoints saw it grow (so that under a steady
+    stream of commits each copies about as much), and at most `_CHECKPOINT_LONGEST_SECONDS`
+    after the last one; never while nothing was committed since a checkpoint that copied
+    everything."""
+
+    def __init__(self) -> None:
+        self._version: int | None = None  # the data version at the last checkpoint
+        self._at = float("-inf")  # when it ran
+        self._frames = 0  # the frames the WAL held then
+        self._copied_all = True
+        self._rate = float("inf")  # frames a second, between the last two checkpoints
+
+    def due(self, version: int, now: float) -> bool:
+        """Whether to checkpoint now, the data version being `version`."""
+        if version == self._version and self._copied_all:
+            return False
+        if not self._copied_all:
+            return True  # a reader kept some frames from the last one: try again
+        since = now - self._at
+        return since >= _CHECKPOINT_LONGEST_SECONDS or self._rate * since >= _CHECKPOINT_FRAMES
+
+    def checkpointed(self, version: int, now: float, frames: int, copied_all: bool) -> None:
+        """A checkpoint ran at `now`, the data version `version` before it, with `frames`
+        frames in the WAL (copied or not)."""
+        # A WAL that holds fewer frames than at the last checkpoint started over since.
+        grown = frames - self._frames if frames >= self._frames else frames
+        since = now - self._at
+        self._rate = grown / since if since > 0 else float("inf")
+        self._version, self._at, self._frames = version, now, frames
+        self._copied_all = copied_all
 
 
 def _try_lock(file: IO[bytes]) -> bool:
