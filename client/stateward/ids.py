@@ -72,8 +72,19 @@ def new_ordered_id() -> str:
             with _lock:
                 if not _tails:
                     _tails.extend(_fresh_tails(_BATCH))
-    stamp = f"{time.time_ns() // 1_000_000:012x}"  # milliseconds since the epoch, 48 bits
-    return f"{stamp[:8]}-{stamp[8:]}-{tail}"
+    global _stamp
+    millisecond = time.time_ns() // 1_000_000  # since the epoch, 48 bits
+    known, head = _stamp  # one tuple: a thread never sees one's millisecond and another's text
+    if millisecond != known:
+        text = f"{millisecond:012x}"
+        head = f"{text[:8]}-{text[8:]}-"
+        _stamp = (millisecond, head)
+    return head + tail
+
+
+# The millisecond of the last time-ordered id and its text (ids made in the same millisecond,
+# as a task run's states often are, share it).
+_stamp: tuple[int, str] = (-1, "")
 
 
 def _forget_in_child() -> None:

@@ -750,10 +750,19 @@ class Orchestrator:
         commit is done, so no caller hears of a write before it is durable. With `wait` false,
         a write lock held by another thread of this process or by another process (SQLite's)
         raises WouldWait before anything ran, instead of being waited for."""
-        outcomes: list[T | Exception] = []
-        pending = list(range(len(operations)))
-        by_index: dict[int, T | Exception] = {}
-        for tries in range(_CONFLICT_RETRIES):
+        # The first try, and nearly always the only one: every group comes here.
+        try:
+            first = self._group(operations, wait)
+        except WouldWait:
+            raise
+        except Exception as error:  # nothing was written
+            first = [error] * len(operations)
+        pending = [index for index, result in enumerate(first) if isinstance(result, WriteConflict)]
+        if not pending:
+            return first
+        by_index: dict[int, T | Exception] = dict(enumerate(first))
+        for tries in range(1, _CONFLICT_RETRIES):
+            time.sleep(random.uniform(0, 0.005 * 2 ** (tries - 1)))
             group = [operations[index] for index in pending]
             try:
                 results = self._group(group, wait)
@@ -767,11 +776,9 @@ class Orchestrator:
                 index for index, result in zip(pending, results, strict=True)
                 if isinstance(result, WriteConflict)
             ]  # fmt: skip
-            if not pending or tries == _CONFLICT_RETRIES - 1:
+            if not pending:
                 break
-            time.sleep(random.uniform(0, 0.005 * 2**tries))
-        outcomes = [by_index[index] for index in range(len(operations))]
-        return outcomes
+        return [by_index[index] for index in range(len(operations))]
 
     def _group(self, group: Sequence[Callable[[], T]], wait: bool) -> list[T | Exception]:
         """One transaction for `group` (see `together`); raises when the transaction failed."""
