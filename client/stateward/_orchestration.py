@@ -194,9 +194,9 @@ class RunOrchestration:
                 failure, self.failure = _first_report(self.failure), None
             if self.log.isEnabledFor(level):
                 message = f": {new.message}" if new.message else ""
-                self.log.log(
-                    level, "%s - %s%s", self.label, new.name, message,
-                    exc_info=failure, extra=self.log_extra,
+                _log_line(
+                    self.log, level, "%s - %s%s", (self.label, new.name, message),
+                    failure, self.log_extra,
                 )  # fmt: skip
         self.state = new
         if new.type in _LEASED:
@@ -233,6 +233,25 @@ def _level(state: State) -> int:
     if state.type in TERMINAL_TYPES or state.type is StateType.PAUSED:
         return logging.INFO
     return logging.DEBUG
+
+
+def _log_line(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    args: tuple[object, ...],
+    error: BaseException | None,
+    extra: Mapping[str, object] | None,
+) -> None:
+    """`logger.log(level, message, *args, exc_info=error, extra=extra)` for a logger enabled
+    for `level`, without looking for the caller's file and line (the walk up the stack costs
+    as much as the rest of the record): every run ends with such a line, which names its run,
+    not a place in the engine."""
+    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    record = logger.makeRecord(
+        logger.name, level, "(unknown file)", 0, message, args, exc_info, None, extra
+    )
+    logger.handle(record)
 
 
 def _first_report(error: BaseException) -> BaseException | None:

@@ -400,7 +400,8 @@ class Orchestrator:
                     task_run = self._runs.get(entry.task_run_id, RunKind.TASK_RUN)
                     if task_run is None:
                         raise RunNotFound(entry.task_run_id, RunKind.TASK_RUN)
-                    entry = replace(entry, flow_run_id=task_run.flow_run_id)
+                    if entry.flow_run_id != task_run.flow_run_id:  # as the SDK names it, mostly
+                        entry = replace(entry, flow_run_id=task_run.flow_run_id)
                 elif self._runs.get(entry.flow_run_id, RunKind.FLOW_RUN) is None:
                     raise RunNotFound(entry.flow_run_id, RunKind.FLOW_RUN)
                 rows.append(entry)
