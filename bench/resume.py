@@ -1,16 +1,20 @@
 """Resuming a stream as the history grows: replay cost per transition and resume latency at each
 log size, and how long a health check waits while 20 streams resume at once.
 
-    .venv/bin/python bench/resume.py [--sizes 1000,1000000,10000000] [--rounds 3]
+    .venv/bin/python bench/resume.py [--sizes 1000,1000000,10000000] [--rounds 3] [--old TREE]
 
 Each size is a SQLite database under `--folder` (default /tmp/stateward-resume), built once with
 direct SQL inserts (task runs of 3 transitions each, 10 task runs per flow run) and reused by
-later runs. For each size, in each round, a server on that file answers:
+later runs. Before a server opens it, the whole file is read once, so that every size is measured
+from the page cache (a cold file makes the first figures disk figures). For each size, in each
+round, a server on that file answers:
 
-- replay: WatchTransitions(after_sequence=0, max_batch=1000) read up to `--replay` transitions
-  (all of them on a smaller log, then the median of up to 20 replays), as microseconds per
-  transition, and the server process's CPU time per transition over those replays (a loaded
-  machine moves the wall time far more than the CPU time);
+- replay: WatchTransitions(after_sequence=0, max_batch=1000), read back to back until `--replay`
+  transitions arrived (one replay of the first `--replay` transitions of a bigger log; as many
+  whole replays as that takes of a smaller one, so every size pays its calls' set-up in the
+  same proportion), after one untimed replay of the same length: the wall time and the server
+  process's CPU time per transition over all of it (a loaded machine moves the wall time far
+  more than the CPU time). The same statistic at every size;
 - resume: WatchTransitions(after_sequence=newest - 100) until its 100 transitions arrived, the
   median of 20 in a row, in milliseconds;
 - on the size named by `--concurrent-size` (1M by default): `--concurrent` streams resume at
@@ -18,8 +22,18 @@ later runs. For each size, in each round, a server on that file answers:
   sends a grpc.health.v1 Check every millisecond; the slowest Check and the 99th percentile,
   beside the same figures from the same process with no stream (the baseline, same round).
 
-Per-transition figures are printed as ratios to the smallest size in the same round. Sizes are
-measured in alternating order from one round to the next.
+Per-transition figures are also printed as ratios to the smallest size in the same round. Sizes
+are measured in alternating order from one round to the next. With `--old` (another checkout,
+e.g. `git worktree add --detach /tmp/base <commit>`), its server is measured in the same rounds
+on the same files, alternating with this one's.
+
+Measured at 8a78b47 on 2 shared cores (load average 6-12), median of 3 rounds (range), 300,000
+transitions replayed per size: server CPU per transition 34.1 us (32.0-42.0) at 1k, 35.5 us
+(34.9-36.3) at 1M, 33.9 us (31.7-34.3) at 10M, i.e. 1.03 (0.86-1.11) and 0.99 (0.81-1.01) times
+the 1k figure; wall time per transition 42, 55 and 44 us (ratios 1.26 and 0.91, each round's
+spread 0.6-1.4: the load, not the log). During 20 concurrent resumes at 1M, health Check p99
+11.9 ms (11.9-14.4) against 8.8 ms (5.6-10.5) with no stream; the slowest Check 85 ms against
+119 ms idle (the machine's other processes make the slowest, with or without streams).
 """
 
 from __future__ import annotations
@@ -131,23 +145,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def warm(path: Path) -> float:
+    """Read the database file (and its write-ahead log) once, into the page cache; seconds."""
+    began = time.perf_counter()
+    buffer = bytearray(8 * 1024 * 1024)
+    for part in (path, Path(f"{path}-wal")):
+        if part.exists():
+            with part.open("rb", buffering=0) as file:
+                while file.readinto(buffer):
+                    pass
+    return time.perf_counter() - began
+
+
 def replay_and_resume(target: str, pid: int, size: int, replay: int) -> dict[str, float]:
+    async def replays(stub: Any) -> int:
+        """Replays from 0 back to back until `replay` transitions arrived; how many did."""
+        done = 0
+        while done < replay:
+            count = min(size, replay - done)
+            await _read(stub, 0, count)
+            done += count
+        return done
+
     async def main() -> dict[str, float]:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         async with grpc.aio.insecure_channel(target, options=options) as channel:
             stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
-            await _read(stub, size - 10, 10)  # connected and warm
-            count = min(size, replay)
-            # A small log is replayed several times (the median), so that one hiccup of a
-            # busy machine does not make its figure, the baseline of the others.
-            repeats = max(1, min(20, replay // count))
+            await replays(stub)  # connected, and the pages it reads warm in the server
             cpu = cpu_seconds(pid)
-            seconds = statistics.median([await _read(stub, 0, count) for _ in range(repeats)])
+            began = time.perf_counter()
+            count = await replays(stub)
+            seconds = time.perf_counter() - began
             cpu = cpu_seconds(pid) - cpu
             resumes = [await _read(stub, size - 100, 100) for _ in range(20)]
             return {
                 "replay us/transition": seconds / count * 1e6,
-                "replay server cpu us/tr.": cpu / (count * repeats) * 1e6,
+                "replay server cpu us/tr.": cpu / count * 1e6,
                 "resume ms": statistics.median(resumes) * 1e3,
             }
 
@@ -215,13 +248,18 @@ def _percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-def one_size(path: Path, size: int, args: argparse.Namespace) -> dict[str, float]:
-    server = ServerProcess(
-        path, env={"STATEWARD_QUICK_CHECK": "false"}, log_path=path.with_suffix(".log")
-    ).start(timeout=600)
+def one_size(
+    path: Path, size: int, tree: Path | None, args: argparse.Namespace
+) -> dict[str, float]:
+    env = {"STATEWARD_QUICK_CHECK": "false"}
+    if tree is not None:
+        env["PYTHONPATH"] = f"{tree / 'client'}{os.pathsep}{tree / 'service'}"
+    warmed = warm(path)
+    server = ServerProcess(path, env=env, log_path=path.with_suffix(".log")).start(timeout=600)
     try:
         assert server.process is not None
-        figures = replay_and_resume(server.target, server.process.pid, size, args.replay)
+        figures = {"warm s": warmed}
+        figures |= replay_and_resume(server.target, server.process.pid, size, args.replay)
         if size == args.concurrent_size:
             figures |= concurrent_resumes(
                 server.target, size, args.concurrent, args.concurrent_reads
@@ -235,38 +273,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,1000000,10000000")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/stateward-resume"))
-    parser.add_argument("--replay", type=int, default=1_000_000, help="most transitions replayed")
+    parser.add_argument("--replay", type=int, default=300_000, help="transitions replayed")
     parser.add_argument("--concurrent-size", type=int, default=1_000_000)
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument("--concurrent-reads", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--old", type=Path, help="another checkout to measure alongside")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     args.folder.mkdir(parents=True, exist_ok=True)
     paths = {size: database(args.folder, size) for size in sizes}
+    trees: dict[str, Path | None] = {"new": None}
+    if args.old:
+        trees["old"] = args.old.resolve()
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
-    rounds: list[dict[int, dict[str, float]]] = []
+    rounds: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
-        order = sizes if round_ % 2 == 0 else list(reversed(sizes))
-        figures = {size: one_size(paths[size], size, args) for size in order}
-        base = figures[sizes[0]]
-        for size in sizes:
-            for key in ("replay us/transition", "replay server cpu us/tr.", "resume ms"):
-                figures[size][f"{key} ratio"] = figures[size][key] / base[key]
-        if args.concurrent_size in figures:
-            f = figures[args.concurrent_size]
-            f["health max ratio"] = f["health max ms resuming"] / f["health max ms idle"]
-        rounds.append(figures)
-        print(f"round {round_ + 1}: {figures}", flush=True)
+        runs = [(name, size) for size in sizes for name in trees]
+        for name, size in runs if round_ % 2 == 0 else reversed(runs):
+            if len(rounds[name]) <= round_:
+                rounds[name].append({})
+            figures = one_size(paths[size], size, trees[name], args)
+            rounds[name][round_][size] = figures
+            print(f"round {round_ + 1} {name} {size:,}: {figures}", flush=True)
+        for name in trees:
+            figures_by_size = rounds[name][round_]
+            base = figures_by_size[sizes[0]]
+            for size in sizes:
+                for key in ("replay us/transition", "replay server cpu us/tr.", "resume ms"):
+                    figures_by_size[size][f"{key} ratio"] = figures_by_size[size][key] / base[key]
+            if args.concurrent_size in figures_by_size:
+                f = figures_by_size[args.concurrent_size]
+                f["health max ratio"] = f["health max ms resuming"] / f["health max ms idle"]
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    for size in sizes:
-        print(f"--- {size:,} transitions (median of {len(rounds)} rounds, and their range)")
-        for key in rounds[0][size]:
-            values = [r[size][key] for r in rounds]
-            print(
-                f"{key:>26}: {statistics.median(values):9.3f}"
-                f"   ({min(values):.3f} - {max(values):.3f})"
-            )
+    for name in trees:
+        for size in sizes:
+            print(f"--- {name}, {size:,} transitions (median of {args.rounds} rounds, and range)")
+            for key in rounds[name][0][size]:
+                values = [r[size][key] for r in rounds[name]]
+                print(
+                    f"{key:>26}: {statistics.median(values):9.3f}"
+                    f"   ({min(values):.3f} - {max(values):.3f})"
+                )
 
 
 if __name__ == "__main__":
