@@ -57,12 +57,15 @@ from stateward_service.store import (
     ChangeSignal,
     DatabaseUnavailable,
     LeaderLock,
+    LogRow,
     RunFilter,
     RunStore,
     StorageUnavailable,
     WouldWait,
     WriteConflict,
 )
+from stateward_service.store.rows import STATE_WIDTH
+from stateward_service.store.sql import transition_from_row
 
 _ONE_US = timedelta(microseconds=1)
 # Members as module globals: a global is read several times quicker than an enum's attribute.
@@ -72,6 +75,10 @@ _IN_BATCH = nullcontext()
 _CONFLICT_RETRIES = 6
 log = logging.getLogger("stateward.orchestrator")
 T = TypeVar("T")
+# How a row of `Orchestrator.read_log_rows` is read: the columns of each of its two states, and
+# the Transition it stands for.
+LOG_ROW_STATE_WIDTH = STATE_WIDTH
+transition_from_log_row = transition_from_row
 
 
 class RunNotFound(LookupError):
@@ -377,6 +384,19 @@ class Orchestrator:
         """Logged transitions above `after` (at most `limit`), filtered, with the log's oldest
         and newest sequences, in one snapshot read outside the write lock."""
         return self._reader.read_log(after, limit, run_ids, flow_run_ids, state_types)
+
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]:
+        """As `read_log`, each transition as its row (see `LogRow`: `LOG_ROW_STATE_WIDTH`
+        columns per state): for a reader that makes its own encoding of it directly (the
+        stream's messages); `transition_from_log_row` is the Transition a row stands for."""
+        return self._reader.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
 
     def last_sequence(self) -> int:
         """The newest sequence ever logged (0 for a new database)."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from stateward.runs import Transition
 from stateward_service.broadcaster import TransitionBroadcaster
@@ -35,6 +36,14 @@ def encode_transition(transition: Transition) -> bytes:
     return watch_response(transition).SerializeToString()
 
 
+def encode_log_rows(rows: list[Sequence[Any]]) -> list[bytes]:
+    """What `encode_transition` makes of the transition of each row of the log (see
+    `store.LogRow`), made from the rows directly (a replay's stream messages)."""
+    from stateward_service.log_messages import log_row_messages
+
+    return log_row_messages(rows)
+
+
 class Replica:
     """Call `start()` inside a running event loop (the broadcaster's subscribers and the loops
     run on it), then `stop()` on the same loop. With `lead_loops` false (a short-lived process)
@@ -51,7 +60,11 @@ class Replica:
         self.orchestrator = Orchestrator(store, Policies.default(settings.slot_wait_seconds))
         last = self.orchestrator.last_sequence()
         self.broadcaster = TransitionBroadcaster(
-            self.orchestrator, encode_transition, last, capacity=settings.stream_buffer
+            self.orchestrator,
+            encode_transition,
+            last,
+            capacity=settings.stream_buffer,
+            encode_rows=encode_log_rows,
         )
         # The gRPC API, made on first use (see `api`).
         self._api: OrchestrationService | None = None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
 from stateward.states import State, StateType
@@ -128,6 +128,12 @@ class ChangeSignal(Protocol):
     def close(self) -> None: ...
 
 
+# One transition of the log as a reader's `read_log_rows` returns it: sequence, run_kind, run_id,
+# flow_run_id, run_name (None for a run that is gone), flow_name, task_key, then the old state's
+# columns (`rows.STATE_COLUMNS`; all None when the run had none), then the new state's.
+LogRow = Sequence[Any]
+
+
 class RunReads(Protocol):
     """The queries that only read (a store's own connection, or a reader's snapshot)."""
 
@@ -148,6 +154,14 @@ class RunReads(Protocol):
         flow_run_ids: Sequence[str] = (),
         state_types: Sequence[int] = (),
     ) -> tuple[list[Transition], int, int]: ...
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]: ...
     def runs_in_state(
         self, kind: RunKind, state_type: StateType, name: str | None = None
     ) -> list[tuple[str, State]]: ...
@@ -177,6 +191,17 @@ class StoreReader(Protocol):
     ) -> tuple[list[Transition], int, int]:
         """Matching transitions above `after` (at most `limit`), oldest first, with the log's
         oldest and newest sequences (0 and 0 when it is empty), in a snapshot of its own."""
+        ...
+
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]:
+        """As `read_log`, each transition as its row (see `LogRow`)."""
         ...
 
     def ping(self) -> bool:

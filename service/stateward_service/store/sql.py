@@ -14,7 +14,7 @@ from typing import Any
 from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
 from stateward.states import TERMINAL_TYPES, State, StateType
 from stateward_service.model import RunRecord
-from stateward_service.store.interface import RunFilter, Savepoint
+from stateward_service.store.interface import LogRow, RunFilter, Savepoint
 from stateward_service.store.pages import (
     PAGE_BYTES,
     STATES,
@@ -195,8 +195,21 @@ class SqlReads:
         """Matching transitions above `after` (at most `limit`), with the log's oldest and newest
         sequences (0 and 0 when the log is empty). When fewer than `limit` come back, everything
         up to the newest was read (in a snapshot: see the readers)."""
+        rows, oldest, newest = self.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
+        return [transition_from_row(row) for row in rows], oldest, newest
+
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]:
+        """As `read_log`, with each transition as its row (see `LogRow`), for a reader that
+        makes something else of it than a Transition (e.g. its stream message, directly)."""
         oldest, newest = self.conn.execute(LOG_BOUNDS).fetchone()
-        rows = read_transitions(self.conn, after, limit, run_ids, flow_run_ids, state_types)
+        rows = read_log_rows(self.conn, after, limit, run_ids, flow_run_ids, state_types)
         return rows, int(oldest), int(newest)
 
     # --- what the server's loops look for -------------------------------------------------------
@@ -567,14 +580,16 @@ def run_by_id(kind: RunKind) -> str:
                LEFT JOIN states s ON s.id = r.state_id WHERE r.id = ?"""
 
 
-def read_transitions(
+def read_log_rows(
     conn: Any,
     after: int,
     limit: int,
     run_ids: Sequence[str],
     flow_run_ids: Sequence[str],
     state_types: Sequence[int],
-) -> list[Transition]:
+) -> list[LogRow]:
+    """The rows (see `LogRow`) of the matching transitions above `after`, at most `limit`,
+    oldest first."""
     filters = [
         (f"t.{column}", tuple(values))
         for column, values in (
@@ -611,7 +626,7 @@ def read_transitions(
         clauses, params = [], merged_params
     params.append(limit)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(
+    rows: list[LogRow] = conn.execute(
         f"""SELECT t.sequence, t.run_kind, t.run_id, t.flow_run_id,
                    coalesce(f.name, tr.name), coalesce(f.flow_name, ''),
                    coalesce(tr.task_key, ''),
@@ -624,24 +639,31 @@ def read_transitions(
             {where} ORDER BY t.sequence LIMIT ?""",
         params,
     ).fetchall()
+    return rows
+
+
+def transition_from_row(row: LogRow) -> Transition:
+    """The Transition a log row (see `LogRow`) stands for."""
     width = STATE_WIDTH
-    transitions = []
-    for row in rows:
-        from_row = row[7 : 7 + width]
-        transitions.append(
-            Transition(
-                sequence=row[0],
-                run_kind=RunKind(row[1]),
-                run_id=row[2],
-                flow_run_id=row[3],
-                run_name=row[4] or "",
-                flow_name=row[5],
-                task_key=row[6],
-                from_state=state_from_row(from_row) if from_row[0] is not None else None,
-                to_state=state_from_row(row[7 + width :]),
-            )
-        )
-    return transitions
+    from_row = row[7 : 7 + width]
+    return Transition(
+        sequence=row[0],
+        run_kind=RunKind(row[1]),
+        run_id=row[2],
+        flow_run_id=row[3],
+        run_name=row[4] or "",
+        flow_name=row[5],
+        task_key=row[6],
+        from_state=state_from_row(from_row) if from_row[0] is not None else None,
+        to_state=state_from_row(row[7 + width :]),
+    )
 
 
-__all__ = ["SqlReads", "SqlStore", "read_transitions", "run_by_id"]
+__all__ = [
+    "LogRow",
+    "SqlReads",
+    "SqlStore",
+    "read_log_rows",
+    "run_by_id",
+    "transition_from_row",
+]

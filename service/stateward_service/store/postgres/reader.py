@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from stateward.runs import Transition
 from stateward_service.store.interface import DatabaseUnavailable
 from stateward_service.store.postgres.coordination import allow_nul_in_text, connection_options
-from stateward_service.store.sql import SqlReads
+from stateward_service.store.sql import LogRow, SqlReads
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -78,6 +78,17 @@ class PostgresReader:
     ) -> tuple[list[Transition], int, int]:
         with self.snapshot() as db:
             return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
+
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]:
+        with self.snapshot() as db:
+            return db.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
 
     def ping(self) -> bool:
         """Whether the database answers now."""

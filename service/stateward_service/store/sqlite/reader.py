@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from stateward.runs import Transition
-from stateward_service.store.sql import SqlReads
+from stateward_service.store.sql import LogRow, SqlReads
 
 
 class StoreReader:
@@ -66,6 +66,18 @@ class StoreReader:
         """`SqlReads.read_log` in a snapshot of its own."""
         with self.snapshot() as db:
             return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
+
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]:
+        """`SqlReads.read_log_rows` in a snapshot of its own."""
+        with self.snapshot() as db:
+            return db.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
 
     def ping(self) -> bool:
         """Whether the database file answers a read now."""
