@@ -45,22 +45,27 @@ def subscriber_process(target: str, streams: int, ready, results, stop_after_mar
         async with grpc.aio.insecure_channel(target) as channel:
             stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
 
-            async def follow() -> dict[str, int]:
+            async def follow() -> tuple[dict[str, int], int, int]:
                 call = stub.WatchTransitions(pb.WatchTransitionsRequest(max_batch=500))
                 await call.initial_metadata()
                 ready.put(1)
                 seen: dict[str, int] = {}
+                messages = transitions = 0
                 async for message in call:
                     now = time.monotonic_ns()
+                    messages += 1
                     for transition in message.transitions or [message.transition]:
                         if transition.flow_name == MARKER:
                             call.cancel()
-                            return seen
+                            return seen, messages, transitions
+                        transitions += 1
                         seen[transition.to_state.id] = now
-                return seen
+                return seen, messages, transitions
 
-            for seen in await asyncio.gather(*(follow() for _ in range(streams))):
-                results.put(seen if stop_after_marker else {})
+            for seen, messages, transitions in await asyncio.gather(
+                *(follow() for _ in range(streams))
+            ):
+                results.put((seen if stop_after_marker else {}, messages, transitions))
 
     asyncio.run(main())
 
@@ -95,6 +100,7 @@ def start_subscribers(server: ServerProcess, subscribers: int, keep: bool):
 
 
 def stop_subscribers(server: ServerProcess, workers, results, subscribers: int) -> list:
+    """(what each subscriber saw: {state id: when}, messages, transitions) once they stopped."""
     new_flow_run(server.stub(), flow_name=MARKER)
     found = [results.get(timeout=600) for _ in range(subscribers)]
     for worker in workers:
@@ -117,7 +123,7 @@ def latencies(server: ServerProcess, subscribers: int, transitions: int, rate: f
         if pause > 0:
             time.sleep(pause)
     found: list[float] = []
-    for seen in stop_subscribers(server, workers, results, subscribers):
+    for seen, _, _ in stop_subscribers(server, workers, results, subscribers):
         assert set(answered) <= set(seen), "a subscriber missed transitions"
         found.extend((seen[state_id] - at) / 1e6 for state_id, at in answered.items())
     return found
@@ -156,6 +162,109 @@ def health_p50(server: ServerProcess) -> float:
     return statistics.median(samples)
 
 
+_FLOOR_PAYLOAD = b"x" * 200  # about one encoded transition's size
+
+
+def _floor_server(ports, go, done, streams: int, rounds: int) -> None:
+    """A gRPC aio server whose one streaming method sends `_FLOOR_PAYLOAD` to every open stream
+    once per round, and does nothing else; puts its CPU seconds per message."""
+    _quiet()
+
+    async def main() -> None:
+        sent = 0
+        all_sent = asyncio.Event()
+        round_ = asyncio.Event()
+
+        async def stream(request: bytes, context: grpc.aio.ServicerContext):
+            nonlocal sent
+            await context.send_initial_metadata(())  # the subscriber counts itself in
+            while True:
+                await round_.wait()
+                yield _FLOOR_PAYLOAD
+                sent += 1
+                if sent == streams:
+                    all_sent.set()
+
+        handler = grpc.method_handlers_generic_handler(
+            "floor.Floor", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await asyncio.get_running_loop().run_in_executor(None, go.get)
+        began = cpu_seconds(os.getpid())
+        for _ in range(rounds):
+            sent = 0
+            all_sent.clear()
+            woken, round_ = round_, asyncio.Event()
+            woken.set()
+            await all_sent.wait()
+            await asyncio.sleep(0.01)
+        done.put((cpu_seconds(os.getpid()) - began) / (rounds * streams))
+        await server.stop(None)
+
+    asyncio.run(main())
+
+
+def _quiet() -> None:
+    """No output from this process: gRPC reports every stream that the end cancels."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
+def _floor_subscriber(port: int, streams: int, ready) -> None:
+    _quiet()
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            method = channel.unary_stream("/floor.Floor/Stream")
+
+            async def one() -> None:
+                call = method(b"")
+                await call.initial_metadata()
+                ready.put(1)
+                async for _ in call:
+                    pass
+
+            await asyncio.gather(*(one() for _ in range(streams)), return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def floor_per_message(subscribers: int, rounds: int) -> float:
+    """The floor under the fan-out: microseconds of CPU a gRPC aio server that does nothing
+    else spends per stream message, sending one to each of `subscribers` streams per round
+    (held by 4 processes, as the subscribers above are)."""
+    ports: multiprocessing.Queue[int] = multiprocessing.Queue()
+    go: multiprocessing.Queue[int] = multiprocessing.Queue()
+    done: multiprocessing.Queue[float] = multiprocessing.Queue()
+    ready: multiprocessing.Queue[int] = multiprocessing.Queue()
+    server = multiprocessing.Process(
+        target=_floor_server, args=(ports, go, done, subscribers, rounds)
+    )
+    server.start()
+    port = ports.get(timeout=60)
+    processes = min(subscribers, 4)
+    shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
+    clients = [
+        multiprocessing.Process(target=_floor_subscriber, args=(port, n, ready), daemon=True)
+        for n in shares
+    ]
+    for client in clients:
+        client.start()
+    for _ in range(subscribers):
+        ready.get(timeout=300)
+    go.put(1)
+    per_message = done.get(timeout=600)
+    server.join(timeout=60)
+    for client in clients:
+        client.kill()
+        client.join()
+    return per_message * 1e6
+
+
 def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) -> dict[str, float]:
     env = {}
     if tree is not None:
@@ -181,7 +290,9 @@ def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) ->
             busy = writer_throughput(server, args.writers, args.seconds)
             server_busy = cpu_seconds(pid) - cpu
             theirs = sum(cpu_seconds(w.pid) for w in workers if w.pid) - theirs
-            stop_subscribers(server, workers, results, most)
+            seen = stop_subscribers(server, workers, results, most)
+            messages = sum(m for _, m, _ in seen)
+            delivered = sum(t for _, _, t in seen)
             figures["writes/s alone"] = alone
             figures[f"writes/s with {most} subs"] = busy
             figures["writes ratio"] = busy / alone
@@ -189,6 +300,15 @@ def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) ->
             figures["server cpu ms/write alone"] = server_alone / writes_alone * 1e3
             figures["server cpu ms/write w/ subs"] = server_busy / writes_busy * 1e3
             figures["subs' cpu ms/write"] = theirs / writes_busy * 1e3
+            # What the fan-out cost the server: its CPU with the subscribers, less what the
+            # same writes cost it alone, per message and per transition the subscribers got
+            # (these include the writes after the timed ones, up to the marker: a few).
+            fan_out = server_busy - server_alone / writes_alone * writes_busy
+            figures["transitions/message"] = delivered / max(1, messages)
+            figures["fan-out cpu us/message"] = fan_out / max(1, messages) * 1e6
+            figures["fan-out cpu us/transition"] = fan_out / max(1, delivered) * 1e6
+            if args.floor:
+                figures["floor cpu us/message"] = floor_per_message(most, args.floor)
         finally:
             server.stop()
     return figures
@@ -203,6 +323,12 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--floor",
+        type=int,
+        default=50,
+        help="rounds of the bare gRPC stream server measured as the floor (0: none)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.subscribers.split(",")]
     trees: dict[str, Path | None] = {"new": None}
