@@ -27,13 +27,14 @@ are measured in alternating order from one round to the next. With `--old` (anot
 e.g. `git worktree add --detach /tmp/base <commit>`), its server is measured in the same rounds
 on the same files, alternating with this one's.
 
-Measured at 8a78b47 on 2 shared cores (load average 6-12), median of 3 rounds (range), 300,000
-transitions replayed per size: server CPU per transition 34.1 us (32.0-42.0) at 1k, 35.5 us
-(34.9-36.3) at 1M, 33.9 us (31.7-34.3) at 10M, i.e. 1.03 (0.86-1.11) and 0.99 (0.81-1.01) times
-the 1k figure; wall time per transition 42, 55 and 44 us (ratios 1.26 and 0.91, each round's
-spread 0.6-1.4: the load, not the log). During 20 concurrent resumes at 1M, health Check p99
-11.9 ms (11.9-14.4) against 8.8 ms (5.6-10.5) with no stream; the slowest Check 85 ms against
-119 ms idle (the machine's other processes make the slowest, with or without streams).
+Measured on 2 cores shared with other work (load average 15-19), 3 rounds, median (range):
+the server's CPU per replayed transition is 16.5 us (15.1-20.1) at 1k and 14.6 us (14.4-19.0)
+at 1M since log_messages (0.94 of the 1k figure), against 41.0 us (33.2-44.7) and 37.2 us
+(32.0-48.9) at 8a78b47 in the same rounds; the same per-transition statistic at 10M, in an
+earlier run at 8a78b47: 33.9 us, 0.99 of its 1k figure. 20 concurrent resumes of 20,000
+transitions each at 1M took 11.3 s against 32.7 s; health Check p99 during them 22.8 ms (idle
+18.7 ms) against 20.5 ms (idle 11.2 ms): at that load the machine, not the server, makes the
+slowest Checks (the idle baseline's slowest were 177 and 303 ms).
 """
 
 from __future__ import annotations
