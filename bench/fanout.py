@@ -1,6 +1,7 @@
 """Fan-out: stream delivery latency at many subscribers, and what live subscribers cost writers.
 
     .venv/bin/python bench/fanout.py [--old /tmp/hot-old] [--subscribers 100,1000] [--rounds 3]
+        [--new-env NAME=VALUE]
 
 For each count of subscribers (spread over 4 subscriber processes, each holding its streams on
 one asyncio channel, asking for batches with max_batch), a writer proposes `--transitions` states
@@ -9,10 +10,14 @@ each SetState was answered (one system-wide monotonic clock). Then writer throug
 concurrent SetState loops for `--seconds`, with no subscriber and then with the largest count of
 subscribers live, as a ratio, with the CPU time the server process and the subscriber processes
 used per write in each (the subscribers share the machine's cores with the server, so on a small
-machine their own CPU takes the writers' share too). The baseline of the latencies is a health
-check round trip on the same server in the same round. With `--old` (another checkout, e.g. `git
-worktree add /tmp/hot-old <commit>`), its server runs the same rounds, alternating with this
-one's.
+machine their own CPU takes the writers' share too). What the fan-out itself cost the server:
+its CPU with the subscribers less what the same writes cost it alone, per stream message and per
+delivered transition, beside the floor measured in the same round: the CPU per message of a bare
+gRPC aio server that sends one message to each of as many streams per round (`--floor` rounds).
+The baseline of the latencies is a health check round trip on the same server in the same round.
+With `--old` (another checkout, e.g. `git worktree add /tmp/hot-old <commit>`), its server runs
+the same rounds, alternating with this one's; `--new-env` sets variables for this checkout's
+server only (with `--old` naming this same checkout: a same-run A/B of a setting).
 """
 
 from __future__ import annotations
@@ -265,8 +270,10 @@ def floor_per_message(subscribers: int, rounds: int) -> float:
     return per_message * 1e6
 
 
-def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) -> dict[str, float]:
-    env = {}
+def one_round(
+    tree: Path | None, args: argparse.Namespace, counts: list[int], env: dict[str, str]
+) -> dict[str, float]:
+    env = dict(env)
     if tree is not None:
         env["PYTHONPATH"] = f"{tree / 'client'}{os.pathsep}{tree / 'service'}"
     figures: dict[str, float] = {}
@@ -317,6 +324,14 @@ def one_round(tree: Path | None, args: argparse.Namespace, counts: list[int]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, help="another checkout to measure alongside")
+    parser.add_argument(
+        "--new-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable set for this checkout's server only (e.g. a gRPC setting to compare, "
+        "with --old naming this same checkout)",
+    )
     parser.add_argument("--subscribers", default="100,1000")
     parser.add_argument("--transitions", type=int, default=300)
     parser.add_argument("--rate", type=float, default=100.0)
@@ -339,7 +354,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for name in order:
-            results[name].append(one_round(trees[name], args, counts))
+            env = dict(pair.split("=", 1) for pair in args.new_env) if name == "new" else {}
+            results[name].append(one_round(trees[name], args, counts, env))
             print(f"round {round_ + 1} {name}: {results[name][-1]}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     for name, rounds in results.items():
