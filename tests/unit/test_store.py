@@ -285,6 +285,21 @@ def table_names(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+def test_opening_a_current_database_takes_no_write_lock(tmp_path):
+    """Only an upgrade waits for another process's write lock (for as long as an upgrade may
+    take): a database already current opens while another process holds the lock."""
+    path = tmp_path / "current.db"
+    Store(path).close()
+    opened: list[Store] = []
+    with write_lock_held(path):
+        opener = threading.Thread(target=lambda: opened.append(Store(path)))
+        opener.start()
+        opener.join(timeout=4)  # a write would wait 5 s for the lock, an upgrade 10 minutes
+        assert not opener.is_alive() and len(opened) == 1
+    assert opened[0].found_schema_version == SCHEMA_VERSION
+    opened[0].close()
+
+
 def test_a_newer_database_is_refused(tmp_path):
     path = tmp_path / "future.db"
     Store(path).close()

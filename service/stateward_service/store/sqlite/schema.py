@@ -179,8 +179,14 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Bring the database's schema up to `target` in one write transaction, so that processes
     starting together on one file migrate it once. `conn` is in autocommit mode
     (`isolation_level=None`). Returns the version it found; raises SchemaTooNew for a database
-    written by a newer Stateward. Another process's write lock is waited for up to
+    written by a newer Stateward. A database already at `target` or newer is only read: no
+    write lock is taken. Otherwise another process's write lock is waited for up to
     `_MIGRATION_WAIT_MS`, far longer than a write waits: it may be upgrading the file."""
+    current = _version(conn)
+    if current is not None and current >= target:
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(current, SCHEMA_VERSION)
+        return current
     waits = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
     conn.execute(f"PRAGMA busy_timeout={max(waits, _MIGRATION_WAIT_MS)}")
     try:
@@ -207,6 +213,19 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             conn.execute("ROLLBACK")
         raise
     return found
+
+
+def _version(conn: sqlite3.Connection) -> int | None:
+    """The database's schema version, read without a write lock; None before the first
+    migration made the table. (A version only ever goes up, so a read that finds the target
+    reached needs nothing more.)"""
+    found_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if found_table is None:
+        return None
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    return None if row is None else int(row[0])
 
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
