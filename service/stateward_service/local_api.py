@@ -127,8 +127,8 @@ class LocalService:
         """Store lines runs logged, as WriteLogs does (the same checks, one transaction); how
         many were stored. Raises ServiceError as WriteLogs does: INVALID_ARGUMENT for a
         malformed line, NOT_FOUND (nothing written) for a line of an unknown run."""
-        check.log_entry_values(entries, "entries")
-        return translating(lambda: self.orchestrator.write_logs(entries))
+        lines = check.log_entry_values(entries, "entries")
+        return translating(lambda: self.orchestrator.write_logs(lines))
 
     def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
         """Store completed task runs' states under cache keys, all or none, as
@@ -140,7 +140,7 @@ class LocalService:
         for index, entry in enumerate(entries):
             field = f"entries[{index}]"
             run_id = check.run_id(entry.task_run_id, f"{field}.task_run_id")
-            key = _message_text(entry.cache_key, f"{field}.cache_key")
+            key = check.message_text(entry.cache_key, f"{field}.cache_key")
             check.text(key, f"{field}.cache_key", check.MAX_CACHE_KEY, required=True)
             check.time_value(entry.cache_expiration, f"{field}.cache_expiration")
             rows.append((run_id, key, entry.cache_expiration))
@@ -154,17 +154,6 @@ class LocalService:
         seconds = check.lease_duration(lease_seconds, "lease_duration")
         renewed, _ = translating(lambda: self.orchestrator.renew_leases(checked, seconds))
         return renewed
-
-
-def _message_text(value: Any, field: str) -> str:
-    """`value` as a message's string field holds it: a str as it is, UTF-8 bytes as their text
-    (UnicodeDecodeError otherwise), anything else a TypeError, as making the message raises.
-    Stored as they came, bytes would never equal the text a lookup compares them with."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if not isinstance(value, str):
-        raise TypeError(f"{field}: must be a str, not {type(value).__name__}")
-    return value
 
 
 def _record(run: Run) -> tuple[RunRecord, State | None, dict[str, Any]]:

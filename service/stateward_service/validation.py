@@ -3,12 +3,13 @@ the field and what to fix, before anything is read or written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stateward.runs import LogEntry, RetryPolicy
 from stateward.states import State, StateType
@@ -522,29 +523,40 @@ def run_input(value: str, field: str) -> None:
 
 
 MAX_LOG_BATCH = 1_000
+E = TypeVar("E", "runs_pb2.LogEntry", LogEntry)  # a log line: a message, or a value
 MAX_LOG_PAGE = 10_000
 
 
 def log_entries(entries: Sequence[runs_pb2.LogEntry], field: str) -> None:
     """The lines of a WriteLogs call: at most MAX_LOG_BATCH, each naming a run, with a time,
     a level from 0 to 100 and texts within their limits."""
-    _log_lines(entries, field, _logged_at)
+    _log_lines(entries, field, lambda entry, _: entry, _logged_at)
 
 
-def log_entry_values(entries: Sequence[LogEntry], field: str) -> None:
-    """The lines of a caller in this process, by the checks of `log_entries` (the same
-    refusals): each time timezone-aware and within a Timestamp's range. A line holding what a
-    LogEntry message cannot (a level that is not a whole number, a text that is not a str)
-    raises TypeError, as making the message would: stored, it would fail every read of its
-    run's logs."""
-    _log_lines(entries, field, _value_line)
+def log_entry_values(entries: Sequence[LogEntry], field: str) -> list[LogEntry]:
+    """The lines of a caller in this process, as a LogEntry message would hold them (their
+    texts by `message_text`'s rule), by the checks of `log_entries` (the same refusals): each
+    time timezone-aware and within a Timestamp's range. A line holding what a message cannot (a
+    level that is not a whole number, a text that is neither a str nor UTF-8 bytes) raises
+    TypeError (UnicodeDecodeError for bytes that are not UTF-8), as making the message would:
+    stored, it would fail every read of its run's logs."""
+    return _log_lines(entries, field, _value_line, _logged_at_value)
 
 
-def _log_lines(entries: Sequence[Any], field: str, check_time: Callable[[Any, str], None]) -> None:
+def _log_lines(
+    entries: Sequence[E],
+    field: str,
+    taken: Callable[[E, str], E],
+    check_time: Callable[[E, str], None],
+) -> list[E]:
+    """The lines, each as `taken` makes it, once each passed the checks."""
     if len(entries) > MAX_LOG_BATCH:
         raise invalid(field, f"has {len(entries)} lines; send at most {MAX_LOG_BATCH} a call")
-    for index, entry in enumerate(entries):
+    lines = []
+    for index, given in enumerate(entries):
         where = f"{field}[{index}]"
+        entry = taken(given, where)
+        lines.append(entry)
         if not entry.flow_run_id and not entry.task_run_id:
             raise invalid(where, "names no run: give its flow_run_id or task_run_id")
         if entry.flow_run_id:
@@ -556,6 +568,7 @@ def _log_lines(entries: Sequence[Any], field: str, check_time: Callable[[Any, st
             raise invalid(f"{where}.level", "must be from 0 to 100 (Python's logging levels)")
         text(entry.logger, f"{where}.logger", MAX_NAME)
         text(entry.message, f"{where}.message", MAX_MESSAGE)
+    return lines
 
 
 _NO_TIME = "is required: when the line was logged"
@@ -567,21 +580,39 @@ def _logged_at(entry: runs_pb2.LogEntry, field: str) -> None:
     timestamp(entry.timestamp, field)
 
 
-def _value_line(entry: LogEntry, field: str) -> None:
-    """A line of a caller in this process: its fields' types, then its time (`field` is the
-    timestamp's)."""
-    where = field.removesuffix(".timestamp")
+def _value_line(entry: LogEntry, where: str) -> LogEntry:
+    """A line of a caller in this process as a message holds it (`where` names the line):
+    its level a whole number, its texts by `message_text`'s rule."""
     level = entry.level
     if not isinstance(level, int) or isinstance(level, bool):
         raise TypeError(
             f"{where}.level: {level!r} is not a whole number: a log line's level is one of "
             "Python's logging levels (an int from 0 to 100)"
         )
-    for name in ("flow_run_id", "task_run_id", "logger", "message"):
-        value = getattr(entry, name)
-        if not isinstance(value, str):
-            raise TypeError(f"{where}.{name}: must be a str, not {type(value).__name__}")
-    _logged_at_value(entry, field)
+    flow_run_id, task_run_id, logger, message = (
+        entry.flow_run_id, entry.task_run_id, entry.logger, entry.message
+    )  # fmt: skip
+    if all(type(value) is str for value in (flow_run_id, task_run_id, logger, message)):
+        return entry
+    return dataclasses.replace(
+        entry,
+        flow_run_id=message_text(flow_run_id, f"{where}.flow_run_id"),
+        task_run_id=message_text(task_run_id, f"{where}.task_run_id"),
+        logger=message_text(logger, f"{where}.logger"),
+        message=message_text(message, f"{where}.message"),
+    )
+
+
+def message_text(value: object, field: str) -> str:
+    """`value` as a message's string field takes it, the rule of every in-process call that
+    stands for a message: a str as it is, bytes as their UTF-8 text (UnicodeDecodeError when
+    they are not UTF-8), anything else a TypeError naming `field`. (Stored as they came,
+    bytes would never equal the text a read or lookup compares them with.)"""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    raise TypeError(f"{field}: must be a str, not {type(value).__name__}")
 
 
 def _logged_at_value(entry: LogEntry, field: str) -> None:

@@ -308,6 +308,32 @@ def test_a_log_line_the_message_cannot_hold_is_refused_and_its_runs_logs_stay_re
     assert not remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id)).entries
 
 
+def test_a_log_lines_texts_are_taken_in_process_as_a_message_takes_them(apis):
+    """A message's string field takes UTF-8 bytes as their text and refuses bytes that are
+    not UTF-8: so does WriteLogs in process, by the rule its cache keys follow. (It refused
+    any bytes with TypeError, where the message, and WriteCacheEntries in process, took
+    them.)"""
+    local, remote = apis
+    flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
+    now = datetime.now(UTC)
+    line = LogEntry(flow_run.id.encode(), "", now, 20, b"a-logger", "caf\u00e9".encode())  # type: ignore[arg-type]
+    request = wire.write_logs_request([line])  # the message takes it
+    assert (request.entries[0].logger, request.entries[0].message) == ("a-logger", "caf\u00e9")
+    assert local.write_logs([line]) == 1
+    (stored,) = remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id)).entries
+    assert (stored.flow_run_id, stored.logger, stored.message) == (
+        flow_run.id,
+        "a-logger",
+        "caf\u00e9",
+    )
+    bad = LogEntry(flow_run.id, "", now, 20, "l", b"\xff")  # type: ignore[arg-type]
+    with pytest.raises(UnicodeDecodeError):
+        wire.write_logs_request([bad])
+    with pytest.raises(UnicodeDecodeError):
+        local.write_logs([line, bad])
+    assert len(remote.ListLogs(pb.ListLogsRequest(run_id=flow_run.id)).entries) == 1
+
+
 def test_a_log_line_of_an_unknown_run_or_without_a_time_zone_is_refused(apis):
     local, _ = apis
     flow_run = local.create_run(FlowRun(id="", name="f-run", flow_name="f"))
