@@ -12,22 +12,18 @@
   (default unset: such a result fails its run, saying what to do).
 
 Each is checked where it is read: a value that cannot be right raises `InvalidSetting` with one
-line naming the variable and what it allows. The ones a task run reads (its result policy and
-size limit) are parsed once per value: a read costs a look at the variable, and a value changed
-between runs is read anew.
+line naming the variable and what it allows. Each read parses the variable as it is now: a
+flow run reads those its task runs need once (see `stateward._context.for_this_run`), so a
+value changed meanwhile counts from the next flow run.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from stateward.exceptions import InvalidSetting
-
-T = TypeVar("T")
 
 DEFAULT_PORT = 8470
 # How long the first call of a process waits for a server at STATEWARD_API_URL to answer before
@@ -77,32 +73,11 @@ def check_address(value: str, name: str) -> str:
     return value
 
 
-# Values as parsed, by what they were parsed from (the variable's raw text and whatever else
-# the result depends on). A value that cannot be right is not kept: it raises at every read.
-_parsed: dict[tuple[Any, ...], Any] = {}
-_MAX_PARSED = 256  # more distinct values than a process sees in earnest: start over
-
-
-def _once(key: tuple[Any, ...], parse: Callable[[], T]) -> T:
-    """`parse()`, run only the first time `key` is seen."""
-    try:
-        found: T = _parsed[key]
-    except KeyError:
-        found = parse()
-        if len(_parsed) >= _MAX_PARSED:
-            _parsed.clear()
-        _parsed[key] = found
-    return found
-
-
 def number(name: str, default: float, *, minimum: float = 0.0, integer: bool = False) -> float:
     """The number in environment variable `name` (`default` when unset or empty); more than
     `minimum`, a whole number when `integer`; else InvalidSetting."""
     raw = os.environ.get(name) or ""
-    return _once(
-        (name, raw, default, minimum, integer),
-        lambda: _number(name, raw.strip(), default, minimum, integer),
-    )
+    return _number(name, raw.strip(), default, minimum, integer)
 
 
 def _number(name: str, raw: str, default: float, minimum: float, integer: bool) -> float:
@@ -140,7 +115,7 @@ LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def logging_level() -> str:
     """STATEWARD_LOGGING_LEVEL (INFO): one of LOGGING_LEVELS, in any case."""
     raw = os.environ.get("STATEWARD_LOGGING_LEVEL") or ""
-    return _once(("STATEWARD_LOGGING_LEVEL", raw), lambda: _level(raw.strip() or "INFO"))
+    return _level(raw.strip() or "INFO")
 
 
 def _level(raw: str) -> str:
@@ -173,7 +148,7 @@ def results_persist_by_default() -> bool:
     """STATEWARD_RESULTS_PERSIST_BY_DEFAULT (false): whether every task's results persist, so
     that tasks cache by their policy; InvalidSetting for a value that is not true or false."""
     raw = os.environ.get("STATEWARD_RESULTS_PERSIST_BY_DEFAULT") or ""
-    return _once(("STATEWARD_RESULTS_PERSIST_BY_DEFAULT", raw), lambda: _yes_or_no(raw))
+    return _yes_or_no(raw)
 
 
 def _yes_or_no(raw: str) -> bool:
@@ -194,13 +169,7 @@ def results_storage_path() -> Path | None:
     raw = (os.environ.get("STATEWARD_RESULTS_STORAGE_PATH") or "").strip()
     if not raw:
         return None
-    # A relative path depends on the current folder too, and `~` on HOME. (Whether it is a
-    # folder is checked when a value is first read.)
-    if raw.startswith("~"):
-        where = os.environ.get("HOME") or ""
-    else:
-        where = "" if raw.startswith("/") else os.getcwd()
-    return _once(("STATEWARD_RESULTS_STORAGE_PATH", raw, where), lambda: _storage_path(raw))
+    return _storage_path(raw)  # a relative path from the current folder, `~` from HOME
 
 
 def _storage_path(raw: str) -> Path:
