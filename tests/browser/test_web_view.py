@@ -6,6 +6,7 @@ that misses nothing."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -181,10 +182,11 @@ def test_after_a_server_restart_the_page_reconnects_and_misses_nothing(page, tmp
 
         server.stop()
         expect(page.locator("#live")).to_have_attribute("data-status", "reconnecting")
-        server.restart()
         # Keep the page from reconnecting while the server changes runs: it must then catch
-        # up from its last event, not from what is current when it reconnects.
+        # up from its last event, not from what is current when it reconnects. (Offline only
+        # once the server was back, the page could reconnect first.)
         page.context.set_offline(True)
+        server.restart()
         stub = server.stub()
         propose(stub, first.id, ST.STATE_TYPE_RUNNING)
         propose(stub, first.id, ST.STATE_TYPE_COMPLETED)
@@ -193,11 +195,39 @@ def test_after_a_server_restart_the_page_reconnects_and_misses_nothing(page, tmp
 
         expect(page.locator("#live")).to_have_attribute("data-status", "live", timeout=30_000)
         expect(page.locator(f'#runs tr[data-run-id="{first.id}"]')).to_have_attribute(
-            "data-state", "COMPLETED"
+            "data-state", "COMPLETED", timeout=30_000
         )
         rows = page.locator("#runs tr")
-        expect(rows).to_have_count(4)
+        expect(rows).to_have_count(4, timeout=30_000)
         assert [rows.nth(i).get_attribute("data-run-id") for i in range(3)] == later[::-1]
+
+
+def test_a_change_the_list_could_not_fetch_is_fetched_again(page, tmp_path) -> None:
+    """The stream tells the list a run changed; the list fetches the run, and when that fetch
+    fails (the network, a server restarting) it asks again shortly. (The change was dropped:
+    a new run stayed missing from the list until the page was reloaded.)"""
+    with running_server(tmp_path, ui=True) as server:
+        stub = server.stub()
+        first = new_flow_run(stub, flow_name="refetched")
+        page.goto(server.ui_url)
+        expect(page.locator(f'#runs tr[data-run-id="{first.id}"]')).to_be_visible()
+        expect(page.locator("#live")).to_have_attribute("data-status", "live")
+        refresh = re.compile(r"/api/flow-runs\?.*\bid=")
+        failing = [True]
+
+        def fail_refreshes(route: Any) -> None:
+            if failing[0] and refresh.search(route.request.url):
+                route.abort("internetdisconnected")
+            else:
+                route.continue_()
+
+        page.route("**/api/flow-runs?*", fail_refreshes)
+        with page.expect_event(
+            "requestfailed", lambda request: refresh.search(request.url) is not None
+        ):
+            later = new_flow_run(stub, flow_name="refetched")
+        failing[0] = False
+        expect(page.locator(f'#runs tr[data-run-id="{later.id}"]')).to_be_visible(timeout=30_000)
 
 
 def test_with_an_api_key_the_page_asks_for_it_once_and_stays_live(page, tmp_path) -> None:

@@ -85,6 +85,9 @@ function historyItem(state) {
 
 // --- the API ---------------------------------------------------------------------------------
 
+// How long a list waits before it asks again for runs it could not fetch.
+const REFRESH_RETRY_MS = 1000;
+
 class ApiError extends Error {
   constructor(message, status) {
     super(message);
@@ -428,35 +431,51 @@ class RunsList extends LiveView {
   // pages loaded is left for "Load more".
   refreshRun(runId) {
     this.changed.add(runId);
+    this.scheduleRefresh(50);
+  }
+
+  scheduleRefresh(delay) {
     if (this.refreshTimer) return;
-    this.refreshTimer = setTimeout(async () => {
-      this.refreshTimer = null;
-      const ids = [...this.changed];
-      this.changed.clear();
-      const extra = ids.map((id) => ["id", id]);
-      const params = new URLSearchParams(this.query());
-      for (const [name, value] of extra) params.append(name, value);
-      params.set("page_size", String(ids.length));
-      const page = await api(`/api/flow-runs?${params}`).catch(() => null);
-      if (!page || this.closed) return;
-      const found = new Map(page.flow_runs.map((run) => [run.id, run]));
-      for (const id of ids) {
-        const run = found.get(id);
-        const known = this.rows.get(id);
-        if (!run) {
-          if (known) {
-            known.row.remove();
-            this.rows.delete(id);
-          }
-        } else if (known) {
-          known.run = run;
-          this.fillRow(known.row, run);
-        } else {
-          this.insert(run);
-        }
+    this.refreshTimer = setTimeout(() => this.refresh(), delay);
+  }
+
+  async refresh() {
+    this.refreshTimer = null;
+    const ids = [...this.changed];
+    this.changed.clear();
+    const params = new URLSearchParams(this.query());
+    for (const id of ids) params.append("id", id);
+    params.set("page_size", String(ids.length));
+    let page;
+    try {
+      page = await api(`/api/flow-runs?${params}`);
+    } catch (error) {
+      if (!this.closed && (!(error instanceof ApiError) || error.status >= 500)) {
+        // Not reached (offline, or the server restarting): ask again shortly, or these
+        // changes would be missed until the page is reloaded.
+        for (const id of ids) this.changed.add(id);
+        this.scheduleRefresh(REFRESH_RETRY_MS);
       }
-      this.updateSummary();
-    }, 50);
+      return;
+    }
+    if (this.closed) return;
+    const found = new Map(page.flow_runs.map((run) => [run.id, run]));
+    for (const id of ids) {
+      const run = found.get(id);
+      const known = this.rows.get(id);
+      if (!run) {
+        if (known) {
+          known.row.remove();
+          this.rows.delete(id);
+        }
+      } else if (known) {
+        known.run = run;
+        this.fillRow(known.row, run);
+      } else {
+        this.insert(run);
+      }
+    }
+    this.updateSummary();
   }
 
   insert(run) {
