@@ -51,8 +51,9 @@ def ray_temp_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def ray_instance(sdk_server: ServerProcess) -> Iterator[None]:
-    """A local Ray instance (two CPUs, no dashboard) for the session's Ray tests: one start, as
-    Ray's own startup (a GCS, a raylet, workers) is slow on a busy machine."""
+    """A local Ray instance (two CPUs, no dashboard) for the session's Ray tests, the only one
+    this process starts: Ray's startup (a GCS, a raylet, workers) is slow on a busy machine, and
+    a second start in one process after a shutdown once timed out."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)

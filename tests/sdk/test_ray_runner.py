@@ -36,16 +36,29 @@ def cpus_of_the_cluster() -> float:
 
 
 def test_without_an_address_ray_runs_for_the_flow_run_with_init_kwargs(sdk_server) -> None:
-    # The first Ray test of the session: the session's shared instance is not up yet.
-    assert not ray.is_initialized()
-    runner = RayTaskRunner(init_kwargs={"num_cpus": 1, "include_dashboard": False})
+    """In a script of its own: this test process starts Ray once, for the session's Ray tests
+    (a second start in one process after a shutdown timed out in CI)."""
+    result = python(
+        """
+        import json, ray
+        from stateward import flow
+        from stateward.ray import RayTaskRunner
+        from tests.sdk.test_ray_runner import cpus_of_the_cluster
 
-    @flow(task_runner=runner)
-    def sized() -> tuple[float, bool]:
-        return cpus_of_the_cluster.submit().result(), ray.is_initialized()
+        runner = RayTaskRunner(init_kwargs={"num_cpus": 1, "include_dashboard": False})
 
-    assert sized() == (1.0, True)
-    assert not ray.is_initialized()  # stopped with the flow run that started it
+        @flow(task_runner=runner)
+        def sized():
+            return cpus_of_the_cluster.submit().result(), ray.is_initialized()
+
+        before = ray.is_initialized()
+        print(json.dumps([before, sized(), ray.is_initialized()]))
+        """,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    before, (cpus, during), after = json.loads(result.stdout.splitlines()[-1])
+    assert (before, cpus, during, after) == (False, 1.0, True, False)  # stopped with its flow run
 
 
 def test_a_killed_ray_worker_leaves_its_task_run_crashed(ray_instance, client, tmp_path) -> None:
