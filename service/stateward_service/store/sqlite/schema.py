@@ -194,13 +194,11 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     finally:
         conn.execute(f"PRAGMA busy_timeout={waits}")
     try:
-        found_table = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ).fetchone()
-        if found_table is None:
+        found = _version(conn)
+        if found is None:
             conn.execute(_SCHEMA_VERSION_TABLE)
             conn.execute('INSERT INTO "schema_version" ("version") VALUES (0)')
-        found = int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
+            found = 0
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(found, SCHEMA_VERSION)
         for version in range(found + 1, target + 1):
@@ -216,16 +214,14 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
 
 
 def _version(conn: sqlite3.Connection) -> int | None:
-    """The database's schema version, read without a write lock; None before the first
-    migration made the table. (A version only ever goes up, so a read that finds the target
-    reached needs nothing more.)"""
+    """The database's schema version; None before the first migration made the table. Read
+    without a write lock, it still tells whether an upgrade is due: a version only goes up."""
     found_table = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
     ).fetchone()
     if found_table is None:
         return None
-    row = conn.execute("SELECT version FROM schema_version").fetchone()
-    return None if row is None else int(row[0])
+    return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
 
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
