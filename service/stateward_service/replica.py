@@ -100,7 +100,7 @@ class Replica:
         freed = await asyncio.to_thread(self.orchestrator.release_stale_slots)
         if freed:
             log.warning("released %d concurrency slot(s) of runs no longer running", freed)
-        self.follower.start()
+        self.follower.start(asyncio.get_running_loop())
         if self.lead_loops:
             self.leadership.start()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
 from stateward.states import State, StateType
@@ -126,6 +126,18 @@ class ChangeSignal(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PolledChangeSignal(ChangeSignal, Protocol):
+    """A change signal that is a poll (SQLite's): asking it never blocks and costs a few
+    microseconds, so a follower asks it from its event loop's timer, where a busy loop asks it
+    between calls it is awake for anyway, instead of from a thread that wakes for every ask."""
+
+    def poll(self, seen: Callable[[], int]) -> bool:
+        """At once: True when a transition after sequence `seen()` may have been committed since
+        the last ask (`wait` asks the same after its sleep)."""
+        ...
 
 
 # One transition of the log as a reader's `read_log_rows` returns it: sequence, run_kind, run_id,

@@ -66,6 +66,11 @@ class DataVersionSignal:
     def wait(self, timeout: float, seen: Callable[[], int]) -> bool:
         if self._closed.wait(timeout):
             return False
+        return self.poll(seen)
+
+    def poll(self, seen: Callable[[], int]) -> bool:
+        """At once: whether another connection committed since the last ask and the log now
+        holds a sequence after `seen()`. Asked from one thread at a time."""
         version = self._read()
         if version == self._version:
             return False

@@ -1,0 +1,133 @@
+"""The log follower on a real SQLite file: another connection's commits reach its listeners,
+asked by its event loop's timer (the thread sleeps between backstops) or by its thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from stateward.runs import RunKind, Transition
+from stateward.states import State, StateType
+from stateward_service.follower import LogFollower
+from stateward_service.model import RunRecord
+from stateward_service.orchestrator import Orchestrator
+from stateward_service.store import open_database
+from tests.support import wait_until
+
+# Long enough that only the change signal can deliver a commit within a test's wait.
+BACKSTOP = 60.0
+
+
+def flow_run() -> RunRecord:
+    return RunRecord(
+        kind=RunKind.FLOW_RUN,
+        id=str(uuid.uuid4()),
+        name="a-run",
+        created=datetime.now(UTC),
+        flow_name="f",
+    )
+
+
+class Orchestrators:
+    """The follower's orchestrator and another one (another process's, as far as the
+    database can tell: a connection of its own) on the same file."""
+
+    def __init__(self, path: Path) -> None:
+        self.own = Orchestrator(open_database(str(path)))
+        self.other = Orchestrator(open_database(str(path)))
+        self.heard: list[int] = []
+
+    def follower(self) -> LogFollower:
+        follower = LogFollower(self.own, self.own.change_signal(), 0, backstop_seconds=BACKSTOP)
+        follower.subscribe(self.listen)
+        return follower
+
+    def listen(self, transitions: Sequence[Transition]) -> None:
+        self.heard.extend(transition.sequence for transition in transitions)
+
+    def close(self) -> None:
+        self.own.close()
+        self.other.close()
+
+
+def voluntary_switches(native_id: int) -> int:
+    """How many times a thread of this process went to sleep (Linux)."""
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        return int(status.read().split("\nvoluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_a_follower_on_an_event_loop_publishes_another_connections_commits(
+    tmp_path: Path,
+) -> None:
+    both = Orchestrators(tmp_path / "shared.db")
+
+    async def scenario() -> None:
+        follower = both.follower()
+        follower.start(asyncio.get_running_loop())
+        try:
+            both.other.create_run(flow_run(), State(StateType.PENDING))  # logs #1
+            deadline = time.monotonic() + 20
+            while not both.heard:
+                assert time.monotonic() < deadline, "the commit was not published"
+                await asyncio.sleep(0.01)  # the loop runs the follower's timer meanwhile
+            both.other.create_run(flow_run(), State(StateType.PENDING))  # logs #2
+            while len(both.heard) < 2:
+                assert time.monotonic() < deadline, "the second commit was not published"
+                await asyncio.sleep(0.01)
+        finally:
+            follower.stop()
+
+    try:
+        asyncio.run(scenario())
+        assert both.heard == [1, 2]
+    finally:
+        both.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_follower_on_an_event_loop_leaves_its_thread_asleep_while_nothing_is_committed(
+    tmp_path: Path,
+) -> None:
+    """The loop's timer asks the signal every few milliseconds; the thread wakes only when
+    there is something to read (it used to wake for every ask: 200 a second)."""
+    both = Orchestrators(tmp_path / "shared.db")
+
+    async def scenario() -> tuple[int, int]:
+        follower = both.follower()
+        follower.start(asyncio.get_running_loop())
+        try:
+            thread = follower._thread
+            assert thread is not None and thread.native_id is not None
+            await asyncio.sleep(0.2)  # started, and asleep
+            before = voluntary_switches(thread.native_id)
+            await asyncio.sleep(0.5)  # about a hundred asks of the signal
+            return before, voluntary_switches(thread.native_id)
+        finally:
+            follower.stop()
+
+    try:
+        before, after = asyncio.run(scenario())
+        assert after - before <= 2
+    finally:
+        both.close()
+
+
+def test_a_follower_without_an_event_loop_asks_the_signal_from_its_thread(
+    tmp_path: Path,
+) -> None:
+    both = Orchestrators(tmp_path / "shared.db")
+    follower = both.follower()
+    follower.start()
+    try:
+        both.other.create_run(flow_run(), State(StateType.PENDING))  # logs #1
+        wait_until(lambda: both.heard == [1], timeout=20, what="the commit published")
+    finally:
+        follower.stop()
+        both.close()
