@@ -113,7 +113,9 @@ class LeaderLock(Protocol):
         """Whether the lock is still held (a lost database session loses it)."""
         ...
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Give the lock up (if held): another process may take it as soon as this returns."""
+        ...
 
 
 class ChangeSignal(Protocol):

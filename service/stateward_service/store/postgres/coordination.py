@@ -4,6 +4,7 @@ advisory lock that elects the replica running the loops."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -150,7 +151,14 @@ class AdvisoryLeaderLock:
         return True
 
     def release(self) -> None:
-        self._drop()  # ending the session releases the lock
+        """Give the lock up: free for another session once this returns. Ending the session
+        alone would release it too, but only when the server's backend has ended, after the
+        close returned: another replica trying at once could still find it taken."""
+        if self._conn is not None:
+            # A lost session fails here: the server released the lock as the session ended.
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (_LEADER_LOCK,))
+        self._drop()
 
     def _drop(self) -> None:
         if self._conn is not None:
