@@ -19,10 +19,12 @@ from tests.support import ROOT, ServerProcess, new_flow_run
 
 
 def start(db: Path, *args: str) -> tuple[int, list[str]]:
-    """Run `stateward server start` on `db`, expecting it to exit at once."""
+    """Run `stateward server start` on `db`, expecting it to exit at once. Its ports are free
+    ones: the web view's default (8471) is checked before the database is opened, so a process
+    holding it (another test run, a `stateward ui`) would be what the refusal names."""
     result = subprocess.run(
-        [sys.executable, "-m", "stateward", "server", "start", "--port", "0", "--db", str(db),
-         *args],
+        [sys.executable, "-m", "stateward", "server", "start", "--port", "0", "--ui-port", "0",
+         "--db", str(db), *args],
         capture_output=True,
         text=True,
         timeout=60,
