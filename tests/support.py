@@ -24,8 +24,16 @@ from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc, runs_pb2, states_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+# The server's ready line, said once it takes calls and handles signals; the space after the
+# port means the line is whole (the log may be read while the server writes it).
+_LISTENING = re.compile(r"listening on (\S+):(\d+) ")
 _WEB_VIEW = re.compile(r"web view: (http://\S+:(\d+)/)")
+# How long a server may take to say it is ready, or to exit once signalled. Generous: with the
+# machine's two cores shared by other test runs (load 25), a server's start (an interpreter,
+# grpc and its modules imported, a database opened) took over 20 s. A server that is ready
+# sooner is waited for no longer.
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 60.0
 
 ST = states_pb2  # the StateType enum values live on the states module
 ACCEPT = pb.SET_STATE_STATUS_ACCEPT
@@ -68,7 +76,9 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
+        """Start the server and wait for its ready line (its port, and the web view's when
+        asked for); raises RuntimeError when it exits first, TimeoutError after `timeout`."""
         env = {**os.environ, "STATEWARD_HOME": str(self.log_path.parent), **self.env}
         command = [
             sys.executable, "-m", "stateward", "server", "start",
@@ -127,7 +137,7 @@ class ServerProcess:
             self._channel.close()
             self._channel = None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """Send `sig` and wait for the process to end; returns its exit code."""
         self._close_channel()
         assert self.process is not None

@@ -56,7 +56,7 @@ def test_startup_line_names_address_and_database(server):
 def test_a_taken_port_is_a_clear_error(server, tmp_path):
     second = ServerProcess(tmp_path / "other.db", port=server.port)
     try:
-        second.start(timeout=20)
+        second.start()
     except RuntimeError as error:
         message = str(error)
     else:  # pragma: no cover - the bug this test is for
