@@ -27,6 +27,7 @@ from stateward_service.store import (
     RunFilter,
     SchemaTooNew,
     Store,
+    WouldWait,
     migrate,
     open_database,
 )
@@ -347,6 +348,42 @@ def test_one_leader_at_a_time_and_the_next_takes_over(database):
     follower.release()
     first.close()
     second.close()
+
+
+def test_groups_on_the_loop_set_the_busy_timeout_once_and_a_waiting_write_still_waits(tmp_path):
+    """A group that must not wait (on the event loop) begins with the busy timeout at 0, and
+    leaves it there for the next one: one PRAGMA for a run of groups, not two a group. A write
+    that may wait sets it back as it begins, so it still waits for another process's lock."""
+    database = tmp_path / "busy.db"
+    store = Store(database)
+    orchestrator = Orchestrator(store)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+
+    def create() -> RunRecord:
+        return orchestrator.create_run(flow_run(), State(StateType.PENDING))
+
+    for _ in range(3):
+        (created,) = orchestrator.together([create], wait=False)
+        assert isinstance(created, RunRecord)
+    assert [s for s in statements if "busy_timeout" in s] == ["PRAGMA busy_timeout=0"]
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing
+    try:
+        with pytest.raises(WouldWait):
+            orchestrator.together([create], wait=False)
+        releasing = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+        releasing.start()
+        run = create()  # waits for the lock (it used to, and still does), then commits
+        releasing.join()
+        assert statements[-1] == "COMMIT"
+        assert "PRAGMA busy_timeout=5000" in statements
+        assert store.get_run(run.id) is not None
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        orchestrator.close()
 
 
 def test_the_change_signal_wakes_for_another_connections_commit(database):

@@ -173,6 +173,7 @@ class _WriteTransaction:
         store._pending_log = []
         try:
             if self._wait:
+                store._busy_timeout(_BUSY_TIMEOUT_MS)
                 store.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
             else:
                 store._begin_now()
@@ -223,6 +224,7 @@ class Store(SqlStore):
         self.conn = open_checked(self.path, quick_check)
         self.unavailable: StorageUnavailable | None = None
         self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        self._busy_ms = _BUSY_TIMEOUT_MS  # the connection's busy timeout (see `_busy_timeout`)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         # The checkpointer thread copies the WAL into the database, off the write path; a
@@ -238,7 +240,7 @@ class Store(SqlStore):
         then the last to close does) and close."""
         try:
             self._checkpointer.stop()
-            self.conn.execute("PRAGMA busy_timeout=100")
+            self._busy_timeout(100)
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as error:
             log.debug("no checkpoint at close: %s", error)
@@ -300,15 +302,27 @@ class Store(SqlStore):
         return None
 
     def _begin_now(self) -> None:
-        self.conn.execute("PRAGMA busy_timeout=0")
+        """BEGIN IMMEDIATE without waiting: WouldWait if another connection writes. The busy
+        timeout stays at 0 afterwards: the groups on the event loop begin this way one after
+        another, and each switch costs a statement (two a group, a fifth of a task run's
+        statements against a server). The waiting transactions set it back as they begin; the
+        statements between transactions are reads, which in WAL mode wait for no lock while
+        this process has the file open (SQLite's exceptions: a connection recovering the WAL
+        after a crash, or the last one closing the file)."""
+        self._busy_timeout(0)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 raise WouldWait("another connection holds the write lock") from error
             raise
-        finally:
-            self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+    def _busy_timeout(self, ms: int) -> None:
+        """Make the connection wait up to `ms` for another connection's lock (a statement only
+        when that changes it)."""
+        if self._busy_ms != ms:
+            self.conn.execute(f"PRAGMA busy_timeout={ms}")
+            self._busy_ms = ms
 
     def probe(self, room: int = 0) -> None:
         """A write that changes nothing, to learn whether the database takes writes again:
