@@ -49,7 +49,8 @@ Created = FlowRun | TaskRun | StatewardError
 class Started:
     """The answer to `create_and_start`: for each run to create, in order, the run as stored or
     the error its create was refused with; then the answer to the proposed state, or the error
-    the proposal was refused with. (Each operation is refused alone; the others still apply.)"""
+    the proposal was refused with. (Each operation is refused alone; the others still apply. A
+    failure of the database itself is raised instead, and nothing of the call was written.)"""
 
     created: list[Created]
     answer: OrchestrationResult | StatewardError

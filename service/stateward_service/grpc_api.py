@@ -65,6 +65,7 @@ from stateward_service.group_commit import GroupCommitWriter, WriterFailed, Writ
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import Orchestrator
+from stateward_service.refusals import refused_alone
 from stateward_service.refusals import translating as _translating
 from stateward_service.shutdown import ANSWER_SECONDS, Grace, WritingCalls
 from stateward_service.store import DatabaseUnavailable, RunFilter, WriteConflict
@@ -166,7 +167,7 @@ class OrchestrationService:
             await asyncio.wait_for(self.writing.idle.wait(), ANSWER_SECONDS)
 
     def _translating(self, call: Callable[[], T]) -> T:
-        return _translating(call, self.orchestrator.grouping)
+        return _translating(call, self.orchestrator.in_batch)
 
     # --- flow runs ------------------------------------------------------------------------------
 
@@ -368,6 +369,8 @@ class OrchestrationService:
                 try:
                     answer = getattr(self, _BATCHABLE[kind])(getattr(operation, kind))
                 except ServiceError as error:
+                    if not refused_alone(error):
+                        raise  # the database's failure: the whole batch fails, unwritten
                     result.error.code = error.code
                     result.error.message = error.message
                 else:

@@ -24,7 +24,7 @@ from stateward_service.errors import ServiceError
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.refusals import translating
+from stateward_service.refusals import refused_alone, translating
 
 Run = FlowRun | TaskRun
 
@@ -45,7 +45,10 @@ class LocalService:
         do, and TypeError for parameters a Struct cannot hold."""
         record, initial, parameters = _record(run)
         fresh = new_id or not run.id
-        created = translating(lambda: self.orchestrator.create_run(record, initial, new_id=fresh))
+        orchestrator = self.orchestrator
+        created = translating(
+            lambda: orchestrator.create_run(record, initial, new_id=fresh), orchestrator.in_batch
+        )
         return _run(created, parameters)
 
     def create_and_start(
@@ -54,8 +57,10 @@ class LocalService:
         """Create `runs` in order, then propose `state` for the last of them, in one
         transaction (as ExecuteBatch does): for each run, the run as stored or the ServiceError
         its create was refused with; then the answer to the proposal, or its refusal. With
-        `new_ids`, every run's id is new (see `create_run`). A failure of the whole transaction
-        raises ServiceError (UNAVAILABLE: nothing written)."""
+        `new_ids`, every run's id is new (see `create_run`). A failure of the database (it
+        cannot be reached, takes no writes, or stayed too busy), in any operation or at the
+        commit, raises ServiceError (UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk) and
+        nothing is written."""
         created: list[Run | ServiceError] = []
         answer: list[OrchestrationResult | ServiceError] = []
 
@@ -65,6 +70,8 @@ class LocalService:
                     try:
                         created.append(self.create_run(run, new_id=new_ids))
                     except ServiceError as error:
+                        if not refused_alone(error):
+                            raise
                         created.append(error)
                 try:
                     run_id = runs[-1].id
@@ -72,9 +79,12 @@ class LocalService:
                         run_id = check.run_id(run_id, "run_id")
                     answer.append(self._set_state(run_id, state, False, None, lease_seconds))
                 except ServiceError as error:
+                    if not refused_alone(error):
+                        raise
                     answer.append(error)
 
-        translating(batch)  # a failure of the whole transaction (the database's) is raised
+        # A failure of the database, in an operation or at the commit, fails it all, raised.
+        translating(batch)
         return created, answer[0]
 
     def set_state(
@@ -114,7 +124,8 @@ class LocalService:
                 expected_state_id=expected_state_id,
                 lease_seconds=lease_seconds,
                 fresh_state=True,  # the caller's own: it may give it a value
-            )
+            ),
+            self.orchestrator.in_batch,
         )
 
     def get_run(self, run_id: str, kind: RunKind) -> Run:

@@ -231,6 +231,8 @@ class Orchestrator:
         self._batch: list[_Logged] | None = None
         # The thread inside `together()` (0: none): a batch there joins the group's transaction.
         self._grouping = 0
+        # The thread inside a `batch()` of its own (0: none).
+        self._batching = 0
 
     def subscribe(self, publisher: Publisher) -> None:
         """Call `publisher` with every batch of committed transitions, in sequence order, while
@@ -854,17 +856,23 @@ class Orchestrator:
                 return error
 
     @property
-    def grouping(self) -> bool:
-        """Whether the calling thread runs inside `together()` (read under the write lock,
-        which the group holds: another thread always sees False)."""
-        return self._grouping == threading.get_ident()
+    def in_batch(self) -> bool:
+        """Whether the calling thread runs inside `batch()` or `together()`: then a failure of
+        the database (DatabaseUnavailable, StorageUnavailable, WriteConflict, a driver's
+        error) must reach the batch or the group, never be answered as one operation's
+        refusal. Read under the write lock, which the batch or group holds: another thread
+        always sees False."""
+        me = threading.get_ident()
+        return self._grouping == me or self._batching == me
 
     def batch(self) -> _Batch:
         """The operations inside share one transaction; their transitions are published once the
         whole batch committed. An operation that is refused (not found, already exists, an
         initial state refused...) is refused before it writes anything, so the others go on;
-        a failure while writing fails the whole batch, which then changes nothing. Inside
-        `together()`, the batch is part of the group's transaction (and of its savepoint)."""
+        a failure while writing, or of the database (unreachable, taking no writes, a race
+        lost to another process), fails the whole batch, which then changes nothing: its
+        caller lets such an error out of the block (see `in_batch`). Inside `together()`, the
+        batch is part of the group's transaction (and of its savepoint)."""
         return _Batch(self)
 
     def _writing(self) -> AbstractContextManager[None]:
@@ -1057,6 +1065,7 @@ class _Batch:
                 orchestrator._batch = None
                 raise
             self._transaction = transaction
+            orchestrator._batching = threading.get_ident()
         except BaseException:
             orchestrator._lock.release()
             raise
@@ -1076,7 +1085,7 @@ class _Batch:
             try:
                 transaction.__exit__(kind, error, traceback)  # the commit, or the rollback
             finally:
-                orchestrator._batch = None
+                orchestrator._batch, orchestrator._batching = None, 0
             if error is None and written:
                 orchestrator._publish(written)
         finally:

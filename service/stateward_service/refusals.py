@@ -19,15 +19,22 @@ from stateward_service.orchestrator import (
     RunInputRefused,
     RunNotFound,
 )
-from stateward_service.store import BadPageToken, DatabaseUnavailable, WriteConflict
+from stateward_service.store import (
+    BadPageToken,
+    DatabaseUnavailable,
+    StorageUnavailable,
+    WriteConflict,
+)
 
 T = TypeVar("T")
 
 
-def translating(call: Callable[[], T], grouping: bool = False) -> T:
-    """Run `call`, turning the orchestrator's refusals into ServiceErrors. Inside a group
-    commit (`grouping`), a race lost to another process is raised as is: the group decides the
-    call again in another transaction."""
+def translating(call: Callable[[], T], in_batch: bool = False) -> T:
+    """Run `call`, turning the orchestrator's refusals into ServiceErrors. Inside a batch or a
+    group commit (`in_batch`: see `Orchestrator.in_batch`), a failure of the database (it
+    cannot be reached, a race lost to another process) is raised as is: it fails the whole
+    batch or group, never one operation alone (a group decides a lost race again in another
+    transaction)."""
     try:
         return call()
     except (RunNotFound, LimitNotFound) as error:
@@ -41,13 +48,22 @@ def translating(call: Callable[[], T], grouping: bool = False) -> T:
     except BadPageToken as error:
         raise invalid("page_token", str(error)) from None
     except DatabaseUnavailable as error:
+        if in_batch:
+            raise
         raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
     except WriteConflict as error:
-        if grouping:
+        if in_batch:
             raise
         raise ServiceError(
             StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
         ) from None
 
 
-__all__ = ["translating"]
+def refused_alone(error: ServiceError) -> bool:
+    """Whether an operation of a batch that raised `error` is answered alone, the others going
+    on (a refusal: it wrote nothing), rather than failing the whole batch (StorageUnavailable:
+    the database takes no writes)."""
+    return not isinstance(error, StorageUnavailable)
+
+
+__all__ = ["refused_alone", "translating"]

@@ -100,7 +100,10 @@ class OrchestrationServiceStub:
     """
     ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ExecuteBatchRequest, _orchestration_pb2.ExecuteBatchResponse]
     """Does several creates and proposals in one call and one transaction, in order: each
-    operation succeeds or fails on its own, and the answers come once all of them committed.
+    operation succeeds or is refused on its own (NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT...
+    in its result), and the answers come once all of them committed. A failure of the database
+    itself (it cannot be reached, its disk is full, it takes no writes) fails the whole call
+    with UNAVAILABLE or RESOURCE_EXHAUSTED, and nothing of the batch is written: send it again.
     A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
     in one batch: one round trip and one commit instead of two.
     """
@@ -196,7 +199,10 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """
     ExecuteBatch: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ExecuteBatchRequest, _orchestration_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
     """Does several creates and proposals in one call and one transaction, in order: each
-    operation succeeds or fails on its own, and the answers come once all of them committed.
+    operation succeeds or is refused on its own (NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT...
+    in its result), and the answers come once all of them committed. A failure of the database
+    itself (it cannot be reached, its disk is full, it takes no writes) fails the whole call
+    with UNAVAILABLE or RESOURCE_EXHAUSTED, and nothing of the batch is written: send it again.
     A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
     in one batch: one round trip and one commit instead of two.
     """
@@ -397,7 +403,10 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.ExecuteBatchResponse, _abc.Awaitable[_orchestration_pb2.ExecuteBatchResponse]]:
         """Does several creates and proposals in one call and one transaction, in order: each
-        operation succeeds or fails on its own, and the answers come once all of them committed.
+        operation succeeds or is refused on its own (NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT...
+        in its result), and the answers come once all of them committed. A failure of the database
+        itself (it cannot be reached, its disk is full, it takes no writes) fails the whole call
+        with UNAVAILABLE or RESOURCE_EXHAUSTED, and nothing of the batch is written: send it again.
         A client starting a task run creates it (with an id of its choosing) and proposes RUNNING
         in one batch: one round trip and one commit instead of two.
         """

@@ -108,7 +108,15 @@ class _QmarkConnection:
         self.queued: list[tuple[str, tuple[Any, ...]]] | None = None
 
     def connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The connection, opened again if it was lost, but never inside a transaction: a
+        transaction lost with its connection is gone, and the rest of it must not run on a
+        new connection (in autocommit: each statement alone) and commit without its start."""
         if self.raw is None or self.raw.closed or self.raw.broken:
+            if self.queued is not None:
+                raise DatabaseUnavailable(
+                    "the PostgreSQL database is unreachable: the connection was lost during "
+                    "a transaction, which wrote nothing"
+                )
             with _translated():
                 self.raw = connect(self.url)
         return self.raw
