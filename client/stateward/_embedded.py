@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from stateward import settings
 from stateward.client import Client
 from stateward.exceptions import (
+    CursorExpired,
     FailedPrecondition,
     ResourceExhausted,
     RpcError,
@@ -343,12 +344,15 @@ class _InProcessStream:
 
     @staticmethod
     def _check_cursor(broadcaster: Any, after: int) -> None:
-        from stateward_service.broadcaster import CursorAhead, CursorExpired
+        from stateward_service.broadcaster import CursorAhead
+        from stateward_service.broadcaster import CursorExpired as Pruned
 
         try:
             broadcaster.check_cursor(after)
-        except (CursorAhead, CursorExpired) as error:
+        except CursorAhead as error:
             raise FailedPrecondition(str(error)) from None
+        except Pruned as error:
+            raise CursorExpired(str(error), error.oldest) from None
 
     async def _pump(self, broadcaster: Any, where: Any) -> None:
         from stateward_service.broadcaster import CursorExpired, StreamClosed

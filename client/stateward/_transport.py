@@ -14,15 +14,16 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 
 from stateward import settings
 from stateward.exceptions import (
+    CursorExpired,
     InvalidSetting,
     ServerUnavailable,
     StatewardError,
@@ -128,9 +129,33 @@ def _read(setting: str, path: Path | None) -> bytes | None:
 
 
 def translate(error: grpc.RpcError, connection: Connection | None = None) -> StatewardError:
-    """The Stateward error for a failed call (over `connection`, when known)."""
+    """The Stateward error for a failed call (over `connection`, when known): CursorExpired,
+    with the oldest sequence kept, for a watch's cursor the log no longer holds."""
     code = error.code()
-    return translate_code(code, error.details() or code.name, connection)
+    details = error.details() or code.name
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        oldest = _oldest_kept(error)
+        if oldest is not None:
+            return CursorExpired(details, oldest)
+    return translate_code(code, details, connection)
+
+
+def _oldest_kept(error: grpc.RpcError) -> int | None:
+    """The oldest sequence kept, from the server's ErrorInfo of a refused cursor
+    (CURSOR_EXPIRED), or None for any other error."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    # (key, value) pairs, as a blocking call and an asyncio call give them alike.
+    trailing = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in trailing:
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        info = error_details_pb2.ErrorInfo()
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Unpack(info) and info.reason == "CURSOR_EXPIRED":
+                oldest = info.metadata.get("oldest_sequence", "")
+                return int(oldest) if oldest.isdigit() else None
+    return None
 
 
 def translate_code(

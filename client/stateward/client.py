@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from stateward.exceptions import RpcError, StatewardError
+from stateward.exceptions import CursorExpired, RpcError, StatewardError
 from stateward.runs import (
     CacheEntry,
     ConcurrencyLimit,
@@ -75,6 +75,17 @@ class _Reconnection:
     def next_delay(self) -> float:
         delay, self.backoff = self.backoff, min(self.backoff * 2, self.max_backoff)
         return delay
+
+    def skips_pruned(
+        self, failure: StatewardError, pruned: Callable[[int, int], None] | None
+    ) -> bool:
+        """Whether the stream goes on from the oldest transition kept, `failure` saying the
+        cursor is before it (`pruned` is told the cursor and the oldest kept)."""
+        if pruned is None or self.cursor is None or not isinstance(failure, CursorExpired):
+            return False
+        pruned(self.cursor, failure.oldest_sequence)
+        self.cursor = failure.oldest_sequence - 1
+        return True
 
 
 class Client:
@@ -332,14 +343,27 @@ class Client:
         max_backoff: float = 5.0,
         started: Callable[[int | None], None] | None = None,
         retrying: Callable[[StatewardError], None] | None = None,
+        pruned: Callable[[int, int], None] | None = None,
     ) -> Iterator[Transition]:
         """Transitions as they happen (after `after_sequence` first, when given), reconnecting
         with the last sequence when the server goes away, until the caller stops iterating.
         `started` is called with the start sequence each time the stream is established;
-        `retrying` with the error each time a connection fails or breaks and is tried again."""
+        `retrying` with the error each time a connection fails or breaks and is tried again.
+        A cursor before the oldest transition the log keeps (its retention pruned those
+        after it) raises CursorExpired, or with `pruned`, that is called with the cursor and
+        the oldest sequence kept and the stream goes on from there."""
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         if self._local is not None:  # the broadcaster of this process: nothing to reconnect
-            local = self._local.watch(run_ids, flow_run_ids, state_types, after_sequence)
+            cursor = after_sequence
+            while True:
+                try:
+                    local = self._local.watch(run_ids, flow_run_ids, state_types, cursor)
+                    break
+                except CursorExpired as expired:
+                    if pruned is None or cursor is None:
+                        raise
+                    pruned(cursor, expired.oldest_sequence)
+                    cursor = expired.oldest_sequence - 1
             try:
                 if started is not None:
                     started(local.start_sequence())
@@ -368,6 +392,8 @@ class Client:
                 return  # the server ended the stream normally
             except grpc.RpcError as error:
                 failure = translate(error, getattr(self.transport, "connection", None))
+                if resume.skips_pruned(failure, pruned):
+                    continue  # at once, from the oldest kept
                 if not (reconnect and can_reconnect(error)):
                     raise failure from None
                 if retrying is not None:
@@ -562,9 +588,10 @@ class AsyncClient:
         max_backoff: float = 5.0,
         started: Callable[[int | None], None] | None = None,
         retrying: Callable[[StatewardError], None] | None = None,
+        pruned: Callable[[int, int], None] | None = None,
     ) -> AsyncIterator[Transition]:
-        """As `Client.watch`, as an async iterator; `started` and `retrying` are plain
-        functions (called, not awaited), as there."""
+        """As `Client.watch`, as an async iterator; `started`, `retrying` and `pruned` are
+        plain functions (called, not awaited), as there."""
         import grpc
 
         from stateward import wire
@@ -587,6 +614,8 @@ class AsyncClient:
                 return
             except grpc.RpcError as error:
                 failure = translate(error, getattr(self.transport, "connection", None))
+                if resume.skips_pruned(failure, pruned):
+                    continue  # at once, from the oldest kept
                 if not (reconnect and can_reconnect(error)):
                     raise failure from None
                 if retrying is not None:

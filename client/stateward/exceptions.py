@@ -22,6 +22,7 @@ StatewardError
     ├── InvalidArgument
     ├── AlreadyExists
     ├── FailedPrecondition
+    │   └── CursorExpired    a watch's cursor is before the oldest transition the log keeps
     ├── ResourceExhausted
     ├── DeadlineExceeded
     └── Unauthenticated
@@ -44,6 +45,7 @@ __all__ = [
     "AlreadyExists",
     "CancelledRun",
     "CrashedRun",
+    "CursorExpired",
     "DeadlineExceeded",
     "FailedPrecondition",
     "FailedRun",
@@ -172,6 +174,16 @@ class AlreadyExists(RpcError):
 
 class FailedPrecondition(RpcError):
     code = "FAILED_PRECONDITION"
+
+
+class CursorExpired(FailedPrecondition):
+    """A watch asked for the transitions after a sequence the log no longer holds: its
+    retention pruned them. `oldest_sequence` is the oldest transition it keeps: watch after
+    `oldest_sequence - 1` to replay from there."""
+
+    def __init__(self, message: str, oldest_sequence: int) -> None:
+        super().__init__(message)
+        self.oldest_sequence = oldest_sequence
 
 
 class ResourceExhausted(RpcError):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from stateward.client import AsyncClient, Client
-from stateward.exceptions import StatewardError
+from stateward.exceptions import CursorExpired, StatewardError
 from stateward.runs import RunKind, Transition
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
@@ -480,8 +481,25 @@ def test_a_cursor_the_log_no_longer_holds_is_failed_precondition(tmp_path):
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "oldest kept is 17" in caught.value.details()
         assert metadata_of(caught.value) == {"oldest_sequence": "17"}
-        with pytest.raises(Exception, match="oldest kept is 17"):
+        with pytest.raises(CursorExpired, match="oldest kept is 17") as expired:
             next(iter(client.watch(after_sequence=0)))
+        assert expired.value.oldest_sequence == 17
+        # Told, a client replays from the oldest kept instead, the blocking and the async one.
+        told: list[tuple[int, int]] = []
+        replay = client.watch(after_sequence=0, pruned=lambda *said: told.append(said))
+        assert [next(replay).sequence for _ in kept] == kept
+        replay.close()
+
+        async def first_replayed() -> int:
+            async with AsyncClient(server.target) as reader:
+                replay = reader.watch(after_sequence=2, pruned=lambda *said: told.append(said))
+                async with aclosing(replay) as transitions:
+                    async for transition in transitions:
+                        return transition.sequence
+            raise AssertionError("nothing replayed")
+
+        assert asyncio.run(first_replayed()) == 17
+        assert told == [(0, 17), (2, 17)]
         resumed = collect(server, len(kept), after_sequence=16)
         assert [t.sequence for t in resumed] == kept
         with pytest.raises(grpc.RpcError) as ahead:

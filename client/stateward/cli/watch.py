@@ -16,7 +16,7 @@ from stateward.cli._common import (
     show_state,
 )
 from stateward.cli._find import find_flow_run, short_id
-from stateward.exceptions import StatewardError
+from stateward.exceptions import CursorExpired, StatewardError
 from stateward.runs import RunKind, Transition
 
 
@@ -53,7 +53,11 @@ def watch(
         typer.Option("--state", help="Only transitions into this state type (repeatable)."),
     ] = None,
     from_start: Annotated[
-        bool, typer.Option("--from-start", help="Replay the log from its start first.")
+        bool,
+        typer.Option(
+            "--from-start",
+            help="Replay the log first, from the oldest transition it keeps.",
+        ),
     ] = False,
     after: Annotated[
         int | None,
@@ -82,6 +86,13 @@ def watch(
             down = True
             errors.print(f"[yellow]{lost}{error}[/yellow] - retrying (Ctrl-C to stop)")
 
+    def pruned(asked: int, oldest: int) -> None:
+        """Say that the replay starts later than asked: the log's retention pruned the rest."""
+        errors.print(
+            f"[yellow]the log keeps the transitions from #{oldest} on: #{asked + 1} to "
+            f"#{oldest - 1} were pruned (its retention); replaying from #{oldest}[/yellow]"
+        )
+
     state_types = parse_state_types(state or [])  # refused before connecting
     with client() as connected:
         try:
@@ -92,7 +103,16 @@ def watch(
                 after_sequence=cursor,
                 started=started,
                 retrying=retrying,
+                pruned=pruned if from_start else None,
             ):
                 console.print(line(transition, console.width), soft_wrap=True)
         except KeyboardInterrupt:
             pass
+        except CursorExpired as error:
+            oldest = error.oldest_sequence
+            errors.print(
+                f"[red]Error:[/red] the log no longer holds the transitions after #{cursor} "
+                f"(its retention pruned them): the oldest kept is {oldest}. Watch with "
+                f"--after {oldest - 1} or later, with --from-start, or live without either"
+            )
+            raise typer.Exit(1) from None
