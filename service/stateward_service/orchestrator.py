@@ -406,7 +406,8 @@ class Orchestrator:
             return db.last_sequence()
 
     def prune_log(self, keep: int) -> int:
-        """Delete all but the newest `keep` transitions; returns how many went."""
+        """Delete all but the newest `keep` transitions, never the newest one (`keep` 0 keeps
+        it too, on every store: see `RunStore.prune_log`); returns how many went."""
         with self._lock, self._transaction():
             return self._store.prune_log(keep)
 

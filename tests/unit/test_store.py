@@ -520,9 +520,9 @@ def test_the_checkpointer_copies_when_enough_may_wait_and_never_when_nothing_was
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2])
-def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path, keep):
-    path = tmp_path / "seq.db"
-    store = Store(path)
+def test_sequences_are_never_reused_after_the_log_is_pruned(database, keep):
+    # The same on both stores: the newest transition stays, `keep` 0 included.
+    store = open_database(database)
     orchestrator = Orchestrator(store)
     published: list[Transition] = []
     orchestrator.subscribe(published.extend)
@@ -534,8 +534,8 @@ def test_sequences_are_never_reused_after_the_log_is_pruned(tmp_path, keep):
     orchestrator.set_state(run.id, State(StateType.COMPLETED))
     assert published[-1].sequence == newest + 1
     orchestrator.close()
-    # Another connection (a process opening the file later) goes on from there too.
-    store = Store(path)
+    # Another connection (a process opening the database later) goes on from there too.
+    store = open_database(database)
     orchestrator = Orchestrator(store)
     orchestrator.subscribe(published.extend)
     orchestrator.prune_log(keep)

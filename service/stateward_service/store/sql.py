@@ -404,10 +404,14 @@ class SqlStore(SqlReads):
         )
 
     def prune_log(self, keep: int) -> int:
-        """Delete all but the newest `keep` transitions from the log; returns how many went."""
+        """Delete all but the newest `keep` transitions from the log, never the newest one (0
+        keeps it too); returns how many went. On every backend the log so always holds the
+        last sequence handed out: the cursors before it are told apart from a cursor of
+        another database, and on SQLite, where the next sequence follows the newest row, no
+        sequence is handed out twice."""
         cursor = self.conn.execute(
             "DELETE FROM transitions WHERE sequence <= (SELECT max(sequence) FROM transitions) - ?",
-            (keep,),
+            (max(keep, 1),),
         )
         return int(cursor.rowcount)
 

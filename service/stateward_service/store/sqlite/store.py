@@ -360,12 +360,6 @@ class Store(SqlStore):
         assert sequence is not None
         self._pending_log.append(int(sequence))
 
-    def prune_log(self, keep: int) -> int:
-        """Delete all but the newest `keep` transitions from the log (all but the newest one
-        when `keep` is 0: the next sequence follows the newest in the table, so the newest
-        stays and no sequence is handed out twice); returns how many went."""
-        return super().prune_log(max(keep, 1))
-
     def logged_sequences(self) -> list[int]:
         return list(self._pending_log)
 
