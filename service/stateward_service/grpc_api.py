@@ -14,9 +14,10 @@ the database for long, or every call and stream waits with it. So:
 
 - Calls that can be long run off the loop, in the default thread pool (`asyncio.to_thread`):
   ListFlowRuns, ListTaskRuns, ListStates, ListLogs, the Get calls and ListConcurrencyLimits, and
-  the two writes whose size the caller chooses: WriteLogs (up to a thousand lines) and
-  ResumeFlowRun (an input checked against its pause's JSON Schema), and the limit writes, rare
-  (`OFF_THE_LOOP` below).
+  the writes whose size the caller chooses: WriteLogs (up to a thousand lines),
+  WriteCacheEntries (up to a thousand entries) and ResumeFlowRun (an input checked against its
+  pause's JSON Schema), and the limit writes, rare (`OFF_THE_LOOP` below). A write there that
+  waits for another process's write lock (up to SQLite's busy timeout) waits in its thread.
   The orchestrator reads listings and histories on read-only snapshot connections, outside its
   write lock, so one slow read never stalls another call. The broadcaster's
   catch-up reads of the log and its cursor check run off the loop too, and the server's loops
@@ -555,12 +556,13 @@ def _initial_state(msg: Any, field: str) -> Any:
 SERVICE = orchestration_pb2.DESCRIPTOR.services_by_name["OrchestrationService"]
 
 
-# The calls that can be long (reads, and the writes that may carry much: run logs, a resume's
-# input checked against its schema), and the limit writes, rare: they run in a worker thread,
-# never on the event loop.
+# The calls that can be long (reads, and the writes that may carry much: run logs, cache
+# entries, a resume's input checked against its schema), and the limit writes, rare: they run
+# in a worker thread, never on the event loop.
 OFF_THE_LOOP = frozenset(
     {
         "WriteLogs",
+        "WriteCacheEntries",
         "ResumeFlowRun",
         "GetFlowRun",
         "GetTaskRun",

@@ -1,17 +1,29 @@
 """WriteCacheEntries over real gRPC, on each backend: a completed task run's state stored under a
 key serves a later run with that key (Cached); entries for unknown runs, runs not completed or
-malformed ones are refused with a status that says why, and nothing of the call is written."""
+malformed ones are refused with a status that says why, and nothing of the call is written. A
+write that waits for the database (another program's lock) waits in a worker thread: the server
+goes on answering meanwhile."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward.v1 import orchestration_pb2 as pb
-from tests.support import ACCEPT, REJECT, ST, new_task_run, state
+from tests.support import (
+    ACCEPT,
+    REJECT,
+    ST,
+    new_task_run,
+    running_server,
+    state,
+    write_lock_held,
+)
 
 MISSING = "7d0c3b0e-0000-4000-8000-000000000000"
 
@@ -81,3 +93,25 @@ def test_a_bad_entry_is_refused_and_nothing_is_written(stub, problem, code, word
         stub.WriteCacheEntries(request)
     assert caught.value.code() == code and words in caught.value.details()
     assert lookup(stub, good_key).status == ACCEPT  # the good entry was not written either
+
+
+def test_a_write_waiting_for_the_database_lets_the_server_answer_meanwhile(
+    tmp_path: Path,
+) -> None:
+    with running_server(tmp_path) as server:
+        stub = server.stub()
+        run_id, key = completed_run(stub), f"waiting-{uuid.uuid4()}"
+        request = pb.WriteCacheEntriesRequest()
+        request.entries.add(task_run_id=run_id, cache_key=key)
+        health = health_pb2_grpc.HealthStub(server.channel())
+        assert isinstance(server.db, Path)
+        with write_lock_held(server.db) as release:
+            # The write waits for the lock (up to SQLite's busy timeout, 5 s): on the event
+            # loop, every other call would wait with it, and be answered after it.
+            writing = stub.WriteCacheEntries.future(request, timeout=60)
+            for _ in range(2):
+                health.Check(health_pb2.HealthCheckRequest(), timeout=60)
+                assert not writing.done(), "the server answered nothing while the write waited"
+            release()
+            assert writing.result().written == 1
+        assert lookup(stub, key).state.name == "Cached"
