@@ -4,7 +4,8 @@ start, fail as a whole (UNAVAILABLE) and write nothing, while an operation refus
 
 The database fails the way a deployment meets it: the replica's PostgreSQL connection is ended
 (an administrator's pg_terminate_backend, a failover) while the batch waits for a run's row
-lock that another session holds."""
+lock that another session holds; another program holds a SQLite file's write lock past the
+busy timeout."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ from tests.support import (
     ServerProcess,
     history,
     new_flow_run,
+    running_server,
     state,
     wait_until,
+    write_lock_held,
 )
 
 
@@ -197,3 +200,29 @@ def test_create_and_start_in_process_whose_connection_is_lost_writes_nothing(
                 orchestrator.get_run(run_id, RunKind.FLOW_RUN)
     finally:
         orchestrator.close()
+
+
+def test_a_batch_on_a_sqlite_file_another_program_locks_is_unavailable_and_unwritten(tmp_path):
+    with running_server(tmp_path) as server:
+        stub = server.stub()
+        running = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)
+        later_id = str(uuid.uuid4())
+        batch = pb.ExecuteBatchRequest(
+            operations=[
+                pb.BatchOperation(
+                    set_state=pb.SetStateRequest(
+                        run_id=running.id, state=state(ST.STATE_TYPE_COMPLETED)
+                    )
+                ),
+                create_flow_run(later_id),
+            ]
+        )
+        assert isinstance(server.db, Path)
+        with write_lock_held(server.db), pytest.raises(grpc.RpcError) as refused:
+            stub.ExecuteBatch(batch, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "locked by another program" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.GetFlowRun(pb.GetFlowRunRequest(id=later_id), timeout=30)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert history(stub, running.id) == ["Running"]
