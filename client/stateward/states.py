@@ -13,6 +13,7 @@ import inspect
 import operator
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,7 +83,13 @@ _ENDED_BADLY = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELL
 _COMPLETED = StateType.COMPLETED  # a global is read quicker than an enum's attribute
 
 
-@dataclass(frozen=True, slots=True)
+# The two classes every proposal and every written state makes several of set their fields in
+# an `__init__` of their own, through each slot's descriptor (`_slot_setters`): the frozen
+# dataclass's generated one calls `object.__setattr__` by name for each field, which costs
+# about twice as much (a task run makes about ten states and three details).
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class StateDetails:
     """Facts about a state that the orchestration rules read and write."""
 
@@ -99,6 +106,59 @@ class StateDetails:
     child_flow_run_id: str = ""
     run_input_schema: str = ""  # PAUSED: the JSON Schema of the input a resume must carry
     run_input: str = ""  # RUNNING after a resume: the input (JSON) it carried
+
+    def __init__(
+        self,
+        flow_run_id: str = "",
+        task_run_id: str = "",
+        scheduled_time: datetime | None = None,
+        cache_key: str = "",
+        cache_expiration: datetime | None = None,
+        transition_id: str = "",
+        pause_key: str = "",
+        pause_timeout: datetime | None = None,
+        refresh_cache: bool = False,
+        unretriable: bool = False,
+        child_flow_run_id: str = "",
+        run_input_schema: str = "",
+        run_input: str = "",
+    ) -> None:
+        _set_flow_run_id(self, flow_run_id)
+        _set_task_run_id(self, task_run_id)
+        _set_scheduled_time(self, scheduled_time)
+        _set_cache_key(self, cache_key)
+        _set_cache_expiration(self, cache_expiration)
+        _set_transition_id(self, transition_id)
+        _set_pause_key(self, pause_key)
+        _set_pause_timeout(self, pause_timeout)
+        _set_refresh_cache(self, refresh_cache)
+        _set_unretriable(self, unretriable)
+        _set_child_flow_run_id(self, child_flow_run_id)
+        _set_run_input_schema(self, run_input_schema)
+        _set_run_input(self, run_input)
+
+
+def _slot_setters(cls: type) -> tuple[Callable[[object, Any], None], ...]:
+    """The `__set__` of each field's slot descriptor, in the order of the fields: it sets the
+    field of a frozen instance (as `object.__setattr__` does, without looking the name up)."""
+    return tuple(cls.__dict__[item.name].__set__ for item in fields(cls))
+
+
+(
+    _set_flow_run_id,
+    _set_task_run_id,
+    _set_scheduled_time,
+    _set_cache_key,
+    _set_cache_expiration,
+    _set_transition_id,
+    _set_pause_key,
+    _set_pause_timeout,
+    _set_refresh_cache,
+    _set_unretriable,
+    _set_child_flow_run_id,
+    _set_run_input_schema,
+    _set_run_input,
+) = _slot_setters(StateDetails)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +178,7 @@ _detail_values = operator.attrgetter(*_DETAIL_FIELDS)  # every field's value, in
 _DETAIL_INDEX = {name: index for index, name in enumerate(_DETAIL_FIELDS)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class State:
     """One state of a run: its type, name, message, time and the data it carries.
 
@@ -136,21 +196,35 @@ class State:
     # The decoded result, when this process already has it; not part of the state's value.
     _value: Any = field(default=_NO_VALUE, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        type: StateType,
+        name: str = "",
+        message: str = "",
+        timestamp: datetime | None = None,
+        id: str = "",
+        details: StateDetails = _NO_DETAILS,
+        data: ResultData | None = None,
+        _value: Any = _NO_VALUE,
+    ) -> None:
         # Exact classes first: every state passes here, and nearly all come in right.
-        if self.type.__class__ is not StateType and not isinstance(self.type, StateType):
-            object.__setattr__(self, "type", StateType(self.type))
-        data = self.data
+        if type.__class__ is not StateType and not isinstance(type, StateType):
+            type = StateType(type)
         if (
             data is not None
             and data.__class__ is not ResultData
             and not isinstance(data, ResultData)
         ):
             # `State(type=..., data=value)`: a value the code built, encoded when stored.
-            object.__setattr__(self, "_value", self.data)
-            object.__setattr__(self, "data", None)
-        if not self.name:
-            object.__setattr__(self, "name", self.type.default_name)
+            _value, data = data, None
+        _set_type(self, type)
+        _set_name(self, name or _DEFAULT_NAMES[type])
+        _set_message(self, message)
+        _set_timestamp(self, timestamp)
+        _set_id(self, id)
+        _set_state_details(self, details)
+        _set_data(self, data)
+        _set_value(self, _value)
 
     # Predicates, as the reference orchestrator names them.
     def is_scheduled(self) -> bool:
@@ -299,6 +373,17 @@ class State:
             text += f", message={self.message!r}"
         return text + ")"
 
+
+(
+    _set_type,
+    _set_name,
+    _set_message,
+    _set_timestamp,
+    _set_id,
+    _set_state_details,
+    _set_data,
+    _set_value,
+) = _slot_setters(State)
 
 _AWAITING_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
