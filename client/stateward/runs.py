@@ -1,7 +1,8 @@
 """Runs, transitions and the answers to proposals: the vocabulary the SDK and the server share.
 
-Plain, immutable records, no I/O. The client returns them; the server's orchestrator, its rules
-and its store use the same classes (`stateward.wire` converts them to and from protobuf).
+Plain, immutable records, no I/O, made quickly (see `stateward.states.quick_init`). The client
+returns them; the server's orchestrator, its rules and its store use the same classes
+(`stateward.wire` converts them to and from protobuf).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from stateward.states import State
+from stateward.states import State, quick_init
 
 
 class RunKind(enum.IntEnum):
@@ -36,6 +37,7 @@ class SetStateStatus(enum.IntEnum):
     ABORT = 4
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often a failed run is retried, and after how long."""
@@ -53,6 +55,7 @@ class RetryPolicy:
         return delays[min(max(run_count - 1, 0), len(delays) - 1)]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class FlowRun:
     """A flow run as the server returns it (its parameters decoded, its current state)."""
@@ -75,6 +78,7 @@ class FlowRun:
     lease_expires: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TaskRun:
     """A task run as the server returns it; `flow_run_id` is empty outside a flow."""
@@ -98,6 +102,7 @@ class TaskRun:
     lease_expires: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrchestrationResult:
     """The orchestrator's answer to a proposed state (a SetState call).
@@ -119,6 +124,7 @@ class OrchestrationResult:
         return self.status is SetStateStatus.ACCEPT
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One accepted state change, as the transitions log keeps it and the stream delivers it."""
@@ -145,6 +151,7 @@ class ConcurrencyLimit:
     created: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
     """A completed task run's state to store under a cache key, until `cache_expiration` (None:
@@ -155,6 +162,7 @@ class CacheEntry:
     cache_expiration: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """One line a run's code logged: its flow run (for a task run's line, the task run's flow

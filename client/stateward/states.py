@@ -14,9 +14,9 @@ import operator
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "TERMINAL_TYPES",
@@ -83,13 +83,57 @@ _ENDED_BADLY = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELL
 _COMPLETED = StateType.COMPLETED  # a global is read quicker than an enum's attribute
 
 
-# The two classes every proposal and every written state makes several of set their fields in
-# an `__init__` of their own, through each slot's descriptor (`_slot_setters`): the frozen
-# dataclass's generated one calls `object.__setattr__` by name for each field, which costs
-# about twice as much (a task run makes about ten states and three details).
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True, init=False)
+class _FactoryDefault:
+    """The default of a field with a default factory: the argument was not given."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_FACTORY_DEFAULT = _FactoryDefault()
+
+
+def quick_init(cls: type[_T]) -> type[_T]:
+    """Give the frozen, slotted dataclass `cls` (fields with plain defaults or default
+    factories, no `__post_init__`) an `__init__` that sets each field through its slot's
+    descriptor. The dataclass's own calls `object.__setattr__` by name for each field, which
+    costs about twice as much; the vocabulary's records are made several times per task run.
+    Same parameters, defaults and frozen instances. Use it above `@dataclass`."""
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__: quick_init would skip it")
+    namespace: dict[str, Any] = {"_FACTORY_DEFAULT": _FACTORY_DEFAULT}
+    parameters: list[str] = []
+    lines: list[str] = []
+    for number, item in enumerate(fields(cls)):  # type: ignore[arg-type]
+        if not item.init or item.kw_only:
+            raise TypeError(f"{cls.__name__}.{item.name}: quick_init takes plain fields only")
+        setter = f"_set_{number}"
+        namespace[setter] = cls.__dict__[item.name].__set__
+        value = item.name
+        if item.default_factory is not MISSING:
+            namespace[f"_factory_{number}"] = item.default_factory
+            parameters.append(f"{item.name}=_FACTORY_DEFAULT")
+            value = f"_factory_{number}() if {item.name} is _FACTORY_DEFAULT else {item.name}"
+        elif item.default is not MISSING:
+            namespace[f"_default_{number}"] = item.default
+            parameters.append(f"{item.name}=_default_{number}")
+        else:
+            parameters.append(item.name)
+        lines.append(f"    {setter}(self, {value})")
+    source = f"def __init__(self, {', '.join(parameters)}):\n" + "\n".join(lines) + "\n"
+    exec(source, namespace)  # as dataclasses makes its own __init__
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = f"Make a {cls.__name__} (see the class for its fields)."
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning a method
+    return cls
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
 class StateDetails:
     """Facts about a state that the orchestration rules read and write."""
 
@@ -107,58 +151,11 @@ class StateDetails:
     run_input_schema: str = ""  # PAUSED: the JSON Schema of the input a resume must carry
     run_input: str = ""  # RUNNING after a resume: the input (JSON) it carried
 
-    def __init__(
-        self,
-        flow_run_id: str = "",
-        task_run_id: str = "",
-        scheduled_time: datetime | None = None,
-        cache_key: str = "",
-        cache_expiration: datetime | None = None,
-        transition_id: str = "",
-        pause_key: str = "",
-        pause_timeout: datetime | None = None,
-        refresh_cache: bool = False,
-        unretriable: bool = False,
-        child_flow_run_id: str = "",
-        run_input_schema: str = "",
-        run_input: str = "",
-    ) -> None:
-        _set_flow_run_id(self, flow_run_id)
-        _set_task_run_id(self, task_run_id)
-        _set_scheduled_time(self, scheduled_time)
-        _set_cache_key(self, cache_key)
-        _set_cache_expiration(self, cache_expiration)
-        _set_transition_id(self, transition_id)
-        _set_pause_key(self, pause_key)
-        _set_pause_timeout(self, pause_timeout)
-        _set_refresh_cache(self, refresh_cache)
-        _set_unretriable(self, unretriable)
-        _set_child_flow_run_id(self, child_flow_run_id)
-        _set_run_input_schema(self, run_input_schema)
-        _set_run_input(self, run_input)
-
 
 def _slot_setters(cls: type) -> tuple[Callable[[object, Any], None], ...]:
     """The `__set__` of each field's slot descriptor, in the order of the fields: it sets the
     field of a frozen instance (as `object.__setattr__` does, without looking the name up)."""
     return tuple(cls.__dict__[item.name].__set__ for item in fields(cls))
-
-
-(
-    _set_flow_run_id,
-    _set_task_run_id,
-    _set_scheduled_time,
-    _set_cache_key,
-    _set_cache_expiration,
-    _set_transition_id,
-    _set_pause_key,
-    _set_pause_timeout,
-    _set_refresh_cache,
-    _set_unretriable,
-    _set_child_flow_run_id,
-    _set_run_input_schema,
-    _set_run_input,
-) = _slot_setters(StateDetails)
 
 
 @dataclass(frozen=True, slots=True)

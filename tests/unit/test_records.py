@@ -1,0 +1,109 @@
+"""The vocabulary's records made quickly (`stateward.states.quick_init`, and State's own
+`__init__`): each takes what its dataclass's generated `__init__` takes and makes the same
+frozen value."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pickle
+from dataclasses import dataclass, field
+
+import pytest
+
+from stateward import runs
+from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
+from stateward.states import ResultData, State, StateDetails, StateType, quick_init
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Sample:
+    required: str
+    plain: int = 3
+    made: list[int] = field(default_factory=list)
+
+
+def test_a_quick_record_takes_its_fields_by_position_and_by_name_with_their_defaults():
+    assert Sample("a") == Sample(required="a", plain=3, made=[])
+    given = Sample("a", 4, [1])
+    assert (given.required, given.plain, given.made) == ("a", 4, [1])
+    assert Sample(made=[2], required="b").made == [2]
+    assert Sample("a").made is not Sample("a").made  # a factory's value is new each time
+    assert repr(inspect.signature(Sample)) == "<Signature (required, plain=3, made=<factory>)>"
+
+
+def test_a_quick_record_refuses_what_its_dataclass_refuses_and_stays_frozen():
+    with pytest.raises(TypeError, match="required"):
+        Sample()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected"):
+        Sample("a", other=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Sample("a", 1, [], 2)  # type: ignore[call-arg]
+    sample = Sample("a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sample.plain = 5  # type: ignore[misc]
+    assert dataclasses.replace(sample, plain=5) == Sample("a", 5)
+
+
+def test_quick_init_refuses_a_record_whose_fields_it_would_set_wrongly():
+    with pytest.raises(TypeError, match="__post_init__"):
+
+        @quick_init
+        @dataclass(frozen=True, slots=True)
+        class Checked:
+            value: int
+
+            def __post_init__(self) -> None:
+                pass
+
+    with pytest.raises(TypeError, match="plain fields"):
+
+        @quick_init
+        @dataclass(frozen=True, slots=True)
+        class Named:
+            value: int = field(default=0, kw_only=True)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        TaskRun("t", "load-0", "load", parameters={"x": 1}, tags=("a",)),
+        FlowRun("f", "a-run", "etl"),
+        OrchestrationResult(SetStateStatus.ACCEPT, State(StateType.RUNNING), written=True),
+        StateDetails(task_run_id="t", cache_key="k", refresh_cache=True),
+    ],
+)
+def test_the_vocabularys_records_read_back_and_pickle_as_built(record):
+    values = {item.name: getattr(record, item.name) for item in dataclasses.fields(record)}
+    assert type(record)(**values) == record
+    assert pickle.loads(pickle.dumps(record)) == record
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(record, dataclasses.fields(record)[0].name, "other")
+
+
+def test_every_record_of_the_runs_module_is_made_quickly():
+    made_by_dataclasses = [
+        name
+        for name, value in vars(runs).items()
+        if dataclasses.is_dataclass(value)
+        and value.__module__ == runs.__name__
+        and value.__init__.__doc__ != f"Make a {name} (see the class for its fields)."
+    ]
+    assert made_by_dataclasses == ["ConcurrencyLimit"]  # made only to list limits
+
+
+def test_a_state_takes_its_type_as_a_member_a_number_or_a_name_and_names_itself():
+    assert State(6) == State("completed") == State(StateType.COMPLETED)
+    assert State(6).type is StateType.COMPLETED
+    assert State(StateType.RUNNING).name == "Running"
+    assert State(StateType.RUNNING, "Retrying").name == "Retrying"
+
+
+def test_a_state_given_a_value_as_its_data_keeps_the_value_and_no_data():
+    state = State(StateType.COMPLETED, data=[1, 2])
+    assert state.data is None and state.result() == [1, 2]
+    stored = State(StateType.COMPLETED, data=ResultData(json="[1, 2]"))
+    assert stored.data == ResultData(json="[1, 2]") and stored.result() == [1, 2]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stored.name = "Other"  # type: ignore[misc]
