@@ -11,9 +11,12 @@ knowledge: `crash_on_signals` is given it as a function.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from types import FrameType
 
 
@@ -41,6 +44,85 @@ def install_wake_handler() -> None:
     if signal.getsignal(_WAKE_SIGNAL) in (signal.SIG_DFL, None):
         signal.signal(_WAKE_SIGNAL, _wake)
         _wake_installed = True
+
+
+# --- a crash signal that another thread received -----------------------------------------------
+#
+# The system hands a signal sent to the process to any of its threads that does not block it:
+# usually the main thread, but at times (seen 2 in 96 at load 20) a worker thread, such as the
+# lease renewer or one of grpc's. Python then runs the handler only when the main thread next
+# runs bytecode: a main thread in a blocking call (a user's `time.sleep(60)`) went on blocking,
+# and the run was crashed a minute late. Python writes each signal's number to the wakeup fd
+# whichever thread received it: a thread of ours reads it there and wakes the main thread.
+
+
+class _Forwarder:
+    """Reads the signal numbers Python writes to the wakeup fd (while attached) and wakes the
+    main thread for each crash signal among them."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)  # Python's handler may never block on it
+        self._signals: frozenset[int] = frozenset()
+        self._main = threading.main_thread().ident or 0
+        self._thread = threading.Thread(target=self._forward, name="stateward-signals", daemon=True)
+        self._thread.start()
+
+    def attach(self, signums: frozenset[int]) -> bool:
+        """On the main thread: be the wakeup fd, waking the main thread for `signums`; False
+        (nothing changed) when someone else's wakeup fd is set, such as an event loop's."""
+        self._signals = signums
+        previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        if previous not in (-1, self._writer.fileno()):
+            signal.set_wakeup_fd(previous)
+            return False
+        return True
+
+    def detach(self) -> None:
+        """On the main thread: no longer the wakeup fd (one set since by someone else stays)."""
+        current = signal.set_wakeup_fd(-1)
+        if current not in (-1, self._writer.fileno()):
+            signal.set_wakeup_fd(current)
+
+    def _forward(self) -> None:
+        while numbers := self._reader.recv(64):
+            if any(number in self._signals for number in numbers):
+                with suppress(OSError):  # the main thread has ended: the process exits
+                    signal.pthread_kill(self._main, _WAKE_SIGNAL)
+
+
+_forwarder: _Forwarder | None = None
+
+
+def _forget_forwarder() -> None:
+    """In a forked child: its thread did not come along, and its socket is the parent's."""
+    global _forwarder
+    if _forwarder is not None:
+        with suppress(ValueError):
+            _forwarder.detach()
+        _forwarder = None
+
+
+os.register_at_fork(after_in_child=_forget_forwarder)
+
+
+def _forward_to_main_thread(signums: frozenset[int]) -> Callable[[], None]:
+    """On the main thread, with the wake handler installed: `signums` wake the main thread
+    whichever thread receives them. Returns the function that undoes it."""
+    global _forwarder
+    if not _wake_installed or not signums:
+        return lambda: None
+    if _forwarder is None:
+        _forwarder = _Forwarder()
+    forwarder = _forwarder
+    if not forwarder.attach(signums):
+        return lambda: None
+
+    def detach() -> None:
+        if threading.current_thread() is threading.main_thread() and forwarder is _forwarder:
+            forwarder.detach()
+
+    return detach
 
 
 def wake(thread_id: int) -> None:
@@ -88,8 +170,10 @@ def crash_on_signals(must_wait: Callable[[int], bool]) -> Callable[[], None]:
 
     for signum in previous:
         signal.signal(signum, on_signal)
+    stop_forwarding = _forward_to_main_thread(frozenset(previous))
 
     def restore() -> None:
+        stop_forwarding()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
