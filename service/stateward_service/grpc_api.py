@@ -437,7 +437,7 @@ class OrchestrationService:
     def ListConcurrencyLimits(
         self, request: pb.ListConcurrencyLimitsRequest
     ) -> pb.ListConcurrencyLimitsResponse:
-        limits = self.orchestrator.list_limits()
+        limits = self._translating(self.orchestrator.list_limits)
         return pb.ListConcurrencyLimitsResponse(
             concurrency_limits=[wire.limit_to_proto(limit) for limit in limits]
         )

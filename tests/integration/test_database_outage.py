@@ -92,6 +92,12 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
         assert code_of(lambda: stub.CreateFlowRun(creating)) == grpc.StatusCode.UNAVAILABLE
         reading = pb.GetFlowRunRequest(id=running.id)
         assert code_of(lambda: stub.GetFlowRun(reading)) == grpc.StatusCode.UNAVAILABLE
+        # Every call that needs the database says so, the limits' listing and a stream's
+        # replay included: UNAVAILABLE (try again), never INTERNAL.
+        limits = pb.ListConcurrencyLimitsRequest()
+        assert code_of(lambda: stub.ListConcurrencyLimits(limits)) == grpc.StatusCode.UNAVAILABLE
+        replay = pb.WatchTransitionsRequest(after_sequence=0)
+        assert code_of(lambda: list(stub.WatchTransitions(replay))) == grpc.StatusCode.UNAVAILABLE
         assert health(server) == NOT_SERVING
     finally:
         outage.end()

@@ -1,5 +1,6 @@
-"""Turns the service's refusals into gRPC statuses with rich details, and anything unexpected
-into INTERNAL with the error logged (a bug of ours, never the client's doing)."""
+"""Turns the service's refusals into gRPC statuses with rich details, a database that cannot be
+reached (or stays too busy) into UNAVAILABLE whichever call met it, and anything unexpected into
+INTERNAL with the error logged (a bug of ours, never the client's doing)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from grpc_status import rpc_status
 
 from stateward.exceptions import StatusCode
 from stateward_service.errors import ServiceError
+from stateward_service.store import DatabaseUnavailable, WriteConflict
 
 log = logging.getLogger("stateward.server")
 
@@ -119,12 +121,23 @@ def undecodable(method: str, request: Undecodable) -> ServiceError:
 async def answering(
     context: grpc.aio.ServicerContext[Any, Any], method: str
 ) -> AsyncIterator[None]:
-    """Ends the call with the status of a refusal raised inside, or INTERNAL (logged) for an
-    unexpected error."""
+    """Ends the call with the status of a refusal raised inside, UNAVAILABLE for a database
+    that cannot be reached or stayed too busy (the client may try again), or INTERNAL
+    (logged) for an unexpected error."""
     try:
         yield
     except ServiceError as error:
         await abort(context, error)
+    except DatabaseUnavailable as error:
+        await abort(context, ServiceError(StatusCode.UNAVAILABLE, f"{error}; try again"))
+    except WriteConflict as error:
+        await abort(
+            context,
+            ServiceError(
+                StatusCode.UNAVAILABLE,
+                f"the database stayed too busy to decide; try again ({error})",
+            ),
+        )
     except grpc.aio.AbortError:
         raise
     except NotImplementedError:
