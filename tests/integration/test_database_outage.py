@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -53,7 +54,7 @@ def replica(
 ) -> Iterator[tuple[ServerProcess, Outage]]:
     url = postgres_databases.create()
     outage = Outage(postgres_databases, url)
-    server = ServerProcess(url, log_path=tmp_path / "server.log").start()
+    server = ServerProcess(url, log_path=tmp_path / "server.log", ui=True).start()
     try:
         yield server, outage
     finally:
@@ -98,6 +99,10 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
         assert code_of(lambda: stub.ListConcurrencyLimits(limits)) == grpc.StatusCode.UNAVAILABLE
         replay = pb.WatchTransitionsRequest(after_sequence=0)
         assert code_of(lambda: list(stub.WatchTransitions(replay))) == grpc.StatusCode.UNAVAILABLE
+        # The web view's API says the same: 503 with what is wrong, not a 500.
+        page = httpx.get(f"{server.ui_url}api/flow-runs", timeout=30)
+        assert page.status_code == 503
+        assert "unreachable" in page.json()["error"]
         assert health(server) == NOT_SERVING
     finally:
         outage.end()

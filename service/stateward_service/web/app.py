@@ -42,7 +42,7 @@ from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.errors import ServiceError, invalid
 from stateward_service.orchestrator import NotPaused, Orchestrator, RunInputRefused, RunNotFound
 from stateward_service.shutdown import WritingCalls
-from stateward_service.store import BadPageToken, RunFilter
+from stateward_service.store import BadPageToken, DatabaseUnavailable, RunFilter, WriteConflict
 from stateward_service.web.auth import (
     EVENTS_COOKIE,
     EVENTS_PATH,
@@ -82,7 +82,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _answering(handler: Callable[[Request], Awaitable[Document]]) -> Endpoint:
-    """Run a handler, answering its document as JSON and its refusals as errors."""
+    """Run a handler, answering its document as JSON and its refusals as errors (503 for a
+    database that cannot be reached or stays too busy: the page tries again)."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -93,6 +94,10 @@ def _answering(handler: Callable[[Request], Awaitable[Document]]) -> Endpoint:
             return _error(404, str(error))
         except BadPageToken as error:
             return _error(400, f"page_token: {error}")
+        except DatabaseUnavailable as error:
+            return _error(503, f"{error}; try again")
+        except WriteConflict as error:
+            return _error(503, f"the database stayed too busy to decide; try again ({error})")
 
     return endpoint
 
