@@ -199,6 +199,11 @@ class RunEngine:
     def running_proposal(self) -> State:
         return State(StateType.RUNNING)
 
+    def start_from(self) -> str | None:
+        """The id of the state the run must still be in for Running to be proposed (an ABORT
+        otherwise), or None for no such condition."""
+        return None
+
     def start(self, first: OrchestrationResult | None = None) -> State | None:
         """Get the run into RUNNING (`first` is the answer to a Running already proposed); None
         means run the code, else the run's final state."""
@@ -213,7 +218,9 @@ class RunEngine:
             if first is not None:
                 decision, first = first, None
             else:
-                decision = self.orchestration.propose(self.running_proposal(), wait=False)
+                decision = self.orchestration.propose(
+                    self.running_proposal(), wait=False, expected_state_id=self.start_from()
+                )
             if decision.status is _WAIT:
                 self.orchestration.wait(decision, self.stop.stopping)
                 continue

@@ -93,16 +93,26 @@ class RunOrchestration:
         )
 
     def propose(
-        self, proposed: State, *, force: bool = False, wait: bool = True
+        self,
+        proposed: State,
+        *,
+        force: bool = False,
+        wait: bool = True,
+        expected_state_id: str | None = None,
     ) -> OrchestrationResult:
         """Propose a state; the answer. On WAIT, wait and propose again (or, with
-        `wait=False`, return the WAIT: the caller waits as it sees fit)."""
+        `wait=False`, return the WAIT: the caller waits as it sees fit). With
+        `expected_state_id`, the server ABORTs unless the run's current state is that one."""
         proposed = proposed.with_details(transition_id=new_id(), **self.owner)
         while True:
             decision = self._retrying(
                 f"proposing {proposed.name}",
                 lambda _: self.client.set_state(
-                    self.run_id, proposed, force=force, lease_seconds=self.lease
+                    self.run_id,
+                    proposed,
+                    force=force,
+                    expected_state_id=expected_state_id,
+                    lease_seconds=self.lease,
                 ),
             )
             if decision.status is not _WAIT or not wait:
@@ -175,11 +185,11 @@ class RunOrchestration:
         """Take in an answer: log a new state, hold or release the heartbeat lease."""
         if (
             proposed is not None
-            and decision.status is _REJECT
+            and decision.status in _REFUSED
             and decision.state is not None
             and decision.state.details.transition_id == proposed.details.transition_id
             and decision.state.type is proposed.type
-        ):  # a retried call whose first attempt was applied
+        ):  # a retried call whose first attempt was applied (its expected state is gone)
             decision = OrchestrationResult(SetStateStatus.ACCEPT, decision.state)
         self.observe_state(decision.state)
         return decision
@@ -217,6 +227,7 @@ class RunOrchestration:
 _RETRYING = ("AwaitingRetry", "Retrying")
 # Members as globals: read several times quicker than an enum's attributes, on every answer.
 _WAIT, _REJECT, _PAUSED = SetStateStatus.WAIT, SetStateStatus.REJECT, StateType.PAUSED
+_REFUSED = frozenset({SetStateStatus.REJECT, SetStateStatus.ABORT})
 # Sets of members, not tuples: a member is found by identity, never by StateType.__eq__.
 _LEASED = frozenset({StateType.RUNNING, StateType.CANCELLING})
 _ERRORS = frozenset({StateType.FAILED, StateType.CRASHED})

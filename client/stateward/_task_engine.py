@@ -264,6 +264,15 @@ class TaskRunEngine(RunEngine):
             resolve(future)
         self.parameters = resolve(self.parameters)
 
+    def start_from(self) -> str | None:
+        """On a worker: the state this process last saw. Its flow run may settle the run
+        meanwhile (Cancelled, when it stopped before the cluster could say whether the task
+        had started), and a task run may leave a final state for Running (a rerun): the
+        worker's Running must not start a run its flow run ended."""
+        if not self.on_a_worker or self.orchestration.state is None:
+            return None
+        return self.orchestration.state.id or None
+
     def running_proposal(self) -> State:
         if not self.cache_key and not self.task.refresh_cache:
             return State(StateType.RUNNING)  # the shared default details: none to build
