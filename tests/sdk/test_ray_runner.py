@@ -1,8 +1,7 @@
 """What is Ray's own in `RayTaskRunner` (the common scenarios run on Ray in
-`test_task_runners.py`): a worker killed under a running task leaves the run Crashed, not rerun,
-and without an address the runner starts a local Ray instance for the flow run, with its
-`init_kwargs`, and stops it after; with an address it joins a running cluster and leaves it
-running."""
+`test_task_runners.py`, a killed worker among them): without an address the runner starts a
+local Ray instance for the flow run, with its `init_kwargs`, and stops it after; with an address
+it joins a running cluster and leaves it running."""
 
 from __future__ import annotations
 
@@ -14,18 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 import ray
 
-from stateward import flow, task
-from stateward.ray import RayTaskRunner
-from stateward.states import StateType
+from stateward import task
 from tests.sdk.conftest import python
-from tests.sdk.test_task_runners import history, slow
-from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,29 +53,6 @@ def test_without_an_address_ray_runs_for_the_flow_run_with_init_kwargs(sdk_serve
     assert result.returncode == 0, result.stderr
     before, (cpus, during), after = json.loads(result.stdout.splitlines()[-1])
     assert (before, cpus, during, after) == (False, 1.0, True, False)  # stopped with its flow run
-
-
-def test_a_killed_ray_worker_leaves_its_task_run_crashed(ray_instance, client, tmp_path) -> None:
-    @flow(task_runner=RayTaskRunner())
-    def doomed(folder: str) -> str:
-        future = slow.submit(97, folder)
-        future.wait()
-        return future.task_run_id
-
-    holder: dict[str, str] = {}
-    thread = threading.Thread(target=lambda: holder.update(id=doomed(str(tmp_path))))
-    thread.start()
-    marker = tmp_path / "started-97"
-    wait_until(marker.exists, timeout=60, what="the task to start on a Ray worker")
-    worker_pid = int(marker.read_text())
-    assert worker_pid != os.getpid()
-    os.kill(worker_pid, signal.SIGKILL)
-    thread.join(60)
-    assert not thread.is_alive()
-    state = client.get_task_run(holder["id"]).state
-    assert state is not None and state.type is StateType.CRASHED, state
-    assert history(client, holder["id"])[-2:] == ["Running", "Crashed"]  # not run again
-    assert marker.read_text() == str(worker_pid)  # no second attempt started anywhere
 
 
 def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_path) -> None:

@@ -301,8 +301,12 @@ def test_a_timed_out_flow_stops_its_tasks_on_dask(dask_cluster, client, tmp_path
     assert {run.state.name for run in runs if run.state} == {"Cancelled"}
 
 
-def test_a_killed_dask_worker_leaves_its_task_run_crashed(dask_cluster, client, tmp_path) -> None:
-    @flow(task_runner=DaskTaskRunner(address=dask_cluster.scheduler_address))
+@pytest.mark.parametrize("runner", ["dask", "ray"], indirect=True)
+def test_a_killed_cluster_worker_leaves_its_task_run_crashed(runner, client, tmp_path) -> None:
+    """A worker process killed while it runs a task: the run is Crashed, and the cluster's
+    own retry (Dask and Ray both start a task again elsewhere) runs nothing a second time."""
+
+    @flow(task_runner=runner)
     def doomed(folder: str) -> str:
         future = slow.submit(99, folder)
         future.wait()
@@ -320,7 +324,8 @@ def test_a_killed_dask_worker_leaves_its_task_run_crashed(dask_cluster, client, 
     assert not thread.is_alive()
     state = client.get_task_run(holder["id"]).state
     assert state is not None and state.type is StateType.CRASHED, state
-    assert history(client, holder["id"])[-2:] == ["Running", "Crashed"]
+    assert history(client, holder["id"])[-2:] == ["Running", "Crashed"]  # not run again
+    assert marker.read_text() == str(worker_pid)  # no second attempt started anywhere
 
 
 def test_a_dead_process_pool_worker_leaves_its_task_run_crashed(sdk_server, client, tmp_path):
