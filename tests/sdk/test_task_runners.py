@@ -79,12 +79,14 @@ def failing(x: int) -> None:
 
 @task
 def slow(index: int, folder: str) -> int:
-    """Writes `started-<index>` (holding its process id), then works in small steps for up to
-    20 s. The file appears whole (renamed into place): a test that sees it reads the pid."""
+    """Writes `started-<index>` (holding its process id), then works in small steps for an
+    hour: every test stops it (or kills its worker), and one that stops within a minute was
+    stopped, however slow a loaded machine makes the stop. The file appears whole (renamed into
+    place): a test that sees it reads the pid."""
     partial = Path(folder) / f".started-{index}.{os.getpid()}"
     partial.write_text(str(os.getpid()))
     partial.rename(Path(folder) / f"started-{index}")
-    for _ in range(400):
+    for _ in range(72_000):
         time.sleep(0.05)
     return index
 
@@ -237,7 +239,7 @@ def test_a_cancelled_flow_stops_its_running_tasks_and_never_starts_the_queued_on
     client.set_state(flow_run.id, State(StateType.CANCELLING), force=True)
     thread.join(60)
     assert not thread.is_alive()
-    assert time.monotonic() - started < 15  # stopped, not run to the tasks' 20 s end
+    assert time.monotonic() - started < 60  # stopped, not run to the tasks' hour
     assert holder["state"].type is StateType.CANCELLED
     runs = list(client.list_task_runs(flow_run_ids=[flow_run.id]))
     assert len(runs) == count
@@ -295,7 +297,7 @@ def test_a_timed_out_flow_stops_its_tasks_on_dask(dask_cluster, client, tmp_path
 
     started = time.monotonic()
     state = late(str(tmp_path), return_state=True)
-    assert time.monotonic() - started < 20  # not the tasks' 20 s
+    assert time.monotonic() - started < 60  # stopped, not run to the tasks' hour
     assert state.name == "TimedOut"
     runs = list(client.list_task_runs(flow_run_ids=[state.details.flow_run_id]))
     assert {run.state.name for run in runs if run.state} == {"Cancelled"}
