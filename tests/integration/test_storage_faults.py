@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,3 +140,39 @@ def test_a_database_locked_by_another_program_is_unavailable(tmp_path):
             other.close()
         run = new_flow_run(stub, flow_name=f"after-{uuid.uuid4().hex[:6]}")
         assert stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run.id == run.id
+
+
+def test_a_checkpoint_the_full_disk_refuses_is_said_once_not_at_every_tick(small_disk, tmp_path):
+    # The log beside the test, not on the full disk (where its lines could not be written).
+    database = small_disk / "full.db"
+    server = ServerProcess(database, log_path=tmp_path / "server.log").start()
+    refused = "could not checkpoint the database"
+    try:
+        stub = server.stub()
+        new_flow_run(stub)
+        # A reader's snapshot keeps the next commit's frames in the WAL (a checkpoint copies
+        # none past it) while the disk fills: copying them needs the database file to grow.
+        reader = sqlite3.connect(database, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM transitions").fetchone()
+        stub.CreateFlowRun(big_run(1), timeout=30)
+        filler = fill(small_disk)
+        reader.execute("COMMIT")
+        reader.close()
+        wait_until(lambda: refused in server.output(), timeout=30, what="a refused checkpoint")
+        # The checkpointer looks every 50 ms: over the next 3 s (an observation window, not a
+        # wait for an event) a warning per try would be about 60 lines of the same.
+        window = time.monotonic() + 3.0
+        wait_until(lambda: time.monotonic() > window, timeout=30, what="the window's end")
+        assert server.output().count(refused) == 1, server.output()[-2000:]
+        filler.unlink()
+        wait_until(
+            lambda: "the database checkpoints again" in server.output(),
+            timeout=30,
+            what="the checkpointer to say it copies again",
+        )
+        created = stub.CreateFlowRun(big_run(1), timeout=30).flow_run
+        assert stub.GetFlowRun(pb.GetFlowRunRequest(id=created.id)).flow_run.id == created.id
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()

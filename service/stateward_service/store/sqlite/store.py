@@ -52,6 +52,7 @@ _CHECKPOINT_TICK_SECONDS = 0.05  # how often the checkpointer looks for new comm
 # CPU per task run, and far more at a few tasks a second.
 _CHECKPOINT_FRAMES = 4_000
 _CHECKPOINT_LONGEST_SECONDS = 0.25
+_CHECKPOINT_RETRY_SECONDS = 1.0  # after a checkpoint that failed (a full disk, a failing one)
 
 
 class _Checkpointer:
@@ -81,6 +82,7 @@ class _Checkpointer:
         turn = self._open_turn()
         self.active = turn is None  # no file for turns (a read-only folder): checkpoint here
         pace = _CheckpointPace()
+        failing = False  # the last checkpoint failed (said once, not at every try)
         try:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             while not self._stopping.wait(_CHECKPOINT_TICK_SECONDS):
@@ -99,7 +101,20 @@ class _Checkpointer:
                         version, time.monotonic(), int(frames), busy == 0 and frames == copied
                     )
                 except sqlite3.Error as error:  # the commits checkpoint themselves meanwhile
-                    log.warning("could not checkpoint the database: %s", error)
+                    # A full disk refuses every try until room is made: said once, and tried
+                    # again every `_CHECKPOINT_RETRY_SECONDS`, not at every tick.
+                    if not failing:
+                        log.warning(
+                            "could not checkpoint the database: %s (trying again every %g s)",
+                            error,
+                            _CHECKPOINT_RETRY_SECONDS,
+                        )
+                    failing = True
+                    self._stopping.wait(_CHECKPOINT_RETRY_SECONDS)
+                    continue
+                if failing:
+                    log.warning("the database checkpoints again")
+                    failing = False
         finally:
             self.active = False
             if turn is not None:
