@@ -25,7 +25,7 @@ from stateward.states import ResultData, State, StateType
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
 from tests.integration.test_damaged_databases import start as start_refused
-from tests.support import ROOT, ServerProcess
+from tests.support import ROOT, ServerProcess, wait_until
 
 KEY = "s3cret-team-key"
 
@@ -112,7 +112,11 @@ def test_without_a_key_the_server_says_it_listens_on_loopback_only(server):
 def test_listening_beyond_loopback_without_a_key_is_warned_about(tmp_path):
     server = ServerProcess(tmp_path / "open.db", args=["--host", "0.0.0.0"]).start()
     try:
-        assert "WARNING: no API key, and listening on 0.0.0.0" in server.output()
+        # Said after the ready line (which `start` waits for), so perhaps not yet written.
+        wait_until(
+            lambda: "WARNING: no API key, and listening on 0.0.0.0" in server.output(),
+            what="the warning",
+        )
     finally:
         server.stop()
 
