@@ -34,18 +34,27 @@ def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_temp_dir() -> Iterator[Path]:
-    """Ray's files for this session in a folder of its own (RAY_TMPDIR, short: Ray's socket
-    paths must fit in 107 bytes). A `ray.init()` without an address joins the cluster whose
-    address it finds in `<temp>/ray/ray_current_cluster`, which `ray start` writes and a killed
-    head leaves behind: with the machine's /tmp, another test run's cluster would be joined."""
+    """Ray's environment for this session, in this process and the scripts it starts:
+    - its files in a folder of its own (RAY_TMPDIR, short: Ray's socket paths must fit in 107
+      bytes). A `ray.init()` without an address joins the cluster whose address it finds in
+      `<temp>/ray/ray_current_cluster`, which `ray start` writes and a killed head leaves behind:
+      with the machine's /tmp, another test run's cluster would be joined;
+    - no token authentication (RAY_AUTH_MODE): Ray 2.5x turns it on for a cluster it starts,
+      with one token file per user (~/.ray/auth_token) that every Ray on the machine shares,
+      other test runs' too (a joining script was refused with "InvalidAuthToken")."""
     folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    previous = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = str(folder)
+    settings = {
+        "RAY_TMPDIR": str(folder),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield folder
-    if previous is None:
-        os.environ.pop("RAY_TMPDIR", None)
-    else:
-        os.environ["RAY_TMPDIR"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -23,10 +23,6 @@ from tests.sdk.conftest import python
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(300)
-# Ray (2.5x and later) turns token authentication on for a cluster it starts, with the token in
-# ~/.ray/auth_token, which every Ray on the machine shares (other test runs' too): the joining
-# script was refused ("InvalidAuthToken") at times. The head and the script here go without.
-NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 
 
 @task
@@ -75,7 +71,7 @@ def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_
          f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
          "--include-dashboard=false"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_TMPDIR": str(own_files), **NO_TOKEN},
+        env={**os.environ, "RAY_TMPDIR": str(own_files)},  # without tokens: see conftest
     )  # fmt: skip
     try:
         # The script joins once the head says it runs: one that asked before gave up at load
@@ -98,7 +94,6 @@ def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_
 
             print(json.dumps({{"pid": os.getpid(), "ran": joined()}}))
             """,
-            env=NO_TOKEN,
             timeout=240,
         )
         assert result.returncode == 0, result.stderr + (tmp_path / "head.log").read_text()
