@@ -35,6 +35,11 @@ earlier run at 8a78b47: 33.9 us, 0.99 of its 1k figure. 20 concurrent resumes of
 transitions each at 1M took 11.3 s against 32.7 s; health Check p99 during them 22.8 ms (idle
 18.7 ms) against 20.5 ms (idle 11.2 ms): at that load the machine, not the server, makes the
 slowest Checks (the idle baseline's slowest were 177 and 303 ms).
+
+At load 1.3-4 (3 rounds, e57ce5c alternating), the server that freezes its start-up objects
+(gc.freeze; a full collection held the loop for 32-38 ms of CPU before): the slowest health Check
+during the 20 resumes at 1M 17.8 ms (16.6-18.9) against 35.2 ms (34.0-40.9), p99 7.3 ms
+(6.8-10.4) against 10.1 (7.4-10.2); idle, the slowest 10.1 ms (8.5-34.5) against 9.0 (7.5-11.1).
 """
 
 from __future__ import annotations
