@@ -6,8 +6,9 @@ backend adds its connection, its transactions, its log sequence and its few dial
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -292,6 +293,40 @@ class SqlReads:
             ).fetchall()
             found.extend((kind, row[0]) for row in rows)
         return found
+
+
+class SnapshotReader(ABC):
+    """A backend's reader, beside the writing connection: `snapshot()` is its own; the log
+    reads below each run in a snapshot of their own."""
+
+    @abstractmethod
+    def snapshot(self) -> AbstractContextManager[SqlReads]:
+        """The read queries, all seeing one consistent state of the database (see each
+        backend's for what it raises when the database cannot be read)."""
+
+    def read_log(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[Transition], int, int]:
+        """`SqlReads.read_log` in a snapshot of its own."""
+        with self.snapshot() as db:
+            return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
+
+    def read_log_rows(
+        self,
+        after: int,
+        limit: int,
+        run_ids: Sequence[str] = (),
+        flow_run_ids: Sequence[str] = (),
+        state_types: Sequence[int] = (),
+    ) -> tuple[list[LogRow], int, int]:
+        """`SqlReads.read_log_rows` in a snapshot of its own."""
+        with self.snapshot() as db:
+            return db.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
 
 
 class SqlStore(SqlReads):

@@ -12,10 +12,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from stateward.runs import Transition
 from stateward_service.store.interface import DatabaseUnavailable
 from stateward_service.store.postgres.coordination import allow_nul_in_text, connection_options
-from stateward_service.store.sql import LogRow, SqlReads
+from stateward_service.store.sql import SnapshotReader, SqlReads
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -43,7 +42,7 @@ class _Snapshot(PostgresReads):
         self.conn = _Qmark(conn)
 
 
-class PostgresReader:
+class PostgresReader(SnapshotReader):
     """Safe to call from any thread; the pool opens connections as they are needed."""
 
     def __init__(self, url: str, max_connections: int = 8) -> None:
@@ -67,28 +66,6 @@ class PostgresReader:
                 yield _Snapshot(conn)
         except (psycopg.OperationalError, TimeoutError) as error:
             raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
-
-    def read_log(
-        self,
-        after: int,
-        limit: int,
-        run_ids: Sequence[str] = (),
-        flow_run_ids: Sequence[str] = (),
-        state_types: Sequence[int] = (),
-    ) -> tuple[list[Transition], int, int]:
-        with self.snapshot() as db:
-            return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
-
-    def read_log_rows(
-        self,
-        after: int,
-        limit: int,
-        run_ids: Sequence[str] = (),
-        flow_run_ids: Sequence[str] = (),
-        state_types: Sequence[int] = (),
-    ) -> tuple[list[LogRow], int, int]:
-        with self.snapshot() as db:
-            return db.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
 
     def ping(self) -> bool:
         """Whether the database answers now."""

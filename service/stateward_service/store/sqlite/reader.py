@@ -7,15 +7,14 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from stateward.runs import Transition
-from stateward_service.store.sql import LogRow, SqlReads
+from stateward_service.store.sql import SnapshotReader, SqlReads
 
 
-class StoreReader:
+class StoreReader(SnapshotReader):
     """Any thread may read; each `snapshot()` borrows an idle connection (or opens one), so as
     many connections are open as reads ran at once."""
 
@@ -54,30 +53,6 @@ class StoreReader:
                 conn.execute("COMMIT")
         finally:
             self._idle.put(conn)
-
-    def read_log(
-        self,
-        after: int,
-        limit: int,
-        run_ids: Sequence[str] = (),
-        flow_run_ids: Sequence[str] = (),
-        state_types: Sequence[int] = (),
-    ) -> tuple[list[Transition], int, int]:
-        """`SqlReads.read_log` in a snapshot of its own."""
-        with self.snapshot() as db:
-            return db.read_log(after, limit, run_ids, flow_run_ids, state_types)
-
-    def read_log_rows(
-        self,
-        after: int,
-        limit: int,
-        run_ids: Sequence[str] = (),
-        flow_run_ids: Sequence[str] = (),
-        state_types: Sequence[int] = (),
-    ) -> tuple[list[LogRow], int, int]:
-        """`SqlReads.read_log_rows` in a snapshot of its own."""
-        with self.snapshot() as db:
-            return db.read_log_rows(after, limit, run_ids, flow_run_ids, state_types)
 
     def ping(self) -> bool:
         """Whether the database file answers a read now."""
