@@ -104,28 +104,40 @@ def quick_init(cls: type[_T]) -> type[_T]:
     Same parameters, defaults and frozen instances. Use it above `@dataclass`."""
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__: quick_init would skip it")
-    namespace: dict[str, Any] = {"_FACTORY_DEFAULT": _FACTORY_DEFAULT}
+    # The values the generated code uses, handed to it as the parameters of a function that
+    # makes the __init__ (they are then its closure's cells); the __init__ runs in the class's
+    # module, whose globals resolve its annotations.
+    values: dict[str, Any] = {"_FACTORY_DEFAULT": _FACTORY_DEFAULT}
+    annotations: dict[str, Any] = {}
     parameters: list[str] = []
     lines: list[str] = []
     for number, item in enumerate(fields(cls)):  # type: ignore[arg-type]
         if not item.init or item.kw_only:
             raise TypeError(f"{cls.__name__}.{item.name}: quick_init takes plain fields only")
         setter = f"_set_{number}"
-        namespace[setter] = cls.__dict__[item.name].__set__
+        values[setter] = cls.__dict__[item.name].__set__
+        annotations[item.name] = item.type
         value = item.name
         if item.default_factory is not MISSING:
-            namespace[f"_factory_{number}"] = item.default_factory
+            values[f"_factory_{number}"] = item.default_factory
             parameters.append(f"{item.name}=_FACTORY_DEFAULT")
             value = f"_factory_{number}() if {item.name} is _FACTORY_DEFAULT else {item.name}"
         elif item.default is not MISSING:
-            namespace[f"_default_{number}"] = item.default
+            values[f"_default_{number}"] = item.default
             parameters.append(f"{item.name}=_default_{number}")
         else:
             parameters.append(item.name)
-        lines.append(f"    {setter}(self, {value})")
-    source = f"def __init__(self, {', '.join(parameters)}):\n" + "\n".join(lines) + "\n"
-    exec(source, namespace)  # as dataclasses makes its own __init__
-    init = namespace["__init__"]
+        lines.append(f"        {setter}(self, {value})")
+    source = (
+        f"def _make_init({', '.join(values)}):\n"
+        f"    def __init__(self, {', '.join(parameters)}):\n"
+        + "\n".join(lines)
+        + "\n    return __init__\n"
+    )
+    made: dict[str, Any] = {}
+    exec(source, sys.modules[cls.__module__].__dict__, made)  # as dataclasses makes its own
+    init = made["_make_init"](**values)
+    init.__annotations__ = {**annotations, "return": None}
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__doc__ = f"Make a {cls.__name__} (see the class for its fields)."
     setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning a method

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
+import typing
 from dataclasses import dataclass, field
 
 import pytest
@@ -30,7 +31,36 @@ def test_a_quick_record_takes_its_fields_by_position_and_by_name_with_their_defa
     assert (given.required, given.plain, given.made) == ("a", 4, [1])
     assert Sample(made=[2], required="b").made == [2]
     assert Sample("a").made is not Sample("a").made  # a factory's value is new each time
-    assert repr(inspect.signature(Sample)) == "<Signature (required, plain=3, made=<factory>)>"
+    assert str(inspect.signature(Sample)) == (
+        "(required: 'str', plain: 'int' = 3, made: 'list[int]' = <factory>) -> None"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SampleAsDataclassesMakesIt:
+    required: str
+    plain: int = 3
+    made: list[int] = field(default_factory=list)
+
+
+@pytest.mark.parametrize("record", [Sample, StateDetails, runs.TaskRun, runs.Transition])
+def test_a_quick_init_is_annotated_and_belongs_to_its_records_module(record):
+    init = record.__init__
+    assert init.__module__ == record.__module__
+    assert init.__qualname__ == f"{record.__qualname__}.__init__"
+    hints = typing.get_type_hints(init)  # its annotations resolve in the record's module
+    assert hints == {**typing.get_type_hints(record), "return": type(None)}
+    signature = inspect.signature(init)
+    assert [parameter.annotation for parameter in signature.parameters.values()][1:] == [
+        item.type for item in dataclasses.fields(record)
+    ]
+    assert signature.return_annotation is None
+
+
+def test_a_quick_init_has_the_signature_dataclasses_would_give():
+    assert str(inspect.signature(Sample.__init__)) == str(
+        inspect.signature(SampleAsDataclassesMakesIt.__init__)
+    )
 
 
 def test_a_quick_record_refuses_what_its_dataclass_refuses_and_stays_frozen():
