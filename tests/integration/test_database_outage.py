@@ -25,6 +25,7 @@ from tests.support import (
     propose,
     wait_until,
 )
+from tests.web.sse import EventStream
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -118,3 +119,39 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
     assert propose(stub, running.id, ST.STATE_TYPE_COMPLETED).status == ACCEPT
     assert history(stub, running.id) == ["Running", "Completed"]
     assert new_flow_run(stub).flow_name == "test-flow"
+
+
+def test_the_web_views_event_stream_is_refused_503_during_an_outage_and_logged_in_a_line(
+    replica,
+):
+    server, outage = replica
+    stub = server.stub()
+    first = new_flow_run(stub)
+    events = f"{server.ui_url}api/events"
+    outage.begin()
+    try:
+        wait_until(lambda: health(server) == NOT_SERVING, timeout=10, what="NOT_SERVING")
+        # A page resuming its stream: the cursor's check reads the log, which cannot be read.
+        refused = httpx.get(events, params={"after": 0}, timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert "unreachable" in refused.json()["error"]
+        assert "try again" in refused.json()["error"]
+        wait_until(
+            lambda: "event stream after 0 was refused" in server.output(),
+            timeout=10,
+            what="the refusal's log line",
+        )
+    finally:
+        outage.end()
+
+    wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+    # The page's next try resumes from the same cursor.
+    with httpx.stream("GET", events, params={"after": 0}, timeout=30) as resumed:
+        stream = EventStream(resumed)
+        assert stream.hello().data == {"sequence": 0, "reset": None}
+        assert stream.transitions(1)[0].data["run_id"] == first.id
+    output = server.output()
+    said = [line for line in output.splitlines() if "event stream" in line]
+    assert len(said) == 1, said
+    # No traceback of the web view's (uvicorn's "Exception in ASGI application" and its frames).
+    assert "ASGI" not in output and "stateward_service/web/" not in output, output

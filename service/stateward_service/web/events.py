@@ -7,14 +7,17 @@ or the log, with no gap and no duplicate, then goes on live. It opens with a `he
 id is that starting cursor, so a page that loses the stream before any transition resumes from
 there. A cursor the log cannot resume from (another database's, or one retention pruned) starts
 the stream at the newest transition with `"reset": <why>` in the `hello` event: the page reloads
-its data. Comment lines every `heartbeat` seconds keep proxies from closing an idle stream. At
-shutdown the stream ends and the browser reconnects with its Last-Event-ID.
+its data. A database that cannot be reached when the cursor is checked is answered 503, as the
+API answers it, and logged in one line: the page tries again. Comment lines every `heartbeat`
+seconds keep proxies from closing an idle stream. At shutdown the stream ends and the browser
+reconnects with its Last-Event-ID.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
@@ -29,7 +32,10 @@ from stateward_service.broadcaster import (
     TransitionBroadcaster,
     TransitionFilter,
 )
+from stateward_service.store import DatabaseUnavailable
 from stateward_service.web.documents import encode_transition
+
+log = logging.getLogger("stateward.server")
 
 RECONNECT_MILLISECONDS = 1000  # how soon a browser reconnects after the stream ends
 _EVERYTHING = TransitionFilter()
@@ -48,14 +54,8 @@ def _cursor(request: Request) -> int | None:
 
 
 async def _stream(
-    broadcaster: TransitionBroadcaster, after: int | None
+    broadcaster: TransitionBroadcaster, after: int | None, reset: str | None
 ) -> AsyncIterator[ServerSentEvent | bytes]:
-    reset = None
-    if after is not None:
-        try:
-            await asyncio.to_thread(broadcaster.check_cursor, after)
-        except (CursorAhead, CursorExpired) as error:
-            reset, after = str(error), None
     start = broadcaster.last_sequence if after is None else after
     yield ServerSentEvent(
         data=json.dumps({"sequence": start, "reset": reset}),
@@ -87,8 +87,19 @@ def events_endpoint(
                 {"error": "Last-Event-ID / after: not a transition sequence (an integer >= 0)"},
                 status_code=400,
             )
+        reset = None
+        if after is not None:
+            try:
+                await asyncio.to_thread(broadcaster.check_cursor, after)
+            except (CursorAhead, CursorExpired) as error:
+                reset, after = str(error), None
+            except DatabaseUnavailable as error:
+                # One line (the message may hold the driver's several): the page tries again.
+                said = " ".join(str(error).split())
+                log.warning("web view: an event stream after %d was refused: %s", after, said)
+                return JSONResponse({"error": f"{error}; try again"}, status_code=503)
         return EventSourceResponse(
-            _stream(broadcaster, after),
+            _stream(broadcaster, after, reset),
             ping=heartbeat,
             sep="\n",
             send_timeout=30,
