@@ -620,3 +620,29 @@ def test_details_that_json_must_escape_are_read_back_as_written(database):
     assert stored.details.pause_key == odd[::-1]
     assert stored.details.transition_id == written.details.transition_id
     orchestrator.close()
+
+
+def test_a_postgres_commit_of_a_transaction_in_error_raises_and_writes_nothing(
+    postgres_databases,
+):
+    from stateward_service.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_databases.create())
+    lost, kept = flow_run(), flow_run()
+    try:
+        # A statement fails and its error is swallowed inside the block: PostgreSQL answers the
+        # COMMIT at its end with a ROLLBACK, which must not pass for a commit.
+        with (
+            pytest.raises(psycopg.errors.InFailedSqlTransaction, match="rolled back"),
+            store.transaction(),
+        ):
+            store.insert_run(lost)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                store.conn.execute("SELECT 1 / 0")
+        assert store.get_run(lost.id) is None
+        # The store goes on: the next transaction commits.
+        with store.transaction():
+            store.insert_run(kept)
+        assert store.get_run(kept.id) is not None
+    finally:
+        store.close()

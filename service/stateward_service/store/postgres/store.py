@@ -246,7 +246,9 @@ class PostgresStore(SqlStore, PostgresReads):
         """BEGIN goes with the first statement whose result is read; the last writes, the log
         entries with their NOTIFY, and COMMIT go together at the end. PostgreSQL has no
         database-wide write lock: `wait` changes nothing (a run's row lock held by another
-        transaction is waited for either way)."""
+        transaction is waited for either way). A block that ends normally with the transaction
+        in error (a statement's error caught inside it) raises InFailedSqlTransaction, having
+        written nothing."""
         self._pending_log = []
         self._logged = []
         raw = self.conn.connection()
@@ -256,9 +258,17 @@ class PostgresStore(SqlStore, PostgresReads):
             try:
                 yield
                 closing = [*self._log_and_notify(), ("COMMIT", ())]
-                _, earlier = self.conn.flush(closing)
+                ended, earlier = self.conn.flush(closing)
             finally:
                 self.conn.queued = None
+            if ended.statusmessage != "COMMIT":
+                # PostgreSQL answers the COMMIT of a transaction in error (a statement of it
+                # failed, and the error was not raised through this block) with a ROLLBACK,
+                # and no error: that is no commit.
+                raise pg_errors.InFailedSqlTransaction(
+                    f"the transaction was rolled back at its COMMIT ({ended.statusmessage}): "
+                    "a statement of it had failed; nothing of it was written"
+                )
             committed = True
             if self._pending_log:
                 _, rows = earlier[0]  # the log statement's (last, pg_notify)
