@@ -418,7 +418,7 @@ def test_a_task_waiting_for_its_inputs_ends_cancelled_with_its_flow(client):
 
     @task(name="slow-upstream")
     def upstream() -> int:
-        for _ in range(60):
+        for _ in range(1200):  # a minute: the timeout stops it
             time.sleep(0.05)
         return 1
 
@@ -426,7 +426,9 @@ def test_a_task_waiting_for_its_inputs_ends_cancelled_with_its_flow(client):
     def downstream(x: int) -> int:
         return x + 1
 
-    @flow(name="times-out-before-inputs", timeout_seconds=0.3)
+    # Time for both submits first (0.3 s was too short at load 18: the downstream's run was
+    # not made yet when the flow timed out).
+    @flow(name="times-out-before-inputs", timeout_seconds=2)
     def outer():
         downstream.submit(upstream.submit()).result()
 
