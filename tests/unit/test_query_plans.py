@@ -155,8 +155,14 @@ def exercise(store: Any) -> None:
     store.page_of_states(tasks[0].id, 1, "")
     store.list_states(tasks[0].id)
     store.last_sequence()
+    # The log's index by new state's type holds none of Pending, Running and Completed.
+    rare = (int(StateType.FAILED), int(StateType.CRASHED))
     for run_ids, flow_run_ids, state_types in (
         ((), (), ()),
+        ((), (), rare[:1]),
+        ((), (), rare),
+        ((tasks[0].id,), (), rare),
+        ((), (flow.id, sub.id), rare),
         ((tasks[0].id,), (), ()),
         ((tasks[0].id, tasks[1].id), (), types),
         ((), (flow.id,), ()),

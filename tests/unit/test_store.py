@@ -338,6 +338,49 @@ def test_orchestrators_on_two_connections_decide_against_what_the_other_wrote(da
     other.close()
 
 
+def test_a_replay_filtered_by_state_type_reads_each_type_with_or_without_its_index(database):
+    """The log's index by new state's type leaves out Pending, Running and Completed (the
+    types every run that runs goes through): a filter on them reads the log in order, one on
+    the other types that index; either way the answer is every matching transition after the
+    cursor, oldest first, at most the limit."""
+    orchestrator = Orchestrator(open_database(database))
+    ends = [StateType.COMPLETED, StateType.FAILED, StateType.COMPLETED, StateType.CRASHED]
+    runs = []
+    for end in ends:
+        run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+        orchestrator.set_state(run.id, State(StateType.RUNNING))
+        orchestrator.set_state(run.id, State(end), force=True)
+        runs.append(run)
+    everything, _, _ = orchestrator.read_log(0, 100)
+
+    def expected(types, after=0, run_ids=()):
+        return [
+            t.sequence
+            for t in everything
+            if t.to_state.type in types
+            and t.sequence > after
+            and (not run_ids or t.run_id in run_ids)
+        ]
+
+    for types in (
+        (StateType.RUNNING,),
+        (StateType.COMPLETED,),
+        (StateType.PENDING, StateType.FAILED),
+        (StateType.FAILED,),
+        (StateType.FAILED, StateType.CRASHED),
+    ):
+        wanted = [int(t) for t in types]
+        for after in (0, 5):
+            logged, _, _ = orchestrator.read_log(after, 100, state_types=wanted)
+            assert [t.sequence for t in logged] == expected(types, after), (types, after)
+        first, _, _ = orchestrator.read_log(0, 1, state_types=wanted)
+        assert [t.sequence for t in first] == expected(types)[:1]
+        some = [runs[1].id, runs[3].id]
+        logged, _, _ = orchestrator.read_log(0, 100, run_ids=some, state_types=wanted)
+        assert [t.sequence for t in logged] == expected(types, run_ids=some)
+    orchestrator.close()
+
+
 def test_one_leader_at_a_time_and_the_next_takes_over(database):
     first, second = open_database(database), open_database(database)
     leader, follower = first.leader_lock(), second.leader_lock()
