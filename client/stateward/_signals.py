@@ -33,7 +33,11 @@ _wake_installed = False
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:
-    """Does nothing: the pending asynchronous exception is raised as this handler runs."""
+    """On the main thread: the pending asynchronous exception is raised as this handler runs.
+    It also gives the signal forwarder its wakeup fd back when it asked (see `_Forwarder`)."""
+    forwarder = _forwarder
+    if forwarder is not None:
+        forwarder.rearm()
 
 
 def install_wake_handler() -> None:
@@ -54,41 +58,122 @@ def install_wake_handler() -> None:
 # runs bytecode: a main thread in a blocking call (a user's `time.sleep(60)`) went on blocking,
 # and the run was crashed a minute late. Python writes each signal's number to the wakeup fd
 # whichever thread received it: a thread of ours reads it there and wakes the main thread.
+#
+# The wakeup fd is one per process, and others take it: an asyncio loop in the flow's code sets
+# its own at its first `add_signal_handler`, and unsets it (-1) when it closes, whatever was set
+# before. So while attached, the thread checks every `PROBE_SECONDS` that the fd is still its
+# own: it sends the wake signal to itself, and Python's handler writes its number to the wakeup
+# fd at once. When the number does not come back, the main thread runs `rearm` (the wake
+# signal's handler does, as the probe's signal is handled there too; and when the main thread
+# is blocked, the thread wakes it): the fd is taken back if nobody's is set, and left to an
+# event loop that holds it (its loop, woken by the signal, runs the handlers itself). Finding
+# out whose it is means setting ours for a moment (a microsecond a second while a loop holds
+# it): a signal in that moment is the forwarder's, not the loop's.
+
+PROBE_SECONDS = 1.0
+# How long the main thread has to run `rearm` by itself (it runs bytecode) before it is woken.
+_REARM_SECONDS = 0.2
 
 
 class _Forwarder:
     """Reads the signal numbers Python writes to the wakeup fd (while attached) and wakes the
-    main thread for each crash signal among them."""
+    main thread for each crash signal among them; takes the wakeup fd back when it was unset
+    while attached."""
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)  # Python's handler may never block on it
         self._signals: frozenset[int] = frozenset()
         self._main = threading.main_thread().ident or 0
+        self._changing = False  # the main thread is in attach or detach
+        self._lost = False  # a probe found another wakeup fd, or none
+        self._rearmed = threading.Event()  # the main thread has run `rearm` since
         self._thread = threading.Thread(target=self._forward, name="stateward-signals", daemon=True)
         self._thread.start()
 
     def attach(self, signums: frozenset[int]) -> bool:
         """On the main thread: be the wakeup fd, waking the main thread for `signums`; False
         (nothing changed) when someone else's wakeup fd is set, such as an event loop's."""
-        self._signals = signums
-        previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        if previous not in (-1, self._writer.fileno()):
-            signal.set_wakeup_fd(previous)
-            return False
+        self._changing = True
+        try:
+            previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+            if previous not in (-1, self._writer.fileno()):
+                signal.set_wakeup_fd(previous)
+                return False
+            self._signals = signums
+        finally:
+            self._changing = False
+        with suppress(OSError):  # the thread probes from now on (0 is no signal's number)
+            self._writer.send(b"\0")
         return True
 
     def detach(self) -> None:
         """On the main thread: no longer the wakeup fd (one set since by someone else stays)."""
-        current = signal.set_wakeup_fd(-1)
-        if current not in (-1, self._writer.fileno()):
-            signal.set_wakeup_fd(current)
+        self._changing = True
+        try:
+            self._signals = frozenset()
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, self._writer.fileno()):
+                signal.set_wakeup_fd(current)
+        finally:
+            self._changing = False
+
+    def rearm(self) -> None:
+        """On the main thread, after a probe found the wakeup fd not ours: take it back if
+        none is set; an event loop's stays."""
+        if not self._lost or self._changing:
+            return
+        self._lost = False
+        if self._signals:
+            previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+            if previous not in (-1, self._writer.fileno()):
+                signal.set_wakeup_fd(previous)
+        self._rearmed.set()
 
     def _forward(self) -> None:
-        while numbers := self._reader.recv(64):
-            if any(number in self._signals for number in numbers):
-                with suppress(OSError):  # the main thread has ended: the process exits
-                    signal.pthread_kill(self._main, _WAKE_SIGNAL)
+        # The probe signals this thread, which must not block it (threads inherit the mask of
+        # the thread that starts them).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {_WAKE_SIGNAL})
+        while True:
+            self._reader.settimeout(PROBE_SECONDS if self._signals else None)
+            try:
+                numbers = self._reader.recv(64)
+            except TimeoutError:
+                self._probe()
+                continue
+            if not numbers:
+                return
+            self._relay(numbers)
+
+    def _relay(self, numbers: bytes) -> None:
+        if any(number in self._signals for number in numbers):
+            with suppress(OSError):  # the main thread has ended: the process exits
+                signal.pthread_kill(self._main, _WAKE_SIGNAL)
+
+    def _probe(self) -> None:
+        """Whether the wakeup fd is still ours; if not, get the main thread to run `rearm`."""
+        if not self._signals or signal.getsignal(_WAKE_SIGNAL) is not _wake:
+            return
+        # Said before the probe: the main thread may run `_wake` for it at once (it runs
+        # bytecode), and then takes the fd back if it is not ours.
+        self._rearmed.clear()
+        self._lost = True
+        # Delivered to this thread before the call returns: Python's handler has written the
+        # number to the wakeup fd (and asked the main thread to run `_wake`).
+        signal.pthread_kill(threading.get_ident(), _WAKE_SIGNAL)
+        self._reader.setblocking(False)
+        try:
+            numbers = self._reader.recv(64)
+        except BlockingIOError:
+            numbers = b""
+        self._relay(numbers)
+        if _WAKE_SIGNAL in numbers:
+            self._lost = False
+            return
+        if not self._rearmed.wait(_REARM_SECONDS) and self._signals:
+            # The main thread runs no bytecode (it is blocked): wake it to run `rearm`.
+            with suppress(OSError):
+                signal.pthread_kill(self._main, _WAKE_SIGNAL)
 
 
 _forwarder: _Forwarder | None = None

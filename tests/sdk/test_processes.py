@@ -477,3 +477,89 @@ def test_a_lost_server_makes_the_run_crashed(tmp_path):
             wait_until(lambda: client.get_flow_run(run.id).state.is_crashed(), what="Crashed")
     finally:
         server.stop()
+
+
+def test_a_signal_another_thread_receives_after_an_event_loop_closed_crashes_the_run(
+    sdk_server, client
+):
+    """An event loop that handles a signal takes Python's wakeup fd (asyncio's
+    `add_signal_handler`), and closing it unsets the fd: the SDK's forwarder, which wakes the
+    main thread for a crash signal another thread received, takes it back. The flow's main
+    thread blocks SIGTERM, so another thread receives it, and sleeps for an hour."""
+    name = f"signalled-after-a-loop-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        import asyncio, signal, time
+        from stateward import flow
+
+        def on_crashed(flow, flow_run, state):
+            print("on_crashed", state.name, flush=True)
+
+        @flow(name="{name}", on_crashed=[on_crashed])
+        def waiting():
+            loop = asyncio.new_event_loop()
+            loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
+            print("running", flush=True)
+            time.sleep({ENDLESS_SECONDS})
+
+        waiting()
+        """
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=STOPPED_WITHIN)  # the sleep would last an hour
+    finally:
+        runner.kill()
+        runner.wait()
+    assert runner.returncode != 0
+    assert out == "on_crashed Crashed\n", err
+    run = next(client.list_flow_runs(flow_names=[name], limit=1))
+    assert [s.name for s in client.list_states(run.id)] == ["Pending", "Running", "Crashed"]
+    assert run.state.message == "TerminationSignal: SIGTERM"
+
+
+def test_an_event_loop_in_a_flow_keeps_its_signals_while_the_forwarder_checks_its_fd(
+    sdk_server, client
+):
+    """While a flow's event loop holds the wakeup fd, the forwarder's checks (every
+    PROBE_SECONDS) leave it there: a signal the loop handles, sent after several checks,
+    still reaches the loop's handler."""
+    name = f"loop-keeps-its-signals-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        import asyncio, os, signal
+        from stateward import flow
+        from stateward._signals import PROBE_SECONDS
+
+        @flow(name="{name}")
+        def handling():
+            loop = asyncio.new_event_loop()
+            handled = loop.create_future()
+            loop.add_signal_handler(signal.SIGUSR1, handled.set_result, "handled")
+
+            async def main():
+                await asyncio.sleep(3 * PROBE_SECONDS)  # three checks of the fd
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return await asyncio.wait_for(handled, 30)
+
+            try:
+                print(loop.run_until_complete(main()), flush=True)
+            finally:
+                loop.close()
+
+        handling()
+        """
+    )
+    try:
+        out, err = runner.communicate(timeout=STOPPED_WITHIN)
+    finally:
+        runner.kill()
+        runner.wait()
+    assert runner.returncode == 0, err
+    assert out == "handled\n", err
+    run = next(client.list_flow_runs(flow_names=[name], limit=1))
+    assert run.state.type is StateType.COMPLETED
