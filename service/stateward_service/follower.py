@@ -7,12 +7,16 @@ is read from the log by `sequence > cursor` on a thread of its own, woken by the
 signal (SQLite's `data_version`, PostgreSQL's LISTEN/NOTIFY) and by a backstop timer: the signal
 is only a wake-up, the log is the truth, so a lost signal delays a transition, never loses it.
 
-A signal that is a poll (SQLite's: a few microseconds, never blocking) is asked every few
-milliseconds by a timer of the event loop the follower is started on, and the thread sleeps until
-the timer or a backstop wakes it. On this machine a thread that wakes to ask costs 50-100 us of CPU
-a wake (timed sleeps are dear on these virtual machines), about 2% of a core at 200 asks a
-second, paid by a busy server as GIL hand-offs with its loop; a busy loop asks between the calls
-it is awake for anyway. PostgreSQL's signal blocks on its connection: the thread waits on it.
+A signal that is a poll (SQLite's: a few microseconds, never blocking) is asked by the event loop
+the follower is started on, and the thread sleeps until the loop or a backstop wakes it. On this
+machine a thread that wakes to ask costs 50-100 us of CPU a wake (timed sleeps are dear on these
+virtual machines), about 2% of a core at 200 asks a second, paid by a busy server as GIL hand-offs
+with its loop. Where the system tells of writes to the database (`PolledChangeSignal.writes`), the
+loop asks every few milliseconds only for a while after a write, and otherwise sleeps: an idle
+process asked 200 times a second, each ask a wake of the loop (~150 us of CPU here) and a SQLite
+call that hands the interpreter's lock to any busy thread (a replay's) and waits to get it back.
+Elsewhere a timer of the loop asks every few milliseconds. PostgreSQL's signal blocks on its
+connection: the thread waits on it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from stateward.runs import Transition
-from stateward_service.store import ChangeSignal, PolledChangeSignal
+from stateward_service.store import ChangeSignal, PolledChangeSignal, WriteNotices
 
 log = logging.getLogger("stateward.follower")
 
 Listener = Callable[[Sequence[Transition]], None]
+
+# After the system told of a write, the loop asks the signal this many times, `signal_timeout`
+# apart, before it waits for the next notice: a commit is told of when its pages are written to
+# the log, and seen by `data_version` only once its header is (after a sync, in FULL mode).
+ASKS_AFTER_A_WRITE = 20
 
 
 class LogSource(Protocol):
@@ -62,9 +71,14 @@ class LogFollower:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        # The loop timer that asks a polled signal (None: the thread waits on the signal).
+        # The loop timer that asks a polled signal (None: the thread waits on the signal, or the
+        # loop waits for a notice of writes).
         self._timer: asyncio.TimerHandle | None = None
         self._polled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writes: WriteNotices | None = None  # the loop waits on these between writes
+        self._asks_left = 0  # asks before the loop waits for a notice again
+        self._reading = False  # the loop waits for a notice (a reader of `_writes`)
         self._signal_failing = False  # the last ask of the signal failed
         self.failing = False  # the last read failed (the database is unreachable)
 
@@ -78,10 +92,15 @@ class LogFollower:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start following. With `loop` (the running loop, when called from it) a signal that
-        is a poll is asked by a timer of that loop; else, or for a blocking signal, by the
-        thread."""
+        is a poll is asked by that loop (after the system's notices of writes, or on a timer);
+        else, or for a blocking signal, by the thread."""
         if loop is not None and isinstance(self.signal, PolledChangeSignal):
             self._polled = True
+            self._loop = loop
+            self._writes = self.signal.writes()
+            # Asked at once for a while, as after a write: a commit made before the notices
+            # were asked for is seen as soon.
+            self._asks_left = ASKS_AFTER_A_WRITE
             self._timer = loop.call_later(self.signal_timeout, self._ask, loop, self.signal)
         self._thread = threading.Thread(target=self._run, name="stateward-follower", daemon=True)
         self._thread.start()
@@ -93,14 +112,20 @@ class LogFollower:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._reading and self._writes is not None and self._loop is not None:
+            self._loop.remove_reader(self._writes.fileno())
+            self._reading = False
+        self._writes = None
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self.signal.close()
 
     def _ask(self, loop: asyncio.AbstractEventLoop, signal: PolledChangeSignal) -> None:
-        """On the loop, every `signal_timeout`: wake the thread when the signal says the log
-        may hold something new. A failing signal is said once; the backstop reads go on."""
+        """On the loop, every `signal_timeout` (with notices of writes, only for a while after
+        one): wake the thread when the signal says the log may hold something new. A failing
+        signal is said once; the backstop reads go on."""
+        self._timer = None
         if self._stopping.is_set():
             return
         try:
@@ -111,7 +136,29 @@ class LogFollower:
             if not self._signal_failing:
                 log.warning("the change signal failed (%s); reading the log on a timer", error)
             self._signal_failing = True
+        writes = self._writes
+        if writes is not None:
+            self._asks_left -= 1
+            if self._asks_left <= 0:
+                loop.add_reader(writes.fileno(), self._written, loop, signal, writes)
+                self._reading = True
+                return
         self._timer = loop.call_later(self.signal_timeout, self._ask, loop, signal)
+
+    def _written(
+        self, loop: asyncio.AbstractEventLoop, signal: PolledChangeSignal, writes: WriteNotices
+    ) -> None:
+        """On the loop, when the system told of writes: ask the signal now, and for a while.
+        While it asks, the notices wait unread: however many writes there are, the loop reads
+        them once per `ASKS_AFTER_A_WRITE` asks."""
+        if self._stopping.is_set():
+            return
+        if not writes.drain():
+            return  # another file of the folder (a checkpoint): the reader stays
+        loop.remove_reader(writes.fileno())
+        self._reading = False
+        self._asks_left = ASKS_AFTER_A_WRITE
+        self._ask(loop, signal)
 
     def offer(self, transitions: Sequence[Transition]) -> None:
         """This process committed these: publish them now if they follow the cursor, else let

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -130,4 +131,41 @@ def test_a_follower_without_an_event_loop_asks_the_signal_from_its_thread(
         wait_until(lambda: both.heard == [1], timeout=20, what="the commit published")
     finally:
         follower.stop()
+        both.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and /proc")
+def test_a_follower_on_an_event_loop_leaves_the_loop_asleep_while_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    """With the system's notices of writes, the loop asks the signal only after a write: an
+    idle process's loop sleeps (it used to wake 200 times a second to ask), and a commit of
+    another connection made while it sleeps is published at once, long before the backstop."""
+    both = Orchestrators(tmp_path / "shared.db")
+    loop_thread = threading.get_native_id()
+
+    async def scenario() -> tuple[int, int]:
+        follower = both.follower()
+        follower.start(asyncio.get_running_loop())
+        try:
+            deadline = time.monotonic() + 20
+            while not follower._reading:  # the asks after the start are over
+                assert time.monotonic() < deadline, "the loop never waited for a notice"
+                await asyncio.sleep(0.01)
+            before = voluntary_switches(loop_thread)
+            await asyncio.sleep(0.5)  # a hundred asks, on a timer
+            after = voluntary_switches(loop_thread)
+            both.other.create_run(flow_run(), State(StateType.PENDING))  # logs #1
+            while not both.heard:
+                assert time.monotonic() < deadline, "the commit was not published"
+                await asyncio.sleep(0.01)
+            return before, after
+        finally:
+            follower.stop()
+
+    try:
+        before, after = asyncio.run(scenario())
+        assert after - before <= 5
+        assert both.heard == [1]
+    finally:
         both.close()

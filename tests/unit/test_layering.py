@@ -102,6 +102,7 @@ STORE_VALUES = (
     "stateward_service.store.WriteConflict",
     "stateward_service.store.ChangeSignal",
     "stateward_service.store.PolledChangeSignal",  # a ChangeSignal the follower may poll
+    "stateward_service.store.WriteNotices",  # when the follower polls it
     "stateward_service.store.LeaderLock",
     "stateward_service.store.StorageUnavailable",
     "stateward_service.store.WouldWait",  # the orchestrator's grouped writes raise it

@@ -25,6 +25,7 @@ from stateward_service.store.interface import (
     StoreReader,
     WouldWait,
     WriteConflict,
+    WriteNotices,
 )
 from stateward_service.store.pages import BadPageToken
 from stateward_service.store.rows import from_us, to_us
@@ -81,6 +82,7 @@ __all__ = [
     "StoreReader",
     "WouldWait",
     "WriteConflict",
+    "WriteNotices",
     "from_us",
     "is_postgres",
     "migrate",

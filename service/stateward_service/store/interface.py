@@ -141,6 +141,24 @@ class PolledChangeSignal(ChangeSignal, Protocol):
         the last ask (`wait` asks the same after its sleep)."""
         ...
 
+    def writes(self) -> WriteNotices | None:
+        """What tells when the database may have been written, so that the follower asks `poll`
+        after writes only (None: it asks on its timer). It belongs to the signal, which closes
+        it."""
+        ...
+
+
+class WriteNotices(Protocol):
+    """A file descriptor that the system makes readable when the database may have been written
+    (by any process), for an event loop to wait on."""
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> bool:
+        """Read what is waiting, without blocking; True when it may concern the log (False: a
+        write elsewhere, e.g. a checkpoint)."""
+        ...
+
 
 # One transition of the log as a reader's `read_log_rows` returns it: sequence, run_kind, run_id,
 # flow_run_id, run_name (None for a run that is gone), flow_name, task_key, then the old state's

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from stateward_service.store.sql import SqlReads
+from stateward_service.store.sqlite.wal_writes import WalWrites
 
 
 class FileLeaderLock:
@@ -63,9 +64,12 @@ class DataVersionSignal:
     `poll` from its event loop's timer instead (see `stateward_service.follower`)."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._version = self._read()
         self._closed = threading.Event()
+        self._writes: WalWrites | None = None
+        self._writes_opened = False
 
     def _read(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
@@ -85,6 +89,16 @@ class DataVersionSignal:
         newest = int(self._conn.execute(SqlReads.LAST_SEQUENCE).fetchone()[0])
         return newest > seen()
 
+    def writes(self) -> WalWrites | None:
+        """The system's notices of writes to the write-ahead log (made on the first ask; None
+        where there are none): every commit, of any process, writes it."""
+        if not self._writes_opened:
+            self._writes_opened = True
+            self._writes = WalWrites.open(self._path)
+        return self._writes
+
     def close(self) -> None:
         self._closed.set()
         self._conn.close()
+        if self._writes is not None:
+            self._writes.close()
