@@ -303,8 +303,12 @@ _MOST_SHARED = 200_000
 
 @dataclass(frozen=True, slots=True)
 class _LogBatch(Generic[P]):
-    items: list[tuple[int, P]]  # matching (sequence, payload), in order
+    batches: list[Batch[P]]  # the matching (sequence, payload), in order, in batches
     reached: int  # the log was read up to this sequence
+
+
+# What a subscriber makes of each batch it sends (e.g. its stream messages), by `Batch.derived`.
+Prepare = Callable[[Batch[P]], object]
 
 
 # Transitions published and not yet dispatched, at most: past that (the event loop did not turn
@@ -619,11 +623,15 @@ class TransitionBroadcaster:
         after: int | None,
         encode: Encoder[bytes] | None = None,
         max_batch: int = 500,
+        prepare: Prepare[bytes] | None = None,
     ) -> AsyncGenerator[Batch[bytes], None]:
         """As `subscribe`, but yields what is ready at once as one Batch of at most
         `max_batch` (sequence, encoded transition), in order: one item when the subscriber
-        keeps up, more when it is behind (replaying, or slower than the writers)."""
-        return self._batches(where, after, encode or self.encode, max_batch)
+        keeps up, more when it is behind (replaying, or slower than the writers). With
+        `prepare`, what the subscriber makes of each batch (`batch.derived(prepare)`) is made
+        off the event loop, on the thread that reads them, for the batches read from the log
+        (a replay's)."""
+        return self._batches(where, after, encode or self.encode, max_batch, prepare)
 
     def transition_batches(
         self, where: TransitionFilter, after: int | None, max_batch: int = 500
@@ -633,7 +641,12 @@ class TransitionBroadcaster:
         return self._batches(where, after, _itself, max_batch)
 
     async def _batches(
-        self, where: TransitionFilter, after: int | None, encode: Encoder[P], max_batch: int
+        self,
+        where: TransitionFilter,
+        after: int | None,
+        encode: Encoder[P],
+        max_batch: int,
+        prepare: Prepare[P] | None = None,
     ) -> AsyncGenerator[Batch[P], None]:
         max_batch = max(1, max_batch)
         me = _Subscription(where, self._last if after is None else after)
@@ -647,9 +660,9 @@ class TransitionBroadcaster:
                 ready = self._ready(where, me.cursor, encode, max_batch)
                 if ready is None:
                     self._back(me)  # a read of the log holds no round back
-                    logged = await self._read_log(where, me.cursor, encode)
-                    for start in range(0, len(logged.items), max_batch):
-                        yield Batch(logged.items[start : start + max_batch])
+                    logged = await self._read_log(where, me.cursor, encode, max_batch, prepare)
+                    for batch in logged.batches:
+                        yield batch
                     me.cursor = logged.reached
                 elif ready is _NOTHING_RELEASED:
                     with self._lock:
@@ -679,20 +692,31 @@ class TransitionBroadcaster:
             self._back(me)
 
     async def _read_log(
-        self, where: TransitionFilter, cursor: int, encode: Encoder[P]
+        self,
+        where: TransitionFilter,
+        cursor: int,
+        encode: Encoder[P],
+        max_batch: int,
+        prepare: Prepare[P] | None,
     ) -> _LogBatch[P]:
-        """The next matching transitions from the log, read and encoded off the event loop."""
+        """The next matching transitions from the log, read, encoded and batched (and each
+        batch prepared) off the event loop."""
         self.catching_up += 1
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._catch_up, self._read_log_now, where, cursor, encode
+                self._catch_up, self._read_log_now, where, cursor, encode, max_batch, prepare
             )
         finally:
             self.catching_up -= 1
 
     def _read_log_now(
-        self, where: TransitionFilter, cursor: int, encode: Encoder[P]
+        self,
+        where: TransitionFilter,
+        cursor: int,
+        encode: Encoder[P],
+        max_batch: int,
+        prepare: Prepare[P] | None,
     ) -> _LogBatch[P]:
         filters = sorted(where.run_ids), sorted(where.flow_run_ids), sorted(where.state_types)
         items: list[tuple[int, P]]
@@ -711,10 +735,14 @@ class TransitionBroadcaster:
                 raise CursorExpired(cursor, oldest)
             items = [(row.sequence, encode(row)) for row in transitions]
             last = transitions[-1].sequence if transitions else 0
+        batches = [Batch(items[at : at + max_batch]) for at in range(0, len(items), max_batch)]
+        if prepare is not None:
+            for batch in batches:
+                batch.derived(prepare)
         if len(items) == self.catch_up_batch:
-            return _LogBatch(items, last)
+            return _LogBatch(batches, last)
         # Everything up to the snapshot's newest was read; non-matching rows are passed too.
-        return _LogBatch(items, max(newest, cursor))
+        return _LogBatch(batches, max(newest, cursor))
 
     def check_cursor(self, after: int) -> None:
         """Refuse a cursor the log cannot resume from, before the stream starts. It reads the

@@ -475,7 +475,10 @@ class OrchestrationService:
             await context.send_initial_metadata(((START_SEQUENCE_KEY, str(start)),))
             # aclosing: the subscription ends the moment this stream does (a client cancel
             # included), not whenever the generator is collected.
-            batches = broadcaster.subscribe_batches(where, start, max_batch=max_batch)
+            # A replay's messages are made beside its reads, off the event loop.
+            batches = broadcaster.subscribe_batches(
+                where, start, max_batch=max_batch, prepare=batched_messages
+            )
             async with aclosing(batches) as subscription:
                 async for batch in subscription:
                     if len(batch) == 1:
