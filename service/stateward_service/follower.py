@@ -136,13 +136,12 @@ class LogFollower:
             if not self._signal_failing:
                 log.warning("the change signal failed (%s); reading the log on a timer", error)
             self._signal_failing = True
+        self._asks_left = max(0, self._asks_left - 1)
         writes = self._writes
-        if writes is not None:
-            self._asks_left -= 1
-            if self._asks_left <= 0:
-                loop.add_reader(writes.fileno(), self._written, loop, signal, writes)
-                self._reading = True
-                return
+        if writes is not None and not self._asks_left:
+            loop.add_reader(writes.fileno(), self._written, loop, signal, writes)
+            self._reading = True
+            return
         self._timer = loop.call_later(self.signal_timeout, self._ask, loop, signal)
 
     def _written(

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from stateward.states import State, StateType
 from stateward_service.follower import LogFollower
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.store import open_database
+from stateward_service.store import PolledChangeSignal, open_database
 from tests.support import wait_until
 
 # Long enough that only the change signal can deliver a commit within a test's wait.
@@ -166,6 +166,56 @@ def test_a_follower_on_an_event_loop_leaves_the_loop_asleep_while_nothing_is_wri
     try:
         before, after = asyncio.run(scenario())
         assert after - before <= 5
+        assert both.heard == [1]
+    finally:
+        both.close()
+
+
+class WithoutNotices:
+    """SQLite's change signal as on a system that tells of no writes (no inotify)."""
+
+    def __init__(self, signal: PolledChangeSignal) -> None:
+        self.signal = signal
+
+    def wait(self, timeout: float, seen: Callable[[], int]) -> bool:
+        return self.signal.wait(timeout, seen)
+
+    def poll(self, seen: Callable[[], int]) -> bool:
+        return self.signal.poll(seen)
+
+    def writes(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.signal.close()
+
+
+def test_a_follower_on_an_event_loop_without_notices_of_writes_asks_on_a_timer(
+    tmp_path: Path,
+) -> None:
+    both = Orchestrators(tmp_path / "shared.db")
+    signal = both.own.change_signal()
+    assert isinstance(signal, PolledChangeSignal)
+    follower = LogFollower(both.own, WithoutNotices(signal), 0, backstop_seconds=BACKSTOP)
+    follower.subscribe(both.listen)
+
+    async def scenario() -> None:
+        follower.start(asyncio.get_running_loop())
+        try:
+            deadline = time.monotonic() + 20
+            while follower._asks_left > 0:  # the asks after the start are over
+                assert time.monotonic() < deadline, "the asks after the start never ended"
+                await asyncio.sleep(0.01)
+            assert not follower._reading  # only the timer asks
+            both.other.create_run(flow_run(), State(StateType.PENDING))  # logs #1
+            while not both.heard:
+                assert time.monotonic() < deadline, "the commit was not published"
+                await asyncio.sleep(0.01)
+        finally:
+            follower.stop()
+
+    try:
+        asyncio.run(scenario())
         assert both.heard == [1]
     finally:
         both.close()

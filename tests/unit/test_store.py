@@ -544,6 +544,31 @@ def test_the_wal_is_copied_into_the_database_off_the_write_path(tmp_path):
     reopened.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and /proc")
+def test_an_idle_checkpointer_sleeps_until_a_commit_and_then_copies_it(tmp_path):
+    """With the system's notices of writes to the WAL, the checkpointer does not tick while
+    nothing is committed (it woke 20 times a second), and a commit wakes it."""
+    path = tmp_path / "idle.db"
+    store = Store(path)
+    checkpointer = store._checkpointer
+    try:
+        wait_until(lambda: checkpointer.sleeping, what="the checkpointer asleep")
+        native_id = checkpointer._thread.native_id
+        with open(f"/proc/self/task/{native_id}/status") as status:
+            before = int(status.read().split("\nvoluntary_ctxt_switches:")[1].split()[0])
+        time.sleep(0.5)  # ten ticks, were it ticking
+        with open(f"/proc/self/task/{native_id}/status") as status:
+            after = int(status.read().split("\nvoluntary_ctxt_switches:")[1].split()[0])
+        assert after - before <= 2
+        empty = path.stat().st_size
+        orchestrator = Orchestrator(store)
+        for _ in range(50):
+            orchestrator.create_run(flow_run(), State(StateType.PENDING))
+        wait_until(lambda: path.stat().st_size > empty, what="the commits copied")
+    finally:
+        store.close()
+
+
 def test_the_checkpointer_copies_when_enough_may_wait_and_never_when_nothing_was_committed():
     pace = _CheckpointPace()
     assert pace.due(version=1, now=0.0)  # a first look: whatever the WAL holds

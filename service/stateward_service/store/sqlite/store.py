@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -40,6 +41,7 @@ from stateward_service.store.sqlite.checks import open_checked
 from stateward_service.store.sqlite.leader import DataVersionSignal, FileLeaderLock
 from stateward_service.store.sqlite.reader import StoreReader
 from stateward_service.store.sqlite.schema import migrate
+from stateward_service.store.sqlite.wal_writes import WalWrites
 
 log = logging.getLogger("stateward.store")
 
@@ -53,6 +55,9 @@ _CHECKPOINT_TICK_SECONDS = 0.05  # how often the checkpointer looks for new comm
 _CHECKPOINT_FRAMES = 4_000
 _CHECKPOINT_LONGEST_SECONDS = 0.25
 _CHECKPOINT_RETRY_SECONDS = 1.0  # after a checkpoint that failed (a full disk, a failing one)
+# The longest sleep while nothing is committed, where the system tells of writes to the WAL (a
+# commit whose notice came before its header was written is copied at the next tick).
+_CHECKPOINT_IDLE_SECONDS = 1.0
 
 
 class _Checkpointer:
@@ -63,19 +68,42 @@ class _Checkpointer:
     Of the processes sharing the file, one checkpoints: the one whose checkpointer holds an
     flock on a file beside the database (the others try again at each tick, so one of them
     takes over within a tick when it exits). With every process checkpointing, three processes
-    copied and synced three times as often as one, for nothing, and wrote less."""
+    copied and synced three times as often as one, for nothing, and wrote less.
+
+    Once everything committed is copied, it sleeps until the system tells of a write to the
+    WAL (`WalWrites`, where there is such notice; a tick every `_CHECKPOINT_IDLE_SECONDS`
+    all the same): an idle server's checkpointer woke 20 times a second for nothing."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
         self._path = path
         self._synchronous = synchronous  # a checkpoint syncs as its connection says
         self._stopping = threading.Event()
+        self._stop_reading, self._stop_writing = os.pipe()  # wakes a sleep on the notices
         self.active = False  # this process's checkpointer is the one that checkpoints
+        self.sleeping = False  # it waits for a write to the WAL (nothing is left to copy)
         self._thread = threading.Thread(target=self._run, name="stateward-checkpoint", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        os.write(self._stop_writing, b"x")
         self._thread.join()
+        os.close(self._stop_reading)
+        os.close(self._stop_writing)
+
+    def _wait(self, idle: bool, writes: WalWrites | None) -> bool:
+        """Wait for the next tick or, when `idle`, for a write to the WAL (or the longest
+        idle wait); False once stopping."""
+        if not idle or writes is None:
+            return not self._stopping.wait(_CHECKPOINT_TICK_SECONDS)
+        self.sleeping = True
+        ready, _, _ = select.select(
+            [writes.fileno(), self._stop_reading], [], [], _CHECKPOINT_IDLE_SECONDS
+        )
+        self.sleeping = False
+        if writes.fileno() in ready:
+            writes.drain()
+        return not self._stopping.is_set()
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None)
@@ -83,9 +111,12 @@ class _Checkpointer:
         self.active = turn is None  # no file for turns (a read-only folder): checkpoint here
         pace = _CheckpointPace()
         failing = False  # the last checkpoint failed (said once, not at every try)
+        writes = WalWrites.open(self._path)
+        idle = False  # everything committed was copied at the last look
         try:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            while not self._stopping.wait(_CHECKPOINT_TICK_SECONDS):
+            while self._wait(idle, writes):
+                idle = False
                 if not self.active:
                     assert turn is not None
                     self.active = _try_lock(turn)
@@ -95,6 +126,7 @@ class _Checkpointer:
                     # Another connection committed since the last look: its data version moved.
                     version = int(conn.execute("PRAGMA data_version").fetchone()[0])
                     if not pace.due(version, time.monotonic()):
+                        idle = pace.idle(version)
                         continue
                     busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     pace.checkpointed(
@@ -119,6 +151,8 @@ class _Checkpointer:
             self.active = False
             if turn is not None:
                 turn.close()  # lets another process's checkpointer take over
+            if writes is not None:
+                writes.close()
             conn.close()
 
     def _open_turn(self) -> IO[bytes] | None:
@@ -151,6 +185,11 @@ class _CheckpointPace:
             return True  # a reader kept some frames from the last one: try again
         since = now - self._at
         return since >= _CHECKPOINT_LONGEST_SECONDS or self._rate * since >= _CHECKPOINT_FRAMES
+
+    def idle(self, version: int) -> bool:
+        """Whether nothing was committed since a checkpoint that copied everything (the data
+        version being `version`): none is due until the next commit."""
+        return version == self._version and self._copied_all
 
     def checkpointed(self, version: int, now: float, frames: int, copied_all: bool) -> None:
         """A checkpoint ran at `now`, the data version `version` before it, with `frames`
