@@ -208,7 +208,9 @@ def sqlite_plan_problems(conn: sqlite3.Connection, sql: str, params: Sequence[An
     bounded_sort = "UNION ALL" in sql or "r.id IN (" in sql
     problems = []
     for line in lines:
-        walk_in_order = listing and line == "SCAN r" and not any("TEMP B-TREE" in x for x in lines)
+        walk_in_order = (
+            listing and line == "SCAN r" and not any("TEMP B-TREE FOR ORDER BY" in x for x in lines)
+        )
         if line.startswith("SCAN ") and not _SQLITE_SCANNABLE.match(line) and not walk_in_order:
             problems.append(line)
         if line == "USE TEMP B-TREE FOR ORDER BY" and not bounded_sort:

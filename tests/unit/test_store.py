@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ def _everything(path: Path) -> dict[str, Any]:
 
 _OPEN_AND_LOG = """
 import sys, uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from stateward.runs import RunKind
 from stateward.states import State, StateType
 from stateward_service.model import RunRecord
@@ -378,6 +378,55 @@ def test_a_replay_filtered_by_state_type_reads_each_type_with_or_without_its_ind
         some = [runs[1].id, runs[3].id]
         logged, _, _ = orchestrator.read_log(0, 100, run_ids=some, state_types=wanted)
         assert [t.sequence for t in logged] == expected(types, run_ids=some)
+    orchestrator.close()
+
+
+def test_task_runs_listed_by_state_type_with_or_without_its_index(database):
+    """The task runs' index by state type leaves out Completed: a listing of Completed task
+    runs walks them newest first, one of the other types reads that index; either way the
+    pages hold every matching task run once, newest first, and the sweeps by state find theirs."""
+    orchestrator = Orchestrator(open_database(database))
+    parent = flow_run()
+    orchestrator.create_run(parent, State(StateType.RUNNING))
+    ends = [StateType.COMPLETED, StateType.FAILED, StateType.RUNNING, StateType.COMPLETED]
+    ends += [StateType.PAUSED, StateType.COMPLETED, StateType.CRASHED]
+    ids = []
+    for index, end in enumerate(ends):
+        run = RunRecord(
+            kind=RunKind.TASK_RUN,
+            id=str(uuid.uuid4()),
+            name=f"task-{index}",
+            created=datetime.now(UTC),
+            flow_run_id=parent.id,
+            task_key="step",
+        )
+        orchestrator.create_run(run, State(StateType.PENDING))
+        lease = 30.0 if end is StateType.RUNNING else 0.0
+        orchestrator.set_state(run.id, State(end), force=True, lease_seconds=lease)
+        ids.append(run.id)
+    newest_first = list(reversed(list(zip(ids, ends, strict=True))))
+    for types in (
+        (StateType.COMPLETED,),
+        (StateType.FAILED,),
+        (StateType.COMPLETED, StateType.FAILED),
+        (StateType.FAILED, StateType.CRASHED, StateType.RUNNING),
+    ):
+        wanted = [run_id for run_id, end in newest_first if end in types]
+        for where in (
+            RunFilter(state_types=tuple(int(t) for t in types)),
+            RunFilter(state_types=tuple(int(t) for t in types), names=("step",)),
+        ):
+            found, token = [], ""
+            while True:
+                runs, token = orchestrator.list_runs(RunKind.TASK_RUN, where, 1, token)
+                found.extend(run.id for run in runs)
+                if not token:
+                    break
+            assert found == wanted, (types, where)
+    paused = orchestrator.runs_in_state(RunKind.TASK_RUN, StateType.PAUSED)
+    assert [run_id for run_id, _ in paused] == [ids[4]]
+    lapsed = orchestrator.runs_with_lapsed_lease(datetime.now(UTC) + timedelta(hours=1))
+    assert [run_id for kind, run_id in lapsed if kind is RunKind.TASK_RUN] == [ids[2]]
     orchestrator.close()
 
 

@@ -58,6 +58,16 @@ TYPES_NOT_INDEXED = frozenset(
     {int(StateType.PENDING), int(StateType.RUNNING), int(StateType.COMPLETED)}
 )
 INDEXED_TYPES = "to_type NOT IN (2, 3, 6)"
+# Likewise the task runs' index by state type leaves out Completed, the state nearly every task
+# run ends in (see migration 7 of each schema): a listing of Completed task runs walks them
+# newest first and keeps what matches (most do); each statement that reads the index for the
+# other types repeats its WHERE clause, `INDEXED_TASK_RUN_TYPES` with the table's name.
+TASK_RUN_TYPES_NOT_INDEXED = frozenset({int(StateType.COMPLETED)})
+
+
+def indexed_task_run_types(alias: str) -> str:
+    """The task runs' index by state type's WHERE clause, verbatim, for the table `alias`."""
+    return f"coalesce({alias}.state_type, 0) <> 6"
 
 
 class SqlReads:
@@ -103,16 +113,26 @@ class SqlReads:
             params.append(decode_page_token(page_token, int(kind), fingerprint))
         name_column = "flow_name" if kind is RunKind.FLOW_RUN else "task_key"
         # The filters an index serves, the most selective first: the first one present leads.
+        state_types = where.state_types
+        if kind is RunKind.TASK_RUN and TASK_RUN_TYPES_NOT_INDEXED.intersection(state_types):
+            # No index holds them all: filtered as the listing walks, never leading.
+            clauses.append(
+                f"{unindexed('r.state_type')} IN ({', '.join('?' for _ in state_types)})"
+            )
+            params.extend(state_types)
+            state_types = ()
         indexed: list[tuple[str, tuple[Any, ...]]] = [
             (column, tuple(values))
             for column, values in (
                 ("id", where.ids),
                 ("flow_run_id", where.flow_run_ids if kind is RunKind.TASK_RUN else ()),
                 (name_column, where.names),
-                ("state_type", where.state_types),
+                ("state_type", state_types),
             )
             if values
         ]
+        if kind is RunKind.TASK_RUN and indexed and indexed[0][0] == "state_type":
+            clauses.append(indexed_task_run_types("r"))  # it leads: it reads that index
         for column, values in indexed[1:]:
             # Only the leading filter picks the index (see `unindexed`).
             clauses.append(f"{unindexed('r.' + column)} IN ({', '.join('?' for _ in values)})")
@@ -232,6 +252,8 @@ class SqlReads:
         sql = f"""SELECT r.id, {prefixed_state_columns("s")} FROM {table(kind)} r
                   JOIN states s ON s.id = r.state_id WHERE r.state_type = ?"""
         params: list[Any] = [int(state_type)]
+        if kind is RunKind.TASK_RUN and int(state_type) not in TASK_RUN_TYPES_NOT_INDEXED:
+            sql += f" AND {indexed_task_run_types('r')}"
         if name is not None:
             sql += " AND r.state_name = ?"
             params.append(name)
@@ -258,9 +280,12 @@ class SqlReads:
         cancelled flow runs (they only grow): `+f.state_type` keeps that column's index out."""
         unfinished = tuple(int(t) for t in StateType if t not in TERMINAL_TYPES)
         marks = ", ".join("?" for _ in unfinished)
+        # In each branch of the OR, so that SQLite reads the task runs' partial index for each.
+        indexed = indexed_task_run_types("t")
         rows = self.conn.execute(
             f"""SELECT f.id FROM task_runs t JOIN flow_runs f ON f.id = t.flow_run_id
-                WHERE (t.state_type IS NULL OR t.state_type IN ({marks}))
+                WHERE ((t.state_type IS NULL AND {indexed})
+                       OR (t.state_type IN ({marks}) AND {indexed}))
                   AND +f.state_type = ?
                 UNION
                 SELECT f.id FROM flow_runs c JOIN task_runs t ON t.id = c.parent_task_run_id
@@ -296,8 +321,11 @@ class SqlReads:
         """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
         found: list[tuple[RunKind, str]] = []
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
+            indexed = (
+                f"AND {indexed_task_run_types(table(kind))}" if kind is RunKind.TASK_RUN else ""
+            )
             rows = self.conn.execute(
-                f"""SELECT id FROM {table(kind)} WHERE state_type IN (?, ?)
+                f"""SELECT id FROM {table(kind)} WHERE state_type IN (?, ?) {indexed}
                     AND lease_expires IS NOT NULL AND lease_expires < ?""",
                 (int(StateType.RUNNING), int(StateType.CANCELLING), to_us(before)),
             ).fetchall()
@@ -515,7 +543,9 @@ class SqlStore(SqlReads):
         """Free the slots of runs that are not RUNNING (none should exist; a safety net)."""
         cursor = self.conn.execute(
             """DELETE FROM concurrency_slots WHERE run_id NOT IN
-               (SELECT id FROM task_runs WHERE state_type = ?)""",
+               (SELECT id FROM task_runs r WHERE r.state_type = ? AND {indexed})""".format(
+                indexed=indexed_task_run_types("r")
+            ),
             (int(StateType.RUNNING),),
         )
         return int(cursor.rowcount)
@@ -724,10 +754,12 @@ def transition_from_row(row: LogRow) -> Transition:
 
 __all__ = [
     "INDEXED_TYPES",
+    "TASK_RUN_TYPES_NOT_INDEXED",
     "TYPES_NOT_INDEXED",
     "LogRow",
     "SqlReads",
     "SqlStore",
+    "indexed_task_run_types",
     "read_log_rows",
     "run_by_id",
     "transition_from_row",

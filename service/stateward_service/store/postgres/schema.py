@@ -129,6 +129,13 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX transitions_to_type ON transitions (to_type, sequence)"
         " WHERE to_type NOT IN (2, 3, 6)",
     ),
+    (
+        # Task runs by state type without Completed (as SQLite's migration 7; see
+        # `stateward_service.store.sql.TASK_RUN_TYPES_NOT_INDEXED`).
+        "DROP INDEX task_runs_state_type",
+        "CREATE INDEX task_runs_state_type ON task_runs (state_type, position)"
+        " WHERE coalesce(state_type, 0) <> 6",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
