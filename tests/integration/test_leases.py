@@ -4,7 +4,7 @@ see it; renewing keeps it alive; runs without a lease are never crashed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -13,7 +13,7 @@ from stateward.client import Client
 from stateward.exceptions import InvalidArgument
 from stateward.states import State, StateType
 from stateward.v1 import orchestration_pb2 as pb
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,25 @@ def test_a_run_whose_lease_lapses_is_crashed_and_watchers_see_it(client):
     assert client.get_flow_run(flow_run.id).lease_expires is None
 
 
+def lease_check_after_this(client: Client, lease_seconds: float) -> Callable[[], bool]:
+    """A run leased now and never renewed: once it is crashed, the server has checked leases
+    after every lease taken before this call for `lease_seconds` had lapsed."""
+    witness = client.create_flow_run("witness", state=State(StateType.PENDING))
+    client.set_state(witness.id, State(StateType.RUNNING), lease_seconds=lease_seconds)
+    return lambda: client.list_states(witness.id)[-1].type is StateType.CRASHED
+
+
 def test_renewing_keeps_a_run_alive_and_leaving_running_ends_the_lease(client):
     run = client.create_flow_run("renewed", state=State(StateType.RUNNING))
-    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=1)
+    # Renewed 10 times a second: only a stall of 2 s between two renewals lets it lapse.
+    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=2)
     other = client.create_flow_run("other", state=State(StateType.PENDING))
-    renewing_until = time.monotonic() + 2.5  # well past the first lease
-    while time.monotonic() < renewing_until:
+    first_lease_checked = lease_check_after_this(client, lease_seconds=2)
+    deadline = time.monotonic() + 60
+    while not first_lease_checked():  # well past the first lease
+        assert time.monotonic() < deadline, "no lease check crashed the witness"
+        assert client.renew_leases([run.id, other.id], 2) == [run.id]
         time.sleep(0.1)
-        assert client.renew_leases([run.id, other.id], 1) == [run.id]
     assert client.list_states(run.id)[-1].type is StateType.RUNNING
     client.set_state(run.id, State(StateType.COMPLETED))
     assert client.get_flow_run(run.id).lease_expires is None
@@ -81,7 +92,8 @@ def test_cancelling_keeps_the_lease_of_the_running_process(client):
 def test_runs_without_a_lease_are_never_crashed(client):
     run = client.create_flow_run("unleased", state=State(StateType.PENDING))
     client.set_state(run.id, State(StateType.RUNNING))
-    time.sleep(0.5)
+    # A lease check that came after this run was Running, and left it so.
+    wait_until(lease_check_after_this(client, 0.2), timeout=30, what="a lease check")
     assert client.list_states(run.id)[-1].type is StateType.RUNNING
 
 

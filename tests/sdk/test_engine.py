@@ -8,6 +8,7 @@ import builtins
 import itertools
 import json
 import logging
+import threading
 import time
 from datetime import timedelta
 
@@ -196,20 +197,20 @@ def test_flow_retries(client):
 
 
 def test_timeouts_fail_the_run_as_timed_out_and_are_retried(client):
-    attempts = []
+    attempts, ended = [], []
 
     @task(timeout_seconds=0.2, retries=1)
     def slow():
         attempts.append(1)
-        time.sleep(5)
+        time.sleep(60)  # one blocking call, woken by the timeout's signal, whatever the load
+        ended.append("ran to its end")
 
     @flow(name="sdk-timeout")
     def waits():
         return slow(return_state=True)
 
-    started = time.monotonic()
     final = waits(return_state=True)  # the flow is judged by the returned TimedOut state
-    assert time.monotonic() - started < 3
+    assert ended == []  # each attempt was stopped by its timeout
     state = final.result(raise_on_failure=False)
     assert final.is_failed() and state.is_failed() and state.name == "TimedOut"
     assert "timeout of 0.2s" in state.message
@@ -305,9 +306,13 @@ def test_a_flow_returning_states_is_judged_by_them(client):
 
 
 def test_submit_futures_and_map(client):
+    # The three mapped runs meet here: one after the other, the first would wait alone.
+    mapped_together = threading.Barrier(3, timeout=60)
+
     @task
     def double(x: int) -> int:
-        time.sleep(0.05)
+        if x in (1, 2, 3):
+            mapped_together.wait()
         return 2 * x
 
     @task
@@ -325,9 +330,7 @@ def test_submit_futures_and_map(client):
         assert future_total.done()
         return future_total.result(), mapped.result()
 
-    started = time.monotonic()
-    assert fan_out() == (112, [2, 4, 6])
-    assert time.monotonic() - started < 1.5  # the mapped runs overlapped
+    assert fan_out() == (112, [2, 4, 6])  # the mapped runs overlapped: they met
     run = flow_run_of(client, "sdk-futures")
     assert len(task_runs_of(client, run.id)) == 5
 
@@ -415,18 +418,23 @@ def test_a_result_over_the_size_limit_fails_clearly(monkeypatch):
 
 
 def test_async_flows_and_tasks(client):
+    started = []
+
     @task
     async def fetch(i: int) -> int:
-        await asyncio.sleep(0.05)
+        # Each waits until all five started: one after the other, the first would wait alone.
+        started.append(i)
+        deadline = time.monotonic() + 60
+        while len(started) < 5:
+            assert time.monotonic() < deadline, f"only {sorted(started)} started: not concurrent"
+            await asyncio.sleep(0.01)
         return i
 
     @flow(name="sdk-async")
     async def gather_all() -> list[int]:
         return list(await asyncio.gather(*(fetch(i) for i in range(5))))
 
-    started = time.monotonic()
-    assert asyncio.run(gather_all()) == [0, 1, 2, 3, 4]
-    assert time.monotonic() - started < 1.0  # concurrent, not one after the other
+    assert asyncio.run(gather_all()) == [0, 1, 2, 3, 4]  # concurrent: they all met
     run = flow_run_of(client, "sdk-async")
     assert names(client, run.id) == ["Pending", "Running", "Completed"]
     assert [names(client, t.id)[-1] for t in task_runs_of(client, run.id)] == ["Completed"] * 5

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -92,10 +92,12 @@ def test_a_flows_log_lines_are_read_by_the_cli_after_its_process_exited(client):
 
 
 def test_a_killed_process_loses_at_most_its_last_half_second_of_lines(client):
+    """Lines are sent while the process runs (every half second), not only as it exits: those
+    sent before a SIGKILL, which leaves it no time to flush, stay on the server."""
     name = f"sdk-logs-killed-{uuid.uuid4().hex[:6]}"
-    result = python(
+    owner = spawn(
         f"""
-        import os, signal, time
+        import sys
         from stateward import flow, get_run_logger
         from stateward.runtime import flow_run
 
@@ -103,14 +105,24 @@ def test_a_killed_process_loses_at_most_its_last_half_second_of_lines(client):
         def dies():
             get_run_logger().info("said before dying")
             print(flow_run.id, flush=True)
-            time.sleep(1.5)  # three sending periods
-            os.kill(os.getpid(), signal.SIGKILL)
+            sys.stdin.readline()  # killed while it waits for a word that never comes
 
         dies()
         """
     )
-    assert result.returncode == -9
-    run_id = result.stdout.split()[0]
+    try:
+        run_id = owner.stdout.readline().strip()
+        assert run_id, owner.stderr.read()
+        wait_until(
+            lambda: any("said before dying" in e.message for e in client.list_logs(run_id)),
+            timeout=30,
+            what="the line sent while the process runs",
+        )
+        assert owner.poll() is None  # sent by the live process, before any exit
+    finally:
+        owner.kill()
+        owner.wait(30)
+    assert owner.returncode == -9
     shown = cli("flow-run", "logs", run_id)
     assert shown.returncode == 0, shown.stderr
     assert "said before dying" in shown.stdout
@@ -241,23 +253,32 @@ def test_a_flush_as_the_sending_thread_starts_sends_at_once():
 
 def test_a_server_away_never_slows_logging_and_the_oldest_lines_go_first(caplog):
     attempts: list[int] = []
+    answer = threading.Event()  # the first send hangs until the test has logged every line
 
     def unreachable(batch: object) -> None:
         attempts.append(1)
+        if len(attempts) == 1:
+            answer.wait(60)
         raise ServerUnavailable("nothing listens there")
 
     shipper = LogShipper(unreachable, capacity=100)
     now = datetime.now(UTC)
-    started = time.monotonic()
+
+    def line(i: int) -> LogEntry:
+        return LogEntry(str(uuid.uuid4()), "", now, 20, "x", f"line {i}")
+
     with caplog.at_level(logging.WARNING, logger="stateward"):
-        for i in range(1000):
-            shipper.add(LogEntry(str(uuid.uuid4()), "", now, 20, "x", f"line {i}"))
-        elapsed = time.monotonic() - started
+        shipper.add(line(0))
+        wait_until(lambda: attempts == [1], timeout=20, what="the first send")
+        for i in range(1, 1000):
+            shipper.add(line(i))
+        # 999 lines queued while the first send still hangs: no line waited for the server.
+        assert attempts == [1]
+        answer.set()
         wait_until(lambda: len(attempts) >= 2, timeout=20, what="two failed sends")
         assert shipper.queued() <= 100
         wait_until(lambda: shipper.dropped_total >= 900, timeout=20, what="the drops counted")
         wait_until(lambda: "dropped" in caplog.text, timeout=20, what="the drop warning")
-    assert elapsed < 1.0  # 1,000 lines queued without waiting for a server
     assert "could not send run logs" in caplog.text
     kept: list[LogEntry] = []
     shipper.send = kept.extend  # the server is back
