@@ -1,0 +1,58 @@
+"""A process using the SDK forks children that exec at once (`subprocess` with a `preexec_fn`, as
+Ray starts its GCS and raylet): gRPC's threads must not run in them. With grpcio's fork support
+on, its threads start again in each such child, and a child closing the descriptors it inherited
+while they poll them aborted before its exec (Ray then waited in vain for its raylet)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.sdk.conftest import python
+
+
+def test_a_child_forked_while_the_sdk_streams_runs_no_grpc_thread_before_its_exec(sdk_server):
+    result = python(
+        """
+        import json, os, subprocess, threading
+        from stateward.client import Client
+
+        client = Client(os.environ["STATEWARD_API_URL"])
+        streaming = threading.Event()
+
+        def watch():  # a call in progress in another thread, as the SDK's cancel watcher is
+            for _ in client.watch(after_sequence=0, started=lambda _: streaming.set()):
+                pass
+
+        threading.Thread(target=watch, daemon=True).start()
+        assert streaming.wait(60)
+        read, write = os.pipe()
+
+        def count_threads():  # in the child, between its fork and its exec
+            os.write(write, str(len(os.listdir("/proc/self/task"))).encode())
+
+        threads, codes = [], []
+        for _ in range(20):
+            codes.append(subprocess.run(["true"], preexec_fn=count_threads).returncode)
+            threads.append(int(os.read(read, 16)))
+        print(json.dumps({"threads": threads, "codes": codes}))
+        """,
+        env={"GRPC_ENABLE_FORK_SUPPORT": ""},  # unset: the SDK's own default, not this test's
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"threads": [1] * 20, "codes": [0] * 20}, result.stderr[-3000:]
+
+
+def test_a_fork_support_the_user_set_is_left_alone():
+    result = python(
+        """
+        import os
+        import stateward
+        from stateward.client import Client
+
+        print(os.environ["GRPC_ENABLE_FORK_SUPPORT"])
+        """,
+        env={"GRPC_ENABLE_FORK_SUPPORT": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]
