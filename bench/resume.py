@@ -40,6 +40,14 @@ At load 1.3-4 (3 rounds, e57ce5c alternating), the server that freezes its start
 (gc.freeze; a full collection held the loop for 32-38 ms of CPU before): the slowest health Check
 during the 20 resumes at 1M 17.8 ms (16.6-18.9) against 35.2 ms (34.0-40.9), p99 7.3 ms
 (6.8-10.4) against 10.1 (7.4-10.2); idle, the slowest 10.1 ms (8.5-34.5) against 9.0 (7.5-11.1).
+
+At load 6-9 (others' test suites on the 2 cores; this bench under nice -10, 3 rounds, 9f0da0f
+alternating), the server whose loop no longer polls SQLite every 5 ms (it waits for the system's
+notices of writes) and whose replays make their stream messages on the catch-up thread: health
+Check p99 during the 20 resumes at 1M 13.0 ms (12.0-15.0) against 16.5 (13.6-20.8), idle 8.4
+(5.2-19.0) against 12.9 (10.5-14.7); the slowest Checks, idle as well as resuming (12-277 ms,
+the idle ones of 9f0da0f 241-277 ms), were the machine's. The server's CPU per replayed
+transition at 1M 14.9 us (14.1-20.0) against 19.3 (13.8-19.6), 0.95 of its 1k figure.
 """
 
 from __future__ import annotations
