@@ -618,6 +618,13 @@ def test_an_idle_checkpointer_sleeps_until_a_commit_and_then_copies_it(tmp_path)
         store.close()
 
 
+def test_a_store_closed_twice_is_closed_once(tmp_path):
+    store = Store(tmp_path / "twice.db")
+    store.close()
+    store.close()  # nothing raised: the checkpointer was stopped once
+    assert not store.checkpointing
+
+
 def test_the_checkpointer_copies_when_enough_may_wait_and_never_when_nothing_was_committed():
     pace = _CheckpointPace()
     assert pace.due(version=1, now=0.0)  # a first look: whatever the WAL holds

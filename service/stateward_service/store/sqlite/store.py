@@ -78,6 +78,7 @@ class _Checkpointer:
         self._path = path
         self._synchronous = synchronous  # a checkpoint syncs as its connection says
         self._stopping = threading.Event()
+        self._stop_lock = threading.Lock()
         self._stop_reading, self._stop_writing = os.pipe()  # wakes a sleep on the notices
         self.active = False  # this process's checkpointer is the one that checkpoints
         self.sleeping = False  # it waits for a write to the WAL (nothing is left to copy)
@@ -85,7 +86,11 @@ class _Checkpointer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Stop the thread and wait for it; once (a store closed twice stops it once)."""
+        with self._stop_lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
         os.write(self._stop_writing, b"x")
         self._thread.join()
         os.close(self._stop_reading)
