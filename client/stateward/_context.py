@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from stateward._records import dataclass
 
 if TYPE_CHECKING:
     from stateward._flow_engine import FlowRunEngine

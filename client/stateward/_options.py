@@ -12,8 +12,9 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from stateward._records import dataclass
 
 log = logging.getLogger("stateward")
 

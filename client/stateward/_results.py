@@ -17,12 +17,12 @@ import os
 import pickle
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stateward import settings
 from stateward._context import for_this_run
+from stateward._records import dataclass
 from stateward.exceptions import (
     CancelledRun,
     CrashedRun,
@@ -62,6 +62,9 @@ class ResultPolicy:
 
     persist: bool = True
     storage: Path | None = None
+
+
+_PERSIST = ResultPolicy()  # the default: persist, no storage folder
 
 
 def storage_folder(value: Any, option: str = "result_storage") -> Path | None:
@@ -111,9 +114,7 @@ def _serialized(value: Any) -> tuple[bytes, str]:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
 
 
-def encode(
-    value: Any, what: str = "result", policy: ResultPolicy = ResultPolicy()
-) -> ResultData | None:
+def encode(value: Any, what: str = "result", policy: ResultPolicy = _PERSIST) -> ResultData | None:
     """Encode a value for its state: None when the policy keeps it in memory only; the value
     itself up to the size limit; above it, a reference to the file written in the policy's
     storage. Raises ResultTooLarge (over the limit, no storage), OSError (the file could not be

@@ -9,10 +9,10 @@ into the state the run proposes: no I/O, no engine, tested from a table.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
 from stateward._outcomes import failed
+from stateward._records import dataclass
 from stateward.exceptions import TimedOutRun
 from stateward.states import State, StateType
 

@@ -15,13 +15,13 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import grpc
 
 from stateward import settings
+from stateward._records import dataclass
 from stateward.exceptions import (
     CursorExpired,
     InvalidSetting,

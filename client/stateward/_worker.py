@@ -20,11 +20,11 @@ import tempfile
 import threading
 import types
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stateward import settings
+from stateward._records import dataclass
 
 if TYPE_CHECKING:
     from stateward.runs import TaskRun

@@ -25,9 +25,11 @@ import inspect
 import json
 import pickle
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
+
+from stateward._records import dataclass
 
 if TYPE_CHECKING:
     from stateward._context import TaskRunContext

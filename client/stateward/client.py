@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from stateward._records import dataclass
 from stateward.exceptions import CursorExpired, RpcError, StatewardError
 from stateward.runs import (
     CacheEntry,

@@ -7,8 +7,9 @@ the reference's usual spelling of the same thing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from stateward._records import dataclass
 
 __all__ = ["LocalFileSystem"]
 

@@ -8,10 +8,11 @@ returns them; the server's orchestrator, its rules and its store use the same cl
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timedelta
 from typing import Any
 
+from stateward._records import dataclass
 from stateward.states import State, quick_init
 
 

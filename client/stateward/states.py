@@ -14,9 +14,12 @@ import operator
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+
+# The vocabulary's record maker, for the server's records too (it may import the vocabulary only).
+from stateward._records import dataclass as dataclass
 
 __all__ = [
     "TERMINAL_TYPES",

@@ -28,10 +28,10 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stateward.runs import Transition
+from stateward.states import dataclass
 
 T = TypeVar("T")
 P = TypeVar("P")  # what an encoder makes of a transition: bytes, or the transition itself

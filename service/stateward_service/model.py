@@ -8,11 +8,11 @@ SDK's, from `stateward.states` and `stateward.runs`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 
 from stateward.runs import RetryPolicy, RunKind
-from stateward.states import State
+from stateward.states import State, dataclass
 
 
 @dataclass(slots=True)

@@ -17,11 +17,11 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from stateward import settings as client_settings
+from stateward.states import dataclass
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -210,18 +210,17 @@ class ServerSettings:
         shown_default="",
         secret=True,
     )
-    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate. (`_setting`
-    # makes a `dataclasses.field`, which ruff does not see through.)
-    tls_cert: Path | None = _setting(  # noqa: RUF009
+    # Named apart from STATEWARD_TLS_CERT/_KEY, which are a client's own certificate.
+    tls_cert: Path | None = _setting(
         None,
         help="TLS certificate chain, PEM.",
         env="STATEWARD_SERVER_TLS_CERT",
         after=_expand_user,
     )
-    tls_key: Path | None = _setting(  # noqa: RUF009
+    tls_key: Path | None = _setting(
         None, help="TLS private key, PEM.", env="STATEWARD_SERVER_TLS_KEY", after=_expand_user
     )
-    tls_client_ca: Path | None = _setting(  # noqa: RUF009
+    tls_client_ca: Path | None = _setting(
         None,
         help="Require client certificates signed by this CA (mutual TLS).",
         env="STATEWARD_SERVER_TLS_CLIENT_CA",

@@ -18,12 +18,12 @@ beforehand.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar
 
 from stateward.runs import SetStateStatus
-from stateward.states import TERMINAL_TYPES, State, StateType
+from stateward.states import TERMINAL_TYPES, State, StateType, dataclass
 from stateward_service.model import LimitUsage, RunRecord
 
 ALL_TYPES: frozenset[StateType | None] = frozenset(StateType)

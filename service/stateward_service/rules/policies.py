@@ -7,9 +7,10 @@ run to another final state; a completed task run with a result stays completed e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from stateward.runs import RunKind
+from stateward.states import dataclass
 from stateward_service.rules.caching import CacheCompletedResults, RetrieveCachedResults
 from stateward_service.rules.cancellation import (
     CancelRunsNoProcessOwns,

@@ -13,12 +13,11 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
-from stateward.states import State, StateType
+from stateward.states import State, StateType, dataclass
 from stateward_service.model import RunRecord
 from stateward_service.store.faults import StorageUnavailable
 from stateward_service.store.rows import to_us
