@@ -27,6 +27,7 @@ from stateward.runs import RunKind, Transition
 from stateward.states import State, StateDetails, StateType
 from stateward_service.orchestrator import Orchestrator, RunNotFound
 from stateward_service.settings import ServerSettings
+from stateward_service.store import DatabaseUnavailable
 
 log = logging.getLogger("stateward.loops")
 _CANCELLED, _FLOW_RUN = StateType.CANCELLED, RunKind.FLOW_RUN
@@ -98,6 +99,7 @@ class ServerLoops:
         wake: asyncio.Event | None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        unreachable = False  # said once an outage, not at every sweep of it
         while True:
             try:
                 sweeping = loop.run_in_executor(self._thread, sweep)
@@ -105,9 +107,22 @@ class ServerLoops:
                 return
             try:
                 moved = await sweeping
+            except DatabaseUnavailable as error:  # an outage, not a fault of the sweep's
+                if not unreachable:  # one line: psycopg's messages run over several
+                    said = " ".join(str(error).split())
+                    log.warning(
+                        "the %s loop cannot reach the database (%s); it will try again every %gs",
+                        name,
+                        said,
+                        period,
+                    )
+                unreachable = True
             except Exception:
                 log.exception("the %s loop failed; it will try again", name)
             else:
+                if unreachable:
+                    log.info("the %s loop reaches the database again", name)
+                    unreachable = False
                 if moved:
                     log.info("%s: moved %d run(s)", name.replace("_", " "), moved)
             self.runs[name] = self.runs.get(name, 0) + 1

@@ -6,6 +6,7 @@ and everything acknowledged before the outage is there."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from tests.support import (
     history,
     new_flow_run,
     propose,
+    state,
     wait_until,
 )
 from tests.web.sse import EventStream
@@ -155,3 +157,48 @@ def test_the_web_views_event_stream_is_refused_503_during_an_outage_and_logged_i
     assert len(said) == 1, said
     # No traceback of the web view's (uvicorn's "Exception in ASGI application" and its frames).
     assert "ASGI" not in output and "stateward_service/web/" not in output, output
+
+
+def test_the_loops_say_an_outage_in_one_line_each_and_sweep_again_after_it(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    url = postgres_databases.create()
+    outage = Outage(postgres_databases, url)
+    fast = "0.1"
+    env = {
+        "STATEWARD_LOG_RETENTION": "1000",
+        "STATEWARD_LATE_AFTER_SECONDS": "0",
+        "STATEWARD_LOG_PRUNE_INTERVAL_SECONDS": fast,
+        "STATEWARD_LATE_RUNS_INTERVAL_SECONDS": fast,
+        "STATEWARD_PAUSE_EXPIRY_INTERVAL_SECONDS": fast,
+        "STATEWARD_CANCELLING_INTERVAL_SECONDS": fast,
+        "STATEWARD_CASCADE_INTERVAL_SECONDS": fast,
+        "STATEWARD_LEASE_CHECK_INTERVAL_SECONDS": fast,
+    }
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=env).start()
+    try:
+        wait_until(lambda: "this process leads" in server.output(), timeout=20, what="the lead")
+        outage.begin()
+        try:
+            wait_until(
+                lambda: "loop cannot reach the database" in server.output(),
+                timeout=20,
+                what="a loop's line on the outage",
+            )
+        finally:
+            outage.end()
+        wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+        output = server.output()
+        assert "Traceback" not in output, output
+        said = [line for line in output.splitlines() if "loop cannot reach" in line]
+        assert said and all("WARNING" in line for line in said), said
+        # The loops sweep again once the database is back (on this process, or on it again
+        # once it takes the lock it lost): a run past its time becomes Late.
+        stub = server.stub()
+        due = new_flow_run(stub, initial=None)
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        propose(stub, due.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=past))
+        wait_until(lambda: history(stub, due.id) == ["Scheduled", "Late"], timeout=20, what="Late")
+    finally:
+        outage.end()
+        server.stop()
