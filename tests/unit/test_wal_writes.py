@@ -58,3 +58,19 @@ def test_writes_to_other_files_of_the_folder_are_not_the_logs(tmp_path: Path) ->
 
 def test_a_folder_that_cannot_be_watched_gives_no_notices(tmp_path: Path) -> None:
     assert WalWrites.open(tmp_path / "missing" / "a.db") is None
+
+
+def test_a_database_reached_through_a_symlink_is_told_of(tmp_path: Path) -> None:
+    # SQLite follows the link: the log is beside the file linked to, under its name.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.db").symlink_to(tmp_path / "real" / "a.db")
+    conn = wal_database(tmp_path / "link.db")
+    writes = WalWrites.open(tmp_path / "link.db")
+    assert writes is not None
+    try:
+        conn.execute("INSERT INTO t VALUES (1)")
+        assert (tmp_path / "real" / "a.db-wal").exists()
+        assert writes.drain()
+    finally:
+        writes.close()
+        conn.close()

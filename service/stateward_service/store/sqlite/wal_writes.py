@@ -60,12 +60,14 @@ class WalWrites:
         if fd < 0:  # e.g. EMFILE: the user's instances (128 by default) are all taken
             log.debug("no inotify instance: %s", os.strerror(ctypes.get_errno()))
             return None
-        folder = os.fsencode(database.resolve().parent)
-        if add_watch(fd, folder, _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO) < 0:
-            log.debug("cannot watch %s: %s", database.parent, os.strerror(ctypes.get_errno()))
+        # SQLite follows symbolic links to the database: its log is beside the file linked to,
+        # named after it, not after the link.
+        real = database.resolve()
+        if add_watch(fd, os.fsencode(real.parent), _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO) < 0:
+            log.debug("cannot watch %s: %s", real.parent, os.strerror(ctypes.get_errno()))
             os.close(fd)
             return None
-        return cls(fd, os.fsencode(database.name + "-wal"))
+        return cls(fd, os.fsencode(real.name + "-wal"))
 
     def fileno(self) -> int:
         return self._fd
