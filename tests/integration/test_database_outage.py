@@ -195,7 +195,19 @@ def test_the_loops_say_an_outage_in_one_line_each_and_sweep_again_after_it(
         # The loops sweep again once the database is back (on this process, or on it again
         # once it takes the lock it lost): a run past its time becomes Late.
         stub = server.stub()
-        due = new_flow_run(stub, initial=None)
+        # A connection PostgreSQL terminated answers its next call UNAVAILABLE (try again),
+        # SERVING or not: the run is made on a later try.
+        made: list[runs_pb2.FlowRun] = []
+
+        def make() -> bool:
+            try:
+                made.append(new_flow_run(stub, initial=None))
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            return bool(made)
+
+        wait_until(make, timeout=20, what="a run made after the outage")
+        due = made[0]
         past = datetime.now(UTC) - timedelta(seconds=1)
         propose(stub, due.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=past))
         wait_until(lambda: history(stub, due.id) == ["Scheduled", "Late"], timeout=20, what="Late")
