@@ -543,8 +543,22 @@ class GrpcTransport:
         self.stub = orchestration_pb2_grpc.OrchestrationServiceStub(self.channel)
         self._metadata = connection.metadata
         self.calls_stream: CallStream | None = CallStream(connection, self.stub)
+        self._pid = os.getpid()
+
+    def _same_process(self) -> None:
+        """A channel does not cross a fork: in a forked child its calls wait until their
+        deadline (and, with gRPC's fork support off, as `import stateward` sets it, so does a
+        new channel's). Raises StatewardError saying so, at once."""
+        if os.getpid() != self._pid:
+            raise StatewardError(
+                f"this process was forked from process {self._pid}, whose connection to the "
+                f"Stateward server at {self.connection.address} does not work here: start "
+                "processes that run flows or tasks with the 'spawn' start method "
+                "(multiprocessing.get_context('spawn')), or exec a new program"
+            )
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        self._same_process()
         stream = self.calls_stream
         if stream is not None and rides_stream(method, request):
             try:
@@ -589,6 +603,7 @@ class GrpcTransport:
             time.sleep(0.25)
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
+        self._same_process()
         return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
 
     def close(self) -> None:

@@ -56,3 +56,43 @@ def test_a_fork_support_the_user_set_is_left_alone():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1"]
+
+
+def test_a_flow_called_in_a_forked_child_says_at_once_that_the_connection_stays_behind(
+    sdk_server,
+):
+    # The child's calls would go to the parent's channel, which does not work after a fork:
+    # they waited for their deadline, then again and again (minutes), and failed as if the
+    # server were down.
+    result = python(
+        """
+        import json, multiprocessing, time
+        from stateward import flow
+
+        @flow
+        def inner() -> int:
+            return 1
+
+        def in_child(_: int) -> str:
+            started = time.monotonic()
+            try:
+                inner()
+            except Exception as error:
+                return f"{time.monotonic() - started:.1f} {type(error).__name__}: {error}"
+            return "ran"
+
+        @flow
+        def outer() -> list[str]:
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                return pool.map(in_child, [0])
+
+        print(json.dumps(outer()))
+        """,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [said] = json.loads(result.stdout.splitlines()[-1])
+    seconds, _, message = said.partition(" ")
+    assert message.startswith("StatewardError: this process was forked from process"), said
+    assert "'spawn'" in message, said
+    assert float(seconds) < 5, said
