@@ -51,13 +51,15 @@ LOG_BOUNDS = """SELECT coalesce((SELECT sequence + CASE WHEN to_state_id = '' TH
 
 
 # The state types the log's index by new state's type leaves out: Pending, Running and
-# Completed, which every run that runs goes through (see migration 6 of each schema), and the
-# index's WHERE clause verbatim, which a query repeats so that the planner knows the index
-# holds every row it wants (SQLite uses a partial index only then).
+# Completed, which every run that runs goes through (see migrations 6 and 8 of SQLite's schema,
+# 4 of PostgreSQL's), and the index's WHERE clause verbatim (SQLite's; PostgreSQL proves its
+# NOT IN from it), which a query repeats so that the planner knows the index holds every row
+# it wants (SQLite uses a partial index only then). Not NOT IN: SQLite would build a temporary
+# table for the list in every statement that writes the log.
 TYPES_NOT_INDEXED = frozenset(
     {int(StateType.PENDING), int(StateType.RUNNING), int(StateType.COMPLETED)}
 )
-INDEXED_TYPES = "to_type NOT IN (2, 3, 6)"
+INDEXED_TYPES = "to_type <> 2 AND to_type <> 3 AND to_type <> 6"
 # Likewise the task runs' index by state type leaves out Completed, the state nearly every task
 # run ends in (see migration 7 of each schema): a listing of Completed task runs walks them
 # newest first and keeps what matches (most do); each statement that reads the index for the
@@ -690,7 +692,7 @@ def read_log_rows(
     clauses = ["t.sequence > ?"]
     params: list[Any] = [after]
     if filters and filters[0][0] == "t.to_type":
-        clauses.append(f"t.{INDEXED_TYPES}")  # the type filter leads: it reads that index
+        clauses.append(INDEXED_TYPES.replace("to_type", "t.to_type"))  # it reads that index
     if unindexed_types:
         clauses.append(f"{unindexed('t.to_type')} IN ({', '.join('?' for _ in unindexed_types)})")
         params.extend(unindexed_types)

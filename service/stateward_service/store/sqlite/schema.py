@@ -54,10 +54,10 @@ _TRANSITIONS_TABLE = """CREATE TABLE transitions (
             to_type INTEGER NOT NULL
         )"""
 
-# The log's index by new state's type, as migration 6 makes it: without the types in
+# The log's index by new state's type, as migration 8 makes it: without the types in
 # `stateward_service.store.sql.TYPES_NOT_INDEXED`, its WHERE clause `sql.INDEXED_TYPES`.
 TRANSITIONS_TO_TYPE = """CREATE INDEX transitions_to_type ON transitions (to_type)
-    WHERE to_type NOT IN (2, 3, 6)"""
+    WHERE to_type <> 2 AND to_type <> 3 AND to_type <> 6"""
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE "schema_version" (
    "version" INTEGER NOT NULL
@@ -187,7 +187,8 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         # the rarer types (Failed, Crashed, Cancelled, Paused, Scheduled, Cancelling) keep an
         # index of their own entries only.
         "DROP INDEX transitions_to_type",
-        TRANSITIONS_TO_TYPE,
+        """CREATE INDEX transitions_to_type ON transitions (to_type)
+    WHERE to_type NOT IN (2, 3, 6)""",
     ),
     (
         # Task runs by state type without Completed, the state nearly every task run ends in:
@@ -199,6 +200,13 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         'DROP INDEX "idx_task_runs_state_type"',
         """CREATE INDEX "idx_task_runs_state_type"
     ON "task_runs" ("state_type") WHERE coalesce(state_type, 0) <> 6""",
+    ),
+    (
+        # Migration 6's index again, its WHERE clause without NOT IN: SQLite evaluates a
+        # NOT IN list through a temporary table it builds for each statement, and so each
+        # transition's INSERT built one (about 8 us, as much as an index entry it saved).
+        "DROP INDEX transitions_to_type",
+        TRANSITIONS_TO_TYPE,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
