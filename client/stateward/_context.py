@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class FlowRunContext:
+    """What the code of a flow run can read about it while it runs."""
+
     flow: Flow[..., Any]
     flow_run: FlowRun
     engine: FlowRunEngine

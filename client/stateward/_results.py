@@ -54,7 +54,7 @@ def _is_plain_json(value: Any) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class ResultPolicy:
     """How a run keeps its result: `persist` false keeps it in the run's process only (nothing
     is sent); `storage` is the folder for a result over the size limit (None: such a result

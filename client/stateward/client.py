@@ -643,14 +643,16 @@ class AsyncClient:
 # Each imports the protocol itself, when it is first made (see the module's docstring).
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class _Call(Generic[T]):
+    """One call of the service: its method, its request and how to read its answer."""
+
     method: str
     request: Any
     read: Callable[[Any], T]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class _Listing(Generic[T]):
     """A paged listing: the request (its page token moved on by `next_page`) and its items."""
 

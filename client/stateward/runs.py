@@ -1,6 +1,6 @@
 """Runs, transitions and the answers to proposals: the vocabulary the SDK and the server share.
 
-Plain, immutable records, no I/O, made quickly (see `stateward.states.quick_init`). The client
+Plain, immutable records, no I/O, made quickly (see `stateward._records`). The client
 returns them; the server's orchestrator, its rules and its store use the same classes
 (`stateward.wire` converts them to and from protobuf).
 """
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stateward._records import dataclass
-from stateward.states import State, quick_init
+from stateward.states import State
 
 
 class RunKind(enum.IntEnum):
@@ -38,8 +38,7 @@ class SetStateStatus(enum.IntEnum):
     ABORT = 4
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class RetryPolicy:
     """How often a failed run is retried, and after how long."""
 
@@ -56,8 +55,7 @@ class RetryPolicy:
         return delays[min(max(run_count - 1, 0), len(delays) - 1)]
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class FlowRun:
     """A flow run as the server returns it (its parameters decoded, its current state)."""
 
@@ -79,8 +77,7 @@ class FlowRun:
     lease_expires: datetime | None = None
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class TaskRun:
     """A task run as the server returns it; `flow_run_id` is empty outside a flow."""
 
@@ -103,8 +100,7 @@ class TaskRun:
     lease_expires: datetime | None = None
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class OrchestrationResult:
     """The orchestrator's answer to a proposed state (a SetState call).
 
@@ -125,8 +121,7 @@ class OrchestrationResult:
         return self.status is SetStateStatus.ACCEPT
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class Transition:
     """One accepted state change, as the transitions log keeps it and the stream delivers it."""
 
@@ -141,7 +136,7 @@ class Transition:
     to_state: State
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class ConcurrencyLimit:
     """A tag concurrency limit: at most `limit` task runs with the tag run at once;
     `active_slots` are the ids of the runs holding a slot."""
@@ -152,8 +147,7 @@ class ConcurrencyLimit:
     created: datetime | None = None
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class CacheEntry:
     """A completed task run's state to store under a cache key, until `cache_expiration` (None:
     for good): an entry held back until the task run around it completed."""
@@ -163,8 +157,7 @@ class CacheEntry:
     cache_expiration: datetime | None = None
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class LogEntry:
     """One line a run's code logged: its flow run (for a task run's line, the task run's flow
     run, if any), its task run ("" for a flow run's own line), when, the `logging` level, the

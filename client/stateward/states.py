@@ -14,12 +14,13 @@ import operator
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import MISSING, field, fields
+from dataclasses import field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 # The vocabulary's record maker, for the server's records too (it may import the vocabulary only).
 from stateward._records import dataclass as dataclass
+from stateward._records import quick_init as quick_init
 
 __all__ = [
     "TERMINAL_TYPES",
@@ -89,66 +90,7 @@ _COMPLETED = StateType.COMPLETED  # a global is read quicker than an enum's attr
 _T = TypeVar("_T")
 
 
-class _FactoryDefault:
-    """The default of a field with a default factory: the argument was not given."""
-
-    def __repr__(self) -> str:
-        return "<factory>"
-
-
-_FACTORY_DEFAULT = _FactoryDefault()
-
-
-def quick_init(cls: type[_T]) -> type[_T]:
-    """Give the frozen, slotted dataclass `cls` (fields with plain defaults or default
-    factories, no `__post_init__`) an `__init__` that sets each field through its slot's
-    descriptor. The dataclass's own calls `object.__setattr__` by name for each field, which
-    costs about twice as much; the vocabulary's records are made several times per task run.
-    Same parameters, defaults and frozen instances. Use it above `@dataclass`."""
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__} has a __post_init__: quick_init would skip it")
-    # The values the generated code uses, handed to it as the parameters of a function that
-    # makes the __init__ (they are then its closure's cells); the __init__ runs in the class's
-    # module, whose globals resolve its annotations.
-    values: dict[str, Any] = {"_FACTORY_DEFAULT": _FACTORY_DEFAULT}
-    annotations: dict[str, Any] = {}
-    parameters: list[str] = []
-    lines: list[str] = []
-    for number, item in enumerate(fields(cls)):  # type: ignore[arg-type]
-        if not item.init or item.kw_only:
-            raise TypeError(f"{cls.__name__}.{item.name}: quick_init takes plain fields only")
-        setter = f"_set_{number}"
-        values[setter] = cls.__dict__[item.name].__set__
-        annotations[item.name] = item.type
-        value = item.name
-        if item.default_factory is not MISSING:
-            values[f"_factory_{number}"] = item.default_factory
-            parameters.append(f"{item.name}=_FACTORY_DEFAULT")
-            value = f"_factory_{number}() if {item.name} is _FACTORY_DEFAULT else {item.name}"
-        elif item.default is not MISSING:
-            values[f"_default_{number}"] = item.default
-            parameters.append(f"{item.name}=_default_{number}")
-        else:
-            parameters.append(item.name)
-        lines.append(f"        {setter}(self, {value})")
-    source = (
-        f"def _make_init({', '.join(values)}):\n"
-        f"    def __init__(self, {', '.join(parameters)}):\n"
-        + "\n".join(lines)
-        + "\n    return __init__\n"
-    )
-    made: dict[str, Any] = {}
-    exec(source, sys.modules[cls.__module__].__dict__, made)  # as dataclasses makes its own
-    init = made["_make_init"](**values)
-    init.__annotations__ = {**annotations, "return": None}
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = f"Make a {cls.__name__} (see the class for its fields)."
-    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning a method
-    return cls
-
-
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class StateDetails:
     """Facts about a state that the orchestration rules read and write."""
 
@@ -173,7 +115,7 @@ def _slot_setters(cls: type) -> tuple[Callable[[object, Any], None], ...]:
     return tuple(cls.__dict__[item.name].__set__ for item in fields(cls))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class ResultData:
     """A result as stored: JSON text (any language reads it) or a Python pickle."""
 
@@ -190,7 +132,7 @@ _detail_values = operator.attrgetter(*_DETAIL_FIELDS)  # every field's value, in
 _DETAIL_INDEX = {name: index for index, name in enumerate(_DETAIL_FIELDS)}
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True, init=False, quick=True)
 class State:
     """One state of a run: its type, name, message, time and the data it carries.
 

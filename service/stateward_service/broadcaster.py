@@ -101,7 +101,7 @@ class CursorAhead(Exception):
         self.newest = newest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class TransitionFilter:
     """What a subscriber wants; empty fields match everything."""
 
@@ -301,8 +301,10 @@ _LONGEST_ROUND_WAIT = 1.0
 _MOST_SHARED = 200_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class _LogBatch(Generic[P]):
+    """What one read of the log found for a subscriber."""
+
     batches: list[Batch[P]]  # the matching (sequence, payload), in order, in batches
     reached: int  # the log was read up to this sequence
 

@@ -78,7 +78,7 @@ class RunRecord:
         return self.id if self.kind is RunKind.FLOW_RUN else self.flow_run_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class LimitUsage:
     """A tag concurrency limit as seen by one proposal: how full it is, and whether the run
     proposing already holds one of its slots."""

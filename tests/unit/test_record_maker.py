@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import pickle
 from dataclasses import field
 from typing import Any
@@ -34,13 +35,15 @@ def twins(**options: Any) -> tuple[type, type]:
 
         return Point
 
-    return dataclasses.dataclass(**options)(body()), quick_dataclass(**options)(body())
+    standard = {name: value for name, value in options.items() if name != "quick"}
+    return dataclasses.dataclass(**standard)(body()), quick_dataclass(**options)(body())
 
 
 OPTIONS = [
     {},
     {"frozen": True},
     {"frozen": True, "slots": True},
+    {"frozen": True, "slots": True, "quick": True},
     {"slots": True},
     {"repr": False},
     {"eq": False},
@@ -104,10 +107,15 @@ def test_a_record_behaves_as_the_standard_librarys_dataclass(options: dict[str, 
         if frozen:
             with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'x'"):
                 target.x = 5
+            with pytest.raises(dataclasses.FrozenInstanceError, match="cannot delete field 'y'"):
+                del target.y
         else:
             target.x = 5
     assert seen(std_one) == seen(quick_one)
     assert seen(dataclasses.replace(std_one, y=9.0)) == seen(dataclasses.replace(quick_one, y=9.0))
+    assert str(inspect.signature(standard)) == str(inspect.signature(quick))
+    if frozen and options.get("slots"):  # pickle's state: dataclasses' list of the values
+        assert quick_one.__getstate__() == std_one.__getstate__()
 
 
 @pytest.mark.parametrize("record", [StateDetails, TaskRun, cache_policies.Inputs])
@@ -184,3 +192,47 @@ def test_a_standard_dataclass_subclasses_a_frozen_record_and_a_record_subclasses
     assert repr(Later(extra=1)).endswith("Later(key_storage=None, extra=1)")
     assert Later(extra=1) == Later(extra=1) != Later(extra=2)
     assert Later(extra=1) != cache_policies.RunId()  # another class: not equal
+
+
+def test_a_quick_record_refuses_a_class_it_would_make_wrongly() -> None:
+    with pytest.raises(TypeError, match="frozen and slotted"):
+
+        @quick_dataclass(frozen=True, quick=True)
+        class Unslotted:
+            value: int
+
+    with pytest.raises(TypeError, match="no dataclass base"):
+
+        @quick_dataclass(frozen=True, slots=True, quick=True)
+        class Derived(cache_policies.RunId):
+            value: int = 0
+
+    with pytest.raises(TypeError, match="Cannot overwrite attribute __setattr__"):
+
+        @quick_dataclass(frozen=True, slots=True, quick=True)
+        class Own:
+            value: int
+
+            def __setattr__(self, name: str, value: Any) -> None:
+                pass
+
+    with pytest.raises(TypeError, match="plain fields"):
+
+        @quick_dataclass(frozen=True, slots=True, quick=True)
+        class Named:
+            value: int = field(default=0, kw_only=True)
+
+
+def test_a_quick_record_without_a_docstring_is_documented_by_its_signature() -> None:
+    @quick_dataclass(frozen=True, slots=True, quick=True)
+    class Bare:
+        value: int
+        other: str = ""
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class StandardBare:
+        value: int
+        other: str = ""
+
+    assert Bare.__doc__ == (StandardBare.__doc__ or "").replace("StandardBare", "Bare")
+    assert Bare.__doc__ == "Bare(value: 'int', other: 'str' = '')"

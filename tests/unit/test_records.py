@@ -120,7 +120,7 @@ def test_every_record_of_the_runs_module_is_made_quickly():
         and value.__module__ == runs.__name__
         and value.__init__.__doc__ != f"Make a {name} (see the class for its fields)."
     ]
-    assert made_by_dataclasses == ["ConcurrencyLimit"]  # made only to list limits
+    assert made_by_dataclasses == []
 
 
 def test_a_state_takes_its_type_as_a_member_a_number_or_a_name_and_names_itself():

@@ -34,23 +34,29 @@ NON_TERMINAL: frozenset[StateType | None] = ALL_TYPES - TERMINAL
 
 # Side effects a rule asks for; the orchestrator applies them in the same transaction as the
 # state, and only if the proposal they were asked for is the one written.
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class TakeConcurrencySlots:
+    """Take a concurrency slot of each of these tags for the run."""
+
     tags: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class RememberPauseKey:
+    """Add the key to the run's pause keys (a run pauses once for each key)."""
+
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class ResetRunCount:
-    pass
+    """Set the run's run count back to 0 (a task run that runs again)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class CacheResult:
+    """Keep the state written as the key's cached state, until `expiration`."""
+
     key: str
     expiration: datetime | None
 
@@ -58,26 +64,35 @@ class CacheResult:
 Effect = TakeConcurrencySlots | RememberPauseKey | ResetRunCount | CacheResult
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class Proceed:
+    """The next rule decides: on `proposed` (of the same type) instead of the proposal when
+    given; the effects are applied if the proposal is written."""
+
     proposed: State | None = None
     effects: tuple[Effect, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class Reject:
+    """The proposal is refused: the replacement is written instead (None: nothing is)."""
+
     replacement: State | None
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class Wait:
+    """Nothing is written: the run is to propose again after the delay."""
+
     delay_seconds: float
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class Abort:
+    """Nothing is written: the client stops orchestrating the run."""
+
     reason: str
 
 

@@ -56,7 +56,7 @@ class WouldWait(Exception):
     lock held by another process or thread: nothing was done."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, quick=True)
 class RunFilter:
     """Filters of a run listing; empty fields match everything."""
 
