@@ -10,25 +10,6 @@ pydantic or server code; a flow's first run loads what it needs), so a script st
 
 from typing import TYPE_CHECKING, Any
 
-
-def _keep_grpc_threads_out_of_forked_children() -> None:
-    """grpcio's core turns its fork support on by default, and reads the setting once, as gRPC
-    is imported: it then starts gRPC's threads again in every child this process forks, even one
-    about to exec. A child forked with a `preexec_fn` (Ray starts its GCS and raylet so) closes
-    the file descriptors it inherited while those threads poll them, and some abort ("epoll_wait
-    error: Bad file descriptor") before the exec: Ray then waits in vain for its raylet. The SDK's
-    channels never cross a fork (process pools spawn), so the support is off for this process,
-    unless GRPC_ENABLE_FORK_SUPPORT is set (it is then the user's choice) or gRPC was imported
-    before this package (too late: the setting was read)."""
-    import os
-    import sys
-
-    if "grpc" not in sys.modules:
-        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-
-
-_keep_grpc_threads_out_of_forked_children()
-
 if TYPE_CHECKING:
     from stateward import cache_policies, runtime
     from stateward._context import get_run_context, tags

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
@@ -19,6 +21,24 @@ if TYPE_CHECKING:
     from stateward._worker import TaskRunPayload
 
 __all__ = ["RayTaskRunner"]
+
+
+def _keep_grpc_threads_out_of_forked_children() -> None:
+    """grpcio's core turns its fork support on by default, and reads the setting once, as gRPC
+    is imported: it then starts gRPC's threads again in every child this process forks, even one
+    about to exec. A local Ray starts its GCS and raylet with `subprocess` and a `preexec_fn`
+    (fork, then exec); such a child closes the file descriptors it inherited while those threads
+    poll them, and some abort ("epoll_wait error: Bad file descriptor") before the exec, while
+    the flow run's SDK has a call in progress: Ray then waits in vain for its raylet. So
+    importing this module turns the support off for the process, unless GRPC_ENABLE_FORK_SUPPORT
+    is set (it is then the user's choice) or gRPC was imported first (too late: the setting was
+    read; `import ray` loads no gRPC). Only here: with the support off, a forked child cannot use
+    gRPC at all, which a process that does not start Ray need not give up."""
+    if "grpc" not in sys.modules:
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+
+_keep_grpc_threads_out_of_forked_children()
 
 
 def _ray() -> Any:

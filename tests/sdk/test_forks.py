@@ -1,7 +1,8 @@
-"""A process using the SDK forks children that exec at once (`subprocess` with a `preexec_fn`, as
-Ray starts its GCS and raylet): gRPC's threads must not run in them. With grpcio's fork support
-on, its threads start again in each such child, and a child closing the descriptors it inherited
-while they poll them aborted before its exec (Ray then waited in vain for its raylet)."""
+"""A process using the Ray task runner forks children that exec at once (`subprocess` with a
+`preexec_fn`, as Ray starts its GCS and raylet): gRPC's threads must not run in them. With
+grpcio's fork support on, its threads start again in each such child, and a child closing the
+descriptors it inherited while they poll them aborted before its exec (Ray then waited in vain
+for its raylet). A process that does not use the Ray runner keeps gRPC's default."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import json
 from tests.sdk.conftest import python
 
 
-def test_a_child_forked_while_the_sdk_streams_runs_no_grpc_thread_before_its_exec(sdk_server):
+def test_with_the_ray_runner_a_child_forked_while_the_sdk_streams_runs_no_grpc_thread(sdk_server):
     result = python(
         """
         import json, os, subprocess, threading
         from stateward.client import Client
+        from stateward.ray import RayTaskRunner
 
         client = Client(os.environ["STATEWARD_API_URL"])
         streaming = threading.Event()
@@ -47,7 +49,7 @@ def test_a_fork_support_the_user_set_is_left_alone():
     result = python(
         """
         import os
-        import stateward
+        import stateward.ray
         from stateward.client import Client
 
         print(os.environ["GRPC_ENABLE_FORK_SUPPORT"])
@@ -56,6 +58,24 @@ def test_a_fork_support_the_user_set_is_left_alone():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1"]
+
+
+def test_without_the_ray_runner_grpc_keeps_its_fork_support():
+    # Off, a forked child cannot use gRPC at all, even on a channel of its own: the SDK must
+    # not take that from a process's other gRPC code unless it starts Ray.
+    result = python(
+        """
+        import os
+        import stateward
+        from stateward import flow, task
+        from stateward.client import Client
+
+        print(os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "unset"))
+        """,
+        env={"GRPC_ENABLE_FORK_SUPPORT": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["unset"]
 
 
 def test_a_flow_called_in_a_forked_child_says_at_once_that_the_connection_stays_behind(
