@@ -123,6 +123,36 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
     assert new_flow_run(stub).flow_name == "test-flow"
 
 
+def test_the_first_write_once_health_says_serving_again_is_accepted(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """The writing connection sat idle through the outage (no loop wrote: their intervals are
+    long), its session ended by the server: the next write does not go out on it (and fail
+    UNAVAILABLE) but on a new one."""
+    url = postgres_databases.create()
+    outage = Outage(postgres_databases, url)
+    idle = {
+        f"STATEWARD_{name}_INTERVAL_SECONDS": "3600"
+        for name in ("LATE_RUNS", "PAUSE_EXPIRY", "CANCELLING", "CASCADE", "LEASE_CHECK")
+    }
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=idle).start()
+    try:
+        stub = server.stub()
+        running = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)  # the writer is connected
+        outage.begin()
+        try:
+            wait_until(lambda: health(server) == NOT_SERVING, timeout=10, what="NOT_SERVING")
+        finally:
+            outage.end()
+        wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+        assert propose(stub, running.id, ST.STATE_TYPE_COMPLETED).status == ACCEPT
+        assert history(stub, running.id) == ["Running", "Completed"]
+        assert new_flow_run(stub).flow_name == "test-flow"
+    finally:
+        outage.end()
+        server.stop()
+
+
 def test_the_web_views_event_stream_is_refused_503_during_an_outage_and_logged_in_a_line(
     replica,
 ):
@@ -195,19 +225,7 @@ def test_the_loops_say_an_outage_in_one_line_each_and_sweep_again_after_it(
         # The loops sweep again once the database is back (on this process, or on it again
         # once it takes the lock it lost): a run past its time becomes Late.
         stub = server.stub()
-        # A connection PostgreSQL terminated answers its next call UNAVAILABLE (try again),
-        # SERVING or not: the run is made on a later try.
-        made: list[runs_pb2.FlowRun] = []
-
-        def make() -> bool:
-            try:
-                made.append(new_flow_run(stub, initial=None))
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-            return bool(made)
-
-        wait_until(make, timeout=20, what="a run made after the outage")
-        due = made[0]
+        due = new_flow_run(stub, initial=None)
         past = datetime.now(UTC) - timedelta(seconds=1)
         propose(stub, due.id, state(ST.STATE_TYPE_SCHEDULED, scheduled_time=past))
         wait_until(lambda: history(stub, due.id) == ["Scheduled", "Late"], timeout=20, what="Late")

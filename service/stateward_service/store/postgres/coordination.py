@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,17 @@ def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     conn = psycopg.connect(url, **connection_options())
     allow_nul_in_text(conn)
     return conn
+
+
+def ended_while_idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has said anything to an idle connection, one with no statement in
+    progress (and not LISTENing): unasked, it says only that it ended the session (a terminated
+    backend, a restart, an idle timeout) and closes it. libpq learns of that only when a
+    statement is sent, which then fails; one `poll` of the socket, without waiting, learns it
+    before."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # PostgreSQL's text cannot hold NUL, which names and messages may: text goes in with NUL (and
@@ -168,4 +180,11 @@ class AdvisoryLeaderLock:
                 self._conn = None
 
 
-__all__ = ["CHANNEL", "AdvisoryLeaderLock", "ListenSignal", "connect", "connection_options"]
+__all__ = [
+    "CHANNEL",
+    "AdvisoryLeaderLock",
+    "ListenSignal",
+    "connect",
+    "connection_options",
+    "ended_while_idle",
+]

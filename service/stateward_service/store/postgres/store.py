@@ -10,8 +10,9 @@ comes from a one-row counter bumped by the very last statement before COMMIT, in
 message, and held until the commit: sequences commit in order, and the counter is held as
 briefly as a writing transaction can hold it. That statement also NOTIFYs the log followers of
 every replica with the newest sequence. Deadlocks and serialization failures surface as
-WriteConflict, for the orchestrator to retry. A lost connection is DatabaseUnavailable, and the
-next call reconnects.
+WriteConflict, for the orchestrator to retry. A connection lost during a call is
+DatabaseUnavailable, and the next call reconnects; one the server ended between calls (an outage
+that ended meanwhile) is replaced before the next call sends anything on it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from stateward_service.store.postgres.coordination import (
     AdvisoryLeaderLock,
     ListenSignal,
     connect,
+    ended_while_idle,
 )
 from stateward_service.store.postgres.reader import PostgresReader, PostgresReads
 from stateward_service.store.postgres.schema import migrate
@@ -110,7 +112,16 @@ class _QmarkConnection:
     def connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         """The connection, opened again if it was lost, but never inside a transaction: a
         transaction lost with its connection is gone, and the rest of it must not run on a
-        new connection (in autocommit: each statement alone) and commit without its start."""
+        new connection (in autocommit: each statement alone) and commit without its start.
+        Between transactions, a session the server ended (an outage, a restart) is replaced
+        before anything is sent on it: the first write after an outage does not fail on it."""
+        if (
+            self.queued is None
+            and self.raw is not None
+            and not self.raw.closed
+            and ended_while_idle(self.raw)
+        ):
+            self.raw.close()
         if self.raw is None or self.raw.closed or self.raw.broken:
             if self.queued is not None:
                 raise DatabaseUnavailable(
