@@ -232,3 +232,68 @@ def test_the_loops_say_an_outage_in_one_line_each_and_sweep_again_after_it(
     finally:
         outage.end()
         server.stop()
+
+
+def test_an_event_streams_replay_cut_short_by_an_outage_ends_whole_said_in_one_line(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """A page far behind (here more than the ring of 1 transition the server keeps) replays
+    from the log, 500 transitions a read; the database goes away after the first read. The
+    stream ends as a stream ends (the browser then reconnects with its Last-Event-ID), the
+    server says so in one line, and the next stream resumes from the last event sent."""
+    url = postgres_databases.create()
+    outage = Outage(postgres_databases, url)
+    env = {"STATEWARD_STREAM_BUFFER": "1"}
+    server = ServerProcess(url, log_path=tmp_path / "server.log", ui=True, env=env).start()
+    try:
+        stub = server.stub()
+        # 40 kB a transition: the first read's 500 (20 MB) are more than the sockets hold, so
+        # the server is still sending them when the database goes away.
+        pending = state(ST.STATE_TYPE_PENDING, message="x" * 40_000)
+        made = [
+            stub.CreateFlowRun(
+                pb.CreateFlowRunRequest(flow_run=runs_pb2.FlowRun(flow_name="far", state=pending))
+            ).flow_run.id
+            for _ in range(520)
+        ]
+        events = f"{server.ui_url}api/events"
+        got: list[str] = []
+        last_id: str | None = None
+        with httpx.stream("GET", events, params={"after": 0}, timeout=60) as replaying:
+            stream = EventStream(replaying)
+            assert stream.hello().data["sequence"] == 0
+            got.append(stream.transitions(1)[0].data["run_id"])
+            outage.begin()
+            try:
+                wait_until(lambda: health(server) == NOT_SERVING, timeout=10, what="NOT_SERVING")
+                # An incomplete response would raise httpx.RemoteProtocolError here.
+                while True:
+                    try:
+                        event = stream.next()
+                    except EOFError:
+                        break
+                    assert event.event == "transition", event
+                    got.append(event.data["run_id"])
+                    last_id = event.id
+            finally:
+                outage.end()
+        assert 1 < len(got) < len(made)
+        assert got == made[: len(got)]
+        wait_until(
+            lambda: "replay stopped" in server.output(), timeout=10, what="the stop's log line"
+        )
+        output = server.output()
+        said = [line for line in output.splitlines() if "event stream" in line]
+        assert len(said) == 1 and f"stopped after {last_id}" in said[0], said
+        assert "Traceback" not in output and "ASGI" not in output, output
+
+        wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+        resumed_from = {"Last-Event-ID": str(last_id)}
+        with httpx.stream("GET", events, headers=resumed_from, timeout=60) as resumed:
+            stream = EventStream(resumed)
+            assert stream.hello().id == last_id
+            rest = [event.data["run_id"] for event in stream.transitions(len(made) - len(got))]
+        assert got + rest == made
+    finally:
+        outage.end()
+        server.stop()

@@ -8,9 +8,10 @@ id is that starting cursor, so a page that loses the stream before any transitio
 there. A cursor the log cannot resume from (another database's, or one retention pruned) starts
 the stream at the newest transition with `"reset": <why>` in the `hello` event: the page reloads
 its data. A database that cannot be reached when the cursor is checked is answered 503, as the
-API answers it, and logged in one line: the page tries again. Comment lines every `heartbeat`
-seconds keep proxies from closing an idle stream. At shutdown the stream ends and the browser
-reconnects with its Last-Event-ID.
+API answers it, and logged in one line: the page tries again. One that goes away while a stream
+replays from the log ends that stream, said in one line too: the browser reconnects from the
+last event it got. Comment lines every `heartbeat` seconds keep proxies from closing an idle
+stream. At shutdown the stream ends and the browser reconnects with its Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -64,14 +65,25 @@ async def _stream(
         retry=RECONNECT_MILLISECONDS,
         sep="\n",
     )
+    reached = start
     try:
         async with aclosing(broadcaster.subscribe(_EVERYTHING, start, encode_transition)) as feed:
-            async for _, frame in feed:
+            async for reached, frame in feed:  # noqa: B007 - `reached` is read after the loop
                 yield frame
     except (StreamClosed, CursorExpired):
         # Shutting down, or this page fell behind what the log keeps: either way the browser
         # reconnects with its Last-Event-ID, and the new stream resumes or says to reload.
         return
+    except DatabaseUnavailable as error:
+        # A replay reads the log: the database went away meanwhile. The stream ends as any
+        # other (the browser reconnects, and its next try is refused 503 until the database
+        # is back), said in one line.
+        said = " ".join(str(error).split())
+        log.warning(
+            "web view: an event stream's replay stopped after %d (the page resumes from there): %s",
+            reached,
+            said,
+        )
 
 
 def events_endpoint(
