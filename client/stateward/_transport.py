@@ -532,6 +532,20 @@ class CallStream:
             stream.requests.put(_END)
 
 
+# How many forks made this process (counted in each child): a channel made before the last
+# one is the parent's. Every call looks at it, which a global does more cheaply than
+# os.getpid() (a system call's worth of C).
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 class GrpcTransport:
     """Calls over a gRPC channel (plain or TLS), with the API key as metadata. SetState and
     ExecuteBatch ride one long-lived ExecuteStream (see `CallStream`) when the server has it,
@@ -544,12 +558,13 @@ class GrpcTransport:
         self._metadata = connection.metadata
         self.calls_stream: CallStream | None = CallStream(connection, self.stub)
         self._pid = os.getpid()
+        self._forks = _forks  # the forks this process came out of when the channel was made
 
     def _same_process(self) -> None:
         """A channel does not cross a fork: in a forked child its calls wait until their
         deadline (and, with gRPC's fork support off, as `import stateward` sets it, so does a
         new channel's). Raises StatewardError saying so, at once."""
-        if os.getpid() != self._pid:
+        if _forks != self._forks:
             raise StatewardError(
                 f"this process was forked from process {self._pid}, whose connection to the "
                 f"Stateward server at {self.connection.address} does not work here: start "
