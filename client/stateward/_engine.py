@@ -57,6 +57,11 @@ _WAIT, _ACCEPT, _ABORT = SetStateStatus.WAIT, SetStateStatus.ACCEPT, SetStateSta
 _CANCELLING, _PAUSED = StateType.CANCELLING, StateType.PAUSED
 _SCHEDULED, _RUNNING = StateType.SCHEDULED, StateType.RUNNING
 
+# The proposals every run makes, shared (states are immutable, and a proposal is copied with
+# its transition id before it is sent).
+PENDING_PROPOSAL = State(StateType.PENDING)
+RUNNING_PROPOSAL = State(StateType.RUNNING)
+
 FINAL_HOOKS = {
     StateType.COMPLETED: "on_completion",
     StateType.FAILED: "on_failure",
@@ -79,8 +84,13 @@ class RunEngine:
     ) -> None:
         self.subject = subject
         self.parameters = bind(subject.signature, args, kwargs)
-        # Its own tags, then those of the `tags()` blocks it is created in.
-        self.tags = tuple(dict.fromkeys((*subject.tags, *current_tags())))
+        # Its own tags, then those of the `tags()` blocks it is created in (most runs are
+        # made in none: their own, already without repeats).
+        outer = current_tags()
+        own = subject.tags
+        self.tags = (
+            own if not outer and own.__class__ is tuple else tuple(dict.fromkeys((*own, *outer)))
+        )
         self.run_count = 0  # attempts this engine started (entries into RUNNING)
         # The flow run whose code runs this one (a task's flow run, a subflow's parent), if any.
         self.parent: FlowRunContext | None = flow_run_context.get()
@@ -197,7 +207,7 @@ class RunEngine:
     # --- the steps --------------------------------------------------------------------------------
 
     def running_proposal(self) -> State:
-        return State(StateType.RUNNING)
+        return RUNNING_PROPOSAL
 
     def start_from(self) -> str | None:
         """The id of the state the run must still be in for Running to be proposed (an ABORT

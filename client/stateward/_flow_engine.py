@@ -15,7 +15,7 @@ from typing import Any
 
 from stateward import _run_logs as run_logs
 from stateward._context import FlowRunContext, flow_run_context
-from stateward._engine import RunEngine, call_run
+from stateward._engine import PENDING_PROPOSAL, RUNNING_PROPOSAL, RunEngine, call_run
 from stateward._interrupt import (
     Interruptible,
     RunCancelled,
@@ -128,14 +128,14 @@ class FlowRunEngine(RunEngine):
                 tags=self.tags,
                 retry_policy=RetryPolicy(flow.retries, flow.retry_delays),
                 parent_task_run_id=parent_task_run_id,
-                state=State(StateType.PENDING),
+                state=PENDING_PROPOSAL,
             )
         )
         if not_started is not None:
             answer = self.orchestration.create_and_start(runs, not_started, self._adopt)
             assert answer.state is not None
             return answer.state
-        return self.orchestration.create_and_start(runs, State(StateType.RUNNING), self._adopt)
+        return self.orchestration.create_and_start(runs, RUNNING_PROPOSAL, self._adopt)
 
     def _wait_for_inputs(self) -> None:
         for upstream in self.wait_for:

@@ -49,30 +49,41 @@ class RunOrchestration:
         self.failure: BaseException | None = None
         self.lease = supervisor.lease
 
-    def _retrying(self, what: str, call: Callable[[int], T], label: str | None = None) -> T:
+    def _retrying(
+        self,
+        what: str,
+        call: Callable[[int], T],
+        label: str | None = None,
+        failure: ServerUnavailable | DeadlineExceeded | None = None,
+    ) -> T:
         """`call(attempt)`, again (up to a few times) while the server cannot be reached;
         each new attempt is logged (a warning: the server was away). `label` names the run
-        the call is about, when not this one. Raises ServerUnavailable once the attempts are
-        spent, and what `call` raises otherwise."""
+        the call is about, when not this one. `failure` is how a first attempt the caller
+        made itself failed (the hot calls make it without a closure): then `call(1)` comes
+        next. Raises ServerUnavailable once the attempts are spent, and what `call` raises
+        otherwise."""
         label = label or self.label
         attempt = 0
         while True:
-            try:
-                return call(attempt)
-            except (ServerUnavailable, DeadlineExceeded) as error:
-                attempt += 1
-                if attempt > _UNAVAILABLE_RETRIES:
-                    raise ServerUnavailable(
-                        f"lost the Stateward server while {what} for {label} ({error}); "
-                        "the server will crash the run when its heartbeat lease lapses"
-                    ) from None
-                delay = 0.2 * 2**attempt
-                self.log.warning(
-                    "%s - the Stateward server cannot be reached while %s; trying again in "
-                    "%.1fs (%s)",
-                    label, what, delay, error, extra=self.log_extra,
-                )  # fmt: skip
-                time.sleep(delay)
+            if failure is None:
+                try:
+                    return call(attempt)
+                except (ServerUnavailable, DeadlineExceeded) as error:
+                    failure = error
+            attempt += 1
+            if attempt > _UNAVAILABLE_RETRIES:
+                raise ServerUnavailable(
+                    f"lost the Stateward server while {what} for {label} ({failure}); "
+                    "the server will crash the run when its heartbeat lease lapses"
+                )
+            delay = 0.2 * 2**attempt
+            self.log.warning(
+                "%s - the Stateward server cannot be reached while %s; trying again in "
+                "%.1fs (%s)",
+                label, what, delay, failure, extra=self.log_extra,
+            )  # fmt: skip
+            failure = None
+            time.sleep(delay)
 
     def read(self, what: str, call: Callable[[], T], label: str | None = None) -> T:
         """`call()`, a read of the server (`what` says of what), sent again (up to a few
@@ -104,17 +115,28 @@ class RunOrchestration:
         `wait=False`, return the WAIT: the caller waits as it sees fit). With
         `expected_state_id`, the server ABORTs unless the run's current state is that one."""
         proposed = proposed.with_details(transition_id=new_id(), **self.owner)
+        client = self.client
         while True:
-            decision = self._retrying(
-                f"proposing {proposed.name}",
-                lambda _: self.client.set_state(
+            try:  # the first attempt without a closure: every proposal makes it
+                decision = client.set_state(
                     self.run_id,
                     proposed,
                     force=force,
                     expected_state_id=expected_state_id,
                     lease_seconds=self.lease,
-                ),
-            )
+                )
+            except (ServerUnavailable, DeadlineExceeded) as error:
+                decision = self._retrying(
+                    f"proposing {proposed.name}",
+                    lambda _: client.set_state(
+                        self.run_id,
+                        proposed,
+                        force=force,
+                        expected_state_id=expected_state_id,
+                        lease_seconds=self.lease,
+                    ),
+                    failure=error,
+                )
             if decision.status is not _WAIT or not wait:
                 return self.observe(decision, proposed)
             self.wait(decision)
@@ -148,25 +170,33 @@ class RunOrchestration:
         proposes again). The runs' ids are new (made by `new_id` for this call): the first
         attempt says so, which spares an orchestrator in this process a read per run."""
         running = running.with_details(transition_id=new_id(), **self.owner)
-
-        def send(
-            attempt: int,
-        ) -> tuple[list[Created], OrchestrationResult]:
-            started = self.client.create_and_start(
-                runs, running, lease_seconds=self.lease, new_ids=attempt == 0
+        try:  # the first attempt without a closure: every run makes it
+            created, answer = self._create_and_start(runs, running, 0)
+        except (ServerUnavailable, DeadlineExceeded) as error:
+            created, answer = self._retrying(
+                "creating and starting it",
+                lambda attempt: self._create_and_start(runs, running, attempt),
+                failure=error,
             )
-            for result in started.created:
-                if isinstance(result, AlreadyExists) and attempt:
-                    continue  # the first attempt created it
-                if isinstance(result, StatewardError):
-                    raise result
-            if isinstance(started.answer, StatewardError):
-                raise started.answer
-            return started.created, started.answer
-
-        created, answer = self._retrying("creating and starting it", send)
         adopt(created)
         return self.observe(answer, running)
+
+    def _create_and_start(
+        self, runs: list[FlowRun | TaskRun], running: State, attempt: int
+    ) -> tuple[list[Created], OrchestrationResult]:
+        """One attempt of `create_and_start` (the first is 0): the runs as created and the
+        answer to RUNNING; raises a refusal of either."""
+        started = self.client.create_and_start(
+            runs, running, lease_seconds=self.lease, new_ids=attempt == 0
+        )
+        for result in started.created:
+            if isinstance(result, AlreadyExists) and attempt:
+                continue  # the first attempt created it
+            if isinstance(result, StatewardError):
+                raise result
+        if isinstance(started.answer, StatewardError):
+            raise started.answer
+        return started.created, started.answer
 
     def wait(self, decision: OrchestrationResult, stop: Callable[[], bool] = lambda: False) -> None:
         """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""

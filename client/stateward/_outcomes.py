@@ -98,15 +98,20 @@ class TaskRunNames:
 
     def take(self, base: str, index: int | None = None) -> str:
         """A name for the next run of `base` (with `index`, `base-index` if it is free)."""
+        taken = self._taken
         with self._lock:
-            name = f"{base}-{index}"
-            if index is None or name in self._taken:
-                number = self._next.get(base, 0)
-                while f"{base}-{number}" in self._taken:
-                    number += 1
-                self._next[base] = number + 1
+            if index is not None:
+                name = f"{base}-{index}"
+                if name not in taken:
+                    taken.add(name)
+                    return name
+            number = self._next.get(base, 0)
+            name = f"{base}-{number}"
+            while name in taken:
+                number += 1
                 name = f"{base}-{number}"
-            self._taken.add(name)
+            self._next[base] = number + 1
+            taken.add(name)
             return name
 
 

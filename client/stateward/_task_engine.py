@@ -9,7 +9,7 @@ import concurrent.futures
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from stateward._context import (
     held_cache_entries,
     task_run_context,
 )
-from stateward._engine import RunEngine, call_run
+from stateward._engine import PENDING_PROPOSAL, RUNNING_PROPOSAL, RunEngine, call_run
 from stateward._hooks import await_from_sync
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._orchestration import RunOrchestration
@@ -71,7 +71,11 @@ class TaskRunEngine(RunEngine):
         self.map_index = map_index
         self.wait_for = list(wait_for or ())
         self.task_run: TaskRun | None = None
-        self.context: TaskRunContext | None = None
+        # When the code's current attempt started (its context's start_time, which the hooks'
+        # context keeps). Not the context itself: its record is made by a closure over this
+        # engine, and the engine holding it would make every task run a reference cycle,
+        # freed only by the cyclic garbage collector.
+        self.code_started: datetime | None = None
         self.attempts = 0  # attempts of the code in this process
         self._retry_policy: RetryPolicy | None = None
         self.flow_run_id = self.parent.flow_run.id if self.parent else ""
@@ -153,7 +157,7 @@ class TaskRunEngine(RunEngine):
             parameters=jsonable(self.parameters),
             tags=self.tags,
             retry_policy=self.retry_policy(),
-            state=State(StateType.PENDING),
+            state=PENDING_PROPOSAL,
         )
 
     def create(self) -> None:
@@ -275,7 +279,7 @@ class TaskRunEngine(RunEngine):
 
     def running_proposal(self) -> State:
         if not self.cache_key and not self.task.refresh_cache:
-            return State(StateType.RUNNING)  # the shared default details: none to build
+            return RUNNING_PROPOSAL  # the shared default details: none to build
         return State(
             StateType.RUNNING,
             details=StateDetails(cache_key=self.cache_key, refresh_cache=self.task.refresh_cache),
@@ -348,11 +352,12 @@ class TaskRunEngine(RunEngine):
     def enter_code(self) -> Callable[[], None]:
         # The record as it is now (its state: Running), made if the code asks for it.
         state = self.orchestration.state
-        self.context = TaskRunContext(
+        context = TaskRunContext(
             self.task, lambda: self.record(state, self.run_count), self.parameters
         )
+        self.code_started = context.start_time
         self.held = []  # a new attempt: what an earlier one held is dropped with it
-        token = task_run_context.set(self.context)
+        token = task_run_context.set(context)
         held_token = held_cache_entries.set(self.held)
 
         def leave() -> None:
@@ -365,9 +370,7 @@ class TaskRunEngine(RunEngine):
         return self.client.get_task_run(self.id)
 
     def hook_context(self, record: Any) -> Callable[[], None]:
-        context = TaskRunContext(self.task, record, self.parameters)
-        if self.context is not None:
-            context.start_time = self.context.start_time
+        context = TaskRunContext(self.task, record, self.parameters, self.code_started)
         token = task_run_context.set(context)
         return lambda: task_run_context.reset(token)
 

@@ -24,7 +24,7 @@ from stateward_service.errors import ServiceError
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.refusals import refused_alone, translating
+from stateward_service.refusals import REFUSALS, refusal, refused_alone, translating
 
 Run = FlowRun | TaskRun
 
@@ -43,12 +43,16 @@ class LocalService:
         it and no read looks for one. Raises ServiceError (INVALID_ARGUMENT, NOT_FOUND,
         ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE) as CreateFlowRun and CreateTaskRun
         do, and TypeError for parameters a Struct cannot hold."""
-        record, initial, parameters = _record(run)
+        record, initial, parameters = _record(run, id_is_new=new_id)
         fresh = new_id or not run.id
         orchestrator = self.orchestrator
-        created = translating(
-            lambda: orchestrator.create_run(record, initial, new_id=fresh), orchestrator.in_batch
-        )
+        try:  # as `translating` does, without a closure: every task run comes here
+            created = orchestrator.create_run(record, initial, new_id=fresh)
+        except REFUSALS as error:
+            answer = refusal(error, orchestrator.in_batch)
+            if answer is None:
+                raise
+            raise answer from None
         return _run(created, parameters)
 
     def create_and_start(
@@ -116,17 +120,21 @@ class LocalService:
         if expected_state_id:
             expected_state_id = check.uuid_value(expected_state_id, "expected_state_id")
         check.seconds(lease_seconds, "lease_duration", check.MAX_LEASE_SECONDS)
-        return translating(
-            lambda: self.orchestrator.set_state(
+        orchestrator = self.orchestrator
+        try:  # as `translating` does, without a closure: every proposal comes here
+            return orchestrator.set_state(
                 run_id,
                 state,
                 force=force,
                 expected_state_id=expected_state_id,
                 lease_seconds=lease_seconds,
                 fresh_state=True,  # the caller's own: it may give it a value
-            ),
-            self.orchestrator.in_batch,
-        )
+            )
+        except REFUSALS as error:
+            answer = refusal(error, orchestrator.in_batch)
+            if answer is None:
+                raise
+            raise answer from None
 
     def get_run(self, run_id: str, kind: RunKind) -> Run:
         """The flow run or task run as it is now; ServiceError NOT_FOUND for an unknown one."""
@@ -167,10 +175,12 @@ class LocalService:
         return renewed
 
 
-def _record(run: Run) -> tuple[RunRecord, State | None, dict[str, Any]]:
-    """The run record a create stores, its initial state and its parameters as stored."""
+def _record(run: Run, *, id_is_new: bool = False) -> tuple[RunRecord, State | None, dict[str, Any]]:
+    """The run record a create stores, its initial state and its parameters as stored. With
+    `id_is_new`, the run's id is one `stateward.ids.new_id` made (see `LocalService.create_run`):
+    canonical already."""
     what = "flow_run" if isinstance(run, FlowRun) else "task_run"
-    given_id = check.optional_run_id(run.id, f"{what}.id")
+    given_id = run.id if id_is_new and run.id else check.optional_run_id(run.id, f"{what}.id")
     parameters, parameters_json = check.parameter_values(run.parameters, f"{what}.parameters")
     retry_policy = check.retry_policy_value(run.retry_policy, f"{what}.retry_policy")
     record = RunRecord(

@@ -37,26 +37,51 @@ def translating(call: Callable[[], T], in_batch: bool = False) -> T:
     transaction)."""
     try:
         return call()
-    except (RunNotFound, LimitNotFound) as error:
-        raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
-    except (RunAlreadyExists, LimitAlreadyExists) as error:
-        raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
-    except (InitialStateRefused, NotPaused, NotCompleted) as error:
-        raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
-    except RunInputRefused as error:
-        raise invalid("run_input", str(error)) from None
-    except BadPageToken as error:
-        raise invalid("page_token", str(error)) from None
-    except DatabaseUnavailable as error:
-        if in_batch:
+    except REFUSALS as error:
+        answer = refusal(error, in_batch)
+        if answer is None:
             raise
-        raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
-    except WriteConflict as error:
-        if in_batch:
-            raise
-        raise ServiceError(
+        raise answer from None
+
+
+# The orchestrator's exceptions `refusal` answers.
+REFUSALS = (
+    RunNotFound,
+    LimitNotFound,
+    RunAlreadyExists,
+    LimitAlreadyExists,
+    InitialStateRefused,
+    NotPaused,
+    NotCompleted,
+    RunInputRefused,
+    BadPageToken,
+    DatabaseUnavailable,
+    WriteConflict,
+)
+
+
+def refusal(error: Exception, in_batch: bool = False) -> ServiceError | None:
+    """The ServiceError that answers `error`, one of REFUSALS (see `translating`); None when
+    it is to be raised as it is (a failure of the database inside a batch or group). For a
+    caller on the hot path, which catches REFUSALS itself rather than hand `translating` a
+    closure."""
+    if isinstance(error, RunNotFound | LimitNotFound):
+        return ServiceError(StatusCode.NOT_FOUND, str(error))
+    if isinstance(error, RunAlreadyExists | LimitAlreadyExists):
+        return ServiceError(StatusCode.ALREADY_EXISTS, str(error))
+    if isinstance(error, InitialStateRefused | NotPaused | NotCompleted):
+        return ServiceError(StatusCode.FAILED_PRECONDITION, str(error))
+    if isinstance(error, RunInputRefused):
+        return invalid("run_input", str(error))
+    if isinstance(error, BadPageToken):
+        return invalid("page_token", str(error))
+    if in_batch:  # DatabaseUnavailable, WriteConflict
+        return None
+    if isinstance(error, WriteConflict):
+        return ServiceError(
             StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
-        ) from None
+        )
+    return ServiceError(StatusCode.UNAVAILABLE, str(error))
 
 
 def refused_alone(error: ServiceError) -> bool:
@@ -66,4 +91,4 @@ def refused_alone(error: ServiceError) -> bool:
     return not isinstance(error, StorageUnavailable)
 
 
-__all__ = ["refused_alone", "translating"]
+__all__ = ["REFUSALS", "refusal", "refused_alone", "translating"]
