@@ -81,6 +81,7 @@ class LogFollower:
         self._reading = False  # the loop waits for a notice (a reader of `_writes`)
         self._signal_failing = False  # the last ask of the signal failed
         self.failing = False  # the last read failed (the database is unreachable)
+        self.woken_by_writes = 0  # times the loop found the notices of writes readable
 
     @property
     def cursor(self) -> int:
@@ -150,10 +151,11 @@ class LogFollower:
         """On the loop, when the system told of writes: ask the signal now, and for a while.
         While it asks, the notices wait unread: however many writes there are, the loop reads
         them once per `ASKS_AFTER_A_WRITE` asks."""
+        self.woken_by_writes += 1
         if self._stopping.is_set():
             return
         if not writes.drain():
-            return  # another file of the folder (a checkpoint): the reader stays
+            return  # a file made in the folder that is not the log: the reader stays
         loop.remove_reader(writes.fileno())
         self._reading = False
         self._asks_left = ASKS_AFTER_A_WRITE

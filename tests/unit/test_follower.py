@@ -4,6 +4,7 @@ asked by its event loop's timer (the thread sleeps between backstops) or by its 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from stateward_service.follower import LogFollower
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import PolledChangeSignal, open_database
+from stateward_service.store.sqlite import wal_writes
 from tests.support import wait_until
 
 # Long enough that only the change signal can deliver a commit within a test's wait.
@@ -219,3 +221,54 @@ def test_a_follower_on_an_event_loop_without_notices_of_writes_asks_on_a_timer(
         assert both.heard == [1]
     finally:
         both.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_a_followers_loop_is_woken_by_the_logs_writes_not_by_other_files_of_the_folder(
+    tmp_path: Path,
+) -> None:
+    """A server's log file beside its database is written at every call it logs: that woke the
+    follower's loop each time (it then found the notice was not the log's). Now only the log's
+    writes wake it; and its process has one inotify instance on the database, the follower's
+    and both stores' checkpointers' alike."""
+    server_log = (tmp_path / "server.log").open("a")
+    both = Orchestrators(tmp_path / "shared.db")
+
+    async def scenario() -> tuple[int, int]:
+        follower = both.follower()
+        follower.start(asyncio.get_running_loop())
+        try:
+            deadline = time.monotonic() + 20
+            while not follower._reading:  # the asks after the start are over
+                assert time.monotonic() < deadline, "the loop never waited for a notice"
+                await asyncio.sleep(0.01)
+            # One instance: the follower and the two stores' checkpointers read it.
+            shared = wal_writes._watches[(os.getpid(), (tmp_path / "shared.db").resolve())]
+            while len(shared.readers) < 3:
+                assert time.monotonic() < deadline, "the checkpointers never asked for notices"
+                await asyncio.sleep(0.01)
+            assert len(shared.readers) == 3
+            woken = follower.woken_by_writes
+            for number in range(20):
+                server_log.write(f"line {number}\n")
+                server_log.flush()
+            # Two turns of the loop: its selector has looked at the notices' descriptor, and
+            # what it found ready has run.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert follower.woken_by_writes == woken
+            both.other.create_run(flow_run(), State(StateType.PENDING))  # logs #1
+            while not both.heard:
+                assert time.monotonic() < deadline, "the commit was not published"
+                await asyncio.sleep(0.01)
+            return woken, follower.woken_by_writes
+        finally:
+            follower.stop()
+
+    try:
+        before, after = asyncio.run(scenario())
+        assert after > before
+        assert both.heard == [1]
+    finally:
+        both.close()
+        server_log.close()
