@@ -28,7 +28,7 @@ from tests.support import PostgresDatabases
 HOT_TABLES = frozenset({"flow_runs", "task_runs", "states", "transitions", "run_logs", "cache"})
 # A filter the statement leaves to an index (`unindexed` spells the others so no index serves).
 _INDEXED_FILTER = re.compile(
-    r"\b[rt]\.(flow_name|task_key|state_type|flow_run_id|run_id|to_type) (?:=|IN\b|IS NULL)"
+    r"\b[rtb]\.(flow_name|task_key|state_type|flow_run_id|run_id|to_type) (?:=|IN\b|IS NULL)"
 )
 # Statements with no plan to check.
 _NO_PLAN = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|PRAGMA|NOTIFY|SET|SAVEPOINT|RELEASE)\b", re.I)

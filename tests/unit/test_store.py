@@ -126,7 +126,8 @@ def _database_of_version_4(path: Path, source: Path) -> None:
     db.execute("ATTACH DATABASE ? AS source", (str(source),))
     db.execute("BEGIN")
     for table in ("flow_runs", "task_runs", "states", "transitions", "run_logs", "cache"):
-        db.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table}")
+        columns = _V4_STATE_COLUMNS if table == "states" else "*"
+        db.execute(f"INSERT INTO main.{table} SELECT {columns} FROM source.{table} ORDER BY rowid")
     db.execute("DELETE FROM transitions WHERE sequence <= 3")  # as its log pruning did
     db.execute("COMMIT")
     db.execute("DETACH DATABASE source")
@@ -134,8 +135,14 @@ def _database_of_version_4(path: Path, source: Path) -> None:
     db.close()
 
 
-def _everything(path: Path) -> dict[str, Any]:
-    """Every row of every table, and what the store's reads return, as one value."""
+# The columns of the states table before migration 9 gave each its transition's sequence.
+_V4_STATE_COLUMNS = (
+    "id, run_id, type, name, timestamp, message, details, result_json, result_pickle"
+)
+
+
+def _tables(path: Path) -> dict[str, Any]:
+    """Every row of every table (the states' columns as they were at version 4)."""
     db = sqlite3.connect(path)
     tables = [
         row[0]
@@ -145,18 +152,36 @@ def _everything(path: Path) -> dict[str, Any]:
         )
     ]
     found: dict[str, Any] = {
-        table: db.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() for table in tables
+        table: db.execute(
+            f"SELECT {_V4_STATE_COLUMNS if table == 'states' else '*'} FROM {table} ORDER BY rowid"
+        ).fetchall()
+        for table in tables
     }
     db.close()
+    return found
+
+
+def _reads(path: Path, after: int) -> dict[str, Any]:
+    """What the store's reads return: the log after `after` (all of it, and each run's),
+    the runs, their states (whole and page by page) and their lines."""
+    found: dict[str, Any] = {}
     reader = StoreReader(path)
     with reader.snapshot() as snapshot:
-        found["log"] = snapshot.read_log(0, 10_000)
+        found["log"] = snapshot.read_log(after, 10_000)[0]
         found["last sequence"] = snapshot.last_sequence()
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
             runs, _ = snapshot.list_runs(kind, RunFilter(), 1_000, "")
             found[f"runs {kind.name}"] = runs
             for run in runs:
+                found[f"log {run.id}"] = snapshot.read_log(after, 10_000, run_ids=[run.id])[0]
                 found[f"states {run.id}"] = snapshot.list_states(run.id)
+                pages, token = [], ""
+                while True:
+                    states, token = snapshot.page_of_states(run.id, 1, token)
+                    pages.extend(states)
+                    if not token:
+                        break
+                found[f"pages of states {run.id}"] = pages
                 found[f"lines {run.id}"] = snapshot.list_logs(kind, run.id, 0, 1_000)
     reader.close()
     return found
@@ -210,10 +235,12 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
     orchestrator.close()
     path = tmp_path / "made-by-version-4.db"
     _database_of_version_4(path, source)
-    before = _everything(path)
-    newest = before["last sequence"]
+    before = _tables(path)
+    # It reads as the database it was made from, but for the log's three pruned transitions.
+    expected = _reads(source, after=3)
+    newest = expected["last sequence"]
     assert isinstance(newest, int) and newest > 3
-    assert len(before["log"][0]) == newest - 3
+    assert len(expected["log"]) == newest - 3
 
     # Two processes open it at once, both waiting for a third's write lock for longer than a
     # write would wait (it may be a process upgrading a large file): one upgrades it, the
@@ -243,19 +270,36 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
     assert sorted(sequence for _, sequence in answers) == [newest + 1, newest + 2]
 
     # What was there reads back as it was; the two new runs come on top of it.
-    after = _everything(path)
-    assert after["last sequence"] == newest + 2
+    tables = _tables(path)
     for key, value in before.items():
         if key in ("flow_runs", "states", "transitions"):
+            assert tables[key][: len(value)] == value
+        else:
+            assert tables[key] == value, key
+    after = _reads(path, after=3)
+    assert after["last sequence"] == newest + 2
+    for key, value in expected.items():
+        if key == "log":
             assert after[key][: len(value)] == value
-        elif key == "log":
-            old_log, oldest, _ = value
-            assert after[key][0][: len(old_log)] == old_log
-            assert after[key][1] == oldest == 4
         elif key == "runs FLOW_RUN":
             assert after[key][2:] == value  # newest first
         elif key != "last sequence":
             assert after[key] == value, key
+    reader = StoreReader(path)
+    with reader.snapshot() as snapshot:
+        assert snapshot.read_log(0, 10_000)[1] == 4  # the oldest the log holds
+    reader.close()
+    # Migration 9: each logged state carries its transition's sequence; the three whose
+    # transitions were pruned come first, below zero, in the order they were written.
+    db = sqlite3.connect(path)
+    linked = db.execute(
+        "SELECT count(*) FROM states s JOIN transitions t ON t.sequence = s.sequence"
+        " WHERE t.to_state_id = s.id"
+    ).fetchone()[0]
+    assert linked == db.execute("SELECT count(*) FROM transitions").fetchone()[0] == newest - 1
+    unlogged = db.execute("SELECT id, sequence FROM states WHERE sequence < 0 ORDER BY sequence")
+    assert [row[0] for row in unlogged] == [row[0] for row in before["states"][:3]]
+    db.close()
 
 
 def test_a_log_pruned_to_nothing_before_version_5_goes_on_from_its_last_sequence(tmp_path):

@@ -29,7 +29,10 @@ def decode_page_token(token: str, kind: int, fingerprint: str) -> int:
         rowid, token_kind, token_filter = payload["r"], payload["k"], payload["f"]
     except (ValueError, TypeError, KeyError, UnicodeError, RecursionError) as error:
         raise BadPageToken("the page token is not one this server made") from error
-    if token_kind != int(kind) or not isinstance(rowid, int) or not 0 <= rowid < 2**63:
+    # Runs' positions are rowids, from 1; a state's (its sequence, on SQLite) is below zero
+    # for a state whose transition was pruned before schema 9 (see its migration).
+    lowest = -(2**63) if kind == STATES else 0
+    if token_kind != int(kind) or not isinstance(rowid, int) or not lowest <= rowid < 2**63:
         raise BadPageToken("the page token belongs to another listing")
     if token_filter != fingerprint:
         raise BadPageToken(

@@ -72,6 +72,11 @@ def indexed_task_run_types(alias: str) -> str:
     return f"coalesce({alias}.state_type, 0) <> 6"
 
 
+_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_STATE_WITHOUT_RESULT = """INSERT INTO states
+    (id, type, name, timestamp, message, details, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+
+
 class SqlReads:
     """The queries that only read: a store runs them on its writing connection, a reader on a
     read-only connection inside a snapshot. `self.conn` is anything with a DB-API
@@ -85,6 +90,14 @@ class SqlReads:
     # The newest sequence ever handed out (0 for a new database): the log's newest, which is
     # never pruned.
     LAST_SEQUENCE = "SELECT coalesce((SELECT max(sequence) FROM transitions), 0)"
+    # The column that orders a run's states, oldest first (and that their page tokens hold):
+    # on SQLite each state's `sequence`, the sequence of the transition that logged it (its
+    # rowid, which the index of states by run ends with). A run's states are written in the
+    # order of their timestamps (each after the run's last one), so both orders are one.
+    STATE_ORDER = "sequence"
+    # Whether a state's `sequence` links it to its transition: then the log of some runs is
+    # read through the index of states by run (see `read_log_rows`), not an index of the log.
+    STATES_CARRY_SEQUENCE = True
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
         """The run with its current state, or None."""
@@ -197,8 +210,9 @@ class SqlReads:
         fingerprint = digest(run_id)
         after = decode_page_token(page_token, STATES, fingerprint) if page_token else -(2**63)
         cursor = self.conn.execute(
-            f"""SELECT timestamp, {STATE_COLUMNS} FROM states
-                WHERE run_id = ? AND timestamp > ? ORDER BY timestamp LIMIT ?""",
+            f"""SELECT {self.STATE_ORDER}, {STATE_COLUMNS} FROM states
+                WHERE run_id = ? AND {self.STATE_ORDER} > ? ORDER BY {self.STATE_ORDER}
+                LIMIT ?""",
             (run_id, after, page_size + 1),
         )
         rows, more = page(cursor, page_size, budget)
@@ -208,7 +222,7 @@ class SqlReads:
 
     def list_states(self, run_id: str) -> list[State]:
         rows = self.conn.execute(
-            f"SELECT {STATE_COLUMNS} FROM states WHERE run_id = ? ORDER BY timestamp",
+            f"SELECT {STATE_COLUMNS} FROM states WHERE run_id = ? ORDER BY {self.STATE_ORDER}",
             (run_id,),
         ).fetchall()
         return [state_from_row(row) for row in rows]
@@ -242,7 +256,15 @@ class SqlReads:
         """As `read_log`, with each transition as its row (see `LogRow`), for a reader that
         makes something else of it than a Transition (e.g. its stream message, directly)."""
         oldest, newest = self.conn.execute(LOG_BOUNDS).fetchone()
-        rows = read_log_rows(self.conn, after, limit, run_ids, flow_run_ids, state_types)
+        rows = read_log_rows(
+            self.conn,
+            after,
+            limit,
+            run_ids,
+            flow_run_ids,
+            state_types,
+            by_states=self.STATES_CARRY_SEQUENCE,
+        )
         return rows, int(oldest), int(newest)
 
     # --- what the server's loops look for -------------------------------------------------------
@@ -447,11 +469,19 @@ class SqlStore(SqlReads):
 
     # --- states and transitions -----------------------------------------------------------------
 
+    # The INSERTs of a state, with and without its result (`run_id` last).
+    INSERT_STATE = _INSERT_STATE
+    INSERT_STATE_WITHOUT_RESULT = _INSERT_STATE_WITHOUT_RESULT
+
+    def _insert_state_row(self, sql: str, params: Sequence[Any]) -> None:
+        """Run a state's INSERT (a backend may note what it gave the row)."""
+        self._send(sql, params)
+
     def insert_state(self, run_id: str, state: State) -> None:
         data = state.data
         if data is None:  # most states carry no result: no NULLs to bind for its columns
-            self._send(
-                _INSERT_STATE_WITHOUT_RESULT,
+            self._insert_state_row(
+                self.INSERT_STATE_WITHOUT_RESULT,
                 (
                     state.id,
                     int(state.type),
@@ -463,8 +493,8 @@ class SqlStore(SqlReads):
                 ),
             )
             return
-        self._send(
-            _INSERT_STATE,
+        self._insert_state_row(
+            self.INSERT_STATE,
             (
                 state.id,
                 int(state.type),
@@ -602,10 +632,6 @@ class SqlStore(SqlReads):
         return renewed
 
 
-_INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_STATE_WITHOUT_RESULT = """INSERT INTO states
-    (id, type, name, timestamp, message, details, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)"""
-
 # The most values of one filter read as a merge of one ordered read per value (a compound
 # SELECT of SQLite holds at most 500 parts); more are read with IN and a sort.
 MERGED_VALUES = 100
@@ -668,12 +694,17 @@ def read_log_rows(
     run_ids: Sequence[str],
     flow_run_ids: Sequence[str],
     state_types: Sequence[int],
+    *,
+    by_states: bool = False,
 ) -> list[LogRow]:
     """The rows (see `LogRow`) of the matching transitions above `after`, at most `limit`,
     oldest first. A filter by a type the index by new state's type leaves out
     (`TYPES_NOT_INDEXED`) filters the rows another filter's index reads, or reads the log in
     order: those types are the common ones, each about one transition in three of a log of
-    runs that ran."""
+    runs that ran. With `by_states` (each state's `sequence` is its transition's, see
+    `SqlReads.STATES_CARRY_SEQUENCE`), a filter by run reads the runs' states in order by the
+    index of states by run, each joined to its transition by sequence; the log has no index
+    by run of its own then."""
     if TYPES_NOT_INDEXED.intersection(state_types):
         # Filtered as it is read: by another filter's index, or along the log.
         type_filter: list[tuple[str, tuple[Any, ...]]] = []
@@ -681,15 +712,15 @@ def read_log_rows(
     else:
         type_filter = [("t.to_type", tuple(state_types))] if state_types else []
         unindexed_types = ()
+    # Through the states by run (aliased b: the new state's columns are theirs), or the log.
+    via_states = by_states and bool(run_ids)
+    order = "b.sequence" if via_states else "t.sequence"
     filters = [
-        (f"t.{column}", tuple(values))
-        for column, values in (
-            ("run_id", run_ids),
-            ("flow_run_id", flow_run_ids),
-        )
-        if values
-    ] + type_filter
-    clauses = ["t.sequence > ?"]
+        (f"{'b' if via_states else 't'}.run_id", tuple(run_ids)),
+        ("t.flow_run_id", tuple(flow_run_ids)),
+    ]
+    filters = [(column, values) for column, values in filters if values] + type_filter
+    clauses = [f"{order} > ?"]
     params: list[Any] = [after]
     if filters and filters[0][0] == "t.to_type":
         clauses.append(INDEXED_TYPES.replace("to_type", "t.to_type"))  # it reads that index
@@ -704,21 +735,29 @@ def read_log_rows(
         marks = ", ".join("?" for _ in values)
         clauses.append(f"{column if index == 0 else unindexed(column)} IN ({marks})")
         params.extend(values)
-    source = "transitions t"
+    # The new state by its sequence where it carries one (one step down its primary key), else
+    # by its id.
+    new_state = "b.sequence = t.sequence" if by_states else "b.id = t.to_state_id"
+    logged = "states b JOIN transitions t ON t.sequence = b.sequence"
+    source = logged if via_states else f"transitions t JOIN states b ON {new_state}"
     if lead is not None:
         # One ordered, limited read per value, merged: a replay of several runs reads the next
         # `limit` of each rather than sorting all their transitions after the cursor.
         merged, merged_params = _merged(
-            "SELECT t.sequence FROM transitions t",
+            f"SELECT {order} AS sequence FROM {logged if via_states else 'transitions t'}",
             lead[0],
             lead[1],
             clauses,
             params,
-            "t.sequence",
+            order,
             limit,
         )
-        source = f"({merged}) m JOIN transitions t ON t.sequence = m.sequence"
+        source = (
+            f"({merged}) m JOIN transitions t ON t.sequence = m.sequence JOIN states b"
+            f" ON {new_state}"
+        )
         clauses, params = [], merged_params
+        order = "t.sequence"
     params.append(limit)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows: list[LogRow] = conn.execute(
@@ -730,8 +769,7 @@ def read_log_rows(
             LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
             LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
             LEFT JOIN states a ON a.id = t.from_state_id
-            JOIN states b ON b.id = t.to_state_id
-            {where} ORDER BY t.sequence LIMIT ?""",
+            {where} ORDER BY {order} LIMIT ?""",
         params,
     ).fetchall()
     return rows

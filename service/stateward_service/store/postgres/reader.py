@@ -25,6 +25,10 @@ class PostgresReads(SqlReads):
     LISTING_ORDER = "position"
     TAG_VALUES = "jsonb_array_elements_text(r.tags::jsonb) AS t(value)"
     LAST_SEQUENCE = "SELECT last FROM log_counter"
+    # A state is written before its transition is numbered (by the transaction's last
+    # statement): the log keeps its own index by run, and a run's states are ordered by time.
+    STATE_ORDER = "timestamp"
+    STATES_CARRY_SEQUENCE = False
 
 
 class _Qmark:

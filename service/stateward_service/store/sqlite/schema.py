@@ -59,6 +59,25 @@ _TRANSITIONS_TABLE = """CREATE TABLE transitions (
 TRANSITIONS_TO_TYPE = """CREATE INDEX transitions_to_type ON transitions (to_type)
     WHERE to_type <> 2 AND to_type <> 3 AND to_type <> 6"""
 
+# The states as migration 9 makes them: `sequence` (the rowid) is the sequence of the
+# transition that logged the state (see `stateward_service.store.sqlite.store.Store`).
+_STATES_TABLE = """CREATE TABLE "states" (
+   "sequence" INTEGER PRIMARY KEY,
+   "id" TEXT NOT NULL UNIQUE,
+   "run_id" TEXT NOT NULL,
+   "type" INTEGER NOT NULL,
+   "name" TEXT NOT NULL,
+   "timestamp" INTEGER NOT NULL,
+   "message" TEXT NOT NULL,
+   "details" TEXT NOT NULL,
+   "result_json" TEXT,
+   "result_pickle" BLOB
+)"""
+
+# A run's states in the order they were logged (the index ends with the rowid, `sequence`):
+# its history, and its part of the log.
+STATES_RUN = "CREATE INDEX states_run ON states (run_id)"
+
 _SCHEMA_VERSION_TABLE = """CREATE TABLE "schema_version" (
    "version" INTEGER NOT NULL
 )"""
@@ -208,6 +227,31 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "DROP INDEX transitions_to_type",
         TRANSITIONS_TO_TYPE,
     ),
+    (
+        # Each state carries the sequence of the transition that logged it, as its integer
+        # primary key: the states of a run, by the index of states by run (which ends with
+        # it), are its log in order, and the log's own index by run goes. A commit touched
+        # both indexes by run, at random places in each (about three pages a task run each).
+        # A state whose transition was pruned (or an older Stateward never logged) gets a
+        # negative number, in the order the states were written, below every logged one.
+        'ALTER TABLE "states" RENAME TO states_before_9',
+        _STATES_TABLE,
+        """INSERT INTO "states" (sequence, id, run_id, type, name, timestamp, message, details,
+                                 result_json, result_pickle)
+           SELECT t.sequence, s.id, s.run_id, s.type, s.name, s.timestamp, s.message,
+                  s.details, s.result_json, s.result_pickle
+           FROM transitions t JOIN states_before_9 s ON s.id = t.to_state_id""",
+        """INSERT INTO "states" (sequence, id, run_id, type, name, timestamp, message, details,
+                                 result_json, result_pickle)
+           SELECT s.rowid - (SELECT max(rowid) FROM states_before_9) - 1, s.id, s.run_id,
+                  s.type, s.name, s.timestamp, s.message, s.details, s.result_json,
+                  s.result_pickle
+           FROM states_before_9 s
+           WHERE NOT EXISTS (SELECT 1 FROM "states" n WHERE n.id = s.id)""",
+        "DROP TABLE states_before_9",
+        STATES_RUN,
+        "DROP INDEX transitions_run",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -261,4 +305,4 @@ def _version(conn: sqlite3.Connection) -> int | None:
     return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TRANSITIONS_TO_TYPE", "migrate"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STATES_RUN", "TRANSITIONS_TO_TYPE", "migrate"]

@@ -33,9 +33,7 @@ from stateward_service.store.interface import (
     LeaderLock,
     WouldWait,
 )
-from stateward_service.store.rows import (
-    to_us,
-)
+from stateward_service.store.rows import STATE_COLUMNS, to_us
 from stateward_service.store.sql import SqlStore
 from stateward_service.store.sqlite.checks import open_checked
 from stateward_service.store.sqlite.leader import DataVersionSignal, FileLeaderLock
@@ -217,6 +215,15 @@ def _try_lock(file: IO[bytes]) -> bool:
 
 _BUSY_TIMEOUT_MS = 5_000  # how long a write waits for other processes' transactions
 
+# A state's INSERT gives it the sequence its transition gets next (see `Store.append_transition`):
+# one more than the newest in the log, the transaction holding the whole database.
+_NEXT_SEQUENCE = "(SELECT coalesce(max(sequence), 0) + 1 FROM transitions)"
+_INSERT_STATE = f"""INSERT INTO states (sequence, {STATE_COLUMNS}, run_id)
+    VALUES ({_NEXT_SEQUENCE}, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_STATE_WITHOUT_RESULT = f"""INSERT INTO states
+    (sequence, id, type, name, timestamp, message, details, run_id)
+    VALUES ({_NEXT_SEQUENCE}, ?, ?, ?, ?, ?, ?, ?)"""
+
 
 class _WriteTransaction:
     """`Store.transaction()`: a class, not a generator, as every write enters one."""
@@ -267,6 +274,9 @@ class _WriteTransaction:
 class Store(SqlStore):
     """One process's connection to a Stateward database shared with other processes."""
 
+    INSERT_STATE = _INSERT_STATE
+    INSERT_STATE_WITHOUT_RESULT = _INSERT_STATE_WITHOUT_RESULT
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -292,6 +302,8 @@ class Store(SqlStore):
         self.found_schema_version = migrate(self.conn)
         self._data_version = self._read_data_version()
         self._pending_log: list[int] = []  # the sequences the transaction logged
+        # The id and sequence of the state inserted last, which its transition logs next.
+        self._state_sequence: tuple[str, int] = ("", 0)
         self._checkpointer = _Checkpointer(self.path, synchronous)
 
     def close(self) -> None:
@@ -398,15 +410,25 @@ class Store(SqlStore):
 
     # --- the dialect: the log's sequence, upserts ------------------------------------------------
 
+    def _insert_state_row(self, sql: str, params: Sequence[object]) -> None:
+        cursor = self.conn.execute(sql, params)
+        sequence = cursor.lastrowid
+        assert sequence is not None
+        self._state_sequence = (str(params[0]), int(sequence))
+
     def append_transition(self, run: RunRecord, from_state: State | None, to: State) -> None:
-        """Log a written state. Its sequence, the integer primary key (one more than the newest
-        in the table), is known at once: the transaction holds the whole database, so numbers
-        are handed out in commit order."""
-        cursor = self.conn.execute(
+        """Log a written state, inserted just before (`insert_state`), at the sequence its row
+        took: the integer primary key, one more than the newest in the log. The transaction
+        holds the whole database, so numbers are handed out in commit order."""
+        state_id, sequence = self._state_sequence
+        if state_id != to.id:
+            raise AssertionError(f"state {to.id} is logged, but state {state_id!r} was inserted")
+        self.conn.execute(
             """INSERT INTO transitions
-               (run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
-               VALUES (?, ?, ?, ?, ?, ?)""",
+               (sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
             (
+                sequence,
                 int(run.kind),
                 run.id,
                 run.owning_flow_run_id,
@@ -415,9 +437,7 @@ class Store(SqlStore):
                 int(to.type),
             ),
         )
-        sequence = cursor.lastrowid
-        assert sequence is not None
-        self._pending_log.append(int(sequence))
+        self._pending_log.append(sequence)
 
     def logged_sequences(self) -> list[int]:
         return list(self._pending_log)
