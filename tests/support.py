@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -365,6 +366,9 @@ def status_name(status: int) -> str:
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 POSTGRES_URL_VARIABLE = "STATEWARD_TEST_POSTGRES_URL"
+# How many connections drop the session's databases at its end (within the server's default
+# max_connections of 100, shared with the other test runs on the machine).
+_DROPPING_CONNECTIONS = 8
 
 
 class PostgresDatabases:
@@ -387,16 +391,26 @@ class PostgresDatabases:
         return _with_database(self.url, name)
 
     def drop_all(self) -> None:
+        """Drop every database made, on several connections at once: each DROP DATABASE waits
+        for a checkpoint, and PostgreSQL serves the checkpoints asked for meanwhile with one
+        (one at a time, a hundred drops took 36 s at load 7; twelve took 40 s at load 25,
+        and 3.5 s on six connections)."""
         import psycopg
 
-        for name in self.made:
-            try:
-                self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            except psycopg.errors.InsufficientPrivilege:
-                # FORCE may not end a superuser's backend, which an autovacuum worker on the
-                # database is; a plain DROP asks autovacuum to stop, and waits for it.
-                self.admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        def drop(names: list[str]) -> None:
+            with psycopg.connect(self.url, autocommit=True) as admin:
+                for name in names:
+                    try:
+                        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    except psycopg.errors.InsufficientPrivilege:
+                        # FORCE may not end a superuser's backend, which an autovacuum worker
+                        # on the database is; a plain DROP asks autovacuum to stop, and waits.
+                        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+
         self.admin.close()
+        shares = [self.made[i::_DROPPING_CONNECTIONS] for i in range(_DROPPING_CONNECTIONS)]
+        with ThreadPoolExecutor(_DROPPING_CONNECTIONS) as pool:
+            list(pool.map(drop, [share for share in shares if share]))
 
 
 def _with_database(url: str, name: str) -> str:
