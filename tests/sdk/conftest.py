@@ -59,14 +59,15 @@ def ray_temp_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def ray_instance(sdk_server: ServerProcess) -> Iterator[None]:
+def ray_instance(sdk_server: ServerProcess) -> Iterator[str]:
     """A local Ray instance (two CPUs, no dashboard) for the session's Ray tests, the only one
     this process starts: Ray's startup (a GCS, a raylet, workers) is slow on a busy machine, and
-    a second start in one process after a shutdown once timed out."""
+    a second start in one process after a shutdown once timed out. Its address (its GCS's), by
+    which scripts join it."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
-    yield
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +17,6 @@ import ray
 
 from stateward import task
 from tests.sdk.conftest import python
-from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -120,59 +116,38 @@ def test_without_an_address_ray_runs_for_the_flow_run_with_init_kwargs(sdk_serve
     assert (before, cpus, during, after) == (False, 1.0, True, False)  # stopped with its flow run
 
 
-def test_with_an_address_the_runner_joins_a_running_ray_cluster(sdk_server, tmp_path) -> None:
-    """A Ray head started apart (`ray start --head`); a script's runner joins it by address,
-    runs its tasks there, and leaves the cluster running when the flow run ends."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (tmp_path / "head.log").open("w")
-    # The head's files (and the address `ray start` leaves there) in a folder of its own: a
-    # later `ray.init()` without an address must not find this cluster.
-    own_files = Path(tempfile.mkdtemp(prefix="ray-head-", dir="/tmp"))
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-         f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--include-dashboard=false"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_TMPDIR": str(own_files)},  # without tokens: see conftest
-    )  # fmt: skip
-    try:
-        # The script joins once the head says it runs: one that asked before gave up at load
-        # 15 (the head took 5 s to start, and the script's ray.init failed 16 s after that).
-        wait_until(
-            lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(),
-            timeout=120,
-            what="the Ray head to start",
-        )
-        result = python(
-            f"""
-            import json, os
-            from stateward import flow
-            from stateward.ray import RayTaskRunner
-            from tests.sdk.test_ray_runner import cpus_of_the_cluster, where
+def test_with_an_address_the_runner_joins_a_running_ray_cluster(ray_instance: str) -> None:
+    """The session's Ray instance, which this test process started, is a running cluster: a
+    script's runner given its address joins it, runs its tasks there, and leaves the cluster
+    running when the flow run ends."""
+    result = python(
+        f"""
+        import json, os
+        from stateward import flow
+        from stateward.ray import RayTaskRunner
+        from tests.sdk.test_ray_runner import cluster_of_the_task, where
 
-            @flow(task_runner=RayTaskRunner(address="127.0.0.1:{port}"))
-            def joined():
-                return where.map(range(3)).result(), cpus_of_the_cluster.submit().result()
+        @flow(task_runner=RayTaskRunner(address={ray_instance!r}))
+        def joined():
+            return where.map(range(3)).result(), cluster_of_the_task.submit().result()
 
-            print(json.dumps({{"pid": os.getpid(), "ran": joined()}}))
-            """,
-            timeout=240,
-        )
-        assert result.returncode == 0, "\n".join(
-            (result.stderr[-5000:], (tmp_path / "head.log").read_text(), ray_logs(own_files))
-        )
-        printed = json.loads(result.stdout.splitlines()[-1])
-        pids, cpus = printed["ran"]
-        assert cpus == 1.0  # the head's, not a local instance of the script's
-        assert printed["pid"] not in pids
-        assert head.poll() is None  # the runner did not stop a cluster it joined
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(60)
-        log.close()
-        shutil.rmtree(own_files, ignore_errors=True)
+        print(json.dumps({{"pid": os.getpid(), "ran": joined()}}))
+        """,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    printed = json.loads(result.stdout.splitlines()[-1])
+    pids, cluster = printed["ran"]
+    assert cluster == ray_instance  # the session's cluster, not a local instance of the script's
+    assert printed["pid"] not in pids
+    # The runner did not stop the cluster it joined: it still runs this process's tasks.
+    assert ray.get(ray.remote(lambda: os.getpid()).remote(), timeout=120) != os.getpid()
+
+
+@task
+def cluster_of_the_task() -> str:
+    """The address of the Ray cluster this task runs on."""
+    return str(ray.get_runtime_context().gcs_address)
 
 
 @task
