@@ -5,7 +5,8 @@ and everything acknowledged before the outage is there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +51,23 @@ class Outage:
     def end(self) -> None:
         self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")
 
+    @contextmanager
+    def cut_off(
+        self, server: ServerProcess, seen: Callable[[], bool] | None = None, what: str = ""
+    ) -> Iterator[None]:
+        """The block runs during an outage, once `seen()` says the server noticed it (by
+        default: health says NOT_SERVING); whatever the block does, the outage ends after it,
+        and the block's exit waits until health says SERVING again."""
+        self.begin()
+        try:
+            if seen is None:
+                seen, what = (lambda: health(server) == NOT_SERVING), "NOT_SERVING"
+            wait_until(seen, timeout=20, what=what)
+            yield
+        finally:
+            self.end()
+        wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+
 
 @pytest.fixture
 def replica(
@@ -85,9 +103,7 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
     running = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)
     assert health(server) == SERVING
 
-    outage.begin()
-    try:
-        wait_until(lambda: health(server) == NOT_SERVING, timeout=10, what="NOT_SERVING")
+    with outage.cut_off(server):
         # Calls that write, and calls that read, answer UNAVAILABLE; none half-writes.
         completing = pb.SetStateRequest(run_id=running.id)
         completing.state.type = ST.STATE_TYPE_COMPLETED
@@ -107,10 +123,6 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
         assert page.status_code == 503
         assert "unreachable" in page.json()["error"]
         assert health(server) == NOT_SERVING
-    finally:
-        outage.end()
-
-    wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
     # Nothing acknowledged was lost, nothing refused was written.
     for run in acknowledged:
         assert history(stub, run.id) == ["Running", "Completed"]
@@ -160,9 +172,7 @@ def test_the_web_views_event_stream_is_refused_503_during_an_outage_and_logged_i
     stub = server.stub()
     first = new_flow_run(stub)
     events = f"{server.ui_url}api/events"
-    outage.begin()
-    try:
-        wait_until(lambda: health(server) == NOT_SERVING, timeout=10, what="NOT_SERVING")
+    with outage.cut_off(server):
         # A page resuming its stream: the cursor's check reads the log, which cannot be read.
         refused = httpx.get(events, params={"after": 0}, timeout=30)
         assert refused.status_code == 503, refused.text
@@ -173,10 +183,6 @@ def test_the_web_views_event_stream_is_refused_503_during_an_outage_and_logged_i
             timeout=10,
             what="the refusal's log line",
         )
-    finally:
-        outage.end()
-
-    wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
     # The page's next try resumes from the same cursor.
     with httpx.stream("GET", events, params={"after": 0}, timeout=30) as resumed:
         stream = EventStream(resumed)
@@ -208,16 +214,12 @@ def test_the_loops_say_an_outage_in_one_line_each_and_sweep_again_after_it(
     server = ServerProcess(url, log_path=tmp_path / "server.log", env=env).start()
     try:
         wait_until(lambda: "this process leads" in server.output(), timeout=20, what="the lead")
-        outage.begin()
-        try:
-            wait_until(
-                lambda: "loop cannot reach the database" in server.output(),
-                timeout=20,
-                what="a loop's line on the outage",
-            )
-        finally:
-            outage.end()
-        wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+        with outage.cut_off(
+            server,
+            lambda: "loop cannot reach the database" in server.output(),
+            "a loop's line on the outage",
+        ):
+            pass  # a loop has said it: the outage can end
         output = server.output()
         assert "Traceback" not in output, output
         said = [line for line in output.splitlines() if "loop cannot reach" in line]

@@ -9,12 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from stateward.client import Client
-from stateward.runs import SetStateStatus
+from stateward.runs import FlowRun, SetStateStatus
 from stateward.states import State, StateType
 from tests.sdk.conftest import python, spawn
 from tests.support import ROOT, ServerProcess, wait_until
@@ -66,14 +67,16 @@ def test_the_embedded_default_needs_no_server(tmp_path):
     assert "Traceback" not in result.stderr  # nothing failed while it stopped
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # The table as wide as the flow's name needs, whatever terminal the tests run from (at 80
+    # columns it is cut short; under pytest-xdist the width came from no terminal).
     listed = subprocess.run(
         [sys.executable, "-m", "stateward", "flow-run", "ls"],
         capture_output=True,
         text=True,
-        env={k: v for k, v in {**os.environ, **env}.items() if v},
+        env={k: v for k, v in {**os.environ, **env, "COLUMNS": "200"}.items() if v},
         cwd=ROOT,
     )
-    assert listed.returncode == 0 and "embedded-hello" in listed.stdout
+    assert listed.returncode == 0 and "embedded-hello" in listed.stdout, listed.stdout
 
 
 WAITING_FLOW = """
@@ -259,32 +262,24 @@ def test_on_the_embedded_default_a_cancel_from_another_process_stops_the_run(tmp
     assert states_in(db, "cancel-me-here") == ["Pending", "Running", "Cancelling", "Cancelled"]
 
 
-@pytest.mark.parametrize("receiver", ["any thread", "not the main thread"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_crashes_the_run_and_runs_on_crashed(sdk_server, client, signum, receiver):
-    """The system hands a signal sent to the process to any thread that does not block it:
-    mostly the main thread, at times another (the lease renewer, grpc's), whence Python runs
-    its handler only when the main thread next runs bytecode. The run must crash at once all
-    the same, its main thread sleeping for an hour; blocking the signal on the main thread
-    makes another thread the receiver every time."""
-    name = f"signalled-{signum}-{os.urandom(3).hex()}"
-    block = f"signal.pthread_sigmask(signal.SIG_BLOCK, {{{int(signum)}}})"
+def crash_a_waiting_flow(client: Client, name: str, signum: int, first: str) -> FlowRun:
+    """Run a script whose flow `name` (with an on_crashed hook that prints the state's name)
+    runs the statements `first`, says "running" and sleeps for an hour; send it `signum` once
+    it runs, and check that it crashed at once: the script exits, failing, within
+    STOPPED_WITHIN seconds, its hook having run, and the run went Pending, Running, Crashed.
+    Returns the run as the server has it."""
+    body = textwrap.indent(textwrap.dedent(first).strip(), " " * 4)
     runner = spawn(
-        f"""
-        import signal, time
-        from stateward import flow
-
-        def on_crashed(flow, flow_run, state):
-            print("on_crashed", state.name, flush=True)
-
-        @flow(name="{name}", on_crashed=[on_crashed])
-        def waiting():
-            {block if receiver == "not the main thread" else "pass"}
-            print("running", flush=True)
-            time.sleep({ENDLESS_SECONDS})
-
-        waiting()
-        """
+        "import asyncio, signal, time\n"
+        "from stateward import flow\n\n"
+        "def on_crashed(flow, flow_run, state):\n"
+        '    print("on_crashed", state.name, flush=True)\n\n'
+        f'@flow(name="{name}", on_crashed=[on_crashed])\n'
+        "def waiting():\n"
+        f"{body}\n"
+        '    print("running", flush=True)\n'
+        f"    time.sleep({ENDLESS_SECONDS})\n\n"
+        "waiting()\n"
     )
     try:
         assert runner.stdout is not None and runner.stdout.readline() == "running\n"
@@ -297,6 +292,21 @@ def test_a_signal_crashes_the_run_and_runs_on_crashed(sdk_server, client, signum
     assert out == "on_crashed Crashed\n", err
     run = next(client.list_flow_runs(flow_names=[name], limit=1))
     assert [s.name for s in client.list_states(run.id)] == ["Pending", "Running", "Crashed"]
+    return run
+
+
+@pytest.mark.parametrize("receiver", ["any thread", "not the main thread"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_crashes_the_run_and_runs_on_crashed(sdk_server, client, signum, receiver):
+    """The system hands a signal sent to the process to any thread that does not block it:
+    mostly the main thread, at times another (the lease renewer, grpc's), whence Python runs
+    its handler only when the main thread next runs bytecode. The run must crash at once all
+    the same, its main thread sleeping for an hour; blocking the signal on the main thread
+    makes another thread the receiver every time."""
+    name = f"signalled-{signum}-{os.urandom(3).hex()}"
+    block = f"signal.pthread_sigmask(signal.SIG_BLOCK, {{{int(signum)}}})"
+    first = block if receiver == "not the main thread" else "pass"
+    run = crash_a_waiting_flow(client, name, signum, first)
     assert run.state.message in ("TerminationSignal: SIGTERM", "KeyboardInterrupt")
 
 
@@ -487,38 +497,18 @@ def test_a_signal_another_thread_receives_after_an_event_loop_closed_crashes_the
     main thread for a crash signal another thread received, takes it back. The flow's main
     thread blocks SIGTERM, so another thread receives it, and sleeps for an hour."""
     name = f"signalled-after-a-loop-{os.urandom(3).hex()}"
-    runner = spawn(
-        f"""
-        import asyncio, signal, time
-        from stateward import flow
-
-        def on_crashed(flow, flow_run, state):
-            print("on_crashed", state.name, flush=True)
-
-        @flow(name="{name}", on_crashed=[on_crashed])
-        def waiting():
-            loop = asyncio.new_event_loop()
-            loop.add_signal_handler(signal.SIGUSR1, lambda: None)
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
-            signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
-            print("running", flush=True)
-            time.sleep({ENDLESS_SECONDS})
-
-        waiting()
+    run = crash_a_waiting_flow(
+        client,
+        name,
+        signal.SIGTERM,
         """
+        loop = asyncio.new_event_loop()
+        loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        """,
     )
-    try:
-        assert runner.stdout is not None and runner.stdout.readline() == "running\n"
-        runner.send_signal(signal.SIGTERM)
-        out, err = runner.communicate(timeout=STOPPED_WITHIN)  # the sleep would last an hour
-    finally:
-        runner.kill()
-        runner.wait()
-    assert runner.returncode != 0
-    assert out == "on_crashed Crashed\n", err
-    run = next(client.list_flow_runs(flow_names=[name], limit=1))
-    assert [s.name for s in client.list_states(run.id)] == ["Pending", "Running", "Crashed"]
     assert run.state.message == "TerminationSignal: SIGTERM"
 
 
