@@ -314,12 +314,16 @@ def test_the_default_limit_is_4_mib(server):
 
 
 def test_deadlines_end_calls_and_streams(server):
+    """A watch without a deadline streams until the client leaves: this one, given half a
+    second, ends DEADLINE_EXCEEDED once that passed. The upper bound is not the deadline's
+    precision but a stream that never ended: a minute, however loaded the machine."""
     stub = server.stub()
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.WatchTransitions(pb.WatchTransitionsRequest(), timeout=0.5))
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.4 < time.monotonic() - started < 5
+    # Not before the deadline (less the two clocks' granularity), and not never.
+    assert 0.4 < time.monotonic() - started < 60
 
 
 def test_streams_per_connection_are_capped(tmp_path):

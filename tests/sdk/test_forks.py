@@ -10,6 +10,10 @@ import json
 
 from tests.sdk.conftest import python
 
+# The deadline of the SDK's calls in the fork test's script (STATEWARD_REQUEST_TIMEOUT): a call
+# on a connection that does not work waits that long before it fails.
+CALL_WAITS = 600
+
 
 def test_with_the_ray_runner_a_child_forked_while_the_sdk_streams_runs_no_grpc_thread(sdk_server):
     result = python(
@@ -108,6 +112,7 @@ def test_a_flow_called_in_a_forked_child_says_at_once_that_the_connection_stays_
 
         print(json.dumps(outer()))
         """,
+        env={"STATEWARD_REQUEST_TIMEOUT": str(CALL_WAITS)},
         timeout=90,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,4 +120,6 @@ def test_a_flow_called_in_a_forked_child_says_at_once_that_the_connection_stays_
     seconds, _, message = said.partition(" ")
     assert message.startswith("StatewardError: this process was forked from process"), said
     assert "'spawn'" in message, said
-    assert float(seconds) < 5, said
+    # A call sent on the parent's channel would have waited CALL_WAITS seconds: failing in a
+    # tenth of that (generous on a loaded machine) means none waited.
+    assert float(seconds) < CALL_WAITS / 10, said

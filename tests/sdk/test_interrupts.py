@@ -16,6 +16,7 @@ from stateward._context import flow_run_context
 from stateward.exceptions import RunTimedOut
 from stateward.states import State, StateType
 from tests.sdk.conftest import python
+from tests.support import wait_until
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
 
@@ -544,7 +545,9 @@ def test_a_cancel_that_comes_before_the_code_starts_stops_it_at_once(client):
 
     def cancels(flow, flow_run, state):
         client.set_state(flow_run.id, State(StateType.CANCELLING), force=True)
-        time.sleep(0.3)  # the cancel reaches the process meanwhile
+        engine = flow_run_context.get().engine  # the hook's context is the run's
+        # The code starts only once the cancel reached this process (the supervisor's stream)
+        wait_until(lambda: engine.stop.cancel_state is not None, what="the cancel to arrive")
 
     @flow(name="cancelled-in-its-on-running-hook", on_running=[cancels])
     def outer():
