@@ -507,7 +507,7 @@ class Orchestrator:
                             f"task run {run_id} is {state.name if state else 'without a state'},"
                             " not COMPLETED: only a completed run's result can be cached"
                         )
-                    self._store.cache_state(key, state.id, expiration, at)
+                    self._store.cache_state(key, run, expiration, at)
             return len(entries)
 
         return self._retrying(attempt)
@@ -940,7 +940,7 @@ class Orchestrator:
         self._runs.remember(run)  # what it holds changed with its state: measured again
         if effects:
             for effect in effects:
-                self._apply(run, state, effect)
+                self._apply(run, effect)
         if run.tags and _leaves_running(previous, state):
             store.release_slots(run.id)
         store.append_transition(run, previous, state)
@@ -964,10 +964,10 @@ class Orchestrator:
             state.data,
         )
 
-    def _apply(self, run: RunRecord, state: State, effect: object) -> None:
+    def _apply(self, run: RunRecord, effect: object) -> None:
         """Apply a rule's side effect that lives in its own table."""
         if isinstance(effect, CacheResult):
-            self._store.cache_state(effect.key, state.id, effect.expiration, self.clock())
+            self._store.cache_state(effect.key, run, effect.expiration, self.clock())
         elif isinstance(effect, TakeConcurrencySlots):
             self._store.take_slots(run.id, effect.tags)
 

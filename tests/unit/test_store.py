@@ -126,7 +126,7 @@ def _database_of_version_4(path: Path, source: Path) -> None:
     db.execute("ATTACH DATABASE ? AS source", (str(source),))
     db.execute("BEGIN")
     for table in ("flow_runs", "task_runs", "states", "transitions", "run_logs", "cache"):
-        columns = _V4_STATE_COLUMNS if table == "states" else "*"
+        columns = _V4_COLUMNS.get(table, "*")
         db.execute(f"INSERT INTO main.{table} SELECT {columns} FROM source.{table} ORDER BY rowid")
     db.execute("DELETE FROM transitions WHERE sequence <= 3")  # as its log pruning did
     db.execute("COMMIT")
@@ -135,10 +135,12 @@ def _database_of_version_4(path: Path, source: Path) -> None:
     db.close()
 
 
-# The columns of the states table before migration 9 gave each its transition's sequence.
-_V4_STATE_COLUMNS = (
-    "id, run_id, type, name, timestamp, message, details, result_json, result_pickle"
-)
+# The columns of the tables that migrations since version 4 gave more: the states (9: each its
+# transition's sequence) and the cache (10: its state's).
+_V4_COLUMNS = {
+    "states": "id, run_id, type, name, timestamp, message, details, result_json, result_pickle",
+    "cache": "key, state_id, expiration, created",
+}
 
 
 def _tables(path: Path) -> dict[str, Any]:
@@ -153,7 +155,7 @@ def _tables(path: Path) -> dict[str, Any]:
     ]
     found: dict[str, Any] = {
         table: db.execute(
-            f"SELECT {_V4_STATE_COLUMNS if table == 'states' else '*'} FROM {table} ORDER BY rowid"
+            f"SELECT {_V4_COLUMNS.get(table, '*')} FROM {table} ORDER BY rowid"
         ).fetchall()
         for table in tables
     }
@@ -184,6 +186,10 @@ def _reads(path: Path, after: int) -> dict[str, Any]:
                 found[f"pages of states {run.id}"] = pages
                 found[f"lines {run.id}"] = snapshot.list_logs(kind, run.id, 0, 1_000)
     reader.close()
+    store = Store(path)  # the cache is read on the writing connection
+    for number in range(3):
+        found[f"cached {number}"] = store.cached_state(f"key-{number}", datetime.now(UTC))
+    store.close()
     return found
 
 
@@ -241,6 +247,7 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
     newest = expected["last sequence"]
     assert isinstance(newest, int) and newest > 3
     assert len(expected["log"]) == newest - 3
+    assert all(expected[f"cached {number}"] is not None for number in range(3))
 
     # Two processes open it at once, both waiting for a third's write lock for longer than a
     # write would wait (it may be a process upgrading a large file): one upgrades it, the
@@ -299,6 +306,12 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
     assert linked == db.execute("SELECT count(*) FROM transitions").fetchone()[0] == newest - 1
     unlogged = db.execute("SELECT id, sequence FROM states WHERE sequence < 0 ORDER BY sequence")
     assert [row[0] for row in unlogged] == [row[0] for row in before["states"][:3]]
+    # Migration 10: each cache entry holds its state's sequence.
+    cached = db.execute(
+        "SELECT count(*) FROM cache c JOIN states s ON s.sequence = c.state_sequence"
+        " WHERE s.id = c.state_id"
+    ).fetchone()[0]
+    assert cached == len(before["cache"]) == 3
     db.close()
 
 

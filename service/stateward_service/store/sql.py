@@ -98,12 +98,18 @@ class SqlReads:
     # Whether a state's `sequence` links it to its transition: then the log of some runs is
     # read through the index of states by run (see `read_log_rows`), not an index of the log.
     STATES_CARRY_SEQUENCE = True
+    # How a run's row (r) finds its current state (s), and a cache entry (c) its state: on
+    # SQLite, which keeps no index of states by id, the current state is the run's newest (the
+    # last entry of the run's in the index of states by run: every state a run gets is
+    # written as its current one), and a cache entry holds its state's sequence.
+    CURRENT_STATE = "s.sequence = (SELECT max(x.sequence) FROM states x WHERE x.run_id = r.id)"
+    CACHED_STATE = "s.sequence = c.state_sequence"
 
     def get_run(self, run_id: str, kind: RunKind | None = None) -> RunRecord | None:
         """The run with its current state, or None."""
         kinds = (kind,) if kind is not None else (RunKind.FLOW_RUN, RunKind.TASK_RUN)
         for candidate in kinds:
-            cursor = self.conn.execute(run_by_id(candidate), (run_id,))
+            cursor = self.conn.execute(run_by_id(candidate, self.CURRENT_STATE), (run_id,))
             row = cursor.fetchone()
             if row is not None:
                 return run_from_row(candidate, cursor.description, row)
@@ -168,7 +174,7 @@ class SqlReads:
             clauses.append("r.created < ?")
             params.append(to_us(where.created_before))
         columns = f"r.{self.LISTING_ORDER} AS _order, r.*, {prefixed_state_columns('s')}"
-        joined = f"{table(kind)} r LEFT JOIN states s ON s.id = r.state_id"
+        joined = f"{table(kind)} r LEFT JOIN states s ON {self.CURRENT_STATE}"
         order = f"r.{self.LISTING_ORDER}"
         lead = indexed[0] if indexed else None
         if lead is not None and lead[0] != "id" and 1 < len(lead[1]) <= MERGED_VALUES:
@@ -184,7 +190,8 @@ class SqlReads:
                 page_size + 1,
             )
             sql = f"""SELECT {columns} FROM ({sql}) m JOIN {table(kind)} r ON {order} = m._order
-                      LEFT JOIN states s ON s.id = r.state_id ORDER BY m._order DESC LIMIT ?"""
+                      LEFT JOIN states s ON {self.CURRENT_STATE}
+                      ORDER BY m._order DESC LIMIT ?"""
         else:
             if lead is not None:
                 clauses.insert(0, f"r.{lead[0]} IN ({', '.join('?' for _ in lead[1])})")
@@ -274,7 +281,7 @@ class SqlReads:
     ) -> list[tuple[str, State]]:
         """(run id, current state) of the runs whose current state has this type (and name)."""
         sql = f"""SELECT r.id, {prefixed_state_columns("s")} FROM {table(kind)} r
-                  JOIN states s ON s.id = r.state_id WHERE r.state_type = ?"""
+                  JOIN states s ON {self.CURRENT_STATE} WHERE r.state_type = ?"""
         params: list[Any] = [int(state_type)]
         if kind is RunKind.TASK_RUN and int(state_type) not in TASK_RUN_TYPES_NOT_INDEXED:
             sql += f" AND {indexed_task_run_types('r')}"
@@ -544,7 +551,7 @@ class SqlStore(SqlReads):
     def cached_state(self, key: str, now: datetime) -> State | None:
         row = self.conn.execute(
             f"""SELECT {prefixed_state_columns("s")}, c.expiration FROM cache c
-                JOIN states s ON s.id = c.state_id
+                JOIN states s ON {self.CACHED_STATE}
                 WHERE c.key = ? AND (c.expiration IS NULL OR c.expiration > ?)""",
             (key, to_us(now)),
         ).fetchone()
@@ -681,10 +688,11 @@ def _insert_run_sql(kind: RunKind, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table(kind)} ({', '.join(columns)}) VALUES ({marks})"
 
 
-def run_by_id(kind: RunKind) -> str:
-    """The query of one run of `kind` with its current state, by id (one `?`)."""
+def run_by_id(kind: RunKind, current_state: str) -> str:
+    """The query of one run of `kind` with its current state, by id (one `?`), the state
+    found as `current_state` says (see `SqlReads.CURRENT_STATE`)."""
     return f"""SELECT r.*, {prefixed_state_columns("s")} FROM {table(kind)} r
-               LEFT JOIN states s ON s.id = r.state_id WHERE r.id = ?"""
+               LEFT JOIN states s ON {current_state} WHERE r.id = ?"""
 
 
 def read_log_rows(
@@ -738,6 +746,9 @@ def read_log_rows(
     # The new state by its sequence where it carries one (one step down its primary key), else
     # by its id.
     new_state = "b.sequence = t.sequence" if by_states else "b.id = t.to_state_id"
+    # The state it left: the run's newest before it where states carry no index by id (see
+    # `SqlReads.CURRENT_STATE`), else by its id.
+    from_state = _STATE_BEFORE if by_states else "a.id = t.from_state_id"
     logged = "states b JOIN transitions t ON t.sequence = b.sequence"
     source = logged if via_states else f"transitions t JOIN states b ON {new_state}"
     if lead is not None:
@@ -768,11 +779,15 @@ def read_log_rows(
             FROM {source}
             LEFT JOIN flow_runs f ON t.run_kind = 1 AND f.id = t.run_id
             LEFT JOIN task_runs tr ON t.run_kind = 2 AND tr.id = t.run_id
-            LEFT JOIN states a ON a.id = t.from_state_id
+            LEFT JOIN states a ON {from_state}
             {where} ORDER BY {order} LIMIT ?""",
         params,
     ).fetchall()
     return rows
+
+
+_STATE_BEFORE = """a.sequence = (SELECT max(x.sequence) FROM states x
+                                  WHERE x.run_id = t.run_id AND x.sequence < t.sequence)"""
 
 
 def transition_from_row(row: LogRow) -> Transition:

@@ -29,6 +29,8 @@ class PostgresReads(SqlReads):
     # statement): the log keeps its own index by run, and a run's states are ordered by time.
     STATE_ORDER = "timestamp"
     STATES_CARRY_SEQUENCE = False
+    CURRENT_STATE = "s.id = r.state_id"
+    CACHED_STATE = "s.id = c.state_id"
 
 
 class _Qmark:

@@ -236,7 +236,10 @@ class PostgresStore(SqlStore, PostgresReads):
         takes one round trip: both tables are asked at once."""
         if kind is not None or self.conn.queued is None:
             return super().get_run(run_id, kind)
-        asked = [(run_by_id(kind), (run_id,)) for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN)]
+        asked = [
+            (run_by_id(kind, self.CURRENT_STATE), (run_id,))
+            for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN)
+        ]
         cursor, [(flow_columns, flow_rows)] = self.conn.flush(asked)
         if flow_rows:
             return run_from_row(RunKind.FLOW_RUN, flow_columns, flow_rows[0])
@@ -318,13 +321,14 @@ class PostgresStore(SqlStore, PostgresReads):
         return list(self._logged)
 
     def cache_state(
-        self, key: str, state_id: str, expiration: datetime | None, now: datetime
+        self, key: str, run: RunRecord, expiration: datetime | None, now: datetime
     ) -> None:
+        assert run.state is not None
         self.conn.send(
             """INSERT INTO cache (key, state_id, expiration, created) VALUES (?, ?, ?, ?)
                ON CONFLICT (key) DO UPDATE SET state_id = excluded.state_id,
                  expiration = excluded.expiration, created = excluded.created""",
-            (key, state_id, to_us(expiration), to_us(now)),
+            (key, run.state.id, to_us(expiration), to_us(now)),
         )
 
     def take_slots(self, run_id: str, tags: Sequence[str]) -> None:

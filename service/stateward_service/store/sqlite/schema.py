@@ -60,7 +60,8 @@ TRANSITIONS_TO_TYPE = """CREATE INDEX transitions_to_type ON transitions (to_typ
     WHERE to_type <> 2 AND to_type <> 3 AND to_type <> 6"""
 
 # The states as migration 9 makes them: `sequence` (the rowid) is the sequence of the
-# transition that logged the state (see `stateward_service.store.sqlite.store.Store`).
+# transition that logged the state (see `stateward_service.store.sqlite.store.Store`);
+# migration 10 makes them again without UNIQUE on `id` (`_STATES_TABLE_10`).
 _STATES_TABLE = """CREATE TABLE "states" (
    "sequence" INTEGER PRIMARY KEY,
    "id" TEXT NOT NULL UNIQUE,
@@ -73,6 +74,10 @@ _STATES_TABLE = """CREATE TABLE "states" (
    "result_json" TEXT,
    "result_pickle" BLOB
 )"""
+
+_STATES_TABLE_10 = _STATES_TABLE.replace('"id" TEXT NOT NULL UNIQUE', '"id" TEXT NOT NULL')
+_STATE_COLUMNS = """sequence, id, run_id, type, name, timestamp, message, details, result_json,
+    result_pickle"""
 
 # A run's states in the order they were logged (the index ends with the rowid, `sequence`):
 # its history, and its part of the log.
@@ -251,6 +256,23 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "DROP TABLE states_before_9",
         STATES_RUN,
         "DROP INDEX transitions_run",
+    ),
+    (
+        # The states without their index by id, which every commit that wrote a state wrote
+        # too (about 2.7 pages of the 21 a task run wrote): a state is found by its sequence.
+        # A run's current state is its newest (the last of its entries in the index of states
+        # by run: each state a run gets is written as its current one), the state a
+        # transition left is the one before it there, and a cache entry holds its state's
+        # sequence. State ids are made by the server, one per state written: nothing is lost
+        # with the index's uniqueness.
+        'ALTER TABLE "cache" ADD COLUMN "state_sequence" INTEGER',
+        'UPDATE "cache" SET state_sequence = (SELECT sequence FROM states WHERE id = state_id)',
+        'ALTER TABLE "states" RENAME TO states_before_10',
+        _STATES_TABLE_10,
+        f"""INSERT INTO "states" ({_STATE_COLUMNS})
+           SELECT {_STATE_COLUMNS} FROM states_before_10 ORDER BY sequence""",
+        "DROP TABLE states_before_10",
+        STATES_RUN,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -443,11 +443,15 @@ class Store(SqlStore):
         return list(self._pending_log)
 
     def cache_state(
-        self, key: str, state_id: str, expiration: datetime | None, now: datetime
+        self, key: str, run: RunRecord, expiration: datetime | None, now: datetime
     ) -> None:
+        """Keep the run's current state under `key`, by its sequence (states have no index by
+        id): the run's newest state's."""
+        assert run.state is not None
         self.conn.execute(
-            "INSERT OR REPLACE INTO cache (key, state_id, expiration, created) VALUES (?, ?, ?, ?)",
-            (key, state_id, to_us(expiration), to_us(now)),
+            """INSERT OR REPLACE INTO cache (key, state_id, expiration, created, state_sequence)
+               VALUES (?, ?, ?, ?, (SELECT max(sequence) FROM states WHERE run_id = ?))""",
+            (key, run.state.id, to_us(expiration), to_us(now), run.id),
         )
 
     def take_slots(self, run_id: str, tags: Sequence[str]) -> None:
