@@ -18,6 +18,7 @@ from stateward.v1 import runs_pb2
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import RUN_CACHE_BYTES, Orchestrator
 from stateward_service.store import Store
+from stateward_service.store.pages import STATES, digest, encode_page_token
 from tests.support import ST, new_flow_run, propose, state
 
 MIB = 1024 * 1024
@@ -84,6 +85,22 @@ def test_a_states_page_token_is_for_its_own_run(server):
         with pytest.raises(grpc.RpcError) as caught:
             stub.ListStates(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_states_page_token_from_before_schema_9_is_refused_not_read_as_the_end(server):
+    """Before schema 9 a page token of states held a state's timestamp (µs) for the run alone;
+    read on SQLite as a position in today's order (the state's log sequence) it would end the
+    listing early, silently. Both stores fingerprint the order, so PostgreSQL refuses it too."""
+    stub = server.stub()
+    run = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)
+    propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+    first = stub.ListStates(pb.ListStatesRequest(run_id=run.id)).states[0]
+    position = first.timestamp.seconds * 1_000_000 + first.timestamp.nanos // 1_000
+    old_token = encode_page_token(position, STATES, digest(run.id))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListStates(pb.ListStatesRequest(run_id=run.id, page_token=old_token))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start again without a token" in caught.value.details()
 
 
 def test_the_run_cache_is_bounded_by_bytes(tmp_path: Path):

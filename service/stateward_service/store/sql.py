@@ -214,7 +214,10 @@ class SqlReads:
         """A page of a run's states, oldest first, and the token of the next page ("" at the
         end): at most `page_size` states, stopping before the state that would take the page
         past `budget` bytes (one state at least)."""
-        fingerprint = digest(run_id)
+        # The order is part of the fingerprint: a token holds a position in it, and SQLite's
+        # states were ordered by timestamp before schema 9. A token from then is refused (start
+        # again without a token) rather than read as a sequence, which would end the listing.
+        fingerprint = digest(f"{run_id} by {self.STATE_ORDER}")
         after = decode_page_token(page_token, STATES, fingerprint) if page_token else -(2**63)
         cursor = self.conn.execute(
             f"""SELECT {self.STATE_ORDER}, {STATE_COLUMNS} FROM states
