@@ -323,22 +323,38 @@ def flow_run_to_proto(
 ) -> runs_pb2.FlowRun:
     """The FlowRun message of a stored flow run; `parameters`, when given, are its parameters
     already as a Struct (they are not decoded again from the record's JSON)."""
-    msg = runs_pb2.FlowRun(flow_name=run.flow_name, parent_task_run_id=run.parent_task_run_id)
-    _fill_run(run, msg, parameters)
+    msg = runs_pb2.FlowRun()
+    fill_flow_run(run, msg, parameters)
     return msg
+
+
+def fill_flow_run(
+    run: StoredRun, msg: runs_pb2.FlowRun, parameters: struct_pb2.Struct | None = None
+) -> None:
+    """Write a stored flow run into `msg`, an empty FlowRun (typically a field of the response
+    that carries it: a message assigned to a field is copied whole)."""
+    msg.flow_name = run.flow_name
+    msg.parent_task_run_id = run.parent_task_run_id
+    _fill_run(run, msg, parameters)
 
 
 def task_run_to_proto(
     run: StoredRun, parameters: struct_pb2.Struct | None = None
 ) -> runs_pb2.TaskRun:
     """The TaskRun message of a stored task run (`parameters` as for `flow_run_to_proto`)."""
-    msg = runs_pb2.TaskRun(
-        task_key=run.task_key,
-        flow_run_id=run.flow_run_id,
-        child_flow_run_id=run.child_flow_run_id,
-    )
-    _fill_run(run, msg, parameters)
+    msg = runs_pb2.TaskRun()
+    fill_task_run(run, msg, parameters)
     return msg
+
+
+def fill_task_run(
+    run: StoredRun, msg: runs_pb2.TaskRun, parameters: struct_pb2.Struct | None = None
+) -> None:
+    """Write a stored task run into `msg`, an empty TaskRun (see `fill_flow_run`)."""
+    msg.task_key = run.task_key
+    msg.flow_run_id = run.flow_run_id
+    msg.child_flow_run_id = run.child_flow_run_id
+    _fill_run(run, msg, parameters)
 
 
 # --- answers, transitions, limits ---------------------------------------------------------------
@@ -355,15 +371,19 @@ def orchestration_result_from_proto(msg: pb.SetStateResponse) -> OrchestrationRe
 
 
 def orchestration_result_to_proto(result: OrchestrationResult) -> pb.SetStateResponse:
-    msg = pb.SetStateResponse(
-        status=int(result.status),  # type: ignore[arg-type]
-        reason=result.reason,
-        delay_seconds=result.delay_seconds,
-        written=result.written,
-    )
+    msg = pb.SetStateResponse()
+    fill_orchestration_result(result, msg)
+    return msg
+
+
+def fill_orchestration_result(result: OrchestrationResult, msg: pb.SetStateResponse) -> None:
+    """Write `result` into `msg`, an empty SetStateResponse (see `fill_flow_run`)."""
+    msg.status = int(result.status)  # type: ignore[assignment]
+    msg.reason = result.reason
+    msg.delay_seconds = result.delay_seconds
+    msg.written = result.written
     if result.state is not None:
         state_to_proto(result.state, msg.state)
-    return msg
 
 
 def resume_flow_run_request(

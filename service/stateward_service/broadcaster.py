@@ -483,7 +483,6 @@ class TransitionBroadcaster:
         if now < self._rest_until:
             self._dispatch_at(self._rest_until)
             return
-        began = time.thread_time()
         with self._lock:
             self._dispatch_due = False
             published, self._undispatched = self._undispatched, []
@@ -513,7 +512,9 @@ class TransitionBroadcaster:
                     if transition.sequence > me.cursor and me.where.matches(transition):
                         self._wake(me, transition.sequence)
         if self._round_pending:
-            self._round_began = began
+            # The CPU clock is read only for a round that woke someone (a system call, and on
+            # these virtual machines a preemption point: most dispatches wake nobody).
+            self._round_began = time.thread_time()
             self._round_started = now
             # A round may last a few times the last one, and at least a little while, before
             # its stragglers are left behind.

@@ -47,8 +47,8 @@ Operation = Callable[[], Any]
 class CallsStream:
     """One ExecuteStream call: `answers()` reads the calls from `requests`, runs each with
     `operation_for` (the call as its RPC: a function run in the writer's group that returns
-    the RPC's response, or raises ServiceError), and yields each ExecuteStreamResponse once its
-    group committed. It ends once the client stopped sending and every call is answered, or
+    the call's ExecuteStreamResponse, or raises ServiceError), and yields each response once
+    its group committed. It ends once the client stopped sending and every call is answered, or
     with the ServiceError that ended it: UNAVAILABLE when the server shuts down (`close()`),
     INVALID_ARGUMENT when the client reuses the id of a call in flight (both after the calls in
     flight are answered)."""
@@ -162,8 +162,7 @@ class CallsStream:
         if isinstance(outcome, BaseException):
             response = _refused(request.call_id, _service_error(outcome))
         else:
-            response = pb.ExecuteStreamResponse(call_id=request.call_id)
-            getattr(response, request.WhichOneof("call") or "").CopyFrom(outcome)
+            response = outcome
         self._answer(request, began, response)
 
     def _answer(

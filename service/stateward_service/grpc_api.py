@@ -37,7 +37,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, suppress
-from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -172,7 +171,11 @@ class OrchestrationService:
 
     # --- flow runs ------------------------------------------------------------------------------
 
-    def CreateFlowRun(self, request: pb.CreateFlowRunRequest) -> pb.CreateFlowRunResponse:
+    def CreateFlowRun(
+        self, request: pb.CreateFlowRunRequest, into: pb.CreateFlowRunResponse | None = None
+    ) -> pb.CreateFlowRunResponse:
+        """(`into`: an empty response to write the answer into and return, e.g. a field of a
+        batch's or a stream's response: a message assigned to a field is copied whole.)"""
         msg = request.flow_run
         flow_name = check.text(msg.flow_name, "flow_run.flow_name", check.MAX_NAME, required=True)
         given_id = check.optional_run_id(msg.id, "flow_run.id")
@@ -193,7 +196,9 @@ class OrchestrationService:
         created = self._translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
-        return pb.CreateFlowRunResponse(flow_run=wire.flow_run_to_proto(created, msg.parameters))
+        response = pb.CreateFlowRunResponse() if into is None else into
+        wire.fill_flow_run(created, response.flow_run, msg.parameters)
+        return response
 
     def GetFlowRun(self, request: pb.GetFlowRunRequest) -> pb.GetFlowRunResponse:
         run_id = check.run_id(request.id, "id")
@@ -217,7 +222,10 @@ class OrchestrationService:
 
     # --- task runs ------------------------------------------------------------------------------
 
-    def CreateTaskRun(self, request: pb.CreateTaskRunRequest) -> pb.CreateTaskRunResponse:
+    def CreateTaskRun(
+        self, request: pb.CreateTaskRunRequest, into: pb.CreateTaskRunResponse | None = None
+    ) -> pb.CreateTaskRunResponse:
+        """(`into`: as for CreateFlowRun.)"""
         msg = request.task_run
         task_key = check.text(msg.task_key, "task_run.task_key", check.MAX_NAME, required=True)
         given_id = check.optional_run_id(msg.id, "task_run.id")
@@ -236,7 +244,9 @@ class OrchestrationService:
         created = self._translating(
             lambda: self.orchestrator.create_run(run, initial, new_id=not given_id)
         )
-        return pb.CreateTaskRunResponse(task_run=wire.task_run_to_proto(created, msg.parameters))
+        response = pb.CreateTaskRunResponse() if into is None else into
+        wire.fill_task_run(created, response.task_run, msg.parameters)
+        return response
 
     def GetTaskRun(self, request: pb.GetTaskRunRequest) -> pb.GetTaskRunResponse:
         run_id = check.run_id(request.id, "id")
@@ -265,7 +275,10 @@ class OrchestrationService:
 
     # --- states ---------------------------------------------------------------------------------
 
-    def SetState(self, request: pb.SetStateRequest) -> pb.SetStateResponse:
+    def SetState(
+        self, request: pb.SetStateRequest, into: pb.SetStateResponse | None = None
+    ) -> pb.SetStateResponse:
+        """(`into`: as for CreateFlowRun.)"""
         run_id = check.run_id(request.run_id, "run_id")
         if not request.HasField("state"):
             raise invalid("state", "is required: the state proposed for the run")
@@ -286,7 +299,9 @@ class OrchestrationService:
                 lease_seconds=lease,
             )
         )
-        return wire.orchestration_result_to_proto(result)
+        response = pb.SetStateResponse() if into is None else into
+        wire.fill_orchestration_result(result, response)
+        return response
 
     def ResumeFlowRun(self, request: pb.ResumeFlowRunRequest) -> pb.ResumeFlowRunResponse:
         run_id = check.run_id(request.flow_run_id, "flow_run_id")
@@ -308,12 +323,16 @@ class OrchestrationService:
             wire.state_to_proto(state, response.states.add())
         return response
 
-    def RenewLeases(self, request: pb.RenewLeasesRequest) -> pb.RenewLeasesResponse:
+    def RenewLeases(
+        self, request: pb.RenewLeasesRequest, into: pb.RenewLeasesResponse | None = None
+    ) -> pb.RenewLeasesResponse:
+        """(`into`: as for CreateFlowRun.)"""
         run_ids = check.run_ids(request.run_ids, "run_ids")
         seconds = check.duration(request.lease_duration, "lease_duration", check.MAX_LEASE_SECONDS)
         check.lease_duration(seconds, "lease_duration")
         renewed, until = self.orchestrator.renew_leases(run_ids, seconds)
-        response = pb.RenewLeasesResponse(renewed_run_ids=renewed)
+        response = pb.RenewLeasesResponse() if into is None else into
+        response.renewed_run_ids.extend(renewed)
         wire.set_timestamp(response.lease_expire_time, until)
         return response
 
@@ -353,12 +372,15 @@ class OrchestrationService:
 
     # --- batches --------------------------------------------------------------------------------
 
-    def ExecuteBatch(self, request: pb.ExecuteBatchRequest) -> pb.ExecuteBatchResponse:
+    def ExecuteBatch(
+        self, request: pb.ExecuteBatchRequest, into: pb.ExecuteBatchResponse | None = None
+    ) -> pb.ExecuteBatchResponse:
+        """(`into`: as for CreateFlowRun.) Each operation writes its answer into its result."""
         if len(request.operations) > check.MAX_BATCH:
             raise invalid(
                 "operations", f"has {len(request.operations)}; at most {check.MAX_BATCH} per batch"
             )
-        response = pb.ExecuteBatchResponse()
+        response = pb.ExecuteBatchResponse() if into is None else into
         with self.orchestrator.batch():
             for index, operation in enumerate(request.operations):
                 result = response.results.add()
@@ -367,15 +389,16 @@ class OrchestrationService:
                     result.error.code = StatusCode.INVALID_ARGUMENT
                     result.error.message = f"operations[{index}]: is empty"
                     continue
+                answer = getattr(result, kind)
+                answer.SetInParent()
                 try:
-                    answer = getattr(self, _BATCHABLE[kind])(getattr(operation, kind))
+                    getattr(self, _BATCHABLE[kind])(getattr(operation, kind), answer)
                 except ServiceError as error:
                     if not refused_alone(error):
                         raise  # the database's failure: the whole batch fails, unwritten
+                    result.Clear()  # what the operation wrote of its answer, if anything
                     result.error.code = error.code
                     result.error.message = error.message
-                else:
-                    getattr(result, kind).CopyFrom(answer)
         return response
 
     # --- the calls stream -------------------------------------------------------------------------
@@ -400,13 +423,27 @@ class OrchestrationService:
             self._streams.discard(stream)
 
     def _stream_operation(self, request: pb.ExecuteStreamRequest) -> Callable[[], Any]:
-        """What one call of the stream runs in its group: the call as its RPC."""
+        """What one call of the stream runs in its group: the call as its RPC, its answer
+        written straight into the ExecuteStreamResponse it returns (made anew at each run: a
+        group that lost a race to another process runs its calls again)."""
         kind = request.WhichOneof("call")
         if kind == "set_state":
-            return partial(self.SetState, request.set_state)
-        if kind == "execute_batch":
-            return partial(self.ExecuteBatch, request.execute_batch)
-        raise invalid("call", "is empty: set set_state or execute_batch")
+            method: Callable[[Any, Any], Any] = self.SetState
+        elif kind == "execute_batch":
+            method = self.ExecuteBatch
+        else:
+            raise invalid("call", "is empty: set set_state or execute_batch")
+        call_id = request.call_id
+        call = getattr(request, kind)
+
+        def run() -> pb.ExecuteStreamResponse:
+            response = pb.ExecuteStreamResponse(call_id=call_id)
+            answer = getattr(response, kind)
+            answer.SetInParent()
+            method(call, answer)
+            return response
+
+        return run
 
     async def close_streams(self) -> None:
         """End every ExecuteStream with UNAVAILABLE once its calls in flight are answered, and

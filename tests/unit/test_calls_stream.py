@@ -35,9 +35,12 @@ def answered_by(
     """Each call, run in its group, answers SetStateResponse(reason=<its run_id>)."""
 
     def operation_for(request: pb.ExecuteStreamRequest) -> Callable[[], Any]:
-        def operation() -> pb.SetStateResponse:
+        def operation() -> pb.ExecuteStreamResponse:
             answer(request)
-            return pb.SetStateResponse(reason=request.set_state.run_id)
+            return pb.ExecuteStreamResponse(
+                call_id=request.call_id,
+                set_state=pb.SetStateResponse(reason=request.set_state.run_id),
+            )
 
         return operation
 
