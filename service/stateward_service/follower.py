@@ -17,6 +17,12 @@ process asked 200 times a second, each ask a wake of the loop (~150 us of CPU he
 call that hands the interpreter's lock to any busy thread (a replay's) and waits to get it back.
 Elsewhere a timer of the loop asks every few milliseconds. PostgreSQL's signal blocks on its
 connection: the thread waits on it.
+
+A process that writes looks for other connections' commits anyway, on its writing connection as
+each transaction begins (`Orchestrator.looks`): while it writes, an ask of the loop that comes
+after such a look reads what the look found instead of polling (the poll, after this process's
+own commit, is two statements: the version moved, so the newest sequence is read too). The last
+ask of a series always polls.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ class LogSource(Protocol):
     def read_log(self, after: int, limit: int) -> tuple[list[Transition], int, int]: ...
 
 
+# (looks, found): how many times this process's writes looked for other connections' commits,
+# and how many of those looks found one (see `Orchestrator.looks`).
+Looks = Callable[[], tuple[int, int]]
+
+
 class LogFollower:
     """Publishes the log's transitions to its listeners exactly once each, in sequence order."""
 
@@ -59,7 +70,10 @@ class LogFollower:
         batch: int = 500,
         backstop_seconds: float = 1.0,
         signal_timeout: float = 0.005,
+        looks: Looks | None = None,
     ) -> None:
+        """`looks`: this process's writes' looks for other connections' commits, which a
+        polled signal's asks then need not repeat (see the module's docstring)."""
         self.source = source
         self.signal = signal
         self.batch = batch
@@ -80,6 +94,8 @@ class LogFollower:
         self._asks_left = 0  # asks before the loop waits for a notice again
         self._reading = False  # the loop waits for a notice (a reader of `_writes`)
         self._signal_failing = False  # the last ask of the signal failed
+        self._looks = looks
+        self._looks_seen = looks() if looks is not None else (0, 0)  # at the last ask
         self.failing = False  # the last read failed (the database is unreachable)
         self.woken_by_writes = 0  # times the loop found the notices of writes readable
 
@@ -130,7 +146,9 @@ class LogFollower:
         if self._stopping.is_set():
             return
         try:
-            if signal.poll(lambda: self._cursor):
+            if self._looked_meanwhile() and self._asks_left > 1:
+                pass  # this process's writes looked since the last ask: no poll
+            elif signal.poll(lambda: self._cursor):
                 self._wake.set()
             self._signal_failing = False
         except Exception as error:
@@ -144,6 +162,19 @@ class LogFollower:
             self._reading = True
             return
         self._timer = loop.call_later(self.signal_timeout, self._ask, loop, signal)
+
+    def _looked_meanwhile(self) -> bool:
+        """On the loop, at each ask: whether this process's writes looked for other
+        connections' commits since the last ask; wakes the thread to read the log when one of
+        those looks found one."""
+        if self._looks is None:
+            return False
+        looks, found = self._looks()
+        seen_looks, seen_found = self._looks_seen
+        self._looks_seen = (looks, found)
+        if found != seen_found:
+            self._wake.set()
+        return looks != seen_looks
 
     def _written(
         self, loop: asyncio.AbstractEventLoop, signal: PolledChangeSignal, writes: WriteNotices

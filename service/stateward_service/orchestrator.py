@@ -233,6 +233,11 @@ class Orchestrator:
         self._grouping = 0
         # The thread inside a `batch()` of its own (0: none).
         self._batching = 0
+        # How many times the writing connection looked for other connections' commits (at the
+        # start of each transaction), and how many of those looks found one: a log follower
+        # that polls for such commits need not poll while these looks go on (`looks`).
+        self._looks = 0
+        self._looks_found = 0
 
     def subscribe(self, publisher: Publisher) -> None:
         """Call `publisher` with every batch of committed transitions, in sequence order, while
@@ -908,7 +913,17 @@ class Orchestrator:
     def _forget_if_changed(self) -> None:
         """Forget the cached runs when another process wrote since we last looked."""
         if self._store.changed_elsewhere():
+            self._looks_found += 1
             self._runs.clear()
+        self._looks += 1  # after `_looks_found`: see `looks`
+
+    def looks(self) -> tuple[int, int]:
+        """(looks, found): how many times this process's writing connection looked for other
+        connections' commits, as each of its transactions began, and how many of those looks
+        found one (on PostgreSQL every look does). Read without a lock from any thread: a
+        caller that sees a look sees what it found."""
+        looks = self._looks
+        return looks, self._looks_found
 
     def _write(
         self,

@@ -69,7 +69,12 @@ class Replica:
         # The gRPC API, made on first use (see `api`).
         self._api: OrchestrationService | None = None
         self._api_lock = threading.Lock()
-        self.follower = LogFollower(self.orchestrator, self.orchestrator.change_signal(), last)
+        self.follower = LogFollower(
+            self.orchestrator,
+            self.orchestrator.change_signal(),
+            last,
+            looks=self.orchestrator.looks,
+        )
         self.follower.subscribe(self.broadcaster.publish)
         self.orchestrator.subscribe(self.follower.offer)
         self.loops = ServerLoops(self.orchestrator, settings)
