@@ -71,7 +71,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def set_timestamp(ts: Timestamp, value: datetime | None) -> None:
     """Set a Timestamp from a timezone-aware datetime (plain arithmetic: FromDatetime is slow);
-    None leaves it unset."""
+    None leaves it unset. (A caller on the hot path tests for None first: reading a message
+    field, `msg.start_time`, makes a Python object for it, set or not.)"""
     if value is not None:
         delta = value - _EPOCH
         ts.seconds = delta.days * 86_400 + delta.seconds
@@ -150,15 +151,18 @@ def details_to_proto(details: StateDetails, out: states_pb2.StateDetails) -> Non
         out.flow_run_id = details.flow_run_id
     if details.task_run_id:
         out.task_run_id = details.task_run_id
-    set_timestamp(out.scheduled_time, details.scheduled_time)
+    if details.scheduled_time is not None:
+        set_timestamp(out.scheduled_time, details.scheduled_time)
     if details.cache_key:
         out.cache_key = details.cache_key
-    set_timestamp(out.cache_expiration, details.cache_expiration)
+    if details.cache_expiration is not None:
+        set_timestamp(out.cache_expiration, details.cache_expiration)
     if details.transition_id:
         out.transition_id = details.transition_id
     if details.pause_key:
         out.pause_key = details.pause_key
-    set_timestamp(out.pause_timeout, details.pause_timeout)
+    if details.pause_timeout is not None:
+        set_timestamp(out.pause_timeout, details.pause_timeout)
     if details.refresh_cache:
         out.refresh_cache = True
     if details.unretriable:
@@ -201,7 +205,8 @@ def state_to_proto(state: State, out: states_pb2.State | None = None) -> states_
     msg.id = state.id
     msg.type = int(state.type)  # type: ignore[assignment]  # int(): .value runs Python code
     msg.name = state.name
-    set_timestamp(msg.timestamp, state.timestamp)
+    if state.timestamp is not None:
+        set_timestamp(msg.timestamp, state.timestamp)
     msg.message = state.message
     details_to_proto(state.details, msg.details)
     if state.data is not None:
@@ -297,21 +302,29 @@ def _fill_run(
     """The fields FlowRun and TaskRun share (`parameters`: the run's, as a Struct already)."""
     msg.id = run.id
     msg.name = run.name
-    msg.tags.extend(run.tags)
+    if run.tags:
+        msg.tags.extend(run.tags)
     policy = run.retry_policy
-    msg.retry_policy.retries = policy.retries
-    msg.retry_policy.retry_delay_seconds.extend(policy.retry_delay_seconds)
-    msg.retry_policy.retry_jitter_factor = policy.retry_jitter_factor
+    out = msg.retry_policy  # each read of a message field makes a Python object
+    out.retries = policy.retries  # written even when 0: the answer always holds a policy
+    if policy.retry_delay_seconds:
+        out.retry_delay_seconds.extend(policy.retry_delay_seconds)
+    out.retry_jitter_factor = policy.retry_jitter_factor
     if run.state is not None:
         state_to_proto(run.state, msg.state)
     msg.run_count = run.run_count
-    set_timestamp(msg.start_time, run.start_time)
-    set_timestamp(msg.end_time, run.end_time)
+    if run.start_time is not None:
+        set_timestamp(msg.start_time, run.start_time)
+    if run.end_time is not None:
+        set_timestamp(msg.end_time, run.end_time)
     msg.total_run_time.FromMicroseconds(round(run.total_run_time * 1_000_000))
-    set_timestamp(msg.expected_start_time, run.expected_start_time)
-    set_timestamp(msg.next_scheduled_start_time, run.next_scheduled_start_time)
+    if run.expected_start_time is not None:
+        set_timestamp(msg.expected_start_time, run.expected_start_time)
+    if run.next_scheduled_start_time is not None:
+        set_timestamp(msg.next_scheduled_start_time, run.next_scheduled_start_time)
     set_timestamp(msg.create_time, run.created)
-    set_timestamp(msg.lease_expire_time, run.lease_expires)
+    if run.lease_expires is not None:
+        set_timestamp(msg.lease_expire_time, run.lease_expires)
     if parameters is not None:
         msg.parameters.CopyFrom(parameters)
     elif run.parameters != "{}":

@@ -568,13 +568,17 @@ _BATCHABLE = {
 # --- translations -------------------------------------------------------------------------------
 
 
+# Made once: json.dumps with options of its own makes a new encoder at every call.
+_encode_parameters = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _parameters_json(struct: Struct, field: str) -> str:
     """A run's parameters as the JSON text the store keeps. A number JSON cannot hold (NaN,
     an infinity) is refused, with the path of the first one found."""
     if not struct.fields:
         return "{}"
     try:
-        return json.dumps(wire.struct_dict(struct), separators=(",", ":"), allow_nan=False)
+        return _encode_parameters(wire.struct_dict(struct))
     except ValueError:
         check.parameters(struct, field)  # says where
         raise
