@@ -100,3 +100,35 @@ def test_a_backup_never_replaces_an_existing_file(tmp_path):
     assert done.returncode != 0 and "exists" in done.stderr + done.stdout
     assert destination.read_bytes() == b"precious"
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".taken.db.")]
+
+
+def test_a_database_in_a_folder_named_with_uri_characters_is_backed_up_whole(tmp_path):
+    """The backup reads its source read-only through a SQLite URI, in which `#` starts a
+    fragment: from a folder such as `c#` it backed up another file, `c` beside it, which it
+    made empty, and said the empty copy was sound."""
+    from datetime import UTC, datetime
+
+    from stateward.runs import RunKind
+    from stateward.states import State, StateType
+    from stateward_service.model import RunRecord
+    from stateward_service.orchestrator import Orchestrator
+    from stateward_service.store import open_database
+
+    folder = tmp_path / "c# 1?x=%41"
+    folder.mkdir()
+    source = folder / "source.db"
+    orchestrator = Orchestrator(open_database(source))
+    run = RunRecord(
+        kind=RunKind.FLOW_RUN, id="", name="kept", created=datetime.now(UTC), flow_name="f"
+    )
+    made = orchestrator.create_run(run, State(StateType.PENDING), new_id=False)
+    orchestrator.close()
+    destination = tmp_path / "backup.db"
+    done = subprocess.run(
+        backup_command(source, destination), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    copy = sqlite3.connect(destination)
+    assert copy.execute("SELECT id, name FROM flow_runs").fetchall() == [(made.id, "kept")]
+    copy.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder.name, destination.name])

@@ -315,6 +315,27 @@ def test_a_database_of_version_4_is_upgraded_in_place_and_reads_back_as_it_was(t
     db.close()
 
 
+def test_a_database_in_a_folder_named_with_uri_characters_is_read_back(tmp_path):
+    """The reader opens the file read-only through a SQLite URI, in which `#` starts a fragment,
+    `?` the options and `%` an escape: a folder such as `c#` (or a STATEWARD_HOME there) made the
+    reader open another file, `c` beside it, created empty and read and written as the database
+    (no tables: every read failed), its `mode=ro` lost with the fragment."""
+    folder = tmp_path / "c# 1?x=%41"
+    folder.mkdir()
+    path = folder / "shared.db"
+    orchestrator = Orchestrator(open_database(path))
+    run = orchestrator.create_run(flow_run(), State(StateType.PENDING))
+    orchestrator.set_state(run.id, State(StateType.RUNNING))
+    written = orchestrator.list_states(run.id)
+    orchestrator.close()
+    reader = StoreReader(path)
+    with reader.snapshot() as snapshot:
+        assert snapshot.list_states(run.id) == written
+        assert snapshot.get_run(run.id) is not None
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no file made beside
+
+
 def test_a_log_pruned_to_nothing_before_version_5_goes_on_from_its_last_sequence(tmp_path):
     path = tmp_path / "pruned.db"
     db = sqlite3.connect(path, isolation_level=None)

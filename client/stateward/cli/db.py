@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -72,7 +73,8 @@ def backup(
 def _copy(source_path: Path, target_path: Path) -> str:
     """Copy the database at `source_path` into `target_path` (WAL mode, as servers keep it) and
     return SQLite's integrity verdict on the copy ("ok" when sound)."""
-    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    # The path quoted: in a URI, `#`, `?` and `%` in a folder's name would end or change it.
+    source = sqlite3.connect(f"file:{urllib.parse.quote(os.fspath(source_path))}?mode=ro", uri=True)
     try:
         target = sqlite3.connect(target_path)
         try:

@@ -7,6 +7,7 @@ import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -30,8 +31,12 @@ class StoreReader(SnapshotReader):
             return self._idle.get_nowait()
         except queue.Empty:
             pass
+        # The path quoted: in a URI, `#`, `?` and `%` in a folder's name would end or change it.
         conn = sqlite3.connect(
-            f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            f"file:{urllib.parse.quote(os.fspath(self.path))}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
         )
         conn.execute("PRAGMA busy_timeout=5000")
         with self._lock:
