@@ -371,9 +371,12 @@ class RunEngine:
 
     def call_sync(self) -> Any:
         leave = self.enter_code()
+        subject = self.subject
         try:
-            with printing_to_log(self.subject.log_prints):
-                return call_with(self.subject.fn, self.subject.signature, self.parameters)
+            if not subject.log_prints:  # printing_to_log(False) does nothing: not even made
+                return call_with(subject.fn, subject.signature, self.parameters)
+            with printing_to_log(True):
+                return call_with(subject.fn, subject.signature, self.parameters)
         finally:
             try:
                 self.code_over()
@@ -497,7 +500,7 @@ class RunEngine:
 
     def catch_signals(self) -> Callable[[], None]:
         """Before a synchronous run: catch what crashes it; returns what undoes that."""
-        return lambda: None
+        return _nothing_to_undo
 
     def enter(self) -> None:
         """Before the run begins: make it reachable by what may stop it."""
@@ -580,10 +583,15 @@ class RunEngine:
         if return_state:
             return state
         if state.is_completed():
-            return state.result()
+            # Not state.result(), which asks whether its caller awaits it: this method does not.
+            return state._result(True)
         if self.error is not None and (state.is_failed() or state.is_pending()):
             raise self.error  # the code's exception, or the upstream that kept it from running
         raise exception_for(state)
+
+
+def _nothing_to_undo() -> None:
+    pass
 
 
 def call_run(make: Callable[[], RunEngine], isasync: bool, return_state: bool) -> Any:

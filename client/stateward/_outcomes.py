@@ -49,7 +49,7 @@ def bind(
             else:
                 break
         else:
-            if all(key in parameters for key in kwargs):  # else: an unexpected keyword
+            if not kwargs or all(key in parameters for key in kwargs):  # else: unexpected
                 return bound
     full = signature.bind(*args, **kwargs)
     full.apply_defaults()
@@ -59,11 +59,19 @@ def bind(
 def call_with(
     fn: Callable[..., Any], signature: inspect.Signature, parameters: dict[str, Any]
 ) -> Any:
-    if all(parameter.kind in _KEYWORD_KINDS for parameter in signature.parameters.values()):
-        return fn(**parameters)  # the usual function: every argument by name
-    bound = signature.bind_partial()
-    bound.arguments.update(parameters)
-    return fn(*bound.args, **bound.kwargs)
+    global _by_name
+    if signature is not _by_name:
+        if not all(parameter.kind in _KEYWORD_KINDS for parameter in signature.parameters.values()):
+            bound = signature.bind_partial()
+            bound.arguments.update(parameters)
+            return fn(*bound.args, **bound.kwargs)
+        _by_name = signature
+    return fn(**parameters)  # the usual function: every argument by name
+
+
+# The signature `call_with` last found to take every argument by name (held, so that no other
+# signature takes its id): a task called in a loop is looked at once.
+_by_name: inspect.Signature | None = None
 
 
 _check_json = json.JSONEncoder(allow_nan=False).encode  # NaN and Infinity are not JSON
@@ -132,7 +140,11 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 def nothing_to_resolve(parameters: dict[str, Any]) -> bool:
     """Whether `resolve` would give back `parameters` as they are: plain values only."""
-    return all(value.__class__ in _PLAIN for value in parameters.values())
+    # A loop, not all() over a generator (whose frame every task call would pay).
+    for value in parameters.values():  # noqa: SIM110
+        if value.__class__ not in _PLAIN:
+            return False
+    return True
 
 
 def resolve(value: Any) -> Any:

@@ -95,7 +95,11 @@ def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
     """The policy of a run: persisted unless `persist_result` is False; its storage the first
     folder given (the run's own, then the flow run's around it...), else
     STATEWARD_RESULTS_STORAGE_PATH."""
-    storage = next((folder for folder in folders if folder is not None), None)
+    storage = None
+    for folder in folders:  # a loop, not next() over a generator: every run comes here
+        if folder is not None:
+            storage = folder
+            break
     if storage is None:
         storage = for_this_run(settings.results_storage_path)
     return ResultPolicy(persist=persist_result is not False, storage=storage)

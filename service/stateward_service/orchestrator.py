@@ -176,7 +176,13 @@ class _RunCache:
     def remember(self, run: RunRecord) -> None:
         """Keep `run` as the newest; forget the oldest past `size` runs or `max_bytes`."""
         run_id = run.id
-        size = _record_bytes(run)
+        # About how much memory it holds: its parameters and its state's result (inline: every
+        # write comes here).
+        size = 1024 + len(run.parameters)
+        state = run.state
+        data = state.data if state is not None else None
+        if data is not None:
+            size += len(data.json or "") + len(data.pickle or b"")
         sizes, runs = self._sizes, self._runs
         self.bytes += size - sizes.get(run_id, 0)
         sizes[run_id] = size
@@ -195,16 +201,6 @@ class _RunCache:
         self._runs.clear()
         self._sizes.clear()
         self.bytes = 0
-
-
-def _record_bytes(run: RunRecord) -> int:
-    """About how much memory a run record holds: its parameters and its state's result."""
-    size = 1024 + len(run.parameters)
-    state = run.state
-    data = state.data if state is not None else None
-    if data is not None:
-        size += len(data.json or "") + len(data.pickle or b"")
-    return size
 
 
 class Orchestrator:
@@ -288,7 +284,7 @@ class Orchestrator:
         if initial is not None:
             moment = self.clock()
             decision = self._decide(run, initial, False, moment)
-            if not decision.writes:
+            if decision.state is None:  # nothing to write
                 raise InitialStateRefused(
                     f"the initial state {initial.name} was refused "
                     f"({decision.status.name}): {decision.reason}"
@@ -646,7 +642,7 @@ class Orchestrator:
             _copy(run.state) if fresh_state else run.state,
             decision.reason,
             decision.delay_seconds,
-            written=decision.writes,
+            written=decision.state is not None,
         )
 
     def crash_if_lease_lapsed(self, run_id: str, crashed: State, before: datetime) -> bool:
@@ -1007,7 +1003,7 @@ class Orchestrator:
         moment = self.clock()
         context = TransitionContext(run=task_run, proposed=mirror, now=moment)
         decision = decide(self.policies.forced_task, context)
-        if decision.writes:
+        if decision.state is not None:
             self._write(task_run, decision, written, moment)
 
     def _publish(self, written: list[_Logged]) -> None:

@@ -18,7 +18,7 @@ beforehand.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import field, replace
 from datetime import datetime
 from typing import ClassVar
 
@@ -118,14 +118,14 @@ class TransitionContext:
     limits: tuple[LimitUsage, ...] = ()
     # A number drawn uniformly from [0, 1) for this proposal (retry jitter).
     jitter: float = 0.0
+    # The run's state when the proposal came, and its type (the rules read them again and
+    # again: fields, not properties).
+    initial: State | None = field(init=False, repr=False, compare=False)
+    initial_type: StateType | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def initial(self) -> State | None:
-        return self.run.state
-
-    @property
-    def initial_type(self) -> StateType | None:
-        return None if self.run.state is None else self.run.state.type
+    def __post_init__(self) -> None:
+        initial = self.initial = self.run.state
+        self.initial_type = None if initial is None else initial.type
 
 
 class Rule:
