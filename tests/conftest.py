@@ -89,9 +89,13 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new empty database of each backend: a SQLite file's path or a PostgreSQL URL."""
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new empty database of each backend: a SQLite file's path or a PostgreSQL URL (dropped
+    in the background once the test is over)."""
     if request.param == "sqlite":
-        return str(tmp_path / "shared.db")
+        yield str(tmp_path / "shared.db")
+        return
     databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
-    return databases.create()
+    url = databases.create()
+    yield url
+    databases.release(url)
