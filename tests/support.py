@@ -125,6 +125,14 @@ class ServerProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def says(self, text: str, timeout: float = 20.0) -> bool:
+        """Whether the server's output holds `text`, waiting for it up to `timeout` seconds:
+        the lines after the ready line (clients' address, the security summary, the web view)
+        are written a moment after it, and a test reading them at once saw them missing."""
+        with suppress(AssertionError):
+            wait_until(lambda: text in self.output(), timeout, repr(text))
+        return text in self.output()
+
     def channel(self) -> grpc.Channel:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.target)

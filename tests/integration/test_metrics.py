@@ -66,7 +66,7 @@ def test_metrics_are_off_unless_asked_for(server):
 
 def test_a_scrape_shows_calls_latency_transitions_loops_and_size(metered):
     server, port = metered
-    assert f"metrics: http://127.0.0.1:{port}/metrics" in server.output()
+    assert server.says(f"metrics: http://127.0.0.1:{port}/metrics"), server.output()
     with Client(server.target) as client:
         run = client.create_flow_run("metered", state=State(StateType.PENDING))
         client.set_state(run.id, State(StateType.RUNNING))

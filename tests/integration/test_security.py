@@ -106,7 +106,7 @@ def test_the_sdk_and_the_cli_send_the_key_from_the_environment(keyed_server, tmp
 
 
 def test_without_a_key_the_server_says_it_listens_on_loopback_only(server):
-    assert "no API key" in server.output() and "loopback only" in server.output()
+    assert server.says("no API key") and server.says("loopback only")
 
 
 def test_listening_beyond_loopback_without_a_key_is_warned_about(tmp_path):
@@ -220,7 +220,7 @@ def test_a_tls_handshake(certificates, tmp_path, monkeypatch):
     ]
     server = ServerProcess(tmp_path / "tls.db", args=args).start()
     try:
-        assert "transport: TLS" in server.output()
+        assert server.says("transport: TLS")
         with client_with(monkeypatch, server.target, tls_env(certificates)) as client:
             run = client.create_flow_run("over-tls", state=State(StateType.PENDING))
             assert client.list_states(run.id)[0].name == "Pending"
@@ -244,7 +244,7 @@ def test_a_mutual_tls_handshake(certificates, tmp_path, monkeypatch):
     ]  # fmt: skip
     server = ServerProcess(tmp_path / "mtls.db", args=args).start()
     try:
-        assert "TLS with client certificates" in server.output()
+        assert server.says("TLS with client certificates"), server.output()
         env = tls_env(certificates, client_cert=True)
         with client_with(monkeypatch, server.target, env) as client:
             assert client.create_flow_run("mutual").flow_name == "mutual"

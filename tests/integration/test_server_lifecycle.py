@@ -50,7 +50,7 @@ def test_health_is_serving_and_reflection_lists_the_service(server):
 def test_startup_line_names_address_and_database(server):
     shown = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(server.db))  # never a password
     assert f"listening on 127.0.0.1:{server.port} (database {shown})" in server.output()
-    assert f"export STATEWARD_API_URL=127.0.0.1:{server.port}" in server.output()
+    assert server.says(f"export STATEWARD_API_URL=127.0.0.1:{server.port}"), server.output()
 
 
 def test_a_taken_port_is_a_clear_error(server, tmp_path):
