@@ -220,6 +220,24 @@ def wake(thread_id: int) -> None:
 # --- crash signals --------------------------------------------------------------------------------
 
 _pending_signals: dict[int, BaseException] = {}  # per thread: signals held while the engine worked
+# The crash handlers installed: signal number -> (ours, the handler it replaced). A forked child
+# runs no run of its own: it gets the replaced handlers back (see `_forget_crash_handlers`).
+_crash_handlers: dict[int, tuple[Callable[[int, FrameType | None], None], object]] = {}
+
+
+def _forget_crash_handlers() -> None:
+    """In a forked child (a `multiprocessing` worker, say): the signals are the child's own
+    business again, so that SIGTERM ends it as it would without a flow, and a flow it runs
+    installs handlers of its own."""
+    for signum, (ours, replaced) in list(_crash_handlers.items()):
+        if signal.getsignal(signum) is ours:
+            with suppress(ValueError, OSError):
+                signal.signal(signum, replaced)  # type: ignore[arg-type]
+    _crash_handlers.clear()
+    _pending_signals.clear()
+
+
+os.register_at_fork(after_in_child=_forget_crash_handlers)
 
 
 def take_pending(thread_id: int) -> BaseException | None:
@@ -253,13 +271,16 @@ def crash_on_signals(must_wait: Callable[[int], bool]) -> Callable[[], None]:
             return
         raise error
 
-    for signum in previous:
+    for signum, handler in previous.items():
         signal.signal(signum, on_signal)
+        _crash_handlers[signum] = (on_signal, handler)
     stop_forwarding = _forward_to_main_thread(frozenset(previous))
 
     def restore() -> None:
         stop_forwarding()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+            if _crash_handlers.get(signum, (None,))[0] is on_signal:
+                del _crash_handlers[signum]
 
     return restore

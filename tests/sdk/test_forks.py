@@ -7,6 +7,7 @@ for its raylet). A process that does not use the Ray runner keeps gRPC's default
 from __future__ import annotations
 
 import json
+import signal
 
 from tests.sdk.conftest import python
 
@@ -123,3 +124,38 @@ def test_a_flow_called_in_a_forked_child_says_at_once_that_the_connection_stays_
     # A call sent on the parent's channel would have waited CALL_WAITS seconds: failing in a
     # tenth of that (generous on a loaded machine) means none waited.
     assert float(seconds) < CALL_WAITS / 10, said
+
+
+def test_a_child_forked_inside_a_flow_is_ended_by_sigterm_as_without_a_flow(sdk_server):
+    """A flow's SIGTERM crashes the run on the process's main thread; a child forked from it
+    runs no run of its own, so the signal is its own business again there. The child kept the
+    flow's handler: a SIGTERM (`Process.terminate()`, as leaving a `multiprocessing` pool sends
+    its workers) raised TerminationSignal in whatever the child was doing, a traceback on
+    stderr and exit code 1, instead of ending it (-SIGTERM)."""
+    result = python(
+        """
+        import json, multiprocessing, time
+        from stateward import flow
+
+        def wait(started) -> None:
+            started.set()
+            time.sleep(600)
+
+        @flow
+        def forks() -> int | None:
+            context = multiprocessing.get_context("fork")
+            started = context.Event()
+            child = context.Process(target=wait, args=(started,))
+            child.start()
+            assert started.wait(60)
+            child.terminate()
+            child.join(60)
+            return child.exitcode
+
+        print(json.dumps(forks()))
+        """,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == -signal.SIGTERM, result.stderr[-3000:]
+    assert "TerminationSignal" not in result.stderr, result.stderr[-3000:]
