@@ -115,26 +115,13 @@ class RunOrchestration:
         `wait=False`, return the WAIT: the caller waits as it sees fit). With
         `expected_state_id`, the server ABORTs unless the run's current state is that one."""
         proposed = proposed.with_details(transition_id=new_id(), **self.owner)
-        client = self.client
         while True:
             try:  # the first attempt without a closure: every proposal makes it
-                decision = client.set_state(
-                    self.run_id,
-                    proposed,
-                    force=force,
-                    expected_state_id=expected_state_id,
-                    lease_seconds=self.lease,
-                )
+                decision = self._set_state(proposed, force, expected_state_id)
             except (ServerUnavailable, DeadlineExceeded) as error:
                 decision = self._retrying(
                     f"proposing {proposed.name}",
-                    lambda _: client.set_state(
-                        self.run_id,
-                        proposed,
-                        force=force,
-                        expected_state_id=expected_state_id,
-                        lease_seconds=self.lease,
-                    ),
+                    lambda _: self._set_state(proposed, force, expected_state_id),
                     failure=error,
                 )
             if decision.status is not _WAIT or not wait:
@@ -180,6 +167,18 @@ class RunOrchestration:
             )
         adopt(created)
         return self.observe(answer, running)
+
+    def _set_state(
+        self, proposed: State, force: bool, expected_state_id: str | None
+    ) -> OrchestrationResult:
+        """One attempt of `propose`: the server's answer to `proposed`."""
+        return self.client.set_state(
+            self.run_id,
+            proposed,
+            force=force,
+            expected_state_id=expected_state_id,
+            lease_seconds=self.lease,
+        )
 
     def _create_and_start(
         self, runs: list[FlowRun | TaskRun], running: State, attempt: int

@@ -24,7 +24,7 @@ from stateward_service.errors import ServiceError
 from stateward_service.model import RunRecord
 from stateward_service.names import make_run_name
 from stateward_service.orchestrator import Orchestrator
-from stateward_service.refusals import REFUSALS, refusal, refused_alone, translating
+from stateward_service.refusals import REFUSALS, raise_refusal, refused_alone, translating
 
 Run = FlowRun | TaskRun
 
@@ -49,10 +49,7 @@ class LocalService:
         try:  # as `translating` does, without a closure: every task run comes here
             created = orchestrator.create_run(record, initial, new_id=fresh)
         except REFUSALS as error:
-            answer = refusal(error, orchestrator.in_batch)
-            if answer is None:
-                raise
-            raise answer from None
+            raise_refusal(error, orchestrator.in_batch)
         return _run(created, parameters)
 
     def create_and_start(
@@ -131,10 +128,7 @@ class LocalService:
                 fresh_state=True,  # the caller's own: it may give it a value
             )
         except REFUSALS as error:
-            answer = refusal(error, orchestrator.in_batch)
-            if answer is None:
-                raise
-            raise answer from None
+            raise_refusal(error, orchestrator.in_batch)
 
     def get_run(self, run_id: str, kind: RunKind) -> Run:
         """The flow run or task run as it is now; ServiceError NOT_FOUND for an unknown one."""

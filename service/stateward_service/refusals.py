@@ -5,7 +5,7 @@ ServiceError with its status code, for the gRPC API and the in-process API alike
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from stateward.exceptions import StatusCode
 from stateward_service.errors import ServiceError, invalid
@@ -38,10 +38,7 @@ def translating(call: Callable[[], T], in_batch: bool = False) -> T:
     try:
         return call()
     except REFUSALS as error:
-        answer = refusal(error, in_batch)
-        if answer is None:
-            raise
-        raise answer from None
+        raise_refusal(error, in_batch)
 
 
 # The orchestrator's exceptions `refusal` answers.
@@ -60,28 +57,28 @@ REFUSALS = (
 )
 
 
-def refusal(error: Exception, in_batch: bool = False) -> ServiceError | None:
-    """The ServiceError that answers `error`, one of REFUSALS (see `translating`); None when
-    it is to be raised as it is (a failure of the database inside a batch or group). For a
-    caller on the hot path, which catches REFUSALS itself rather than hand `translating` a
-    closure."""
+def raise_refusal(error: Exception, in_batch: bool = False) -> NoReturn:
+    """Raises the ServiceError that answers `error`, one of REFUSALS (see `translating`), or
+    `error` itself for a failure of the database inside a batch or group. For a caller on the
+    hot path, which catches REFUSALS itself (`except REFUSALS as error: raise_refusal(...)`)
+    rather than hand `translating` a closure."""
     if isinstance(error, RunNotFound | LimitNotFound):
-        return ServiceError(StatusCode.NOT_FOUND, str(error))
+        raise ServiceError(StatusCode.NOT_FOUND, str(error)) from None
     if isinstance(error, RunAlreadyExists | LimitAlreadyExists):
-        return ServiceError(StatusCode.ALREADY_EXISTS, str(error))
+        raise ServiceError(StatusCode.ALREADY_EXISTS, str(error)) from None
     if isinstance(error, InitialStateRefused | NotPaused | NotCompleted):
-        return ServiceError(StatusCode.FAILED_PRECONDITION, str(error))
+        raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
     if isinstance(error, RunInputRefused):
-        return invalid("run_input", str(error))
+        raise invalid("run_input", str(error)) from None
     if isinstance(error, BadPageToken):
-        return invalid("page_token", str(error))
-    if in_batch:  # DatabaseUnavailable, WriteConflict
-        return None
+        raise invalid("page_token", str(error)) from None
+    if in_batch:  # DatabaseUnavailable, WriteConflict: the whole batch or group fails
+        raise error
     if isinstance(error, WriteConflict):
-        return ServiceError(
+        raise ServiceError(
             StatusCode.UNAVAILABLE, f"the database stayed too busy to decide; try again ({error})"
-        )
-    return ServiceError(StatusCode.UNAVAILABLE, str(error))
+        ) from None
+    raise ServiceError(StatusCode.UNAVAILABLE, str(error)) from None
 
 
 def refused_alone(error: ServiceError) -> bool:
@@ -91,4 +88,4 @@ def refused_alone(error: ServiceError) -> bool:
     return not isinstance(error, StorageUnavailable)
 
 
-__all__ = ["REFUSALS", "refusal", "refused_alone", "translating"]
+__all__ = ["REFUSALS", "raise_refusal", "refused_alone", "translating"]
