@@ -5,7 +5,9 @@ and everything acknowledged before the outage is there."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +34,11 @@ from tests.web.sse import EventStream
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The loops' intervals, long: no loop writes or reads during a test.
+IDLE_LOOPS = {
+    f"STATEWARD_{name}_INTERVAL_SECONDS": "3600"
+    for name in ("LATE_RUNS", "PAUSE_EXPIRY", "CANCELLING", "CASCADE", "LEASE_CHECK")
+}
 
 
 class Outage:
@@ -42,11 +49,20 @@ class Outage:
         self.name = url.partition("?")[0].rsplit("/", 1)[1]
 
     def begin(self) -> None:
+        """Refuse new connections and end the open ones; returns once their backends are gone
+        (each has told its client, which may not have read it)."""
         self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false")
         self.admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
             (self.name,),
         )
+        wait_until(self._no_backends, timeout=20, what="the database's backends gone")
+
+    def _no_backends(self) -> bool:
+        row = self.admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.name,)
+        ).fetchone()
+        return row is not None and row[0] == 0
 
     def end(self) -> None:
         self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")
@@ -112,6 +128,14 @@ def test_an_outage_is_not_serving_and_unavailable_then_all_is_back(replica):
         assert code_of(lambda: stub.CreateFlowRun(creating)) == grpc.StatusCode.UNAVAILABLE
         reading = pb.GetFlowRunRequest(id=running.id)
         assert code_of(lambda: stub.GetFlowRun(reading)) == grpc.StatusCode.UNAVAILABLE
+        # A read on a snapshot fails at once (it does not wait for a pooled connection), with
+        # PostgreSQL's reason.
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListFlowRuns(pb.ListFlowRunsRequest(), timeout=30)
+        assert time.monotonic() - started < 5  # it waited 10 s for the pool before
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "is not currently accepting connections" in refused.value.details()
         # Every call that needs the database says so, the limits' listing and a stream's
         # replay included: UNAVAILABLE (try again), never INTERNAL.
         limits = pb.ListConcurrencyLimitsRequest()
@@ -143,11 +167,7 @@ def test_the_first_write_once_health_says_serving_again_is_accepted(
     UNAVAILABLE) but on a new one."""
     url = postgres_databases.create()
     outage = Outage(postgres_databases, url)
-    idle = {
-        f"STATEWARD_{name}_INTERVAL_SECONDS": "3600"
-        for name in ("LATE_RUNS", "PAUSE_EXPIRY", "CANCELLING", "CASCADE", "LEASE_CHECK")
-    }
-    server = ServerProcess(url, log_path=tmp_path / "server.log", env=idle).start()
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=IDLE_LOOPS).start()
     try:
         stub = server.stub()
         running = new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING)  # the writer is connected
@@ -156,6 +176,33 @@ def test_the_first_write_once_health_says_serving_again_is_accepted(
         assert propose(stub, running.id, ST.STATE_TYPE_COMPLETED).status == ACCEPT
         assert history(stub, running.id) == ["Running", "Completed"]
         assert new_flow_run(stub).flow_name == "test-flow"
+    finally:
+        outage.end()
+        server.stop()
+
+
+def test_the_first_reads_after_an_outage_find_no_connection_it_ended(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """The read pool's idle connections sat through the outage, their sessions ended by the
+    server, and nothing read meanwhile (no loop runs, health was not asked): the first reads
+    once the database is back do not go out on them (and fail UNAVAILABLE)."""
+    url = postgres_databases.create()
+    outage = Outage(postgres_databases, url)
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=IDLE_LOOPS).start()
+    try:
+        stub = server.stub()
+        made = [new_flow_run(stub) for _ in range(3)]
+        # Reads at once: the pool keeps several connections.
+        with ThreadPoolExecutor(8) as readers:
+            list(readers.map(lambda _: stub.ListFlowRuns(pb.ListFlowRunsRequest()), range(64)))
+        outage.begin()
+        outage.end()
+        for run in made:
+            assert stub.GetFlowRun(pb.GetFlowRunRequest(id=run.id)).flow_run.id == run.id
+        listed = stub.ListFlowRuns(pb.ListFlowRunsRequest()).flow_runs
+        assert {run.id for run in listed} == {run.id for run in made}
+        assert health(server) == SERVING
     finally:
         outage.end()
         server.stop()

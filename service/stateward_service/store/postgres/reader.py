@@ -1,22 +1,37 @@
 """Reads beside a replica's writing connection, from a connection pool: each snapshot is one
 REPEATABLE READ, READ ONLY transaction, which holds a prefix of the log's sequences (they
-commit in order)."""
+commit in order).
+
+An outage (a restart, backends terminated, connections refused) ends the pool's idle
+connections, and the pool then reconnects on its own schedule, further and further apart.
+So once a read finds a connection the server ended (idle or mid-read), or none in time, the
+pool is dropped; the next reads connect directly first: while that fails they fail at once
+with PostgreSQL's reason, and once it succeeds a new pool serves them."""
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from stateward_service.store.interface import DatabaseUnavailable
-from stateward_service.store.postgres.coordination import allow_nul_in_text, connection_options
+from stateward_service.store.postgres.coordination import (
+    allow_nul_in_text,
+    connection_options,
+    ended_while_idle,
+)
 from stateward_service.store.sql import SnapshotReader, SqlReads
 
 _PLACEHOLDER = re.compile(r"\?")
+
+# How long a read waits for a pooled connection while the database is reachable (all of the
+# pool's connections are in use).
+POOL_WAIT_SECONDS = 10.0
 
 
 class PostgresReads(SqlReads):
@@ -48,49 +63,141 @@ class _Snapshot(PostgresReads):
         self.conn = _Qmark(conn)
 
 
+def _unreachable(error: BaseException) -> DatabaseUnavailable:
+    said = " ".join(str(error).split())  # one line: psycopg's messages run over several
+    return DatabaseUnavailable(f"the PostgreSQL database is unreachable: {said}")
+
+
 class PostgresReader(SnapshotReader):
-    """Safe to call from any thread; the pool opens connections as they are needed."""
+    """Safe to call from any thread; the pool opens connections as they are needed. While
+    the database is unreachable, a read fails at once, with the reason of a direct connection
+    tried for it (reads that arrive while one is tried take its outcome)."""
 
     def __init__(self, url: str, max_connections: int = 8) -> None:
-        self.pool = ConnectionPool(
-            url,
+        self.url = url
+        self.max_connections = max_connections
+        self._lock = threading.Lock()
+        self._closed = False
+        # None once the pool was dropped after an outage, until the database answers again.
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] | None = self._new_pool()
+        # How many direct connections were tried, and why the last one failed ("" if not).
+        self._tries = 0
+        self._failed = ""
+
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
+        return ConnectionPool(
+            self.url,
             min_size=1,
-            max_size=max_connections,
+            max_size=self.max_connections,
             kwargs=connection_options(),
             configure=allow_nul_in_text,
             open=True,
             name="stateward-reads",
         )
 
+    def _current_pool(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
+        """The pool; after an outage dropped it, a new one once a direct connection succeeds.
+        Raises DatabaseUnavailable at once while the database cannot be reached."""
+        pool, tries = self._pool, self._tries
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._pool is not None:
+                return self._pool
+            if self._closed:
+                raise DatabaseUnavailable("the PostgreSQL reader is closed")
+            if self._tries != tries and self._failed:  # tried while this read waited
+                raise DatabaseUnavailable(self._failed)
+            self._tries += 1
+            try:
+                psycopg.connect(self.url, **connection_options()).close()
+            except psycopg.Error as error:
+                failure = _unreachable(error)
+                self._failed = str(failure)
+                raise failure from error
+            self._failed = ""
+            self._pool = self._new_pool()
+            return self._pool
+
+    def _drop(self, pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]]) -> None:
+        """The pool's connections were ended by an outage, or it gave none in time: the next
+        read connects directly (see `_current_pool`). Connections of it still in use are
+        closed as they come back."""
+        with self._lock:
+            if self._pool is not pool:
+                return  # another read dropped it
+            self._pool = None
+        pool.close()
+
+    def _checkout(
+        self,
+    ) -> tuple[ConnectionPool[psycopg.Connection[tuple[Any, ...]]], psycopg.Connection[Any]]:
+        """A pool and a connection from it, never one the server ended while it sat idle in
+        the pool. Raises DatabaseUnavailable when the database cannot be reached."""
+        for _ in range(3):
+            pool = self._current_pool()
+            try:
+                conn = pool.getconn(timeout=POOL_WAIT_SECONDS)
+            except PoolClosed:  # another read dropped it meanwhile
+                continue
+            except PoolTimeout as error:
+                self._drop(pool)
+                raise _unreachable(error) from error
+            # One poll of its socket, nothing sent: a round trip per read would cost more.
+            if not ended_while_idle(conn):
+                return pool, conn
+            # An outage (or a restart) ended it, and with it the pool's other idle ones.
+            self._drop(pool)
+            pool.putconn(conn)  # the closed pool closes it
+        raise DatabaseUnavailable(
+            "the PostgreSQL database is unreachable: it ended each connection this read took"
+        )
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled connection (see `_checkout`), given back after the block. Raises
+        DatabaseUnavailable when the database cannot be reached or the connection is lost."""
+        pool, conn = self._checkout()
+        try:
+            yield conn
+        except psycopg.OperationalError as error:
+            if conn.broken:  # the session ended mid-read: so did the pool's idle ones
+                self._drop(pool)
+            raise _unreachable(error) from error
+        finally:
+            pool.putconn(conn)
+
     @contextmanager
     def snapshot(self) -> Iterator[SqlReads]:
         """The read queries, all seeing the database as it was when the first one ran. Raises
         DatabaseUnavailable when the database cannot be reached."""
-        try:
-            with self.pool.connection(timeout=10) as conn, conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield _Snapshot(conn)
-        except (psycopg.OperationalError, TimeoutError) as error:
-            raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield _Snapshot(conn)
 
     def ping(self) -> bool:
         """Whether the database answers now."""
         try:
-            with self.pool.connection(timeout=2) as conn:
+            with self._connection() as conn:
                 conn.execute("SELECT 1")
-        except (psycopg.Error, TimeoutError):
+        except (DatabaseUnavailable, psycopg.Error):
             return False
         return True
 
     def size_on_disk(self) -> int:
         """`pg_database_size` of the database, on a pooled connection: never the writing one,
-        whose transaction another thread may be in the middle of."""
-        with self.pool.connection(timeout=2) as conn:
+        whose transaction another thread may be in the middle of. Raises DatabaseUnavailable
+        when the database cannot be reached."""
+        with self._connection() as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
-        self.pool.close()
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 __all__ = ["PostgresReader", "PostgresReads"]
