@@ -11,7 +11,8 @@ encoded, and load the protocol on the first of them. A thread runs an event loop
 follower and the broadcaster (for `watch` and the cancellation supervisor) and, while this
 process holds the database's leader lock, the server's loops. Any number of processes (scripts,
 the CLI, `watch`, a `stateward server start`) share the file, and any of them may exit at any
-time.
+time. A process forked from one that orchestrates cannot: its calls raise StatewardError at
+once, saying so (see `_forget_in_child`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import atexit
 import contextlib
 import dataclasses
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
     from stateward._transport import TransitionStream
     from stateward_service.grpc_api import OrchestrationService
+    from stateward_service.local_api import LocalService
     from stateward_service.settings import ServerSettings
 
 log = logging.getLogger("stateward")
@@ -75,12 +78,16 @@ def get_client(*, lead_loops: bool = True) -> Client:
     """The process's client: to STATEWARD_API_URL, or to the embedded orchestrator (started
     once). `lead_loops` says whether an embedded orchestrator this call starts competes to run
     the server's loops: a process that runs flows does, for as long as it lives; a short command
-    of the CLI does not (it would take the leader lock and sweep the database just to exit)."""
+    of the CLI does not (it would take the leader lock and sweep the database just to exit).
+    Raises StatewardError, at once, in a process forked from one that had made its client: the
+    connection, or the SQLite database's, stays behind (see `_forget_in_child`)."""
     global _client
     with _lock:
         if _client is None:
             _client = _connect(lead_loops)
-        return _client
+        client = _client
+    client.transport.check_process()
+    return client
 
 
 def has_client() -> bool:
@@ -130,7 +137,8 @@ class InProcessTransport:
     of `local` (those of a flow: runs, states, run logs, cache entries, leases) take no
     message at all; the others
     take the request message and go to the gRPC API's method of the same name, which with the
-    protocol is loaded on the first of them."""
+    protocol is loaded on the first of them. In a process forked from the one that made it,
+    every call raises StatewardError saying why (`forked`)."""
 
     def __init__(self, embedded: EmbeddedOrchestrator) -> None:
         self.embedded = embedded
@@ -138,12 +146,33 @@ class InProcessTransport:
 
         self._service_error = ServiceError
         self.local = _LocalCalls(embedded)
+        self.refusal: str | None = None  # in a forked child: why nothing can be called here
+
+    def forked(self) -> None:
+        """In a child forked from the process that made this transport: from now on every call
+        raises StatewardError at once (the orchestrator's database connection, its lock, its
+        threads are the parent's). The calls of `local` refuse without costing the parent's
+        calls a test: their service is replaced."""
+        self.refusal = (
+            f"this process was forked from process {self.embedded.pid}, which orchestrates "
+            f"in-process on the SQLite database {self.embedded.database}: a SQLite connection "
+            "does not survive a fork, and one opened in the child would share the parent's "
+            "locks (its writes could wait for ever, or go to a log file the parent deletes): "
+            "start processes that run flows or tasks with the 'spawn' start method "
+            "(multiprocessing.get_context('spawn')), or exec a new program"
+        )
+        self.local.service = _Refused(self.refusal)
+
+    def check_process(self) -> None:
+        if self.refusal is not None:
+            raise StatewardError(self.refusal)
 
     @property
     def api(self) -> OrchestrationService:
         return self.embedded.replica.api
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        self.check_process()
         try:
             return getattr(self.api, method)(request)
         except self._service_error as error:
@@ -154,6 +183,7 @@ class InProcessTransport:
         processes' commits), in sequence order, once each, from the moment of this call; in
         the thread that committed or read them, under a lock of the log follower: it must be
         quick and must never block. For the process's own watchers, with no stream."""
+        self.check_process()
         self.embedded.replica.follower.subscribe(listener)
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
@@ -161,6 +191,7 @@ class InProcessTransport:
         itself takes the transitions as they are: `local.watch`)."""
         if method != "WatchTransitions":
             raise ValueError(f"no stream named {method}")
+        self.check_process()
         after = request.after_sequence if request.HasField("after_sequence") else None
         stream = self.local.watch(request.run_ids, request.flow_run_ids, request.state_types, after)
         return _Messages(stream)
@@ -178,7 +209,8 @@ class _LocalCalls:
         from stateward_service.local_api import LocalService
 
         self.embedded = embedded
-        self.service = LocalService(embedded.replica.orchestrator)
+        # The orchestrator's calls; in a forked child, calls that refuse (see `forked`).
+        self.service: LocalService | _Refused = LocalService(embedded.replica.orchestrator)
         self._service_error = ServiceError
 
     def create_run(self, run: FlowRun | TaskRun) -> FlowRun | TaskRun:
@@ -252,6 +284,7 @@ class _LocalCalls:
         state_types: Sequence[int],
         after_sequence: int | None,
     ) -> _InProcessStream:
+        self.embedded.transport.check_process()
         return _InProcessStream(self.embedded, run_ids, flow_run_ids, state_types, after_sequence)
 
     def renew_leases(self, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
@@ -259,6 +292,39 @@ class _LocalCalls:
             return self.service.renew_leases(run_ids, lease_seconds)
         except self._service_error as error:
             raise _translate(error) from None
+
+
+class _Refused:
+    """The service of `_LocalCalls` in a forked child: every call raises StatewardError."""
+
+    def __init__(self, refusal: str) -> None:
+        self.refusal = refusal
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise StatewardError(self.refusal)
+
+        return refuse
+
+
+# In a forked child: the embedded orchestrators of the processes it was forked from. Kept for
+# as long as the process lives, never used or closed: their SQLite connection is the parent's,
+# and closing it here could end the parent's use of the database's files (see `forked`).
+_inherited: list[EmbeddedOrchestrator] = []
+
+
+def _forget_in_child() -> None:
+    """In a forked child: a new lock (a thread of the parent may have held the old one at the
+    fork, and no thread here will release it); the embedded orchestrator, if any, refuses
+    every call (see `InProcessTransport.forked`)."""
+    global _lock
+    _lock = threading.Lock()
+    if _embedded is not None:
+        _inherited.append(_embedded)
+        _embedded.transport.forked()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def home_settings(home: Path, **given: Any) -> ServerSettings:
@@ -442,6 +508,8 @@ class EmbeddedOrchestrator:
         # `stateward ui` serves the page. (Not a value to validate: given none, the settings
         # are the defaults and the environment's, and pydantic is not imported.)
         replica_settings = dataclasses.replace(home_settings(home), ui=False)
+        self.database = replica_settings.db
+        self.pid = os.getpid()
         self.replica = Replica(replica_settings, lead_loops=lead_loops)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None

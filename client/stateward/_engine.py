@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from stateward import _forks
 from stateward import _run_logs as run_logs
 from stateward._context import FlowRunContext, current_tags, flow_run_context
 from stateward._embedded import get_client
@@ -96,10 +97,12 @@ class RunEngine:
         self.parent: FlowRunContext | None = flow_run_context.get()
         self.client: Client
         self.supervisor: RunSupervisor
-        if self.parent is not None:  # the process's client and supervisor, set up by it
+        self.forks = _forks.count  # the process this engine runs in (see `stateward._forks`)
+        if self.parent is not None and self.parent.engine.forks == self.forks:
+            # The process's client and supervisor, set up by the flow run around it.
             self.client = self.parent.engine.client
             self.supervisor = self.parent.engine.supervisor
-        else:
+        else:  # the first run of this process (a forked child's may be inside its parent's)
             configure_default_logging()
             self.client = get_client()
             run_logs.install(self.client.write_logs)  # what runs log goes to the server

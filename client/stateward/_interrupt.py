@@ -37,6 +37,7 @@ starts, and a generator's cleanup would then never run.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -53,6 +54,20 @@ _ENGINE = object()  # the engine's own work, on a thread's stack
 # bookkeeping (the signal then waits).
 _lock = threading.RLock()
 _stacks: dict[int, list[object]] = {}  # per thread: regions, engine work and waits, innermost last
+
+
+def _forget_in_child() -> None:
+    """In a forked child only the thread that forked lives on: a new lock (another thread may
+    have held it at the fork), and the other threads' stacks go (their ids may be reused)."""
+    global _lock
+    _lock = threading.RLock()
+    mine = _stacks.get(threading.get_ident())
+    _stacks.clear()
+    if mine is not None:
+        _stacks[threading.get_ident()] = mine
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class RunInterrupted(BaseException):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import contextvars
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -86,6 +87,17 @@ _print_to_log: contextvars.ContextVar[bool] = contextvars.ContextVar("log_prints
 _print_lock = threading.Lock()
 _printing_runs = 0
 _replaced_print: Callable[..., None] = builtins.print
+
+
+def _new_print_lock() -> None:
+    """In a forked child: another thread may have held the lock at the fork. (The count stays:
+    runs of the parent's other threads never end here, so print stays replaced, and prints
+    outside a run with `log_prints` still go where they went.)"""
+    global _print_lock
+    _print_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_print_lock)
 
 
 def _print(*args: Any, **kwargs: Any) -> None:

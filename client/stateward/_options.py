@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -79,6 +80,15 @@ NOT_YET_ACTIVE: Mapping[str, NotYetActive] = {
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
+
+
+def _new_warned_lock() -> None:
+    """In a forked child: another thread may have held the lock at the fork."""
+    global _warned_lock
+    _warned_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_warned_lock)
 
 
 def warn_not_yet_active(decorator: str, options: Mapping[str, Any]) -> None:

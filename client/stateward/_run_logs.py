@@ -178,6 +178,24 @@ _shipper: LogShipper | None = None
 _install_lock = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """In a forked child: the parent's shipper sends with the parent's client, from a thread
+    that did not come along, and its lock may have been held at the fork; its handler goes,
+    so the lines the child logs about runs wait for a run of the child to install its own
+    (the parent's waiting lines stay the parent's to send)."""
+    global _shipper, _install_lock
+    if _shipper is not None:
+        stateward_log = logging.getLogger("stateward")
+        for handler in list(stateward_log.handlers):
+            if isinstance(handler, RunLogHandler) and handler.shipper is _shipper:
+                stateward_log.removeHandler(handler)
+    _shipper = None
+    _install_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def install(send: Callable[[Sequence[LogEntry]], object]) -> LogShipper:
     """Start sending run logs with `send` (once per process); returns the shipper."""
     global _shipper

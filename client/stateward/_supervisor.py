@@ -12,6 +12,7 @@ process's runs wake no event loop on their way.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -139,6 +140,18 @@ class RunSupervisor:
 
 _supervisor: RunSupervisor | None = None
 _supervisor_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: the parent's supervisor has no threads here (its leases would expire,
+    its cancels go unheard), and its lock may have been held at the fork. A run of the child
+    gets a supervisor of its own."""
+    global _supervisor, _supervisor_lock
+    _supervisor = None
+    _supervisor_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def get_supervisor(client: Client) -> RunSupervisor:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 
 import grpc
 
-from stateward import settings
+from stateward import _forks, settings
 from stateward._records import dataclass
 from stateward.exceptions import (
     CursorExpired,
@@ -254,6 +254,10 @@ class Transport(Protocol):
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any: ...
 
     def open_stream(self, method: str, request: Any) -> TransitionStream: ...
+
+    def check_process(self) -> None:
+        """Raise StatewardError, at once and saying what to do, if this transport was made in
+        a process this one was forked from (its connection does not work here)."""
 
     def close(self) -> None: ...
 
@@ -532,20 +536,6 @@ class CallStream:
             stream.requests.put(_END)
 
 
-# How many forks made this process (counted in each child): a channel made before the last
-# one is the parent's. Every call looks at it, which a global does more cheaply than
-# os.getpid() (a system call's worth of C).
-_forks = 0
-
-
-def _count_fork() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
-
-
 class GrpcTransport:
     """Calls over a gRPC channel (plain or TLS), with the API key as metadata. SetState and
     ExecuteBatch ride one long-lived ExecuteStream (see `CallStream`) when the server has it,
@@ -558,13 +548,13 @@ class GrpcTransport:
         self._metadata = connection.metadata
         self.calls_stream: CallStream | None = CallStream(connection, self.stub)
         self._pid = os.getpid()
-        self._forks = _forks  # the forks this process came out of when the channel was made
+        self._forks = _forks.count  # the forks this process came out of when the channel was made
 
-    def _same_process(self) -> None:
+    def check_process(self) -> None:
         """A channel does not cross a fork: in a forked child its calls wait until their
         deadline (and, with gRPC's fork support off, as `import stateward` sets it, so does a
         new channel's). Raises StatewardError saying so, at once."""
-        if _forks != self._forks:
+        if _forks.count != self._forks:
             raise StatewardError(
                 f"this process was forked from process {self._pid}, whose connection to the "
                 f"Stateward server at {self.connection.address} does not work here: start "
@@ -573,7 +563,7 @@ class GrpcTransport:
             )
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        self._same_process()
+        self.check_process()
         stream = self.calls_stream
         if stream is not None and rides_stream(method, request):
             try:
@@ -618,7 +608,7 @@ class GrpcTransport:
             time.sleep(0.25)
 
     def open_stream(self, method: str, request: Any) -> TransitionStream:
-        self._same_process()
+        self.check_process()
         return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
 
     def close(self) -> None:

@@ -2,12 +2,18 @@
 `preexec_fn`, as Ray starts its GCS and raylet): gRPC's threads must not run in them. With
 grpcio's fork support on, its threads start again in each such child, and a child closing the
 descriptors it inherited while they poll them aborted before its exec (Ray then waited in vain
-for its raylet). A process that does not use the Ray runner keeps gRPC's default."""
+for its raylet). A process that does not use the Ray runner keeps gRPC's default.
+
+Forked children of a process that runs flows: a flow or task called in one says at once that the
+parent's connection (to a server, or to the embedded SQLite database) stays behind, rather than
+waiting for ever on it; a child forked before the parent orchestrated runs its flows itself."""
 
 from __future__ import annotations
 
 import json
 import signal
+import sqlite3
+from pathlib import Path
 
 from tests.sdk.conftest import python
 
@@ -159,3 +165,164 @@ def test_a_child_forked_inside_a_flow_is_ended_by_sigterm_as_without_a_flow(sdk_
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[-1]) == -signal.SIGTERM, result.stderr[-3000:]
     assert "TerminationSignal" not in result.stderr, result.stderr[-3000:]
+
+
+EMBEDDED = {"STATEWARD_API_URL": ""}  # unset: the SDK orchestrates in its own process
+# How long every forked child together may take to end. A child that waited on a lock a thread
+# of its parent held at the fork never ended; a refused one ends in well under a second.
+CHILDREN_END_WITHIN = 120
+
+
+def run_states(db: Path) -> dict[str, list[str]]:
+    """Each flow's runs' current state names, by flow name."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            """SELECT f.flow_name, s.name FROM flow_runs f JOIN states s ON s.id = f.state_id"""
+        ).fetchall()
+    found: dict[str, list[str]] = {}
+    for flow_name, state in rows:
+        found.setdefault(flow_name, []).append(state)
+    return found
+
+
+def test_embedded_flows_in_children_forked_while_a_thread_writes_refuse_at_once(tmp_path):
+    """The breaker's repro: a flow whose thread runs task after task forks 15 children, each
+    calling a flow and a task. A child reused the parent's in-process orchestrator: when that
+    thread held its lock at the fork (12 children of 15), the child waited for ever on a lock
+    no thread of its own would release; the others wrote through the parent's SQLite
+    connection, which SQLite forbids across a fork."""
+    result = python(
+        f"""
+        import contextvars, json, multiprocessing, threading, time
+        from stateward import flow, task
+
+        @task
+        def step(i: int) -> int:
+            return i
+
+        @flow
+        def inner(n: int) -> int:
+            return step(n) + 1
+
+        def in_child(n, answers):
+            said = []
+            for call in (lambda: inner(n), lambda: step(n)):
+                started = time.monotonic()
+                try:
+                    said.append(("ran", call()))
+                except Exception as error:
+                    seconds = time.monotonic() - started
+                    said.append((f"{{type(error).__name__}}: {{error}}", seconds))
+            answers.put(said)
+
+        @flow
+        def outer(count: int) -> dict:
+            stop, running = threading.Event(), threading.Event()
+            context = contextvars.copy_context()  # its task runs are the flow run's
+
+            def busy():
+                i = 0
+                while not stop.is_set():
+                    step(i)
+                    i += 1
+                    running.set()
+
+            writer = threading.Thread(target=context.run, args=(busy,))
+            writer.start()
+            # Forked once the thread writes, not while its first task call imports the task
+            # engine: a child forked then waits for ever on that module's import lock (Python's
+            # own, held by a thread that is not in the child).
+            assert running.wait(60)
+            forking = multiprocessing.get_context("fork")
+            answers = forking.Queue()
+            children = [
+                forking.Process(target=in_child, args=(n, answers)) for n in range(count)
+            ]
+            for child in children:
+                child.start()
+            deadline = time.monotonic() + {CHILDREN_END_WITHIN}
+            said = [answers.get(timeout=max(0.1, deadline - time.monotonic())) for _ in children]
+            for child in children:
+                child.join(max(0.1, deadline - time.monotonic()))
+            stop.set()
+            writer.join()
+            return {{"codes": [child.exitcode for child in children], "said": said}}
+
+        print(json.dumps(outer(15)))
+        """,
+        env={**EMBEDDED, "STATEWARD_HOME": str(tmp_path)},
+        timeout=CHILDREN_END_WITHIN + 120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["codes"] == [0] * 15, result.stderr[-3000:]
+    for said in report["said"]:
+        for message, seconds in said:
+            assert message.startswith("StatewardError: this process was forked from process"), said
+            assert str(tmp_path / "stateward.db") in message, said
+            assert "'spawn'" in message, said
+            assert seconds < CHILDREN_END_WITHIN / 10, said
+    # The parent's own runs went on through the forks: its flow run and every task run it made
+    # completed, and no child's run is in the database.
+    states = run_states(tmp_path / "stateward.db")
+    assert set(states) == {"outer"}, states
+    assert states["outer"] == ["Completed"], states
+    with sqlite3.connect(f"file:{tmp_path / 'stateward.db'}?mode=ro", uri=True) as conn:
+        task_states = conn.execute(
+            "SELECT s.name, count(*) FROM task_runs t JOIN states s ON s.id = t.state_id "
+            "GROUP BY s.name"
+        ).fetchall()
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert [name for name, _ in task_states] == ["Completed"], task_states
+
+
+def test_a_child_forked_after_the_parent_ran_a_flow_refuses_and_exits(tmp_path):
+    """Outside any flow: the parent ran a flow (its embedded orchestrator is open), then forks
+    with os.fork; the child's flow says why it cannot run, and the child ends through the
+    interpreter's exit (its atexit hooks, the parent's among them) at once. A child forked
+    before the parent orchestrated has no connection of the parent's: it runs its flow."""
+    result = python(
+        """
+        import json, os, sys, time
+        from stateward import flow
+
+        @flow
+        def work(n: int) -> int:
+            return n
+
+        def fork_and_call(n):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                try:
+                    said = f"ran {work(n)}"
+                except Exception as error:
+                    said = f"{type(error).__name__}: {error}"
+                os.write(write, said.encode())
+                sys.exit(0)  # through atexit, as a script's end does
+            os.close(write)
+            with os.fdopen(read) as pipe:
+                said = pipe.read()
+            started = time.monotonic()
+            _, status = os.waitpid(pid, 0)
+            return said, os.waitstatus_to_exitcode(status), time.monotonic() - started
+
+        before = fork_and_call(1)
+        work(2)
+        after = fork_and_call(3)
+        work(4)  # the parent's connection still works
+        print(json.dumps({"before": before, "after": after}))
+        """,
+        env={**EMBEDDED, "STATEWARD_HOME": str(tmp_path)},
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    said, code, _ = report["before"]
+    assert (said, code) == ("ran 1", 0), report
+    said, code, exiting = report["after"]
+    assert said.startswith("StatewardError: this process was forked from process"), report
+    assert code == 0, report
+    assert exiting < 30, report  # after its answer: it waited for no thread of the parent's
+    assert sorted(run_states(tmp_path / "stateward.db")["work"]) == ["Completed"] * 3
