@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from stateward.runs import LogEntry, RunKind, SetStateStatus, Transition
-from stateward.states import State, StateDetails, StateType
+from stateward.states import ResultData, State, StateDetails, StateType
 from stateward_service.model import RunRecord
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.store import (
@@ -848,3 +848,59 @@ def test_a_postgres_commit_of_a_transaction_in_error_raises_and_writes_nothing(
         assert store.get_run(kept.id) is not None
     finally:
         store.close()
+
+
+def test_a_task_runs_writes_bind_no_null_and_read_back_as_written(database):
+    """The hot writes leave their NULLs in the statements' text (a run's empty columns, its
+    first state's missing predecessor, a result held as JSON alone): on SQLite no statement of
+    a task run's life binds a None, and on each backend another connection reads the run, its
+    history and its log back as they were decided."""
+    store = open_database(database)
+    orchestrator = Orchestrator(store)
+    bound: list[tuple[str, tuple[Any, ...]]] = []
+    if isinstance(store, Store):
+        writes = store.writes
+
+        class Recording:
+            def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+                bound.append((sql, tuple(params)))
+                return writes.execute(sql, params)
+
+        store.writes = Recording()  # type: ignore[assignment]
+    parent = orchestrator.create_run(flow_run(), State(StateType.RUNNING))
+    task = RunRecord(
+        kind=RunKind.TASK_RUN,
+        id=str(uuid.uuid4()),
+        name="a-task",
+        created=datetime.now(UTC),
+        task_key="a-task-key",
+        flow_run_id=parent.id,
+    )
+    orchestrator.create_run(task, State(StateType.PENDING))
+    orchestrator.set_state(task.id, State(StateType.RUNNING), lease_seconds=30)
+    result = ResultData(json='{"value": 1}')
+    done = orchestrator.set_state(task.id, State(StateType.COMPLETED, data=result))
+    assert done.status is SetStateStatus.ACCEPT
+    if isinstance(store, Store):
+        assert len(bound) > 8
+        assert [(sql, params) for sql, params in bound if None in params] == []
+    reader = Orchestrator(open_database(database))
+    again = reader.get_run(task.id, RunKind.TASK_RUN)
+    assert again.state is not None and again.state.data == result
+    assert again.flow_run_id == parent.id and again.child_flow_run_id == ""
+    assert again.start_time is not None and again.end_time is not None
+    assert again.expected_start_time is not None and again.lease_expires is None
+    history = reader.list_states(task.id)
+    assert [(s.type, s.data) for s in history] == [
+        (StateType.PENDING, None),
+        (StateType.RUNNING, None),
+        (StateType.COMPLETED, result),
+    ]
+    logged, _, _ = reader.read_log(0, 10, run_ids=[task.id])
+    assert [(t.from_state.id if t.from_state else None, t.to_state.id) for t in logged] == [
+        (None, history[0].id),
+        (history[0].id, history[1].id),
+        (history[1].id, history[2].id),
+    ]
+    orchestrator.close()
+    reader.close()

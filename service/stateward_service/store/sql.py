@@ -75,6 +75,9 @@ def indexed_task_run_types(alias: str) -> str:
 _INSERT_STATE = f"INSERT INTO states ({STATE_COLUMNS}, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_STATE_WITHOUT_RESULT = """INSERT INTO states
     (id, type, name, timestamp, message, details, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_STATE_WITH_JSON = """INSERT INTO states
+    (id, type, name, timestamp, message, details, result_json, run_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 class SqlReads:
@@ -406,7 +409,12 @@ class SqlStore(SqlReads):
 
     def _send(self, sql: str, params: Sequence[Any] = ()) -> None:
         """A statement whose result nobody reads: a backend may send it together with the next
-        statement whose result is read, or with the commit (one round trip for several)."""
+        statement whose result is read, or with the commit (one round trip for several).
+
+        The hot writes leave NULLs out of `params` (a run's first state, a result held as JSON
+        alone, a run's empty columns): SQLite's module looks for an adapter for every None it
+        binds, a failed attribute lookup that costs about as much as binding ten strings, and
+        a task run's writes held seven."""
         self.conn.execute(sql, params)
 
     # What the open transaction logged so far, as each backend keeps it (SQLite: the sequences
@@ -445,7 +453,8 @@ class SqlStore(SqlReads):
         return row is not None
 
     def insert_run(self, run: RunRecord) -> None:
-        row = run_row(run)
+        # The columns without a value are left out (their default is NULL; see `_send`).
+        row = {column: value for column, value in run_row(run).items() if value is not None}
         self._send(_insert_run_sql(run.kind, tuple(row)), tuple(row.values()))
 
     def update_run(self, run: RunRecord) -> None:
@@ -463,13 +472,13 @@ class SqlStore(SqlReads):
             to_us(run.next_scheduled_start_time),
             to_us(run.lease_expires),
         )
-        columns = """state_id = ?, state_type = ?, state_name = ?, run_count = ?, start_time = ?,
-            end_time = ?, total_run_time = ?, expected_start_time = ?,
-            next_scheduled_start_time = ?, lease_expires = ?"""
         if run.kind is RunKind.FLOW_RUN:
-            columns += ", pause_keys = ?"
             values += (json_list(sorted(run.pause_keys)),)
-        self._send(f"UPDATE {table(run.kind)} SET {columns} WHERE id = ?", (*values, run.id))
+        # The NULLs are written in the statement's text (see `_send`): one text per kind and
+        # set of empty columns, made once.
+        nulls = tuple(value is None for value in values)
+        sent = tuple(value for value in values if value is not None)
+        self._send(_update_run_sql(run.kind, nulls), (*sent, run.id))
 
     def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
         """Record on a task run that it stands for the subflow `flow_run_id`."""
@@ -482,6 +491,7 @@ class SqlStore(SqlReads):
     # The INSERTs of a state, with and without its result (`run_id` last).
     INSERT_STATE = _INSERT_STATE
     INSERT_STATE_WITHOUT_RESULT = _INSERT_STATE_WITHOUT_RESULT
+    INSERT_STATE_WITH_JSON = _INSERT_STATE_WITH_JSON  # a result as JSON, none pickled
 
     def _insert_state_row(self, sql: str, params: Sequence[Any]) -> None:
         """Run a state's INSERT (a backend may note what it gave the row)."""
@@ -499,6 +509,21 @@ class SqlStore(SqlReads):
                     to_us(state.timestamp),
                     state.message,
                     details_json(state.details),
+                    run_id,
+                ),
+            )
+            return
+        if data.pickle is None and data.json is not None:  # a NULL left unbound (`_send`)
+            self._insert_state_row(
+                self.INSERT_STATE_WITH_JSON,
+                (
+                    state.id,
+                    int(state.type),
+                    state.name,
+                    to_us(state.timestamp),
+                    state.message,
+                    details_json(state.details),
+                    data.json,
                     run_id,
                 ),
             )
@@ -682,6 +707,33 @@ def _merged(
         )
         merged_params.extend((value, *params, limit))
     return " UNION ALL ".join(parts), merged_params
+
+
+# The columns `update_run` writes, in its order (a flow run's `pause_keys` last).
+_UPDATED_COLUMNS = (
+    "state_id",
+    "state_type",
+    "state_name",
+    "run_count",
+    "start_time",
+    "end_time",
+    "total_run_time",
+    "expected_start_time",
+    "next_scheduled_start_time",
+    "lease_expires",
+    "pause_keys",
+)
+
+
+@functools.cache
+def _update_run_sql(kind: RunKind, nulls: tuple[bool, ...]) -> str:
+    """The UPDATE of a run's mutable columns by id, those `nulls` marks set to NULL in the
+    text, the others bound in order (one flag per value `update_run` writes)."""
+    sets = ", ".join(
+        f"{column} = NULL" if null else f"{column} = ?"
+        for column, null in zip(_UPDATED_COLUMNS, nulls, strict=False)
+    )
+    return f"UPDATE {table(kind)} SET {sets} WHERE id = ?"
 
 
 @functools.cache

@@ -223,6 +223,17 @@ _INSERT_STATE = f"""INSERT INTO states (sequence, {STATE_COLUMNS}, run_id)
 _INSERT_STATE_WITHOUT_RESULT = f"""INSERT INTO states
     (sequence, id, type, name, timestamp, message, details, run_id)
     VALUES ({_NEXT_SEQUENCE}, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_STATE_WITH_JSON = f"""INSERT INTO states
+    (sequence, id, type, name, timestamp, message, details, result_json, run_id)
+    VALUES ({_NEXT_SEQUENCE}, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+_LOG_STATE = """INSERT INTO transitions
+    (sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
+    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_LOG_FIRST_STATE = """INSERT INTO transitions
+    (sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
+    VALUES (?, ?, ?, ?, NULL, ?, ?)"""
 
 
 class _WriteTransaction:
@@ -240,7 +251,7 @@ class _WriteTransaction:
         try:
             if self._wait:
                 store._busy_timeout(_BUSY_TIMEOUT_MS)
-                store.conn.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
+                store.writes.execute("BEGIN IMMEDIATE")  # waits for other processes' writes
             else:
                 store._begin_now()
         except BaseException as error:
@@ -262,7 +273,7 @@ class _WriteTransaction:
                 raise failure from error
             return  # the error goes on
         try:
-            store.conn.execute("COMMIT")
+            store.writes.execute("COMMIT")
         except BaseException as commit_error:
             failure = store._abandon(commit_error, began=True)
             if failure is not None:
@@ -276,6 +287,7 @@ class Store(SqlStore):
 
     INSERT_STATE = _INSERT_STATE
     INSERT_STATE_WITHOUT_RESULT = _INSERT_STATE_WITHOUT_RESULT
+    INSERT_STATE_WITH_JSON = _INSERT_STATE_WITH_JSON
 
     def __init__(
         self,
@@ -300,6 +312,11 @@ class Store(SqlStore):
         # commit checkpoints itself only if the WAL grew this large all the same.
         self.conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
         self.found_schema_version = migrate(self.conn)
+        # The writer's own statements (BEGIN, COMMIT, the change counter, the INSERTs and
+        # UPDATEs of a write) go through one cursor: `conn.execute` makes a cursor for each,
+        # fourteen a task run. Its only results are one row (the counter; read whole, which
+        # ends the statement) and `lastrowid`, taken before its next statement.
+        self.writes = self.conn.cursor()
         self._data_version = self._read_data_version()
         self._pending_log: list[int] = []  # the sequences the transaction logged
         # The id and sequence of the state inserted last, which its transition logs next.
@@ -335,7 +352,7 @@ class Store(SqlStore):
         return True
 
     def _read_data_version(self) -> int:
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        return int(self.writes.execute("PRAGMA data_version").fetchone()[0])
 
     def lock_runs(self, run_ids: Sequence[str]) -> None:
         """Nothing to do: BEGIN IMMEDIATE already holds the whole database for writing."""
@@ -382,7 +399,7 @@ class Store(SqlStore):
         after a crash, or the last one closing the file)."""
         self._busy_timeout(0)
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self.writes.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 raise WouldWait("another connection holds the write lock") from error
@@ -410,8 +427,11 @@ class Store(SqlStore):
 
     # --- the dialect: the log's sequence, upserts ------------------------------------------------
 
+    def _send(self, sql: str, params: Sequence[object] = ()) -> None:
+        self.writes.execute(sql, params)
+
     def _insert_state_row(self, sql: str, params: Sequence[object]) -> None:
-        cursor = self.conn.execute(sql, params)
+        cursor = self.writes.execute(sql, params)
         sequence = cursor.lastrowid
         assert sequence is not None
         self._state_sequence = (str(params[0]), int(sequence))
@@ -423,20 +443,24 @@ class Store(SqlStore):
         state_id, sequence = self._state_sequence
         if state_id != to.id:
             raise AssertionError(f"state {to.id} is logged, but state {state_id!r} was inserted")
-        self.conn.execute(
-            """INSERT INTO transitions
-               (sequence, run_kind, run_id, flow_run_id, from_state_id, to_state_id, to_type)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            (
-                sequence,
-                int(run.kind),
-                run.id,
-                run.owning_flow_run_id,
-                from_state.id if from_state else None,
-                to.id,
-                int(to.type),
-            ),
-        )
+        if from_state is None:  # a run's first state: NULL in the text, not bound (`_send`)
+            self.writes.execute(
+                _LOG_FIRST_STATE,
+                (sequence, int(run.kind), run.id, run.owning_flow_run_id, to.id, int(to.type)),
+            )
+        else:
+            self.writes.execute(
+                _LOG_STATE,
+                (
+                    sequence,
+                    int(run.kind),
+                    run.id,
+                    run.owning_flow_run_id,
+                    from_state.id,
+                    to.id,
+                    int(to.type),
+                ),
+            )
         self._pending_log.append(sequence)
 
     def logged_sequences(self) -> list[int]:
