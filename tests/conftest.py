@@ -49,6 +49,25 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield process
 
 
+# Files whose tests run on one pytest-xdist worker together: the Ray tests share the one Ray
+# instance a test process starts (tests/sdk/conftest.py's ray_instance).
+_RUN_TOGETHER = {
+    "tests/sdk/test_ray_runner.py": "ray",
+    "tests/sdk/test_task_runners.py": "ray",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers with --dist loadgroup, and each test file's
+    tests are one group: a file runs whole on one worker, in its order, as it runs alone (its
+    module- and session-scoped servers, clusters and Ray made once there)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = item.nodeid.partition("::")[0]  # the file, relative to the rootdir
+            item.add_marker(pytest.mark.xdist_group(_RUN_TOGETHER.get(path, path)))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     """A test marked `required_in_ci` may skip where its tools are missing (saying which), but
