@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from stateward import task
-from tests.sdk.conftest import python
+from tests.sdk.conftest import python, python_starting_ray
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,10 +68,11 @@ def ray_logs(folder: Path, lines: int = 30) -> str:
 def run_with_ray_logs(
     folder: Path, code: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
-    """Run a script (see `python`) that starts or joins Ray with its files in `folder`; fail the
-    test with the script's output and the Ray logs there when it fails or does not end."""
+    """Run a script (see `python_starting_ray`) that starts or joins Ray with its files in
+    `folder`; fail the test with the script's output and the Ray logs there when it fails or
+    does not end."""
     try:
-        result = python(code, env=env, timeout=240)
+        result = python_starting_ray(code, env=env, timeout=240)
     except subprocess.TimeoutExpired as timeout:
         pytest.fail(f"the script did not end: {timeout}\n{ray_logs(folder)}")
     assert result.returncode == 0, f"{result.stderr[-5000:]}\n{ray_logs(folder)}"

@@ -27,7 +27,7 @@ from stateward.dask import DaskTaskRunner
 from stateward.ray import RayTaskRunner
 from stateward.states import State, StateType
 from stateward.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from tests.sdk.conftest import python
+from tests.sdk.conftest import python_starting_ray
 from tests.support import wait_until
 
 # --- tasks (module level: the process pool, Dask and Ray import them by name) --------------------
@@ -405,7 +405,7 @@ def test_workers_of_a_script_on_the_embedded_default_report_to_its_home(kind, tm
     worker opens the script's Stateward home and proposes its own states there."""
     home, folder = tmp_path / "home", tmp_path / "markers"
     folder.mkdir()
-    result = python(
+    result = python_starting_ray(
         f"""
         import json, os
         from stateward import flow
