@@ -65,6 +65,9 @@ log = logging.getLogger("stateward")
 _lock = threading.Lock()
 _client: Client | None = None
 _embedded: EmbeddedOrchestrator | None = None
+_opening: str | None = None  # the database the embedded orchestrator is being opened on
+# In a child forked while its parent opened the embedded orchestrator: why it cannot orchestrate.
+_refusal: str | None = None
 
 
 def server_commands() -> typer.Typer:
@@ -100,8 +103,15 @@ def _connect(lead_loops: bool) -> Client:
     address = settings.api_url()
     if address:
         return _remote(address)
-    global _embedded
-    _embedded = EmbeddedOrchestrator(settings.home(), lead_loops=lead_loops)
+    if _refusal is not None:
+        raise StatewardError(_refusal)
+    global _embedded, _opening
+    home = settings.home()
+    _opening = str(home / "stateward.db")
+    try:
+        _embedded = EmbeddedOrchestrator(home, lead_loops=lead_loops)
+    finally:
+        _opening = None
     return Client(transport=_embedded.transport, timeout=None)
 
 
@@ -153,14 +163,7 @@ class InProcessTransport:
         raises StatewardError at once (the orchestrator's database connection, its lock, its
         threads are the parent's). The calls of `local` refuse without costing the parent's
         calls a test: their service is replaced."""
-        self.refusal = (
-            f"this process was forked from process {self.embedded.pid}, which orchestrates "
-            f"in-process on the SQLite database {self.embedded.database}: a SQLite connection "
-            "does not survive a fork, and one opened in the child would share the parent's "
-            "locks (its writes could wait for ever, or go to a log file the parent deletes): "
-            "start processes that run flows or tasks with the 'spawn' start method "
-            "(multiprocessing.get_context('spawn')), or exec a new program"
-        )
+        self.refusal = fork_refusal(self.embedded.pid, self.embedded.database)
         self.local.service = _Refused(self.refusal)
 
     def check_process(self) -> None:
@@ -294,6 +297,18 @@ class _LocalCalls:
             raise _translate(error) from None
 
 
+def fork_refusal(parent: int, database: str) -> str:
+    """Why a child forked from process `parent`, which orchestrates on `database` in-process,
+    cannot orchestrate, and what to do instead."""
+    return (
+        f"this process was forked from process {parent}, which orchestrates in-process on the "
+        f"SQLite database {database}: a SQLite connection does not survive a fork, and one "
+        "opened in the child would share the parent's locks (its writes could wait for ever, "
+        "or go to a log file the parent deletes): start processes that run flows or tasks with "
+        "the 'spawn' start method (multiprocessing.get_context('spawn')), or exec a new program"
+    )
+
+
 class _Refused:
     """The service of `_LocalCalls` in a forked child: every call raises StatewardError."""
 
@@ -316,12 +331,16 @@ _inherited: list[EmbeddedOrchestrator] = []
 def _forget_in_child() -> None:
     """In a forked child: a new lock (a thread of the parent may have held the old one at the
     fork, and no thread here will release it); the embedded orchestrator, if any, refuses
-    every call (see `InProcessTransport.forked`)."""
-    global _lock
+    every call (see `InProcessTransport.forked`), and so does the one a thread of the parent
+    was opening at the fork (it may have opened the database already)."""
+    global _lock, _refusal
     _lock = threading.Lock()
     if _embedded is not None:
         _inherited.append(_embedded)
         _embedded.transport.forked()
+        _refusal = _embedded.transport.refusal
+    elif _opening is not None:
+        _refusal = fork_refusal(os.getppid(), _opening)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

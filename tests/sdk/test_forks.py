@@ -326,3 +326,48 @@ def test_a_child_forked_after_the_parent_ran_a_flow_refuses_and_exits(tmp_path):
     assert code == 0, report
     assert exiting < 30, report  # after its answer: it waited for no thread of the parent's
     assert sorted(run_states(tmp_path / "stateward.db")["work"]) == ["Completed"] * 3
+
+
+def test_a_child_forked_while_another_thread_opens_the_embedded_database_refuses(tmp_path):
+    """The parent's first flow (in a thread) is opening the database when the main thread
+    forks: the child has no client yet, but the parent's SQLite bookkeeping of the file came
+    along, so the child must not open it either."""
+    result = python(
+        """
+        import json, os, sys, threading
+        import stateward._embedded as embedded
+        from stateward import flow
+
+        @flow
+        def work(n: int) -> int:
+            return n
+
+        opener = threading.Thread(target=work, args=(1,))
+        opener.start()
+        while embedded._opening is None and embedded._embedded is None:
+            pass  # the main thread forks as soon as the opening has begun
+        was_opening = embedded._opening is not None
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                said = f"ran {work(2)}"
+            except Exception as error:
+                said = f"{type(error).__name__}: {error}"
+            os.write(write, said.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            said = pipe.read()
+        os.waitpid(pid, 0)
+        opener.join()
+        print(json.dumps({"was_opening": was_opening, "said": said}))
+        """,
+        env={**EMBEDDED, "STATEWARD_HOME": str(tmp_path)},
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["was_opening"], report  # else the test forked too late to test this
+    assert report["said"].startswith("StatewardError: this process was forked from process"), report
+    assert run_states(tmp_path / "stateward.db") == {"work": ["Completed"]}
