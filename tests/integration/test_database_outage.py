@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -336,4 +337,58 @@ def test_an_event_streams_replay_cut_short_by_an_outage_ends_whole_said_in_one_l
         assert got + rest == made
     finally:
         outage.end()
+        server.stop()
+
+
+def test_reads_kept_busy_past_the_pools_wait_are_not_an_outage(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """Every read connection busy for longer than a read waits for one (reads queued behind an
+    administrator's lock) while the database answers: the pool is kept, the server opens no more
+    read connections than its pool's 8, the reads beyond them fail as busy (503, saying so, not
+    'unreachable'), health stays SERVING, and the reads in flight answer once the lock goes."""
+    url = postgres_databases.create()
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=IDLE_LOOPS, ui=True).start()
+    locker = psycopg.connect(url)
+    try:
+        made = new_flow_run(server.stub())
+        name = url.partition("?")[0].rsplit("/", 1)[1]
+        waiting_for_the_lock = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+        )
+        locker.execute("LOCK TABLE flow_runs IN ACCESS EXCLUSIVE MODE")
+        readers = ThreadPoolExecutor(12)
+        pages = [
+            readers.submit(httpx.get, f"{server.ui_url}api/flow-runs", timeout=60)
+            for _ in range(12)
+        ]
+        most = 0
+
+        def four_answered() -> bool:
+            nonlocal most
+            row = postgres_databases.admin.execute(waiting_for_the_lock, (name,)).fetchone()
+            most = max(most, row[0] if row else 0)
+            return sum(page.done() for page in pages) >= 4
+
+        # 8 reads hold the pool's connections, waiting for the lock; the others wait 10 s
+        # for a connection. (Before: the first of them dropped the pool, the 3 others took a
+        # new pool's connections and waited for the lock too, 11 read connections and more.)
+        wait_until(four_answered, timeout=40, what="the 4 reads beyond the pool answered")
+        assert most <= 8
+        busy = [page.result() for page in pages if page.done()]
+        in_flight = [page for page in pages if not page.done()]
+        assert len(busy) >= 4  # more if a loop's first sweep took a connection
+        for page in busy:
+            assert page.status_code == 503, page.text
+            assert "stayed busy" in page.json()["error"], page.text
+            assert "unreachable" not in page.json()["error"], page.text
+        locker.rollback()
+        answered = [page.result() for page in in_flight]
+        assert [page.status_code for page in answered] == [200] * len(answered)
+        assert all(page.json()["flow_runs"][0]["id"] == made.id for page in answered)
+        readers.shutdown()
+        assert health(server) == SERVING
+        assert "does not answer" not in server.output()
+    finally:
+        locker.close()
         server.stop()

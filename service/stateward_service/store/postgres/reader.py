@@ -4,9 +4,12 @@ commit in order).
 
 An outage (a restart, backends terminated, connections refused) ends the pool's idle
 connections, and the pool then reconnects on its own schedule, further and further apart.
-So once a read finds a connection the server ended (idle or mid-read), or none in time, the
-pool is dropped; the next reads connect directly first: while that fails they fail at once
-with PostgreSQL's reason, and once it succeeds a new pool serves them."""
+So once a read finds a connection the server ended (idle or mid-read), or none in time while
+a direct connection fails too, the pool is dropped; the next reads connect directly first:
+while that fails they fail at once with PostgreSQL's reason, and once it succeeds a new pool
+serves them. A pool whose connections are all busy with long reads while the database takes
+connections is not an outage: it is kept (dropping it would open another `max_connections`
+beside the busy ones, again and again), and the read that waited fails as busy."""
 
 from __future__ import annotations
 
@@ -68,6 +71,11 @@ def _unreachable(error: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"the PostgreSQL database is unreachable: {said}")
 
 
+class ReadersBusy(DatabaseUnavailable):
+    """Every pooled read connection stayed in use while a read waited, and the database took
+    a direct connection: the reads are slow (a lock, a large listing), the database is up."""
+
+
 class PostgresReader(SnapshotReader):
     """Safe to call from any thread; the pool opens connections as they are needed. While
     the database is unreachable, a read fails at once, with the reason of a direct connection
@@ -109,20 +117,26 @@ class PostgresReader(SnapshotReader):
             if self._tries != tries and self._failed:  # tried while this read waited
                 raise DatabaseUnavailable(self._failed)
             self._tries += 1
-            try:
-                psycopg.connect(self.url, **connection_options()).close()
-            except psycopg.Error as error:
-                failure = _unreachable(error)
+            failure = self._reach()
+            if failure is not None:
                 self._failed = str(failure)
-                raise failure from error
+                raise failure
             self._failed = ""
             self._pool = self._new_pool()
             return self._pool
 
+    def _reach(self) -> DatabaseUnavailable | None:
+        """None if a direct connection (closed at once) succeeds, else why it failed."""
+        try:
+            psycopg.connect(self.url, **connection_options()).close()
+        except psycopg.Error as error:
+            return _unreachable(error)
+        return None
+
     def _drop(self, pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]]) -> None:
-        """The pool's connections were ended by an outage, or it gave none in time: the next
-        read connects directly (see `_current_pool`). Connections of it still in use are
-        closed as they come back."""
+        """The pool's connections were ended by an outage, or it gave none in time and the
+        database refused a direct connection too: the next read connects directly (see
+        `_current_pool`). Connections of it still in use are closed as they come back."""
         with self._lock:
             if self._pool is not pool:
                 return  # another read dropped it
@@ -141,8 +155,16 @@ class PostgresReader(SnapshotReader):
             except PoolClosed:  # another read dropped it meanwhile
                 continue
             except PoolTimeout as error:
-                self._drop(pool)
-                raise _unreachable(error) from error
+                # None in time: an outage, or every connection busy with a long read.
+                failure = self._reach()
+                if failure is not None:
+                    self._drop(pool)
+                    raise failure from error
+                raise ReadersBusy(
+                    f"all {self.max_connections} PostgreSQL read connections of this server "
+                    f"stayed busy for {POOL_WAIT_SECONDS:g} s (long reads, or reads waiting "
+                    "for a lock); the database answers"
+                ) from error
             # One poll of its socket, nothing sent: a round trip per read would cost more.
             if not ended_while_idle(conn):
                 return pool, conn
@@ -176,10 +198,13 @@ class PostgresReader(SnapshotReader):
             yield _Snapshot(conn)
 
     def ping(self) -> bool:
-        """Whether the database answers now."""
+        """Whether the database answers now (it does when it took a direct connection while
+        every pooled one was busy)."""
         try:
             with self._connection() as conn:
                 conn.execute("SELECT 1")
+        except ReadersBusy:
+            return True
         except (DatabaseUnavailable, psycopg.Error):
             return False
         return True
@@ -200,4 +225,4 @@ class PostgresReader(SnapshotReader):
             pool.close()
 
 
-__all__ = ["PostgresReader", "PostgresReads"]
+__all__ = ["PostgresReader", "PostgresReads", "ReadersBusy"]
