@@ -33,11 +33,7 @@ _wake_installed = False
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:
-    """On the main thread: the pending asynchronous exception is raised as this handler runs.
-    It also gives the signal forwarder its wakeup fd back when it asked (see `_Forwarder`)."""
-    forwarder = _forwarder
-    if forwarder is not None:
-        forwarder.rearm()
+    """On the main thread: the pending asynchronous exception is raised as this handler runs."""
 
 
 def install_wake_handler() -> None:
@@ -60,120 +56,59 @@ def install_wake_handler() -> None:
 # whichever thread received it: a thread of ours reads it there and wakes the main thread.
 #
 # The wakeup fd is one per process, and others take it: an asyncio loop in the flow's code sets
-# its own at its first `add_signal_handler`, and unsets it (-1) when it closes, whatever was set
-# before. So while attached, the thread checks every `PROBE_SECONDS` that the fd is still its
-# own: it sends the wake signal to itself, and Python's handler writes its number to the wakeup
-# fd at once. When the number does not come back, the main thread runs `rearm` (the wake
-# signal's handler does, as the probe's signal is handled there too; and when the main thread
-# is blocked, the thread wakes it): the fd is taken back if nobody's is set, and left to an
-# event loop that holds it (its loop, woken by the signal, runs the handlers itself). Finding
-# out whose it is means setting ours for a moment (a microsecond a second while a loop holds
-# it): a signal in that moment is the forwarder's, not the loop's.
+# its own at its first `add_signal_handler` (the loop, woken by a signal, runs the handlers
+# itself), and gives it up (-1) when it closes, whatever was set before. So while attached, the
+# forwarder is `signal.set_wakeup_fd`: an fd given up is the forwarder's again at once, any
+# other is set as asked and left alone. The forwarder never sets the fd while someone else's
+# is set, so such a loop gets every signal. Code that calls Python's function through a
+# reference bound before the run is not seen: an fd it gives up stays unset until the next run.
+# (uvloop holds such a reference, but puts back the fd it found when each of its runs ends.)
 
-PROBE_SECONDS = 1.0
-# How long the main thread has to run `rearm` by itself (it runs bytecode) before it is woken.
-_REARM_SECONDS = 0.2
+_set_wakeup_fd = signal.set_wakeup_fd  # Python's own
 
 
 class _Forwarder:
-    """Reads the signal numbers Python writes to the wakeup fd (while attached) and wakes the
-    main thread for each crash signal among them; takes the wakeup fd back when it was unset
-    while attached."""
+    """Reads the signal numbers Python writes to the wakeup fd and, while attached, wakes the
+    main thread for each crash signal among them."""
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)  # Python's handler may never block on it
         self._signals: frozenset[int] = frozenset()
         self._main = threading.main_thread().ident or 0
-        self._changing = False  # the main thread is in attach or detach
-        self._lost = False  # a probe found another wakeup fd, or none
-        self._rearmed = threading.Event()  # the main thread has run `rearm` since
         self._thread = threading.Thread(target=self._forward, name="stateward-signals", daemon=True)
         self._thread.start()
 
-    def attach(self, signums: frozenset[int]) -> bool:
-        """On the main thread: be the wakeup fd, waking the main thread for `signums`; False
-        (nothing changed) when someone else's wakeup fd is set, such as an event loop's."""
-        self._changing = True
-        try:
-            previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-            if previous not in (-1, self._writer.fileno()):
-                signal.set_wakeup_fd(previous)
-                return False
-            self._signals = signums
-        finally:
-            self._changing = False
-        with suppress(OSError):  # the thread probes from now on (0 is no signal's number)
-            self._writer.send(b"\0")
-        return True
+    def attach(self, signums: frozenset[int]) -> None:
+        """On the main thread: wake the main thread for `signums`, from the wakeup fd: now,
+        unless someone else's (an event loop's) is set, else once it is given up."""
+        self._signals = signums
+        previous = _set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        if previous not in (-1, self._writer.fileno()):
+            _set_wakeup_fd(previous)
+        signal.set_wakeup_fd = self._set_wakeup_fd
 
     def detach(self) -> None:
         """On the main thread: no longer the wakeup fd (one set since by someone else stays)."""
-        self._changing = True
-        try:
-            self._signals = frozenset()
-            current = signal.set_wakeup_fd(-1)
-            if current not in (-1, self._writer.fileno()):
-                signal.set_wakeup_fd(current)
-        finally:
-            self._changing = False
+        self._signals = frozenset()
+        if signal.set_wakeup_fd == self._set_wakeup_fd:
+            signal.set_wakeup_fd = _set_wakeup_fd
+        current = _set_wakeup_fd(-1)
+        if current not in (-1, self._writer.fileno()):
+            _set_wakeup_fd(current)
 
-    def rearm(self) -> None:
-        """On the main thread, after a probe found the wakeup fd not ours: take it back if
-        none is set; an event loop's stays."""
-        if not self._lost or self._changing:
-            return
-        self._lost = False
-        if self._signals:
-            previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-            if previous not in (-1, self._writer.fileno()):
-                signal.set_wakeup_fd(previous)
-        self._rearmed.set()
+    def _set_wakeup_fd(self, fd: int, /, *, warn_on_full_buffer: bool = True) -> int:
+        """`signal.set_wakeup_fd` while attached: an fd given up (-1) is the forwarder's
+        again. Returns the fd set before, as Python's does."""
+        if fd == -1 and self._signals:
+            return _set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        return _set_wakeup_fd(fd, warn_on_full_buffer=warn_on_full_buffer)
 
     def _forward(self) -> None:
-        # The probe signals this thread, which must not block it (threads inherit the mask of
-        # the thread that starts them).
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {_WAKE_SIGNAL})
-        while True:
-            self._reader.settimeout(PROBE_SECONDS if self._signals else None)
-            try:
-                numbers = self._reader.recv(64)
-            except TimeoutError:
-                self._probe()
-                continue
-            if not numbers:
-                return
-            self._relay(numbers)
-
-    def _relay(self, numbers: bytes) -> None:
-        if any(number in self._signals for number in numbers):
-            with suppress(OSError):  # the main thread has ended: the process exits
-                signal.pthread_kill(self._main, _WAKE_SIGNAL)
-
-    def _probe(self) -> None:
-        """Whether the wakeup fd is still ours; if not, get the main thread to run `rearm`."""
-        if not self._signals or signal.getsignal(_WAKE_SIGNAL) is not _wake:
-            return
-        # Said before the probe: the main thread may run `_wake` for it at once (it runs
-        # bytecode), and then takes the fd back if it is not ours.
-        self._rearmed.clear()
-        self._lost = True
-        # Delivered to this thread before the call returns: Python's handler has written the
-        # number to the wakeup fd (and asked the main thread to run `_wake`).
-        signal.pthread_kill(threading.get_ident(), _WAKE_SIGNAL)
-        self._reader.setblocking(False)
-        try:
-            numbers = self._reader.recv(64)
-        except BlockingIOError:
-            numbers = b""
-        self._relay(numbers)
-        if _WAKE_SIGNAL in numbers:
-            self._lost = False
-            return
-        if not self._rearmed.wait(_REARM_SECONDS) and self._signals:
-            # The main thread runs no bytecode (it is blocked): wake it to run `rearm`.
-            with suppress(OSError):
-                signal.pthread_kill(self._main, _WAKE_SIGNAL)
+        while numbers := self._reader.recv(64):
+            if any(number in self._signals for number in numbers):
+                with suppress(OSError):  # the main thread has ended: the process exits
+                    signal.pthread_kill(self._main, _WAKE_SIGNAL)
 
 
 _forwarder: _Forwarder | None = None
@@ -191,23 +126,16 @@ def _forget_forwarder() -> None:
 os.register_at_fork(after_in_child=_forget_forwarder)
 
 
-def _forward_to_main_thread(signums: frozenset[int]) -> Callable[[], None]:
+def _forward_to_main_thread(signums: frozenset[int]) -> _Forwarder | None:
     """On the main thread, with the wake handler installed: `signums` wake the main thread
-    whichever thread receives them. Returns the function that undoes it."""
+    whichever thread receives them. Returns the forwarder (`detach` undoes it), if any."""
     global _forwarder
     if not _wake_installed or not signums:
-        return lambda: None
+        return None
     if _forwarder is None:
         _forwarder = _Forwarder()
-    forwarder = _forwarder
-    if not forwarder.attach(signums):
-        return lambda: None
-
-    def detach() -> None:
-        if threading.current_thread() is threading.main_thread() and forwarder is _forwarder:
-            forwarder.detach()
-
-    return detach
+    _forwarder.attach(signums)
+    return _forwarder
 
 
 def wake(thread_id: int) -> None:
@@ -223,12 +151,17 @@ _pending_signals: dict[int, BaseException] = {}  # per thread: signals held whil
 # The crash handlers installed: signal number -> (ours, the handler it replaced). A forked child
 # runs no run of its own: it gets the replaced handlers back (see `_forget_crash_handlers`).
 _crash_handlers: dict[int, tuple[Callable[[int, FrameType | None], None], object]] = {}
+# While a run crashes on signals: what puts back its handlers where the run's code undid them
+# (see `crash_on_signals`).
+_resume: Callable[[], None] | None = None
 
 
 def _forget_crash_handlers() -> None:
     """In a forked child (a `multiprocessing` worker, say): the signals are the child's own
     business again, so that SIGTERM ends it as it would without a flow, and a flow it runs
     installs handlers of its own."""
+    global _resume
+    _resume = None  # the parent's run
     for signum, (ours, replaced) in list(_crash_handlers.items()):
         if signal.getsignal(signum) is ours:
             with suppress(ValueError, OSError):
@@ -241,15 +174,23 @@ os.register_at_fork(after_in_child=_forget_crash_handlers)
 
 
 def take_pending(thread_id: int) -> BaseException | None:
-    """The crash signal held for `thread_id`, if any (it is then no longer held)."""
+    """The crash signal held for `thread_id`, if any (it is then no longer held). Called at
+    each step of the engine on the thread: on the main thread, it first puts back the run's
+    crash handling that the run's code undid since."""
+    resume = _resume
+    if resume is not None and threading.get_ident() == threading.main_thread().ident:
+        resume()
     return _pending_signals.pop(thread_id, None)
 
 
 def crash_on_signals(must_wait: Callable[[int], bool]) -> Callable[[], None]:
     """On the main thread: SIGTERM and SIGINT stop user code at once (so its run crashes), and
     wait while `must_wait(thread_id)` says the thread may not be stopped where it is. A signal
-    the program ignores or handles itself is left alone. Returns the function that puts the
-    previous handlers back."""
+    the program ignores or handles itself is left alone; one whose handler the run's code puts
+    back to the default (an event loop that handled it, closed) is the run's again at the
+    engine's next step. Returns the function that puts the previous handlers back (where the
+    run's code set none of its own)."""
+    global _resume
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     errors: dict[int, Callable[[], BaseException]] = {
@@ -274,12 +215,23 @@ def crash_on_signals(must_wait: Callable[[int], bool]) -> Callable[[], None]:
     for signum, handler in previous.items():
         signal.signal(signum, on_signal)
         _crash_handlers[signum] = (on_signal, handler)
-    stop_forwarding = _forward_to_main_thread(frozenset(previous))
+    forwarder = _forward_to_main_thread(frozenset(previous))
+
+    def resume() -> None:
+        for signum in previous:
+            if signal.getsignal(signum) in defaults:
+                signal.signal(signum, on_signal)
+
+    outer, _resume = _resume, (resume if previous else None)
 
     def restore() -> None:
-        stop_forwarding()
+        global _resume
+        _resume = outer
+        if forwarder is not None and forwarder is _forwarder:
+            forwarder.detach()
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) is on_signal:
+                signal.signal(signum, handler)
             if _crash_handlers.get(signum, (None,))[0] is on_signal:
                 del _crash_handlers[signum]
 

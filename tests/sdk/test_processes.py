@@ -512,27 +512,28 @@ def test_a_signal_another_thread_receives_after_an_event_loop_closed_crashes_the
     assert run.state.message == "TerminationSignal: SIGTERM"
 
 
-def test_an_event_loop_in_a_flow_keeps_its_signals_while_the_forwarder_checks_its_fd(
-    sdk_server, client
-):
-    """While a flow's event loop holds the wakeup fd, the forwarder's checks (every
-    PROBE_SECONDS) leave it there: a signal the loop handles, sent after several checks,
-    still reaches the loop's handler."""
+def test_an_event_loop_in_a_flow_keeps_its_signals_while_the_flow_runs_tasks(sdk_server, client):
+    """While a flow's event loop holds the wakeup fd, the SDK leaves it there (it used to set
+    its own for a moment every second to see whose it was): a signal the loop handles, sent
+    after the flow ran tasks, reaches the loop's handler."""
     name = f"loop-keeps-its-signals-{os.urandom(3).hex()}"
     runner = spawn(
         f"""
         import asyncio, os, signal
-        from stateward import flow
-        from stateward._signals import PROBE_SECONDS
+        from stateward import flow, task
+
+        @task
+        def step(n):
+            return n
 
         @flow(name="{name}")
         def handling():
             loop = asyncio.new_event_loop()
             handled = loop.create_future()
             loop.add_signal_handler(signal.SIGUSR1, handled.set_result, "handled")
+            assert [step(n) for n in range(5)] == list(range(5))
 
             async def main():
-                await asyncio.sleep(3 * PROBE_SECONDS)  # three checks of the fd
                 os.kill(os.getpid(), signal.SIGUSR1)
                 return await asyncio.wait_for(handled, 30)
 
@@ -553,3 +554,29 @@ def test_an_event_loop_in_a_flow_keeps_its_signals_while_the_forwarder_checks_it
     assert out == "handled\n", err
     run = next(client.list_flow_runs(flow_names=[name], limit=1))
     assert run.state.type is StateType.COMPLETED
+
+
+def test_sigterm_after_an_event_loop_that_handled_it_closed_crashes_the_run(sdk_server, client):
+    """An event loop that handles SIGTERM takes it from the SDK, and closing it puts the
+    default back, which ended the process with the run left Running: the SDK's next step (here
+    a task) takes it back, and the signal crashes the run, its hooks run."""
+    name = f"signalled-after-its-loop-{os.urandom(3).hex()}"
+    run = crash_a_waiting_flow(
+        client,
+        name,
+        signal.SIGTERM,
+        """
+        from stateward import task
+
+        @task
+        def step():
+            return 1
+
+        loop = asyncio.new_event_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        step()
+        """,
+    )
+    assert run.state.message == "TerminationSignal: SIGTERM"
