@@ -74,6 +74,10 @@ class _Forwarder:
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)  # Python's handler may never block on it
+        # The thread waits for as long as no signal comes, whatever `socket.setdefaulttimeout`
+        # said before (a timeout ended the thread, and a signal another thread got then landed
+        # only when the main thread's blocking call ended).
+        self._reader.setblocking(True)
         self._signals: frozenset[int] = frozenset()
         self._main = threading.main_thread().ident or 0
         self._thread = threading.Thread(target=self._forward, name="stateward-signals", daemon=True)

@@ -262,15 +262,20 @@ def test_on_the_embedded_default_a_cancel_from_another_process_stops_the_run(tmp
     assert states_in(db, "cancel-me-here") == ["Pending", "Running", "Cancelling", "Cancelled"]
 
 
-def crash_a_waiting_flow(client: Client, name: str, signum: int, first: str) -> FlowRun:
+def crash_a_waiting_flow(
+    client: Client, name: str, signum: int, first: str, before: str = ""
+) -> FlowRun:
     """Run a script whose flow `name` (with an on_crashed hook that prints the state's name)
     runs the statements `first`, says "running" and sleeps for an hour; send it `signum` once
     it runs, and check that it crashed at once: the script exits, failing, within
     STOPPED_WITHIN seconds, its hook having run, and the run went Pending, Running, Crashed.
-    Returns the run as the server has it."""
+    The statements `before` run before the flow is called. Returns the run as the server has
+    it. A script still running after STOPPED_WITHIN seconds fails the test with the stacks of
+    its threads (faulthandler's, on SIGABRT)."""
     body = textwrap.indent(textwrap.dedent(first).strip(), " " * 4)
     runner = spawn(
         "import asyncio, signal, time\n"
+        f"{textwrap.dedent(before).strip()}\n"
         "from stateward import flow\n\n"
         "def on_crashed(flow, flow_run, state):\n"
         '    print("on_crashed", state.name, flush=True)\n\n'
@@ -279,12 +284,18 @@ def crash_a_waiting_flow(client: Client, name: str, signum: int, first: str) -> 
         f"{body}\n"
         '    print("running", flush=True)\n'
         f"    time.sleep({ENDLESS_SECONDS})\n\n"
-        "waiting()\n"
+        "waiting()\n",
+        env={"PYTHONFAULTHANDLER": "1"},
     )
     try:
         assert runner.stdout is not None and runner.stdout.readline() == "running\n"
         runner.send_signal(signum)
-        out, err = runner.communicate(timeout=STOPPED_WITHIN)  # the sleep would last an hour
+        try:
+            out, err = runner.communicate(timeout=STOPPED_WITHIN)  # the sleep lasts an hour
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGABRT)
+            out, err = runner.communicate(timeout=STOPPED_WITHIN)
+            pytest.fail(f"still running {STOPPED_WITHIN} s after the signal; out {out!r}\n{err}")
     finally:
         runner.kill()
         runner.wait()
@@ -508,6 +519,27 @@ def test_a_signal_another_thread_receives_after_an_event_loop_closed_crashes_the
         loop.close()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         """,
+    )
+    assert run.state.message == "TerminationSignal: SIGTERM"
+
+
+def test_a_signal_another_thread_receives_crashes_the_run_whatever_the_default_socket_timeout(
+    sdk_server, client
+):
+    """A socket timeout set for the whole process (`socket.setdefaulttimeout`) before the first
+    flow does not stop the SDK's forwarder, which waits on a socket of its own for as long as
+    no signal comes: a SIGTERM another thread receives after that timeout still crashes the
+    run at once (it landed only when the main thread's sleep ended)."""
+    name = f"signalled-after-a-socket-timeout-{os.urandom(3).hex()}"
+    run = crash_a_waiting_flow(
+        client,
+        name,
+        signal.SIGTERM,
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        time.sleep(1)  # five times the socket timeout
+        """,
+        before="import socket; socket.setdefaulttimeout(0.2)",
     )
     assert run.state.message == "TerminationSignal: SIGTERM"
 
