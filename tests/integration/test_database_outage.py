@@ -392,3 +392,46 @@ def test_reads_kept_busy_past_the_pools_wait_are_not_an_outage(
     finally:
         locker.close()
         server.stop()
+
+
+def test_a_read_the_database_cancelled_says_so_not_unreachable(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """A read waiting for an administrator's lock, cancelled (as statement_timeout cancels one
+    after 30 s, or an administrator): UNAVAILABLE saying the database cancelled the statement,
+    not that it is unreachable (it answers: the next read, the lock gone, succeeds)."""
+    url = postgres_databases.create()
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=IDLE_LOOPS).start()
+    locker = psycopg.connect(url)
+    try:
+        stub = server.stub()
+        made = new_flow_run(stub)
+        name = url.partition("?")[0].rsplit("/", 1)[1]
+        locker.execute("LOCK TABLE flow_runs IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(1) as reader:
+            listing = reader.submit(stub.ListFlowRuns, pb.ListFlowRunsRequest(), timeout=60)
+
+            def cancelled() -> bool:
+                # Every read waiting for the lock (a loop's first sweep may be one of them).
+                postgres_databases.admin.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND wait_event_type = 'Lock'",
+                    (name,),
+                )
+                return listing.done()
+
+            wait_until(cancelled, timeout=20, what="the listing waiting for the lock, cancelled")
+            with pytest.raises(grpc.RpcError) as refused:
+                listing.result()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        said = refused.value.details()
+        assert "cancelled the statement" in said, said
+        assert "canceling statement due to user request" in said, said
+        assert "unreachable" not in said, said
+        locker.rollback()
+        assert [run.id for run in stub.ListFlowRuns(pb.ListFlowRunsRequest()).flow_runs] == [
+            made.id
+        ]
+    finally:
+        locker.close()
+        server.stop()

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg.types.string import StrDumperUnknown, TextLoader
+
+from stateward_service.store.interface import DatabaseUnavailable
 
 log = logging.getLogger("stateward.store")
 
@@ -44,6 +47,20 @@ def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     conn = psycopg.connect(url, **connection_options())
     allow_nul_in_text(conn)
     return conn
+
+
+def unavailable(error: psycopg.OperationalError) -> DatabaseUnavailable:
+    """What a statement's OperationalError tells a person: the database cancelled it (it ran
+    past `statement_timeout`, often waiting for a lock, or an administrator cancelled it), or
+    the database could not be reached. One line: psycopg's messages run over several."""
+    said = " ".join(str(error).split())
+    if isinstance(error, pg_errors.QueryCanceled):
+        return DatabaseUnavailable(
+            "the PostgreSQL database cancelled the statement (it ran longer than its "
+            f"{STATEMENT_TIMEOUT_MS // 1000} s statement_timeout, maybe waiting for a lock, or "
+            f"an administrator cancelled it): {said}"
+        )
+    return DatabaseUnavailable(f"the PostgreSQL database is unreachable: {said}")
 
 
 def ended_while_idle(conn: psycopg.Connection[Any]) -> bool:

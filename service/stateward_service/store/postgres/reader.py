@@ -27,6 +27,7 @@ from stateward_service.store.postgres.coordination import (
     allow_nul_in_text,
     connection_options,
     ended_while_idle,
+    unavailable,
 )
 from stateward_service.store.sql import SnapshotReader, SqlReads
 
@@ -185,7 +186,7 @@ class PostgresReader(SnapshotReader):
         except psycopg.OperationalError as error:
             if conn.broken:  # the session ended mid-read: so did the pool's idle ones
                 self._drop(pool)
-            raise _unreachable(error) from error
+            raise unavailable(error) from error
         finally:
             pool.putconn(conn)
 

@@ -44,6 +44,7 @@ from stateward_service.store.postgres.coordination import (
     ListenSignal,
     connect,
     ended_while_idle,
+    unavailable,
 )
 from stateward_service.store.postgres.reader import PostgresReader, PostgresReads
 from stateward_service.store.postgres.schema import migrate
@@ -96,7 +97,7 @@ def _translated() -> Iterator[None]:
     except pg_errors.PipelineAborted:  # an earlier statement's error was raised already
         raise
     except psycopg.OperationalError as error:
-        raise DatabaseUnavailable(f"the PostgreSQL database is unreachable: {error}") from error
+        raise unavailable(error) from error
 
 
 class _QmarkConnection:
