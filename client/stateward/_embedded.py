@@ -373,11 +373,36 @@ def serve_ui(host: str | None, port: int | None) -> None:
     with the web view on `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else
     127.0.0.1:8471). Raises ServerUnavailable when the port is taken, and ValueError for a
     setting that is not allowed."""
-    from stateward_service.server import PortUnavailable, WebViewUnavailable, serve
+    from stateward_service.server import (
+        PortUnavailable,
+        StatewardServer,
+        WebViewUnavailable,
+        describe_web_view_security,
+        serve,
+    )
 
-    server_settings = home_settings(settings.home(), ui=True, ui_host=host, ui_port=port)
+    home = settings.home()
+    server_settings = home_settings(home, ui=True, ui_host=host, ui_port=port)
+
+    def greeting(server: StatewardServer) -> list[str]:
+        # Its gRPC port is its own business: scripts find the runs through the home's
+        # database, and the port goes away with the page.
+        lines = [
+            f"Stateward web view: {server.ui_url} (open it in your browser)",
+            f"  it shows the runs in {home} as they happen: scripts and the CLI need no setting",
+        ]
+        elsewhere = os.environ.get("STATEWARD_API_URL", "").strip()
+        if elsewhere:
+            lines.append(
+                f"  note: STATEWARD_API_URL is set here ({elsewhere}): scripts run with it "
+                "send their runs to that server, not to this page; unset it to see them here"
+            )
+        lines.extend(describe_web_view_security(server_settings))
+        lines.append("  Ctrl-C stops it")
+        return lines
+
     try:
-        asyncio.run(serve(server_settings))
+        asyncio.run(serve(server_settings, greeting=greeting, name="Stateward web view"))
     except WebViewUnavailable as error:  # advice naming this command's own flags
         raise ServerUnavailable(error.advice("--host", "--port")) from None
     except PortUnavailable as error:

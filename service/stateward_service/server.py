@@ -439,13 +439,18 @@ def describe_security(settings: ServerSettings) -> list[str]:
         lines.append(
             f"  metrics: http://{format_address(settings.host, settings.metrics_port)}/metrics"
         )
-    ui_exposed = settings.ui and settings.ui_host not in LOOPBACK
-    if ui_exposed and not settings.api_key:
-        lines.append(
+    return lines + describe_web_view_security(settings)
+
+
+def describe_web_view_security(settings: ServerSettings) -> list[str]:
+    """What the startup says about who may use the web view: a warning when anyone who can
+    reach it can, else nothing."""
+    if settings.ui and settings.ui_host not in LOOPBACK and not settings.api_key:
+        return [
             f"  WARNING: the web view listens on {settings.ui_host} without an API key: "
             "anyone who can reach it can read and cancel every run. Set STATEWARD_API_KEY"
-        )
-    return lines
+        ]
+    return []
 
 
 def say(line: str) -> None:
@@ -464,10 +469,16 @@ def say(line: str) -> None:
 
 
 async def serve(
-    settings: ServerSettings, on_started: Callable[[StatewardServer], None] | None = None
+    settings: ServerSettings,
+    on_started: Callable[[StatewardServer], None] | None = None,
+    *,
+    greeting: Callable[[StatewardServer], list[str]] | None = None,
+    name: str = "Stateward server",
 ) -> None:
     """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
-    `on_started` is called once it takes calls. Raises DatabaseRefused, PortUnavailable."""
+    `on_started` is called once it takes calls. `greeting` gives the lines said once it does
+    (None: where clients find it and who may call it); `name` is what the lines on stopping
+    call it. Raises DatabaseRefused, PortUnavailable."""
     # Every port is checked before the database is opened: a refusal writes nothing.
     if settings.port and _port_taken(settings.host, settings.port):
         address = format_address(settings.host, settings.port)
@@ -500,23 +511,32 @@ async def serve(
             log.warning("second %s: stopping now", signal.Signals(signum).name)
             return
         stopping.append(loop.create_task(server.stop()))
-        say("Stateward server shutting down...")
+        say(f"{name} shutting down...")
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     # Said once the signals are handled: whoever reads this may send one at once.
-    say(
-        f"Stateward server listening on {server.address} "
-        f"(database {_without_password(settings.database)})"
-    )
-    if settings.host in LOOPBACK:
-        say(f"  for clients on this machine: export STATEWARD_API_URL={server.address}")
-    else:
-        say(f"  for clients on other machines: export STATEWARD_API_URL={_reachable(server)}")
-    for line in describe_security(settings):
+    for line in (greeting or _server_greeting)(server):
         say(line)
-    if server.ui_url:
-        say(f"  web view: {server.ui_url}")
     await server.wait_stopped()
     await asyncio.gather(*stopping)
-    say("Stateward server stopped.")
+    say(f"{name} stopped.")
+
+
+def _server_greeting(server: StatewardServer) -> list[str]:
+    """What `server start` says once it takes calls: where clients find it, who may call it."""
+    settings = server.settings
+    lines = [
+        f"Stateward server listening on {server.address} "
+        f"(database {_without_password(settings.database)})"
+    ]
+    if settings.host in LOOPBACK:
+        lines.append(f"  for clients on this machine: export STATEWARD_API_URL={server.address}")
+    else:
+        lines.append(
+            f"  for clients on other machines: export STATEWARD_API_URL={_reachable(server)}"
+        )
+    lines.extend(describe_security(settings))
+    if server.ui_url:
+        lines.append(f"  web view: {server.ui_url}")
+    return lines

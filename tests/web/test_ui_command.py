@@ -34,9 +34,10 @@ print(shared_home())
 """
 
 
-def start_ui(home: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_ui(home: Path, log: Path, api_url: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "STATEWARD_HOME": str(home)}
     env.pop("STATEWARD_API_URL", None)
+    env.update({"STATEWARD_API_URL": api_url} if api_url else {})
     with open(log, "wb") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "stateward", "ui", "--port", "0"],
@@ -85,6 +86,37 @@ def test_scripts_on_the_home_share_it_and_show_up(ui_process, tmp_path: Path) ->
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
+
+
+def test_it_says_where_to_look_that_scripts_need_no_setting_and_how_to_stop(
+    ui_process, tmp_path: Path
+) -> None:
+    process, url = ui_process
+    wait_until(lambda: "Ctrl-C stops it" in (tmp_path / "ui.log").read_text(), what="its lines")
+    said = (tmp_path / "ui.log").read_text()
+    assert said.splitlines()[0] == f"Stateward web view: {url} (open it in your browser)"
+    assert f"it shows the runs in {tmp_path} as they happen" in said
+    assert "scripts and the CLI need no setting" in said
+    # Its gRPC port goes away with it: pointing scripts at it would break them.
+    assert "STATEWARD_API_URL" not in said and "listening on" not in said
+    process.send_signal(signal.SIGINT)
+    assert process.wait(20) == 0
+    said = (tmp_path / "ui.log").read_text()
+    assert said.splitlines()[-1] == "Stateward web view stopped."
+
+
+def test_a_client_setting_in_its_shell_is_named_as_sending_runs_elsewhere(tmp_path: Path) -> None:
+    log = tmp_path / "ui.log"
+    process = start_ui(tmp_path, log, api_url="127.0.0.1:9")
+    try:
+        wait_until(lambda: "Ctrl-C stops it" in log.read_text(), what="stateward ui to serve")
+        assert (
+            "STATEWARD_API_URL is set here (127.0.0.1:9): scripts run with it send their runs "
+            "to that server, not to this page" in log.read_text()
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
 
 
 def test_a_second_ui_on_the_same_home_serves_it_too(ui_process, tmp_path: Path) -> None:
