@@ -165,6 +165,7 @@ class _Pause:
             self.key,
             self.timeout,
             engine.id,
+            extra=engine.orchestration.log_extra,  # in the run's logs too
         )
         current = self._wait_until_resumed(state)
         if current.type is StateType.RUNNING:

@@ -110,6 +110,13 @@ def test_a_pause_resumed_from_a_second_process(client, sdk_server):
     try:
         run = paused_run(client, name)
         assert run.state.details.pause_key == "pause-1" and run.state.details.pause_timeout
+        # How to resume it is in the run's logs, where one looks for what a run waits for.
+        hint = f"resume it with `stateward flow-run resume {run.id}`"
+        wait_until(
+            lambda: any(hint in entry.message for entry in client.list_logs(run.id)),
+            timeout=30,
+            what="the resume hint in the run's logs",
+        )
         resumer = python(
             f"from stateward import resume_flow_run; print(resume_flow_run({run.id!r}).name)"
         )
