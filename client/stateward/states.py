@@ -44,7 +44,12 @@ __all__ = [
 
 
 class StateType(enum.IntEnum):
-    """The canonical type of a state; the values are those of `stateward.v1.StateType`."""
+    """The canonical type of a state; the values are those of `stateward.v1.StateType`.
+
+    It reads as the reference's string enum does: `str()`, `repr()` and `format()` give
+    `StateType.FAILED`, and a type equals its name (`state.type == "FAILED"`) as well as its
+    number. `.value` and `int()` are the contract's number, and a type hashes as its number (in a
+    set or dict of names, look up `state.type.name`)."""
 
     SCHEDULED = 1
     PENDING = 2
@@ -62,7 +67,23 @@ class StateType(enum.IntEnum):
             return self.name == other
         return int.__eq__(self, other)
 
+    def __ne__(self, other: object) -> bool:
+        """The opposite of `==` (int's own `!=` knows nothing of names)."""
+        if isinstance(other, str):
+            return self.name != other
+        return int.__ne__(self, other)
+
     __hash__ = enum.IntEnum.__hash__
+
+    def __str__(self) -> str:
+        """`StateType.FAILED`, as the reference prints its types (not the number)."""
+        return f"StateType.{self._name_}"
+
+    __repr__ = __str__
+
+    def __format__(self, format_spec: str) -> str:
+        """f-strings and `format()`: as `str()`, the spec applied to that text."""
+        return format(str(self), format_spec)
 
     @classmethod
     def _missing_(cls, value: object) -> StateType | None:
