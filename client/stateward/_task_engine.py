@@ -408,13 +408,20 @@ def call_task(
     return call_run(lambda: TaskRunEngine(task, args, kwargs, wait_for), task.isasync, return_state)
 
 
-def _flow_run_context(what: str) -> FlowRunContext:
-    """The flow run `what` (submit or map) runs its task runs in; RuntimeError outside one."""
+def _flow_run_context(task: Task[..., Any], what: str) -> FlowRunContext:
+    """The flow run `what` (submit or map) runs the task's runs in; outside one, a RuntimeError
+    saying what to do instead (the reference refuses both outside a flow too)."""
     context = flow_run_context.get()
     if context is None:
+        name = getattr(task.fn, "__name__", None) or "the_task"
+        now = (
+            f"call {name}(...) itself to run it now and get its value"
+            if what == "submit"
+            else f"call {name}(...) once per element to run them now"
+        )
         raise RuntimeError(
-            f"Task.{what}() runs task runs in the background of a flow run: call it inside a "
-            "flow (outside one, call the task itself)"
+            f"{name}.{what}() runs task runs in the background of a flow run, and no flow run "
+            f"is running here: call it inside a @flow function, or {now}"
         )
     return context
 
@@ -427,7 +434,7 @@ def submit_task(
     wait_for: Iterable[Any] | None,
     map_index: int | None = None,
 ) -> StatewardFuture[Any]:
-    context = _flow_run_context("submit")
+    context = _flow_run_context(task, "submit")
     with engine_code():  # an interrupt waits until the flow run knows the future
         engine = TaskRunEngine(task, args, kwargs, wait_for, map_index)
         reused = engine.reused()
@@ -473,7 +480,7 @@ def map_task(
     *,
     wait_for: Iterable[Any] | None,
 ) -> StatewardFutureList[Any]:
-    _flow_run_context("map")
+    _flow_run_context(task, "map")
     given = dict(task.signature.bind_partial(*args, **kwargs).arguments)  # no defaults
     for key, value in given.items():
         if isinstance(value, StatewardFuture | State):  # map over its result

@@ -91,11 +91,23 @@ def test_map_with_no_iterable_or_different_lengths_is_a_clear_error():
         mismatched()
 
 
-def test_submit_and_map_outside_a_flow_raise_runtime_error():
-    with pytest.raises(RuntimeError, match="inside a flow"):
+def test_submit_and_map_outside_a_flow_raise_runtime_error_saying_what_to_do():
+    """As in the reference, which refuses both outside a flow; the message names the two ways
+    out with the task's own name."""
+    with pytest.raises(RuntimeError) as refused:
         add.submit(1)
-    with pytest.raises(RuntimeError, match="inside a flow"):
+    assert str(refused.value) == (
+        "add.submit() runs task runs in the background of a flow run, and no flow run is "
+        "running here: call it inside a @flow function, or call add(...) itself to run it now "
+        "and get its value"
+    )
+    with pytest.raises(RuntimeError) as refused:
         add.map([1, 2])
+    assert str(refused.value) == (
+        "add.map() runs task runs in the background of a flow run, and no flow run is running "
+        "here: call it inside a @flow function, or call add(...) once per element to run them now"
+    )
+    assert add(1, 2) == 3  # the way out it names works: the task itself runs outside a flow
 
 
 def test_map_results_can_be_passed_on_to_another_map():
