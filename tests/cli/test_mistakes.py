@@ -11,6 +11,8 @@ import pytest
 
 from tests.cli.conftest import one_line, run, stateward
 
+COMMAND = Path(sys.executable).parent / "stateward"  # the script pip installed, as people run it
+
 
 @pytest.mark.parametrize(
     "args",
@@ -49,6 +51,47 @@ def test_a_home_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     done = stateward(blocker / "home", "flow-run", "ls")
     assert done.returncode == 1
     assert "file" in one_line(done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["flow-runn", "ls"],
+            "Error: No such command 'flow-runn'. Did you mean 'flow-run'? See 'stateward --help'.",
+        ),
+        (
+            ["flow-run", "ls", "--limt", "3"],
+            "Error: No such option: --limt (Possible options: --limit). "
+            "See 'stateward flow-run ls --help'.",
+        ),
+        (
+            ["flow-run", "inspect"],
+            "Error: Missing argument 'RUN' (usage: stateward flow-run inspect [OPTIONS] {RUN}). "
+            "See 'stateward flow-run inspect --help'.",
+        ),
+        (
+            ["task-run", "ls", "--limit", "many"],
+            "Error: Invalid value for '--limit': Input should be a valid integer, unable to "
+            "parse string as an integer. See 'stateward task-run ls --help'.",
+        ),
+    ],
+)
+def test_a_mistake_in_the_command_line_is_one_line_saying_what_and_where_help_is(
+    home: Path, args: list[str], line: str
+) -> None:
+    done = run([str(COMMAND), *args], home)
+    assert done.returncode == 2
+    assert one_line(done.stderr) == line  # no usage block, no box around it
+    assert done.stdout == ""
+    assert not home.exists() or not (home / "stateward.db").exists()
+
+
+def test_no_arguments_still_shows_the_help(home: Path) -> None:
+    done = run([str(COMMAND), "flow-run"], home)
+    assert done.returncode == 2
+    assert "Usage: stateward flow-run [OPTIONS] COMMAND [ARGS]..." in done.stdout
+    assert done.stderr == ""
 
 
 def test_unknown_names_are_one_line(home: Path) -> None:

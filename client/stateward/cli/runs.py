@@ -113,7 +113,7 @@ def list_flow_runs(
 
 
 @flow_runs.command("inspect")
-def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> None:
+def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")]) -> None:
     """Show a flow run, its state history and its task runs."""
     with client() as connected:
         run = find_flow_run(connected, ref)
@@ -173,7 +173,7 @@ def history_table(states: list[State]) -> Table:
 
 
 @flow_runs.command("cancel")
-def cancel_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> None:
+def cancel_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")]) -> None:
     """Cancel a flow run: a run no process owns is Cancelled at once; a running one becomes
     Cancelling and its process stops it."""
     with client() as connected:
@@ -197,7 +197,7 @@ def cancel_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> N
 
 @flow_runs.command("resume")
 def resume_flow_run(
-    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)],
+    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")],
     run_input: Annotated[
         str | None,
         typer.Option("--input", help="The input the pause waits for, as JSON."),
@@ -220,7 +220,7 @@ def resume_flow_run(
 
 @flow_runs.command("logs")
 def flow_run_logs(
-    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)],
+    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
     ] = False,
@@ -231,7 +231,7 @@ def flow_run_logs(
 
 @task_runs.command("logs")
 def task_run_logs(
-    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)],
+    ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
     ] = False,
@@ -324,7 +324,7 @@ def list_task_runs(
 
 
 @task_runs.command("inspect")
-def inspect_task_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT)]) -> None:
+def inspect_task_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")]) -> None:
     """Show a task run and its state history, with each state's message."""
     with client() as connected:
         run = find_task_run(connected, ref)
