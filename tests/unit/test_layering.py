@@ -17,7 +17,7 @@ module of `stateward` (generated code aside) and `stateward_service`, those insi
 | orchestrator and replica   | signatures and errors (RunFilter, BadPageToken, ...): the     |
 |                            | orchestrator is the only door to it                           |
 | stateward_service.*        | of the SDK, only stateward.states, .runs, .wire, .exceptions, |
-|                            | .ids, .settings and the generated stateward.v1: no            |
+|                            | .ids, .settings, .times and the generated stateward.v1: no    |
 |                            | stateward._*, no engine, no client                            |
 | stateward.* (the SDK)      | stateward_service only in stateward._embedded (the launcher)  |
 | stateward.* but client,    | no grpc, no protobuf, no stateward.v1: only the typed client, |
@@ -61,13 +61,15 @@ PURE_STDLIB = frozenset(
 )
 VOCABULARY = ("stateward.states", "stateward.runs")
 # What the server may take from the SDK: the vocabulary, the wire module, the errors, the shared
-# settings (default port and home) and the generated code.
+# settings (default port and home), the reading of moments typed in filters and the generated
+# code.
 SERVER_MAY_USE_FROM_SDK = (
     *VOCABULARY,
     "stateward.wire",
     "stateward.exceptions",
     "stateward.ids",
     "stateward.settings",
+    "stateward.times",
     "stateward.v1",
 )
 GRPC = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "google.protobuf", "google.rpc")

@@ -4,7 +4,7 @@ and pagination, a run's page, the actions, and refusals."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -89,6 +89,16 @@ def test_filters_by_flow_state_type_tag_and_time(http, grpc_stub) -> None:
     assert ids(until=since) == [pending.id]
     assert ids(since=since, until=created[elsewhere.id].isoformat()) == [running.id]
     assert ids(since=(created[elsewhere.id] + timedelta(seconds=1)).isoformat()) == []
+    # As `stateward flow-run ls --since` reads them: without a zone, the local time (the
+    # server's, this machine's here); a span before now; a zone's "+" left unescaped.
+    local = created[running.id].astimezone().replace(tzinfo=None).isoformat()
+    assert ids(since=local) == [elsewhere.id, running.id]
+    assert ids(since="1h") == [elsewhere.id, running.id, pending.id]
+    assert ids(until="1h") == []
+    assert ids(since=created[running.id].astimezone(UTC).isoformat().replace("+", " ")) == [
+        elsewhere.id,
+        running.id,
+    ]
 
 
 def test_pagination_walks_every_run_once_even_as_new_runs_arrive(http, grpc_stub) -> None:
@@ -127,8 +137,8 @@ def test_a_page_token_only_serves_the_filters_it_was_made_for(http, grpc_stub) -
     ("params", "says"),
     [
         ({"state": "DONE"}, "not a state type"),
-        ({"since": "2026-01-01T10:00:00"}, "no time zone"),
-        ({"until": "yesterday"}, "not an ISO 8601 time"),
+        ({"until": "yesterday"}, "'yesterday' is neither a date-time (2026-11-21, "),
+        ({"since": "2026-13-01"}, "nor a span before now (30m, 2h, 1d, 1w)"),
         ({"page_size": "-1"}, "must not be negative"),
         ({"page_size": "many"}, "not a number"),
         ({"page_token": "garbage"}, "page token"),

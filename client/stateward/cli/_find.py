@@ -3,10 +3,9 @@ the tables show are prefixes) or its name. More than one match is an error that 
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
 import typer
@@ -14,6 +13,7 @@ import typer
 from stateward.client import Client
 from stateward.exceptions import InvalidArgument, NotFound
 from stateward.runs import FlowRun, TaskRun
+from stateward.times import parse_moment
 
 SHORT_ID = 8  # characters of a run's id the tables show
 _SCAN_PAGE = 500
@@ -80,23 +80,10 @@ def _one(matches: Sequence[Run], ref: str, kind: str) -> Run:
     return matches[0]
 
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_since(text: str) -> datetime:
-    """A moment: an ISO date or date-time (local time unless it says), or a span before now
-    such as 30m, 2h, 1d, 1w."""
-    value = text.strip()
-    ago = _AGO.match(value.lower())
-    if ago:
-        span = timedelta(**{_UNITS[ago.group(2)]: float(ago.group(1))})
-        return datetime.now(UTC) - span
+    """`--since`: a moment as `stateward.times.parse_moment` reads it (the HTTP API's rule);
+    raises typer.BadParameter saying what is taken."""
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is neither a date-time (2026-11-21 or 2026-11-21T09:30) nor a span "
-            "before now (30m, 2h, 1d, 1w)"
-        ) from None
-    return moment if moment.tzinfo else moment.astimezone()
+        return parse_moment(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None

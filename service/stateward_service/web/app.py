@@ -2,9 +2,11 @@
 
     GET  /                               the page (it loads without the key, then asks for it)
     GET  /api/flow-runs                  flow runs, newest first: ?flow= &state= &tag= &id=
-                                         (each repeatable), ?since= &until= (ISO 8601 with a
-                                         zone: the runs created in [since, until)), ?page_size=
-                                         &page_token= (keyset pagination)
+                                         (each repeatable), ?since= &until= (the runs created
+                                         in [since, until): ISO 8601, local time without a
+                                         zone, or a span before now such as 2h, as
+                                         `stateward.times.parse_moment` reads them),
+                                         ?page_size= &page_token= (keyset pagination)
     GET  /api/flow-runs/{id}             a flow run (with its stored result) and its history
     GET  /api/task-runs                  task runs, newest first: ?flow_run_id= &task= &state=
                                          &tag= &page_size= &page_token=
@@ -21,6 +23,7 @@ lock and read SQLite), never on the event loop. Errors are JSON `{"error": messa
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +40,7 @@ from starlette.staticfiles import StaticFiles
 from stateward.exceptions import StatusCode
 from stateward.runs import OrchestrationResult, RunKind
 from stateward.states import State, StateType
+from stateward.times import parse_moment
 from stateward_service import validation as check
 from stateward_service.broadcaster import TransitionBroadcaster
 from stateward_service.errors import ServiceError, invalid
@@ -121,17 +125,19 @@ def _state_types(request: Request) -> tuple[int, ...]:
     return tuple(types)
 
 
+# A zone's "+" that came through a query string unescaped reads as a space.
+_UNESCAPED_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+
+
 def _time(request: Request, name: str) -> datetime | None:
+    """?since= or ?until=: a moment as `stateward --since` reads it (`parse_moment`)."""
     raw = request.query_params.get(name, "")
     if not raw:
         return None
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise invalid(name, f"{raw!r} is not an ISO 8601 time (2026-12-01T09:30:00Z)") from None
-    if moment.tzinfo is None:
-        raise invalid(name, f"{raw!r} has no time zone; add one (Z for UTC, or +01:00)")
-    return moment
+        return parse_moment(_UNESCAPED_PLUS.sub(r"\1+\2", raw.strip()))
+    except ValueError as error:
+        raise invalid(name, str(error)) from None
 
 
 def _page_size(request: Request) -> int:
