@@ -79,7 +79,7 @@ def test_a_run_is_found_by_its_short_id_or_its_name_and_ambiguity_is_listed(
 ) -> None:
     by_name = stateward(runs_home, "flow-run", "inspect", "only-one")
     assert by_name.returncode == 0, by_name.stderr
-    full_id = re.search(r"id ([0-9a-f-]{36})", by_name.stdout)
+    full_id = re.search(r"id +([0-9a-f-]{36})", by_name.stdout)
     assert full_id is not None
     by_prefix = stateward(runs_home, "flow-run", "inspect", full_id.group(1)[:8])
     assert by_prefix.returncode == 0 and full_id.group(1) in by_prefix.stdout
@@ -100,10 +100,62 @@ def test_task_run_inspect_shows_the_history_with_messages(runs_home: Path) -> No
     inspected = stateward(runs_home, "task-run", "inspect", task_run, env={"COLUMNS": "200"})
     assert inspected.returncode == 0, inspected.stderr
     out = inspected.stdout
-    assert "task flaky" in out and "flow run only-one (solo)" in out
+    assert re.search(r"^  task +flaky", out, re.M)
+    assert re.search(r"^  flow run +only-one \(solo\)", out, re.M)
     history = out[out.index("History") :]
     assert history.index("Retrying") < history.index("Completed")
     assert "the first attempt fails on purpose" in history
+
+
+LONG_NAMES = """
+from stateward import flow, task
+
+@task(retries=1, retry_delay_seconds=0, tags=["nightly", "warehouse"])
+def fetch_the_customer_records_from_the_warehouse(n: int) -> int:
+    raise ValueError("the warehouse answered 503 Service Unavailable for the third time today")
+
+@flow(name="a-rather-long-flow-name-for-the-nightly-export", flow_run_name="long-one")
+def nightly(region: str = "eu-west-1", batch_size: int = 5000):
+    return fetch_the_customer_records_from_the_warehouse(1, return_state=True)
+
+nightly(return_state=True)  # Failed, as its task
+"""
+WHOLE_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
+
+
+def test_inspect_fits_80_columns_with_each_fact_whole_on_its_line(home: Path) -> None:
+    done = run([sys.executable, "-c", LONG_NAMES], home)
+    assert done.returncode == 0, done.stderr
+    flow_run = stateward(home, "flow-run", "inspect", "long-one")
+    assert flow_run.returncode == 0, flow_run.stderr
+    lines = flow_run.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), flow_run.stdout
+    facts = "\n".join(
+        line.rstrip()
+        for line in lines[: lines.index(next(line for line in lines if "History" in line))]
+    )
+    assert re.search(r"^  flow +a-rather-long-flow-name-for-the-nightly-export$", facts, re.M)
+    assert re.search(r"^  id +[0-9a-f-]{36}$", facts, re.M), facts
+    assert re.search(rf"^  started +{WHOLE_TIME}$", facts, re.M), facts
+    assert re.search(rf"^  ended +{WHOLE_TIME}$", facts, re.M), facts
+    assert re.search(r"^  parameters +\{.*'region': 'eu-west-1'", facts, re.M), facts
+
+    task_id = re.findall(r"^│ ([0-9a-f]{8}) ", flow_run.stdout, flags=re.M)[0]
+    task_run = stateward(home, "task-run", "inspect", task_id)
+    assert task_run.returncode == 0, task_run.stderr
+    lines = task_run.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), task_run.stdout
+    out = "\n".join(line.rstrip() for line in lines)
+    assert re.search(r"^  task +fetch_the_customer_records_from_the_warehouse$", out, re.M)
+    assert re.search(r"^  id +[0-9a-f-]{36}$", out, re.M), out
+    assert re.search(
+        r"^  flow run +long-one \(a-rather-long-flow-name-for-the-nightly-export\)$", out, re.M
+    )
+    assert re.search(r"^  flow run id +[0-9a-f-]{36}$", out, re.M), out
+    assert re.search(r"^  tags +nightly, warehouse$", out, re.M), out
+    assert re.search(rf"^  ended +{WHOLE_TIME}$", out, re.M), out
+    # The history's long messages fold inside their column.
+    assert "the warehouse answered 503" in out and "│ Failed" in out
 
 
 def test_since_keeps_the_runs_created_since_then(runs_home: Path) -> None:

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Annotated, TypeVar
 
 import typer
+from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 from stateward.cli._common import (
@@ -120,18 +122,21 @@ def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
         states = connected.list_states(run.id)
         task_runs_of = list(connected.list_task_runs(flow_run_ids=[run.id], limit=1000))
         children = _subflows(connected, task_runs_of)
-    console.print(f"[bold]{run.name}[/bold]  flow [bold]{run.flow_name}[/bold]  id {run.id}")
-    console.print(
-        f"state {show_state(run.state)}   runs {run.run_count}   "
-        f"started {show_time(run.start_time)}   ended {show_time(run.end_time)}   "
-        f"run time {run.total_run_time.total_seconds():.3f}s"
-    )
+    facts = [
+        ("flow", escape(run.flow_name)),
+        ("id", run.id),
+        ("state", f"{show_state(run.state)}   runs {run.run_count}"),
+        ("started", show_time(run.start_time)),
+        ("ended", show_time(run.end_time)),
+        ("run time", f"{run.total_run_time.total_seconds():.3f}s"),
+    ]
     if run.parent_task_run_id:
-        console.print(f"subflow of task run {short_id(run.parent_task_run_id)}")
+        facts.append(("subflow of", f"task run {short_id(run.parent_task_run_id)}"))
     if run.parameters:
-        console.print(f"parameters {run.parameters}")
+        facts.append(("parameters", escape(str(run.parameters))))
     if run.tags:
-        console.print(f"tags {', '.join(run.tags)}")
+        facts.append(("tags", escape(", ".join(run.tags))))
+    print_facts(run.name, facts)
     console.print(history_table(states))
     if task_runs_of:
         table = Table(title="Task runs")
@@ -163,6 +168,18 @@ def _subflows(connected: Client, task_runs_of: list[TaskRun]) -> dict[str, FlowR
             if len(found) == len(wanted):
                 break
     return found
+
+
+def print_facts(name: str, facts: list[tuple[str, str]]) -> None:
+    """A run's name, then its facts one a line, a label and a value (rich markup): a value too
+    long for the terminal folds within its own column, never into the next label's."""
+    console.print(f"[bold]{escape(name)}[/bold]")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in facts:
+        grid.add_row(label, value)
+    console.print(Padding(grid, (0, 0, 0, 2), expand=False))
 
 
 def history_table(states: list[State]) -> Table:
@@ -330,13 +347,16 @@ def inspect_task_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
         run = find_task_run(connected, ref)
         states = connected.list_states(run.id)
         parent = connected.get_flow_run(run.flow_run_id) if run.flow_run_id else None
-    console.print(f"[bold]{run.name}[/bold]  task [bold]{run.task_key}[/bold]  id {run.id}")
+    facts = [("task", escape(run.task_key)), ("id", run.id)]
     if parent is not None:
-        console.print(f"flow run {parent.name} ({parent.flow_name}) id {parent.id}")
-    console.print(
-        f"state {show_state(run.state)}   runs {run.run_count}   "
-        f"started {show_time(run.start_time)}   ended {show_time(run.end_time)}"
-    )
+        facts.append(("flow run", escape(f"{parent.name} ({parent.flow_name})")))
+        facts.append(("flow run id", parent.id))
+    facts += [
+        ("state", f"{show_state(run.state)}   runs {run.run_count}"),
+        ("started", show_time(run.start_time)),
+        ("ended", show_time(run.end_time)),
+    ]
     if run.tags:
-        console.print(f"tags {', '.join(run.tags)}")
+        facts.append(("tags", escape(", ".join(run.tags))))
+    print_facts(run.name, facts)
     console.print(history_table(states))
