@@ -554,7 +554,8 @@ class EmbeddedOrchestrator:
         replica_settings = dataclasses.replace(home_settings(home), ui=False)
         self.database = replica_settings.db
         self.pid = os.getpid()
-        self.replica = Replica(replica_settings, lead_loops=lead_loops)
+        # A script's user has no use for which of the home's processes runs the loops.
+        self.replica = Replica(replica_settings, lead_loops=lead_loops, lead_level=logging.DEBUG)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -19,12 +19,21 @@ T = TypeVar("T")
 
 
 class LoopsLeadership:
-    """Runs `loops` in this process while it holds `lock`."""
+    """Runs `loops` in this process while it holds `lock`. Taking the lead is said at
+    `lead_level`: INFO for a server, whose operator may run several; a script on the embedded
+    default gives DEBUG, as its user has no use for it."""
 
-    def __init__(self, lock: LeaderLock, loops: ServerLoops, retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        lock: LeaderLock,
+        loops: ServerLoops,
+        retry_seconds: float = 1.0,
+        lead_level: int = logging.INFO,
+    ) -> None:
         self.lock = lock
         self.loops = loops
         self.retry_seconds = retry_seconds
+        self.lead_level = lead_level
         self.leading = False
         self._task: asyncio.Task[None] | None = None
         # The lock is used from worker threads; a call under way when the task is cancelled
@@ -63,7 +72,11 @@ class LoopsLeadership:
                     self._locked, self.lock.try_acquire
                 ):
                     self.leading = True
-                    log.info("this process leads: it runs the loops")
+                    log.log(
+                        self.lead_level,
+                        "this process leads the background checks (late runs, lapsed "
+                        "leases, cancellations) for the database",
+                    )
                     self.loops.start()
                 elif self.leading and not await asyncio.to_thread(self._locked, self.lock.held):
                     log.warning("this process lost the leader lock: its loops stop")

@@ -47,9 +47,12 @@ def encode_log_rows(rows: list[Sequence[Any]]) -> list[bytes]:
 class Replica:
     """Call `start()` inside a running event loop (the broadcaster's subscribers and the loops
     run on it), then `stop()` on the same loop. With `lead_loops` false (a short-lived process)
-    it never competes for the leader lock, so never runs the loops."""
+    it never competes for the leader lock, so never runs the loops. `lead_level` is the
+    logging level of the line saying it took the lead (see LoopsLeadership)."""
 
-    def __init__(self, settings: ServerSettings, *, lead_loops: bool = True) -> None:
+    def __init__(
+        self, settings: ServerSettings, *, lead_loops: bool = True, lead_level: int = logging.INFO
+    ) -> None:
         self.settings = settings
         self.lead_loops = lead_loops
         store = open_database(
@@ -80,7 +83,9 @@ class Replica:
         self.loops = ServerLoops(self.orchestrator, settings)
         # The follower sees every process's commits: a cancel written elsewhere cascades here.
         self.follower.subscribe(self.loops.notice)
-        self.leadership = LoopsLeadership(self.orchestrator.leader_lock(), self.loops)
+        self.leadership = LoopsLeadership(
+            self.orchestrator.leader_lock(), self.loops, lead_level=lead_level
+        )
 
     @property
     def api(self) -> OrchestrationService:

@@ -81,3 +81,17 @@ def test_the_quickstart_shows_a_retry_a_hook_and_a_cache_hit(tmp_path):
     assert "on_failure hook" in out and "result: 84" in out
     assert "Pending -> Running -> AwaitingRetry -> Retrying -> Completed" in out
     assert "Pending -> Running -> Failed" in out and "Pending -> Cached" in out
+    # Its console speaks of runs only: which process runs the home's loops is a DEBUG line.
+    first = next(line for line in result.stderr.splitlines() if " | " in line)
+    assert "Task run 'fetch_orders-0'" in first, first
+    assert "leads" not in result.stderr and "loops" not in result.stderr
+    debug = subprocess.run(
+        [sys.executable, "examples/quickstart.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**env, "STATEWARD_HOME": str(tmp_path / "debug"), "STATEWARD_LOGGING_LEVEL": "DEBUG"},
+        timeout=120,
+    )
+    assert debug.returncode == 0, debug.stderr
+    assert "| DEBUG   | this process leads the background checks" in debug.stderr
