@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from stateward._interrupt import sleep
 from stateward._supervisor import RunSupervisor
+from stateward._tracebacks import user_traceback
 from stateward.client import Client, Created
 from stateward.exceptions import (
     AlreadyExists,
@@ -291,6 +292,10 @@ def _log_line(
     record = logger.makeRecord(
         logger.name, level, "(unknown file)", 0, message, args, exc_info, None, extra
     )
+    if error is not None and not logger.isEnabledFor(logging.DEBUG):
+        # What a Formatter shows for exc_info (it formats only when this is empty): the
+        # user's frames, not the engine's. exc_info stays for handlers of their own.
+        record.exc_text = user_traceback(error)
     logger.handle(record)
 
 

@@ -159,7 +159,8 @@ class RunLogHandler(logging.Handler):
         try:
             message = record.getMessage()
             if record.exc_info:
-                message = f"{message}\n{logging.Formatter().formatException(record.exc_info)}"
+                shown = record.exc_text or logging.Formatter().formatException(record.exc_info)
+                message = f"{message}\n{shown}"
             self.shipper.add(
                 LogEntry(
                     flow_run_id=ids[0],

@@ -107,3 +107,35 @@ print(told())
     for label in ("Task run 'square-0' (square)", "Flow run 'told-run' (told)"):
         told = re.findall(rf"(DEBUG|INFO) +\| {re.escape(label)} - (\w+)", done.stderr)
         assert told == [("DEBUG", "Pending"), ("DEBUG", "Running"), ("INFO", "Completed")], told
+
+
+def test_a_failures_traceback_shows_the_users_code_not_the_sdks(home: Path) -> None:
+    program = """
+from stateward import flow, task
+
+def parse(text):
+    return int(text)
+
+@task
+def load(text):
+    return parse(text)
+
+@flow(flow_run_name="trimmed-run")
+def pipeline():
+    return load("x")
+
+pipeline(return_state=True)
+"""
+    done = run([sys.executable, "-c", program], home)
+    assert done.returncode == 0, done.stderr
+    shown = done.stderr[done.stderr.index("Traceback") :]
+    frames = re.findall(r'^  File "([^"]+)", line \d+, in (\w+)$', shown, flags=re.M)
+    assert frames == [("<string>", "load"), ("<string>", "parse")], shown
+    assert "ValueError: invalid literal for int() with base 10: 'x'" in shown
+    # The run's logs, read back from the database, show the same.
+    logs = stateward(home, "flow-run", "logs", "trimmed-run", env={"COLUMNS": "200"})
+    assert logs.returncode == 0, logs.stderr
+    assert re.findall(r'  File "([^"]+)", line \d+, in (\w+)', logs.stdout) == frames
+    # At DEBUG, everything is shown, the engine's frames too.
+    debug = run([sys.executable, "-c", program], home, env={"STATEWARD_LOGGING_LEVEL": "DEBUG"})
+    assert re.search(r'File "[^"]*stateward[/\\]_engine\.py"', debug.stderr), debug.stderr

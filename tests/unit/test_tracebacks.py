@@ -1,0 +1,78 @@
+"""user_traceback: a failed run's traceback without the SDK's frames before and between the
+user's; the SDK's frames after the user's last one stay, and so does a traceback with none of
+the user's. Code is compiled under file names inside and outside the SDK's folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import stateward
+from stateward._tracebacks import user_traceback
+
+SDK = os.path.join(os.path.dirname(os.path.abspath(stateward.__file__)), "_engine_like.py")
+USER = os.path.join(os.sep, "home", "ann", "pipeline.py")
+
+
+def define(filename: str, source: str, **names: Any) -> dict[str, Any]:
+    namespace: dict[str, Any] = dict(names)
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+def failure(call: Callable[[], object]) -> BaseException:
+    try:
+        call()
+    except BaseException as error:
+        return error
+    raise AssertionError("it did not fail")
+
+
+def files_of(shown: str) -> list[str]:
+    """The files of the frames shown, but this test's own (which calls the code)."""
+    files = [line.split('"')[1] for line in shown.splitlines() if line.startswith('  File "')]
+    return [name for name in files if name != __file__]
+
+
+def test_the_sdks_frames_around_the_users_are_left_out() -> None:
+    user = define(
+        USER, "def load(n):\n    return parse(n)\n\ndef parse(n):\n    raise ValueError(n)\n"
+    )
+    sdk = define(SDK, "def run(fn):\n    return call(fn)\n\ndef call(fn):\n    return fn(3)\n")
+    error = failure(lambda: sdk["run"](user["load"]))
+    shown = user_traceback(error)
+    assert files_of(shown) == [USER, USER]
+    assert shown.startswith("Traceback (most recent call last):\n")
+    assert shown.endswith("ValueError: 3")
+    assert ", in load\n" in shown and ", in parse\n" in shown
+
+
+def test_the_sdks_frames_after_the_users_last_stay_where_the_sdk_raised() -> None:
+    sdk = define(
+        SDK,
+        "def run(fn):\n    return fn()\n\ndef submit(x):\n    raise TypeError('needs a list')\n",
+    )
+    user = define(USER, "def flow_body():\n    return submit(5)\n", submit=sdk["submit"])
+    shown = user_traceback(failure(lambda: sdk["run"](user["flow_body"])))
+    assert files_of(shown) == [USER, SDK]
+    assert shown.endswith("TypeError: needs a list")
+
+
+def test_a_traceback_of_the_sdk_alone_is_shown_whole() -> None:
+    sdk = define(SDK, "def run():\n    return check()\n\ndef check():\n    raise KeyError('x')\n")
+    shown = user_traceback(failure(sdk["run"]))
+    assert files_of(shown)[-2:] == [SDK, SDK]
+
+
+def test_causes_and_contexts_are_trimmed_too() -> None:
+    user = define(
+        USER,
+        "def load():\n    try:\n        int('x')\n    except ValueError as e:\n"
+        "        raise RuntimeError('bad input') from e\n",
+    )
+    sdk = define(SDK, "def run(fn):\n    return fn()\n")
+    shown = user_traceback(failure(lambda: sdk["run"](user["load"])))
+    assert SDK not in shown
+    assert "The above exception was the direct cause" in shown
+    assert "ValueError: invalid literal" in shown and shown.endswith("RuntimeError: bad input")
