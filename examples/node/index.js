@@ -344,8 +344,16 @@ async function abortOnClosedTag(sw, flowRunId) {
     console.log(`   CreateTaskRun restricted (tags: [${tag}]): task run ${taskRun.id}`);
     const answer = expectAnswer(await sw.propose(taskRun.id, proposal('RUNNING')), 'ABORT');
     console.log(`   ABORT reason: ${answer.reason}`);
-    console.log(
-      `   (nothing was written: the run is still ${answer.state.name}; a worker stops here)`,
+    console.log(`   (nothing was written: the run is still ${answer.state.name})`);
+    // ABORT means this run will not start: the worker gives it up rather than leave it
+    // Pending for ever, and says why in the state's message.
+    expectAnswer(
+      await sw.propose(
+        taskRun.id,
+        proposal('CANCELLED', { message: `not run: ${answer.reason}` }),
+      ),
+      'ACCEPT',
+      'Cancelled',
     );
   } finally {
     await sw.call('DeleteConcurrencyLimit', { tag });

@@ -102,6 +102,7 @@ def test_node_example_gets_every_answer_and_writes_what_it_claims(plain_server, 
         r"SetState RUNNING -> ACCEPT: now Retrying",
         r"SetState RUNNING -> ABORT \(.+\)",
         r"ABORT reason: \S",
+        r"SetState CANCELLED -> ACCEPT: now Cancelled",
         r"SetState RUNNING -> WAIT \d+\.\d+ s",
         r"resume check OK",
     ):
@@ -117,8 +118,11 @@ def test_node_example_gets_every_answer_and_writes_what_it_claims(plain_server, 
         ]  # fmt: skip
         assert retried[2].message == "ConnectionError: the orders service timed out"
         assert retried[-1].result() == {"orders": 2, "total": 42}
-        # ABORT wrote nothing.
-        assert names(client, tasks["restricted"].id) == ["Pending"]
+        # ABORT wrote nothing; the example then gave the run up, so that none is left Pending.
+        restricted = client.list_states(tasks["restricted"].id)
+        assert [s.name for s in restricted] == ["Pending", "Cancelled"]
+        assert restricted[-1].message.startswith("not run: tag 'node-example-")
+        assert all(run.state.is_final() for run in tasks.values())
         assert names(client, tasks["scheduled-report"].id) == [
             "Scheduled", "Pending", "Running", "Completed",
         ]  # fmt: skip
@@ -127,7 +131,7 @@ def test_node_example_gets_every_answer_and_writes_what_it_claims(plain_server, 
     # The database is the test's own: the live stream printed every transition the log holds,
     # in order, and the replay printed them again.
     sequences = logged_sequences(plain_server.db)
-    assert len(sequences) == 3 + 5 + 1 + 4
+    assert len(sequences) == 3 + 5 + 2 + 4
     live = [int(n) for n in re.findall(r"\[watch\] #(\d+) ", output)]
     replayed = [int(n) for n in re.findall(r"\[replay\] #(\d+) ", output)]
     assert live == sequences
