@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from stateward.ids import new_id
 from stateward.runs import CacheEntry, FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
@@ -173,17 +173,17 @@ def _record(run: Run, *, id_is_new: bool = False) -> tuple[RunRecord, State | No
     """The run record a create stores, its initial state and its parameters as stored. With
     `id_is_new`, the run's id is one `stateward.ids.new_id` made (see `LocalService.create_run`):
     canonical already."""
-    what = "flow_run" if isinstance(run, FlowRun) else "task_run"
-    given_id = run.id if id_is_new and run.id else check.optional_run_id(run.id, f"{what}.id")
-    parameters, parameters_json = check.parameter_values(run.parameters, f"{what}.parameters")
-    retry_policy = check.retry_policy_value(run.retry_policy, f"{what}.retry_policy")
+    field = _FLOW_RUN_FIELDS if isinstance(run, FlowRun) else _TASK_RUN_FIELDS
+    given_id = run.id if id_is_new and run.id else check.optional_run_id(run.id, field.id)
+    parameters, parameters_json = check.parameter_values(run.parameters, field.parameters)
+    retry_policy = check.retry_policy_value(run.retry_policy, field.retry_policy)
     record = RunRecord(
         kind=RunKind.FLOW_RUN if isinstance(run, FlowRun) else RunKind.TASK_RUN,
         id=given_id or new_id(),
-        name=check.text(run.name, f"{what}.name", check.MAX_NAME) or make_run_name(),
+        name=check.text(run.name, field.name, check.MAX_NAME) or make_run_name(),
         created=now(),
         parameters=parameters_json,
-        tags=check.tags(run.tags, f"{what}.tags"),
+        tags=check.tags(run.tags, field.tags),
         retry_policy=retry_policy,
     )
     if isinstance(run, FlowRun):
@@ -200,9 +200,30 @@ def _record(run: Run, *, id_is_new: bool = False) -> tuple[RunRecord, State | No
         record.flow_run_id = check.optional_run_id(run.flow_run_id, "task_run.flow_run_id")
     initial = run.state
     if initial is not None:
-        check.state_type(initial.type, f"{what}.state.type")
-        check.proposed_state(initial, f"{what}.state")
+        check.state_type(initial.type, field.state_type)
+        check.proposed_state(initial, field.state)
     return record, initial, parameters
+
+
+class _Fields(NamedTuple):
+    """The names a create's refusals give its fields (spelled once, not at every create)."""
+
+    id: str
+    parameters: str
+    retry_policy: str
+    name: str
+    tags: str
+    state_type: str
+    state: str
+
+
+def _fields(what: str) -> _Fields:
+    names = ("id", "parameters", "retry_policy", "name", "tags", "state.type", "state")
+    return _Fields(*(f"{what}.{name}" for name in names))
+
+
+_FLOW_RUN_FIELDS = _fields("flow_run")
+_TASK_RUN_FIELDS = _fields("task_run")
 
 
 def _detached(state: State) -> State:

@@ -412,8 +412,28 @@ def parameter_values(values: Mapping[str, Any], field: str) -> tuple[dict[str, A
     string, or a value a Struct cannot hold, raises TypeError, as building the Struct does."""
     if not values:
         return {}, "{}"
-    carried = {key: _struct_value(value, f"{field}.{key}") for key, value in _items(values)}
+    carried = {}
+    for key, value in values.items():
+        kind = value.__class__
+        # Exact strings, booleans, None and ints a double holds exactly (nearly every task
+        # run's parameters) are carried as they are, their path never spelled out: every task
+        # run's create comes here.
+        if key.__class__ is str and (
+            kind is str
+            or kind is bool
+            or value is None
+            or (kind is int and -_EXACT_IN_A_DOUBLE < value < _EXACT_IN_A_DOUBLE)
+        ):
+            carried[key] = value
+            continue
+        if not isinstance(key, str):
+            raise TypeError(f"a parameter's key must be a string, not {type(key).__name__}")
+        carried[key] = _struct_value(value, f"{field}.{key}")
     return carried, _compact_json(carried)
+
+
+# Whole numbers of a smaller magnitude read back from a double as the int they were.
+_EXACT_IN_A_DOUBLE = 2**53
 
 
 # `json.dumps(..., separators=(",", ":"))` without building an encoder at each call.
@@ -436,7 +456,7 @@ def _struct_value(value: Any, path: str) -> Any:
             raise invalid(
                 path, f"is {number}, which JSON cannot hold: send a string or null instead"
             )
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        return int(number) if number.is_integer() and abs(number) < _EXACT_IN_A_DOUBLE else number
     if isinstance(value, Mapping):
         return {key: _struct_value(inner, f"{path}.{key}") for key, inner in _items(value)}
     if isinstance(value, list | tuple):

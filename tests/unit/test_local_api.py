@@ -45,7 +45,19 @@ def apis(store):
     return LocalService(orchestrator), OrchestrationService(orchestrator, None)  # type: ignore[arg-type]
 
 
-PARAMETERS = {"n": 3, "x": 2.0, "big": 2**60, "nested": {"l": [1, 1.5, None, True, "s"]}}
+PARAMETERS = {
+    "n": 3,
+    "x": 2.0,
+    "big": 2**60,
+    "nested": {"l": [1, 1.5, None, True, "s"]},
+    # Either side of what a double holds exactly, and the scalars taken as they are.
+    "below": 2**53 - 1,
+    "edge": 2**53,
+    "negative_edge": -(2**53),
+    "flag": False,
+    "none": None,
+    "text": "s",
+}
 
 
 def test_a_run_created_in_process_is_stored_as_over_the_wire(apis):
@@ -70,6 +82,11 @@ def test_a_run_created_in_process_is_stored_as_over_the_wire(apis):
     assert in_process.parameters == over_the_wire.parameters
     assert in_process.parameters["x"] == 2 and isinstance(in_process.parameters["x"], int)
     assert isinstance(in_process.parameters["big"], float)
+    assert in_process.parameters["below"] == 2**53 - 1
+    assert isinstance(in_process.parameters["below"], int)
+    assert isinstance(in_process.parameters["edge"], float)
+    assert isinstance(in_process.parameters["negative_edge"], float)
+    assert in_process.parameters["flag"] is False and in_process.parameters["none"] is None
     stored = [
         local.get_run(created.id, RunKind.TASK_RUN) for created in (in_process, over_the_wire)
     ]
