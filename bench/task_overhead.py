@@ -15,6 +15,15 @@ costs about as much CPU as the Python around it.
 
 Each task's final state is durable on the server when its call returns (SQLite commits in WAL
 mode before SetState answers), which the benchmark checks at the end by reading the database.
+
+uvloop as the server's event loop (uvloop 0.23.0, grpcio 1.85.3: `uvloop.run(serve(...))` in
+place of `asyncio.run`, 2026-12-02, load 9-24 on 2 cores), against asyncio's loop in the same
+runs, each figure uvloop's over asyncio's: here (`--modes server`, 6 rounds alternating) wall
+1.24, 1.21, 1.27, 0.89, 1.26, 1.38 and server CPU 1.04, 1.05, 1.34, 0.94, 1.10, 1.10 per task
+run; yet `bench/server_instructions.py` (one round) counts 0.80 of the server's instructions
+(2365.7K against 2960.8K per task run; its main thread 2006.9K against 2436.5K). Fewer
+instructions in user space, no less CPU in 5 rounds of 6: not adopted until a quiet machine
+tells them apart (the kernel's share, which instructions do not count, is the suspect).
 """
 
 from __future__ import annotations
