@@ -29,7 +29,7 @@ run: $(VENV)/.installed-run
 # Two pytest-xdist workers, each test file whole on one of them (see tests/conftest.py): on 2
 # cores the suite took 10.5 of its 12 minutes serially. `pytest tests/...` alone runs serially.
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 # Regenerates client/stateward/v1 from protos/: the only way generated code is made. The
 # descriptor set keeps the protos' comments, for server reflection (`grpcurl describe`). A test runs

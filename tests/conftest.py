@@ -57,15 +57,25 @@ _RUN_TOGETHER = {
 }
 
 
+# The group handed out first: the longest, a sixth of the suite's time (450 s of 3,080 at load
+# 20). Handed out in its turn, it began at three quarters of a run and ran alone at the end.
+_FIRST_GROUP = "ray"
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`make test` runs two pytest-xdist workers with --dist loadgroup, and each test file's
     tests are one group: a file runs whole on one worker, in its order, as it runs alone (its
-    module- and session-scoped servers, clusters and Ray made once there)."""
+    module- and session-scoped servers, clusters and Ray made once there). The groups are
+    handed out in the order of the files (--no-loadscope-reorder), _FIRST_GROUP first."""
+    groups: dict[str, str] = {}
     for item in items:
+        path = item.nodeid.partition("::")[0]  # the file, relative to the rootdir
+        groups[item.nodeid] = _RUN_TOGETHER.get(path, path)
         if item.get_closest_marker("xdist_group") is None:
-            path = item.nodeid.partition("::")[0]  # the file, relative to the rootdir
-            item.add_marker(pytest.mark.xdist_group(_RUN_TOGETHER.get(path, path)))
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if config.getoption("dist", "no") != "no":
+        items.sort(key=lambda item: groups[item.nodeid] != _FIRST_GROUP)  # stable: in order
 
 
 @pytest.hookimpl(hookwrapper=True)
