@@ -19,8 +19,13 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     value = text.strip()
     span = _SPAN.match(value.lower())
     if span:
-        before = timedelta(**{_UNITS[span.group(2)]: float(span.group(1))})
-        return (now or datetime.now(UTC)) - before
+        try:
+            before = timedelta(**{_UNITS[span.group(2)]: float(span.group(1))})
+            return (now or datetime.now(UTC)) - before
+        except OverflowError:  # further back than a datetime goes (the year 1)
+            raise ValueError(
+                f"{text!r} reaches back before the year 1: give a shorter span"
+            ) from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

@@ -165,6 +165,10 @@ def test_since_keeps_the_runs_created_since_then(runs_home: Path) -> None:
     assert future.stdout.strip() == "No flow runs match these filters."
     wrong = stateward(runs_home, "flow-run", "ls", "--since", "yesterday")
     assert wrong.returncode == 2 and "30m, 2h, 1d" in wrong.stderr
+    for too_far in ("99999999d", "99999999999999d"):  # past what a date holds: no traceback
+        done = stateward(runs_home, "flow-run", "ls", "--since", too_far)
+        assert done.returncode == 2 and "reaches back before the year 1" in done.stderr
+        assert "Traceback" not in done.stderr and "OverflowError" not in done.stderr
 
 
 def test_version(home: Path) -> None:
