@@ -167,6 +167,45 @@ def test_a_child_forked_inside_a_flow_is_ended_by_sigterm_as_without_a_flow(sdk_
     assert "TerminationSignal" not in result.stderr, result.stderr[-3000:]
 
 
+def test_children_sigtermed_as_soon_as_forked_inside_a_flow_all_end(sdk_server):
+    """Leaving a `with multiprocessing.Pool()` block terminates its workers, one maybe just
+    forked. A SIGTERM that reached such a child before its fork hooks gave it back the default
+    handler was caught by the flow's handler and lost (or raised TerminationSignal there): the
+    worker waited for tasks for ever, and the parent for it. Each child here is terminated at
+    once after its start, inside a flow: every one must end by SIGTERM, as without a flow."""
+    result = python(
+        """
+        import json, multiprocessing, time
+        from stateward import flow
+
+        @flow
+        def forks() -> dict[str, object]:
+            context = multiprocessing.get_context("fork")
+            children = []
+            for _ in range(40):
+                child = context.Process(target=time.sleep, args=(600,))
+                child.start()
+                child.terminate()  # at once: the child may still be in its fork
+                children.append(child)
+            deadline = time.monotonic() + 60
+            for child in children:
+                child.join(max(0.0, deadline - time.monotonic()))
+            survived = [child for child in children if child.exitcode is None]
+            for child in survived:
+                child.kill()
+                child.join()
+            return {"survived": len(survived), "codes": sorted({c.exitcode for c in children})}
+
+        print(json.dumps(forks()))
+        """,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"survived": 0, "codes": [-signal.SIGTERM]}, result.stderr[-3000:]
+    assert "TerminationSignal" not in result.stderr, result.stderr[-3000:]
+
+
 EMBEDDED = {"STATEWARD_API_URL": ""}  # unset: the SDK orchestrates in its own process
 # How long every forked child together may take to end. A child that waited on a lock a thread
 # of its parent held at the fork never ended; a refused one ends in well under a second.
