@@ -499,49 +499,22 @@ class SqlStore(SqlReads):
 
     def insert_state(self, run_id: str, state: State) -> None:
         data = state.data
-        if data is None:  # most states carry no result: no NULLs to bind for its columns
-            self._insert_state_row(
-                self.INSERT_STATE_WITHOUT_RESULT,
-                (
-                    state.id,
-                    int(state.type),
-                    state.name,
-                    to_us(state.timestamp),
-                    state.message,
-                    details_json(state.details),
-                    run_id,
-                ),
-            )
-            return
-        if data.pickle is None and data.json is not None:  # a NULL left unbound (`_send`)
-            self._insert_state_row(
-                self.INSERT_STATE_WITH_JSON,
-                (
-                    state.id,
-                    int(state.type),
-                    state.name,
-                    to_us(state.timestamp),
-                    state.message,
-                    details_json(state.details),
-                    data.json,
-                    run_id,
-                ),
-            )
-            return
-        self._insert_state_row(
-            self.INSERT_STATE,
-            (
-                state.id,
-                int(state.type),
-                state.name,
-                to_us(state.timestamp),
-                state.message,
-                details_json(state.details),
-                data.json,
-                data.pickle,
-                run_id,
-            ),
+        columns = (
+            state.id,
+            int(state.type),
+            state.name,
+            to_us(state.timestamp),
+            state.message,
+            details_json(state.details),
         )
+        # No NULL bound for an empty result column (see `_send`): most states carry no result,
+        # and most results are held as JSON alone.
+        if data is None:
+            self._insert_state_row(self.INSERT_STATE_WITHOUT_RESULT, (*columns, run_id))
+        elif data.pickle is None and data.json is not None:
+            self._insert_state_row(self.INSERT_STATE_WITH_JSON, (*columns, data.json, run_id))
+        else:
+            self._insert_state_row(self.INSERT_STATE, (*columns, data.json, data.pickle, run_id))
 
     def prune_log(self, keep: int) -> int:
         """Delete all but the newest `keep` transitions from the log, never the newest one (0
