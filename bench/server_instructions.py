@@ -44,22 +44,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from task_instructions import FLOW  # this folder is the script's: first on sys.path
+
 HERE = Path(__file__).resolve().parent.parent
 
-CLIENT = """
-import sys
-from stateward import flow, task
-
-def plain(i):
-    return i
-
-step = task(plain)
-
-@flow
-def measured(n):
-    for i in range(n):
-        step(i)
-
+CLIENT = (
+    FLOW
+    + """
 measured(20)  # warm up: imports, the connection, the calls stream
 print("ready", flush=True)
 for line in sys.stdin:
@@ -68,6 +59,7 @@ for line in sys.stdin:
     measured(int(line))
     print("done", flush=True)
 """
+)
 
 LISTENING = re.compile(r"listening on (\S+):(\d+) ")
 

@@ -26,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PROGRAM = """
+# The measured flow: `measured(n)` runs n trivial tasks one after another (also the flow
+# bench/server_instructions.py runs against a local server).
+FLOW = """
 import sys
 from stateward import flow, task
 
@@ -39,9 +41,9 @@ step = task(plain)
 def measured(n):
     for i in range(n):
         step(i)
-
-measured(int(sys.argv[1]))
 """
+
+PROGRAM = FLOW + "\nmeasured(int(sys.argv[1]))\n"
 
 
 def instructions(tree: Path, tasks: int, folder: Path) -> dict[int, int]:
