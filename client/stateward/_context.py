@@ -94,10 +94,14 @@ _tags: ContextVar[tuple[str, ...]] = ContextVar("tags", default=())
 
 
 def get_run_context() -> FlowRunContext | TaskRunContext:
-    """The context of the task run or flow run executing now; RuntimeError outside any run."""
+    """The context of the task run or flow run executing now (a task run's, inside a task run
+    of a flow run). Raises MissingContextError (a RuntimeError) outside any run, as the
+    reference does."""
     found = task_run_context.get() or flow_run_context.get()
     if found is None:
-        raise RuntimeError("no flow run or task run is executing here")
+        from stateward.exceptions import MissingContextError
+
+        raise MissingContextError("no flow run or task run is executing here")
     return found
 
 

@@ -7,16 +7,17 @@ the run's logger instead, for as long as the run's code runs."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import contextvars
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from stateward import settings
-from stateward._context import flow_run_context, task_run_context
+from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from stateward._run_logs import run_extra
 
 log = logging.getLogger("stateward")
@@ -61,21 +62,65 @@ class RunLogger(logging.LoggerAdapter[logging.Logger]):
         if not self.extra:
             return msg, kwargs
         run: dict[str, object] = self.extra["run"]  # type: ignore[assignment]
-        kwargs["extra"] = {**(kwargs.get("extra") or {}), **run}
+        fields: dict[str, object] = self.extra.get("fields") or {}  # type: ignore[assignment]
+        kwargs["extra"] = {**fields, **(kwargs.get("extra") or {}), **run}
         return f"{self.extra['label']} - {msg}", kwargs
 
 
-def get_run_logger() -> logging.LoggerAdapter[logging.Logger]:
-    """A logger for the task run or flow run executing now (like the reference's)."""
-    task = task_run_context.get()
-    if task is not None:
-        run = run_extra(task.task_run.flow_run_id, task.task_run.id)
-        return RunLogger(task_run_log, {"label": f"Task run {task.task_run.name!r}", "run": run})
-    flow = flow_run_context.get()
-    if flow is not None:
-        run = run_extra(flow.flow_run.id, "")
-        return RunLogger(flow_run_log, {"label": f"Flow run {flow.flow_run.name!r}", "run": run})
-    raise RuntimeError("get_run_logger() needs a flow run or a task run executing")
+def get_run_logger(
+    context: FlowRunContext | TaskRunContext | None = None, **kwargs: Any
+) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger for the task run or flow run executing now, as the reference's: its lines say
+    which run they are about, go to the `stateward.task_runs` or `stateward.flow_runs` logger
+    and are sent to the server with the run's logs. `context` names another run's context
+    (from `get_run_context()`) instead; `kwargs` are set as attributes of every record it
+    makes (a record's own `extra` wins). Inside `disable_run_logger()`, outside any run, a
+    logger that records nothing. Raises MissingContextError (a RuntimeError) outside any run,
+    as the reference does."""
+    if context is None:
+        context = task_run_context.get() or flow_run_context.get()
+    if isinstance(context, TaskRunContext):
+        task_run = context.task_run
+        run = run_extra(task_run.flow_run_id, task_run.id)
+        label = f"Task run {task_run.name!r}"
+        return RunLogger(task_run_log, {"label": label, "run": run, "fields": kwargs})
+    if isinstance(context, FlowRunContext):
+        run = run_extra(context.flow_run.id, "")
+        label = f"Flow run {context.flow_run.name!r}"
+        return RunLogger(flow_run_log, {"label": label, "run": run, "fields": kwargs})
+    if flow_run_log.disabled and task_run_log.disabled:
+        return RunLogger(_disabled_log, {})
+    from stateward.exceptions import MissingContextError
+
+    raise MissingContextError("get_run_logger() needs a flow run or a task run executing")
+
+
+_disabled_log = logging.getLogger("stateward.null")
+_disabled_log.disabled = True
+
+
+@contextlib.contextmanager
+def disable_run_logger() -> Iterator[None]:
+    """Within the block, run loggers record nothing, and `get_run_logger()` outside any run
+    gives a logger that records nothing instead of raising: for calling a task's or flow's
+    function directly (`my_task.fn(...)`) in a unit test, as with the reference's. The loggers
+    are as they were after the block."""
+    before = flow_run_log.disabled, task_run_log.disabled
+    flow_run_log.disabled = task_run_log.disabled = True
+    try:
+        yield
+    finally:
+        flow_run_log.disabled, task_run_log.disabled = before
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The `stateward` logger, or its child `stateward.<name>` (`name` may already start with
+    `stateward.`): for code of one's own outside runs, as the reference's `get_logger`. Lines
+    are shown as Stateward's own are; they are not sent to the server (use `get_run_logger`
+    in a run for that)."""
+    if name is None or name == "stateward":
+        return log
+    return logging.getLogger(name if name.startswith("stateward.") else f"stateward.{name}")
 
 
 # --- prints -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ StatewardError
 ├── MissingResult            a run's result is not available here (not persisted, file gone)
 ├── ParameterTypeError       a flow's parameters do not fit its annotations (also a TypeError)
 ├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
+├── MissingContextError      code that needs a run executing ran outside any (a RuntimeError)
 ├── ServerUnavailable        no server could be reached or started
 ├── InvalidSetting           an environment setting (STATEWARD_...) cannot be right
 └── RpcError                 the server refused a call (a gRPC status other than OK)
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidSetting",
     "MappingLengthMismatch",
     "MappingMissingIterable",
+    "MissingContextError",
     "MissingResult",
     "NotFound",
     "OrchestrationAborted",
@@ -137,6 +139,12 @@ class MissingResult(StatewardError):
     """A run's result cannot be read here: it was not persisted (`persist_result=False`, or a
     value that could not be encoded) and this is not the process that ran the run, or the file
     its result storage wrote is gone."""
+
+
+class MissingContextError(StatewardError, RuntimeError):
+    """Code that needs a flow run or task run executing (`get_run_logger()`,
+    `get_run_context()`) was called outside any. Also a RuntimeError, as the reference's
+    MissingContextError is."""
 
 
 class ServerUnavailable(StatewardError):

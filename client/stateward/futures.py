@@ -1,10 +1,12 @@
-"""Futures of submitted task runs: `.result()`, `.wait()`, `.state`, and lists of them."""
+"""Futures of submitted task runs (`.result()`, `.wait()`, `.state`, `.add_done_callback()`),
+lists of them, and waiting for several at once (`wait`, `as_completed`), as the reference's
+`prefect.futures` has them."""
 
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, NamedTuple, TypeVar
 
 from stateward.states import State, StateType
 
@@ -12,7 +14,8 @@ R = TypeVar("R")
 
 
 class StatewardFuture(Generic[R]):
-    """A task run executing in the background; resolves to its final State."""
+    """A task run executing in the background; resolves to its final State. The reference's
+    PrefectFuture."""
 
     def __init__(
         self,
@@ -25,10 +28,12 @@ class StatewardFuture(Generic[R]):
         self._current_state = current_state
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait until the task run is final (or `timeout` seconds pass)."""
+        """Wait until the task run is final, or `timeout` seconds (None: no limit) pass; returns
+        None either way, as the reference's does (`.state` then says which)."""
         concurrent.futures.wait([self._future], timeout=timeout)
 
     def done(self) -> bool:
+        """Whether the task run is final."""
         return self._future.done()
 
     @property
@@ -40,7 +45,9 @@ class StatewardFuture(Generic[R]):
         return current or State(StateType.PENDING)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
-        """The task's return value, waiting for it; raises the task's exception if it failed."""
+        """The task's return value, waiting for it (at most `timeout` seconds, then
+        TimeoutError); raises the task's exception if it failed, unless `raise_on_failure` is
+        False (then the exception is returned), as the reference's does."""
         try:
             state = self._future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
@@ -50,21 +57,82 @@ class StatewardFuture(Generic[R]):
         value: R = state.result(raise_on_failure=raise_on_failure)
         return value
 
+    def add_done_callback(self, fn: Callable[[StatewardFuture[R]], object]) -> None:
+        """Call `fn(self)` once the task run is final: at once, in this thread, if it is
+        already; otherwise in the thread that finishes it. As in the reference (and in
+        concurrent.futures), an exception `fn` raises is logged and ignored."""
+        self._future.add_done_callback(lambda _: fn(self))
+
     def __repr__(self) -> str:
         return f"StatewardFuture(task_run_id={self.task_run_id!r}, state={self.state!r})"
 
 
 class StatewardFutureList(list[StatewardFuture[R]]):
-    """The futures of `Task.map`: wait for all, or collect all results."""
+    """The futures of `Task.map`: wait for all, or collect all results. The reference's
+    PrefectFutureList."""
 
     def wait(self, timeout: float | None = None) -> None:
-        concurrent.futures.wait([f._future for f in self], timeout=timeout)
+        """Wait until every task run is final, or `timeout` seconds pass (no error then)."""
+        wait(self, timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
-        self.wait(timeout)
+        """Every task's return value, in order, waiting at most `timeout` seconds for all of
+        them (then TimeoutError, as the reference raises); the first failed task's exception
+        is raised unless `raise_on_failure` is False (then exceptions are in the list)."""
+        if wait(self, timeout).not_done:
+            raise TimeoutError(
+                f"Timed out waiting for all futures to complete within {timeout} seconds"
+            )
         return [future.result(raise_on_failure=raise_on_failure) for future in self]
 
 
-def wait(futures: Iterable[StatewardFuture[Any]], timeout: float | None = None) -> None:
-    """Wait for every future."""
-    concurrent.futures.wait([f._future for f in futures], timeout=timeout)
+class DoneAndNotDoneFutures(NamedTuple, Generic[R]):
+    """What `wait` returns: the futures that are final (`done`) and those that are not yet
+    (`not_done`), as sets."""
+
+    done: set[StatewardFuture[R]]
+    not_done: set[StatewardFuture[R]]
+
+
+def wait(
+    futures: Iterable[StatewardFuture[R]], timeout: float | None = None
+) -> DoneAndNotDoneFutures[R]:
+    """Wait until every future's task run is final, or `timeout` seconds (None: no limit)
+    pass. Returns the named pair of sets `(done, not_done)`; a future given twice is in it
+    once. Mirrors the reference's `prefect.futures.wait` (and concurrent.futures.wait): a
+    timeout is no error."""
+    unique = set(futures)
+    concurrent.futures.wait([future._future for future in unique], timeout=timeout)
+    done = {future for future in unique if future.done()}
+    return DoneAndNotDoneFutures(done, unique - done)
+
+
+def as_completed(
+    futures: Iterable[StatewardFuture[R]], timeout: float | None = None
+) -> Iterator[StatewardFuture[R]]:
+    """Yield each future as its task run becomes final (those final already first), each once
+    however often it is given. When `timeout` seconds (None: no limit) pass from the first
+    request for one with futures still unfinished, raises TimeoutError "N (of M) futures
+    unfinished". Mirrors the reference's `prefect.futures.as_completed`."""
+    by_inner: dict[concurrent.futures.Future[State], list[StatewardFuture[R]]] = {}
+    for future in dict.fromkeys(futures):
+        by_inner.setdefault(future._future, []).append(future)
+    # concurrent.futures counts distinct inner futures; the message counts ours.
+    total = sum(len(wrappers) for wrappers in by_inner.values())
+    yielded = 0
+    try:
+        for inner in concurrent.futures.as_completed(by_inner, timeout=timeout):
+            for future in by_inner[inner]:
+                yielded += 1
+                yield future
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"{total - yielded} (of {total}) futures unfinished") from None
+
+
+__all__ = [
+    "DoneAndNotDoneFutures",
+    "StatewardFuture",
+    "StatewardFutureList",
+    "as_completed",
+    "wait",
+]
