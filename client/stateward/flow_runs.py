@@ -160,11 +160,12 @@ class _Pause:
         if state is None or state.type is not StateType.PAUSED:
             return None  # this pause key paused the run before: it keeps running
         log.info(
-            "%s - paused (key %r) for at most %gs; resume it with `stateward flow-run resume %s`",
+            "%s - paused (key %r) for at most %gs; resume it with `stateward flow-run resume %s%s`",
             engine.orchestration.label,
             self.key,
             self.timeout,
             engine.id,
+            "" if self.adapter is None else " --input '<json>'",  # JSON its schema takes
             extra=engine.orchestration.log_extra,  # in the run's logs too
         )
         current = self._wait_until_resumed(state)

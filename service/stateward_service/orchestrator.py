@@ -109,7 +109,22 @@ class NotPaused(Exception):
 
 
 class RunInputRefused(ValueError):
-    """The input of a resume is missing, unexpected, or does not match the pause's schema."""
+    """The input of a resume is missing, unexpected, or does not match the pause's schema.
+    The message names no field: each door says how to give the input in its own terms
+    (`worded`)."""
+
+    def __init__(self, message: str, wanted: str = "") -> None:
+        super().__init__(message)
+        self.wanted = wanted  # "input": none was given; "none": one was given; "": a mismatch
+
+    def worded(self, field: str) -> str:
+        """The message with its remedy, naming `field`: how the caller gives the input (the
+        RPC's `run_input`, the web API's body field)."""
+        if self.wanted == "input":
+            return f"{self}; give it as {field}"
+        if self.wanted == "none":
+            return f"{self}; resume it without {field}"
+        return str(self)
 
 
 class InitialStateRefused(Exception):
@@ -681,12 +696,12 @@ class Orchestrator:
         schema = paused.details.run_input_schema
         if schema and run_input is None:
             raise RunInputRefused(
-                f"the pause of flow run {run_id} waits for input matching its schema "
-                f"{schema}; give it as run_input (JSON)"
+                f"the pause of flow run {run_id} waits for input matching its schema {schema}",
+                wanted="input",
             )
         if not schema and run_input is not None:
             raise RunInputRefused(
-                f"the pause of flow run {run_id} waits for no input; resume it without run_input"
+                f"the pause of flow run {run_id} waits for no input", wanted="none"
             )
         if schema and run_input is not None:
             from jsonschema.exceptions import best_match  # loaded by the first such resume

@@ -69,7 +69,7 @@ def raise_refusal(error: Exception, in_batch: bool = False) -> NoReturn:
     if isinstance(error, InitialStateRefused | NotPaused | NotCompleted):
         raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
     if isinstance(error, RunInputRefused):
-        raise invalid("run_input", str(error)) from None
+        raise invalid("run_input", error.worded("run_input (JSON)")) from None
     if isinstance(error, BadPageToken):
         raise invalid("page_token", str(error)) from None
     if in_batch:  # DatabaseUnavailable, WriteConflict: the whole batch or group fails

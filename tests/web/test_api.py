@@ -235,6 +235,7 @@ def test_resume_carries_the_input_a_pause_waits_for(http, grpc_stub) -> None:
     propose(grpc_stub, run.id, state(ST.STATE_TYPE_PAUSED, run_input_schema=schema))
     missing = http.post(f"/api/flow-runs/{run.id}/resume", json={})
     assert missing.status_code == 400 and "waits for input" in missing.json()["error"]
+    assert missing.json()["error"].endswith('give it as the JSON body\'s "run_input"')
     wrong = http.post(f"/api/flow-runs/{run.id}/resume", json={"run_input": {"ok": "yes"}})
     assert wrong.status_code == 400 and "ok" in wrong.json()["error"]
     answer = http.post(f"/api/flow-runs/{run.id}/resume", json={"run_input": {"ok": True}})

@@ -224,6 +224,7 @@ def resume_flow_run(
     goes on. A pause past its timeout cannot be resumed: the run is Failed."""
     with client() as connected:
         run = find_flow_run(connected, ref)
+        _check_input(run, run_input)
         answer = connected.resume_flow_run(run.id, run_input)
     if answer.status is SetStateStatus.ACCEPT:
         console.print(f"flow run {run.name} ({run.id}) is {show_state(answer.state)}")
@@ -232,6 +233,24 @@ def resume_flow_run(
         f"[red]Not resumed:[/red] {answer.reason or 'the server refused'} "
         f"(it is {show_state(answer.state)})"
     )
+    raise typer.Exit(1)
+
+
+def _check_input(run: FlowRun, run_input: str | None) -> None:
+    """Refuse, in the command's own terms (--input), a resume whose input the run's pause
+    cannot take; the server checks it again (the RPC's message names its field, run_input)."""
+    state = run.state
+    if state is None or state.type is not StateType.PAUSED:
+        return  # the server says it is not paused
+    schema = state.details.run_input_schema
+    if schema and run_input is None:
+        problem = f"waits for input matching its schema {schema}; give it as --input '<json>'"
+    elif not schema and run_input is not None:
+        problem = "waits for no input; resume it without --input"
+    else:
+        return
+    where = f"the pause of flow run {run.name} ({run.id})"
+    errors.print(f"[red]Not resumed:[/red] {escape(where)} {escape(problem)}")
     raise typer.Exit(1)
 
 

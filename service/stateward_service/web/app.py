@@ -244,7 +244,8 @@ class WebApi:
             except NotPaused as error:
                 raise ServiceError(StatusCode.FAILED_PRECONDITION, str(error)) from None
             except RunInputRefused as error:
-                raise ServiceError(StatusCode.INVALID_ARGUMENT, f"run_input: {error}") from None
+                how = 'the JSON body\'s "run_input"'
+                raise invalid("run_input", error.worded(how)) from None
 
         return _outcome(await self.writing.write(propose))
 
