@@ -11,7 +11,8 @@
 
 Each proposal goes through the orchestrator like any SetState, with `expected_state_id` set to
 the state the sweep saw: a run that moved in the meantime is left alone. The sweeps run in a
-thread of their own, off the event loop: their scans are reads that grow with the database.
+thread of their own, off the event loop: their scans are reads that grow with the database. A
+sweep that changed something logs one line at INFO saying what, to which runs, and why.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from stateward_service.store import DatabaseUnavailable
 
 log = logging.getLogger("stateward.loops")
 _CANCELLED, _FLOW_RUN = StateType.CANCELLED, RunKind.FLOW_RUN
+_NAMED = 5  # the runs a sweep's line names; the rest it counts
 
 
 class ServerLoops:
@@ -95,7 +97,7 @@ class ServerLoops:
         self,
         name: str,
         period: float,
-        sweep: Callable[[], int],
+        sweep: Callable[[], str],
         wake: asyncio.Event | None,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -106,14 +108,14 @@ class ServerLoops:
             except RuntimeError:  # the interpreter is exiting (an embedded server): stop
                 return
             try:
-                moved = await sweeping
+                said = await sweeping
             except DatabaseUnavailable as error:  # an outage, not a fault of the sweep's
                 if not unreachable:  # one line: psycopg's messages run over several
-                    said = " ".join(str(error).split())
+                    problem = " ".join(str(error).split())
                     log.warning(
                         "the %s loop cannot reach the database (%s); it will try again every %gs",
                         name,
-                        said,
+                        problem,
                         period,
                     )
                 unreachable = True
@@ -123,18 +125,21 @@ class ServerLoops:
                 if unreachable:
                     log.info("the %s loop reaches the database again", name)
                     unreachable = False
-                if moved:
-                    log.info("%s: moved %d run(s)", name.replace("_", " "), moved)
+                if said:
+                    log.info("%s: %s", name.replace("_", " "), said)
             self.runs[name] = self.runs.get(name, 0) + 1
             await _sleep_or_wake(period, wake)
 
     # --- the sweeps (synchronous, off the event loop) --------------------------------------------
 
-    def mark_late_runs(self) -> int:
+    # Each returns what it did, in a line for the server's log ("" when nothing).
+
+    def mark_late_runs(self) -> str:
         """Flow runs named Scheduled whose time passed more than `late_after_seconds` ago."""
         orchestrator = self.orchestrator
-        cutoff = orchestrator.clock() - timedelta(seconds=self.settings.late_after_seconds)
-        moved = 0
+        late_after = self.settings.late_after_seconds
+        cutoff = orchestrator.clock() - timedelta(seconds=late_after)
+        moved: list[str] = []
         found = orchestrator.runs_in_state(RunKind.FLOW_RUN, StateType.SCHEDULED, "Scheduled")
         for run_id, current in found:
             scheduled = current.details.scheduled_time
@@ -143,17 +148,19 @@ class ServerLoops:
             late = State(
                 StateType.SCHEDULED,
                 name="Late",
-                message=f"not started {self.settings.late_after_seconds:g}s after its time",
+                message=f"not started {late_after:g}s after its time",
                 details=StateDetails(scheduled_time=scheduled),
             )
-            moved += self._propose(run_id, current, late)
-        return moved
+            self._propose(moved, run_id, current, late)
+        return self._told(
+            moved, "Late", f"no process started {{it}} {late_after:g}s after its time"
+        )
 
-    def fail_expired_pauses(self) -> int:
+    def fail_expired_pauses(self) -> str:
         """Runs still PAUSED after their pause timeout are forced to Failed."""
         orchestrator = self.orchestrator
         moment = orchestrator.clock()
-        moved = 0
+        moved: list[str] = []
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
             found = orchestrator.runs_in_state(kind, StateType.PAUSED)
             for run_id, current in found:
@@ -164,15 +171,15 @@ class ServerLoops:
                     StateType.FAILED,
                     message=f"the run was paused and never resumed before {timeout.isoformat()}",
                 )
-                moved += self._propose(run_id, current, failed, force=True)
-        return moved
+                self._propose(moved, run_id, current, failed, force=True)
+        return self._told(moved, "Failed", "nobody resumed {it} before its pause timeout")
 
-    def finish_stuck_cancels(self) -> int:
+    def finish_stuck_cancels(self) -> str:
         """Runs CANCELLING for longer than `cancelling_timeout_seconds` become Cancelled."""
         orchestrator = self.orchestrator
         timeout = self.settings.cancelling_timeout_seconds
         cutoff = orchestrator.clock() - timedelta(seconds=timeout)
-        moved = 0
+        moved: list[str] = []
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
             found = orchestrator.runs_in_state(kind, StateType.CANCELLING)
             for run_id, current in found:
@@ -182,16 +189,18 @@ class ServerLoops:
                     StateType.CANCELLED,
                     message=f"no process finished the cancel within {timeout:g}s",
                 )
-                moved += self._propose(run_id, current, cancelled)
-        return moved
+                self._propose(moved, run_id, current, cancelled)
+        return self._told(
+            moved, "Cancelled", f"no process finished cancelling {{it}} within {timeout:g}s"
+        )
 
-    def cascade_cancellations(self) -> int:
+    def cascade_cancellations(self) -> str:
         """Cancel the unfinished task runs and subflows of cancelled flow runs, down the tree."""
         orchestrator = self.orchestrator
-        moved = 0
+        moved: list[str] = []
         while True:
             children = orchestrator.unfinished_children_of_cancelled_flow_runs()
-            moved_now = 0
+            before = len(moved)
             for parent, child_id in children:
                 try:
                     current = orchestrator.get_run(child_id).state
@@ -200,12 +209,11 @@ class ServerLoops:
                 cancelled = State(
                     StateType.CANCELLED, message=f"its flow run {parent} was cancelled"
                 )
-                moved_now += self._propose(child_id, current, cancelled)
-            moved += moved_now
-            if not moved_now:  # nothing left, or nothing that would move
-                return moved
+                self._propose(moved, child_id, current, cancelled)
+            if len(moved) == before:  # nothing left, or nothing that would move
+                return self._told(moved, "Cancelled", "the flow run of {it} was cancelled")
 
-    def crash_lapsed_leases(self) -> int:
+    def crash_lapsed_leases(self) -> str:
         """Runs whose process stopped renewing its heartbeat lease are forced to Crashed."""
         orchestrator = self.orchestrator
         moment = orchestrator.clock()
@@ -214,28 +222,64 @@ class ServerLoops:
             message="the process running it stopped renewing its heartbeat lease "
             "(it was killed, or lost its connection)",
         )
-        return sum(
-            orchestrator.crash_if_lease_lapsed(run_id, crashed, moment)
+        moved = [
+            run_id
             for _, run_id in orchestrator.runs_with_lapsed_lease(moment)
+            if orchestrator.crash_if_lease_lapsed(run_id, crashed, moment)
+        ]
+        return self._told(
+            moved,
+            "Crashed",
+            "the process running {it} stopped renewing its heartbeat lease (the process was "
+            "killed, or lost its connection to the server)",
         )
 
-    def prune_log(self) -> int:
+    def prune_log(self) -> str:
         """Keep the newest `log_retention` transitions and the newest `run_log_retention` lines
         runs logged (all of them when the setting is 0)."""
-        pruned = 0
-        if self.settings.log_retention > 0:
-            pruned += self.orchestrator.prune_log(self.settings.log_retention)
-        if self.settings.run_log_retention > 0:
-            pruned += self.orchestrator.prune_run_logs(self.settings.run_log_retention)
-        return pruned
+        said = []
+        keep = self.settings.log_retention
+        if keep > 0 and (pruned := self.orchestrator.prune_log(keep)):
+            said.append(f"deleted {pruned} transition(s) of the log, keeping the newest {keep}")
+        keep = self.settings.run_log_retention
+        if keep > 0 and (pruned := self.orchestrator.prune_run_logs(keep)):
+            said.append(f"deleted {pruned} line(s) runs logged, keeping the newest {keep}")
+        return "; ".join(said)
 
     def _propose(
-        self, run_id: str, seen: State | None, proposed: State, force: bool = False
-    ) -> int:
+        self,
+        moved: list[str],
+        run_id: str,
+        seen: State | None,
+        proposed: State,
+        force: bool = False,
+    ) -> None:
+        """Propose `proposed` for the run if it is still in the state `seen`; `moved` takes
+        its id when the state was written."""
         result = self.orchestrator.set_state(
             run_id, proposed, force=force, expected_state_id=seen.id if seen else ""
         )
-        return 1 if result.written else 0
+        if result.written:
+            moved.append(run_id)
+
+    def _told(self, moved: list[str], state: str, because: str) -> str:
+        """The line saying that the runs `moved` are now in `state` and why (`because`, its
+        "{it}" the run, or each of them): the first few by kind, name and id, then how many
+        more."""
+        if not moved:
+            return ""
+        named = []
+        for run_id in moved[:_NAMED]:
+            try:
+                run = self.orchestrator.get_run(run_id)
+            except RunNotFound:  # deleted since
+                named.append(run_id)
+            else:
+                named.append(f"{run.kind.label} {run.name!r} ({run_id})")
+        more = f" and {len(moved) - _NAMED} more" if len(moved) > _NAMED else ""
+        runs = "1 run" if len(moved) == 1 else f"{len(moved)} runs"
+        because = because.format(it="it" if len(moved) == 1 else "each")
+        return f"moved {runs} to {state} because {because}: {', '.join(named)}{more}"
 
 
 async def _sleep_or_wake(period: float, wake: asyncio.Event | None) -> None:

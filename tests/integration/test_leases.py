@@ -56,6 +56,21 @@ def test_a_run_whose_lease_lapses_is_crashed_and_watchers_see_it(client):
     assert client.get_flow_run(flow_run.id).lease_expires is None
 
 
+def test_the_server_says_which_runs_it_crashed_and_why(client, lease_server):
+    run = client.create_flow_run("told", state=State(StateType.PENDING))
+    client.set_state(run.id, State(StateType.RUNNING), lease_seconds=0.5)
+    wait_for(client, run.id, StateType.CRASHED)
+    said = f"flow run {run.name!r} ({run.id})"
+
+    def told() -> list[str]:
+        return [line for line in lease_server.output().splitlines() if said in line]
+
+    wait_until(told, what="the server's line about the crashed run")
+    line = told()[0]
+    assert "lapsed leases: moved 1 run to Crashed because" in line, line
+    assert "stopped renewing its heartbeat lease" in line, line
+
+
 def lease_check_after_this(client: Client, lease_seconds: float) -> Callable[[], bool]:
     """A run leased now and never renewed: once it is crashed, the server has checked leases
     after every lease taken before this call for `lease_seconds` had lapsed."""
