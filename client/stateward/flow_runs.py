@@ -7,7 +7,9 @@ the web view, or the ResumeFlowRun RPC from any language. Task runs of the pause
 to start are held (NotReady) and go on after the resume. A pause nobody resumes before its
 timeout ends the run Failed ("never resumed") and raises FlowPauseTimeout in the flow's code.
 With `wait_for_input=SomeModel` the resume must carry a value matching the model (checked by
-the server against the model's JSON Schema) and `pause_flow_run` returns it as a model.
+the server against the model's JSON Schema) and `pause_flow_run` returns it as a model; the
+model's description (its docstring, or `stateward.input.RunInput.with_initial_data`'s) is said
+with the pause, in the run's logs.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ class _Pause:
             target=self._watch, args=(watching,), name="stateward-pause", daemon=True
         ).start()
         watching.wait(10)  # established before the pause, so that no resume slips between
-        schema = json.dumps(self.adapter.json_schema()) if self.adapter is not None else ""
+        described = self.adapter.json_schema() if self.adapter is not None else {}
+        schema = json.dumps(described) if self.adapter is not None else ""
         paused = State(
             StateType.PAUSED,
             details=StateDetails(
@@ -159,13 +162,14 @@ class _Pause:
         state = decision.state
         if state is None or state.type is not StateType.PAUSED:
             return None  # this pause key paused the run before: it keeps running
+        asks = described.get("description")
         log.info(
-            "%s - paused (key %r) for at most %gs; resume it with `stateward flow-run resume %s%s`",
+            "%s - paused (key %r) for at most %gs; resume it with `stateward flow-run resume %s`%s",
             engine.orchestration.label,
             self.key,
             self.timeout,
-            engine.id,
-            "" if self.adapter is None else " --input '<json>'",  # JSON its schema takes
+            engine.id if self.adapter is None else f"{engine.id} --input '<json>'",
+            f"; it waits for input: {asks}" if isinstance(asks, str) else "",
             extra=engine.orchestration.log_extra,  # in the run's logs too
         )
         current = self._wait_until_resumed(state)

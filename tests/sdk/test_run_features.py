@@ -294,3 +294,29 @@ def test_tags_allow_failure_and_runtime_on_the_embedded_default(tmp_path):
     value, same_name, run_tags = json.loads(result.stdout.splitlines()[-1])
     assert value == ["ValueError", "after", ["embedded"]]
     assert same_name is True and run_tags == []
+
+
+def test_parent_and_root_flow_run_ids_along_a_chain_of_subflows():
+    @flow
+    def innermost() -> tuple[object, ...]:
+        return flow_run.id, flow_run.parent_flow_run_id, flow_run.root_flow_run_id
+
+    @task
+    def calls_innermost() -> tuple[object, ...]:
+        return (flow_run.parent_flow_run_id, flow_run.root_flow_run_id, *innermost())
+
+    @flow
+    def middle() -> tuple[object, ...]:
+        return (flow_run.id, *calls_innermost())
+
+    @flow
+    def top() -> tuple[object, ...]:
+        return flow_run.id, flow_run.parent_flow_run_id, flow_run.root_flow_run_id, *middle()
+
+    (top_id, top_parent, top_root, middle_id, task_parent, task_root, inner_id, inner_parent,
+     inner_root) = top()  # fmt: skip
+    assert top_parent is None and top_root == top_id
+    assert (task_parent, task_root) == (top_id, top_id)  # in a task: its flow run's
+    assert inner_parent == middle_id and inner_root == top_id
+    assert len({top_id, middle_id, inner_id}) == 3
+    assert (flow_run.parent_flow_run_id, flow_run.root_flow_run_id) == (None, None)

@@ -1,8 +1,12 @@
 """The flow run executing now (for a task run, the flow run it belongs to): `id`, `name`,
-`flow_name`, `parameters`, `tags`, `scheduled_start_time`, `run_count`. Read as module
-attributes (`from stateward.runtime import flow_run; flow_run.id`); outside a flow run `id`,
-`name`, `flow_name` and `scheduled_start_time` are None, `parameters` {}, `tags` [] and
-`run_count` 0."""
+`flow_name`, `parameters`, `tags`, `scheduled_start_time`, `run_count`, `parent_flow_run_id`
+(the flow run a subflow was called in, None for a flow called at the top) and
+`root_flow_run_id` (the top one of a subflow's chain; a top-level flow run's own id), as in the
+reference's `prefect.runtime.flow_run` (a flow called in a task on a worker process has no
+parent: it is a top-level flow run there). Read as module attributes (`from stateward.runtime
+import flow_run; flow_run.id`); outside a flow run `id`, `name`, `flow_name`,
+`scheduled_start_time`, `parent_flow_run_id` and `root_flow_run_id` are None, `parameters` {},
+`tags` [] and `run_count` 0."""
 
 from __future__ import annotations
 
@@ -49,6 +53,22 @@ def get_run_count() -> int:
     return context.engine.run_count if context else 0
 
 
+def get_parent_flow_run_id() -> str | None:
+    context = flow_run_context.get()
+    if context is None or context.engine.parent is None:
+        return None
+    return context.engine.parent.flow_run.id
+
+
+def get_root_flow_run_id() -> str | None:
+    context = flow_run_context.get()
+    if context is None:
+        return None
+    while context.engine.parent is not None:
+        context = context.engine.parent
+    return context.flow_run.id
+
+
 _GETTERS = {
     "id": get_id,
     "name": get_name,
@@ -57,6 +77,8 @@ _GETTERS = {
     "tags": get_tags,
     "scheduled_start_time": get_scheduled_start_time,
     "run_count": get_run_count,
+    "parent_flow_run_id": get_parent_flow_run_id,
+    "root_flow_run_id": get_root_flow_run_id,
 }
 
 
