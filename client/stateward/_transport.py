@@ -552,8 +552,9 @@ class GrpcTransport:
 
     def check_process(self) -> None:
         """A channel does not cross a fork: in a forked child its calls wait until their
-        deadline (and, with gRPC's fork support off, as `import stateward` sets it, so does a
-        new channel's). Raises StatewardError saying so, at once."""
+        deadline (and, with gRPC's fork support off, as `import stateward.ray` sets it with
+        GRPC_ENABLE_FORK_SUPPORT=0, so do a new channel's). Raises StatewardError saying so, at
+        once."""
         if _forks.count != self._forks:
             raise StatewardError(
                 f"this process was forked from process {self._pid}, whose connection to the "
