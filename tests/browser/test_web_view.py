@@ -168,8 +168,43 @@ def test_cancelling_a_running_flow_from_its_page(page, ui_server, flow_process, 
     expect(page.locator("#run-state .state")).to_have_text("Cancelled", timeout=30_000)
     expect(page.locator("#history li .state").last).to_have_text("Cancelled")
     expect(page.locator("#history li .state")).to_contain_text(["Cancelling"])
-    expect(page.locator("#cancel")).to_be_disabled()
+    expect(page.locator("#cancel")).to_be_hidden()  # nothing to cancel in a final state
     assert process.wait(30) is not None
+
+
+FAILING_SCRIPT = """
+import sys
+from stateward import flow
+
+@flow(name=sys.argv[1])
+def fails():
+    raise ValueError("broken on purpose")
+
+fails(return_state=True)
+"""
+
+
+def test_a_failed_runs_page_shows_its_exception_and_no_cancel_button(
+    page, ui_server, tmp_path
+) -> None:
+    flow_name = f"failing-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "STATEWARD_API_URL": ui_server.target, "STATEWARD_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_SCRIPT, flow_name],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    page.goto(ui_server.ui_url)
+    row_of(page, flow_name).get_by_role("link").click()
+    expect(page.locator("#run-state .state")).to_have_text("Failed")
+    expect(page.locator("#result")).to_have_text("ValueError: broken on purpose")
+    expect(page.get_by_role("heading", name="Exception")).to_be_visible()
+    expect(page.get_by_text("A pickled Python object")).to_have_count(0)
+    expect(page.locator("#cancel")).to_be_hidden()
 
 
 def test_after_a_server_restart_the_page_reconnects_and_misses_nothing(page, tmp_path) -> None:

@@ -3,8 +3,10 @@ and pagination, a run's page, the actions, and refusals."""
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -175,6 +177,30 @@ def test_a_pickled_result_is_named_not_shown(http, grpc_stub) -> None:
     propose(grpc_stub, run.id, state(ST.STATE_TYPE_COMPLETED, result_pickle=b"\x80\x04K\x01."))
     result = http.get(f"/api/flow-runs/{run.id}").json()["flow_run"]["state"]["result"]
     assert result == {"kind": "pickle", "bytes": 5}
+
+
+class _Opens:
+    """Unpickled, it opens (creates) a file: a witness that nobody unpickled it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_failed_runs_exception_is_shown_by_its_message_never_unpickled(
+    http, grpc_stub, tmp_path: Path
+) -> None:
+    witness = tmp_path / "unpickled"
+    blob = pickle.dumps(_Opens(witness))
+    run = new_flow_run(grpc_stub, flow_name=unique("failed"))
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    failed = state(ST.STATE_TYPE_FAILED, message="ValueError: broken", result_pickle=blob)
+    propose(grpc_stub, run.id, failed)
+    result = http.get(f"/api/flow-runs/{run.id}").json()["flow_run"]["state"]["result"]
+    assert result == {"kind": "exception", "message": "ValueError: broken", "bytes": len(blob)}
+    assert not witness.exists()
 
 
 def test_unknown_and_malformed_run_ids(http) -> None:

@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from stateward.runs import RunKind, Transition
-from stateward.states import State
+from stateward.states import State, StateType
 from stateward_service.model import RunRecord
 
 Document = dict[str, Any]
 
 _KIND_NAMES = {RunKind.FLOW_RUN: "flow_run", RunKind.TASK_RUN: "task_run"}
+_ENDED_BADLY = frozenset((StateType.FAILED, StateType.CRASHED, StateType.CANCELLED))
 
 
 def _parse_json(text: str) -> Any:
@@ -29,13 +30,18 @@ def iso(moment: datetime | None) -> str | None:
 
 def result_document(state: State) -> Document | None:
     """The stored result of a state: JSON is shown as its value; a pickle only by its size (the
-    page cannot read it, and unpickling is for the code that made it)."""
+    page cannot read it, and unpickling is for the code that made it, never the server). The
+    pickled exception of a failed, crashed or cancelled run is shown by the state's message,
+    which the SDK writes beside it as the exception's type and message ("ValueError: ...")."""
     data = state.data
     if data is None:
         return None
     if data.json is not None:
         return {"kind": "json", "value": _parse_json(data.json)}
-    return {"kind": "pickle", "bytes": len(data.pickle or b"")}
+    size = len(data.pickle or b"")
+    if state.type in _ENDED_BADLY and state.message:
+        return {"kind": "exception", "message": state.message, "bytes": size}
+    return {"kind": "pickle", "bytes": size}
 
 
 def state_document(state: State | None, *, with_result: bool = False) -> Document | None:

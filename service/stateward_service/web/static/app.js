@@ -33,6 +33,12 @@ function h(tag, attributes = {}, ...children) {
   return element;
 }
 
+// Whether the state's result is an exception, shown by the state's message (so the message is
+// not shown twice).
+function shownAsResult(state) {
+  return Boolean(state && state.result && state.result.kind === "exception");
+}
+
 // Replace an element's children (arrays flattened, null and false skipped, as in h()).
 function put(element, ...children) {
   element.replaceChildren();
@@ -577,12 +583,12 @@ class RunDetail extends LiveView {
         h("span", { id: "run-state" }, badge(run.state)),
         h("div", { class: "actions" },
           h("button", { type: "button", id: "resume", class: "primary", hidden: type !== "PAUSED", onclick: () => this.act("resume") }, "Resume"),
-          h("button", { type: "button", id: "cancel", class: "danger", disabled: FINAL_TYPES.has(type) || type === "CANCELLING", onclick: () => this.act("cancel") }, "Cancel run"))),
+          h("button", { type: "button", id: "cancel", class: "danger", hidden: FINAL_TYPES.has(type), disabled: type === "CANCELLING", onclick: () => this.act("cancel") }, "Cancel run"))),
       h("p", { id: "action-message", role: "status", class: "muted" }),
       h("dl", { class: "facts" },
         h("dt", {}, "Flow"), h("dd", {}, run.flow_name),
         h("dt", {}, "Id"), h("dd", { class: "mono" }, run.id),
-        run.state && run.state.message ? [h("dt", {}, "Message"), h("dd", {}, run.state.message)] : null,
+        run.state && run.state.message && !shownAsResult(run.state) ? [h("dt", {}, "Message"), h("dd", {}, run.state.message)] : null,
         h("dt", {}, "Created"), h("dd", {}, showTime(run.created)),
         h("dt", {}, "Started"), h("dd", {}, showTime(run.start_time)),
         h("dt", {}, "Ended"), h("dd", {}, showTime(run.end_time)),
@@ -606,10 +612,17 @@ class RunDetail extends LiveView {
   result(state) {
     if (!state || !state.result) return null;
     const result = state.result;
+    const bytes = `${result.bytes ? result.bytes.toLocaleString() : 0} bytes`;
+    if (shownAsResult(state)) {
+      // The pickle is for Python; the state's message names the exception (type: message).
+      return [h("h2", {}, "Exception"),
+        h("pre", { class: "json exception", id: "result" }, result.message),
+        h("p", { class: "muted" }, `Stored pickled (${bytes}): Python can raise it again with state.result(), given the code that made it.`)];
+    }
     const body = result.kind === "json"
       ? h("pre", { class: "json", id: "result" }, JSON.stringify(result.value, null, 2))
       : h("p", { class: "notice", id: "result" },
-        `A pickled Python object (${result.bytes.toLocaleString()} bytes): only Python can read it, with the code that made it.`);
+        `A pickled Python object (${bytes}): only Python can read it, with the code that made it.`);
     return [h("h2", {}, "Result"), body];
   }
 
