@@ -6,7 +6,8 @@ StatewardError
 │   ├── CrashedRun           something outside its code ended it
 │   ├── CancelledRun         somebody cancelled it
 │   ├── TimedOutRun          it exceeded its timeout_seconds (also a built-in TimeoutError)
-│   └── PausedRun            it paused (a flow that returned Paused())
+│   ├── PausedRun            it paused (a flow that returned Paused()), or is paused now
+│   └── UnfinishedRun        its result was asked for before it ended
 ├── OrchestrationAborted     the server answered ABORT: the run must stop here
 ├── MappingMissingIterable   Task.map() got no iterable argument (also a ValueError)
 ├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
@@ -72,6 +73,7 @@ __all__ = [
     "StatewardError",
     "TimedOutRun",
     "Unauthenticated",
+    "UnfinishedRun",
     "UpstreamTaskError",
 ]
 
@@ -102,7 +104,13 @@ class TimedOutRun(RunError, TimeoutError):
 
 
 class PausedRun(RunError):
-    """A run paused instead of completing (its code returned a Paused state)."""
+    """A run paused instead of completing (its code returned a Paused state), or a Paused
+    state's result was asked for: a paused run has none, as in the reference."""
+
+
+class UnfinishedRun(RunError):
+    """A state's result was asked for while its run had not ended (Scheduled, Pending,
+    Running, Cancelling): there is none yet, as the reference's UnfinishedRun says."""
 
 
 class MappingMissingIterable(StatewardError, ValueError):

@@ -40,6 +40,10 @@ __all__ = [
     "State",
     "StateDetails",
     "StateType",
+    "get_state_exception",
+    "get_state_result",
+    "is_state_iterable",
+    "raise_state_exception",
 ]
 
 
@@ -282,7 +286,9 @@ class State:
         exception, raised unless `raise_on_failure` is false (then the data the state carries,
         e.g. the states a flow returned, or else the exception). Raises MissingResult for a
         run's completed state whose result is not available here (not persisted and read in
-        another process than the run's, or its result file gone).
+        another process than the run's, or its result file gone); as the reference, PausedRun
+        for a Paused state and UnfinishedRun for a state of a run that has not ended
+        (Scheduled, Pending, Running, Cancelling), whatever `raise_on_failure` says.
 
         Async code may also write `await state.result()`, as with the reference: when the
         calling coroutine awaits the call, an awaitable of the same value comes back."""
@@ -304,6 +310,12 @@ class State:
             if raise_on_failure:
                 raise upstream
             return upstream
+        if self.type not in TERMINAL_TYPES:
+            from stateward.exceptions import PausedRun, UnfinishedRun
+
+            if self.type is StateType.PAUSED:
+                raise PausedRun("the run is paused: it has no result")
+            raise UnfinishedRun(f"the run is {self.name}: it has no result until it ends")
         if self.type in _ENDED_BADLY:
             error = exception_for(self)
             if raise_on_failure:
@@ -473,3 +485,40 @@ def Cancelled(data: Any = None, *, name: str = "Cancelled", message: str = "") -
 
 def Crashed(data: Any = None, *, name: str = "Crashed", message: str = "") -> State:
     return _with_value(State(StateType.CRASHED, name, message), data)
+
+
+# --- helpers, as the reference's `prefect.states` has them ---------------------------------------
+
+
+def get_state_result(state: State, raise_on_failure: bool = True) -> Any:
+    """`state.result(raise_on_failure)`: see State.result (the same value and errors)."""
+    return state._result(raise_on_failure)
+
+
+def get_state_exception(state: State) -> BaseException:
+    """The exception a Failed, Crashed or Cancelled state stands for: the one its run raised;
+    for a run judged by states it returned, that of the first failed, crashed or cancelled one;
+    else a FailedRun, CrashedRun or CancelledRun carrying the state's message. Raises
+    ValueError for a state of another type, as the reference does."""
+    if state.type not in _ENDED_BADLY:
+        raise ValueError(f"expected a Failed, Crashed or Cancelled state, got {state!r}")
+    from stateward._results import exception_for
+
+    return exception_for(state)
+
+
+def raise_state_exception(state: State) -> None:
+    """Raise the exception of a Failed, Crashed or Cancelled state (see get_state_exception);
+    for a state of another type, return None, as the reference does."""
+    if state.type in _ENDED_BADLY:
+        raise get_state_exception(state)
+
+
+def is_state_iterable(obj: Any) -> bool:
+    """Whether `obj` is a non-empty list, tuple or set whose items are all States (other
+    iterables, e.g. dicts, count as no), as the reference's helper says."""
+    return (
+        isinstance(obj, list | tuple | set)
+        and bool(obj)
+        and all(isinstance(item, State) for item in obj)
+    )
