@@ -37,6 +37,12 @@ class FlowRunContext:
     # The settings its task runs read, as first read in this run (see `for_this_run`).
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def get(cls) -> FlowRunContext | None:
+        """The context of the flow run executing now (inside a task run, its flow run's); None
+        outside any, as the reference's `FlowRunContext.get()`."""
+        return flow_run_context.get()
+
 
 class TaskRunContext:
     """The task run whose code runs here: its task, its run record, its parameters and when
@@ -63,6 +69,12 @@ class TaskRunContext:
         self.parameters = parameters
         # When the task's code started (its current attempt).
         self.start_time = start_time if start_time is not None else datetime.now(UTC)
+
+    @classmethod
+    def get(cls) -> TaskRunContext | None:
+        """The context of the task run executing now; None outside any, as the reference's
+        `TaskRunContext.get()`."""
+        return task_run_context.get()
 
     @property
     def task_run(self) -> TaskRun:

@@ -12,6 +12,7 @@ StatewardError
 ├── MappingMissingIterable   Task.map() got no iterable argument (also a ValueError)
 ├── MappingLengthMismatch    Task.map() got iterables of different lengths (also a ValueError)
 ├── FlowPauseTimeout         a paused flow run was not resumed before its timeout
+├── FlowRunWaitTimeout       wait_for_flow_run's timeout passed first (also a TimeoutError)
 ├── ResultTooLarge           a result is larger than the limit for storing it
 ├── MissingResult            a run's result is not available here (not persisted, file gone)
 ├── ParameterTypeError       a flow's parameters do not fit its annotations (also a TypeError)
@@ -52,6 +53,7 @@ __all__ = [
     "FailedPrecondition",
     "FailedRun",
     "FlowPauseTimeout",
+    "FlowRunWaitTimeout",
     "InvalidArgument",
     "InvalidSetting",
     "MappingLengthMismatch",
@@ -137,6 +139,11 @@ class ParameterTypeError(StatewardError, TypeError):
 class FlowPauseTimeout(StatewardError):
     """A paused flow run was not resumed before its pause timeout (`pause_flow_run` raises it
     in the flow's code; the run ends Failed), or can no longer be resumed."""
+
+
+class FlowRunWaitTimeout(StatewardError, TimeoutError):
+    """`wait_for_flow_run` waited its `timeout` and the flow run had not ended, as the
+    reference's FlowRunWaitTimeout says; also a built-in TimeoutError."""
 
 
 class ResultTooLarge(StatewardError):

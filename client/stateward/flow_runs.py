@@ -1,4 +1,5 @@
-"""Pausing a flow run until somebody resumes it, at the reference's path.
+"""Pausing a flow run until somebody resumes it, and waiting for a flow run to end, at the
+reference's path (`prefect.flow_runs`).
 
 `pause_flow_run()` inside a flow proposes Paused (with a pause key and a timeout; a key that
 already paused the run does not pause it again) and blocks the flow's code until the run is
@@ -27,14 +28,16 @@ from pydantic import BaseModel, TypeAdapter
 from stateward._context import flow_run_context, task_run_context
 from stateward._embedded import get_client
 from stateward._interrupt import engine_code
-from stateward.exceptions import FlowPauseTimeout, OrchestrationAborted
-from stateward.runs import SetStateStatus
+from stateward.client import Client
+from stateward.exceptions import FlowPauseTimeout, FlowRunWaitTimeout, OrchestrationAborted
+from stateward.runs import FlowRun, SetStateStatus
 from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType, now
 
 log = logging.getLogger("stateward.flow_runs")
 
 DEFAULT_PAUSE_TIMEOUT = 3600
 DEFAULT_POLL_INTERVAL = 10
+DEFAULT_WAIT_TIMEOUT = 10800  # wait_for_flow_run's, as the reference's: three hours
 
 
 def pause_flow_run(
@@ -225,4 +228,96 @@ class _Pause:
             watching.set()
 
 
-__all__ = ["pause_flow_run", "resume_flow_run"]
+def wait_for_flow_run(
+    flow_run_id: str,
+    timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    poll_interval: float | None = None,
+    client: Client | None = None,
+    log_states: bool = False,
+) -> Any:
+    """Wait until the flow run `flow_run_id` ends (Completed, Failed, Cancelled or Crashed),
+    from any process, and return it (a FlowRun, with its final state); in async code, await it.
+    Mirrors the reference's `prefect.flow_runs.wait_for_flow_run`: `timeout` seconds (three
+    hours by default; None: no limit) before FlowRunWaitTimeout (also a TimeoutError) is
+    raised; `log_states` logs each state the run enters meanwhile (INFO, `stateward.flow_runs`);
+    `client` the client to use (the process's by default). The wait follows the run's
+    transitions as they happen: `poll_interval`, which the reference no longer uses either,
+    has no effect (a warning says so). Raises NotFound for an unknown run, ValueError for a
+    timeout that is not positive."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"wait_for_flow_run takes a positive timeout or None, not {timeout!r}")
+    if poll_interval is not None:
+        log.warning(
+            "wait_for_flow_run: poll_interval=%r has no effect: the wait follows the run's "
+            "transitions as they happen",
+            poll_interval,
+        )
+    waiter = _RunWaiter(client or get_client(), flow_run_id, timeout, log_states)
+    if _in_event_loop():
+        return asyncio.to_thread(waiter.wait)
+    return waiter.wait()
+
+
+class _RunWaiter:
+    """One wait for a flow run's end: read the run at each of its transitions."""
+
+    def __init__(
+        self, client: Client, flow_run_id: str, timeout: float | None, log_states: bool
+    ) -> None:
+        self.client = client
+        self.flow_run_id = flow_run_id
+        self.timeout = timeout
+        self.log_states = log_states
+        self.moved = threading.Event()
+        self._said: set[str] = set()  # the states logged (by id): each once, from either thread
+        self._saying = threading.Lock()
+
+    def wait(self) -> FlowRun:
+        run = self.client.get_flow_run(self.flow_run_id)  # NotFound before any wait
+        watching = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(watching,), name="stateward-wait", daemon=True
+        ).start()
+        watching.wait(10)  # established before the next read: no transition slips between
+        end = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            self.moved.clear()
+            run = self.client.get_flow_run(self.flow_run_id)
+            if run.state is not None:
+                self._say(run.state)
+                if run.state.is_final():
+                    return run
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                now_in = run.state.name if run.state is not None else "without a state"
+                raise FlowRunWaitTimeout(
+                    f"flow run {run.name} ({run.id}) did not end within {self.timeout:g}s "
+                    f"(it is {now_in})"
+                )
+            # Woken by the run's next transition; a read now and then in case the stream broke.
+            self.moved.wait(30.0 if left is None else min(left, 30.0))
+
+    def _say(self, state: State) -> None:
+        if not self.log_states:
+            return
+        with self._saying:
+            if state.id in self._said:
+                return
+            self._said.add(state.id)
+        log.info("Flow run %s - %s", self.flow_run_id, state.name)
+
+    def _watch(self, watching: threading.Event) -> None:
+        try:
+            for transition in self.client.watch(
+                run_ids=[self.flow_run_id], started=lambda _: watching.set()
+            ):
+                self._say(transition.to_state)
+                self.moved.set()
+                if transition.to_state.is_final():
+                    return
+        except Exception as error:  # the wait's reads every 30 s still find the end
+            log.debug("wait_for_flow_run: lost the transitions stream (%s)", error)
+            watching.set()
+
+
+__all__ = ["pause_flow_run", "resume_flow_run", "wait_for_flow_run"]

@@ -1,0 +1,128 @@
+"""`stateward.flow_runs.wait_for_flow_run` as the reference's: it returns the flow run once it
+has ended, from another process, raises FlowRunWaitTimeout (a TimeoutError) past its timeout,
+logs the states on request, and is awaited in async code. A flow run in a subprocess on the
+session's real server; and both ends in one script on the embedded default. `FlowRunContext.get()`
+and `TaskRunContext.get()` as the reference's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from stateward import flow, task
+from stateward.context import FlowRunContext, TaskRunContext
+from stateward.exceptions import FlowRunWaitTimeout, NotFound
+from stateward.flow_runs import wait_for_flow_run
+from stateward.runs import FlowRun
+from tests.sdk.conftest import python, spawn
+
+pytestmark = pytest.mark.usefixtures("sdk_server")
+
+WAITING_FLOW = """
+    import sys
+    from stateward import flow
+    from stateward.runtime import flow_run
+
+    @flow(name="sdk-waited-for")
+    def waits_for_the_word():
+        print(flow_run.id, flush=True)
+        sys.stdin.readline()
+        return "done"
+
+    waits_for_the_word()
+    """
+
+
+def test_waiting_for_a_flow_run_of_another_process(caplog):
+    owner = spawn(WAITING_FLOW)
+    try:
+        run_id = owner.stdout.readline().strip()
+        with pytest.raises(FlowRunWaitTimeout, match=r"did not end within 0\.3s") as raised:
+            wait_for_flow_run(run_id, timeout=0.3)
+        assert isinstance(raised.value, TimeoutError)
+        owner.stdin.write("go\n")
+        owner.stdin.flush()
+        with caplog.at_level(logging.INFO, logger="stateward.flow_runs"):
+            run = wait_for_flow_run(run_id, timeout=60, log_states=True)
+        owner.communicate(timeout=60)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    assert isinstance(run, FlowRun) and run.id == run_id
+    assert run.state.is_completed() and run.state.result() == "done"
+    said = [r.getMessage() for r in caplog.records if r.name == "stateward.flow_runs"]
+    assert said[-1] == f"Flow run {run_id} - Completed"
+    assert len(said) == len(set(said))  # each state once
+
+
+def test_a_finished_run_is_returned_at_once_and_async_code_awaits():
+    @flow
+    def quick() -> int:
+        return 1
+
+    state = quick(return_state=True)
+    run_id = state.details.flow_run_id
+
+    async def awaits() -> FlowRun:
+        return await wait_for_flow_run(run_id, timeout=5)
+
+    assert asyncio.run(awaits()).state.is_completed()
+    with pytest.raises(NotFound):
+        wait_for_flow_run("5b0f2a47-0000-4000-8000-000000000000", timeout=1)
+    with pytest.raises(ValueError, match="positive timeout"):
+        wait_for_flow_run(run_id, timeout=0)
+
+
+def test_waiting_in_a_script_on_the_embedded_default(tmp_path):
+    result = python(
+        """
+        import json, threading
+        from stateward import flow
+        from stateward.flow_runs import wait_for_flow_run
+        from stateward.runtime import flow_run
+
+        started, release, ids = threading.Event(), threading.Event(), []
+
+        @flow
+        def held():
+            ids.append(flow_run.id)
+            started.set()
+            release.wait(30)
+            return 5
+
+        thread = threading.Thread(target=held)
+        thread.start()
+        started.wait(30)
+        try:
+            wait_for_flow_run(ids[0], timeout=0.3)
+            timed_out = False
+        except TimeoutError:
+            timed_out = True
+        release.set()
+        run = wait_for_flow_run(ids[0], timeout=30)
+        thread.join()
+        print(json.dumps([timed_out, run.state.name, run.state.result()]))
+        """,
+        env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [True, "Completed", 5]
+
+
+def test_run_contexts_get_the_current_one_or_none():
+    @task
+    def inner() -> tuple[bool, bool]:
+        flow_context, task_context = FlowRunContext.get(), TaskRunContext.get()
+        return flow_context is not None, task_context is not None and task_context.task is inner
+
+    @flow
+    def outer() -> tuple[object, ...]:
+        context = FlowRunContext.get()
+        assert context is not None
+        return context.flow is outer, TaskRunContext.get(), *inner()
+
+    assert outer() == (True, None, True, True)
+    assert FlowRunContext.get() is None and TaskRunContext.get() is None
