@@ -75,6 +75,34 @@ def test_a_home_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
             "Error: Invalid value for '--limit': Input should be a valid integer, unable to "
             "parse string as an integer. See 'stateward task-run ls --help'.",
         ),
+        (
+            ["flow-run", "ls", "--since", "-5m"],
+            "Error: Invalid value for '--since': '-5m' is neither a date-time (2026-11-21, "
+            "2026-11-21T09:30, or with a zone: 2026-11-21T09:30Z, 2026-11-21T09:30+01:00) nor a "
+            "span before now (30m, 2h, 1d, 1w). See 'stateward flow-run ls --help'.",
+        ),
+        (
+            ["task-run", "ls", "--since", "99999999d"],
+            "Error: Invalid value for '--since': '99999999d' reaches back before the year 1: "
+            "give a shorter span. See 'stateward task-run ls --help'.",
+        ),
+        (
+            ["watch", "--state", "done"],
+            "Error: Invalid value for '--state': 'done' is not a state type (SCHEDULED, PENDING, "
+            "RUNNING, PAUSED, CANCELLING, COMPLETED, FAILED, CANCELLED, CRASHED). "
+            "See 'stateward watch --help'.",
+        ),
+        (
+            ["flow-run", "resume", "0123abcd", "--input", "approver=ann"],
+            "Error: Invalid value for '--input': 'approver=ann' is not JSON (Expecting value: "
+            "line 1 column 1 (char 0)). See 'stateward flow-run resume --help'.",
+        ),
+        (
+            ["task-run", "ls", "--state", "Done"],
+            "Error: Invalid value for '--state': 'Done' is not a state type (SCHEDULED, PENDING, "
+            "RUNNING, PAUSED, CANCELLING, COMPLETED, FAILED, CANCELLED, CRASHED). "
+            "See 'stateward task-run ls --help'.",
+        ),
     ],
 )
 def test_a_mistake_in_the_command_line_is_one_line_saying_what_and_where_help_is(

@@ -68,12 +68,11 @@ def show_time(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else "-"
 
 
-def parse_state_types(names: list[str]) -> list[StateType]:
-    types = []
-    for name in names:
-        try:
-            types.append(StateType[name.upper()])
-        except KeyError:
-            known = ", ".join(t.name for t in StateType)
-            raise typer.BadParameter(f"{name!r} is not a state type ({known})") from None
-    return types
+def parse_state_type(name: str) -> StateType:
+    """`--state`: a state type's name, in any case; raises typer.BadParameter naming them all
+    (the option's parser: the error names the option)."""
+    try:
+        return StateType[name.upper()]
+    except KeyError:
+        known = ", ".join(t.name for t in StateType)
+        raise typer.BadParameter(f"{name!r} is not a state type ({known})") from None

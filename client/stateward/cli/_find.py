@@ -82,7 +82,8 @@ def _one(matches: Sequence[Run], ref: str, kind: str) -> Run:
 
 def parse_since(text: str) -> datetime:
     """`--since`: a moment as `stateward.times.parse_moment` reads it (the HTTP API's rule);
-    raises typer.BadParameter saying what is taken."""
+    raises typer.BadParameter saying what is taken (the option's parser: the error names the
+    option)."""
     try:
         return parse_moment(text)
     except ValueError as error:

@@ -5,6 +5,7 @@ name; more than one match is an error listing them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -21,7 +22,7 @@ from stateward.cli._common import (
     client,
     console,
     errors,
-    parse_state_types,
+    parse_state_type,
     show_state,
     show_time,
 )
@@ -83,24 +84,28 @@ def list_flow_runs(
         list[str] | None, typer.Option("--flow", help="Only runs of this flow.")
     ] = None,
     state: Annotated[
-        list[str] | None, typer.Option("--state", help="Only runs in this state type.")
+        list[StateType] | None,
+        typer.Option(
+            "--state", parser=parse_state_type, metavar="TYPE", help="Only runs in this state type."
+        ),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help=SINCE_HELP)] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option("--since", parser=parse_since, metavar="WHEN", help=SINCE_HELP),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List flow runs, newest first."""
-    state_types = parse_state_types(state or [])  # refused before connecting
-    after = parse_since(since) if since else None
     table = Table()
     id_column(table)
     for name in ("Flow", "Name", "State", "Runs", "Started", "Ended"):
         table.add_column(name)
     with client() as connected:
         runs = connected.list_flow_runs(
-            flow_names=flow or (), state_types=state_types, tags=tag or (), page_size=500
+            flow_names=flow or (), state_types=state or (), tags=tag or (), page_size=500
         )
-        shown, more = _taken(runs, limit, after)
+        shown, more = _taken(runs, limit, since)
     for run in shown:
         table.add_row(
             short_id(run.id),
@@ -212,12 +217,26 @@ def cancel_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metava
     raise typer.Exit(1)
 
 
+def _json_text(text: str) -> str:
+    """`--input`: JSON text, checked here so that a mistake names the option."""
+    try:
+        json.loads(text)
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r} is not JSON ({error})") from None
+    return text
+
+
 @flow_runs.command("resume")
 def resume_flow_run(
     ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")],
     run_input: Annotated[
         str | None,
-        typer.Option("--input", help="The input the pause waits for, as JSON."),
+        typer.Option(
+            "--input",
+            parser=_json_text,
+            metavar="JSON",
+            help="The input the pause waits for, as JSON.",
+        ),
     ] = None,
 ) -> None:
     """Resume a paused flow run (with --input when its pause waits for input); its process
@@ -322,15 +341,19 @@ def list_task_runs(
         list[str] | None, typer.Option("--task", help="Only runs of this task.")
     ] = None,
     state: Annotated[
-        list[str] | None, typer.Option("--state", help="Only runs in this state type.")
+        list[StateType] | None,
+        typer.Option(
+            "--state", parser=parse_state_type, metavar="TYPE", help="Only runs in this state type."
+        ),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help=SINCE_HELP)] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option("--since", parser=parse_since, metavar="WHEN", help=SINCE_HELP),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List task runs, newest first."""
-    state_types = parse_state_types(state or [])  # refused before connecting
-    after = parse_since(since) if since else None
     table = Table()
     id_column(table)
     for name in ("Task", "Name", "Flow run", "State", "Runs", "Ended"):
@@ -340,11 +363,11 @@ def list_task_runs(
         runs = connected.list_task_runs(
             flow_run_ids=flow_run_ids,
             task_keys=task or (),
-            state_types=state_types,
+            state_types=state or (),
             tags=tag or (),
             page_size=500,
         )
-        shown, more = _taken(runs, limit, after)
+        shown, more = _taken(runs, limit, since)
     for run in shown:
         table.add_row(
             short_id(run.id),

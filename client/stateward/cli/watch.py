@@ -12,12 +12,13 @@ from stateward.cli._common import (
     client,
     console,
     errors,
-    parse_state_types,
+    parse_state_type,
     show_state,
 )
 from stateward.cli._find import find_flow_run, short_id
 from stateward.exceptions import CursorExpired, StatewardError
 from stateward.runs import RunKind, Transition
+from stateward.states import StateType
 
 
 def line(transition: Transition, width: int) -> Text:
@@ -49,8 +50,13 @@ def watch(
         list[str] | None, typer.Option("--run", help="Only this run (repeatable).")
     ] = None,
     state: Annotated[
-        list[str] | None,
-        typer.Option("--state", help="Only transitions into this state type (repeatable)."),
+        list[StateType] | None,
+        typer.Option(
+            "--state",
+            parser=parse_state_type,
+            metavar="TYPE",
+            help="Only transitions into this state type (repeatable).",
+        ),
     ] = None,
     from_start: Annotated[
         bool,
@@ -93,13 +99,12 @@ def watch(
             f"#{oldest - 1} were pruned (its retention); replaying from #{oldest}[/yellow]"
         )
 
-    state_types = parse_state_types(state or [])  # refused before connecting
     with client() as connected:
         try:
             for transition in connected.watch(
                 run_ids=run or (),
                 flow_run_ids=[find_flow_run(connected, ref).id for ref in flow_run or ()],
-                state_types=state_types,
+                state_types=state or (),
                 after_sequence=cursor,
                 started=started,
                 retrying=retrying,
