@@ -3,13 +3,17 @@ server that runs under callgrind (valgrind), the counters zeroed before a flow a
 
     .venv/bin/python bench/server_instructions.py [--old TREE] [--small 30] [--large 130]
         [--rounds 1] [--client]
+        [--call set-state|health]
 
 Wall and CPU times move with the load of a shared machine; the instructions a process executes
 in user space barely do, so this is the figure to compare two commits by (with `--old`, a
 checkout of another commit, e.g. `git worktree add --detach /tmp/old <commit>`, whose client/
 and service/ sources run under the same interpreter, in the same round). What it does not
 count: the kernel's side (system calls, the switches between threads and processes), which
-`bench/task_overhead.py` sees in its CPU and "waits" figures.
+`bench/task_overhead.py` sees in its CPU and "waits" figures. With `--call`, the client makes
+unary calls in place of task runs (SetState: RUNNING on a running flow run, as
+`bench/set_state.py`; or the health check, a call that does no work), and the figures are per
+call.
 
 Per task run: (instructions of a flow of `--large` tasks - those of a flow of `--small`) /
 (large - small), so that the flow's own start and end cancel out. By thread: the event loop's
@@ -48,9 +52,35 @@ from task_instructions import FLOW  # this folder is the script's: first on sys.
 
 HERE = Path(__file__).resolve().parent.parent
 
-CLIENT = (
-    FLOW
-    + """
+# With --call: `measured(n)` makes n unary calls of one kind in place of task runs, so that a
+# call's own cost is counted apart from a task run's: SetState (RUNNING on a running flow run, as
+# bench/set_state.py does), or the health check (a call that does no work: gRPC's own share).
+UNARY = """
+import os
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from stateward.v1 import orchestration_pb2 as pb, orchestration_pb2_grpc, runs_pb2, states_pb2
+
+channel = grpc.insecure_channel(os.environ["STATEWARD_API_URL"])
+if CALL == "set-state":
+    RUNNING = states_pb2.State(type=states_pb2.STATE_TYPE_RUNNING)
+    stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+    run = stub.CreateFlowRun(
+        pb.CreateFlowRunRequest(flow_run=runs_pb2.FlowRun(flow_name="bench", state=RUNNING))
+    ).flow_run
+    call, request = stub.SetState, pb.SetStateRequest(run_id=run.id, state=RUNNING)
+else:
+    call, request = health_pb2_grpc.HealthStub(channel).Check, health_pb2.HealthCheckRequest()
+
+def measured(n):
+    for _ in range(n):
+        call(request)
+"""
+CALLS = ("set-state", "health")
+
+DRIVER = """
 measured(20)  # warm up: imports, the connection, the calls stream
 print("ready", flush=True)
 for line in sys.stdin:
@@ -59,7 +89,6 @@ for line in sys.stdin:
     measured(int(line))
     print("done", flush=True)
 """
-)
 
 LISTENING = re.compile(r"listening on (\S+):(\d+) ")
 
@@ -94,8 +123,9 @@ def dump(pid: int, out: Path) -> dict[int, int]:
     raise SystemExit(f"callgrind wrote no dump for process {pid}")
 
 
-def measure(tree: Path, small: int, large: int, client_too: bool) -> dict[str, float]:
-    """Instructions per task run of the server (and the client) with `tree`'s sources."""
+def measure(tree: Path, small: int, large: int, client_too: bool, program: str) -> dict[str, float]:
+    """Instructions per task run (or call) of the server (and the client) with `tree`'s
+    sources, `program` (FLOW, or UNARY with its CALL) the client's."""
     work = Path(tempfile.mkdtemp(prefix="server-instructions-"))
     env = {
         **os.environ,
@@ -118,7 +148,7 @@ def measure(tree: Path, small: int, large: int, client_too: bool) -> dict[str, f
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start:\n{log.read_text()}")
             time.sleep(0.2)
-        command = [sys.executable, "-c", CLIENT]
+        command = [sys.executable, "-c", program + DRIVER]
         client = subprocess.Popen(
             [*callgrind(client_out), *command] if client_too else command,
             stdin=subprocess.PIPE,
@@ -171,6 +201,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=130)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--client", action="store_true", help="count the SDK's process too")
+    parser.add_argument("--call", choices=CALLS, help="unary calls of this kind, not task runs")
     args = parser.parse_args()
     trees = {"this": HERE}
     if args.old is not None:
@@ -178,11 +209,12 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
         for name, tree in trees.items():
-            figures = measure(tree, args.small, args.large, args.client)
+            program = f"CALL = {args.call!r}\n{UNARY}" if args.call else FLOW
+            figures = measure(tree, args.small, args.large, args.client, program)
             results[name].append(figures)
             shown = ", ".join(f"{key} {value / 1e3:.1f}K" for key, value in figures.items())
             print(f"round {round_ + 1} {name} ({tree}): {shown}", flush=True)
-    print("instructions per task run (range over the rounds)")
+    print(f"instructions per {'call' if args.call else 'task run'} (range over the rounds)")
     for name, rounds in results.items():
         for key in rounds[0]:
             values = [figures[key] for figures in rounds]
