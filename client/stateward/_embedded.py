@@ -349,8 +349,8 @@ os.register_at_fork(after_in_child=_forget_in_child)
 def home_settings(home: Path, **given: Any) -> ServerSettings:
     """The settings of a process orchestrating on `home`'s database, for this machine alone: the
     loops' settings from the environment, `given` ones (validated, by setting name) as given;
-    gRPC (when served) on a free loopback port, no TLS, no metrics endpoint. Raises the
-    settings' SettingError."""
+    no gRPC port of its own (port 0, on loopback: none is opened), no TLS, no metrics endpoint.
+    Raises the settings' SettingError."""
     from stateward_service.settings import ServerSettings
 
     home.mkdir(parents=True, exist_ok=True)
@@ -370,7 +370,7 @@ def home_settings(home: Path, **given: Any) -> ServerSettings:
 def serve_ui(host: str | None, port: int | None) -> None:
     """`stateward ui`: serve the web view of the runs in $STATEWARD_HOME until SIGINT or
     SIGTERM: a server on the home's database (which scripts, the CLI and other servers share),
-    with the web view on `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else
+    with the web view on `host`:`port` and no gRPC port (None: the STATEWARD_UI_HOST/_PORT settings, else
     127.0.0.1:8471). Raises ServerUnavailable when the port is taken, and ValueError for a
     setting that is not allowed."""
     from stateward_service.server import (
@@ -385,8 +385,8 @@ def serve_ui(host: str | None, port: int | None) -> None:
     server_settings = home_settings(home, ui=True, ui_host=host, ui_port=port)
 
     def greeting(server: StatewardServer) -> list[str]:
-        # Its gRPC port is its own business: scripts find the runs through the home's
-        # database, and the port goes away with the page.
+        # No gRPC port: scripts and the CLI find the runs through the home's database, and the
+        # page works on it directly.
         lines = [
             f"Stateward web view: {server.ui_url} (open it in your browser)",
             f"  it shows the runs in {home} as they happen: scripts and the CLI need no setting",
@@ -402,7 +402,9 @@ def serve_ui(host: str | None, port: int | None) -> None:
         return lines
 
     try:
-        asyncio.run(serve(server_settings, greeting=greeting, name="Stateward web view"))
+        asyncio.run(
+            serve(server_settings, greeting=greeting, name="Stateward web view", serve_grpc=False)
+        )
     except WebViewUnavailable as error:  # advice naming this command's own flags
         raise ServerUnavailable(error.advice("--host", "--port")) from None
     except PortUnavailable as error:

@@ -117,10 +117,13 @@ def format_address(host: str, port: int) -> str:
 
 
 class StatewardServer:
-    """One Stateward server: call `start()`, then `stop()`, inside a running event loop."""
+    """One Stateward server: call `start()`, then `stop()`, inside a running event loop. With
+    `serve_grpc` False it opens no gRPC port (`stateward ui`: its web view and the loops work on
+    the database, and no client is pointed at the port of a process that comes and goes)."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, serve_grpc: bool = True) -> None:
         self.settings = settings
+        self.serve_grpc = serve_grpc
         self.replica = Replica(settings)
         self.orchestrator = self.replica.orchestrator
         self.broadcaster = self.replica.broadcaster
@@ -159,25 +162,10 @@ class StatewardServer:
         return f"http://{format_address(self.settings.ui_host, self.web.port)}/"
 
     async def start(self) -> None:
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if self.metrics is not None:
-            interceptors.append(MetricsInterceptor(self.metrics))
-        if self.settings.api_key:
-            interceptors.append(AuthInterceptor(self.settings.api_key))
-        interceptors.append(ErrorsInterceptor())
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=server_options(self.settings),
-            maximum_concurrent_rpcs=self.settings.max_concurrent_calls,
-        )
-        add_to_server(self.api, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            DocumentedReflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)),
-            server,
-        )
+        server = self._grpc_server() if self.serve_grpc else None
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = _bind(server, self.settings)
+        if server is not None:
+            self.port = _bind(server, self.settings)
         if self.settings.ui:
             # Imported only when served: the SDK's embedded server does without it.
             from stateward_service.web import WebServer, create_app
@@ -195,13 +183,35 @@ class StatewardServer:
         if self.metrics is not None:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self.replica.start()
-        await server.start()
-        self._server = server
+        if server is not None:
+            await server.start()
+            self._server = server
         if self.web is not None:
             await self.web.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._storage_watch = asyncio.get_running_loop().create_task(self._follow_storage())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_database())
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server, its services added (the API, health, reflection), not yet bound."""
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.metrics is not None:
+            interceptors.append(MetricsInterceptor(self.metrics))
+        if self.settings.api_key:
+            interceptors.append(AuthInterceptor(self.settings.api_key))
+        interceptors.append(ErrorsInterceptor())
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=server_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_calls,
+        )
+        add_to_server(self.api, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            DocumentedReflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            server,
+        )
+        return server
 
     async def _follow_storage(self) -> None:
         """Health follows the database: NOT_SERVING from a write it could not take (a full
@@ -474,13 +484,15 @@ async def serve(
     *,
     greeting: Callable[[StatewardServer], list[str]] | None = None,
     name: str = "Stateward server",
+    serve_grpc: bool = True,
 ) -> None:
     """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
     `on_started` is called once it takes calls. `greeting` gives the lines said once it does
     (None: where clients find it and who may call it); `name` is what the lines on stopping
-    call it. Raises DatabaseRefused, PortUnavailable."""
+    call it; `serve_grpc` False opens no gRPC port (see StatewardServer). Raises
+    DatabaseRefused, PortUnavailable."""
     # Every port is checked before the database is opened: a refusal writes nothing.
-    if settings.port and _port_taken(settings.host, settings.port):
+    if serve_grpc and settings.port and _port_taken(settings.host, settings.port):
         address = format_address(settings.host, settings.port)
         raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
     if settings.ui and settings.ui_port:
@@ -492,7 +504,7 @@ async def serve(
             "port with --metrics-port"
         )
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    server = StatewardServer(settings)
+    server = StatewardServer(settings, serve_grpc=serve_grpc)
     await server.start()
     # What the server made to start (~53,000 objects: modules, descriptors, settings, the rules)
     # lives as long as the process: frozen, a full collection no longer walks it. Measured

@@ -4,6 +4,7 @@ same home serves it too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -69,6 +70,25 @@ def ui_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         process.wait()
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports the process listens on, from Linux's /proc: its sockets' inodes, looked up
+    in the kernel's tables of TCP sockets."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            listening = fields[3] == "0A"  # TCP_LISTEN
+            if listening and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_scripts_on_the_home_share_it_and_show_up(ui_process, tmp_path: Path) -> None:
     process, url = ui_process
     env = {**os.environ, "STATEWARD_HOME": str(tmp_path)}
@@ -97,8 +117,9 @@ def test_it_says_where_to_look_that_scripts_need_no_setting_and_how_to_stop(
     assert said.splitlines()[0] == f"Stateward web view: {url} (open it in your browser)"
     assert f"it shows the runs in {tmp_path} as they happen" in said
     assert "scripts and the CLI need no setting" in said
-    # Its gRPC port goes away with it: pointing scripts at it would break them.
+    # It opens no gRPC port (nothing is pointed at one), and says of none.
     assert "STATEWARD_API_URL" not in said and "listening on" not in said
+    assert listening_ports(process.pid) == {int(url.rsplit(":", 1)[1].strip("/"))}
     process.send_signal(signal.SIGINT)
     assert process.wait(20) == 0
     said = (tmp_path / "ui.log").read_text()
