@@ -370,9 +370,9 @@ def home_settings(home: Path, **given: Any) -> ServerSettings:
 def serve_ui(host: str | None, port: int | None) -> None:
     """`stateward ui`: serve the web view of the runs in $STATEWARD_HOME until SIGINT or
     SIGTERM: a server on the home's database (which scripts, the CLI and other servers share),
-    with the web view on `host`:`port` and no gRPC port (None: the STATEWARD_UI_HOST/_PORT settings, else
-    127.0.0.1:8471). Raises ServerUnavailable when the port is taken, and ValueError for a
-    setting that is not allowed."""
+    with the web view on `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else
+    127.0.0.1:8471) and no gRPC port. Raises ServerUnavailable when the port is taken, and
+    ValueError for a setting that is not allowed."""
     from stateward_service.server import (
         PortUnavailable,
         StatewardServer,
