@@ -84,7 +84,7 @@ class RunEngine:
         kwargs: dict[str, Any],
     ) -> None:
         self.subject = subject
-        self.parameters = bind(subject.signature, args, kwargs)
+        self.parameters = bind(subject.signature, args, kwargs, subject.__name__)
         # Its own tags, then those of the `tags()` blocks it is created in (most runs are
         # made in none: their own, already without repeats).
         outer = current_tags()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stateward._results import ResultPolicy, encode, encode_exception
-from stateward.exceptions import ResultTooLarge, UpstreamTaskError
+from stateward.exceptions import ParameterBindError, ResultTooLarge, UpstreamTaskError
 from stateward.futures import StatewardFuture
 from stateward.states import State, StateDetails, StateType, carry_value, has_value
 from stateward.utilities.annotations import allow_failure, quote, unmapped
@@ -25,10 +25,11 @@ _NO_DEFAULT = inspect.Parameter.empty
 
 
 def bind(
-    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any], called: str
 ) -> dict[str, Any]:
     """The call's arguments by parameter name, defaults applied, in the signature's order.
-    Raises TypeError as calling the function would."""
+    Raises ParameterBindError (a TypeError) where calling the function (named `called`) would
+    raise TypeError, as the reference does, saying why and what was given."""
     # Every call of a task does this: a function whose parameters all take keywords is bound
     # by hand; anything else (and every mistake, for its message) goes to Signature.bind.
     parameters = signature.parameters
@@ -51,9 +52,53 @@ def bind(
         else:
             if not kwargs or all(key in parameters for key in kwargs):  # else: unexpected
                 return bound
-    full = signature.bind(*args, **kwargs)
+    try:
+        full = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise _bind_error(signature, args, kwargs, called, error) from None
     full.apply_defaults()
     return dict(full.arguments)
+
+
+def bind_given(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any], called: str
+) -> dict[str, Any]:
+    """The arguments given by parameter name, without defaults (a partial binding); raises
+    ParameterBindError as `bind` does."""
+    try:
+        return dict(signature.bind_partial(*args, **kwargs).arguments)
+    except TypeError as error:
+        raise _bind_error(signature, args, kwargs, called, error) from None
+
+
+def _bind_error(
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    called: str,
+    error: TypeError,
+) -> ParameterBindError:
+    given = f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"
+    given += f" and the keywords {sorted(kwargs)}" if kwargs else " and no keywords"
+    # Annotations kept as text (`from __future__ import annotations`) are shown as written.
+    shown = signature.replace(
+        parameters=[
+            p.replace(annotation=_AsWritten(p.annotation)) if isinstance(p.annotation, str) else p
+            for p in signature.parameters.values()
+        ],
+        return_annotation=inspect.Signature.empty,
+    )
+    return ParameterBindError(
+        f"{called}() cannot be called with these arguments: {error}; it takes {shown} and "
+        f"was given {given}"
+    )
+
+
+class _AsWritten(str):
+    """An annotation's text, which a signature then shows without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def call_with(

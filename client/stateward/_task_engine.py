@@ -25,6 +25,7 @@ from stateward._hooks import await_from_sync
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
+    bind_given,
     jsonable,
     judged,
     not_ready,
@@ -481,7 +482,7 @@ def map_task(
     wait_for: Iterable[Any] | None,
 ) -> StatewardFutureList[Any]:
     _flow_run_context(task, "map")
-    given = dict(task.signature.bind_partial(*args, **kwargs).arguments)  # no defaults
+    given = bind_given(task.signature, args, kwargs, f"{task.__name__}.map")  # no defaults
     for key, value in given.items():
         if isinstance(value, StatewardFuture | State):  # map over its result
             given[key] = resolve(value)

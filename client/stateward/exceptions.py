@@ -16,6 +16,8 @@ StatewardError
 ├── ResultTooLarge           a result is larger than the limit for storing it
 ├── MissingResult            a run's result is not available here (not persisted, file gone)
 ├── ParameterTypeError       a flow's parameters do not fit its annotations (also a TypeError)
+├── ParameterBindError       a flow or task was called with arguments its function cannot take
+│                            (also a TypeError)
 ├── UpstreamTaskError        an upstream of a task or subflow did not complete: it did not run
 ├── MissingContextError      code that needs a run executing ran outside any (a RuntimeError)
 ├── ServerUnavailable        no server could be reached or started
@@ -36,6 +38,9 @@ Raised inside a run's code to stop it, and derived from BaseException so that an
 RunInterrupted
 ├── RunTimedOut              the run exceeded its `timeout_seconds`
 └── RunCancelled             the run (or the flow run around it) was cancelled
+
+TerminationSignal            SIGTERM arrived while a flow ran (the run is Crashed); as the
+                             reference's, so `except TerminationSignal` finds it here
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from __future__ import annotations
 import enum
 
 from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
+from stateward._signals import TerminationSignal
 
 __all__ = [
     "AlreadyExists",
@@ -62,6 +68,7 @@ __all__ = [
     "MissingResult",
     "NotFound",
     "OrchestrationAborted",
+    "ParameterBindError",
     "ParameterTypeError",
     "PausedRun",
     "ResourceExhausted",
@@ -73,6 +80,7 @@ __all__ = [
     "RunTimedOut",
     "ServerUnavailable",
     "StatewardError",
+    "TerminationSignal",
     "TimedOutRun",
     "Unauthenticated",
     "UnfinishedRun",
@@ -134,6 +142,12 @@ class UpstreamTaskError(StatewardError):
 
 class ParameterTypeError(StatewardError, TypeError):
     """A flow's parameters do not fit its annotations: the run fails before its code runs."""
+
+
+class ParameterBindError(StatewardError, TypeError):
+    """A flow or task was called with arguments its function cannot take (too many, a missing
+    or unknown one): raised by the call, before any run is made, where calling the function
+    would raise TypeError; also a TypeError, as the reference's ParameterBindError is."""
 
 
 class FlowPauseTimeout(StatewardError):

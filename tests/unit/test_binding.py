@@ -1,6 +1,7 @@
 """How a task's or flow's call binds its arguments: the quick path for functions whose
 parameters all take keywords answers exactly as `inspect.Signature.bind` does (the same
-arguments in the same order, the same TypeError), and the function gets them back."""
+arguments in the same order; for a mistake, a ParameterBindError, a TypeError carrying the
+signature's), and the function gets them back."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from stateward._outcomes import bind, call_with
+from stateward.exceptions import ParameterBindError
 
 
 def keywords(a: Any, b: Any = 2, *, c: Any = 3) -> Any:
@@ -58,9 +60,11 @@ CALLS = [
 @pytest.mark.parametrize(("fn", "args", "kwargs"), CALLS)
 def test_binding_answers_as_the_signature_does(fn: Any, args: Any, kwargs: Any) -> None:
     try:
-        got: Any = list(bind(inspect.signature(fn), args, kwargs).items())
-    except TypeError as error:
-        got = "TypeError", str(error)
+        got: Any = list(bind(inspect.signature(fn), args, kwargs, fn.__name__).items())
+    except ParameterBindError as error:  # a TypeError naming the function, with the signature's
+        assert str(error).startswith(f"{fn.__name__}() cannot be called with these arguments: ")
+        assert str(error.__context__) in str(error)
+        got = "TypeError", str(error.__context__)
     assert got == reference(fn, args, kwargs)
     if isinstance(got, list):
         assert call_with(fn, inspect.signature(fn), dict(got)) == fn(*args, **kwargs)
