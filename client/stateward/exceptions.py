@@ -27,7 +27,8 @@ StatewardError
     ├── InvalidArgument
     ├── AlreadyExists
     ├── FailedPrecondition
-    │   └── CursorExpired    a watch's cursor is before the oldest transition the log keeps
+    │   ├── CursorExpired    a watch's cursor is before the oldest transition the log keeps
+    │   └── NotPausedError   resume_flow_run of a flow run that is not paused
     ├── ResourceExhausted
     ├── DeadlineExceeded
     └── Unauthenticated
@@ -67,6 +68,7 @@ __all__ = [
     "MissingContextError",
     "MissingResult",
     "NotFound",
+    "NotPausedError",
     "OrchestrationAborted",
     "ParameterBindError",
     "ParameterTypeError",
@@ -221,6 +223,11 @@ class CursorExpired(FailedPrecondition):
     def __init__(self, message: str, oldest_sequence: int) -> None:
         super().__init__(message)
         self.oldest_sequence = oldest_sequence
+
+
+class NotPausedError(FailedPrecondition):
+    """`resume_flow_run` of a flow run that is not paused (the message says what it is), as
+    the reference's NotPausedError; a FailedPrecondition, the server's refusal."""
 
 
 class ResourceExhausted(RpcError):

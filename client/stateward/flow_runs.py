@@ -29,7 +29,13 @@ from stateward._context import flow_run_context, task_run_context
 from stateward._embedded import get_client
 from stateward._interrupt import engine_code
 from stateward.client import Client
-from stateward.exceptions import FlowPauseTimeout, FlowRunWaitTimeout, OrchestrationAborted
+from stateward.exceptions import (
+    FailedPrecondition,
+    FlowPauseTimeout,
+    FlowRunWaitTimeout,
+    NotPausedError,
+    OrchestrationAborted,
+)
 from stateward.runs import FlowRun, SetStateStatus
 from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType, now
 
@@ -82,8 +88,9 @@ def resume_flow_run(flow_run_id: str, run_input: Any = None) -> Any:
 
     Returns the run's new (Running) state. Raises FlowPauseTimeout when the pause had expired
     (the run is Failed now), OrchestrationAborted when another client changed the run first,
-    and the server's refusal otherwise: NotFound, FailedPrecondition (the run is not paused),
-    InvalidArgument (the input is missing, unexpected or does not match the pause's schema)."""
+    NotPausedError (a FailedPrecondition) when the run is not paused, as the reference's
+    NotPausedError, and the server's refusal otherwise: NotFound, InvalidArgument (the input
+    is missing, unexpected or does not match the pause's schema)."""
     text = _input_json(run_input)
     if _in_event_loop():
         return asyncio.to_thread(_resume, flow_run_id, text)
@@ -91,7 +98,10 @@ def resume_flow_run(flow_run_id: str, run_input: Any = None) -> Any:
 
 
 def _resume(flow_run_id: str, run_input: str | None) -> State:
-    result = get_client().resume_flow_run(flow_run_id, run_input)
+    try:
+        result = get_client().resume_flow_run(flow_run_id, run_input)
+    except FailedPrecondition as refused:  # ResumeFlowRun's one: the run is not paused
+        raise NotPausedError(str(refused)) from None
     if result.status is SetStateStatus.ACCEPT:
         assert result.state is not None
         return result.state

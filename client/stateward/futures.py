@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from stateward.states import State, StateType
+from stateward.utilities.annotations import quote
 
 R = TypeVar("R")
 
@@ -129,10 +130,52 @@ def as_completed(
         raise TimeoutError(f"{total - yielded} (of {total}) futures unfinished") from None
 
 
+def resolve_futures_to_states(expr: Any) -> Any:
+    """`expr` with every future in it (itself, or inside lists, tuples, sets and dicts, at any
+    depth) replaced by its run's final state, waiting for the runs; a `quote`d value and any
+    other object are left as they are. Mirrors the reference's
+    `prefect.futures.resolve_futures_to_states`."""
+    return _replacing_futures(expr, _final_state)
+
+
+def resolve_futures_to_results(expr: Any) -> Any:
+    """As `resolve_futures_to_states`, with each future replaced by its task's return value;
+    a failed run's exception is raised. Mirrors the reference's
+    `prefect.futures.resolve_futures_to_results`."""
+    return _replacing_futures(expr, StatewardFuture.result)
+
+
+def _final_state(future: StatewardFuture[Any]) -> State:
+    future.wait()
+    return future.state
+
+
+def _replacing_futures(expr: Any, replace: Callable[[StatewardFuture[Any]], Any]) -> Any:
+    if isinstance(expr, StatewardFuture):
+        return replace(expr)
+    if isinstance(expr, quote):
+        return expr
+    if isinstance(expr, list):  # a StatewardFutureList too: a plain list of what replaced them
+        return [_replacing_futures(item, replace) for item in expr]
+    if isinstance(expr, tuple):
+        items = [_replacing_futures(item, replace) for item in expr]
+        return type(expr)(*items) if hasattr(expr, "_fields") else type(expr)(items)
+    if isinstance(expr, set | frozenset):
+        return type(expr)(_replacing_futures(item, replace) for item in expr)
+    if isinstance(expr, dict):
+        return {
+            _replacing_futures(key, replace): _replacing_futures(value, replace)
+            for key, value in expr.items()
+        }
+    return expr
+
+
 __all__ = [
     "DoneAndNotDoneFutures",
     "StatewardFuture",
     "StatewardFutureList",
     "as_completed",
+    "resolve_futures_to_results",
+    "resolve_futures_to_states",
     "wait",
 ]

@@ -11,8 +11,15 @@ import time
 
 import pytest
 
-from stateward import flow, task
-from stateward.futures import DoneAndNotDoneFutures, StatewardFuture, as_completed, wait
+from stateward import flow, quote, task
+from stateward.futures import (
+    DoneAndNotDoneFutures,
+    StatewardFuture,
+    as_completed,
+    resolve_futures_to_results,
+    resolve_futures_to_states,
+    wait,
+)
 from tests.sdk.conftest import python
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
@@ -168,3 +175,29 @@ def test_as_completed_and_wait_on_the_embedded_default(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == [[1, 4, 9], 3, 0]
+
+
+@task
+def fails() -> None:
+    raise KeyError("gone")
+
+
+def test_resolving_futures_inside_collections_to_states_and_results():
+    @flow
+    def nested() -> tuple[object, object, str]:
+        one, two, three = quick.submit("one"), quick.submit("two"), quick.submit("three")
+        shape = {"a": [one, (two,)], "b": {three}, "q": quote(one), "plain": 1}
+        states = resolve_futures_to_states(shape)
+        results = resolve_futures_to_results(shape)
+        failing = fails.submit()
+        try:
+            resolve_futures_to_results([failing])
+        except KeyError as error:
+            raised = str(error)
+        return states, results, raised
+
+    states, results, raised = nested()
+    assert [s.name for s in (states["a"][0], states["a"][1][0], *states["b"])] == ["Completed"] * 3
+    assert isinstance(states["q"], quote) and isinstance(states["q"].unquote(), StatewardFuture)
+    assert results == {"a": ["one", ("two",)], "b": {"three"}, "q": results["q"], "plain": 1}
+    assert raised == "'gone'"

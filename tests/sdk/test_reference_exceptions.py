@@ -9,8 +9,14 @@ import signal
 
 import pytest
 
-from stateward import flow, task
-from stateward.exceptions import ParameterBindError, StatewardError, TerminationSignal
+from stateward import flow, resume_flow_run, task
+from stateward.exceptions import (
+    FailedPrecondition,
+    NotPausedError,
+    ParameterBindError,
+    StatewardError,
+    TerminationSignal,
+)
 from tests.sdk.conftest import spawn
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
@@ -91,3 +97,14 @@ def test_sigterm_in_a_flow_is_the_termination_signal_of_stateward_exceptions(tmp
     assert "Crashed" in err
     assert issubclass(TerminationSignal, BaseException)
     assert not issubclass(TerminationSignal, Exception)  # `except Exception` lets it through
+
+
+def test_resuming_a_run_that_is_not_paused():
+    @flow
+    def done() -> int:
+        return 1
+
+    run_id = done(return_state=True).details.flow_run_id
+    with pytest.raises(NotPausedError, match="is not paused") as raised:
+        resume_flow_run(run_id)
+    assert isinstance(raised.value, FailedPrecondition)  # the server's refusal, as before
