@@ -11,13 +11,19 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# The install is redone when pyproject.toml changes.
+# The install is redone when pyproject.toml changes. Editable: the two source roots (client/,
+# service/) are not one folder setuptools can put on sys.path, so its editable install maps each
+# package to its folder with an import finder, and says (pip >= 25 shows it) that a folder named
+# like a package in the working directory would win. This checkout has none (the packages live
+# under client/ and service/): that one notice is silenced, by its message, and nothing else.
+INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet
+
 $(VENV)/.installed-run: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(INSTALL) -e '.[dev]'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
