@@ -29,3 +29,58 @@ def test_code_written_for_the_reference_imports_the_same_names():
     assert callable(flow) and callable(task)
     assert stateward.exponential_backoff is exponential_backoff
     assert stateward.task_input_hash is task_input_hash
+
+
+def test_the_reference_module_paths_hold_the_same_objects():
+    """`from prefect.X import Y` becomes `from stateward.X import Y`: each module path of the
+    reference's examples that Stateward has gives the object `stateward` itself exports."""
+    import stateward.cache_policies
+    import stateward.context
+    import stateward.exceptions
+    import stateward.flow_runs
+    import stateward.flows
+    import stateward.futures
+    import stateward.input
+    import stateward.logging
+    import stateward.runtime
+    import stateward.states
+    import stateward.task_runners
+    import stateward.tasks
+    import stateward.utilities.annotations
+
+    same = {
+        stateward.logging.get_run_logger: stateward.get_run_logger,
+        stateward.context.get_run_context: stateward.get_run_context,
+        stateward.context.tags: stateward.tags,
+        stateward.flow_runs.pause_flow_run: stateward.pause_flow_run,
+        stateward.flow_runs.resume_flow_run: stateward.resume_flow_run,
+        stateward.flows.flow: stateward.flow,
+        stateward.flows.Flow: stateward.Flow,
+        stateward.tasks.task: stateward.task,
+        stateward.tasks.Task: stateward.Task,
+        stateward.futures.wait: stateward.wait,
+        stateward.states.State: stateward.State,
+        stateward.states.Completed: stateward.Completed,
+        stateward.states.StateType: stateward.StateType,
+        stateward.utilities.annotations.unmapped: stateward.unmapped,
+        stateward.utilities.annotations.allow_failure: stateward.allow_failure,
+        stateward.utilities.annotations.quote: stateward.quote,
+        stateward.exceptions.TerminationSignal: stateward._signals.TerminationSignal,
+        stateward.cache_policies: stateward.cache_policies,
+        stateward.runtime: stateward.runtime,
+    }
+    for there, here in same.items():
+        assert there is here, there
+    for name in (
+        "as_completed", "resolve_futures_to_results", "resolve_futures_to_states",
+    ):  # fmt: skip
+        assert callable(getattr(stateward.futures, name))
+    assert issubclass(stateward.input.RunInput, object)
+    assert stateward.task_runners.ThreadPoolTaskRunner is not None
+    for name in (
+        "CancelledRun", "CrashedRun", "FailedRun", "FlowPauseTimeout", "FlowRunWaitTimeout",
+        "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
+        "MissingResult", "NotPausedError", "ParameterBindError", "ParameterTypeError",
+        "PausedRun", "TerminationSignal", "UnfinishedRun", "UpstreamTaskError",
+    ):  # fmt: skip
+        assert isinstance(getattr(stateward.exceptions, name), type), name
