@@ -121,10 +121,11 @@ class _Entry:
     """A published transition and, once a subscriber needed them, its encodings (one per
     encoder: the gRPC stream's, the web view's)."""
 
-    __slots__ = ("_payloads", "transition")
+    __slots__ = ("_payloads", "size", "transition")
 
     def __init__(self, transition: Transition) -> None:
         self.transition = transition
+        self.size = _size(transition)  # what it counts for in the ring's bound, once
         self._payloads: dict[Encoder[Any], object] = {}
 
     def payload(self, encode: Encoder[P]) -> P:
@@ -326,9 +327,13 @@ def _itself(transition: Transition) -> Transition:
 def _size(transition: Transition) -> int:
     """A rough size, to bound the ring's memory by the results its states carry."""
     size = 512
-    for state in (transition.from_state, transition.to_state):
-        if state is not None and state.data is not None:
-            size += len(state.data.json or "") + len(state.data.pickle or b"")
+    data = transition.to_state.data
+    if data is not None:
+        size += len(data.json or "") + len(data.pickle or b"")
+    before = transition.from_state
+    data = before.data if before is not None else None
+    if data is not None:
+        size += len(data.json or "") + len(data.pickle or b"")
     return size
 
 
@@ -428,14 +433,16 @@ class TransitionBroadcaster:
                 self._ring.clear()
                 self._ring_bytes = 0
                 self._gap = True
+            ring = self._ring
             for transition in transitions:
-                self._ring.append(_Entry(transition))
-                self._ring_bytes += _size(transition)
+                entry = _Entry(transition)
+                ring.append(entry)
+                self._ring_bytes += entry.size
             self._last = transitions[-1].sequence
             while self._ring and (
                 len(self._ring) > self.capacity or self._ring_bytes > self.capacity_bytes
             ):
-                self._ring_bytes -= _size(self._ring.popleft().transition)
+                self._ring_bytes -= self._ring.popleft().size
             loop = self._loop
             if loop is None or not self.subscribers:
                 # No subscriber: nothing to dispatch, and no event loop to wake (a process

@@ -43,11 +43,16 @@ class LocalService:
         it and no read looks for one. Raises ServiceError (INVALID_ARGUMENT, NOT_FOUND,
         ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE) as CreateFlowRun and CreateTaskRun
         do, and TypeError for parameters a Struct cannot hold."""
+        return self._create_run(run, new_id, True)
+
+    def _create_run(self, run: Run, new_id: bool, copy: bool) -> Run:
+        """`create_run`; without `copy`, inside a batch (the run is read at once, before the
+        batch's next write changes it)."""
         record, initial, parameters = _record(run, id_is_new=new_id)
         fresh = new_id or not run.id
         orchestrator = self.orchestrator
         try:  # as `translating` does, without a closure: every task run comes here
-            created = orchestrator.create_run(record, initial, new_id=fresh)
+            created = orchestrator.create_run(record, initial, new_id=fresh, copy=copy)
         except REFUSALS as error:
             raise_refusal(error, orchestrator.in_batch)
         return _run(created, parameters)
@@ -69,7 +74,7 @@ class LocalService:
             with self.orchestrator.batch():
                 for run in runs:
                     try:
-                        created.append(self.create_run(run, new_id=new_ids))
+                        created.append(self._create_run(run, new_ids, False))
                     except ServiceError as error:
                         if not refused_alone(error):
                             raise

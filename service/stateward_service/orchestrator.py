@@ -258,10 +258,12 @@ class Orchestrator:
     # --- runs -----------------------------------------------------------------------------------
 
     def create_run(
-        self, run: RunRecord, initial: State | None, *, new_id: bool = False
+        self, run: RunRecord, initial: State | None, *, new_id: bool = False, copy: bool = True
     ) -> RunRecord:
         """Store a new run and orchestrate its initial state, atomically. `new_id` says the id
-        was just minted, so it cannot exist yet."""
+        was just minted, so it cannot exist yet. Returns a copy of the run as stored; without
+        `copy`, inside a batch, the record itself, which the batch's next writes change (for a
+        caller that reads it at once)."""
 
         for tries in range(_CONFLICT_RETRIES):
             try:
@@ -269,6 +271,8 @@ class Orchestrator:
                     batch = self._batch
                     if batch is not None:  # its transitions are published with the batch
                         self._create(run, initial, new_id, batch)
+                        if not copy:
+                            return run
                     else:
                         written: list[_Logged] = []
                         with self._transaction():

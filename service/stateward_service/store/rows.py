@@ -52,38 +52,66 @@ def json_list(values: Sequence[Any]) -> str:
     return json.dumps(list(values)) if values else "[]"
 
 
-def run_row(run: RunRecord) -> dict[str, Any]:
-    """Every column of a run's row."""
+# The columns of a run's row, in the order `run_values` gives their values.
+_RUN_COLUMNS = (
+    "id",
+    "name",
+    "parameters",
+    "tags",
+    "retries",
+    "retry_delays",
+    "retry_jitter",
+    "state_id",
+    "state_type",
+    "state_name",
+    "run_count",
+    "start_time",
+    "end_time",
+    "total_run_time",
+    "expected_start_time",
+    "next_scheduled_start_time",
+    "lease_expires",
+    "created",
+)
+RUN_COLUMNS = {
+    RunKind.FLOW_RUN: (*_RUN_COLUMNS, "flow_name", "parent_task_run_id", "pause_keys"),
+    RunKind.TASK_RUN: (*_RUN_COLUMNS, "task_key", "flow_run_id", "child_flow_run_id"),
+}
+_FLOW_RUN = RunKind.FLOW_RUN
+
+
+def run_values(run: RunRecord) -> tuple[Any, ...]:
+    """Every column of a run's row, in the order of `RUN_COLUMNS[run.kind]` (None: NULL)."""
     state = run.state
-    row: dict[str, Any] = {
-        "id": run.id,
-        "name": run.name,
-        "parameters": run.parameters,
-        "tags": json_list(run.tags),
-        "retries": run.retry_policy.retries,
-        "retry_delays": json_list(run.retry_policy.retry_delay_seconds),
-        "retry_jitter": run.retry_policy.retry_jitter_factor,
-        "state_id": state.id if state else None,
-        "state_type": int(state.type) if state else None,
-        "state_name": state.name if state else None,
-        "run_count": run.run_count,
-        "start_time": to_us(run.start_time),
-        "end_time": to_us(run.end_time),
-        "total_run_time": run.total_run_time,
-        "expected_start_time": to_us(run.expected_start_time),
-        "next_scheduled_start_time": to_us(run.next_scheduled_start_time),
-        "lease_expires": to_us(run.lease_expires),
-        "created": to_us(run.created),
-    }
-    if run.kind is RunKind.FLOW_RUN:
-        row["flow_name"] = run.flow_name
-        row["parent_task_run_id"] = run.parent_task_run_id or None
-        row["pause_keys"] = json_list(sorted(run.pause_keys))
-    else:
-        row["task_key"] = run.task_key
-        row["flow_run_id"] = run.flow_run_id or None
-        row["child_flow_run_id"] = run.child_flow_run_id or None
-    return row
+    policy = run.retry_policy
+    common = (
+        run.id,
+        run.name,
+        run.parameters,
+        json_list(run.tags),
+        policy.retries,
+        json_list(policy.retry_delay_seconds),
+        policy.retry_jitter_factor,
+        state.id if state else None,
+        int(state.type) if state else None,
+        state.name if state else None,
+        run.run_count,
+        to_us(run.start_time),
+        to_us(run.end_time),
+        run.total_run_time,
+        to_us(run.expected_start_time),
+        to_us(run.next_scheduled_start_time),
+        to_us(run.lease_expires),
+        to_us(run.created),
+    )
+    if run.kind is _FLOW_RUN:
+        return (
+            *common,
+            run.flow_name,
+            run.parent_task_run_id or None,
+            json_list(sorted(run.pause_keys)),
+        )
+    return (*common, run.task_key, run.flow_run_id or None, run.child_flow_run_id or None)
 
 
 def run_from_row(kind: RunKind, description: Any, row: Sequence[Any]) -> RunRecord:
@@ -130,12 +158,36 @@ _detail_values = operator.attrgetter(*_DETAIL_NAMES)
 _json_text = json.encoder.encode_basestring_ascii
 
 
+# The details' values that name the run and the proposal (nearly every state written holds
+# these and nothing else), and the others.
+_IDS = ("flow_run_id", "task_run_id", "transition_id")
+_id_values = operator.itemgetter(*(_DETAIL_NAMES.index(name) for name in _IDS))
+_other_values = operator.itemgetter(
+    *(index for index, name in enumerate(_DETAIL_NAMES) if name not in _IDS)
+)
+
+
 def details_json(details: StateDetails) -> str:
     """The details that differ from their defaults, as JSON (times in microseconds): the text
     `json.dumps(..., separators=(",", ":"))` writes for them, made directly (every state
     written passes here, and json.dumps builds an encoder each time)."""
+    values = _detail_values(details)
+    if not any(_other_values(values)):  # every default is falsy ("", None, False)
+        # A task run's or a flow run's state as proposed: its ids alone, in the fields' order.
+        flow_run_id, task_run_id, transition_id = _id_values(values)
+        if flow_run_id and transition_id:
+            if task_run_id:
+                return (
+                    f'{{"flow_run_id":{_json_text(flow_run_id)},'
+                    f'"task_run_id":{_json_text(task_run_id)},'
+                    f'"transition_id":{_json_text(transition_id)}}}'
+                )
+            return (
+                f'{{"flow_run_id":{_json_text(flow_run_id)},'
+                f'"transition_id":{_json_text(transition_id)}}}'
+            )
     parts = []
-    for name, value in zip(_DETAIL_NAMES, _detail_values(details), strict=True):
+    for name, value in zip(_DETAIL_NAMES, values, strict=True):
         if not value:  # every default is falsy ("", None, False)
             continue
         if value is True:

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from stateward.runs import ConcurrencyLimit, LogEntry, RunKind, Transition
@@ -26,6 +28,7 @@ from stateward_service.store.pages import (
 )
 from stateward_service.store.rows import (
     EPOCH,
+    RUN_COLUMNS,
     STATE_COLUMNS,
     STATE_WIDTH,
     details_json,
@@ -33,7 +36,7 @@ from stateward_service.store.rows import (
     json_list,
     prefixed_state_columns,
     run_from_row,
-    run_row,
+    run_values,
     state_from_row,
     table,
     to_us,
@@ -453,9 +456,11 @@ class SqlStore(SqlReads):
         return row is not None
 
     def insert_run(self, run: RunRecord) -> None:
-        # The columns without a value are left out (their default is NULL; see `_send`).
-        row = {column: value for column, value in run_row(run).items() if value is not None}
-        self._send(_insert_run_sql(run.kind, tuple(row)), tuple(row.values()))
+        # The columns without a value are left out (their default is NULL; see `_send`): one
+        # text per kind and set of columns with a value, made once.
+        values = run_values(run)
+        bound = tuple(map(is_not, values, _NONES))
+        self._send(_insert_run_sql(run.kind, bound), tuple(compress(values, bound)))
 
     def update_run(self, run: RunRecord) -> None:
         """Write the run's mutable fields (state, bookkeeping, pause keys, lease)."""
@@ -475,10 +480,9 @@ class SqlStore(SqlReads):
         if run.kind is RunKind.FLOW_RUN:
             values += (json_list(sorted(run.pause_keys)),)
         # The NULLs are written in the statement's text (see `_send`): one text per kind and
-        # set of empty columns, made once.
-        nulls = tuple(value is None for value in values)
-        sent = tuple(value for value in values if value is not None)
-        self._send(_update_run_sql(run.kind, nulls), (*sent, run.id))
+        # set of columns with a value, made once.
+        bound = tuple(map(is_not, values, _NONES))
+        self._send(_update_run_sql(run.kind, bound), (*compress(values, bound), run.id))
 
     def link_subflow(self, task_run_id: str, flow_run_id: str) -> None:
         """Record on a task run that it stands for the subflow `flow_run_id`."""
@@ -683,6 +687,8 @@ def _merged(
 
 
 # The columns `update_run` writes, in its order (a flow run's `pause_keys` last).
+# A None for each column of a run's row: `map(is_not, values, _NONES)` marks those with a value.
+_NONES = (None,) * max(len(columns) for columns in RUN_COLUMNS.values())
 _UPDATED_COLUMNS = (
     "state_id",
     "state_type",
@@ -699,19 +705,21 @@ _UPDATED_COLUMNS = (
 
 
 @functools.cache
-def _update_run_sql(kind: RunKind, nulls: tuple[bool, ...]) -> str:
-    """The UPDATE of a run's mutable columns by id, those `nulls` marks set to NULL in the
-    text, the others bound in order (one flag per value `update_run` writes)."""
+def _update_run_sql(kind: RunKind, bound: tuple[bool, ...]) -> str:
+    """The UPDATE of a run's mutable columns by id, those `bound` marks bound in order, the
+    others set to NULL in the text (one flag per value `update_run` writes)."""
     sets = ", ".join(
-        f"{column} = NULL" if null else f"{column} = ?"
-        for column, null in zip(_UPDATED_COLUMNS, nulls, strict=False)
+        f"{column} = ?" if given else f"{column} = NULL"
+        for column, given in zip(_UPDATED_COLUMNS, bound, strict=False)
     )
     return f"UPDATE {table(kind)} SET {sets} WHERE id = ?"
 
 
 @functools.cache
-def _insert_run_sql(kind: RunKind, columns: tuple[str, ...]) -> str:
-    """The INSERT of a run's row with these columns (made once per kind)."""
+def _insert_run_sql(kind: RunKind, bound: tuple[bool, ...]) -> str:
+    """The INSERT of a run's row with the columns `bound` marks (one flag per column of
+    `RUN_COLUMNS[kind]`); the others take their default, NULL."""
+    columns = tuple(compress(RUN_COLUMNS[kind], bound))
     marks = ", ".join("?" for _ in columns)
     return f"INSERT INTO {table(kind)} ({', '.join(columns)}) VALUES ({marks})"
 
