@@ -97,6 +97,24 @@ def resume_flow_run(flow_run_id: str, run_input: Any = None) -> Any:
     return _resume(flow_run_id, text)
 
 
+async def apause_flow_run(
+    wait_for_input: Any = None,
+    timeout: float = DEFAULT_PAUSE_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    key: str | None = None,
+) -> Any:
+    """`await pause_flow_run(...)` under the name the reference's async form has
+    (`apause_flow_run`): the same arguments, value and errors."""
+    return await pause_flow_run(wait_for_input, timeout, poll_interval, key)
+
+
+async def aresume_flow_run(flow_run_id: str, run_input: Any = None) -> State:
+    """`await resume_flow_run(...)` under the name the reference's async form has
+    (`aresume_flow_run`): the same arguments, value and errors."""
+    state: State = await resume_flow_run(flow_run_id, run_input)
+    return state
+
+
 def _resume(flow_run_id: str, run_input: str | None) -> State:
     try:
         result = get_client().resume_flow_run(flow_run_id, run_input)
@@ -330,4 +348,10 @@ class _RunWaiter:
             watching.set()
 
 
-__all__ = ["pause_flow_run", "resume_flow_run", "wait_for_flow_run"]
+__all__ = [
+    "apause_flow_run",
+    "aresume_flow_run",
+    "pause_flow_run",
+    "resume_flow_run",
+    "wait_for_flow_run",
+]

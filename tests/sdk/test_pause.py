@@ -24,6 +24,7 @@ from stateward.exceptions import (
     InvalidArgument,
     NotFound,
 )
+from stateward.flow_runs import apause_flow_run, aresume_flow_run
 from stateward.runtime import flow_run
 from stateward.states import State, StateDetails, StateType
 from tests.sdk.conftest import python, spawn
@@ -182,6 +183,25 @@ def test_an_async_flow_awaits_its_pause(client):
     resumer.join(10)
     run = next(client.list_flow_runs(flow_names=[name], limit=1))
     assert names(client, run.id) == ["Pending", "Running", "Paused", "Running", "Completed"]
+
+
+def test_the_async_forms_under_the_references_names(client):
+    name = "sdk-pause-async-names"
+
+    def resume_with_aresume() -> None:
+        run = paused_run(client, name)
+        state = asyncio.run(aresume_flow_run(run.id, {"approver": "ann", "level": 1}))
+        assert state.type is StateType.RUNNING
+
+    @flow(name=name)
+    async def waits() -> str:
+        answer = await apause_flow_run(wait_for_input=Approval, timeout=60, poll_interval=30)
+        return answer.approver
+
+    resumer = threading.Thread(target=resume_with_aresume, daemon=True)
+    resumer.start()
+    assert asyncio.run(waits()) == "ann"
+    resumer.join(10)
 
 
 # --- timeouts and keys ---------------------------------------------------------------------------
