@@ -6,8 +6,10 @@ passed untouched; the runtime values inside flow runs and task runs, and outside
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -320,3 +322,16 @@ def test_parent_and_root_flow_run_ids_along_a_chain_of_subflows():
     assert inner_parent == middle_id and inner_root == top_id
     assert len({top_id, middle_id, inner_id}) == 3
     assert (flow_run.parent_flow_run_id, flow_run.root_flow_run_id) == (None, None)
+
+
+def test_flow_version_is_the_given_one_or_a_hash_of_the_source_file():
+    @flow
+    def unversioned() -> object:
+        return flow_run.flow_version
+
+    @flow(version="2.1")
+    def versioned() -> object:
+        return flow_run.flow_version
+
+    source_hash = hashlib.md5(Path(__file__).read_bytes()).hexdigest()
+    assert (unversioned(), versioned(), flow_run.flow_version) == (source_hash, "2.1", None)

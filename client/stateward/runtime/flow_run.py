@@ -1,16 +1,20 @@
 """The flow run executing now (for a task run, the flow run it belongs to): `id`, `name`,
-`flow_name`, `parameters`, `tags`, `scheduled_start_time`, `run_count`, `parent_flow_run_id`
-(the flow run a subflow was called in, None for a flow called at the top) and
-`root_flow_run_id` (the top one of a subflow's chain; a top-level flow run's own id), as in the
-reference's `prefect.runtime.flow_run` (a flow called in a task on a worker process has no
-parent: it is a top-level flow run there). Read as module attributes (`from stateward.runtime
-import flow_run; flow_run.id`); outside a flow run `id`, `name`, `flow_name`,
+`flow_name`, `flow_version` (its `version=`, else a hash of its source file), `parameters`,
+`tags`, `scheduled_start_time`, `run_count`, `parent_flow_run_id` (the flow run a subflow was
+called in, None for a flow called at the top) and `root_flow_run_id` (the top one of a
+subflow's chain; a top-level flow run's own id), as in the reference's
+`prefect.runtime.flow_run` (a flow called in a task on a worker process has no parent: it is a
+top-level flow run there). Read as module attributes (`from stateward.runtime import flow_run;
+flow_run.id`); outside a flow run `id`, `name`, `flow_name`, `flow_version`,
 `scheduled_start_time`, `parent_flow_run_id` and `root_flow_run_id` are None, `parameters` {},
 `tags` [] and `run_count` 0."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from stateward._context import FlowRunContext, flow_run_context
@@ -29,6 +33,21 @@ def get_name() -> str | None:
 def get_flow_name() -> str | None:
     context = flow_run_context.get()
     return context.flow.name if context else None
+
+
+def get_flow_version() -> str | None:
+    """The flow's `version=`; without one, as the reference, the MD5 hex digest of the source
+    file defining the flow's function (None when that file cannot be read)."""
+    context = flow_run_context.get()
+    if context is None:
+        return None
+    if context.flow.version is not None:
+        return str(context.flow.version)
+    try:
+        source = inspect.getsourcefile(context.flow.fn)
+        return hashlib.md5(Path(source).read_bytes()).hexdigest() if source else None
+    except (OSError, TypeError):  # no file (code typed at a prompt, a C function)
+        return None
 
 
 def get_parameters() -> dict[str, Any]:
@@ -73,6 +92,7 @@ _GETTERS = {
     "id": get_id,
     "name": get_name,
     "flow_name": get_flow_name,
+    "flow_version": get_flow_version,
     "parameters": get_parameters,
     "tags": get_tags,
     "scheduled_start_time": get_scheduled_start_time,
