@@ -206,7 +206,13 @@ def main() -> None:
                 "prefect",
                 args.tasks,
                 args.repeat,
-                {**quiet, "PREFECT_HOME": str(home / "prefect")},
+                # Its ephemeral server's first start (migrations) outlasts the default 20 s
+                # on a loaded machine; the start is not timed.
+                {
+                    **quiet,
+                    "PREFECT_HOME": str(home / "prefect"),
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                },
             )
             ref = show("reference orchestrator (ephemeral)", reference)
             if "embedded" in best:
