@@ -12,6 +12,7 @@ import time
 import pytest
 
 from stateward import flow, quote, task
+from stateward.exceptions import RunTimedOut
 from stateward.futures import (
     DoneAndNotDoneFutures,
     StatewardFuture,
@@ -201,3 +202,23 @@ def test_resolving_futures_inside_collections_to_states_and_results():
     assert isinstance(states["q"], quote) and isinstance(states["q"].unquote(), StatewardFuture)
     assert results == {"a": ["one", ("two",)], "b": {"three"}, "q": results["q"], "plain": 1}
     assert raised == "'gone'"
+
+
+def test_a_flows_timeout_interrupts_its_wait_in_as_completed():
+    waited: list[float] = []
+
+    @flow(timeout_seconds=0.5)
+    def times_out() -> None:
+        future = held.submit("slow")
+        started = time.monotonic()
+        try:
+            for _ in as_completed([future]):
+                pass
+        except RunTimedOut:
+            waited.append(time.monotonic() - started)
+            release.set()
+            raise
+
+    state = times_out(return_state=True)
+    assert state.name == "TimedOut"
+    assert len(waited) == 1 and waited[0] < 10, waited  # not the held task's 30 s
