@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,22 @@ def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
 _compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+# What `_compact_json` writes for an exact str, int, bool or None (C functions, no encoder):
+# most results are one of those.
+_SCALAR_JSON: dict[type, Callable[[Any], str]] = {
+    str: json.encoder.encode_basestring,
+    int: int.__repr__,
+    bool: {True: "true", False: "false"}.__getitem__,
+    type(None): {None: "null"}.__getitem__,
+}
+
+
 def _serialized(value: Any) -> tuple[bytes, str]:
     """The value encoded, and how: as JSON when it round-trips (a plain object that looks like
     a result file reference is pickled instead), else as a pickle."""
+    scalar = _SCALAR_JSON.get(value.__class__)
+    if scalar is not None:
+        return scalar(value).encode(), "json"
     if _is_plain_json(value) and not _is_reference(value):
         return _compact_json(value).encode(), "json"
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -185,13 +186,18 @@ def proposed_state(state: State, field: str) -> None:
     checks as `state`, and its times must be timezone-aware, as a Timestamp is."""
     details = state.details
     # Most proposals carry no time, no pause and short texts: one look at each field says so
-    # (the checks below say what is wrong with the others).
+    # (the checks below say what is wrong with the others). Their details name their run and
+    # proposal: every other field `_state_fields` checks is at its default (one comparison).
     if not (
         state.timestamp is None
         and len(state.name) <= MAX_NAME
         and len(state.message) <= MAX_MESSAGE
         and (
             details is _NO_DETAILS
+            or (
+                _checked_details(details) == _DEFAULTS_CHECKED
+                and len(details.transition_id) <= MAX_KEY
+            )
             or (
                 len(details.cache_key) <= MAX_CACHE_KEY
                 and len(details.transition_id) <= MAX_KEY
@@ -233,6 +239,18 @@ def _state_fields(state: State, field: str) -> None:
 
 # The details every state made without any shares (one immutable value).
 _NO_DETAILS = State(StateType.COMPLETED).details
+# The details' fields `_state_fields` checks besides the transition id, and their defaults
+# (nearly every proposal's).
+_checked_details = operator.attrgetter(
+    "cache_key",
+    "pause_key",
+    "scheduled_time",
+    "cache_expiration",
+    "pause_timeout",
+    "run_input",
+    "run_input_schema",
+)
+_DEFAULTS_CHECKED = _checked_details(_NO_DETAILS)
 
 
 def aware(value: datetime | None, field: str) -> None:
@@ -413,6 +431,9 @@ def parameter_values(values: Mapping[str, Any], field: str) -> tuple[dict[str, A
     if not values:
         return {}, "{}"
     carried = {}
+    # The JSON text of the parameters as they go (`_compact_json`'s, without building an
+    # encoder): None once one is not a plain value, which `_compact_json` then writes.
+    parts: list[str] | None = []
     for key, value in values.items():
         kind = value.__class__
         # Exact strings, booleans, None and ints a double holds exactly (nearly every task
@@ -425,10 +446,15 @@ def parameter_values(values: Mapping[str, Any], field: str) -> tuple[dict[str, A
             or (kind is int and -_EXACT_IN_A_DOUBLE < value < _EXACT_IN_A_DOUBLE)
         ):
             carried[key] = value
+            if parts is not None:
+                parts.append(f"{_json_string(key)}:{_SCALAR_JSON[kind](value)}")
             continue
         if not isinstance(key, str):
             raise TypeError(f"a parameter's key must be a string, not {type(key).__name__}")
         carried[key] = _struct_value(value, f"{field}.{key}")
+        parts = None
+    if parts is not None:
+        return carried, "{" + ",".join(parts) + "}"
     return carried, _compact_json(carried)
 
 
@@ -438,6 +464,15 @@ _EXACT_IN_A_DOUBLE = 2**53
 
 # `json.dumps(..., separators=(",", ":"))` without building an encoder at each call.
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
+# What it writes for a string (ASCII, escaped) and for each kind of plain value the
+# parameters carry as they are (C functions, no encoder).
+_json_string = json.encoder.encode_basestring_ascii
+_SCALAR_JSON: dict[type, Callable[[Any], str]] = {
+    str: _json_string,
+    int: int.__repr__,
+    bool: {True: "true", False: "false"}.__getitem__,
+    type(None): {None: "null"}.__getitem__,
+}
 
 
 def _items(values: Mapping[Any, Any]) -> Iterator[tuple[str, Any]]:
