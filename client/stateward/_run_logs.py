@@ -7,13 +7,21 @@ is slow or away, lines wait in the buffer, and when the buffer is full the oldes
 counted, with a warning. A process that dies loses at most the lines of the last half second; one
 that ends normally sends what is left (waiting a bounded time), and so does the end of a flow run
 that is not a subflow.
+
+A child forked from a process that sends run logs (e.g. a `multiprocessing` pool with the 'fork'
+start method, called from a task) cannot use the parent's connection, but what its code logs
+about the parent's runs is still theirs: the child hands each such line to the parent over a
+socket the parent made before the fork (`ForkRelay`), and the parent's shipper sends it.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -146,11 +154,12 @@ class LogShipper:
 
 
 class RunLogHandler(logging.Handler):
-    """Sends the lines logged about a run (those with its ids) to the shipper."""
+    """Hands the lines logged about a run (those with its ids) to `add`: the shipper's, or in
+    a forked child the relay's to its parent."""
 
-    def __init__(self, shipper: LogShipper) -> None:
+    def __init__(self, add: Callable[[LogEntry], None]) -> None:
         super().__init__()
-        self.shipper = shipper
+        self.add = add
 
     def emit(self, record: logging.LogRecord) -> None:
         ids = getattr(record, _RUN_IDS, None)
@@ -161,7 +170,7 @@ class RunLogHandler(logging.Handler):
             if record.exc_info:
                 shown = record.exc_text or logging.Formatter().formatException(record.exc_info)
                 message = f"{message}\n{shown}"
-            self.shipper.add(
+            self.add(
                 LogEntry(
                     flow_run_id=ids[0],
                     task_run_id=ids[1],
@@ -175,41 +184,156 @@ class RunLogHandler(logging.Handler):
             self.handleError(record)
 
 
+RELAY_DATAGRAM = 200_000  # bytes of one line handed over by a forked child, at most
+RELAY_WAIT = 5.0  # seconds a forked child waits for room in the socket before dropping a line
+_RELAY_CUT = 50_000  # characters of a message kept when its line is over RELAY_DATAGRAM
+
+
+class ForkRelay:
+    """A datagram socket pair made by a process that sends run logs, just before it forks: its
+    forked children (and theirs) send the lines they log about its runs on one end, one line a
+    datagram (never mixed with another child's), and a thread of the parent puts those of the
+    other end into the parent's shipper. A line sent before the child hands back its result
+    is in the parent's socket when the parent reads that result: `take_waiting` (each flush)
+    gets it into the shipper."""
+
+    def __init__(self, shipper: LogShipper) -> None:
+        self.shipper = shipper
+        self.inbox, self.outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # A child waits a bounded time when the parent's socket is full, then drops the line.
+        self.outbox.settimeout(RELAY_WAIT)
+        self.inbox.setblocking(False)
+        self._taking = threading.Lock()  # one reader at a time: lines keep their order
+        self.sending = False  # this process is a forked child: it sends, the parent takes
+        self.dropped = 0
+        threading.Thread(target=self._take, name="stateward-fork-logs", daemon=True).start()
+
+    def _take(self) -> None:
+        waiting = select.poll()
+        waiting.register(self.inbox, select.POLLIN)
+        while True:
+            waiting.poll()
+            self.take_waiting()
+
+    def take_waiting(self) -> None:
+        """Put the lines waiting in the socket into the shipper (never blocks for new ones)."""
+        with self._taking:
+            while True:
+                try:
+                    data = self.inbox.recv(RELAY_DATAGRAM + 1024)
+                except (BlockingIOError, OSError):
+                    return
+                try:
+                    flow_run_id, task_run_id, created, level, name, message = json.loads(data)
+                    entry = LogEntry(
+                        flow_run_id=flow_run_id,
+                        task_run_id=task_run_id,
+                        timestamp=datetime.fromtimestamp(created, UTC),
+                        level=level,
+                        logger=name,
+                        message=message,
+                    )
+                except (ValueError, TypeError) as error:  # not one of ours: nothing to send
+                    log.warning("a forked child sent a run log line that is not one: %s", error)
+                    continue
+                self.shipper.add(entry)
+
+    def in_child(self) -> None:
+        """In a forked child: stop taking (the parent takes), start sending."""
+        if not self.sending:
+            self.sending = True
+            self.inbox.close()
+
+    def send(self, entry: LogEntry) -> None:
+        """Hand a line to the parent (in a forked child). Waits at most RELAY_WAIT seconds for
+        room; a line that cannot be handed over is dropped and counted, with a warning on the
+        child's own logging (the console), never an exception."""
+        line = [
+            entry.flow_run_id,
+            entry.task_run_id,
+            entry.timestamp.timestamp() if entry.timestamp else time.time(),
+            entry.level,
+            entry.logger,
+            entry.message,
+        ]
+        data = json.dumps(line, ensure_ascii=False).encode()
+        if len(data) > RELAY_DATAGRAM:
+            cut = len(entry.message) - _RELAY_CUT
+            line[5] = f"{entry.message[:_RELAY_CUT]} [cut: {cut} characters more]"
+            data = json.dumps(line, ensure_ascii=False).encode()
+        try:
+            self.outbox.send(data)
+        except OSError as error:  # full for RELAY_WAIT seconds, or the parent is gone
+            self.dropped += 1
+            log.warning(
+                "dropped a run log line of this forked child (%d so far): its parent, process "
+                "%d, did not take it (%s)",
+                self.dropped,
+                os.getppid(),
+                error,
+            )
+
+
 _shipper: LogShipper | None = None
+_relay: ForkRelay | None = None
 _install_lock = threading.Lock()
+
+
+def _open_relay() -> None:
+    """Before a fork: a process that sends run logs opens the relay its children will use."""
+    global _relay
+    if _shipper is not None and _relay is None:
+        try:
+            _relay = ForkRelay(_shipper)
+        except (OSError, RuntimeError) as error:  # no socket or thread to spare: console only
+            log.warning("run log lines of forked children stay on their console: %s", error)
 
 
 def _forget_in_child() -> None:
     """In a forked child: the parent's shipper sends with the parent's client, from a thread
-    that did not come along, and its lock may have been held at the fork; its handler goes,
-    so the lines the child logs about runs wait for a run of the child to install its own
-    (the parent's waiting lines stay the parent's to send)."""
+    that did not come along, and its lock may have been held at the fork; its handler goes.
+    What the child logs about runs goes to the parent through the relay, when the parent had
+    one (it had a shipper); the parent's waiting lines stay the parent's to send."""
     global _shipper, _install_lock
-    if _shipper is not None:
-        stateward_log = logging.getLogger("stateward")
-        for handler in list(stateward_log.handlers):
-            if isinstance(handler, RunLogHandler) and handler.shipper is _shipper:
-                stateward_log.removeHandler(handler)
+    stateward_log = logging.getLogger("stateward")
+    for handler in list(stateward_log.handlers):
+        if isinstance(handler, RunLogHandler) and (
+            (_shipper is not None and handler.add == _shipper.add)
+            or (_relay is not None and handler.add == _relay.send)
+        ):
+            stateward_log.removeHandler(handler)
+    if _relay is not None:
+        _relay.in_child()
+        stateward_log.addHandler(RunLogHandler(_relay.send))
     _shipper = None
     _install_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+os.register_at_fork(before=_open_relay, after_in_child=_forget_in_child)
 
 
 def install(send: Callable[[Sequence[LogEntry]], object]) -> LogShipper:
     """Start sending run logs with `send` (once per process); returns the shipper."""
-    global _shipper
+    global _shipper, _relay
     with _install_lock:
         if _shipper is None:
+            if _relay is not None:  # a forked child's own runs: their lines go their own way
+                stateward_log = logging.getLogger("stateward")
+                for handler in list(stateward_log.handlers):
+                    if isinstance(handler, RunLogHandler) and handler.add == _relay.send:
+                        stateward_log.removeHandler(handler)
+                _relay = None
             _shipper = LogShipper(send, buffer_size())
-            logging.getLogger("stateward").addHandler(RunLogHandler(_shipper))
+            logging.getLogger("stateward").addHandler(RunLogHandler(_shipper.add))
             atexit.register(flush, 3.0)
         return _shipper
 
 
 def flush(timeout: float = 2.0) -> None:
     """Send what waits (at most `timeout` seconds), e.g. when a flow run ends; at once when
-    the server is away (the lines keep waiting in the buffer)."""
+    the server is away (the lines keep waiting in the buffer). Lines forked children handed
+    over are among what waits."""
     if _shipper is not None and not _shipper.failing:
+        if _relay is not None and not _relay.sending:
+            _relay.take_waiting()
         _shipper.flush(timeout)

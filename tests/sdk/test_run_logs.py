@@ -184,6 +184,65 @@ def test_logs_on_the_embedded_default(tmp_path):
     assert lines_of(shown.stdout, *needles) == list(needles)
 
 
+FORKED_LOGGING_FLOW = """
+    import json, multiprocessing, os
+    from stateward import flow, get_run_logger, task
+    from stateward.runtime import flow_run
+
+    def work(n):  # a plain function, run in a forked worker of a pool
+        get_run_logger().info("child logger line %d", n)
+        print(f"child printed {n}")
+        if n == 1:  # and in a child of that child
+            pid = os.fork()
+            if pid == 0:
+                get_run_logger().info("grandchild line")
+                os._exit(0)
+            os.waitpid(pid, 0)
+        return n
+
+    @task(log_prints=True)
+    def fan_out():
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            return pool.map(work, [1, 2])
+
+    @flow(log_prints=True)
+    def forking():
+        fan_out()
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            pool.map(work, [3])
+        return flow_run.id
+
+    print(json.dumps(forking()), flush=True)
+    """
+FORKED_LINES = (
+    "Task run 'fan_out-0' - child logger line 1",
+    "Task run 'fan_out-0' - child printed 1",
+    "Task run 'fan_out-0' - grandchild line",
+    "Task run 'fan_out-0' - child logger line 2",
+    "Task run 'fan_out-0' - child printed 2",
+    "- child logger line 3",
+    "- child printed 3",
+)
+
+
+@pytest.mark.parametrize("where", ["server", "embedded"])
+def test_lines_logged_in_forked_children_are_the_runs_lines(where, tmp_path):
+    """What a forked worker's code logs about the run that called it (get_run_logger, and
+    prints under log_prints) is stored with that run, as in the parent process: it reached
+    the console only (the child has no connection of its own)."""
+    env = {} if where == "server" else {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)}
+    result = python(FORKED_LOGGING_FLOW, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = json.loads(result.stdout.splitlines()[-1])
+    shown = cli("flow-run", "logs", run_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    for line in FORKED_LINES:
+        assert line in shown.stdout, (line, shown.stdout)
+    flow_lines = [line for line in shown.stdout.splitlines() if "child" in line]
+    assert all("Flow run '" in line for line in flow_lines[-2:]), shown.stdout
+    assert len(flow_lines) == len(FORKED_LINES), shown.stdout  # each once
+
+
 def test_async_flows_log_too(client):
     import asyncio
 
