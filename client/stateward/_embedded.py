@@ -17,21 +17,17 @@ once, saying so (see `_forget_in_child`).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stateward import settings
-from stateward.client import Client
 from stateward.exceptions import (
     CursorExpired,
     FailedPrecondition,
@@ -53,9 +49,13 @@ from stateward.runs import (
 from stateward.states import State
 
 if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import Future
+
     import typer
 
     from stateward._transport import TransitionStream
+    from stateward.client import Client
     from stateward_service.grpc_api import OrchestrationService
     from stateward_service.local_api import LocalService
     from stateward_service.settings import ServerSettings
@@ -99,6 +99,8 @@ def has_client() -> bool:
 
 
 def _connect(lead_loops: bool) -> Client:
+    from stateward.client import Client  # here: `stateward --help` imports this module
+
     settings.check()
     address = settings.api_url()
     if address:
@@ -129,6 +131,7 @@ def _remote(address: str) -> Client:
     """A client of the server at STATEWARD_API_URL, once it answers (ServerUnavailable, saying
     what is wrong, within a few seconds if it does not)."""
     from stateward._transport import GrpcTransport
+    from stateward.client import Client
 
     client = Client(address, wait_for_ready=True, timeout=settings.request_timeout())
     transport = client.transport
@@ -373,6 +376,8 @@ def serve_ui(host: str | None, port: int | None) -> None:
     with the web view on `host`:`port` (None: the STATEWARD_UI_HOST/_PORT settings, else
     127.0.0.1:8471) and no gRPC port. Raises ServerUnavailable when the port is taken, and
     ValueError for a setting that is not allowed."""
+    import asyncio
+
     from stateward_service.server import (
         PortUnavailable,
         StatewardServer,
@@ -451,6 +456,8 @@ class _InProcessStream:
         if after is not None:
             self._check_cursor(broadcaster, after)
         self._start = broadcaster.last_sequence if after is None else after
+        import queue
+
         self._queue: queue.Queue[Any] = queue.Queue()  # bounded below, for data only
         self._future: Future[None] = embedded.submit(self._pump(broadcaster, where))
 
@@ -467,6 +474,8 @@ class _InProcessStream:
             raise CursorExpired(str(error), error.oldest) from None
 
     async def _pump(self, broadcaster: Any, where: Any) -> None:
+        import asyncio
+
         from stateward_service.broadcaster import CursorExpired, StreamClosed
 
         try:
@@ -573,13 +582,19 @@ class EmbeddedOrchestrator:
 
     def submit(self, coroutine: Any) -> Future[None]:
         """Run a coroutine on the embedded event loop."""
+        import asyncio
+
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def _run(self) -> None:
+        import asyncio
+
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:

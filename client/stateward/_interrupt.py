@@ -36,7 +36,6 @@ starts, and a generator's cleanup would then never run.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import threading
@@ -87,6 +86,8 @@ class RunCancelled(RunInterrupted):
 
 
 def _set_async_exc(thread_id: int, error: type[BaseException] | None) -> None:
+    import ctypes  # loaded by the first interrupt: not every process sends one
+
     target = ctypes.py_object(error) if error is not None else ctypes.c_void_p(0)
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), target)
 

@@ -8,7 +8,6 @@ each flag takes its value as text, and the settings validate it, as they do the 
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -67,6 +66,8 @@ def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
 def start(**flags: Any) -> None:
     """Run the server until interrupted (SIGINT or SIGTERM stop it gracefully)."""
     # Imported here: every `stateward` command builds this one's options, few run it.
+    import asyncio
+
     from stateward_service.server import PortUnavailable, serve
     from stateward_service.store import DatabaseRefused, DatabaseUnavailable
 

@@ -1,15 +1,16 @@
-"""The `stateward` command line."""
+"""The `stateward` command line.
+
+A command loads what it runs, no more: the app (typer, rich, each command's module) is imported
+by `main`, `--version` alone needs none of it, and the commands import the client, the server,
+gRPC and the database's modules when they use them."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from typer.exceptions import TyperException
-
-from stateward.cli.app import app
-from stateward.exceptions import StatewardError
+if TYPE_CHECKING:
+    from typer.exceptions import TyperException
 
 
 def main() -> None:
@@ -17,6 +18,15 @@ def main() -> None:
     a value out of range), a Stateward error (a setting that cannot be right, a server that
     cannot be reached) or a file the command cannot use is one line on stderr and a non-zero
     exit status (2 for the command line, else 1), not a box or a traceback."""
+    if sys.argv[1:] == ["--version"]:  # the app's own --version, without building the app
+        print_version()
+        return
+    import typer
+    from typer.exceptions import TyperException
+
+    from stateward.cli.app import app
+    from stateward.exceptions import StatewardError
+
     try:
         # Not standalone: the command line's errors come here to be said in one line, where
         # typer would draw them in a box under the usage.
@@ -40,6 +50,13 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def print_version() -> None:
+    """`stateward --version`: the installed distribution's version."""
+    from importlib.metadata import version
+
+    print(f"stateward {version('stateward')}")
+
+
 def command_line_error(error: TyperException) -> str:
     """A mistake in the command line as one line: what is wrong, the usage when an argument or
     an option is missing, and the help to read."""
@@ -57,6 +74,14 @@ def command_line_error(error: TyperException) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the Typer app, for whoever drives it (built on first use)
+        from stateward.cli.app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["app", "main"]

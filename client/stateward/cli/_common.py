@@ -7,14 +7,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from stateward import settings
-from stateward.client import Client
 from stateward.exceptions import StatewardError
 from stateward.states import State, StateType
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from stateward.client import Client
 
 # A terminal's width (or COLUMNS); piped output is 200 wide, so that long names and messages
 # are not folded. The tables' short ids are never cut.
@@ -45,6 +50,7 @@ def client() -> Iterator[Client]:
     processes that run flows, and servers, do: a command is too short-lived to lead them).
     Errors become a message and exit code 1."""
     from stateward._embedded import get_client
+    from stateward.client import Client
 
     try:
         address = settings.api_url()
@@ -56,6 +62,14 @@ def client() -> Iterator[Client]:
     except StatewardError as error:
         errors.print(f"[red]Error:[/red] {error}")
         raise typer.Exit(1) from None
+
+
+def new_table(*columns: str, **options: Any) -> Table:
+    """A rich Table with these columns and options (rich.table is loaded by the first: only
+    the commands that draw one need it)."""
+    from rich.table import Table
+
+    return Table(*columns, **options)
 
 
 def show_state(state: State | None) -> str:

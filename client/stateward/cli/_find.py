@@ -6,14 +6,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from stateward.client import Client
 from stateward.exceptions import InvalidArgument, NotFound
 from stateward.runs import FlowRun, TaskRun
 from stateward.times import parse_moment
+
+if TYPE_CHECKING:
+    from stateward.client import Client
 
 SHORT_ID = 8  # characters of a run's id the tables show
 _SCAN_PAGE = 500

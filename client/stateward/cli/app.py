@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Annotated
 
 import typer
@@ -21,8 +20,10 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"stateward {version('stateward')}")
+    if value:  # `stateward --version` alone does not come here (see main): `--version` after
+        from stateward.cli import print_version  # other options does
+
+        print_version()
         raise typer.Exit()
 
 

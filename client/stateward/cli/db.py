@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
-import tempfile
-import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +41,8 @@ def backup(
             f"(mkdir -p {folder})"
         )
         raise typer.Exit(1)
+    import tempfile  # the modules of a backup are loaded by it, not by every command
+
     handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=folder)
     os.close(handle)
     partial = Path(name)
@@ -73,6 +72,9 @@ def backup(
 def _copy(source_path: Path, target_path: Path) -> str:
     """Copy the database at `source_path` into `target_path` (WAL mode, as servers keep it) and
     return SQLite's integrity verdict on the copy ("ok" when sound)."""
+    import sqlite3
+    import urllib.parse
+
     # The path quoted: in a URI, `#`, `?` and `%` in a folder's name would end or change it.
     source = sqlite3.connect(f"file:{urllib.parse.quote(os.fspath(source_path))}?mode=ro", uri=True)
     try:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from stateward.cli._common import client, console
+from stateward.cli._common import client, console, new_table
 
 app = typer.Typer(help="Tag concurrency limits for task runs.", no_args_is_help=True)
 
@@ -28,7 +27,7 @@ def create(
 @app.command("ls")
 def list_limits() -> None:
     """List every limit with how many of its slots are taken."""
-    table = Table("Tag", "Limit", "Running")
+    table = new_table("Tag", "Limit", "Running")
     with client() as connected:
         limits = connected.list_concurrency_limits()
     if not limits:

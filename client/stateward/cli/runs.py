@@ -11,25 +11,29 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.markup import escape
 from rich.padding import Padding
-from rich.table import Table
 
 from stateward.cli._common import (
     client,
     console,
     errors,
+    new_table,
     parse_state_type,
     show_state,
     show_time,
 )
 from stateward.cli._find import find_flow_run, find_task_run, parse_since, short_id
-from stateward.client import Client
 from stateward.runs import FlowRun, RunKind, SetStateStatus, TaskRun
 from stateward.states import State, StateType
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from stateward.client import Client
 
 flow_runs = typer.Typer(
     help="Flow runs: list, inspect, logs, cancel, resume.", no_args_is_help=True
@@ -97,7 +101,7 @@ def list_flow_runs(
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List flow runs, newest first."""
-    table = Table()
+    table = new_table()
     id_column(table)
     for name in ("Flow", "Name", "State", "Runs", "Started", "Ended"):
         table.add_column(name)
@@ -144,7 +148,7 @@ def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
     print_facts(run.name, facts)
     console.print(history_table(states))
     if task_runs_of:
-        table = Table(title="Task runs")
+        table = new_table(title="Task runs")
         id_column(table)
         for name in ("Task run", "Task", "State", "Runs", "Subflow run"):
             table.add_column(name)
@@ -179,6 +183,8 @@ def print_facts(name: str, facts: list[tuple[str, str]]) -> None:
     """A run's name, then its facts one a line, a label and a value (rich markup): a value too
     long for the terminal folds within its own column, never into the next label's."""
     console.print(f"[bold]{escape(name)}[/bold]")
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column(overflow="fold")
@@ -188,7 +194,7 @@ def print_facts(name: str, facts: list[tuple[str, str]]) -> None:
 
 
 def history_table(states: list[State]) -> Table:
-    table = Table("Time", "State", "Message", title="History")
+    table = new_table("Time", "State", "Message", title="History")
     for state in states:
         table.add_row(show_time(state.timestamp), show_state(state), state.message)
     return table
@@ -354,7 +360,7 @@ def list_task_runs(
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
 ) -> None:
     """List task runs, newest first."""
-    table = Table()
+    table = new_table()
     id_column(table)
     for name in ("Task", "Name", "Flow run", "State", "Runs", "Ended"):
         table.add_column(name)
