@@ -38,6 +38,7 @@ from stateward._outcomes import bind, call_with
 from stateward._results import exception_for
 from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, stopped_message
 from stateward._supervisor import RunSupervisor, get_supervisor
+from stateward._tracebacks import show_escaping_tracebacks_trimmed
 from stateward.client import Client
 from stateward.exceptions import (
     DeadlineExceeded,
@@ -104,6 +105,7 @@ class RunEngine:
             self.supervisor = self.parent.engine.supervisor
         else:  # the first run of this process (a forked child's may be inside its parent's)
             configure_default_logging()
+            show_escaping_tracebacks_trimmed()
             self.client = get_client()
             run_logs.install(self.client.write_logs)  # what runs log goes to the server
             self.supervisor = get_supervisor(self.client)

@@ -139,3 +139,65 @@ pipeline(return_state=True)
     # At DEBUG, everything is shown, the engine's frames too.
     debug = run([sys.executable, "-c", program], home, env={"STATEWARD_LOGGING_LEVEL": "DEBUG"})
     assert re.search(r'File "[^"]*stateward[/\\]_engine\.py"', debug.stderr), debug.stderr
+
+
+ESCAPING = """
+import sys
+from stateward import flow, task
+
+def parse(text):
+    return int(text)
+
+@task
+def load(text):
+    return parse(text)
+
+@flow
+def pipeline():
+    try:
+        load("x")
+    except ValueError as error:
+        raise RuntimeError("could not load") from error
+
+if len(sys.argv) > 1:  # the application's own hook
+    sys.excepthook = lambda kind, error, tb: print(f"own hook: {error}", file=sys.stderr)
+pipeline()
+"""
+
+
+def printed_tracebacks(stderr: str) -> str:
+    """What Python printed as the script ended: what follows the run's Failed line and the
+    traceback logged with it (which ends with the exception's line)."""
+    logged = stderr[stderr.rindex("Failed: RuntimeError: could not load") :]
+    return logged.split("\nRuntimeError: could not load\n", 1)[1]
+
+
+def test_a_flows_exception_escaping_the_script_is_printed_with_the_users_frames(
+    home: Path,
+) -> None:
+    """The traceback Python prints when a flow's exception escapes the script leaves the SDK's
+    frames out, as the run's logged one does: it went through flows.py, _flow_engine.py,
+    _engine.py, _interrupt.py and _outcomes.py, twice (the flow's call and the task's). The
+    exception's chain, type and message stay; at DEBUG every frame is printed, and an
+    application's own sys.excepthook is left alone."""
+    done = run([sys.executable, "-c", ESCAPING], home)
+    assert done.returncode == 1, done.stderr
+    printed = printed_tracebacks(done.stderr)
+    frames = re.findall(r'^  File "([^"]+)", line \d+, in (\S+)$', printed, flags=re.M)
+    assert frames == [
+        ("<string>", "pipeline"),  # the cause: load("x") in the flow, then the task's code
+        ("<string>", "load"),
+        ("<string>", "parse"),
+        ("<string>", "<module>"),  # the exception: the script's call, then the flow's raise
+        ("<string>", "pipeline"),
+    ], printed
+    assert "ValueError: invalid literal for int() with base 10: 'x'" in printed
+    assert "The above exception was the direct cause of the following exception:" in printed
+    assert printed.rstrip().endswith("RuntimeError: could not load"), printed
+    debug = run([sys.executable, "-c", ESCAPING], home, env={"STATEWARD_LOGGING_LEVEL": "DEBUG"})
+    assert debug.returncode == 1
+    shown = printed_tracebacks(debug.stderr)
+    assert re.search(r'File "[^"]*stateward[/\\]_flow_engine\.py"', shown), shown
+    own = run([sys.executable, "-c", ESCAPING, "own"], home)
+    assert own.returncode == 1
+    assert printed_tracebacks(own.stderr).strip() == "own hook: could not load", own.stderr
