@@ -73,6 +73,7 @@ __all__ = [
     "ParameterBindError",
     "ParameterTypeError",
     "PausedRun",
+    "PrefectException",
     "ResourceExhausted",
     "ResultTooLarge",
     "RpcError",
@@ -92,6 +93,11 @@ __all__ = [
 
 class StatewardError(Exception):
     """The root of every Stateward error."""
+
+
+# The reference's name for the root of its errors, for code written for it
+# (`except PrefectException`): the same class.
+PrefectException = StatewardError
 
 
 class RunError(StatewardError):

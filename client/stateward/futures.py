@@ -170,8 +170,15 @@ def _replacing_futures(expr: Any, replace: Callable[[StatewardFuture[Any]], Any]
     return expr
 
 
+# The reference's names, for code written for it (`from prefect.futures import PrefectFuture`
+# becomes `from stateward.futures import PrefectFuture`): the same classes.
+PrefectFuture = StatewardFuture
+PrefectFutureList = StatewardFutureList
+
 __all__ = [
     "DoneAndNotDoneFutures",
+    "PrefectFuture",
+    "PrefectFutureList",
     "StatewardFuture",
     "StatewardFutureList",
     "as_completed",

@@ -222,3 +222,32 @@ def test_a_flows_timeout_interrupts_its_wait_in_as_completed():
     state = times_out(return_state=True)
     assert state.name == "TimedOut"
     assert len(waited) == 1 and waited[0] < 10, waited  # not the held task's 30 s
+
+
+def test_code_written_for_the_reference_names_runs_unchanged():
+    """`PrefectFuture`, `PrefectFutureList` and `PrefectException`, imported from the module
+    paths the reference has them in, are what Stateward's flows give and raise."""
+    from stateward.exceptions import PrefectException
+    from stateward.futures import PrefectFuture, PrefectFutureList
+
+    @task
+    def broken() -> None:
+        raise PrefectException("a task raising the reference's root error")
+
+    @flow
+    def written_for_the_reference() -> tuple[bool, bool, str]:
+        futures: PrefectFutureList[str] = quick.map(["a", "b"])
+        one: PrefectFuture[str] = quick.submit("c")
+        try:
+            broken.submit().result()
+        except PrefectException as error:  # StatewardError and its subclasses
+            caught = str(error)
+        return (
+            isinstance(futures, PrefectFutureList),
+            all(isinstance(f, PrefectFuture) for f in [*futures, one]),
+            caught,
+        )
+
+    is_list, are_futures, caught = written_for_the_reference()
+    assert is_list and are_futures
+    assert caught == "a task raising the reference's root error"
