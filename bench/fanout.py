@@ -13,7 +13,9 @@ used per write in each (the subscribers share the machine's cores with the serve
 machine their own CPU takes the writers' share too). What the fan-out itself cost the server:
 its CPU with the subscribers less what the same writes cost it alone, per stream message and per
 delivered transition, beside the floor measured in the same round: the CPU per message of a bare
-gRPC aio server that sends one message to each of as many streams per round (`--floor` rounds).
+gRPC aio server that sends one message to each of as many streams per round (`--floor` rounds),
+and how long after its round began each of those messages arrived (its delivery p50 and p99: what
+a server that does nothing else achieves at that many streams, one process on this machine).
 The baseline of the latencies is a health check round trip on the same server in the same round.
 With `--old` (another checkout, e.g. `git worktree add /tmp/hot-old <commit>`), its server runs
 the same rounds, alternating with this one's; `--new-env` sets variables for this checkout's
@@ -167,25 +169,27 @@ def health_p50(server: ServerProcess) -> float:
     return statistics.median(samples)
 
 
-_FLOOR_PAYLOAD = b"x" * 200  # about one encoded transition's size
+_FLOOR_PADDING = b"x" * 192  # with the round's start, about one encoded transition's size
 
 
 def _floor_server(ports, go, done, streams: int, rounds: int) -> None:
-    """A gRPC aio server whose one streaming method sends `_FLOOR_PAYLOAD` to every open stream
-    once per round, and does nothing else; puts its CPU seconds per message."""
+    """A gRPC aio server whose one streaming method sends 200 bytes to every open stream once
+    per round (the round's start on the monotonic clock, and padding), and does nothing else;
+    puts its CPU seconds per message."""
     _quiet()
 
     async def main() -> None:
         sent = 0
         all_sent = asyncio.Event()
         round_ = asyncio.Event()
+        payload = b""
 
         async def stream(request: bytes, context: grpc.aio.ServicerContext):
             nonlocal sent
             await context.send_initial_metadata(())  # the subscriber counts itself in
             while True:
                 await round_.wait()
-                yield _FLOOR_PAYLOAD
+                yield payload
                 sent += 1
                 if sent == streams:
                     all_sent.set()
@@ -203,6 +207,7 @@ def _floor_server(ports, go, done, streams: int, rounds: int) -> None:
             sent = 0
             all_sent.clear()
             woken, round_ = round_, asyncio.Event()
+            payload = time.monotonic_ns().to_bytes(8, "little") + _FLOOR_PADDING
             woken.set()
             await all_sent.wait()
             await asyncio.sleep(0.01)
@@ -219,33 +224,47 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
-def _floor_subscriber(port: int, streams: int, ready) -> None:
+def _floor_subscriber(port: int, streams: int, rounds: int, ready, delays) -> None:
+    """Holds `streams` floor streams (until killed); once each got `rounds` messages, puts how
+    long after its round began each message arrived (ms)."""
     _quiet()
 
     async def main() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             method = channel.unary_stream("/floor.Floor/Stream")
+            found: list[float] = []
+            complete = 0
 
             async def one() -> None:
+                nonlocal complete
                 call = method(b"")
                 await call.initial_metadata()
                 ready.put(1)
-                async for _ in call:
-                    pass
+                got = 0
+                async for message in call:
+                    began = int.from_bytes(message[:8], "little")
+                    found.append((time.monotonic_ns() - began) / 1e6)
+                    got += 1
+                    if got == rounds:
+                        complete += 1
+                        if complete == streams:
+                            delays.put(found)
 
             await asyncio.gather(*(one() for _ in range(streams)), return_exceptions=True)
 
     asyncio.run(main())
 
 
-def floor_per_message(subscribers: int, rounds: int) -> float:
+def floor(subscribers: int, rounds: int) -> tuple[float, list[float]]:
     """The floor under the fan-out: microseconds of CPU a gRPC aio server that does nothing
     else spends per stream message, sending one to each of `subscribers` streams per round
-    (held by 4 processes, as the subscribers above are)."""
+    (held by 4 processes, as the subscribers above are), and how long after its round began
+    each message arrived (ms): the delivery latency of a bare server at that many streams."""
     ports: multiprocessing.Queue[int] = multiprocessing.Queue()
     go: multiprocessing.Queue[int] = multiprocessing.Queue()
     done: multiprocessing.Queue[float] = multiprocessing.Queue()
     ready: multiprocessing.Queue[int] = multiprocessing.Queue()
+    delays: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
     server = multiprocessing.Process(
         target=_floor_server, args=(ports, go, done, subscribers, rounds)
     )
@@ -254,7 +273,9 @@ def floor_per_message(subscribers: int, rounds: int) -> float:
     processes = min(subscribers, 4)
     shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
     clients = [
-        multiprocessing.Process(target=_floor_subscriber, args=(port, n, ready), daemon=True)
+        multiprocessing.Process(
+            target=_floor_subscriber, args=(port, n, rounds, ready, delays), daemon=True
+        )
         for n in shares
     ]
     for client in clients:
@@ -263,11 +284,12 @@ def floor_per_message(subscribers: int, rounds: int) -> float:
         ready.get(timeout=300)
     go.put(1)
     per_message = done.get(timeout=600)
+    found = [delay for _ in clients for delay in delays.get(timeout=600)]
     server.join(timeout=60)
     for client in clients:
         client.kill()
         client.join()
-    return per_message * 1e6
+    return per_message * 1e6, found
 
 
 def one_round(
@@ -315,7 +337,10 @@ def one_round(
             figures["fan-out cpu us/message"] = fan_out / max(1, messages) * 1e6
             figures["fan-out cpu us/transition"] = fan_out / max(1, delivered) * 1e6
             if args.floor:
-                figures["floor cpu us/message"] = floor_per_message(most, args.floor)
+                per_message, delays = floor(most, args.floor)
+                figures["floor cpu us/message"] = per_message
+                figures["floor delivery p50 ms"] = statistics.median(delays)
+                figures["floor delivery p99 ms"] = percentile(delays, 0.99)
         finally:
             server.stop()
     return figures
