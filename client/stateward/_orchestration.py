@@ -22,7 +22,7 @@ from stateward.exceptions import (
 )
 from stateward.ids import new_id
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
-from stateward.states import TERMINAL_TYPES, State, StateType
+from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType
 
 _UNAVAILABLE_RETRIES = 3
 T = TypeVar("T")
@@ -115,7 +115,7 @@ class RunOrchestration:
         """Propose a state; the answer. On WAIT, wait and propose again (or, with
         `wait=False`, return the WAIT: the caller waits as it sees fit). With
         `expected_state_id`, the server ABORTs unless the run's current state is that one."""
-        proposed = proposed.with_details(transition_id=new_id(), **self.owner)
+        proposed = self._owned(proposed)
         while True:
             try:  # the first attempt without a closure: every proposal makes it
                 decision = self._set_state(proposed, force, expected_state_id)
@@ -157,7 +157,7 @@ class RunOrchestration:
         to RUNNING is taken in; that answer is returned (it may be WAIT: the caller waits and
         proposes again). The runs' ids are new (made by `new_id` for this call): the first
         attempt says so, which spares an orchestrator in this process a read per run."""
-        running = running.with_details(transition_id=new_id(), **self.owner)
+        running = self._owned(running)
         try:  # the first attempt without a closure: every run makes it
             created, answer = self._create_and_start(runs, running, 0)
         except (ServerUnavailable, DeadlineExceeded) as error:
@@ -168,6 +168,28 @@ class RunOrchestration:
             )
         adopt(created)
         return self.observe(answer, running)
+
+    def _owned(self, proposed: State) -> State:
+        """`proposed` as sent for this run: its details name the run (`owner`) and carry a
+        new transition id (which a retried call carries again, so that it applies once)."""
+        if proposed.details is not _NO_DETAILS:
+            return proposed.with_details(transition_id=new_id(), **self.owner)
+        # Most proposals carry no details of their own: the run's ids and the transition id
+        # are the only ones, set at once.
+        owner = self.owner
+        details = StateDetails(
+            owner.get("flow_run_id", ""), owner.get("task_run_id", ""), transition_id=new_id()
+        )
+        return State(
+            proposed.type,
+            proposed.name,
+            proposed.message,
+            proposed.timestamp,
+            proposed.id,
+            details,
+            proposed.data,
+            proposed._value,
+        )
 
     def _set_state(
         self, proposed: State, force: bool, expected_state_id: str | None
@@ -255,6 +277,8 @@ class RunOrchestration:
 
 
 _RETRYING = ("AwaitingRetry", "Retrying")
+# The details of every state made without any (one shared value).
+_NO_DETAILS = State(StateType.PENDING).details
 # Members as globals: read several times quicker than an enum's attributes, on every answer.
 _WAIT, _REJECT, _PAUSED = SetStateStatus.WAIT, SetStateStatus.REJECT, StateType.PAUSED
 _REFUSED = frozenset({SetStateStatus.REJECT, SetStateStatus.ABORT})
@@ -263,17 +287,25 @@ _LEASED = frozenset({StateType.RUNNING, StateType.CANCELLING})
 _ERRORS = frozenset({StateType.FAILED, StateType.CRASHED})
 
 
+# The level of a state's line by its type (see `_level`), looked up once per state.
+_LEVELS = {
+    state_type: logging.ERROR
+    if state_type in _ERRORS
+    else logging.INFO
+    if state_type in TERMINAL_TYPES or state_type is StateType.PAUSED
+    else logging.DEBUG
+    for state_type in StateType
+}
+
+
 def _level(state: State) -> int:
     """Failed and Crashed are errors, a retry a warning; the end of a run and a pause (which
     waits for a person) are news; the steps on the way (Pending, Running...) are debugging
     detail, so that a run says one line at INFO rather than one per step."""
-    if state.type in _ERRORS:
-        return logging.ERROR
-    if state.name in _RETRYING:
+    level = _LEVELS[state.type]
+    if level != logging.ERROR and state.name in _RETRYING:
         return logging.WARNING
-    if state.type in TERMINAL_TYPES or state.type is StateType.PAUSED:
-        return logging.INFO
-    return logging.DEBUG
+    return level
 
 
 def _log_line(
