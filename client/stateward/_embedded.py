@@ -512,6 +512,7 @@ class _InProcessStream:
 
     def cancel(self) -> None:
         self._future.cancel()
+        self._queue.put(_END)  # a reader waiting ends, even if the pump never started
 
 
 def _own(transition: Transition) -> Transition:

@@ -15,6 +15,7 @@ vocabulary, never loads it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -86,6 +87,37 @@ class _Reconnection:
         pruned(self.cursor, failure.oldest_sequence)
         self.cursor = failure.oldest_sequence - 1
         return True
+
+
+class WatchStopper:
+    """Ends a `Client.watch` from another thread: `stop()` cancels the stream it follows (or
+    the next one it opens, or its wait to reconnect), and its iteration ends."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._cancel: Callable[[], None] | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+    def opened(self, cancel: Callable[[], None]) -> bool:
+        """The watch opened a stream, which `cancel` ends: False when it was stopped already."""
+        with self._lock:
+            self._cancel = cancel
+            return not self._stopped.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Wait `seconds` to reconnect; True when stopped meanwhile."""
+        return self._stopped.wait(seconds)
 
 
 class Client:
@@ -344,14 +376,17 @@ class Client:
         started: Callable[[int | None], None] | None = None,
         retrying: Callable[[StatewardError], None] | None = None,
         pruned: Callable[[int, int], None] | None = None,
+        stopper: WatchStopper | None = None,
     ) -> Iterator[Transition]:
         """Transitions as they happen (after `after_sequence` first, when given), reconnecting
-        with the last sequence when the server goes away, until the caller stops iterating.
-        `started` is called with the start sequence each time the stream is established;
-        `retrying` with the error each time a connection fails or breaks and is tried again.
-        A cursor before the oldest transition the log keeps (its retention pruned those
-        after it) raises CursorExpired, or with `pruned`, that is called with the cursor and
-        the oldest sequence kept and the stream goes on from there."""
+        with the last sequence when the server goes away, until the caller stops iterating
+        (or, from another thread, calls `stopper.stop()`: the iteration then ends, also while
+        it waits for the next transition). `started` is called with the start sequence each
+        time the stream is established; `retrying` with the error each time a connection
+        fails or breaks and is tried again. A cursor before the oldest transition the log
+        keeps (its retention pruned those after it) raises CursorExpired, or with `pruned`,
+        that is called with the cursor and the oldest sequence kept and the stream goes on
+        from there."""
         run_ids, flow_run_ids, state_types = list(run_ids), list(flow_run_ids), list(state_types)
         if self._local is not None:  # the broadcaster of this process: nothing to reconnect
             cursor = after_sequence
@@ -365,6 +400,8 @@ class Client:
                     pruned(cursor, expired.oldest_sequence)
                     cursor = expired.oldest_sequence - 1
             try:
+                if stopper is not None and not stopper.opened(local.cancel):
+                    return
                 if started is not None:
                     started(local.start_sequence())
                 yield from local
@@ -381,6 +418,8 @@ class Client:
             request = wire.watch_request(run_ids, flow_run_ids, state_types, resume.cursor)
             stream = self.transport.open_stream("WatchTransitions", request)
             try:
+                if stopper is not None and not stopper.opened(stream.cancel):
+                    return
                 start = stream.start_sequence()
                 resume.started(start)
                 if started is not None:
@@ -391,6 +430,8 @@ class Client:
                         yield transition
                 return  # the server ended the stream normally
             except grpc.RpcError as error:
+                if stopper is not None and stopper.stopped:
+                    return  # cancelled by `stopper.stop()`
                 failure = translate(error, getattr(self.transport, "connection", None))
                 if resume.skips_pruned(failure, pruned):
                     continue  # at once, from the oldest kept
@@ -400,7 +441,11 @@ class Client:
                     retrying(failure)
             finally:
                 stream.cancel()
-            time.sleep(resume.next_delay())
+            delay = resume.next_delay()
+            if stopper is None:
+                time.sleep(delay)
+            elif stopper.wait(delay):
+                return
 
     # --- tag concurrency limits -----------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter
 from stateward._context import flow_run_context, task_run_context
 from stateward._embedded import get_client
 from stateward._interrupt import engine_code
-from stateward.client import Client
+from stateward.client import Client, WatchStopper
 from stateward.exceptions import (
     FailedPrecondition,
     FlowPauseTimeout,
@@ -297,16 +297,23 @@ class _RunWaiter:
         self.timeout = timeout
         self.log_states = log_states
         self.moved = threading.Event()
+        self.stopper = WatchStopper()  # the wait's end ends its watch
         self._said: set[str] = set()  # the states logged (by id): each once, from either thread
         self._saying = threading.Lock()
 
     def wait(self) -> FlowRun:
-        run = self.client.get_flow_run(self.flow_run_id)  # NotFound before any wait
+        self.client.get_flow_run(self.flow_run_id)  # NotFound before any wait
         watching = threading.Event()
         threading.Thread(
             target=self._watch, args=(watching,), name="stateward-wait", daemon=True
         ).start()
-        watching.wait(10)  # established before the next read: no transition slips between
+        try:
+            watching.wait(10)  # established before the next read: no transition slips between
+            return self._until_final()
+        finally:
+            self.stopper.stop()
+
+    def _until_final(self) -> FlowRun:
         end = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             self.moved.clear()
@@ -337,7 +344,7 @@ class _RunWaiter:
     def _watch(self, watching: threading.Event) -> None:
         try:
             for transition in self.client.watch(
-                run_ids=[self.flow_run_id], started=lambda _: watching.set()
+                run_ids=[self.flow_run_id], started=lambda _: watching.set(), stopper=self.stopper
             ):
                 self._say(transition.to_state)
                 self.moved.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 
 import pytest
 
@@ -17,6 +18,7 @@ from stateward.context import FlowRunContext, TaskRunContext
 from stateward.exceptions import FlowRunWaitTimeout, NotFound
 from stateward.flow_runs import wait_for_flow_run
 from stateward.runs import FlowRun
+from stateward.states import State, StateType
 from tests.sdk.conftest import python, spawn
 
 pytestmark = pytest.mark.usefixtures("sdk_server")
@@ -101,15 +103,19 @@ def test_waiting_in_a_script_on_the_embedded_default(tmp_path):
             timed_out = False
         except TimeoutError:
             timed_out = True
+        left = [thread for thread in threading.enumerate() if thread.name == "stateward-wait"]
+        for waiter in left:
+            waiter.join(10)  # the timed-out wait's watch ends with it
+        watching = sum(waiter.is_alive() for waiter in left)
         release.set()
         run = wait_for_flow_run(ids[0], timeout=30)
         thread.join()
-        print(json.dumps([timed_out, run.state.name, run.state.result()]))
+        print(json.dumps([timed_out, watching, run.state.name, run.state.result()]))
         """,
         env={"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == [True, "Completed", 5]
+    assert json.loads(result.stdout.splitlines()[-1]) == [True, 0, "Completed", 5]
 
 
 def test_run_contexts_get_the_current_one_or_none():
@@ -126,3 +132,22 @@ def test_run_contexts_get_the_current_one_or_none():
 
     assert outer() == (True, None, True, True)
     assert FlowRunContext.get() is None and TaskRunContext.get() is None
+
+
+def test_a_wait_that_timed_out_leaves_no_stream_behind(client):
+    # A wait that times out stops following the run: no thread and no stream of transitions
+    # stay behind it (a script polling a run that never ends with short waits opened one
+    # more each time, for as long as the process lived).
+    run = client.create_flow_run("sdk-waited-for-in-vain", state=State(StateType.RUNNING))
+    before = {thread for thread in threading.enumerate() if thread.name == "stateward-wait"}
+    for _ in range(3):
+        with pytest.raises(FlowRunWaitTimeout):
+            wait_for_flow_run(run.id, timeout=0.2)
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread.name == "stateward-wait" and thread not in before
+    ]
+    for thread in left:
+        thread.join(timeout=10)
+    assert [thread for thread in left if thread.is_alive()] == []
