@@ -5,7 +5,11 @@ and everything acknowledged before the outage is there."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -84,6 +88,123 @@ class Outage:
         finally:
             self.end()
         wait_until(lambda: health(server) == SERVING, timeout=20, what="SERVING again")
+
+
+class Blackhole:
+    """A TCP relay between a server and PostgreSQL that can turn into a host dropping packets:
+    `begin()` ends the connections it relays, and from then on it takes new ones and never says
+    a word, so a connection waits for its whole connect timeout (5 s) before it fails, as one to
+    a host cut off by a firewall does; `end()` relays new connections again."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        port = self.listener.getsockname()[1]
+        netloc = f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"
+        self.url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        self.dropping = False
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.sockets.append(client)
+                if self.dropping:
+                    continue  # held open, never answered
+            upstream = socket.create_connection(self.upstream)
+            with self.lock:
+                self.sockets.append(upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def begin(self) -> None:
+        with self.lock:
+            self.dropping = True
+            ended, self.sockets = self.sockets, []
+        for end in ended:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def end(self) -> None:
+        with self.lock:
+            self.dropping = False
+            held, self.sockets = self.sockets, []
+        for end in held:
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.begin()
+
+
+def test_during_an_outage_that_drops_packets_reads_do_not_each_wait_a_connect_timeout(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """The database's host drops packets (a connection waits its whole 5 s connect timeout
+    before it fails). Once the first direct connection of the outage failed, a read waits at
+    most half a second for the one being tried, then fails with the last failure's reason
+    and age; each waited for a try to end before (its own, or the health check's): 5 to 10 s
+    a read. Once the host answers, reads work again within seconds."""
+    blackhole = Blackhole(postgres_databases.create())
+    server = ServerProcess(blackhole.url, log_path=tmp_path / "server.log", env=IDLE_LOOPS)
+    server.start()
+    try:
+        stub = server.stub()
+        new_flow_run(stub)
+        reading = pb.ListFlowRunsRequest()  # read on a snapshot, from the read pool
+        blackhole.begin()
+        # The first read finds the pool's connections ended, and waits for the first try.
+        with pytest.raises(grpc.RpcError) as first:
+            stub.ListFlowRuns(reading, timeout=60)
+        assert first.value.code() == grpc.StatusCode.UNAVAILABLE
+        waits, refusals = [], []
+        for _ in range(5):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListFlowRuns(reading, timeout=60)
+            waits.append(time.monotonic() - started)
+            refusals.append((refused.value.code(), refused.value.details()))
+        # Each failed at once: a read waiting for a connection waits up to 5 s. (1.5 s: a
+        # loaded machine's call; they took 5.0, 10.0, 10.0, 10.0 and 10.0 s before)
+        assert max(waits) < 1.5, waits
+        for code, said in refusals:
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "the PostgreSQL database is unreachable: connection timeout" in said, said
+            assert "as a direct connection found" in said and "s ago" in said, said
+        blackhole.end()
+        wait_until(
+            lambda: _reads(stub, reading), timeout=30, what="reads once the host answers again"
+        )
+    finally:
+        server.stop()
+        blackhole.close()
+
+
+def _reads(stub: object, reading: pb.ListFlowRunsRequest) -> bool:
+    try:
+        stub.ListFlowRuns(reading, timeout=30)  # type: ignore[attr-defined]
+    except grpc.RpcError:
+        return False
+    return True
 
 
 @pytest.fixture

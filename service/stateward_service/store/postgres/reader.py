@@ -5,16 +5,23 @@ commit in order).
 An outage (a restart, backends terminated, connections refused) ends the pool's idle
 connections, and the pool then reconnects on its own schedule, further and further apart.
 So once a read finds a connection the server ended (idle or mid-read), or none in time while
-a direct connection fails too, the pool is dropped; the next reads connect directly first:
-while that fails they fail at once with PostgreSQL's reason, and once it succeeds a new pool
-serves them. A pool whose connections are all busy with long reads while the database takes
-connections is not an outage: it is kept (dropping it would open another `max_connections`
-beside the busy ones, again and again), and the read that waited fails as busy."""
+a direct connection fails too, the pool is dropped, and direct connections are tried, one at
+a time, each started by a read that finds none under way; once one succeeds a new pool serves
+the reads. A read waits for the outage's first try to end, and for any later one at most
+TRY_WAIT_SECONDS: one that has not ended by then (a host that drops packets makes a try wait
+its whole connect timeout, 5 s) leaves the read failing with the last failed try's reason and
+age. A database that refuses connections answers a try at once, so its reads fail with a
+fresh reason, and the first read once it takes them again succeeds.
+
+A pool whose connections are all busy with long reads while the database takes connections is
+not an outage: it is kept (dropping it would open another `max_connections` beside the busy
+ones, again and again), and the read that waited fails as busy."""
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +43,9 @@ _PLACEHOLDER = re.compile(r"\?")
 # How long a read waits for a pooled connection while the database is reachable (all of the
 # pool's connections are in use).
 POOL_WAIT_SECONDS = 10.0
+# While the database is unreachable, how long a read waits for the direct connection being
+# tried (but the outage's first) before it fails with the last failed one's reason.
+TRY_WAIT_SECONDS = 0.5
 
 
 class PostgresReads(SqlReads):
@@ -79,8 +89,8 @@ class ReadersBusy(DatabaseUnavailable):
 
 class PostgresReader(SnapshotReader):
     """Safe to call from any thread; the pool opens connections as they are needed. While
-    the database is unreachable, a read fails at once, with the reason of a direct connection
-    tried for it (reads that arrive while one is tried take its outcome)."""
+    the database is unreachable, a read fails at once with the reason of the last direct
+    connection tried (see the module's docstring for when one is tried)."""
 
     def __init__(self, url: str, max_connections: int = 8) -> None:
         self.url = url
@@ -89,9 +99,11 @@ class PostgresReader(SnapshotReader):
         self._closed = False
         # None once the pool was dropped after an outage, until the database answers again.
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] | None = self._new_pool()
-        # How many direct connections were tried, and why the last one failed ("" if not).
-        self._tries = 0
+        # While the pool is dropped: the direct connection being tried (set once it is done),
+        # and why the last one failed ("" when none failed since the pool was dropped), when.
+        self._trying: threading.Event | None = None
         self._failed = ""
+        self._failed_at = 0.0
 
     def _new_pool(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
         return ConnectionPool(
@@ -106,8 +118,9 @@ class PostgresReader(SnapshotReader):
 
     def _current_pool(self) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
         """The pool; after an outage dropped it, a new one once a direct connection succeeds.
-        Raises DatabaseUnavailable at once while the database cannot be reached."""
-        pool, tries = self._pool, self._tries
+        Raises DatabaseUnavailable while the database cannot be reached: with the reason of
+        the try this read waited for, else (after TRY_WAIT_SECONDS) of the last failed one."""
+        pool = self._pool
         if pool is not None:
             return pool
         with self._lock:
@@ -115,16 +128,37 @@ class PostgresReader(SnapshotReader):
                 return self._pool
             if self._closed:
                 raise DatabaseUnavailable("the PostgreSQL reader is closed")
-            if self._tries != tries and self._failed:  # tried while this read waited
-                raise DatabaseUnavailable(self._failed)
-            self._tries += 1
-            failure = self._reach()
-            if failure is not None:
-                self._failed = str(failure)
-                raise failure
-            self._failed = ""
-            self._pool = self._new_pool()
-            return self._pool
+            if self._trying is None:
+                self._trying = threading.Event()
+                threading.Thread(
+                    target=self._try_direct,
+                    args=(self._trying,),
+                    name="stateward-reads-reconnect",
+                    daemon=True,
+                ).start()
+            trying, failed, failed_at = self._trying, self._failed, self._failed_at
+        if trying.wait(TRY_WAIT_SECONDS if failed else None):
+            with self._lock:
+                if self._pool is not None:
+                    return self._pool
+                raise DatabaseUnavailable(self._failed or "the PostgreSQL reader is closed")
+        raise DatabaseUnavailable(
+            f"{failed} (as a direct connection found {time.monotonic() - failed_at:.1f} s "
+            f"ago; the one being tried has not answered in {TRY_WAIT_SECONDS:g} s)"
+        )
+
+    def _try_direct(self, done: threading.Event) -> None:
+        """Try a direct connection: a new pool if it succeeds, else its reason kept."""
+        failure = self._reach()
+        with self._lock:
+            self._trying = None
+            if failure is None:
+                self._failed = ""
+                if not self._closed:
+                    self._pool = self._new_pool()
+            else:
+                self._failed, self._failed_at = str(failure), time.monotonic()
+        done.set()
 
     def _reach(self) -> DatabaseUnavailable | None:
         """None if a direct connection (closed at once) succeeds, else why it failed."""
@@ -134,14 +168,21 @@ class PostgresReader(SnapshotReader):
             return _unreachable(error)
         return None
 
-    def _drop(self, pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]]) -> None:
+    def _drop(
+        self,
+        pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]],
+        failure: DatabaseUnavailable | None = None,
+    ) -> None:
         """The pool's connections were ended by an outage, or it gave none in time and the
-        database refused a direct connection too: the next read connects directly (see
-        `_current_pool`). Connections of it still in use are closed as they come back."""
+        database refused a direct connection too (`failure`, kept as the last try's): the
+        next read connects directly (see `_current_pool`). Connections of it still in use are
+        closed as they come back."""
         with self._lock:
             if self._pool is not pool:
                 return  # another read dropped it
             self._pool = None
+            if failure is not None:
+                self._failed, self._failed_at = str(failure), time.monotonic()
         pool.close()
 
     def _checkout(
@@ -159,7 +200,7 @@ class PostgresReader(SnapshotReader):
                 # None in time: an outage, or every connection busy with a long read.
                 failure = self._reach()
                 if failure is not None:
-                    self._drop(pool)
+                    self._drop(pool, failure)
                     raise failure from error
                 raise ReadersBusy(
                     f"all {self.max_connections} PostgreSQL read connections of this server "
