@@ -153,6 +153,20 @@ class LogShipper:
                     self._lock.notify_all()
 
 
+def sendable(text: str) -> str:
+    """`text` as UTF-8 can hold it: a lone surrogate (a file name decoded with
+    'surrogateescape', say) is written as its escape, `\\udcff`. Such text cannot be sent
+    (gRPC and SQLite take UTF-8): a batch holding it failed at each try, and the lines behind
+    it waited for ever."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
 class RunLogHandler(logging.Handler):
     """Hands the lines logged about a run (those with its ids) to `add`: the shipper's, or in
     a forked child the relay's to its parent."""
@@ -176,8 +190,8 @@ class RunLogHandler(logging.Handler):
                     task_run_id=ids[1],
                     timestamp=datetime.fromtimestamp(record.created, UTC),
                     level=record.levelno,
-                    logger=record.name,
-                    message=message,
+                    logger=sendable(record.name),
+                    message=sendable(message),
                 )
             )
         except Exception:  # logging must never fail a run
@@ -186,7 +200,9 @@ class RunLogHandler(logging.Handler):
 
 RELAY_DATAGRAM = 200_000  # bytes of one line handed over by a forked child, at most
 RELAY_WAIT = 5.0  # seconds a forked child waits for room in the socket before dropping a line
-_RELAY_CUT = 50_000  # characters of a message kept when its line is over RELAY_DATAGRAM
+# Characters of a message kept when its line is over RELAY_DATAGRAM (half as many, and so on,
+# while their JSON still is).
+_RELAY_CUT = 50_000
 
 
 class ForkRelay:
@@ -257,10 +273,12 @@ class ForkRelay:
             entry.message,
         ]
         data = json.dumps(line, ensure_ascii=False).encode()
-        if len(data) > RELAY_DATAGRAM:
-            cut = len(entry.message) - _RELAY_CUT
-            line[5] = f"{entry.message[:_RELAY_CUT]} [cut: {cut} characters more]"
+        kept = _RELAY_CUT
+        while len(data) > RELAY_DATAGRAM and kept:  # JSON escapes a control character in 6 bytes
+            cut = len(entry.message) - kept
+            line[5] = f"{entry.message[:kept]} [cut: {cut} characters more]"
             data = json.dumps(line, ensure_ascii=False).encode()
+            kept //= 2
         try:
             self.outbox.send(data)
         except OSError as error:  # full for RELAY_WAIT seconds, or the parent is gone

@@ -343,3 +343,47 @@ def test_a_server_away_never_slows_logging_and_the_oldest_lines_go_first(caplog)
     shipper.send = kept.extend  # the server is back
     assert shipper.flush(20)
     assert [e.message for e in kept] == [f"line {i}" for i in range(900, 1000)]
+
+
+UNSENDABLE_LINES_FLOW = r"""
+    import json, multiprocessing
+    from stateward import flow, get_run_logger
+    from stateward._embedded import get_client
+    from stateward.runtime import flow_run
+
+    def work(n):  # in a forked worker: a long line of control characters, then a lone surrogate
+        get_run_logger().info("controls " + "\x01" * 60_000)
+        get_run_logger().info("child name \udcff from bytes")
+        return n
+
+    @flow
+    def odd_texts():
+        # A file name decoded with surrogateescape, say: its text cannot be encoded as UTF-8.
+        get_run_logger().info("name \udcff from bytes")
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            pool.map(work, [1])
+        get_run_logger().info("after the odd lines")
+        return flow_run.id
+
+    run_id = odd_texts()  # its end sends the lines waiting
+    print(json.dumps([entry.message for entry in get_client().list_logs(run_id)]), flush=True)
+    """
+
+
+@pytest.mark.parametrize("where", ["server", "embedded"])
+def test_lines_no_utf8_can_hold_are_stored_escaped_and_the_lines_after_them_too(where, tmp_path):
+    """A line with a lone surrogate (text no UTF-8 encodes) is stored with it escaped, and
+    every later line of the process too: it stopped the process's run logs (each send of the
+    batch holding it failed, again and again), and a forked child's line dropped it. A forked
+    child's line over the relay's datagram in its JSON (control characters are escaped to six
+    bytes each) is cut, not dropped."""
+    env = {} if where == "server" else {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)}
+    result = python(UNSENDABLE_LINES_FLOW, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Logging error" not in result.stderr and "dropped" not in result.stderr
+    messages = json.loads(result.stdout.splitlines()[-1])
+    assert any(m.endswith("name \\udcff from bytes") for m in messages), messages
+    assert any(m.endswith("child name \\udcff from bytes") for m in messages), messages
+    assert any(m.endswith("after the odd lines") for m in messages), messages
+    (controls,) = [m for m in messages if "controls " in m]
+    assert "\x01" * 20_000 in controls and "characters more]" in controls
