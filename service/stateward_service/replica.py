@@ -18,7 +18,7 @@ from stateward_service.leadership import LoopsLeadership
 from stateward_service.loops import ServerLoops
 from stateward_service.orchestrator import Orchestrator
 from stateward_service.rules.policies import Policies
-from stateward_service.settings import ServerSettings
+from stateward_service.settings import READ_POOL_SIZE, ServerSettings
 from stateward_service.store import is_postgres, open_database
 
 if TYPE_CHECKING:
@@ -59,7 +59,13 @@ class Replica:
             settings.database,
             synchronous=settings.sqlite_synchronous,
             quick_check=settings.quick_check,
+            read_pool_size=settings.read_pool_size,
         )
+        if settings.read_pool_size != READ_POOL_SIZE and not is_postgres(settings.database):
+            log.warning(
+                "read_pool_size (STATEWARD_READ_POOL_SIZE, --read-pool-size) is for PostgreSQL: "
+                "on a SQLite file each read at once opens a connection of its own"
+            )
         self.orchestrator = Orchestrator(store, Policies.default(settings.slot_wait_seconds))
         last = self.orchestrator.last_sequence()
         self.broadcaster = TransitionBroadcaster(

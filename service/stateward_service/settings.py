@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MAX_SECONDS = 10 * 365 * 24 * 3600
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+READ_POOL_SIZE = 8  # PostgreSQL read connections of a server, by default
 
 
 def _expand_user(path: Path) -> Path:
@@ -118,6 +119,14 @@ class ServerSettings:
         help="SQLite synchronous mode: NORMAL survives a server crash, FULL also a power cut.",
         env="STATEWARD_SQLITE_SYNCHRONOUS",
         before=_upper_case,  # any case
+    )
+    read_pool_size: int = _setting(
+        READ_POOL_SIZE,
+        help="PostgreSQL: connections this server reads on at once (more reads wait up to 10 s "
+        "for one), beside its 3 others (writes, LISTEN, the leader lock). Not for SQLite.",
+        env="STATEWARD_READ_POOL_SIZE",
+        ge=1,
+        le=1000,
     )
     quick_check: bool = _setting(
         True,

@@ -515,6 +515,60 @@ def test_reads_kept_busy_past_the_pools_wait_are_not_an_outage(
         server.stop()
 
 
+def test_the_read_pool_size_is_a_setting(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """STATEWARD_READ_POOL_SIZE=2: reads waiting for an administrator's lock hold the
+    server's 2 read connections; the others wait 10 s for one and fail as busy, saying 2 (the
+    pool had 8 connections whatever the setting, and all four reads waited for the lock)."""
+    url = postgres_databases.create()
+    env = {**IDLE_LOOPS, "STATEWARD_READ_POOL_SIZE": "2"}
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=env).start()
+    locker = psycopg.connect(url)
+    try:
+        stub = server.stub()
+        made = new_flow_run(stub)
+        name = url.partition("?")[0].rsplit("/", 1)[1]
+        waiting_for_the_lock = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+        )
+        locker.execute("LOCK TABLE flow_runs IN ACCESS EXCLUSIVE MODE")
+        readers = ThreadPoolExecutor(4)
+
+        def read() -> object:
+            try:
+                return stub.ListFlowRuns(pb.ListFlowRunsRequest(), timeout=60)
+            except grpc.RpcError as error:
+                return error
+
+        answers = [readers.submit(read) for _ in range(4)]
+        most = 0
+
+        def two_answered() -> bool:
+            nonlocal most
+            row = postgres_databases.admin.execute(waiting_for_the_lock, (name,)).fetchone()
+            most = max(most, row[0] if row else 0)
+            return sum(answer.done() for answer in answers) >= 2
+
+        wait_until(two_answered, timeout=40, what="the 2 reads beyond the pool answered")
+        assert most <= 2
+        locker.rollback()
+        replies = [answer.result() for answer in answers]
+        busy = [reply for reply in replies if isinstance(reply, grpc.RpcError)]
+        # 2 at least: more when a loop's first sweep held a read connection.
+        assert len(busy) >= 2, replies
+        for error in busy:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "all 2 PostgreSQL read connections" in error.details(), error.details()
+        for reply in replies:
+            if reply not in busy:
+                assert reply.flow_runs[0].id == made.id  # type: ignore[attr-defined]
+        readers.shutdown()
+    finally:
+        locker.close()
+        server.stop()
+
+
 def test_a_read_the_database_cancelled_says_so_not_unreachable(
     postgres_databases: PostgresDatabases, tmp_path: Path
 ) -> None:

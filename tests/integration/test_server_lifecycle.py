@@ -443,3 +443,19 @@ def test_a_backup_taken_while_the_server_writes_opens_as_a_database(tmp_path):
         assert history(restored.stub(), run.id)[:2] == ["Running", "Running"]
     finally:
         restored.stop()
+
+
+def test_a_read_pool_size_given_for_a_sqlite_file_is_said_to_do_nothing(tmp_path):
+    """STATEWARD_READ_POOL_SIZE sizes PostgreSQL's read pool; a SQLite file's reads open a
+    connection each: the server says so at start rather than take it in silence."""
+    server = ServerProcess(tmp_path / "pool.db", env={"STATEWARD_READ_POOL_SIZE": "3"}).start()
+    try:
+        assert server.says("read_pool_size (STATEWARD_READ_POOL_SIZE, --read-pool-size) is for")
+    finally:
+        server.stop()
+    quiet = ServerProcess(tmp_path / "quiet.db").start()
+    try:
+        new_flow_run(quiet.stub())
+        assert "is for PostgreSQL" not in quiet.output()
+    finally:
+        quiet.stop()

@@ -45,12 +45,17 @@ def is_postgres(target: str | Path) -> bool:
 
 
 def open_database(
-    target: str | Path, *, synchronous: str = "NORMAL", quick_check: bool = True
+    target: str | Path,
+    *,
+    synchronous: str = "NORMAL",
+    quick_check: bool = True,
+    read_pool_size: int = 8,
 ) -> RunStore:
-    """The store (the writing connection) of one process on `target`: a PostgreSQL URL or a SQLite
-    file path (checked first unless `quick_check` is false). Raises DatabaseRefused for a file
-    that cannot be used (SchemaTooNew for a database written by a newer Stateward), and
-    DatabaseUnavailable when a PostgreSQL server cannot be reached."""
+    """The store (the writing connection) of one process on `target`: a PostgreSQL URL (whose
+    reads use a pool of at most `read_pool_size` connections) or a SQLite file path (checked
+    first unless `quick_check` is false). Raises DatabaseRefused for a file that cannot be used
+    (SchemaTooNew for a database written by a newer Stateward), and DatabaseUnavailable when a
+    PostgreSQL server cannot be reached."""
     if is_postgres(target):
         try:
             from stateward_service.store.postgres import PostgresStore
@@ -58,7 +63,7 @@ def open_database(
             raise DatabaseUnavailable(
                 "PostgreSQL needs the postgres extra: pip install 'stateward[postgres]'"
             ) from error
-        return PostgresStore(str(target))
+        return PostgresStore(str(target), read_pool_size=read_pool_size)
     return Store(target, synchronous=synchronous, quick_check=quick_check)
 
 

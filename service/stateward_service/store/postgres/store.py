@@ -186,8 +186,9 @@ class _QmarkConnection:
 class PostgresStore(SqlStore, PostgresReads):
     """One replica's connection; the orchestrator's lock keeps it to one thread at a time."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_pool_size: int = 8) -> None:
         self.url = url
+        self.read_pool_size = read_pool_size
         self.conn = _QmarkConnection(url)
         try:
             self.found_schema_version = migrate(self.conn.connection())
@@ -212,7 +213,7 @@ class PostgresStore(SqlStore, PostgresReads):
             self.conn.execute("SELECT 1 FROM schema_version")
 
     def reader(self) -> PostgresReader:
-        return PostgresReader(self.url)
+        return PostgresReader(self.url, self.read_pool_size)
 
     def changed_elsewhere(self) -> bool:
         """Always: other replicas write at any time, so cached rows are re-read in each
