@@ -39,9 +39,12 @@ class StatewardFuture(Generic[R]):
 
     @property
     def state(self) -> State:
-        """The final state once done; while the run is in flight, its current state."""
-        if self._future.done():
-            return self._future.result()
+        """The final state once done; while the run is in flight, its current state. Never
+        raises: a run ended by a BaseException (its worker let it through) has the state it
+        was given, Crashed."""
+        future = self._future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
         current = self._current_state() if self._current_state is not None else None
         return current or State(StateType.PENDING)
 

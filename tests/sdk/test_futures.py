@@ -251,3 +251,28 @@ def test_code_written_for_the_reference_names_runs_unchanged():
     is_list, are_futures, caught = written_for_the_reference()
     assert is_list and are_futures
     assert caught == "a task raising the reference's root error"
+
+
+class Abandoned(BaseException):
+    """Not an Exception: the engine crashes the run and lets it through its worker thread."""
+
+
+@task
+def abandons() -> None:
+    raise Abandoned("gave up")
+
+
+def test_a_crashed_futures_state_is_its_runs_crashed_state():
+    # A task run ended by a BaseException is Crashed; its future's `state` says so (the
+    # reference's reads the run's state), and so do what read it: repr, resolving to states.
+    # It raised the BaseException, as a property, in repr and in resolve_futures_to_states.
+    @flow
+    def crashing() -> tuple[str, str, str]:
+        future = abandons.submit()
+        future.wait()
+        (resolved,) = resolve_futures_to_states([future])
+        return future.state.type.name, resolved.type.name, repr(future)
+
+    state_type, resolved_type, shown = crashing()
+    assert (state_type, resolved_type) == ("CRASHED", "CRASHED")
+    assert "Crashed" in shown
