@@ -52,7 +52,8 @@ def pause_flow_run(
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     key: str | None = None,
 ) -> Any:
-    """Pause the flow run executing this code until it is resumed; in async code, await it.
+    """Pause the flow run executing this code until it is resumed; in an async flow's code,
+    await it (a sync flow's code blocks, also when called from async code).
 
     `timeout`: seconds the pause may last (an hour by default); past it the run ends Failed
     and FlowPauseTimeout is raised here. `key`: names this pause point; a key that already
@@ -77,7 +78,9 @@ def pause_flow_run(
         context.pauses += 1
         key = f"pause-{context.pauses}"
     pause = _Pause(context.engine, key, float(timeout), float(poll_interval), adapter)
-    if _in_event_loop():
+    # An async flow's code awaits it; a sync flow's blocks, even where an event loop runs (a
+    # sync flow called from async code runs in its caller's thread).
+    if context.flow.isasync and _in_event_loop():
         return asyncio.to_thread(pause.wait)
     return pause.wait()
 

@@ -185,6 +185,26 @@ def test_an_async_flow_awaits_its_pause(client):
     assert names(client, run.id) == ["Pending", "Running", "Paused", "Running", "Completed"]
 
 
+def test_a_sync_flow_called_from_async_code_blocks_in_its_pause(client):
+    # A sync flow's code runs in the caller's thread, where the caller's event loop runs: its
+    # pause_flow_run() returned a coroutine nobody awaited, and the flow went on unpaused.
+    name = "sdk-pause-sync-in-async"
+
+    @flow(name=name)
+    def waits() -> str:
+        pause_flow_run(timeout=60, poll_interval=30)
+        return "resumed"
+
+    async def caller() -> str:
+        return waits()
+
+    resumer = resume_when_paused(client, name)
+    assert asyncio.run(caller()) == "resumed"
+    resumer.join(10)
+    run = next(client.list_flow_runs(flow_names=[name], limit=1))
+    assert names(client, run.id) == ["Pending", "Running", "Paused", "Running", "Completed"]
+
+
 def test_the_async_forms_under_the_references_names(client):
     name = "sdk-pause-async-names"
 
