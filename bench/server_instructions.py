@@ -48,6 +48,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
 from task_instructions import FLOW  # this folder is the script's: first on sys.path
 
 HERE = Path(__file__).resolve().parent.parent
@@ -148,13 +151,18 @@ def measure(tree: Path, small: int, large: int, client_too: bool, program: str) 
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start:\n{log.read_text()}")
             time.sleep(0.2)
+        # The SDK gives a server 5 s to answer its first call; one under callgrind on a loaded
+        # machine may take longer to answer its first health check: wait for that here.
+        address = f"127.0.0.1:{found.group(2)}"
+        with grpc.insecure_channel(address) as channel:
+            HealthStub(channel).Check(HealthCheckRequest(), timeout=600, wait_for_ready=True)
         command = [sys.executable, "-c", program + DRIVER]
         client = subprocess.Popen(
             [*callgrind(client_out), *command] if client_too else command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**env, "STATEWARD_API_URL": f"127.0.0.1:{found.group(2)}"},
+            env={**env, "STATEWARD_API_URL": address},
         )
         assert client.stdin is not None and client.stdout is not None
         if client.stdout.readline().strip() != "ready":
