@@ -35,6 +35,25 @@ the server 2841.9K instructions per task run against 2774.3K (the main thread 24
 2417.0K, the other threads 434.2K against 357.2K, not explained: gRPC's threads and the
 checkpointer's wakes move with timing too). In-process and at full speed, the statements of a
 task run's two calls went from 16.19 to 15.18 (the follower's connection's from 1.07 to 0.08).
+
+The spread (2026-12-02, 3decf77, load 2-10): the same server's main thread counted 1856K to 1992K
+per task run over 5 rounds, so two checkouts differing by less than about 5% are not told apart in
+a few rounds. Where a task run's (two calls on the stream) ~1.9M go on the main thread: the same
+two calls run in-process through the gRPC API's methods (their bytes decoded, the group's
+transaction, the answers encoded; no gRPC; at ecf5105) counted 1364K, and through the in-process
+API (no protobuf, as the embedded default) 1110K; SQLite's C is about 290K of it (the server's
+count). So gRPC, asyncio and the stream's and group's plumbing take about 0.6M (0.3M a call; a
+whole unary health check costs 631K, a unary SetState 1221K: `--call`). Measured and not adopted,
+each within that spread of the checkout it changed (main thread, this against old): answers sent
+with `context.write` and requests read with `context.read()` instead of the async generators of the
+handler and the errors interceptor (3 rounds: 1932K/1895K, 1895K/1856K, 1877K/1992K); a lone call's
+group run at once instead of `call_soon` when no other callback is ready to join it (2 rounds:
+1916K/1932K, 1995K/1966K). At full speed (1,000 tasks, /proc per thread), the SDK sending its calls
+as unary RPCs instead of on the stream cost the server more (main thread user CPU 1.52-1.58 ms per
+task run against 1.15 ms) and saved its own helper threads (main thread 0.90 ms, no helpers,
+against 0.54-0.58 ms plus about 0.4 ms of three helper threads); the SDK's caller reading the
+stream's answers itself instead of its reader thread did not shorten a task run (4.6, 5.6, 4.6 ms
+against 3.6, 4.6, 5.3 ms, load 7-10).
 """
 
 from __future__ import annotations
