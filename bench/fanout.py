@@ -17,6 +17,9 @@ gRPC aio server that sends one message to each of as many streams per round (`--
 and how long after its round began each of those messages arrived (its delivery p50 and p99: what
 a server that does nothing else achieves at that many streams, one process on this machine).
 The baseline of the latencies is a health check round trip on the same server in the same round.
+With `--replica`, the subscribers hold their streams on a second server process on the same
+database (a replica: DESIGN.md's "Many processes, one database"), the writers call the first,
+and the fan-out's CPU is both processes' (the replica follows the log in the writes alone too).
 With `--old` (another checkout, e.g. `git worktree add /tmp/hot-old <commit>`), its server runs
 the same rounds, alternating with this one's; `--new-env` sets variables for this checkout's
 server only (with `--old` naming this same checkout: a same-run A/B of a setting).
@@ -115,8 +118,12 @@ def stop_subscribers(server: ServerProcess, workers, results, subscribers: int) 
     return found
 
 
-def latencies(server: ServerProcess, subscribers: int, transitions: int, rate: float) -> list:
-    workers, results = start_subscribers(server, subscribers, keep=True)
+def latencies(
+    server: ServerProcess, streams: ServerProcess, subscribers: int, transitions: int, rate: float
+) -> list:
+    """Delivery latencies (ms): writes on `server`, subscribers on `streams` (the same server,
+    or a replica on the same database)."""
+    workers, results = start_subscribers(streams, subscribers, keep=True)
     stub = server.stub()
     run = new_flow_run(stub, initial=states_pb2.STATE_TYPE_RUNNING)
     request = pb.SetStateRequest(run_id=run.id, state=RUNNING)
@@ -301,23 +308,34 @@ def one_round(
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         server = ServerProcess(Path(folder) / "bench.db", env=env).start(timeout=60)
+        streams = server
+        if args.replica:
+            log = Path(folder) / "replica.log"
+            streams = ServerProcess(Path(folder) / "bench.db", env=env, log_path=log)
+            streams.start(timeout=60)
         try:
             figures["health p50 ms"] = health_p50(server)
             for count in counts:
-                found = latencies(server, count, args.transitions, args.rate)
+                found = latencies(server, streams, count, args.transitions, args.rate)
                 figures[f"{count} subs p50 ms"] = statistics.median(found)
                 figures[f"{count} subs p99 ms"] = percentile(found, 0.99)
-            assert server.process is not None
-            pid = server.process.pid
-            cpu = cpu_seconds(pid)
+            assert server.process is not None and streams.process is not None
+            pid, replica = server.process.pid, streams.process.pid
+
+            def cpu_of_both() -> tuple[float, float]:
+                return cpu_seconds(pid), cpu_seconds(replica) if args.replica else 0.0
+
+            cpu, replica_cpu = cpu_of_both()
             alone = writer_throughput(server, args.writers, args.seconds)
             server_alone = cpu_seconds(pid) - cpu
+            replica_alone = cpu_of_both()[1] - replica_cpu
             most = max(counts)
-            workers, results = start_subscribers(server, most, keep=False)
-            cpu = cpu_seconds(pid)
+            workers, results = start_subscribers(streams, most, keep=False)
+            cpu, replica_cpu = cpu_of_both()
             theirs = sum(cpu_seconds(worker.pid) for worker in workers if worker.pid)
             busy = writer_throughput(server, args.writers, args.seconds)
             server_busy = cpu_seconds(pid) - cpu
+            replica_busy = cpu_of_both()[1] - replica_cpu
             theirs = sum(cpu_seconds(w.pid) for w in workers if w.pid) - theirs
             seen = stop_subscribers(server, workers, results, most)
             messages = sum(m for _, m, _ in seen)
@@ -328,11 +346,16 @@ def one_round(
             writes_alone, writes_busy = alone * args.seconds, busy * args.seconds
             figures["server cpu ms/write alone"] = server_alone / writes_alone * 1e3
             figures["server cpu ms/write w/ subs"] = server_busy / writes_busy * 1e3
+            if args.replica:
+                figures["replica cpu ms/write alone"] = replica_alone / writes_alone * 1e3
+                figures["replica cpu ms/write w/ subs"] = replica_busy / writes_busy * 1e3
             figures["subs' cpu ms/write"] = theirs / writes_busy * 1e3
-            # What the fan-out cost the server: its CPU with the subscribers, less what the
-            # same writes cost it alone, per message and per transition the subscribers got
-            # (these include the writes after the timed ones, up to the marker: a few).
-            fan_out = server_busy - server_alone / writes_alone * writes_busy
+            # What the fan-out cost the server (and its replica): their CPU with the
+            # subscribers, less what the same writes cost them alone, per message and per
+            # transition the subscribers got (these include the writes after the timed ones,
+            # up to the marker: a few).
+            both_alone = server_alone + replica_alone
+            fan_out = server_busy + replica_busy - both_alone / writes_alone * writes_busy
             figures["transitions/message"] = delivered / max(1, messages)
             figures["fan-out cpu us/message"] = fan_out / max(1, messages) * 1e6
             figures["fan-out cpu us/transition"] = fan_out / max(1, delivered) * 1e6
@@ -343,6 +366,8 @@ def one_round(
                 figures["floor delivery p99 ms"] = percentile(delays, 0.99)
         finally:
             server.stop()
+            if streams is not server:
+                streams.stop()
     return figures
 
 
@@ -363,6 +388,12 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="the subscribers on a second server process on the same database (a replica), "
+        "the writers on the first",
+    )
     parser.add_argument(
         "--floor",
         type=int,
