@@ -488,12 +488,13 @@ class OrchestrationService:
 
     # --- the stream -----------------------------------------------------------------------------
 
-    async def WatchTransitions(
-        self, request: pb.WatchTransitionsRequest, context: Context
-    ) -> AsyncIterator[bytes]:
+    async def WatchTransitions(self, request: pb.WatchTransitionsRequest, context: Context) -> None:
         """Each message is an encoded WatchTransitionsResponse, made once for all subscribers
         (the method is registered without a response serializer); with max_batch above 1, what
-        is ready at once goes out in as few messages as fit (see `batched_messages`)."""
+        is ready at once goes out in as few messages as fit (see `batched_messages`). It writes
+        them (`context.write`) rather than yield them: each message would otherwise pass
+        through two more generators (this one, and the errors interceptor's around it), once
+        going out and once coming back for the next."""
         max_batch = check.stream_batch(request.max_batch)
         where = TransitionFilter(
             run_ids=frozenset(check.run_ids(request.run_ids, "run_ids")),
@@ -517,15 +518,16 @@ class OrchestrationService:
                 where, start, max_batch=max_batch, prepare=batched_messages
             )
             async with aclosing(batches) as subscription:
+                write = context.write
                 async for batch in subscription:
                     if len(batch) == 1:
                         delivered, payload = batch[0]
-                        yield payload
+                        await write(payload)
                         continue
                     # The subscribers at the same cursor share the batch, and its messages.
                     for last, message in batch.derived(batched_messages):
                         delivered = last
-                        yield message
+                        await write(message)
         except CursorAhead as error:
             raise ServiceError(
                 StatusCode.FAILED_PRECONDITION,
