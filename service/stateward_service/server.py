@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,9 @@ GC_THRESHOLDS = (700, 10, 1000)
 
 # How often health looks at the database's state, and probes it while it takes no writes.
 STORAGE_CHECK_SECONDS = 0.5
+# How long health waits for the database's answer to a ping: a ping waits at most 1 s for a
+# pooled connection, then 5 s for a direct one (PostgreSQL), and the statement itself is quick.
+PING_DEADLINE_SECONDS = 8.0
 
 
 class PortUnavailable(Exception):
@@ -247,22 +251,41 @@ class StatewardServer:
         return self.orchestrator.probe_storage(room=self.settings.max_message_bytes) is None
 
     async def _watch_database(self, period: float = 1.0) -> None:
-        """Health says NOT_SERVING while the database does not answer, SERVING once it does."""
+        """Health says NOT_SERVING while the database does not answer, SERVING once it does.
+        The ping runs in a thread of its own: in the default thread pool it waited behind the
+        reads there (each up to its 30 s statement_timeout, when a lock holds them), and health
+        lagged the database by as long. A ping that has not answered in PING_DEADLINE_SECONDS
+        (its statement sent to a host that drops packets waits for TCP to give up, many
+        minutes) counts as no answer until it ends; no other starts meanwhile."""
         serving = True
-        while True:
-            await asyncio.sleep(period)
-            answers = await asyncio.to_thread(self.orchestrator.database_answers)
-            if answers != serving and not self._stopping:
-                serving = answers
-                if serving:
-                    log.warning("the database answers again: serving")
-                else:
-                    log.warning("the database does not answer: NOT_SERVING until it does")
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if serving
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+        pinger = ThreadPoolExecutor(1, thread_name_prefix="stateward-health")
+        loop = asyncio.get_running_loop()
+        ping: asyncio.Future[bool] | None = None
+        try:
+            while True:
+                await asyncio.sleep(period)
+                if ping is None:
+                    ping = loop.run_in_executor(pinger, self.orchestrator.database_answers)
+                done, _ = await asyncio.wait({ping}, timeout=PING_DEADLINE_SECONDS)
+                answers = False
+                if done:
+                    answers, ping = ping.result(), None
+                if answers != serving and not self._stopping:
+                    serving = answers
+                    await self._say_database(serving)
+        finally:
+            pinger.shutdown(wait=False)
+
+    async def _say_database(self, serving: bool) -> None:
+        if serving:
+            log.warning("the database answers again: serving")
+        else:
+            log.warning("the database does not answer: NOT_SERVING until it does")
+        await self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (health says NOT_SERVING), let in-flight calls finish within the

@@ -6,6 +6,7 @@ and everything acknowledged before the outage is there."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -104,7 +105,10 @@ class Blackhole:
         netloc = f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}"
         self.url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
         self.dropping = False
+        self.flowing = threading.Event()  # cleared: relayed connections carry nothing
+        self.flowing.set()
         self.sockets: list[socket.socket] = []
+        self.relayed: set[socket.socket] = set()
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -121,13 +125,14 @@ class Blackhole:
             upstream = socket.create_connection(self.upstream)
             with self.lock:
                 self.sockets.append(upstream)
+                self.relayed.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -139,15 +144,25 @@ class Blackhole:
         with self.lock:
             self.dropping = True
             ended, self.sockets = self.sockets, []
+            self.relayed.clear()
         for end in ended:
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
 
+    def freeze(self) -> None:
+        """Drop packets without ending any connection: relayed ones carry nothing (until
+        `end()`), new ones are held silent."""
+        with self.lock:
+            self.dropping = True
+            self.flowing.clear()
+
     def end(self) -> None:
         with self.lock:
             self.dropping = False
-            held, self.sockets = self.sockets, []
+            self.flowing.set()
+            held = [end for end in self.sockets if end not in self.relayed]
+            self.sockets = list(self.relayed)
         for end in held:
             end.close()
 
@@ -195,6 +210,35 @@ def test_during_an_outage_that_drops_packets_reads_do_not_each_wait_a_connect_ti
             lambda: _reads(stub, reading), timeout=30, what="reads once the host answers again"
         )
     finally:
+        server.stop()
+        blackhole.close()
+
+
+def test_health_says_not_serving_when_a_ping_gets_no_answer_from_a_host_dropping_packets(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """The database's host drops packets without ending any connection: the health check's
+    ping, sent on a pooled connection, never gets its answer (TCP gives up after many
+    minutes). Health says NOT_SERVING once it has waited 8 s for it, and SERVING again once
+    the host answers. (It said SERVING for as long as the ping waited, or, when the ping
+    needed a new connection, for 19 s: 10 s for a pooled one, then 5 s for a direct one.)"""
+    blackhole = Blackhole(postgres_databases.create())
+    server = ServerProcess(blackhole.url, log_path=tmp_path / "server.log", env=IDLE_LOOPS)
+    server.start()
+    try:
+        new_flow_run(server.stub())
+        assert health(server) == SERVING
+        blackhole.freeze()
+        started = time.monotonic()
+        wait_until(
+            lambda: health(server) == NOT_SERVING, timeout=40, what="health to say NOT_SERVING"
+        )
+        took = time.monotonic() - started
+        assert took < 13, took  # 7 to 9 s here; 19 s or never before
+        blackhole.end()
+        wait_until(lambda: health(server) == SERVING, timeout=30, what="SERVING again")
+    finally:
+        blackhole.end()
         server.stop()
         blackhole.close()
 
@@ -566,6 +610,68 @@ def test_the_read_pool_size_is_a_setting(
         readers.shutdown()
     finally:
         locker.close()
+        server.stop()
+
+
+def test_health_follows_an_outage_while_reads_fill_the_default_thread_pool(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """Reads held by an administrator's lock fill the server's default thread pool (where
+    reads run), its read pool has room; then the database refuses connections and its idle
+    sessions end. Health says NOT_SERVING within seconds: its ping waited behind the held
+    reads in that pool (until their 30 s statement_timeout) and health said SERVING as long."""
+    url = postgres_databases.create()
+    outage = Outage(postgres_databases, url)
+    threads = min(32, (os.cpu_count() or 1) + 4)  # the default thread pool's, in the server too
+    env = {**IDLE_LOOPS, "STATEWARD_READ_POOL_SIZE": str(threads + 4)}
+    server = ServerProcess(url, log_path=tmp_path / "server.log", env=env).start()
+    locker = psycopg.connect(url)
+    readers = ThreadPoolExecutor(threads + 2)
+    try:
+        stub = server.stub()
+        new_flow_run(stub)
+        name = url.partition("?")[0].rsplit("/", 1)[1]
+        admin = postgres_databases.admin
+        locker.execute("LOCK TABLE flow_runs IN ACCESS EXCLUSIVE MODE")
+        locker_pid = locker.info.backend_pid
+
+        def read() -> object:
+            try:
+                return stub.ListFlowRuns(pb.ListFlowRunsRequest(), timeout=90)
+            except grpc.RpcError as error:
+                return error
+
+        held = [readers.submit(read) for _ in range(threads + 2)]
+
+        def reads_held() -> bool:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock'",
+                (name,),
+            ).fetchone()
+            return row is not None and row[0] >= threads
+
+        wait_until(reads_held, timeout=30, what="reads waiting for the lock in every thread")
+        assert health(server) == SERVING
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND state = 'idle' AND pid <> %s",
+            (name, locker_pid),
+        )
+        started = time.monotonic()
+        wait_until(
+            lambda: health(server) == NOT_SERVING, timeout=60, what="health to say NOT_SERVING"
+        )
+        took = time.monotonic() - started
+        assert not all(read.done() for read in held)  # the reads were still held
+        assert took < 10, took
+    finally:
+        outage.end()
+        with contextlib.suppress(psycopg.Error):
+            locker.rollback()
+        locker.close()
+        readers.shutdown()
         server.stop()
 
 

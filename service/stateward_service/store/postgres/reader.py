@@ -41,8 +41,10 @@ from stateward_service.store.sql import SnapshotReader, SqlReads
 _PLACEHOLDER = re.compile(r"\?")
 
 # How long a read waits for a pooled connection while the database is reachable (all of the
-# pool's connections are in use).
+# pool's connections are in use); a ping (the health check's) waits less, then connects
+# directly to learn whether the database answers.
 POOL_WAIT_SECONDS = 10.0
+PING_POOL_WAIT_SECONDS = 1.0
 # While the database is unreachable, how long a read waits for the direct connection being
 # tried (but the outage's first) before it fails with the last failed one's reason.
 TRY_WAIT_SECONDS = 0.5
@@ -186,14 +188,15 @@ class PostgresReader(SnapshotReader):
         pool.close()
 
     def _checkout(
-        self,
+        self, wait: float = POOL_WAIT_SECONDS
     ) -> tuple[ConnectionPool[psycopg.Connection[tuple[Any, ...]]], psycopg.Connection[Any]]:
-        """A pool and a connection from it, never one the server ended while it sat idle in
-        the pool. Raises DatabaseUnavailable when the database cannot be reached."""
+        """A pool and a connection from it (waiting up to `wait` seconds for one), never one
+        the server ended while it sat idle in the pool. Raises DatabaseUnavailable when the
+        database cannot be reached, ReadersBusy when it can but no connection came in time."""
         for _ in range(3):
             pool = self._current_pool()
             try:
-                conn = pool.getconn(timeout=POOL_WAIT_SECONDS)
+                conn = pool.getconn(timeout=wait)
             except PoolClosed:  # another read dropped it meanwhile
                 continue
             except PoolTimeout as error:
@@ -204,7 +207,7 @@ class PostgresReader(SnapshotReader):
                     raise failure from error
                 raise ReadersBusy(
                     f"all {self.max_connections} PostgreSQL read connections of this server "
-                    f"stayed busy for {POOL_WAIT_SECONDS:g} s (long reads, or reads waiting "
+                    f"stayed busy for {wait:g} s (long reads, or reads waiting "
                     "for a lock); the database answers"
                 ) from error
             # One poll of its socket, nothing sent: a round trip per read would cost more.
@@ -218,10 +221,12 @@ class PostgresReader(SnapshotReader):
         )
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    def _connection(
+        self, wait: float = POOL_WAIT_SECONDS
+    ) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
         """A pooled connection (see `_checkout`), given back after the block. Raises
         DatabaseUnavailable when the database cannot be reached or the connection is lost."""
-        pool, conn = self._checkout()
+        pool, conn = self._checkout(wait)
         try:
             yield conn
         except psycopg.OperationalError as error:
@@ -243,7 +248,7 @@ class PostgresReader(SnapshotReader):
         """Whether the database answers now (it does when it took a direct connection while
         every pooled one was busy)."""
         try:
-            with self._connection() as conn:
+            with self._connection(PING_POOL_WAIT_SECONDS) as conn:
                 conn.execute("SELECT 1")
         except ReadersBusy:
             return True
