@@ -285,7 +285,7 @@ def wait_for_flow_run(
         )
     waiter = _RunWaiter(client or get_client(), flow_run_id, timeout, log_states)
     if _in_event_loop():
-        return asyncio.to_thread(waiter.wait)
+        return waiter.awaited()
     return waiter.wait()
 
 
@@ -301,6 +301,7 @@ class _RunWaiter:
         self.log_states = log_states
         self.moved = threading.Event()
         self.stopper = WatchStopper()  # the wait's end ends its watch
+        self.cancelled = False  # the awaiting code gave up: the thread waiting for it ends
         self._said: set[str] = set()  # the states logged (by id): each once, from either thread
         self._saying = threading.Lock()
 
@@ -316,10 +317,23 @@ class _RunWaiter:
         finally:
             self.stopper.stop()
 
+    async def awaited(self) -> FlowRun:
+        """`wait` in a thread, for async code; cancelled (asyncio.wait_for, say), it ends that
+        thread (else it went on until the run ended or the timeout passed, and asyncio.run
+        waited for it at exit)."""
+        try:
+            return await asyncio.to_thread(self.wait)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            self.moved.set()
+            raise
+
     def _until_final(self) -> FlowRun:
         end = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             self.moved.clear()
+            if self.cancelled:
+                raise asyncio.CancelledError
             run = self.client.get_flow_run(self.flow_run_id)
             if run.state is not None:
                 self._say(run.state)

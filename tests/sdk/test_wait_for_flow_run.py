@@ -151,3 +151,24 @@ def test_a_wait_that_timed_out_leaves_no_stream_behind(client):
     for thread in left:
         thread.join(timeout=10)
     assert [thread for thread in left if thread.is_alive()] == []
+
+
+def test_an_awaited_wait_that_is_cancelled_leaves_no_stream_behind(client):
+    # asyncio.wait_for (or a cancelled task) gives up on the awaited wait: the thread doing it
+    # went on for as long as its timeout (three hours by default), following the run.
+    run = client.create_flow_run("sdk-waited-for-and-cancelled", state=State(StateType.RUNNING))
+    before = {thread for thread in threading.enumerate() if thread.name == "stateward-wait"}
+
+    async def gives_up() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(wait_for_flow_run(run.id), 0.3)
+
+    asyncio.run(gives_up())
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread.name == "stateward-wait" and thread not in before
+    ]
+    for thread in left:
+        thread.join(timeout=10)
+    assert [thread for thread in left if thread.is_alive()] == []
