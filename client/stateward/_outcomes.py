@@ -19,7 +19,7 @@ from stateward.utilities.annotations import allow_failure, quote, unmapped
 # --- parameters ---------------------------------------------------------------------------------
 
 
-_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _POSITIONAL_OR_KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD
 _NO_DEFAULT = inspect.Parameter.empty
 
@@ -41,7 +41,7 @@ def bind(
                 if kind is not _POSITIONAL_OR_KEYWORD or name in kwargs:
                     break
                 bound[name] = args[index]
-            elif kind not in _KEYWORD_KINDS:
+            elif kind not in KEYWORD_KINDS:
                 break
             elif name in kwargs:
                 bound[name] = kwargs[name]
@@ -106,12 +106,22 @@ def call_with(
 ) -> Any:
     global _by_name
     if signature is not _by_name:
-        if not all(parameter.kind in _KEYWORD_KINDS for parameter in signature.parameters.values()):
-            bound = signature.bind_partial()
-            bound.arguments.update(parameters)
-            return fn(*bound.args, **bound.kwargs)
+        if not all(parameter.kind in KEYWORD_KINDS for parameter in signature.parameters.values()):
+            args, kwargs = as_call(signature, parameters)
+            return fn(*args, **kwargs)
         _by_name = signature
     return fn(**parameters)  # the usual function: every argument by name
+
+
+def as_call(
+    signature: inspect.Signature, parameters: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The positional and keyword arguments of a call given `parameters` by name (as `bind`
+    returns them: a positional-only parameter by its name, *args as a tuple, **kwargs as a
+    dict)."""
+    bound = signature.bind_partial()
+    bound.arguments.update(parameters)
+    return bound.args, bound.kwargs
 
 
 # The signature `call_with` last found to take every argument by name (held, so that no other

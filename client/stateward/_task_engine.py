@@ -25,6 +25,8 @@ from stateward._hooks import await_from_sync
 from stateward._interrupt import RunInterrupted, engine_code, waiting
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import (
+    KEYWORD_KINDS,
+    as_call,
     bind_given,
     jsonable,
     judged,
@@ -508,8 +510,12 @@ def map_task(
         for key, value in given.items()
         if key not in mapped
     }
+    # A positional-only parameter, *args and **kwargs cannot be given by name: such a task's
+    # calls are made as a call gives them.
+    by_name = all(p.kind in KEYWORD_KINDS for p in task.signature.parameters.values())
     futures: StatewardFutureList[Any] = StatewardFutureList()
     for index in range(lengths.pop()):
         call = {**static, **{key: values[index] for key, values in mapped.items()}}
-        futures.append(submit_task(task, (), call, wait_for=wait_for, map_index=index))
+        args, kwargs = ((), call) if by_name else as_call(task.signature, call)
+        futures.append(submit_task(task, args, kwargs, wait_for=wait_for, map_index=index))
     return futures

@@ -128,3 +128,18 @@ def test_a_state_given_as_an_argument_is_its_result():
         return called, submitted.result()
 
     assert passes_states() == (3, 5)
+
+
+@task
+def positional_first(x, /, y, *rest, scale=1, **named):
+    return (x + y + sum(rest)) * scale + sum(named.values())
+
+
+def test_map_over_a_task_with_positional_only_and_variadic_parameters():
+    # Each mapped call was given every argument by name: a positional-only parameter (and
+    # *rest, **named) cannot be given so, and every such map raised ParameterBindError.
+    @flow
+    def maps() -> list[int]:
+        return positional_first.map([1, 2], [10, 20], scale=unmapped(2)).result()
+
+    assert maps() == [22, 44]
