@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from stateward.exceptions import InvalidArgument, NotFound
-from stateward.runs import LogEntry
+from stateward.runs import MAX_LOG_MESSAGE, MAX_LOGGER_NAME, LogEntry
 
 log = logging.getLogger("stateward")
 
@@ -42,6 +42,16 @@ _RUN_IDS = "stateward_run_ids"  # the LogRecord attribute naming the run: (flow 
 def buffer_size() -> int:
     """STATEWARD_LOGS_BUFFER: the most lines waiting to be sent (10,000)."""
     return max(1, int(os.environ.get("STATEWARD_LOGS_BUFFER") or DEFAULT_BUFFER))
+
+
+def fit_message(text: str) -> str:
+    """A line's text as the server stores it: one over MAX_LOG_MESSAGE characters keeps its
+    beginning and says how long it was (the server refused it, and with it every line sent in
+    the same call)."""
+    if len(text) <= MAX_LOG_MESSAGE:
+        return text
+    note = f" [cut: the line had {len(text):,} characters]"
+    return text[: MAX_LOG_MESSAGE - len(note)] + note
 
 
 def run_extra(flow_run_id: str, task_run_id: str) -> dict[str, tuple[str, str]]:
@@ -190,8 +200,8 @@ class RunLogHandler(logging.Handler):
                     task_run_id=ids[1],
                     timestamp=datetime.fromtimestamp(record.created, UTC),
                     level=record.levelno,
-                    logger=sendable(record.name),
-                    message=sendable(message),
+                    logger=sendable(record.name)[:MAX_LOGGER_NAME],
+                    message=fit_message(sendable(message)),
                 )
             )
         except Exception:  # logging must never fail a run

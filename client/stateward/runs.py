@@ -157,11 +157,17 @@ class CacheEntry:
     cache_expiration: datetime | None = None
 
 
+# The longest text and logger name of a run's log line that the server stores (in characters).
+MAX_LOG_MESSAGE = 100_000
+MAX_LOGGER_NAME = 200
+
+
 @dataclass(frozen=True, slots=True, quick=True)
 class LogEntry:
     """One line a run's code logged: its flow run (for a task run's line, the task run's flow
     run, if any), its task run ("" for a flow run's own line), when, the `logging` level, the
-    logger's name and the text. `id` is the server's number for it (0 until stored)."""
+    logger's name (at most MAX_LOGGER_NAME characters) and the text (at most MAX_LOG_MESSAGE).
+    `id` is the server's number for it (0 until stored)."""
 
     flow_run_id: str
     task_run_id: str

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stateward.runs import LogEntry, RetryPolicy
+from stateward.runs import MAX_LOG_MESSAGE, MAX_LOGGER_NAME, LogEntry, RetryPolicy
 from stateward.states import State, StateType
 from stateward_service.errors import invalid
 from stateward_service.input_schemas import UnsafePattern, check_patterns, members_in
@@ -621,8 +621,8 @@ def _log_lines(
         check_time(entry, f"{where}.timestamp")
         if not 0 <= entry.level <= 100:
             raise invalid(f"{where}.level", "must be from 0 to 100 (Python's logging levels)")
-        text(entry.logger, f"{where}.logger", MAX_NAME)
-        text(entry.message, f"{where}.message", MAX_MESSAGE)
+        text(entry.logger, f"{where}.logger", MAX_LOGGER_NAME)
+        text(entry.message, f"{where}.message", MAX_LOG_MESSAGE)
     return lines
 
 

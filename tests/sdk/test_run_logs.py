@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -387,3 +388,36 @@ def test_lines_no_utf8_can_hold_are_stored_escaped_and_the_lines_after_them_too(
     assert any(m.endswith("after the odd lines") for m in messages), messages
     (controls,) = [m for m in messages if "controls " in m]
     assert "\x01" * 20_000 in controls and "characters more]" in controls
+
+
+def test_a_line_over_the_servers_limit_is_cut_and_the_lines_beside_it_are_stored(client):
+    """A line of 150,000 characters is stored as its first 100,000 (the server's limit),
+    saying how long it was; the lines sent in the same call with it are stored too. The
+    server refused the call (the long line's length), and all four lines were dropped."""
+    result = python(
+        """
+        import json
+        from stateward import flow, get_run_logger
+        from stateward.runtime import flow_run
+
+        @flow
+        def chatty():
+            logger = get_run_logger()
+            logger.info("before the long line")
+            logger.info("x" * 150_000)
+            logger.info("after the long line")
+            return flow_run.id
+
+        print(json.dumps(chatty()))
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dropped" not in result.stderr, result.stderr[-3000:]
+    run_id = json.loads(result.stdout.splitlines()[-1])
+    messages = [entry.message for entry in client.list_logs(run_id)]
+    long = [message for message in messages if "xxxxx" in message]
+    assert len(long) == 1 and len(long[0]) == 100_000, [len(m) for m in messages]
+    # 150,000 and the prefix naming the run.
+    assert re.search(r"x \[cut: the line had 150,0\d\d characters\]$", long[0]), long[0][-80:]
+    assert any(message.endswith("before the long line") for message in messages), messages
+    assert any(message.endswith("after the long line") for message in messages), messages
