@@ -8,7 +8,7 @@ reference")."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import pydantic
 
@@ -29,12 +29,28 @@ class RunInput(pydantic.BaseModel):
         """A subclass of this class whose fields named in `initial` default to the values
         given (a name that is no field becomes one, of the value's type), so that a resume may
         leave them out; `description` (when given) says what the input is for. Mirrors the
-        reference's `RunInput.with_initial_data`. Raises pydantic's errors for a value that
-        does not fit its field's type when the model is validated."""
+        reference's `RunInput.with_initial_data`. A value is checked against its field's type
+        at once (and kept as that type makes it: "3" for an int field is 3); raises
+        ValueError, naming the field and why, for one that does not fit."""
         fields: dict[str, Any] = {}
         for name, value in initial.items():
             field = cls.model_fields.get(name)
-            fields[name] = (field.annotation if field is not None else type(value), value)
+            if field is None:
+                fields[name] = (type(value), value)
+                continue
+            # A default is not validated by pydantic: one that does not fit would be offered
+            # in the schema and held by every instance. (The field's constraints too.)
+            typed: Any = field.annotation
+            if field.metadata:
+                typed = Annotated[(typed, *field.metadata)]
+            try:
+                checked = pydantic.TypeAdapter(typed).validate_python(value)
+            except pydantic.ValidationError as error:
+                raise ValueError(
+                    f"{cls.__name__}.with_initial_data: {name}={value!r} does not fit the field "
+                    f"{name}: {error.errors()[0]['msg']}"
+                ) from None
+            fields[name] = (field.annotation, checked)
         made: type[Self] = pydantic.create_model(
             cls.__name__,
             __base__=cls,

@@ -12,6 +12,7 @@ import sys
 import threading
 import uuid
 
+import pydantic
 import pytest
 
 from stateward import flow, pause_flow_run, resume_flow_run
@@ -83,6 +84,22 @@ def test_a_run_inputs_docstring_is_its_description_and_fields_stay_required(clie
     assert made.model_json_schema()["required"] == ["reason"]
     with pytest.raises(ValueError):
         Reason(reason="x", other=1)  # type: ignore[call-arg]
+
+
+def test_initial_data_that_does_not_fit_its_field_is_refused_at_once():
+    # A default pydantic does not check: the model's schema offered it (a resume leaving the
+    # field out got it), and its instances held it, an int field holding 'many'.
+    class Order(RunInput):
+        count: int
+        size: int = pydantic.Field(default=1, gt=0)
+
+    with pytest.raises(ValueError, match="count='many' does not fit the field count: Input"):
+        Order.with_initial_data(count="many")
+    with pytest.raises(ValueError, match="greater than 0"):
+        Order.with_initial_data(size=0)
+    made = Order.with_initial_data(count="3")  # what the field's type makes of it
+    assert made().count == 3
+    assert made.model_json_schema()["properties"]["count"]["default"] == 3
 
 
 def test_run_input_on_the_embedded_default_resumed_from_the_cli(tmp_path):
