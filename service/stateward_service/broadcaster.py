@@ -290,6 +290,16 @@ class _Ready(Generic[P]):
         return True
 
 
+class _Sharing:
+    """Stands for a filter, encoder and batch size while subscribers with them are subscribed
+    (compared by identity)."""
+
+    __slots__ = ("subscribers",)
+
+    def __init__(self) -> None:
+        self.subscribers = 0
+
+
 _NOTHING_RELEASED: _Ready[Any] = _Ready([], 0, TransitionFilter(), lambda _: b"", 1, False)
 
 # How long a round waits for the subscribers it woke to be back before the next may start
@@ -397,9 +407,14 @@ class TransitionBroadcaster:
         # not from six, so the event loop (health checks, writes) waits for it briefly.
         self._catch_up = ThreadPoolExecutor(1, thread_name_prefix="stateward-catch-up")
         # The batches made since the last release, by (filter, encoder, most per batch,
-        # cursor): the subscribers that share these get the same batches, matched and encoded
-        # once. Only the event loop's thread touches them.
-        self._shared: dict[tuple[TransitionFilter, Encoder[Any], int, int], _Ready[Any]] = {}
+        # cursor) (their `_Sharing` stands for the first three): the subscribers that share
+        # these get the same batches, matched and encoded once. Only the event loop's thread
+        # touches them.
+        self._shared: dict[tuple[_Sharing, int], _Ready[Any]] = {}
+        # What the subscribers with one filter, encoder and batch size have in common: one
+        # object for all of them while any is subscribed (with how many are), so that the
+        # batches above are found by identity, not by comparing filters at every send.
+        self._sharings: dict[tuple[TransitionFilter, Encoder[Any], int], _Sharing] = {}
         self._shared_released = last_sequence
         self._shared_size = 0  # the entries they hold
         # The current subscriptions; only the event loop's thread touches them.
@@ -577,12 +592,17 @@ class TransitionBroadcaster:
     # --- the subscribers' side ------------------------------------------------------------------
 
     def _ready(
-        self, where: TransitionFilter, cursor: int, encode: Encoder[P], max_batch: int
+        self,
+        where: TransitionFilter,
+        cursor: int,
+        encode: Encoder[P],
+        max_batch: int,
+        sharing: _Sharing,
     ) -> _Ready[P] | None:
         """What the ring holds for a subscriber at `cursor` up to what was released (no batch
         when nothing was), or None when the ring no longer reaches back to it (the subscriber
         must read the log). The same for every subscriber at that cursor with the same filter,
-        encoder and batch size, while no more is released."""
+        encoder and batch size (the same `sharing`), while no more is released."""
         with self._lock:
             released = self._released
             if cursor >= released:
@@ -591,7 +611,7 @@ class TransitionBroadcaster:
                 self._shared.clear()
                 self._shared_size = 0
                 self._shared_released = released
-            key = (where, encode, max_batch, cursor)
+            key = (sharing, cursor)
             ready: _Ready[P] | None = self._shared.get(key)
             if ready is not None:
                 return ready
@@ -662,12 +682,21 @@ class TransitionBroadcaster:
         me = _Subscription(where, self._last if after is None else after)
         self.subscribers += 1
         self._subscriptions.add(me)
+        common: tuple[TransitionFilter, Encoder[Any], int] = (where, encode, max_batch)
+        with self._lock:
+            sharing = self._sharings.get(common)
+            if sharing is None:
+                sharing = self._sharings[common] = _Sharing()
+            sharing.subscribers += 1
         loop = asyncio.get_running_loop()
         try:
             while True:
                 if self._closed:
                     raise StreamClosed(me.cursor)
-                ready = self._ready(where, me.cursor, encode, max_batch)
+                # Read without the lock: if it is stale, the wait below looks again under it.
+                ready: _Ready[P] | None = _NOTHING_RELEASED
+                if me.cursor < self._released:
+                    ready = self._ready(where, me.cursor, encode, max_batch, sharing)
                 if ready is None:
                     self._back(me)  # a read of the log holds no round back
                     logged = await self._read_log(where, me.cursor, encode, max_batch, prepare)
@@ -699,6 +728,10 @@ class TransitionBroadcaster:
         finally:
             self.subscribers -= 1
             self._subscriptions.discard(me)
+            with self._lock:
+                sharing.subscribers -= 1
+                if not sharing.subscribers:
+                    del self._sharings[common]
             self._back(me)
 
     async def _read_log(

@@ -105,8 +105,10 @@ def test_a_cancelled_consumer_frees_its_subscription(world):
 
 def test_subscribers_at_one_cursor_share_their_batches_encoded_once(world):
     """A release finds the subscribers at the head at the same cursor: those with the same
-    filter get the same Batch (its transitions encoded, matched and framed once for all of
-    them), one with another filter a batch of its own, each in order and complete."""
+    filter (equal, each its own object, as each stream's request makes) get the same Batch
+    (its transitions encoded, matched and framed once for all of them), one with another
+    filter a batch of its own, each in order and complete. Once they left, nothing of them
+    is kept."""
     _, reader, _ = world
     run_a, run_b = str(uuid.uuid4()), str(uuid.uuid4())
     encoded: list[int] = []
@@ -118,8 +120,8 @@ def test_subscribers_at_one_cursor_share_their_batches_encoded_once(world):
     async def main() -> None:
         broadcaster = TransitionBroadcaster(reader, counting, 0)
         broadcaster.bind(asyncio.get_running_loop())
-        only_a = TransitionFilter(run_ids=frozenset({run_a}))
-        filters = [TransitionFilter()] * 20 + [only_a] * 5
+        filters = [TransitionFilter() for _ in range(20)]
+        filters += [TransitionFilter(run_ids=frozenset({run_a})) for _ in range(5)]
         firsts: list[Batch] = []
 
         async def first_batch(where: TransitionFilter) -> None:
@@ -153,6 +155,8 @@ def test_subscribers_at_one_cursor_share_their_batches_encoded_once(world):
 
         assert [batch.derived(frame) for batch in firsts].count(30) == 20
         assert sorted(framed) == [20, 30]  # once per batch, not per subscriber
+        assert broadcaster.subscribers == 0
+        assert not broadcaster._sharings
 
     asyncio.run(main())
 
