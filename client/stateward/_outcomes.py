@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stateward._results import ResultPolicy, encode, encode_exception
+from stateward._run_logs import sendable
 from stateward.exceptions import ParameterBindError, ResultTooLarge, UpstreamTaskError
 from stateward.futures import StatewardFuture
 from stateward.states import State, StateDetails, StateType, carry_value, has_value
@@ -129,19 +130,25 @@ def as_call(
 _by_name: inspect.Signature | None = None
 
 
-_check_json = json.JSONEncoder(allow_nan=False).encode  # NaN and Infinity are not JSON
+# NaN and Infinity are not JSON; text is checked for what UTF-8 cannot hold (below).
+_check_json = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
 _PLAIN_VALUES = (str, int, bool, type(None))
 
 
 def jsonable(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Parameters as they can be recorded on the run (values JSON cannot hold, as text)."""
+    """Parameters as they can be recorded on the run (values JSON cannot hold, as text). Text
+    UTF-8 cannot hold (a lone surrogate: a file name decoded with 'surrogateescape', say) is
+    recorded escaped: it could not be sent or stored."""
     recorded: dict[str, Any] = {}
     for key, value in parameters.items():
-        if type(value) in _PLAIN_VALUES:
-            recorded[key] = value
+        kind = type(value)
+        if kind in _PLAIN_VALUES:
+            recorded[key] = sendable(value) if kind is str else value
             continue
         try:
-            _check_json(value)
+            text = _check_json(value)
+            if not text.isascii():
+                text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
         except (TypeError, ValueError, RecursionError):
             recorded[key] = repr(value)
         else:
@@ -179,14 +186,17 @@ class TaskRunNames:
 
 
 def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any]) -> str:
+    """A run's name from its template (formatted with the run's parameters) or function; text
+    UTF-8 cannot hold (a file name decoded with 'surrogateescape', say) is escaped, as a run
+    log line's is: it could not be sent or stored."""
     if template is None:
         return ""
     if callable(template):
-        return str(template())
+        return sendable(str(template()))
     try:
-        return template.format(**parameters)
+        return sendable(template.format(**parameters))
     except (KeyError, IndexError, ValueError):
-        return template
+        return sendable(template)
 
 
 # Values `resolve` passes as they are, by their exact type (a subclass may hold anything).

@@ -9,6 +9,7 @@ import gc
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -485,6 +486,29 @@ def test_run_names_from_templates(client):
 
     named("ada")
     assert flow_run_of(client, "sdk-named").name == "run-for-ada"
+
+
+def test_run_names_from_text_no_utf8_can_hold_are_stored_escaped(client):
+    # A name made from a file name decoded with 'surrogateescape' (os.listdir of a name that
+    # is not UTF-8, say): UnicodeEncodeError came out of the call, naming no field, and the
+    # run never started.
+    odd = os.fsdecode(b"data-\xfe.csv")
+
+    @task(task_run_name="load-{path}")
+    def load(path: str) -> str:
+        return path
+
+    @flow(name="sdk-odd-names", flow_run_name="for-{path}")
+    def loads(path: str, more: list[str]) -> str:
+        return load(path)
+
+    assert loads(odd, [odd]) == odd  # the value itself is passed on untouched
+    run = flow_run_of(client, "sdk-odd-names")
+    assert run.name == "for-data-\\udcfe.csv"
+    # Recorded escaped; inside a collection, the collection as text (as for what JSON cannot hold).
+    assert run.parameters == {"path": "data-\\udcfe.csv", "more": "['data-\\udcfe.csv']"}
+    (task_run,) = client.list_task_runs(flow_run_ids=[run.id])
+    assert task_run.name == "load-data-\\udcfe.csv"
 
 
 def test_get_run_context_and_logger_inside_runs():
