@@ -17,6 +17,7 @@ socket the parent made before the fork (`ForkRelay`), and the parent's shipper s
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
@@ -231,6 +232,8 @@ class ForkRelay:
         self.inbox.setblocking(False)
         self._taking = threading.Lock()  # one reader at a time: lines keep their order
         self.sending = False  # this process is a forked child: it sends, the parent takes
+        self.owner = os.getpid()  # the process that takes (a grandchild's is not its parent)
+        self.owner_gone = False  # found gone by a send: later lines are not tried
         self.dropped = 0
         threading.Thread(target=self._take, name="stateward-fork-logs", daemon=True).start()
 
@@ -289,17 +292,29 @@ class ForkRelay:
             line[5] = f"{entry.message[:kept]} [cut: {cut} characters more]"
             data = json.dumps(line, ensure_ascii=False).encode()
             kept //= 2
+        if self.owner_gone:
+            self.dropped += 1
+            return
         try:
             self.outbox.send(data)
-        except OSError as error:  # full for RELAY_WAIT seconds, or the parent is gone
+        except OSError as error:  # full for RELAY_WAIT seconds, or the taker is gone
             self.dropped += 1
-            log.warning(
-                "dropped a run log line of this forked child (%d so far): its parent, process "
-                "%d, did not take it (%s)",
-                self.dropped,
-                os.getppid(),
-                error,
-            )
+            if isinstance(error, ConnectionError) or error.errno == errno.ENOTCONN:
+                # Said once: every later line would be dropped the same way, at once.
+                self.owner_gone = True
+                log.warning(
+                    "process %d, which ran the runs this forked child logs about, is gone: "
+                    "the child's run log lines are not stored (they stay on its console)",
+                    self.owner,
+                )
+            elif self.dropped & (self.dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...
+                log.warning(
+                    "dropped %d run log line(s) of this forked child so far: process %d, which "
+                    "ran its runs, did not take them (%s)",
+                    self.dropped,
+                    self.owner,
+                    error,
+                )
 
 
 _shipper: LogShipper | None = None

@@ -421,3 +421,37 @@ def test_a_line_over_the_servers_limit_is_cut_and_the_lines_beside_it_are_stored
     assert re.search(r"x \[cut: the line had 150,0\d\d characters\]$", long[0]), long[0][-80:]
     assert any(message.endswith("before the long line") for message in messages), messages
     assert any(message.endswith("after the long line") for message in messages), messages
+
+
+ORPHANED_CHILD_FLOW = r"""
+    import os, select
+    from stateward import flow, get_run_logger
+
+    @flow
+    def leaves_a_child():
+        parent = os.getpid()
+        if os.fork() == 0:  # the child logs once its parent is gone (its files closed)
+            try:
+                select.select([os.pidfd_open(parent)], [], [])
+            except ProcessLookupError:
+                pass  # gone already
+            for n in range(5):
+                get_run_logger().info("orphan line %d", n)
+            os._exit(0)
+        print(os.getpid(), flush=True)
+        os._exit(0)  # the parent dies; the child's read ends
+
+    leaves_a_child()
+    """
+
+
+def test_a_forked_child_whose_parent_is_gone_says_so_once_naming_the_parent(tmp_path):
+    """Each line a forked child logged after its parent died was a warning of its own naming
+    'its parent, process 1' (init, by then): the child's console doubled, blaming the wrong
+    process. Now one warning names the process that ran the runs."""
+    env = {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)}
+    result = python(ORPHANED_CHILD_FLOW, env=env, timeout=60)  # waits for the child's stderr
+    parent = int(result.stdout.split()[0])
+    said = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(said) == 1, result.stderr
+    assert f"process {parent}, which ran the runs this forked child logs about, is gone" in said[0]
