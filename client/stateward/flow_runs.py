@@ -78,9 +78,7 @@ def pause_flow_run(
         context.pauses += 1
         key = f"pause-{context.pauses}"
     pause = _Pause(context.engine, key, float(timeout), float(poll_interval), adapter)
-    # An async flow's code awaits it; a sync flow's blocks, even where an event loop runs (a
-    # sync flow called from async code runs in its caller's thread).
-    if context.flow.isasync and _in_event_loop():
+    if _async_code():
         return asyncio.to_thread(pause.wait)
     return pause.wait()
 
@@ -95,7 +93,7 @@ def resume_flow_run(flow_run_id: str, run_input: Any = None) -> Any:
     NotPausedError, and the server's refusal otherwise: NotFound, InvalidArgument (the input
     is missing, unexpected or does not match the pause's schema)."""
     text = _input_json(run_input)
-    if _in_event_loop():
+    if _async_code():
         return asyncio.to_thread(_resume, flow_run_id, text)
     return _resume(flow_run_id, text)
 
@@ -146,12 +144,19 @@ def _input_json(run_input: Any) -> str | None:
         ) from None
 
 
-def _in_event_loop() -> bool:
+def _async_code() -> bool:
+    """Whether the calling code is async code, which awaits what these functions return: an
+    event loop runs in this thread, and no sync flow's or task's code runs here (a sync flow
+    called from async code runs in its caller's thread: its code blocks, as it was written to)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return False
-    return True
+    task_context = task_run_context.get()
+    if task_context is not None:
+        return bool(task_context.task.isasync)
+    flow_context = flow_run_context.get()
+    return flow_context is None or bool(flow_context.flow.isasync)
 
 
 class _Pause:
@@ -284,7 +289,7 @@ def wait_for_flow_run(
             poll_interval,
         )
     waiter = _RunWaiter(client or get_client(), flow_run_id, timeout, log_states)
-    if _in_event_loop():
+    if _async_code():
         return waiter.awaited()
     return waiter.wait()
 

@@ -205,6 +205,32 @@ def test_a_sync_flow_called_from_async_code_blocks_in_its_pause(client):
     assert names(client, run.id) == ["Pending", "Running", "Paused", "Running", "Completed"]
 
 
+def test_a_sync_flow_called_from_async_code_resumes_in_place(client):
+    # resume_flow_run in such a flow returned a coroutine nobody awaited: nothing resumed.
+    name = "sdk-pause-resumed-by-sync-in-async"
+
+    @flow(name=name)
+    def waits() -> str:
+        pause_flow_run(timeout=60, poll_interval=30)
+        return "resumed"
+
+    results: list[str] = []
+    runner = threading.Thread(target=lambda: results.append(waits()), daemon=True)
+    runner.start()
+    target = paused_run(client, name)
+
+    @flow
+    def resumes() -> str:
+        return type(resume_flow_run(target.id)).__name__
+
+    async def caller() -> str:
+        return resumes()
+
+    assert asyncio.run(caller()) == "State"
+    runner.join(30)
+    assert results == ["resumed"]
+
+
 def test_the_async_forms_under_the_references_names(client):
     name = "sdk-pause-async-names"
 

@@ -172,3 +172,22 @@ def test_an_awaited_wait_that_is_cancelled_leaves_no_stream_behind(client):
     for thread in left:
         thread.join(timeout=10)
     assert [thread for thread in left if thread.is_alive()] == []
+
+
+def test_a_sync_flow_called_from_async_code_waits_in_place():
+    # In such a flow the code is sync, though an event loop runs in its thread: it got a
+    # coroutine (never awaited) in place of the run.
+    @flow
+    def quick() -> int:
+        return 1
+
+    run_id = quick(return_state=True).details.flow_run_id
+
+    @flow
+    def waits() -> str:
+        return type(wait_for_flow_run(run_id, timeout=10)).__name__
+
+    async def caller() -> str:
+        return waits()
+
+    assert asyncio.run(caller()) == "FlowRun"
