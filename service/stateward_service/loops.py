@@ -7,7 +7,9 @@
   cancelled (at once when a flow run enters CANCELLED in any process sharing the database, and
   on every sweep as a safety net);
 - log pruning: with a retention set, the transitions log keeps only its newest entries;
-- lapsed leases: a run whose process stopped renewing its heartbeat lease is forced to Crashed.
+- lapsed leases: a run whose process stopped renewing its heartbeat lease is forced to Crashed,
+  and so are the task runs and subflows of such a flow run that never started (Scheduled,
+  Pending, or with no state: nobody is left to start them).
 
 Each proposal goes through the orchestrator like any SetState, with `expected_state_id` set to
 the state the sweep saw: a run that moved in the meantime is left alone. The sweeps run in a
@@ -32,6 +34,7 @@ from stateward_service.store import DatabaseUnavailable
 
 log = logging.getLogger("stateward.loops")
 _CANCELLED, _FLOW_RUN = StateType.CANCELLED, RunKind.FLOW_RUN
+_UNSTARTED = frozenset({StateType.SCHEDULED, StateType.PENDING})
 _NAMED = 5  # the runs a sweep's line names; the rest it counts
 
 
@@ -222,17 +225,36 @@ class ServerLoops:
             message="the process running it stopped renewing its heartbeat lease "
             "(it was killed, or lost its connection)",
         )
-        moved = [
-            run_id
-            for _, run_id in orchestrator.runs_with_lapsed_lease(moment)
-            if orchestrator.crash_if_lease_lapsed(run_id, crashed, moment)
-        ]
-        return self._told(
+        moved: list[str] = []
+        flow_runs: list[str] = []
+        for kind, run_id in orchestrator.runs_with_lapsed_lease(moment):
+            if orchestrator.crash_if_lease_lapsed(run_id, crashed, moment):
+                moved.append(run_id)
+                if kind is _FLOW_RUN:
+                    flow_runs.append(run_id)
+        said = self._told(
             moved,
             "Crashed",
             "the process running {it} stopped renewing its heartbeat lease (the process was "
             "killed, or lost its connection to the server)",
         )
+        # Their task runs and subflows that never started: the process that would have started
+        # them is gone (those started hold leases of their own, and are left to them).
+        orphans: list[str] = []
+        for flow_run_id in flow_runs:
+            for _, child_id in orchestrator.unfinished_children(flow_run_id):
+                try:
+                    current = orchestrator.get_run(child_id).state
+                except RunNotFound:
+                    continue
+                if current is None or current.type in _UNSTARTED:
+                    orphan = State(
+                        StateType.CRASHED,
+                        message=f"its flow run {flow_run_id} crashed before it started",
+                    )
+                    self._propose(orphans, child_id, current, orphan, force=True)
+        told = self._told(orphans, "Crashed", "the flow run of {it} crashed before it started")
+        return "; ".join(line for line in (said, told) if line)
 
     def prune_log(self) -> str:
         """Keep the newest `log_retention` transitions and the newest `run_log_retention` lines

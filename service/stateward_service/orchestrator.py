@@ -388,6 +388,11 @@ class Orchestrator:
                 for _, child_id in db.unfinished_children(parent)
             ]
 
+    def unfinished_children(self, flow_run_id: str) -> list[tuple[RunKind, str]]:
+        """(kind, id) of the task runs and subflows of a flow run not in a terminal state."""
+        with self._reader.snapshot() as db:
+            return db.unfinished_children(flow_run_id)
+
     def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
         """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
         with self._reader.snapshot() as db:

@@ -56,6 +56,28 @@ def test_a_run_whose_lease_lapses_is_crashed_and_watchers_see_it(client):
     assert client.get_flow_run(flow_run.id).lease_expires is None
 
 
+def test_the_unstarted_children_of_a_flow_run_crashed_for_its_lease_are_crashed_too(client):
+    # The process that would have started them is gone: a kill -9 during a map left a crashed
+    # flow run's Pending task runs Pending for good. Started ones are left to their own lease.
+    flow_run = client.create_flow_run("leased-parent", state=State(StateType.PENDING))
+    client.set_state(flow_run.id, State(StateType.RUNNING), lease_seconds=1)
+    pending = client.create_task_run(
+        "pending", flow_run_id=flow_run.id, state=State(StateType.PENDING)
+    )
+    subflow_task = client.create_task_run(
+        "sub", flow_run_id=flow_run.id, state=State(StateType.PENDING)
+    )
+    client.set_state(subflow_task.id, State(StateType.RUNNING))
+    done = client.create_task_run("done", flow_run_id=flow_run.id, state=State(StateType.PENDING))
+    client.set_state(done.id, State(StateType.RUNNING))
+    client.set_state(done.id, State(StateType.COMPLETED))
+    wait_for(client, flow_run.id, StateType.CRASHED)
+    crashed = wait_for(client, pending.id, StateType.CRASHED)
+    assert "its flow run" in crashed.message and "crashed" in crashed.message
+    assert client.list_states(subflow_task.id)[-1].type is StateType.RUNNING  # no lease: kept
+    assert client.list_states(done.id)[-1].type is StateType.COMPLETED
+
+
 def test_the_server_says_which_runs_it_crashed_and_why(client, lease_server):
     run = client.create_flow_run("told", state=State(StateType.PENDING))
     client.set_state(run.id, State(StateType.RUNNING), lease_seconds=0.5)
