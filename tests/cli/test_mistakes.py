@@ -72,8 +72,24 @@ def test_a_home_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
         ),
         (
             ["task-run", "ls", "--limit", "many"],
-            "Error: Invalid value for '--limit': Input should be a valid integer, unable to "
-            "parse string as an integer. See 'stateward task-run ls --help'.",
+            "Error: Invalid value for '--limit': 'many' is not a whole number, 1 or more. "
+            "See 'stateward task-run ls --help'.",
+        ),
+        (
+            ["concurrency-limit", "create", "nightly", "-1"],
+            "Error: -1 is not an option, and no value of this command is below 0 (usage: "
+            "stateward concurrency-limit create [OPTIONS] {TAG} {LIMIT}). "
+            "See 'stateward concurrency-limit create --help'.",
+        ),
+        (
+            ["concurrency-limit", "create", "nightly", "--", "-1"],
+            "Error: Invalid value for 'LIMIT': -1 is not a whole number, 0 or more. "
+            "See 'stateward concurrency-limit create --help'.",
+        ),
+        (
+            ["ui", "--port", "70000"],
+            "Error: Invalid value for '--port': 70000 is not a whole number from 0 to 65535. "
+            "See 'stateward ui --help'.",
         ),
         (
             ["flow-run", "ls", "--since", "-5m"],

@@ -59,12 +59,21 @@ def print_version() -> None:
 
 def command_line_error(error: TyperException) -> str:
     """A mistake in the command line as one line: what is wrong, the usage when an argument or
-    an option is missing, and the help to read."""
+    an option is missing or a negative number was given (which click takes for an option), and
+    the help to read."""
     message = _one_line(error.format_message())
     context: Any = getattr(error, "ctx", None)
     if context is None:
         return f"Error: {message}"
-    if type(error).__name__ == "MissingParameter":
+    kind = type(error).__name__
+    taken = getattr(error, "option_name", "")
+    if kind == "NoSuchOption" and taken[1:].replace(".", "", 1).isdigit():
+        # click reads `-1` as an option; no value of our commands is negative
+        usage = _one_line(context.get_usage()).removeprefix("Usage: ")
+        message = (
+            f"{taken} is not an option, and no value of this command is below 0 (usage: {usage})."
+        )
+    elif kind == "MissingParameter":
         usage = _one_line(context.get_usage()).removeprefix("Usage: ")
         message = f"{message.rstrip('.')} (usage: {usage})."
     elif not message.endswith((".", "?", "!")):

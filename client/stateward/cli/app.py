@@ -8,9 +8,11 @@ import typer
 
 from stateward._embedded import server_commands
 from stateward.cli import db, limits, runs, ui, watch
+from stateward.cli._labels import FLAG, Group
 
 app = typer.Typer(
     name="stateward",
+    cls=Group,
     help="Stateward: run-state orchestration over gRPC. With STATEWARD_API_URL (host:port) "
     "set, the commands talk to that server; unset, they work on the database in STATEWARD_HOME "
     "(~/.stateward) on this machine, as the SDK does.",
@@ -32,14 +34,18 @@ def _options(
     show_version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            callback=_version,
+            is_eager=True,
+            metavar=FLAG,
+            help="Print the version and exit.",
         ),
     ] = False,
 ) -> None:
     """Stateward: run-state orchestration over gRPC."""
 
 
-app.add_typer(server_commands(), name="server")
+app.add_typer(server_commands(), name="server", cls=Group)
 app.add_typer(runs.flow_runs, name="flow-run")
 app.add_typer(runs.task_runs, name="task-run")
 app.add_typer(limits.app, name="concurrency-limit")

@@ -11,16 +11,19 @@ import typer
 
 from stateward import settings
 from stateward.cli._common import console, errors
+from stateward.cli._labels import Group
 
-app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="The SQLite database.", no_args_is_help=True)
 
 
 @app.command()
 def backup(
-    destination: Annotated[Path, typer.Argument(help="The file to write the copy to.")],
+    destination: Annotated[
+        Path, typer.Argument(metavar="DESTINATION", help="The file to write the copy to.")
+    ],
     db: Annotated[
         Path | None,
-        typer.Option(help="The database (default $STATEWARD_HOME/stateward.db)."),
+        typer.Option(metavar="FILE", help="The database (default $STATEWARD_HOME/stateward.db)."),
     ] = None,
 ) -> None:
     """Copy the database with SQLite's online backup: safe while a server writes to it (the

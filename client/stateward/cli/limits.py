@@ -7,15 +7,21 @@ from typing import Annotated
 import typer
 
 from stateward.cli._common import client, console, new_table
+from stateward.cli._labels import Group, whole_number
 
-app = typer.Typer(help="Tag concurrency limits for task runs.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Tag concurrency limits for task runs.", no_args_is_help=True)
 
 
 @app.command("create")
 def create(
-    tag: Annotated[str, typer.Argument(help="The tag.")],
+    tag: Annotated[str, typer.Argument(metavar="TAG", help="The tag.")],
     limit: Annotated[
-        int, typer.Argument(min=0, help="How many task runs with it may run at once.")
+        int,
+        typer.Argument(
+            parser=whole_number(0),
+            metavar="LIMIT",
+            help="How many task runs with it may run at once: 0 or more.",
+        ),
     ],
 ) -> None:
     """Create a limit for a tag."""
@@ -39,7 +45,7 @@ def list_limits() -> None:
 
 
 @app.command("inspect")
-def inspect(tag: Annotated[str, typer.Argument(help="The tag.")]) -> None:
+def inspect(tag: Annotated[str, typer.Argument(metavar="TAG", help="The tag.")]) -> None:
     """Show a limit and the task runs holding its slots."""
     with client() as connected:
         limit = connected.get_concurrency_limit(tag)
@@ -49,7 +55,7 @@ def inspect(tag: Annotated[str, typer.Argument(help="The tag.")]) -> None:
 
 
 @app.command("delete")
-def delete(tag: Annotated[str, typer.Argument(help="The tag.")]) -> None:
+def delete(tag: Annotated[str, typer.Argument(metavar="TAG", help="The tag.")]) -> None:
     """Delete a limit; the runs holding its slots keep running."""
     with client() as connected:
         connected.delete_concurrency_limit(tag)

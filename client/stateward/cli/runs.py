@@ -27,6 +27,7 @@ from stateward.cli._common import (
     show_time,
 )
 from stateward.cli._find import find_flow_run, find_task_run, parse_since, short_id
+from stateward.cli._labels import FLAG, Group, whole_number
 from stateward.runs import FlowRun, RunKind, SetStateStatus, TaskRun
 from stateward.states import State, StateType
 
@@ -36,13 +37,15 @@ if TYPE_CHECKING:
     from stateward.client import Client
 
 flow_runs = typer.Typer(
-    help="Flow runs: list, inspect, logs, cancel, resume.", no_args_is_help=True
+    cls=Group, help="Flow runs: list, inspect, logs, cancel, resume.", no_args_is_help=True
 )
-task_runs = typer.Typer(help="Task runs: list, inspect, logs.", no_args_is_help=True)
+task_runs = typer.Typer(cls=Group, help="Task runs: list, inspect, logs.", no_args_is_help=True)
 
 Run = TypeVar("Run", FlowRun, TaskRun)
 
 RUN_ARGUMENT = "The run's id, the start of its id (as the tables show it) or its name."
+REPEATABLE = "Repeat it for more: a run matching any of them."
+STATE_HELP = f"Only runs in this state type (COMPLETED, FAILED, ...; any case). {REPEATABLE}"
 SINCE_HELP = "Only runs created since then: a date-time (2026-11-21T09:30) or a span (30m, 2h, 1d)."
 
 
@@ -85,20 +88,28 @@ def _print_listing(table: Table, shown: int, more: int, what: str, filtered: boo
 @flow_runs.command("ls")
 def list_flow_runs(
     flow: Annotated[
-        list[str] | None, typer.Option("--flow", help="Only runs of this flow.")
+        list[str] | None,
+        typer.Option("--flow", metavar="NAME", help=f"Only runs of this flow. {REPEATABLE}"),
     ] = None,
     state: Annotated[
         list[StateType] | None,
+        typer.Option("--state", parser=parse_state_type, metavar="TYPE", help=STATE_HELP),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
         typer.Option(
-            "--state", parser=parse_state_type, metavar="TYPE", help="Only runs in this state type."
+            "--tag",
+            metavar="TAG",
+            help="Only runs with this tag. Repeat it for more: a run with all of them.",
         ),
     ] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
     since: Annotated[
         datetime | None,
         typer.Option("--since", parser=parse_since, metavar="WHEN", help=SINCE_HELP),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option(parser=whole_number(1), metavar="N", help="At most N runs (1 or more).")
+    ] = 20,
 ) -> None:
     """List flow runs, newest first."""
     table = new_table()
@@ -283,7 +294,8 @@ def _check_input(run: FlowRun, run_input: str | None) -> None:
 def flow_run_logs(
     ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")],
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
+        bool,
+        typer.Option("--follow", "-f", metavar=FLAG, help="Keep showing lines until the run ends."),
     ] = False,
 ) -> None:
     """Show what a flow run and its task runs logged, oldest first."""
@@ -294,7 +306,8 @@ def flow_run_logs(
 def task_run_logs(
     ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metavar="RUN")],
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep showing lines until the run ends.")
+        bool,
+        typer.Option("--follow", "-f", metavar=FLAG, help="Keep showing lines until the run ends."),
     ] = False,
 ) -> None:
     """Show what a task run logged, oldest first."""
@@ -341,23 +354,35 @@ def show_logs(ref: str, follow: bool, kind: RunKind) -> None:
 def list_task_runs(
     flow_run: Annotated[
         list[str] | None,
-        typer.Option("--flow-run", help="Only task runs of this flow run (id, id start or name)."),
+        typer.Option(
+            "--flow-run",
+            metavar="RUN",
+            help=f"Only task runs of this flow run (id, id start or name). {REPEATABLE}",
+        ),
     ] = None,
     task: Annotated[
-        list[str] | None, typer.Option("--task", help="Only runs of this task.")
+        list[str] | None,
+        typer.Option("--task", metavar="NAME", help=f"Only runs of this task. {REPEATABLE}"),
     ] = None,
     state: Annotated[
         list[StateType] | None,
+        typer.Option("--state", parser=parse_state_type, metavar="TYPE", help=STATE_HELP),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
         typer.Option(
-            "--state", parser=parse_state_type, metavar="TYPE", help="Only runs in this state type."
+            "--tag",
+            metavar="TAG",
+            help="Only runs with this tag. Repeat it for more: a run with all of them.",
         ),
     ] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag.")] = None,
     since: Annotated[
         datetime | None,
         typer.Option("--since", parser=parse_since, metavar="WHEN", help=SINCE_HELP),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option(parser=whole_number(1), metavar="N", help="At most N runs (1 or more).")
+    ] = 20,
 ) -> None:
     """List task runs, newest first."""
     table = new_table()

@@ -8,26 +8,30 @@ from typing import Annotated
 import typer
 
 from stateward.cli._common import errors
+from stateward.cli._labels import whole_number
 from stateward.exceptions import ServerUnavailable
 
 
 def ui(
     host: Annotated[
         str | None,
-        typer.Option(help="Address to listen on. (env STATEWARD_UI_HOST, default 127.0.0.1)"),
+        typer.Option(
+            metavar="HOST", help="Address to listen on. (env STATEWARD_UI_HOST, default 127.0.0.1)"
+        ),
     ] = None,
     port: Annotated[
         int | None,
         typer.Option(
-            help="Port; 0 picks a free one. (env STATEWARD_UI_PORT, default 8471)",
-            min=0,
-            max=65535,
+            parser=whole_number(0, 65535),
+            metavar="PORT",
+            help="Port, 0 to 65535; 0 picks a free one. (env STATEWARD_UI_PORT, default 8471)",
             show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Serve the web view of the runs in $STATEWARD_HOME until Ctrl-C. Scripts run meanwhile
-    on the same home share it, and show up live."""
+    """Serve the web view of the runs in $STATEWARD_HOME until Ctrl-C.
+
+    Scripts run meanwhile on the same home share it, and show up live."""
     from stateward._embedded import serve_ui
 
     try:

@@ -16,6 +16,7 @@ from stateward.cli._common import (
     show_state,
 )
 from stateward.cli._find import find_flow_run, short_id
+from stateward.cli._labels import FLAG, whole_number
 from stateward.exceptions import CursorExpired, StatewardError
 from stateward.runs import RunKind, Transition
 from stateward.states import StateType
@@ -43,11 +44,13 @@ def watch(
         list[str] | None,
         typer.Option(
             "--flow-run",
+            metavar="RUN",
             help="Only this flow run (id, id start or name) and its task runs (repeatable).",
         ),
     ] = None,
     run: Annotated[
-        list[str] | None, typer.Option("--run", help="Only this run (repeatable).")
+        list[str] | None,
+        typer.Option("--run", metavar="ID", help="Only the run with this id (repeatable)."),
     ] = None,
     state: Annotated[
         list[StateType] | None,
@@ -62,12 +65,18 @@ def watch(
         bool,
         typer.Option(
             "--from-start",
+            metavar=FLAG,
             help="Replay the log first, from the oldest transition it keeps.",
         ),
     ] = False,
     after: Annotated[
         int | None,
-        typer.Option("--after", min=0, help="Replay from after this sequence first."),
+        typer.Option(
+            "--after",
+            parser=whole_number(0),
+            metavar="SEQUENCE",
+            help="Replay from after this sequence number (0 or more) first.",
+        ),
     ] = None,
 ) -> None:
     """Print transitions as they happen; reconnects by itself when the server restarts."""
