@@ -414,11 +414,15 @@ class Declaration:
 
     @property
     def metavar(self) -> str:
+        """What --help shows after the flag: the value to type (PORT, SECONDS, N, FILE)."""
         if self.choices:
             return "|".join(self.choices)
         if self.kind is float:
             return "SECONDS" if self.name.endswith("_seconds") else "NUMBER"
-        return {int: "INTEGER", Path: "PATH", bool: ""}.get(self.kind, "TEXT")
+        if self.kind in (Path, bool):
+            return "FILE" if self.kind is Path else ""
+        named = _NAMED_VALUES.get(self.name.rsplit("_", 1)[-1])
+        return named or ("N" if self.kind is int else "TEXT")
 
     @property
     def allowed(self) -> str:
@@ -438,6 +442,17 @@ class Declaration:
         elif self.minimum is not None:
             what += f", at least {_number(self.minimum)}"
         return what
+
+
+# A setting's value named by the last word of its name (metrics_port: PORT, db: FILE|URL).
+_NAMED_VALUES = {
+    "port": "PORT",
+    "host": "HOST",
+    "url": "URL",
+    "key": "KEY",
+    "bytes": "BYTES",
+    "db": "FILE|URL",
+}
 
 
 def _number(value: float) -> str:

@@ -66,6 +66,10 @@ def test_no_help_page_labels_a_value_with_a_python_type(home: Path) -> None:
         (["db", "backup"], "--db FILE The database"),
         (["concurrency-limit", "create"], "LIMIT How many task runs with it may run at once"),
         ([], "--version Print the version and exit."),
+        (["server", "start"], "--port PORT Port; 0 picks a free one."),
+        (["server", "start"], "--db FILE|URL SQLite file, or a PostgreSQL URL"),
+        (["server", "start"], "--log-retention N Keep the newest N transitions"),
+        (["server", "start"], "--tls-cert FILE TLS certificate chain"),
     ],
 )
 def test_each_value_is_named_by_what_to_type(home: Path, command: list[str], row: str) -> None:
