@@ -82,6 +82,11 @@ def test_a_home_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
             "See 'stateward concurrency-limit create --help'.",
         ),
         (
+            ["flow-run", "ls", "-2.5"],
+            "Error: -2.5 is not an option, and no value of this command is below 0 (usage: "
+            "stateward flow-run ls [OPTIONS]). See 'stateward flow-run ls --help'.",
+        ),
+        (
             ["concurrency-limit", "create", "nightly", "--", "-1"],
             "Error: Invalid value for 'LIMIT': -1 is not a whole number, 0 or more. "
             "See 'stateward concurrency-limit create --help'.",

@@ -66,12 +66,11 @@ def command_line_error(error: TyperException) -> str:
     if context is None:
         return f"Error: {message}"
     kind = type(error).__name__
-    taken = getattr(error, "option_name", "")
-    if kind == "NoSuchOption" and taken[1:].replace(".", "", 1).isdigit():
-        # click reads `-1` as an option; no value of our commands is negative
+    number = _negative_number(getattr(error, "option_name", "")) if kind == "NoSuchOption" else ""
+    if number:  # click reads `-1` as an option; no value of our commands is negative
         usage = _one_line(context.get_usage()).removeprefix("Usage: ")
         message = (
-            f"{taken} is not an option, and no value of this command is below 0 (usage: {usage})."
+            f"{number} is not an option, and no value of this command is below 0 (usage: {usage})."
         )
     elif kind == "MissingParameter":
         usage = _one_line(context.get_usage()).removeprefix("Usage: ")
@@ -79,6 +78,19 @@ def command_line_error(error: TyperException) -> str:
     elif not message.endswith((".", "?", "!")):
         message = f"{message}."
     return f"Error: {message} See '{context.command_path} --help'."
+
+
+def _negative_number(option: str) -> str:
+    """The negative number of the command line that click took for the unknown option `option`
+    (it reads -1.5 as the option -1), or "" when `option` is not the start of one."""
+    for word in sys.argv[1:]:
+        if word.startswith(option):
+            try:
+                float(word)
+            except ValueError:
+                continue
+            return word
+    return ""
 
 
 def _one_line(text: str) -> str:
