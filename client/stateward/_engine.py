@@ -32,7 +32,7 @@ from stateward._interrupt import (
     sleep,
     waiting,
 )
-from stateward._logging import configure_default_logging, printing_to_log
+from stateward._logging import attach_extra_loggers, configure_default_logging, printing_to_log
 from stateward._orchestration import RunOrchestration
 from stateward._outcomes import bind, call_with
 from stateward._results import exception_for
@@ -108,6 +108,7 @@ class RunEngine:
             show_escaping_tracebacks_trimmed()
             self.client = get_client()
             run_logs.install(self.client.write_logs)  # what runs log goes to the server
+            attach_extra_loggers()
             self.supervisor = get_supervisor(self.client)
         self.id = new_id()
         self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)

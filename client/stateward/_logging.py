@@ -18,7 +18,7 @@ from typing import Any
 
 from stateward import settings
 from stateward._context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
-from stateward._run_logs import run_extra
+from stateward._run_logs import RunLogHandler, run_extra, run_ids
 
 log = logging.getLogger("stateward")
 flow_run_log = logging.getLogger("stateward.flow_runs")
@@ -40,6 +40,51 @@ def configure_default_logging() -> None:
     )
     log.addHandler(handler)
     log.setLevel(settings.logging_level())
+
+
+class _ExtraLoggerHandler(logging.Handler):
+    """On each logger named by STATEWARD_LOGGING_EXTRA_LOGGERS: a line logged while a flow or
+    task run executes (where `get_run_logger()` would find it) is handed, naming that run and
+    starting as a run logger's lines do ("Task run 'add-0' - ..."), to the run log handlers of
+    the `stateward` logger (the shipper's, or a forked child's relay). Lines logged outside any
+    run are left alone; the record the application's handlers get is not changed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if run_ids(record) is not None:
+            return  # a run logger's line: the `stateward` logger's handlers have it
+        context = task_run_context.get() or flow_run_context.get()
+        if context is None:
+            return
+        label, ids = _run_of(context)
+        try:
+            message = f"{label} - {record.getMessage()}"
+        except Exception:  # arguments that do not fit the message: logging's own report
+            self.handleError(record)
+            return
+        named = logging.makeLogRecord({**record.__dict__, **ids, "msg": message, "args": None})
+        for handler in log.handlers:
+            if isinstance(handler, RunLogHandler):
+                handler.handle(named)
+
+
+_extra_loggers_attached = False
+
+
+def attach_extra_loggers() -> None:
+    """At a process's first run: the loggers STATEWARD_LOGGING_EXTRA_LOGGERS names send what
+    they log during runs to the runs' logs. A named logger whose level is not set gets
+    STATEWARD_LOGGING_LEVEL (INFO), so that its INFO lines are recorded, as the reference sets
+    its extra loggers' level; where its lines are shown (propagation, its handlers) is left as
+    the application configured it."""
+    global _extra_loggers_attached
+    if _extra_loggers_attached:
+        return
+    _extra_loggers_attached = True
+    for name in settings.logging_extra_loggers():
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(settings.logging_level())
+        logger.addHandler(_ExtraLoggerHandler())
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
@@ -79,20 +124,24 @@ def get_run_logger(
     as the reference does."""
     if context is None:
         context = task_run_context.get() or flow_run_context.get()
-    if isinstance(context, TaskRunContext):
-        task_run = context.task_run
-        run = run_extra(task_run.flow_run_id, task_run.id)
-        label = f"Task run {task_run.name!r}"
-        return RunLogger(task_run_log, {"label": label, "run": run, "fields": kwargs})
-    if isinstance(context, FlowRunContext):
-        run = run_extra(context.flow_run.id, "")
-        label = f"Flow run {context.flow_run.name!r}"
-        return RunLogger(flow_run_log, {"label": label, "run": run, "fields": kwargs})
+    if isinstance(context, (TaskRunContext, FlowRunContext)):
+        label, run = _run_of(context)
+        logger = task_run_log if isinstance(context, TaskRunContext) else flow_run_log
+        return RunLogger(logger, {"label": label, "run": run, "fields": kwargs})
     if flow_run_log.disabled and task_run_log.disabled:
         return RunLogger(_disabled_log, {})
     from stateward.exceptions import MissingContextError
 
     raise MissingContextError("get_run_logger() needs a flow run or a task run executing")
+
+
+def _run_of(context: FlowRunContext | TaskRunContext) -> tuple[str, dict[str, tuple[str, str]]]:
+    """How a line about the context's run starts ("Task run 'add-0'"), and the record
+    attributes that name the run."""
+    if isinstance(context, TaskRunContext):
+        task_run = context.task_run
+        return f"Task run {task_run.name!r}", run_extra(task_run.flow_run_id, task_run.id)
+    return f"Flow run {context.flow_run.name!r}", run_extra(context.flow_run.id, "")
 
 
 _disabled_log = logging.getLogger("stateward.null")

@@ -60,6 +60,11 @@ def run_extra(flow_run_id: str, task_run_id: str) -> dict[str, tuple[str, str]]:
     return {_RUN_IDS: (flow_run_id, task_run_id)}
 
 
+def run_ids(record: logging.LogRecord) -> tuple[str, str] | None:
+    """The (flow run id, task run id) a record was logged about, or None."""
+    return getattr(record, _RUN_IDS, None)
+
+
 class LogShipper:
     """The buffer of lines waiting to be sent, and the thread sending them with `send`."""
 
@@ -187,7 +192,7 @@ class RunLogHandler(logging.Handler):
         self.add = add
 
     def emit(self, record: logging.LogRecord) -> None:
-        ids = getattr(record, _RUN_IDS, None)
+        ids = run_ids(record)
         if ids is None:
             return
         try:

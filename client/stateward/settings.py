@@ -118,6 +118,14 @@ def logging_level() -> str:
     return _level(raw.strip() or "INFO")
 
 
+def logging_extra_loggers() -> tuple[str, ...]:
+    """STATEWARD_LOGGING_EXTRA_LOGGERS (none): comma-separated names of other loggers (the
+    application's, a library's) whose lines logged while a flow or task run executes are
+    stored with that run's logs, as the reference's PREFECT_LOGGING_EXTRA_LOGGERS."""
+    raw = os.environ.get("STATEWARD_LOGGING_EXTRA_LOGGERS") or ""
+    return tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
+
+
 def _level(raw: str) -> str:
     if raw.upper() not in LOGGING_LEVELS:
         raise InvalidSetting(

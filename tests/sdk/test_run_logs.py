@@ -455,3 +455,48 @@ def test_a_forked_child_whose_parent_is_gone_says_so_once_naming_the_parent(tmp_
     said = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert len(said) == 1, result.stderr
     assert f"process {parent}, which ran the runs this forked child logs about, is gone" in said[0]
+
+
+EXTRA_LOGGERS_FLOW = """
+    import json, logging
+    from stateward import flow, task
+    from stateward.runtime import flow_run
+
+    logging.getLogger("myapp").info("before any run")  # outside a run: not a run's line
+
+    @task
+    def load():
+        logging.getLogger("myapp.db").info("task line from a child of a named logger")
+        logging.getLogger("other").warning("line of a logger not named")
+
+    @flow
+    def pipeline():
+        logging.getLogger("myapp").info("flow line of a named logger")
+        load()
+        return flow_run.id
+
+    print(json.dumps(pipeline()), flush=True)
+    """
+
+
+@pytest.mark.parametrize("where", ["server", "embedded"])
+def test_the_extra_loggers_lines_during_a_run_are_the_runs_lines(where, tmp_path):
+    """STATEWARD_LOGGING_EXTRA_LOGGERS, as the reference's PREFECT_LOGGING_EXTRA_LOGGERS: the
+    named loggers (and those under them) log into the run executing, at INFO without a level
+    of their own; other loggers, and lines outside runs, are not stored."""
+    env = {"STATEWARD_LOGGING_EXTRA_LOGGERS": "myapp, unused"}
+    if where == "embedded":
+        env.update({"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)})
+    result = python(EXTRA_LOGGERS_FLOW, env=env)
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout.splitlines()[-1])
+    shown = cli("flow-run", "logs", run_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    needles = (
+        "before any run",
+        "flow line of a named logger",
+        "task line from a child of a named logger",
+        "line of a logger not named",
+    )
+    assert lines_of(shown.stdout, *needles) == list(needles[1:3]), shown.stdout
+    assert "Task run 'load-0' - task line from a child" in shown.stdout  # the task run's line
