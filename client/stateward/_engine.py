@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +35,8 @@ from stateward._interrupt import (
 )
 from stateward._logging import attach_extra_loggers, configure_default_logging, printing_to_log
 from stateward._orchestration import RunOrchestration
-from stateward._outcomes import bind, call_with
-from stateward._results import exception_for
+from stateward._outcomes import bind, call_with, failed, stored
+from stateward._results import ResultPolicy, exception_for
 from stateward._stopping import StopFlags, asyncio_task_cancelling, classify, stopped_message
 from stateward._supervisor import RunSupervisor, get_supervisor
 from stateward._tracebacks import show_escaping_tracebacks_trimmed
@@ -43,16 +44,20 @@ from stateward.client import Client
 from stateward.exceptions import (
     DeadlineExceeded,
     OrchestrationAborted,
+    ResourceExhausted,
+    ResultTooLarge,
     ServerUnavailable,
     StatewardError,
 )
 from stateward.flows import Flow
 from stateward.ids import new_id
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
-from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, now
+from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, has_value, now
 from stateward.tasks import Task
 
 _NOT_READY_POLL_SECONDS = 2.0
+# How gRPC says a message was over the receiver's limit ("... (received vs. limit)").
+_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 # Members as globals, for the steps every run takes: a global is read several times quicker
 # than an enum's attribute.
 _WAIT, _ACCEPT, _ABORT = SetStateStatus.WAIT, SetStateStatus.ACCEPT, SetStateStatus.ABORT
@@ -264,7 +269,11 @@ class RunEngine:
         current = self.orchestration.state
         if proposal.is_cancelled() and current is not None and current.is_cancelled():
             return current
-        decision = self.orchestration.propose(proposal)
+        try:
+            decision = self.orchestration.propose(proposal)
+        except ResourceExhausted as error:
+            proposal = self.within_server_limit(proposal, error)
+            decision = self.orchestration.propose(proposal)
         if decision.status is _ABORT:
             raise OrchestrationAborted(decision.reason)
         state = decision.state
@@ -406,6 +415,36 @@ class RunEngine:
     def after_call(self, value: Any) -> State:
         """The state the code's return value proposes."""
         raise NotImplementedError
+
+    def result_policy(self) -> ResultPolicy:
+        """How this run keeps its result."""
+        raise NotImplementedError
+
+    @property
+    def result_what(self) -> str:
+        """What this run's result is called in messages: "result of task 'name'"."""
+        noun = "flow" if isinstance(self.subject, Flow) else "task"
+        return f"result of {noun} {self.subject.name!r}"
+
+    def within_server_limit(self, proposal: State, error: ResourceExhausted) -> State:
+        """`proposal` again after the server refused it as larger than its largest message
+        (`stateward server start --max-message-bytes`, 4 MiB by default; gRPC's "Received
+        message larger than max (N vs. M)"): its result kept as one over the size limit is
+        (to a file in result storage, else in memory only unless the run required
+        persistence; see `_results.ResultPolicy`), that limit the server's. A run whose result
+        must persist then fails with ResultTooLarge naming the server's limit and the option
+        that raises it, instead of crashing. Raises `error` for any other refusal."""
+        match = _LARGER_THAN_MAX.search(str(error))
+        if match is None or proposal.data is None or not has_value(proposal):
+            raise error
+        server_limit = int(match.group(2))
+        try:
+            data = stored(
+                proposal._value, self.result_what, self.log, self.result_policy(), server_limit
+            )
+        except (ResultTooLarge, OSError) as failure:
+            return failed(failure)
+        return proposal.evolve(data=data)
 
     def execute_sync(self) -> State:
         region = Interruptible()

@@ -34,7 +34,7 @@ from stateward._outcomes import (
     resolve,
     run_name,
 )
-from stateward._results import policy
+from stateward._results import ResultPolicy, policy
 from stateward._run_logs import run_extra
 from stateward._signals import crash_on_signals, install_wake_handler
 from stateward.client import Created
@@ -249,9 +249,12 @@ class FlowRunEngine(RunEngine):
         by default: the flow's `result_storage`, else that of the flow run around it."""
         return self.flow.result_folder or self.inherited_storage
 
+    def result_policy(self) -> ResultPolicy:
+        """How this run keeps its result: the flow's options, else its parent's storage."""
+        return policy(self.flow.persist_result, self.result_folder())
+
     def after_call(self, value: Any) -> State:
-        keeping = policy(self.flow.persist_result, self.result_folder())
-        return judged(value, f"result of flow {self.flow.name!r}", self.log, keeping)
+        return judged(value, self.result_what, self.log, self.result_policy())
 
     def _wait_for_tasks(self) -> None:
         """Submitted task runs finish before their flow run does. If the flow is stopped while

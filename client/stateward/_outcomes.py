@@ -14,7 +14,14 @@ from stateward._results import ResultPolicy, encode, encode_exception
 from stateward._run_logs import sendable
 from stateward.exceptions import ParameterBindError, ResultTooLarge, UpstreamTaskError
 from stateward.futures import StatewardFuture
-from stateward.states import State, StateDetails, StateType, carry_value, has_value
+from stateward.states import (
+    ResultData,
+    State,
+    StateDetails,
+    StateType,
+    carry_value,
+    has_value,
+)
 from stateward.utilities.annotations import allow_failure, quote, unmapped
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -270,9 +277,34 @@ def _allowing_failure(value: Any) -> Any:
 
 def completed(value: Any, what: str, log: logging.Logger, policy: ResultPolicy) -> State:
     """Completed carrying the value (kept in-process too), encoded as `policy` says; an
-    unencodable value stays in memory only; one too large for the server and its storage (or
-    whose file cannot be written) fails the run."""
+    unencodable value stays in memory only, and so does one too large for the server without
+    storage when the run did not require persistence (as the reference keeps results it does
+    not persist); one too large whose run required persistence (or whose file cannot be
+    written) fails the run."""
     return _carrying(StateType.COMPLETED, "", value, what, log, policy)
+
+
+def stored(
+    value: Any,
+    what: str,
+    log: logging.Logger,
+    policy: ResultPolicy,
+    server_limit: int | None = None,
+) -> ResultData | None:
+    """`value` encoded for its state as `policy` says (see `completed`): None, with a warning,
+    for a value kept in this process only. Raises ResultTooLarge or OSError when it fails the
+    run."""
+    try:
+        return encode(value, what, policy, server_limit)
+    except ResultTooLarge as error:
+        if policy.required:
+            raise
+        log.warning("%s", error)
+    except OSError:
+        raise
+    except Exception as error:
+        log.warning("%s cannot be stored (%s); it is kept in this process only", what, error)
+    return None
 
 
 def _carrying(
@@ -286,12 +318,9 @@ def _carrying(
     """A state of `state_type` (and `message`) carrying `value` as its result (see
     `completed`)."""
     try:
-        data = encode(value, what, policy)
+        data = stored(value, what, log, policy)
     except (ResultTooLarge, OSError) as error:
         return failed(error)
-    except Exception as error:
-        log.warning("%s cannot be stored (%s); it is kept in this process only", what, error)
-        data = None
     state = State(state_type, message=message, data=data)
     object.__setattr__(state, "_value", value)
     return state
@@ -387,12 +416,9 @@ def _adopted(state: State, what: str, log: logging.Logger, policy: ResultPolicy)
             data = encode_exception(value)
         else:
             try:
-                data = encode(value, what, policy)
+                data = stored(value, what, log, policy)
             except (ResultTooLarge, OSError) as error:
                 return failed(error)
-            except Exception as error:  # kept in this process only, as `completed` does
-                log.warning("%s cannot be stored (%s); kept in this process only", what, error)
-                data = None
         adopted = adopted.evolve(data=data)
     return carry_value(state, adopted)
 

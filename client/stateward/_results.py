@@ -6,7 +6,9 @@ checked before anything is sent. A run may keep its result in memory only (`pers
 nothing goes to the server), or write one over the limit to a file in its result storage (a
 folder: `result_storage=`, else STATEWARD_RESULTS_STORAGE_PATH); the state then carries a JSON
 reference to the file, `{"stateward.result_file": {"path": ..., "serializer": ..., "bytes": ...}}`,
-which any process on the machine reads back.
+which any process on the machine reads back. Without storage, a result over the limit fails its
+run only when the run asked for its result to persist; otherwise it is kept in memory only, as
+the reference (Prefect 3) keeps results it does not persist.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from stateward.states import ResultData, State, StateType, has_value
 # The one key of the JSON object a state carries for a result written to a file.
 RESULT_FILE_KEY = "stateward.result_file"
 
+# What a state's proposal needs besides its result (ids, message, details...), at most: a result
+# is stored inline only if it is this much smaller than the server's largest message.
+SERVER_MESSAGE_ROOM = 64 * 1024
+
 
 def _is_plain_json(value: Any) -> bool:
     """Whether json.loads(json.dumps(value)) == value with the same types all the way down."""
@@ -58,14 +64,17 @@ def _is_plain_json(value: Any) -> bool:
 @dataclass(frozen=True, slots=True, quick=True)
 class ResultPolicy:
     """How a run keeps its result: `persist` false keeps it in the run's process only (nothing
-    is sent); `storage` is the folder for a result over the size limit (None: such a result
-    fails the run, with ResultTooLarge)."""
+    is sent); `storage` is the folder for a result over the size limit; `required` whether the
+    run asked for its result to persist (`persist_result=True`, a cache policy or key function,
+    STATEWARD_RESULTS_PERSIST_BY_DEFAULT=true): then a result over the limit without storage
+    fails the run (ResultTooLarge), else it is kept in memory only."""
 
     persist: bool = True
     storage: Path | None = None
+    required: bool = True
 
 
-_PERSIST = ResultPolicy()  # the default: persist, no storage folder
+_PERSIST = ResultPolicy()  # the default: persist, required, no storage folder
 
 
 def storage_folder(value: Any, option: str = "result_storage") -> Path | None:
@@ -93,9 +102,10 @@ def storage_folder(value: Any, option: str = "result_storage") -> Path | None:
 
 
 def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
-    """The policy of a run: persisted unless `persist_result` is False; its storage the first
-    folder given (the run's own, then the flow run's around it...), else
-    STATEWARD_RESULTS_STORAGE_PATH."""
+    """The policy of a run: persisted unless `persist_result` is False, required when it is
+    True (a task given a cache policy or key function has it True) or, unset, with
+    STATEWARD_RESULTS_PERSIST_BY_DEFAULT=true; its storage the first folder given (the run's
+    own, then the flow run's around it...), else STATEWARD_RESULTS_STORAGE_PATH."""
     storage = None
     for folder in folders:  # a loop, not next() over a generator: every run comes here
         if folder is not None:
@@ -103,7 +113,10 @@ def policy(persist_result: bool | None, *folders: Path | None) -> ResultPolicy:
             break
     if storage is None:
         storage = for_this_run(settings.results_storage_path)
-    return ResultPolicy(persist=persist_result is not False, storage=storage)
+    required = persist_result is True or (
+        persist_result is None and for_this_run(settings.results_persist_by_default)
+    )
+    return ResultPolicy(persist=persist_result is not False, storage=storage, required=required)
 
 
 # `json.dumps(..., separators=(",", ":"), ensure_ascii=False)` without building an encoder at
@@ -132,27 +145,49 @@ def _serialized(value: Any) -> tuple[bytes, str]:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
 
 
-def encode(value: Any, what: str = "result", policy: ResultPolicy = _PERSIST) -> ResultData | None:
+def encode(
+    value: Any,
+    what: str = "result",
+    policy: ResultPolicy = _PERSIST,
+    server_limit: int | None = None,
+) -> ResultData | None:
     """Encode a value for its state: None when the policy keeps it in memory only; the value
-    itself up to the size limit; above it, a reference to the file written in the policy's
-    storage. Raises ResultTooLarge (over the limit, no storage), OSError (the file could not be
-    written) or the pickling error."""
+    itself up to the size limit (STATEWARD_MAX_RESULT_BYTES, or `server_limit` bytes, the
+    largest message the server takes, when lower); above it, a reference to the file written
+    in the policy's storage. Raises ResultTooLarge (over the limit, no storage: its message
+    says whether the run required persistence, see `ResultPolicy`), OSError (the file could not
+    be written) or the pickling error."""
     if not policy.persist:
         return None
     blob, serializer = _serialized(value)
     size = len(blob)
     limit = for_this_run(settings.max_result_bytes)
+    if server_limit is not None:
+        limit = min(limit, server_limit - SERVER_MESSAGE_ROOM)
     if size <= limit:
         if serializer == "json":
             return ResultData(json=blob.decode())
         return ResultData(pickle=blob)
     if policy.storage is None:
+        over = f"the {what} is {size:,} bytes once encoded, over the limit of {limit:,} bytes "
+        raise_it = "raise the limit with STATEWARD_MAX_RESULT_BYTES"
+        if server_limit is not None:
+            raise_it = (
+                f"raise the server's limit (it takes messages of {server_limit:,} bytes at "
+                "most) with `stateward server start --max-message-bytes` or "
+                "STATEWARD_MAX_MESSAGE_BYTES"
+            )
+        if not policy.required:
+            raise ResultTooLarge(
+                f"{over}for results stored on the server: it is kept in this process only; "
+                "to store it, give the run result_storage='/a/folder' (or set "
+                f"STATEWARD_RESULTS_STORAGE_PATH), or {raise_it}"
+            )
         raise ResultTooLarge(
-            f"the {what} is {size:,} bytes once encoded, over the limit of {limit:,} bytes "
-            "for results stored on the server: keep it in this process only with "
+            f"{over}for results stored on the server: keep it in this process only with "
             "persist_result=False, write it to a file with result_storage='/a/folder' (or "
             "STATEWARD_RESULTS_STORAGE_PATH for every run), return something smaller (a path "
-            "or a key to the data, say), or raise the limit with STATEWARD_MAX_RESULT_BYTES"
+            f"or a key to the data, say), or {raise_it}"
         )
     path = write_result_file(policy.storage, blob, serializer)
     reference = {RESULT_FILE_KEY: {"path": str(path), "serializer": serializer, "bytes": size}}

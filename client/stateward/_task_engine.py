@@ -318,7 +318,7 @@ class TaskRunEngine(RunEngine):
         return policy(self.task.persist_result, self.task.result_folder, self.inherited_storage)
 
     def after_call(self, value: Any) -> State:
-        state = judged(value, f"result of task {self.task.name!r}", self.log, self.result_policy())
+        state = judged(value, self.result_what, self.log, self.result_policy())
         self.own_entry = None
         if self.cache_key and state.is_completed():
             expiration = self.task.cache_expiration

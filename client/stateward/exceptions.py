@@ -173,9 +173,10 @@ class ResultTooLarge(StatewardError):
 
 
 class MissingResult(StatewardError):
-    """A run's result cannot be read here: it was not persisted (`persist_result=False`, or a
-    value that could not be encoded) and this is not the process that ran the run, or the file
-    its result storage wrote is gone."""
+    """A run's result cannot be read here: it was not persisted (`persist_result=False`, a value
+    that could not be encoded, or one over the size limit without result storage in a run that
+    did not require persistence) and this is not the process that ran the run, or the file its
+    result storage wrote is gone."""
 
 
 class MissingContextError(StatewardError, RuntimeError):

@@ -327,9 +327,10 @@ class State:
                 from stateward.exceptions import MissingResult
 
                 raise MissingResult(
-                    "this run's result was not persisted (persist_result=False, or a value "
-                    "that could not be encoded): it was only available in the process that "
-                    "ran the run; persist it, or keep large ones in files with result_storage="
+                    "this run's result was not persisted (persist_result=False, a value "
+                    "that could not be encoded, or one over the size limit without "
+                    "result_storage): it was only available in the process that ran the run; "
+                    "persist it, or keep large ones in files with result_storage="
                 )
             object.__setattr__(self, "_value", decode(self.data) if self.data else None)
         return self._value

@@ -1,6 +1,7 @@
 """Large results as a newcomer meets them (issue 13, kind 8): a script run with `python` on a home
 of its own (the embedded default), whose task returns more than the stored-result limit. Without
-options it fails saying both ways out; with `persist_result=False` the value reaches the next
+options the value is kept in memory with a warning; asked to persist it fails saying the ways out;
+with `persist_result=False` the value reaches the next
 task and another process is told it was not persisted; with `result_storage=` (or the setting)
 the value is in a file that another process reads."""
 
@@ -62,8 +63,20 @@ def task_run_id(done: Finished) -> str:
     return line.split()[-1]
 
 
-def test_without_options_the_script_fails_naming_both_ways_out(tmp_path: Path) -> None:
-    done = python(tmp_path / "home", script(tmp_path, "big.py", SCRIPT.format(options="")))
+def test_without_options_the_value_is_kept_in_memory_with_one_warning(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = python(home, script(tmp_path, "big.py", SCRIPT.format(options="")))
+    assert done.returncode == 0, done.stderr
+    assert "measured 1000000" in done.stdout
+    (warning,) = [line for line in done.stderr.splitlines() if "kept in this process" in line]
+    assert "result_storage=" in warning and "STATEWARD_RESULTS_STORAGE_PATH" in warning
+    read = python(home, script(tmp_path, "read.py", READER), task_run_id(done))
+    assert read.stdout.startswith("MissingResult: this run's result was not persisted")
+
+
+def test_asked_to_persist_the_script_fails_naming_the_ways_out(tmp_path: Path) -> None:
+    options = "persist_result=True"
+    done = python(tmp_path / "home", script(tmp_path, "big.py", SCRIPT.format(options=options)))
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("stateward.exceptions.ResultTooLarge: the result of task 'load'")

@@ -436,10 +436,10 @@ def test_results_are_json_when_they_can_be_and_pickled_otherwise(client):
     assert stored_pickle.data.pickle and stored_pickle.result() == ((1, 2), {3})
 
 
-def test_a_result_over_the_size_limit_fails_clearly(monkeypatch):
+def test_a_result_over_the_size_limit_asked_to_persist_fails_clearly(monkeypatch):
     monkeypatch.setenv("STATEWARD_MAX_RESULT_BYTES", "1000")
 
-    @task
+    @task(persist_result=True)
     def huge():
         return "x" * 5000
 

@@ -1,8 +1,9 @@
 """Results larger than the server stores, end to end against a real server: `persist_result=False`
 keeps a value in memory (downstream runs get it; nothing goes to the server; another process is
 told it was not persisted); `result_storage=` (or STATEWARD_RESULTS_STORAGE_PATH) writes it to a
-file and sends a reference, which another process reads; without either, the run fails saying
-both; caching hands out stored references."""
+file and sends a reference, which another process reads; without either, the value is kept in
+memory only (with a warning), unless the run asked for its result to persist: then it fails saying
+the ways out; caching hands out stored references. The server's largest message is a limit too."""
 
 from __future__ import annotations
 
@@ -111,19 +112,49 @@ def test_an_async_flow_and_task_not_persisting_keep_their_values_in_memory(clien
     )
 
 
-# --- without either option: the run fails, saying what to do ------------------------------------
+# --- without either option: kept in memory, unless persistence was asked for --------------------
+
+
+def test_a_result_over_the_limit_not_asked_to_persist_is_kept_in_memory(
+    client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the reference, which persists no result unless asked: the run completes, its caller
+    gets the value, one warning says what to set to store it; elsewhere it is a MissingResult."""
+
+    @task
+    def produce() -> str:
+        return "m" * BIG
+
+    @flow(name=unique("sdk-big-in-memory"))
+    def pipeline() -> tuple[str, str]:
+        state = produce(return_state=True)
+        assert state.is_completed() and state.data is None and len(state.result()) == BIG
+        return state.details.task_run_id, produce()
+
+    state = pipeline(return_state=True)  # the flow's own result is over the limit too
+    assert state.is_completed() and state.data is None
+    run_id, value = state.result()
+    assert value == "m" * BIG
+    warnings = [r.getMessage() for r in caplog.records if "kept in this process only" in r.message]
+    assert len(warnings) == 3  # two task runs and the flow run, one each
+    assert all("result_storage=" in w and "STATEWARD_RESULTS_STORAGE_PATH" in w for w in warnings)
+    stored = client.get_task_run(run_id).state
+    assert stored is not None and stored.is_completed() and stored.data is None
+    assert read_in_another_process(run_id).startswith("MissingResult: this run's result was not")
 
 
 @pytest.mark.parametrize("isasync", [False, True], ids=["sync", "async"])
-def test_a_result_over_the_limit_fails_its_run_naming_both_ways_out(isasync: bool) -> None:
+def test_a_result_over_the_limit_fails_a_run_asked_to_persist_naming_the_ways_out(
+    isasync: bool,
+) -> None:
     if isasync:
 
-        @task
+        @task(persist_result=True)
         async def produce() -> str:
             return "z" * BIG
     else:
 
-        @task  # type: ignore[no-redef]
+        @task(persist_result=True)  # type: ignore[no-redef]
         def produce() -> str:
             return "z" * BIG
 
@@ -137,13 +168,109 @@ def test_a_result_over_the_limit_fails_its_run_naming_both_ways_out(isasync: boo
         state.result()
 
 
-def test_a_flow_result_over_the_limit_fails_the_flow_run() -> None:
-    @flow(name=unique("sdk-big-flow"))
+def test_a_flow_result_over_the_limit_fails_the_flow_run_asked_to_persist() -> None:
+    @flow(name=unique("sdk-big-flow"), persist_result=True)
     def produce() -> list[int]:
         return list(range(BIG))
 
     with pytest.raises(ResultTooLarge, match="result of flow"):
         produce()
+
+
+def test_a_cached_task_or_persisting_by_default_requires_its_result_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @task(cache_key_fn=lambda context, arguments: unique("sdk-big-cached"))
+    def cached() -> str:
+        return "k" * BIG
+
+    @task
+    def plain() -> str:
+        return "p" * BIG
+
+    assert cached(return_state=True).is_failed()
+    assert plain(return_state=True).is_completed()
+    monkeypatch.setenv("STATEWARD_RESULTS_PERSIST_BY_DEFAULT", "true")
+    with pytest.raises(ResultTooLarge, match="persist_result=False"):
+        plain()
+
+
+def test_on_the_embedded_default_a_large_result_is_kept_in_memory_unless_asked_to_persist(
+    tmp_path: Path,
+) -> None:
+    """No server: the process orchestrates its runs on its home's database, with the default
+    limit (2 MiB); a 3 MB result of a plain task completes, one asked to persist fails."""
+    done = python(
+        """
+        from stateward import flow, task
+        @task
+        def plain() -> bytes:
+            return b"e" * 3_000_000
+        @task(persist_result=True)
+        def persisted() -> bytes:
+            return b"e" * 3_000_000
+        @flow
+        def pipeline() -> None:  # returns None: completes, its failed task run handled
+            state = plain(return_state=True)
+            print(state.type.name, len(state.result()), state.data)
+            state = persisted(return_state=True)
+            print(state.type.name, type(state.result(raise_on_failure=False)).__name__)
+        state = pipeline(return_state=True)
+        print(state.type.name)
+        """,
+        env={
+            "STATEWARD_API_URL": "",
+            "STATEWARD_HOME": str(tmp_path),
+            "STATEWARD_MAX_RESULT_BYTES": "",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines == ["COMPLETED 3000000 None", "FAILED ResultTooLarge", "COMPLETED"]
+    assert done.stderr.count("it is kept in this process only") == 1, done.stderr
+
+
+def test_a_result_over_the_server_s_message_limit_is_kept_like_one_over_the_limit(
+    client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """STATEWARD_MAX_RESULT_BYTES above the server's largest message (4 MiB by default): the
+    server's limit is the limit. Kept in memory (not asked to persist), written to result
+    storage, or (asked to persist) a failure naming the server's limit and its option; the
+    runs never crash."""
+    monkeypatch.setenv("STATEWARD_MAX_RESULT_BYTES", str(8 * 1024 * 1024))
+    huge = 5 * 1024 * 1024
+
+    @task
+    def plain() -> bytes:
+        return b"h" * huge
+
+    @task(persist_result=True)
+    def persisted() -> bytes:
+        return b"h" * huge
+
+    @task(result_storage=tmp_path)
+    def filed() -> bytes:
+        return b"h" * huge
+
+    @flow(name=unique("sdk-over-the-server-limit"))
+    def pipeline() -> dict[str, State]:  # a dict: returned as it is, not judged by its states
+        return {
+            "kept": plain(return_state=True),
+            "failed": persisted(return_state=True),
+            "written": filed(return_state=True),
+        }
+
+    state = pipeline(return_state=True)
+    assert state.is_completed() and state.data is None  # over the server's limit too: in memory
+    kept, failed, written = state.result().values()
+    assert kept.is_completed() and kept.data is None and len(kept.result()) == huge
+    assert "4,194,304 bytes at most" in caplog.text and "--max-message-bytes" in caplog.text
+    assert failed.is_failed() and "--max-message-bytes" in failed.message
+    with pytest.raises(ResultTooLarge, match="4,194,304 bytes at most"):
+        failed.result()
+    assert written.is_completed() and written.result() == b"h" * huge
+    path = Path(str(stored_reference(client, written.details.task_run_id)["path"]))
+    assert path.parent == tmp_path and path.stat().st_size > huge
 
 
 # --- result storage: a file, and a reference on the server --------------------------------------
@@ -360,7 +487,7 @@ def test_result_settings_changed_between_runs_are_read_anew(
     value changed between runs is what the next run goes by, and so is the current folder a
     relative storage path is taken from. Tasks outside a flow read them at each run."""
 
-    @task
+    @task(persist_result=True)
     def produce() -> str:
         return "s" * BIG
 
