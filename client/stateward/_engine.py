@@ -228,6 +228,12 @@ class RunEngine:
     def start(self, first: OrchestrationResult | None = None) -> State | None:
         """Get the run into RUNNING (`first` is the answer to a Running already proposed); None
         means run the code, else the run's final state."""
+        try:
+            return self._start(first)
+        finally:
+            self.orchestration.stop_waiting_for_slot()
+
+    def _start(self, first: OrchestrationResult | None) -> State | None:
         while True:
             if self.stop.stop_requested is not None:
                 return self.stopped_from_outside(self.stop.stop_requested)

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from stateward._interrupt import sleep
+from stateward._interrupt import sleep, waiting
+from stateward._slots import SlotReleases, slot_releases
 from stateward._supervisor import RunSupervisor
 from stateward._tracebacks import user_traceback
 from stateward.client import Client, Created
@@ -25,6 +26,9 @@ from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
 from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType
 
 _UNAVAILABLE_RETRIES = 3
+# A run that has waited this long for a concurrency slot says so at INFO (once); shorter waits
+# are logged at DEBUG only.
+SLOT_WAIT_INFO_SECONDS = 10.0
 T = TypeVar("T")
 
 
@@ -49,6 +53,7 @@ class RunOrchestration:
         # Crashed line (once, also when it fails the flow run around it).
         self.failure: BaseException | None = None
         self.lease = supervisor.lease
+        self._slot_wait: _SlotWait | None = None
 
     def _retrying(
         self,
@@ -221,7 +226,12 @@ class RunOrchestration:
         return started.created, started.answer
 
     def wait(self, decision: OrchestrationResult, stop: Callable[[], bool] = lambda: False) -> None:
-        """The delay a WAIT asks for (a signal, or `stop()`, ends it early)."""
+        """Wait before proposing again after a WAIT (a signal, or `stop()`, ends it early): for
+        a concurrency slot, until a task run leaves RUNNING (the WAIT's delay at most), else
+        the delay the WAIT asks for."""
+        if decision.waits_for_slot:
+            waiting(self._wait_for_slot, decision, stop)
+            return
         self.log.info(
             "%s - waiting %.3gs: %s",
             self.label,
@@ -230,6 +240,41 @@ class RunOrchestration:
             extra=self.log_extra,
         )
         sleep(decision.delay_seconds, stop)
+
+    def _wait_for_slot(self, decision: OrchestrationResult, stop: Callable[[], bool]) -> None:
+        current = self._slot_wait
+        if current is None:
+            self.log.debug(
+                "%s - waiting for a concurrency slot: %s", self.label, decision.reason,
+                extra=self.log_extra,
+            )  # fmt: skip
+            releases = slot_releases(self.client)
+            current = self._slot_wait = _SlotWait(releases, time.monotonic())
+            try:
+                current.count = releases.enter()
+            except BaseException:
+                self.stop_waiting_for_slot()
+                raise
+            if current.count is not None:
+                return  # the stream counts releases from now: propose again at once
+        waited = time.monotonic() - current.since
+        if not current.told and waited >= SLOT_WAIT_INFO_SECONDS:
+            current.told = True
+            self.log.info(
+                "%s - has waited %.0fs for a concurrency slot: %s", self.label, waited,
+                decision.reason, extra=self.log_extra,
+            )  # fmt: skip
+        try:
+            current.count = current.releases.wait_past(current.count, decision.delay_seconds, stop)
+        except BaseException:
+            self.stop_waiting_for_slot()
+            raise
+
+    def stop_waiting_for_slot(self) -> None:
+        """The run no longer waits for a concurrency slot (it started, or gave up)."""
+        current, self._slot_wait = self._slot_wait, None
+        if current is not None:
+            current.releases.leave()
 
     def observe(
         self, decision: OrchestrationResult, proposed: State | None = None
@@ -243,6 +288,8 @@ class RunOrchestration:
             and decision.state.type is proposed.type
         ):  # a retried call whose first attempt was applied (its expected state is gone)
             decision = OrchestrationResult(SetStateStatus.ACCEPT, decision.state)
+        if decision.status is not _WAIT:
+            self.stop_waiting_for_slot()
         self.observe_state(decision.state)
         return decision
 
@@ -339,3 +386,14 @@ def _first_report(error: BaseException) -> BaseException | None:
     with contextlib.suppress(AttributeError):  # an exception type that takes no attributes
         error.__stateward_logged__ = True  # type: ignore[attr-defined]
     return error
+
+
+class _SlotWait:
+    """A run's wait for a concurrency slot: the releases it watches, the count it read last
+    (None: no stream), when it began, and whether its long wait was logged."""
+
+    def __init__(self, releases: SlotReleases, since: float) -> None:
+        self.releases = releases
+        self.since = since
+        self.count: int | None = None
+        self.told = False

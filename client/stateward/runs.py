@@ -120,6 +120,15 @@ class OrchestrationResult:
     def accepted(self) -> bool:
         return self.status is SetStateStatus.ACCEPT
 
+    @property
+    def waits_for_slot(self) -> bool:
+        """Whether this is a WAIT because a tag's concurrency limit is full."""
+        return self.status is SetStateStatus.WAIT and self.reason.startswith(SLOT_WAIT_REASON)
+
+
+# How the reason of a WAIT for a tag concurrency slot begins (the rule words it so).
+SLOT_WAIT_REASON = "the concurrency limit of tag "
+
 
 @dataclass(frozen=True, slots=True, quick=True)
 class Transition:

@@ -379,7 +379,7 @@ def test_a_signal_while_a_task_waits_for_a_concurrency_slot_crashes_at_once(tmp_
 
         outer()
         """,
-        env={"STATEWARD_API_URL": server.target},
+        env={"STATEWARD_API_URL": server.target, "STATEWARD_LOGGING_LEVEL": "DEBUG"},
     )
     try:
         assert runner.stdout is not None and runner.stdout.readline() == "running\n"
@@ -387,12 +387,15 @@ def test_a_signal_while_a_task_waits_for_a_concurrency_slot_crashes_at_once(tmp_
         wait_until(lambda: list(client.list_task_runs(flow_run_ids=[run.id])), what="task run")
         (waiting,) = client.list_task_runs(flow_run_ids=[run.id])
 
-        def waits() -> int:
-            return sum(" - waiting " in line.message for line in client.list_logs(waiting.id))
+        def waits() -> bool:
+            return any(
+                "waiting for a concurrency slot" in line.message
+                for line in client.list_logs(waiting.id)
+            )
 
-        # Past the first WAIT: it proposed Running again, and waits again (each wait logs a
-        # line, which the run's log shipper sends to the server).
-        wait_until(lambda: waits() >= 2, timeout=60, what="the task's second WAIT")
+        # It waits for the slot (its first WAIT logs a line, which the run's log shipper sends
+        # to the server; it then proposes Running again and waits for a release).
+        wait_until(waits, timeout=60, what="the task's wait for a slot")
         runner.send_signal(signal.SIGINT)
         # The slot is never freed: a process that waited for it would never end.
         _, err = runner.communicate(timeout=STOPPED_WITHIN)

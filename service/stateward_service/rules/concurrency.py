@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stateward.runs import SLOT_WAIT_REASON
 from stateward.states import StateType
 from stateward_service.rules.engine import (
     ALL_OR_NONE,
@@ -37,7 +38,7 @@ class LimitTagConcurrency(Rule):
             if usage.active >= usage.limit:
                 return Wait(
                     self.wait_seconds,
-                    f"the concurrency limit of tag {usage.tag!r} is full "
+                    f"{SLOT_WAIT_REASON}{usage.tag!r} is full "
                     f"({usage.active} of {usage.limit} running)",
                 )
             wanted.append(usage.tag)
