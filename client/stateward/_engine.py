@@ -56,8 +56,9 @@ from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, has_
 from stateward.tasks import Task
 
 _NOT_READY_POLL_SECONDS = 2.0
-# How gRPC says a message was over the receiver's limit ("... (received vs. limit)").
-_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+# How gRPC says a message was over the server's limit ("... (received vs. limit)"); a reply
+# over this client's limit (64 MiB) says CLIENT instead.
+_LARGER_THAN_MAX = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
 # Members as globals, for the steps every run takes: a global is read several times quicker
 # than an enum's attribute.
 _WAIT, _ACCEPT, _ABORT = SetStateStatus.WAIT, SetStateStatus.ACCEPT, SetStateStatus.ABORT

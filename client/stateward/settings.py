@@ -9,7 +9,8 @@
   (default false, as the reference's PREFECT_RESULTS_PERSIST_BY_DEFAULT).
 - STATEWARD_RESULTS_STORAGE_PATH: a folder where results too large to be stored on the server
   (over STATEWARD_MAX_RESULT_BYTES) are written as files, for runs not given a `result_storage`
-  (default unset: such a result fails its run, saying what to do).
+  (default unset: such a result is kept in memory only, with a warning, or fails a run that
+  asked for its result to persist, saying what to do).
 
 Each is checked where it is read: a value that cannot be right raises `InvalidSetting` with one
 line naming the variable and what it allows. Each read parses the variable as it is now: a
