@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from stateward.tasks import Task, exponential_backoff, task, task_input_hash
     from stateward.utilities.annotations import allow_failure, quote, unmapped
 
+# The installed distribution's version, read from its metadata on first use (see __getattr__):
+# importlib.metadata costs more than the rest of this module.
+__version__: str
+
 # Public name -> the module that defines it (None: the name is a submodule), imported when the
 # name is first looked up. The TYPE_CHECKING imports above say the same to type checkers; a test
 # keeps the two in step.
@@ -103,14 +107,19 @@ def __getattr__(name: str) -> Any:
     """Each public name, imported from the module that defines it on first use (and then kept
     in this module's namespace, so the next lookup is a plain attribute).
 
+    `__version__` is the installed distribution's version (a str, e.g. "0.1.0"), read from its
+    metadata, as the reference's `prefect.__version__`.
+
     Raises AttributeError for any other name, as a module does."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'stateward' has no attribute {name!r}")
     import importlib
 
-    module_name = _LAZY[name]
-    if module_name is None:
-        value: Any = importlib.import_module(f"stateward.{name}")
+    value: Any
+    if name == "__version__":
+        value = importlib.import_module("importlib.metadata").version("stateward")
+    elif name not in _LAZY:
+        raise AttributeError(f"module 'stateward' has no attribute {name!r}")
+    elif (module_name := _LAZY[name]) is None:
+        value = importlib.import_module(f"stateward.{name}")
     else:
         value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value
@@ -118,7 +127,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
 __all__ = [

@@ -84,3 +84,12 @@ def test_the_reference_module_paths_hold_the_same_objects():
         "PausedRun", "TerminationSignal", "UnfinishedRun", "UpstreamTaskError",
     ):  # fmt: skip
         assert isinstance(getattr(stateward.exceptions, name), type), name
+
+
+def test_the_version_is_the_installed_distributions():
+    """`stateward.__version__`, as the reference's `prefect.__version__`: the version the
+    installed package's metadata gives, read on first use (`import stateward` stays cheap)."""
+    from importlib.metadata import version
+
+    assert stateward.__version__ == version("stateward")
+    assert "__version__" in dir(stateward)
