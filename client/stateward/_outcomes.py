@@ -230,9 +230,9 @@ def resolve(value: Any) -> Any:
     if isinstance(value, StatewardFuture):
         state = value._future.result()
         if not state.is_completed():
-            raise UpstreamTaskError(
-                f"upstream task run {value.task_run_id} did not complete ({state.name})"
-            )
+            name = value._task_run_name
+            run = f"{name!r} ({value.task_run_id})" if name else value.task_run_id
+            raise UpstreamTaskError(f"upstream task run {run} did not complete ({state.name})")
         return state.result()
     if isinstance(value, State):
         if not value.is_completed():

@@ -447,8 +447,12 @@ def submit_task(
             return StatewardFuture(reused.details.task_run_id or engine.id, finished)
         engine.create()
         runner = context.engine.task_runner()
+        assert engine.task_run is not None
         future: StatewardFuture[Any] = StatewardFuture(
-            engine.id, runner.submit(engine), lambda: _current_state(engine)
+            engine.id,
+            runner.submit(engine),
+            lambda: _current_state(engine),
+            engine.task_run.name,
         )
         context.futures.append(future)
     return future

@@ -23,10 +23,12 @@ class StatewardFuture(Generic[R]):
         task_run_id: str,
         future: concurrent.futures.Future[State],
         current_state: Callable[[], State | None] | None = None,
+        task_run_name: str = "",
     ) -> None:
         self.task_run_id = task_run_id
         self._future = future
         self._current_state = current_state
+        self._task_run_name = task_run_name  # for messages about the run ("": not known)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the task run is final, or `timeout` seconds (None: no limit) pass; returns

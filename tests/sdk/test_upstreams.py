@@ -78,6 +78,24 @@ def test_calling_or_resolving_a_not_ready_task_raises_upstream_task_error():
         submitted()
 
 
+def test_the_error_names_the_upstream_run_by_its_name_and_id(client):
+    @task
+    def downstream(x):
+        return x
+
+    @flow(name="sdk-upstream-named")
+    def chain():
+        failed = breaks.submit()
+        failed.wait()
+        return failed.task_run_id, downstream(failed, return_state=True)
+
+    upstream_id, state = chain()
+    assert state.name == "NotReady"
+    assert state.message == (
+        f"upstream task run 'breaks-0' ({upstream_id}) did not complete (Failed)"
+    )
+
+
 def test_an_async_task_whose_upstream_failed_is_not_ready():
     ran = []
 
