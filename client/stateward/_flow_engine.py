@@ -122,7 +122,7 @@ class FlowRunEngine(RunEngine):
         runs.append(
             FlowRun(
                 id=self.id,
-                name=run_name(flow.flow_run_name, self.parameters),
+                name=run_name(flow.flow_run_name, self.parameters, self._naming_context),
                 flow_name=flow.name,
                 parameters=jsonable(self.parameters),
                 tags=self.tags,
@@ -136,6 +136,12 @@ class FlowRunEngine(RunEngine):
             assert answer.state is not None
             return answer.state
         return self.orchestration.create_and_start(runs, RUNNING_PROPOSAL, self._adopt)
+
+    def _naming_context(self) -> Callable[[], None]:
+        """The flow run as its `flow_run_name` function sees it (`stateward.runtime.flow_run`)
+        until the returned function is called: its id, flow, parameters and tags; its name,
+        not decided yet, is None."""
+        return self.hook_context(FlowRun(self.id, "", self.flow.name, self.parameters, self.tags))
 
     def _wait_for_inputs(self) -> None:
         for upstream in self.wait_for:

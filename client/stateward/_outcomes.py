@@ -192,14 +192,24 @@ class TaskRunNames:
             return name
 
 
-def run_name(template: str | Callable[[], str] | None, parameters: dict[str, Any]) -> str:
+def run_name(
+    template: str | Callable[[], str] | None,
+    parameters: dict[str, Any],
+    enter: Callable[[], Callable[[], None]],
+) -> str:
     """A run's name from its template (formatted with the run's parameters) or function; text
     UTF-8 cannot hold (a file name decoded with 'surrogateescape', say) is escaped, as a run
-    log line's is: it could not be sent or stored."""
+    log line's is: it could not be sent or stored. The function is called between `enter()`
+    and the function that returns: the run's context, so that `stateward.runtime` shows it the
+    run (its parameters, its task's or flow's name, its flow run), as the reference's does."""
     if template is None:
         return ""
     if callable(template):
-        return sendable(str(template()))
+        leave = enter()
+        try:
+            return sendable(str(template()))
+        finally:
+            leave()
     try:
         return sendable(template.format(**parameters))
     except (KeyError, IndexError, ValueError):

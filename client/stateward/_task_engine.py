@@ -149,7 +149,7 @@ class TaskRunEngine(RunEngine):
         task = self.task
         return TaskRun(
             id=self.id,
-            name=run_name(task.task_run_name, self.parameters)
+            name=run_name(task.task_run_name, self.parameters, self._naming_context)
             or (
                 self.parent.engine.task_run_names.take(task.name, self.map_index)
                 if self.parent
@@ -162,6 +162,12 @@ class TaskRunEngine(RunEngine):
             retry_policy=self.retry_policy(),
             state=PENDING_PROPOSAL,
         )
+
+    def _naming_context(self) -> Callable[[], None]:
+        """The task run as its `task_run_name` function sees it (`stateward.runtime.task_run`)
+        until the returned function is called: its id, task, parameters and tags; its name,
+        not decided yet, is None. Its flow run is the one it is called in."""
+        return self.hook_context(self.record)
 
     def create(self) -> None:
         """Create the run now, Pending (a submitted task: its future knows the run at once)."""

@@ -234,6 +234,37 @@ def test_runtime_values_inside_a_flow_run_and_a_task_run(client):
     assert seen["task"] == (probe_run.id, "probe-3", "probe", 2, {"x": 3}, run.id)
 
 
+def test_run_name_functions_see_the_run_they_name(client):
+    # The reference's documented pattern: a run name function reads the run's parameters,
+    # its task's or flow's name and its flow run from prefect.runtime.
+    seen: dict[str, object] = {}
+
+    def task_run_name() -> str:
+        seen["task"] = (task_run.id, task_run.name, task_run.tags, flow_run.name, flow_run.id)
+        return f"{task_run.task_name}-{task_run.parameters['name']}-in-{flow_run.name}"
+
+    def flow_run_name() -> str:
+        seen["flow"] = (flow_run.id, flow_run.name, flow_run.tags, task_run.id)
+        return f"{flow_run.flow_name}-{flow_run.parameters['name']}"
+
+    @task(name="greet", task_run_name=task_run_name, tags=["t"])
+    def greet(name: str) -> str:
+        return f"hello {name}"
+
+    @flow(name="sdk-named-by-functions", flow_run_name=flow_run_name)
+    def greeting(name: str) -> str:
+        return greet(name.upper())
+
+    with tags("rt"):
+        assert greeting("ada") == "hello ADA"
+    run = flow_run_named(client, "sdk-named-by-functions")
+    assert run.name == "sdk-named-by-functions-ada"
+    assert seen["flow"] == (run.id, None, ["rt"], None)
+    (greet_run,) = task_runs_of(client, run.id).values()
+    assert greet_run.name == "greet-ADA-in-sdk-named-by-functions-ada"
+    assert seen["task"] == (greet_run.id, None, ["t", "rt"], run.name, run.id)
+
+
 def test_runtime_values_in_async_runs():
     @task
     async def probe() -> tuple[str | None, str | None]:

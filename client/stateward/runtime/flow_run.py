@@ -7,7 +7,8 @@ subflow's chain; a top-level flow run's own id), as in the reference's
 top-level flow run there). Read as module attributes (`from stateward.runtime import flow_run;
 flow_run.id`); outside a flow run `id`, `name`, `flow_name`, `flow_version`,
 `scheduled_start_time`, `parent_flow_run_id` and `root_flow_run_id` are None, `parameters` {},
-`tags` [] and `run_count` 0."""
+`tags` [] and `run_count` 0. In its `flow_run_name` function the run is this one, its `name`
+(not decided yet) None."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def get_id() -> str | None:
 
 def get_name() -> str | None:
     context = flow_run_context.get()
-    return context.flow_run.name if context else None
+    return (context.flow_run.name or None) if context else None  # None: not named yet
 
 
 def get_flow_name() -> str | None:

@@ -1,6 +1,7 @@
 """The task run executing now: `id`, `name`, `task_name`, `parameters`, `tags`, `run_count`.
 Read as module attributes (`from stateward.runtime import task_run; task_run.id`); outside a
-task run `id`, `name` and `task_name` are None, `parameters` {}, `tags` [] and `run_count` 0."""
+task run `id`, `name` and `task_name` are None, `parameters` {}, `tags` [] and `run_count` 0.
+In its `task_run_name` function the run is this one, its `name` (not decided yet) None."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def get_id() -> str | None:
 
 def get_name() -> str | None:
     context = task_run_context.get()
-    return context.task_run.name if context else None
+    return (context.task_run.name or None) if context else None  # None: not named yet
 
 
 def get_task_name() -> str | None:
