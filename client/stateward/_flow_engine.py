@@ -122,7 +122,14 @@ class FlowRunEngine(RunEngine):
         runs.append(
             FlowRun(
                 id=self.id,
-                name=run_name(flow.flow_run_name, self.parameters, self._naming_context),
+                # A run that never starts is named as if it had no template: its parameters
+                # did not fit (as in the reference, their error is the run's, not the name's)
+                # or were never resolved.
+                name=run_name(
+                    flow.flow_run_name if not_started is None else None,
+                    self.parameters,
+                    self._naming_context,
+                ),
                 flow_name=flow.name,
                 parameters=jsonable(self.parameters),
                 tags=self.tags,

@@ -84,6 +84,26 @@ def test_invalid_parameters_fail_the_run_before_its_code_with_hooks(client):
         run.state.result()
 
 
+class Config(pydantic.BaseModel):
+    limit: int
+
+
+def test_parameters_that_do_not_fit_win_over_a_name_template_that_reads_them(client):
+    # As in the reference, a run whose parameters do not fit never formats its name: it fails
+    # for its parameters and is named as if it had no template.
+    @flow(name="call-invalid-named", flow_run_name="cfg-{cfg.limit}")
+    def configured(cfg: Config) -> int:
+        return cfg.limit
+
+    with pytest.raises(ParameterTypeError, match="limit"):
+        configured({"limit": "x"})
+    run = flow_run_of(client, "call-invalid-named")
+    assert [s.name for s in client.list_states(run.id)] == ["Pending", "Failed"]
+    assert run.name and not run.name.startswith("cfg-")
+    assert configured({"limit": "3"}) == 3
+    assert flow_run_of(client, "call-invalid-named").name == "cfg-3"
+
+
 def test_an_invalid_subflow_parameter_fails_the_subflow():
     @flow
     def child(n: int) -> int:
