@@ -5,6 +5,7 @@ that misses nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -288,3 +289,79 @@ def test_with_an_api_key_the_page_asks_for_it_once_and_stays_live(page, tmp_path
         running = pb.SetStateRequest(run_id=run.id, state=state(ST.STATE_TYPE_RUNNING))
         stub.SetState(running, metadata=with_key)
         expect(row).to_have_attribute("data-state", "RUNNING")
+
+
+PAUSED_FOR_INPUT_SCRIPT = """
+import json, sys
+from pydantic import BaseModel, Field
+from stateward import flow, pause_flow_run
+from stateward.runtime import flow_run
+
+class Approval(BaseModel):
+    \"\"\"Who approves the release, and how many copies ship.\"\"\"
+    approver: str
+    copies: int = Field(2, description="How many copies ship")
+
+@flow(name=sys.argv[1])
+def asks():
+    print(flow_run.id, flush=True)
+    approval = pause_flow_run(wait_for_input=Approval, timeout=120, poll_interval=0.2)
+    return approval.model_dump()
+
+print(json.dumps(asks()), flush=True)
+"""
+
+
+def test_resuming_a_pause_that_waits_for_input_from_its_page(page, ui_server, tmp_path) -> None:
+    """The page shows what the pause waits for (the model's description, its fields with their
+    types and defaults) and a JSON box prefilled with the defaults; an input that does not match
+    is refused with the API's message and the run stays paused; a matching one resumes the run
+    and the flow gets it. (The page posted no input: the pause could not be resumed from it.)"""
+    env = {**os.environ, "STATEWARD_API_URL": ui_server.target, "STATEWARD_HOME": str(tmp_path)}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_FOR_INPUT_SCRIPT, f"asks-{uuid.uuid4().hex[:6]}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        run_id = owner.stdout.readline().strip()
+        page.goto(f"{ui_server.ui_url}#/runs/{run_id}")
+        expect(page.locator("#run-state .state")).to_have_text("Paused", timeout=30_000)
+        wanted = page.locator("#run-input-wanted")
+        expect(wanted).to_contain_text("Who approves the release, and how many copies ship.")
+        fields = page.locator("#run-input-fields tbody tr")
+        expect(fields).to_have_count(2)
+        expect(fields.nth(0).locator("td")).to_have_text(["approver", "string", "required", ""])
+        expect(fields.nth(1).locator("td")).to_have_text(
+            ["copies", "integer", "2", "How many copies ship"]
+        )
+        box = page.get_by_label("Input (JSON)")
+        assert json.loads(box.input_value()) == {"approver": None, "copies": 2}
+
+        box.fill("{not json")
+        page.locator("#resume").click()
+        expect(page.locator("#action-message")).to_contain_text("Not done: the input is not JSON")
+
+        box.fill('{"approver": 7}')
+        page.locator("#resume").click()
+        expect(page.locator("#action-message")).to_have_text(
+            "Not done: run_input: the input does not match the pause's schema at approver: "
+            "7 is not of type 'string'"
+        )
+        expect(page.locator("#resume")).to_be_enabled()
+        expect(page.locator("#run-state .state")).to_have_text("Paused")
+
+        box.fill('{"approver": "ann", "copies": 3}')
+        page.locator("#resume").click()
+        expect(page.locator("#run-state .state")).to_have_text("Completed", timeout=30_000)
+        out, err = owner.communicate(timeout=60)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    assert owner.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == {"approver": "ann", "copies": 3}

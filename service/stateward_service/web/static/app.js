@@ -89,6 +89,33 @@ function historyItem(state) {
     state.message ? h("span", { class: "message" }, state.message) : null);
 }
 
+// --- the input a pause waits for -------------------------------------------------------------
+
+// A JSON Schema's type in words: "string", "integer or null", "array of string", a $ref's name.
+function schemaType(schema) {
+  if (!schema || typeof schema !== "object") return "any";
+  if (schema.$ref) return schema.$ref.split("/").pop();
+  if (schema.enum) return `one of ${schema.enum.map((value) => JSON.stringify(value)).join(", ")}`;
+  if ("const" in schema) return JSON.stringify(schema.const);
+  const choices = schema.anyOf || schema.oneOf || schema.allOf;
+  if (choices) return choices.map(schemaType).join(schema.allOf ? " and " : " or ");
+  return [].concat(schema.type || "any")
+    .map((type) => (type === "array" && schema.items ? `array of ${schemaType(schema.items)}` : type))
+    .join(" or ");
+}
+
+// The input box's first text: each field's default, null for a required field without one.
+function inputTemplate(schema) {
+  if (!schema.properties) return JSON.stringify(schema.default === undefined ? null : schema.default, null, 2);
+  const required = new Set(schema.required || []);
+  const template = {};
+  for (const [name, field] of Object.entries(schema.properties)) {
+    if (field && typeof field === "object" && "default" in field) template[name] = field.default;
+    else if (required.has(name)) template[name] = null;
+  }
+  return JSON.stringify(template, null, 2);
+}
+
 // --- the API ---------------------------------------------------------------------------------
 
 // How long a list waits before it asks again for runs it could not fetch.
@@ -585,6 +612,7 @@ class RunDetail extends LiveView {
           h("button", { type: "button", id: "resume", class: "primary", hidden: type !== "PAUSED", onclick: () => this.act("resume") }, "Resume"),
           h("button", { type: "button", id: "cancel", class: "danger", hidden: FINAL_TYPES.has(type), disabled: type === "CANCELLING", onclick: () => this.act("cancel") }, "Cancel run"))),
       h("p", { id: "action-message", role: "status", class: "muted" }),
+      this.runInput(run.state),
       h("dl", { class: "facts" },
         h("dt", {}, "Flow"), h("dd", {}, run.flow_name),
         h("dt", {}, "Id"), h("dd", { class: "mono" }, run.id),
@@ -607,6 +635,38 @@ class RunDetail extends LiveView {
       const again = document.getElementById(focused);
       if (again) again.focus();
     }
+  }
+
+  // What a pause that waits for input wants (the schema's description, its fields) and the box
+  // whose JSON Resume gives as `run_input`. What is typed survives the page's reloads while the
+  // run stays in that pause.
+  runInput(state) {
+    if (!state || state.type !== "PAUSED" || !state.run_input_schema) {
+      this.draft = null;
+      return null;
+    }
+    const schema = state.run_input_schema;
+    if (!this.draft || this.draft.stateId !== state.id) this.draft = { stateId: state.id, text: inputTemplate(schema) };
+    const draft = this.draft;
+    const required = new Set(schema.required || []);
+    const fields = Object.entries(schema.properties || {}).map(([name, field]) => {
+      const known = field && typeof field === "object" ? field : {};
+      const shownDefault = "default" in known ? JSON.stringify(known.default) : required.has(name) ? "required" : "—";
+      return h("tr", {},
+        h("td", { "data-label": "Field", class: "mono" }, name),
+        h("td", { "data-label": "Type" }, schemaType(known)),
+        h("td", { "data-label": "Default" }, shownDefault),
+        h("td", { "data-label": "About" }, known.description || ""));
+    });
+    return h("section", { id: "run-input-wanted", "aria-labelledby": "run-input-title" },
+      h("h2", { id: "run-input-title" }, schema.title ? `Input the pause waits for: ${schema.title}` : "Input the pause waits for"),
+      schema.description ? h("p", {}, schema.description) : null,
+      fields.length ? h("table", { class: "cards", id: "run-input-fields" },
+        h("thead", {}, h("tr", {}, ["Field", "Type", "Default", "About"].map((title) => h("th", { scope: "col" }, title)))),
+        h("tbody", {}, fields)) : h("p", {}, `Type: ${schemaType(schema)}`),
+      h("label", { for: "run-input", class: "input-label" }, "Input (JSON)"),
+      h("textarea", { id: "run-input", class: "json", rows: Math.min(draft.text.split("\n").length + 1, 16), spellcheck: "false", oninput: (event) => { draft.text = event.target.value; } }, draft.text),
+      h("p", { class: "muted" }, "Resume gives this input to the flow; the pause checks it against its schema."));
   }
 
   result(state) {
@@ -701,9 +761,18 @@ class RunDetail extends LiveView {
   async act(action) {
     const message = document.getElementById("action-message");
     const button = document.getElementById(action);
+    const body = {};
+    if (action === "resume" && this.draft) {
+      try {
+        body.run_input = JSON.parse(this.draft.text);
+      } catch (error) {
+        message.textContent = `Not done: the input is not JSON (${error.message}).`;
+        return;
+      }
+    }
     button.disabled = true;
     try {
-      const answer = await api(`/api/flow-runs/${this.runId}/${action}`, { method: "POST", body: {} });
+      const answer = await api(`/api/flow-runs/${this.runId}/${action}`, { method: "POST", body });
       message.textContent = answer.status === "ACCEPT"
         ? `${action === "cancel" ? "Cancel" : "Resume"} requested: the run is ${answer.state.name}.`
         : `Not done (${answer.status.toLowerCase()}): ${answer.reason}`;
