@@ -15,6 +15,7 @@ decides which one gets the slot, as it did (the reference promises no order eith
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -117,6 +118,15 @@ class SlotReleases:
 
 _releases: weakref.WeakKeyDictionary[Client, SlotReleases] = weakref.WeakKeyDictionary()
 _releases_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked child has none of its parent's streams (their threads stay in the parent)."""
+    global _releases, _releases_lock
+    _releases, _releases_lock = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def slot_releases(client: Client) -> SlotReleases:

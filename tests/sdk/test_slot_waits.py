@@ -1,14 +1,17 @@
 """A task run waiting for a tag concurrency slot starts as soon as the slot frees, not when the
-WAIT's delay (1 s by default) is over: against a server and in the embedded default."""
+WAIT's delay (1 s by default) is over: against a server, in the embedded default, and when the
+slot is freed by another process on the same database."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import queue
+import threading
 from pathlib import Path
 
 from stateward.client import Client
-from tests.sdk.conftest import python
+from tests.sdk.conftest import python, spawn
 from tests.support import running_server
 
 TASKS, SECONDS = 4, 0.5
@@ -83,3 +86,80 @@ def test_a_waiting_task_starts_when_the_slot_frees_embedded(tmp_path: Path) -> N
     env = {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)}
     total, gaps, log = run_limited(env, "embedded")
     check(total, gaps, log)
+
+
+HOLDER = """
+import sys, time
+from stateward import flow, task
+
+@task(tags=["io"])
+def hold():
+    print("holding", flush=True)
+    sys.stdin.readline()  # the test's word: the other process waits for the slot
+    print("ended", time.time(), flush=True)
+
+@flow
+def holder():
+    hold()
+
+holder()
+"""
+
+WAITER = """
+import time
+from stateward import flow, task
+
+@task(tags=["io"])
+def wait_for_it():
+    print("started", time.time(), flush=True)
+
+@flow
+def waiter():
+    wait_for_it()
+
+waiter()
+"""
+
+
+def test_a_release_in_another_process_on_one_database_starts_the_waiting_task(
+    tmp_path: Path,
+) -> None:
+    env = {"STATEWARD_API_URL": "", "STATEWARD_HOME": str(tmp_path)}
+    made = python(
+        "from stateward._embedded import get_client\n"
+        "get_client().create_concurrency_limit('io', 1)",
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    holder = spawn(HOLDER, env=env)
+    waiter = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        waiter = spawn(WAITER, env={**env, "STATEWARD_LOGGING_LEVEL": "DEBUG"})
+        assert waiter.stderr is not None and holder.stdin is not None
+        lines = queue.SimpleQueue[str]()
+
+        def read() -> None:
+            for line in waiter.stderr or ():
+                lines.put(line)
+            lines.put("")  # its end
+
+        threading.Thread(target=read, daemon=True).start()
+        seen = []
+        while " - waiting " not in (line := lines.get(timeout=60)):
+            assert line, f"the waiter ended without waiting for the slot: {''.join(seen)}"
+            seen.append(line)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        held_out, _ = holder.communicate(timeout=60)
+        waited_out, _ = waiter.communicate(timeout=60)
+        assert holder.returncode == 0 and waiter.returncode == 0
+        ended = float(held_out.split()[-1])
+        started = float(waited_out.split()[-1])
+        # Released right after the waiter's first WAIT: before the change it proposed again
+        # only when the 1 s delay was over.
+        assert 0 <= started - ended < GAP_BOUND, (ended, started)
+    finally:
+        holder.kill()
+        if waiter is not None:
+            waiter.kill()
