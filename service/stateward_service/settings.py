@@ -177,7 +177,10 @@ class ServerSettings:
     )
     slot_wait_seconds: float = _setting(
         1.0,
-        help="Seconds a task run is told to wait when its tag's concurrency limit is full.",
+        help=(
+            "Seconds at most a task run waits when its tag's concurrency limit is full before "
+            "asking again (the SDK asks at once when a task run leaves RUNNING)."
+        ),
         env="STATEWARD_SLOT_WAIT_SECONDS",
         ge=0,
     )
