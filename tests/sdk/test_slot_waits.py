@@ -7,10 +7,13 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import subprocess
 import threading
 from pathlib import Path
 
+from stateward._orchestration import SLOT_WAIT_INFO_SECONDS
 from stateward.client import Client
+from stateward.states import State, StateType
 from tests.sdk.conftest import python, spawn
 from tests.support import running_server
 
@@ -121,6 +124,24 @@ waiter()
 """
 
 
+def wait_for_line(process: subprocess.Popen[str], text: str) -> str:
+    """The first line of `process`'s stderr holding `text` (60 s at most); fails if it ends
+    before."""
+    lines = queue.SimpleQueue[str]()
+
+    def read() -> None:
+        for line in process.stderr or ():
+            lines.put(line)
+        lines.put("")  # its end
+
+    threading.Thread(target=read, daemon=True).start()
+    seen = []
+    while text not in (line := lines.get(timeout=60)):
+        assert line, f"no line holds {text!r}: {''.join(seen)}"
+        seen.append(line)
+    return line
+
+
 def test_a_release_in_another_process_on_one_database_starts_the_waiting_task(
     tmp_path: Path,
 ) -> None:
@@ -137,18 +158,7 @@ def test_a_release_in_another_process_on_one_database_starts_the_waiting_task(
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         waiter = spawn(WAITER, env={**env, "STATEWARD_LOGGING_LEVEL": "DEBUG"})
         assert waiter.stderr is not None and holder.stdin is not None
-        lines = queue.SimpleQueue[str]()
-
-        def read() -> None:
-            for line in waiter.stderr or ():
-                lines.put(line)
-            lines.put("")  # its end
-
-        threading.Thread(target=read, daemon=True).start()
-        seen = []
-        while " - waiting " not in (line := lines.get(timeout=60)):
-            assert line, f"the waiter ended without waiting for the slot: {''.join(seen)}"
-            seen.append(line)
+        wait_for_line(waiter, " - waiting ")
         holder.stdin.write("go\n")
         holder.stdin.flush()
         held_out, _ = holder.communicate(timeout=60)
@@ -163,3 +173,21 @@ def test_a_release_in_another_process_on_one_database_starts_the_waiting_task(
         holder.kill()
         if waiter is not None:
             waiter.kill()
+
+
+def test_a_long_wait_for_a_slot_is_logged_at_info(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server, Client(server.target) as client:
+        client.create_concurrency_limit("io", 1)
+        holder = client.create_task_run("holds", tags=["io"], state=State(StateType.PENDING))
+        client.set_state(holder.id, State(StateType.RUNNING))
+        waiter = spawn(WAITER, env={"STATEWARD_API_URL": server.target})  # INFO: the default
+        try:
+            line = wait_for_line(waiter, "for a concurrency slot")
+            assert "INFO" in line and "has waited" in line, line
+            assert "tag 'io' is full (1 of 1 running)" in line, line
+            client.set_state(holder.id, State(StateType.COMPLETED))
+            out, _ = waiter.communicate(timeout=60)
+            assert waiter.returncode == 0 and out.startswith("started"), out
+        finally:
+            waiter.kill()
+    assert float(line.split("has waited ")[1].split("s")[0]) + 0.5 >= SLOT_WAIT_INFO_SECONDS
