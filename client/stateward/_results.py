@@ -13,6 +13,7 @@ the reference (Prefect 3) keeps results it does not persist.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -282,15 +283,35 @@ EXCEPTION_BYTES_FLOOR = 64 * 1024
 
 
 def encode_exception(error: BaseException) -> ResultData | None:
-    """Encode an exception for a failed state; None when it cannot be pickled or is too large."""
+    """Encode an exception for a failed state; None when it cannot be pickled or is too large.
+    When the exception pickles only without its cause and context (see `_unchained`), it is
+    stored without them; `error` itself keeps them."""
+    for candidate in (error, _unchained(error)):
+        if candidate is None:
+            continue
+        try:
+            blob = pickle.dumps(candidate, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(blob)
+        except Exception:
+            continue
+        if len(blob) > max(for_this_run(settings.max_result_bytes), EXCEPTION_BYTES_FLOOR):
+            return None
+        return ResultData(pickle=blob)
+    return None
+
+
+def _unchained(error: BaseException) -> BaseException | None:
+    """A copy of `error` without its cause, context and traceback (None if it cannot be
+    copied). Pickle keeps none of them, unless a library makes exceptions keep their chain
+    (tblib's pickling support, which importing `distributed` installs): then one link that
+    cannot be pickled (a gRPC error holding its call's locks, say) lost the whole exception."""
     try:
-        blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)
+        copied = copy.copy(error)
     except Exception:
         return None
-    if len(blob) > max(for_this_run(settings.max_result_bytes), EXCEPTION_BYTES_FLOOR):
-        return None
-    return ResultData(pickle=blob)
+    copied.__cause__ = copied.__context__ = None
+    copied.__traceback__ = None
+    return copied
 
 
 def decode(data: ResultData) -> Any:
