@@ -45,8 +45,13 @@ def test_a_pause_waiting_for_input_says_to_resume_it_with_input(home: Path) -> N
         console = Lines(owner.stderr)
         hint = f"resume it with `stateward flow-run resume {run_id} --input '<json>'`"
         wait_until(lambda: console.matching(hint), timeout=60, what="the pause's hint")
-        logs = stateward(home, "flow-run", "logs", run_id)
-        assert hint in " ".join(logs.stdout.split()), logs.stdout
+        # The run's logs get the line when the process's shipper sends it (every half second),
+        # which may be after the console showed it.
+        wait_until(
+            lambda: hint in " ".join(stateward(home, "flow-run", "logs", run_id).stdout.split()),
+            timeout=30,
+            what="the pause's hint in the run's logs",
+        )
 
         missing = stateward(home, "flow-run", "resume", run_id)
         assert missing.returncode == 1
