@@ -45,8 +45,37 @@ Run = TypeVar("Run", FlowRun, TaskRun)
 
 RUN_ARGUMENT = "The run's id, the start of its id (as the tables show it) or its name."
 REPEATABLE = "Repeat it for more: a run matching any of them."
-STATE_HELP = f"Only runs in this state type (COMPLETED, FAILED, ...; any case). {REPEATABLE}"
-SINCE_HELP = "Only runs created since then: a date-time (2026-11-21T09:30) or a span (30m, 2h, 1d)."
+# The filters both listings (`flow-run ls`, `task-run ls`) take, declared once.
+StateFilter = Annotated[
+    list[StateType] | None,
+    typer.Option(
+        "--state",
+        parser=parse_state_type,
+        metavar="TYPE",
+        help=f"Only runs in this state type (COMPLETED, FAILED, ...; any case). {REPEATABLE}",
+    ),
+]
+TagFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tag",
+        metavar="TAG",
+        help="Only runs with this tag. Repeat it for more: a run with all of them.",
+    ),
+]
+SinceFilter = Annotated[
+    datetime | None,
+    typer.Option(
+        "--since",
+        parser=parse_since,
+        metavar="WHEN",
+        help="Only runs created since then: a date-time (2026-11-21T09:30) or a span "
+        "(30m, 2h, 1d).",
+    ),
+]
+ListingLimit = Annotated[
+    int, typer.Option(parser=whole_number(1), metavar="N", help="At most N runs (1 or more).")
+]
 
 
 def id_column(table: Table) -> None:
@@ -91,25 +120,10 @@ def list_flow_runs(
         list[str] | None,
         typer.Option("--flow", metavar="NAME", help=f"Only runs of this flow. {REPEATABLE}"),
     ] = None,
-    state: Annotated[
-        list[StateType] | None,
-        typer.Option("--state", parser=parse_state_type, metavar="TYPE", help=STATE_HELP),
-    ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tag",
-            metavar="TAG",
-            help="Only runs with this tag. Repeat it for more: a run with all of them.",
-        ),
-    ] = None,
-    since: Annotated[
-        datetime | None,
-        typer.Option("--since", parser=parse_since, metavar="WHEN", help=SINCE_HELP),
-    ] = None,
-    limit: Annotated[
-        int, typer.Option(parser=whole_number(1), metavar="N", help="At most N runs (1 or more).")
-    ] = 20,
+    state: StateFilter = None,
+    tag: TagFilter = None,
+    since: SinceFilter = None,
+    limit: ListingLimit = 20,
 ) -> None:
     """List flow runs, newest first."""
     table = new_table()
@@ -364,25 +378,10 @@ def list_task_runs(
         list[str] | None,
         typer.Option("--task", metavar="NAME", help=f"Only runs of this task. {REPEATABLE}"),
     ] = None,
-    state: Annotated[
-        list[StateType] | None,
-        typer.Option("--state", parser=parse_state_type, metavar="TYPE", help=STATE_HELP),
-    ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tag",
-            metavar="TAG",
-            help="Only runs with this tag. Repeat it for more: a run with all of them.",
-        ),
-    ] = None,
-    since: Annotated[
-        datetime | None,
-        typer.Option("--since", parser=parse_since, metavar="WHEN", help=SINCE_HELP),
-    ] = None,
-    limit: Annotated[
-        int, typer.Option(parser=whole_number(1), metavar="N", help="At most N runs (1 or more).")
-    ] = 20,
+    state: StateFilter = None,
+    tag: TagFilter = None,
+    since: SinceFilter = None,
+    limit: ListingLimit = 20,
 ) -> None:
     """List task runs, newest first."""
     table = new_table()
