@@ -5,6 +5,7 @@ lists of them, and waiting for several at once (`wait`, `as_completed`), as the 
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -137,7 +138,8 @@ def as_completed(
 
 def resolve_futures_to_states(expr: Any) -> Any:
     """`expr` with every future in it (itself, or inside lists, tuples, sets and dicts, at any
-    depth) replaced by its run's final state, waiting for the runs; a `quote`d value and any
+    depth; each collection keeps its type, an OrderedDict's order and a defaultdict's factory
+    too) replaced by its run's final state, waiting for the runs; a `quote`d value and any
     other object are left as they are. Mirrors the reference's
     `prefect.futures.resolve_futures_to_states`."""
     return _replacing_futures(expr, _final_state)
@@ -168,10 +170,16 @@ def _replacing_futures(expr: Any, replace: Callable[[StatewardFuture[Any]], Any]
     if isinstance(expr, set | frozenset):
         return type(expr)(_replacing_futures(item, replace) for item in expr)
     if isinstance(expr, dict):
-        return {
+        pairs = {
             _replacing_futures(key, replace): _replacing_futures(value, replace)
             for key, value in expr.items()
         }
+        if type(expr) is dict:
+            return pairs
+        replaced = copy.copy(expr)  # an OrderedDict stays one, a defaultdict keeps its factory
+        replaced.clear()
+        replaced.update(pairs)
+        return replaced
     return expr
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict, defaultdict
 
 import pytest
 
@@ -202,6 +203,20 @@ def test_resolving_futures_inside_collections_to_states_and_results():
     assert isinstance(states["q"], quote) and isinstance(states["q"].unquote(), StatewardFuture)
     assert results == {"a": ["one", ("two",)], "b": {"three"}, "q": results["q"], "plain": 1}
     assert raised == "'gone'"
+
+
+def test_resolving_futures_keeps_the_type_of_a_dict_subclass():
+    @flow
+    def shaped() -> tuple[object, object]:
+        one, two = quick.submit("one"), quick.submit("two")
+        ordered = resolve_futures_to_results(OrderedDict([("z", one), ("a", two)]))
+        counts = resolve_futures_to_results(defaultdict(list, {"one": [one]}))
+        return ordered, counts
+
+    ordered, counts = shaped()
+    assert type(ordered) is OrderedDict and list(ordered.items()) == [("z", "one"), ("a", "two")]
+    assert type(counts) is defaultdict and counts == {"one": ["one"]}
+    assert counts["missing"] == []  # its default_factory came along
 
 
 def test_a_flows_timeout_interrupts_its_wait_in_as_completed():
