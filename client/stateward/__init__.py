@@ -8,6 +8,7 @@ on first use (`from stateward import flow, task` loads the decorators, not gRPC,
 pydantic or server code; a flow's first run loads what it needs), so a script starts fast.
 """
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -117,13 +118,32 @@ def __getattr__(name: str) -> Any:
     if name == "__version__":
         value = importlib.import_module("importlib.metadata").version("stateward")
     elif name not in _LAZY:
-        raise AttributeError(f"module 'stateward' has no attribute {name!r}")
+        from stateward._left_out import refusal
+
+        why = refusal(f"stateward.{name}")
+        raise AttributeError(why or f"module 'stateward' has no attribute {name!r}")
     elif (module_name := _LAZY[name]) is None:
         value = importlib.import_module(f"stateward.{name}")
     else:
         value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value
     return value
+
+
+class _LeftOutModules:
+    """Last on `sys.meta_path`, so asked only about a module nothing else found: importing a
+    module of the reference that Stateward leaves out (`stateward.artifacts`...) raises
+    ImportError saying what to use instead (see `stateward._left_out`)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name.startswith("stateward."):
+            from stateward._left_out import refuse
+
+            refuse(name)
+
+
+sys.meta_path.append(_LeftOutModules())
 
 
 def __dir__() -> list[str]:

@@ -3,7 +3,14 @@ decision, not an accident."""
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
+
 import stateward
+from tests.support import ROOT
+
+README = ROOT / "README.md"
 
 PUBLIC = {
     "AsyncClient", "AwaitingRetry", "Cancelled", "CancelledRun", "Cancelling", "Client",
@@ -93,3 +100,33 @@ def test_the_version_is_the_installed_distributions():
 
     assert stateward.__version__ == version("stateward")
     assert "__version__" in dir(stateward)
+
+
+def test_a_module_of_the_reference_that_stateward_leaves_out_says_what_to_use_instead():
+    """`from prefect.artifacts import ...` ported to `stateward.artifacts` is one line saying
+    that Stateward leaves it out and what to do instead (README's "Differences from the
+    reference", which names each such module), not a bare "No module named"."""
+    from stateward._left_out import LEFT_OUT
+
+    with pytest.raises(ImportError) as raised:
+        from stateward.artifacts import create_markdown_artifact  # noqa: F401
+    message = str(raised.value)
+    assert message == (
+        "Stateward does not provide stateward.artifacts (the reference's prefect.artifacts): "
+        "log the content with get_run_logger(), or return it as the run's result "
+        "(README: 'Differences from the reference')"
+    )
+    assert "\n" not in message
+    with pytest.raises(ImportError, match=r"prefect.blocks.*secret manager"):
+        importlib.import_module("stateward.blocks.system")
+    with pytest.raises(ImportError, match=r"prefect.runtime.deployment.*no deployments"):
+        importlib.import_module("stateward.runtime.deployment")
+    with pytest.raises(ImportError, match=r"prefect.variables"):
+        from stateward import variables  # noqa: F401
+    with pytest.raises(AttributeError, match=r"prefect.transactions"):
+        stateward.transactions  # noqa: B018
+    with pytest.raises(ModuleNotFoundError, match=r"No module named 'stateward.no_such_module'"):
+        importlib.import_module("stateward.no_such_module")
+    differences = README.read_text().split("## Differences from the reference")[1]
+    for module in LEFT_OUT:
+        assert f"`prefect.{module}" in differences.split("\n## ")[0], module

@@ -1,0 +1,78 @@
+"""The reference's modules that Stateward leaves out, each with what to use instead.
+
+`import stateward.artifacts` (ported from `import prefect.artifacts`) raises an ImportError that
+says so in one line, instead of a bare "No module named". `stateward/__init__.py` installs
+a finder last on `sys.meta_path`, which is asked only about modules nothing else found and
+imports this module only then. README's "Differences from the reference" says the same.
+"""
+
+from __future__ import annotations
+
+_DEPLOY = (
+    "run the script yourself (cron, systemd, a CI job) and point every process at one "
+    "`stateward server start` with STATEWARD_API_URL to see all runs"
+)
+_RUN_HERE = (
+    "the script's own process runs the flow; its tasks can go to a process pool, Dask or Ray "
+    "(task_runner=)"
+)
+_HOOKS = (
+    "use on_failure and the other state change hooks, or follow transitions with "
+    "`stateward watch` or the WatchTransitions RPC"
+)
+_SETTINGS = "use environment variables or your secret manager"
+_RESULTS = (
+    "results are stored on the state or in result_storage files; read them with state.result()"
+)
+
+# A module of the reference, as under `prefect.` -> what to do instead.
+LEFT_OUT: dict[str, str] = {
+    "artifacts": "log the content with get_run_logger(), or return it as the run's result",
+    "automations": _HOOKS,
+    "blocks": _SETTINGS,
+    "concurrency": (
+        "use tag concurrency limits: `stateward concurrency-limit create TAG N` and "
+        "@task(tags=[TAG])"
+    ),
+    "deployments": _DEPLOY,
+    "events": _HOOKS,
+    "infrastructure": _RUN_HERE,
+    "results": _RESULTS,
+    "runner": _RUN_HERE,
+    "runtime.deployment": "there are no deployments: " + _DEPLOY,
+    "schedules": _DEPLOY,
+    "serializers": _RESULTS,
+    "task_worker": "call or .submit() the task inside a flow",
+    "testing": (
+        "set STATEWARD_HOME to a temporary folder for the test session (the embedded default "
+        "then uses a fresh database there)"
+    ),
+    "transactions": (
+        "tasks called inside a task hold their cache entries until it completes (see the "
+        "cache policies in the README)"
+    ),
+    "variables": _SETTINGS,
+    "workers": _RUN_HERE,
+}
+
+
+def refusal(name: str) -> str | None:
+    """The one-line message for importing `name` (e.g. "stateward.artifacts") when it is a
+    module of the reference that Stateward leaves out; None for any other name."""
+    module = name.removeprefix("stateward.")
+    instead = LEFT_OUT.get(module) if module != name else None
+    if instead is None:
+        return None
+    return (
+        f"Stateward does not provide {name} (the reference's prefect.{module}): {instead} "
+        "(README: 'Differences from the reference')"
+    )
+
+
+def refuse(name: str) -> None:
+    """Raise ImportError with the `refusal` of `name`, if it has one. A plain ImportError, not
+    ModuleNotFoundError: `from stateward import artifacts` then shows it too (the import
+    system turns a ModuleNotFoundError of that name into "cannot import name")."""
+    message = refusal(name)
+    if message is not None:
+        raise ImportError(message, name=name)
