@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,13 +20,20 @@ if TYPE_CHECKING:
 
     from stateward.client import Client
 
-# A terminal's width (or COLUMNS); piped output is 200 wide, so that long names and messages
-# are not folded. The tables' short ids are never cut.
-_COLUMNS = os.environ.get("COLUMNS", "")
-console = Console(
-    highlight=False,
-    width=int(_COLUMNS) if _COLUMNS.isdigit() else None if sys.stdout.isatty() else 200,
-)
+# COLUMNS, else rich's choice: the terminal's width, also when the output goes to a pipe from
+# a terminal (`| less`), and 80 columns with no terminal at all (CI logs, files), as a terminal
+# of 80 columns shows it. The tables' short ids are never cut.
+console = Console(highlight=False)
+
+
+def line_width() -> int | None:
+    """The width to cut a line of `watch` to: the terminal's, or COLUMNS; None (keep it whole)
+    into a pipe or a file with neither, for what reads it there."""
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console.width
+    return None
+
+
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_COLOURS = {

@@ -12,6 +12,7 @@ from stateward.cli._common import (
     client,
     console,
     errors,
+    line_width,
     parse_state_type,
     show_state,
 )
@@ -22,9 +23,10 @@ from stateward.runs import RunKind, Transition
 from stateward.states import StateType
 
 
-def line(transition: Transition, width: int) -> Text:
-    """One transition in at most `width` columns: time, short id, run, from -> to, and the new
-    state's message (cut to fit). The stderr line at each connection says the sequence."""
+def line(transition: Transition, width: int | None) -> Text:
+    """One transition in at most `width` columns (None: whole): time, short id, run, from ->
+    to, and the new state's message (cut to fit). The stderr line at each connection says the
+    sequence."""
     to = transition.to_state
     what = transition.flow_name or transition.task_key
     kind = "flow" if transition.run_kind is RunKind.FLOW_RUN else "task"
@@ -35,7 +37,8 @@ def line(transition: Transition, width: int) -> Text:
     )
     if to.message:
         text.append(": " + " ".join(to.message.split()), style="dim")
-    text.truncate(width, overflow="ellipsis")
+    if width is not None:
+        text.truncate(width, overflow="ellipsis")
     return text
 
 
@@ -119,7 +122,7 @@ def watch(
                 retrying=retrying,
                 pruned=pruned if from_start else None,
             ):
-                console.print(line(transition, console.width), soft_wrap=True)
+                console.print(line(transition, line_width()), soft_wrap=True)
         except KeyboardInterrupt:
             pass
         except CursorExpired as error:
