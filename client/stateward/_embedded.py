@@ -77,9 +77,16 @@ def server_commands() -> typer.Typer:
     return app
 
 
-def get_client(*, lead_loops: bool = True) -> Client:
+def get_client(*, sync_client: bool = False, lead_loops: bool = True) -> Client:
     """The process's client: to STATEWARD_API_URL, or to the embedded orchestrator (started
-    once). `lead_loops` says whether an embedded orchestrator this call starts competes to run
+    once). It is the blocking `Client`, used as it is or in a `with` block, and
+    `async with get_client() as client:` gives an `AsyncClient` to the same place (opened
+    for the block, closed at its end): the reference's two idioms, `async with get_client()`
+    and `with get_client(sync_client=True)`, both work (its `sync_client` chooses between its
+    two clients; here it changes nothing: the same object serves both). Neither block's end,
+    nor `close()`, closes the process's client: this process's flows go on using it.
+
+    `lead_loops` says whether an embedded orchestrator this call starts competes to run
     the server's loops: a process that runs flows does, for as long as it lives; a short command
     of the CLI does not (it would take the leader lock and sweep the database just to exit).
     Raises StatewardError, at once, in a process forked from one that had made its client: the
@@ -114,7 +121,7 @@ def _connect(lead_loops: bool) -> Client:
         _embedded = EmbeddedOrchestrator(home, lead_loops=lead_loops)
     finally:
         _opening = None
-    return Client(transport=_embedded.transport, timeout=None)
+    return Client(transport=_embedded.transport, timeout=None, lives_with_process=True)
 
 
 def local_log(
@@ -133,13 +140,15 @@ def _remote(address: str) -> Client:
     from stateward._transport import GrpcTransport
     from stateward.client import Client
 
-    client = Client(address, wait_for_ready=True, timeout=settings.request_timeout())
+    client = Client(
+        address, wait_for_ready=True, timeout=settings.request_timeout(), lives_with_process=True
+    )
     transport = client.transport
     assert isinstance(transport, GrpcTransport)
     try:
         transport.check_reachable(settings.FIRST_CONTACT_SECONDS)
     except BaseException:
-        client.close()
+        transport.close()
         raise
     return client
 
@@ -202,8 +211,57 @@ class InProcessTransport:
         stream = self.local.watch(request.run_ids, request.flow_run_ids, request.state_types, after)
         return _Messages(stream)
 
+    def asynchronous(self) -> AsyncInProcessTransport:
+        self.check_process()
+        return AsyncInProcessTransport(self)
+
     def close(self) -> None:
         """The process's client lives as long as the process."""
+
+
+class AsyncInProcessTransport:
+    """An InProcessTransport for an AsyncClient: each call runs in a worker thread, as does
+    each wait for a stream's next transition, so that a wait for the database (another
+    process's write) never holds the event loop."""
+
+    def __init__(self, transport: InProcessTransport) -> None:
+        self._transport = transport
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(self._transport.call, method, request, timeout)
+
+    def open_stream(self, method: str, request: Any) -> _AsyncMessages:
+        return _AsyncMessages(self._transport.open_stream(method, request))
+
+    async def close(self) -> None:
+        """The orchestrator lives as long as the process."""
+
+
+class _AsyncMessages:
+    """An in-process stream's messages as an async iterator (see AsyncInProcessTransport)."""
+
+    def __init__(self, stream: TransitionStream) -> None:
+        self._stream = stream
+        self._messages = iter(stream)
+
+    async def start_sequence(self) -> int | None:
+        return self._stream.start_sequence()
+
+    def __aiter__(self) -> _AsyncMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        import asyncio
+
+        message = await asyncio.to_thread(next, self._messages, None)
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    def cancel(self) -> None:
+        self._stream.cancel()  # ends a wait for the next message
 
 
 class _LocalCalls:

@@ -259,7 +259,30 @@ class Transport(Protocol):
         """Raise StatewardError, at once and saying what to do, if this transport was made in
         a process this one was forked from (its connection does not work here)."""
 
+    def asynchronous(self) -> AsyncTransport:
+        """A new asyncio transport to the same place, for an AsyncClient (its caller closes
+        it)."""
+        ...
+
     def close(self) -> None: ...
+
+
+class AsyncTransport(Protocol):
+    """The asyncio twin of Transport, bound to the event loop it is first used in."""
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any: ...
+
+    def open_stream(self, method: str, request: Any) -> AsyncStream: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncStream(Protocol):
+    async def start_sequence(self) -> int | None: ...
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def cancel(self) -> None: ...
 
 
 class LocalCalls(Protocol):
@@ -611,6 +634,11 @@ class GrpcTransport:
     def open_stream(self, method: str, request: Any) -> TransitionStream:
         self.check_process()
         return _GrpcStream(getattr(self.stub, method)(request, metadata=self._metadata))
+
+    def asynchronous(self) -> AsyncGrpcTransport:
+        """A new asyncio channel to the same server, with the same key, TLS and waiting."""
+        self.check_process()
+        return AsyncGrpcTransport(self.connection)
 
     def close(self) -> None:
         if self.calls_stream is not None:

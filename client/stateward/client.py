@@ -18,6 +18,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from stateward._records import dataclass
@@ -36,7 +37,7 @@ from stateward.runs import (
 from stateward.states import State, StateType
 
 if TYPE_CHECKING:
-    from stateward._transport import AsyncGrpcTransport, LocalCalls, Transport
+    from stateward._transport import AsyncTransport, LocalCalls, Transport
     from stateward.v1 import orchestration_pb2 as pb
 
 DEFAULT_TIMEOUT = 30.0
@@ -127,7 +128,11 @@ class Client:
     With `wait_for_ready`, a call waits for an unreachable server (a restart, say) until its
     deadline instead of failing at once. Every method raises a `stateward.exceptions` error
     when the server refuses the call (NotFound, InvalidArgument...) or cannot be reached
-    (ServerUnavailable).
+    (ServerUnavailable). `with Client(...) as client:` closes it at the block's end;
+    `async with Client(...) as client:` gives an AsyncClient to the same place for the block
+    (see `__aenter__`). `lives_with_process` marks the process's client (`get_client()`'s),
+    which `close()` and the end of a `with` block leave open. A method of the reference's
+    client (`read_flow_run`...) raises AttributeError naming the one to call here.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         wait_for_ready: bool = False,
         transport: Transport | None = None,
+        lives_with_process: bool = False,
     ) -> None:
         if transport is None:
             from stateward._transport import Connection, GrpcTransport
@@ -145,17 +151,38 @@ class Client:
             transport = GrpcTransport(Connection.from_environment(address, api_key, wait_for_ready))
         self.transport: Transport = transport
         self.timeout = timeout
+        self.lives_with_process = lives_with_process
         # The hot calls straight to an orchestrator in this process, when the transport has one.
         self._local: LocalCalls | None = getattr(self.transport, "local", None)
 
     def close(self) -> None:
-        self.transport.close()
+        if not self.lives_with_process:
+            self.transport.close()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        """`async with get_client() as client:`, the reference's idiom: an AsyncClient to the
+        same server (a new connection) or, on the embedded default, to this process's
+        orchestrator (its calls made in worker threads), closed at the block's end. Blocks
+        may nest, and run in several tasks at once: each closes its own."""
+        client = AsyncClient(transport=self.transport.asynchronous(), timeout=self.timeout)
+        _opened.set((*_opened.get(), client))
+        return client
+
+    async def __aexit__(self, *exc: object) -> None:
+        *outer, client = _opened.get()
+        _opened.set(tuple(outer))
+        await client.close()
+
+    if not TYPE_CHECKING:  # (for type checkers, a misspelt method stays an error)
+
+        def __getattr__(self, name: str) -> Any:
+            raise AttributeError(_missing_method(self, name))
 
     def _do(self, call: _Call[T]) -> T:
         return call.read(self.transport.call(call.method, call.request, self.timeout))
@@ -473,7 +500,7 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         wait_for_ready: bool = False,
-        transport: AsyncGrpcTransport | None = None,
+        transport: AsyncTransport | None = None,
     ) -> None:
         if transport is None:
             from stateward._transport import AsyncGrpcTransport, Connection
@@ -483,6 +510,11 @@ class AsyncClient:
             )
         self.transport = transport
         self.timeout = timeout
+
+    if not TYPE_CHECKING:  # (for type checkers, a misspelt method stays an error)
+
+        def __getattr__(self, name: str) -> Any:
+            raise AttributeError(_missing_method(self, name))
 
     async def close(self) -> None:
         await self.transport.close()
@@ -616,6 +648,16 @@ class AsyncClient:
     async def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
         return await self._do(_write_cache_entries(entries))
 
+    async def write_logs(self, entries: Sequence[LogEntry]) -> int:
+        """See `Client.write_logs`."""
+        return await self._do(_write_logs(entries))
+
+    async def list_logs(
+        self, run_id: str, after_id: int = 0, page_size: int = 1000
+    ) -> list[LogEntry]:
+        """See `Client.list_logs`."""
+        return await self._do(_list_logs(run_id, after_id, page_size))
+
     async def renew_leases(self, run_ids: Iterable[str], lease_seconds: float) -> list[str]:
         return await self._do(_renew_leases(run_ids, lease_seconds))
 
@@ -682,6 +724,47 @@ class AsyncClient:
 
     async def delete_concurrency_limit(self, tag: str) -> None:
         await self._do(_delete_concurrency_limit(tag))
+
+
+# The AsyncClients `async with Client` opened in this context (an asyncio task has its own),
+# innermost last: each block's end closes its own.
+_opened: ContextVar[tuple[AsyncClient, ...]] = ContextVar("stateward_opened", default=())
+
+# The reference's client methods (prefect.client.orchestration) -> the one to call here.
+_REFERENCE_METHODS = {
+    "read_flow_run": "get_flow_run(id)",
+    "read_flow_runs": "list_flow_runs(flow_names=, state_types=, tags=, ids=, limit=)",
+    "read_task_run": "get_task_run(id)",
+    "read_task_runs": "list_task_runs(flow_run_ids=, state_types=, tags=, task_keys=, limit=)",
+    "set_flow_run_state": "set_state(run_id, state, force=)",
+    "set_task_run_state": "set_state(run_id, state, force=)",
+    "read_flow_run_states": "list_states(run_id)",
+    "read_task_run_states": "list_states(run_id)",
+    "read_logs": "list_logs(run_id)",
+    "create_logs": "write_logs(entries)",
+    "read_concurrency_limit_by_tag": "get_concurrency_limit(tag)",
+    "read_concurrency_limits": "list_concurrency_limits()",
+    "delete_concurrency_limit_by_tag": "delete_concurrency_limit(tag)",
+}
+
+
+def _missing_method(client: Client | AsyncClient, name: str) -> str:
+    """What to say of `client.<name>` that does not exist: the method to call instead, when
+    the name is the reference's, or where the client's methods are listed."""
+    kind = type(client).__name__
+    if name.startswith("_"):
+        return f"{kind!r} object has no attribute {name!r}"
+    instead = _REFERENCE_METHODS.get(name)
+    if instead is not None:
+        return (
+            f"Stateward's {kind} has no {name}(): call {instead} (its methods are named for "
+            "the RPCs; README: 'Differences from the reference')"
+        )
+    return (
+        f"Stateward's {kind} has no {name}(): its methods are named for the RPCs "
+        "(get_flow_run, list_flow_runs, set_state, list_states, watch...) and cover runs, "
+        "states, logs and tag concurrency limits only (README: 'Differences from the reference')"
+    )
 
 
 # --- the calls both clients make: method, request, and how to read the response -------------
