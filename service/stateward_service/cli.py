@@ -70,17 +70,32 @@ def start(**flags: Any) -> None:
 
     from stateward_service.server import PortUnavailable, serve
     from stateward_service.store import DatabaseRefused, DatabaseUnavailable
+    from stateward_service.workers import WorkerFailed, refusal, serve_workers
 
     try:
         settings = ServerSettings.from_environment(**flags)
     except SettingError as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(code=2) from None
+    problem = refusal(settings)
+    if problem is not None:
+        typer.echo(f"Error: {problem}", err=True)
+        raise typer.Exit(code=2)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(settings))
-    except (PortUnavailable, DatabaseRefused, DatabaseUnavailable, ValueError, OSError) as error:
+        if settings.workers > 1:
+            serve_workers(settings)
+        else:
+            asyncio.run(serve(settings))
+    except (
+        PortUnavailable,
+        DatabaseRefused,
+        DatabaseUnavailable,
+        ValueError,
+        OSError,
+        WorkerFailed,
+    ) as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(code=1) from None

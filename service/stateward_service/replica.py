@@ -44,6 +44,18 @@ def encode_log_rows(rows: list[Sequence[Any]]) -> list[bytes]:
     return log_row_messages(rows)
 
 
+def check_database(settings: ServerSettings) -> None:
+    """Open the settings' database and close it: what the first replica to open it does (the
+    schema made or upgraded, a SQLite file checked as `quick_check` says), once. Raises
+    DatabaseRefused and DatabaseUnavailable as `open_database` does."""
+    open_database(
+        settings.database,
+        synchronous=settings.sqlite_synchronous,
+        quick_check=settings.quick_check,
+        read_pool_size=1,
+    ).close()
+
+
 class Replica:
     """Call `start()` inside a running event loop (the broadcaster's subscribers and the loops
     run on it), then `stop()` on the same loop. With `lead_loops` false (a short-lived process)
@@ -141,4 +153,4 @@ class Replica:
             self.orchestrator.close()
 
 
-__all__ = ["Replica", "encode_transition"]
+__all__ = ["Replica", "check_database", "encode_transition"]

@@ -57,8 +57,9 @@ KEEPALIVE_OPTIONS = [
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
-        # Two servers never share a port silently.
-        ("grpc.so_reuseport", 0),
+        # Two servers never share a port silently; the workers of one server do (see
+        # stateward_service.workers: Linux spreads connections across them).
+        ("grpc.so_reuseport", int(settings.workers > 1)),
         *KEEPALIVE_OPTIONS,
         # Larger messages are refused with RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -376,7 +377,8 @@ def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
     host, port = settings.host, settings.port
     address = format_address(host, port)
     credentials = _credentials(settings)
-    if port and _port_taken(host, port):  # asked before gRPC, which logs its own failure first
+    # Asked before gRPC, which logs its own failure first. A worker's port is held for it.
+    if port and settings.workers == 1 and _port_taken(host, port):
         raise PortUnavailable(_why_unbindable(host, port, address))
     try:
         if credentials is None:
@@ -451,12 +453,11 @@ def _without_password(database: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database)
 
 
-def _reachable(server: StatewardServer) -> str:
+def _reachable(host: str, port: int) -> str:
     """The address other machines use: this host's name when listening on every interface."""
-    host = server.settings.host
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = socket.gethostname()
-    return format_address(host, server.port)
+    return format_address(host, port)
 
 
 def describe_security(settings: ServerSettings) -> list[str]:
@@ -509,20 +510,9 @@ def say(line: str) -> None:
             pass
 
 
-async def serve(
-    settings: ServerSettings,
-    on_started: Callable[[StatewardServer], None] | None = None,
-    *,
-    greeting: Callable[[StatewardServer], list[str]] | None = None,
-    name: str = "Stateward server",
-    serve_grpc: bool = True,
-) -> None:
-    """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
-    `on_started` is called once it takes calls. `greeting` gives the lines said once it does
-    (None: where clients find it and who may call it); `name` is what the lines on stopping
-    call it; `serve_grpc` False opens no gRPC port (see StatewardServer). Raises
-    DatabaseRefused, PortUnavailable."""
-    # Every port is checked before the database is opened: a refusal writes nothing.
+def check_ports(settings: ServerSettings, *, serve_grpc: bool = True) -> None:
+    """Raise PortUnavailable (WebViewUnavailable for the web view's) when a port the server
+    would listen on is taken, before anything is opened: a refusal writes nothing."""
     if serve_grpc and settings.port and _port_taken(settings.host, settings.port):
         address = format_address(settings.host, settings.port)
         raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
@@ -534,6 +524,57 @@ async def serve(
             f"cannot serve metrics on {address}: the port is already in use. Choose another "
             "port with --metrics-port"
         )
+
+
+class Stopping:
+    """Stops a running server as it is asked to: the first request lets the calls in flight
+    finish within the grace period, a later one (`now`) ends the grace at once. `name` is what
+    the line saying it began calls the server ("": nothing said)."""
+
+    def __init__(self, server: StatewardServer, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.tasks: list[asyncio.Task[None]] = []
+        self._signalled = False
+        self._loop = asyncio.get_running_loop()
+
+    def request(self, *, now: bool = False) -> None:
+        """Begin stopping (gracefully), or with `now` end the grace of a stop under way; a
+        graceful request once stopping does nothing. Call it on the server's loop."""
+        if self.tasks and not now:
+            return
+        first = not self.tasks
+        # The stop is scheduled before anything is said: saying may fail.
+        self.tasks.append(self._loop.create_task(self.server.stop(grace=0 if now else None)))
+        if first and self.name:
+            say(f"{self.name} shutting down...")
+
+    def on_signal(self, signum: int) -> None:
+        """SIGINT or SIGTERM: the first stops gracefully, a second at once. (A worker's
+        parent asks too, for the same signal: its request does not count as one.)"""
+        if self._signalled:
+            self.request(now=True)
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+        else:
+            self._signalled = True
+            self.request()
+
+
+async def serve(
+    settings: ServerSettings,
+    on_started: Callable[[StatewardServer, Stopping], None] | None = None,
+    *,
+    greeting: Callable[[StatewardServer], list[str]] | None = None,
+    name: str = "Stateward server",
+    serve_grpc: bool = True,
+) -> None:
+    """Run a server until SIGINT or SIGTERM; a second signal stops it without waiting.
+    `on_started` is called once it takes calls, with what stops it (a worker's parent asks it
+    too). `greeting` gives the lines said once it does (None: where clients find it and who
+    may call it); `name` is what the lines on stopping call it ("": none said); `serve_grpc`
+    False opens no gRPC port (see StatewardServer). Raises DatabaseRefused, PortUnavailable."""
+    # A worker's gRPC port is held for it by its parent, which checked every port.
+    check_ports(settings, serve_grpc=serve_grpc and settings.workers == 1)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server = StatewardServer(settings, serve_grpc=serve_grpc)
     await server.start()
@@ -543,44 +584,44 @@ async def serve(
     # the event loop for 32-38 ms of CPU time, and 1.0-1.3 ms frozen.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    if on_started is not None:
-        on_started(server)
     loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
-
-    def on_signal(signum: int) -> None:
-        # The stop is scheduled before anything is said: saying may fail.
-        if stopping:
-            stopping.append(loop.create_task(server.stop(grace=0)))
-            log.warning("second %s: stopping now", signal.Signals(signum).name)
-            return
-        stopping.append(loop.create_task(server.stop()))
-        say(f"{name} shutting down...")
-
+    stopping = Stopping(server, name)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signum, stopping.on_signal, signum)
+    if on_started is not None:
+        on_started(server, stopping)
     # Said once the signals are handled: whoever reads this may send one at once.
     for line in (greeting or _server_greeting)(server):
         say(line)
     await server.wait_stopped()
-    await asyncio.gather(*stopping)
-    say(f"{name} stopped.")
+    await asyncio.gather(*stopping.tasks)
+    if name:
+        say(f"{name} stopped.")
 
 
 def _server_greeting(server: StatewardServer) -> list[str]:
-    """What `server start` says once it takes calls: where clients find it, who may call it."""
-    settings = server.settings
+    return server_greeting(server.settings, server.port, server.ui_url)
+
+
+def server_greeting(
+    settings: ServerSettings, port: int, ui_url: str, workers: int = 1
+) -> list[str]:
+    """What `server start` says once it takes calls on `port`: where clients find it (and with
+    how many `workers`), who may call it, the web view's `ui_url` ("": none)."""
+    address = format_address(settings.host, port)
+    processes = f" with {workers} workers" if workers > 1 else ""
     lines = [
-        f"Stateward server listening on {server.address} "
+        f"Stateward server listening on {address}{processes} "
         f"(database {_without_password(settings.database)})"
     ]
     if settings.host in LOOPBACK:
-        lines.append(f"  for clients on this machine: export STATEWARD_API_URL={server.address}")
+        lines.append(f"  for clients on this machine: export STATEWARD_API_URL={address}")
     else:
         lines.append(
-            f"  for clients on other machines: export STATEWARD_API_URL={_reachable(server)}"
+            "  for clients on other machines: export "
+            f"STATEWARD_API_URL={_reachable(settings.host, port)}"
         )
     lines.extend(describe_security(settings))
-    if server.ui_url:
-        lines.append(f"  web view: {server.ui_url}")
+    if ui_url:
+        lines.append(f"  web view: {ui_url}")
     return lines

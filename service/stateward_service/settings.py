@@ -98,6 +98,15 @@ class ServerSettings:
         ge=0,
         le=65535,
     )
+    workers: int = _setting(
+        1,
+        help="Server processes sharing the port and the database (Linux): the kernel spreads "
+        "connections across them; one that dies is started again. Limits and pools are per "
+        "worker; the web view is the first worker's; not with --metrics-port.",
+        env="STATEWARD_WORKERS",
+        ge=1,
+        le=64,
+    )
     db: str = _setting(
         lambda: str(client_settings.default_database()),
         help="SQLite file, or a PostgreSQL URL (postgresql://user:password@host/db) that several "

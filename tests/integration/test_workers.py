@@ -1,0 +1,230 @@
+"""`stateward server start --workers N`: N server processes on one port and one database, started,
+watched and stopped by their parent (real subprocesses, real signals, real connections)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stateward.v1 import orchestration_pb2 as pb
+from stateward.v1 import orchestration_pb2_grpc
+from tests.integration.test_security import certificates  # noqa: F401 - a fixture
+from tests.support import ROOT, ServerProcess, new_flow_run, wait_until
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel of its own: a connection
+
+
+def workers_of(server: ServerProcess) -> set[int]:
+    """The worker processes of the server (its children that run a worker)."""
+    assert server.process is not None
+    pid = server.process.pid
+    found = set()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command:
+            found.add(int(child))
+    return found
+
+
+def two_workers(server: ServerProcess) -> set[int]:
+    wait_until(lambda: len(workers_of(server)) == 2, what="two worker processes")
+    return workers_of(server)
+
+
+def serving_processes(port: int, pids: set[int]) -> set[int]:
+    """Which of `pids` hold an established connection on local port `port` (from /proc)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                sockets.add(f"socket:[{fields[9]}]")
+    holding = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in sockets:
+                    holding.add(pid)
+            except OSError:
+                continue
+    return holding
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` ended (a zombie left to an init that does not reap counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path / "workers.db", args=["--workers", "2"]).start()
+    try:
+        yield server
+    finally:
+        if not server._log.closed:
+            server.stop()
+
+
+@pytest.fixture
+def workers_on(tmp_path: Path, database: str) -> Iterator[ServerProcess]:
+    """Two workers on a database of each backend."""
+    db: Path | str = database if "://" in database else Path(database)
+    server = ServerProcess(db, args=["--workers", "2"], log_path=tmp_path / "workers.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_two_workers_share_the_port_and_the_database_and_each_answers(workers_on):
+    workers = workers_on
+    output = workers.output()
+    assert output.count("Stateward server listening on") == 1
+    assert f"listening on {workers.target} with 2 workers (database " in output
+    pids = two_workers(workers)
+    channels = [grpc.insecure_channel(workers.target, OWN_CONNECTION) for _ in range(24)]
+    try:
+        made = set()
+        for channel in channels:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert check.status == SERVING
+            stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+            made.add(new_flow_run(stub, flow_name="spread").id)
+        # 24 connections spread by the kernel: each worker holds some (all on one: 2^-23).
+        assert serving_processes(workers.port, pids) == pids
+        for channel in channels[:2]:  # any worker reads what every worker wrote
+            stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+            listed = stub.ListFlowRuns(pb.ListFlowRunsRequest(flow_names=["spread"]))
+            assert {run.id for run in listed.flow_runs} == made
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_sigterm_drains_every_worker_and_the_server_exits_cleanly(workers):
+    pids = two_workers(workers)
+    assert workers.stop(signal.SIGTERM) == 0
+    output = workers.output()
+    assert output.count("Stateward server shutting down...") == 1
+    assert output.rstrip().endswith("Stateward server stopped.")
+    assert all(gone(pid) for pid in pids)
+
+
+def test_a_signal_to_every_process_at_once_is_one_graceful_stop(workers):
+    """A Ctrl-C reaches the whole process group, and systemd signals every process of the
+    service: each worker hears it and its parent's request, and stops once, gracefully."""
+    assert workers.process is not None
+    pids = two_workers(workers)
+    for pid in (workers.process.pid, *pids):
+        os.kill(pid, signal.SIGINT)
+    assert workers.process.wait(60) == 0
+    output = workers.output()
+    assert "stopping now" not in output, output
+    assert output.rstrip().endswith("Stateward server stopped.")
+
+
+def test_a_worker_that_dies_is_started_again_and_serves(workers):
+    first, second = sorted(two_workers(workers))
+    os.kill(first, signal.SIGKILL)
+    assert workers.says(f"worker 1 (pid {first}) was killed by SIGKILL; starting another") or (
+        workers.says(f"worker 2 (pid {first}) was killed by SIGKILL; starting another")
+    )
+    assert workers.says("takes calls again")
+    pids = two_workers(workers)
+    assert second in pids and first not in pids
+    channels = [grpc.insecure_channel(workers.target, OWN_CONNECTION) for _ in range(24)]
+    try:
+        for channel in channels:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert check.status == SERVING
+        assert serving_processes(workers.port, pids) == pids
+    finally:
+        for channel in channels:
+            channel.close()
+    assert workers.stop() == 0
+
+
+def test_a_worker_that_cannot_start_again_stops_the_server_with_one_line(workers, tmp_path):
+    pids = two_workers(workers)
+    database = tmp_path / "workers.db"
+    database.rename(tmp_path / "kept.db")  # the running workers keep theirs open
+    database.write_bytes(b"not a database" * 100)
+    os.kill(min(pids), signal.SIGKILL)
+    assert workers.process is not None
+    assert workers.process.wait(60) == 1
+    last = workers.output().rstrip().splitlines()[-1]
+    assert last.startswith("Error: ") and str(database) in last, last
+    assert all(gone(pid) for pid in pids)
+
+
+def test_workers_stop_by_themselves_when_their_parent_is_killed(workers):
+    pids = two_workers(workers)
+    workers.kill()
+    wait_until(lambda: all(gone(pid) for pid in pids), 60, "the workers to stop")
+
+
+def test_every_worker_takes_the_api_key_and_tls(tmp_path, certificates):  # noqa: F811
+    server = ServerProcess(
+        tmp_path / "secure.db",
+        args=[
+            "--workers", "2",
+            "--tls-cert", str(certificates["server_cert"]),
+            "--tls-key", str(certificates["server_key"]),
+        ],
+        env={"STATEWARD_API_KEY": "the-key"},
+    ).start()  # fmt: skip
+    try:
+        pids = two_workers(server)
+        credentials = grpc.ssl_channel_credentials(certificates["ca"].read_bytes())
+        channels = [
+            grpc.secure_channel(server.target, credentials, OWN_CONNECTION) for _ in range(24)
+        ]
+        try:
+            for channel in channels:
+                stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+                request = pb.GetFlowRunRequest(id="00000000-0000-0000-0000-000000000000")
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.GetFlowRun(request)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                keyed = (("authorization", "Bearer the-key"),)
+                with pytest.raises(grpc.RpcError) as unknown:
+                    stub.GetFlowRun(request, metadata=keyed)
+                assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            assert serving_processes(server.port, pids) == pids
+        finally:
+            for channel in channels:
+                channel.close()
+    finally:
+        server.stop()
+
+
+def test_workers_with_metrics_are_refused_in_one_line_before_anything_is_made(tmp_path):
+    database = tmp_path / "never.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "stateward", "server", "start", "--port", "0",
+         "--db", str(database), "--no-ui", "--workers", "2", "--metrics-port", "19464"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        env={**os.environ, "STATEWARD_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: --workers 2 cannot serve --metrics-port: the metrics would be those of "
+        "whichever worker the scrape reached; run one worker to serve metrics"
+    ]
+    assert not database.exists()
