@@ -313,10 +313,11 @@ print(json.dumps(asks()), flush=True)
 
 
 def test_resuming_a_pause_that_waits_for_input_from_its_page(page, ui_server, tmp_path) -> None:
-    """The page shows what the pause waits for (the model's description, its fields with their
-    types and defaults) and a JSON box prefilled with the defaults; an input that does not match
-    is refused with the API's message and the run stays paused; a matching one resumes the run
-    and the flow gets it. (The page posted no input: the pause could not be resumed from it.)"""
+    """The page shows until when the pause waits, under which key, and what it waits for (the
+    model's description, its fields with their types and defaults) and a JSON box prefilled
+    with the defaults; an input that does not match is refused with the API's message and the
+    run stays paused; a matching one resumes the run and the flow gets it. (The page posted no
+    input: the pause could not be resumed from it.)"""
     env = {**os.environ, "STATEWARD_API_URL": ui_server.target, "STATEWARD_HOME": str(tmp_path)}
     owner = subprocess.Popen(
         [sys.executable, "-c", PAUSED_FOR_INPUT_SCRIPT, f"asks-{uuid.uuid4().hex[:6]}"],
@@ -331,6 +332,9 @@ def test_resuming_a_pause_that_waits_for_input_from_its_page(page, ui_server, tm
         run_id = owner.stdout.readline().strip()
         page.goto(f"{ui_server.ui_url}#/runs/{run_id}")
         expect(page.locator("#run-state .state")).to_have_text("Paused", timeout=30_000)
+        until = page.locator("#pause-timeout")  # what the Paused state carries: when it ends
+        expect(until).to_contain_text('(key "pause-1")')
+        expect(until.locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-.*Z$"))
         wanted = page.locator("#run-input-wanted")
         expect(wanted).to_contain_text("Who approves the release, and how many copies ship.")
         fields = page.locator("#run-input-fields tbody tr")

@@ -5,6 +5,7 @@ without the input it waits for names the flag one types, not the RPC's field."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,11 +98,72 @@ def test_input_to_a_pause_that_waits_for_none_names_the_flag(home: Path) -> None
         console = Lines(owner.stderr)
         wait_until(lambda: console.matching("paused"), timeout=60, what="the pause")
         assert not console.matching("--input")  # nothing to give: the hint offers no input
+        inspected = stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"})
+        assert f"resume with  stateward flow-run resume {run_id}\n" in inspected.stdout
+        assert "waits for" not in inspected.stdout
         refused = stateward(home, "flow-run", "resume", run_id, "--input", "{}")
         assert refused.returncode == 1
         line = one_line(refused.stderr)
         assert "without --input" in line and "run_input" not in line
         assert stateward(home, "flow-run", "resume", run_id).returncode == 0
+        owner.communicate(timeout=60)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    assert owner.returncode == 0
+
+
+DESCRIBED = """
+from stateward import flow, pause_flow_run
+from stateward.input import RunInput
+from stateward.runtime import flow_run
+
+class Approval(RunInput):
+    approver: str
+
+@flow(name="described")
+def described():
+    print(flow_run.id, flush=True)
+    wanted = Approval.with_initial_data(description="Approve the v2 release to production")
+    pause_flow_run(wait_for_input=wanted, key="release", timeout=600, poll_interval=30)
+
+described()
+"""
+
+
+def test_inspect_shows_what_a_paused_run_waits_for_and_how_to_resume_it(home: Path) -> None:
+    """The Paused state has no message (neither has the reference's): inspect shows what it
+    carries instead, its timeout and key, the description of the input it waits for (what the
+    reference's resume form shows) and the command that resumes it."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", DESCRIBED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(home),
+        cwd=ROOT,
+    )
+    try:
+        assert owner.stdout is not None and owner.stderr is not None
+        run_id = owner.stdout.readline().strip()
+        console = Lines(owner.stderr)
+        wait_until(lambda: console.matching("paused"), timeout=60, what="the pause")
+        inspected = stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"})
+        assert inspected.returncode == 0, inspected.stderr
+        facts = {
+            line.split(maxsplit=1)[0]: line.split(maxsplit=1)[1]
+            for line in inspected.stdout.splitlines()[1:]
+            if line.startswith("  ") and len(line.split(maxsplit=1)) == 2
+        }
+        assert re.fullmatch(
+            r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}, key 'release'", facts["paused"].strip()
+        ), facts
+        assert "waits for    input: Approve the v2 release to production" in inspected.stdout
+        assert (
+            f"resume with  stateward flow-run resume {run_id} --input '<json>'" in inspected.stdout
+        )
+        resumed = stateward(home, "flow-run", "resume", run_id, "--input", '{"approver": "ann"}')
+        assert resumed.returncode == 0, resumed.stderr
         owner.communicate(timeout=60)
     finally:
         if owner.poll() is None:

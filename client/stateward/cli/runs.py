@@ -170,6 +170,7 @@ def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
         facts.append(("parameters", escape(str(run.parameters))))
     if run.tags:
         facts.append(("tags", escape(", ".join(run.tags))))
+    facts.extend(_pause_facts(run))
     print_facts(run.name, facts)
     console.print(history_table(states))
     if task_runs_of:
@@ -188,6 +189,26 @@ def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
                 f"{short_id(child.id)} {child.name}" if child else "",
             )
         console.print(table)
+
+
+def _pause_facts(run: FlowRun) -> list[tuple[str, str]]:
+    """What a paused run waits for: until when and under which key (what the reference's Paused
+    state carries), the input it waits for (the description its resume form shows) and the
+    command that resumes it. None for a run that is not paused."""
+    state = run.state
+    if state is None or state.type is not StateType.PAUSED:
+        return []
+    details = state.details
+    until = show_time(details.pause_timeout) if details.pause_timeout else "resumed"
+    facts = [("paused", f"until {until}, key {escape(repr(details.pause_key))}")]
+    resume = f"stateward flow-run resume {run.id}"
+    if details.run_input_schema:
+        schema = json.loads(details.run_input_schema)
+        about = schema.get("description") or schema.get("title") or details.run_input_schema
+        facts.append(("waits for", escape(f"input: {about}")))
+        resume += " --input '<json>'"
+    facts.append(("resume with", escape(resume)))
+    return facts
 
 
 def _subflows(connected: Client, task_runs_of: list[TaskRun]) -> dict[str, FlowRun]:

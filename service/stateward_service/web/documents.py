@@ -56,14 +56,18 @@ def state_document(state: State | None, *, with_result: bool = False) -> Documen
     }
     if with_result:
         document["result"] = result_document(state)
-        if state.type is StateType.PAUSED and state.details.run_input_schema:
-            document["run_input_schema"] = _parse_json(state.details.run_input_schema)
+        if state.type is StateType.PAUSED:
+            document["pause_timeout"] = iso(state.details.pause_timeout)
+            document["pause_key"] = state.details.pause_key
+            if state.details.run_input_schema:
+                document["run_input_schema"] = _parse_json(state.details.run_input_schema)
     return document
 
 
 def run_document(run: RunRecord, *, with_result: bool = False) -> Document:
     """A flow run or task run; `with_result` adds its current state's stored result and, for a
-    pause that waits for input, the input's JSON Schema (`run_input_schema`)."""
+    pause, until when it waits (`pause_timeout`), its key (`pause_key`) and, when it waits for
+    input, the input's JSON Schema (`run_input_schema`)."""
     document: Document = {
         "id": run.id,
         "kind": _KIND_NAMES[run.kind],

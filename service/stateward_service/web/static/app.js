@@ -616,6 +616,7 @@ class RunDetail extends LiveView {
       h("dl", { class: "facts" },
         h("dt", {}, "Flow"), h("dd", {}, run.flow_name),
         h("dt", {}, "Id"), h("dd", { class: "mono" }, run.id),
+        type === "PAUSED" ? [h("dt", {}, "Paused until"), h("dd", { id: "pause-timeout" }, showTime(run.state.pause_timeout), ` (key ${JSON.stringify(run.state.pause_key)})`)] : null,
         run.state && run.state.message && !shownAsResult(run.state) ? [h("dt", {}, "Message"), h("dd", {}, run.state.message)] : null,
         h("dt", {}, "Created"), h("dd", {}, showTime(run.created)),
         h("dt", {}, "Started"), h("dd", {}, showTime(run.start_time)),
