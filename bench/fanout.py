@@ -1,10 +1,11 @@
 """Fan-out: stream delivery latency at many subscribers, and what live subscribers cost writers.
 
     .venv/bin/python bench/fanout.py [--old /tmp/hot-old] [--subscribers 100,1000] [--rounds 3]
-        [--new-env NAME=VALUE]
+        [--new-env NAME=VALUE] [--workers 2]
 
 For each count of subscribers (spread over 4 subscriber processes, each holding its streams on
-one asyncio channel, asking for batches with max_batch), a writer proposes `--transitions` states
+asyncio channels of `--streams-per-connection` streams each, asking for batches with
+max_batch), a writer proposes `--transitions` states
 at `--rate` per second; each subscriber notes when it received each transition, the writer when
 each SetState was answered (one system-wide monotonic clock). Then writer throughput: `--writers`
 concurrent SetState loops for `--seconds`, with no subscriber and then with the largest count of
@@ -22,7 +23,10 @@ database (a replica: DESIGN.md's "Many processes, one database"), the writers ca
 and the fan-out's CPU is both processes' (the replica follows the log in the writes alone too).
 With `--old` (another checkout, e.g. `git worktree add /tmp/hot-old <commit>`), its server runs
 the same rounds, alternating with this one's; `--new-env` sets variables for this checkout's
-server only (with `--old` naming this same checkout: a same-run A/B of a setting).
+server only (with `--old` naming this same checkout: a same-run A/B of a setting). With
+`--workers N`, this checkout's server also runs as `stateward server start --workers N` (N
+processes on one port: the kernel spreads the connections), alternating with the one-process
+server in the same run; the server's CPU is then its parent's and its workers'.
 """
 
 from __future__ import annotations
@@ -47,35 +51,58 @@ from stateward.v1 import orchestration_pb2_grpc, states_pb2
 from tests.support import ServerProcess, new_flow_run
 
 MARKER = "bench-marker"
+# A channel of its own, so a connection of its own: a server with several workers gets the
+# connections spread across them by the kernel.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 RUNNING = states_pb2.State(type=states_pb2.STATE_TYPE_RUNNING)
 
 
-def subscriber_process(target: str, streams: int, ready, results, stop_after_marker: bool) -> None:
+def subscriber_process(
+    target: str, streams: int, per_connection: int, ready, results, stop_after_marker: bool
+) -> None:
     async def main() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
+        channels = [
+            grpc.aio.insecure_channel(target, options=OWN_CONNECTION)
+            for _ in range(-(-streams // per_connection))
+        ]
+
+        async def follow(channel: grpc.aio.Channel) -> tuple[dict[str, int], int, int]:
             stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+            call = stub.WatchTransitions(pb.WatchTransitionsRequest(max_batch=500))
+            await call.initial_metadata()
+            ready.put(1)
+            seen: dict[str, int] = {}
+            messages = transitions = 0
+            async for message in call:
+                now = time.monotonic_ns()
+                messages += 1
+                batch = message.transitions or [message.transition]
+                if not stop_after_marker:
+                    # Only counted (the marker is the last transition written): a subscriber
+                    # that notes each transition's time costs this machine's shared cores
+                    # more CPU per write than the server's fan-out does.
+                    if batch[-1].flow_name == MARKER:
+                        call.cancel()
+                        return seen, messages, transitions + len(batch) - 1
+                    transitions += len(batch)
+                    continue
+                for transition in batch:
+                    if transition.flow_name == MARKER:
+                        call.cancel()
+                        return seen, messages, transitions
+                    transitions += 1
+                    seen[transition.to_state.id] = now
+            return seen, messages, transitions
 
-            async def follow() -> tuple[dict[str, int], int, int]:
-                call = stub.WatchTransitions(pb.WatchTransitionsRequest(max_batch=500))
-                await call.initial_metadata()
-                ready.put(1)
-                seen: dict[str, int] = {}
-                messages = transitions = 0
-                async for message in call:
-                    now = time.monotonic_ns()
-                    messages += 1
-                    for transition in message.transitions or [message.transition]:
-                        if transition.flow_name == MARKER:
-                            call.cancel()
-                            return seen, messages, transitions
-                        transitions += 1
-                        seen[transition.to_state.id] = now
-                return seen, messages, transitions
-
-            for seen, messages, transitions in await asyncio.gather(
-                *(follow() for _ in range(streams))
-            ):
-                results.put((seen if stop_after_marker else {}, messages, transitions))
+        try:
+            followed = await asyncio.gather(
+                *(follow(channels[i // per_connection]) for i in range(streams))
+            )
+        finally:
+            for channel in channels:
+                await channel.close()
+        for found in followed:
+            results.put(found)
 
     asyncio.run(main())
 
@@ -86,19 +113,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """The CPU time of a process and of its live descendants (a server's workers)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += tree_cpu_seconds(int(child))
+    return total
+
+
 def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-def start_subscribers(server: ServerProcess, subscribers: int, keep: bool):
+def start_subscribers(server: ServerProcess, subscribers: int, keep: bool, per_connection: int):
     processes = min(subscribers, 4)
     ready: multiprocessing.Queue[int] = multiprocessing.Queue()
     results: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
     shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
     workers = [
         multiprocessing.Process(
-            target=subscriber_process, args=(server.target, n, ready, results, keep)
+            target=subscriber_process,
+            args=(server.target, n, per_connection, ready, results, keep),
         )
         for n in shares
     ]
@@ -119,11 +156,17 @@ def stop_subscribers(server: ServerProcess, workers, results, subscribers: int) 
 
 
 def latencies(
-    server: ServerProcess, streams: ServerProcess, subscribers: int, transitions: int, rate: float
+    server: ServerProcess,
+    streams: ServerProcess,
+    subscribers: int,
+    args: argparse.Namespace,
 ) -> list:
     """Delivery latencies (ms): writes on `server`, subscribers on `streams` (the same server,
     or a replica on the same database)."""
-    workers, results = start_subscribers(streams, subscribers, keep=True)
+    transitions, rate = args.transitions, args.rate
+    workers, results = start_subscribers(
+        streams, subscribers, keep=True, per_connection=args.streams_per_connection
+    )
     stub = server.stub()
     run = new_flow_run(stub, initial=states_pb2.STATE_TYPE_RUNNING)
     request = pb.SetStateRequest(run_id=run.id, state=RUNNING)
@@ -149,19 +192,27 @@ def writer_throughput(server: ServerProcess, writers: int, seconds: float) -> fl
     runs = [new_flow_run(stub, initial=states_pb2.STATE_TYPE_RUNNING).id for _ in range(writers)]
 
     async def main() -> int:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            aio = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
-            deadline = time.perf_counter() + seconds
+        # A connection per 4 writers: a server with several workers gets them spread.
+        channels = [
+            grpc.aio.insecure_channel(server.target, options=OWN_CONNECTION)
+            for _ in range(-(-writers // 4))
+        ]
+        deadline = time.perf_counter() + seconds
 
-            async def loop(run_id: str) -> int:
-                request = pb.SetStateRequest(run_id=run_id, state=RUNNING)
-                done = 0
-                while time.perf_counter() < deadline:
-                    await aio.SetState(request)
-                    done += 1
-                return done
+        async def loop(index: int, run_id: str) -> int:
+            aio = orchestration_pb2_grpc.OrchestrationServiceStub(channels[index // 4])
+            request = pb.SetStateRequest(run_id=run_id, state=RUNNING)
+            done = 0
+            while time.perf_counter() < deadline:
+                await aio.SetState(request)
+                done += 1
+            return done
 
-            return sum(await asyncio.gather(*(loop(r) for r in runs)))
+        try:
+            return sum(await asyncio.gather(*(loop(i, r) for i, r in enumerate(runs))))
+        finally:
+            for channel in channels:
+                await channel.close()
 
     return asyncio.run(main()) / seconds
 
@@ -300,14 +351,20 @@ def floor(subscribers: int, rounds: int) -> tuple[float, list[float]]:
 
 
 def one_round(
-    tree: Path | None, args: argparse.Namespace, counts: list[int], env: dict[str, str]
+    tree: Path | None,
+    args: argparse.Namespace,
+    counts: list[int],
+    env: dict[str, str],
+    server_args: list[str],
+    with_floor: bool,
 ) -> dict[str, float]:
     env = dict(env)
     if tree is not None:
         env["PYTHONPATH"] = f"{tree / 'client'}{os.pathsep}{tree / 'service'}"
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
-        server = ServerProcess(Path(folder) / "bench.db", env=env).start(timeout=60)
+        server = ServerProcess(Path(folder) / "bench.db", env=env, args=server_args)
+        server.start(timeout=60)
         streams = server
         if args.replica:
             log = Path(folder) / "replica.log"
@@ -316,25 +373,27 @@ def one_round(
         try:
             figures["health p50 ms"] = health_p50(server)
             for count in counts:
-                found = latencies(server, streams, count, args.transitions, args.rate)
+                found = latencies(server, streams, count, args)
                 figures[f"{count} subs p50 ms"] = statistics.median(found)
                 figures[f"{count} subs p99 ms"] = percentile(found, 0.99)
             assert server.process is not None and streams.process is not None
             pid, replica = server.process.pid, streams.process.pid
 
             def cpu_of_both() -> tuple[float, float]:
-                return cpu_seconds(pid), cpu_seconds(replica) if args.replica else 0.0
+                return tree_cpu_seconds(pid), tree_cpu_seconds(replica) if args.replica else 0.0
 
             cpu, replica_cpu = cpu_of_both()
             alone = writer_throughput(server, args.writers, args.seconds)
-            server_alone = cpu_seconds(pid) - cpu
+            server_alone = tree_cpu_seconds(pid) - cpu
             replica_alone = cpu_of_both()[1] - replica_cpu
             most = max(counts)
-            workers, results = start_subscribers(streams, most, keep=False)
+            workers, results = start_subscribers(
+                streams, most, keep=False, per_connection=args.streams_per_connection
+            )
             cpu, replica_cpu = cpu_of_both()
             theirs = sum(cpu_seconds(worker.pid) for worker in workers if worker.pid)
             busy = writer_throughput(server, args.writers, args.seconds)
-            server_busy = cpu_seconds(pid) - cpu
+            server_busy = tree_cpu_seconds(pid) - cpu
             replica_busy = cpu_of_both()[1] - replica_cpu
             theirs = sum(cpu_seconds(w.pid) for w in workers if w.pid) - theirs
             seen = stop_subscribers(server, workers, results, most)
@@ -359,7 +418,7 @@ def one_round(
             figures["transitions/message"] = delivered / max(1, messages)
             figures["fan-out cpu us/message"] = fan_out / max(1, messages) * 1e6
             figures["fan-out cpu us/transition"] = fan_out / max(1, delivered) * 1e6
-            if args.floor:
+            if args.floor and with_floor:
                 per_message, delays = floor(most, args.floor)
                 figures["floor cpu us/message"] = per_message
                 figures["floor delivery p50 ms"] = statistics.median(delays)
@@ -382,6 +441,18 @@ def main() -> None:
         help="a variable set for this checkout's server only (e.g. a gRPC setting to compare, "
         "with --old naming this same checkout)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run this checkout's server with --workers N, alternating with one process",
+    )
+    parser.add_argument(
+        "--streams-per-connection",
+        type=int,
+        default=25,
+        help="streams a subscriber process holds on each of its connections",
+    )
     parser.add_argument("--subscribers", default="100,1000")
     parser.add_argument("--transitions", type=int, default=300)
     parser.add_argument("--rate", type=float, default=100.0)
@@ -402,17 +473,26 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [int(n) for n in args.subscribers.split(",")]
-    trees: dict[str, Path | None] = {"new": None}
+    # Each configuration: its checkout (None: this one), its server's variables and flags.
+    configurations: dict[str, tuple[Path | None, dict[str, str], list[str]]] = {
+        "new": (None, dict(pair.split("=", 1) for pair in args.new_env), [])
+    }
     if args.old:
-        trees["old"] = args.old.resolve()
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        configurations["old"] = (args.old.resolve(), {}, [])
+    if args.workers > 1:
+        name = f"new --workers {args.workers}"
+        configurations[name] = (None, {}, ["--workers", str(args.workers)])
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in configurations}
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     for round_ in range(args.rounds):
-        order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        names = list(configurations)
+        order = names if round_ % 2 == 0 else list(reversed(names))
         for name in order:
-            env = dict(pair.split("=", 1) for pair in args.new_env) if name == "new" else {}
-            results[name].append(one_round(trees[name], args, counts, env))
+            tree, env, server_args = configurations[name]
+            with_floor = name == names[0]  # the floor once a round
+            results[name].append(one_round(tree, args, counts, env, server_args, with_floor))
             print(f"round {round_ + 1} {name}: {results[name][-1]}", flush=True)
+            print(f"  load average: {os.getloadavg()[0]:.1f}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     for name, rounds in results.items():
         print(f"--- {name} (median of {len(rounds)} rounds, and their range)")

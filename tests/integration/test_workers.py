@@ -17,7 +17,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
 from tests.integration.test_security import certificates  # noqa: F401 - a fixture
-from tests.support import ROOT, ServerProcess, new_flow_run, wait_until
+from tests.support import (
+    ACCEPT,
+    ROOT,
+    ST,
+    ServerProcess,
+    new_flow_run,
+    state,
+    wait_until,
+    write_lock_held,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel of its own: a connection
@@ -137,6 +146,49 @@ def test_a_signal_to_every_process_at_once_is_one_graceful_stop(workers):
     output = workers.output()
     assert "stopping now" not in output, output
     assert output.rstrip().endswith("Stateward server stopped.")
+
+
+def test_a_second_signal_ends_every_worker_s_grace_at_once(tmp_path):
+    """With a grace of 60 s and writes waiting for the SQLite write lock another process holds,
+    a second SIGTERM to the parent ends the grace in the workers: the grace is over long before
+    the lock is released (a worker told nothing would wait the whole 60 s for it)."""
+    database = tmp_path / "grace.db"
+    server = ServerProcess(database, args=["--workers", "2", "--shutdown-grace", "60"]).start()
+    assert server.process is not None
+    channels = [grpc.insecure_channel(server.target, OWN_CONNECTION) for _ in range(8)]
+    try:
+        stubs = [orchestration_pb2_grpc.OrchestrationServiceStub(c) for c in channels]
+        runs = [new_flow_run(stub, initial=ST.STATE_TYPE_RUNNING).id for stub in stubs]
+        assert serving_processes(server.port, two_workers(server)) == workers_of(server)
+        with write_lock_held(database) as release:
+            calls = [
+                stub.SetState.future(
+                    pb.SetStateRequest(run_id=run_id, state=state(ST.STATE_TYPE_RUNNING)),
+                    timeout=90,
+                )
+                for stub, run_id in zip(stubs, runs, strict=True)
+            ]
+            for channel in channels:  # each connection's call reached its worker's writer
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: "shutting down" in server.output(), 30, "the shutdown")
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: server.output().count("grace period is over") == 2,
+                30,
+                "both workers' grace to end",
+            )
+            release()
+        assert server.process.wait(60) == 0
+        for call in calls:
+            try:
+                assert call.result().status == ACCEPT
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        for channel in channels:
+            channel.close()
+        server.stop()
 
 
 def test_a_worker_that_dies_is_started_again_and_serves(workers):
