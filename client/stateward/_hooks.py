@@ -11,7 +11,7 @@ import logging
 import threading
 import types
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from stateward._options import check_options, warn_not_yet_active
 
@@ -46,6 +46,15 @@ class HookedFunction:
     decorator = "@flow/@task"
     fn: Callable[..., Any]
     name: str
+
+    if not TYPE_CHECKING:  # (for type checkers, a misspelt attribute stays an error)
+
+        def __getattr__(self, name: str) -> Any:
+            """Only for an attribute not found: one the reference's flows or tasks have and
+            these leave out (`serve`, `deploy`, `delay`...) says what to do instead."""
+            from stateward._left_out import missing_method
+
+            raise AttributeError(missing_method(type(self).__name__, name))
 
     def keep_options(self, given: dict[str, Any]) -> None:
         """Keep the options of `__init__` (its `locals()` as it starts), and warn about those

@@ -1,9 +1,10 @@
-"""The reference's modules that Stateward leaves out, each with what to use instead.
+"""The reference's modules and methods that Stateward leaves out, each with what to use instead.
 
 `import stateward.artifacts` (ported from `import prefect.artifacts`) raises an ImportError that
 says so in one line, instead of a bare "No module named". `stateward/__init__.py` installs
 a finder last on `sys.meta_path`, which is asked only about modules nothing else found and
-imports this module only then. README's "Differences from the reference" says the same.
+imports this module only then; flows and tasks ask it about a method they do not have
+(`my_flow.serve()`). README's "Differences from the reference" says the same.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ LEFT_OUT: dict[str, str] = {
     "artifacts": "log the content with get_run_logger(), or return it as the run's result",
     "automations": _HOOKS,
     "blocks": _SETTINGS,
+    "client.orchestration": (
+        "import get_client from stateward itself (`from stateward import get_client`)"
+    ),
+    "client.schemas": (
+        "the run records are stateward.runs.FlowRun and TaskRun, StateType is in "
+        "stateward.states, and the client's listings take their filters as arguments "
+        "(list_flow_runs(flow_names=, state_types=, tags=...))"
+    ),
     "concurrency": (
         "use tag concurrency limits: `stateward concurrency-limit create TAG N` and "
         "@task(tags=[TAG])"
@@ -54,6 +63,36 @@ LEFT_OUT: dict[str, str] = {
     "variables": _SETTINGS,
     "workers": _RUN_HERE,
 }
+
+
+_NO_TASK_WORKERS = "call or .submit() the task inside a flow"
+
+# A method of the reference's flows and tasks that Stateward's leave out -> what to do instead.
+LEFT_OUT_METHODS: dict[str, dict[str, str]] = {
+    "Flow": {
+        "deploy": _DEPLOY,
+        "from_source": _DEPLOY,
+        "serve": _DEPLOY,
+        "to_deployment": _DEPLOY,
+        "visualize": (
+            "see the run's task runs on its page in the web view (`stateward ui`), or "
+            "`stateward flow-run inspect RUN`"
+        ),
+    },
+    "Task": {"apply_async": _NO_TASK_WORKERS, "delay": _NO_TASK_WORKERS, "serve": _NO_TASK_WORKERS},
+}
+
+
+def missing_method(kind: str, name: str) -> str:
+    """The message for `<a Flow or Task>.<name>` that does not exist: what to do instead when
+    the reference has the method, else Python's own words."""
+    instead = LEFT_OUT_METHODS.get(kind, {}).get(name)
+    if instead is None:
+        return f"{kind!r} object has no attribute {name!r}"
+    return (
+        f"Stateward's {kind} has no {name}() (the reference's): {instead} "
+        "(README: 'Differences from the reference')"
+    )
 
 
 def refusal(name: str) -> str | None:

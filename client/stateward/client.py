@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from stateward.v1 import orchestration_pb2 as pb
 
 DEFAULT_TIMEOUT = 30.0
+
+# Not a package: an empty search path only lets `import stateward.client.orchestration` (the
+# reference's module path) reach the finder that says what to use instead (stateward._left_out).
+__path__: list[str] = []
 T = TypeVar("T")
 
 # A run `create_and_start` was asked to create: as stored, or the error its create was refused with.

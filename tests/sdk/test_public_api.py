@@ -125,8 +125,41 @@ def test_a_module_of_the_reference_that_stateward_leaves_out_says_what_to_use_in
         from stateward import variables  # noqa: F401
     with pytest.raises(AttributeError, match=r"prefect.transactions"):
         stateward.transactions  # noqa: B018
+    with pytest.raises(ImportError, match=r"from stateward import get_client"):
+        importlib.import_module("stateward.client.orchestration")
+    with pytest.raises(ImportError, match=r"stateward.runs.FlowRun and TaskRun"):
+        importlib.import_module("stateward.client.schemas.objects")
     with pytest.raises(ModuleNotFoundError, match=r"No module named 'stateward.no_such_module'"):
         importlib.import_module("stateward.no_such_module")
     differences = README.read_text().split("## Differences from the reference")[1]
     for module in LEFT_OUT:
         assert f"`prefect.{module}" in differences.split("\n## ")[0], module
+
+
+def test_a_method_of_the_reference_s_flows_and_tasks_that_stateward_leaves_out_says_so():
+    """`my_flow.serve()`, `my_flow.deploy()`, `my_task.delay()`: one line saying what to do
+    instead; any other missing attribute is Python's usual AttributeError."""
+
+    @stateward.flow
+    def served() -> None:
+        pass
+
+    @stateward.task
+    def delayed() -> None:
+        pass
+
+    with pytest.raises(AttributeError) as raised:
+        served.serve(name="nightly")
+    assert str(raised.value) == (
+        "Stateward's Flow has no serve() (the reference's): run the script yourself (cron, "
+        "systemd, a CI job) and point every process at one `stateward server start` with "
+        "STATEWARD_API_URL to see all runs (README: 'Differences from the reference')"
+    )
+    with pytest.raises(AttributeError, match=r"Flow has no visualize\(\).*stateward ui"):
+        served.visualize()
+    with pytest.raises(AttributeError, match=r"Task has no delay\(\).*\.submit\(\)"):
+        delayed.delay()
+    with pytest.raises(AttributeError, match=r"^'Task' object has no attribute 'deploy'$"):
+        delayed.deploy()
+    with pytest.raises(AttributeError, match=r"^'Flow' object has no attribute 'no_such'$"):
+        served.no_such  # noqa: B018
