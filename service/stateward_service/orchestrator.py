@@ -70,6 +70,7 @@ from stateward_service.store.sql import transition_from_row
 _ONE_US = timedelta(microseconds=1)
 # Members as module globals: a global is read several times quicker than an enum's attribute.
 _SCHEDULED, _RUNNING = StateType.SCHEDULED, StateType.RUNNING
+_ACCEPT = SetStateStatus.ACCEPT
 _FLOW_RUN, _TASK_RUN = RunKind.FLOW_RUN, RunKind.TASK_RUN
 _IN_BATCH = nullcontext()
 _CONFLICT_RETRIES = 6
@@ -749,11 +750,17 @@ class Orchestrator:
         kind = proposed.type
         if kind is _SCHEDULED and proposed.details.scheduled_time is None:
             proposed = proposed.with_details(scheduled_time=moment)
+        policy = self.policies.for_run(run.kind, force)
+        current = run.state
+        if not policy.applicable(None if current is None else current.type, kind):
+            # No rule covers the transition (a new run's Pending): what `decide` answers with
+            # none, without gathering what the rules would read.
+            return PolicyDecision(_ACCEPT, proposed)
         if not force and kind is _RUNNING and run.kind is _TASK_RUN:
             ctx = self._with_task_start_facts(run, proposed, moment)
         else:
             ctx = TransitionContext(run=run, proposed=proposed, now=moment, jitter=self.rng())
-        return decide(self.policies.for_run(run.kind, force), ctx)
+        return decide(policy, ctx)
 
     def _with_task_start_facts(
         self, run: RunRecord, proposed: State, moment: datetime

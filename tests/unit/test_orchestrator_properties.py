@@ -103,3 +103,41 @@ def test_any_sequence_of_proposals_keeps_the_invariants(kind, retries, steps):
             )
             assert own == run.id
         store.close()
+
+
+def test_a_transition_no_rule_covers_is_decided_as_the_whole_policy_decides_it(tmp_path):
+    """The orchestrator answers a transition that no rule of the policy covers (a new run's
+    Pending) without gathering what the rules read: for every policy and every pair of types
+    it takes that way, its decision is the one `decide` makes over the whole policy."""
+    from stateward_service.rules.engine import TransitionContext, decide
+
+    orchestrator = Orchestrator(Store(tmp_path / "d.db"))
+    moment = datetime.now(UTC)
+    taken = 0
+    for kind in RunKind:
+        for force in (False, True):
+            policy = orchestrator.policies.for_run(kind, force)
+            for from_type in [None, *StateType]:
+                for to_type in StateType:
+                    if policy.applicable(from_type, to_type):
+                        continue  # decided by `decide` itself
+                    taken += 1
+                    run = RunRecord(
+                        kind=kind,
+                        id=str(uuid.uuid4()),
+                        name="r",
+                        created=moment,
+                        state=None if from_type is None else State(from_type, timestamp=moment),
+                    )
+                    proposed = State(to_type, details=StateDetails(scheduled_time=moment))
+                    fast = orchestrator._decide(run, proposed, force, moment)
+                    whole = decide(
+                        policy, TransitionContext(run=run, proposed=proposed, now=moment)
+                    )
+                    assert (fast.status, fast.state, fast.reason, fast.effects) == (
+                        whole.status,
+                        whole.state,
+                        whole.reason,
+                        whole.effects,
+                    ), (kind, force, from_type, to_type)
+    assert taken  # a new run's Pending is among them
