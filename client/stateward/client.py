@@ -218,17 +218,12 @@ class Client:
         parent_task_run_id: str = "",
         state: State | None = None,
     ) -> FlowRun:
-        """Create a flow run (the server makes its id and name unless given); an initial
-        `state` is orchestrated like any proposal. Returns the run as stored."""
-        run = FlowRun(
-            id=id,
-            name=name,
-            flow_name=flow_name,
-            parameters=dict(parameters or {}),
-            tags=tuple(tags),
-            retry_policy=retry_policy or RetryPolicy(),
-            parent_task_run_id=parent_task_run_id,
-            state=state,
+        """Create a flow run of the flow named `flow_name` (the server makes its id and name
+        unless given); an initial `state` is orchestrated like any proposal. Returns the run as
+        stored. Raises TypeError for a flow_name that is not a str (the reference's client
+        takes the Flow: give its `.name`)."""
+        run = _new_flow_run(
+            flow_name, id, name, parameters, tags, retry_policy, parent_task_run_id, state
         )
         if self._local is not None:
             created = self._local.create_run(run)
@@ -269,17 +264,10 @@ class Client:
         state: State | None = None,
     ) -> TaskRun:
         """Create a task run (of `flow_run_id`, or standalone); an initial `state` is
-        orchestrated like any proposal. Returns the run as stored."""
-        run = TaskRun(
-            id=id,
-            name=name,
-            task_key=task_key,
-            flow_run_id=flow_run_id,
-            parameters=dict(parameters or {}),
-            tags=tuple(tags),
-            retry_policy=retry_policy or RetryPolicy(),
-            state=state,
-        )
+        orchestrated like any proposal. Returns the run as stored. Raises TypeError for a
+        task_key that is not a str (the reference's client takes the Task: give its
+        `.task_key`)."""
+        run = _new_task_run(task_key, id, name, flow_run_id, parameters, tags, retry_policy, state)
         if self._local is not None:
             created = self._local.create_run(run)
             assert isinstance(created, TaskRun)
@@ -356,13 +344,13 @@ class Client:
             )
         return self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
 
-    def resume_flow_run(
-        self, flow_run_id: str, run_input: str | None = None
-    ) -> OrchestrationResult:
-        """Resume a PAUSED flow run, with `run_input` (JSON text) when its pause waits for
-        input; the answer: ACCEPT, REJECT (the pause expired: the run is FAILED) or ABORT (the
-        run changed first). Raises NotFound, FailedPrecondition (not paused) or
-        InvalidArgument (the input is missing, unexpected or does not match the schema)."""
+    def resume_flow_run(self, flow_run_id: str, run_input: Any = None) -> OrchestrationResult:
+        """Resume a PAUSED flow run, with `run_input` when its pause waits for input: JSON
+        text (a str), or a pydantic model or a value JSON can hold (a dict, as the reference's
+        client takes), encoded here. The answer: ACCEPT, REJECT (the pause expired: the run is
+        FAILED) or ABORT (the run changed first). Raises NotFound, FailedPrecondition (not
+        paused) or InvalidArgument (the input is missing, unexpected or does not match the
+        schema); TypeError for an input JSON cannot hold."""
         return self._do(_resume_flow_run(flow_run_id, run_input))
 
     def write_cache_entries(self, entries: Sequence[CacheEntry]) -> int:
@@ -558,15 +546,9 @@ class AsyncClient:
         parent_task_run_id: str = "",
         state: State | None = None,
     ) -> FlowRun:
-        run = FlowRun(
-            id=id,
-            name=name,
-            flow_name=flow_name,
-            parameters=dict(parameters or {}),
-            tags=tuple(tags),
-            retry_policy=retry_policy or RetryPolicy(),
-            parent_task_run_id=parent_task_run_id,
-            state=state,
+        """See `Client.create_flow_run`."""
+        run = _new_flow_run(
+            flow_name, id, name, parameters, tags, retry_policy, parent_task_run_id, state
         )
         return await self._do(_create_flow_run(run))
 
@@ -597,16 +579,8 @@ class AsyncClient:
         retry_policy: RetryPolicy | None = None,
         state: State | None = None,
     ) -> TaskRun:
-        run = TaskRun(
-            id=id,
-            name=name,
-            task_key=task_key,
-            flow_run_id=flow_run_id,
-            parameters=dict(parameters or {}),
-            tags=tuple(tags),
-            retry_policy=retry_policy or RetryPolicy(),
-            state=state,
-        )
+        """See `Client.create_task_run`."""
+        run = _new_task_run(task_key, id, name, flow_run_id, parameters, tags, retry_policy, state)
         return await self._do(_create_task_run(run))
 
     async def get_task_run(self, id: str) -> TaskRun:
@@ -643,9 +617,7 @@ class AsyncClient:
     ) -> OrchestrationResult:
         return await self._do(_set_state(run_id, state, force, expected_state_id, lease_seconds))
 
-    async def resume_flow_run(
-        self, flow_run_id: str, run_input: str | None = None
-    ) -> OrchestrationResult:
+    async def resume_flow_run(self, flow_run_id: str, run_input: Any = None) -> OrchestrationResult:
         """See `Client.resume_flow_run`."""
         return await self._do(_resume_flow_run(flow_run_id, run_input))
 
@@ -771,6 +743,62 @@ def _missing_method(client: Client | AsyncClient, name: str) -> str:
     )
 
 
+def _new_flow_run(
+    flow_name: str,
+    id: str,
+    name: str,
+    parameters: Mapping[str, Any] | None,
+    tags: Iterable[str],
+    retry_policy: RetryPolicy | None,
+    parent_task_run_id: str,
+    state: State | None,
+) -> FlowRun:
+    """The record `create_flow_run` sends."""
+    _check_name(flow_name, "flow_name", "the flow's name: my_flow.name")
+    return FlowRun(
+        id=id,
+        name=name,
+        flow_name=flow_name,
+        parameters=dict(parameters or {}),
+        tags=tuple(tags),
+        retry_policy=retry_policy or RetryPolicy(),
+        parent_task_run_id=parent_task_run_id,
+        state=state,
+    )
+
+
+def _new_task_run(
+    task_key: str,
+    id: str,
+    name: str,
+    flow_run_id: str,
+    parameters: Mapping[str, Any] | None,
+    tags: Iterable[str],
+    retry_policy: RetryPolicy | None,
+    state: State | None,
+) -> TaskRun:
+    """The record `create_task_run` sends."""
+    _check_name(task_key, "task_key", "the task's key: my_task.task_key")
+    return TaskRun(
+        id=id,
+        name=name,
+        task_key=task_key,
+        flow_run_id=flow_run_id,
+        parameters=dict(parameters or {}),
+        tags=tuple(tags),
+        retry_policy=retry_policy or RetryPolicy(),
+        state=state,
+    )
+
+
+def _check_name(value: object, argument: str, expected: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{argument} must be a str ({expected}), not {type(value).__name__}: Stateward's "
+            "client takes names where the reference's takes Flow and Task objects"
+        )
+
+
 # --- the calls both clients make: method, request, and how to read the response -------------
 # Each imports the protocol itself, when it is first made (see the module's docstring).
 
@@ -885,11 +913,28 @@ def _set_state(
     return _Call("SetState", request, wire.orchestration_result_from_proto)
 
 
-def _resume_flow_run(flow_run_id: str, run_input: str | None) -> _Call[OrchestrationResult]:
+def _resume_flow_run(flow_run_id: str, run_input: Any) -> _Call[OrchestrationResult]:
     from stateward import wire
 
-    request = wire.resume_flow_run_request(flow_run_id, run_input)
+    text = run_input if run_input is None or isinstance(run_input, str) else input_json(run_input)
+    request = wire.resume_flow_run_request(flow_run_id, text)
     return _Call("ResumeFlowRun", request, wire.resume_result_from_proto)
+
+
+def input_json(run_input: Any) -> str:
+    """The JSON text of the input a resume carries: a pydantic model's, or a value's that JSON
+    can hold (raises TypeError, saying so, for any other)."""
+    import json
+
+    dump = getattr(run_input, "model_dump_json", None)  # a pydantic model (not imported here)
+    if callable(dump):
+        return str(dump())
+    try:
+        return json.dumps(run_input, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"run_input must be a pydantic model or a value JSON can hold ({error})"
+        ) from None
 
 
 def _write_cache_entries(entries: Sequence[CacheEntry]) -> _Call[int]:

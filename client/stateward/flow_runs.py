@@ -23,12 +23,12 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from stateward._context import flow_run_context, task_run_context
 from stateward._embedded import get_client
 from stateward._interrupt import engine_code
-from stateward.client import Client, WatchStopper
+from stateward.client import Client, WatchStopper, input_json
 from stateward.exceptions import (
     FailedPrecondition,
     FlowPauseTimeout,
@@ -92,7 +92,7 @@ def resume_flow_run(flow_run_id: str, run_input: Any = None) -> Any:
     NotPausedError (a FailedPrecondition) when the run is not paused, as the reference's
     NotPausedError, and the server's refusal otherwise: NotFound, InvalidArgument (the input
     is missing, unexpected or does not match the pause's schema)."""
-    text = _input_json(run_input)
+    text = None if run_input is None else input_json(run_input)
     if _async_code():
         return asyncio.to_thread(_resume, flow_run_id, text)
     return _resume(flow_run_id, text)
@@ -129,19 +129,6 @@ def _resume(flow_run_id: str, run_input: str | None) -> State:
             f"flow run {flow_run_id} can no longer be resumed: {result.state.message}"
         )
     raise OrchestrationAborted(f"flow run {flow_run_id} was not resumed: {result.reason}")
-
-
-def _input_json(run_input: Any) -> str | None:
-    if run_input is None:
-        return None
-    if isinstance(run_input, BaseModel):
-        return run_input.model_dump_json()
-    try:
-        return json.dumps(run_input, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"run_input must be a pydantic model or a value JSON can hold ({error})"
-        ) from None
 
 
 def _async_code() -> bool:

@@ -6,10 +6,13 @@ client, and a method of the reference's client says which to call instead."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import pytest
 
+from stateward.runs import SetStateStatus
 from tests.sdk.conftest import python
 from tests.support import ServerProcess
 
@@ -94,3 +97,53 @@ def test_a_method_the_client_does_not_have_says_where_its_methods_are(sdk_server
     )
     with pytest.raises(AttributeError, match="'Client' object has no attribute '_private'"):
         client._private  # noqa: B018
+
+
+def test_a_resume_from_the_async_client_takes_the_input_as_a_dict_as_the_reference_s(client):
+    """`await client.resume_flow_run(id, run_input={...})`: the reference's client takes the
+    input as a dict; so does Stateward's (JSON text too, as before)."""
+    from pydantic import BaseModel
+
+    from stateward import flow, get_client, pause_flow_run
+    from tests.sdk.test_pause import paused_run
+
+    class Approval(BaseModel):
+        approver: str
+
+    @flow(name="sdk-resumed-with-a-dict")
+    def approved() -> str:
+        return pause_flow_run(wait_for_input=Approval, timeout=60, poll_interval=30).approver
+
+    async def resume(run_id: str) -> SetStateStatus:
+        async with get_client() as resuming:
+            answer = await resuming.resume_flow_run(run_id, run_input={"approver": "ann"})
+        return answer.status
+
+    answers: list[SetStateStatus] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(
+            asyncio.run(resume(paused_run(client, "sdk-resumed-with-a-dict").id))
+        ),
+        daemon=True,
+    )
+    thread.start()
+    assert approved() == "ann"
+    thread.join(30)
+    assert answers == [SetStateStatus.ACCEPT]
+    with pytest.raises(TypeError, match=r"run_input must be a pydantic model or a value JSON"):
+        get_client().resume_flow_run("any", run_input={1, 2})
+
+
+def test_creating_a_run_from_a_flow_object_says_to_give_its_name(client):
+    from stateward import flow, get_client
+
+    @flow
+    def listed() -> None:
+        pass
+
+    with pytest.raises(TypeError) as raised:
+        get_client().create_flow_run(listed)  # the reference's client takes the Flow
+    assert str(raised.value) == (
+        "flow_name must be a str (the flow's name: my_flow.name), not Flow: Stateward's "
+        "client takes names where the reference's takes Flow and Task objects"
+    )
