@@ -26,9 +26,12 @@ _RESULTS = (
     "results are stored on the state or in result_storage files; read them with state.result()"
 )
 
-# A module of the reference, as under `prefect.` -> what to do instead.
+# A module of the reference, as under `prefect.` -> what to do instead. (Names that `prefect`
+# itself exports are here too: `from stateward import serve` imports `stateward.serve` as a
+# submodule once the package has no such attribute, and so meets the finder.)
 LEFT_OUT: dict[str, str] = {
     "artifacts": "log the content with get_run_logger(), or return it as the run's result",
+    "aserve": _DEPLOY,
     "automations": _HOOKS,
     "blocks": _SETTINGS,
     "client.orchestration": (
@@ -43,6 +46,7 @@ LEFT_OUT: dict[str, str] = {
         "use tag concurrency limits: `stateward concurrency-limit create TAG N` and "
         "@task(tags=[TAG])"
     ),
+    "deploy": _DEPLOY,
     "deployments": _DEPLOY,
     "events": _HOOKS,
     "infrastructure": _RUN_HERE,
@@ -51,6 +55,8 @@ LEFT_OUT: dict[str, str] = {
     "runtime.deployment": "there are no deployments: " + _DEPLOY,
     "schedules": _DEPLOY,
     "serializers": _RESULTS,
+    "serve": _DEPLOY,
+    "suspend_flow_run": "use pause_flow_run, whose process waits for the resume",
     "task_worker": "call or .submit() the task inside a flow",
     "testing": (
         "set STATEWARD_HOME to a temporary folder for the test session (the embedded default "

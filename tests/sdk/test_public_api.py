@@ -125,6 +125,10 @@ def test_a_module_of_the_reference_that_stateward_leaves_out_says_what_to_use_in
         from stateward import variables  # noqa: F401
     with pytest.raises(AttributeError, match=r"prefect.transactions"):
         stateward.transactions  # noqa: B018
+    with pytest.raises(ImportError, match=r"prefect.serve\): run the script yourself"):
+        from stateward import serve  # noqa: F401
+    with pytest.raises(ImportError, match=r"prefect.suspend_flow_run\): use pause_flow_run"):
+        from stateward import suspend_flow_run  # noqa: F401
     with pytest.raises(ImportError, match=r"from stateward import get_client"):
         importlib.import_module("stateward.client.orchestration")
     with pytest.raises(ImportError, match=r"stateward.runs.FlowRun and TaskRun"):
