@@ -722,6 +722,8 @@ _REFERENCE_METHODS = {
     "read_concurrency_limits": "list_concurrency_limits()",
     "delete_concurrency_limit_by_tag": "delete_concurrency_limit(tag)",
 }
+# Those whose method here is an iterator (an async one in AsyncClient), not a list.
+_REFERENCE_LISTINGS = frozenset(("read_flow_runs", "read_task_runs"))
 
 
 def _missing_method(client: Client | AsyncClient, name: str) -> str:
@@ -732,9 +734,17 @@ def _missing_method(client: Client | AsyncClient, name: str) -> str:
         return f"{kind!r} object has no attribute {name!r}"
     instead = _REFERENCE_METHODS.get(name)
     if instead is not None:
+        if name in _REFERENCE_LISTINGS:
+            how = (
+                f"iterate client.{instead}, which reads page by page (list() it for a list)"
+                if kind == "Client"
+                else f"iterate `async for run in client.{instead}`"
+            )
+        else:
+            how = f"call client.{instead}" if kind == "Client" else f"await client.{instead}"
         return (
-            f"Stateward's {kind} has no {name}(): call {instead} (its methods are named for "
-            "the RPCs; README: 'Differences from the reference')"
+            f"Stateward's {kind} has no {name}(): {how} (its methods are named for the RPCs; "
+            "README: 'Differences from the reference')"
         )
     return (
         f"Stateward's {kind} has no {name}(): its methods are named for the RPCs "

@@ -42,6 +42,11 @@ async def main():
             hint = None
         except AttributeError as error:
             hint = str(error)
+        try:
+            await client.read_flow_runs()
+            listing_hint = None
+        except AttributeError as error:
+            listing_hint = str(error)
         kind = type(client).__name__
     with get_client(sync_client=True) as client:
         sync_kind = type(client).__name__
@@ -49,7 +54,8 @@ async def main():
     after = ported()  # the process's client still serves its flows after both blocks
     print(json.dumps({
         "kind": kind, "name": run.name, "states": states, "listed": listed == [run_id],
-        "watched": watched, "inner": inner_name, "hint": hint, "sync_kind": sync_kind,
+        "watched": watched, "inner": inner_name, "hint": hint, "listing_hint": listing_hint,
+        "sync_kind": sync_kind,
         "sync_state": sync_state, "after": after,
     }))
 
@@ -74,7 +80,12 @@ def test_the_reference_s_get_client_idioms_work_after_changing_the_import(
         "watched": ["Pending", "Running", "Completed"],
         "inner": "ported-run",
         "hint": (
-            "Stateward's AsyncClient has no read_flow_run(): call get_flow_run(id) (its "
+            "Stateward's AsyncClient has no read_flow_run(): await client.get_flow_run(id) "
+            "(its methods are named for the RPCs; README: 'Differences from the reference')"
+        ),
+        "listing_hint": (
+            "Stateward's AsyncClient has no read_flow_runs(): iterate `async for run in "
+            "client.list_flow_runs(flow_names=, state_types=, tags=, ids=, limit=)` (its "
             "methods are named for the RPCs; README: 'Differences from the reference')"
         ),
         "sync_kind": "Client",
@@ -87,6 +98,8 @@ def test_a_method_the_client_does_not_have_says_where_its_methods_are(sdk_server
     from stateward import get_client
 
     client = get_client(sync_client=True)
+    with pytest.raises(AttributeError, match=r"read_flow_runs\(\): iterate client.list_flow_runs"):
+        client.read_flow_runs()
     with pytest.raises(AttributeError) as raised:
         client.read_deployment("name/of-it")
     assert str(raised.value) == (
