@@ -15,8 +15,10 @@ made with `dataclasses.dataclass` see a standard dataclass. Options it does not 
 Python 3.13 and later, which compiles a class's methods in one go.
 
 A frozen, slotted record without dataclass bases can go further with `quick=True`: its
-`__setattr__` and `__delattr__` are closures too, and its `__init__` is `quick_init`'s, which sets
-each field through its slot (one `exec` for the class instead of six).
+`__setattr__` and `__delattr__` are closures too, and its `__init__` is `quick_init`'s, which
+assigns each field with the instance's class switched for a moment to one with the same slots and
+no methods (`unfrozen`), so that Python stores each at its slot directly (one `exec` for the class
+instead of six).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 from collections.abc import Callable
 from operator import attrgetter
 from threading import get_ident
-from typing import Any, TypeVar, dataclass_transform, overload
+from typing import Any, Generic, TypeVar, dataclass_transform, overload
 
 __all__ = ["dataclass"]
 
@@ -203,14 +205,51 @@ class _FactoryDefault:
 _FACTORY_DEFAULT = _FactoryDefault()
 
 
+_set_class = object.__setattr__  # `_set_class(instance, "__class__", cls)`
+
+
+def unfrozen(cls: type) -> type | None:
+    """A class with the slots of the frozen, slotted class `cls` and nothing else: an instance
+    of `cls` whose class is set to it for a moment (`object.__setattr__(self, "__class__",
+    twin)`, then `self.__class__ = cls`) takes its fields by plain assignment, which Python
+    specialises to a store at the slot's place, several times quicker than calling each
+    slot's `__set__` (a frozen class's own `__setattr__` refuses, so assignments to its
+    instances are never specialised). None when the layouts do not allow the switch. Made once
+    per class."""
+    twin = _TWINS.get(cls)
+    if twin is None and cls not in _TWINS:
+        namespace = {
+            "__slots__": cls.__dict__.get("__slots__", ()),
+            "__module__": cls.__module__,
+            "__doc__": f"The slots of {cls.__name__} alone (see stateward._records.unfrozen).",
+        }
+        # Its own bases when they may be bases again (not `Generic`, say), else object: the
+        # probe below says whether the layouts match.
+        bases = tuple(base for base in cls.__bases__ if base is not Generic) or (object,)
+        made: type | None = type(f"{cls.__name__}Fields", bases, namespace)
+        try:  # the switch works both ways for these layouts, or not at all
+            probe: object = object.__new__(cls)
+            _set_class(probe, "__class__", made)
+            _set_class(probe, "__class__", cls)
+        except TypeError:
+            made = None
+        twin = _TWINS[cls] = made
+    return twin
+
+
+_TWINS: dict[type, type | None] = {}
+
+
 def quick_init(cls: type[_T]) -> type[_T]:
     """Give the frozen, slotted dataclass `cls` (fields with plain defaults or default
-    factories, no `__post_init__`) an `__init__` that sets each field through its slot's
-    descriptor. The dataclass's own calls `object.__setattr__` by name for each field, which
-    costs about twice as much; the vocabulary's records are made several times per task run.
-    Same parameters, defaults and frozen instances. Use it above `@dataclass` (or give
-    `quick=True` to this module's `dataclass`). Raises TypeError for a field it cannot set so
-    (keyword-only or not in `__init__`) and for a class with a `__post_init__`."""
+    factories, no `__post_init__`) an `__init__` that sets its fields with the instance's class
+    switched for a moment to `unfrozen(cls)`, by plain assignments (an instance of a subclass
+    by each field's slot descriptor). The dataclass's own calls `object.__setattr__` by name
+    for each field, which costs about four times as much; the vocabulary's records are made
+    several times per task run. Same parameters, defaults and frozen instances. Use it above
+    `@dataclass` (or give `quick=True` to this module's `dataclass`). Raises TypeError for a
+    field it cannot set so (keyword-only or not in `__init__`) and for a class with a
+    `__post_init__`."""
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__: quick_init would skip it")
     # The values the generated code uses, handed to it as the parameters of a function that
@@ -219,7 +258,8 @@ def quick_init(cls: type[_T]) -> type[_T]:
     values: dict[str, Any] = {"_FACTORY_DEFAULT": _FACTORY_DEFAULT}
     annotations: dict[str, Any] = {}
     parameters: list[str] = []
-    lines: list[str] = []
+    assigned: list[str] = []  # the body with the class switched
+    described: list[str] = []  # the body for a subclass's instance
     for number, item in enumerate(dataclasses.fields(cls)):  # type: ignore[arg-type]
         if not item.init or item.kw_only:
             raise TypeError(f"{cls.__name__}.{item.name}: quick_init takes plain fields only")
@@ -236,11 +276,25 @@ def quick_init(cls: type[_T]) -> type[_T]:
             parameters.append(f"{item.name}=_default_{number}")
         else:
             parameters.append(item.name)
-        lines.append(f"        {setter}(self, {value})")
+        assigned.append(f"            self.{item.name} = {value}")
+        described.append(f"            {setter}(self, {value})")
+    twin = unfrozen(cls)
+    if twin is None or not assigned:
+        body = [line[4:] for line in described] or ["        pass"]
+    else:
+        values.update(_cls=cls, _twin=twin, _set_class=_set_class, _type=type)
+        body = [
+            "        if _type(self) is _cls:",
+            '            _set_class(self, "__class__", _twin)',
+            *assigned,
+            "            self.__class__ = _cls",
+            "        else:",
+            *described,
+        ]
     source = (
         f"def _make_init({', '.join(values)}):\n"
         f"    def __init__(self, {', '.join(parameters)}):\n"
-        + "\n".join(lines or ["        pass"])
+        + "\n".join(body)
         + "\n    return __init__\n"
     )
     made: dict[str, Any] = {}

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 # The vocabulary's record maker, for the server's records too (it may import the vocabulary only).
 from stateward._records import dataclass as dataclass
 from stateward._records import quick_init as quick_init
+from stateward._records import unfrozen
 
 __all__ = [
     "TERMINAL_TYPES",
@@ -196,7 +197,22 @@ class State:
         ):
             # `State(type=..., data=value)`: a value the code built, encoded when stored.
             _value, data = data, None
-        _set_type(self, type)
+        if _class_of(self) is State:
+            # Its fields assigned with its class switched to one with its slots alone (see
+            # `stateward._records.unfrozen`): every state is made here, several a task run.
+            _set_class(self, "__class__", _StateFields)
+            fields: Any = self
+            fields.type = type
+            fields.name = name or _DEFAULT_NAMES[type]
+            fields.message = message
+            fields.timestamp = timestamp
+            fields.id = id
+            fields.details = details
+            fields.data = data
+            fields._value = _value
+            fields.__class__ = State
+            return
+        _set_type(self, type)  # a subclass's instance: by the slots' descriptors
         _set_name(self, name or _DEFAULT_NAMES[type])
         _set_message(self, message)
         _set_timestamp(self, timestamp)
@@ -372,6 +388,12 @@ class State:
     _set_data,
     _set_value,
 ) = _slot_setters(State)
+_fields_class = unfrozen(State)
+if _fields_class is None:  # never for State's layout (its only base is object)
+    raise TypeError("State's slots cannot be assigned through a class of their own")
+_StateFields: type = _fields_class
+_class_of = type  # `type` is a parameter of State's __init__
+_set_class = object.__setattr__
 
 _AWAITING_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from stateward import runs
+from stateward._records import unfrozen
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
 from stateward.states import ResultData, State, StateDetails, StateType, quick_init
 
@@ -137,3 +138,45 @@ def test_a_state_given_a_value_as_its_data_keeps_the_value_and_no_data():
     assert stored.data == ResultData(json="[1, 2]") and stored.result() == [1, 2]
     with pytest.raises(dataclasses.FrozenInstanceError):
         stored.name = "Other"  # type: ignore[misc]
+
+
+class SampleSubclass(Sample):
+    __slots__ = ("extra",)
+
+
+class Unslotted:
+    """A base whose instances have a __dict__ (its records' fields class has one too)."""
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class SampleOnUnslottedBase(Unslotted):
+    required: str
+    plain: int = 3
+
+
+@pytest.mark.parametrize("record", [Sample, StateDetails, State, runs.TaskRun, runs.Transition])
+def test_a_quick_record_is_made_through_a_class_with_its_slots_alone(record):
+    fields_class = unfrozen(record)
+    assert fields_class is not None and fields_class is unfrozen(record)  # made once
+    assert fields_class.__slots__ == record.__slots__
+    assert not {"__init__", "__setattr__", "__eq__"} & set(vars(fields_class))
+    made = Sample("a", 4) if record is Sample else StateDetails("f", "t", transition_id="x")
+    assert type(made) in (Sample, StateDetails)  # switched back before it is handed out
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.plain = 5  # type: ignore[union-attr, misc]
+    running = State(
+        StateType.RUNNING, message="m", details=made if record is not Sample else StateDetails()
+    )
+    assert type(running) is State and running.name == "Running" and running.message == "m"
+
+
+def test_a_subclass_of_a_quick_record_is_made_field_by_field_and_a_base_with_a_dict_is_kept():
+    made = SampleSubclass("a", 4)
+    assert type(made) is SampleSubclass
+    assert (made.required, made.plain, made.made) == ("a", 4, [])
+    assert unfrozen(SampleOnUnslottedBase).__bases__ == (Unslotted,)
+    on_base = SampleOnUnslottedBase("b")
+    assert type(on_base) is SampleOnUnslottedBase and (on_base.required, on_base.plain) == ("b", 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        on_base.plain = 5  # type: ignore[misc]
