@@ -9,6 +9,8 @@ imports this module only then; flows and tasks ask it about a method they do not
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 _DEPLOY = (
     "run the script yourself (cron, systemd, a CI job) and point every process at one "
     "`stateward server start` with STATEWARD_API_URL to see all runs"
@@ -87,6 +89,51 @@ LEFT_OUT_METHODS: dict[str, dict[str, str]] = {
     },
     "Task": {"apply_async": _NO_TASK_WORKERS, "delay": _NO_TASK_WORKERS, "serve": _NO_TASK_WORKERS},
 }
+
+
+_RUNS_MAKE_STATES = (
+    "a run's code returns its own state (Completed(...), Failed(data=exc)) or raises, and "
+    "Stateward makes the rest"
+)
+_PAUSE_INSTEAD = "use pause_flow_run, whose process waits for the resume"
+_INPUT_INSTEAD = "pause the run with wait_for_input= and resume it with the input"
+
+# A name of a reference module that Stateward's module at the same path leaves out -> what to
+# do instead.
+LEFT_OUT_NAMES: dict[str, dict[str, str]] = {
+    "flow_runs": {"suspend_flow_run": _PAUSE_INSTEAD},
+    "input": {"receive_input": _INPUT_INSTEAD, "send_input": _INPUT_INSTEAD},
+    "states": {
+        "AwaitingConcurrencySlot": _RUNS_MAKE_STATES,
+        "StateGroup": _RUNS_MAKE_STATES,
+        "Suspended": _PAUSE_INSTEAD,
+        "exception_to_crashed_state": _RUNS_MAKE_STATES,
+        "exception_to_failed_state": _RUNS_MAKE_STATES,
+        "return_value_to_state": _RUNS_MAKE_STATES,
+    },
+}
+
+
+def missing_name(module: str, name: str) -> NoReturn:
+    """For a module's `__getattr__`: raise ImportError saying what to do instead when `name`
+    is one the reference's module at that path has and Stateward's leaves out (a PREFECT_...
+    setting, in `stateward.settings`), else Python's usual AttributeError. An ImportError, so
+    that `from stateward.states import Suspended` shows it: `from ... import` replaces an
+    AttributeError by "cannot import name"."""
+    short = module.removeprefix("stateward.")
+    instead = LEFT_OUT_NAMES.get(short, {}).get(name)
+    if short == "settings" and name.startswith("PREFECT_"):
+        instead = (
+            "Stateward's settings are environment variables named STATEWARD_...: set or read "
+            "them in os.environ"
+        )
+    if instead is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    raise ImportError(
+        f"Stateward does not provide {module}.{name} (the reference's prefect.{short}.{name}): "
+        f"{instead} (README: 'Differences from the reference')",
+        name=module,
+    )
 
 
 def missing_method(kind: str, name: str) -> str:

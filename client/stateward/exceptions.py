@@ -23,7 +23,7 @@ StatewardError
 ├── ServerUnavailable        no server could be reached or started
 ├── InvalidSetting           an environment setting (STATEWARD_...) cannot be right
 └── RpcError                 the server refused a call (a gRPC status other than OK)
-    ├── NotFound
+    ├── NotFound             (also under the reference's name, ObjectNotFound)
     ├── InvalidArgument
     ├── AlreadyExists
     ├── FailedPrecondition
@@ -69,6 +69,7 @@ __all__ = [
     "MissingResult",
     "NotFound",
     "NotPausedError",
+    "ObjectNotFound",
     "OrchestrationAborted",
     "ParameterBindError",
     "ParameterTypeError",
@@ -208,6 +209,11 @@ class RpcError(StatewardError):
 
 class NotFound(RpcError):
     code = "NOT_FOUND"
+
+
+# The reference's client raises ObjectNotFound where Stateward's raises NotFound: the same
+# class, so that `except ObjectNotFound` finds it.
+ObjectNotFound = NotFound
 
 
 class InvalidArgument(RpcError):

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
@@ -371,3 +371,13 @@ __all__ = [
     "resume_flow_run",
     "wait_for_flow_run",
 ]
+
+
+if not TYPE_CHECKING:  # (for type checkers, a misspelt name stays an error)
+
+    def __getattr__(name: str) -> Any:
+        """Only for a name not found: one the reference's module has and this one leaves out
+        raises ImportError saying what to do instead (see `stateward._left_out`)."""
+        from stateward._left_out import missing_name
+
+        missing_name(__name__, name)

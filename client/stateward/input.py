@@ -8,7 +8,7 @@ reference")."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 import pydantic
 
@@ -59,3 +59,13 @@ class RunInput(pydantic.BaseModel):
             **fields,
         )
         return made
+
+
+if not TYPE_CHECKING:  # (for type checkers, a misspelt name stays an error)
+
+    def __getattr__(name: str) -> Any:
+        """Only for a name not found: one the reference's module has and this one leaves out
+        raises ImportError saying what to do instead (see `stateward._left_out`)."""
+        from stateward._left_out import missing_name
+
+        missing_name(__name__, name)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stateward.exceptions import InvalidSetting
 
@@ -189,3 +190,13 @@ def _storage_path(raw: str) -> Path:
             "(it is created if missing), or unset it"
         )
     return path
+
+
+if not TYPE_CHECKING:  # (for type checkers, a misspelt name stays an error)
+
+    def __getattr__(name: str) -> Any:
+        """Only for a name not found: one the reference's module has and this one leaves out
+        raises ImportError saying what to do instead (see `stateward._left_out`)."""
+        from stateward._left_out import missing_name
+
+        missing_name(__name__, name)

@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from dataclasses import field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 # The vocabulary's record maker, for the server's records too (it may import the vocabulary only).
 from stateward._records import dataclass as dataclass
@@ -545,3 +545,13 @@ def is_state_iterable(obj: Any) -> bool:
         and bool(obj)
         and all(isinstance(item, State) for item in obj)
     )
+
+
+if not TYPE_CHECKING:  # (for type checkers, a misspelt name stays an error)
+
+    def __getattr__(name: str) -> Any:
+        """Only for a name not found: one the reference's module has and this one leaves out
+        raises ImportError saying what to do instead (see `stateward._left_out`)."""
+        from stateward._left_out import missing_name
+
+        missing_name(__name__, name)

@@ -167,3 +167,33 @@ def test_a_method_of_the_reference_s_flows_and_tasks_that_stateward_leaves_out_s
         delayed.deploy()
     with pytest.raises(AttributeError, match=r"^'Flow' object has no attribute 'no_such'$"):
         served.no_such  # noqa: B018
+
+
+def test_a_name_of_a_reference_module_that_stateward_leaves_out_says_what_to_use_instead():
+    """`from prefect.states import Suspended` ported: one ImportError line (the usual "cannot
+    import name" would say nothing), for each name README's Differences list; any other
+    missing name is Python's usual error. ObjectNotFound is NotFound, under the reference's
+    name."""
+    from stateward._left_out import LEFT_OUT_NAMES
+    from stateward.exceptions import NotFound, ObjectNotFound
+
+    with pytest.raises(ImportError) as raised:
+        from stateward.states import Suspended  # noqa: F401
+    assert str(raised.value) == (
+        "Stateward does not provide stateward.states.Suspended (the reference's "
+        "prefect.states.Suspended): use pause_flow_run, whose process waits for the resume "
+        "(README: 'Differences from the reference')"
+    )
+    with pytest.raises(ImportError, match=r"environment variables named STATEWARD_"):
+        from stateward.settings import PREFECT_API_URL  # noqa: F401
+    with pytest.raises(ImportError, match=r"prefect.flow_runs.suspend_flow_run\): use pause"):
+        from stateward.flow_runs import suspend_flow_run  # noqa: F401
+    with pytest.raises(ImportError, match=r"^cannot import name 'no_such_name'"):
+        from stateward.states import no_such_name  # noqa: F401
+    assert not hasattr(stateward.states, "no_such_name")
+    assert ObjectNotFound is NotFound
+    differences = README.read_text().split("## Differences from the reference")[1]
+    section = differences.split("\n## ")[0]
+    for names in LEFT_OUT_NAMES.values():
+        for name in names:
+            assert name in section, name
