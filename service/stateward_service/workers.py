@@ -218,6 +218,8 @@ class Workers:
         if ui_url:
             self.ui_url = ui_url
             self.ui_port = int(ui_url.rsplit(":", 1)[1].strip("/"))
+        if self.signals:
+            return  # stopping: a worker that was starting says nothing (it is asked to stop)
         if self.announced:
             say(
                 f"Stateward server: worker {worker.number} (pid {worker.process.pid}) takes "

@@ -3,8 +3,10 @@ watched and stopped by their parent (real subprocesses, real signals, real conne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -280,3 +282,57 @@ def test_workers_with_metrics_are_refused_in_one_line_before_anything_is_made(tm
         "whichever worker the scrape reached; run one worker to serve metrics"
     ]
     assert not database.exists()
+
+
+def test_a_server_stopping_before_every_worker_took_calls_never_says_it_listens(tmp_path):
+    """A signal while a worker is still starting: the workers that took calls stop, and the
+    last one, ready after them, does not make the parent say "listening on" (the ready line a
+    supervisor or a test waits for) after "shutting down...", nor with a count of workers."""
+    with socket.socket() as probe:  # a free port, for a health check while no line says it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stateward", "server", "start", "--port", str(port),
+             "--db", str(tmp_path / "early.db"), "--no-ui", "--workers", "2"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "STATEWARD_HOME": str(tmp_path)},
+        )  # fmt: skip
+    server = ServerProcess(tmp_path / "early.db")
+    server.process = process
+    held = 0
+    try:
+        # One worker held still while it starts (its interpreter takes a while to import).
+        wait_until(lambda: len(workers_of(server)) == 2, 30, "two worker processes")
+        held = min(workers_of(server))
+        os.kill(held, signal.SIGSTOP)
+        (running,) = workers_of(server) - {held}
+
+        def serving() -> bool:
+            with grpc.insecure_channel(f"127.0.0.1:{port}", OWN_CONNECTION) as channel:
+                try:
+                    health = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                except grpc.RpcError:
+                    return False
+                return health.status == SERVING
+
+        wait_until(serving, 60, "the running worker to take calls")
+        assert "listening on" not in log_path.read_text()  # the held one is not ready
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: gone(running), 60, "the running worker to stop")
+        os.kill(held, signal.SIGCONT)
+        assert process.wait(60) == 0
+    finally:
+        if held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(held, signal.SIGCONT)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
+    assert "listening on" not in output, output
+    assert output.count("Stateward server shutting down...") == 1, output
+    assert output.rstrip().endswith("Stateward server stopped."), output
