@@ -23,7 +23,13 @@ from stateward.exceptions import (
 )
 from stateward.ids import new_id
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
-from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType
+from stateward.states import (
+    TERMINAL_TYPES,
+    State,
+    StateType,
+    new_state,
+    new_state_details,
+)
 
 _UNAVAILABLE_RETRIES = 3
 # A run that has waited this long for a concurrency slot says so at INFO (once); shorter waits
@@ -182,10 +188,10 @@ class RunOrchestration:
         # Most proposals carry no details of their own: the run's ids and the transition id
         # are the only ones, set at once.
         owner = self.owner
-        details = StateDetails(
+        details = new_state_details(
             owner.get("flow_run_id", ""), owner.get("task_run_id", ""), transition_id=new_id()
         )
-        return State(
+        return new_state(
             proposed.type,
             proposed.name,
             proposed.message,

@@ -281,8 +281,9 @@ def quick_init(cls: type[_T]) -> type[_T]:
     twin = unfrozen(cls)
     if twin is None or not assigned:
         body = [line[4:] for line in described] or ["        pass"]
+        make = ["        return _cls(" + ", ".join(_names(parameters)) + ")"]
     else:
-        values.update(_cls=cls, _twin=twin, _set_class=_set_class, _type=type)
+        values.update(_set_class=_set_class, _type=type, _twin=twin, _new=object.__new__)
         body = [
             "        if _type(self) is _cls:",
             '            _set_class(self, "__class__", _twin)',
@@ -291,20 +292,50 @@ def quick_init(cls: type[_T]) -> type[_T]:
             "        else:",
             *described,
         ]
+        # `maker(cls)`: made as one of its own fields class, switched once, with no call of
+        # the class (which costs as much again as the fields of a small record).
+        make = [
+            "        self = _new(_twin)",
+            *(line[4:] for line in assigned),
+            "        self.__class__ = _cls",
+            "        return self",
+        ]
+    values["_cls"] = cls
     source = (
         f"def _make_init({', '.join(values)}):\n"
         f"    def __init__(self, {', '.join(parameters)}):\n"
         + "\n".join(body)
-        + "\n    return __init__\n"
+        + f"\n    def make({', '.join(parameters)}):\n"
+        + "\n".join(make)
+        + "\n    return __init__, make\n"
     )
     made: dict[str, Any] = {}
     exec(source, sys.modules[cls.__module__].__dict__, made)  # as dataclasses makes its own
-    init = made["_make_init"](**values)
+    init, make_one = made["_make_init"](**values)
     init.__annotations__ = {**annotations, "return": None}
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__doc__ = f"Make a {cls.__name__} (see the class for its fields)."
     setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning a method
+    make_one.__qualname__ = make_one.__name__ = f"new_{cls.__name__}"
+    make_one.__doc__ = f"A new {cls.__name__}, as {cls.__name__}(...) makes it, made quicker."
+    _MAKERS[cls] = make_one
     return cls
+
+
+def _names(parameters: list[str]) -> list[str]:
+    """The names of `parameters` as written in a `def` (`name=default` or `name`)."""
+    return [parameter.split("=", 1)[0] for parameter in parameters]
+
+
+_MAKERS: dict[type, Callable[..., Any]] = {}
+
+
+def maker(cls: type[_T]) -> Callable[..., _T]:
+    """For a record `quick_init` made (`quick=True`): a function taking what `cls(...)` takes
+    and returning what it returns, without calling the class (whose call costs about as much
+    as assigning a small record's fields): for the few places that make one several times per
+    task run. Raises KeyError for another class."""
+    return _MAKERS[cls]
 
 
 @overload

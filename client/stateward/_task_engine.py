@@ -35,6 +35,7 @@ from stateward._outcomes import (
     resolve,
     run_name,
 )
+from stateward._records import maker
 from stateward._results import ResultPolicy, encode_exception, policy
 from stateward._run_logs import run_extra
 from stateward.client import Created
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from stateward.task_runners import Dispatch
 
 task_run_log = logging.getLogger("stateward.task_runs")
+_new_task_run = maker(TaskRun)  # every task run makes one to create
 
 
 class TaskRunEngine(RunEngine):
@@ -147,7 +149,7 @@ class TaskRunEngine(RunEngine):
     def _new_run(self) -> TaskRun:
         """The task run to create: Pending, named, with its parameters, tags and retry policy."""
         task = self.task
-        return TaskRun(
+        return _new_task_run(
             id=self.id,
             name=run_name(task.task_run_name, self.parameters, self._naming_context)
             or (

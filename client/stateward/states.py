@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 # The vocabulary's record maker, for the server's records too (it may import the vocabulary only).
 from stateward._records import dataclass as dataclass
+from stateward._records import maker as maker
 from stateward._records import quick_init as quick_init
 from stateward._records import unfrozen
 
@@ -394,6 +395,36 @@ if _fields_class is None:  # never for State's layout (its only base is object)
 _StateFields: type = _fields_class
 _class_of = type  # `type` is a parameter of State's __init__
 _set_class = object.__setattr__
+_new = object.__new__
+
+
+def new_state(
+    type: StateType,
+    name: str,
+    message: str,
+    timestamp: datetime | None,
+    id: str,
+    details: StateDetails,
+    data: ResultData | None,
+    value: Any = _NO_VALUE,
+) -> State:
+    """`State(type, name, message, timestamp, id, details, data, value)` for parts that need no
+    conversion (a StateType member, ResultData or None), made without calling the class: for
+    the engine and the orchestrator, which make several states a task run."""
+    fields: Any = _new(_StateFields)
+    fields.type = type
+    fields.name = name or _DEFAULT_NAMES[type]
+    fields.message = message
+    fields.timestamp = timestamp
+    fields.id = id
+    fields.details = details
+    fields.data = data
+    fields._value = value
+    fields.__class__ = State
+    return fields  # type: ignore[no-any-return]
+
+
+new_state_details = maker(StateDetails)
 
 _AWAITING_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
 

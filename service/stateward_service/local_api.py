@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from stateward.ids import new_id
 from stateward.runs import CacheEntry, FlowRun, LogEntry, OrchestrationResult, RunKind, TaskRun
-from stateward.states import State, now
+from stateward.states import State, maker, new_state, now
 from stateward_service import validation as check
 from stateward_service.errors import ServiceError
 from stateward_service.model import RunRecord
@@ -233,7 +233,7 @@ _TASK_RUN_FIELDS = _fields("task_run")
 
 def _detached(state: State) -> State:
     """A copy of a state the orchestrator keeps, for the caller to hold (and to give a value)."""
-    return State(
+    return new_state(
         state.type,
         state.name,
         state.message,
@@ -273,7 +273,7 @@ def _run(record: RunRecord, parameters: dict[str, Any]) -> Run:
             created=record.created,
             lease_expires=record.lease_expires,
         )
-    return TaskRun(
+    return _new_task_run(
         id=record.id,
         name=record.name,
         task_key=record.task_key,
@@ -295,6 +295,7 @@ def _run(record: RunRecord, parameters: dict[str, Any]) -> Run:
 
 
 _NO_TIME = timedelta(0)
+_new_task_run = maker(TaskRun)  # every task run's create makes one
 _FLOW_RUN = RunKind.FLOW_RUN
 
 

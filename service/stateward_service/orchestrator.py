@@ -39,7 +39,7 @@ from stateward.runs import (
     SetStateStatus,
     Transition,
 )
-from stateward.states import State, StateDetails, StateType, now
+from stateward.states import State, StateDetails, StateType, maker, new_state, now
 from stateward_service import input_schemas
 from stateward_service.model import LimitUsage, RunRecord
 from stateward_service.rules import bookkeeping
@@ -71,6 +71,9 @@ _ONE_US = timedelta(microseconds=1)
 # Members as module globals: a global is read several times quicker than an enum's attribute.
 _SCHEDULED, _RUNNING = StateType.SCHEDULED, StateType.RUNNING
 _ACCEPT = SetStateStatus.ACCEPT
+# The records every proposal makes, made without calling their class.
+_new_result = maker(OrchestrationResult)
+_new_transition = maker(Transition)
 _FLOW_RUN, _TASK_RUN = RunKind.FLOW_RUN, RunKind.TASK_RUN
 _IN_BATCH = nullcontext()
 _CONFLICT_RETRIES = 6
@@ -652,7 +655,7 @@ class Orchestrator:
             raise RunNotFound(run_id)
         current_id = run.state.id if run.state else ""
         if expected_state_id is not None and expected_state_id != current_id:
-            return OrchestrationResult(
+            return _new_result(
                 SetStateStatus.ABORT,
                 _copy(run.state) if fresh_state else run.state,
                 f"the run's current state is {current_id or 'none'}, "
@@ -662,7 +665,7 @@ class Orchestrator:
         decision = self._decide(run, proposed, force, moment)
         if decision.state is not None:
             self._write(run, decision, written, moment, lease_seconds)
-        return OrchestrationResult(
+        return _new_result(
             decision.status,
             _copy(run.state) if fresh_state else run.state,
             decision.reason,
@@ -996,7 +999,7 @@ class Orchestrator:
         last = run.state.timestamp if run.state is not None else None
         if last is not None and moment <= last:
             moment = last + _ONE_US
-        return State(
+        return new_state(
             state.type,
             state.name,
             state.message,
@@ -1068,7 +1071,7 @@ class Orchestrator:
         # By position (sequence, run id, kind, flow run id, run name, flow name, task key,
         # from, to), the run's flow run worked out here: every commit comes here.
         return [
-            Transition(
+            _new_transition(
                 number,
                 run.id,
                 run.kind,
@@ -1193,7 +1196,7 @@ def _copy(state: State | None) -> State | None:
     """A copy of a state the orchestrator keeps, for a caller to hold (and give a value)."""
     if state is None:
         return None
-    return State(
+    return new_state(
         state.type, state.name, state.message, state.timestamp, state.id, state.details, state.data
     )
 

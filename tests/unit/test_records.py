@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from stateward import runs
-from stateward._records import unfrozen
+from stateward._records import maker, unfrozen
 from stateward.runs import FlowRun, OrchestrationResult, SetStateStatus, TaskRun
-from stateward.states import ResultData, State, StateDetails, StateType, quick_init
+from stateward.states import ResultData, State, StateDetails, StateType, new_state, quick_init
 
 
 @quick_init
@@ -180,3 +180,30 @@ def test_a_subclass_of_a_quick_record_is_made_field_by_field_and_a_base_with_a_d
     assert type(on_base) is SampleOnUnslottedBase and (on_base.required, on_base.plain) == ("b", 3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         on_base.plain = 5  # type: ignore[misc]
+
+
+def test_a_records_maker_makes_what_its_class_makes():
+    make = maker(Sample)
+    assert make("a") == Sample("a") and type(make("a")) is Sample
+    assert make("a").made is not make("a").made  # a factory's value is new each time
+    assert make(made=[2], required="b") == Sample("b", 3, [2])
+    with pytest.raises(TypeError):
+        make()  # type: ignore[call-arg]
+    details = maker(StateDetails)("f", "t", transition_id="x")
+    assert details == StateDetails("f", "t", transition_id="x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        details.cache_key = "k"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(details)) == details
+    with pytest.raises(KeyError):
+        maker(SampleAsDataclassesMakesIt)
+
+
+def test_new_state_makes_the_state_its_class_makes():
+    details = StateDetails(task_run_id="t")
+    data = ResultData(json="1")
+    made = new_state(StateType.COMPLETED, "", "m", None, "i", details, data)
+    assert made == State(StateType.COMPLETED, "", "m", None, "i", details, data)
+    assert type(made) is State and made.name == "Completed"
+    assert new_state(StateType.COMPLETED, "", "", None, "", details, None, 5).result() == 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.name = "other"  # type: ignore[misc]

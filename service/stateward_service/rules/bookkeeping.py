@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from stateward.runs import RunKind
-from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType
+from stateward.states import TERMINAL_TYPES, State, StateDetails, StateType, maker
 from stateward_service.model import RunRecord
 from stateward_service.rules.starting import is_pause_resume
 
@@ -20,7 +20,7 @@ def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
     if details.flow_run_id == flow_run_id and details.task_run_id == task_run_id:
         return details
     # Built field by field: dataclasses.replace costs several times more, on every write.
-    return StateDetails(
+    return _new_details(
         flow_run_id=flow_run_id,
         task_run_id=task_run_id,
         scheduled_time=details.scheduled_time,
@@ -36,6 +36,8 @@ def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
         run_input=details.run_input,
     )
 
+
+_new_details = maker(StateDetails)
 
 LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING})
 # Members as globals: read several times quicker than an enum's attributes, on every write.
