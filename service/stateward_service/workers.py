@@ -14,7 +14,8 @@ the leader lock. The web view is the first worker's.
 The parent says one ready line once every worker takes calls. SIGINT or SIGTERM has every worker
 drain as a lone server does (a second signal ends their grace at once). A worker that dies is
 started again, said in one line; when the new one cannot start, the whole server stops and says
-why. A worker whose parent died stops gracefully.
+why (one killed by a signal before it takes calls is started once more: the OOM killer or an
+operator, not its start, may be why). A worker whose parent died stops gracefully.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ class _Worker:
     connection: Connection
     ready: bool = False
     failure: str = ""  # what it said when it could not start
+    # Started in place of one killed from outside before it took calls: its own such death
+    # stops the server (a worker that cannot start is not started in a loop).
+    retried: bool = False
 
 
 class Workers:
@@ -160,7 +164,7 @@ class Workers:
             raise WorkerFailed(self.failure)
         say("Stateward server stopped.")
 
-    def _start(self, number: int) -> None:
+    def _start(self, number: int, *, retried: bool = False) -> None:
         ours, theirs = _SPAWN.Pipe()
         settings = dataclasses.replace(
             self.settings, ui=self.settings.ui and number == 1, ui_port=self.ui_port
@@ -172,7 +176,7 @@ class Workers:
         )
         process.start()
         theirs.close()
-        self.workers[number] = _Worker(number, process, ours)
+        self.workers[number] = _Worker(number, process, ours, retried=retried)
 
     def _supervise(self, wake: int) -> None:
         while self.workers:
@@ -239,18 +243,24 @@ class Workers:
         del self.workers[worker.number]
         if self.signals or self.failure:
             return
-        ended = _describe_exit(worker.process.exitcode)
+        code = worker.process.exitcode
+        ended = _describe_exit(code)
         if not worker.ready:
-            self.failure = worker.failure or (
-                f"worker {worker.number} {ended} before it took calls"
-            )
-            self._ask_all(STOP)
-            return
+            # A signal (the OOM killer, an operator) is no fault of the worker's start: the
+            # next one may start; a worker that said why it cannot, or exited, will not.
+            killed = code is not None and code < 0 and not worker.failure
+            if not killed or worker.retried:
+                self.failure = worker.failure or (
+                    f"worker {worker.number} {ended} before it took calls"
+                )
+                self._ask_all(STOP)
+                return
+            ended += " before it took calls"
         say(
             f"Stateward server: worker {worker.number} (pid {worker.process.pid}) {ended}; "
             "starting another"
         )
-        self._start(worker.number)
+        self._start(worker.number, retried=not worker.ready)
 
 
 def _describe_exit(code: int | None) -> str:

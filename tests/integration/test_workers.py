@@ -214,6 +214,43 @@ def test_a_worker_that_dies_is_started_again_and_serves(workers):
     assert workers.stop() == 0
 
 
+def kill_while_it_starts_again(server: ServerProcess, pid: int, known: set[int]) -> int:
+    """SIGKILL worker `pid`, then the worker started in its place (not one of `known`) while
+    its interpreter is still importing; returns that one's pid."""
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: len(workers_of(server) - known) == 1, 30, "a new worker")
+    (restarting,) = workers_of(server) - known
+    os.kill(restarting, signal.SIGKILL)
+    return restarting
+
+
+def test_a_worker_killed_while_it_starts_again_is_started_once_more(workers):
+    """A restarting worker killed from outside before it takes calls (the OOM killer, an
+    operator) is no reason to stop the server and the worker still serving: it is started
+    once more (a second death before taking calls in a row stops the server, below)."""
+    first, second = sorted(two_workers(workers))
+    restarting = kill_while_it_starts_again(workers, first, {first, second})
+    assert workers.says(f"(pid {restarting}) was killed by SIGKILL before it took calls; starting")
+    assert workers.says("takes calls again"), workers.output()
+    assert second in two_workers(workers)
+    with grpc.insecure_channel(workers.target, OWN_CONNECTION) as channel:
+        stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+        assert new_flow_run(stub).id
+    assert workers.stop() == 0
+    assert "Error" not in workers.output()
+
+
+def test_a_worker_killed_twice_in_a_row_before_it_takes_calls_stops_the_server(workers):
+    first, second = sorted(two_workers(workers))
+    restarting = kill_while_it_starts_again(workers, first, {first, second})
+    kill_while_it_starts_again(workers, restarting, {first, second, restarting})
+    assert workers.process is not None
+    assert workers.process.wait(60) == 1
+    last = workers.output().rstrip().splitlines()[-1]
+    assert last.startswith("Error: worker ") and "killed by SIGKILL before it took calls" in last
+    wait_until(lambda: gone(second), 60, "the other worker to stop")
+
+
 def test_a_worker_that_cannot_start_again_stops_the_server_with_one_line(workers, tmp_path):
     pids = two_workers(workers)
     database = tmp_path / "workers.db"
