@@ -26,7 +26,8 @@ the same rounds, alternating with this one's; `--new-env` sets variables for thi
 server only (with `--old` naming this same checkout: a same-run A/B of a setting). With
 `--workers N`, this checkout's server also runs as `stateward server start --workers N` (N
 processes on one port: the kernel spreads the connections), alternating with the one-process
-server in the same run; the server's CPU is then its parent's and its workers'.
+server in the same run; the server's CPU is then its parent's and its workers', and the floor is also
+measured with the streams shared by N bare servers (`floor xN`: what N processes achieve).
 """
 
 from __future__ import annotations
@@ -313,37 +314,49 @@ def _floor_subscriber(port: int, streams: int, rounds: int, ready, delays) -> No
     asyncio.run(main())
 
 
-def floor(subscribers: int, rounds: int) -> tuple[float, list[float]]:
+def floor(subscribers: int, rounds: int, servers: int = 1) -> tuple[float, list[float]]:
     """The floor under the fan-out: microseconds of CPU a gRPC aio server that does nothing
     else spends per stream message, sending one to each of `subscribers` streams per round
     (held by 4 processes, as the subscribers above are), and how long after its round began
-    each message arrived (ms): the delivery latency of a bare server at that many streams."""
+    each message arrived (ms): the delivery latency of a bare server at that many streams.
+    With `servers` above 1, that many such server processes share the streams (the subscriber
+    processes spread over them), each sending its rounds on its own: the floor of a server
+    with that many workers."""
     ports: multiprocessing.Queue[int] = multiprocessing.Queue()
     go: multiprocessing.Queue[int] = multiprocessing.Queue()
     done: multiprocessing.Queue[float] = multiprocessing.Queue()
     ready: multiprocessing.Queue[int] = multiprocessing.Queue()
     delays: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
-    server = multiprocessing.Process(
-        target=_floor_server, args=(ports, go, done, subscribers, rounds)
-    )
-    server.start()
-    port = ports.get(timeout=60)
     processes = min(subscribers, 4)
     shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
+    owner = [i % servers for i in range(processes)]  # the server of each subscriber process
+    streams = [sum(n for n, o in zip(shares, owner, strict=True) if o == k) for k in range(servers)]
+    floor_servers = [
+        multiprocessing.Process(target=_floor_server, args=(ports, go, done, n, rounds))
+        for n in streams
+    ]
+    port_of = []
+    for server in floor_servers:
+        server.start()
+        port_of.append(ports.get(timeout=60))
     clients = [
         multiprocessing.Process(
-            target=_floor_subscriber, args=(port, n, rounds, ready, delays), daemon=True
+            target=_floor_subscriber,
+            args=(port_of[o], n, rounds, ready, delays),
+            daemon=True,
         )
-        for n in shares
+        for n, o in zip(shares, owner, strict=True)
     ]
     for client in clients:
         client.start()
     for _ in range(subscribers):
         ready.get(timeout=300)
-    go.put(1)
-    per_message = done.get(timeout=600)
+    for _ in floor_servers:
+        go.put(1)
+    per_message = statistics.mean(done.get(timeout=600) for _ in floor_servers)
     found = [delay for _ in clients for delay in delays.get(timeout=600)]
-    server.join(timeout=60)
+    for server in floor_servers:
+        server.join(timeout=60)
     for client in clients:
         client.kill()
         client.join()
@@ -423,6 +436,11 @@ def one_round(
                 figures["floor cpu us/message"] = per_message
                 figures["floor delivery p50 ms"] = statistics.median(delays)
                 figures["floor delivery p99 ms"] = percentile(delays, 0.99)
+                if args.workers > 1:
+                    per_message, delays = floor(most, args.floor, args.workers)
+                    figures[f"floor x{args.workers} cpu us/message"] = per_message
+                    figures[f"floor x{args.workers} delivery p50 ms"] = statistics.median(delays)
+                    figures[f"floor x{args.workers} delivery p99 ms"] = percentile(delays, 0.99)
         finally:
             server.stop()
             if streams is not server:
