@@ -26,8 +26,9 @@ the same rounds, alternating with this one's; `--new-env` sets variables for thi
 server only (with `--old` naming this same checkout: a same-run A/B of a setting). With
 `--workers N`, this checkout's server also runs as `stateward server start --workers N` (N
 processes on one port: the kernel spreads the connections), alternating with the one-process
-server in the same run; the server's CPU is then its parent's and its workers', and the floor is also
-measured with the streams shared by N bare servers (`floor xN`: what N processes achieve).
+server in the same run; the server's CPU is then its parent's and its workers', and the floor is
+also measured with the streams shared by N bare servers (`floor xN`: what N processes
+achieve).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from stateward_service.health import HealthService
 from stateward_service.interceptors.auth import AuthInterceptor
 from stateward_service.interceptors.errors import ErrorsInterceptor
 from stateward_service.interceptors.metrics import MetricsInterceptor
-from stateward_service.metrics import ServerMetrics
+from stateward_service.metrics import REFRESH_SECONDS, ServerMetrics
 from stateward_service.replica import Replica
 from stateward_service.settings import ServerSettings
 from stateward_service.shutdown import Grace
@@ -149,6 +149,7 @@ class StatewardServer:
                 subscribers=lambda: self.broadcaster.subscribers,
                 lagging=lambda: self.broadcaster.catching_up,
                 loop_runs=lambda: dict(self.loops.runs),
+                shared=settings.workers > 1,  # its parent serves the workers' metrics
             )
             self.orchestrator.subscribe(self.metrics.count_transitions)
             self.api.observe_call = self.metrics.observe_call  # the calls on ExecuteStream
@@ -162,6 +163,7 @@ class StatewardServer:
         self._writes_finished = False  # the writing calls were answered (a stop began)
         self._stopped = asyncio.Event()
         self._storage_watch: asyncio.Task[None] | None = None
+        self._metrics_refresh: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -193,7 +195,7 @@ class StatewardServer:
             )
             listener = _listen_for_ui(self.settings.ui_host, self.settings.ui_port)
             self.web = WebServer(app, listener, grace=self.settings.shutdown_grace_seconds)
-        if self.metrics is not None:
+        if self.metrics is not None and not self.metrics.shared:
             self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self.replica.start()
         if server is not None:
@@ -204,6 +206,10 @@ class StatewardServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._storage_watch = asyncio.get_running_loop().create_task(self._follow_storage())
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_database())
+        if self.metrics is not None and self.metrics.shared:
+            self._metrics_refresh = asyncio.get_running_loop().create_task(
+                self._refresh_metrics(self.metrics)
+            )
 
     def _grpc_server(self) -> grpc.aio.Server:
         """The gRPC server, its services added (the API, health, reflection), not yet bound."""
@@ -225,6 +231,13 @@ class StatewardServer:
             server,
         )
         return server
+
+    async def _refresh_metrics(self, metrics: ServerMetrics) -> None:
+        """A worker of several: write its gauges for the parent's scrape, every few moments
+        (in a thread: the database's size may be a query)."""
+        while not self._stopping:
+            await asyncio.to_thread(metrics.refresh)
+            await asyncio.sleep(REFRESH_SECONDS)
 
     async def _follow_storage(self) -> None:
         """Health follows the database: NOT_SERVING from a write it could not take (a full
@@ -308,6 +321,8 @@ class StatewardServer:
                 self._storage_watch.cancel()
             if self._watchdog is not None:
                 self._watchdog.cancel()
+            if self._metrics_refresh is not None:
+                self._metrics_refresh.cancel()
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.replica.close_streams()  # streams end with UNAVAILABLE and their cursor
             await self.api.finish_writes(self._grace)
@@ -510,15 +525,16 @@ def say(line: str) -> None:
             pass
 
 
-def check_ports(settings: ServerSettings, *, serve_grpc: bool = True) -> None:
+def check_ports(settings: ServerSettings, *, serve_grpc: bool = True, metrics: bool = True) -> None:
     """Raise PortUnavailable (WebViewUnavailable for the web view's) when a port the server
-    would listen on is taken, before anything is opened: a refusal writes nothing."""
+    would listen on is taken, before anything is opened: a refusal writes nothing. The gRPC
+    port is checked when `serve_grpc`, the metrics port when `metrics` (and set)."""
     if serve_grpc and settings.port and _port_taken(settings.host, settings.port):
         address = format_address(settings.host, settings.port)
         raise PortUnavailable(_why_unbindable(settings.host, settings.port, address))
     if settings.ui and settings.ui_port:
         _listen_for_ui(settings.ui_host, settings.ui_port).close()  # WebViewUnavailable
-    if settings.metrics_port and _port_taken(settings.host, settings.metrics_port):
+    if metrics and settings.metrics_port and _port_taken(settings.host, settings.metrics_port):
         address = format_address(settings.host, settings.metrics_port)
         raise PortUnavailable(
             f"cannot serve metrics on {address}: the port is already in use. Choose another "
@@ -573,8 +589,9 @@ async def serve(
     too). `greeting` gives the lines said once it does (None: where clients find it and who
     may call it); `name` is what the lines on stopping call it ("": none said); `serve_grpc`
     False opens no gRPC port (see StatewardServer). Raises DatabaseRefused, PortUnavailable."""
-    # A worker's gRPC port is held for it by its parent, which checked every port.
-    check_ports(settings, serve_grpc=serve_grpc and settings.workers == 1)
+    # A worker's parent checked every port, holds the gRPC port for it and serves the metrics.
+    worker = settings.workers > 1
+    check_ports(settings, serve_grpc=serve_grpc and not worker, metrics=not worker)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server = StatewardServer(settings, serve_grpc=serve_grpc)
     await server.start()

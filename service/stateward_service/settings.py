@@ -102,7 +102,7 @@ class ServerSettings:
         1,
         help="Server processes sharing the port and the database (Linux): the kernel spreads "
         "connections across them; one that dies is started again. Limits and pools are per "
-        "worker; the web view is the first worker's; not with --metrics-port.",
+        "worker; the web view is the first worker's; the metrics add up all of theirs.",
         env="STATEWARD_WORKERS",
         ge=1,
         le=64,

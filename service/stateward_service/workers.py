@@ -27,9 +27,11 @@ import functools
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -72,11 +74,6 @@ def refusal(settings: ServerSettings) -> str | None:
             f"{asked} needs Linux, whose SO_REUSEPORT spreads connections across processes; "
             "run one worker here"
         )
-    if settings.metrics_port:
-        return (
-            f"{asked} cannot serve --metrics-port: the metrics would be those of whichever "
-            "worker the scrape reached; run one worker to serve metrics"
-        )
     return None
 
 
@@ -93,11 +90,26 @@ def serve_workers(settings: ServerSettings) -> None:
     # Checked (and its schema made or upgraded) once, before the workers open it together.
     check_database(settings)
     holder = _hold_port(settings.host, settings.port)
+    metrics = _shared_metrics(settings) if settings.metrics_port else None
     try:
         port = holder.getsockname()[1]
         Workers(dataclasses.replace(settings, port=port, quick_check=False)).run()
     finally:
         holder.close()
+        if metrics is not None:
+            shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _shared_metrics(settings: ServerSettings) -> str:
+    """Serve the workers' metrics, added up, on the metrics port: each worker writes its own
+    to files in a folder of ours (prometheus_client's multiprocess mode), which it finds in
+    PROMETHEUS_MULTIPROC_DIR, set here before any worker starts. Returns the folder."""
+    folder = tempfile.mkdtemp(prefix="stateward-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    from stateward_service.metrics import serve_shared
+
+    serve_shared(settings.host, settings.metrics_port)
+    return folder
 
 
 def _hold_port(host: str, port: int) -> socket.socket:
@@ -241,6 +253,10 @@ class Workers:
                 self._on_message(worker)  # what it said last (why it could not start)
         worker.connection.close()
         del self.workers[worker.number]
+        if self.settings.metrics_port:  # its gauges leave the sums; its counts stay in them
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
         if self.signals or self.failure:
             return
         code = worker.process.exitcode

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
+from tests.integration.test_metrics import counted, free_port, scrape, value
 from tests.integration.test_security import certificates  # noqa: F401 - a fixture
 from tests.support import (
     ACCEPT,
@@ -305,22 +306,6 @@ def test_every_worker_takes_the_api_key_and_tls(tmp_path, certificates):  # noqa
         server.stop()
 
 
-def test_workers_with_metrics_are_refused_in_one_line_before_anything_is_made(tmp_path):
-    database = tmp_path / "never.db"
-    done = subprocess.run(
-        [sys.executable, "-m", "stateward", "server", "start", "--port", "0",
-         "--db", str(database), "--no-ui", "--workers", "2", "--metrics-port", "19464"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-        env={**os.environ, "STATEWARD_HOME": str(tmp_path)},
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "Error: --workers 2 cannot serve --metrics-port: the metrics would be those of "
-        "whichever worker the scrape reached; run one worker to serve metrics"
-    ]
-    assert not database.exists()
-
-
 def test_a_server_stopping_before_every_worker_took_calls_never_says_it_listens(tmp_path):
     """A signal while a worker is still starting: the workers that took calls stop, and the
     last one, ready after them, does not make the parent say "listening on" (the ready line a
@@ -373,3 +358,49 @@ def test_a_server_stopping_before_every_worker_took_calls_never_says_it_listens(
     assert "listening on" not in output, output
     assert output.count("Stateward server shutting down...") == 1, output
     assert output.rstrip().endswith("Stateward server stopped."), output
+
+
+def test_the_metrics_add_up_every_worker_s_and_outlive_a_worker(tmp_path):
+    port = free_port()
+    server = ServerProcess(
+        tmp_path / "metered.db", args=["--workers", "2", "--metrics-port", str(port)]
+    ).start()
+    channels = [grpc.insecure_channel(server.target, OWN_CONNECTION) for _ in range(24)]
+    streams = []
+    try:
+        assert server.says(f"metrics: http://127.0.0.1:{port}/metrics")
+        pids = two_workers(server)
+        for channel in channels:
+            new_flow_run(orchestration_pb2_grpc.OrchestrationServiceStub(channel))
+        assert serving_processes(server.port, pids) == pids  # both workers counted some
+        assert (
+            counted(port, "stateward_rpc_requests_total", 24, method="CreateFlowRun", code="OK")
+            == 24
+        )
+        for channel in channels[:6]:
+            stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+            streams.append(stub.WatchTransitions(pb.WatchTransitionsRequest()))
+        for stream in streams:
+            stream.initial_metadata()
+        wait_until(
+            lambda: value(scrape(port), "stateward_stream_subscribers") == 6,
+            what="the six streams counted",
+        )
+        for stream in streams:
+            stream.cancel()
+        os.kill(min(pids), signal.SIGKILL)
+        assert server.says("takes calls again")
+        wait_until(
+            lambda: value(scrape(port), "stateward_stream_subscribers") == 0,
+            what="the streams' end counted, the dead worker's gauge gone",
+        )
+        samples = scrape(port)  # a dead worker's calls stay counted
+        assert (
+            value(samples, "stateward_rpc_requests_total", method="CreateFlowRun", code="OK") == 24
+        )
+    finally:
+        for stream in streams:
+            stream.cancel()
+        for channel in channels:
+            channel.close()
+        assert server.stop() == 0
