@@ -298,7 +298,8 @@ def run_worker(settings: ServerSettings, number: int, parent: Connection) -> Non
     )
 
     def on_started(server: StatewardServer, stopping: Stopping) -> None:
-        parent.send(("ready", server.port, server.ui_url))
+        with contextlib.suppress(OSError):  # the parent is gone: _follow_parent finds it so
+            parent.send(("ready", server.port, server.ui_url))
         loop = asyncio.get_running_loop()
         threading.Thread(
             target=_follow_parent, args=(parent, loop, stopping), name="parent", daemon=True
@@ -307,7 +308,8 @@ def run_worker(settings: ServerSettings, number: int, parent: Connection) -> Non
     try:
         asyncio.run(serve(settings, on_started, greeting=lambda _: [], name=""))
     except (PortUnavailable, DatabaseRefused, DatabaseUnavailable, ValueError, OSError) as error:
-        parent.send(("failed", str(error)))
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            parent.send(("failed", str(error)))
         sys.exit(1)
 
 

@@ -271,6 +271,39 @@ def test_workers_stop_by_themselves_when_their_parent_is_killed(workers):
     wait_until(lambda: all(gone(pid) for pid in pids), 60, "the workers to stop")
 
 
+def test_workers_stop_gracefully_when_their_parent_is_killed_while_they_start(tmp_path):
+    """A parent SIGKILLed before its workers take calls: each worker finds it gone as it says it
+    is ready, and stops as when its parent dies later (it crashed on the closed pipe, with two
+    tracebacks, its server never stopped)."""
+    server = ServerProcess(tmp_path / "orphans.db", args=["--workers", "2"])
+    log_path = server.log_path
+    with open(log_path, "wb") as log:
+        server.process = subprocess.Popen(
+            [sys.executable, "-m", "stateward", "server", "start", "--port", "0",
+             "--db", str(server.db), "--no-ui", "--workers", "2"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "STATEWARD_HOME": str(tmp_path)},
+        )  # fmt: skip
+    pids: set[int] = set()
+    try:
+        # Both held still while they start (their interpreters take a while to import).
+        wait_until(lambda: len(workers_of(server)) == 2, 30, "two worker processes")
+        pids = workers_of(server)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        server.process.kill()
+        server.process.wait()
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: all(gone(pid) for pid in pids), 60, "the workers to stop")
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    output = log_path.read_text()
+    assert "Traceback" not in output, output
+
+
 def test_every_worker_takes_the_api_key_and_tls(tmp_path, certificates):  # noqa: F811
     server = ServerProcess(
         tmp_path / "secure.db",
