@@ -51,8 +51,6 @@ from stateward_service.server import (
 from stateward_service.settings import ServerSettings
 from stateward_service.store import DatabaseRefused, DatabaseUnavailable
 
-log = logging.getLogger("stateward.workers")
-
 _SPAWN = multiprocessing.get_context("spawn")
 
 # What a worker's parent asks of it on their pipe.
