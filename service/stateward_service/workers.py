@@ -85,11 +85,14 @@ def serve_workers(settings: ServerSettings) -> None:
         raise ValueError(problem)
     check_ports(settings)
     _credentials(settings)  # the TLS files, each named with its flag
-    # Checked (and its schema made or upgraded) once, before the workers open it together.
-    check_database(settings)
+    # Held from here on: a server started meanwhile on the port is refused, however long the
+    # database's check takes (it may wait for another process's lock, or read a large file).
     holder = _hold_port(settings.host, settings.port)
-    metrics = _shared_metrics(settings) if settings.metrics_port else None
+    metrics = None
     try:
+        # Checked (and its schema made or upgraded) once, before the workers open it together.
+        check_database(settings)
+        metrics = _shared_metrics(settings) if settings.metrics_port else None
         port = holder.getsockname()[1]
         Workers(dataclasses.replace(settings, port=port, quick_check=False)).run()
     finally:

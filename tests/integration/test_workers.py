@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -302,6 +303,49 @@ def test_workers_stop_gracefully_when_their_parent_is_killed_while_they_start(tm
                 os.kill(pid, signal.SIGKILL)
     output = log_path.read_text()
     assert "Traceback" not in output, output
+
+
+def test_the_port_is_held_while_the_database_is_checked(tmp_path):
+    """Two servers started together on one port: the one still checking its database (here a
+    new file waiting for another process's write lock) already holds the port, so the other
+    is refused, instead of both taking it once the check ends, each with its own database and
+    the kernel splitting the clients between them."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def taken() -> bool:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return True
+            return False
+
+    def start(database: Path) -> list[str]:
+        return [sys.executable, "-m", "stateward", "server", "start", "--port", str(port),
+                "--db", str(database), "--no-ui", "--workers", "2"]  # fmt: skip
+
+    environment = {**os.environ, "STATEWARD_HOME": str(tmp_path)}
+    slow = tmp_path / "slow.db"
+    with contextlib.closing(sqlite3.connect(slow)) as new_file:  # as the server makes it
+        new_file.execute("PRAGMA journal_mode=WAL")
+    with write_lock_held(slow), open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen(
+            start(slow), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=environment
+        )
+        try:
+            wait_until(taken, 30, "the first server to hold its port")
+            second = subprocess.run(
+                start(tmp_path / "other.db"), capture_output=True, text=True, cwd=ROOT,
+                env=environment, timeout=60,
+            )  # fmt: skip
+        finally:
+            first.send_signal(signal.SIGTERM)
+    first.wait(60)  # stopped by the signal while it checks the database
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "the port is already in use" in second.stderr
 
 
 def test_every_worker_takes_the_api_key_and_tls(tmp_path, certificates):  # noqa: F811
