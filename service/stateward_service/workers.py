@@ -13,9 +13,10 @@ the leader lock. The web view is the first worker's.
 
 The parent says one ready line once every worker takes calls. SIGINT or SIGTERM has every worker
 drain as a lone server does (a second signal ends their grace at once). A worker that dies is
-started again, said in one line; when the new one cannot start, the whole server stops and says
-why (one killed by a signal before it takes calls is started once more: the OOM killer or an
-operator, not its start, may be why). A worker whose parent died stops gracefully.
+started again, said in one line (after a delay that grows while it keeps dying soon after it
+takes calls); when the new one cannot start, the whole server stops and says why (one killed
+by a signal before it takes calls is started once more: the OOM killer or an operator, not its
+start, may be why). A worker whose parent died stops gracefully.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -56,6 +58,13 @@ _SPAWN = multiprocessing.get_context("spawn")
 # What a worker's parent asks of it on their pipe.
 STOP = "stop"  # stop gracefully (also what the parent's end closing means)
 NOW = "now"  # end the grace at once
+
+# A worker that dies within STEADY_SECONDS of taking calls is started again after a delay,
+# doubled from FIRST_DELAY up to LONGEST_DELAY for each such death in a row: a worker that
+# crashes as soon as it serves is not started in a loop that takes a core (3 a second here).
+STEADY_SECONDS = 10.0
+FIRST_DELAY = 1.0
+LONGEST_DELAY = 30.0
 
 
 class WorkerFailed(Exception):
@@ -136,10 +145,12 @@ class _Worker:
     process: Any  # multiprocessing's SpawnProcess
     connection: Connection
     ready: bool = False
+    ready_at: float = 0.0  # time.monotonic() when it said so
     failure: str = ""  # what it said when it could not start
     # Started in place of one killed from outside before it took calls: its own such death
     # stops the server (a worker that cannot start is not started in a loop).
     retried: bool = False
+    delay: float = 0.0  # what its start waited (see STEADY_SECONDS)
 
 
 class Workers:
@@ -154,6 +165,7 @@ class Workers:
         self.announced = False
         self.signals = 0
         self.failure = ""
+        self.due: dict[int, tuple[float, float]] = {}  # number -> (its start's time, delay)
 
     def run(self) -> None:
         wake_read, wake_write = os.pipe()
@@ -177,7 +189,7 @@ class Workers:
             raise WorkerFailed(self.failure)
         say("Stateward server stopped.")
 
-    def _start(self, number: int, *, retried: bool = False) -> None:
+    def _start(self, number: int, *, retried: bool = False, delay: float = 0.0) -> None:
         ours, theirs = _SPAWN.Pipe()
         settings = dataclasses.replace(
             self.settings, ui=self.settings.ui and number == 1, ui_port=self.ui_port
@@ -189,17 +201,25 @@ class Workers:
         )
         process.start()
         theirs.close()
-        self.workers[number] = _Worker(number, process, ours, retried=retried)
+        self.workers[number] = _Worker(number, process, ours, retried=retried, delay=delay)
 
     def _supervise(self, wake: int) -> None:
-        while self.workers:
+        while self.workers or self.due:
+            now = time.monotonic()
+            for number, (when, delay) in list(self.due.items()):
+                if when <= now:
+                    del self.due[number]
+                    self._start(number, delay=delay)
+            soonest = min((when for when, _ in self.due.values()), default=None)
             exits = {worker.process.sentinel: worker for worker in self.workers.values()}
             messages = {
                 worker.connection: worker
                 for worker in self.workers.values()
                 if not worker.connection.closed
             }
-            ready = wait([wake, *messages, *exits])
+            ready = wait(
+                [wake, *messages, *exits], None if soonest is None else max(0.0, soonest - now)
+            )
             if wake in ready:
                 for _ in os.read(wake, 64):
                     self._on_signal()
@@ -215,6 +235,7 @@ class Workers:
         if self.signals == 1:
             say("Stateward server shutting down...")
         self._ask_all(STOP if self.signals == 1 else NOW)
+        self.due.clear()  # a worker waiting to start again is not started
 
     def _ask_all(self, request: str) -> None:
         for worker in self.workers.values():
@@ -232,6 +253,7 @@ class Workers:
             return
         _, port, ui_url = message
         worker.ready = True
+        worker.ready_at = time.monotonic()
         if ui_url:
             self.ui_url = ui_url
             self.ui_port = int(ui_url.rsplit(":", 1)[1].strip("/"))
@@ -242,7 +264,7 @@ class Workers:
                 f"Stateward server: worker {worker.number} (pid {worker.process.pid}) takes "
                 "calls again"
             )
-        elif all(each.ready for each in self.workers.values()):
+        elif not self.due and all(each.ready for each in self.workers.values()):
             self.announced = True
             for line in server_greeting(self.settings, port, self.ui_url, len(self.workers)):
                 say(line)
@@ -270,9 +292,19 @@ class Workers:
                 self.failure = worker.failure or (
                     f"worker {worker.number} {ended} before it took calls"
                 )
+                self.due.clear()
                 self._ask_all(STOP)
                 return
             ended += " before it took calls"
+        elif time.monotonic() - worker.ready_at < STEADY_SECONDS:
+            delay = min(max(2 * worker.delay, FIRST_DELAY), LONGEST_DELAY)
+            say(
+                f"Stateward server: worker {worker.number} (pid {worker.process.pid}) {ended}; "
+                f"starting another in {delay:g} s (it took calls for only "
+                f"{time.monotonic() - worker.ready_at:.1f} s)"
+            )
+            self.due[worker.number] = (time.monotonic() + delay, delay)
+            return
         say(
             f"Stateward server: worker {worker.number} (pid {worker.process.pid}) {ended}; "
             "starting another"

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,6 +217,28 @@ def test_a_worker_that_dies_is_started_again_and_serves(workers):
     assert workers.stop() == 0
 
 
+def test_a_worker_that_dies_soon_after_it_takes_calls_waits_longer_each_time(workers):
+    """A worker that crashes as soon as it serves is started again after 1 s, then 2 s...
+    instead of at once each time (3 restarts a second, most of a core, for as long as it
+    crashes); the other worker serves meanwhile."""
+    first, second = sorted(two_workers(workers))
+    os.kill(first, signal.SIGKILL)
+    assert workers.says(f"(pid {first}) was killed by SIGKILL; starting another in 1 s (it took")
+    wait_until(lambda: len(workers_of(workers) - {first, second}) == 1, 30, "a new worker")
+    (again,) = workers_of(workers) - {first, second}
+    assert workers.says(f"(pid {again}) takes calls again")
+    os.kill(again, signal.SIGKILL)
+    killed = time.monotonic()
+    assert workers.says(f"(pid {again}) was killed by SIGKILL; starting another in 2 s")
+    wait_until(lambda: len(workers_of(workers) - {first, second, again}) == 1, 30, "another")
+    assert time.monotonic() - killed >= 2.0
+    assert workers.says("takes calls again")
+    with grpc.insecure_channel(workers.target, OWN_CONNECTION) as channel:
+        stub = orchestration_pb2_grpc.OrchestrationServiceStub(channel)
+        assert new_flow_run(stub).id
+    assert workers.stop() == 0
+
+
 def kill_while_it_starts_again(server: ServerProcess, pid: int, known: set[int]) -> int:
     """SIGKILL worker `pid`, then the worker started in its place (not one of `known`) while
     its interpreter is still importing; returns that one's pid."""
@@ -292,6 +315,10 @@ def test_workers_stop_gracefully_when_their_parent_is_killed_while_they_start(tm
         pids = workers_of(server)
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
+        # Killed once it waits on its workers (it has written what each needs to start: killed
+        # before, a worker fails in multiprocessing's own code, unpickling half a message).
+        parent = server.process.pid
+        wait_until(lambda: "poll" in Path(f"/proc/{parent}/wchan").read_text(), 30, "the wait")
         server.process.kill()
         server.process.wait()
         for pid in pids:
