@@ -98,12 +98,16 @@ def subscriber_process(
 
         try:
             followed = await asyncio.gather(
-                *(follow(channels[i // per_connection]) for i in range(streams))
+                *(follow(channels[i // per_connection]) for i in range(streams)),
+                return_exceptions=True,
             )
         finally:
             for channel in channels:
                 await channel.close()
         for found in followed:
+            if isinstance(found, BaseException):  # said, not waited for until a timeout
+                print(f"a subscriber's stream ended: {found!r}", file=sys.stderr, flush=True)
+                found = ({}, 0, 0)
             results.put(found)
 
     asyncio.run(main())
