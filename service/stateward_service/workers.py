@@ -199,7 +199,17 @@ class Workers:
             args=(settings, number, theirs),
             name=f"stateward-worker-{number}",
         )
-        process.start()
+        # Started with SIGINT ignored, which its interpreter keeps (Python makes SIGINT a
+        # KeyboardInterrupt only when it is not ignored): a Ctrl-C while a worker starts is
+        # this parent's to handle, not a traceback in each worker. Blocked here meanwhile, so
+        # that one arriving now reaches the handler once it is back.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGINT, handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         theirs.close()
         self.workers[number] = _Worker(number, process, ours, retried=retried, delay=delay)
 

@@ -153,6 +153,33 @@ def test_a_signal_to_every_process_at_once_is_one_graceful_stop(workers):
     assert output.rstrip().endswith("Stateward server stopped.")
 
 
+def test_a_ctrl_c_while_the_workers_start_is_one_graceful_stop(tmp_path):
+    """A Ctrl-C (SIGINT to the process group) while the workers' interpreters still import:
+    the server stops as it does once they serve, without a KeyboardInterrupt traceback from
+    each worker."""
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stateward", "server", "start", "--port", "0",
+             "--db", str(tmp_path / "ctrl-c.db"), "--no-ui", "--workers", "2"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            env={**os.environ, "STATEWARD_HOME": str(tmp_path)},
+        )  # fmt: skip
+    server = ServerProcess(tmp_path / "ctrl-c.db")
+    server.process = process
+    try:
+        wait_until(lambda: len(workers_of(server)) == 2, 30, "two worker processes")
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = log_path.read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert output.rstrip().endswith("Stateward server stopped."), output
+
+
 def test_a_second_signal_ends_every_worker_s_grace_at_once(tmp_path):
     """With a grace of 60 s and writes waiting for the SQLite write lock another process holds,
     a second SIGTERM to the parent ends the grace in the workers: the grace is over long before
