@@ -35,6 +35,10 @@ class LoopsLeadership:
         self.retry_seconds = retry_seconds
         self.lead_level = lead_level
         self.leading = False
+        # False once this process is shutting down: it keeps the lead it holds until `stop()`,
+        # but takes none (the workers of one server stop together: each took the lead the
+        # one before it gave up, to start the loops and stop them again at once).
+        self.competing = True
         self._task: asyncio.Task[None] | None = None
         # The lock is used from worker threads; a call under way when the task is cancelled
         # still ends before `stop()` releases the lock.
@@ -68,8 +72,10 @@ class LoopsLeadership:
             try:
                 # Off the event loop: on PostgreSQL each is a round trip, and a connection
                 # attempt to a database that does not answer takes seconds.
-                if not self.leading and await asyncio.to_thread(
-                    self._locked, self.lock.try_acquire
+                if (
+                    not self.leading
+                    and self.competing
+                    and await asyncio.to_thread(self._locked, self.lock.try_acquire)
                 ):
                     self.leading = True
                     log.log(

@@ -315,6 +315,7 @@ class StatewardServer:
                 await self._server.stop(grace)
             return
         self._stopping = True
+        self.replica.leadership.competing = False  # it takes no lead while it stops
         self._grace = Grace(grace)
         try:
             if self._storage_watch is not None:

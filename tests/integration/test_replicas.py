@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import runs_pb2
@@ -31,6 +33,7 @@ from tests.support import (
     propose,
     state,
     wait_until,
+    write_lock_held,
 )
 
 LOOP_ARGS = ["--late-after", "0.5", "--late-runs-interval", "0.2"]
@@ -319,3 +322,35 @@ def test_a_pause_and_resume_through_another_process_are_seen_by_the_first(replic
 
 def flow_run_state(stub, run_id: str) -> int:
     return stub.GetFlowRun(pb.GetFlowRunRequest(id=run_id)).flow_run.state.type
+
+
+def test_a_process_that_is_shutting_down_takes_no_lead(tmp_path):
+    """Processes that stop together (the workers of one server) hand the loops on to no one: one
+    that is draining does not take the leader lock the leader gave up (it took it, started the
+    loops and stopped them again at once). Here a second server on the same database drains a
+    write held by another connection's write lock while the leader stops."""
+    database = tmp_path / "lead.db"
+    leader = ServerProcess(database, log_path=tmp_path / "leader.log").start()
+    assert leader.says("this process leads")
+    other = ServerProcess(
+        database, args=["--shutdown-grace", "60"], log_path=tmp_path / "other.log"
+    ).start()
+    assert other.process is not None
+    try:
+        run_id = new_flow_run(other.stub(), initial=ST.STATE_TYPE_RUNNING).id
+        with write_lock_held(database) as release:
+            call = other.stub().SetState.future(
+                pb.SetStateRequest(run_id=run_id, state=state(ST.STATE_TYPE_RUNNING)), timeout=90
+            )
+            health_pb2_grpc.HealthStub(other.channel()).Check(health_pb2.HealthCheckRequest())
+            other.process.send_signal(signal.SIGTERM)
+            assert other.says("shutting down")
+            assert leader.stop() == 0  # the leader lock is free
+            # The other tries to take it every second while it runs: three chances.
+            time.sleep(3)
+            assert "this process leads" not in other.output()
+            release()
+        assert call.result().status == ACCEPT
+        assert other.process.wait(60) == 0
+    finally:
+        other.stop()
