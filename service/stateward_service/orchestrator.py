@@ -241,6 +241,8 @@ class Orchestrator:
         self._reader = store.reader()
         self._publishers: list[Publisher] = []
         self._runs = _RunCache(store)
+        # `_transaction(wait)`, made once: by `wait` (False, True).
+        self._transactions = (_Transaction(self, False), _Transaction(self, True))
         # Inside `batch()` or `together()`: the transitions written so far, published once the
         # transaction commits.
         self._batch: list[_Logged] | None = None
@@ -918,8 +920,8 @@ class Orchestrator:
 
     def _transaction(self, wait: bool = True) -> _Transaction:
         """A store transaction (see `RunStore.transaction` for `wait`); if it fails, the run
-        records it changed in memory are forgotten."""
-        return _Transaction(self, wait)
+        records it changed in memory are forgotten. Entered under the write lock."""
+        return self._transactions[wait]
 
     def _write_unwritten(self) -> None:
         """Insert the rows of the runs created in this transaction, each once, as they are
@@ -1142,18 +1144,23 @@ class _Transaction:
     """`Orchestrator._transaction()`: a class, not a generator, as every write enters one.
     Inside the store's transaction: the run cache is checked against other processes' commits
     as it begins, the rows of runs created in it are inserted as it ends, and the cache
-    forgets everything when it fails."""
+    forgets everything when it fails. An orchestrator has one for each `wait`, made once
+    (objects made for every write cost as much as their work): each is entered under the
+    orchestrator's lock, and transactions do not nest."""
 
-    __slots__ = ("_orchestrator", "_store_transaction")
+    __slots__ = ("_orchestrator", "_store_transaction", "_wait")
 
     def __init__(self, orchestrator: Orchestrator, wait: bool) -> None:
         self._orchestrator = orchestrator
-        self._store_transaction = orchestrator._store.transaction(wait=wait)
+        self._wait = wait
+        self._store_transaction: AbstractContextManager[None] = nullcontext()
 
     def __enter__(self) -> None:
         orchestrator = self._orchestrator
+        store_transaction = orchestrator._store.transaction(wait=self._wait)
+        self._store_transaction = store_transaction
         try:
-            self._store_transaction.__enter__()
+            store_transaction.__enter__()
         except BaseException:
             orchestrator._runs.clear()
             raise

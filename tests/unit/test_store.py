@@ -904,3 +904,28 @@ def test_a_task_runs_writes_bind_no_null_and_read_back_as_written(database):
     ]
     orchestrator.close()
     reader.close()
+
+
+def test_one_transaction_object_serves_every_write_and_a_failed_one_leaves_the_next_whole(
+    tmp_path: Path,
+) -> None:
+    """The store's transaction and the orchestrator's around it are made once per `wait` (a
+    write makes none), and one that failed leaves nothing behind for the next."""
+    store = Store(tmp_path / "t.db")
+    orchestrator = Orchestrator(store)
+    try:
+        assert store.transaction() is store.transaction(wait=True)
+        assert store.transaction(wait=False) is not store.transaction()
+        assert orchestrator._transaction() is orchestrator._transaction(True)
+        run = RunRecord(
+            kind=RunKind.FLOW_RUN, id=str(uuid.uuid4()), name="r", created=datetime.now(UTC),
+            flow_name="f",
+        )  # fmt: skip
+        with pytest.raises(RuntimeError), orchestrator._lock, orchestrator._transaction():
+            store.insert_run(run)
+            raise RuntimeError("the block fails: nothing it wrote stays")
+        assert not store.run_exists(run.id)
+        orchestrator.create_run(run, State(StateType.PENDING))
+        assert orchestrator.get_run(run.id).state.type is StateType.PENDING  # type: ignore[union-attr]
+    finally:
+        orchestrator.close()

@@ -237,7 +237,8 @@ _LOG_FIRST_STATE = """INSERT INTO transitions
 
 
 class _WriteTransaction:
-    """`Store.transaction()`: a class, not a generator, as every write enters one."""
+    """`Store.transaction()`: a class, not a generator, as every write enters one; one for
+    each `wait`, made once (it keeps nothing between its entry and its exit)."""
 
     __slots__ = ("_store", "_wait")
 
@@ -321,6 +322,8 @@ class Store(SqlStore):
         self._pending_log: list[int] = []  # the sequences the transaction logged
         # The id and sequence of the state inserted last, which its transition logs next.
         self._state_sequence: tuple[str, int] = ("", 0)
+        # `transaction(wait=...)`, by `wait` (False, True).
+        self._transactions = (_WriteTransaction(self, False), _WriteTransaction(self, True))
         self._checkpointer = _Checkpointer(self.path, synchronous)
 
     def close(self) -> None:
@@ -374,7 +377,7 @@ class Store(SqlStore):
         StorageUnavailable, and `unavailable` holds it until a transaction commits again.
         With `wait` false, another connection's write transaction raises WouldWait at once
         (its lock is not waited for)."""
-        return _WriteTransaction(self, wait)
+        return self._transactions[wait]
 
     def _abandon(self, error: BaseException, began: bool) -> StorageUnavailable | None:
         """After `error` in a transaction: roll it back (if it began); the StorageUnavailable
