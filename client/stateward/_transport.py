@@ -193,9 +193,16 @@ def translate_code(
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+# gRPC's words (and ours) for a call whose connection was made and then went away under it (the
+# process serving it stopped), as opposed to one never made ("failed to connect to all addresses").
+_BROKE = ("Stream removed", "the connection broke")
+
+
 def unreachable(connection: Connection | None, details: str) -> ServerUnavailable:
     """Why a call found no server, told apart by trying the address ourselves: nothing
-    listens there, or something listens but the connection failed (TLS, most often)."""
+    listens there, the connection broke under the call while something still listens (a
+    worker of several, or the server, restarting), or something listens but the connection
+    failed (TLS, most often)."""
     if connection is None:
         return ServerUnavailable(f"cannot reach the Stateward server ({details})")
     address = connection.address
@@ -212,6 +219,12 @@ def unreachable(connection: Connection | None, details: str) -> ServerUnavailabl
         return ServerUnavailable(
             f"cannot reach a Stateward server at {address}{named}: {refused}. "
             f"Start one there with `stateward server start`, or {fix}"
+        )
+    if any(words in details for words in _BROKE):
+        return ServerUnavailable(
+            f"the connection to the Stateward server at {address}{named} broke ({details}): "
+            "the process serving it stopped (a worker of `server start --workers`, or the "
+            "server, restarting)"
         )
     if connection.tls_ca is not None:
         return ServerUnavailable(

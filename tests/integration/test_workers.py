@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from stateward.client import WatchStopper
 from stateward.v1 import orchestration_pb2 as pb
 from stateward.v1 import orchestration_pb2_grpc
 from tests.integration.test_metrics import counted, free_port, scrape, value
@@ -301,6 +304,39 @@ def test_a_worker_killed_twice_in_a_row_before_it_takes_calls_stops_the_server(w
     last = workers.output().rstrip().splitlines()[-1]
     assert last.startswith("Error: worker ") and "killed by SIGKILL before it took calls" in last
     wait_until(lambda: gone(second), 60, "the other worker to stop")
+
+
+def test_a_stream_broken_by_a_worker_s_death_is_not_called_a_tls_problem(workers):
+    """The client whose worker died says its connection broke, and resumes on the other
+    worker, instead of "accepts connections, but plaintext gRPC to it failed ... If the server
+    uses TLS, set STATEWARD_TLS_CA" (its probe reached the other worker), sending the operator
+    to a TLS setting that is not wrong."""
+    from stateward import Client
+
+    pids = two_workers(workers)
+    started: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    retried: list[str] = []
+    stopper = WatchStopper()
+    client = Client(workers.target)
+
+    def follow() -> None:
+        for _ in client.watch(started=started.put, retrying=lambda e: retried.append(str(e)),
+                              stopper=stopper):  # fmt: skip
+            pass
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        started.get(timeout=30)
+        (serving,) = serving_processes(workers.port, pids)
+        os.kill(serving, signal.SIGKILL)
+        started.get(timeout=30)  # resumed, on the other worker
+    finally:
+        stopper.stop()
+        follower.join(30)
+        client.close()
+    assert len(retried) == 1, retried
+    assert "broke" in retried[0] and "TLS" not in retried[0], retried[0]
 
 
 def test_a_worker_that_cannot_start_again_stops_the_server_with_one_line(workers, tmp_path):
