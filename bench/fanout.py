@@ -53,6 +53,10 @@ from stateward.v1 import orchestration_pb2_grpc, states_pb2
 from tests.support import ServerProcess, new_flow_run
 
 MARKER = "bench-marker"
+# Fresh interpreters for the subscribers and the floor's processes: this process has used gRPC
+# (its health checks, its writer), and gRPC does not survive a fork once it runs (a run hung
+# with forked subscribers waiting on streams that never started).
+SPAWN = multiprocessing.get_context("spawn")
 # A channel of its own, so a connection of its own: a server with several workers gets the
 # connections spread across them by the kernel.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -135,11 +139,11 @@ def percentile(samples: list[float], p: float) -> float:
 
 def start_subscribers(server: ServerProcess, subscribers: int, keep: bool, per_connection: int):
     processes = min(subscribers, 4)
-    ready: multiprocessing.Queue[int] = multiprocessing.Queue()
-    results: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
+    ready: multiprocessing.Queue[int] = SPAWN.Queue()
+    results: multiprocessing.Queue[dict[str, int]] = SPAWN.Queue()
     shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
     workers = [
-        multiprocessing.Process(
+        SPAWN.Process(
             target=subscriber_process,
             args=(server.target, n, per_connection, ready, results, keep),
         )
@@ -327,25 +331,24 @@ def floor(subscribers: int, rounds: int, servers: int = 1) -> tuple[float, list[
     With `servers` above 1, that many such server processes share the streams (the subscriber
     processes spread over them), each sending its rounds on its own: the floor of a server
     with that many workers."""
-    ports: multiprocessing.Queue[int] = multiprocessing.Queue()
-    go: multiprocessing.Queue[int] = multiprocessing.Queue()
-    done: multiprocessing.Queue[float] = multiprocessing.Queue()
-    ready: multiprocessing.Queue[int] = multiprocessing.Queue()
-    delays: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
+    ports: multiprocessing.Queue[int] = SPAWN.Queue()
+    go: multiprocessing.Queue[int] = SPAWN.Queue()
+    done: multiprocessing.Queue[float] = SPAWN.Queue()
+    ready: multiprocessing.Queue[int] = SPAWN.Queue()
+    delays: multiprocessing.Queue[list[float]] = SPAWN.Queue()
     processes = min(subscribers, 4)
     shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
     owner = [i % servers for i in range(processes)]  # the server of each subscriber process
     streams = [sum(n for n, o in zip(shares, owner, strict=True) if o == k) for k in range(servers)]
     floor_servers = [
-        multiprocessing.Process(target=_floor_server, args=(ports, go, done, n, rounds))
-        for n in streams
+        SPAWN.Process(target=_floor_server, args=(ports, go, done, n, rounds)) for n in streams
     ]
     port_of = []
     for server in floor_servers:
         server.start()
         port_of.append(ports.get(timeout=60))
     clients = [
-        multiprocessing.Process(
+        SPAWN.Process(
             target=_floor_subscriber,
             args=(port_of[o], n, rounds, ready, delays),
             daemon=True,
