@@ -51,6 +51,7 @@ from stateward_service.rules.engine import (
     TakeConcurrencySlots,
     TransitionContext,
     decide,
+    decide_by,
 )
 from stateward_service.rules.policies import Policies
 from stateward_service.store import (
@@ -755,17 +756,19 @@ class Orchestrator:
         kind = proposed.type
         if kind is _SCHEDULED and proposed.details.scheduled_time is None:
             proposed = proposed.with_details(scheduled_time=moment)
-        policy = self.policies.for_run(run.kind, force)
         current = run.state
-        if not policy.applicable(None if current is None else current.type, kind):
+        rules = self.policies.for_run(run.kind, force).applicable(
+            None if current is None else current.type, kind
+        )
+        if not rules:
             # No rule covers the transition (a new run's Pending): what `decide` answers with
             # none, without gathering what the rules would read.
             return PolicyDecision(_ACCEPT, proposed)
         if not force and kind is _RUNNING and run.kind is _TASK_RUN:
             ctx = self._with_task_start_facts(run, proposed, moment)
         else:
-            ctx = TransitionContext(run=run, proposed=proposed, now=moment, jitter=self.rng())
-        return decide(policy, ctx)
+            ctx = TransitionContext(run, proposed, moment, None, None, (), self.rng())
+        return decide_by(rules, ctx)
 
     def _with_task_start_facts(
         self, run: RunRecord, proposed: State, moment: datetime
@@ -787,15 +790,7 @@ class Orchestrator:
                 LimitUsage(tag, limit, active, held)
                 for tag, limit, active, held in self._store.limit_usage(run.id, run.tags)
             )
-        return TransitionContext(
-            run=run,
-            proposed=proposed,
-            now=moment,
-            flow_run_state=flow_run_state,
-            cached=cached,
-            limits=limits,
-            jitter=self.rng(),
-        )
+        return TransitionContext(run, proposed, moment, flow_run_state, cached, limits, self.rng())
 
     def together(
         self, operations: Sequence[Callable[[], T]], *, wait: bool = True

@@ -469,3 +469,24 @@ def test_own_details_keeps_every_field_but_the_run_ids() -> None:
     assert own_details(run, details) == dataclasses.replace(
         details, flow_run_id="f1", task_run_id="t1"
     )
+
+
+def test_a_context_knows_the_runs_state_and_deciding_by_the_covering_rules_is_deciding():
+    """A TransitionContext works out the run's state and its type as it is made (also when
+    `replace` makes it again), and `decide_by` over the rules a policy says cover a transition
+    decides as `decide` over the whole policy, for every pair of types."""
+    from stateward_service.rules.engine import decide_by
+
+    moment = datetime.now(UTC)
+    for kind in RunKind:
+        policy = Policies.default().for_run(kind, False)
+        for from_type in [None, *StateType]:
+            state = None if from_type is None else State(from_type, timestamp=moment)
+            run = RunRecord(kind=kind, id="r", name="r", created=moment, state=state)
+            for to_type in StateType:
+                ctx = TransitionContext(run, State(to_type), moment, None, None, (), 0.5)
+                assert (ctx.initial, ctx.initial_type) == (state, from_type)
+                again = dataclasses.replace(ctx, proposed=State(to_type, name="Other"))
+                assert (again.initial, again.initial_type, again.jitter) == (state, from_type, 0.5)
+                rules = policy.applicable(from_type, to_type)
+                assert decide_by(rules, ctx) == decide(policy, ctx), (kind, from_type, to_type)

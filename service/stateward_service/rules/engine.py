@@ -102,8 +102,9 @@ Verdict = Proceed | Reject | Wait | Abort
 
 # Not frozen, as are the records the rules return: they never leave the server, nothing
 # changes them once made, and a frozen dataclass costs a call per field to build, on every
-# proposal.
-@dataclass(slots=True)
+# proposal. Its own __init__: the two fields it works out are set there, without a
+# __post_init__ call.
+@dataclass(slots=True, init=False)
 class TransitionContext:
     """What the rules may read about one proposal (never changed once made)."""
 
@@ -123,8 +124,24 @@ class TransitionContext:
     initial: State | None = field(init=False, repr=False, compare=False)
     initial_type: StateType | None = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        initial = self.initial = self.run.state
+    def __init__(
+        self,
+        run: RunRecord,
+        proposed: State,
+        now: datetime,
+        flow_run_state: State | None = None,
+        cached: State | None = None,
+        limits: tuple[LimitUsage, ...] = (),
+        jitter: float = 0.0,
+    ) -> None:
+        self.run = run
+        self.proposed = proposed
+        self.now = now
+        self.flow_run_state = flow_run_state
+        self.cached = cached
+        self.limits = limits
+        self.jitter = jitter
+        initial = self.initial = run.state
         self.initial_type = None if initial is None else initial.type
 
 
@@ -182,11 +199,17 @@ class Policy(tuple[Rule, ...]):
 def decide(policy: Sequence[Rule], ctx: TransitionContext) -> PolicyDecision:
     """Run the policy's rules in order over one proposal (those whose FROM and TO types cover
     the transition)."""
-    effects: list[Effect] = []
     if isinstance(policy, Policy):
         rules: Sequence[Rule] = policy.applicable(ctx.initial_type, ctx.proposed.type)
     else:
         rules = [rule for rule in policy if rule.applies(ctx)]
+    return decide_by(rules, ctx)
+
+
+def decide_by(rules: Sequence[Rule], ctx: TransitionContext) -> PolicyDecision:
+    """`decide` by the rules of a policy that cover the transition (`Policy.applicable`), in
+    the policy's order."""
+    effects: list[Effect] = []
     for rule in rules:
         verdict = rule.decide(ctx)
         if verdict is None:
@@ -212,7 +235,10 @@ def decide(policy: Sequence[Rule], ctx: TransitionContext) -> PolicyDecision:
                 rule=repr(rule),
             )
         return PolicyDecision(SetStateStatus.ABORT, None, verdict.reason, rule=repr(rule))
-    return PolicyDecision(SetStateStatus.ACCEPT, ctx.proposed, effects=tuple(effects))
+    return PolicyDecision(_ACCEPT, ctx.proposed, "", 0.0, tuple(effects) if effects else ())
+
+
+_ACCEPT = SetStateStatus.ACCEPT
 
 
 def null_reject(reason: str) -> Reject:
