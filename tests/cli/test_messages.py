@@ -12,7 +12,7 @@ import pytest
 from stateward_service.settings import declarations
 from tests.cli.conftest import one_line, stateward
 from tests.integration.test_security import certificates  # noqa: F401 - a fixture
-from tests.support import ServerProcess
+from tests.support import ServerProcess, write_lock_held
 
 
 @pytest.fixture
@@ -107,3 +107,16 @@ def test_server_start_help_shows_every_flag_and_variable_whole_at_80_columns(hom
         assert declared.env in words, declared.env
         flag = declared.flag if declared.kind is not bool else f"--no-{declared.flag[2:]}"
         assert flag in words, flag
+
+
+def test_a_new_database_file_another_program_holds_locked_is_one_line(
+    home: Path, tmp_path: Path
+) -> None:
+    """A new SQLite file whose lock another program holds (an open transaction in the sqlite3
+    shell) cannot be made a WAL database: one line saying so, not sqlite3's traceback."""
+    database = tmp_path / "held.db"
+    with write_lock_held(database):
+        done = stateward(home, "server", "start", "--port", "0", "--db", str(database), "--no-ui")
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("Error: ") and str(database) in line and "locked" in line, line

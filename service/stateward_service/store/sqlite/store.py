@@ -30,6 +30,7 @@ from stateward_service.model import RunRecord
 from stateward_service.store.faults import StorageUnavailable, storage_unavailable
 from stateward_service.store.interface import (
     ChangeSignal,
+    DatabaseUnavailable,
     LeaderLock,
     WouldWait,
 )
@@ -300,14 +301,22 @@ class Store(SqlStore):
         """Open (or create) the database at `path`. Before anything is written to it, the file
         is checked: a file that is not a SQLite database, is damaged (SQLite's quick check,
         unless `quick_check` is false), holds another application's tables or a newer schema
-        raises DatabaseRefused."""
+        raises DatabaseRefused; a new file another program holds locked raises
+        DatabaseUnavailable."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = open_checked(self.path, quick_check)
         self.unavailable: StorageUnavailable | None = None
         self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         self._busy_ms = _BUSY_TIMEOUT_MS  # the connection's busy timeout (see `_busy_timeout`)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:  # a new file another program holds locked
+            self.conn.close()
+            raise DatabaseUnavailable(
+                f"cannot open the database {self.path} ({error}): another program holds its "
+                "lock (an open transaction in the sqlite3 shell?); try again once it lets go"
+            ) from None
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         # The checkpointer thread copies the WAL into the database, off the write path; a
         # commit checkpoints itself only if the WAL grew this large all the same.
