@@ -319,7 +319,10 @@ class Workers:
             f"Stateward server: worker {worker.number} (pid {worker.process.pid}) {ended}; "
             "starting another"
         )
-        self._start(worker.number, retried=not worker.ready)
+        # One killed before it took calls keeps the delay its start waited, for the next.
+        self._start(
+            worker.number, retried=not worker.ready, delay=0.0 if worker.ready else worker.delay
+        )
 
 
 def _describe_exit(code: int | None) -> str:

@@ -269,6 +269,22 @@ def test_a_worker_that_dies_soon_after_it_takes_calls_waits_longer_each_time(wor
     assert workers.stop() == 0
 
 
+def test_the_delay_grows_across_a_worker_killed_before_it_takes_calls(workers):
+    """A worker started again after a delay and killed before it takes calls is started once
+    more at once; when that one too dies soon after taking calls, the delay goes on doubling
+    (it started again from 1 s: every other start killed early kept it at 1 s)."""
+    first, second = sorted(two_workers(workers))
+    early = kill_while_it_starts_again(workers, first, {first, second})  # after a delay of 1 s
+    known = {first, second, early}
+    wait_until(lambda: len(workers_of(workers) - known) == 1, 30, "a new worker")
+    (again,) = workers_of(workers) - known
+    assert workers.says(f"(pid {again}) takes calls again")
+    os.kill(again, signal.SIGKILL)
+    assert workers.says(f"(pid {again}) was killed by SIGKILL; starting another in 2 s")
+    assert workers.says("takes calls again")
+    assert workers.stop() == 0
+
+
 def kill_while_it_starts_again(server: ServerProcess, pid: int, known: set[int]) -> int:
     """SIGKILL worker `pid`, then the worker started in its place (not one of `known`) while
     its interpreter is still importing; returns that one's pid."""
