@@ -201,3 +201,18 @@ def test_a_flows_exception_escaping_the_script_is_printed_with_the_users_frames(
     own = run([sys.executable, "-c", ESCAPING, "own"], home)
     assert own.returncode == 1
     assert printed_tracebacks(own.stderr).strip() == "own hook: could not load", own.stderr
+
+
+def test_an_unreachable_servers_error_escaping_the_script_shows_the_users_call_alone(
+    home: Path,
+) -> None:
+    """The SDK's own exceptions say what happened in their message: the printed traceback keeps
+    the user's frames and leaves out the SDK's that raised it (ten frames, from the flow's call
+    to the transport's check, before)."""
+    program = "from stateward import flow\n\n@flow\ndef pipeline():\n    return 1\n\npipeline()\n"
+    done = run([sys.executable, "-c", program], home, env={"STATEWARD_API_URL": "127.0.0.1:1"})
+    assert done.returncode == 1, done.stderr
+    frames = re.findall(r'^  File "([^"]+)", line \d+, in (\S+)$', done.stderr, flags=re.M)
+    assert frames == [("<string>", "<module>")], done.stderr
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("stateward.exceptions.ServerUnavailable: cannot reach"), done.stderr

@@ -1,15 +1,18 @@
-"""user_traceback: a failed run's traceback without the SDK's frames before and between the
-user's; the SDK's frames after the user's last one stay, and so does a traceback with none of
-the user's. Code is compiled under file names inside and outside the SDK's folder."""
+"""user_traceback: a failed run's traceback without the SDK's and the standard library's frames
+before and between the user's; such frames after the user's last one stay (but for the SDK's own
+exceptions and KeyboardInterrupt), and so does a traceback with none of the user's. Code is
+compiled under file names inside and outside the SDK's and the standard library's folders."""
 
 from __future__ import annotations
 
 import os
+import sysconfig
 from collections.abc import Callable
 from typing import Any
 
 import stateward
 from stateward._tracebacks import user_traceback
+from stateward.exceptions import ServerUnavailable
 
 SDK = os.path.join(os.path.dirname(os.path.abspath(stateward.__file__)), "_engine_like.py")
 USER = os.path.join(os.sep, "home", "ann", "pipeline.py")
@@ -76,3 +79,48 @@ def test_causes_and_contexts_are_trimmed_too() -> None:
     assert SDK not in shown
     assert "The above exception was the direct cause" in shown
     assert "ValueError: invalid literal" in shown and shown.endswith("RuntimeError: bad input")
+
+
+STDLIB = os.path.join(sysconfig.get_paths()["stdlib"], "asyncio", "runner_like.py")
+
+
+def test_the_standard_librarys_frames_around_the_users_are_left_out() -> None:
+    user = define(USER, "def body(n):\n    raise ValueError(n)\n")
+    stdlib = define(STDLIB, "def run(fn):\n    return fn(7)\n")
+    sdk = define(SDK, "def call(fn):\n    return fn()\n")
+    shown = user_traceback(failure(lambda: sdk["call"](lambda: stdlib["run"](user["body"]))))
+    assert files_of(shown) == [USER]
+    assert shown.endswith("ValueError: 7")
+
+
+def test_a_standard_library_function_that_raised_keeps_its_frames() -> None:
+    user = define(USER, "import json\ndef parse(text):\n    return json.loads(text)\n")
+    shown = user_traceback(failure(lambda: user["parse"]("{")))
+    assert files_of(shown)[0] == USER
+    assert any(name.endswith(os.path.join("json", "decoder.py")) for name in files_of(shown))
+
+
+def test_the_sdks_own_exception_shows_the_users_frames_alone() -> None:
+    sdk = define(
+        SDK,
+        "def connect():\n    return reach()\n\ndef reach():\n    raise Unreachable('start one')\n",
+        Unreachable=ServerUnavailable,
+    )
+    stdlib = define(STDLIB, "def to_thread(fn):\n    return fn()\n")
+    user = define(
+        USER,
+        "def main():\n    return to_thread(connect)\n",
+        to_thread=stdlib["to_thread"],
+        connect=sdk["connect"],
+    )
+    shown = user_traceback(failure(user["main"]))
+    assert files_of(shown) == [USER]
+    assert shown.endswith("ServerUnavailable: start one")
+
+
+def test_a_keyboard_interrupt_leaves_the_sdks_signal_handler_out() -> None:
+    sdk = define(SDK, "def on_signal():\n    raise KeyboardInterrupt\n")
+    user = define(USER, "def work():\n    return on_signal()\n", on_signal=sdk["on_signal"])
+    shown = user_traceback(failure(user["work"]))
+    assert files_of(shown) == [USER]
+    assert shown.endswith("KeyboardInterrupt")
