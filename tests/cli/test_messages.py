@@ -4,6 +4,7 @@ happens without STATEWARD_API_URL."""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from stateward_service.settings import declarations
 from tests.cli.conftest import one_line, stateward
 from tests.integration.test_security import certificates  # noqa: F401 - a fixture
-from tests.support import ServerProcess, write_lock_held
+from tests.support import PostgresDatabases, ServerProcess, write_lock_held
 
 
 @pytest.fixture
@@ -120,3 +121,43 @@ def test_a_new_database_file_another_program_holds_locked_is_one_line(
     assert done.returncode == 1
     line = one_line(done.stderr)
     assert line.startswith("Error: ") and str(database) in line and "locked" in line, line
+
+
+def test_a_postgresql_database_the_user_may_not_create_in_is_one_line_saying_what_to_grant(
+    home: Path, postgres_databases: PostgresDatabases
+) -> None:
+    """PostgreSQL 15 and later give CREATE on schema public only to the database's owner: a
+    server started on a database its user does not own says which privilege is missing and what
+    to do, in one line, not psycopg's traceback. Taken from the test role on a database of its
+    own (the role may not create roles, and PostgreSQL lets an owner revoke its own privilege)."""
+    import psycopg
+
+    url = postgres_databases.create()
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM pg_database_owner")
+        user = admin.info.user
+    database = url.partition("?")[0].rsplit("/", 1)[1]
+    done = stateward(home, "server", "start", "--port", "0", "--db", url, "--no-ui")
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("Error: ") and database in line and "CREATE" in line, line
+    assert f"GRANT CREATE ON SCHEMA public TO {user}" in line, line
+    assert "a database the user owns" in line, line
+    postgres_databases.release(url)
+
+
+@pytest.mark.parametrize("mistake", ["password", "database"])
+def test_a_wrong_postgresql_password_or_database_name_is_one_line(
+    home: Path, postgres_databases: PostgresDatabases, mistake: str
+) -> None:
+    url = postgres_databases.url
+    if mistake == "password":
+        url = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:not-the-password@", url)
+    else:
+        url = re.sub(r"/[^/?]+(\?|$)", r"/stateward_no_such_database\1", url, count=1)
+    done = stateward(home, "server", "start", "--port", "0", "--db", url, "--no-ui")
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("Error: ") and "not-the-password" not in line, line
+    said = "password authentication failed" if mistake == "password" else "does not exist"
+    assert said in line, line

@@ -34,6 +34,7 @@ from stateward_service.model import RunRecord
 from stateward_service.store.faults import StorageUnavailable
 from stateward_service.store.interface import (
     ChangeSignal,
+    DatabaseRefused,
     DatabaseUnavailable,
     LeaderLock,
     WriteConflict,
@@ -196,6 +197,10 @@ class PostgresStore(SqlStore, PostgresReads):
             raise DatabaseUnavailable(
                 f"cannot open the PostgreSQL database at {_redacted(url)}: {error}"
             ) from error
+        except psycopg.Error as error:  # reached, and refused: a privilege, a foreign schema
+            refusal = _refusal(error, self.conn.connection(), url)
+            self.conn.close()
+            raise refusal from error
         # The open transaction's transitions, logged by its last statement; then the sequences
         # the last committed transaction gave them.
         self._pending_log: list[tuple[int, str, str, str | None, str, int]] = []
@@ -342,6 +347,31 @@ class PostgresStore(SqlStore, PostgresReads):
 
 def _table(kind: RunKind) -> str:
     return "flow_runs" if kind is RunKind.FLOW_RUN else "task_runs"
+
+
+def _refusal(error: psycopg.Error, conn: psycopg.Connection[Any], url: str) -> DatabaseRefused:
+    """What PostgreSQL's refusal to set up the schema tells a person, in one line: which
+    database, which privilege the user lacks and what to do. PostgreSQL 15 and later give
+    CREATE on schema `public` only to the database's owner, so a user that does not own the
+    database cannot make the tables."""
+    said = " ".join((error.diag.message_primary or str(error)).split())
+    where = f"the PostgreSQL database {conn.info.dbname!r} at {_redacted(url)}"
+    user = conn.info.user
+    if isinstance(error, pg_errors.InsufficientPrivilege):
+        schema = re.fullmatch(r"permission denied for schema (.+)", said)
+        if schema is not None:
+            name = schema.group(1)
+            return DatabaseRefused(
+                f"{where} refuses user {user!r} the CREATE privilege on schema {name!r}, "
+                f"which Stateward needs to make its tables ({said}): as the database's owner "
+                f"run GRANT CREATE ON SCHEMA {name} TO {user}, or use a database the user "
+                f"owns (CREATE DATABASE stateward OWNER {user})"
+            )
+        return DatabaseRefused(
+            f"{where} refuses user {user!r} a privilege Stateward needs ({said}): grant it, "
+            f"or use a database the user owns (CREATE DATABASE stateward OWNER {user})"
+        )
+    return DatabaseRefused(f"{where} refused to set up Stateward's schema: {said}")
 
 
 def _redacted(url: str) -> str:
