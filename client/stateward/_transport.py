@@ -233,6 +233,12 @@ def unreachable(connection: Connection | None, details: str) -> ServerUnavailabl
             "if the server requires client certificates, set STATEWARD_TLS_CERT and "
             "STATEWARD_TLS_KEY"
         )
+    if "http1.x server" in details:  # gRPC's words for an answer in HTTP/1.x
+        return ServerUnavailable(
+            f"{address}{named} answers HTTP/1.x, not gRPC: a web server (perhaps the web view's "
+            f"port of `stateward server start`). Give the server's gRPC port (by default "
+            f"{settings.DEFAULT_PORT}){' in STATEWARD_API_URL' if named else ''}"
+        )
     return ServerUnavailable(
         f"{address}{named} accepts connections, but plaintext gRPC to it failed ({details}). "
         "If the server uses TLS, set STATEWARD_TLS_CA to the CA that signed its certificate"

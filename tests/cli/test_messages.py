@@ -38,6 +38,23 @@ def test_plaintext_to_a_tls_server_says_tls_not_start_a_server(
     assert "server start" not in line
 
 
+def test_the_web_views_port_as_api_url_says_http_and_the_grpc_port_not_tls(
+    home: Path, tmp_path: Path
+) -> None:
+    """STATEWARD_API_URL at the web view's port (HTTP/1.x): gRPC's 'http1.x server' becomes
+    'a web server, give the gRPC port', not advice about TLS."""
+    server = ServerProcess(tmp_path / "web.db", ui=True).start()
+    try:
+        address = f"127.0.0.1:{server.ui_port}"
+        done = stateward(home, "flow-run", "ls", env={"STATEWARD_API_URL": address})
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert address in line and "HTTP/1.x" in line and "web view" in line, line
+    assert "gRPC port (by default 8470)" in line and "TLS" not in line, line
+
+
 def test_a_missing_client_certificate_says_so(
     home: Path,
     tls_server: ServerProcess,
