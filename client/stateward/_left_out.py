@@ -101,6 +101,20 @@ _INPUT_INSTEAD = "pause the run with wait_for_input= and resume it with the inpu
 # A name of a reference module that Stateward's module at the same path leaves out -> what to
 # do instead.
 LEFT_OUT_NAMES: dict[str, dict[str, str]] = {
+    "exceptions": {
+        "Abort": (
+            "the engine raises OrchestrationAborted where the reference raises Abort (the "
+            "server answered ABORT), an Exception that reaches the caller"
+        ),
+        "Pause": (
+            "a paused flow run waits in its own process (pause_flow_run) and is never ended "
+            "to be run again; a Paused state's result raises PausedRun"
+        ),
+        "PrefectSignal": (
+            "the BaseExceptions raised in a run's code are RunInterrupted (RunTimedOut, "
+            "RunCancelled) and TerminationSignal"
+        ),
+    },
     "flow_runs": {"suspend_flow_run": _PAUSE_INSTEAD},
     "input": {"receive_input": _INPUT_INSTEAD, "send_input": _INPUT_INSTEAD},
     "states": {

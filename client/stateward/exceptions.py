@@ -47,6 +47,7 @@ TerminationSignal            SIGTERM arrived while a flow ran (the run is Crashe
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, Any
 
 from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
 from stateward._signals import TerminationSignal
@@ -308,3 +309,14 @@ def error_for_status(code: int, message: str) -> RpcError:
     except ValueError:
         status = StatusCode.UNKNOWN
     return ERROR_TYPES.get(status, RpcError)(message, status.name)
+
+
+if not TYPE_CHECKING:  # (for type checkers, a misspelt name stays an error)
+
+    def __getattr__(name: str) -> Any:
+        """Only for a name not found: one the reference's module has and this one leaves out
+        (its engine's signals, Abort and Pause) raises ImportError saying what to do instead
+        (see `stateward._left_out`)."""
+        from stateward._left_out import missing_name
+
+        missing_name(__name__, name)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stateward.task_runs")
 
-__all__ = ["ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
+__all__ = ["ConcurrentTaskRunner", "ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
 
 
 class TaskRunner(abc.ABC):
@@ -101,6 +101,10 @@ class ThreadPoolTaskRunner(TaskRunner):
 
     def __repr__(self) -> str:
         return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
+
+
+# The name of Prefect 2's default runner, which Prefect 3 keeps as this same class.
+ConcurrentTaskRunner = ThreadPoolTaskRunner
 
 
 class WorkerTaskRunner(TaskRunner):

@@ -49,6 +49,7 @@ def test_the_reference_module_paths_hold_the_same_objects():
     import stateward.futures
     import stateward.input
     import stateward.logging
+    import stateward.logging.loggers
     import stateward.runtime
     import stateward.states
     import stateward.task_runners
@@ -57,6 +58,11 @@ def test_the_reference_module_paths_hold_the_same_objects():
 
     same = {
         stateward.logging.get_run_logger: stateward.get_run_logger,
+        stateward.logging.loggers.get_run_logger: stateward.get_run_logger,
+        stateward.logging.loggers.disable_run_logger: stateward.logging.disable_run_logger,
+        stateward.logging.loggers.get_logger: stateward.logging.get_logger,
+        # Prefect 3 keeps Prefect 2's default runner under its old name, as this same class.
+        stateward.task_runners.ConcurrentTaskRunner: stateward.task_runners.ThreadPoolTaskRunner,
         stateward.context.get_run_context: stateward.get_run_context,
         stateward.context.tags: stateward.tags,
         stateward.flow_runs.pause_flow_run: stateward.pause_flow_run,
@@ -188,8 +194,14 @@ def test_a_name_of_a_reference_module_that_stateward_leaves_out_says_what_to_use
         from stateward.settings import PREFECT_API_URL  # noqa: F401
     with pytest.raises(ImportError, match=r"prefect.flow_runs.suspend_flow_run\): use pause"):
         from stateward.flow_runs import suspend_flow_run  # noqa: F401
+    with pytest.raises(ImportError, match=r"prefect.exceptions.Abort\): the engine raises "):
+        from stateward.exceptions import Abort  # noqa: F401
+    with pytest.raises(ImportError, match=r"prefect.exceptions.Pause\): a paused flow run "):
+        from stateward.exceptions import Pause  # noqa: F401
     with pytest.raises(ImportError, match=r"^cannot import name 'no_such_name'"):
-        from stateward.states import no_such_name  # noqa: F401
+        from stateward.states import no_such_name
+    with pytest.raises(ImportError, match=r"^cannot import name 'no_such_name'"):
+        from stateward.exceptions import no_such_name  # noqa: F401
     assert not hasattr(stateward.states, "no_such_name")
     assert ObjectNotFound is NotFound
     differences = README.read_text().split("## Differences from the reference")[1]
