@@ -74,6 +74,37 @@ LEFT_OUT: dict[str, str] = {
 
 
 _NO_TASK_WORKERS = "call or .submit() the task inside a flow"
+_CONFIGURE = (
+    "Stateward's settings are environment variables named STATEWARD_... "
+    "(`stateward server start --help` lists the server's)"
+)
+
+# A command group of the reference's CLI (`prefect deployment ls`) that Stateward's leaves out
+# -> what to do instead.
+LEFT_OUT_COMMANDS: dict[str, str] = {
+    "artifact": LEFT_OUT["artifacts"],
+    "automation": _HOOKS,
+    "block": _SETTINGS,
+    "cloud": "there is no hosted service: run `stateward server start` where your runs report",
+    "config": _CONFIGURE,
+    "dashboard": "`stateward ui` opens the web view",
+    "deploy": _DEPLOY,
+    "deployment": _DEPLOY,
+    "event": _HOOKS,
+    "flow": (
+        "flows are the decorated functions, with no records of their own; list their runs "
+        "with `stateward flow-run ls --flow NAME`"
+    ),
+    "global-concurrency-limit": LEFT_OUT["concurrency"],
+    "init": _DEPLOY,
+    "profile": _CONFIGURE,
+    "profiles": _CONFIGURE,
+    "task": _NO_TASK_WORKERS,
+    "variable": _SETTINGS,
+    "work-pool": _RUN_HERE,
+    "work-queue": _RUN_HERE,
+    "worker": _RUN_HERE,
+}
 
 # A method of the reference's flows and tasks that Stateward's leave out -> what to do instead.
 LEFT_OUT_METHODS: dict[str, dict[str, str]] = {
@@ -147,6 +178,19 @@ def missing_name(module: str, name: str) -> NoReturn:
         f"Stateward does not provide {module}.{name} (the reference's prefect.{short}.{name}): "
         f"{instead} (README: 'Differences from the reference')",
         name=module,
+    )
+
+
+def missing_command(name: str) -> str | None:
+    """The one-line message for `stateward NAME` when NAME is a command group of the
+    reference's CLI that Stateward leaves out (`deployment`, `work-pool`...); None for any
+    other name."""
+    instead = LEFT_OUT_COMMANDS.get(name)
+    if instead is None:
+        return None
+    return (
+        f"Stateward leaves out the reference's `prefect {name}` commands: {instead} "
+        "(README: 'Differences from the reference')"
     )
 
 

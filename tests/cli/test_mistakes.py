@@ -159,3 +159,45 @@ def test_a_backup_into_a_missing_folder_says_how_to_make_it(tmp_path: Path, home
     line = one_line(done.stderr)
     assert f"the folder {folder} does not exist" in line and f"mkdir -p {folder}" in line
     assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["deployment", "ls"],
+        ["work-pool", "create", "pool"],
+        ["worker", "start"],
+        ["block", "ls"],
+        ["variable", "set", "name", "value"],
+        ["artifact", "ls"],
+        ["automation", "ls"],
+        ["profile", "ls"],
+        ["config", "view"],
+    ],
+)
+def test_a_command_group_of_the_reference_that_stateward_leaves_out_says_so(
+    home: Path, args: list[str]
+) -> None:
+    """`prefect deployment ls` ported: one line saying Stateward leaves the group out and where
+    the README says what to do instead, not a bare "No such command"."""
+    done = run([str(COMMAND), *args], home)
+    assert done.returncode == 2
+    line = one_line(done.stderr)
+    assert line.startswith(f"Error: Stateward leaves out the reference's `prefect {args[0]}`"), line
+    assert "(README: 'Differences from the reference')" in line, line
+    assert done.stdout == ""
+
+
+def test_version_prints_what_dash_dash_version_does_and_where_runs_go(home: Path) -> None:
+    """`stateward version`, as the reference's `prefect version`: the version line of
+    `--version`, then the Python, the platform and where runs go (the home's database, or the
+    server STATEWARD_API_URL names)."""
+    short = run([str(COMMAND), "--version"], home)
+    done = run([str(COMMAND), "version"], home)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == short.stdout.strip() and lines[0].startswith("stateward ")
+    assert f"Python:     {sys.version.split()[0]} (CPython)" in lines
+    assert f"Runs go to: this machine's database, {home / 'stateward.db'} (STATEWARD_HOME)" in lines
+    remote = run([str(COMMAND), "version"], home, env={"STATEWARD_API_URL": "127.0.0.1:8470"})
+    assert "Runs go to: the server at 127.0.0.1:8470 (STATEWARD_API_URL)" in remote.stdout

@@ -33,6 +33,12 @@ class Group(TyperGroup):
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
+        if command is None and ctx.parent is None:  # `stateward deployment ls`, ported
+            from stateward._left_out import missing_command
+
+            message = missing_command(cmd_name)
+            if message is not None:
+                ctx.fail(message)
         if command is not None and not isinstance(command, TyperGroup):
             _flag(command.get_help_option(ctx))
             for param in command.params:

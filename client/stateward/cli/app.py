@@ -45,6 +45,37 @@ def _options(
     """Stateward: run-state orchestration over gRPC."""
 
 
+def version() -> None:
+    """Print the version, the Python, platform and grpcio in use, and where runs go.
+
+    As the reference's `prefect version`; the first line is what `stateward --version` prints."""
+    import platform
+    from importlib.metadata import version as installed
+
+    from stateward import settings
+    from stateward.cli import print_version
+    from stateward.exceptions import InvalidSetting
+
+    print_version()
+    try:
+        url = settings.api_url()
+        where = (
+            f"the server at {url} (STATEWARD_API_URL)"
+            if url
+            else f"this machine's database, {settings.default_database()} (STATEWARD_HOME)"
+        )
+    except InvalidSetting as error:
+        where = f"nowhere until a setting is corrected: {error}"
+    rows = {
+        "Python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "Platform": f"{platform.system()} {platform.machine()}",
+        "grpcio": installed("grpcio"),
+        "Runs go to": where,
+    }
+    for name, value in rows.items():
+        print(f"{name + ':':<12}{value}")
+
+
 app.add_typer(server_commands(), name="server", cls=Group)
 app.add_typer(runs.flow_runs, name="flow-run")
 app.add_typer(runs.task_runs, name="task-run")
@@ -52,3 +83,4 @@ app.add_typer(limits.app, name="concurrency-limit")
 app.add_typer(db.app, name="db")
 app.command()(watch.watch)
 app.command()(ui.ui)
+app.command()(version)
