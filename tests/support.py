@@ -362,6 +362,31 @@ def propose(
     return stub.SetState(request)
 
 
+def write_lines(
+    stub: orchestration_pb2_grpc.OrchestrationServiceStub,
+    flow_run_id: str,
+    messages: Sequence[str],
+    *,
+    task_run_id: str = "",
+    level: int = 20,
+    logger: str = "tests",
+) -> None:
+    """Store `messages` as lines the run logged (WriteLogs, 1,000 a call), in this order."""
+    for start in range(0, len(messages), 1000):
+        entries = []
+        for message in messages[start : start + 1000]:
+            entry = runs_pb2.LogEntry(
+                flow_run_id=flow_run_id,
+                task_run_id=task_run_id,
+                level=level,
+                logger=logger,
+                message=message,
+            )
+            entry.timestamp.GetCurrentTime()
+            entries.append(entry)
+        stub.WriteLogs(pb.WriteLogsRequest(entries=entries))
+
+
 def history(stub: orchestration_pb2_grpc.OrchestrationServiceStub, run_id: str) -> list[str]:
     """The names of a run's states, oldest first."""
     return [s.name for s in stub.ListStates(pb.ListStatesRequest(run_id=run_id)).states]

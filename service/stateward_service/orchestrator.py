@@ -471,6 +471,13 @@ class Orchestrator:
         with self._reader.snapshot() as db:
             return db.list_logs(kind, run_id, after_id, limit)
 
+    def list_logs_before(self, run_id: str, before_id: int, limit: int) -> list[LogEntry]:
+        """The last `limit` lines `list_logs` would give before the line `before_id` (0: the
+        newest lines), oldest first; read outside the write lock. Raises RunNotFound."""
+        kind = self.get_run(run_id).kind
+        with self._reader.snapshot() as db:
+            return db.list_logs_before(kind, run_id, before_id, limit)
+
     def prune_run_logs(self, keep: int) -> int:
         """Delete all but the newest `keep` log lines; returns how many went."""
         with self._lock, self._transaction():

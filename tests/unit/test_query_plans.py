@@ -183,6 +183,9 @@ def exercise(store: Any) -> None:
     store.get_limits()
     store.list_logs(RunKind.FLOW_RUN, flow.id, 0, 10)
     store.list_logs(RunKind.TASK_RUN, tasks[0].id, 0, 10)
+    for kind, run_id in ((RunKind.FLOW_RUN, flow.id), (RunKind.TASK_RUN, tasks[0].id)):
+        store.list_logs_before(kind, run_id, 0, 10)
+        store.list_logs_before(kind, run_id, 5, 10)
     store.cached_state("k", datetime.now(UTC))
 
 

@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from stateward.v1 import orchestration_pb2 as pb
-from tests.support import ST, ServerProcess, new_flow_run, new_task_run, propose, state
+from tests.support import (
+    ST,
+    ServerProcess,
+    new_flow_run,
+    new_task_run,
+    propose,
+    state,
+    write_lines,
+)
 
 
 @pytest.fixture
@@ -288,3 +296,105 @@ def test_cancel_of_an_unknown_or_task_run_is_not_found(http, grpc_stub) -> None:
     assert http.post(f"/api/flow-runs/{uuid.uuid4()}/cancel", json={}).status_code == 404
     task_run = new_task_run(grpc_stub, "")
     assert http.post(f"/api/flow-runs/{task_run.id}/cancel", json={}).status_code == 404
+
+
+def test_a_task_run_page_has_its_history_flow_run_and_exception_never_unpickled(
+    http, grpc_stub, tmp_path: Path
+) -> None:
+    witness = tmp_path / "unpickled"
+    blob = pickle.dumps(_Opens(witness))
+    flow_run = new_flow_run(grpc_stub, flow_name=unique("task-page"), name="its-flow-run")
+    propose(grpc_stub, flow_run.id, ST.STATE_TYPE_RUNNING)
+    task_run = new_task_run(grpc_stub, flow_run.id, task_key="check_limits")
+    propose(grpc_stub, task_run.id, ST.STATE_TYPE_RUNNING)
+    failed = state(ST.STATE_TYPE_FAILED, message="ValueError: too many", result_pickle=blob)
+    propose(grpc_stub, task_run.id, failed)
+    page = http.get(f"/api/task-runs/{task_run.id}").json()
+    run = page["task_run"]
+    assert run["id"] == task_run.id and run["task_key"] == "check_limits"
+    assert run["state"]["result"] == {
+        "kind": "exception",
+        "message": "ValueError: too many",
+        "bytes": len(blob),
+    }
+    assert [s["type"] for s in page["states"]] == ["PENDING", "RUNNING", "FAILED"]
+    assert page["states"][-1]["message"] == "ValueError: too many"
+    assert page["flow_run"] == {
+        "id": flow_run.id,
+        "name": "its-flow-run",
+        "flow_name": flow_run.flow_name,
+    }
+    assert page["sequence"] >= 3
+    assert not witness.exists()
+
+
+def test_task_run_pages_refuse_unknown_malformed_and_flow_run_ids(http, grpc_stub) -> None:
+    flow_run = new_flow_run(grpc_stub, flow_name=unique("not-a-task"))
+    missing = http.get(f"/api/task-runs/{uuid.uuid4()}")
+    assert missing.status_code == 404 and "no task run has id" in missing.json()["error"]
+    assert http.get(f"/api/task-runs/{flow_run.id}").status_code == 404
+    assert http.get("/api/task-runs/nope").status_code == 400
+    assert http.get(f"/api/task-runs/{uuid.uuid4()}/logs").status_code == 404
+    assert http.get(f"/api/task-runs/{flow_run.id}/logs").status_code == 404
+    assert http.get(f"/api/flow-runs/{uuid.uuid4()}/logs").status_code == 404
+    assert http.get("/api/flow-runs/nope/logs").status_code == 400
+
+
+def test_a_subflow_names_the_flow_run_of_its_parent_task_run(http, grpc_stub) -> None:
+    parent = new_flow_run(grpc_stub, flow_name=unique("parent"))
+    standing_for = new_task_run(grpc_stub, parent.id, task_key="child")
+    child = new_flow_run(grpc_stub, flow_name=unique("child"), parent_task_run_id=standing_for.id)
+    run = http.get(f"/api/flow-runs/{child.id}").json()["flow_run"]
+    assert run["parent_task_run_id"] == standing_for.id
+    assert run["parent_flow_run_id"] == parent.id
+    top = http.get(f"/api/flow-runs/{parent.id}").json()["flow_run"]
+    assert "parent_flow_run_id" not in top
+
+
+def test_a_runs_logs_are_its_newest_lines_with_older_and_newer_ones_on_request(
+    http, grpc_stub
+) -> None:
+    flow_run = new_flow_run(grpc_stub, flow_name=unique("logs"))
+    task_run = new_task_run(grpc_stub, flow_run.id, task_key="chatty")
+    write_lines(grpc_stub, flow_run.id, [f"flow line {i}" for i in range(5)], logger="my.flow")
+    write_lines(grpc_stub, flow_run.id, ["<b>task</b> & line"], task_run_id=task_run.id, level=40)
+
+    def messages(path: str, **params: object) -> tuple[list[str], bool]:
+        answer = http.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        return [line["message"] for line in page["logs"]], page["more"]
+
+    logs = f"/api/flow-runs/{flow_run.id}/logs"
+    assert messages(logs) == ([*(f"flow line {i}" for i in range(5)), "<b>task</b> & line"], False)
+    assert messages(logs, limit=2) == (["flow line 4", "<b>task</b> & line"], True)
+    lines = http.get(logs).json()["logs"]
+    first, newest = lines[0], lines[-1]
+    assert first["level"] == 20 and first["level_name"] == "INFO"
+    assert first["logger"] == "my.flow" and first["task_run_id"] is None
+    assert first["timestamp"].endswith("Z")
+    assert newest["level_name"] == "ERROR" and newest["task_run_id"] == task_run.id
+    assert messages(logs, before=lines[3]["id"], limit=2) == (["flow line 1", "flow line 2"], True)
+    assert messages(logs, before=lines[2]["id"], limit=2) == (["flow line 0", "flow line 1"], False)
+    assert messages(logs, after=lines[3]["id"], limit=1) == (["flow line 4"], True)
+    assert messages(logs, after=lines[4]["id"]) == (["<b>task</b> & line"], False)
+    assert messages(logs, after=newest["id"]) == ([], False)
+    assert messages(f"/api/task-runs/{task_run.id}/logs") == (["<b>task</b> & line"], False)
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"after": "-1"}, "after"),
+        ({"before": "x"}, "before"),
+        ({"after": "1", "before": "2"}, "not both"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "many"}, "limit"),
+    ],
+)
+def test_bad_log_input_is_refused_with_a_message(http, grpc_stub, params, says) -> None:
+    flow_run = new_flow_run(grpc_stub, flow_name=unique("bad-logs"))
+    answer = http.get(f"/api/flow-runs/{flow_run.id}/logs", params=params)
+    assert answer.status_code == 400
+    assert says in answer.json()["error"]

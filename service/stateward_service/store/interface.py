@@ -202,6 +202,9 @@ class RunReads(Protocol):
     def list_logs(
         self, kind: RunKind, run_id: str, after_id: int, limit: int
     ) -> list[LogEntry]: ...
+    def list_logs_before(
+        self, kind: RunKind, run_id: str, before_id: int, limit: int
+    ) -> list[LogEntry]: ...
 
 
 class StoreReader(Protocol):

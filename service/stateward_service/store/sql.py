@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from itertools import compress
@@ -344,18 +344,20 @@ class SqlReads:
                 FROM run_logs WHERE {column} = ? AND id > ? ORDER BY id LIMIT ?""",
             (run_id, after_id, limit),
         ).fetchall()
-        return [
-            LogEntry(
-                flow_run_id=flow_run_id,
-                task_run_id=task_run_id,
-                timestamp=from_us(timestamp) or EPOCH,
-                level=level,
-                logger=logger,
-                message=message,
-                id=entry_id,
-            )
-            for entry_id, flow_run_id, task_run_id, timestamp, level, logger, message in rows
-        ]
+        return _log_entries(rows)
+
+    def list_logs_before(
+        self, kind: RunKind, run_id: str, before_id: int, limit: int
+    ) -> list[LogEntry]:
+        """The last `limit` lines of a run (as `list_logs` picks them) before the line
+        `before_id` (0: the newest lines), oldest first."""
+        column = "flow_run_id" if kind is RunKind.FLOW_RUN else "task_run_id"
+        rows = self.conn.execute(
+            f"""SELECT id, flow_run_id, task_run_id, timestamp, level, logger, message
+                FROM run_logs WHERE {column} = ? AND id < ? ORDER BY id DESC LIMIT ?""",
+            (run_id, before_id or _NO_LINE_ID, limit),
+        ).fetchall()
+        return _log_entries(reversed(rows))
 
     def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
         """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
@@ -651,6 +653,24 @@ MERGED_VALUES = 100
 
 # The columns that hold integers (the others hold text), for `unindexed`.
 _INTEGER_COLUMNS = frozenset({"state_type", "to_type"})
+
+
+_NO_LINE_ID = 2**63 - 1  # above every line's id (a BIGINT)
+
+
+def _log_entries(rows: Iterable[Sequence[Any]]) -> list[LogEntry]:
+    return [
+        LogEntry(
+            flow_run_id=flow_run_id,
+            task_run_id=task_run_id,
+            timestamp=from_us(timestamp) or EPOCH,
+            level=level,
+            logger=logger,
+            message=message,
+            id=entry_id,
+        )
+        for entry_id, flow_run_id, task_run_id, timestamp, level, logger, message in rows
+    ]
 
 
 def unindexed(column: str) -> str:

@@ -8,8 +8,14 @@
                                          `stateward.times.parse_moment` reads them),
                                          ?page_size= &page_token= (keyset pagination)
     GET  /api/flow-runs/{id}             a flow run (with its stored result) and its history
+    GET  /api/flow-runs/{id}/logs        the lines a flow run (and its task runs) logged,
+                                         oldest first: the newest `?limit=` (1-1000, 200), those
+                                         before `?before=` (a line's id), or after `?after=`
     GET  /api/task-runs                  task runs, newest first: ?flow_run_id= &task= &state=
                                          &tag= &page_size= &page_token=
+    GET  /api/task-runs/{id}             a task run (with its stored result), its history and
+                                         its flow run
+    GET  /api/task-runs/{id}/logs        the lines a task run logged, as for a flow run
     POST /api/flow-runs/{id}/cancel      propose Cancelling, as `stateward flow-run cancel` does
     POST /api/flow-runs/{id}/resume      propose Running for a run that is Paused
     POST /api/session                    (with the key) the cookie the event stream accepts
@@ -55,11 +61,18 @@ from stateward_service.web.auth import (
     RequireLoopbackHost,
     is_loopback,
 )
-from stateward_service.web.documents import Document, run_document, state_document
+from stateward_service.web.documents import (
+    Document,
+    log_document,
+    run_document,
+    state_document,
+)
 from stateward_service.web.events import events_endpoint
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PAGE_SIZE = 50
+DEFAULT_LOG_LINES = 200  # a run's page shows its newest lines; older ones on request
+MAX_LOG_LINES = 1000
 _HTTP_STATUS = {
     StatusCode.INVALID_ARGUMENT: 400,
     StatusCode.UNAUTHENTICATED: 401,
@@ -153,6 +166,31 @@ def _run_id(request: Request) -> str:
     return check.run_id(request.path_params["run_id"], "run id")
 
 
+def _line_id(request: Request, name: str) -> int | None:
+    """?after= or ?before=: a log line's id (None when not given)."""
+    raw = request.query_params.get(name, "")
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(name, f"{raw!r} is not a log line's id (an integer >= 0)") from None
+    if value < 0:
+        raise invalid(name, f"{raw!r} is not a log line's id (an integer >= 0)")
+    return value
+
+
+def _log_limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "")
+    try:
+        limit = int(raw) if raw else DEFAULT_LOG_LINES
+    except ValueError:
+        raise invalid("limit", f"{raw!r} is not a number") from None
+    if not 1 <= limit <= MAX_LOG_LINES:
+        raise invalid("limit", f"{limit} is not between 1 and {MAX_LOG_LINES}")
+    return limit
+
+
 # --- the API ------------------------------------------------------------------------------------
 
 
@@ -209,13 +247,71 @@ class WebApi:
         def read() -> Document:
             run = self.orchestrator.get_run(run_id, RunKind.FLOW_RUN)
             states = self.orchestrator.list_states(run_id)
+            document = run_document(run, with_result=True)
+            if run.parent_task_run_id:
+                # A subflow: the flow run of the task run that stands for it in its parent.
+                try:
+                    parent = self.orchestrator.get_run(run.parent_task_run_id, RunKind.TASK_RUN)
+                    document["parent_flow_run_id"] = parent.flow_run_id or None
+                except RunNotFound:
+                    document["parent_flow_run_id"] = None
             return {
-                "flow_run": run_document(run, with_result=True),
+                "flow_run": document,
                 "states": [state_document(state) for state in states],
                 "sequence": sequence,
             }
 
         return await run_in_threadpool(read)
+
+    async def task_run(self, request: Request) -> Document:
+        run_id = _run_id(request)
+        sequence = self.broadcaster.last_sequence
+
+        def read() -> Document:
+            run = self.orchestrator.get_run(run_id, RunKind.TASK_RUN)
+            states = self.orchestrator.list_states(run_id)
+            flow_run = None
+            if run.flow_run_id:
+                try:
+                    parent = self.orchestrator.get_run(run.flow_run_id, RunKind.FLOW_RUN)
+                    flow_run = {"id": parent.id, "name": parent.name, "flow_name": parent.flow_name}
+                except RunNotFound:
+                    pass
+            return {
+                "task_run": run_document(run, with_result=True),
+                "flow_run": flow_run,
+                "states": [state_document(state) for state in states],
+                "sequence": sequence,
+            }
+
+        return await run_in_threadpool(read)
+
+    def logs(self, kind: RunKind) -> Callable[[Request], Awaitable[Document]]:
+        async def logs(request: Request) -> Document:
+            """A run's log lines, oldest first: after `?after=`, else the newest ones (before
+            `?before=`). `more` says whether further lines are there in that direction (older
+            ones for the newest, newer ones after `?after=`)."""
+            run_id = _run_id(request)
+            after, before = _line_id(request, "after"), _line_id(request, "before")
+            if after is not None and before is not None:
+                raise invalid("after", "give ?after= or ?before=, not both")
+            limit = _log_limit(request)
+
+            def read() -> Document:
+                self.orchestrator.get_run(run_id, kind)  # a run of this kind, or 404
+                if after is not None:
+                    lines = self.orchestrator.list_logs(run_id, after, limit + 1)
+                    more = len(lines) > limit
+                    lines = lines[:limit]
+                else:
+                    lines = self.orchestrator.list_logs_before(run_id, before or 0, limit + 1)
+                    more = len(lines) > limit
+                    lines = lines[-limit:]
+                return {"logs": [log_document(line) for line in lines], "more": more}
+
+            return await run_in_threadpool(read)
+
+        return logs
 
     async def cancel(self, request: Request) -> Document:
         """Propose Cancelling: the rules cancel at once a run no process owns; a running one
@@ -317,7 +413,10 @@ def create_app(
         Route("/api/flow-runs/{run_id}", _answering(api.flow_run)),
         Route("/api/flow-runs/{run_id}/cancel", _answering(api.cancel), methods=["POST"]),
         Route("/api/flow-runs/{run_id}/resume", _answering(api.resume), methods=["POST"]),
+        Route("/api/flow-runs/{run_id}/logs", _answering(api.logs(RunKind.FLOW_RUN))),
         Route("/api/task-runs", _answering(api.task_runs)),
+        Route("/api/task-runs/{run_id}", _answering(api.task_run)),
+        Route("/api/task-runs/{run_id}/logs", _answering(api.logs(RunKind.TASK_RUN))),
         Route("/api/session", _session(key), methods=["POST"]),
         Route(EVENTS_PATH, events_endpoint(broadcaster, heartbeat_seconds)),
         Mount("/static", StaticFiles(directory=STATIC)),

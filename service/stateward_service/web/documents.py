@@ -4,10 +4,11 @@ UTC, state types their names (COMPLETED), durations seconds."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
-from stateward.runs import RunKind, Transition
+from stateward.runs import LogEntry, RunKind, Transition
 from stateward.states import State, StateType
 from stateward_service.model import RunRecord
 
@@ -90,6 +91,21 @@ def run_document(run: RunRecord, *, with_result: bool = False) -> Document:
         document["flow_run_id"] = run.flow_run_id
         document["child_flow_run_id"] = run.child_flow_run_id
     return document
+
+
+def log_document(entry: LogEntry) -> Document:
+    """A line a run logged, as `stateward flow-run logs` shows it: `level` the `logging`
+    number and `level_name` its name (INFO, or "Level 25" for an unnamed one). The message is
+    the run's own text, untrusted: a page shows it as text, never as markup."""
+    return {
+        "id": entry.id,
+        "timestamp": iso(entry.timestamp),
+        "level": entry.level,
+        "level_name": logging.getLevelName(entry.level),
+        "logger": entry.logger,
+        "message": entry.message,
+        "task_run_id": entry.task_run_id or None,
+    }
 
 
 def transition_document(transition: Transition) -> Document:

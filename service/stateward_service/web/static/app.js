@@ -116,6 +116,191 @@ function inputTemplate(schema) {
   return JSON.stringify(template, null, 2);
 }
 
+// The stored result of a run's state: JSON shown, a pickle named; a failed run's exception by
+// the state's message, which the SDK writes as "Type: message" (the server never unpickles).
+function resultSection(state) {
+  if (!state || !state.result) return null;
+  const result = state.result;
+  const bytes = `${result.bytes ? result.bytes.toLocaleString() : 0} bytes`;
+  if (shownAsResult(state)) {
+    // The pickle is for Python; the state's message names the exception (type: message).
+    return [h("h2", {}, "Exception"),
+      h("pre", { class: "json exception", id: "result" }, result.message),
+      h("p", { class: "muted" }, `Stored pickled (${bytes}): Python can raise it again with state.result(), given the code that made it.`)];
+  }
+  const body = result.kind === "json"
+    ? h("pre", { class: "json", id: "result" }, JSON.stringify(result.value, null, 2))
+    : h("p", { class: "notice", id: "result" },
+      `A pickled Python object (${bytes}): only Python can read it, with the code that made it.`);
+  return [h("h2", {}, "Result"), body];
+}
+
+function historyList(states) {
+  return h("ol", { class: "history", id: "history", "aria-labelledby": "history-title" },
+    states.map((state) => historyItem(state)));
+}
+
+// The facts every run has: its message (unless shown as its exception), times, counts, tags
+// and parameters.
+function runFacts(run) {
+  return [
+    run.state && run.state.message && !shownAsResult(run.state) ? [h("dt", {}, "Message"), h("dd", { id: "run-message" }, run.state.message)] : null,
+    h("dt", {}, "Created"), h("dd", {}, showTime(run.created)),
+    h("dt", {}, "Started"), h("dd", {}, showTime(run.start_time)),
+    h("dt", {}, "Ended"), h("dd", {}, showTime(run.end_time)),
+    h("dt", {}, "Duration"), h("dd", { id: "run-duration" }, showDuration(runSeconds(run))),
+    h("dt", {}, "Run time"), h("dd", {}, showDuration(run.total_run_time)),
+    h("dt", {}, "Run count"), h("dd", {}, String(run.run_count)),
+    h("dt", {}, "Tags"), h("dd", {}, tags(run.tags)),
+    h("dt", {}, "Parameters"), h("dd", {}, h("pre", { class: "json" }, JSON.stringify(run.parameters, null, 2)))];
+}
+
+// --- a run's logs ----------------------------------------------------------------------------
+
+const LOG_LINES = 200; // lines fetched at a time (the API gives at most 1000)
+const LOG_KEEP = 2000; // lines kept on the page as new ones arrive (older ones on request)
+const LOG_POLL_MS = 2000; // how often a run that has not ended is asked for new lines
+const LOG_QUIET_POLLS = 3; // polls without a new line after the run ended before stopping
+
+// A run's log lines (`base`: its API path), newest at the bottom and in view. Lines are its
+// code's untrusted text: they go into the page as text nodes only. The event stream carries
+// state changes, not lines: while the run has not ended (and a few seconds after), the panel
+// asks for the lines after the last one it has.
+class LogPanel {
+  constructor(base) {
+    this.base = base;
+    this.first = null; // the oldest line's id shown
+    this.last = null; // the newest line's id shown
+    this.count = 0;
+    this.quiet = 0;
+    this.timer = null;
+    this.closed = false;
+    this.body = h("tbody", { id: "log-lines" });
+    this.earlierButton = h("button", { type: "button", id: "log-earlier", hidden: true, onclick: () => this.earlier().catch((error) => this.failed(error)) }, "Show earlier lines");
+    this.status = h("p", { class: "muted", id: "log-status" }, "Loading…");
+    this.box = h("div", { class: "logs", id: "logs", tabindex: "0", "aria-labelledby": "logs-title" },
+      this.earlierButton,
+      h("table", { class: "log-table" },
+        h("thead", {}, h("tr", {}, ["Time", "Level", "Logger", "Message"].map((title) => h("th", { scope: "col" }, title)))),
+        this.body));
+    this.element = h("section", { "aria-labelledby": "logs-title" },
+      h("h2", { id: "logs-title" }, "Logs"), this.status, this.box);
+  }
+
+  row(line) {
+    return h("tr", { dataset: { logId: line.id, level: line.level_name } },
+      h("td", { class: "log-time" }, showTime(line.timestamp)),
+      h("td", { class: `log-level level-${line.level >= 40 ? "error" : line.level >= 30 ? "warning" : "info"}` }, line.level_name),
+      h("td", { class: "log-logger" }, line.logger),
+      h("td", { class: "log-message" }, line.message));
+  }
+
+  atBottom() {
+    return !this.box.isConnected || this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight < 8;
+  }
+
+  // Scroll to the newest line, now or once the panel is on the page (see `watch`).
+  toEnd() {
+    this.endPending = !this.box.isConnected;
+    this.box.scrollTop = this.box.scrollHeight;
+  }
+
+  showStatus() {
+    this.status.textContent = this.count ? "" : "No lines logged yet.";
+    this.status.hidden = Boolean(this.count);
+    this.box.hidden = !this.count;
+  }
+
+  async load() {
+    const page = await api(`${this.base}/logs?limit=${LOG_LINES}`);
+    if (this.closed) return;
+    this.body.replaceChildren(...page.logs.map((line) => this.row(line)));
+    this.count = page.logs.length;
+    this.first = this.count ? page.logs[0].id : null;
+    this.last = this.count ? page.logs[this.count - 1].id : null;
+    this.earlierButton.hidden = !page.more;
+    this.showStatus();
+    this.toEnd();
+  }
+
+  // The lines after the newest shown; true if there were any.
+  async follow() {
+    if (this.last === null) {
+      await this.load();
+      return this.count > 0;
+    }
+    const stick = this.atBottom();
+    let found = false;
+    for (;;) {
+      const page = await api(`${this.base}/logs?after=${this.last}&limit=1000`);
+      if (this.closed || !page.logs.length) break;
+      found = true;
+      this.body.append(...page.logs.map((line) => this.row(line)));
+      this.count += page.logs.length;
+      this.last = page.logs[page.logs.length - 1].id;
+      if (!page.more) break;
+    }
+    if (this.count > LOG_KEEP) {
+      // Keep the page light: drop the oldest lines, which "Show earlier lines" brings back.
+      const rows = [...this.body.children].slice(0, this.count - LOG_KEEP);
+      for (const row of rows) row.remove();
+      this.count = LOG_KEEP;
+      this.first = Number(this.body.firstElementChild.dataset.logId);
+      this.earlierButton.hidden = false;
+    }
+    this.showStatus();
+    if (stick) this.toEnd();
+    return found;
+  }
+
+  failed(error) {
+    this.status.hidden = false;
+    this.status.textContent = `Could not read the lines: ${error.message}`;
+  }
+
+  async earlier() {
+    const page = await api(`${this.base}/logs?before=${this.first}&limit=${LOG_LINES}`);
+    if (this.closed || !page.logs.length) return;
+    const height = this.box.scrollHeight;
+    this.body.prepend(...page.logs.map((line) => this.row(line)));
+    this.count += page.logs.length;
+    this.first = page.logs[0].id;
+    this.earlierButton.hidden = !page.more;
+    this.box.scrollTop += this.box.scrollHeight - height; // the lines read stay in place
+  }
+
+  // Once on the page: ask for new lines every LOG_POLL_MS until the run has ended and a few
+  // polls brought none.
+  watch(ended) {
+    if (this.endPending) this.toEnd();
+    this.ended = ended;
+    if (!ended) this.quiet = 0;
+    if (this.timer || this.closed) return;
+    const poll = async () => {
+      let found = false;
+      try {
+        found = await this.follow();
+      } catch (error) {
+        // Offline or restarting: the next poll tries again.
+      }
+      this.quiet = found ? 0 : this.quiet + 1;
+      this.timer = !this.closed && (!this.ended || this.quiet < LOG_QUIET_POLLS) ? setTimeout(poll, LOG_POLL_MS) : null;
+    };
+    this.timer = setTimeout(poll, LOG_POLL_MS);
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+  }
+}
+
+// A run's page: its content (rendered again as it changes) and, below, its log panel, put on the
+// page once so that its lines and scroll position stay.
+function attach(main, content, logs) {
+  if (!content.isConnected) put(main, content, logs.element);
+}
+
 // --- the API ---------------------------------------------------------------------------------
 
 // How long a list waits before it asks again for runs it could not fetch.
@@ -546,6 +731,9 @@ class RunDetail extends LiveView {
     this.main = main;
     this.runId = runId;
     this.timer = null;
+    this.logs = new LogPanel(`/api/flow-runs/${runId}`);
+    this.logsLoaded = false;
+    this.content = h("div", { id: "run-content" });
   }
 
   async show() {
@@ -575,7 +763,9 @@ class RunDetail extends LiveView {
       const [detail, taskRuns] = await Promise.all([
         api(`/api/flow-runs/${this.runId}`),
         this.loadTaskRuns(),
+        this.logsLoaded ? this.logs.follow().catch(() => false) : this.logs.load().catch((error) => this.logs.failed(error)),
       ]);
+      this.logsLoaded = true;
       if (!this.closed) this.render(detail, taskRuns.runs);
       return Math.min(detail.sequence, taskRuns.sequence);
     });
@@ -603,7 +793,8 @@ class RunDetail extends LiveView {
     document.title = `${run.name} · Stateward`;
     const type = run.state ? run.state.type : "";
     const focused = document.activeElement && document.activeElement.id;
-    put(this.main,
+    attach(this.main, this.content, this.logs);
+    put(this.content,
       h("p", { class: "crumbs" }, h("a", { href: "#/", id: "back" }, "← All flow runs")),
       h("div", { class: "head" },
         h("h1", { id: "run-name" }, run.name),
@@ -616,26 +807,27 @@ class RunDetail extends LiveView {
       h("dl", { class: "facts" },
         h("dt", {}, "Flow"), h("dd", {}, run.flow_name),
         h("dt", {}, "Id"), h("dd", { class: "mono" }, run.id),
+        run.parent_task_run_id ? [h("dt", {}, "Subflow of"), h("dd", { id: "parent-run" }, this.parentLink(run))] : null,
         type === "PAUSED" ? [h("dt", {}, "Paused until"), h("dd", { id: "pause-timeout" }, showTime(run.state.pause_timeout), ` (key ${JSON.stringify(run.state.pause_key)})`)] : null,
-        run.state && run.state.message && !shownAsResult(run.state) ? [h("dt", {}, "Message"), h("dd", {}, run.state.message)] : null,
-        h("dt", {}, "Created"), h("dd", {}, showTime(run.created)),
-        h("dt", {}, "Started"), h("dd", {}, showTime(run.start_time)),
-        h("dt", {}, "Ended"), h("dd", {}, showTime(run.end_time)),
-        h("dt", {}, "Duration"), h("dd", { id: "run-duration" }, showDuration(runSeconds(run))),
-        h("dt", {}, "Run time"), h("dd", {}, showDuration(run.total_run_time)),
-        h("dt", {}, "Run count"), h("dd", {}, String(run.run_count)),
-        h("dt", {}, "Tags"), h("dd", {}, tags(run.tags)),
-        h("dt", {}, "Parameters"), h("dd", {}, h("pre", { class: "json" }, JSON.stringify(run.parameters, null, 2))),
-        run.parent_task_run_id ? [h("dt", {}, "Subflow of"), h("dd", { class: "mono" }, run.parent_task_run_id)] : null),
-      this.result(run.state),
+        runFacts(run)),
+      resultSection(run.state),
       h("h2", { id: "history-title" }, "State history"),
-      this.history(detail.states),
+      historyList(detail.states),
       h("h2", { id: "tasks-title" }, `Task runs and subflows (${taskRuns.length})`),
       taskRuns.length ? [this.gantt(run, taskRuns), this.taskTable(taskRuns)] : h("p", { class: "muted" }, "No task runs yet."));
+    this.logs.watch(FINAL_TYPES.has(type));
     if (focused) {
       const again = document.getElementById(focused);
       if (again) again.focus();
     }
+  }
+
+  // The flow run this subflow ran in (through the task run standing for it there), linked.
+  parentLink(run) {
+    const task = h("span", { class: "mono" }, run.parent_task_run_id);
+    if (!run.parent_flow_run_id) return ["task run ", task];
+    return [h("a", { href: `#/runs/${run.parent_flow_run_id}`, id: "parent-flow-run" }, "its parent flow run"),
+      " (task run ", h("a", { href: `#/task-runs/${run.parent_task_run_id}`, class: "mono" }, run.parent_task_run_id), ")"];
   }
 
   // What a pause that waits for input wants (the schema's description, its fields) and the box
@@ -668,28 +860,6 @@ class RunDetail extends LiveView {
       h("label", { for: "run-input", class: "input-label" }, "Input (JSON)"),
       h("textarea", { id: "run-input", class: "json", rows: Math.min(draft.text.split("\n").length + 1, 16), spellcheck: "false", oninput: (event) => { draft.text = event.target.value; } }, draft.text),
       h("p", { class: "muted" }, "Resume gives this input to the flow; the pause checks it against its schema."));
-  }
-
-  result(state) {
-    if (!state || !state.result) return null;
-    const result = state.result;
-    const bytes = `${result.bytes ? result.bytes.toLocaleString() : 0} bytes`;
-    if (shownAsResult(state)) {
-      // The pickle is for Python; the state's message names the exception (type: message).
-      return [h("h2", {}, "Exception"),
-        h("pre", { class: "json exception", id: "result" }, result.message),
-        h("p", { class: "muted" }, `Stored pickled (${bytes}): Python can raise it again with state.result(), given the code that made it.`)];
-    }
-    const body = result.kind === "json"
-      ? h("pre", { class: "json", id: "result" }, JSON.stringify(result.value, null, 2))
-      : h("p", { class: "notice", id: "result" },
-        `A pickled Python object (${bytes}): only Python can read it, with the code that made it.`);
-    return [h("h2", {}, "Result"), body];
-  }
-
-  history(states) {
-    return h("ol", { class: "history", id: "history", "aria-labelledby": "history-title" },
-      states.map((state) => historyItem(state)));
   }
 
   // When each task run ran, on one time axis: from the first start to the last end (or now).
@@ -731,7 +901,7 @@ class RunDetail extends LiveView {
         h("td", { "data-label": "State", class: "cell-state" }, badge(task.state)),
         h("td", { "data-label": "Task run" }, task.child_flow_run_id
           ? h("a", { href: `#/runs/${task.child_flow_run_id}` }, `${task.name} (subflow)`)
-          : task.name),
+          : h("a", { href: `#/task-runs/${task.id}`, title: task.state && task.state.message ? task.state.message : null }, task.name)),
         h("td", { "data-label": "Task" }, task.task_key),
         h("td", { "data-label": "Start" }, showTime(task.start_time)),
         h("td", { "data-label": "Duration", class: "num" }, showDuration(runSeconds(task))),
@@ -792,6 +962,100 @@ class RunDetail extends LiveView {
     super.close();
     this.closed = true;
     clearTimeout(this.timer);
+    this.logs.close();
+  }
+}
+
+// --- a task run's page -----------------------------------------------------------------------
+
+// A task run: its state, times and parameters, its flow run, its history with each state's
+// message, a failed or crashed run's exception (by its state's message) and its logs, as
+// `stateward task-run inspect` and `task-run logs` show them.
+class TaskRunDetail extends LiveView {
+  constructor(main, runId) {
+    super();
+    this.main = main;
+    this.runId = runId;
+    this.timer = null;
+    this.logs = new LogPanel(`/api/task-runs/${runId}`);
+    this.logsLoaded = false;
+    this.content = h("div", { id: "run-content" });
+  }
+
+  async show() {
+    await this.reload();
+  }
+
+  async reload() {
+    if (this.reloading) {
+      this.again = true;
+      return;
+    }
+    this.reloading = true;
+    try {
+      await this.snapshot(async () => {
+        const [detail] = await Promise.all([
+          api(`/api/task-runs/${this.runId}`),
+          this.logsLoaded ? this.logs.follow().catch(() => false) : this.logs.load().catch((error) => this.logs.failed(error)),
+        ]);
+        this.logsLoaded = true;
+        if (!this.closed) this.render(detail);
+        return detail.sequence;
+      });
+    } finally {
+      this.reloading = false;
+    }
+    if (this.again && !this.closed) {
+      this.again = false;
+      await this.reload();
+    }
+  }
+
+  render(detail) {
+    const run = detail.task_run;
+    const flowRun = detail.flow_run;
+    this.run = run;
+    document.title = `${run.name} · Stateward`;
+    attach(this.main, this.content, this.logs);
+    put(this.content,
+      h("p", { class: "crumbs" }, flowRun
+        ? h("a", { href: `#/runs/${flowRun.id}`, id: "back" }, `← ${flowRun.name} (${flowRun.flow_name})`)
+        : h("a", { href: "#/", id: "back" }, "← All flow runs")),
+      h("div", { class: "head" },
+        h("h1", { id: "run-name" }, run.name),
+        h("span", { id: "run-state" }, badge(run.state))),
+      h("dl", { class: "facts" },
+        h("dt", {}, "Task"), h("dd", {}, run.task_key),
+        h("dt", {}, "Id"), h("dd", { class: "mono" }, run.id),
+        flowRun ? [h("dt", {}, "Flow run"), h("dd", {}, h("a", { href: `#/runs/${flowRun.id}`, id: "flow-run-link" }, flowRun.name), ` (${flowRun.flow_name})`)] : null,
+        run.child_flow_run_id ? [h("dt", {}, "Subflow run"), h("dd", {}, h("a", { href: `#/runs/${run.child_flow_run_id}` }, run.child_flow_run_id))] : null,
+        runFacts(run)),
+      resultSection(run.state),
+      h("h2", { id: "history-title" }, "State history"),
+      historyList(detail.states));
+    this.logs.watch(FINAL_TYPES.has(run.state ? run.state.type : ""));
+  }
+
+  apply(transition) {
+    if (transition.run_id !== this.runId) return;
+    const holder = document.getElementById("run-state");
+    if (holder) put(holder, badge(transition.to_state));
+    const history = document.getElementById("history");
+    if (history) history.append(historyItem(transition.to_state));
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.reload().catch(showError), 100);
+  }
+
+  tick() {
+    const holder = document.getElementById("run-duration");
+    if (holder && this.run && this.run.start_time && !this.run.end_time) holder.textContent = showDuration(runSeconds(this.run));
+  }
+
+  close() {
+    super.close();
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.logs.close();
   }
 }
 
@@ -811,9 +1075,12 @@ const router = {
     const main = document.getElementById("main");
     const hash = location.hash.replace(/^#/, "") || "/";
     const [path, query] = hash.split("?");
-    const match = path.match(/^\/runs\/([0-9a-fA-F-]{36})$/);
+    const flowRun = path.match(/^\/runs\/([0-9a-fA-F-]{36})$/);
+    const taskRun = path.match(/^\/task-runs\/([0-9a-fA-F-]{36})$/);
     document.title = "Stateward runs";
-    this.view = match ? new RunDetail(main, match[1]) : new RunsList(main, query || "");
+    if (flowRun) this.view = new RunDetail(main, flowRun[1]);
+    else if (taskRun) this.view = new TaskRunDetail(main, taskRun[1]);
+    else this.view = new RunsList(main, query || "");
     try {
       await this.view.show();
     } catch (error) {
