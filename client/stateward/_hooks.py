@@ -54,7 +54,7 @@ class HookedFunction:
             these leave out (`serve`, `deploy`, `delay`...) says what to do instead."""
             from stateward._left_out import missing_method
 
-            raise AttributeError(missing_method(type(self).__name__, name))
+            raise missing_method(self, name)
 
     def keep_options(self, given: dict[str, Any]) -> None:
         """Keep the options of `__init__` (its `locals()` as it starts), and warn about those

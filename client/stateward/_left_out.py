@@ -194,16 +194,27 @@ def missing_command(name: str) -> str | None:
     )
 
 
-def missing_method(kind: str, name: str) -> str:
-    """The message for `<a Flow or Task>.<name>` that does not exist: what to do instead when
-    the reference has the method, else Python's own words."""
+def missing_method(obj: object, name: str) -> AttributeError:
+    """The error for `<a Flow or Task>.<name>` that does not exist: what to do instead when
+    the reference has the method, else Python's own (with its "Did you mean")."""
+    kind = type(obj).__name__
     instead = LEFT_OUT_METHODS.get(kind, {}).get(name)
     if instead is None:
-        return f"{kind!r} object has no attribute {name!r}"
-    return (
+        return AttributeError(f"{kind!r} object has no attribute {name!r}", name=name, obj=obj)
+    return told(
         f"Stateward's {kind} has no {name}() (the reference's): {instead} "
-        "(README: 'Differences from the reference')"
+        "(README: 'Differences from the reference')",
+        obj,
     )
+
+
+def told(message: str, obj: object) -> AttributeError:
+    """An AttributeError of `obj` whose `message` says already what to use instead, so that
+    Python adds no "Did you mean: ...?" to it (which would name a method of `obj` merely
+    spelt alike). Python 3.11 computes that line from the error's `name` and `obj`, which an
+    attribute lookup sets when both are unset; with `obj` set and no `name`, neither the
+    interpreter's display nor the traceback module adds one."""
+    return AttributeError(message, obj=obj)
 
 
 def refusal(name: str) -> str | None:

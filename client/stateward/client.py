@@ -186,7 +186,7 @@ class Client:
     if not TYPE_CHECKING:  # (for type checkers, a misspelt method stays an error)
 
         def __getattr__(self, name: str) -> Any:
-            raise AttributeError(_missing_method(self, name))
+            raise _missing_method(self, name)
 
     def _do(self, call: _Call[T]) -> T:
         return call.read(self.transport.call(call.method, call.request, self.timeout))
@@ -506,7 +506,7 @@ class AsyncClient:
     if not TYPE_CHECKING:  # (for type checkers, a misspelt method stays an error)
 
         def __getattr__(self, name: str) -> Any:
-            raise AttributeError(_missing_method(self, name))
+            raise _missing_method(self, name)
 
     async def close(self) -> None:
         await self.transport.close()
@@ -726,12 +726,15 @@ _REFERENCE_METHODS = {
 _REFERENCE_LISTINGS = frozenset(("read_flow_runs", "read_task_runs"))
 
 
-def _missing_method(client: Client | AsyncClient, name: str) -> str:
-    """What to say of `client.<name>` that does not exist: the method to call instead, when
-    the name is the reference's, or where the client's methods are listed."""
+def _missing_method(client: Client | AsyncClient, name: str) -> AttributeError:
+    """The error for `client.<name>` that does not exist: the method to call instead, when
+    the name is the reference's (without Python's "Did you mean", which would name a method
+    merely spelt alike), or where the client's methods are listed."""
+    from stateward._left_out import told
+
     kind = type(client).__name__
     if name.startswith("_"):
-        return f"{kind!r} object has no attribute {name!r}"
+        return AttributeError(f"{kind!r} object has no attribute {name!r}", name=name, obj=client)
     instead = _REFERENCE_METHODS.get(name)
     if instead is not None:
         if name in _REFERENCE_LISTINGS:
@@ -742,14 +745,17 @@ def _missing_method(client: Client | AsyncClient, name: str) -> str:
             )
         else:
             how = f"call client.{instead}" if kind == "Client" else f"await client.{instead}"
-        return (
+        return told(
             f"Stateward's {kind} has no {name}(): {how} (its methods are named for the RPCs; "
-            "README: 'Differences from the reference')"
+            "README: 'Differences from the reference')",
+            client,
         )
-    return (
+    return AttributeError(
         f"Stateward's {kind} has no {name}(): its methods are named for the RPCs "
         "(get_flow_run, list_flow_runs, set_state, list_states, watch...) and cover runs, "
-        "states, logs and tag concurrency limits only (README: 'Differences from the reference')"
+        "states, logs and tag concurrency limits only (README: 'Differences from the reference')",
+        name=name,
+        obj=client,
     )
 
 

@@ -112,6 +112,59 @@ def test_a_method_the_client_does_not_have_says_where_its_methods_are(sdk_server
         client._private  # noqa: B018
 
 
+@pytest.mark.parametrize(
+    ("call", "said"),
+    [
+        (
+            "get_client(sync_client=True).read_flow_runs()",
+            "AttributeError: Stateward's Client has no read_flow_runs(): iterate "
+            "client.list_flow_runs(flow_names=, state_types=, tags=, ids=, limit=), which reads "
+            "page by page (list() it for a list) (its methods are named for the RPCs; README: "
+            "'Differences from the reference')",
+        ),
+        (
+            "asyncio.run(read_flow_run('some-id'))",
+            "AttributeError: Stateward's AsyncClient has no read_flow_run(): await "
+            "client.get_flow_run(id) (its methods are named for the RPCs; README: 'Differences "
+            "from the reference')",
+        ),
+        ("flow(lambda: None).serve()", "AttributeError: Stateward's Flow has no serve()"),
+    ],
+)
+def test_a_reference_method_left_out_says_what_to_call_without_pythons_guess(
+    call: str, said: str, tmp_path
+):
+    """Python adds "Did you mean: 'create_flow_run'?" to an AttributeError of a name spelt
+    like another attribute: not to ours, whose message names the method to call. Seen as a
+    script's user sees it (uncaught: the interpreter's display), and through the traceback
+    module (which guesses too from Python 3.12)."""
+    program = f"""
+        import asyncio, sys, traceback
+        from stateward import flow, get_client
+        async def read_flow_run(run_id):
+            async with get_client() as client:
+                return await client.read_flow_run(run_id)
+        try:
+            {call}
+        except AttributeError as error:
+            print("".join(traceback.format_exception_only(error)), end="")
+        {call}
+        """
+    done = python(program, env={"STATEWARD_HOME": str(tmp_path), "STATEWARD_API_URL": ""})
+    assert done.returncode == 1
+    assert done.stdout.startswith(said) and "Did you mean" not in done.stdout, done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(said) and "Did you mean" not in last, done.stderr
+
+
+def test_a_misspelt_client_method_keeps_pythons_guess(tmp_path):
+    """A name that is not the reference's is a typo more often than not: Python's guess stays."""
+    program = "from stateward import get_client\nget_client(sync_client=True).list_flow_run()"
+    done = python(program, env={"STATEWARD_HOME": str(tmp_path), "STATEWARD_API_URL": ""})
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.endswith("Did you mean: 'list_flow_runs'?"), done.stderr
+
+
 def test_a_resume_from_the_async_client_takes_the_input_as_a_dict_as_the_reference_s(client):
     """`await client.resume_flow_run(id, run_input={...})`: the reference's client takes the
     input as a dict; so does Stateward's (JSON text too, as before)."""
