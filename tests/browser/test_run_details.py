@@ -168,3 +168,19 @@ def test_a_run_with_100000_lines_shows_its_newest_and_pages_back(page, ui_server
     page.locator("#log-earlier").click()
     expect(lines).to_have_count(400)
     expect(lines.first).to_have_text("line 99600")
+
+
+def test_a_burst_of_lines_while_watching_shows_the_newest_not_all(page, ui_server) -> None:
+    stub = ui_server.stub()
+    run = new_flow_run(stub, flow_name=f"bursting-{uuid.uuid4().hex[:6]}")
+    propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+    write_lines(stub, run.id, ["before the burst"])
+    page.goto(f"{ui_server.ui_url}#/runs/{run.id}")
+    lines = page.locator("#log-lines tr .log-message")
+    expect(lines).to_have_text(["before the burst"])
+    write_lines(stub, run.id, [f"burst {i}" for i in range(5000)])
+    expect(lines.last).to_have_text("burst 4999")
+    expect(lines).to_have_count(200)  # the newest, as when the page loads
+    expect(lines.first).to_have_text("burst 4800")
+    page.locator("#log-earlier").click()
+    expect(lines.first).to_have_text("burst 4600")

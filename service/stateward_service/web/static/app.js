@@ -56,6 +56,12 @@ function showTime(iso) {
   return h("time", { datetime: iso, title: iso }, timeFormat.format(moment));
 }
 
+// A log line's time, to the millisecond (as `stateward flow-run logs` prints it).
+const logTimeFormat = new Intl.DateTimeFormat(undefined, {
+  year: "numeric", month: "2-digit", day: "2-digit",
+  hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3,
+});
+
 function showDuration(seconds) {
   if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "—";
   if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
@@ -158,7 +164,7 @@ function runFacts(run) {
 // --- a run's logs ----------------------------------------------------------------------------
 
 const LOG_LINES = 200; // lines fetched at a time (the API gives at most 1000)
-const LOG_KEEP = 2000; // lines kept on the page as new ones arrive (older ones on request)
+const LOG_KEEP = 1000; // lines kept on the page as new ones arrive (older ones on request)
 const LOG_POLL_MS = 2000; // how often a run that has not ended is asked for new lines
 const LOG_QUIET_POLLS = 3; // polls without a new line after the run ended before stopping
 
@@ -189,7 +195,7 @@ class LogPanel {
 
   row(line) {
     return h("tr", { dataset: { logId: line.id, level: line.level_name } },
-      h("td", { class: "log-time" }, showTime(line.timestamp)),
+      h("td", { class: "log-time" }, h("time", { datetime: line.timestamp, title: line.timestamp }, logTimeFormat.format(new Date(line.timestamp)))),
       h("td", { class: `log-level level-${line.level >= 40 ? "error" : line.level >= 30 ? "warning" : "info"}` }, line.level_name),
       h("td", { class: "log-logger" }, line.logger),
       h("td", { class: "log-message" }, line.message));
@@ -223,23 +229,23 @@ class LogPanel {
     this.toEnd();
   }
 
-  // The lines after the newest shown; true if there were any.
+  // The lines after the newest shown; true if there were any. More than LOG_KEEP new lines at
+  // once (a burst): the newest LOG_LINES instead, the others on request.
   async follow() {
     if (this.last === null) {
       await this.load();
       return this.count > 0;
     }
-    const stick = this.atBottom();
-    let found = false;
-    for (;;) {
-      const page = await api(`${this.base}/logs?after=${this.last}&limit=1000`);
-      if (this.closed || !page.logs.length) break;
-      found = true;
-      this.body.append(...page.logs.map((line) => this.row(line)));
-      this.count += page.logs.length;
-      this.last = page.logs[page.logs.length - 1].id;
-      if (!page.more) break;
+    const page = await api(`${this.base}/logs?after=${this.last}&limit=${LOG_KEEP}`);
+    if (this.closed || !page.logs.length) return false;
+    if (page.more) {
+      await this.load();
+      return true;
     }
+    const stick = this.atBottom();
+    this.body.append(...page.logs.map((line) => this.row(line)));
+    this.count += page.logs.length;
+    this.last = page.logs[page.logs.length - 1].id;
     if (this.count > LOG_KEEP) {
       // Keep the page light: drop the oldest lines, which "Show earlier lines" brings back.
       const rows = [...this.body.children].slice(0, this.count - LOG_KEEP);
@@ -250,7 +256,7 @@ class LogPanel {
     }
     this.showStatus();
     if (stick) this.toEnd();
-    return found;
+    return true;
   }
 
   failed(error) {
