@@ -1,4 +1,5 @@
-"""Takes the README's screenshots of the web view (docs/web-view-list.png, docs/web-view-run.png)
+"""Takes the README's screenshots of the web view (docs/web-view-list.png, docs/web-view-run.png,
+docs/web-view-task-run.png)
 from real flows run by the SDK against a real server, in Debian's Chromium through Playwright.
 
     .venv/bin/python docs/screenshots.py
@@ -19,10 +20,11 @@ from tests.support import ROOT, ServerProcess
 
 FLOWS = """
 import pathlib, sys, time
-from stateward import flow, task
+from stateward import flow, get_run_logger, task
 
 @task(retries=1, retry_delay_seconds=0.2)
 def extract(day: int) -> list[int]:
+    get_run_logger().info("reading day %d from the orders table", day)
     time.sleep(0.3)
     return list(range(day + 3))
 
@@ -33,6 +35,7 @@ def transform(rows: list[int]) -> list[int]:
 
 @task
 def load(rows: list[int]) -> int:
+    get_run_logger().info("loading %d rows", len(rows))
     time.sleep(0.4)
     if len(rows) > 6:
         raise ValueError("the warehouse refused the batch: quota exceeded")
@@ -91,12 +94,20 @@ def main() -> None:
                 etl.first.get_by_role("link").click()
                 expect(page.locator("#task-runs tbody tr")).to_have_count(4)
                 page.screenshot(path=docs / "web-view-run.png", full_page=True)
+                page.goto(server.ui_url)
+                failed = page.locator('#runs tr[data-state="FAILED"]', has_text="nightly-etl")
+                failed.first.get_by_role("link").click()
+                page.locator("#task-runs tbody tr", has_text="load").get_by_role("link").click()
+                expect(page.locator("#result")).to_contain_text("ValueError")
+                expect(page.locator("#log-lines tr")).to_have_count(2)
+                page.screenshot(path=docs / "web-view-task-run.png", full_page=True)
                 browser.close()
             gate.touch()
             running.wait(30)
         finally:
             server.stop()
-    print(f"wrote {docs / 'web-view-list.png'} and {docs / 'web-view-run.png'}")
+    names = ("web-view-list.png", "web-view-run.png", "web-view-task-run.png")
+    print("wrote " + ", ".join(str(docs / name) for name in names))
 
 
 if __name__ == "__main__":
