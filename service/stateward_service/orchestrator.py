@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stateward.ids import new_ordered_id
 from stateward.runs import (
@@ -730,20 +730,40 @@ class Orchestrator:
             from jsonschema.exceptions import best_match  # loaded by the first such resume
             from referencing.exceptions import Unresolvable
 
-            validator = input_schemas.validator_for(json.loads(schema))
-            try:
-                problem = best_match(validator.iter_errors(json.loads(run_input)))
-            except Unresolvable as error:  # a pause written before its $refs were checked
-                raise RunInputRefused(
-                    f"the pause's schema cannot check an input: its $ref {error.ref!r} leads "
-                    "nowhere"
-                ) from None
-            except input_schemas.UnsafePattern as error:  # a pause written before that check
-                raise RunInputRefused(
-                    f"the pause's schema cannot check an input: {error}"
-                ) from None
+            wanted = json.loads(schema)
+            validator = input_schemas.validator_for(wanted)
+
+            def problem_of(value: Any) -> Any:
+                try:
+                    return best_match(validator.iter_errors(value))
+                except Unresolvable as error:  # a pause written before its $refs were checked
+                    raise RunInputRefused(
+                        f"the pause's schema cannot check an input: its $ref {error.ref!r} "
+                        "leads nowhere"
+                    ) from None
+                except input_schemas.UnsafePattern as error:  # written before that check
+                    raise RunInputRefused(
+                        f"the pause's schema cannot check an input: {error}"
+                    ) from None
+
+            given = json.loads(run_input)
+            problem, path = problem_of(given), []
+            # The reference wraps the input of a built-in type (wait_for_input=int) as
+            # {"value": 21}: taken too, where the wrapped form is not an input the schema takes
+            # (and the schema is not a model's, with properties, which the reference does not
+            # wrap).
+            if (
+                problem is not None
+                and isinstance(given, dict)
+                and list(given) == ["value"]
+                and not (isinstance(wanted, dict) and "properties" in wanted)
+            ):
+                problem, path = problem_of(given["value"]), ["value"]
+                if problem is None:
+                    run_input = json.dumps(given["value"])
             if problem is not None:
-                where = "/".join(str(part) for part in problem.absolute_path) or "the input"
+                parts = [*path, *problem.absolute_path]
+                where = "/".join(str(part) for part in parts) or "the input"
                 raise RunInputRefused(
                     f"the input does not match the pause's schema at {where}: {problem.message}"
                 )

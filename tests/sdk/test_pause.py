@@ -349,6 +349,48 @@ def test_input_of_a_builtin_type_and_a_plain_dict(client):
     resumer.join(10)
 
 
+def test_a_builtin_types_input_is_also_taken_in_the_references_wrapped_form(client):
+    """The reference resumes `wait_for_input=int` with {"value": 21}: taken as 21 (the value
+    itself works too); a wrong wrapped value is refused naming `value`, and a model's input is
+    never unwrapped (the reference does not wrap a model's)."""
+    name = "sdk-pause-input-wrapped"
+
+    class Approval(BaseModel):
+        approver: str
+
+    @flow(name=name)
+    def asks() -> list[object]:
+        number = pause_flow_run(wait_for_input=int, timeout=60, poll_interval=30)
+        approval = pause_flow_run(wait_for_input=Approval, timeout=60, poll_interval=30)
+        return [number + 1, approval.approver]
+
+    seen: dict[str, object] = {}
+
+    def resume() -> None:
+        run = paused_run(client, name)
+        with pytest.raises(InvalidArgument) as refused:
+            client.resume_flow_run(run.id, json.dumps({"value": "21"}))
+        seen["refused"] = str(refused.value)
+        seen["input"] = resume_flow_run(run.id, {"value": 21}).details.run_input
+        wait_until(
+            lambda: client.get_flow_run(run.id).state.details.pause_key == "pause-2",
+            timeout=30,
+            what="the second pause",
+        )
+        with pytest.raises(InvalidArgument) as model:
+            client.resume_flow_run(run.id, json.dumps({"value": {"approver": "ann"}}))
+        seen["model"] = str(model.value)
+        resume_flow_run(run.id, Approval(approver="ann"))
+
+    resumer = threading.Thread(target=resume, daemon=True)
+    resumer.start()
+    assert asks() == [22, "ann"]
+    resumer.join(10)
+    assert seen["input"] == "21"
+    assert "at value: '21' is not of type 'integer'" in str(seen["refused"]), seen
+    assert "'approver' is a required property" in str(seen["model"]), seen
+
+
 def test_a_pause_without_input_refuses_an_input(client):
     name = "sdk-pause-no-input"
     refused: list[BaseException] = []
