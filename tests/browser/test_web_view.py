@@ -162,9 +162,26 @@ def test_cancelling_a_running_flow_from_its_page(page, ui_server, flow_process, 
     row = row_of(page, flow_name)
     expect(row).to_have_attribute("data-state", "RUNNING", timeout=30_000)
     row.get_by_role("link").click()
-    # Wait for the task that waits at the gate to be running, then cancel from the keyboard.
+    # Wait for the task that waits at the gate to be running, then cancel from the keyboard:
+    # the page asks first (as the reference's UI does); declined, nothing is sent.
     expect(page.locator("#task-runs tbody tr")).to_have_count(2)
+    asked: list[str] = []
+
+    def answer(accept: bool):
+        def reply(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        return reply
+
+    page.once("dialog", answer(False))
     page.locator("#cancel").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#cancel")).to_be_enabled()  # a sent request disables it at once
+    assert len(asked) == 1 and asked[0].startswith("Cancel flow run "), asked
+    assert asked[0].endswith(f"({flow_name})? Its code is stopped, and the run ends Cancelled.")
+    expect(page.locator("#action-message")).to_have_text("")
+    page.once("dialog", answer(True))
     page.keyboard.press("Enter")
     expect(page.locator("#run-state .state")).to_have_text("Cancelled", timeout=30_000)
     expect(page.locator("#history li .state").last).to_have_text("Cancelled")
@@ -343,8 +360,18 @@ def test_resuming_a_pause_that_waits_for_input_from_its_page(page, ui_server, tm
         expect(fields.nth(1).locator("td")).to_have_text(
             ["copies", "integer", "2", "How many copies ship"]
         )
+        # A required field without a default is left to type, and said: a null filled in for
+        # it was sent as given ("None is not of type 'string'").
         box = page.get_by_label("Input (JSON)")
-        assert json.loads(box.input_value()) == {"approver": None, "copies": 2}
+        assert json.loads(box.input_value()) == {"copies": 2}
+        expect(page.locator("#run-input-required")).to_have_text(
+            "Required, with no default: approver. Add it to the input."
+        )
+        page.locator("#resume").click()
+        expect(page.locator("#action-message")).to_have_text(
+            "Not done: run_input: the input does not match the pause's schema at the input: "
+            "'approver' is a required property"
+        )
 
         box.fill("{not json")
         page.locator("#resume").click()

@@ -110,16 +110,25 @@ function schemaType(schema) {
     .join(" or ");
 }
 
-// The input box's first text: each field's default, null for a required field without one.
+// The input box's first text: each field's default; a required field without one is left for
+// the user to type (a value filled in for it, such as null, would be sent as given).
 function inputTemplate(schema) {
-  if (!schema.properties) return JSON.stringify(schema.default === undefined ? null : schema.default, null, 2);
-  const required = new Set(schema.required || []);
+  if (!schema.properties) return schema.default === undefined ? "" : JSON.stringify(schema.default, null, 2);
   const template = {};
   for (const [name, field] of Object.entries(schema.properties)) {
     if (field && typeof field === "object" && "default" in field) template[name] = field.default;
-    else if (required.has(name)) template[name] = null;
   }
   return JSON.stringify(template, null, 2);
+}
+
+// What the user must type: the required fields without a default, or a value of the type.
+function inputRequired(schema) {
+  if (!schema.properties) return schema.default === undefined ? `Required: a value (${schemaType(schema)}).` : null;
+  const missing = (schema.required || []).filter((name) => {
+    const field = schema.properties[name];
+    return !(field && typeof field === "object" && "default" in field);
+  });
+  return missing.length ? `Required, with no default: ${missing.join(", ")}. Add ${missing.length > 1 ? "them" : "it"} to the input.` : null;
 }
 
 // The stored result of a run's state: JSON shown, a pickle named; a failed run's exception by
@@ -864,6 +873,7 @@ class RunDetail extends LiveView {
         h("thead", {}, h("tr", {}, ["Field", "Type", "Default", "About"].map((title) => h("th", { scope: "col" }, title)))),
         h("tbody", {}, fields)) : h("p", {}, `Type: ${schemaType(schema)}`),
       h("label", { for: "run-input", class: "input-label" }, "Input (JSON)"),
+      inputRequired(schema) ? h("p", { id: "run-input-required" }, inputRequired(schema)) : null,
       h("textarea", { id: "run-input", class: "json", rows: Math.min(draft.text.split("\n").length + 1, 16), spellcheck: "false", oninput: (event) => { draft.text = event.target.value; } }, draft.text),
       h("p", { class: "muted" }, "Resume gives this input to the flow; the pause checks it against its schema."));
   }
@@ -939,7 +949,12 @@ class RunDetail extends LiveView {
     const message = document.getElementById("action-message");
     const button = document.getElementById(action);
     const body = {};
+    if (action === "cancel" && !window.confirm(`Cancel flow run ${this.run.name} (${this.run.flow_name})? Its code is stopped, and the run ends Cancelled.`)) return;
     if (action === "resume" && this.draft) {
+      if (!this.draft.text.trim()) {
+        message.textContent = "Not done: the input is empty.";
+        return;
+      }
       try {
         body.run_input = JSON.parse(this.draft.text);
       } catch (error) {
