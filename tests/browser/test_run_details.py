@@ -13,7 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ROOT, ST, ServerProcess, new_flow_run, propose, write_lines
+from tests.support import (
+    ROOT,
+    ST,
+    ServerProcess,
+    new_flow_run,
+    new_task_run,
+    propose,
+    write_lines,
+)
 
 pytestmark = pytest.mark.required_in_ci
 
@@ -184,3 +192,25 @@ def test_a_burst_of_lines_while_watching_shows_the_newest_not_all(page, ui_serve
     expect(lines.first).to_have_text("burst 4800")
     page.locator("#log-earlier").click()
     expect(lines.first).to_have_text("burst 4600")
+
+
+def test_a_poll_and_a_reload_asking_together_show_each_line_once(page, ui_server) -> None:
+    stub = ui_server.stub()
+    run = new_flow_run(stub, flow_name=f"racing-{uuid.uuid4().hex[:6]}")
+    propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+    task_run = new_task_run(stub, run.id, task_key="steps")
+    write_lines(stub, run.id, ["first line"])
+    page.clock.install()  # the page's timers run when the test says
+    page.goto(f"{ui_server.ui_url}#/runs/{run.id}")
+    lines = page.locator("#log-lines tr .log-message")
+    expect(lines).to_have_text(["first line"])
+    write_lines(stub, run.id, ["second line", "third line"])
+    propose(stub, task_run.id, ST.STATE_TYPE_RUNNING)
+    row = page.locator(f'#task-runs tr[data-task-run-id="{task_run.id}"]')
+    expect(row).to_have_attribute("data-state", "RUNNING")
+    # The reload after that transition (due in 100 ms) and the poll (due 2 s after the page
+    # showed) fire together, and both ask for the lines after "first line".
+    page.clock.run_for(2500)
+    expect(lines).to_have_text(["first line", "second line", "third line"])
+    page.clock.run_for(2500)  # and the next poll finds nothing more
+    expect(lines).to_have_count(3)

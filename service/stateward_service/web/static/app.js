@@ -190,8 +190,10 @@ class LogPanel {
     this.quiet = 0;
     this.timer = null;
     this.closed = false;
+    this.loaded = false;
+    this.queue = Promise.resolve(); // the panel's requests, one at a time (see `serial`)
     this.body = h("tbody", { id: "log-lines" });
-    this.earlierButton = h("button", { type: "button", id: "log-earlier", hidden: true, onclick: () => this.earlier().catch((error) => this.failed(error)) }, "Show earlier lines");
+    this.earlierButton = h("button", { type: "button", id: "log-earlier", hidden: true, onclick: () => this.serial(() => this.earlier()).catch((error) => this.failed(error)) }, "Show earlier lines");
     this.status = h("p", { class: "muted", id: "log-status" }, "Loading…");
     this.box = h("div", { class: "logs", id: "logs", tabindex: "0", "aria-labelledby": "logs-title" },
       this.earlierButton,
@@ -226,9 +228,24 @@ class LogPanel {
     this.box.hidden = !this.count;
   }
 
+  // Bring the panel up to date: its newest lines the first time, then the lines after them;
+  // true if lines came.
+  update() {
+    return this.serial(() => (this.loaded ? this.follow() : this.load()));
+  }
+
+  // Run `work` after the panel's other requests: a poll and a page's reload after a transition
+  // may ask at once, and two requests after the same line would show its successors twice.
+  serial(work) {
+    const done = this.queue.then(work);
+    this.queue = done.catch(() => {});
+    return done;
+  }
+
   async load() {
     const page = await api(`${this.base}/logs?limit=${LOG_LINES}`);
-    if (this.closed) return;
+    if (this.closed) return false;
+    this.loaded = true;
     this.body.replaceChildren(...page.logs.map((line) => this.row(line)));
     this.count = page.logs.length;
     this.first = this.count ? page.logs[0].id : null;
@@ -236,21 +253,16 @@ class LogPanel {
     this.earlierButton.hidden = !page.more;
     this.showStatus();
     this.toEnd();
+    return this.count > 0;
   }
 
   // The lines after the newest shown; true if there were any. More than LOG_KEEP new lines at
   // once (a burst): the newest LOG_LINES instead, the others on request.
   async follow() {
-    if (this.last === null) {
-      await this.load();
-      return this.count > 0;
-    }
+    if (this.last === null) return this.load();
     const page = await api(`${this.base}/logs?after=${this.last}&limit=${LOG_KEEP}`);
     if (this.closed || !page.logs.length) return false;
-    if (page.more) {
-      await this.load();
-      return true;
-    }
+    if (page.more) return this.load();
     const stick = this.atBottom();
     this.body.append(...page.logs.map((line) => this.row(line)));
     this.count += page.logs.length;
@@ -294,7 +306,7 @@ class LogPanel {
     const poll = async () => {
       let found = false;
       try {
-        found = await this.follow();
+        found = await this.update();
       } catch (error) {
         // Offline or restarting: the next poll tries again.
       }
@@ -747,7 +759,6 @@ class RunDetail extends LiveView {
     this.runId = runId;
     this.timer = null;
     this.logs = new LogPanel(`/api/flow-runs/${runId}`);
-    this.logsLoaded = false;
     this.content = h("div", { id: "run-content" });
   }
 
@@ -778,9 +789,8 @@ class RunDetail extends LiveView {
       const [detail, taskRuns] = await Promise.all([
         api(`/api/flow-runs/${this.runId}`),
         this.loadTaskRuns(),
-        this.logsLoaded ? this.logs.follow().catch(() => false) : this.logs.load().catch((error) => this.logs.failed(error)),
+        this.logs.update().catch((error) => this.logs.failed(error)),
       ]);
-      this.logsLoaded = true;
       if (!this.closed) this.render(detail, taskRuns.runs);
       return Math.min(detail.sequence, taskRuns.sequence);
     });
@@ -999,7 +1009,6 @@ class TaskRunDetail extends LiveView {
     this.runId = runId;
     this.timer = null;
     this.logs = new LogPanel(`/api/task-runs/${runId}`);
-    this.logsLoaded = false;
     this.content = h("div", { id: "run-content" });
   }
 
@@ -1017,9 +1026,8 @@ class TaskRunDetail extends LiveView {
       await this.snapshot(async () => {
         const [detail] = await Promise.all([
           api(`/api/task-runs/${this.runId}`),
-          this.logsLoaded ? this.logs.follow().catch(() => false) : this.logs.load().catch((error) => this.logs.failed(error)),
+          this.logs.update().catch((error) => this.logs.failed(error)),
         ]);
-        this.logsLoaded = true;
         if (!this.closed) this.render(detail);
         return detail.sequence;
       });
