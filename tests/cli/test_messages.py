@@ -167,6 +167,7 @@ def test_a_postgresql_database_the_user_may_not_create_in_is_one_line_saying_wha
 def test_a_wrong_postgresql_password_or_database_name_is_one_line(
     home: Path, postgres_databases: PostgresDatabases, mistake: str
 ) -> None:
+    """The server answered, and refused: not "unreachable", and what to check or do."""
     url = postgres_databases.url
     if mistake == "password":
         url = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:not-the-password@", url)
@@ -176,5 +177,10 @@ def test_a_wrong_postgresql_password_or_database_name_is_one_line(
     assert done.returncode == 1
     line = one_line(done.stderr)
     assert line.startswith("Error: ") and "not-the-password" not in line, line
-    said = "password authentication failed" if mistake == "password" else "does not exist"
-    assert said in line, line
+    if mistake == "password":
+        said = "refused the connection (password authentication failed for user"
+        advice = "check the user and password in the URL"
+    else:
+        said = 'refused the connection (database "stateward_no_such_database" does not exist)'
+        advice = "create it (CREATE DATABASE stateward_no_such_database, as a user that may)"
+    assert said in line and advice in line and "unreachable" not in line, line

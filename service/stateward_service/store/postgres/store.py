@@ -195,7 +195,8 @@ class PostgresStore(SqlStore, PostgresReads):
             self.found_schema_version = migrate(self.conn.connection())
         except (psycopg.OperationalError, DatabaseUnavailable) as error:
             raise DatabaseUnavailable(
-                f"cannot open the PostgreSQL database at {_redacted(url)}: {error}"
+                f"cannot open the PostgreSQL database at {_redacted(url)}: "
+                f"{_refused_connection(error) or error}"
             ) from error
         except psycopg.Error as error:  # reached, and refused: a privilege, a foreign schema
             refusal = _refusal(error, self.conn.connection(), url)
@@ -347,6 +348,30 @@ class PostgresStore(SqlStore, PostgresReads):
 
 def _table(kind: RunKind) -> str:
     return "flow_runs" if kind is RunKind.FLOW_RUN else "task_runs"
+
+
+def _refused_connection(error: BaseException) -> str | None:
+    """What the PostgreSQL server said when it refused a connection (it answered FATAL: a
+    wrong password, a missing database or user), with what to do; None when it did not answer
+    (it is unreachable, which the error says)."""
+    cause = error.__cause__ if isinstance(error, DatabaseUnavailable) else error
+    said = re.search(r"FATAL: (.+)$", " ".join(str(cause).split()))
+    if said is None:
+        return None
+    reason = said.group(1)
+    missing = re.fullmatch(r'database "(.+)" does not exist', reason)
+    if "password authentication failed" in reason:
+        advice = ": check the user and password in the URL"
+    elif missing is not None:
+        advice = (
+            f": create it (CREATE DATABASE {missing.group(1)}, as a user that may) or name a "
+            "database that exists in the URL"
+        )
+    elif re.fullmatch(r'role "(.+)" does not exist', reason):
+        advice = ": check the user in the URL"
+    else:
+        advice = ""
+    return f"the server refused the connection ({reason}){advice}"
 
 
 def _refusal(error: psycopg.Error, conn: psycopg.Connection[Any], url: str) -> DatabaseRefused:
