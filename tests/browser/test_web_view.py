@@ -396,3 +396,53 @@ def test_resuming_a_pause_that_waits_for_input_from_its_page(page, ui_server, tm
             owner.wait()
     assert owner.returncode == 0, err
     assert json.loads(out.splitlines()[-1]) == {"approver": "ann", "copies": 3}
+
+
+PAUSED_FOR_A_NUMBER_SCRIPT = """
+import sys
+from stateward import flow, pause_flow_run
+from stateward.runtime import flow_run
+
+@flow(name=sys.argv[1])
+def asks():
+    print(flow_run.id, flush=True)
+    print(pause_flow_run(wait_for_input=int, timeout=120, poll_interval=0.2) * 2, flush=True)
+
+asks()
+"""
+
+
+def test_a_pause_for_a_bare_type_starts_with_an_empty_box_saying_what_to_type(
+    page, ui_server, tmp_path
+) -> None:
+    """`wait_for_input=int`: no null filled in, a line saying a value of the type is required,
+    an empty box refused on the page, and the reference's wrapped {"value": 21} taken."""
+    env = {**os.environ, "STATEWARD_API_URL": ui_server.target, "STATEWARD_HOME": str(tmp_path)}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_FOR_A_NUMBER_SCRIPT, f"number-{uuid.uuid4().hex[:6]}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        run_id = owner.stdout.readline().strip()
+        page.goto(f"{ui_server.ui_url}#/runs/{run_id}")
+        expect(page.locator("#run-state .state")).to_have_text("Paused", timeout=30_000)
+        box = page.get_by_label("Input (JSON)")
+        expect(box).to_have_value("")
+        expect(page.locator("#run-input-required")).to_have_text("Required: a value (integer).")
+        page.locator("#resume").click()
+        expect(page.locator("#action-message")).to_have_text("Not done: the input is empty.")
+        box.fill('{"value": 21}')
+        page.locator("#resume").click()
+        expect(page.locator("#run-state .state")).to_have_text("Completed", timeout=30_000)
+        out, err = owner.communicate(timeout=60)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    assert owner.returncode == 0, err
+    assert out.splitlines()[-1] == "42"
