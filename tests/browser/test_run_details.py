@@ -142,7 +142,8 @@ def test_a_subflows_page_links_to_its_parent_flow_run(page, ui_server, failed_fl
     parent, subflow = failed_flow["parent"], failed_flow["subflow"]
     page.goto(f"{ui_server.ui_url}#/runs/{subflow['id']}")
     expect(page.locator("#run-name")).to_have_text(subflow["name"])
-    expect(page.locator("#parent-run")).to_contain_text(subflow["parent_task_run_id"])
+    expect(page.locator("#parent-task-run")).to_have_text(subflow["parent_task_run_id"])
+    expect(page.locator("#parent-flow-run")).to_have_text(parent["name"])
     page.locator("#parent-flow-run").click()
     expect(page.locator("#run-name")).to_have_text(parent["name"])
     assert page.url.endswith(f"#/runs/{parent['id']}")

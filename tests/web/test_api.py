@@ -346,9 +346,13 @@ def test_a_subflow_names_the_flow_run_of_its_parent_task_run(http, grpc_stub) ->
     child = new_flow_run(grpc_stub, flow_name=unique("child"), parent_task_run_id=standing_for.id)
     run = http.get(f"/api/flow-runs/{child.id}").json()["flow_run"]
     assert run["parent_task_run_id"] == standing_for.id
-    assert run["parent_flow_run_id"] == parent.id
+    assert run["parent_flow_run"] == {
+        "id": parent.id,
+        "name": parent.name,
+        "flow_name": parent.flow_name,
+    }
     top = http.get(f"/api/flow-runs/{parent.id}").json()["flow_run"]
-    assert "parent_flow_run_id" not in top
+    assert "parent_flow_run" not in top
 
 
 def test_a_runs_logs_are_its_newest_lines_with_older_and_newer_ones_on_request(

@@ -7,7 +7,8 @@
                                          zone, or a span before now such as 2h, as
                                          `stateward.times.parse_moment` reads them),
                                          ?page_size= &page_token= (keyset pagination)
-    GET  /api/flow-runs/{id}             a flow run (with its stored result) and its history
+    GET  /api/flow-runs/{id}             a flow run (with its stored result; a subflow with its
+                                         `parent_flow_run`) and its history
     GET  /api/flow-runs/{id}/logs        the lines a flow run (and its task runs) logged,
                                          oldest first: the newest `?limit=` (1-1000, 200), those
                                          before `?before=` (a line's id), or after `?after=`
@@ -252,9 +253,9 @@ class WebApi:
                 # A subflow: the flow run of the task run that stands for it in its parent.
                 try:
                     parent = self.orchestrator.get_run(run.parent_task_run_id, RunKind.TASK_RUN)
-                    document["parent_flow_run_id"] = parent.flow_run_id or None
+                    document["parent_flow_run"] = self._flow_run_named(parent.flow_run_id)
                 except RunNotFound:
-                    document["parent_flow_run_id"] = None
+                    document["parent_flow_run"] = None
             return {
                 "flow_run": document,
                 "states": [state_document(state) for state in states],
@@ -263,6 +264,17 @@ class WebApi:
 
         return await run_in_threadpool(read)
 
+    def _flow_run_named(self, run_id: str) -> Document | None:
+        """A flow run's id, name and flow name (what a link to its page shows); None for no
+        id or a run that is gone."""
+        if not run_id:
+            return None
+        try:
+            run = self.orchestrator.get_run(run_id, RunKind.FLOW_RUN)
+        except RunNotFound:
+            return None
+        return {"id": run.id, "name": run.name, "flow_name": run.flow_name}
+
     async def task_run(self, request: Request) -> Document:
         run_id = _run_id(request)
         sequence = self.broadcaster.last_sequence
@@ -270,16 +282,9 @@ class WebApi:
         def read() -> Document:
             run = self.orchestrator.get_run(run_id, RunKind.TASK_RUN)
             states = self.orchestrator.list_states(run_id)
-            flow_run = None
-            if run.flow_run_id:
-                try:
-                    parent = self.orchestrator.get_run(run.flow_run_id, RunKind.FLOW_RUN)
-                    flow_run = {"id": parent.id, "name": parent.name, "flow_name": parent.flow_name}
-                except RunNotFound:
-                    pass
             return {
                 "task_run": run_document(run, with_result=True),
-                "flow_run": flow_run,
+                "flow_run": self._flow_run_named(run.flow_run_id),
                 "states": [state_document(state) for state in states],
                 "sequence": sequence,
             }

@@ -847,12 +847,12 @@ class RunDetail extends LiveView {
     }
   }
 
-  // The flow run this subflow ran in (through the task run standing for it there), linked.
+  // The flow run this subflow ran in and the task run standing for it there, linked.
   parentLink(run) {
-    const task = h("span", { class: "mono" }, run.parent_task_run_id);
-    if (!run.parent_flow_run_id) return ["task run ", task];
-    return [h("a", { href: `#/runs/${run.parent_flow_run_id}`, id: "parent-flow-run" }, "its parent flow run"),
-      " (task run ", h("a", { href: `#/task-runs/${run.parent_task_run_id}`, class: "mono" }, run.parent_task_run_id), ")"];
+    const parent = run.parent_flow_run;
+    return [
+      parent ? [h("a", { href: `#/runs/${parent.id}`, id: "parent-flow-run" }, parent.name), ` (${parent.flow_name}), `] : null,
+      "task run ", h("a", { href: `#/task-runs/${run.parent_task_run_id}`, class: "mono", id: "parent-task-run" }, run.parent_task_run_id)];
   }
 
   // What a pause that waits for input wants (the schema's description, its fields) and the box
