@@ -215,3 +215,20 @@ def test_a_poll_and_a_reload_asking_together_show_each_line_once(page, ui_server
     expect(lines).to_have_text(["first line", "second line", "third line"])
     page.clock.run_for(2500)  # and the next poll finds nothing more
     expect(lines).to_have_count(3)
+
+
+def test_on_a_phone_a_log_line_wraps_within_the_screen(page, ui_server) -> None:
+    stub = ui_server.stub()
+    run = new_flow_run(stub, flow_name=f"phone-{uuid.uuid4().hex[:6]}")
+    words = " ".join(f"word{i}" for i in range(60))
+    write_lines(stub, run.id, [words], logger="a.rather.long.logger.name")
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto(f"{ui_server.ui_url}#/runs/{run.id}")
+    message = page.locator("#log-lines tr .log-message")
+    expect(message).to_have_text(words)
+    # Nothing to scroll sideways: the line's time, level and logger, then its text, fit.
+    box = page.locator("#logs")
+    assert box.evaluate("box => box.scrollWidth <= box.clientWidth"), box.evaluate(
+        "box => [box.scrollWidth, box.clientWidth]"
+    )
+    assert message.bounding_box()["width"] > 300
