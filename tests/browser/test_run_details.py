@@ -20,6 +20,7 @@ from tests.support import (
     new_flow_run,
     new_task_run,
     propose,
+    state,
     write_lines,
 )
 
@@ -232,3 +233,22 @@ def test_on_a_phone_a_log_line_wraps_within_the_screen(page, ui_server) -> None:
         "box => [box.scrollWidth, box.clientWidth]"
     )
     assert message.bounding_box()["width"] > 300
+
+
+def test_a_task_runs_page_follows_its_state_and_lines_live(page, ui_server) -> None:
+    stub = ui_server.stub()
+    flow_run = new_flow_run(stub, flow_name=f"live-task-{uuid.uuid4().hex[:6]}")
+    propose(stub, flow_run.id, ST.STATE_TYPE_RUNNING)
+    task_run = new_task_run(stub, flow_run.id, task_key="slow")
+    page.goto(f"{ui_server.ui_url}#/task-runs/{task_run.id}")
+    expect(page.locator("#run-state .state")).to_have_text("Pending")
+    expect(page.locator("#log-status")).to_have_text("No lines logged yet.")
+    expect(page.locator("#live")).to_have_attribute("data-status", "live")
+
+    propose(stub, task_run.id, ST.STATE_TYPE_RUNNING)
+    expect(page.locator("#run-state .state")).to_have_text("Running")
+    write_lines(stub, flow_run.id, ["working on it"], task_run_id=task_run.id)
+    expect(page.locator("#log-lines tr .log-message")).to_have_text(["working on it"])
+    propose(stub, task_run.id, state(ST.STATE_TYPE_FAILED, message="KeyError: 'rows'"))
+    expect(page.locator("#history li .state")).to_have_text(["Pending", "Running", "Failed"])
+    expect(page.locator("#run-message")).to_have_text("KeyError: 'rows'")
