@@ -386,6 +386,20 @@ def test_a_runs_logs_are_its_newest_lines_with_older_and_newer_ones_on_request(
     assert messages(f"/api/task-runs/{task_run.id}/logs") == (["<b>task</b> & line"], False)
 
 
+def test_a_result_whose_json_holds_a_lone_surrogate_still_shows_its_run(http, grpc_stub) -> None:
+    """JSON may escape a lone surrogate ("\\udc80", RFC 8259 allows it; a file name decoded with
+    'surrogateescape', say): the run's page answers it escaped, as JSON can, instead of a 500
+    that leaves the run without a page."""
+    run = new_flow_run(grpc_stub, flow_name=unique("surrogate"))
+    propose(grpc_stub, run.id, ST.STATE_TYPE_RUNNING)
+    done = state(ST.STATE_TYPE_COMPLETED, result_json='{"path": "\\udc80.txt", "name": "café"}')
+    propose(grpc_stub, run.id, done)
+    answer = http.get(f"/api/flow-runs/{run.id}")
+    assert answer.status_code == 200, answer.text
+    value = answer.json()["flow_run"]["state"]["result"]["value"]
+    assert value == {"path": "\udc80.txt", "name": "café"}
+
+
 @pytest.mark.parametrize(
     ("params", "says"),
     [
@@ -395,6 +409,8 @@ def test_a_runs_logs_are_its_newest_lines_with_older_and_newer_ones_on_request(
         ({"limit": "0"}, "limit"),
         ({"limit": "1001"}, "limit"),
         ({"limit": "many"}, "limit"),
+        ({"after": str(2**63)}, "after"),  # beyond SQLite's integers: was a 500
+        ({"before": "99999999999999999999999"}, "before"),
     ],
 )
 def test_bad_log_input_is_refused_with_a_message(http, grpc_stub, params, says) -> None:

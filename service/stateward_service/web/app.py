@@ -93,10 +93,21 @@ PAGE_HEADERS = {
 }
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+# A line's id is an SQLite integer: a larger one can name no line (and SQLite refuses it).
+_MAX_LINE_ID = 2**63 - 1
+
+
+class _Json(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate that stored JSON escaped
+    ("\\udc80", a file name decoded with 'surrogateescape') stays escaped instead of failing
+    UTF-8 encoding with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return _Json({"error": message}, status_code=status)
 
 
 def _answering(handler: Callable[[Request], Awaitable[Document]]) -> Endpoint:
@@ -105,7 +116,7 @@ def _answering(handler: Callable[[Request], Awaitable[Document]]) -> Endpoint:
 
     async def endpoint(request: Request) -> Response:
         try:
-            return JSONResponse(await handler(request))
+            return _Json(await handler(request))
         except ServiceError as error:
             return _error(_HTTP_STATUS.get(error.code, 400), error.message)
         except RunNotFound as error:
@@ -176,8 +187,8 @@ def _line_id(request: Request, name: str) -> int | None:
         value = int(raw)
     except ValueError:
         raise invalid(name, f"{raw!r} is not a log line's id (an integer >= 0)") from None
-    if value < 0:
-        raise invalid(name, f"{raw!r} is not a log line's id (an integer >= 0)")
+    if not 0 <= value <= _MAX_LINE_ID:
+        raise invalid(name, f"{raw!r} is not a log line's id (an integer from 0 to 2**63-1)")
     return value
 
 
