@@ -252,3 +252,26 @@ def test_a_task_runs_page_follows_its_state_and_lines_live(page, ui_server) -> N
     propose(stub, task_run.id, state(ST.STATE_TYPE_FAILED, message="KeyError: 'rows'"))
     expect(page.locator("#history li .state")).to_have_text(["Pending", "Running", "Failed"])
     expect(page.locator("#run-message")).to_have_text("KeyError: 'rows'")
+
+
+def test_a_failed_read_of_the_lines_is_said_until_the_next_one_succeeds(page, ui_server) -> None:
+    stub = ui_server.stub()
+    run = new_flow_run(stub, flow_name=f"flaky-{uuid.uuid4().hex[:6]}")
+    write_lines(stub, run.id, ["a line"])
+    page.clock.install()  # the page's timers run when the test says
+    page.goto(f"{ui_server.ui_url}#/runs/{run.id}")
+    expect(page.locator("#log-lines tr .log-message")).to_have_text(["a line"])
+    expect(page.locator("#live")).to_have_attribute("data-status", "live")
+
+    def unavailable(route: Any) -> None:
+        route.fulfill(status=503, json={"error": "the database is unavailable; try again"})
+
+    page.route("**/logs?after=*", unavailable, times=1)
+    propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+    expect(page.locator("#run-state .state")).to_have_text("Running")
+    page.clock.run_for(500)  # the reload after that transition asks, and is refused
+    status = page.locator("#log-status")
+    expect(status).to_have_text("Could not read the lines: the database is unavailable; try again")
+    page.clock.run_for(2500)  # the next poll is answered (no new line)
+    expect(status).to_be_hidden()
+    expect(page.locator("#log-lines tr .log-message")).to_have_text(["a line"])

@@ -261,7 +261,11 @@ class LogPanel {
   async follow() {
     if (this.last === null) return this.load();
     const page = await api(`${this.base}/logs?after=${this.last}&limit=${LOG_KEEP}`);
-    if (this.closed || !page.logs.length) return false;
+    if (this.closed) return false;
+    if (!page.logs.length) {
+      this.showStatus(); // no longer "Could not read the lines"
+      return false;
+    }
     if (page.more) return this.load();
     const stick = this.atBottom();
     this.body.append(...page.logs.map((line) => this.row(line)));
