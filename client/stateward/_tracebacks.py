@@ -30,11 +30,22 @@ _STDLIB = tuple(
 _SITE = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("purelib", "platlib")})
 
 
+_PACKAGES = ("site-packages", "dist-packages")
+
+
 def _internal(filename: str) -> bool:
-    """A frame of the SDK's or of the standard library (not of an installed package)."""
+    """A frame of the SDK's or of the standard library (not of an installed package: those of
+    this environment's site-packages, and of any site-packages or dist-packages folder in the
+    standard library's, such as the base Python's that a venv made with
+    --system-site-packages sees)."""
     if filename.startswith(_SDK) or filename.startswith("<frozen "):
         return True
-    return filename.startswith(_STDLIB) and not filename.startswith(_SITE)
+    if filename.startswith(_SITE):
+        return False
+    for folder in _STDLIB:
+        if filename.startswith(folder):
+            return filename[len(folder) :].split(os.sep, 1)[0] not in _PACKAGES
+    return False
 
 
 def user_traceback(error: BaseException) -> str:

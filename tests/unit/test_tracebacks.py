@@ -93,6 +93,25 @@ def test_the_standard_librarys_frames_around_the_users_are_left_out() -> None:
     assert shown.endswith("ValueError: 7")
 
 
+# The base Python's own site-packages, as a venv made with --system-site-packages (or a system
+# Python, whose site-packages is inside its standard library's folder) imports packages from.
+BASE_SITE_PACKAGE = os.path.join(sysconfig.get_paths()["stdlib"], "site-packages", "pkg", "cb.py")
+
+
+def test_a_package_installed_in_the_standard_librarys_folder_keeps_its_frames() -> None:
+    """A package in the base Python's site-packages is not the standard library: its frames
+    between the user's stay (they were left out: the file is under the stdlib folder)."""
+    user = define(
+        USER,
+        "def flow_body(apply):\n    return apply(check)\n\ndef check():\n"
+        "    raise ValueError('bad row')\n",
+    )
+    package = define(BASE_SITE_PACKAGE, "def apply(fn):\n    return fn()\n")
+    shown = user_traceback(failure(lambda: user["flow_body"](package["apply"])))
+    assert files_of(shown) == [USER, BASE_SITE_PACKAGE, USER]
+    assert shown.endswith("ValueError: bad row")
+
+
 def test_a_standard_library_function_that_raised_keeps_its_frames() -> None:
     user = define(USER, "import json\ndef parse(text):\n    return json.loads(text)\n")
     shown = user_traceback(failure(lambda: user["parse"]("{")))
