@@ -18,6 +18,10 @@ log = logging.getLogger("stateward.leadership")
 T = TypeVar("T")
 
 
+class _Exiting(Exception):
+    """No worker thread can be had for the lock's calls: the interpreter is exiting."""
+
+
 class LoopsLeadership:
     """Runs `loops` in this process while it holds `lock`. Taking the lead is said at
     `lead_level`: INFO for a server, whose operator may run several; a script on the embedded
@@ -67,6 +71,17 @@ class LoopsLeadership:
         with self._guard:
             return call()
 
+    async def _off_loop(self, call: Callable[[], T]) -> T:
+        """`call()` under the guard in a worker thread. Raises _Exiting when no worker thread
+        can be had: the loop's executor is shut down, which happens only as the interpreter
+        exits (its threading atexit hook stops every executor's threads before the atexit
+        hook that calls `stop()`), or the loop ends."""
+        try:
+            pending = asyncio.get_running_loop().run_in_executor(None, self._locked, call)
+        except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+            raise _Exiting from None
+        return await pending
+
     async def _lead(self) -> None:
         while True:
             try:
@@ -75,7 +90,7 @@ class LoopsLeadership:
                 if (
                     not self.leading
                     and self.competing
-                    and await asyncio.to_thread(self._locked, self.lock.try_acquire)
+                    and await self._off_loop(self.lock.try_acquire)
                 ):
                     self.leading = True
                     log.log(
@@ -84,16 +99,17 @@ class LoopsLeadership:
                         "leases, cancellations) for the database",
                     )
                     self.loops.start()
-                elif self.leading and not await asyncio.to_thread(self._locked, self.lock.held):
+                elif self.leading and not await self._off_loop(self.lock.held):
                     log.warning("this process lost the leader lock: its loops stop")
                     self.leading = False
                     await self.loops.stop()
+            except _Exiting:
+                # The process is exiting (an embedded process: its worker threads are
+                # stopped before its atexit hooks run); `stop()`, at exit, stops the loops and
+                # gives the lock up.
+                log.debug("the process is exiting: it no longer competes for the leader lock")
+                return
             except Exception as error:  # an unreachable database: try again later
-                if isinstance(error, RuntimeError) and not threading.main_thread().is_alive():
-                    # The main thread has ended and the worker threads with it: the process
-                    # is exiting (an embedded process kept alive by a thread of its own);
-                    # `stop()`, at exit, stops the loops and gives the lock up.
-                    return
                 log.warning("cannot take the leader lock: %s", error)
             await asyncio.sleep(self.retry_seconds)
 
