@@ -27,6 +27,7 @@ from stateward._hooks import run_hooks, run_hooks_async
 from stateward._interrupt import (
     Interruptible,
     RunCancelled,
+    RunCrashed,
     RunInterrupted,
     RunTimedOut,
     engine_code,
@@ -212,7 +213,9 @@ class RunEngine:
 
     def stopped_from_outside(self, error: type[RunInterrupted]) -> State:
         """The run around this one was stopped between two of this run's steps: end Cancelled
-        and pass the interrupt on."""
+        and pass the interrupt on; raises RunCrashed when a signal crashed it."""
+        if error is RunCrashed:
+            raise error
         self.stop.passed_on = error()
         return self.finish_cancel(stopped_message(error))
 
@@ -385,37 +388,46 @@ class RunEngine:
         """Make the run's context current for its code; returns what makes it not current."""
         raise NotImplementedError
 
-    def code_over(self) -> None:
-        """After the run's code, before its context ends (a flow waits for its task runs)."""
+    def code_over(self, error: BaseException | None) -> None:
+        """After the run's code (which raised `error`, or None), before its context ends (a
+        flow waits for its task runs)."""
 
-    async def code_over_async(self) -> None:
+    async def code_over_async(self, error: BaseException | None) -> None:
         """`code_over` for async code."""
 
     def call_sync(self) -> Any:
         leave = self.enter_code()
         subject = self.subject
+        raised: BaseException | None = None
         try:
             if not subject.log_prints:  # printing_to_log(False) does nothing: not even made
                 return call_with(subject.fn, subject.signature, self.parameters)
             with printing_to_log(True):
                 return call_with(subject.fn, subject.signature, self.parameters)
+        except BaseException as error:
+            raised = error
+            raise
         finally:
             try:
-                self.code_over()
+                self.code_over(raised)
             finally:
                 leave()
 
     async def call_async(self) -> Any:
         leave = self.enter_code()
+        raised: BaseException | None = None
         try:
             with printing_to_log(self.subject.log_prints):
                 value = await call_with(self.subject.fn, self.subject.signature, self.parameters)
                 if inspect.iscoroutine(value):  # an async task's call, not awaited: its value
                     value = await value
                 return value
+        except BaseException as error:
+            raised = error
+            raise
         finally:
             try:
-                await self.code_over_async()
+                await self.code_over_async(raised)
             finally:
                 leave()
 
@@ -483,6 +495,8 @@ class RunEngine:
         self.stop.timed_out = False
         try:
             stop = self.stop.stop_requested
+            if stop is RunCrashed:
+                raise stop
             if stop is not None:
                 self.stop.passed_on = stop()
                 return State(StateType.CANCELLED, message=stopped_message(stop))
@@ -564,7 +578,11 @@ class RunEngine:
         self.supervisor.release_lease(self.id)
 
     def _crash_unless_reported(self, error: BaseException) -> None:
-        if self.created() and not isinstance(error, OrchestrationAborted | ServerUnavailable):
+        if (
+            self.created()
+            and not isinstance(error, OrchestrationAborted | ServerUnavailable)
+            and self.stop.stop_requested is not RunCrashed  # the flow run reported it
+        ):
             self.crash(error)
 
     # --- work an earlier attempt of the flow run around this one finished -----------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ from stateward._engine import PENDING_PROPOSAL, RUNNING_PROPOSAL, RunEngine, cal
 from stateward._interrupt import (
     Interruptible,
     RunCancelled,
+    RunCrashed,
     RunInterrupted,
     RunTimedOut,
     engine_code,
@@ -36,7 +38,7 @@ from stateward._outcomes import (
 )
 from stateward._results import ResultPolicy, policy
 from stateward._run_logs import run_extra
-from stateward._signals import crash_on_signals, install_wake_handler
+from stateward._signals import TerminationSignal, crash_on_signals, install_wake_handler
 from stateward.client import Created
 from stateward.exceptions import ParameterTypeError, UpstreamTaskError
 from stateward.flows import Flow
@@ -46,6 +48,8 @@ from stateward.states import State, StateType
 from stateward.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 flow_run_log = logging.getLogger("stateward.flow_runs")
+# What a signal to the process raises in a flow run's code (see `_signals`): it crashes the run.
+_CRASH_SIGNALS = (KeyboardInterrupt, TerminationSignal)
 
 
 class FlowRunEngine(RunEngine):
@@ -251,11 +255,11 @@ class FlowRunEngine(RunEngine):
         token = flow_run_context.set(context)
         return lambda: flow_run_context.reset(token)
 
-    def code_over(self) -> None:
-        self._wait_for_tasks()
+    def code_over(self, error: BaseException | None) -> None:
+        self._wait_for_tasks(error)
 
-    async def code_over_async(self) -> None:
-        await asyncio.to_thread(self._wait_for_tasks)
+    async def code_over_async(self, error: BaseException | None) -> None:
+        await asyncio.to_thread(self._wait_for_tasks, error)
 
     def result_folder(self) -> Path | None:
         """Where this run's results over the size limit go, and its task runs' and subflows'
@@ -269,24 +273,50 @@ class FlowRunEngine(RunEngine):
     def after_call(self, value: Any) -> State:
         return judged(value, self.result_what, self.log, self.result_policy())
 
-    def _wait_for_tasks(self) -> None:
-        """Submitted task runs finish before their flow run does. If the flow is stopped while
-        it waits, those not started yet are cancelled (the running ones were told to stop)."""
+    def _wait_for_tasks(self, error: BaseException | None) -> None:
+        """Submitted task runs finish before their flow run does (the code ended by `error`,
+        or None). If the flow is stopped while it waits, those not started yet are cancelled
+        (the running ones were told to stop). A signal (SIGINT, SIGTERM) that crashes the flow
+        run, raised in its code or in this wait, crashes those running at once: they are told
+        to stop and reported Crashed, and the flow run waits for none (as the reference, whose
+        runs a Ctrl-C crashes)."""
         futures = self.context.futures if self.context is not None else []
+        signal = error if isinstance(error, _CRASH_SIGNALS) else None
         try:
-            if futures:
+            if futures and signal is None:
                 concurrent.futures.wait([f._future for f in futures])
+        except _CRASH_SIGNALS as arrived:
+            signal = arrived
+            raise
         finally:
             with self.task_run_lock:
                 runner, self.runner = self.runner, None
+            if signal is not None:
+                self._crash_task_runs(signal, futures)
             if runner is not None:
-                runner.shutdown()
+                runner.shutdown(wait=signal is None)
             with engine_code():
                 for future in futures:
                     if future._future.cancelled():
                         self.orchestration.propose_for(
                             future.task_run_id,
                             State(StateType.CANCELLED, message="its flow run stopped first"),
+                            f"task run {future.task_run_id}",
+                        )
+
+    def _crash_task_runs(self, signal: BaseException, futures: list[Any]) -> None:
+        """A signal crashes this flow run: its task runs under way stop (RunCrashed, when
+        their code next runs: a thread in a long C call finishes it first) and are reported
+        Crashed now."""
+        self._stop_all(RunCrashed, lambda: None)
+        message = f"{type(signal).__name__}: {signal}".rstrip(": ")
+        with engine_code():
+            for future in futures:
+                if not future._future.done() and future._future.running():
+                    with contextlib.suppress(Exception):  # the flow run's crash goes on
+                        self.orchestration.propose_for(
+                            future.task_run_id,
+                            State(StateType.CRASHED, message=message),
                             f"task run {future.task_run_id}",
                         )
 

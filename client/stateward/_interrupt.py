@@ -85,6 +85,12 @@ class RunCancelled(RunInterrupted):
     """The run was cancelled (by another client, or its flow run was)."""
 
 
+class RunCrashed(RunInterrupted):
+    """The flow run around the run was crashed by a signal (SIGINT, SIGTERM) to its process:
+    the run stops, and the flow run reports it Crashed (as the reference marks a run that a
+    Ctrl-C stopped)."""
+
+
 def _set_async_exc(thread_id: int, error: type[BaseException] | None) -> None:
     import ctypes  # loaded by the first interrupt: not every process sends one
 

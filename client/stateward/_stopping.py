@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
+from stateward._interrupt import RunCancelled, RunCrashed, RunInterrupted, RunTimedOut
 from stateward._outcomes import failed
 from stateward._records import dataclass
 from stateward.exceptions import TimedOutRun
@@ -70,8 +70,13 @@ def classify(
     the code raising CancelledError itself). `timeout` and `label` go into a timeout's message.
 
     Raises `error` itself when it is not an outcome of the code (KeyboardInterrupt,
-    SystemExit, a termination signal): the caller crashes the run.
+    SystemExit, a termination signal, RunCrashed: a signal crashed the flow run around it):
+    the caller crashes the run.
     """
+    if isinstance(error, RunCrashed) or (
+        isinstance(error, asyncio.CancelledError) and flags.stop_requested is RunCrashed
+    ):
+        raise error
     if isinstance(error, RunInterrupted) and from_outside:
         return Ending(
             State(StateType.CANCELLED, message=stopped_message(type(error))), passed_on=error

@@ -38,7 +38,8 @@ Raised inside a run's code to stop it, and derived from BaseException so that an
 
 RunInterrupted
 ├── RunTimedOut              the run exceeded its `timeout_seconds`
-└── RunCancelled             the run (or the flow run around it) was cancelled
+├── RunCancelled             the run (or the flow run around it) was cancelled
+└── RunCrashed               a signal (Ctrl-C, SIGTERM) crashed the flow run around it
 
 TerminationSignal            SIGTERM arrived while a flow ran (the run is Crashed); as the
                              reference's, so `except TerminationSignal` finds it here
@@ -49,7 +50,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any
 
-from stateward._interrupt import RunCancelled, RunInterrupted, RunTimedOut
+from stateward._interrupt import RunCancelled, RunCrashed, RunInterrupted, RunTimedOut
 from stateward._signals import TerminationSignal
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "ResultTooLarge",
     "RpcError",
     "RunCancelled",
+    "RunCrashed",
     "RunError",
     "RunInterrupted",
     "RunTimedOut",

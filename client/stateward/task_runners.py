@@ -56,9 +56,11 @@ class TaskRunner(abc.ABC):
         """Acquire what the runner needs (threads, processes, a cluster client)."""
 
     @abc.abstractmethod
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         """Release it: task runs not started are cancelled; the call returns once the runner's
-        own resources are released."""
+        own resources are released. With `wait` False (a signal crashed the flow run: the
+        process is on its way out), it returns at once and the task runs under way end on
+        their own."""
 
     @abc.abstractmethod
     def submit(self, engine: TaskRunEngine) -> concurrent.futures.Future[State]:
@@ -88,9 +90,9 @@ class ThreadPoolTaskRunner(TaskRunner):
                 self.max_workers, thread_name_prefix="stateward-tasks"
             )
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
     def submit(self, engine: TaskRunEngine) -> concurrent.futures.Future[State]:
@@ -150,11 +152,13 @@ class WorkerTaskRunner(TaskRunner):
         with self._lock:
             self._dispatches.discard(dispatch)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             pending = list(self._dispatches)
         for dispatch in pending:
             dispatch.stop()
+        if not wait:
+            return
         concurrent.futures.wait([d.future for d in pending])
         try:
             self.release()

@@ -615,3 +615,56 @@ def test_sigterm_after_an_event_loop_that_handled_it_closed_crashes_the_run(sdk_
         """,
     )
     assert run.state.message == "TerminationSignal: SIGTERM"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_crashes_the_task_runs_in_the_thread_pool_and_the_process_exits(tmp_path, signum):
+    """Ctrl-C (or SIGTERM) while a flow waits for task runs in its default thread pool: the
+    task runs are stopped and end Crashed, the flow run ends Crashed, and the process exits,
+    without waiting for the tasks' code to end (it never would: each loops for an hour). The
+    reference marks a run that a Ctrl-C stopped Crashed."""
+    env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path), "PYTHONFAULTHANDLER": "1"}
+    runner = spawn(
+        f"""
+        import signal, threading, time
+        from stateward import flow, task
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+        started = threading.Barrier(4)
+
+        @task
+        def slow(i):
+            started.wait()
+            deadline = time.monotonic() + {ENDLESS_SECONDS}
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        @flow(name="signalled-pool")
+        def fan_out():
+            futures = slow.map(range(3))
+            started.wait()
+            print("running", flush=True)
+            return [future.result() for future in futures]
+
+        fan_out()
+        """,
+        env=env,
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+        runner.send_signal(signum)
+        try:
+            out, err = runner.communicate(timeout=STOPPED_WITHIN)  # the tasks loop for an hour
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGABRT)
+            out, err = runner.communicate(timeout=STOPPED_WITHIN)
+            pytest.fail(f"still running {STOPPED_WITHIN} s after the signal; out {out!r}\n{err}")
+    finally:
+        runner.kill()
+        runner.wait()
+    assert runner.returncode != 0
+    db = tmp_path / "stateward.db"
+    assert states_in(db, "signalled-pool") == ["Pending", "Running", "Crashed"], err
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        task_states = [row[0] for row in conn.execute("SELECT state_name FROM task_runs")]
+    assert task_states == ["Crashed"] * 3, err
