@@ -163,6 +163,24 @@ def test_a_postgresql_database_the_user_may_not_create_in_is_one_line_saying_wha
     postgres_databases.release(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://ann:secret-pw@127.0.0.1/stateward?sslmod=require", 'parameter: "sslmod"'),
+        ("postgresql://ann:secret-pw@[::1/stateward", 'matching "]"'),
+    ],
+)
+def test_a_postgresql_url_libpq_cannot_read_is_one_line(home: Path, url: str, said: str) -> None:
+    """A misspelt parameter in a PostgreSQL URL, or an unclosed IPv6 bracket: one line saying
+    what libpq could not read, with the URL's password hidden (it was psycopg's 177-line
+    traceback: the refusal was read on a second attempt to connect, which raised again)."""
+    done = stateward(home, "server", "start", "--port", "0", "--db", url, "--no-ui")
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("Error: ") and said in line and "secret-pw" not in line, line
+    assert "is not a PostgreSQL URL libpq can read" in line, line
+
+
 @pytest.mark.parametrize("mistake", ["password", "database"])
 def test_a_wrong_postgresql_password_or_database_name_is_one_line(
     home: Path, postgres_databases: PostgresDatabases, mistake: str

@@ -188,6 +188,15 @@ class PostgresStore(SqlStore, PostgresReads):
     """One replica's connection; the orchestrator's lock keeps it to one thread at a time."""
 
     def __init__(self, url: str, read_pool_size: int = 8) -> None:
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as error:
+            raise DatabaseRefused(
+                f"{_redacted(url)} is not a PostgreSQL URL libpq can read "
+                f"({_redacted(' '.join(str(error).split()))}): write it "
+                "as postgresql://user:password@host:port/database, with only libpq's "
+                "parameters after ? (sslmode=require, connect_timeout=10)"
+            ) from None
         self.url = url
         self.read_pool_size = read_pool_size
         self.conn = _QmarkConnection(url)
