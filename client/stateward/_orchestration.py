@@ -336,7 +336,9 @@ _NO_DETAILS = State(StateType.PENDING).details
 _WAIT, _REJECT, _PAUSED = SetStateStatus.WAIT, SetStateStatus.REJECT, StateType.PAUSED
 _REFUSED = frozenset({SetStateStatus.REJECT, SetStateStatus.ABORT})
 # Sets of members, not tuples: a member is found by identity, never by StateType.__eq__.
-_LEASED = frozenset({StateType.RUNNING, StateType.CANCELLING})
+# The states whose heartbeat lease the process renews (a paused flow run's process waits for
+# the resume: see the server's LEASED_TYPES).
+_LEASED = frozenset({StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED})
 _ERRORS = frozenset({StateType.FAILED, StateType.CRASHED})
 
 

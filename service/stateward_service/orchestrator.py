@@ -401,7 +401,7 @@ class Orchestrator:
             return db.unfinished_children(flow_run_id)
 
     def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
-        """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
+        """Runs RUNNING, CANCELLING or PAUSED whose heartbeat lease ended before `before`."""
         with self._reader.snapshot() as db:
             return db.runs_with_lapsed_lease(before)
 
@@ -552,7 +552,7 @@ class Orchestrator:
         return self._retrying(attempt)
 
     def renew_leases(self, run_ids: Sequence[str], seconds: float) -> tuple[list[str], datetime]:
-        """Extend the leases of those runs that hold one (RUNNING or CANCELLING)."""
+        """Extend the leases of those runs that hold one (RUNNING, CANCELLING or PAUSED)."""
         until = self.clock() + timedelta(seconds=seconds)
         with self._lock, self._writing():
             self._write_unwritten()  # the UPDATE below must find the runs of this batch

@@ -4,6 +4,7 @@ a lost server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stateward.client import Client
+from stateward.exceptions import NotPausedError
 from stateward.runs import FlowRun, SetStateStatus
 from stateward.states import State, StateType
 from tests.sdk.conftest import python, spawn
@@ -668,3 +670,41 @@ def test_a_signal_crashes_the_task_runs_in_the_thread_pool_and_the_process_exits
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         task_states = [row[0] for row in conn.execute("SELECT state_name FROM task_runs")]
     assert task_states == ["Crashed"] * 3, err
+
+
+def test_a_paused_run_whose_process_was_killed_is_crashed_not_resumed_into_running(
+    sdk_server, client
+):
+    """A paused flow run's process waits for the resume and renews the run's heartbeat lease
+    meanwhile: killed (kill -9) while paused, the run is crashed by the lease sweep like a
+    running one. Before, the pause held no lease: the run could be resumed, answered "is
+    Running", and stayed Running for ever with no process to run it."""
+    name = f"paused-killed-{os.urandom(3).hex()}"
+    runner = spawn(
+        f"""
+        from stateward import flow, pause_flow_run
+
+        @flow(name="{name}")
+        def waits():
+            pause_flow_run(timeout=3600)
+
+        waits()
+        """,
+        env={"STATEWARD_LEASE_SECONDS": "1"},
+    )
+
+    def paused() -> FlowRun | None:
+        found = next(client.list_flow_runs(flow_names=[name], limit=1), None)
+        return found if found is not None and found.state.type is StateType.PAUSED else None
+
+    try:
+        wait_until(lambda: paused() is not None, what="the flow run to pause")
+    finally:
+        runner.kill()  # SIGKILL: the process is gone, its lease no longer renewed
+        runner.wait()
+    run = paused()
+    assert run is not None
+    with contextlib.suppress(NotPausedError):  # crashed already: nothing to resume
+        client.resume_flow_run(run.id)
+    wait_until(lambda: client.get_flow_run(run.id).state.is_crashed(), what="the flow run to crash")
+    assert "heartbeat lease" in client.get_flow_run(run.id).state.message

@@ -39,7 +39,11 @@ def own_details(run: RunRecord, details: StateDetails) -> StateDetails:
 
 _new_details = maker(StateDetails)
 
-LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING})
+# The states whose run a process holds, renewing its heartbeat lease: a paused flow run too
+# (its process waits for the resume, and the run carries the lease on into Running), so that a
+# paused run whose process died is crashed like a running one, not resumed into a Running that
+# nothing runs.
+LEASED_TYPES = frozenset({StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED})
 # Members as globals: read several times quicker than an enum's attributes, on every write.
 _RUNNING, _SCHEDULED = StateType.RUNNING, StateType.SCHEDULED
 _FLOW_RUN = RunKind.FLOW_RUN
@@ -47,8 +51,8 @@ _FLOW_RUN = RunKind.FLOW_RUN
 
 def record_transition(run: RunRecord, new: State, lease_seconds: float = 0.0) -> None:
     """Update `run` for the written state `new` (which has its id and timestamp). A heartbeat
-    lease lives only while the run is RUNNING or CANCELLING: a new one of `lease_seconds` starts
-    with the state, or the current one carries on."""
+    lease lives only while the run is RUNNING, CANCELLING or PAUSED: a new one of
+    `lease_seconds` starts with the state, or the current one carries on."""
     assert new.timestamp is not None
     old = run.state
     at = new.timestamp

@@ -360,16 +360,16 @@ class SqlReads:
         return _log_entries(reversed(rows))
 
     def runs_with_lapsed_lease(self, before: datetime) -> list[tuple[RunKind, str]]:
-        """Runs RUNNING or CANCELLING whose heartbeat lease ended before `before`."""
+        """Runs RUNNING, CANCELLING or PAUSED whose heartbeat lease ended before `before`."""
         found: list[tuple[RunKind, str]] = []
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
             indexed = (
                 f"AND {indexed_task_run_types(table(kind))}" if kind is RunKind.TASK_RUN else ""
             )
             rows = self.conn.execute(
-                f"""SELECT id FROM {table(kind)} WHERE state_type IN (?, ?) {indexed}
+                f"""SELECT id FROM {table(kind)} WHERE state_type IN (?, ?, ?) {indexed}
                     AND lease_expires IS NOT NULL AND lease_expires < ?""",
-                (int(StateType.RUNNING), int(StateType.CANCELLING), to_us(before)),
+                (*_LEASED_TYPES, to_us(before)),
             ).fetchall()
             found.extend((kind, row[0]) for row in rows)
         return found
@@ -633,18 +633,23 @@ class SqlStore(SqlReads):
     # --- leases -----------------------------------------------------------------------------------
 
     def renew_leases(self, run_ids: Sequence[str], until: datetime) -> list[str]:
-        """Move the lease end of those runs that are RUNNING or CANCELLING; returns their ids."""
+        """Move the lease end of those runs that are RUNNING, CANCELLING or PAUSED; returns
+        their ids."""
         renewed: list[str] = []
         marks = ", ".join("?" for _ in run_ids)
         for kind in (RunKind.FLOW_RUN, RunKind.TASK_RUN):
             rows = self.conn.execute(
                 f"""UPDATE {table(kind)} SET lease_expires = ?
-                    WHERE id IN ({marks}) AND state_type IN (?, ?) RETURNING id""",
-                (to_us(until), *run_ids, int(StateType.RUNNING), int(StateType.CANCELLING)),
+                    WHERE id IN ({marks}) AND state_type IN (?, ?, ?) RETURNING id""",
+                (to_us(until), *run_ids, *_LEASED_TYPES),
             ).fetchall()
             renewed.extend(row[0] for row in rows)
         return renewed
 
+
+# The state types whose run holds a heartbeat lease (rules.bookkeeping.LEASED_TYPES: a paused
+# flow run's process waits for its resume).
+_LEASED_TYPES = (int(StateType.RUNNING), int(StateType.CANCELLING), int(StateType.PAUSED))
 
 # The most values of one filter read as a merge of one ordered read per value (a compound
 # SELECT of SQLite holds at most 500 parts); more are read with IN and a sort.
