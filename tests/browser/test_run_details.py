@@ -196,6 +196,30 @@ def test_a_burst_of_lines_while_watching_shows_the_newest_not_all(page, ui_serve
     expect(lines.first).to_have_text("burst 4600")
 
 
+def test_earlier_lines_asked_for_stay_while_new_ones_arrive(page, ui_server) -> None:
+    """Lines the user brought back with "Show earlier lines" and is reading (scrolled up) stay
+    when a new line arrives; the page trims its oldest lines only while its newest are in
+    view. Before, the next new line past 1,000 dropped the oldest rows, those just asked for."""
+    stub = ui_server.stub()
+    run = new_flow_run(stub, flow_name=f"reading-{uuid.uuid4().hex[:6]}")
+    propose(stub, run.id, ST.STATE_TYPE_RUNNING)
+    write_lines(stub, run.id, [f"line {i}" for i in range(1000)])
+    page.goto(f"{ui_server.ui_url}#/runs/{run.id}")
+    lines = page.locator("#log-lines tr .log-message")
+    expect(lines).to_have_count(200)
+    for shown in (400, 600, 800, 1000):
+        page.locator("#log-earlier").click()
+        expect(lines).to_have_count(shown)
+    expect(lines.first).to_have_text("line 0")
+    page.locator("#logs").evaluate("box => { box.scrollTop = 0; }")  # reading the oldest
+    lines.first.scroll_into_view_if_needed()
+    expect(lines.first).to_be_in_viewport()
+    write_lines(stub, run.id, ["a new line"])
+    expect(lines.last).to_have_text("a new line")
+    expect(lines.first).to_have_text("line 0")
+    expect(lines.first).to_be_in_viewport()
+
+
 def test_a_poll_and_a_reload_asking_together_show_each_line_once(page, ui_server) -> None:
     stub = ui_server.stub()
     run = new_flow_run(stub, flow_name=f"racing-{uuid.uuid4().hex[:6]}")

@@ -174,6 +174,7 @@ function runFacts(run) {
 
 const LOG_LINES = 200; // lines fetched at a time (the API gives at most 1000)
 const LOG_KEEP = 1000; // lines kept on the page as new ones arrive (older ones on request)
+const LOG_KEEP_READING = 5000; // kept while the newest are out of view (a user reads older ones)
 const LOG_POLL_MS = 2000; // how often a run that has not ended is asked for new lines
 const LOG_QUIET_POLLS = 3; // polls without a new line after the run ended before stopping
 
@@ -271,11 +272,13 @@ class LogPanel {
     this.body.append(...page.logs.map((line) => this.row(line)));
     this.count += page.logs.length;
     this.last = page.logs[page.logs.length - 1].id;
-    if (this.count > LOG_KEEP) {
-      // Keep the page light: drop the oldest lines, which "Show earlier lines" brings back.
-      const rows = [...this.body.children].slice(0, this.count - LOG_KEEP);
+    const keep = stick ? LOG_KEEP : LOG_KEEP_READING;
+    if (this.count > keep) {
+      // Keep the page light: drop the oldest lines, which "Show earlier lines" brings back
+      // (not those a user scrolled up to read, unless the run goes on logging for long).
+      const rows = [...this.body.children].slice(0, this.count - keep);
       for (const row of rows) row.remove();
-      this.count = LOG_KEEP;
+      this.count = keep;
       this.first = Number(this.body.firstElementChild.dataset.logId);
       this.earlierButton.hidden = false;
     }
