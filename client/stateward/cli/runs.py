@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -135,12 +135,13 @@ def list_flow_runs(
             flow_names=flow or (), state_types=state or (), tags=tag or (), page_size=500
         )
         shown, more = _taken(runs, limit, since)
+    moment = datetime.now(UTC)
     for run in shown:
         table.add_row(
             short_id(run.id),
             run.flow_name,
             run.name,
-            show_state(run.state),
+            _state_and_lease(run, moment),
             str(run.run_count),
             show_moment(run.start_time),
             show_moment(run.end_time),
@@ -156,13 +157,15 @@ def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
         states = connected.list_states(run.id)
         task_runs_of = list(connected.list_task_runs(flow_run_ids=[run.id], limit=1000))
         children = _subflows(connected, task_runs_of)
+    moment = datetime.now(UTC)
     facts = [
         ("flow", escape(run.flow_name)),
         ("id", run.id),
         ("state", f"{show_state(run.state)}   runs {run.run_count}"),
         ("started", show_time(run.start_time)),
         ("ended", show_time(run.end_time)),
-        ("run time", f"{run.total_run_time.total_seconds():.3f}s"),
+        ("run time", _run_time(run, moment)),
+        *_lease_facts(run, moment),
     ]
     if run.parent_task_run_id:
         facts.append(("subflow of", f"task run {short_id(run.parent_task_run_id)}"))
@@ -189,6 +192,50 @@ def inspect_flow_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
                 f"{short_id(child.id)} {child.name}" if child else "",
             )
         console.print(table)
+
+
+# The states whose run a process holds, renewing its heartbeat lease (the server's LEASED_TYPES).
+_HELD = frozenset({StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED})
+
+
+def _lease_lapsed(run: FlowRun | TaskRun, moment: datetime) -> float | None:
+    """Seconds since the heartbeat lease of a run still held (Running, Cancelling, Paused)
+    lapsed at `moment`; None while its process renews it, or for a run that holds none."""
+    state, expires = run.state, run.lease_expires
+    if state is None or state.type not in _HELD or expires is None or expires >= moment:
+        return None
+    return (moment - expires).total_seconds()
+
+
+def _lease_facts(run: FlowRun | TaskRun, moment: datetime) -> list[tuple[str, str]]:
+    """A held run whose lease lapsed: its process is gone. On the embedded default nothing
+    crashes it until a process leads the loops (a server, `stateward ui`)."""
+    lapsed = _lease_lapsed(run, moment)
+    if lapsed is None:
+        return []
+    return [
+        (
+            "lease",
+            f"[red]lapsed {lapsed:.0f} s ago[/red]: its process is gone; a server or "
+            "`stateward ui` crashes it",
+        )
+    ]
+
+
+def _state_and_lease(run: FlowRun | TaskRun, moment: datetime) -> str:
+    """A listing's state cell: the state, and "lease lapsed" for a held run whose lapsed."""
+    lapsed = _lease_lapsed(run, moment) is not None
+    return show_state(run.state) + (" [red](lease lapsed)[/red]" if lapsed else "")
+
+
+def _run_time(run: FlowRun | TaskRun, moment: datetime) -> str:
+    """The run's time in Running: its stretches so far and, while it runs, the one under way
+    up to `moment` (the reference's estimated run time)."""
+    seconds = run.total_run_time.total_seconds()
+    state = run.state
+    if state is not None and state.type is StateType.RUNNING and state.timestamp is not None:
+        return f"{seconds + max((moment - state.timestamp).total_seconds(), 0.0):.3f}s so far"
+    return f"{seconds:.3f}s"
 
 
 def _pause_facts(run: FlowRun) -> list[tuple[str, str]]:
@@ -419,13 +466,14 @@ def list_task_runs(
             page_size=500,
         )
         shown, more = _taken(runs, limit, since)
+    moment = datetime.now(UTC)
     for run in shown:
         table.add_row(
             short_id(run.id),
             run.task_key,
             run.name,
             short_id(run.flow_run_id) if run.flow_run_id else "-",
-            show_state(run.state),
+            _state_and_lease(run, moment),
             str(run.run_count),
             show_moment(run.end_time),
         )
@@ -440,6 +488,7 @@ def inspect_task_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
         run = find_task_run(connected, ref)
         states = connected.list_states(run.id)
         parent = connected.get_flow_run(run.flow_run_id) if run.flow_run_id else None
+    moment = datetime.now(UTC)
     facts = [("task", escape(run.task_key)), ("id", run.id)]
     if parent is not None:
         facts.append(("flow run", escape(f"{parent.name} ({parent.flow_name})")))
@@ -448,6 +497,8 @@ def inspect_task_run(ref: Annotated[str, typer.Argument(help=RUN_ARGUMENT, metav
         ("state", f"{show_state(run.state)}   runs {run.run_count}"),
         ("started", show_time(run.start_time)),
         ("ended", show_time(run.end_time)),
+        ("run time", _run_time(run, moment)),
+        *_lease_facts(run, moment),
     ]
     if run.tags:
         facts.append(("tags", escape(", ".join(run.tags))))
