@@ -24,6 +24,7 @@ import concurrent.futures
 import contextvars
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
@@ -79,16 +80,14 @@ class ThreadPoolTaskRunner(TaskRunner):
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: _ThreadPool | None = None
 
     def duplicate(self) -> Self:
         return type(self)(max_workers=self.max_workers)
 
     def start(self) -> None:
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                self.max_workers, thread_name_prefix="stateward-tasks"
-            )
+            self._executor = _ThreadPool(self.max_workers, "stateward-tasks")
 
     def shutdown(self, wait: bool = True) -> None:
         if self._executor is not None:
@@ -107,6 +106,75 @@ class ThreadPoolTaskRunner(TaskRunner):
 
 # The name of Prefect 2's default runner, which Prefect 3 keeps as this same class.
 ConcurrentTaskRunner = ThreadPoolTaskRunner
+
+
+_Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class _ThreadPool:
+    """A pool of at most `max_workers` daemon threads, started as work comes and no thread is
+    idle. Daemon threads, unlike `concurrent.futures.ThreadPoolExecutor`'s, which Python joins
+    as the process exits: a flow run waits for its task runs anyway, except when a signal
+    crashed it, and then a task's thread blocked in a long call into C (`time.sleep(60)`), which
+    Python cannot interrupt, must not keep the process alive after the run is reported."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        # The work not started: (future, function, arguments); None ends a thread.
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # a release per thread waiting for work
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._shut = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """`fn(*args)` in one of the threads; its future."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._work.put((future, fn, args))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as error:  # the future carries it, as the stdlib's does
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            del future, fn, args
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more work; with `cancel_futures`, the work not started is cancelled; with
+        `wait`, returns once the threads ended (each after its work under way)."""
+        with self._lock:
+            self._shut = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            for _ in self._threads:
+                self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 class WorkerTaskRunner(TaskRunner):
