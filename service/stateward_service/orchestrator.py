@@ -110,7 +110,8 @@ class LimitAlreadyExists(Exception):
 
 
 class NotPaused(Exception):
-    """A resume of a flow run that is not PAUSED."""
+    """A resume of a flow run that is not PAUSED, or whose process no longer waits for the
+    resume (its heartbeat lease lapsed)."""
 
 
 class RunInputRefused(ValueError):
@@ -708,7 +709,8 @@ class Orchestrator:
         """Propose RUNNING for a PAUSED flow run in place of the pause it is in, carrying the
         input (JSON text) the pause asked for. The answer is the decision: ACCEPT, REJECT when
         the pause had expired (the run is FAILED), ABORT when another client moved the run
-        first. Raises RunNotFound for an unknown flow run, NotPaused when it is not PAUSED, and
+        first. Raises RunNotFound for an unknown flow run, NotPaused when it is not PAUSED (or
+        its process is gone: its heartbeat lease lapsed, and nothing would run it), and
         RunInputRefused for an input missing, unexpected, or not matching the pause's JSON
         Schema (nothing is written)."""
         run = self.get_run(run_id, RunKind.FLOW_RUN)
@@ -716,6 +718,14 @@ class Orchestrator:
         if paused is None or paused.type is not StateType.PAUSED:
             shown = paused.name if paused is not None else "without a state"
             raise NotPaused(f"flow run {run_id} is not paused (it is {shown}); nothing to resume")
+        moment = self.clock()
+        if run.lease_expires is not None and run.lease_expires < moment:
+            lapsed = (moment - run.lease_expires).total_seconds()
+            raise NotPaused(
+                f"flow run {run_id} is paused, but its process is gone (its heartbeat lease "
+                f"lapsed {lapsed:.0f} s ago): nothing would go on after a resume; a server or "
+                "`stateward ui` crashes it"
+            )
         schema = paused.details.run_input_schema
         if schema and run_input is None:
             raise RunInputRefused(

@@ -65,3 +65,47 @@ def test_inspect_and_listings_say_a_killed_runs_lease_lapsed_and_count_its_run_t
     for listing in (["flow-run", "ls"], ["task-run", "ls"]):
         listed = stateward(home, *listing, env={"COLUMNS": "200"})
         assert "Running (lease lapsed)" in listed.stdout, listed.stdout
+
+
+PAUSED = """
+from stateward import flow, pause_flow_run
+from stateward.runtime import flow_run
+
+@flow(name="paused-here")
+def waits():
+    print(flow_run.id, flush=True)
+    pause_flow_run(timeout=3600)
+
+waits()
+"""
+
+
+def test_a_paused_run_whose_process_is_gone_is_not_resumed(home: Path) -> None:
+    """kill -9 while paused, on the embedded default with nothing to crash the run: a resume
+    would answer "is Running" and leave a Running run that nothing runs. It is refused in one
+    line, and the run stays as it was."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", PAUSED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(home, {"STATEWARD_LEASE_SECONDS": "1"}),
+        cwd=ROOT,
+    )
+    try:
+        assert owner.stdout is not None
+        run_id = owner.stdout.readline().strip()
+
+        def inspected() -> str:
+            return stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"}).stdout
+
+        wait_until(lambda: "Paused" in inspected(), timeout=60, what="the pause")
+    finally:
+        owner.kill()
+        owner.wait()
+    wait_until(lambda: "lapsed" in inspected(), timeout=60, what="the lease to lapse")
+    resumed = stateward(home, "flow-run", "resume", run_id)
+    assert resumed.returncode != 0
+    assert "its process is gone" in resumed.stderr, resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1, resumed.stderr
+    assert "Paused" in inspected()
