@@ -291,10 +291,12 @@ class FlowRunEngine(RunEngine):
         finally:
             with self.task_run_lock:
                 runner, self.runner = self.runner, None
-            if signal is not None:
-                self._crash_task_runs(signal, futures)
+            # Shut down first: the task runs still queued are cancelled, so that none starts
+            # after the crash below (a crashed run's thread would take the next from the queue).
             if runner is not None:
                 runner.shutdown(wait=signal is None)
+            if signal is not None:
+                self._crash_task_runs(signal, futures)
             with engine_code():
                 for future in futures:
                     if future._future.cancelled():
@@ -308,17 +310,19 @@ class FlowRunEngine(RunEngine):
         """A signal crashes this flow run: its task runs under way stop (RunCrashed, when
         their code next runs: a thread in a long C call finishes it first) and are reported
         Crashed now."""
+        # Those under way, taken before they are told: one that stops at once reports nothing
+        # itself (its future is then done), and would be left Running.
+        under_way = [f for f in futures if not f._future.done() and f._future.running()]
         self._stop_all(RunCrashed, lambda: None)
         message = f"{type(signal).__name__}: {signal}".rstrip(": ")
         with engine_code():
-            for future in futures:
-                if not future._future.done() and future._future.running():
-                    with contextlib.suppress(Exception):  # the flow run's crash goes on
-                        self.orchestration.propose_for(
-                            future.task_run_id,
-                            State(StateType.CRASHED, message=message),
-                            f"task run {future.task_run_id}",
-                        )
+            for future in under_way:
+                with contextlib.suppress(Exception):  # the flow run's crash goes on
+                    self.orchestration.propose_for(
+                        future.task_run_id,
+                        State(StateType.CRASHED, message=message),
+                        f"task run {future.task_run_id}",
+                    )
 
     def task_runner(self) -> TaskRunner:
         """This run's task runner (the flow's, or a thread pool), started on first use."""

@@ -674,6 +674,59 @@ def test_a_signal_crashes_the_task_runs_in_the_thread_pool_and_the_process_exits
     assert task_states == ["Crashed"] * 3, err
 
 
+def test_a_task_run_queued_behind_a_crashed_one_is_cancelled_not_started(tmp_path):
+    """Ctrl-C with one worker thread: the task run under way is crashed, and the one queued
+    behind it is cancelled, never started. Before, the crashed run's thread took the queued
+    one from the pool's queue while the flow reported the crash (the pool was shut down
+    after it), so it ran unasked: Running under a Crashed flow run, looping on, and holding
+    the process's exit."""
+    env = {**EMBEDDED, "STATEWARD_HOME": str(tmp_path), "PYTHONFAULTHANDLER": "1"}
+    runner = spawn(
+        f"""
+        import signal, threading, time
+        from stateward import flow, task
+        from stateward.task_runners import ThreadPoolTaskRunner
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+        started = threading.Event()
+
+        @task
+        def busy(i):
+            started.set()
+            deadline = time.monotonic() + {ENDLESS_SECONDS}
+            while time.monotonic() < deadline:
+                time.sleep(0.0005)
+
+        @flow(name="signalled-queue", task_runner=ThreadPoolTaskRunner(max_workers=1))
+        def fan_out():
+            first, second = busy.submit(0), busy.submit(1)
+            started.wait()
+            print("running", flush=True)
+            return [first.result(), second.result()]
+
+        fan_out()
+        """,
+        env=env,
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+        runner.send_signal(signal.SIGINT)
+        try:
+            out, err = runner.communicate(timeout=STOPPED_WITHIN)
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGABRT)
+            out, err = runner.communicate(timeout=STOPPED_WITHIN)
+            pytest.fail(f"still running {STOPPED_WITHIN} s after the signal; out {out!r}\n{err}")
+    finally:
+        runner.kill()
+        runner.wait()
+    db = tmp_path / "stateward.db"
+    assert states_in(db, "signalled-queue") == ["Pending", "Running", "Crashed"], err
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        task_states = sorted(row[0] for row in conn.execute("SELECT state_name FROM task_runs"))
+    assert task_states == ["Cancelled", "Crashed"], err
+
+
 def test_a_paused_run_whose_process_was_killed_is_crashed_not_resumed_into_running(
     sdk_server, client
 ):
