@@ -117,7 +117,13 @@ def ray_instance(sdk_server: ServerProcess) -> Iterator[str]:
     which scripts join it."""
     import ray
 
+    # Ray's driver sets SIGTERM and SIGINT handlers of its own (SIGTERM raises SystemExit):
+    # left in place they outlive these tests in this worker and change what a signal does in
+    # the tests run after them (test_interrupt_races's SIGTERM became SystemExit(15)).
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     start_local_ray(num_cpus=2, include_dashboard=False)
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
