@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import logging
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,8 @@ from stateward.states import TERMINAL_TYPES, State, StateType, carry_value, has_
 from stateward.tasks import Task
 
 _NOT_READY_POLL_SECONDS = 2.0
+# How long a crash signal waits for a task run reporting its outcome (a call to the server).
+_REPORTING_WAIT = 10.0
 # How gRPC says a message was over the server's limit ("... (received vs. limit)"); a reply
 # over this client's limit (64 MiB) says CLIENT instead.
 _LARGER_THAN_MAX = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
@@ -121,6 +124,10 @@ class RunEngine:
         self.orchestration = RunOrchestration(self.client, self.supervisor, self.id, self.log)
         self.error: BaseException | None = None  # the user code's exception, as raised
         self.stop = StopFlags()
+        # Held while the run reports its outcome, and by a flow run crashing it (RunCrashed):
+        # the run reports only if its flow run has not crashed it, or its flow run learns of
+        # the crash only once the outcome is written (and its Crashed is then refused).
+        self.reporting = threading.Lock()
         self.interruptible: Interruptible | None = None
         self.asyncio_task: asyncio.Task[Any] | None = None
         self.asyncio_loop: asyncio.AbstractEventLoop | None = None
@@ -178,7 +185,15 @@ class RunEngine:
     def interrupt(self, error: type[RunInterrupted]) -> None:
         """Called (from another thread) when the run around this one is stopped: stop this
         run's code if it runs, else at its next step."""
-        if self.stop.stop_requested is None:
+        if error is RunCrashed:  # not while the run reports its outcome (see `reporting`)
+            taken = self.reporting.acquire(timeout=_REPORTING_WAIT)
+            try:
+                if self.stop.stop_requested is None:
+                    self.stop.stop_requested = error
+            finally:
+                if taken:
+                    self.reporting.release()
+        elif self.stop.stop_requested is None:
             self.stop.stop_requested = error
         region = self.interruptible
         if region is not None:
@@ -279,11 +294,14 @@ class RunEngine:
         current = self.orchestration.state
         if proposal.is_cancelled() and current is not None and current.is_cancelled():
             return current
-        try:
-            decision = self.orchestration.propose(proposal)
-        except ResourceExhausted as error:
-            proposal = self.within_server_limit(proposal, error)
-            decision = self.orchestration.propose(proposal)
+        with self.reporting:
+            if self.stop.stop_requested is RunCrashed:  # its flow run reports it Crashed
+                raise RunCrashed
+            try:
+                decision = self.orchestration.propose(proposal)
+            except ResourceExhausted as error:
+                proposal = self.within_server_limit(proposal, error)
+                decision = self.orchestration.propose(proposal)
         if decision.status is _ABORT:
             raise OrchestrationAborted(decision.reason)
         state = decision.state

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from stateward.client import Client
 from stateward.exceptions import NotPausedError
 from stateward.runs import FlowRun, SetStateStatus
-from stateward.states import State, StateType
+from stateward.states import TERMINAL_TYPES, State, StateType
 from tests.sdk.conftest import python, spawn
 from tests.support import ROOT, ServerProcess, wait_until
 
@@ -725,6 +726,59 @@ def test_a_task_run_queued_behind_a_crashed_one_is_cancelled_not_started(tmp_pat
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         task_states = sorted(row[0] for row in conn.execute("SELECT state_name FROM task_runs"))
     assert task_states == ["Cancelled", "Crashed"], err
+
+
+def test_a_signal_while_a_task_run_reports_its_outcome_ends_it_once(sdk_server, client):
+    """Ctrl-C while a task run's code has returned and its engine encodes the result: the flow
+    run crashes it, and the task run does not report its outcome after that (the server would
+    take Completed after Crashed as a rerun: two final states). The result's pickling sends
+    the signal and waits until the task run is Crashed."""
+    name = f"signalled-report-{uuid.uuid4().hex[:6]}"
+    runner = spawn(
+        f"""
+        import os, signal, time
+        from stateward import flow, task
+        from stateward.client import Client
+        from stateward.runtime import task_run
+        from stateward.states import StateType
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+
+        class Encoded:
+            def __reduce__(self):
+                run_id = task_run.id
+                os.kill(os.getpid(), signal.SIGINT)
+                with Client(os.environ["STATEWARD_API_URL"]) as client:
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        if client.get_task_run(run_id).state.type is StateType.CRASHED:
+                            break
+                        time.sleep(0.01)
+                return (dict, ())
+
+        @task(persist_result=True)
+        def returns():
+            return Encoded()
+
+        @flow(name="{name}")
+        def one():
+            returns.submit()
+            while True:
+                time.sleep(0.001)
+
+        one()
+        """
+    )
+    try:
+        _, err = runner.communicate(timeout=STOPPED_WITHIN)
+    finally:
+        runner.kill()
+        runner.wait()
+    (flow_run,) = client.list_flow_runs(flow_names=[name])
+    assert flow_run.state.type is StateType.CRASHED, err
+    (task_run,) = client.list_task_runs(flow_run_ids=[flow_run.id])
+    ends = [s.type for s in client.list_states(task_run.id) if s.type in TERMINAL_TYPES]
+    assert ends == [StateType.CRASHED], err
 
 
 def test_a_paused_run_whose_process_was_killed_is_crashed_not_resumed_into_running(
