@@ -766,7 +766,7 @@ class Orchestrator:
                 problem is not None
                 and isinstance(given, dict)
                 and list(given) == ["value"]
-                and not (isinstance(wanted, dict) and "properties" in wanted)
+                and not _is_models_schema(wanted)
             ):
                 problem, path = problem_of(given["value"]), ["value"]
                 if problem is None:
@@ -1249,3 +1249,17 @@ def _undone_alone(error: Exception) -> bool:
 
 def _leaves_running(previous: State | None, state: State) -> bool:
     return previous is not None and previous.type is StateType.RUNNING and not state.is_running()
+
+
+def _is_models_schema(schema: Any) -> bool:
+    """Whether a pause's input schema is a model's (an object with properties), itself or as
+    the $defs entry its top-level $ref names (a model that refers to itself: pydantic writes
+    {"$ref": "#/$defs/Step", "$defs": {"Step": {...}}})."""
+    if not isinstance(schema, dict):
+        return False
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        defined = schema.get("$defs", {})
+        target = defined.get(ref.removeprefix("#/$defs/")) if isinstance(defined, dict) else None
+        return isinstance(target, dict) and "properties" in target
+    return "properties" in schema

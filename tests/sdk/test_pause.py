@@ -349,6 +349,41 @@ def test_input_of_a_builtin_type_and_a_plain_dict(client):
     resumer.join(10)
 
 
+class Step(BaseModel):
+    """A model whose schema is a $ref to its own $defs entry (it refers to itself)."""
+
+    name: str
+    value: Step | None = None
+
+
+def test_a_recursive_models_input_is_never_unwrapped(client):
+    """A model that refers to itself has the schema {"$ref": "#/$defs/Step", "$defs": ...},
+    without top-level properties: it is still a model's, so {"value": ...} is its field
+    `value`, never the reference's wrapped input (an input missing `name` was taken as its
+    `value` alone)."""
+    name = "sdk-pause-input-recursive"
+
+    @flow(name=name)
+    def asks() -> str:
+        step = pause_flow_run(wait_for_input=Step, timeout=60, poll_interval=30)
+        return step.name
+
+    seen: dict[str, object] = {}
+
+    def resume() -> None:
+        run = paused_run(client, name)
+        with pytest.raises(InvalidArgument) as refused:
+            client.resume_flow_run(run.id, json.dumps({"value": {"name": "inner"}}))
+        seen["refused"] = str(refused.value)
+        resume_flow_run(run.id, Step(name="outer", value=Step(name="inner")))
+
+    resumer = threading.Thread(target=resume, daemon=True)
+    resumer.start()
+    assert asks() == "outer"
+    resumer.join(10)
+    assert "'name' is a required property" in str(seen["refused"]), seen
+
+
 def test_a_builtin_types_input_is_also_taken_in_the_references_wrapped_form(client):
     """The reference resumes `wait_for_input=int` with {"value": 21}: taken as 21 (the value
     itself works too); a wrong wrapped value is refused naming `value`, and a model's input is
