@@ -3,10 +3,10 @@ calling the task, its interrupts and retries) and of the standard library (async
 threads, concurrent.futures) are left out, so that it shows the user's code and the exception.
 Such frames after the user's last one stay (a library function raised, because of how it was
 called: `json.loads` raising from its decoder), but not for the SDK's own exceptions
-(`StatewardError`: a cancelled run, a pause timing out, an unreachable server) or a
-KeyboardInterrupt: their message says what happened, the user's last frame where. Every frame
-of a traceback that has none of the user's stays. With the `stateward` logger at DEBUG
-(STATEWARD_LOGGING_LEVEL=DEBUG) nothing is left out.
+(`StatewardError`: a cancelled run, a pause timing out, an unreachable server), a
+KeyboardInterrupt or a SIGTERM's TerminationSignal: their message says what happened, the
+user's last frame where. Every frame of a traceback that has none of the user's stays. With
+the `stateward` logger at DEBUG (STATEWARD_LOGGING_LEVEL=DEBUG) nothing is left out.
 
 The same rule applies to the traceback Python prints when a run's exception escapes the script
 (`sys.excepthook`); the exception itself keeps every frame, for code that catches it, debuggers
@@ -21,6 +21,7 @@ import sysconfig
 import traceback
 from types import TracebackType
 
+from stateward._signals import TerminationSignal
 from stateward.exceptions import StatewardError
 
 _SDK = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -68,7 +69,7 @@ def _trim(report: traceback.TracebackException, error: BaseException, seen: set[
     if users:
         # Internal frames after the user's last one say where a library raised; the SDK's own
         # exceptions say all there is in their message.
-        ours = isinstance(error, StatewardError | KeyboardInterrupt)
+        ours = isinstance(error, StatewardError | KeyboardInterrupt | TerminationSignal)
         after = len(frames) if ours else users[-1]
         kept = [f for i, f in enumerate(frames) if i > after or not _internal(f.filename)]
         trimmed = len(kept) < len(frames)

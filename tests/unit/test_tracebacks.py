@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import stateward
+from stateward._signals import TerminationSignal
 from stateward._tracebacks import user_traceback
 from stateward.exceptions import ServerUnavailable
 
@@ -143,3 +144,13 @@ def test_a_keyboard_interrupt_leaves_the_sdks_signal_handler_out() -> None:
     shown = user_traceback(failure(user["work"]))
     assert files_of(shown) == [USER]
     assert shown.endswith("KeyboardInterrupt")
+
+
+def test_a_sigterm_leaves_the_sdks_signal_handler_out() -> None:
+    sdk = define(
+        SDK, "def on_signal():\n    raise Terminated('SIGTERM')\n", Terminated=TerminationSignal
+    )
+    user = define(USER, "def work():\n    return on_signal()\n", on_signal=sdk["on_signal"])
+    shown = user_traceback(failure(user["work"]))
+    assert files_of(shown) == [USER]
+    assert shown.endswith("TerminationSignal: SIGTERM")
