@@ -484,6 +484,29 @@ class LiveView {
     else if (transition.sequence > this.since) this.apply(transition);
   }
 
+  // A page shown by its `load` (the list of runs shows itself its own way); reloaded after a
+  // transition it cannot apply, one reload at a time: changes during one bring one more.
+  async show() {
+    await this.reload();
+  }
+
+  async reload() {
+    if (this.reloading) {
+      this.again = true;
+      return;
+    }
+    this.reloading = true;
+    try {
+      await this.load();
+    } finally {
+      this.reloading = false;
+    }
+    if (this.again && !this.closed) {
+      this.again = false;
+      await this.reload();
+    }
+  }
+
   async snapshot(load) {
     this.loading += 1;
     try {
@@ -769,28 +792,6 @@ class RunDetail extends LiveView {
     this.content = h("div", { id: "run-content" });
   }
 
-  async show() {
-    await this.reload();
-  }
-
-  // One reload at a time: changes during one bring one more after it.
-  async reload() {
-    if (this.reloading) {
-      this.again = true;
-      return;
-    }
-    this.reloading = true;
-    try {
-      await this.load();
-    } finally {
-      this.reloading = false;
-    }
-    if (this.again && !this.closed) {
-      this.again = false;
-      await this.reload();
-    }
-  }
-
   async load() {
     await this.snapshot(async () => {
       const [detail, taskRuns] = await Promise.all([
@@ -1019,32 +1020,15 @@ class TaskRunDetail extends LiveView {
     this.content = h("div", { id: "run-content" });
   }
 
-  async show() {
-    await this.reload();
-  }
-
-  async reload() {
-    if (this.reloading) {
-      this.again = true;
-      return;
-    }
-    this.reloading = true;
-    try {
-      await this.snapshot(async () => {
-        const [detail] = await Promise.all([
-          api(`/api/task-runs/${this.runId}`),
-          this.logs.update().catch((error) => this.logs.failed(error)),
-        ]);
-        if (!this.closed) this.render(detail);
-        return detail.sequence;
-      });
-    } finally {
-      this.reloading = false;
-    }
-    if (this.again && !this.closed) {
-      this.again = false;
-      await this.reload();
-    }
+  async load() {
+    await this.snapshot(async () => {
+      const [detail] = await Promise.all([
+        api(`/api/task-runs/${this.runId}`),
+        this.logs.update().catch((error) => this.logs.failed(error)),
+      ]);
+      if (!this.closed) this.render(detail);
+      return detail.sequence;
+    });
   }
 
   render(detail) {
