@@ -782,14 +782,48 @@ class RunsList extends LiveView {
 
 // --- a run's page ----------------------------------------------------------------------------
 
-class RunDetail extends LiveView {
-  constructor(main, runId) {
+// What a flow run's page and a task run's page share: the run (`this.run`, as last rendered),
+// its log panel (the API's `path` for runs of its kind), its state badge and history kept up
+// with its transitions, a reload soon after each, and its running time.
+class RunPage extends LiveView {
+  constructor(main, runId, path) {
     super();
     this.main = main;
     this.runId = runId;
     this.timer = null;
-    this.logs = new LogPanel(`/api/flow-runs/${runId}`);
+    this.logs = new LogPanel(`${path}/${runId}`);
     this.content = h("div", { id: "run-content" });
+  }
+
+  // The run's own state, at once; the page follows with its times and history.
+  showState(transition) {
+    const holder = document.getElementById("run-state");
+    if (holder) put(holder, badge(transition.to_state));
+    const history = document.getElementById("history");
+    if (history) history.append(historyItem(transition.to_state));
+  }
+
+  reloadSoon() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.reload().catch(showError), 100);
+  }
+
+  tick() {
+    const holder = document.getElementById("run-duration");
+    if (holder && this.run && this.run.start_time && !this.run.end_time) holder.textContent = showDuration(runSeconds(this.run));
+  }
+
+  close() {
+    super.close();
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.logs.close();
+  }
+}
+
+class RunDetail extends RunPage {
+  constructor(main, runId) {
+    super(main, runId, "/api/flow-runs");
   }
 
   async load() {
@@ -945,13 +979,7 @@ class RunDetail extends LiveView {
   apply(transition) {
     if (transition.run_id !== this.runId && transition.flow_run_id !== this.runId) return;
     if (transition.run_id === this.runId) {
-      // The run's own state, at once; the page follows with its times and history.
-      const holder = document.getElementById("run-state");
-      if (holder) put(holder, badge(transition.to_state));
-      const history = document.getElementById("history");
-      if (history) {
-        history.append(historyItem(transition.to_state));
-      }
+      this.showState(transition);
     } else {
       const row = this.main.querySelector(`tr[data-task-run-id="${transition.run_id}"]`);
       if (row) {
@@ -959,8 +987,7 @@ class RunDetail extends LiveView {
         put(row.querySelector(".cell-state"), badge(transition.to_state));
       }
     }
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.reload().catch(showError), 100);
+    this.reloadSoon();
   }
 
   async act(action) {
@@ -992,17 +1019,6 @@ class RunDetail extends LiveView {
     }
   }
 
-  tick() {
-    const holder = document.getElementById("run-duration");
-    if (holder && this.run && this.run.start_time && !this.run.end_time) holder.textContent = showDuration(runSeconds(this.run));
-  }
-
-  close() {
-    super.close();
-    this.closed = true;
-    clearTimeout(this.timer);
-    this.logs.close();
-  }
 }
 
 // --- a task run's page -----------------------------------------------------------------------
@@ -1010,14 +1026,9 @@ class RunDetail extends LiveView {
 // A task run: its state, times and parameters, its flow run, its history with each state's
 // message, a failed or crashed run's exception (by its state's message) and its logs, as
 // `stateward task-run inspect` and `task-run logs` show them.
-class TaskRunDetail extends LiveView {
+class TaskRunDetail extends RunPage {
   constructor(main, runId) {
-    super();
-    this.main = main;
-    this.runId = runId;
-    this.timer = null;
-    this.logs = new LogPanel(`/api/task-runs/${runId}`);
-    this.content = h("div", { id: "run-content" });
+    super(main, runId, "/api/task-runs");
   }
 
   async load() {
@@ -1058,25 +1069,10 @@ class TaskRunDetail extends LiveView {
 
   apply(transition) {
     if (transition.run_id !== this.runId) return;
-    const holder = document.getElementById("run-state");
-    if (holder) put(holder, badge(transition.to_state));
-    const history = document.getElementById("history");
-    if (history) history.append(historyItem(transition.to_state));
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.reload().catch(showError), 100);
+    this.showState(transition);
+    this.reloadSoon();
   }
 
-  tick() {
-    const holder = document.getElementById("run-duration");
-    if (holder && this.run && this.run.start_time && !this.run.end_time) holder.textContent = showDuration(runSeconds(this.run));
-  }
-
-  close() {
-    super.close();
-    this.closed = true;
-    clearTimeout(this.timer);
-    this.logs.close();
-  }
 }
 
 // --- routing ---------------------------------------------------------------------------------
