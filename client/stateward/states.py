@@ -202,16 +202,7 @@ class State:
             # Its fields assigned with its class switched to one with its slots alone (see
             # `stateward._records.unfrozen`): every state is made here, several a task run.
             _set_class(self, "__class__", _StateFields)
-            fields: Any = self
-            fields.type = type
-            fields.name = name or _DEFAULT_NAMES[type]
-            fields.message = message
-            fields.timestamp = timestamp
-            fields.id = id
-            fields.details = details
-            fields.data = data
-            fields._value = _value
-            fields.__class__ = State
+            _filled(self, type, name, message, timestamp, id, details, data, _value)
             return
         _set_type(self, type)  # a subclass's instance: by the slots' descriptors
         _set_name(self, name or _DEFAULT_NAMES[type])
@@ -411,7 +402,22 @@ def new_state(
     """`State(type, name, message, timestamp, id, details, data, value)` for parts that need no
     conversion (a StateType member, ResultData or None), made without calling the class: for
     the engine and the orchestrator, which make several states a task run."""
-    fields: Any = _new(_StateFields)
+    return _filled(_new(_StateFields), type, name, message, timestamp, id, details, data, value)
+
+
+def _filled(
+    fields: Any,
+    type: StateType,
+    name: str,
+    message: str,
+    timestamp: datetime | None,
+    id: str,
+    details: StateDetails,
+    data: ResultData | None,
+    value: Any,
+) -> State:
+    """`fields` (an instance of `_StateFields`, the slots of State alone) with its fields
+    assigned, switched to State: both ways of making a state end here."""
     fields.type = type
     fields.name = name or _DEFAULT_NAMES[type]
     fields.message = message
