@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.cli.conftest import environment, stateward
@@ -30,11 +31,12 @@ doomed()
 """
 
 
-def test_inspect_and_listings_say_a_killed_runs_lease_lapsed_and_count_its_run_time(
-    home: Path,
-) -> None:
+def killed(home: Path, program: str, ready: Callable[[str], bool] = lambda run_id: True) -> str:
+    """Run `program` (it prints its flow run's id first) with a lease of 1 s, kill it with
+    SIGKILL once `ready(run_id)` (nothing renews the lease then, nothing here crashes the run);
+    the run's id."""
     owner = subprocess.Popen(
-        [sys.executable, "-c", KILLED],
+        [sys.executable, "-c", program],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -44,17 +46,25 @@ def test_inspect_and_listings_say_a_killed_runs_lease_lapsed_and_count_its_run_t
     try:
         assert owner.stdout is not None
         run_id = owner.stdout.readline().strip()
+        wait_until(lambda: ready(run_id), timeout=60, what="the run to be ready")
     finally:
-        owner.kill()  # SIGKILL: nothing renews the lease, nothing here crashes the run
+        owner.kill()
         owner.wait()
+    return run_id
 
-    def inspected() -> str:
-        done = stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"})
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
-    wait_until(lambda: "lapsed" in inspected(), timeout=60, what="the lease to lapse")
-    shown = inspected()
+def inspected(home: Path, run_id: str) -> str:
+    done = stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_inspect_and_listings_say_a_killed_runs_lease_lapsed_and_count_its_run_time(
+    home: Path,
+) -> None:
+    run_id = killed(home, KILLED)
+    wait_until(lambda: "lapsed" in inspected(home, run_id), timeout=60, what="the lease to lapse")
+    shown = inspected(home, run_id)
     assert re.search(
         r"lease +lapsed \d+ s ago: its process is gone; a server or `stateward ui` crashes it",
         shown,
@@ -84,28 +94,10 @@ def test_a_paused_run_whose_process_is_gone_is_not_resumed(home: Path) -> None:
     """kill -9 while paused, on the embedded default with nothing to crash the run: a resume
     would answer "is Running" and leave a Running run that nothing runs. It is refused in one
     line, and the run stays as it was."""
-    owner = subprocess.Popen(
-        [sys.executable, "-c", PAUSED],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(home, {"STATEWARD_LEASE_SECONDS": "1"}),
-        cwd=ROOT,
-    )
-    try:
-        assert owner.stdout is not None
-        run_id = owner.stdout.readline().strip()
-
-        def inspected() -> str:
-            return stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"}).stdout
-
-        wait_until(lambda: "Paused" in inspected(), timeout=60, what="the pause")
-    finally:
-        owner.kill()
-        owner.wait()
-    wait_until(lambda: "lapsed" in inspected(), timeout=60, what="the lease to lapse")
+    run_id = killed(home, PAUSED, lambda run_id: "Paused" in inspected(home, run_id))
+    wait_until(lambda: "lapsed" in inspected(home, run_id), timeout=60, what="the lease to lapse")
     resumed = stateward(home, "flow-run", "resume", run_id)
     assert resumed.returncode != 0
     assert "its process is gone" in resumed.stderr, resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1, resumed.stderr
-    assert "Paused" in inspected()
+    assert "Paused" in inspected(home, run_id)
