@@ -4,14 +4,37 @@ without the input it waits for names the flag one types, not the RPC's field."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.cli.conftest import Lines, environment, one_line, stateward
 from tests.support import ROOT, wait_until
+
+
+@contextlib.contextmanager
+def flow_process(home: Path, program: str) -> Iterator[tuple[subprocess.Popen[str], str, Lines]]:
+    """`program` (it prints its flow run's id first) in a process on `home`: the process, the
+    run's id and the lines of its console; killed at the end if it still runs."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(home),
+        cwd=ROOT,
+    )
+    try:
+        assert owner.stdout is not None and owner.stderr is not None
+        yield owner, owner.stdout.readline().strip(), Lines(owner.stderr)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
 
 PROGRAM = """
 import json
@@ -32,20 +55,9 @@ print(json.dumps(asks()), flush=True)
 
 
 def test_a_pause_waiting_for_input_says_to_resume_it_with_input(home: Path) -> None:
-    owner = subprocess.Popen(
-        [sys.executable, "-c", PROGRAM],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(home),
-        cwd=ROOT,
-    )
-    try:
-        assert owner.stdout is not None and owner.stderr is not None
-        run_id = owner.stdout.readline().strip()
-        console = Lines(owner.stderr)
+    with flow_process(home, PROGRAM) as (owner, run_id, console):
         hint = f"resume it with `stateward flow-run resume {run_id} --input '<json>'`"
-        wait_until(lambda: console.matching(hint), timeout=60, what="the pause's hint")
+        wait_until(lambda: bool(console.matching(hint)), timeout=60, what="the pause's hint")
         # The run's logs get the line when the process's shipper sends it (every half second),
         # which may be after the console showed it.
         wait_until(
@@ -63,9 +75,6 @@ def test_a_pause_waiting_for_input_says_to_resume_it_with_input(home: Path) -> N
         resumed = stateward(home, "flow-run", "resume", run_id, "--input", '{"approver": "ann"}')
         assert resumed.returncode == 0, resumed.stderr
         out, err = owner.communicate(timeout=60)
-    finally:
-        if owner.poll() is None:
-            owner.kill()
     assert owner.returncode == 0, err
     assert json.loads(out.splitlines()[-1]) == "ann"
 
@@ -84,19 +93,8 @@ waits()
 
 
 def test_input_to_a_pause_that_waits_for_none_names_the_flag(home: Path) -> None:
-    owner = subprocess.Popen(
-        [sys.executable, "-c", NO_INPUT],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(home),
-        cwd=ROOT,
-    )
-    try:
-        assert owner.stdout is not None and owner.stderr is not None
-        run_id = owner.stdout.readline().strip()
-        console = Lines(owner.stderr)
-        wait_until(lambda: console.matching("paused"), timeout=60, what="the pause")
+    with flow_process(home, NO_INPUT) as (owner, run_id, console):
+        wait_until(lambda: bool(console.matching("paused")), timeout=60, what="the pause")
         assert not console.matching("--input")  # nothing to give: the hint offers no input
         inspected = stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"})
         assert f"resume with  stateward flow-run resume {run_id}\n" in inspected.stdout
@@ -107,9 +105,6 @@ def test_input_to_a_pause_that_waits_for_none_names_the_flag(home: Path) -> None
         assert "without --input" in line and "run_input" not in line
         assert stateward(home, "flow-run", "resume", run_id).returncode == 0
         owner.communicate(timeout=60)
-    finally:
-        if owner.poll() is None:
-            owner.kill()
     assert owner.returncode == 0
 
 
@@ -135,19 +130,8 @@ def test_inspect_shows_what_a_paused_run_waits_for_and_how_to_resume_it(home: Pa
     """The Paused state has no message (neither has the reference's): inspect shows what it
     carries instead, its timeout and key, the description of the input it waits for (what the
     reference's resume form shows) and the command that resumes it."""
-    owner = subprocess.Popen(
-        [sys.executable, "-c", DESCRIBED],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(home),
-        cwd=ROOT,
-    )
-    try:
-        assert owner.stdout is not None and owner.stderr is not None
-        run_id = owner.stdout.readline().strip()
-        console = Lines(owner.stderr)
-        wait_until(lambda: console.matching("paused"), timeout=60, what="the pause")
+    with flow_process(home, DESCRIBED) as (owner, run_id, console):
+        wait_until(lambda: bool(console.matching("paused")), timeout=60, what="the pause")
         inspected = stateward(home, "flow-run", "inspect", run_id, env={"COLUMNS": "200"})
         assert inspected.returncode == 0, inspected.stderr
         facts = {
@@ -165,7 +149,4 @@ def test_inspect_shows_what_a_paused_run_waits_for_and_how_to_resume_it(home: Pa
         resumed = stateward(home, "flow-run", "resume", run_id, "--input", '{"approver": "ann"}')
         assert resumed.returncode == 0, resumed.stderr
         owner.communicate(timeout=60)
-    finally:
-        if owner.poll() is None:
-            owner.kill()
     assert owner.returncode == 0
